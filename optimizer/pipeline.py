@@ -1,0 +1,234 @@
+"""`optimize(cfg)`: the one data flow from a RunConfig to a recipe and a report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from optimizer.config import ModelConfig, QualityConfig, RunConfig, TargetConfig, WorkloadConfig
+from optimizer.errors import UserError
+from optimizer.measure.energy import EnergyMeter, make_meter, measure_idle_watts
+from optimizer.model import ModelSpec, resolve_model
+from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
+from optimizer.space import Candidate
+from optimizer.target import TargetSpec, detect_target
+
+log = logging.getLogger(__name__)
+PROTOCOL_VERSION = 1  # bump when a change in measuring makes old stored results incomparable
+
+
+@dataclass
+class MeasurementSetup:
+    """What measuring needs, shared by `optimize` and `verify`."""
+
+    model: ModelSpec
+    target: TargetSpec
+    meter: EnergyMeter
+    workload: Any  # optimizer.measure.workload.Workload
+    quality_tokens: Any  # torch.Tensor [sequences, tokens]
+    text_sha256: str
+
+
+def prepare_measurement(
+    model_cfg: ModelConfig,
+    target_cfg: TargetConfig,
+    workload_cfg: WorkloadConfig,
+    quality_cfg: QualityConfig,
+    cache_dir: Path,
+    prompt_pool: int,
+) -> MeasurementSetup:
+    import torch
+    from transformers import AutoTokenizer
+
+    from optimizer.measure.text import load_text, token_windows
+    from optimizer.measure.workload import Workload
+
+    _quiet_libraries(cache_dir)
+    model = resolve_model(model_cfg, cache_dir)
+    target = detect_target(target_cfg)
+    tokenizer = AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=model.trust_remote_code)
+    text = load_text(quality_cfg.text)
+    prompts = token_windows(
+        tokenizer, text.workload, workload_cfg.prompt_tokens, prompt_pool, "workload.prompt_tokens"
+    )
+    quality = token_windows(
+        tokenizer, text.quality, quality_cfg.seq_tokens, quality_cfg.num_sequences, "quality.num_sequences"
+    )
+    return MeasurementSetup(
+        model=model,
+        target=target,
+        meter=make_meter(target),
+        workload=Workload(torch.tensor(prompts), workload_cfg.max_new_tokens),
+        quality_tokens=torch.tensor(quality),
+        text_sha256=text.sha256,
+    )
+
+
+def _quiet_libraries(cache_dir: Path) -> None:
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # warns about CUDA kernels on CPU machines
+    hf_logging.disable_progress_bar()
+
+
+def protocol(cfg: RunConfig, text_sha256: str, energy_source: str) -> dict[str, Any]:
+    """What must match for two measurements to be comparable (the quality bound is not in it)."""
+    return {
+        "protocol_version": PROTOCOL_VERSION,
+        "workload": asdict(cfg.workload),
+        "quality_text_sha256": text_sha256,
+        "quality_sequences": cfg.quality.num_sequences,
+        "quality_seq_tokens": cfg.quality.seq_tokens,
+        "energy_source": energy_source,
+    }
+
+
+@dataclass(frozen=True)
+class RunResult:
+    output_dir: Path
+    recipe_path: Path | None
+    best: CandidateResult | None
+    baseline: CandidateResult
+    results: list[CandidateResult]
+    infeasible: UserError | None  # why nothing could be selected, when nothing could
+
+
+def optimize(cfg: RunConfig) -> RunResult:
+    """Search the space, measure, select, and write recipe.yaml, report.md, pareto.png, results.jsonl."""
+    from optimizer.recipe import build_recipe, write_recipe
+    from optimizer.report.markdown import write_report
+    from optimizer.search.evaluate import Evaluator
+    from optimizer.search.prefilter import memory_fit_reason
+    from optimizer.search.runner import run_search
+    from optimizer.select import pareto_front, select_best
+    from optimizer.space import baseline_candidate, enumerate_candidates
+    from optimizer.store import TrialStore, context_key
+
+    started = time.perf_counter()
+    output_dir = _writable_dir(Path(cfg.output_dir).expanduser(), "output_dir")
+    cache_dir = _writable_dir(Path(cfg.cache_dir).expanduser(), "cache_dir")
+    setup = prepare_measurement(
+        cfg.model, cfg.target, cfg.workload, cfg.quality, cache_dir, max([*cfg.space.batch_sizes, 16])
+    )
+    model, target = setup.model, setup.target
+    log.info(
+        "model %s (%s, sha256 %s…), target %s: %s",
+        model.name,
+        model.format,
+        model.weight_sha256[:12],
+        target.kind,
+        target.gpu.name if target.gpu else target.cpu_model,
+    )
+    valid, excluded = enumerate_candidates(cfg.space, target)
+    baseline = baseline_candidate(cfg.space, target)
+    fits: list[Candidate] = []
+    pruned: list[tuple[Candidate, str]] = []
+    for candidate in valid:
+        reason = memory_fit_reason(candidate, model.shape, target, cfg.workload)
+        if reason:
+            pruned.append((candidate, reason))
+        else:
+            fits.append(candidate)
+    log.info(
+        "space: %d valid candidates (%d excluded by rules, %d pruned: memory), baseline %s",
+        len(fits),
+        len(excluded),
+        len(pruned),
+        baseline.label(),
+    )
+    context = context_key(
+        {
+            "model": model.weight_sha256,
+            "target": target.fingerprint(),
+            "protocol": protocol(cfg, setup.text_sha256, setup.meter.source),
+        }
+    )
+    store = TrialStore(Path(cfg.store_path).expanduser(), context)
+    idle_watts = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
+    log.info("idle power %.1f W (%s)", idle_watts, setup.meter.source)
+    evaluator = Evaluator(
+        model=model,
+        target=target,
+        meter=setup.meter,
+        workload=setup.workload,
+        quality_tokens=setup.quality_tokens,
+        workload_cfg=cfg.workload,
+        quality_cfg=cfg.quality,
+        search_cfg=cfg.search,
+        store=store,
+        workdir=cache_dir,
+    )
+    outcome = run_search(fits, pruned, baseline, evaluator, cfg.search, cfg.quality)
+    best = select_best(outcome.selectable)
+    front = pareto_front(outcome.selectable)
+    recipe_path = None
+    if best is not None:
+        recipe = build_recipe(cfg, setup, best, outcome, excluded, context, idle_watts)
+        recipe_path = write_recipe(output_dir / "recipe.yaml", recipe)
+    infeasible = None if best is not None else diagnose_infeasible(outcome.selectable)
+    _write_results(output_dir, outcome.results)
+    _write_config(output_dir, cfg)
+    write_report(output_dir, cfg, setup, outcome, excluded, best, front, idle_watts, infeasible)
+    log.info("wrote %s in %.0f s", output_dir, time.perf_counter() - started)
+    return RunResult(output_dir, recipe_path, best, outcome.baseline, outcome.results, infeasible)
+
+
+def diagnose_infeasible(results: list[CandidateResult]) -> UserError:
+    """Name the constraint that left nothing feasible."""
+    rejected = [r for r in results if r.status == REJECTED]
+    measured = [r for r in results if r.status == MEASURED and not r.feasible]
+    failed = [r for r in results if r.status == FAILED]
+    if measured:
+        example = measured[0].performance.slo_violations if measured[0].performance else []
+        return UserError(
+            "workload.slo",
+            f"all {len(measured)} measured candidates miss the latency SLO (e.g. {'; '.join(example) or 'see report'})",
+            "raise workload.slo.tpot_ms / ttft_ms, or add smaller batch sizes to space.batch_sizes",
+        )
+    if rejected:
+        return UserError(
+            "quality",
+            f"all {len(rejected)} candidates break the quality bound (e.g. {rejected[0].reason})",
+            "use quality=relaxed or loosen quality.max_ppl_increase / min_top1_agreement / max_kl",
+        )
+    if failed:
+        return UserError(
+            "space", f"all {len(failed)} candidates failed (e.g. {failed[0].reason})", "see report.md"
+        )
+    return UserError(
+        "space", "no candidate could be evaluated", "widen the space or raise search.budget_minutes"
+    )
+
+
+def _writable_dir(path: Path, field_name: str) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(
+            field_name, f"cannot write to {path} ({exc.strerror})", f"pass a writable {field_name}=<dir>"
+        ) from None
+    return path
+
+
+def _write_results(output_dir: Path, results: list[CandidateResult]) -> None:
+    with (output_dir / "results.jsonl").open("w", encoding="utf-8") as handle:
+        for result in results:
+            handle.write(json.dumps(result.to_dict(), sort_keys=True) + "\n")
+
+
+def _write_config(output_dir: Path, cfg: RunConfig) -> None:
+    import yaml
+
+    (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))

@@ -1,0 +1,235 @@
+"""The recipe: a versioned YAML of the selected deployment settings plus the measured evidence.
+
+It is meant to be checked into the model's repository. `load_recipe` builds the engine exactly as
+it says; `verify_recipe` re-measures here and compares with the evidence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from optimizer.config import ModelConfig, QualityConfig, RunConfig, SloConfig, TargetConfig, WorkloadConfig
+from optimizer.errors import UserError
+from optimizer.results import CandidateResult
+from optimizer.space import Candidate
+
+if TYPE_CHECKING:
+    from optimizer.backends.base import Engine
+    from optimizer.pipeline import MeasurementSetup
+    from optimizer.search.runner import SearchOutcome
+
+log = logging.getLogger(__name__)
+RECIPE_SCHEMA = "wattsmith.recipe/v1"
+SUPPORTED_SCHEMAS = (RECIPE_SCHEMA,)
+
+
+def tool_version() -> str:
+    try:
+        return metadata.version("wattsmith")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _evidence_of(result: CandidateResult) -> dict[str, Any]:
+    perf = result.performance
+    assert perf is not None
+    return {
+        "energy": {
+            "source": perf.source,
+            "is_estimate": perf.source == "estimate",
+            "idle_watts": round(perf.idle_watts, 3),
+            "repeats": len(perf.windows),
+            "window_seconds": [round(w.seconds, 3) for w in perf.windows],
+            "window_joules": [round(w.joules, 3) for w in perf.windows],
+            "goodput_tokens_per_joule": _rounded(asdict(perf.goodput_tokens_per_joule)),
+            "tokens_per_joule": _rounded(asdict(perf.tokens_per_joule)),
+            "active_tokens_per_joule": _rounded(asdict(perf.active_tokens_per_joule)),
+            "watts": _rounded(asdict(perf.watts)),
+        },
+        "throughput": {"tokens_per_second": _rounded(asdict(perf.tokens_per_second))},
+        "latency": {
+            "requests": perf.latency.requests,
+            "ttft_ms": _rounded(perf.latency.ttft_ms),
+            "tpot_ms": _rounded(perf.latency.tpot_ms),
+            "goodput_fraction": round(perf.goodput_fraction, 4),
+        },
+        "quality": _rounded(result.quality.to_dict()) if result.quality else None,
+    }
+
+
+def _rounded(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()}
+
+
+def build_recipe(
+    cfg: RunConfig,
+    setup: MeasurementSetup,
+    best: CandidateResult,
+    outcome: SearchOutcome,
+    excluded: list[tuple[Candidate, str]],
+    context: str,
+    idle_watts: float,
+) -> dict[str, Any]:
+    base = outcome.baseline
+    evidence = _evidence_of(best)
+    if base.performance is not None:
+        evidence["baseline"] = {"settings": base.candidate.to_dict(), **_evidence_of(base)}
+        evidence["gain_vs_baseline"] = {
+            "goodput_tokens_per_joule": _ratio(best.objective, base.objective),
+            "tokens_per_joule": _ratio(
+                best.performance.tokens_per_joule.mean if best.performance else 0.0,
+                base.performance.tokens_per_joule.mean,
+            ),
+        }
+    counts: dict[str, int] = {}
+    for r in outcome.results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    evidence["search"] = {
+        **counts,
+        "excluded_by_rules": len(excluded),
+        "not_reached": len(outcome.not_reached),
+        "measuring_seconds": round(outcome.measuring_seconds, 1),
+        "store_context": context,
+    }
+    return {
+        "schema": RECIPE_SCHEMA,
+        "wattsmith_version": tool_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": setup.model.identity(),
+        "target": setup.target.fingerprint(),
+        "settings": best.candidate.to_dict(),
+        "constraints": {
+            "quality": {
+                "max_ppl_increase": cfg.quality.max_ppl_increase,
+                "min_top1_agreement": cfg.quality.min_top1_agreement,
+                "max_kl": cfg.quality.max_kl,
+            },
+            "slo": asdict(cfg.workload.slo),
+        },
+        "measurement": {
+            "workload": asdict(cfg.workload),
+            "quality": asdict(cfg.quality),
+            "quality_text_sha256": setup.text_sha256,
+            "idle_watts": round(idle_watts, 3),
+        },
+        "evidence": evidence,
+    }
+
+
+def _ratio(value: float, base: float) -> float | None:
+    return round(value / base, 3) if base > 0 else None
+
+
+def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
+    header = (
+        "# wattsmith recipe: deployment settings selected by measurement, with the evidence.\n"
+        "# Rebuild: optimizer.load_recipe(path). Re-measure here: optimize verify <this file>.\n"
+    )
+    path.write_text(header + yaml.safe_dump(recipe, sort_keys=False, width=110))
+    return path
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    data: dict[str, Any]
+    candidate: Candidate
+    model: ModelConfig
+    target_kind: str
+    workload: WorkloadConfig
+    quality: QualityConfig
+
+    @property
+    def evidence(self) -> dict[str, Any]:
+        return dict(self.data["evidence"])
+
+
+def read_recipe(path: Path | str) -> Recipe:
+    """Parse and validate a recipe; anything malformed is a UserError naming the part."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            "recipe", f"{path} does not exist", "pass the path of a recipe.yaml written by optimize"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(
+            "recipe", f"{path} is not valid YAML ({exc.__class__.__name__})", "restore it from git"
+        ) from None
+    if not isinstance(data, dict) or data.get("schema") not in SUPPORTED_SCHEMAS:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise UserError(
+            "recipe.schema", f"{path}: unsupported schema {found!r}", f"expected one of {SUPPORTED_SCHEMAS}"
+        )
+    for part in ("model", "target", "settings", "measurement", "evidence"):
+        if not isinstance(data.get(part), dict):
+            raise UserError(f"recipe.{part}", f"{path}: is missing or not a mapping", "restore it from git")
+    try:
+        measurement = data["measurement"]
+        if not isinstance(measurement.get("workload"), dict) or not isinstance(
+            measurement.get("quality"), dict
+        ):
+            raise UserError("measurement", "workload and quality must be mappings", "restore it from git")
+        workload = dict(measurement["workload"])
+        workload["slo"] = SloConfig(**workload["slo"])
+        model = data["model"]
+        return Recipe(
+            path=path,
+            data=data,
+            candidate=Candidate.from_dict(data["settings"]),
+            model=ModelConfig(source=str(model["source"]), revision=model.get("revision")),
+            target_kind=str(data["target"]["kind"]),
+            workload=WorkloadConfig(**workload),
+            quality=QualityConfig(**measurement["quality"]),
+        )
+    except UserError as exc:
+        raise UserError(f"recipe.{exc.field}", exc.problem, exc.fix) from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise UserError(
+            "recipe", f"{path} is missing or has a malformed field ({exc})", "restore it from git"
+        ) from None
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("WATTSMITH_CACHE", "~/.cache/wattsmith")).expanduser()
+
+
+def load_recipe(path: Path | str, model_source: str | None = None, cache_dir: Path | None = None) -> Engine:
+    """An engine built exactly as the recipe says, ready to `generate`.
+
+    `model_source` replaces the recipe's model source (e.g. the same weights at another path);
+    the weights must still hash to the recipe's `weight_sha256`.
+    """
+    from optimizer.backends.base import build_engine
+    from optimizer.model import resolve_model
+    from optimizer.target import detect_target
+
+    recipe = read_recipe(path)
+    cache = cache_dir or default_cache_dir()
+    model = resolve_model(model_config_for(recipe, model_source), cache)
+    check_weights(recipe, model.weight_sha256)
+    target = detect_target(TargetConfig(kind=recipe.target_kind))
+    return build_engine(model, recipe.candidate, target, cache)
+
+
+def model_config_for(recipe: Recipe, model_source: str | None) -> ModelConfig:
+    return ModelConfig(source=model_source or recipe.model.source, revision=recipe.model.revision)
+
+
+def check_weights(recipe: Recipe, weight_sha256: str) -> None:
+    expected = recipe.data["model"]["weight_sha256"]
+    if weight_sha256 != expected:
+        raise UserError(
+            "model.weight_sha256",
+            f"the weights hash to {weight_sha256[:12]}…, the recipe was measured on {expected[:12]}…",
+            "point --model at the weights the recipe names, or run optimize again for these weights",
+        )

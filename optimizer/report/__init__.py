@@ -1,0 +1,1 @@
+"""Reports: report.md and the Pareto plot."""

@@ -1,0 +1,223 @@
+"""report.md: the selected candidate, the baseline, the facility roll-up and every candidate."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from optimizer.config import AccountingConfig, RunConfig
+from optimizer.errors import UserError
+from optimizer.measure.quality import QualityResult
+from optimizer.measure.workload import Spread
+from optimizer.recipe import tool_version
+from optimizer.report.plots import plot_pareto
+from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
+from optimizer.space import Candidate
+
+if TYPE_CHECKING:
+    from optimizer.pipeline import MeasurementSetup
+    from optimizer.search.runner import SearchOutcome
+
+JOULES_PER_KWH = 3.6e6
+
+
+def energy_source_note(source: str, setup: MeasurementSetup) -> str:
+    if source == "estimate":
+        t = setup.target
+        return (
+            "**ESTIMATE** — no energy counter is readable here (no NVML GPU, no RAPL). Joules = process CPU "
+            f"seconds × {t.cpu_active_watts_per_core:g} W/core + wall seconds × {t.cores} cores × "
+            f"{t.cpu_idle_watts_per_core:g} W/core (target.cpu_*_watts_per_core). Ratios between candidates "
+            "are meaningful; absolute joules are not a measurement."
+        )
+    if source == "nvml":
+        return "**measured**: NVML total-energy counter of the GPU (millijoule counter, CUDA synced at window edges)."
+    return "**measured**: Linux RAPL package energy counters (/sys/class/powercap)."
+
+
+def rollup(tokens_per_joule: float, accounting: AccountingConfig) -> dict[str, float]:
+    """Per million output tokens: device kWh, facility kWh (x PUE), gCO2 and cost."""
+    if tokens_per_joule <= 0:
+        return {}
+    device_kwh = 1e6 / tokens_per_joule / JOULES_PER_KWH
+    facility_kwh = device_kwh * accounting.pue
+    return {
+        "device_kwh": device_kwh,
+        "facility_kwh": facility_kwh,
+        "gco2": facility_kwh * accounting.grid_gco2_per_kwh,
+        "cost": facility_kwh * accounting.price_per_kwh,
+    }
+
+
+def write_report(
+    output_dir: Path,
+    cfg: RunConfig,
+    setup: MeasurementSetup,
+    outcome: SearchOutcome,
+    excluded: Sequence[tuple[Candidate, str]],
+    best: CandidateResult | None,
+    front: Sequence[CandidateResult],
+    idle_watts: float,
+    infeasible: UserError | None,
+) -> Path:
+    source = setup.meter.source
+    plot_pareto(
+        output_dir / "pareto.png", outcome.results, front, best, outcome.baseline, cfg.quality.max_kl, source
+    )
+    model, target = setup.model, setup.target
+    device = target.gpu.name if target.gpu else f"{target.cpu_model} ({target.cores} cores)"
+    lines = [
+        f"# wattsmith report: {model.name} on {device}",
+        "",
+        f"- created {datetime.now(timezone.utc).isoformat(timespec='seconds')} by wattsmith {tool_version()}",
+        f"- model `{model.source}` ({model.format}, {model.shape.num_parameters / 1e6:.1f} M parameters, "
+        f"weights sha256 `{model.weight_sha256[:16]}…`)",
+        f"- energy source: {energy_source_note(source, setup)}",
+        f"- idle power before the search: {idle_watts:.1f} W ({source}); *total* energy is reported, "
+        "*active* = total − idle × seconds",
+        f"- workload: {cfg.workload.prompt_tokens}-token prompts, {cfg.workload.max_new_tokens} new tokens "
+        f"(EOS ignored), windows ≥ {cfg.workload.min_window_seconds:g} s × {cfg.workload.repeats} after "
+        f"{cfg.workload.warmup_batches} warm-up batch(es)",
+        f"- SLO: {_slo_text(cfg)}; **goodput** counts only output tokens of requests that met it, "
+        "**throughput** counts all",
+        f"- quality bound: perplexity ≤ +{cfg.quality.max_ppl_increase:.1%}, top-1 agreement ≥ "
+        f"{cfg.quality.min_top1_agreement:.0%}, mean KL ≤ {cfg.quality.max_kl:g} nats, vs fp32 eager on "
+        f"{cfg.quality.num_sequences}×{cfg.quality.seq_tokens} held-out tokens of `{cfg.quality.text}`",
+        "",
+    ]
+    lines += _selected_section(best, outcome.baseline, cfg.accounting, infeasible)
+    lines += _search_section(outcome, excluded)
+    lines += ["## Energy-quality trade-off", "", "![Pareto plot](pareto.png)", ""]
+    if front:
+        lines += ["Pareto front (goodput tokens/J up, KL down):", ""]
+        lines += [f"- {r.candidate.label()}: {r.objective:.3f} tok/J, KL {_kl(r)}" for r in front]
+        lines.append("")
+    lines += _candidates_table(outcome.results)
+    if excluded:
+        lines += ["## Excluded by rules", ""]
+        for reason, count in Counter(reason for _, reason in excluded).most_common():
+            lines.append(f"- {count} × {reason}")
+        lines.append("")
+    path = output_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _slo_text(cfg: RunConfig) -> str:
+    slo = cfg.workload.slo
+    parts = []
+    if slo.tpot_ms is not None:
+        parts.append(f"TPOT p{slo.percentile:g} ≤ {slo.tpot_ms:g} ms")
+    if slo.ttft_ms is not None:
+        parts.append(f"TTFT p{slo.percentile:g} ≤ {slo.ttft_ms:g} ms")
+    return ", ".join(parts) or "none"
+
+
+def _selected_section(
+    best: CandidateResult | None,
+    baseline: CandidateResult,
+    accounting: AccountingConfig,
+    infeasible: UserError | None,
+) -> list[str]:
+    lines = ["## Selected", ""]
+    if best is None:
+        assert infeasible is not None
+        return lines + [f"**Nothing feasible.** {infeasible}", ""]
+    rows = [("selected", best), ("baseline", baseline)]
+    lines += [
+        "| | settings | goodput tok/J | tok/J (all) | active tok/J | tok/s | W | TPOT p90 ms | ppl Δ | top-1 | KL |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows:
+        p, q = r.performance, r.quality
+        if p is None:
+            lines.append(f"| {name} | {r.candidate.label()} | {r.status}: {r.reason} |||||||||")
+            continue
+        lines.append(
+            f"| {name} | {r.candidate.label()} | {_spread(p.goodput_tokens_per_joule)} | {p.tokens_per_joule.mean:.3f} "
+            f"| {p.active_tokens_per_joule.mean:.3f} | {p.tokens_per_second.mean:.1f} | {p.watts.mean:.1f} "
+            f"| {p.latency.tpot_ms['p90']:.0f} | {_q(q)} |"
+        )
+    lines.append("")
+    if baseline.objective > 0:
+        lines.append(
+            f"**{best.objective / baseline.objective:.1f}×** goodput tokens per joule over the baseline "
+            f"({baseline.candidate.label()}), same energy source, same workload."
+        )
+        lines.append("")
+    lines += [
+        f"Facility roll-up per million output tokens (PUE {accounting.pue:g}, "
+        f"{accounting.grid_gco2_per_kwh:g} gCO2/kWh, {accounting.price_per_kwh:g} {accounting.currency}/kWh; "
+        "arithmetic on the energy above):",
+        "",
+        "| | device kWh | facility kWh | gCO2 | cost |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in rows:
+        if r.performance is None:
+            continue
+        ru = rollup(r.objective, accounting)
+        if ru:
+            lines.append(
+                f"| {name} | {ru['device_kwh']:.4f} | {ru['facility_kwh']:.4f} | {ru['gco2']:.1f} "
+                f"| {ru['cost']:.4f} {accounting.currency} |"
+            )
+    return lines + [""]
+
+
+def _search_section(outcome: SearchOutcome, excluded: Sequence[tuple[Candidate, str]]) -> list[str]:
+    counts = Counter(r.status for r in outcome.results)
+    reused = sum(r.reused for r in outcome.results)
+    feasible = sum(r.feasible for r in outcome.results)
+    return [
+        "## Search",
+        "",
+        f"- measured {counts[MEASURED]} (feasible {feasible}), rejected by the quality bound {counts[REJECTED]}, "
+        f"failed {counts[FAILED]}, pruned {counts[PRUNED]}, excluded by rules {len(excluded)}, "
+        f"not reached within the budget {len(outcome.not_reached)}",
+        f"- {reused} results reused from the store; {outcome.measuring_seconds:.0f} s spent evaluating in this run",
+        "",
+    ]
+
+
+def _candidates_table(results: Sequence[CandidateResult]) -> list[str]:
+    lines = [
+        "## All candidates",
+        "",
+        "| candidate | status | ppl Δ | top-1 | KL | tok/s | tok/J | goodput tok/J | TPOT p90 ms | TTFT p90 ms | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = {MEASURED: 0, REJECTED: 1, FAILED: 2, PRUNED: 3}
+    for r in sorted(results, key=lambda r: (order.get(r.status, 9), -r.objective)):
+        p = r.performance
+        status = "feasible" if r.feasible else r.status
+        note = r.reason or ("; ".join(p.slo_violations) if p else "")
+        if r.role == "baseline":
+            note = ("baseline. " + note).strip()
+        perf = (
+            f"{p.tokens_per_second.mean:.1f} | {p.tokens_per_joule.mean:.3f} | {_spread(p.goodput_tokens_per_joule)} "
+            f"| {p.latency.tpot_ms['p90']:.0f} | {p.latency.ttft_ms['p90']:.0f}"
+            if p
+            else " | | | | "
+        )
+        lines.append(
+            f"| {r.candidate.label()} | {status} | {_q(r.quality)} | {perf} | {note.replace('|', '/')} |"
+        )
+    return lines + [""]
+
+
+def _spread(spread: Spread) -> str:
+    return f"{spread.mean:.3f} ± {spread.std:.3f}"
+
+
+def _q(quality: QualityResult | None) -> str:
+    if quality is None:
+        return " | | "
+    return f"{quality.ppl_increase:+.2%} | {quality.top1_agreement:.1%} | {quality.mean_kl:.4f}"
+
+
+def _kl(result: CandidateResult) -> str:
+    return f"{result.quality.mean_kl:.4f}" if result.quality else "n/a"

@@ -1,0 +1,100 @@
+"""The energy-quality trade-off plot (pareto.png)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from optimizer.results import MEASURED, REJECTED, CandidateResult
+
+
+def plot_pareto(
+    path: Path,
+    results: Sequence[CandidateResult],
+    front: Sequence[CandidateResult],
+    best: CandidateResult | None,
+    baseline: CandidateResult,
+    max_kl: float,
+    energy_source: str,
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    groups = {
+        "feasible": [r for r in results if r.feasible],
+        "misses SLO": [r for r in results if r.status == MEASURED and not r.feasible],
+    }
+    styles = {"feasible": ("o", "tab:blue"), "misses SLO": ("x", "tab:orange")}
+    for name, members in groups.items():
+        if members:
+            marker, color = styles[name]
+            ax.scatter(
+                [_kl(r) for r in members],
+                [r.objective for r in members],
+                marker=marker,
+                color=color,
+                label=name,
+                zorder=3,
+            )
+    rejected = [
+        r for r in results if r.status == REJECTED and r.quality is not None and r.performance is None
+    ]
+    if rejected:
+        ax.scatter(
+            [_kl(r) for r in rejected],
+            [0.0] * len(rejected),
+            marker="|",
+            s=200,
+            color="tab:gray",
+            label="breaks quality bound (not measured)",
+            zorder=2,
+        )
+    if front:
+        ax.plot(
+            [_kl(r) for r in front],
+            [r.objective for r in front],
+            "--",
+            color="tab:green",
+            label="Pareto front",
+        )
+    if baseline.performance is not None:
+        ax.scatter(
+            [_kl(baseline)],
+            [baseline.objective],
+            marker="s",
+            s=90,
+            facecolors="none",
+            edgecolors="black",
+            label=f"baseline: {baseline.candidate.label()}",
+            zorder=4,
+        )
+    if best is not None:
+        ax.scatter(
+            [_kl(best)],
+            [best.objective],
+            marker="*",
+            s=260,
+            color="gold",
+            edgecolors="black",
+            label=f"selected: {best.candidate.label()}",
+            zorder=5,
+        )
+    ax.axvline(max_kl, color="tab:red", linestyle=":", label=f"quality.max_kl = {max_kl:g}")
+    ax.set_xscale("symlog", linthresh=1e-4)
+    ax.set_xlabel("quality loss: mean KL(reference || candidate), nats")
+    unit = "tokens/J (ESTIMATE)" if energy_source == "estimate" else f"tokens/J ({energy_source})"
+    ax.set_ylabel(f"goodput {unit}")
+    ax.set_title("Energy-quality trade-off")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _kl(result: CandidateResult) -> float:
+    return result.quality.mean_kl if result.quality else 0.0

@@ -1,0 +1,84 @@
+"""CandidateResult: what one candidate produced, whether measured, rejected, failed or pruned.
+
+Failure is data: a candidate that crashes or breaks the quality bound is a result with a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from optimizer.config import QualityConfig
+from optimizer.measure.quality import QualityResult
+from optimizer.measure.workload import PerformanceResult
+from optimizer.space import Candidate
+
+MEASURED = "measured"
+REJECTED = "rejected"  # broke the quality bound: no energy window was spent on it
+FAILED = "failed"  # build or run raised (export error, out of memory, timeout)
+PRUNED = "pruned"  # skipped before building (does not fit memory, ...)
+STATUSES = (MEASURED, REJECTED, FAILED, PRUNED)
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    candidate: Candidate
+    status: str
+    reason: str | None = None
+    quality: QualityResult | None = None
+    performance: PerformanceResult | None = None
+    role: str = "candidate"  # or "baseline"
+    build_seconds: float = 0.0
+    seconds: float = 0.0  # wall time this candidate cost the search
+    finished_at: str = ""
+    reused: bool = False  # loaded from the store instead of measured in this run
+
+    @property
+    def feasible(self) -> bool:
+        """Measured, inside the quality bound (checked before measuring) and inside the SLO."""
+        return self.status == MEASURED and self.performance is not None and self.performance.slo_met
+
+    @property
+    def objective(self) -> float:
+        """Goodput tokens per joule (mean over windows); 0 when not measured."""
+        return self.performance.goodput_tokens_per_joule.mean if self.performance else 0.0
+
+    def rejudged(self, bound: QualityConfig) -> CandidateResult | None:
+        """This stored result judged against this run's quality bound (the bound is not part of
+        the store key). None when it now passes but was never measured: it must be measured."""
+        if self.quality is None or self.status not in (MEASURED, REJECTED):
+            return self
+        broken = self.quality.violations(bound)
+        if broken:
+            return replace(self, status=REJECTED, reason="; ".join(broken))
+        if self.performance is None:
+            return None
+        return replace(self, status=MEASURED, reason=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate.to_dict(),
+            "label": self.candidate.label(),
+            "status": self.status,
+            "reason": self.reason,
+            "role": self.role,
+            "quality": self.quality.to_dict() if self.quality else None,
+            "performance": self.performance.to_dict() if self.performance else None,
+            "build_seconds": self.build_seconds,
+            "seconds": self.seconds,
+            "finished_at": self.finished_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CandidateResult:
+        return cls(
+            candidate=Candidate.from_dict(data["candidate"]),
+            status=data["status"],
+            reason=data.get("reason"),
+            role=data.get("role", "candidate"),
+            quality=QualityResult(**data["quality"]) if data.get("quality") else None,
+            performance=PerformanceResult.from_dict(data["performance"]) if data.get("performance") else None,
+            build_seconds=data.get("build_seconds", 0.0),
+            seconds=data.get("seconds", 0.0),
+            finished_at=data.get("finished_at", ""),
+        )

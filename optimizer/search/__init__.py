@@ -1,0 +1,1 @@
+"""Search: samplers, the analytic prefilter, candidate evaluation and the loop."""

@@ -1,0 +1,133 @@
+"""Evaluate one candidate: build, quality probe first, then the workload in energy windows."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from optimizer.backends.base import build_engine
+from optimizer.config import QualityConfig, SearchConfig, WorkloadConfig
+from optimizer.measure.energy import EnergyMeter
+from optimizer.measure.quality import QualityReference, QualityResult, evaluate_quality
+from optimizer.measure.workload import PerformanceResult, Workload, measure_performance
+from optimizer.model import ModelSpec
+from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
+from optimizer.space import Candidate, reference_settings
+from optimizer.store import TrialStore
+from optimizer.target import TargetSpec
+
+log = logging.getLogger(__name__)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Evaluator:
+    """Everything needed to turn a Candidate into a CandidateResult. Quality per numerics is
+    computed once and shared by batch-size and thread variants."""
+
+    model: ModelSpec
+    target: TargetSpec
+    meter: EnergyMeter
+    workload: Workload
+    quality_tokens: torch.Tensor
+    workload_cfg: WorkloadConfig
+    quality_cfg: QualityConfig
+    search_cfg: SearchConfig
+    store: TrialStore | None
+    workdir: Path
+    _reference: QualityReference | None = field(default=None, init=False)
+    _quality: dict[str, QualityResult] = field(default_factory=dict, init=False)
+
+    def reference(self) -> QualityReference:
+        """fp32 eager logits on the held-out text, computed on first use."""
+        if self._reference is None:
+            ref_candidate = Candidate(reference_settings(), batch_size=1, threads=0)
+            engine = build_engine(self.model, ref_candidate, self.target, self.workdir)
+            try:
+                self._reference = QualityReference(self.quality_tokens, engine, self.quality_cfg.batch_size)
+            finally:
+                engine.close()
+            log.info("quality reference: fp32 eager perplexity %.3f", self._reference.perplexity)
+        return self._reference
+
+    def _cached_quality(self, candidate: Candidate) -> QualityResult | None:
+        key = candidate.numerics_key()
+        if key not in self._quality and self.store and (stored := self.store.quality_for(key)) is not None:
+            self._quality[key] = QualityResult(**stored)
+        return self._quality.get(key)
+
+    def evaluate(self, candidate: Candidate, role: str = "candidate") -> CandidateResult:
+        """Never raises for a candidate's own failure: failure is a result with its error."""
+        start = time.perf_counter()
+        build_seconds = 0.0
+        try:
+            quality = self._cached_quality(candidate)
+            if quality is None:
+                self.reference()  # before this candidate's engine: never two models in memory at once
+            elif (broken := quality.violations(self.quality_cfg)) and role != "baseline":
+                return self._result(candidate, REJECTED, "; ".join(broken), quality, None, role, start, 0.0)
+            engine = build_engine(self.model, candidate, self.target, self.workdir)
+            build_seconds = time.perf_counter() - start
+            try:
+                if quality is None:
+                    quality = evaluate_quality(engine, self.reference())
+                    self._quality[candidate.numerics_key()] = quality
+                broken = quality.violations(self.quality_cfg)
+                if broken and role != "baseline":
+                    return self._result(
+                        candidate, REJECTED, "; ".join(broken), quality, None, role, start, build_seconds
+                    )
+                deadline = start + self.search_cfg.candidate_timeout_minutes * 60
+                performance = measure_performance(
+                    engine, self.workload, candidate.batch_size, self.meter, self.workload_cfg, deadline
+                )
+            finally:
+                engine.close()
+            status = REJECTED if broken else MEASURED  # only the baseline is measured despite a broken bound
+            reason = "; ".join(broken) or None
+            return self._result(candidate, status, reason, quality, performance, role, start, build_seconds)
+        except Exception as exc:  # noqa: BLE001 - any candidate failure is data, the search goes on
+            log.debug("candidate %s failed:\n%s", candidate.label(), traceback.format_exc())
+            _release_device_memory()
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+            return self._result(candidate, FAILED, reason, None, None, role, start, build_seconds)
+
+    @staticmethod
+    def _result(
+        candidate: Candidate,
+        status: str,
+        reason: str | None,
+        quality: QualityResult | None,
+        performance: PerformanceResult | None,
+        role: str,
+        start: float,
+        build_seconds: float,
+    ) -> CandidateResult:
+        return CandidateResult(
+            candidate=candidate,
+            status=status,
+            reason=reason,
+            quality=quality,
+            performance=performance,
+            role=role,
+            build_seconds=build_seconds,
+            seconds=time.perf_counter() - start,
+            finished_at=now_iso(),
+        )
+
+
+def _release_device_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

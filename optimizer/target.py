@@ -1,0 +1,235 @@
+"""TargetSpec: the device a deployment runs on, detected here and completed by a preset.
+
+Detection reads /proc (CPU) and NVML (NVIDIA GPUs). NVML comes from `nvidia-ml-py` and is
+imported only here, when a target is detected, so `import optimizer` never touches a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+from dataclasses import asdict, dataclass, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from optimizer.config import TargetConfig
+from optimizer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+GIB = 1 << 30
+TRACKED_PACKAGES = ("wattsmith", "torch", "transformers", "accelerate", "optimum-quanto", "hqq", "torchao")
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    index: int
+    memory_bytes: int
+    driver: str
+    compute_capability: tuple[int, int]
+    power_limit_watts: float
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A resolved target. `memory_bytes` is the budget candidates must fit in."""
+
+    kind: str  # "cpu" | "cuda"
+    name: str
+    device: str  # torch device string: "cpu" or "cuda:<index>"
+    cpu_model: str
+    cores: int
+    memory_bytes: int
+    bf16: bool
+    fp16: bool
+    fp8: bool
+    tdp_watts: float | None
+    memory_bandwidth_gb_per_s: float | None
+    peak_bf16_tflops: float | None
+    energy_source: str  # requested: auto | nvml | rapl | estimate
+    cpu_active_watts_per_core: float
+    cpu_idle_watts_per_core: float
+    gpu: GpuInfo | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.kind == "cuda"
+
+    def fingerprint(self) -> dict[str, object]:
+        """Hardware and software identity recorded in recipes and used in store keys."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "cpu_model": self.cpu_model,
+            "cores": self.cores,
+            "memory_gib": round(self.memory_bytes / GIB, 1),
+            "gpu": asdict(self.gpu) if self.gpu else None,
+            "python": platform.python_version(),
+            "platform": f"{platform.system()}-{platform.machine()}",
+            "packages": package_versions(),
+        }
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def detect_target(cfg: TargetConfig) -> TargetSpec:
+    """Resolve `target=` into a TargetSpec; user settings win over detected values."""
+    cpu_model, cores, cpu_memory, cpu_bf16 = _detect_cpu()
+    gpu = _detect_gpu(cfg.device_index) if cfg.kind in ("auto", "cuda") else None
+    if gpu is not None and not _torch_cuda_usable():
+        log.warning("NVML sees %s but torch has no CUDA; targeting the CPU", gpu.name)
+        gpu = None
+    if cfg.kind == "cuda" and gpu is None:
+        raise UserError(
+            "target",
+            f"asks for a CUDA GPU ({cfg.name}) but none is usable here (NVML or torch.cuda)",
+            "run on the GPU machine, or use target=cpu / target=auto",
+        )
+    if gpu is None:
+        return TargetSpec(
+            kind="cpu",
+            name=cfg.name if cfg.name != "auto" else "cpu",
+            device="cpu",
+            cpu_model=cpu_model,
+            cores=cores,
+            memory_bytes=_budget(cpu_memory, cfg.memory_gib),
+            bf16=cpu_bf16 if cfg.bf16 is None else cfg.bf16,
+            fp16=bool(cfg.fp16),  # no fast fp16 matmul on CPUs by default
+            fp8=False,
+            tdp_watts=cfg.tdp_watts,
+            memory_bandwidth_gb_per_s=cfg.memory_bandwidth_gb_per_s,
+            peak_bf16_tflops=cfg.peak_bf16_tflops,
+            energy_source=cfg.energy_source,
+            cpu_active_watts_per_core=cfg.cpu_active_watts_per_core,
+            cpu_idle_watts_per_core=cfg.cpu_idle_watts_per_core,
+        )
+    major, _minor = gpu.compute_capability
+    spec = TargetSpec(
+        kind="cuda",
+        name=cfg.name if cfg.name != "auto" else _preset_name(gpu.name),
+        device=f"cuda:{gpu.index}",
+        cpu_model=cpu_model,
+        cores=cores,
+        memory_bytes=_budget(gpu.memory_bytes, cfg.memory_gib),
+        bf16=(major >= 8) if cfg.bf16 is None else cfg.bf16,
+        fp16=True if cfg.fp16 is None else cfg.fp16,
+        fp8=(gpu.compute_capability >= (8, 9)) if cfg.fp8 is None else cfg.fp8,
+        tdp_watts=cfg.tdp_watts or gpu.power_limit_watts,
+        memory_bandwidth_gb_per_s=cfg.memory_bandwidth_gb_per_s,
+        peak_bf16_tflops=cfg.peak_bf16_tflops,
+        energy_source=cfg.energy_source,
+        cpu_active_watts_per_core=cfg.cpu_active_watts_per_core,
+        cpu_idle_watts_per_core=cfg.cpu_idle_watts_per_core,
+        gpu=gpu,
+    )
+    return _fill_from_preset(spec) if cfg.name == "auto" else spec
+
+
+def _budget(detected_bytes: int, memory_gib: float | None) -> int:
+    if memory_gib is None:
+        return detected_bytes
+    return min(detected_bytes, int(memory_gib * GIB))
+
+
+def _preset_name(gpu_name: str) -> str:
+    tokens = re.split(r"[\s_-]+", gpu_name.lower())
+    for preset in ("h200", "h100", "a100", "l40s", "l4"):
+        if preset in tokens:
+            return preset
+    return "-".join(t for t in tokens if t != "nvidia")
+
+
+def _fill_from_preset(spec: TargetSpec) -> TargetSpec:
+    """With target=auto on a known GPU, take bandwidth/FLOP/s from conf/target/<preset>.yaml."""
+    from optimizer.config import CONF_DIR
+
+    preset = CONF_DIR / "target" / f"{spec.name}.yaml"
+    if not preset.is_file():
+        return spec
+    import yaml
+
+    values = yaml.safe_load(preset.read_text()) or {}
+    return replace(
+        spec,
+        memory_bandwidth_gb_per_s=spec.memory_bandwidth_gb_per_s or values.get("memory_bandwidth_gb_per_s"),
+        peak_bf16_tflops=spec.peak_bf16_tflops or values.get("peak_bf16_tflops"),
+    )
+
+
+def _detect_cpu() -> tuple[str, int, int, bool]:
+    model = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    memory = _meminfo_bytes("MemTotal") or 8 * GIB
+    return model, cores, memory, bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def _meminfo_bytes(key: str) -> int | None:
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return None
+    for line in meminfo.read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _detect_gpu(index: int) -> GpuInfo | None:
+    try:
+        import pynvml  # provided by nvidia-ml-py
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        if index >= pynvml.nvmlDeviceGetCount():
+            return None
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name = pynvml.nvmlDeviceGetName(handle)
+        return GpuInfo(
+            name=name.decode() if isinstance(name, bytes) else name,
+            index=index,
+            memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
+            driver=_text(pynvml.nvmlSystemGetDriverVersion()),
+            compute_capability=_capability(pynvml.nvmlDeviceGetCudaComputeCapability(handle)),
+            power_limit_watts=pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0,
+        )
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _capability(value: Any) -> tuple[int, int]:
+    major, minor = value
+    return int(major), int(minor)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _torch_cuda_usable() -> bool:
+    import torch  # detection runs inside an optimize run, never at import
+
+    return bool(torch.cuda.is_available())

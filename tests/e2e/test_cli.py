@@ -1,0 +1,219 @@
+"""The `optimize` CLI on the real packaged SmolLM2-135M, with a small budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+# Small but real: the packaged model, real text, short windows, two numerics x two batch sizes
+# plus an int8-dynamic variant that the quality bound is expected to reject on this model.
+SMALL = [
+    "workload=quick",
+    "workload.min_window_seconds=0.5",
+    "workload.repeats=2",
+    "workload.idle_seconds=0.5",
+    "space.batch_sizes=[1,4]",
+    "space.torch.precisions=[fp32,bf16]",
+    "space.torch.quantizations=[none,int8-dynamic]",
+    "quality.num_sequences=4",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Reuse the CI cache (converted GGUF) when set, else a session temp dir.
+    env = os.environ.get("WATTSMITH_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("cache")
+
+
+def optimize(*args: str, cache: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"WATTSMITH_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "optimizer", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def run_args(run_dir: Path) -> list[str]:
+    return [*SMALL, f"output_dir={run_dir}", f"store_path={run_dir.parent / 'trials.jsonl'}"]
+
+
+@pytest.fixture(scope="session")
+def first_run(
+    tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    root = tmp_path_factory.mktemp("search")
+    proc = optimize(*run_args(root / "run1"), cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, proc
+
+
+def test_run_writes_a_valid_recipe_report_and_plot(
+    first_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    root, proc = first_run
+    run = root / "run1"
+    for name in ("recipe.yaml", "report.md", "pareto.png", "results.jsonl", "config.yaml"):
+        assert (run / name).is_file(), name
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert recipe["schema"] == "wattsmith.recipe/v1"
+    assert recipe["model"]["name"] == "SmolLM2-135M-Instruct"
+    assert len(recipe["model"]["weight_sha256"]) == 64
+    energy = recipe["evidence"]["energy"]
+    assert energy["source"] == "estimate" and energy["is_estimate"] is True  # no RAPL/NVML on CI
+    assert energy["repeats"] == 2
+    assert all(s >= 0.5 for s in energy["window_seconds"])
+    assert energy["goodput_tokens_per_joule"]["mean"] > 0
+    assert recipe["evidence"]["baseline"]["settings"]["precision"] == "fp32"
+    assert recipe["evidence"]["gain_vs_baseline"]["goodput_tokens_per_joule"] >= 1.0
+    report = (run / "report.md").read_text()
+    assert "ESTIMATE" in report and "## All candidates" in report
+    results = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert {r["status"] for r in results} <= {"measured", "rejected", "failed", "pruned"}
+    # Quality is checked first: a rejected candidate never got an energy window.
+    assert all(r["performance"] is None for r in results if r["status"] == "rejected")
+    assert "best:" in proc.stdout
+
+
+def test_selected_is_the_best_feasible(first_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    root, _ = first_run
+    results = [json.loads(line) for line in (root / "run1" / "results.jsonl").read_text().splitlines()]
+    feasible = [
+        r
+        for r in results
+        if r["status"] == "measured" and r["performance"] and not r["performance"]["slo_violations"]
+    ]
+    best = max(feasible, key=lambda r: r["performance"]["goodput_tokens_per_joule"]["mean"])
+    recipe = yaml.safe_load((root / "run1" / "recipe.yaml").read_text())
+    assert recipe["settings"] == best["candidate"]
+
+
+def test_verify_passes_on_the_recipe(
+    first_run: tuple[Path, subprocess.CompletedProcess[str]], cache_dir: Path
+) -> None:
+    root, _ = first_run
+    proc = optimize("verify", str(root / "run1" / "recipe.yaml"), "--tolerance", "0.5", cache=cache_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "PASSED" in proc.stdout
+
+
+def test_rerun_repeats_nothing(
+    first_run: tuple[Path, subprocess.CompletedProcess[str]], cache_dir: Path
+) -> None:
+    root, _ = first_run
+    store = root / "trials.jsonl"
+    lines_before = store.read_text().count("\n")
+    proc = optimize(*run_args(root / "run2"), cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert store.read_text().count("\n") == lines_before  # nothing new was measured
+    progress = [line for line in proc.stderr.splitlines() if "] torch " in line]
+    assert progress and all("(stored)" in line for line in progress)
+    assert (root / "run2" / "recipe.yaml").is_file()
+
+
+def test_killed_search_resumes_without_redoing_finished(tmp_path: Path, cache_dir: Path) -> None:
+    run_dir = tmp_path / "killed"
+    store = tmp_path / "trials.jsonl"
+    env = os.environ | {"WATTSMITH_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optimizer", *run_args(run_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and (not store.exists() or store.read_text().count("\n") < 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
+    assert len(finished) >= 2
+    done_labels = {r["result"]["label"] for r in finished}
+    resumed = optimize(*run_args(tmp_path / "resumed"), cache=cache_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    progress = [line for line in resumed.stderr.splitlines() if "] torch " in line]
+    for label in done_labels:
+        lines = [line for line in progress if label in line]
+        assert lines and all("(stored)" in line for line in lines), label
+    records = [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
+    labels = [r["result"]["label"] for r in records]
+    assert len(labels) == len(set(labels))  # each candidate measured once in all
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["model=/no/such/model"], "model.source"),
+        (["space=nope"], "space"),
+        (["space.batch_sizes=[1,"], "overrides"),
+        (["workload.repeats=0"], "workload.repeats"),
+        (["quality.max_kl=-1"], "quality.max_kl"),
+        (["output_dir=/proc/wattsmith-cannot-write"], "output_dir"),
+    ],
+)
+def test_bad_input_exits_2_with_the_field(
+    args: list[str], field: str, tmp_path: Path, cache_dir: Path
+) -> None:
+    proc = optimize(
+        f"output_dir={tmp_path / 'run'}",
+        f"store_path={tmp_path / 't.jsonl'}",
+        *args,
+        cache=cache_dir,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert f"error: {field}" in proc.stderr
+    assert "fix:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_impossible_slo_exits_2_and_still_reports(tmp_path: Path, cache_dir: Path) -> None:
+    args = [*run_args(tmp_path / "run"), "space.torch.precisions=[fp32]", "space.torch.quantizations=[none]"]
+    proc = optimize(*args, "workload.slo.tpot_ms=0.001", cache=cache_dir)
+    assert proc.returncode == 2
+    assert "error: workload.slo" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "run" / "report.md").is_file()
+    assert not (tmp_path / "run" / "recipe.yaml").exists()
+
+
+def test_verify_rejects_a_corrupt_recipe(tmp_path: Path, cache_dir: Path) -> None:
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text("schema: wattsmith.recipe/v1\nsettings: [not, a, mapping\n")
+    proc = optimize("verify", str(bad), cache=cache_dir)
+    assert proc.returncode == 2
+    assert "error: recipe" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_load_recipe_builds_an_engine_that_generates(
+    first_run: tuple[Path, subprocess.CompletedProcess[str]], cache_dir: Path
+) -> None:
+    root, _ = first_run
+    code = (
+        "import sys, torch, optimizer\n"
+        "engine = optimizer.load_recipe(sys.argv[1])\n"
+        "gen = engine.generate(torch.tensor([[1, 2, 3, 4]]), 5)\n"
+        "print(gen.new_tokens, gen.batch_size)\n"
+    )
+    env = os.environ | {"WATTSMITH_CACHE": str(cache_dir)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(root / "run1" / "recipe.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[:2] == ["5", "1"]

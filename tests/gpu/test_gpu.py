@@ -1,0 +1,107 @@
+"""Checks that need a real NVIDIA GPU: the NVML meter, the captured decode loop, GPU quantization."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+def _target():  # type: ignore[no-untyped-def]
+    from optimizer.config import TargetConfig
+    from optimizer.target import detect_target
+
+    return detect_target(TargetConfig(kind="cuda"))
+
+
+def _engine(model_dir: Path, tmp_path: Path, **settings: object):  # type: ignore[no-untyped-def]
+    from optimizer.backends.base import build_engine
+    from optimizer.config import ModelConfig
+    from optimizer.model import resolve_model
+    from optimizer.space import Candidate, TorchSettings
+
+    model = resolve_model(ModelConfig(source=str(model_dir)), tmp_path)
+    candidate = Candidate(TorchSettings(**settings), batch_size=2, threads=0)  # type: ignore[arg-type]
+    return build_engine(model, candidate, _target(), tmp_path)
+
+
+def test_detect_target_reads_the_gpu() -> None:
+    target = _target()
+    assert target.kind == "cuda" and target.gpu is not None
+    assert target.gpu.memory_bytes > 1 << 30
+    assert target.device == "cuda:0"
+    assert target.fp8 == (target.gpu.compute_capability >= (8, 9))
+
+
+def test_nvml_window_measures_load_and_agrees_with_polled_power() -> None:
+    import torch
+
+    from optimizer.measure.energy import NvmlMeter, measure_idle_watts
+
+    meter = NvmlMeter([0])
+    idle = measure_idle_watts(meter, 1.0)
+    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    with meter.window() as window:
+        end = time.perf_counter() + 2.5
+        while time.perf_counter() < end:
+            for _ in range(20):
+                x = (x @ x).clamp_(-1, 1)
+            torch.cuda.synchronize()
+    assert window.source == "nvml"
+    assert window.seconds >= 2.5
+    assert window.watts > idle > 0
+    assert window.polled_joules is not None
+    assert abs(window.polled_joules / window.joules - 1) < 0.10  # instant power, 50 ms polls
+    assert window.temperature_c is not None and window.sm_clock_mhz is not None
+    assert not window.warnings  # 2.5 s >= 20 counter periods
+
+
+def test_graph_loop_matches_hf_greedy(tiny_cuda_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    prompts = torch.randint(0, 2048, (2, 16))
+    hf = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32", kv_cache="static", loop="hf")
+    graph = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32", kv_cache="static", loop="graph")
+    expected = hf.generate(prompts, 8)
+    first = graph.generate(prompts, 8)  # captures
+    second = graph.generate(prompts, 8)  # replays
+    assert expected.token_ids is not None and first.token_ids is not None and second.token_ids is not None
+    assert torch.equal(first.token_ids, expected.token_ids)
+    assert torch.equal(second.token_ids, expected.token_ids)
+    assert 0 < second.ttft_seconds < second.total_seconds
+
+
+@pytest.mark.parametrize("quantization", ["int8-weight", "int4-weight", "fp8"])
+def test_quantized_engines_generate_and_score(
+    quantization: str, tiny_cuda_model_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    if quantization == "fp8" and not _target().fp8:
+        pytest.skip("fp8 needs compute capability >= 8.9")
+    engine = _engine(
+        tiny_cuda_model_dir,
+        tmp_path,
+        precision="bf16",
+        quantization=quantization,
+        kv_cache="static",
+        loop="graph",
+    )
+    generation = engine.generate(torch.randint(0, 2048, (2, 16)), 6)
+    assert generation.token_ids is not None and generation.token_ids.shape == (2, 6)
+    logits = engine.score(torch.randint(0, 2048, (2, 16)))
+    assert logits.shape == (2, 16, 2048) and torch.isfinite(logits).all()
+
+
+def test_hf_generate_with_compile_runs(tiny_cuda_model_dir: Path, tmp_path: Path) -> None:
+    """The plain-HF plateau reference: static cache + torch.compile inside generate."""
+    import torch
+
+    engine = _engine(tiny_cuda_model_dir, tmp_path, precision="bf16", kv_cache="static", compile=True)
+    first = engine.generate(torch.randint(0, 2048, (2, 16)), 6)
+    second = engine.generate(torch.randint(0, 2048, (2, 16)), 6)
+    assert first.token_ids is not None and first.token_ids.shape == (2, 6)
+    assert second.total_seconds < first.total_seconds  # the first call compiled

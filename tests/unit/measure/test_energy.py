@@ -1,0 +1,219 @@
+"""Energy meters: the estimate's arithmetic, RAPL on a fake powercap tree, power integration."""
+
+from __future__ import annotations
+
+import resource
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from optimizer.errors import UserError
+from optimizer.measure import energy
+from optimizer.measure.energy import (
+    EstimateMeter,
+    Measurement,
+    RaplMeter,
+    integrate_power,
+    make_meter,
+    measure_idle_watts,
+)
+
+
+def _process_cpu_seconds() -> float:
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def _burn(seconds: float) -> int:
+    end = time.process_time() + seconds
+    n = 0
+    while time.process_time() < end:
+        n += 1
+    return n
+
+
+def test_measurement_derived_values() -> None:
+    m = Measurement(source="rapl", joules=100.0, seconds=4.0, idle_watts=10.0)
+    assert m.watts == pytest.approx(25.0)
+    assert m.active_joules == pytest.approx(60.0)
+    assert not m.is_estimate
+    assert Measurement(source="estimate").is_estimate
+    assert Measurement(source="rapl").watts == 0.0  # no division by zero
+    # active energy is never negative, even when idle was overestimated
+    assert Measurement(source="rapl", joules=1.0, seconds=1.0, idle_watts=50.0).active_joules == 0.0
+
+
+def test_estimate_meter_counts_cpu_time_and_static_power() -> None:
+    meter = EstimateMeter(cores=2, active_watts_per_core=10.0, idle_watts_per_core=1.0)
+    assert meter.source == "estimate"
+    assert meter.static_watts == pytest.approx(2.0)
+    assert meter.idle_watts == pytest.approx(2.0)
+    with meter.window() as m:
+        cpu0, wall0 = _process_cpu_seconds(), time.perf_counter()
+        _burn(0.3)
+        cpu, wall = _process_cpu_seconds() - cpu0, time.perf_counter() - wall0
+    assert m.source == "estimate" and m.is_estimate
+    assert m.idle_watts == pytest.approx(2.0)
+    assert m.seconds == pytest.approx(wall, abs=0.02)
+    assert cpu >= 0.29
+    assert m.joules == pytest.approx(cpu * 10.0 + wall * 2.0, rel=0.03, abs=0.05)
+    # active energy is the CPU part only
+    assert m.active_joules == pytest.approx(cpu * 10.0, rel=0.05, abs=0.06)
+
+
+def test_estimate_meter_arithmetic_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = iter([100.0, 103.0])
+    wall = iter([50.0, 54.0])
+    monkeypatch.setattr(energy, "_cpu_seconds", lambda: next(cpu))
+    monkeypatch.setattr(energy.time, "perf_counter", lambda: next(wall))
+    meter = EstimateMeter(cores=4, active_watts_per_core=5.0, idle_watts_per_core=1.5)
+    with meter.window() as m:
+        pass
+    assert m.seconds == 4.0
+    assert m.joules == pytest.approx(3.0 * 5.0 + 4.0 * 4 * 1.5)
+
+
+def test_estimate_meter_without_cpu_time_is_static_power(monkeypatch: pytest.MonkeyPatch) -> None:
+    # process CPU time frozen: other threads of the test process (torch's pool) cannot leak in
+    monkeypatch.setattr(energy, "_cpu_seconds", lambda: 12.0)
+    meter = EstimateMeter(cores=2, active_watts_per_core=10.0, idle_watts_per_core=1.0)
+    with meter.window() as m:
+        time.sleep(0.05)
+    assert m.seconds >= 0.05
+    assert m.watts == pytest.approx(2.0)
+    assert m.active_joules == pytest.approx(0.0, abs=1e-9)
+
+
+def _domain(root: Path, name: str, energy_uj: int | str, max_range: int = 1_000_000_000) -> Path:
+    d = root / name
+    d.mkdir()
+    (d / "energy_uj").write_text(f"{energy_uj}\n")
+    (d / "max_energy_range_uj").write_text(f"{max_range}\n")
+    (d / "name").write_text(name)
+    return d
+
+
+@pytest.fixture
+def powercap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "powercap"
+    root.mkdir()
+    monkeypatch.setattr(energy, "POWERCAP", root)
+    return root
+
+
+def test_rapl_package_domains_skip_subdomains_and_unreadable(powercap: Path) -> None:
+    _domain(powercap, "intel-rapl:0", 5)
+    _domain(powercap, "intel-rapl:0:0", 5)  # core sub-domain: counted inside the package
+    _domain(powercap, "intel-rapl:1", 7)
+    _domain(powercap, "intel-rapl:2", "not a number")
+    _domain(powercap, "intel-rapl-mmio:0", 9)
+    assert [d.name for d in RaplMeter.package_domains()] == ["intel-rapl:0", "intel-rapl:1"]
+
+
+def test_rapl_without_powercap_has_no_domains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(energy, "POWERCAP", tmp_path / "missing")
+    assert RaplMeter.package_domains() == []
+
+
+def test_rapl_window_sums_packages_and_handles_wrap_around(powercap: Path) -> None:
+    p0 = _domain(powercap, "intel-rapl:0", 999_000_000, max_range=1_000_000_000)
+    p1 = _domain(powercap, "intel-rapl:1", 10_000_000, max_range=262_143_328_850)
+    meter = RaplMeter(RaplMeter.package_domains())
+    meter.idle_watts = 3.0
+    assert meter.ranges == [1_000_000_000, 262_143_328_850]
+    with meter.window() as m:
+        (p0 / "energy_uj").write_text("1000000\n")  # wrapped: 1 J to the top, 1 J after zero
+        (p1 / "energy_uj").write_text("13500000\n")  # +3.5 J
+    assert m.source == "rapl"
+    assert m.joules == pytest.approx(2.0 + 3.5)
+    assert m.seconds > 0
+    assert m.idle_watts == 3.0
+
+
+def test_make_meter_picks_rapl_when_readable(powercap: Path, make_target) -> None:
+    _domain(powercap, "intel-rapl:0", 1)
+    meter = make_meter(make_target(energy_source="auto"))
+    assert isinstance(meter, RaplMeter)
+    assert meter.source == "rapl"
+    # an explicit estimate wins over an available counter
+    assert isinstance(make_meter(make_target(energy_source="estimate")), EstimateMeter)
+
+
+def test_make_meter_falls_back_to_the_labelled_estimate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_target
+) -> None:
+    monkeypatch.setattr(energy, "POWERCAP", tmp_path / "missing")
+    meter = make_meter(make_target(cores=3, cpu_active_watts_per_core=7.0, cpu_idle_watts_per_core=2.0))
+    assert isinstance(meter, EstimateMeter)
+    assert meter.source == "estimate"
+    assert meter.active_watts_per_core == 7.0
+    assert meter.static_watts == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("source", ["rapl", "nvml"])
+def test_make_meter_refuses_an_unavailable_source(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_target
+) -> None:
+    monkeypatch.setattr(energy, "POWERCAP", tmp_path / "missing")
+    with pytest.raises(UserError) as info:
+        make_meter(make_target(energy_source=source))
+    assert info.value.field == "target.energy_source"
+
+
+def test_integrate_power_trapezoid_with_edges() -> None:
+    samples = [(1.0, 10.0), (2.0, 20.0), (3.0, 20.0)]
+    # edges: [0, 1] at 10 W, [3, 4] at 20 W; inside: 15 + 20
+    assert integrate_power(samples, 0.0, 4.0) == pytest.approx(10 + 15 + 20 + 20)
+    # constant power integrates to power x time
+    flat = [(t / 10, 50.0) for t in range(11)]
+    assert integrate_power(flat, 0.0, 1.0) == pytest.approx(50.0)
+
+
+def test_integrate_power_clips_to_the_window_and_needs_two_samples() -> None:
+    samples = [(0.0, 1000.0), (1.0, 10.0), (2.0, 10.0), (9.0, 1000.0)]
+    assert integrate_power(samples, 0.5, 2.5) == pytest.approx(20.0)
+    assert integrate_power([(1.0, 10.0)], 0.0, 2.0) is None
+    assert integrate_power([], 0.0, 2.0) is None
+
+
+class _FixedMeter:
+    source = "fake"
+
+    def __init__(self) -> None:
+        self.idle_watts = 0.0
+        self.windows = 0
+
+    @contextmanager
+    def window(self):
+        m = Measurement(source=self.source, idle_watts=self.idle_watts)
+        self.windows += 1
+        yield m
+        m.joules, m.seconds = 30.0, 2.0
+
+
+def test_measure_idle_watts_sets_the_meters_baseline() -> None:
+    meter = _FixedMeter()
+    assert measure_idle_watts(meter, 0.01) == pytest.approx(15.0)
+    assert meter.idle_watts == pytest.approx(15.0)
+    assert meter.windows == 1
+
+
+def test_measure_idle_watts_zero_seconds_keeps_the_baseline() -> None:
+    meter = _FixedMeter()
+    meter.idle_watts = 4.0
+    assert measure_idle_watts(meter, 0) == 4.0
+    assert meter.windows == 0
+
+
+def test_measure_idle_watts_on_the_estimate_is_static_power(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(energy, "_cpu_seconds", lambda: 12.0)
+    meter = EstimateMeter(cores=2, active_watts_per_core=10.0, idle_watts_per_core=1.0)
+    meter.idle_watts = 0.0
+    watts = measure_idle_watts(meter, 0.05)
+    assert meter.idle_watts == watts
+    assert watts == pytest.approx(2.0)

@@ -1,0 +1,215 @@
+"""The workload protocol: warm-up, steady-state windows, goodput, timeouts, serialization."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from optimizer.backends.base import Generation
+from optimizer.config import SloConfig, WorkloadConfig
+from optimizer.measure.energy import Measurement
+from optimizer.measure.workload import (
+    CandidateTimeout,
+    PerformanceResult,
+    Spread,
+    Workload,
+    measure_performance,
+)
+
+NEW_TOKENS = 4
+
+
+class SleepyEngine:
+    """generate() sleeps a little; every `slow_every`-th call reports a slow decode."""
+
+    def __init__(self, sleep: float = 0.005, slow_every: int = 0) -> None:
+        self.sleep = sleep
+        self.slow_every = slow_every
+        self.calls: list[torch.Tensor] = []
+
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        self.calls.append(prompt_ids)
+        time.sleep(self.sleep)
+        slow = self.slow_every and len(self.calls) % self.slow_every == 0
+        tpot = 0.5 if slow else 0.01  # seconds per output token after the first
+        ttft = 0.02
+        return Generation(
+            batch_size=prompt_ids.shape[0],
+            new_tokens=max_new_tokens,
+            ttft_seconds=ttft,
+            total_seconds=ttft + tpot * (max_new_tokens - 1),
+        )
+
+    def score(self, token_ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class WattMeter:
+    """A meter drawing a constant `watts` over the real wall time of each window."""
+
+    source = "fake"
+
+    def __init__(self, watts: float = 10.0, idle_watts: float = 4.0) -> None:
+        self.watts = watts
+        self.idle_watts = idle_watts
+        self.measurements: list[Measurement] = []
+
+    @contextmanager
+    def window(self):
+        m = Measurement(source=self.source, idle_watts=self.idle_watts)
+        start = time.perf_counter()
+        yield m
+        m.seconds = time.perf_counter() - start
+        m.joules = self.watts * m.seconds
+        self.measurements.append(m)
+
+
+def workload(pool: int = 5, prompt_tokens: int = 3) -> Workload:
+    prompts = torch.arange(pool * prompt_tokens).reshape(pool, prompt_tokens)
+    return Workload(prompts, NEW_TOKENS)
+
+
+def cfg(**overrides) -> WorkloadConfig:
+    values = {
+        "prompt_tokens": 3,
+        "max_new_tokens": NEW_TOKENS,
+        "min_window_seconds": 0.05,
+        "repeats": 3,
+        "warmup_batches": 2,
+        "idle_seconds": 0,
+        "slo": SloConfig(percentile=90, ttft_ms=None, tpot_ms=100),
+    } | overrides
+    return WorkloadConfig(**values)
+
+
+def test_workload_batches_cycle_through_the_pool() -> None:
+    w = workload(pool=5)
+    assert w.batch(0, 2)[:, 0].tolist() == [0, 3]
+    assert w.batch(2, 2)[:, 0].tolist() == [12, 0]  # rows 4 and 0
+    assert w.batch(1, 7).shape == (7, 3)
+
+
+def test_generation_timings() -> None:
+    g = Generation(batch_size=3, new_tokens=5, ttft_seconds=0.1, total_seconds=0.5)
+    assert g.output_tokens == 15
+    assert g.tpot_seconds == pytest.approx(0.1)
+    assert Generation(1, 1, 0.1, 0.1).tpot_seconds == 0.0  # one token: no decode step
+
+
+def test_windows_last_at_least_the_minimum_and_repeat() -> None:
+    engine, meter = SleepyEngine(), WattMeter()
+    perf = measure_performance(engine, workload(), 2, meter, cfg(min_window_seconds=0.05, repeats=3))
+    assert len(perf.windows) == 3
+    assert len(meter.measurements) == 3
+    assert all(w.seconds >= 0.05 for w in perf.windows)
+    batches = sum(w.output_tokens for w in perf.windows) // (2 * NEW_TOKENS)
+    assert batches >= 3 * (0.05 // 0.02)  # many batches per window, not one
+    assert len(engine.calls) == 2 + batches  # warm-up batches come first, outside the windows
+    assert all(call.shape == (2, 3) for call in engine.calls)
+    assert perf.source == "fake"
+    assert perf.idle_watts == 4.0
+
+
+def test_a_window_holds_at_least_one_batch() -> None:
+    engine = SleepyEngine(sleep=0.0)
+    perf = measure_performance(engine, workload(), 1, WattMeter(), cfg(min_window_seconds=1e-9, repeats=2))
+    assert [w.output_tokens for w in perf.windows] == [NEW_TOKENS, NEW_TOKENS]
+
+
+def test_goodput_counts_only_slo_meeting_batches() -> None:
+    engine = SleepyEngine(slow_every=2)  # calls 2, 4, 6, ... miss tpot 100 ms
+    perf = measure_performance(engine, workload(), 3, WattMeter(), cfg(warmup_batches=1, repeats=2))
+    for w in perf.windows:
+        assert 0 < w.goodput_tokens < w.output_tokens
+        assert w.goodput_tokens % (3 * NEW_TOKENS) == 0
+    total = sum(w.output_tokens for w in perf.windows)
+    good = sum(w.goodput_tokens for w in perf.windows)
+    assert perf.goodput_fraction == pytest.approx(good / total)
+    assert 0.4 <= perf.goodput_fraction <= 0.6
+    # half the requests are slow, so the p90 decode time breaks the SLO
+    assert perf.slo_violations and "workload.slo.tpot_ms" in perf.slo_violations[0]
+    assert not perf.slo_met
+    assert perf.latency.requests == total // NEW_TOKENS
+
+
+def test_all_requests_meeting_the_slo_make_goodput_equal_throughput() -> None:
+    perf = measure_performance(SleepyEngine(), workload(), 2, WattMeter(), cfg(repeats=2))
+    assert perf.slo_met and perf.slo_violations == []
+    assert perf.goodput_fraction == 1.0
+    assert perf.goodput_tokens_per_joule == perf.tokens_per_joule
+
+
+def test_tokens_per_joule_arithmetic() -> None:
+    meter = WattMeter(watts=10.0, idle_watts=4.0)
+    perf = measure_performance(SleepyEngine(), workload(), 2, meter, cfg(repeats=2))
+    for w, m in zip(perf.windows, meter.measurements, strict=True):
+        assert w.joules == pytest.approx(m.joules)
+        assert w.active_joules == pytest.approx(m.joules - 4.0 * m.seconds)
+        assert w.tokens_per_joule == pytest.approx(w.output_tokens / w.joules)
+    per_window = [w.output_tokens / w.joules for w in perf.windows]
+    assert perf.tokens_per_joule.mean == pytest.approx(sum(per_window) / 2)
+    assert perf.tokens_per_joule.min == pytest.approx(min(per_window))
+    assert perf.active_tokens_per_joule.mean == pytest.approx(
+        sum(w.output_tokens / w.active_joules for w in perf.windows) / 2
+    )
+    assert perf.tokens_per_second.mean == pytest.approx(
+        sum(w.output_tokens / w.seconds for w in perf.windows) / 2
+    )
+    assert perf.watts.mean == pytest.approx(10.0)
+
+
+def test_zero_joules_gives_zero_tokens_per_joule() -> None:
+    class ZeroMeter(WattMeter):
+        @contextmanager
+        def window(self):
+            m = Measurement(source="fake")
+            yield m
+            m.seconds = 0.1
+
+    perf = measure_performance(SleepyEngine(), workload(), 1, ZeroMeter(), cfg(repeats=1))
+    assert perf.tokens_per_joule.mean == 0.0
+    assert perf.goodput_tokens_per_joule.mean == 0.0
+
+
+def test_deadline_in_the_past_raises_candidate_timeout() -> None:
+    engine = SleepyEngine()
+    with pytest.raises(CandidateTimeout):
+        measure_performance(engine, workload(), 1, WattMeter(), cfg(), deadline=time.perf_counter() - 1)
+    assert len(engine.calls) == 1  # checked after the first batch, not after the whole run
+
+
+def test_deadline_reached_inside_a_window_raises() -> None:
+    engine = SleepyEngine(sleep=0.01)
+    deadline = time.perf_counter() + 0.1
+    with pytest.raises(CandidateTimeout):
+        measure_performance(engine, workload(), 1, WattMeter(), cfg(min_window_seconds=10), deadline)
+    assert len(engine.calls) < 50
+
+
+def test_candidate_timeout_is_a_timeout_error() -> None:
+    assert issubclass(CandidateTimeout, TimeoutError)
+
+
+def test_spread_of_values() -> None:
+    s = Spread.of([1.0, 2.0, 3.0])
+    assert (s.mean, s.min, s.max) == (2.0, 1.0, 3.0)
+    assert s.std == pytest.approx(1.0)
+    assert Spread.of([5.0]).std == 0.0
+
+
+def test_performance_result_round_trips_through_json() -> None:
+    perf = measure_performance(
+        SleepyEngine(slow_every=3), workload(), 2, WattMeter(), cfg(repeats=2, warmup_batches=0)
+    )
+    data = json.loads(json.dumps(perf.to_dict()))
+    assert data["windows"][0]["tokens_per_joule"] == pytest.approx(perf.windows[0].tokens_per_joule)
+    again = PerformanceResult.from_dict(data)
+    assert again == perf
+    assert again.slo_met == perf.slo_met

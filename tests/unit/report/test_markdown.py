@@ -1,0 +1,107 @@
+"""report.md and pareto.png from hand-made results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from optimizer.config import AccountingConfig, RunConfig
+from optimizer.errors import UserError
+from optimizer.report.markdown import JOULES_PER_KWH, energy_source_note, rollup, write_report
+from optimizer.report.plots import plot_pareto
+from optimizer.results import FAILED, PRUNED, REJECTED
+from optimizer.search.runner import SearchOutcome
+
+
+def test_rollup_arithmetic() -> None:
+    acc = AccountingConfig(pue=1.5, grid_gco2_per_kwh=400, price_per_kwh=0.2)
+    ru = rollup(2.0, acc)  # 1e6 tokens at 2 tok/J = 5e5 J
+    assert ru["device_kwh"] == pytest.approx(5e5 / JOULES_PER_KWH)
+    assert ru["facility_kwh"] == pytest.approx(ru["device_kwh"] * 1.5)
+    assert ru["gco2"] == pytest.approx(ru["facility_kwh"] * 400)
+    assert ru["cost"] == pytest.approx(ru["facility_kwh"] * 0.2)
+    assert rollup(0.0, acc) == {}
+
+
+@pytest.fixture
+def setup(make_target):
+    shape = SimpleNamespace(num_parameters=3_000_000)
+    model = SimpleNamespace(
+        name="tiny", source="/m/tiny", format="hf-dir", weight_sha256="ab" * 32, shape=shape
+    )
+    return SimpleNamespace(model=model, target=make_target(), meter=SimpleNamespace(source="estimate"))
+
+
+@pytest.fixture
+def outcome(make_result, make_candidate, make_quality, make_performance) -> SearchOutcome:
+    base = make_result(
+        candidate=make_candidate(batch_size=1),
+        role="baseline",
+        quality=make_quality(),
+        performance=make_performance(goodput_tokens_per_joule=1.0),
+    )
+    results = [
+        base,
+        make_result(
+            candidate=make_candidate(batch_size=8, precision="bf16"),
+            quality=make_quality(mean_kl=0.001),
+            performance=make_performance(goodput_tokens_per_joule=4.0),
+        ),
+        make_result(
+            candidate=make_candidate(batch_size=64),
+            quality=make_quality(),
+            performance=make_performance(
+                goodput_tokens_per_joule=9.0, slo_violations=["TPOT p90 900 ms > x"]
+            ),
+        ),
+        make_result(
+            candidate=make_candidate(quantization="int8-dynamic"),
+            status=REJECTED,
+            reason="KL | too high",
+            quality=make_quality(mean_kl=0.3),
+        ),
+        make_result(candidate=make_candidate(quantization="int8-weight"), status=FAILED, reason="boom"),
+        make_result(candidate=make_candidate(batch_size=512), status=PRUNED, reason="needs ~99 GiB"),
+    ]
+    return SearchOutcome(
+        baseline=base, baseline_in_space=True, results=results, not_reached=[], measuring_seconds=12.0
+    )
+
+
+def test_report_with_a_selection(tmp_path: Path, setup, outcome: SearchOutcome, make_candidate) -> None:
+    from optimizer.select import pareto_front, select_best
+
+    best = select_best(outcome.selectable)
+    assert best is not None and best.candidate.batch_size == 8
+    front = pareto_front(outcome.selectable)
+    excluded = [(make_candidate(precision="fp16"), "fp16 has no fast kernels on this target")]
+    path = write_report(tmp_path, RunConfig(), setup, outcome, excluded, best, front, 12.5, None)
+    text = path.read_text()
+    assert path == tmp_path / "report.md"
+    assert (tmp_path / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    assert "ESTIMATE" in text
+    assert "**4.0×** goodput tokens per joule over the baseline" in text
+    assert best.candidate.label() in text
+    assert "1 × fp16 has no fast kernels on this target" in text
+    assert "KL / too high" in text  # a pipe in a reason does not break the table
+    assert "measured 3 (feasible 2), rejected by the quality bound 1, failed 1, pruned 1" in text
+
+
+def test_report_when_nothing_is_feasible(tmp_path: Path, setup, outcome: SearchOutcome) -> None:
+    error = UserError("workload.slo", "all candidates miss the latency SLO", "raise workload.slo.tpot_ms")
+    text = write_report(tmp_path, RunConfig(), setup, outcome, [], None, [], 12.5, error).read_text()
+    assert "**Nothing feasible.** workload.slo: all candidates miss the latency SLO" in text
+
+
+def test_energy_source_notes(setup) -> None:
+    assert "ESTIMATE" in energy_source_note("estimate", setup)
+    assert "NVML" in energy_source_note("nvml", setup)
+    assert "RAPL" in energy_source_note("rapl", setup)
+
+
+def test_plot_without_any_measurement(tmp_path: Path, make_result) -> None:
+    failed = make_result(status=FAILED, reason="boom")
+    path = plot_pareto(tmp_path / "p.png", [failed], [], None, failed, 0.05, "rapl")
+    assert path.read_bytes().startswith(b"\x89PNG")

@@ -1,0 +1,176 @@
+"""Evaluator: quality first (reject early), then the workload; failures become results."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from optimizer.backends.base import Generation
+from optimizer.config import QualityConfig, SearchConfig, SloConfig, WorkloadConfig
+from optimizer.measure.energy import Measurement
+from optimizer.measure.workload import Workload
+from optimizer.results import FAILED, MEASURED, REJECTED
+from optimizer.search import evaluate as evaluate_module
+from optimizer.search.evaluate import Evaluator
+from optimizer.store import TrialStore
+
+VOCAB = 16
+
+
+class FakeEngine:
+    """Logits depend on the input ids; int8-dynamic scrambles them (breaks quality)."""
+
+    def __init__(self, settings, log: list) -> None:
+        self.settings = settings
+        self.log = log
+
+    def score(self, token_ids: torch.Tensor) -> torch.Tensor:
+        self.log.append(("score", self.settings.label()))
+        table = torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(0)) * 4
+        if self.settings.quantization == "int8-dynamic":
+            table = table.flip(-1)
+        return table[token_ids]
+
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        self.log.append(("generate", self.settings.label()))
+        if self.settings.attention == "eager":  # slow: used for the timeout test
+            time.sleep(0.05)
+        return Generation(prompt_ids.shape[0], max_new_tokens, 0.001, 0.001 + 0.001 * (max_new_tokens - 1))
+
+    def close(self) -> None:
+        self.log.append(("close", self.settings.label()))
+
+
+class CountingMeter:
+    source = "fake"
+    idle_watts = 1.0
+
+    @contextmanager
+    def window(self):
+        m = Measurement(source=self.source, idle_watts=self.idle_watts)
+        start = time.perf_counter()
+        yield m
+        m.seconds = time.perf_counter() - start
+        m.joules = 5.0 * m.seconds
+
+
+@pytest.fixture
+def log(monkeypatch: pytest.MonkeyPatch) -> list:
+    events: list = []
+
+    def build_engine(model, candidate, target, workdir):
+        events.append(("build", candidate.settings.label()))
+        if candidate.settings.quantization == "int4-weight":
+            raise RuntimeError("no kernel\nfor   this")
+        return FakeEngine(candidate.settings, events)
+
+    monkeypatch.setattr(evaluate_module, "build_engine", build_engine)
+    return events
+
+
+@pytest.fixture
+def make_evaluator(tmp_path: Path, make_target):
+    def make(store: TrialStore | None = None, timeout_minutes: float = 15.0) -> Evaluator:
+        return Evaluator(
+            model=None,  # type: ignore[arg-type]  # only passed through to the (fake) build_engine
+            target=make_target(),
+            meter=CountingMeter(),
+            workload=Workload(torch.randint(0, VOCAB, (4, 5)), 3),
+            quality_tokens=torch.randint(0, VOCAB, (3, 10), generator=torch.Generator().manual_seed(1)),
+            workload_cfg=WorkloadConfig(
+                prompt_tokens=5,
+                max_new_tokens=3,
+                min_window_seconds=0.01,
+                repeats=2,
+                warmup_batches=1,
+                idle_seconds=0,
+                slo=SloConfig(tpot_ms=None),
+            ),
+            quality_cfg=QualityConfig(),
+            search_cfg=SearchConfig(candidate_timeout_minutes=timeout_minutes),
+            store=store,
+            workdir=tmp_path,
+        )
+
+    return make
+
+
+def test_a_good_candidate_is_measured(log, make_evaluator, make_candidate) -> None:
+    result = make_evaluator().evaluate(make_candidate(batch_size=2, precision="bf16"))
+    assert result.status == MEASURED and result.reason is None
+    assert result.quality is not None and result.quality.mean_kl == pytest.approx(0.0, abs=1e-6)
+    assert result.performance is not None and len(result.performance.windows) == 2
+    assert result.feasible
+    assert result.finished_at and result.seconds > 0
+    builds = [e for e in log if e[0] == "build"]
+    assert builds == [("build", "fp32 kv=dynamic"), ("build", "bf16 kv=dynamic")]  # the reference first
+    assert log.count(("close", "fp32 kv=dynamic")) == 1  # the reference engine is released
+
+
+def test_a_broken_candidate_is_rejected_before_any_energy_is_spent(
+    log, make_evaluator, make_candidate
+) -> None:
+    result = make_evaluator().evaluate(make_candidate(quantization="int8-dynamic"))
+    assert result.status == REJECTED
+    assert result.performance is None
+    assert "quality." in str(result.reason)
+    assert ("generate", "fp32 int8-dynamic kv=dynamic") not in log
+    assert ("close", "fp32 int8-dynamic kv=dynamic") in log
+
+
+def test_a_broken_baseline_is_still_measured(log, make_evaluator, make_candidate) -> None:
+    result = make_evaluator().evaluate(make_candidate(quantization="int8-dynamic"), role="baseline")
+    assert result.status == REJECTED
+    assert result.role == "baseline"
+    assert result.performance is not None
+
+
+def test_a_build_failure_is_a_result(log, make_evaluator, make_candidate) -> None:
+    result = make_evaluator().evaluate(make_candidate(quantization="int4-weight"))
+    assert result.status == FAILED
+    assert result.reason == "RuntimeError: no kernel for this"
+    assert result.quality is None and result.performance is None
+
+
+def test_a_timeout_is_a_failed_result(log, make_evaluator, make_candidate) -> None:
+    result = make_evaluator(timeout_minutes=0.1 / 60).evaluate(make_candidate(attention="eager"))
+    assert result.status == FAILED
+    assert result.reason is not None and result.reason.startswith("CandidateTimeout")
+    assert ("close", "fp32 kv=dynamic eager") in log  # the engine is closed on the way out
+
+
+def test_quality_is_computed_once_per_numerics(log, make_evaluator, make_candidate) -> None:
+    evaluator = make_evaluator()
+    first = evaluator.evaluate(make_candidate(batch_size=1, precision="bf16"))
+    second = evaluator.evaluate(make_candidate(batch_size=8, threads=1, precision="bf16"))
+    assert first.quality == second.quality
+    bf16_scores = [e for e in log if e == ("score", "bf16 kv=dynamic")]
+    assert len(bf16_scores) == 1  # 3 sequences, batch 4: one score call, for the first only
+    assert [e for e in log if e[0] == "build"].count(("build", "fp32 kv=dynamic")) == 1
+
+
+def test_quality_comes_from_the_store(
+    log, make_evaluator, make_candidate, make_result, make_quality, tmp_path
+) -> None:
+    store = TrialStore(tmp_path / "t.jsonl", "ctx")
+    quality = make_quality(mean_kl=0.001)
+    store.append(make_result(candidate=make_candidate(batch_size=1, precision="bf16"), quality=quality))
+    result = make_evaluator(store=store).evaluate(make_candidate(batch_size=4, precision="bf16"))
+    assert result.quality == quality
+    assert not any(e[0] == "score" for e in log)  # neither reference nor candidate scored
+
+
+def test_the_reference_is_not_built_while_a_candidate_is_loaded(log, make_evaluator, make_candidate) -> None:
+    make_evaluator().evaluate(make_candidate(precision="bf16"))
+    builds_and_closes = [e for e in log if e[0] in ("build", "close")]
+    # each engine is closed before the next one is built
+    assert builds_and_closes == [
+        ("build", "fp32 kv=dynamic"),
+        ("close", "fp32 kv=dynamic"),
+        ("build", "bf16 kv=dynamic"),
+        ("close", "bf16 kv=dynamic"),
+    ]

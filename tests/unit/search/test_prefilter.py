@@ -1,0 +1,61 @@
+"""The analytic memory prefilter."""
+
+from __future__ import annotations
+
+import pytest
+
+from optimizer.config import WorkloadConfig
+from optimizer.model import ModelShape
+from optimizer.search.prefilter import RUNTIME_OVERHEAD_BYTES, estimate_memory_bytes, memory_fit_reason
+from optimizer.target import GIB
+
+SHAPE = ModelShape(
+    num_layers=30,
+    hidden_size=576,
+    num_attention_heads=9,
+    num_kv_heads=3,
+    head_dim=64,
+    vocab_size=49152,
+    num_parameters=134_515_008,
+)
+WORKLOAD = WorkloadConfig(prompt_tokens=64, max_new_tokens=32)
+
+
+def test_estimate_adds_weights_kv_activations_logits_overhead(make_candidate) -> None:
+    cand = make_candidate(batch_size=8)
+    tokens = 8 * (64 + 32)
+    expected = (
+        SHAPE.num_parameters * 4
+        + tokens * SHAPE.kv_bytes_per_token(4)
+        + 8 * 64 * 576 * 4 * 8
+        + 8 * 49152 * 4
+        + RUNTIME_OVERHEAD_BYTES
+    )
+    assert estimate_memory_bytes(cand, SHAPE, WORKLOAD) == int(expected)
+
+
+def test_lower_precision_and_quantization_need_less(make_candidate) -> None:
+    fp32 = estimate_memory_bytes(make_candidate(), SHAPE, WORKLOAD)
+    bf16 = estimate_memory_bytes(make_candidate(precision="bf16"), SHAPE, WORKLOAD)
+    int8 = estimate_memory_bytes(
+        make_candidate(precision="bf16", quantization="int8-weight"), SHAPE, WORKLOAD
+    )
+    assert fp32 > bf16 > int8
+    assert bf16 - int8 == pytest.approx(SHAPE.num_parameters * 1.0, abs=1)
+
+
+def test_quantized_and_offloaded_kv_caches_need_less(make_candidate) -> None:
+    big = {"batch_size": 256, "precision": "bf16"}
+    plain = estimate_memory_bytes(make_candidate(**big), SHAPE, WORKLOAD)
+    quanto4 = estimate_memory_bytes(make_candidate(**big, kv_cache="quanto-4"), SHAPE, WORKLOAD)
+    offloaded = estimate_memory_bytes(make_candidate(**big, kv_cache="offloaded"), SHAPE, WORKLOAD)
+    kv_bf16 = 256 * 96 * SHAPE.kv_bytes_per_token(2)
+    assert plain - quanto4 == pytest.approx(kv_bf16 * 0.75, abs=2)
+    assert offloaded < plain
+
+
+def test_memory_fit_reason(make_candidate, make_target) -> None:
+    cand = make_candidate(batch_size=1)
+    assert memory_fit_reason(cand, SHAPE, make_target(memory_bytes=64 * GIB), WORKLOAD) is None
+    reason = memory_fit_reason(cand, SHAPE, make_target(memory_bytes=GIB // 2), WORKLOAD)
+    assert reason is not None and "target.memory_gib" in reason

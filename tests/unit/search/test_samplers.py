@@ -1,0 +1,38 @@
+"""Samplers: grid order, seeded random order, exhaustion."""
+
+from __future__ import annotations
+
+from optimizer.config import SearchConfig
+from optimizer.search.samplers import GridSampler, RandomSampler, make_sampler
+
+
+def _drain(sampler) -> list:
+    out = []
+    while (c := sampler.suggest()) is not None:
+        out.append(c)
+    return out
+
+
+def test_grid_keeps_the_order(make_candidate) -> None:
+    cands = [make_candidate(batch_size=b) for b in (1, 2, 4, 8)]
+    sampler = make_sampler(SearchConfig(sampler="grid"), cands)
+    assert isinstance(sampler, GridSampler)
+    assert _drain(sampler) == cands
+    assert sampler.suggest() is None
+    assert cands == [make_candidate(batch_size=b) for b in (1, 2, 4, 8)]  # input not consumed
+
+
+def test_random_is_a_seeded_permutation(make_candidate) -> None:
+    cands = [make_candidate(batch_size=b) for b in range(1, 21)]
+    a = _drain(make_sampler(SearchConfig(sampler="random", seed=3), cands))
+    b = _drain(make_sampler(SearchConfig(sampler="random", seed=3), cands))
+    c = _drain(RandomSampler(cands, seed=4))
+    assert a == b
+    assert sorted(a, key=lambda x: x.batch_size) == cands
+    assert a != cands and a != c
+
+
+def test_observe_accepts_results(make_candidate, make_result) -> None:
+    sampler = GridSampler([make_candidate()])
+    cand = sampler.suggest()
+    assert sampler.observe(cand, make_result(candidate=cand)) is None

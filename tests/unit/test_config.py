@@ -1,0 +1,149 @@
+"""compose_run_config: conf/ defaults, overrides, and one UserError naming the field per mistake."""
+
+from __future__ import annotations
+
+import pytest
+
+from optimizer.config import (
+    ModelConfig,
+    QualityConfig,
+    RunConfig,
+    SearchConfig,
+    SloConfig,
+    SpaceConfig,
+    TargetConfig,
+    WorkloadConfig,
+    compose_run_config,
+    expand_model_shorthand,
+    group_options,
+)
+from optimizer.errors import UserError
+
+
+def test_defaults_compose_into_a_run_config() -> None:
+    cfg = compose_run_config()
+    assert isinstance(cfg, RunConfig)
+    assert isinstance(cfg.space, SpaceConfig)
+    assert isinstance(cfg.workload.slo, SloConfig)
+    assert cfg.model.source == "smollm2"
+    assert cfg.target.kind == "auto"
+    assert cfg.search.sampler == "grid"
+    # the packaged presets are what the defaults list names
+    assert cfg.space.torch.precisions == ["fp32", "bf16"]
+    assert cfg.quality.max_kl == pytest.approx(0.05)
+    assert cfg.workload.slo.tpot_ms == pytest.approx(250.0)
+
+
+def test_cache_dir_follows_wattsmith_cache(cache_dir) -> None:
+    assert compose_run_config().cache_dir == str(cache_dir)
+
+
+def test_overrides_and_presets_apply() -> None:
+    cfg = compose_run_config(["search.budget_minutes=3", "quality=strict"])
+    assert cfg.search.budget_minutes == pytest.approx(3.0)
+    assert cfg.quality.max_kl == pytest.approx(0.01)
+    assert cfg.quality.min_top1_agreement == pytest.approx(0.98)
+
+
+def test_nested_list_and_null_overrides() -> None:
+    cfg = compose_run_config(
+        ["space.batch_sizes=[1,2]", "workload.slo.tpot_ms=null", "space.torch.precisions=[fp32]"]
+    )
+    assert cfg.space.batch_sizes == [1, 2]
+    assert cfg.workload.slo.tpot_ms is None
+    assert cfg.space.torch.precisions == ["fp32"]
+
+
+def test_model_path_shorthand_becomes_model_source() -> None:
+    cfg = compose_run_config(["model=/some/path"])
+    assert cfg.model.source == "/some/path"
+
+
+def test_model_preset_name_is_not_rewritten() -> None:
+    assert expand_model_shorthand(["model=smollm2", "model=/x/y", "quality=strict"]) == [
+        "model=smollm2",
+        "model.source=/x/y",
+        "quality=strict",
+    ]
+
+
+def test_group_options_lists_presets() -> None:
+    assert {"default", "strict", "relaxed"} <= set(group_options("quality"))
+    assert "cpu" in group_options("target")
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("space=nope", "space"),
+        ("foo.bar=1", "foo.bar"),
+        ("workload.repeats=abc", "workload.repeats"),
+        ("workload.repeats=0", "workload.repeats"),
+        ("quality.max_kl=-1", "quality.max_kl"),
+        ("space.torch.precisions=[fp64]", "space.torch.precisions"),
+        ("space.batch_sizes=[0]", "space.batch_sizes"),
+        ("target.kind=gpu", "target.kind"),
+        ("workload.slo.tpot_ms=0", "workload.slo.tpot_ms"),
+    ],
+)
+def test_bad_input_names_the_field(override: str, field: str) -> None:
+    with pytest.raises(UserError) as info:
+        compose_run_config([override])
+    assert info.value.field == field
+    assert info.value.fix  # every error says how to fix it
+
+
+def test_unknown_preset_lists_the_known_ones() -> None:
+    with pytest.raises(UserError) as info:
+        compose_run_config(["space=nope"])
+    assert "cpu-default" in info.value.fix
+
+
+def test_malformed_override_is_a_user_error() -> None:
+    with pytest.raises(UserError) as info:
+        compose_run_config(["space.batch_sizes=[1,"])
+    assert "[1," in str(info.value)
+
+
+def test_malformed_override_names_its_key() -> None:
+    with pytest.raises(UserError) as info:
+        compose_run_config(["space.batch_sizes=[1,"])
+    assert info.value.field == "space.batch_sizes"
+
+
+def test_override_without_a_key_is_a_user_error() -> None:
+    try:
+        compose_run_config(["=3"])
+    except UserError:
+        pass
+    except ValueError as exc:
+        pytest.fail(f"plain {type(exc).__name__}: {exc}")
+
+
+def test_user_error_is_a_value_error_with_field_problem_fix() -> None:
+    error = UserError("a.b", "is wrong", "do this")
+    assert isinstance(error, ValueError)
+    assert (error.field, error.problem, error.fix) == ("a.b", "is wrong", "do this")
+    assert str(error) == "a.b: is wrong\n  fix: do this"
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: ModelConfig(source="  "), "model.source"),
+        (lambda: TargetConfig(memory_gib=0), "target.memory_gib"),
+        (lambda: TargetConfig(energy_source="guess"), "target.energy_source"),
+        (lambda: SearchConfig(max_candidates=0), "search.max_candidates"),
+        (lambda: SearchConfig(sampler="optuna-ish"), "search.sampler"),
+        (lambda: SloConfig(percentile=0), "workload.slo.percentile"),
+        (lambda: WorkloadConfig(max_new_tokens=1), "workload.max_new_tokens"),
+        (lambda: QualityConfig(min_top1_agreement=1.5), "quality.min_top1_agreement"),
+        (lambda: QualityConfig(seq_tokens=4), "quality.seq_tokens"),
+        (lambda: SpaceConfig(threads=[-1]), "space.threads"),
+        (lambda: RunConfig(store_path=""), "store_path"),
+    ],
+)
+def test_dataclasses_validate_themselves(make, field: str) -> None:
+    with pytest.raises(UserError) as info:
+        make()
+    assert info.value.field == field

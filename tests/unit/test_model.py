@@ -1,0 +1,159 @@
+"""resolve_model: local HF directories, their hash and shape; bad sources name model.source."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from optimizer.config import ModelConfig
+from optimizer.errors import UserError
+from optimizer.model import ModelShape, file_sha256, read_shape, resolve_model
+
+
+def test_resolve_a_local_hf_dir(tiny_model_dir: Path, tiny_model_parameters: int, cache_dir: Path) -> None:
+    spec = resolve_model(ModelConfig(source=str(tiny_model_dir)), cache_dir)
+    assert spec.format == "hf-dir"
+    assert spec.path == tiny_model_dir
+    assert spec.name == tiny_model_dir.name
+    assert spec.source == str(tiny_model_dir)
+    weights = tiny_model_dir / "model.safetensors"
+    assert spec.weight_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
+    shape = spec.shape
+    assert (shape.num_layers, shape.hidden_size, shape.num_attention_heads, shape.num_kv_heads) == (
+        2,
+        64,
+        4,
+        2,
+    )
+    assert shape.head_dim == 16
+    assert shape.vocab_size == 49152
+    assert shape.num_parameters == tiny_model_parameters
+    identity = spec.identity()
+    assert identity["weight_sha256"] == spec.weight_sha256
+    assert identity["num_parameters"] == tiny_model_parameters
+    assert identity["format"] == "hf-dir"
+
+
+def test_the_weight_hash_is_stable(tiny_model_dir: Path, tmp_path: Path) -> None:
+    a = resolve_model(ModelConfig(source=str(tiny_model_dir)), tmp_path / "a")
+    b = resolve_model(ModelConfig(source=str(tiny_model_dir)), tmp_path / "b")
+    assert a.weight_sha256 == b.weight_sha256
+
+
+def test_kv_bytes_per_token() -> None:
+    shape = ModelShape(
+        num_layers=30,
+        hidden_size=576,
+        num_attention_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        vocab_size=49152,
+        num_parameters=134_515_008,
+    )
+    assert shape.kv_bytes_per_token(2) == 2 * 30 * 3 * 64 * 2
+
+
+def test_read_shape_defaults_kv_heads_and_head_dim(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(
+        json.dumps({"num_hidden_layers": 3, "hidden_size": 96, "num_attention_heads": 6, "vocab_size": 100})
+    )
+    shape = read_shape(tmp_path)
+    assert (shape.num_kv_heads, shape.head_dim, shape.num_parameters) == (6, 16, 0)
+
+
+def test_read_shape_reads_a_text_config(tmp_path: Path) -> None:
+    text = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 10}
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": text, "vision_config": {}}))
+    assert read_shape(tmp_path).num_layers == 2
+
+
+def test_a_dir_without_config_json(tmp_path: Path, cache_dir: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(UserError) as info:
+        resolve_model(ModelConfig(source=str(tmp_path)), cache_dir)
+    assert info.value.field == "model.source"
+    assert "config.json" in info.value.problem
+
+
+def test_a_dir_without_weights(tmp_path: Path, cache_dir: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError) as info:
+        resolve_model(ModelConfig(source=str(tmp_path)), cache_dir)
+    assert info.value.field == "model.source"
+
+
+def test_a_file_that_is_not_gguf(tmp_path: Path, cache_dir: Path) -> None:
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"x")
+    with pytest.raises(UserError) as info:
+        resolve_model(ModelConfig(source=str(path)), cache_dir)
+    assert info.value.field == "model.source"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/definitely/missing/model-dir",
+        "./missing-model",
+        "bogus",
+        "~/no-such-dir/model",
+    ],
+)
+def test_bad_sources(source: str, cache_dir: Path) -> None:
+    with pytest.raises(UserError) as info:
+        resolve_model(ModelConfig(source=source), cache_dir)
+    assert info.value.field == "model.source"
+
+
+def test_an_unreachable_hub_id(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    asked: list[tuple[str, str | None]] = []
+
+    def offline(repo_id: str, revision: str | None = None, **kwargs) -> str:
+        asked.append((repo_id, revision))
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(UserError) as info:
+        resolve_model(ModelConfig(source="nobody-here/no-such-model", revision="v1"), cache_dir)
+    assert info.value.field == "model.source"
+    assert "OSError" in info.value.problem
+    assert asked == [("nobody-here/no-such-model", "v1")]
+
+
+def test_file_sha256_is_memoized_in_the_cache_dir(tmp_path: Path, cache_dir: Path) -> None:
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"hello wattsmith")
+    expected = hashlib.sha256(b"hello wattsmith").hexdigest()
+    assert file_sha256(path, cache_dir) == expected
+    memo = json.loads((cache_dir / "hashes.json").read_text())
+    assert list(memo.values()) == [expected]
+    (key,) = memo
+    assert key.startswith(str(path.resolve()))
+    # the memo is what is read back for an unchanged file
+    (cache_dir / "hashes.json").write_text(json.dumps({key: "memoized"}))
+    assert file_sha256(path, cache_dir) == "memoized"
+    # a changed file (size or mtime) is hashed again
+    path.write_bytes(b"hello wattsmith, changed")
+    os.utime(path, ns=(1, 1))
+    assert file_sha256(path, cache_dir) == hashlib.sha256(b"hello wattsmith, changed").hexdigest()
+
+
+def test_file_sha256_without_cache_and_with_a_corrupt_memo(tmp_path: Path, cache_dir: Path) -> None:
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"abc")
+    expected = hashlib.sha256(b"abc").hexdigest()
+    assert file_sha256(path) == expected
+    (cache_dir / "hashes.json").write_text("{torn")
+    assert file_sha256(path, cache_dir) == expected
+    assert expected in json.loads((cache_dir / "hashes.json").read_text()).values()
+
+
+def test_resolving_writes_the_memo_only_in_the_given_cache(tiny_model_dir: Path, cache_dir: Path) -> None:
+    resolve_model(ModelConfig(source=str(tiny_model_dir)), cache_dir)
+    assert (cache_dir / "hashes.json").is_file()

@@ -1,0 +1,191 @@
+"""optimize(cfg) end to end on the tiny model: files written, resume from the store, infeasible SLO.
+
+The target is this CPU reported as one core (threads 1): a tiny model runs faster on one thread
+than on two contended ones, which keeps the test short on a busy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from optimizer import target as target_module
+from optimizer.config import compose_run_config
+from optimizer.measure import energy
+from optimizer.pipeline import RunResult
+from optimizer.results import MEASURED
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    root = tmp_path_factory.mktemp("pipeline")
+    detect_cpu = target_module._detect_cpu
+
+    def one_core() -> tuple[str, int, int, bool]:
+        model, _cores, memory, bf16 = detect_cpu()
+        return model, 1, memory, bf16
+
+    def optimize(name: str, *extra: str) -> RunResult:
+        import optimizer
+
+        cfg = compose_run_config(
+            [
+                f"model={tiny_model_dir}",
+                "target=cpu",
+                "workload=quick",
+                "workload.min_window_seconds=0.2",
+                "workload.repeats=2",
+                "workload.idle_seconds=0.1",
+                "workload.warmup_batches=1",
+                "space.batch_sizes=[1,2]",
+                "space.torch.quantizations=[none]",
+                "quality.num_sequences=2",
+                "quality.seq_tokens=32",
+                f"output_dir={root / name}",
+                f"store_path={root / 'trials.jsonl'}",
+                f"cache_dir={root / 'cache'}",
+                *extra,
+            ]
+        )
+        return optimizer.optimize(cfg)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(target_module, "_detect_cpu", one_core)
+        mp.setattr(energy, "POWERCAP", root / "no-powercap")  # the estimate, even where RAPL is readable
+        mp.setenv("WATTSMITH_CACHE", str(root / "cache"))
+        for name in ("TORCHINDUCTOR_CACHE_DIR", "ORT_DISABLE_TELEMETRY"):  # optimize() sets these
+            mp.delenv(name, raising=False)
+        yield root, optimize
+
+
+@pytest.fixture(scope="module")
+def first(run) -> RunResult:
+    _, optimize = run
+    return optimize("first")
+
+
+def test_first_run_writes_recipe_report_plot_results(first: RunResult, run) -> None:
+    root, _ = run
+    out = root / "first"
+    assert first.output_dir == out
+    for name in ("recipe.yaml", "report.md", "pareto.png", "results.jsonl", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert (out / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    assert first.infeasible is None
+    assert first.best is not None and first.best.feasible
+    assert first.recipe_path == out / "recipe.yaml"
+    assert first.baseline.role == "baseline"
+    assert first.baseline.status == MEASURED
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len(first.results) == 4  # {fp32, bf16} x batch {1, 2}; the baseline is one
+    assert all(not r.reused for r in first.results)
+
+
+def test_recipe_names_the_estimate_and_the_selection(first: RunResult, tiny_model_dir: Path) -> None:
+    assert first.recipe_path is not None
+    recipe = yaml.safe_load(first.recipe_path.read_text())
+    assert recipe["schema"] == "wattsmith.recipe/v1"
+    assert recipe["evidence"]["energy"]["source"] == "estimate"
+    assert recipe["evidence"]["energy"]["is_estimate"] is True
+    assert recipe["evidence"]["energy"]["repeats"] == 2
+    assert all(s >= 0.2 for s in recipe["evidence"]["energy"]["window_seconds"])
+    assert first.best is not None
+    assert recipe["settings"] == first.best.candidate.to_dict()
+    weights = (tiny_model_dir / "model.safetensors").read_bytes()
+    assert recipe["model"]["weight_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert recipe["target"]["kind"] == "cpu"
+    # the best has the most goodput tokens/J among the feasible
+    feasible = [r for r in first.results if r.feasible]
+    assert first.best.objective == max(r.objective for r in feasible)
+
+
+def test_recipe_reads_back(first: RunResult) -> None:
+    from optimizer.recipe import read_recipe
+
+    assert first.recipe_path is not None and first.best is not None
+    recipe = read_recipe(first.recipe_path)
+    assert recipe.candidate == first.best.candidate
+    assert recipe.workload.min_window_seconds == 0.2
+
+
+def test_report_labels_the_estimate(first: RunResult) -> None:
+    report = (first.output_dir / "report.md").read_text()
+    assert "ESTIMATE" in report
+    assert first.best is not None and first.best.candidate.label() in report
+
+
+def test_second_identical_run_reuses_every_candidate(first: RunResult, run) -> None:
+    root, optimize = run
+    store = root / "trials.jsonl"
+    before = store.read_text().splitlines()
+    assert len(before) == len(first.results)
+    second = optimize("second")
+    assert store.read_text().splitlines() == before  # nothing measured again
+    assert second.results and all(r.reused for r in second.results)
+    assert second.best is not None and first.best is not None
+    assert second.best.candidate == first.best.candidate
+    assert (root / "second" / "recipe.yaml").is_file()
+
+
+def test_impossible_slo_is_reported_not_recipe(first: RunResult, run) -> None:
+    root, optimize = run
+    result = optimize("infeasible", "workload.slo.tpot_ms=0.0001")
+    assert result.infeasible is not None
+    assert result.infeasible.field.startswith("workload.slo")
+    assert result.best is None and result.recipe_path is None
+    out = root / "infeasible"
+    assert not (out / "recipe.yaml").exists()
+    assert (out / "report.md").is_file()
+    assert "Nothing feasible" in (out / "report.md").read_text()
+    measured = [r for r in result.results if r.status == MEASURED]
+    assert measured and all(not r.feasible for r in measured)
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all(r["performance"]["slo_violations"] for r in results if r["status"] == MEASURED)
+
+
+def test_diagnose_names_the_slo_when_measured_candidates_miss_it(make_result, make_performance) -> None:
+    from optimizer.pipeline import diagnose_infeasible
+
+    slow = make_result(
+        performance=make_performance(slo_violations=["TPOT p90 900 ms > workload.slo.tpot_ms 250"])
+    )
+    error = diagnose_infeasible([slow])
+    assert error.field == "workload.slo"
+    assert "TPOT p90 900 ms" in error.problem
+
+
+def test_diagnose_names_quality_and_failures(make_result, make_quality) -> None:
+    from optimizer.pipeline import diagnose_infeasible
+    from optimizer.results import FAILED, REJECTED
+
+    rejected = make_result(status=REJECTED, reason="KL 0.2 > quality.max_kl 0.05", quality=make_quality(0.2))
+    assert diagnose_infeasible([rejected]).field == "quality"
+    assert diagnose_infeasible([make_result(status=FAILED, reason="oom")]).field == "space"
+    assert diagnose_infeasible([]).field == "space"
+
+
+def test_diagnose_does_not_blame_the_slo_for_a_feasible_baseline(
+    make_result, make_candidate, make_quality, make_performance
+) -> None:
+    from optimizer.pipeline import diagnose_infeasible
+    from optimizer.results import REJECTED
+
+    baseline = make_result(
+        candidate=make_candidate(batch_size=1),
+        role="baseline",
+        quality=make_quality(),
+        performance=make_performance(),  # meets the SLO
+    )
+    rejected = make_result(
+        candidate=make_candidate(batch_size=8, precision="bf16"),
+        status=REJECTED,
+        reason="KL 0.2 > quality.max_kl 0.01",
+        quality=make_quality(0.2),
+    )
+    assert baseline.feasible
+    assert diagnose_infeasible([baseline, rejected]).field == "quality"

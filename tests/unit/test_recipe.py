@@ -1,0 +1,198 @@
+"""Recipe YAML: a hand-made recipe round-trips; every malformed one is a UserError about `recipe`."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from optimizer.config import QualityConfig, WorkloadConfig
+from optimizer.errors import UserError
+from optimizer.recipe import (
+    RECIPE_SCHEMA,
+    check_weights,
+    model_config_for,
+    read_recipe,
+    tool_version,
+    write_recipe,
+)
+from optimizer.space import Candidate, TorchSettings
+
+SHA = "ab" * 32
+
+
+@pytest.fixture
+def recipe_dict() -> dict[str, Any]:
+    """A recipe in the layout build_recipe writes."""
+    candidate = Candidate(
+        TorchSettings(precision="bf16", quantization="int8-weight"), batch_size=8, threads=2
+    )
+    workload = WorkloadConfig(prompt_tokens=32, max_new_tokens=16, min_window_seconds=1.0, repeats=2)
+    quality = QualityConfig(num_sequences=4, seq_tokens=64, max_kl=0.1)
+    return {
+        "schema": RECIPE_SCHEMA,
+        "wattsmith_version": tool_version(),
+        "created": "2026-01-01T00:00:00+00:00",
+        "model": {
+            "name": "tiny",
+            "source": "/models/tiny",
+            "format": "hf-dir",
+            "weight_sha256": SHA,
+            "revision": None,
+            "num_parameters": 1234,
+        },
+        "target": {"kind": "cpu", "name": "cpu", "cpu_model": "Test CPU", "cores": 2, "gpu": None},
+        "settings": candidate.to_dict(),
+        "constraints": {
+            "quality": {"max_ppl_increase": 0.03, "min_top1_agreement": 0.95, "max_kl": 0.1},
+            "slo": asdict(workload.slo),
+        },
+        "measurement": {
+            "workload": asdict(workload),
+            "quality": asdict(quality),
+            "quality_text_sha256": "cd" * 32,
+            "idle_watts": 3.0,
+        },
+        "evidence": {
+            "energy": {"source": "estimate", "is_estimate": True, "goodput_tokens_per_joule": {"mean": 2.0}},
+            "latency": {"tpot_ms": {"p90": 20.0}},
+            "quality": {"ppl_increase": 0.01, "top1_agreement": 0.99, "mean_kl": 0.001},
+        },
+    }
+
+
+def _write(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_valid_recipe_round_trips(tmp_path: Path, recipe_dict: dict[str, Any]) -> None:
+    path = write_recipe(tmp_path / "recipe.yaml", recipe_dict)
+    assert path.read_text().startswith("# wattsmith recipe")
+    recipe = read_recipe(path)
+    assert recipe.path == path
+    assert recipe.data == recipe_dict
+    assert recipe.candidate == Candidate(
+        TorchSettings(precision="bf16", quantization="int8-weight"), batch_size=8, threads=2
+    )
+    assert recipe.model.source == "/models/tiny" and recipe.model.revision is None
+    assert recipe.target_kind == "cpu"
+    assert recipe.workload == WorkloadConfig(
+        prompt_tokens=32, max_new_tokens=16, min_window_seconds=1.0, repeats=2
+    )
+    assert recipe.quality == QualityConfig(num_sequences=4, seq_tokens=64, max_kl=0.1)
+    assert recipe.evidence["energy"]["source"] == "estimate"
+    # written again, it reads back the same
+    again = read_recipe(write_recipe(tmp_path / "again.yaml", recipe.data))
+    assert again.data == recipe.data and again.candidate == recipe.candidate
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as info:
+        read_recipe(tmp_path / "nope.yaml")
+    assert info.value.field == "recipe"
+
+
+def test_corrupt_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("schema: [wattsmith\n  settings: {{{\n")
+    with pytest.raises(UserError) as info:
+        read_recipe(path)
+    assert info.value.field.startswith("recipe")
+    assert "YAML" in info.value.problem
+
+
+@pytest.mark.parametrize(
+    "data", [{"schema": "wattsmith.recipe/v99"}, {"no": "schema"}, ["a", "list"], "text"]
+)
+def test_wrong_schema(tmp_path: Path, data: Any) -> None:
+    with pytest.raises(UserError) as info:
+        read_recipe(_write(tmp_path / "recipe.yaml", data))
+    assert info.value.field == "recipe.schema"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("settings",),
+        ("measurement",),
+        ("measurement", "workload"),
+        ("measurement", "workload", "slo"),
+        ("measurement", "quality"),
+        ("model",),
+        ("model", "source"),
+        ("target",),
+        ("target", "kind"),
+        ("settings", "batch_size"),
+    ],
+)
+def test_missing_fields(tmp_path: Path, recipe_dict: dict[str, Any], path: tuple[str, ...]) -> None:
+    data = copy.deepcopy(recipe_dict)
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    with pytest.raises(UserError) as info:
+        read_recipe(_write(tmp_path / "recipe.yaml", data))
+    assert info.value.field.startswith("recipe")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d["settings"].update(backend="tensorflow"), "recipe.settings.backend"),
+        (lambda d: d["settings"].update(turbo=True), "recipe.settings"),
+        (lambda d: d["measurement"]["workload"].update(repeats=0), "recipe.workload.repeats"),
+        (lambda d: d["measurement"]["quality"].update(max_kl=-1), "recipe.quality.max_kl"),
+        (lambda d: d["measurement"]["workload"]["slo"].update(tpot_ms=-5), "recipe.workload.slo.tpot_ms"),
+        (lambda d: d["measurement"]["workload"].update(warp=9), "recipe"),
+        (lambda d: d.update(model="just a string"), "recipe.model"),
+        (lambda d: d.update(settings=5), "recipe.settings"),
+    ],
+)
+def test_invalid_values_name_the_recipe_field(
+    tmp_path: Path, recipe_dict: dict[str, Any], mutate, field: str
+) -> None:
+    data = copy.deepcopy(recipe_dict)
+    mutate(data)
+    with pytest.raises(UserError) as info:
+        read_recipe(_write(tmp_path / "recipe.yaml", data))
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("where", ["settings", "workload"])
+def test_a_string_where_a_mapping_belongs_is_a_user_error(
+    tmp_path: Path, recipe_dict: dict[str, Any], where: str
+) -> None:
+    data = copy.deepcopy(recipe_dict)
+    if where == "settings":
+        data["settings"] = "fp32"
+    else:
+        data["measurement"]["workload"] = "quick"
+    path = _write(tmp_path / "recipe.yaml", data)
+    try:
+        read_recipe(path)
+    except UserError as exc:
+        assert exc.field.startswith("recipe")
+    except ValueError as exc:  # the bug: not a UserError
+        pytest.fail(f"plain {type(exc).__name__}: {exc}")
+    else:
+        pytest.fail("a malformed recipe was accepted")
+
+
+def test_check_weights(tmp_path: Path, recipe_dict: dict[str, Any]) -> None:
+    recipe = read_recipe(write_recipe(tmp_path / "recipe.yaml", recipe_dict))
+    check_weights(recipe, SHA)  # no error
+    with pytest.raises(UserError) as info:
+        check_weights(recipe, "ef" * 32)
+    assert info.value.field == "model.weight_sha256"
+
+
+def test_model_config_for_replaces_the_source(tmp_path: Path, recipe_dict: dict[str, Any]) -> None:
+    recipe = read_recipe(write_recipe(tmp_path / "recipe.yaml", recipe_dict))
+    assert model_config_for(recipe, None).source == "/models/tiny"
+    assert model_config_for(recipe, "/elsewhere").source == "/elsewhere"

@@ -1,0 +1,209 @@
+"""Candidates are frozen values with stable keys; the rules say which ones a target can run."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from optimizer.config import BaselineConfig, SpaceConfig, TorchAxes
+from optimizer.errors import UserError
+from optimizer.space import (
+    Candidate,
+    TorchSettings,
+    baseline_candidate,
+    enumerate_candidates,
+    exclusion_reason,
+    reference_settings,
+)
+
+
+def space(**torch_axes) -> SpaceConfig:
+    batch_sizes = torch_axes.pop("batch_sizes", [1])
+    threads = torch_axes.pop("threads", [0])
+    axes = {
+        "precisions": ["fp32"],
+        "quantizations": ["none"],
+        "kv_caches": ["dynamic"],
+        "compile": [False],
+        "attention": ["sdpa"],
+    } | torch_axes
+    return SpaceConfig(batch_sizes=batch_sizes, threads=threads, torch=TorchAxes(**axes))
+
+
+def test_candidate_round_trips_through_a_dict(make_candidate) -> None:
+    cand = make_candidate(batch_size=8, threads=2, precision="bf16", quantization="int8-weight")
+    data = cand.to_dict()
+    assert data["backend"] == "torch"
+    assert data["batch_size"] == 8 and data["threads"] == 2
+    assert data["precision"] == "bf16" and data["quantization"] == "int8-weight"
+    again = Candidate.from_dict(data)
+    assert again == cand
+    assert again.key() == cand.key()
+
+
+def test_key_is_stable_and_depends_on_batch_size(make_candidate) -> None:
+    a = make_candidate(batch_size=1)
+    assert a.key() == make_candidate(batch_size=1).key()
+    assert len(a.key()) == 16
+    assert a.key() != make_candidate(batch_size=2).key()
+    assert a.key() != make_candidate(batch_size=1, threads=1).key()
+    assert a.key() != make_candidate(batch_size=1, precision="bf16").key()
+
+
+def test_numerics_key_ignores_batch_size_and_threads(make_candidate) -> None:
+    a = make_candidate(batch_size=1, threads=1)
+    b = make_candidate(batch_size=64, threads=4)
+    assert a.numerics_key() == b.numerics_key()
+    assert a.numerics_key() != make_candidate(quantization="int8-dynamic").numerics_key()
+    assert a.numerics_key() != make_candidate(kv_cache="quanto-4").numerics_key()
+
+
+def test_candidates_are_frozen(make_candidate) -> None:
+    cand = make_candidate()
+    with pytest.raises(AttributeError):
+        cand.batch_size = 2  # type: ignore[misc]
+
+
+def test_from_dict_unknown_backend_is_a_user_error(make_candidate) -> None:
+    data = make_candidate().to_dict() | {"backend": "tensorflow"}
+    with pytest.raises(UserError) as info:
+        Candidate.from_dict(data)
+    assert info.value.field == "settings.backend"
+
+
+def test_from_dict_unknown_field_is_a_user_error(make_candidate) -> None:
+    data = make_candidate().to_dict() | {"warp_speed": 9}
+    with pytest.raises(UserError) as info:
+        Candidate.from_dict(data)
+    assert info.value.field == "settings"
+    assert "warp_speed" in info.value.problem
+
+
+def test_from_dict_non_integer_batch_size_is_a_user_error(make_candidate) -> None:
+    with pytest.raises(UserError):
+        Candidate.from_dict(make_candidate().to_dict() | {"batch_size": "many"})
+
+
+def test_label_names_the_settings(make_candidate) -> None:
+    label = make_candidate(batch_size=8, threads=2, precision="bf16", quantization="int8-weight").label()
+    assert label == "torch bf16 int8-weight kv=dynamic b8 t2"
+    assert make_candidate(threads=0).label().endswith("b1")
+
+
+def test_cpu_space_counts_and_bf16_exclusion(make_target) -> None:
+    cfg = space(
+        batch_sizes=[1, 8, 32, 64],
+        precisions=["fp32", "bf16"],
+        quantizations=["none", "int8-weight", "int8-dynamic"],
+    )
+    valid, excluded = enumerate_candidates(cfg, make_target(bf16=True))
+    assert len(valid) == 2 * 3 * 4 and not excluded
+    valid, excluded = enumerate_candidates(cfg, make_target(bf16=False))
+    assert len(valid) == 12
+    assert all(c.settings.precision == "fp32" for c in valid)
+    assert len(excluded) == 12
+    assert {reason for _, reason in excluded} == {"target has no native bf16"}
+    keys = [c.key() for c in valid] + [c.key() for c, _ in excluded]
+    assert len(keys) == len(set(keys))
+
+
+def test_cpu_exclusion_reasons(make_target) -> None:
+    cfg = space(
+        precisions=["bf16"],
+        quantizations=["none", "int4-weight", "fp8"],
+        kv_caches=["dynamic", "static", "offloaded", "quanto-4"],
+        compile=[False, True],
+    )
+    valid, excluded = enumerate_candidates(cfg, make_target(bf16=True))
+    reasons = {(c.settings.quantization, c.settings.kv_cache, c.settings.compile): r for c, r in excluded}
+    assert reasons[("int4-weight", "dynamic", False)] == "int4-weight kernels need a CUDA GPU"
+    assert reasons[("fp8", "dynamic", False)] == "fp8 kernels need a CUDA GPU"
+    assert "needs a GPU target" in reasons[("none", "offloaded", False)]
+    assert reasons[("none", "dynamic", True)] == "torch.compile needs a static KV cache (fixed shapes)"
+    assert reasons[("none", "quanto-4", True)] == "quantized KV caches do not compile"
+    got = {(c.settings.quantization, c.settings.kv_cache, c.settings.compile) for c in valid}
+    assert got == {
+        ("none", "dynamic", False),
+        ("none", "static", False),
+        ("none", "static", True),
+        ("none", "quanto-4", False),
+    }
+
+
+def test_threads_above_cores_are_excluded(make_target) -> None:
+    valid, excluded = enumerate_candidates(space(threads=[1, 2, 8]), make_target(cores=4))
+    assert sorted(c.threads for c in valid) == [1, 2]
+    assert [(c.threads, r) for c, r in excluded] == [(8, "threads 8 > 4 cores")]
+
+
+def test_threads_zero_means_all_cores_on_cpu_and_zero_on_cuda(make_target) -> None:
+    valid, _ = enumerate_candidates(space(threads=[0]), make_target(cores=6))
+    assert [c.threads for c in valid] == [6]
+    # [0, cores] collapses into one candidate
+    valid, _ = enumerate_candidates(space(threads=[0, 6]), make_target(cores=6))
+    assert [c.threads for c in valid] == [6]
+    valid, _ = enumerate_candidates(space(threads=[0, 1]), make_target(kind="cuda"))
+    assert [c.threads for c in valid] == [0]
+
+
+def test_cuda_target_allows_gpu_only_settings(make_target) -> None:
+    gpu = make_target(kind="cuda")
+    assert exclusion_reason(Candidate(TorchSettings("bf16", "fp8"), 1, 0), gpu) is None
+    assert exclusion_reason(Candidate(TorchSettings("bf16", "int4-weight"), 1, 0), gpu) is None
+    assert exclusion_reason(Candidate(TorchSettings(kv_cache="offloaded"), 1, 0), gpu) is None
+    assert "bf16 activations" in str(exclusion_reason(Candidate(TorchSettings("fp32", "fp8"), 1, 0), gpu))
+    no_fp8 = make_target(kind="cuda", fp8=False)
+    assert "8.9" in str(exclusion_reason(Candidate(TorchSettings("bf16", "fp8"), 1, 0), no_fp8))
+
+
+def test_fp16_on_a_cpu_without_fp16_is_excluded(make_target) -> None:
+    reason = exclusion_reason(Candidate(TorchSettings("fp16"), 1, 1), make_target(fp16=False))
+    assert reason is not None and "fp16" in reason
+
+
+def test_baseline_candidate_uses_all_cores_on_cpu(make_target) -> None:
+    cfg = SpaceConfig(baseline=BaselineConfig(batch_size=2))
+    base = baseline_candidate(cfg, make_target(cores=3))
+    assert (base.batch_size, base.threads) == (2, 3)
+    assert base.settings == TorchSettings()
+    assert baseline_candidate(cfg, make_target(kind="cuda")).threads == 0
+
+
+def test_reference_settings_are_fp32_eager() -> None:
+    ref = reference_settings()
+    assert (ref.precision, ref.quantization, ref.kv_cache, ref.compile) == ("fp32", "none", "dynamic", False)
+
+
+def test_enumeration_order_is_deterministic(make_target) -> None:
+    cfg = space(batch_sizes=[1, 4], precisions=["fp32", "bf16"])
+    first, _ = enumerate_candidates(cfg, make_target())
+    second, _ = enumerate_candidates(cfg, make_target())
+    assert [c.key() for c in first] == [c.key() for c in second]
+    assert Counter(c.settings.precision for c in first) == {"fp32": 2, "bf16": 2}
+
+
+def test_extra_candidates_come_first_and_are_not_repeated(make_target) -> None:
+    cfg = space(batch_sizes=[1, 2])
+    cfg.extra = [{"batch_size": 2, "precision": "fp32"}, {"batch_size": 512, "precision": "bf16"}]
+    valid, excluded = enumerate_candidates(cfg, make_target(cores=4))
+    assert [(c.batch_size, c.settings.precision, c.threads) for c in valid] == [
+        (2, "fp32", 4),  # threads 0 means all cores on a CPU, as on the grid
+        (512, "bf16", 4),
+        (1, "fp32", 4),
+    ]
+    assert excluded == []
+
+
+def test_a_bad_extra_candidate_names_its_index(make_target) -> None:
+    cfg = space()
+    cfg.extra = [{"batch_size": 1}, {"batch_size": 1, "turbo": True}]
+    with pytest.raises(UserError) as info:
+        enumerate_candidates(cfg, make_target())
+    assert info.value.field == "space.extra[1]"
+
+
+@pytest.mark.parametrize("bad", [{"precision": "fp64"}, {"kv_cache": "quanto-3"}, {"compile": "false"}])
+def test_from_dict_rejects_unknown_setting_values(make_candidate, bad) -> None:
+    with pytest.raises(UserError):
+        Candidate.from_dict(make_candidate().to_dict() | bad)

@@ -1,0 +1,209 @@
+"""detect_target: the CPU from /proc, NVIDIA GPUs through a (mocked) NVML, presets and budgets."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from optimizer import target as target_module
+from optimizer.config import TargetConfig
+from optimizer.errors import UserError
+from optimizer.target import GIB, GpuInfo, _preset_name, detect_target
+
+
+class _NVMLError(Exception):
+    pass
+
+
+def fake_pynvml(
+    name: str | bytes = b"NVIDIA H100 80GB HBM3",
+    memory_gib: float = 80,
+    capability: tuple[int, int] = (9, 0),
+    power_limit_mw: int = 700_000,
+    count: int = 1,
+    init_fails: bool = False,
+) -> types.ModuleType:
+    nvml = types.ModuleType("pynvml")
+    nvml.NVMLError = _NVMLError
+    nvml.calls = []
+
+    def init() -> None:
+        if init_fails:
+            raise _NVMLError("driver not loaded")
+        nvml.calls.append("init")
+
+    nvml.nvmlInit = init
+    nvml.nvmlShutdown = lambda: nvml.calls.append("shutdown")
+    nvml.nvmlDeviceGetCount = lambda: count
+    nvml.nvmlDeviceGetHandleByIndex = lambda i: f"handle{i}"
+    nvml.nvmlDeviceGetName = lambda h: name
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=int(memory_gib * GIB), used=0)
+    nvml.nvmlSystemGetDriverVersion = lambda: b"550.54.15"
+    nvml.nvmlDeviceGetCudaComputeCapability = lambda h: capability
+    nvml.nvmlDeviceGetEnforcedPowerLimit = lambda h: power_limit_mw
+    return nvml
+
+
+@pytest.fixture
+def with_gpu(monkeypatch: pytest.MonkeyPatch):
+    """Install a fake pynvml and pretend torch can use CUDA."""
+
+    def install(**kwargs) -> types.ModuleType:
+        nvml = fake_pynvml(**kwargs)
+        monkeypatch.setitem(sys.modules, "pynvml", nvml)
+        monkeypatch.setattr(target_module, "_torch_cuda_usable", lambda: True)
+        return nvml
+
+    return install
+
+
+def test_cpu_target_is_detected() -> None:
+    spec = detect_target(TargetConfig(kind="cpu"))
+    assert spec.kind == "cpu" and not spec.is_cuda
+    assert spec.device == "cpu"
+    assert spec.name == "cpu"
+    assert spec.cores >= 1
+    assert spec.memory_bytes > 0
+    assert spec.fp8 is False
+    assert spec.gpu is None
+    assert spec.cpu_model
+
+
+def test_cpu_settings_from_the_config_win() -> None:
+    spec = detect_target(
+        TargetConfig(
+            kind="cpu", name="laptop", bf16=False, energy_source="estimate", cpu_active_watts_per_core=9
+        )
+    )
+    assert spec.name == "laptop"
+    assert spec.bf16 is False
+    assert spec.energy_source == "estimate"
+    assert spec.cpu_active_watts_per_core == 9
+
+
+def test_memory_gib_caps_the_cpu_budget() -> None:
+    detected = detect_target(TargetConfig(kind="cpu")).memory_bytes
+    assert detect_target(TargetConfig(kind="cpu", memory_gib=0.5)).memory_bytes == GIB // 2
+    # a budget larger than the machine does not invent memory
+    assert detect_target(TargetConfig(kind="cpu", memory_gib=1e6)).memory_bytes == detected
+
+
+def test_cuda_without_a_gpu_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(target_module, "_detect_gpu", lambda index: None)
+    with pytest.raises(UserError) as info:
+        detect_target(TargetConfig(kind="cuda"))
+    assert info.value.field.startswith("target")
+    assert "target=cpu" in info.value.fix
+
+
+def test_auto_without_a_gpu_is_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(target_module, "_detect_gpu", lambda index: None)
+    assert detect_target(TargetConfig(kind="auto")).kind == "cpu"
+
+
+def test_cpu_kind_never_asks_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(index: int) -> None:
+        raise AssertionError("NVML queried for a CPU target")
+
+    monkeypatch.setattr(target_module, "_detect_gpu", boom)
+    assert detect_target(TargetConfig(kind="cpu")).kind == "cpu"
+
+
+def test_nvml_gpu_is_mapped(with_gpu) -> None:
+    nvml = with_gpu()
+    gpu = target_module._detect_gpu(0)
+    assert gpu == GpuInfo(
+        name="NVIDIA H100 80GB HBM3",
+        index=0,
+        memory_bytes=80 * GIB,
+        driver="550.54.15",
+        compute_capability=(9, 0),
+        power_limit_watts=700.0,
+    )
+    assert nvml.calls == ["init", "shutdown"]  # NVML is shut down again
+
+
+def test_nvml_missing_device_or_driver_gives_none(with_gpu, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_gpu(count=1)
+    assert target_module._detect_gpu(1) is None
+    with_gpu(init_fails=True)
+    assert target_module._detect_gpu(0) is None
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: import fails
+    assert target_module._detect_gpu(0) is None
+
+
+def test_auto_on_an_h100_fills_the_preset(with_gpu) -> None:
+    with_gpu()
+    spec = detect_target(TargetConfig(kind="auto"))
+    assert spec.kind == "cuda" and spec.is_cuda
+    assert spec.name == "h100"
+    assert spec.device == "cuda:0"
+    assert spec.memory_bytes == 80 * GIB
+    assert (spec.bf16, spec.fp16, spec.fp8) == (True, True, True)
+    assert spec.tdp_watts == 700.0
+    assert spec.memory_bandwidth_gb_per_s == 3350  # from conf/target/h100.yaml
+    assert spec.peak_bf16_tflops == 989
+    assert spec.gpu is not None and spec.gpu.compute_capability == (9, 0)
+    assert spec.fingerprint()["gpu"]["name"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_memory_gib_caps_the_gpu_budget(with_gpu) -> None:
+    with_gpu(memory_gib=80)
+    assert detect_target(TargetConfig(kind="cuda", memory_gib=24)).memory_bytes == 24 * GIB
+    assert detect_target(TargetConfig(kind="cuda", memory_gib=200)).memory_bytes == 80 * GIB
+
+
+@pytest.mark.parametrize(
+    ("capability", "bf16", "fp8"),
+    [((7, 5), False, False), ((8, 0), True, False), ((8, 9), True, True), ((9, 0), True, True)],
+)
+def test_capabilities_follow_compute_capability(with_gpu, capability, bf16: bool, fp8: bool) -> None:
+    with_gpu(name="NVIDIA Some GPU", capability=capability)
+    spec = detect_target(TargetConfig(kind="cuda"))
+    assert (spec.bf16, spec.fp8) == (bf16, fp8)
+    assert spec.name == "some-gpu"
+    assert spec.memory_bandwidth_gb_per_s is None  # no preset for an unknown GPU
+
+
+def test_preset_values_from_the_config_win_over_nvml(with_gpu) -> None:
+    with_gpu(name="NVIDIA A100-SXM4-80GB", capability=(8, 0), power_limit_mw=400_000)
+    spec = detect_target(TargetConfig(kind="cuda", name="a100", fp8=False, tdp_watts=350.0, bf16=False))
+    assert spec.name == "a100"
+    assert spec.tdp_watts == 350.0
+    assert spec.bf16 is False
+
+
+def test_nvml_gpu_without_torch_cuda_targets_the_cpu(with_gpu, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_gpu()
+    monkeypatch.setattr(target_module, "_torch_cuda_usable", lambda: False)
+    assert detect_target(TargetConfig(kind="auto")).kind == "cpu"
+    with pytest.raises(UserError):
+        detect_target(TargetConfig(kind="cuda"))
+
+
+@pytest.mark.parametrize(
+    ("name", "preset"),
+    [
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA L40S", "l40s"),
+        ("NVIDIA L4", "l4"),
+        ("NVIDIA GeForce RTX 4090", "geforce-rtx-4090"),
+    ],
+)
+def test_preset_name_from_the_gpu_name(name: str, preset: str) -> None:
+    assert _preset_name(name) == preset
+
+
+def test_l40_is_not_an_l4() -> None:
+    assert _preset_name("NVIDIA L40") != "l4"
+
+
+def test_fingerprint_names_the_software() -> None:
+    fp = detect_target(TargetConfig(kind="cpu")).fingerprint()
+    assert fp["kind"] == "cpu"
+    assert {"torch", "transformers"} <= set(fp["packages"])
+    assert fp["gpu"] is None
