@@ -158,7 +158,7 @@ def test_killed_search_resumes_without_redoing_finished(tmp_path: Path, cache_di
     [
         (["model=/no/such/model"], "model.source"),
         (["space=nope"], "space"),
-        (["space.batch_sizes=[1,"], "overrides"),
+        (["space.batch_sizes=[1,"], "space.batch_sizes"),
         (["workload.repeats=0"], "workload.repeats"),
         (["quality.max_kl=-1"], "quality.max_kl"),
         (["output_dir=/proc/wattsmith-cannot-write"], "output_dir"),

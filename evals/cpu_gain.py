@@ -1,0 +1,142 @@
+"""CPU gain benchmark: the careless default vs a recipe, side by side in one process.
+
+Both run the recipe's own workload under the same energy meter, interleaved (A B A B ...) so that
+machine drift hits both alike. Prints tokens per joule of each, round by round, and the ratio.
+
+    python evals/cpu_gain.py                                   # recipes/smollm2-135m/recipe.yaml
+    python evals/cpu_gain.py --recipe outputs/<run>/recipe.yaml --rounds 3 --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from optimizer.config import SearchConfig, TargetConfig  # noqa: E402
+from optimizer.measure.energy import measure_idle_watts  # noqa: E402
+from optimizer.pipeline import prepare_measurement  # noqa: E402
+from optimizer.recipe import default_cache_dir, model_config_for, read_recipe  # noqa: E402
+from optimizer.results import CandidateResult  # noqa: E402
+from optimizer.search.evaluate import Evaluator  # noqa: E402
+from optimizer.space import Candidate, TorchSettings  # noqa: E402
+
+DEFAULT_RECIPE = REPO / "recipes" / "smollm2-135m" / "recipe.yaml"
+
+
+def row(result: CandidateResult) -> dict[str, Any]:
+    perf = result.performance
+    if perf is None:
+        raise SystemExit(f"{result.candidate.label()} was not measured: {result.reason}")
+    return {
+        "label": result.candidate.label(),
+        "goodput_tokens_per_joule": perf.goodput_tokens_per_joule.mean,
+        "tokens_per_joule": perf.tokens_per_joule.mean,
+        "tokens_per_second": perf.tokens_per_second.mean,
+        "watts": perf.watts.mean,
+        "tpot_p90_ms": perf.latency.tpot_ms["p90"],
+        "source": perf.source,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
+    parser.add_argument("--rounds", type=int, default=2, help="A/B rounds (each measures both)")
+    parser.add_argument("--min-window-seconds", type=float, default=None, help="override the recipe's")
+    parser.add_argument("--out", type=Path, default=None, help="write the rows and ratios as JSON")
+    args = parser.parse_args()
+
+    from optimizer.cli import _setup_logging
+
+    _setup_logging()
+    recipe = read_recipe(args.recipe)
+    workload = recipe.workload
+    if args.min_window_seconds is not None:
+        workload = replace(workload, min_window_seconds=args.min_window_seconds)
+    cache = default_cache_dir()
+    setup = prepare_measurement(
+        model_config_for(recipe, None),
+        TargetConfig(kind=recipe.target_kind),
+        workload,
+        recipe.quality,
+        cache,
+        max(recipe.candidate.batch_size, 16),
+    )
+    threads = setup.target.cores if not setup.target.is_cuda else 0
+    default = Candidate(TorchSettings(precision="fp32"), batch_size=1, threads=threads)
+    tuned = recipe.candidate
+    idle = measure_idle_watts(setup.meter, workload.idle_seconds)
+    evaluator = Evaluator(
+        model=setup.model,
+        target=setup.target,
+        meter=setup.meter,
+        workload=setup.workload,
+        quality_tokens=setup.quality_tokens,
+        workload_cfg=workload,
+        quality_cfg=recipe.quality,
+        search_cfg=SearchConfig(),
+        store=None,
+        workdir=cache,
+    )
+    rounds = []
+    for index in range(args.rounds):
+        base = row(evaluator.evaluate(default, role="baseline"))
+        result = evaluator.evaluate(tuned, role="baseline")  # measured even if the bound broke: shown
+        best = row(result)
+        ratio = best["goodput_tokens_per_joule"] / base["goodput_tokens_per_joule"]
+        rounds.append({"baseline": base, "recipe": best, "goodput_ratio": ratio})
+        print(
+            f"round {index + 1}: default {base['goodput_tokens_per_joule']:.3f} tok/J, "
+            f"recipe {best['goodput_tokens_per_joule']:.3f} tok/J -> {ratio:.1f}x",
+            flush=True,
+        )
+    quality = result.quality
+    ratios = [r["goodput_ratio"] for r in rounds]
+    throughput = [r["recipe"]["tokens_per_second"] / r["baseline"]["tokens_per_second"] for r in rounds]
+    source = rounds[0]["recipe"]["source"]
+    print()
+    print(
+        f"model {setup.model.name} on {setup.target.cpu_model} ({setup.target.cores} cores); idle {idle:.1f} W"
+    )
+    print(
+        f"energy source: {source}"
+        + (" (an ESTIMATE from CPU time, not a measurement)" if source == "estimate" else "")
+    )
+    print(f"{'':<10} {'settings':<44} {'goodput tok/J':>14} {'tok/s':>9} {'W':>7} {'TPOT p90 ms':>12}")
+    for name in ("baseline", "recipe"):
+        values = [r[name] for r in rounds]
+        print(
+            f"{name:<10} {values[0]['label']:<44} "
+            f"{statistics.fmean(v['goodput_tokens_per_joule'] for v in values):>14.3f} "
+            f"{statistics.fmean(v['tokens_per_second'] for v in values):>9.1f} "
+            f"{statistics.fmean(v['watts'] for v in values):>7.1f} "
+            f"{statistics.fmean(v['tpot_p90_ms'] for v in values):>12.0f}"
+        )
+    if quality is not None:
+        broken = quality.violations(recipe.quality)
+        print(
+            f"recipe quality vs fp32: ppl {quality.ppl_increase:+.2%}, top-1 {quality.top1_agreement:.1%}, "
+            f"KL {quality.mean_kl:.4f} -> {'inside' if not broken else 'OUTSIDE'} the recipe's bound"
+        )
+    print(
+        f"RATIO goodput tokens/J recipe / default: {statistics.fmean(ratios):.1f}x "
+        f"(rounds: {', '.join(f'{r:.1f}x' for r in ratios)}); throughput ratio {statistics.fmean(throughput):.1f}x"
+    )
+    if args.out:
+        args.out.write_text(
+            json.dumps({"recipe": str(args.recipe), "idle_watts": idle, "rounds": rounds}, indent=1)
+        )
+
+
+if __name__ == "__main__":
+    main()
