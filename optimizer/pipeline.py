@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -84,7 +85,7 @@ def protocol(cfg: RunConfig, text_sha256: str, energy_source: str) -> dict[str, 
     """What must match for two measurements to be comparable (the quality bound is not in it)."""
     return {
         "protocol_version": PROTOCOL_VERSION,
-        "workload": asdict(cfg.workload),
+        "workload": {k: v for k, v in asdict(cfg.workload).items() if k != "idle_seconds"},
         "quality_text_sha256": text_sha256,
         "quality_sequences": cfg.quality.num_sequences,
         "quality_seq_tokens": cfg.quality.seq_tokens,
@@ -104,6 +105,16 @@ class RunResult:
 
 def optimize(cfg: RunConfig) -> RunResult:
     """Search the space, measure, select, and write recipe.yaml, report.md, pareto.png, results.jsonl."""
+    output_dir = _writable_dir(Path(cfg.output_dir).expanduser(), "output_dir")
+    try:
+        return _optimize(cfg, output_dir)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            output_dir.rmdir()  # only when empty: a run that failed early leaves no husk behind
+        raise
+
+
+def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     from optimizer.recipe import build_recipe, write_recipe
     from optimizer.report.markdown import write_report
     from optimizer.search.evaluate import Evaluator
@@ -114,7 +125,6 @@ def optimize(cfg: RunConfig) -> RunResult:
     from optimizer.store import TrialStore, context_key
 
     started = time.perf_counter()
-    output_dir = _writable_dir(Path(cfg.output_dir).expanduser(), "output_dir")
     cache_dir = _writable_dir(Path(cfg.cache_dir).expanduser(), "cache_dir")
     setup = prepare_measurement(
         cfg.model, cfg.target, cfg.workload, cfg.quality, cache_dir, max([*cfg.space.batch_sizes, 16])

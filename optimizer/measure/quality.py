@@ -35,6 +35,8 @@ class QualityResult:
     def violations(self, bound: QualityConfig) -> list[str]:
         """The bound's limits this result breaks, each naming the field and both numbers."""
         broken = []
+        if not all(math.isfinite(v) for v in (self.perplexity, self.mean_kl)):
+            broken.append("quality metrics are not finite (numerical overflow in this precision?)")
         if self.ppl_increase > bound.max_ppl_increase:
             broken.append(
                 f"ppl +{self.ppl_increase:.2%} > quality.max_ppl_increase {bound.max_ppl_increase:.2%}"

@@ -135,3 +135,12 @@ def test_violations_name_each_broken_field() -> None:
 def test_quality_result_to_dict_round_trips() -> None:
     q = _result(0.01, 0.99, 0.001)
     assert QualityResult(**q.to_dict()) == q
+
+
+def test_non_finite_quality_is_a_violation() -> None:
+    from optimizer.measure.quality import QualityResult
+
+    nan = float("nan")
+    result = QualityResult(nan, 10.0, nan, 0.0, nan, 100, 0.1)
+    broken = result.violations(QualityConfig(max_ppl_increase=1e9, min_top1_agreement=0, max_kl=1e9))
+    assert broken and "not finite" in broken[0]
