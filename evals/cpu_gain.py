@@ -20,12 +20,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from optimizer.config import SearchConfig, TargetConfig  # noqa: E402
+from optimizer.config import TargetConfig  # noqa: E402
 from optimizer.measure.energy import measure_idle_watts  # noqa: E402
 from optimizer.pipeline import prepare_measurement  # noqa: E402
 from optimizer.recipe import default_cache_dir, model_config_for, read_recipe  # noqa: E402
 from optimizer.results import CandidateResult  # noqa: E402
-from optimizer.search.evaluate import Evaluator  # noqa: E402
 from optimizer.space import Candidate, TorchSettings  # noqa: E402
 
 DEFAULT_RECIPE = REPO / "recipes" / "smollm2-135m" / "recipe.yaml"
@@ -76,18 +75,7 @@ def main() -> None:
     default = Candidate(TorchSettings(precision="fp32"), batch_size=1, threads=threads)
     tuned = recipe.candidate
     idle = measure_idle_watts(setup.meter, workload.idle_seconds)
-    evaluator = Evaluator(
-        model=setup.model,
-        target=setup.target,
-        meter=setup.meter,
-        workload=setup.workload,
-        quality_tokens=setup.quality_tokens,
-        workload_cfg=workload,
-        quality_cfg=recipe.quality,
-        search_cfg=SearchConfig(),
-        store=None,
-        workdir=cache,
-    )
+    evaluator = setup.evaluator()
     rounds = []
     for index in range(args.rounds):
         base = row(evaluator.evaluate(default, role="baseline"))

@@ -9,9 +9,9 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from optimizer.config import ModelConfig, QualityConfig, RunConfig, TargetConfig, WorkloadConfig
+from optimizer.config import ModelConfig, QualityConfig, RunConfig, SearchConfig, TargetConfig, WorkloadConfig
 from optimizer.errors import UserError
 from optimizer.measure.energy import EnergyMeter, make_meter, measure_idle_watts
 from optimizer.model import ModelSpec, resolve_model
@@ -19,13 +19,17 @@ from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
 from optimizer.space import Candidate
 from optimizer.target import TargetSpec, detect_target
 
+if TYPE_CHECKING:
+    from optimizer.search.evaluate import Evaluator
+    from optimizer.store import TrialStore
+
 log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1  # bump when a change in measuring makes old stored results incomparable
 
 
 @dataclass
 class MeasurementSetup:
-    """What measuring needs, shared by `optimize` and `verify`."""
+    """What measuring needs, shared by `optimize`, `verify` and the benchmarks."""
 
     model: ModelSpec
     target: TargetSpec
@@ -33,6 +37,26 @@ class MeasurementSetup:
     workload: Any  # optimizer.measure.workload.Workload
     quality_tokens: Any  # torch.Tensor [sequences, tokens]
     text_sha256: str
+    workload_cfg: WorkloadConfig
+    quality_cfg: QualityConfig
+    cache_dir: Path
+
+    def evaluator(self, search_cfg: SearchConfig | None = None, store: TrialStore | None = None) -> Evaluator:
+        """An Evaluator over this setup; without a store, quality is cached in memory only."""
+        from optimizer.search.evaluate import Evaluator
+
+        return Evaluator(
+            model=self.model,
+            target=self.target,
+            meter=self.meter,
+            workload=self.workload,
+            quality_tokens=self.quality_tokens,
+            workload_cfg=self.workload_cfg,
+            quality_cfg=self.quality_cfg,
+            search_cfg=search_cfg or SearchConfig(),
+            store=store,
+            workdir=self.cache_dir,
+        )
 
 
 def prepare_measurement(
@@ -67,6 +91,9 @@ def prepare_measurement(
         workload=Workload(torch.tensor(prompts), workload_cfg.max_new_tokens),
         quality_tokens=torch.tensor(quality),
         text_sha256=text.sha256,
+        workload_cfg=workload_cfg,
+        quality_cfg=quality_cfg,
+        cache_dir=cache_dir,
     )
 
 
@@ -117,7 +144,6 @@ def optimize(cfg: RunConfig) -> RunResult:
 def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     from optimizer.recipe import build_recipe, write_recipe
     from optimizer.report.markdown import write_report
-    from optimizer.search.evaluate import Evaluator
     from optimizer.search.prefilter import memory_fit_reason
     from optimizer.search.runner import run_search
     from optimizer.select import pareto_front, select_best
@@ -165,18 +191,7 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     store = TrialStore(Path(cfg.store_path).expanduser(), context)
     idle_watts = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
     log.info("idle power %.1f W (%s)", idle_watts, setup.meter.source)
-    evaluator = Evaluator(
-        model=model,
-        target=target,
-        meter=setup.meter,
-        workload=setup.workload,
-        quality_tokens=setup.quality_tokens,
-        workload_cfg=cfg.workload,
-        quality_cfg=cfg.quality,
-        search_cfg=cfg.search,
-        store=store,
-        workdir=cache_dir,
-    )
+    evaluator = setup.evaluator(cfg.search, store)
     outcome = run_search(fits, pruned, baseline, evaluator, cfg.search, cfg.quality)
     best = select_best(outcome.selectable)
     front = pareto_front(outcome.selectable)

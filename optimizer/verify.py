@@ -6,11 +6,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from optimizer.config import SearchConfig, TargetConfig
+from optimizer.config import TargetConfig
 from optimizer.measure.energy import measure_idle_watts
 from optimizer.pipeline import prepare_measurement
 from optimizer.recipe import check_weights, default_cache_dir, model_config_for, read_recipe
-from optimizer.search.evaluate import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +80,7 @@ def verify_recipe(
         Check("energy source", energy["source"], setup.meter.source, energy["source"] == setup.meter.source),
     ]
     measure_idle_watts(setup.meter, recipe.workload.idle_seconds)
-    evaluator = Evaluator(
-        model=setup.model,
-        target=setup.target,
-        meter=setup.meter,
-        workload=setup.workload,
-        quality_tokens=setup.quality_tokens,
-        workload_cfg=recipe.workload,
-        quality_cfg=recipe.quality,
-        search_cfg=SearchConfig(),
-        store=None,
-        workdir=cache,
-    )
-    result = evaluator.evaluate(cand, role="baseline")  # measured even if quality broke: show both
+    result = setup.evaluator().evaluate(cand, role="baseline")  # measured even if quality broke: show both
     if result.quality is None or result.performance is None:
         checks.append(Check("build and run", "ok", result.reason or "no result", False))
         return VerifyReport(recipe.path, checks)

@@ -36,7 +36,7 @@ class TorchBackend:
             # Compiled kernels land in the run's cache, not in /tmp of whoever runs it next.
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
         hf_model = load_hf_model(model, settings.precision, settings.attention, target.device)
-        quantize_weights(hf_model, settings, target)
+        quantize_weights(hf_model, settings)
         return TorchEngine(hf_model, settings, target.device)
 
 
@@ -52,7 +52,7 @@ def load_hf_model(model: ModelSpec, precision: str, attention: str, device: str)
     return hf_model.to(device).eval()
 
 
-def quantize_weights(hf_model: Any, settings: TorchSettings, target: TargetSpec) -> None:
+def quantize_weights(hf_model: Any, settings: TorchSettings) -> None:
     """Swap Linear weights for quantized ones, in place."""
     if settings.quantization == "none":
         return
