@@ -23,11 +23,11 @@ from optimizer.backends.onnx_export import (
     LOGITS_POSITIONS,
     MODEL_FILE,
     NEXT_TOKEN,
-    DecoderLayout,
     exported_decoder,
     layout_of,
 )
 from optimizer.backends.onnx_quantize import dynamic_int8, fp16, static_int8_qdq
+from optimizer.backends.trt_profile import TRT_MAX_TOKENS, check_context, profile_batch, profile_shapes
 from optimizer.model import ModelSpec
 from optimizer.onnx_settings import OrtOnnxSettings
 from optimizer.space import Candidate
@@ -35,10 +35,6 @@ from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
 
-# TensorRT builds for an optimization profile: the most tokens (prompt + generated) per row, and
-# at least this many rows so that quality scoring's batches fit a batch-1 candidate's engine.
-TRT_MAX_TOKENS = 1024
-TRT_MIN_PROFILE_BATCH = 4
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -58,11 +54,14 @@ class OrtOnnxBackend:
         model_dir = onnx_model_for(settings, model, workdir)
         threads = candidate.threads or (0 if target.is_cuda else target.cores)
         device_id = target.gpu.index if target.gpu else 0
-        max_batch = max(candidate.batch_size, TRT_MIN_PROFILE_BATCH)
+        max_batch = profile_batch(candidate.batch_size)
         providers = provider_list(settings, device_id, model_dir, max_batch, workdir)
         session = make_session(model_dir / MODEL_FILE, providers, threads)
         device = "cpu" if settings.provider == "cpu" else "cuda"
-        steps = OrtSteps(session, device, device_id, max_batch if settings.provider == "tensorrt" else None)
+        on_trt = settings.provider == "tensorrt"
+        steps = OrtSteps(
+            session, device, device_id, max_batch if on_trt else None, TRT_MAX_TOKENS if on_trt else None
+        )
         engine = StepEngine(steps)
         try:
             check = engine.generate(torch.tensor([[1, 2]]), 2)  # a model that loads may still fail to run
@@ -113,7 +112,7 @@ def tensorrt_options(
     )
     cache = workdir / "tensorrt-ep" / model_dir.parent.name / model_dir.name
     cache.mkdir(parents=True, exist_ok=True)
-    shapes = profile_shapes(layout, max_batch, TRT_MAX_TOKENS)
+    shapes = profile_shapes(layout, max_batch)
     return {
         "device_id": device_id,
         "trt_fp16_enable": settings.precision == "fp16",
@@ -125,33 +124,6 @@ def tensorrt_options(
         "trt_profile_min_shapes": shapes["min"],
         "trt_profile_opt_shapes": shapes["opt"],
         "trt_profile_max_shapes": shapes["max"],
-    }
-
-
-def profile_dims(
-    layout: DecoderLayout, max_batch: int, max_tokens: int
-) -> dict[str, dict[str, tuple[int, ...]]]:
-    """min/opt/max shape of every input: a one-token decode step at full batch is the common case."""
-    kv, hd = layout.kv_heads, layout.head_dim
-    dims: dict[str, dict[str, tuple[int, ...]]] = {
-        INPUT_IDS: {"min": (1, 1), "opt": (max_batch, 1), "max": (max_batch, max_tokens)},
-        LOGITS_POSITIONS: {"min": (1,), "opt": (1,), "max": (max_tokens,)},
-    }
-    for name in layout.past_names:
-        dims[name] = {
-            "min": (1, kv, 0, hd),
-            "opt": (max_batch, kv, max_tokens // 2, hd),
-            "max": (max_batch, kv, max_tokens, hd),
-        }
-    return dims
-
-
-def profile_shapes(layout: DecoderLayout, max_batch: int, max_tokens: int) -> dict[str, str]:
-    """The TensorRT EP's `trt_profile_*_shapes` strings: `name:AxB,name:C`."""
-    dims = profile_dims(layout, max_batch, max_tokens)
-    return {
-        level: ",".join(f"{name}:{'x'.join(map(str, d[level]))}" for name, d in dims.items())
-        for level in ("min", "opt", "max")
     }
 
 
@@ -177,11 +149,15 @@ def make_session(model_file: Path, providers: list[Any], threads: int) -> Any:
 class OrtSteps:
     """DecoderSteps over an ONNX Runtime session with IO binding."""
 
-    def __init__(self, session: Any, device: str, device_id: int, max_batch: int | None) -> None:
+    def __init__(
+        self, session: Any, device: str, device_id: int, max_batch: int | None, max_tokens: int | None = None
+    ) -> None:
         self.session = session
         self.device = device
         self.device_id = device_id
         self.max_batch = max_batch
+        self.max_tokens = max_tokens  # TensorRT's profile bound; None: any length
+        self._length = 0  # tokens in the cache
         inputs = session.get_inputs()
         self.layout = layout_of([(i.name, i.shape) for i in inputs])
         past_type = next(i.type for i in inputs if i.name == self.layout.past_names[0])
@@ -215,14 +191,20 @@ class OrtSteps:
 
     def start(self, batch_size: int) -> None:
         self._past = self._empty_past(batch_size)
+        self._length = 0
 
     def step(self, input_ids: np.ndarray) -> np.ndarray:
+        if self.max_tokens is not None:
+            check_context(self._length, input_ids.shape[1], self.max_tokens)
+        self._length += input_ids.shape[1]
         last = np.array([input_ids.shape[1] - 1], dtype=np.int64)
         outputs = self._run(input_ids, last, self._past, self.device)
         self._past = outputs[2:]
         return np.asarray(outputs[1].numpy(), dtype=np.int64)
 
     def logits(self, input_ids: np.ndarray) -> np.ndarray:
+        if self.max_tokens is not None:
+            check_context(0, input_ids.shape[1], self.max_tokens)
         positions = np.arange(input_ids.shape[1], dtype=np.int64)
         outputs = self._run(input_ids, positions, self._empty_past(input_ids.shape[0]), "cpu")
         return np.asarray(outputs[0].numpy(), dtype=np.float32)
