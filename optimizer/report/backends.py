@@ -52,7 +52,7 @@ def backends_section(
             lines.append(f"| {backend} | none feasible: {why} |||||||| {tally} |")
             continue
         p, q = winner.performance, winner.quality
-        ratio = f"{winner.objective / baseline.objective:.2f}×" if baseline.objective > 0 else "n/a"
+        ratio = _ratio_to_baseline(winner, baseline)
         lines.append(
             f"| {backend} | {winner.candidate.label()} | {winner.objective:.3f} | {ratio} | {p.tokens_per_second.mean:.1f} "
             f"| {p.latency.tpot_ms['p90']:.0f} | {q.ppl_increase:+.2%} | {q.top1_agreement:.1%} | {q.mean_kl:.4f} | {tally} |"
@@ -66,8 +66,20 @@ def _why_none(results: Sequence[CandidateResult], excluded_reasons: Counter[str]
     for status in (MEASURED, REJECTED, FAILED, PRUNED):
         example = next((r for r in results if r.status == status), None)
         if example is not None:
-            what = "misses the SLO" if status == MEASURED else status
-            return f"{what} (e.g. {example.candidate.label()}: {example.reason or 'see below'})".replace(
-                "|", "/"
-            )
+            if status == MEASURED and example.performance is not None:
+                what, reason = "misses the SLO", "; ".join(example.performance.slo_violations)
+            else:
+                what, reason = status, example.reason or "see below"
+            return f"{what} (e.g. {example.candidate.label()}: {reason})".replace("|", "/")
     return "not reached within the budget"
+
+
+def _ratio_to_baseline(result: CandidateResult, baseline: CandidateResult) -> str:
+    """Goodput tokens/J over the baseline's; all tokens/J when the baseline met no SLO."""
+    if baseline.objective > 0:
+        return f"{result.objective / baseline.objective:.2f}×"
+    if baseline.performance is not None and result.performance is not None:
+        base = baseline.performance.tokens_per_joule.mean
+        if base > 0:
+            return f"{result.performance.tokens_per_joule.mean / base:.2f}× (all tokens: baseline misses the SLO)"
+    return "n/a"
