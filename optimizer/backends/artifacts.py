@@ -31,6 +31,9 @@ def cached_artifact(out: Path, build: Callable[[Path], dict[str, Any]], what: st
     """`out`, built by `build(tmp_dir) -> provenance` unless a complete build is already there."""
     if (out / PROVENANCE).is_file():
         return out
+    if out.exists():  # not ours: renames put the provenance in place with the rest
+        log.warning("%s is not a complete build; building it again", out)
+        shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -49,6 +52,8 @@ def cached_artifact(out: Path, build: Callable[[Path], dict[str, Any]], what: st
         tmp.rename(out)
     except OSError:  # another process completed the same artifact first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / PROVENANCE).is_file():
+            raise RuntimeError(f"could not move the {what} into {out}") from None
     log.info("built %s in %.1f s", what, seconds)
     return out
 
