@@ -200,6 +200,10 @@ def print_table(
     if "torch" in summary:
         parts.insert(0, f"torch-only best {summary['torch']['tokens_per_joule_ratio']:.2f}x")
     print("RATIO tokens/J vs the default: " + ", ".join(parts))
+    if "default-1t" in summary:
+        one = summary["default-1t"]["tokens_per_joule"]
+        against = ", ".join(f"{n} {summary[n]['tokens_per_joule'] / one:.2f}x" for n in others)
+        print(f"RATIO tokens/J vs the default at one thread: {against}")
 
 
 def _counts(results: list[CandidateResult]) -> dict[str, int]:
