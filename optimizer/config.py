@@ -109,7 +109,21 @@ TORCH_ATTENTION = ("sdpa", "eager", "flash_attention_2")
 # hf: transformers' generate loop; graph: our greedy loop whose decode step (forward + argmax on
 # the device) is one captured CUDA graph, replayed without host synchronization.
 TORCH_LOOPS = ("hf", "graph")
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "ort-genai", "ort-onnx", "tensorrt")
+
+# onnxruntime-genai model builder options (read from its source: its --help crashes).
+GENAI_PROVIDERS = ("cpu", "cuda")
+GENAI_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
+GENAI_ALGORITHMS = ("default", "rtn", "k_quant")  # weight-only (MatMulNBits) quantization method
+GENAI_BLOCK_SIZES = (16, 32, 64, 128, 256)
+# MatMulNBits compute: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (the builder's CPU default)
+GENAI_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+# ONNX export + ONNX Runtime sessions
+ONNX_PROVIDERS = ("cpu", "cuda", "tensorrt")
+ONNX_PRECISIONS = ("fp32", "fp16")
+# int8-static: QDQ calibrated on the packaged Wikipedia text (workload split, never the quality split)
+ONNX_QUANTIZATIONS = ("none", "int8-dynamic", "int8-static")
+TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -130,6 +144,51 @@ class TorchAxes:
         _require_subset(self.compile, (True, False), "space.torch.compile")
         _require_subset(self.attention, TORCH_ATTENTION, "space.torch.attention")
         _require_subset(self.loops, TORCH_LOOPS, "space.torch.loops")
+
+
+@dataclass
+class OrtGenaiAxes:
+    """Axes searched for onnxruntime-genai builds. The weight-quantization axes (algorithms,
+    block sizes, accuracy levels, int8 lm_head) apply to int4/int8 builds only."""
+
+    providers: list[str] = field(default_factory=lambda: ["cpu"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "int8", "int4"])
+    algorithms: list[str] = field(default_factory=lambda: ["default"])
+    block_sizes: list[int] = field(default_factory=lambda: [32])
+    accuracy_levels: list[int] = field(default_factory=lambda: [4])
+    int8_lm_head: list[bool] = field(default_factory=lambda: [False])
+
+    def __post_init__(self) -> None:
+        _require_subset(self.providers, GENAI_PROVIDERS, "space.ort_genai.providers")
+        _require_subset(self.precisions, GENAI_PRECISIONS, "space.ort_genai.precisions")
+        _require_subset(self.algorithms, GENAI_ALGORITHMS, "space.ort_genai.algorithms")
+        _require_subset(self.block_sizes, GENAI_BLOCK_SIZES, "space.ort_genai.block_sizes")
+        _require_subset(self.accuracy_levels, GENAI_ACCURACY_LEVELS, "space.ort_genai.accuracy_levels")
+        _require_subset(self.int8_lm_head, (True, False), "space.ort_genai.int8_lm_head")
+
+
+@dataclass
+class OrtOnnxAxes:
+    """Axes searched for the exported ONNX decoder run by ONNX Runtime sessions."""
+
+    providers: list[str] = field(default_factory=lambda: ["cpu"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    quantizations: list[str] = field(default_factory=lambda: ["none", "int8-dynamic"])
+
+    def __post_init__(self) -> None:
+        _require_subset(self.providers, ONNX_PROVIDERS, "space.ort_onnx.providers")
+        _require_subset(self.precisions, ONNX_PRECISIONS, "space.ort_onnx.precisions")
+        _require_subset(self.quantizations, ONNX_QUANTIZATIONS, "space.ort_onnx.quantizations")
+
+
+@dataclass
+class TensorRTAxes:
+    """Axes searched for native TensorRT engines built from the exported ONNX decoder."""
+
+    precisions: list[str] = field(default_factory=lambda: ["fp16"])
+
+    def __post_init__(self) -> None:
+        _require_subset(self.precisions, TENSORRT_PRECISIONS, "space.tensorrt.precisions")
 
 
 @dataclass
@@ -156,6 +215,9 @@ class SpaceConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
     threads: list[int] = field(default_factory=lambda: [0])
     torch: TorchAxes = field(default_factory=TorchAxes)
+    ort_genai: OrtGenaiAxes = field(default_factory=OrtGenaiAxes)
+    ort_onnx: OrtOnnxAxes = field(default_factory=OrtOnnxAxes)
+    tensorrt: TensorRTAxes = field(default_factory=TensorRTAxes)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     # Exact candidates measured besides the grid, e.g. a reference deployment to compare with:
     # {backend: torch, batch_size: 512, threads: 0, precision: bf16, kv_cache: static, compile: true}

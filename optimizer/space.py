@@ -23,6 +23,16 @@ from optimizer.config import (
     SpaceConfig,
 )
 from optimizer.errors import UserError
+from optimizer.onnx_settings import (
+    NO_WEIGHT_OPTIONS,
+    WEIGHT_QUANTIZED,
+    OrtGenaiSettings,
+    OrtOnnxSettings,
+    TensorRTSettings,
+    genai_rule,
+    onnx_rule,
+    tensorrt_rule,
+)
 from optimizer.target import TargetSpec
 
 
@@ -68,8 +78,10 @@ class TorchSettings:
         return " ".join(parts)
 
 
-BackendSettings = TorchSettings
-SETTINGS_TYPES: dict[str, type[BackendSettings]] = {TorchSettings.BACKEND: TorchSettings}
+BackendSettings = TorchSettings | OrtGenaiSettings | OrtOnnxSettings | TensorRTSettings
+SETTINGS_TYPES: dict[str, type[BackendSettings]] = {
+    t.BACKEND: t for t in (TorchSettings, OrtGenaiSettings, OrtOnnxSettings, TensorRTSettings)
+}
 
 
 @dataclass(frozen=True)
@@ -176,13 +188,7 @@ def _combinations(space: SpaceConfig, target: TargetSpec) -> Iterator[Candidate]
     threads = sorted({t or target.cores for t in space.threads}) if not target.is_cuda else [0]
     seen: set[str] = set()
     for backend in space.backends:
-        if backend != "torch":
-            continue
-        axes = space.torch
-        for precision, quantization, kv_cache, compiled, attention, loop in itertools.product(
-            axes.precisions, axes.quantizations, axes.kv_caches, axes.compile, axes.attention, axes.loops
-        ):
-            settings = TorchSettings(precision, quantization, kv_cache, compiled, attention, loop)
+        for settings in _backend_settings(space, backend):
             for batch_size, thread_count in itertools.product(space.batch_sizes, threads):
                 candidate = Candidate(settings, batch_size, thread_count)
                 if candidate.key() not in seen:
@@ -190,11 +196,57 @@ def _combinations(space: SpaceConfig, target: TargetSpec) -> Iterator[Candidate]
                     yield candidate
 
 
+def _backend_settings(space: SpaceConfig, backend: str) -> Iterator[BackendSettings]:
+    """Every settings value of one backend's axes, in the axes' order."""
+    if backend == "torch":
+        t = space.torch
+        for values in itertools.product(
+            t.precisions, t.quantizations, t.kv_caches, t.compile, t.attention, t.loops
+        ):
+            yield TorchSettings(*values)
+    elif backend == "ort-genai":
+        yield from _genai_settings(space)
+    elif backend == "ort-onnx":
+        o = space.ort_onnx
+        for provider, precision, quantization in itertools.product(
+            o.providers, o.precisions, o.quantizations
+        ):
+            yield OrtOnnxSettings(provider, precision, quantization)
+    elif backend == "tensorrt":
+        yield from (TensorRTSettings(precision) for precision in space.tensorrt.precisions)
+
+
+def _genai_settings(space: SpaceConfig) -> Iterator[OrtGenaiSettings]:
+    g = space.ort_genai
+    seen: set[OrtGenaiSettings] = set()
+    for provider, precision in itertools.product(g.providers, g.precisions):
+        if precision not in WEIGHT_QUANTIZED:
+            options: Iterator[tuple[str, int, int, bool]] = iter([NO_WEIGHT_OPTIONS])
+        else:
+            # an int8 lm_head is an int4 option: an int8 build has one already
+            lm_head = g.int8_lm_head if precision == "int4" else [False]
+            options = itertools.product(g.algorithms, g.block_sizes, g.accuracy_levels, lm_head)
+        for algorithm, block_size, accuracy_level, int8_lm_head in options:
+            settings = OrtGenaiSettings(
+                provider, precision, algorithm, block_size, accuracy_level, int8_lm_head
+            )
+            if settings not in seen:
+                seen.add(settings)
+                yield settings
+
+
 def exclusion_reason(candidate: Candidate, target: TargetSpec) -> str | None:
     """Why the target cannot run this candidate, or None when it can. Pure rules, no measuring."""
     if candidate.threads > target.cores:
         return f"threads {candidate.threads} > {target.cores} cores"
-    return _torch_rule(candidate.settings, target)
+    s = candidate.settings
+    if isinstance(s, TorchSettings):
+        return _torch_rule(s, target)
+    if isinstance(s, OrtGenaiSettings):
+        return genai_rule(s, target)
+    if isinstance(s, OrtOnnxSettings):
+        return onnx_rule(s, target)
+    return tensorrt_rule(s, target)
 
 
 def _torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:

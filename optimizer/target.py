@@ -21,7 +21,22 @@ from optimizer.errors import UserError
 log = logging.getLogger(__name__)
 
 GIB = 1 << 30
-TRACKED_PACKAGES = ("wattsmith", "torch", "transformers", "accelerate", "optimum-quanto", "hqq", "torchao")
+TRACKED_PACKAGES = (
+    "wattsmith",
+    "torch",
+    "transformers",
+    "accelerate",
+    "optimum-quanto",
+    "hqq",
+    "torchao",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-genai",
+    "onnxruntime-genai-cuda",
+    "onnx",
+    "onnxscript",
+    "tensorrt",
+)
 
 
 @dataclass(frozen=True)

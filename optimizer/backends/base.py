@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from optimizer.onnx_settings import OrtGenaiSettings, OrtOnnxSettings, TensorRTSettings
 from optimizer.space import BackendSettings, Candidate, TorchSettings
 
 if TYPE_CHECKING:
@@ -66,9 +67,32 @@ def _torch_backend() -> Backend:
     return TorchBackend()
 
 
+def _ort_genai_backend() -> Backend:
+    from optimizer.backends.ort_genai import OrtGenaiBackend
+
+    return OrtGenaiBackend()
+
+
+def _ort_onnx_backend() -> Backend:
+    from optimizer.backends.ort_onnx import OrtOnnxBackend
+
+    return OrtOnnxBackend()
+
+
+def _tensorrt_backend() -> Backend:
+    from optimizer.backends.tensorrt import TensorRTBackend
+
+    return TensorRTBackend()
+
+
 # Keyed by settings type so that a type checker follows the dispatch; backends import their
 # heavy dependencies only when built.
-BACKENDS: dict[type[BackendSettings], Callable[[], Backend]] = {TorchSettings: _torch_backend}
+BACKENDS: dict[type[BackendSettings], Callable[[], Backend]] = {
+    TorchSettings: _torch_backend,
+    OrtGenaiSettings: _ort_genai_backend,
+    OrtOnnxSettings: _ort_onnx_backend,
+    TensorRTSettings: _tensorrt_backend,
+}
 
 
 def backend_for(settings: BackendSettings) -> Backend:

@@ -13,6 +13,7 @@ from optimizer.errors import UserError
 from optimizer.measure.quality import QualityResult
 from optimizer.measure.workload import Spread
 from optimizer.recipe import tool_version
+from optimizer.report.backends import backends_section
 from optimizer.report.plots import plot_pareto
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 from optimizer.space import Candidate
@@ -90,6 +91,7 @@ def write_report(
     ]
     lines += _selected_section(best, outcome.baseline, cfg.accounting, infeasible)
     lines += _search_section(outcome, excluded)
+    lines += backends_section(outcome.selectable, excluded, outcome.baseline)
     lines += ["## Energy-quality trade-off", "", "![Pareto plot](pareto.png)", ""]
     if front:
         lines += ["Pareto front (goodput tokens/J up, KL down):", ""]

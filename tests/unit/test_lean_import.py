@@ -6,7 +6,20 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("torch", "transformers", "hydra", "pynvml", "omegaconf", "matplotlib", "torchao")
+HEAVY = (
+    "torch",
+    "transformers",
+    "hydra",
+    "pynvml",
+    "omegaconf",
+    "matplotlib",
+    "torchao",
+    "onnxruntime",
+    "onnxruntime_genai",
+    "onnx",
+    "onnxscript",
+    "tensorrt",
+)
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -47,3 +60,8 @@ def test_public_api_is_lazy() -> None:
 def test_config_and_cli_modules_do_not_import_torch() -> None:
     loaded = _loaded_after("import optimizer.config, optimizer.cli, optimizer.errors")
     assert not any(m.split(".")[0] in ("torch", "transformers", "pynvml") for m in loaded)
+
+
+def test_space_and_backend_registry_import_no_runtime() -> None:
+    loaded = _loaded_after("import optimizer.space, optimizer.backends.base, optimizer.onnx_settings")
+    assert not any(m.split(".")[0] in HEAVY for m in loaded)

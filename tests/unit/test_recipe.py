@@ -196,3 +196,13 @@ def test_model_config_for_replaces_the_source(tmp_path: Path, recipe_dict: dict[
     recipe = read_recipe(write_recipe(tmp_path / "recipe.yaml", recipe_dict))
     assert model_config_for(recipe, None).source == "/models/tiny"
     assert model_config_for(recipe, "/elsewhere").source == "/elsewhere"
+
+
+def test_a_recipe_can_name_an_ort_candidate(tmp_path: Path, recipe_dict: dict[str, Any]) -> None:
+    from optimizer.onnx_settings import OrtGenaiSettings
+
+    candidate = Candidate(OrtGenaiSettings(precision="int8", accuracy_level=4), batch_size=8, threads=2)
+    data = copy.deepcopy(recipe_dict) | {"settings": candidate.to_dict()}
+    recipe = read_recipe(write_recipe(tmp_path / "recipe.yaml", data))
+    assert recipe.candidate == candidate
+    assert yaml.safe_load((tmp_path / "recipe.yaml").read_text())["settings"]["backend"] == "ort-genai"

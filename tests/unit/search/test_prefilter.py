@@ -59,3 +59,32 @@ def test_memory_fit_reason(make_candidate, make_target) -> None:
     assert memory_fit_reason(cand, SHAPE, make_target(memory_bytes=64 * GIB), WORKLOAD) is None
     reason = memory_fit_reason(cand, SHAPE, make_target(memory_bytes=GIB // 2), WORKLOAD)
     assert reason is not None and "target.memory_gib" in reason
+
+
+def test_ort_footprints_follow_the_build(make_candidate) -> None:
+    from optimizer.onnx_settings import OrtGenaiSettings, OrtOnnxSettings, TensorRTSettings
+    from optimizer.space import Candidate
+
+    def need(settings, batch_size: int = 1) -> int:
+        return estimate_memory_bytes(Candidate(settings, batch_size, 1), SHAPE, WORKLOAD)
+
+    fp32 = need(OrtGenaiSettings())
+    int8 = need(OrtGenaiSettings(precision="int8", accuracy_level=4))
+    int4 = need(OrtGenaiSettings(precision="int4", accuracy_level=4))
+    assert fp32 > int8 > int4
+    # int4 weights: half a byte plus one fp32 scale per 32-weight block
+    assert fp32 - int4 == pytest.approx(SHAPE.num_parameters * (4 - 0.5 - 4 / 32), abs=2)
+    # genai returns logits for every prompt token at prefill; our export only the last one
+    torch_fp32 = estimate_memory_bytes(make_candidate(batch_size=8), SHAPE, WORKLOAD)
+    assert need(OrtOnnxSettings(), 8) == torch_fp32
+    assert need(OrtGenaiSettings(), 8) - torch_fp32 == 8 * (64 - 1) * SHAPE.vocab_size * 4
+    assert need(OrtOnnxSettings(quantization="int8-dynamic")) < need(OrtOnnxSettings())
+    assert need(TensorRTSettings("int8")) < need(TensorRTSettings("fp16")) < need(TensorRTSettings("fp32"))
+
+
+def test_genai_cuda_builds_keep_a_half_precision_cache() -> None:
+    from optimizer.onnx_settings import OrtGenaiSettings
+    from optimizer.search.prefilter import footprint
+
+    assert footprint(OrtGenaiSettings(precision="int4"), 30).kv_bytes == 4.0  # fp32 activations on CPU
+    assert footprint(OrtGenaiSettings(provider="cuda", precision="int4"), 30).kv_bytes == 2.0

@@ -1,0 +1,218 @@
+"""Backends benchmark: the best candidate of each backend vs the HF eager default, side by side.
+
+Phase 1 searches a space with several backends (`optimize`, resumable through its store) and
+takes the best feasible candidate of each backend. Phase 2 re-measures those winners and the
+default (HF eager, fp32, batch 1, all cores) in this one process, interleaved round by round
+(D A B C, D A B C, ...) so that machine drift hits all alike, and prints tokens/J, tokens/s,
+quality and the ratios to the default. The torch row's ratio is the torch-only gain; the best
+row's ratio is the gain with ONNX Runtime in the space.
+
+    python evals/backends.py                                   # space=cpu-ort, default workload
+    python evals/backends.py --rounds 3 --out result.json space.batch_sizes=[1,8] workload=quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from optimizer.config import SearchConfig, compose_run_config  # noqa: E402
+from optimizer.measure.energy import measure_idle_watts  # noqa: E402
+from optimizer.pipeline import optimize, prepare_measurement  # noqa: E402
+from optimizer.report.backends import best_per_backend  # noqa: E402
+from optimizer.results import CandidateResult  # noqa: E402
+from optimizer.search.evaluate import Evaluator  # noqa: E402
+from optimizer.space import Candidate, baseline_candidate  # noqa: E402
+
+DEFAULT_OVERRIDES = ["space=cpu-ort", "workload.min_window_seconds=3", "workload.repeats=2"]
+# default (HF eager fp32 batch 1, all cores) is the project's careless default; default-1t the same
+# at one thread (on a CPU target with several cores)
+
+
+def row(result: CandidateResult) -> dict[str, Any]:
+    perf, quality = result.performance, result.quality
+    if perf is None or quality is None:
+        raise SystemExit(f"{result.candidate.label()} was not measured: {result.reason}")
+    return {
+        "label": result.candidate.label(),
+        "settings": result.candidate.to_dict(),
+        "goodput_tokens_per_joule": perf.goodput_tokens_per_joule.mean,
+        "tokens_per_joule": perf.tokens_per_joule.mean,
+        "tokens_per_second": perf.tokens_per_second.mean,
+        "tpot_p90_ms": perf.latency.tpot_ms["p90"],
+        "source": perf.source,
+        "ppl_increase": quality.ppl_increase,
+        "top1_agreement": quality.top1_agreement,
+        "mean_kl": quality.mean_kl,
+        "build_seconds": result.build_seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of phase 2")
+    parser.add_argument("--out", type=Path, default=None, help="write every row and ratio as JSON")
+    parser.add_argument("--run-dir", type=Path, default=REPO / "outputs" / "backends-benchmark")
+    parser.add_argument(
+        "overrides", nargs="*", help=f"Hydra overrides (default: {' '.join(DEFAULT_OVERRIDES)})"
+    )
+    args = parser.parse_args()
+
+    from optimizer.cli import _setup_logging
+
+    _setup_logging()
+    overrides = [
+        *(args.overrides or DEFAULT_OVERRIDES),
+        f"output_dir={args.run_dir / 'search'}",
+        f"store_path={args.run_dir / 'trials.jsonl'}",
+    ]
+    cfg = compose_run_config(overrides)
+    started = time.perf_counter()
+    search = optimize(cfg)  # phase 1: resumable through the store
+    search_seconds = time.perf_counter() - started
+    winners = {b: r for b, r in best_per_backend(search.results).items() if r is not None}
+    if not winners:
+        raise SystemExit(f"no feasible candidate in the space: {search.infeasible}")
+
+    setup = prepare_measurement(
+        cfg.model,
+        cfg.target,
+        cfg.workload,
+        cfg.quality,
+        Path(cfg.cache_dir).expanduser(),
+        max([*(r.candidate.batch_size for r in winners.values()), 16]),
+    )
+    default = baseline_candidate(cfg.space, setup.target)
+    idle = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
+    evaluator = Evaluator(
+        model=setup.model,
+        target=setup.target,
+        meter=setup.meter,
+        workload=setup.workload,
+        quality_tokens=setup.quality_tokens,
+        workload_cfg=cfg.workload,
+        quality_cfg=cfg.quality,
+        search_cfg=SearchConfig(),
+        store=None,
+        workdir=Path(cfg.cache_dir).expanduser(),
+    )
+    contenders: dict[str, Candidate] = {"default": default} | {b: r.candidate for b, r in winners.items()}
+    if not setup.target.is_cuda and default.threads > 1:
+        # torch's OpenMP threads collapse when another process holds a core: show the default at
+        # one thread too, so that a gain from contention is not mistaken for a backend's
+        contenders["default-1t"] = replace(default, threads=1)
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for index in range(args.rounds):  # phase 2: side by side, interleaved
+        measured = {name: row(evaluator.evaluate(c, role="baseline")) for name, c in contenders.items()}
+        rounds.append(measured)
+        base = measured["default"]["goodput_tokens_per_joule"]
+        print(
+            f"round {index + 1}: "
+            + ", ".join(f"{n} {m['goodput_tokens_per_joule']:.3f}" for n, m in measured.items())
+            + f" goodput tok/J (default {base:.3f})",
+            flush=True,
+        )
+    summary = summarize(rounds, contenders)
+    print_table(summary, setup, idle, search_seconds, cfg.quality)
+    if args.out:
+        payload = {
+            "overrides": overrides,
+            "idle_watts": idle,
+            "search_seconds": search_seconds,
+            "search_counts": _counts(search.results),
+            "quality_bound": asdict(cfg.quality),
+            "workload": asdict(cfg.workload),
+            "rounds": rounds,
+            "summary": summary,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=1, default=str))
+
+
+def summarize(
+    rounds: list[dict[str, dict[str, Any]]], contenders: dict[str, Candidate]
+) -> dict[str, dict[str, Any]]:
+    """Means over rounds, and each contender's ratios to the default within the same round."""
+
+    def ratios(name: str, key: str) -> list[float]:
+        return [r[name][key] / r["default"][key] for r in rounds if r["default"][key] > 0]
+
+    summary = {}
+    for name in contenders:
+        values = [r[name] for r in rounds]
+        goodput = ratios(name, "goodput_tokens_per_joule")  # empty when the default misses the SLO
+        summary[name] = {
+            **{k: v for k, v in values[0].items() if not isinstance(v, float)},
+            **{
+                k: statistics.fmean(v[k] for v in values)
+                for k, v in values[0].items()
+                if isinstance(v, float)
+            },
+            "tokens_per_joule_ratio": statistics.fmean(ratios(name, "tokens_per_joule")),
+            "tokens_per_joule_ratio_rounds": ratios(name, "tokens_per_joule"),
+            "goodput_ratio": statistics.fmean(goodput) if goodput else None,
+            "throughput_ratio": statistics.fmean(ratios(name, "tokens_per_second")),
+        }
+    return summary
+
+
+def print_table(
+    summary: dict[str, dict[str, Any]], setup: Any, idle: float, search_seconds: float, bound: Any
+) -> None:
+    source = next(iter(summary.values()))["source"]
+    target = setup.target
+    print()
+    print(
+        f"model {setup.model.name} on {target.cpu_model} ({target.cores} cores); idle {idle:.1f} W; search {search_seconds:.0f} s"
+    )
+    print(
+        f"energy source: {source}"
+        + (" (an ESTIMATE from CPU time, not a measurement)" if source == "estimate" else "")
+    )
+    print(
+        f"quality bound: ppl <= +{bound.max_ppl_increase:.0%}, top-1 >= {bound.min_top1_agreement:.0%}, KL <= {bound.max_kl}"
+    )
+    print(
+        f"{'':<10} {'candidate':<40} {'tok/J':>7} {'goodput':>7} {'tok/s':>7} {'TPOT p90':>8} {'ppl':>7} {'top-1':>6} "
+        f"{'KL':>7} {'x tok/J':>8} {'x goodput':>9} {'x tok/s':>8}"
+    )
+    for name, s in summary.items():
+        goodput = f"{s['goodput_ratio']:.2f}x" if s["goodput_ratio"] is not None else "n/a"
+        print(
+            f"{name:<10} {s['label']:<40} {s['tokens_per_joule']:>7.3f} {s['goodput_tokens_per_joule']:>7.3f} "
+            f"{s['tokens_per_second']:>7.1f} {s['tpot_p90_ms']:>6.0f}ms {s['ppl_increase']:>+7.2%} {s['top1_agreement']:>6.1%} "
+            f"{s['mean_kl']:>7.4f} {s['tokens_per_joule_ratio']:>7.2f}x {goodput:>9} {s['throughput_ratio']:>7.2f}x"
+        )
+    others = [n for n in summary if not n.startswith("default")]
+    best = max(others, key=lambda n: summary[n]["goodput_tokens_per_joule"])
+    parts = [f"best overall ({best}) {summary[best]['tokens_per_joule_ratio']:.2f}x"]
+    if "torch" in summary:
+        parts.insert(0, f"torch-only best {summary['torch']['tokens_per_joule_ratio']:.2f}x")
+    print("RATIO tokens/J vs the default: " + ", ".join(parts))
+    if "default-1t" in summary:
+        one = summary["default-1t"]["tokens_per_joule"]
+        against = ", ".join(f"{n} {summary[n]['tokens_per_joule'] / one:.2f}x" for n in others)
+        print(f"RATIO tokens/J vs the default at one thread: {against}")
+
+
+def _counts(results: list[CandidateResult]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in results:
+        key = f"{r.candidate.backend}:{r.status}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+if __name__ == "__main__":
+    main()

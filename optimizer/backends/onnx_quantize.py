@@ -1,0 +1,181 @@
+"""ONNX Runtime quantization and fp16 conversion of the exported decoder, each cached beside it.
+
+Only the weight MatMuls (those whose second input is an initializer: the Linear layers and the
+lm_head) are quantized; the attention MatMuls multiply two activations and stay in float.
+
+- int8-dynamic: `quantize_dynamic`, int8 per-channel weights, activations quantized at run time.
+- int8-static: `quantize_static` to a QDQ model (int8 symmetric, per-channel weights), activation
+  ranges calibrated on the packaged Wikipedia text's *workload* split, never the held-out quality
+  split that the candidate is judged on. The QDQ model is also what TensorRT takes for int8.
+- fp16: `onnxruntime.transformers.float16` conversion, for GPU execution providers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optimizer.backends.artifacts import cached_artifact
+from optimizer.backends.onnx_export import (
+    INPUT_IDS,
+    LOGITS_POSITIONS,
+    MODEL_FILE,
+    DecoderLayout,
+    layout_of,
+)
+from optimizer.model import ModelSpec
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_TEXT = "wiki"
+CALIBRATION_SEQUENCES = 8
+CALIBRATION_TOKENS = 64  # prefill length; one decode step follows each prefill
+
+
+def fold_constants(raw_file: Path, out_file: Path) -> None:
+    """ONNX Runtime's basic (provider-independent) optimizations, saved: constant folding turns
+    `MatMul(x, Transpose(W))` into `MatMul(x, W')` so that quantizers see the weights."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(out_file)
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", f"{out_file.name}.data"
+    )
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+    )
+    ort.InferenceSession(str(raw_file), options, providers=["CPUExecutionProvider"])
+
+
+def weight_matmuls(model_file: Path) -> list[str]:
+    """Names of the MatMul nodes whose second input is an initializer (a weight)."""
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers]
+
+
+def variant_dir(fp32_dir: Path, name: str) -> Path:
+    return fp32_dir.parent / name
+
+
+def dynamic_int8(fp32_dir: Path) -> Path:
+    def build(tmp: Path) -> dict[str, Any]:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        nodes = weight_matmuls(fp32_dir / MODEL_FILE)
+        quantize_dynamic(
+            fp32_dir / MODEL_FILE,
+            tmp / MODEL_FILE,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=nodes,
+            use_external_data_format=True,
+        )
+        return {"source": str(fp32_dir), "quantized_matmuls": len(nodes)}
+
+    return cached_artifact(variant_dir(fp32_dir, "int8-dynamic"), build, "ONNX int8 dynamic quantization")
+
+
+def static_int8_qdq(fp32_dir: Path, model: ModelSpec) -> Path:
+    def build(tmp: Path) -> dict[str, Any]:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        nodes = weight_matmuls(fp32_dir / MODEL_FILE)
+        feeds, text_sha256 = calibration_feeds(fp32_dir / MODEL_FILE, model)
+        quantize_static(
+            fp32_dir / MODEL_FILE,
+            tmp / MODEL_FILE,
+            FeedReader(feeds),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=nodes,
+            per_channel=True,
+            activation_type=QuantType.QInt8,  # symmetric int8 activations: what TensorRT accepts
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            use_external_data_format=True,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+        return {
+            "source": str(fp32_dir),
+            "quantized_matmuls": len(nodes),
+            "calibration": {
+                "text": CALIBRATION_TEXT,
+                "split": "workload",
+                "text_sha256": text_sha256,
+                "sequences": CALIBRATION_SEQUENCES,
+                "tokens": CALIBRATION_TOKENS,
+            },
+        }
+
+    return cached_artifact(variant_dir(fp32_dir, "int8-static"), build, "ONNX int8 static QDQ quantization")
+
+
+def fp16(fp32_dir: Path) -> Path:
+    def build(tmp: Path) -> dict[str, Any]:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        proto = onnx.load(str(fp32_dir / MODEL_FILE))
+        # keep_io_types: logits and the KV cache stay float32 at the boundary, as the loop expects
+        converted = convert_float_to_float16(proto, keep_io_types=True)
+        onnx.save(converted, str(tmp / MODEL_FILE), save_as_external_data=True, location=f"{MODEL_FILE}.data")
+        return {"source": str(fp32_dir)}
+
+    return cached_artifact(variant_dir(fp32_dir, "fp16"), build, "ONNX fp16 conversion")
+
+
+class FeedReader:
+    """An onnxruntime.quantization CalibrationDataReader over prepared feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def calibration_feeds(model_file: Path, model: ModelSpec) -> tuple[list[dict[str, np.ndarray]], str]:
+    """Prefill feeds of the workload text plus one decode step each (with the prefill's cache),
+    so both shapes the generation loop runs are calibrated. Returns (feeds, text sha256)."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from optimizer.measure.text import load_text, token_windows
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=model.trust_remote_code)
+    text = load_text(CALIBRATION_TEXT)
+    windows = token_windows(
+        tokenizer, text.workload, CALIBRATION_TOKENS + 1, CALIBRATION_SEQUENCES, "calibration text"
+    )
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    layout = layout_of([(i.name, i.shape) for i in session.get_inputs()])
+    feeds = []
+    for window in windows:
+        ids = np.array([window], dtype=np.int64)
+        prefill = {
+            INPUT_IDS: ids[:, :-1],
+            LOGITS_POSITIONS: np.array([CALIBRATION_TOKENS - 1], dtype=np.int64),
+            **empty_past(layout, 1),
+        }
+        outputs = session.run(layout.present_names, prefill)
+        decode = {
+            INPUT_IDS: ids[:, -1:],
+            LOGITS_POSITIONS: np.array([0], dtype=np.int64),
+            **dict(zip(layout.past_names, outputs, strict=True)),
+        }
+        feeds += [prefill, decode]
+    return feeds, text.sha256
+
+
+def empty_past(layout: DecoderLayout, batch_size: int, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    shape = (batch_size, layout.kv_heads, 0, layout.head_dim)
+    return {name: np.zeros(shape, dtype=dtype) for name in layout.past_names}
