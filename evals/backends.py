@@ -25,12 +25,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from optimizer.config import SearchConfig, compose_run_config  # noqa: E402
+from optimizer.config import compose_run_config  # noqa: E402
 from optimizer.measure.energy import measure_idle_watts  # noqa: E402
 from optimizer.pipeline import optimize, prepare_measurement  # noqa: E402
 from optimizer.report.backends import best_per_backend  # noqa: E402
 from optimizer.results import CandidateResult  # noqa: E402
-from optimizer.search.evaluate import Evaluator  # noqa: E402
 from optimizer.space import Candidate, baseline_candidate  # noqa: E402
 
 DEFAULT_OVERRIDES = ["space=cpu-ort", "workload.min_window_seconds=3", "workload.repeats=2"]
@@ -95,18 +94,7 @@ def main() -> None:
     )
     default = baseline_candidate(cfg.space, setup.target)
     idle = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
-    evaluator = Evaluator(
-        model=setup.model,
-        target=setup.target,
-        meter=setup.meter,
-        workload=setup.workload,
-        quality_tokens=setup.quality_tokens,
-        workload_cfg=cfg.workload,
-        quality_cfg=cfg.quality,
-        search_cfg=SearchConfig(),
-        store=None,
-        workdir=Path(cfg.cache_dir).expanduser(),
-    )
+    evaluator = setup.evaluator()
     contenders: dict[str, Candidate] = {"default": default} | {b: r.candidate for b, r in winners.items()}
     if not setup.target.is_cuda and default.threads > 1:
         # torch's OpenMP threads collapse when another process holds a core: show the default at

@@ -188,6 +188,7 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
             "protocol": protocol(cfg, setup.text_sha256, setup.meter.source),
         }
     )
+    _warn_if_busy(target)
     store = TrialStore(Path(cfg.store_path).expanduser(), context)
     idle_watts = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
     log.info("idle power %.1f W (%s)", idle_watts, setup.meter.source)
@@ -205,6 +206,18 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     write_report(output_dir, cfg, setup, outcome, excluded, best, front, idle_watts, infeasible)
     log.info("wrote %s in %.0f s", output_dir, time.perf_counter() - started)
     return RunResult(output_dir, recipe_path, best, outcome.baseline, outcome.results, infeasible)
+
+
+def _warn_if_busy(target: TargetSpec) -> None:
+    """Another process on the CPU distorts every measurement (all-core torch slowed 8x here)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5 * target.cores:
+        log.warning(
+            "the machine is busy (1-min load average %.1f on %d cores): latency and energy figures will be "
+            "distorted; measure on a quiet machine",
+            load,
+            target.cores,
+        )
 
 
 def diagnose_infeasible(results: list[CandidateResult]) -> UserError:

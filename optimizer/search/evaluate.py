@@ -50,7 +50,9 @@ class Evaluator:
     def reference(self) -> QualityReference:
         """fp32 eager logits on the held-out text, computed on first use."""
         if self._reference is None:
-            ref_candidate = Candidate(reference_settings(), batch_size=1, threads=0)
+            # all cores on a CPU: torch's thread count is process-wide and a candidate may have lowered it
+            threads = 0 if self.target.is_cuda else self.target.cores
+            ref_candidate = Candidate(reference_settings(), batch_size=1, threads=threads)
             engine = build_engine(self.model, ref_candidate, self.target, self.workdir)
             try:
                 self._reference = QualityReference(self.quality_tokens, engine, self.quality_cfg.batch_size)
