@@ -97,21 +97,57 @@ class RunResult:
     output_dir: Path
     recipe_path: Path | None
     best: CandidateResult | None
-    baseline: CandidateResult
+    baseline: CandidateResult | None  # None only for a dry run
     results: list[CandidateResult]
     infeasible: UserError | None  # why nothing could be selected, when nothing could
+    dry_run: Path | None = None  # launcher.slurm.dry_run: where the unsubmitted jobs are
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What every worker of a search derives alike from the config and its measurement setup."""
+
+    candidates: list[Candidate]  # valid by the rules and fitting the memory budget
+    pruned: list[tuple[Candidate, str]]  # valid but too big for the memory budget
+    excluded: list[tuple[Candidate, str]]  # ruled out for the target
+    baseline: Candidate
+    context: str  # the store context: model weights, target fingerprint, measurement protocol
+
+
+def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
+    from optimizer.search.prefilter import memory_fit_reason
+    from optimizer.space import baseline_candidate, enumerate_candidates
+    from optimizer.store import context_key
+
+    valid, excluded = enumerate_candidates(cfg.space, setup.target)
+    fits: list[Candidate] = []
+    pruned: list[tuple[Candidate, str]] = []
+    for candidate in valid:
+        reason = memory_fit_reason(candidate, setup.model.shape, setup.target, cfg.workload)
+        if reason:
+            pruned.append((candidate, reason))
+        else:
+            fits.append(candidate)
+    context = context_key(
+        {
+            "model": setup.model.weight_sha256,
+            "target": setup.target.fingerprint(),
+            "protocol": protocol(cfg, setup.text_sha256, setup.meter.source),
+        }
+    )
+    return SearchPlan(fits, pruned, excluded, baseline_candidate(cfg.space, setup.target), context)
 
 
 def optimize(cfg: RunConfig) -> RunResult:
     """Search the space, measure, select, and write recipe.yaml, report.md, pareto.png, results.jsonl."""
     from optimizer.recipe import build_recipe, write_recipe
     from optimizer.report.markdown import write_report
+    from optimizer.search.device import DeviceLock
     from optimizer.search.evaluate import Evaluator
-    from optimizer.search.prefilter import memory_fit_reason
-    from optimizer.search.runner import run_search
+    from optimizer.search.roofline import Roofline, rates_for
+    from optimizer.search.runner import collect_outcome, run_search
     from optimizer.select import pareto_front, select_best
-    from optimizer.space import baseline_candidate, enumerate_candidates
-    from optimizer.store import TrialStore, context_key
+    from optimizer.store import TrialStore
 
     started = time.perf_counter()
     output_dir = _writable_dir(Path(cfg.output_dir).expanduser(), "output_dir")
@@ -128,56 +164,60 @@ def optimize(cfg: RunConfig) -> RunResult:
         target.kind,
         target.gpu.name if target.gpu else target.cpu_model,
     )
-    valid, excluded = enumerate_candidates(cfg.space, target)
-    baseline = baseline_candidate(cfg.space, target)
-    fits: list[Candidate] = []
-    pruned: list[tuple[Candidate, str]] = []
-    for candidate in valid:
-        reason = memory_fit_reason(candidate, model.shape, target, cfg.workload)
-        if reason:
-            pruned.append((candidate, reason))
-        else:
-            fits.append(candidate)
+    plan = plan_search(cfg, setup)
     log.info(
         "space: %d valid candidates (%d excluded by rules, %d pruned: memory), baseline %s",
-        len(fits),
-        len(excluded),
-        len(pruned),
-        baseline.label(),
+        len(plan.candidates),
+        len(plan.excluded),
+        len(plan.pruned),
+        plan.baseline.label(),
     )
-    context = context_key(
-        {
-            "model": model.weight_sha256,
-            "target": target.fingerprint(),
-            "protocol": protocol(cfg, setup.text_sha256, setup.meter.source),
-        }
-    )
-    store = TrialStore(Path(cfg.store_path).expanduser(), context)
-    idle_watts = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
+    store = TrialStore(cfg.store_path, plan.context)
+    log.info("store %s (context %s, run %s)", store.describe(), plan.context, store.run_id)
+    device = DeviceLock.for_target(target)
+    with device.exclusive():  # idle means idle: no other worker builds or measures meanwhile
+        idle_watts = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
+        rates = rates_for(target, idle_watts, cfg.search.roofline_headroom) if cfg.search.roofline else None
     log.info("idle power %.1f W (%s)", idle_watts, setup.meter.source)
-    evaluator = Evaluator(
-        model=model,
-        target=target,
-        meter=setup.meter,
-        workload=setup.workload,
-        quality_tokens=setup.quality_tokens,
-        workload_cfg=cfg.workload,
-        quality_cfg=cfg.quality,
-        search_cfg=cfg.search,
-        store=store,
-        workdir=cache_dir,
-    )
-    outcome = run_search(fits, pruned, baseline, evaluator, cfg.search, cfg.quality)
+    roofline = Roofline(model.shape, cfg.workload, rates, target.is_cuda) if rates is not None else None
+    if roofline is not None:
+        log.info("roofline: %s", roofline.rates.describe())
+    if cfg.search.workers == 1 and cfg.launcher.kind == "local":
+        evaluator = Evaluator(
+            model=model,
+            target=target,
+            meter=setup.meter,
+            workload=setup.workload,
+            quality_tokens=setup.quality_tokens,
+            workload_cfg=cfg.workload,
+            quality_cfg=cfg.quality,
+            search_cfg=cfg.search,
+            store=store,
+            workdir=cache_dir,
+            device=device,
+        )
+        outcome = run_search(
+            plan.candidates, plan.pruned, plan.baseline, evaluator, cfg.search, cfg.quality, roofline=roofline
+        )
+    else:
+        from optimizer.search.workers import launch_search
+
+        launched = launch_search(cfg, target, plan.context, store.run_id, idle_watts, rates)
+        if launched.dry_run is not None:
+            return RunResult(output_dir, None, None, None, [], None, dry_run=launched.dry_run)
+        outcome = collect_outcome(
+            plan.candidates, plan.pruned, plan.baseline, store, cfg.quality, roofline, launched.reports
+        )
     best = select_best(outcome.selectable)
     front = pareto_front(outcome.selectable)
     recipe_path = None
     if best is not None:
-        recipe = build_recipe(cfg, setup, best, outcome, excluded, context, idle_watts)
+        recipe = build_recipe(cfg, setup, best, outcome, plan.excluded, plan.context, idle_watts)
         recipe_path = write_recipe(output_dir / "recipe.yaml", recipe)
     infeasible = None if best is not None else diagnose_infeasible(outcome.selectable)
     _write_results(output_dir, outcome.results)
     _write_config(output_dir, cfg)
-    write_report(output_dir, cfg, setup, outcome, excluded, best, front, idle_watts, infeasible)
+    write_report(output_dir, cfg, setup, outcome, plan.excluded, best, front, idle_watts, infeasible)
     log.info("wrote %s in %.0f s", output_dir, time.perf_counter() - started)
     return RunResult(output_dir, recipe_path, best, outcome.baseline, outcome.results, infeasible)
 

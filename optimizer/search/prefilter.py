@@ -1,4 +1,7 @@
-"""Analytic checks before building anything: does the candidate fit the target's memory?"""
+"""Analytic checks before building anything: does the candidate fit the target's memory?
+
+The second check, a roofline bound of tokens/J against the best measured so far, is in roofline.py.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +22,7 @@ def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: Wor
     assert isinstance(settings, TorchSettings)
     act_bytes = PRECISION_BYTES[settings.precision]
     weights = shape.num_parameters * WEIGHT_BYTES.get(settings.quantization, act_bytes)
-    kv_element = act_bytes
-    if "-" in settings.kv_cache and settings.kv_cache.split("-")[0] in ("quanto", "hqq"):
-        kv_element = int(settings.kv_cache.split("-")[1]) / 8
+    kv_element = kv_element_bytes(settings.kv_cache, act_bytes)
     tokens = candidate.batch_size * (workload.prompt_tokens + workload.max_new_tokens)
     kv = tokens * shape.kv_bytes_per_token(kv_element)
     if settings.kv_cache.startswith("offloaded"):
@@ -30,6 +31,14 @@ def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: Wor
     prefill = candidate.batch_size * workload.prompt_tokens * shape.hidden_size * act_bytes * 8
     logits = candidate.batch_size * shape.vocab_size * 4
     return int(weights + kv + prefill + logits + RUNTIME_OVERHEAD_BYTES)
+
+
+def kv_element_bytes(kv_cache: str, act_bytes: float) -> float:
+    """Bytes per cached K or V element: the activation dtype, or the quantized cache's bits."""
+    backend, _, bits = kv_cache.partition("-")
+    if backend in ("quanto", "hqq") and bits.isdigit():
+        return int(bits) / 8
+    return act_bytes
 
 
 def memory_fit_reason(

@@ -1,4 +1,8 @@
-"""Samplers decide which candidate to measure next (ask/tell)."""
+"""Samplers decide which candidate to measure next (ask/tell).
+
+`observe` is also called for results the sampler did not ask for: results found in the store, from
+an earlier run or from another worker of this one. A sampler never sees a candidate twice.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import random
 from collections.abc import Sequence
 from typing import Protocol
 
-from optimizer.config import SearchConfig
+from optimizer.config import QualityConfig, SearchConfig
 from optimizer.results import CandidateResult
 from optimizer.space import Candidate
 
@@ -41,7 +45,13 @@ class RandomSampler(GridSampler):
         super().__init__(shuffled)
 
 
-def make_sampler(cfg: SearchConfig, candidates: Sequence[Candidate]) -> Sampler:
+def make_sampler(
+    cfg: SearchConfig, candidates: Sequence[Candidate], bound: QualityConfig | None = None
+) -> Sampler:
     if cfg.sampler == "random":
         return RandomSampler(candidates, cfg.seed)
+    if cfg.sampler == "optuna":
+        from optimizer.search.optuna_sampler import OptunaSampler  # optuna loads only when used
+
+        return OptunaSampler(candidates, cfg, bound or QualityConfig())
     return GridSampler(candidates)

@@ -156,7 +156,7 @@ def test_quality_is_computed_once_per_numerics(log, make_evaluator, make_candida
 def test_quality_comes_from_the_store(
     log, make_evaluator, make_candidate, make_result, make_quality, tmp_path
 ) -> None:
-    store = TrialStore(tmp_path / "t.jsonl", "ctx")
+    store = TrialStore(tmp_path / "t.db", "ctx")
     quality = make_quality(mean_kl=0.001)
     store.append(make_result(candidate=make_candidate(batch_size=1, precision="bf16"), quality=quality))
     result = make_evaluator(store=store).evaluate(make_candidate(batch_size=4, precision="bf16"))

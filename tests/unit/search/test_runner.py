@@ -40,7 +40,7 @@ class FakeEvaluator:
 @pytest.fixture
 def evaluator(tmp_path: Path, make_result, make_quality, make_performance):
     def make(store_path: Path | None = None, status=MEASURED) -> FakeEvaluator:
-        store = TrialStore(store_path or tmp_path / "trials.jsonl", "ctx")
+        store = TrialStore(store_path or tmp_path / "trials.db", "ctx")
         return FakeEvaluator(store, make_result, make_quality, make_performance, status)
 
     return make
@@ -92,7 +92,7 @@ def test_stored_results_are_reused(evaluator, make_candidate, tmp_path: Path) ->
     assert again.asked == []
     assert all(r.reused for r in outcome.results)
     assert outcome.measuring_seconds == 0.0
-    assert len((tmp_path / "trials.jsonl").read_text().splitlines()) == 2
+    assert again.store.run_count() == 0 and len(again.store._records) == 2
 
 
 def test_failed_results_are_retried_only_when_asked(evaluator, make_candidate) -> None:
