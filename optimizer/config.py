@@ -210,7 +210,8 @@ class SearchConfig:
 
     sampler: str = "grid"
     budget_minutes: float = 20.0
-    max_candidates: int | None = None
+    max_candidates: int | None = None  # new evaluations in this run, all workers together;
+    # a rejection by quality already known (a batch variant of rejected numerics) costs nothing
     seed: int = 0
     retry_failed: bool = False
     candidate_timeout_minutes: float = 15.0

@@ -53,7 +53,7 @@ from sqlalchemy import (
 )
 
 from optimizer.errors import UserError
-from optimizer.results import CandidateResult
+from optimizer.results import REJECTED, CandidateResult
 from optimizer.space import Candidate
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,13 @@ class TrialStore:
         )
 
     def run_count(self) -> int:
-        return sum(1 for r in self._records.values() if r["run_id"] == self.run_id)
+        """Evaluations of this run that built something: a rejection by known quality is free."""
+        return sum(
+            1
+            for r in self._records.values()
+            if r["run_id"] == self.run_id
+            and (r["result"].get("status") != REJECTED or r["result"].get("build_seconds", 0.0) > 0)
+        )
 
     def append(self, result: CandidateResult) -> None:
         """Record a finished candidate and give up its lease, in one transaction."""
