@@ -254,6 +254,11 @@ class TrialStore:
             if r["run_id"] == self.run_id
         )
 
+    def run_history(self) -> list[CandidateResult]:
+        """This run's results in the order they were committed (all workers)."""
+        mine = sorted((r for r in self._records.values() if r["run_id"] == self.run_id), key=lambda r: r["seq"])
+        return [CandidateResult.from_dict(r["result"]) for r in mine]
+
     def run_count(self) -> int:
         """Evaluations of this run that built something: a rejection by known quality is free."""
         return sum(

@@ -11,6 +11,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -63,9 +64,8 @@ def on_ray(cfg: RayConfig, specs: Sequence[WorkerSpec], gpu: bool) -> list[Worke
             ray.shutdown()
 
 
-def _slurm_executor(cfg: SlurmConfig, count: int) -> Any:
-    import submitit
-
+def _slurm_parameters(cfg: SlurmConfig, count: int) -> dict[str, Any]:
+    """sbatch settings of the array job: one task per worker, each with its own GPU(s)."""
     parameters: dict[str, Any] = {
         "job_name": "wattsmith",
         "time": cfg.timeout_min,
@@ -83,17 +83,17 @@ def _slurm_executor(cfg: SlurmConfig, count: int) -> Any:
         parameters["account"] = cfg.account
     if cfg.mem_gb:
         parameters["mem"] = f"{int(cfg.mem_gb)}GB"
-    executor = submitit.SlurmExecutor(folder=cfg.folder)
-    executor.update_parameters(**parameters)  # submitit validates every parameter here
-    return executor
+    return parameters
 
 
 def on_slurm(cfg: SlurmConfig, specs: Sequence[WorkerSpec]) -> list[WorkerReport]:
     """A SLURM array job, one task per worker (`cluster: local` runs the same jobs as processes)."""
     import submitit
 
+    executor: Any
     if cfg.cluster == "slurm":
-        executor = _slurm_executor(cfg, len(specs))
+        executor = submitit.SlurmExecutor(folder=cfg.folder)
+        executor.update_parameters(**_slurm_parameters(cfg, len(specs)))  # submitit validates each
     else:
         executor = submitit.AutoExecutor(folder=cfg.folder, cluster=cfg.cluster)
         executor.update_parameters(timeout_min=cfg.timeout_min, gpus_per_node=cfg.gpus_per_node)
@@ -103,16 +103,20 @@ def on_slurm(cfg: SlurmConfig, specs: Sequence[WorkerSpec]) -> list[WorkerReport
 
 
 def slurm_dry_run(cfg: SlurmConfig, specs: Sequence[WorkerSpec]) -> Path:
-    """Write what `on_slurm` would submit, without submitting: the sbatch file of the array job and
-    one pickled job per worker, in the format submitit's runner loads on the node."""
+    """Write what `on_slurm` would submit, without SLURM: the array job's sbatch file and one
+    pickled job per worker, in the format submitit's runner (`submitit.core._submit`) loads."""
     from submitit.core.utils import DelayedSubmission
 
-    executor = _slurm_executor(cfg, len(specs))
+    # submitit has no dry run and its SlurmExecutor needs srun: render with the helper it submits
+    # through (pinned by tests/unit/search/test_workers.py)
+    from submitit.slurm.slurm import _make_sbatch_string
+
     folder = Path(cfg.folder).expanduser() / "dry-run"
     folder.mkdir(parents=True, exist_ok=True)
-    # submitit renders an array's sbatch file this way in map_array (map_count = array size)
-    executor.parameters["map_count"] = len(specs)
-    sbatch = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    sbatch = _make_sbatch_string(
+        command=command, folder=folder, map_count=len(specs), **_slurm_parameters(cfg, len(specs))
+    )
     (folder / "submission.sh").write_text(sbatch)
     for spec in specs:
         DelayedSubmission(run_worker, spec).dump(folder / f"worker-{spec.index}.pkl")
