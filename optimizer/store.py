@@ -171,12 +171,14 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
 
 
 def metadata_create(engine: Engine) -> None:
-    """Create the tables; two workers starting at once may race on PostgreSQL's catalog."""
+    """Create the tables. Workers starting at once race between checking and creating: the loser
+    gets "already exists" (SQLite: OperationalError; PostgreSQL: a catalog IntegrityError or
+    ProgrammingError) and checks again."""
     for attempt in range(3):
         try:
             metadata.create_all(engine, checkfirst=True)
             return
-        except (exc.IntegrityError, exc.ProgrammingError):
+        except (exc.IntegrityError, exc.ProgrammingError, exc.OperationalError):
             if attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))
@@ -256,7 +258,9 @@ class TrialStore:
 
     def run_history(self) -> list[CandidateResult]:
         """This run's results in the order they were committed (all workers)."""
-        mine = sorted((r for r in self._records.values() if r["run_id"] == self.run_id), key=lambda r: r["seq"])
+        mine = sorted(
+            (r for r in self._records.values() if r["run_id"] == self.run_id), key=lambda r: r["seq"]
+        )
         return [CandidateResult.from_dict(r["result"]) for r in mine]
 
     def run_count(self) -> int:

@@ -237,3 +237,24 @@ def test_a_killed_writer_leaves_whole_rows(tmp_path: Path, make_result, make_can
         assert store.get(make_candidate(batch_size=result["candidate"]["batch_size"], threads=1)) is not None
     store.append(make_result(candidate=make_candidate(batch_size=999999)))  # and the store still writes
     assert len(rows(path)) == len(written) + 1
+
+
+def test_a_lost_table_creation_race_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import create_engine, exc
+
+    from optimizer import store as module
+
+    engine = create_engine(f"sqlite:///{tmp_path / 't.db'}")
+    real = module.metadata.create_all
+    calls: list[int] = []
+
+    def racing(bind: object, checkfirst: bool = True) -> None:
+        calls.append(1)
+        if len(calls) == 1:  # another worker created the table between our check and our CREATE
+            real(bind, checkfirst=checkfirst)
+            raise exc.OperationalError("CREATE TABLE", {}, Exception("table wattsmith_trials already exists"))
+        real(bind, checkfirst=checkfirst)
+
+    monkeypatch.setattr(module.metadata, "create_all", racing)
+    module.metadata_create(engine)
+    assert len(calls) == 2
