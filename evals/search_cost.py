@@ -23,7 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from optimizer.config import OptunaConfig, RunConfig, SearchConfig, compose_run_config  # noqa: E402
+from optimizer.model import ModelShape  # noqa: E402
 from optimizer.results import MEASURED, REJECTED, CandidateResult  # noqa: E402
+from optimizer.search.roofline import Roofline, RooflineRates  # noqa: E402
 from optimizer.search.runner import SearchOutcome, run_search  # noqa: E402
 from optimizer.select import select_best  # noqa: E402
 from optimizer.space import Candidate  # noqa: E402
@@ -57,10 +59,13 @@ PROTOCOL = [
     "workload.idle_seconds=2",
     "quality.num_sequences=8",
 ]
+# "+roofline": Optuna's first trials are the highest-roofline candidate of each numerics (the
+# default); "tpe" alone starts from random trials.
 STRATEGIES: dict[str, SearchConfig] = {
     "random": SearchConfig(sampler="random"),
-    "optuna-tpe": SearchConfig(sampler="optuna", optuna=OptunaConfig(algorithm="tpe")),
-    "optuna-nsga2": SearchConfig(sampler="optuna", optuna=OptunaConfig(algorithm="nsga2")),
+    "tpe": SearchConfig(sampler="optuna", optuna=OptunaConfig(algorithm="tpe", warm_start=False)),
+    "tpe+roofline": SearchConfig(sampler="optuna", optuna=OptunaConfig(algorithm="tpe")),
+    "nsga2+roofline": SearchConfig(sampler="optuna", optuna=OptunaConfig(algorithm="nsga2")),
 }
 
 
@@ -89,12 +94,12 @@ class Run:
         return None
 
 
-def live_runs(fraction: float, workdir: Path) -> tuple[list[Run], RunConfig, dict[str, Any]]:
+def live_runs(fraction: float, workdir: Path) -> tuple[list[Run], RunConfig, Roofline | None, dict[str, Any]]:
     from optimizer.measure.energy import measure_idle_watts
     from optimizer.pipeline import plan_search, prepare_measurement
     from optimizer.search.device import DeviceLock
     from optimizer.search.evaluate import Evaluator
-    from optimizer.search.roofline import Roofline, rates_for
+    from optimizer.search.roofline import rates_for
 
     cfg = compose_run_config([*SPACE, *PROTOCOL])
     cache = Path(cfg.cache_dir).expanduser()
@@ -147,11 +152,13 @@ def live_runs(fraction: float, workdir: Path) -> tuple[list[Run], RunConfig, dic
         "idle_watts": idle,
         "candidates": len(plan.candidates),
         "roofline": rates.describe() if rates else None,
+        "rates": asdict(rates) if rates else None,
+        "shape": asdict(setup.model.shape),
         "space": SPACE,
         "protocol": PROTOCOL,
         "budget_fraction": fraction,
     }
-    return runs, cfg, facts
+    return runs, cfg, roofline, facts
 
 
 def measurement_noise(runs: list[Run]) -> float:
@@ -203,7 +210,12 @@ class ReplayEvaluator:
 
 
 def replay(
-    grid: list[CandidateResult], cfg: RunConfig, strategy: SearchConfig, budget_seconds: float, seed: int
+    grid: list[CandidateResult],
+    cfg: RunConfig,
+    strategy: SearchConfig,
+    budget_seconds: float,
+    seed: int,
+    roofline: Roofline | None,
 ) -> tuple[CandidateResult | None, float, float | None]:
     """(winner, seconds spent, seconds until the winner) for one seeded replay; the grid measured
     the baseline first."""
@@ -221,6 +233,7 @@ def replay(
             search,
             cfg.quality,
             progress=lambda _: None,
+            roofline=roofline,
             clock=lambda: evaluator.now,
         )
         store.refresh()
@@ -281,7 +294,12 @@ def _counts(outcome: SearchOutcome) -> dict[str, int]:
 
 
 def print_replays(
-    grid: list[CandidateResult], cfg: RunConfig, fraction: float, seeds: int, noise: float
+    grid: list[CandidateResult],
+    cfg: RunConfig,
+    fraction: float,
+    seeds: int,
+    noise: float,
+    roofline: Roofline | None,
 ) -> list[dict[str, Any]]:
     grid_seconds = sum(r.seconds for r in grid)
     best = select_best(grid)
@@ -299,7 +317,7 @@ def print_replays(
         hits = exact = 0
         ratios, founds, values = [], [], []
         for seed in range(seeds):
-            winner, spent, found = replay(grid, cfg, strategy, fraction * grid_seconds, seed)
+            winner, spent, found = replay(grid, cfg, strategy, fraction * grid_seconds, seed, roofline)
             value = winner.objective if winner else 0.0
             hits += value >= tolerance
             exact += winner is not None and winner.candidate == best.candidate
@@ -347,10 +365,16 @@ def main() -> None:
         saved = json.loads(args.replay_only.read_text())
         grid = [CandidateResult.from_dict(r) for r in saved["grid_history"]]
         cfg = compose_run_config([*SPACE, *PROTOCOL])
-        print_replays(grid, cfg, args.fraction, args.seeds, saved["noise"])
+        facts = saved["facts"]
+        roofline = (
+            Roofline(ModelShape(**facts["shape"]), cfg.workload, RooflineRates(**facts["rates"]), cuda=False)
+            if facts.get("rates")
+            else None
+        )
+        print_replays(grid, cfg, args.fraction, args.seeds, saved["noise"], roofline)
         return
     with tempfile.TemporaryDirectory(prefix="search-cost-") as folder:
-        runs, cfg, facts = live_runs(args.fraction, Path(folder))
+        runs, cfg, roofline, facts = live_runs(args.fraction, Path(folder))
     noise = measurement_noise(runs)
     print(
         f"\n{facts['model']} on {facts['cpu']}, energy {facts['energy_source']}"
@@ -360,7 +384,7 @@ def main() -> None:
         f"space: {facts['candidates']} valid candidates ({' '.join(SPACE)}); protocol: {' '.join(PROTOCOL)}"
     )
     live = print_live(runs, noise)
-    replays = print_replays(runs[0].history, cfg, args.fraction, args.seeds, noise)
+    replays = print_replays(runs[0].history, cfg, args.fraction, args.seeds, noise, roofline)
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -190,7 +190,10 @@ class OptunaConfig:
     """
 
     algorithm: str = "tpe"
-    startup_trials: int = 4  # TPE: random trials before its model steers
+    startup_trials: int = 4  # trials before TPE's model steers (warm-start ones, then random)
+    # Start from the candidate with the highest roofline bound of each numerics (up to
+    # startup_trials): each quality probe early, the analytically most promising first.
+    warm_start: bool = True
     population_size: int = 8  # NSGA-II: trials per generation
     # proposals per suggestion before the sampler takes the nearest unevaluated valid candidate
     # (on a small space the model keeps proposing points it has already seen)

@@ -7,6 +7,10 @@ told to Optuna as infeasible and never measured. A proposal that repeats a known
 dropped; after `max_proposals` such proposals in a row the sampler maps the last one onto the
 nearest unevaluated valid candidate (fewest differing axes), so a small space is never stuck.
 
+With a prior (the roofline bound), the first trials are the most promising candidate of each
+numerics key instead of random ones: every quality probe happens early, and the analytically best
+candidates are measured first.
+
 The study is in memory, one per worker, rebuilt from the TrialStore through `observe`: the store,
 not Optuna's storage, is the meeting point of workers (see store.py for why).
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
@@ -34,7 +38,13 @@ Params = tuple[Any, ...]
 
 
 class OptunaSampler:
-    def __init__(self, candidates: Sequence[Candidate], cfg: SearchConfig, bound: QualityConfig) -> None:
+    def __init__(
+        self,
+        candidates: Sequence[Candidate],
+        cfg: SearchConfig,
+        bound: QualityConfig,
+        prior: Callable[[Candidate], float] | None = None,
+    ) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self._bound = bound
         self._max_proposals = cfg.optuna.max_proposals
@@ -65,6 +75,11 @@ class OptunaSampler:
         self.study = optuna.create_study(directions=directions, sampler=sampler)
         self._pending: dict[str, Trial] = {}
         self._seen: set[str] = set()
+        self._warm = (
+            warm_start(self._candidates, prior, cfg.optuna.startup_trials)
+            if prior is not None and cfg.optuna.warm_start
+            else []
+        )
         self.invalid_proposals = 0  # combinations outside the valid set, never measured
         self.mapped_proposals = 0  # suggestions mapped onto the nearest unevaluated candidate
 
@@ -75,6 +90,10 @@ class OptunaSampler:
     def suggest(self) -> Candidate | None:
         if len(self._seen) + len(self._pending) >= len(self._candidates):
             return None
+        while self._warm:
+            first = self._warm.pop(0)
+            if first.key() not in self._seen and first.key() not in self._pending:
+                return self._enqueued(first)
         last: dict[str, Any] = {}
         for _ in range(self._max_proposals):
             trial = self._ask()
@@ -93,9 +112,13 @@ class OptunaSampler:
         if nearest is None:
             return None
         self.mapped_proposals += 1
-        self.study.enqueue_trial(self._param_dict(nearest))
-        self._pending[nearest.key()] = self._ask()
-        return nearest
+        return self._enqueued(nearest)
+
+    def _enqueued(self, candidate: Candidate) -> Candidate:
+        """Ask Optuna for exactly this candidate, as a trial it learns from like any other."""
+        self.study.enqueue_trial(self._param_dict(candidate))
+        self._pending[candidate.key()] = self._ask()
+        return candidate
 
     def observe(self, candidate: Candidate, result: CandidateResult) -> None:
         key = candidate.key()
@@ -171,6 +194,16 @@ class OptunaSampler:
             return sum(values[name] != params.get(name) for name in self._axes)
 
         return min(open_, key=distance)  # ties: the space's order
+
+
+def warm_start(
+    candidates: Sequence[Candidate], prior: Callable[[Candidate], float], count: int
+) -> list[Candidate]:
+    """The highest-prior candidate of each numerics key, best first, at most `count`."""
+    best: dict[str, Candidate] = {}
+    for candidate in sorted(candidates, key=prior, reverse=True):
+        best.setdefault(candidate.numerics_key(), candidate)
+    return list(best.values())[:count]
 
 
 def _axes(candidates: Sequence[Candidate]) -> dict[str, list[Any]]:

@@ -154,20 +154,25 @@ class _WorkerLoop:
         self.progress = progress
         self.roofline = roofline
         self.space = {c.key(): c for c in [baseline, *candidates]}
-        self.sampler = make_sampler(search, list(candidates), bound)
+        prior = (lambda c: roofline.bound(c).tokens_per_joule) if roofline is not None else None
+        self.sampler = make_sampler(search, list(candidates), bound, prior)
         self.known: dict[str, CandidateResult] = {}
         self.busy: list[Candidate] = []  # held by another worker
         self.mine: set[str] = set()
         self.evaluated = 0
         self.roofline_pruned = 0
+        self._synced = False  # the first sync reads every candidate, later ones what changed
 
     def role(self, candidate: Candidate) -> str:
         return "baseline" if candidate == self.baseline else "candidate"
 
     def sync(self) -> None:
         """Take in every stored result not seen yet: earlier runs' and other workers'."""
-        self.store.refresh()
-        for key, candidate in self.space.items():
+        changed = self.store.refresh()
+        keys = self.space.keys() if not self._synced else [k for k in changed if k in self.space]
+        self._synced = True
+        for key in list(keys):
+            candidate = self.space[key]
             if key not in self.known and (result := self.reusable(candidate)) is not None:
                 self.record(candidate, result)
 

@@ -7,7 +7,7 @@ an earlier run or from another worker of this one. A sampler never sees a candid
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from optimizer.config import QualityConfig, SearchConfig
@@ -46,12 +46,17 @@ class RandomSampler(GridSampler):
 
 
 def make_sampler(
-    cfg: SearchConfig, candidates: Sequence[Candidate], bound: QualityConfig | None = None
+    cfg: SearchConfig,
+    candidates: Sequence[Candidate],
+    bound: QualityConfig | None = None,
+    prior: Callable[[Candidate], float] | None = None,
 ) -> Sampler:
+    """`prior` ranks candidates before any is measured (the roofline bound); grid and random
+    ignore it."""
     if cfg.sampler == "random":
         return RandomSampler(candidates, cfg.seed)
     if cfg.sampler == "optuna":
         from optimizer.search.optuna_sampler import OptunaSampler  # optuna loads only when used
 
-        return OptunaSampler(candidates, cfg, bound or QualityConfig())
+        return OptunaSampler(candidates, cfg, bound or QualityConfig(), prior)
     return GridSampler(candidates)

@@ -155,3 +155,28 @@ def test_one_candidate_space(make_candidate, landscape) -> None:
     assert sampler.suggest() == only
     sampler.observe(only, landscape(only))
     assert sampler.suggest() is None
+
+
+def test_a_prior_warm_starts_with_the_best_candidate_of_each_numerics(space, landscape) -> None:
+    def prior(candidate) -> float:  # an analytic ranking: bigger batches, fewer bytes per weight
+        s = candidate.settings
+        return (
+            candidate.batch_size
+            * (3 if s.precision == "bf16" else 1)
+            * (2 if s.quantization != "none" else 1)
+        )
+
+    sampler = OptunaSampler(space, config(startup_trials=3), QualityConfig(), prior)
+    first = [sampler.suggest() for _ in range(3)]
+    assert [(c.settings.precision, c.settings.quantization, c.batch_size) for c in first] == [
+        ("bf16", "int8-weight", 32),
+        ("bf16", "none", 32),
+        ("fp32", "int8-weight", 32),
+    ]  # one per numerics key, by prior; the fourth numerics waits: startup_trials=3
+    assert all(t.state.name == "RUNNING" for t in sampler.study.trials)  # real trials Optuna learns from
+    for candidate in first:
+        sampler.observe(candidate, landscape(candidate))
+    rest = drain(sampler, landscape)
+    assert sorted(c.key() for c in first + rest) == sorted(c.key() for c in space)
+    unprimed = OptunaSampler(space, config(startup_trials=3, warm_start=False), QualityConfig(), prior)
+    assert [unprimed.suggest() for _ in range(3)] != first
