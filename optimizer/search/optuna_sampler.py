@@ -17,7 +17,6 @@ not Optuna's storage, is the meeting point of workers (see store.py for why).
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,7 +31,6 @@ from optimizer.config import QualityConfig, SearchConfig
 from optimizer.results import FAILED, MEASURED, PRUNED, CandidateResult
 from optimizer.space import Candidate
 
-log = logging.getLogger(__name__)
 INFEASIBLE_KL = 10.0  # nats: a quality loss for candidates that have none, far past any bound
 Params = tuple[Any, ...]
 

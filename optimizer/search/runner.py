@@ -98,7 +98,9 @@ def search_worker(
     loop = _WorkerLoop(candidates, baseline, evaluator, store, search, bound, progress, roofline)
 
     def over_budget() -> bool:
-        if deadline is not None and clock() > deadline:
+        # a candidate is not started when the time left is less than a typical measurement:
+        # it would most likely run past the budget
+        if deadline is not None and deadline - clock() < max(loop.typical_seconds(), 0.0):
             return True
         return search.max_candidates is not None and store.run_count() >= search.max_candidates
 
@@ -197,6 +199,11 @@ class _WorkerLoop:
         if candidate != self.baseline or self.baseline_in_space:
             self.sampler.observe(candidate, result)
         self.progress(_progress_line(len(self.known), len(self.space), result, candidate.key() in self.mine))
+
+    def typical_seconds(self) -> float:
+        """Median seconds of the candidates this worker measured (0 before the first)."""
+        spent = sorted(r.seconds for k, r in self.known.items() if k in self.mine and r.status == MEASURED)
+        return spent[len(spent) // 2] if spent else 0.0
 
     def best(self) -> CandidateResult | None:
         selectable = [r for r in self.known.values() if r.role != "baseline" or self.baseline_in_space]

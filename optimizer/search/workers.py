@@ -63,13 +63,14 @@ def launch_search(
     check_workers(cfg, target)
     count = cfg.search.workers
     devices = local_gpus(cfg, target) if cfg.launcher.kind == "local" and target.is_cuda else [None] * count
+    deadline = time.time() + cfg.search.budget_minutes * 60  # one budget for all workers
     specs = [
         WorkerSpec(
             cfg=cfg if device is None else replace(cfg, target=replace(cfg.target, device_index=0)),
             index=index,
             context=context,
             run_id=run_id,
-            deadline_epoch=time.time() + cfg.search.budget_minutes * 60,
+            deadline_epoch=deadline,
             rates=rates,
             coordinator_host=socket.gethostname(),
             idle_watts=idle_watts,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,30 @@ def test_free_rejections_do_not_use_the_candidate_budget(
     free = make_result(candidate=cands[1], status=REJECTED, quality=make_quality(mean_kl=0.9), seconds=0.0)
     ev.store.append(free)  # as a cached-quality rejection of this run would be stored
     assert ev.store.run_count() == 0
+
+
+def test_a_candidate_that_would_run_past_the_budget_is_not_started(evaluator, make_candidate) -> None:
+    # each evaluation takes 10 s on a simulated clock; the budget is 25 s
+    now = [0.0]
+    ev = evaluator()
+    plain = ev.evaluate
+
+    def timed(candidate, role="candidate"):
+        now[0] += 10.0
+        return replace(plain(candidate, role), seconds=10.0)
+
+    ev.evaluate = timed
+    cands = [make_candidate(batch_size=b) for b in (1, 2, 4, 8)]
+    outcome = run_search(
+        cands,
+        [],
+        cands[0],
+        ev,
+        SearchConfig(budget_minutes=25 / 60),
+        BOUND,
+        progress=lambda _: None,
+        clock=lambda: now[0],
+    )
+    assert len(ev.asked) == 2  # at 20 s, 5 s are left and a measurement takes 10 s: stop
+    assert outcome.measuring_seconds == 20.0
+    assert outcome.not_reached == cands[2:]
