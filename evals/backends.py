@@ -74,7 +74,7 @@ def main() -> None:
     overrides = [
         *(args.overrides or DEFAULT_OVERRIDES),
         f"output_dir={args.run_dir / 'search'}",
-        f"store_path={args.run_dir / 'trials.jsonl'}",
+        f"store_path={args.run_dir / 'trials.db'}",
     ]
     cfg = compose_run_config(overrides)
     started = time.perf_counter()

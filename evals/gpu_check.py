@@ -184,7 +184,7 @@ def run_optimize(name: str, overrides: list[str], work: Path, out: Path) -> dict
         [
             *overrides,
             f"output_dir={run_dir}",
-            f"store_path={work / 'trials.jsonl'}",
+            f"store_path={work / 'trials.db'}",
             f"cache_dir={work / 'cache'}",
         ]
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +19,8 @@ Groups and presets (conf/ inside the package):
 Examples:
   optimize                                           # packaged SmolLM2, this machine, cpu-default space
   optimize model=/path/to/hf-dir quality=strict search.budget_minutes=20 workload.max_new_tokens=64
+  optimize search=optuna search.budget_minutes=10               # TPE: a fraction of the grid's time
+  optimize search=optuna search.workers=4 launcher=ray           # 4 Ray tasks, one GPU each
   optimize verify outputs/<run>/recipe.yaml
 
 Exit codes: 0 ok, 1 verify failed, 2 bad input or nothing feasible.
@@ -31,19 +32,15 @@ def _help() -> str:
 
     groups = "\n".join(
         f"  {g:<11} {', '.join(group_options(g))}"
-        for g in ("model", "target", "space", "search", "workload", "quality", "accounting")
+        for g in ("model", "target", "space", "search", "workload", "quality", "accounting", "launcher")
     )
     return HELP.format(groups=groups)
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    ours = logging.getLogger("optimizer")
-    ours.handlers[:] = [handler]
-    ours.setLevel(logging.INFO)
-    ours.propagate = False
+    from optimizer.logs import setup_logging
+
+    setup_logging()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,11 +79,16 @@ def _optimize(args: list[str]) -> int:
     from optimizer.pipeline import optimize
 
     result = optimize(cfg)
+    if result.dry_run is not None:
+        print(
+            f"dry run: nothing was submitted; the sbatch file and the workers' jobs are in {result.dry_run}"
+        )
+        return 0
     print(f"report:  {result.output_dir / 'report.md'}")
     if result.infeasible is not None:
         print(f"error: {result.infeasible}", file=sys.stderr)
         return 2
-    assert result.best is not None and result.recipe_path is not None
+    assert result.best is not None and result.recipe_path is not None and result.baseline is not None
     gain = ""
     if result.baseline.objective > 0:
         gain = f" ({result.best.objective / result.baseline.objective:.1f}x the baseline)"

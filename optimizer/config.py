@@ -239,19 +239,57 @@ class SpaceConfig:
         )
 
 
-SAMPLERS = ("grid", "random")
+SAMPLERS = ("grid", "random", "optuna")
+OPTUNA_ALGORITHMS = ("tpe", "nsga2")
+
+
+@dataclass
+class OptunaConfig:
+    """Optuna samplers (search.sampler=optuna).
+
+    `tpe`: one objective, goodput tokens/J up. `nsga2`: two, goodput tokens/J up and quality loss
+    (mean KL) down. Both get the quality bound and the SLO as constraints.
+    """
+
+    algorithm: str = "tpe"
+    startup_trials: int = 4  # trials before TPE's model steers (warm-start ones, then random)
+    # Start from the candidate with the highest roofline bound of each numerics (up to
+    # startup_trials): each quality probe early, the analytically most promising first.
+    warm_start: bool = True
+    population_size: int = 8  # NSGA-II: trials per generation
+    # proposals per suggestion before the sampler takes the nearest unevaluated valid candidate
+    # (on a small space the model keeps proposing points it has already seen)
+    max_proposals: int = 16
+
+    def __post_init__(self) -> None:
+        _require_subset([self.algorithm], OPTUNA_ALGORITHMS, "search.optuna.algorithm")
+        _require(self.startup_trials >= 1, "search.optuna.startup_trials", "must be >= 1", "e.g. 4")
+        _require(self.population_size >= 2, "search.optuna.population_size", "must be >= 2", "e.g. 8")
+        _require(self.max_proposals >= 1, "search.optuna.max_proposals", "must be >= 1", "e.g. 16")
 
 
 @dataclass
 class SearchConfig:
-    """How candidates are drawn and how much measuring time the search may spend."""
+    """How candidates are drawn, how much measuring time the search may spend, and by how many
+    workers (each with a whole device while it measures)."""
 
     sampler: str = "grid"
     budget_minutes: float = 20.0
-    max_candidates: int | None = None
+    max_candidates: int | None = None  # new evaluations in this run, all workers together;
+    # a rejection by quality already known (a batch variant of rejected numerics) costs nothing
     seed: int = 0
     retry_failed: bool = False
     candidate_timeout_minutes: float = 15.0
+    workers: int = 1
+    # A worker holds a lease on the candidate it evaluates, renewed while it lives; a killed
+    # worker's lease lapses after this long (at once when it ran on the same host).
+    lease_seconds: float = 120.0
+    # Drop candidates whose analytic tokens/J upper bound is below the best measured so far.
+    roofline: bool = True
+    # CPU targets without preset rates: measured copy bandwidth and matmul rate times this factor
+    # stand in for the peaks (an assumption, printed in the report).
+    roofline_headroom: float = 2.0
+    optuna: OptunaConfig = field(default_factory=OptunaConfig)
 
     def __post_init__(self) -> None:
         _require_subset([self.sampler], SAMPLERS, "search.sampler")
@@ -261,6 +299,69 @@ class SearchConfig:
         _require(self.budget_minutes > 0, "search.budget_minutes", "must be > 0", "e.g. 20")
         if self.max_candidates is not None:
             _require(self.max_candidates >= 1, "search.max_candidates", "must be >= 1", "or null")
+        _require(self.workers >= 1, "search.workers", "must be >= 1", "one worker per device, e.g. 1")
+        _require(self.lease_seconds >= 10, "search.lease_seconds", "must be >= 10", "e.g. 120")
+        _require(
+            self.roofline_headroom >= 1,
+            "search.roofline_headroom",
+            f"is {self.roofline_headroom} < 1: the bound would no longer be an upper bound",
+            "use >= 1, e.g. 2",
+        )
+
+
+LAUNCHERS = ("local", "ray", "slurm")
+SUBMITIT_CLUSTERS = ("slurm", "local", "debug")
+
+
+@dataclass
+class RayConfig:
+    """Ray: `address` null starts a Ray instance on this machine (loopback only); `auto` or
+    `ray://host:10001` joins a running cluster. Each worker is a task with one GPU on GPU targets."""
+
+    address: str | None = None
+    cpus_per_worker: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.cpus_per_worker > 0, "launcher.ray.cpus_per_worker", "must be > 0", "e.g. 1")
+
+
+@dataclass
+class SlurmConfig:
+    """SLURM through submitit: one array job, one task per worker, each with its own GPU(s).
+
+    `cluster: local` runs the same submitit jobs as processes on this machine (no sbatch), and
+    `dry_run` writes the sbatch file that would be submitted without submitting it.
+    """
+
+    folder: str = "outputs/slurm"
+    cluster: str = "slurm"
+    partition: str | None = None
+    account: str | None = None
+    timeout_min: int = 240
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    mem_gb: float | None = None
+    setup: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        _require_subset([self.cluster], SUBMITIT_CLUSTERS, "launcher.slurm.cluster")
+        _require(self.timeout_min >= 1, "launcher.slurm.timeout_min", "must be >= 1", "e.g. 240")
+        _require(self.gpus_per_node >= 0, "launcher.slurm.gpus_per_node", "must be >= 0", "e.g. 1")
+        _require(self.cpus_per_task >= 1, "launcher.slurm.cpus_per_task", "must be >= 1", "e.g. 8")
+
+
+@dataclass
+class LauncherConfig:
+    """Where `search.workers` run: processes on this machine, Ray tasks, or SLURM jobs. All of them
+    meet at the TrialStore (`store_path`), which must be PostgreSQL when workers span nodes."""
+
+    kind: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+    def __post_init__(self) -> None:
+        _require_subset([self.kind], LAUNCHERS, "launcher.kind")
 
 
 @dataclass
@@ -359,7 +460,8 @@ class AccountingConfig:
 
 @dataclass
 class RunConfig:
-    """One `optimize` run. `store_path` outlives runs so that a re-run resumes."""
+    """One `optimize` run. `store_path` outlives runs so that a re-run resumes; every worker of a
+    search reads and writes it."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -368,8 +470,10 @@ class RunConfig:
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     output_dir: str = "outputs/run"
-    store_path: str = "outputs/trials.jsonl"
+    # An SQLite file (default) or a database URL: sqlite:///path or postgresql://user@host/db.
+    store_path: str = "outputs/trials.db"
     cache_dir: str = "~/.cache/wattsmith"
 
     def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ precision must keep their defaults, so one build has exactly one key in the stor
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from optimizer.config import (
@@ -91,6 +91,10 @@ class OrtGenaiSettings:
             options["matmul_mixed_precision"] = "last_matmul:int8"
         return options
 
+    def probe_settings(self) -> dict[str, Any]:
+        """Every setting of this backend changes the numbers its quality probe sees."""
+        return asdict(self)
+
     def label(self) -> str:
         parts = [self.precision]
         if self.precision in WEIGHT_QUANTIZED:
@@ -123,6 +127,10 @@ class OrtOnnxSettings:
             {"provider": ONNX_PROVIDERS, "precision": ONNX_PRECISIONS, "quantization": ONNX_QUANTIZATIONS},
         )
 
+    def probe_settings(self) -> dict[str, Any]:
+        """Every setting of this backend changes the numbers its quality probe sees."""
+        return asdict(self)
+
     def label(self) -> str:
         parts = [self.precision]
         if self.quantization != "none":
@@ -142,6 +150,10 @@ class TensorRTSettings:
 
     def __post_init__(self) -> None:
         check_choices(self, {"precision": TENSORRT_PRECISIONS})
+
+    def probe_settings(self) -> dict[str, Any]:
+        """Every setting of this backend changes the numbers its quality probe sees."""
+        return asdict(self)
 
     def label(self) -> str:
         return self.precision

@@ -20,6 +20,7 @@ from optimizer.space import Candidate
 from optimizer.target import TargetSpec, detect_target
 
 if TYPE_CHECKING:
+    from optimizer.search.device import DeviceLock
     from optimizer.search.evaluate import Evaluator
     from optimizer.store import TrialStore
 
@@ -41,8 +42,14 @@ class MeasurementSetup:
     quality_cfg: QualityConfig
     cache_dir: Path
 
-    def evaluator(self, search_cfg: SearchConfig | None = None, store: TrialStore | None = None) -> Evaluator:
-        """An Evaluator over this setup; without a store, quality is cached in memory only."""
+    def evaluator(
+        self,
+        search_cfg: SearchConfig | None = None,
+        store: TrialStore | None = None,
+        device: DeviceLock | None = None,
+    ) -> Evaluator:
+        """An Evaluator over this setup; without a store, quality is cached in memory only; with a
+        device lock, energy windows never overlap other workers' work on the device."""
         from optimizer.search.evaluate import Evaluator
 
         return Evaluator(
@@ -56,6 +63,7 @@ class MeasurementSetup:
             search_cfg=search_cfg or SearchConfig(),
             store=store,
             workdir=self.cache_dir,
+            device=device,
         )
 
 
@@ -125,9 +133,45 @@ class RunResult:
     output_dir: Path
     recipe_path: Path | None
     best: CandidateResult | None
-    baseline: CandidateResult
+    baseline: CandidateResult | None  # None only for a dry run
     results: list[CandidateResult]
     infeasible: UserError | None  # why nothing could be selected, when nothing could
+    dry_run: Path | None = None  # launcher.slurm.dry_run: where the unsubmitted jobs are
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What every worker of a search derives alike from the config and its measurement setup."""
+
+    candidates: list[Candidate]  # valid by the rules and fitting the memory budget
+    pruned: list[tuple[Candidate, str]]  # valid but too big for the memory budget
+    excluded: list[tuple[Candidate, str]]  # ruled out for the target
+    baseline: Candidate
+    context: str  # the store context: model weights, target fingerprint, measurement protocol
+
+
+def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
+    from optimizer.search.prefilter import memory_fit_reason
+    from optimizer.space import baseline_candidate, enumerate_candidates
+    from optimizer.store import context_key
+
+    valid, excluded = enumerate_candidates(cfg.space, setup.target)
+    fits: list[Candidate] = []
+    pruned: list[tuple[Candidate, str]] = []
+    for candidate in valid:
+        reason = memory_fit_reason(candidate, setup.model.shape, setup.target, cfg.workload)
+        if reason:
+            pruned.append((candidate, reason))
+        else:
+            fits.append(candidate)
+    context = context_key(
+        {
+            "model": setup.model.weight_sha256,
+            "target": setup.target.fingerprint(),
+            "protocol": protocol(cfg, setup.text_sha256, setup.meter.source),
+        }
+    )
+    return SearchPlan(fits, pruned, excluded, baseline_candidate(cfg.space, setup.target), context)
 
 
 def optimize(cfg: RunConfig) -> RunResult:
@@ -144,11 +188,11 @@ def optimize(cfg: RunConfig) -> RunResult:
 def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     from optimizer.recipe import build_recipe, write_recipe
     from optimizer.report.markdown import write_report
-    from optimizer.search.prefilter import memory_fit_reason
-    from optimizer.search.runner import run_search
+    from optimizer.search.device import DeviceLock
+    from optimizer.search.roofline import Roofline, rates_for
+    from optimizer.search.runner import collect_outcome, run_search
     from optimizer.select import pareto_front, select_best
-    from optimizer.space import baseline_candidate, enumerate_candidates
-    from optimizer.store import TrialStore, context_key
+    from optimizer.store import TrialStore
 
     started = time.perf_counter()
     cache_dir = _writable_dir(Path(cfg.cache_dir).expanduser(), "cache_dir")
@@ -164,46 +208,49 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         target.kind,
         target.gpu.name if target.gpu else target.cpu_model,
     )
-    valid, excluded = enumerate_candidates(cfg.space, target)
-    baseline = baseline_candidate(cfg.space, target)
-    fits: list[Candidate] = []
-    pruned: list[tuple[Candidate, str]] = []
-    for candidate in valid:
-        reason = memory_fit_reason(candidate, model.shape, target, cfg.workload)
-        if reason:
-            pruned.append((candidate, reason))
-        else:
-            fits.append(candidate)
+    plan = plan_search(cfg, setup)
     log.info(
         "space: %d valid candidates (%d excluded by rules, %d pruned: memory), baseline %s",
-        len(fits),
-        len(excluded),
-        len(pruned),
-        baseline.label(),
-    )
-    context = context_key(
-        {
-            "model": model.weight_sha256,
-            "target": target.fingerprint(),
-            "protocol": protocol(cfg, setup.text_sha256, setup.meter.source),
-        }
+        len(plan.candidates),
+        len(plan.excluded),
+        len(plan.pruned),
+        plan.baseline.label(),
     )
     _warn_if_busy(target)
-    store = TrialStore(Path(cfg.store_path).expanduser(), context)
-    idle_watts = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
+    store = TrialStore(cfg.store_path, plan.context)
+    log.info("store %s (context %s, run %s)", store.describe(), plan.context, store.run_id)
+    device = DeviceLock.for_target(target)
+    with device.exclusive():  # idle means idle: no other worker builds or measures meanwhile
+        idle_watts = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
+        rates = rates_for(target, idle_watts, cfg.search.roofline_headroom) if cfg.search.roofline else None
     log.info("idle power %.1f W (%s)", idle_watts, setup.meter.source)
-    evaluator = setup.evaluator(cfg.search, store)
-    outcome = run_search(fits, pruned, baseline, evaluator, cfg.search, cfg.quality)
+    roofline = Roofline(model.shape, cfg.workload, rates, target.is_cuda) if rates is not None else None
+    if roofline is not None:
+        log.info("roofline: %s", roofline.rates.describe())
+    if cfg.search.workers == 1 and cfg.launcher.kind == "local":
+        evaluator = setup.evaluator(cfg.search, store, device)
+        outcome = run_search(
+            plan.candidates, plan.pruned, plan.baseline, evaluator, cfg.search, cfg.quality, roofline=roofline
+        )
+    else:
+        from optimizer.search.workers import launch_search
+
+        launched = launch_search(cfg, target, plan.context, store.run_id, idle_watts, rates)
+        if launched.dry_run is not None:
+            return RunResult(output_dir, None, None, None, [], None, dry_run=launched.dry_run)
+        outcome = collect_outcome(
+            plan.candidates, plan.pruned, plan.baseline, store, cfg.quality, roofline, launched.reports
+        )
     best = select_best(outcome.selectable)
     front = pareto_front(outcome.selectable)
     recipe_path = None
     if best is not None:
-        recipe = build_recipe(cfg, setup, best, outcome, excluded, context, idle_watts)
+        recipe = build_recipe(cfg, setup, best, outcome, plan.excluded, plan.context, idle_watts)
         recipe_path = write_recipe(output_dir / "recipe.yaml", recipe)
     infeasible = None if best is not None else diagnose_infeasible(outcome.selectable)
     _write_results(output_dir, outcome.results)
     _write_config(output_dir, cfg)
-    write_report(output_dir, cfg, setup, outcome, excluded, best, front, idle_watts, infeasible)
+    write_report(output_dir, cfg, setup, outcome, plan.excluded, best, front, idle_watts, infeasible)
     log.info("wrote %s in %.0f s", output_dir, time.perf_counter() - started)
     return RunResult(output_dir, recipe_path, best, outcome.baseline, outcome.results, infeasible)
 

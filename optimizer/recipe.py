@@ -97,6 +97,8 @@ def build_recipe(
         "excluded_by_rules": len(excluded),
         "not_reached": len(outcome.not_reached),
         "measuring_seconds": round(outcome.measuring_seconds, 1),
+        "sampler": cfg.search.sampler,
+        "workers": cfg.search.workers,
         "store_context": context,
     }
     return {

@@ -64,6 +64,19 @@ class TorchSettings:
             if not any(value is v if isinstance(v, bool) else value == v for v in values):
                 raise UserError(f"settings.{name}", f"unknown value {value!r}", f"use one of {list(values)}")
 
+    def probe_settings(self) -> dict[str, Any]:
+        """The settings the quality probe's numbers depend on. The probe scores a forward pass
+        (TorchEngine.score): a KV cache matters only when quantized (it is filled chunk by chunk),
+        and compile and the decode loop act only inside generate."""
+        settings = {
+            "precision": self.precision,
+            "quantization": self.quantization,
+            "attention": self.attention,
+        }
+        if self.kv_cache.startswith(("quanto", "hqq")):
+            settings["kv_cache"] = self.kv_cache
+        return settings
+
     def label(self) -> str:
         parts = [self.precision]
         if self.quantization != "none":
@@ -127,8 +140,9 @@ class Candidate:
         return _digest(self.to_dict())
 
     def numerics_key(self) -> str:
-        """Settings that change the numbers computed; batch size and threads do not."""
-        return _digest({"backend": self.backend} | asdict(self.settings))
+        """What the quality probe's numbers depend on: candidates sharing it share one probe.
+        Batch size and threads never change them."""
+        return _digest({"backend": self.backend} | self.settings.probe_settings())
 
     def label(self) -> str:
         threads = f" t{self.threads}" if self.threads else ""

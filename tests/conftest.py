@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Llama on disk, and a cache dir that is never ~/.cache.
+"""Shared fixtures: a tiny random Llama on disk, a cache dir that is never ~/.cache, and a private
+PostgreSQL server on loopback for the shared-store tests.
 
 Tiny random models are for unit tests only: their text is garbage and their numbers mean nothing.
 """
@@ -6,6 +7,12 @@ Tiny random models are for unit tests only: their text is garbage and their numb
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -72,3 +79,86 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.mkdir()
     monkeypatch.setenv("WATTSMITH_CACHE", str(path))
     return path
+
+
+def _postgres_bin() -> Path | None:
+    """The newest installed PostgreSQL server binaries (Debian: /usr/lib/postgresql/<major>/bin)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _unavailable(reason: str) -> None:
+    """Skip where PostgreSQL cannot run; CI sets WATTSMITH_REQUIRE_POSTGRES=1 so that it fails."""
+    if os.environ.get("WATTSMITH_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL is required here (WATTSMITH_REQUIRE_POSTGRES=1) but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL server on 127.0.0.1 for this test session, from the installed binaries
+    (Debian's `postgresql`). WATTSMITH_TEST_POSTGRES_URL points at an existing server instead."""
+    existing = os.environ.get("WATTSMITH_TEST_POSTGRES_URL")
+    if existing:
+        yield existing
+        return
+    binaries = _postgres_bin()
+    if binaries is None:
+        _unavailable("no PostgreSQL server binaries (apt-get install postgresql)")
+        return
+    # The server refuses to run as root: as root, run it as the `postgres` user the package made.
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="wattsmith-pg-"))
+    if os.geteuid() == 0:
+        runuser = shutil.which("runuser")
+        try:
+            import pwd
+
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            account = None
+        if runuser is None or account is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            _unavailable("running as root without a `postgres` user (or runuser) to run the server as")
+            return
+        os.chown(folder, account.pw_uid, account.pw_gid)
+        as_user = [runuser, "-u", "postgres", "--"]
+    data, port = folder / "data", _free_port()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120)
+
+    made = run(str(binaries / "initdb"), "-D", str(data), "-U", "wattsmith", "--auth=trust", "-E", "UTF8")
+    started = made.returncode == 0 and (
+        run(
+            str(binaries / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "server.log"),
+            "-w",
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}",
+            "start",
+        ).returncode
+        == 0
+    )
+    if not started:
+        log = (folder / "server.log").read_text() if (folder / "server.log").exists() else made.stderr
+        shutil.rmtree(folder, ignore_errors=True)
+        _unavailable(f"the PostgreSQL server did not start: {log.strip()[-500:]}")
+        return
+    try:
+        yield f"postgresql://wattsmith@127.0.0.1:{port}/postgres"
+    finally:
+        run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)

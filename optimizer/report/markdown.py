@@ -90,7 +90,7 @@ def write_report(
         "",
     ]
     lines += _selected_section(best, outcome.baseline, cfg.accounting, infeasible)
-    lines += _search_section(outcome, excluded)
+    lines += _search_section(outcome, excluded, cfg)
     lines += backends_section(outcome.selectable, excluded, outcome.baseline)
     lines += ["## Energy-quality trade-off", "", "![Pareto plot](pareto.png)", ""]
     if front:
@@ -170,19 +170,48 @@ def _selected_section(
     return lines + [""]
 
 
-def _search_section(outcome: SearchOutcome, excluded: Sequence[tuple[Candidate, str]]) -> list[str]:
+def _search_section(
+    outcome: SearchOutcome, excluded: Sequence[tuple[Candidate, str]], cfg: RunConfig
+) -> list[str]:
     counts = Counter(r.status for r in outcome.results)
     reused = sum(r.reused for r in outcome.results)
     feasible = sum(r.feasible for r in outcome.results)
-    return [
+    search = cfg.search
+    sampler = search.sampler if search.sampler != "optuna" else f"optuna ({search.optuna.algorithm})"
+    lines = [
         "## Search",
         "",
+        f"- sampler {sampler}, {search.workers} worker(s) ({cfg.launcher.kind}), budget "
+        f"{search.budget_minutes:g} min"
+        + (f" / {search.max_candidates} candidates" if search.max_candidates else ""),
         f"- measured {counts[MEASURED]} (feasible {feasible}), rejected by the quality bound {counts[REJECTED]}, "
         f"failed {counts[FAILED]}, pruned {counts[PRUNED]}, excluded by rules {len(excluded)}, "
         f"not reached within the budget {len(outcome.not_reached)}",
         f"- {reused} results reused from the store; {outcome.measuring_seconds:.0f} s spent evaluating in this run",
-        "",
     ]
+    pruned = Counter(_reason_kind(r.reason) for r in outcome.results if r.status == PRUNED)
+    if pruned:
+        lines.append(
+            "- pruned before building: " + ", ".join(f"{n} by {kind}" for kind, n in pruned.most_common())
+        )
+    if outcome.roofline:
+        lines.append(f"- roofline bound from {outcome.roofline}")
+    reports = outcome.workers or []
+    invalid = sum(w.invalid_proposals for w in reports)
+    mapped = sum(w.mapped_proposals for w in reports)
+    if invalid or mapped:
+        lines.append(
+            f"- Optuna proposed {invalid} combination(s) outside the valid set (told as infeasible, never "
+            f"measured); {mapped} suggestion(s) were mapped onto the nearest unevaluated candidate"
+        )
+    if len(reports) > 1:
+        lines.append("- evaluated per worker: " + ", ".join(str(w.evaluated) for w in reports))
+    return lines + [""]
+
+
+def _reason_kind(reason: str | None) -> str:
+    """`roofline` or `memory`: what a pruning reason is about."""
+    return "roofline" if reason and reason.startswith("roofline") else "memory"
 
 
 def _candidates_table(results: Sequence[CandidateResult]) -> list[str]:

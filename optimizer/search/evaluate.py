@@ -5,24 +5,27 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from optimizer.backends.base import build_engine
+from optimizer.backends.base import Engine, build_engine
 from optimizer.config import QualityConfig, SearchConfig, WorkloadConfig
 from optimizer.measure.energy import EnergyMeter
 from optimizer.measure.quality import QualityReference, QualityResult, evaluate_quality
 from optimizer.measure.workload import PerformanceResult, Workload, measure_performance
 from optimizer.model import ModelSpec
 from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
+from optimizer.search.device import DeviceLock
 from optimizer.space import Candidate, reference_settings
-from optimizer.store import TrialStore
+from optimizer.store import QUALITY_CLAIM_PREFIX, TrialStore
 from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
+QUALITY_POLL_SECONDS = 1.0
 
 
 def now_iso() -> str:
@@ -31,8 +34,13 @@ def now_iso() -> str:
 
 @dataclass
 class Evaluator:
-    """Everything needed to turn a Candidate into a CandidateResult. Quality per numerics is
-    computed once and shared by batch-size and thread variants."""
+    """Everything needed to turn a Candidate into a CandidateResult.
+
+    Quality per numerics is computed once and shared by batch-size and thread variants, across
+    workers too: it goes to the store as soon as it is measured, and a worker that finds another
+    measuring the same numerics waits for its result instead of measuring it again. With a
+    `device` lock, builds and quality probes hold the device shared and energy windows exclusive.
+    """
 
     model: ModelSpec
     target: TargetSpec
@@ -44,6 +52,7 @@ class Evaluator:
     search_cfg: SearchConfig
     store: TrialStore | None
     workdir: Path
+    device: DeviceLock | None = None
     _reference: QualityReference | None = field(default=None, init=False)
     _quality: dict[str, QualityResult] = field(default_factory=dict, init=False)
 
@@ -53,11 +62,14 @@ class Evaluator:
             # all cores on a CPU: torch's thread count is process-wide and a candidate may have lowered it
             threads = 0 if self.target.is_cuda else self.target.cores
             ref_candidate = Candidate(reference_settings(), batch_size=1, threads=threads)
-            engine = build_engine(self.model, ref_candidate, self.target, self.workdir)
-            try:
-                self._reference = QualityReference(self.quality_tokens, engine, self.quality_cfg.batch_size)
-            finally:
-                engine.close()
+            with self._device(exclusive=False):
+                engine = build_engine(self.model, ref_candidate, self.target, self.workdir)
+                try:
+                    self._reference = QualityReference(
+                        self.quality_tokens, engine, self.quality_cfg.batch_size
+                    )
+                finally:
+                    engine.close()
             log.info("quality reference: fp32 eager perplexity %.3f", self._reference.perplexity)
         return self._reference
 
@@ -67,31 +79,52 @@ class Evaluator:
             self._quality[key] = QualityResult(**stored)
         return self._quality.get(key)
 
+    def _shared_quality(self, candidate: Candidate, deadline: float) -> QualityResult | None:
+        """Known quality for the candidate's numerics, waiting while another worker measures it.
+        None: this worker must measure it (and then holds the lease on doing so)."""
+        key = candidate.numerics_key()
+        while True:
+            quality = self._cached_quality(candidate)
+            if quality is not None or self.store is None:
+                return quality
+            if self.store.claim(QUALITY_CLAIM_PREFIX + key, self.search_cfg.lease_seconds):
+                return None
+            if time.perf_counter() > deadline:
+                return None  # measure it here rather than wait forever
+            time.sleep(QUALITY_POLL_SECONDS)
+
+    def _device(self, exclusive: bool) -> AbstractContextManager[None]:
+        if self.device is None:
+            return nullcontext()
+        return self.device.exclusive() if exclusive else self.device.shared()
+
     def evaluate(self, candidate: Candidate, role: str = "candidate") -> CandidateResult:
         """Never raises for a candidate's own failure: failure is a result with its error."""
         start = time.perf_counter()
+        deadline = start + self.search_cfg.candidate_timeout_minutes * 60
         build_seconds = 0.0
+        numerics = candidate.numerics_key()
         try:
-            quality = self._cached_quality(candidate)
+            quality = self._shared_quality(candidate, deadline)
             if quality is None:
                 self.reference()  # before this candidate's engine: never two models in memory at once
             elif (broken := quality.violations(self.quality_cfg)) and role != "baseline":
                 return self._result(candidate, REJECTED, "; ".join(broken), quality, None, role, start, 0.0)
-            engine = build_engine(self.model, candidate, self.target, self.workdir)
-            build_seconds = time.perf_counter() - start
-            try:
+            with self._device(exclusive=False):
+                engine = build_engine(self.model, candidate, self.target, self.workdir)
+                build_seconds = time.perf_counter() - start
                 if quality is None:
-                    quality = evaluate_quality(engine, self.reference())
-                    self._quality[candidate.numerics_key()] = quality
+                    quality = self._measure_quality(engine, numerics)
+            try:
                 broken = quality.violations(self.quality_cfg)
                 if broken and role != "baseline":
                     return self._result(
                         candidate, REJECTED, "; ".join(broken), quality, None, role, start, build_seconds
                     )
-                deadline = start + self.search_cfg.candidate_timeout_minutes * 60
-                performance = measure_performance(
-                    engine, self.workload, candidate.batch_size, self.meter, self.workload_cfg, deadline
-                )
+                with self._device(exclusive=True):
+                    performance = measure_performance(
+                        engine, self.workload, candidate.batch_size, self.meter, self.workload_cfg, deadline
+                    )
             finally:
                 engine.close()
             status = REJECTED if broken else MEASURED  # only the baseline is measured despite a broken bound
@@ -102,6 +135,20 @@ class Evaluator:
             _release_device_memory()
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
             return self._result(candidate, FAILED, reason, None, None, role, start, build_seconds)
+        finally:
+            if self.store is not None:
+                self.store.release(QUALITY_CLAIM_PREFIX + numerics)  # a no-op unless still held
+
+    def _measure_quality(self, engine: Engine, numerics: str) -> QualityResult:
+        try:
+            quality = evaluate_quality(engine, self.reference())
+        except BaseException:
+            engine.close()
+            raise
+        self._quality[numerics] = quality
+        if self.store is not None:
+            self.store.put_quality(numerics, quality.to_dict())
+        return quality
 
     @staticmethod
     def _result(

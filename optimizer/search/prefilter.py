@@ -1,4 +1,7 @@
-"""Analytic checks before building anything: does the candidate fit the target's memory?"""
+"""Analytic checks before building anything: does the candidate fit the target's memory?
+
+The second check, a roofline bound of tokens/J against the best measured so far, is in roofline.py.
+"""
 
 from __future__ import annotations
 
@@ -30,8 +33,7 @@ class Footprint:
 def footprint(settings: BackendSettings, num_layers: int) -> Footprint:
     if isinstance(settings, TorchSettings):
         act = PRECISION_BYTES[settings.precision]
-        kv_backend, _, kv_bits = settings.kv_cache.partition("-")
-        kv = int(kv_bits) / 8 if kv_backend in ("quanto", "hqq") and kv_bits.isdigit() else act
+        kv = kv_element_bytes(settings.kv_cache, act)
         # an offloaded cache keeps only the layers in flight on the device
         on_device = 2 / num_layers if settings.kv_cache.startswith("offloaded") else 1.0
         return Footprint(WEIGHT_BYTES.get(settings.quantization, act), act, kv, False, on_device)
@@ -64,6 +66,14 @@ def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: Wor
     prefill = batch * prompt * shape.hidden_size * fp.activation_bytes * 8
     logits = batch * (prompt if fp.prompt_logits else 1) * shape.vocab_size * 4
     return int(weights + kv + prefill + logits + RUNTIME_OVERHEAD_BYTES)
+
+
+def kv_element_bytes(kv_cache: str, act_bytes: float) -> float:
+    """Bytes per cached K or V element: the activation dtype, or the quantized cache's bits."""
+    backend, _, bits = kv_cache.partition("-")
+    if backend in ("quanto", "hqq") and bits.isdigit():
+        return int(bits) / 8
+    return act_bytes
 
 
 def memory_fit_reason(

@@ -1,7 +1,11 @@
-"""The search loop: baseline first, then the sampler's candidates within the budget.
+"""The search loop of one worker, and the outcome of a search read back from the store.
 
-Finished candidates are appended to the TrialStore as they finish, so a killed search resumes
-without repeating them.
+A worker measures the baseline first, then the sampler's candidates within the budget. Before each
+decision it reads the store: results of earlier runs and of other workers reach its sampler
+(`observe`) and are never measured again. It evaluates a candidate only while it holds the lease
+on it; one leased by a live worker is left to that worker, a lapsed lease is taken over. Each
+finished candidate is committed at once, so a killed search resumes without repeating it.
+Candidates whose roofline bound cannot beat the best measured so far are pruned, never built.
 """
 
 from __future__ import annotations
@@ -14,10 +18,24 @@ from dataclasses import dataclass, replace
 from optimizer.config import QualityConfig, SearchConfig
 from optimizer.results import FAILED, MEASURED, PRUNED, CandidateResult
 from optimizer.search.evaluate import Evaluator, now_iso
+from optimizer.search.roofline import Roofline
 from optimizer.search.samplers import make_sampler
+from optimizer.select import select_best
 from optimizer.space import Candidate
+from optimizer.store import TrialStore, leases_kept
 
 log = logging.getLogger(__name__)
+BUSY_POLL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What one worker did, for the report (results themselves are in the store)."""
+
+    evaluated: int = 0
+    pruned_by_roofline: int = 0
+    invalid_proposals: int = 0  # Optuna proposals outside the valid set, told as infeasible
+    mapped_proposals: int = 0  # Optuna suggestions mapped onto the nearest unevaluated candidate
 
 
 @dataclass(frozen=True)
@@ -26,7 +44,9 @@ class SearchOutcome:
     baseline_in_space: bool  # else it is measured for the ratios only and cannot be selected
     results: list[CandidateResult]  # every candidate evaluated, reused or pruned, baseline included
     not_reached: list[Candidate]  # cut by the time or candidate budget
-    measuring_seconds: float  # wall time spent evaluating in this run (reused results cost none)
+    measuring_seconds: float  # evaluation seconds of this run, all workers together (reuse is free)
+    workers: list[WorkerReport] | None = None
+    roofline: str | None = None  # the rates behind roofline pruning, when it was on
 
     @property
     def selectable(self) -> list[CandidateResult]:
@@ -41,69 +61,241 @@ def run_search(
     search: SearchConfig,
     bound: QualityConfig,
     progress: Callable[[str], None] = log.info,
+    roofline: Roofline | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> SearchOutcome:
-    results: list[CandidateResult] = [
-        CandidateResult(candidate=c, status=PRUNED, reason=why, finished_at=now_iso()) for c, why in pruned
-    ]
-    spent = 0.0
+    """Search with this process as the only worker, then read the outcome back from the store."""
     store = evaluator.store
     assert store is not None, "a search records every result in a TrialStore"
+    report = search_worker(
+        candidates,
+        baseline,
+        evaluator,
+        search,
+        bound,
+        progress,
+        roofline,
+        clock() + search.budget_minutes * 60,
+        clock,
+    )
+    return collect_outcome(candidates, pruned, baseline, store, bound, roofline, [report])
 
-    def reusable(candidate: Candidate, role: str) -> CandidateResult | None:
-        """A stored result that still holds under this run's bound, or None: must be evaluated."""
-        stored = store.get(candidate)
-        if stored is None or (stored.status == FAILED and search.retry_failed):
-            return None
-        judged = stored.rejudged(bound)
-        return replace(judged, role=role, reused=True) if judged is not None else None
 
-    def evaluate(candidate: Candidate, role: str) -> CandidateResult:
-        nonlocal spent
-        result = evaluator.evaluate(candidate, role)
-        spent += result.seconds
-        store.append(result)
-        return result
+def search_worker(
+    candidates: Sequence[Candidate],
+    baseline: Candidate,
+    evaluator: Evaluator,
+    search: SearchConfig,
+    bound: QualityConfig,
+    progress: Callable[[str], None] = log.info,
+    roofline: Roofline | None = None,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> WorkerReport:
+    """One worker's loop; `deadline` is on `clock` and shared by all workers of the search."""
+    store = evaluator.store
+    assert store is not None, "a search records every result in a TrialStore"
+    loop = _WorkerLoop(candidates, baseline, evaluator, store, search, bound, progress, roofline)
 
-    total = len(candidates) + (baseline not in candidates)
-    base = reusable(baseline, "baseline") or evaluate(baseline, "baseline")
-    results.append(base)
-    progress(_progress_line(1, total, base))
-    sampler = make_sampler(search, [c for c in candidates if c != baseline])
-    deadline = time.perf_counter() + search.budget_minutes * 60
-    evaluated_new = 0 if base.reused else 1
-    not_reached: list[Candidate] = []
-    index = 1
-    while (candidate := sampler.suggest()) is not None:
-        result = reusable(candidate, "candidate")
-        if result is None:
-            over_budget = time.perf_counter() > deadline or (
-                search.max_candidates is not None and evaluated_new >= search.max_candidates
-            )
-            if over_budget:
-                not_reached.append(candidate)
+    def over_budget() -> bool:
+        # a candidate is not started when the time left is less than a typical measurement:
+        # it would most likely run past the budget
+        if deadline is not None and deadline - clock() < max(loop.typical_seconds(), 0.0):
+            return True
+        return search.max_candidates is not None and store.run_count() >= search.max_candidates
+
+    with leases_kept(store, search.lease_seconds):
+        loop.sync()
+        if baseline.key() not in loop.known:
+            loop.try_evaluate(baseline, "baseline")  # always, whatever the budget: the ratios need it
+        while not over_budget():
+            loop.sync()
+            candidate = loop.sampler.suggest()
+            if candidate is None:
+                break
+            if candidate.key() in loop.known:
                 continue
-            result = evaluate(candidate, "candidate")
-            evaluated_new += 1
-        index += 1
-        sampler.observe(candidate, result)
-        results.append(result)
-        progress(_progress_line(index, total, result))
-    if not_reached:
-        progress(
-            f"budget reached: {len(not_reached)} candidates not measured (search.budget_minutes / max_candidates)"
-        )
-    return SearchOutcome(
-        baseline=base,
-        baseline_in_space=baseline in candidates,
-        results=results,
-        not_reached=not_reached,
-        measuring_seconds=spent,
+            if not loop.pruned_by_roofline(candidate):
+                loop.try_evaluate(candidate, "candidate")
+        # Candidates other workers hold: wait for their results, take over leases that lapse.
+        while loop.busy and not over_budget():
+            loop.sync()
+            for candidate in list(loop.busy):
+                loop.try_evaluate(candidate, "baseline" if candidate == baseline else "candidate")
+            if loop.busy:
+                time.sleep(BUSY_POLL_SECONDS)
+    sampler = loop.sampler
+    return WorkerReport(
+        evaluated=loop.evaluated,
+        pruned_by_roofline=loop.roofline_pruned,
+        invalid_proposals=int(getattr(sampler, "invalid_proposals", 0)),
+        mapped_proposals=int(getattr(sampler, "mapped_proposals", 0)),
     )
 
 
-def _progress_line(index: int, total: int, result: CandidateResult) -> str:
+class _WorkerLoop:
+    """The state one worker keeps between decisions: what it knows, holds off, and has spent."""
+
+    def __init__(
+        self,
+        candidates: Sequence[Candidate],
+        baseline: Candidate,
+        evaluator: Evaluator,
+        store: TrialStore,
+        search: SearchConfig,
+        bound: QualityConfig,
+        progress: Callable[[str], None],
+        roofline: Roofline | None,
+    ) -> None:
+        self.baseline = baseline
+        self.baseline_in_space = baseline in candidates
+        self.evaluator = evaluator
+        self.store = store
+        self.search = search
+        self.bound = bound
+        self.progress = progress
+        self.roofline = roofline
+        self.space = {c.key(): c for c in [baseline, *candidates]}
+        prior = (lambda c: roofline.bound(c).tokens_per_joule) if roofline is not None else None
+        self.sampler = make_sampler(search, list(candidates), bound, prior)
+        self.known: dict[str, CandidateResult] = {}
+        self.busy: list[Candidate] = []  # held by another worker
+        self.mine: set[str] = set()
+        self.evaluated = 0
+        self.roofline_pruned = 0
+        self._synced = False  # the first sync reads every candidate, later ones what changed
+
+    def role(self, candidate: Candidate) -> str:
+        return "baseline" if candidate == self.baseline else "candidate"
+
+    def sync(self) -> None:
+        """Take in every stored result not seen yet: earlier runs' and other workers'."""
+        changed = self.store.refresh()
+        keys = self.space.keys() if not self._synced else [k for k in changed if k in self.space]
+        self._synced = True
+        for key in list(keys):
+            candidate = self.space[key]
+            if key not in self.known and (result := self.reusable(candidate)) is not None:
+                self.record(candidate, result)
+
+    def reusable(self, candidate: Candidate) -> CandidateResult | None:
+        """A stored result that still holds under this run's bound, or None: must be evaluated."""
+        stored = self.store.get(candidate)
+        if stored is None or (
+            stored.status == FAILED and self.search.retry_failed and not self._this_run(candidate)
+        ):
+            return None
+        judged = stored.rejudged(self.bound)
+        if judged is None:
+            return None
+        return replace(judged, role=self.role(candidate), reused=not self._this_run(candidate))
+
+    def _this_run(self, candidate: Candidate) -> bool:
+        return self.store.measured_in_run(candidate)
+
+    def record(self, candidate: Candidate, result: CandidateResult) -> None:
+        self.known[candidate.key()] = result
+        self.busy = [c for c in self.busy if c != candidate]
+        if candidate != self.baseline or self.baseline_in_space:
+            self.sampler.observe(candidate, result)
+        self.progress(_progress_line(len(self.known), len(self.space), result, candidate.key() in self.mine))
+
+    def typical_seconds(self) -> float:
+        """Median seconds of the candidates this worker measured (0 before the first)."""
+        spent = sorted(r.seconds for k, r in self.known.items() if k in self.mine and r.status == MEASURED)
+        return spent[len(spent) // 2] if spent else 0.0
+
+    def best(self) -> CandidateResult | None:
+        selectable = [r for r in self.known.values() if r.role != "baseline" or self.baseline_in_space]
+        return select_best(selectable)
+
+    def pruned_by_roofline(self, candidate: Candidate) -> bool:
+        if self.roofline is None:
+            return False
+        reason = self.roofline.prune_reason(candidate, self.best())
+        if reason is None:
+            return False
+        self.roofline_pruned += 1
+        self.record(candidate, CandidateResult(candidate, PRUNED, reason=reason, finished_at=now_iso()))
+        return True
+
+    def try_evaluate(self, candidate: Candidate, role: str) -> None:
+        """Evaluate under a lease; leave the candidate to the worker that holds it."""
+        key = candidate.key()
+        if not self.store.claim(key, self.search.lease_seconds):
+            if candidate not in self.busy:
+                self.busy.append(candidate)
+            return
+        self.store.refresh()  # another worker may have finished it between our read and our claim
+        if (done := self.reusable(candidate)) is not None:
+            self.store.release(key)
+            self.record(candidate, done)
+            return
+        result = self.evaluator.evaluate(candidate, role)
+        self.store.append(result)  # also gives up the lease
+        self.evaluated += 1
+        self.mine.add(key)
+        self.record(candidate, replace(result, role=role))
+
+
+def collect_outcome(
+    candidates: Sequence[Candidate],
+    pruned: Sequence[tuple[Candidate, str]],
+    baseline: Candidate,
+    store: TrialStore,
+    bound: QualityConfig,
+    roofline: Roofline | None,
+    reports: Sequence[WorkerReport],
+) -> SearchOutcome:
+    """The search's results as the store holds them once its workers are done."""
+    store.refresh()
+    in_space = baseline in candidates
+
+    def stored(candidate: Candidate, role: str) -> CandidateResult | None:
+        result = store.get(candidate)
+        judged = result.rejudged(bound) if result is not None else None
+        if judged is None:
+            return None
+        return replace(judged, role=role, reused=not store.measured_in_run(candidate))
+
+    results = [
+        CandidateResult(candidate=c, status=PRUNED, reason=why, finished_at=now_iso()) for c, why in pruned
+    ]
+    base = stored(baseline, "baseline") or CandidateResult(
+        baseline, FAILED, reason="not measured: the worker that held it did not finish", role="baseline"
+    )
+    results.append(base)
+    found = {c.key(): r for c in candidates if c != baseline and (r := stored(c, "candidate")) is not None}
+    best = select_best(list(found.values()) + ([base] if in_space else []))
+    not_reached = []
+    for candidate in candidates:
+        if candidate == baseline:
+            continue
+        if candidate.key() in found:
+            results.append(found[candidate.key()])
+        elif roofline is not None and (why := roofline.prune_reason(candidate, best)):
+            results.append(CandidateResult(candidate, PRUNED, reason=why, finished_at=now_iso()))
+        else:
+            not_reached.append(candidate)
+    return SearchOutcome(
+        baseline=base,
+        baseline_in_space=in_space,
+        results=results,
+        not_reached=not_reached,
+        measuring_seconds=store.run_seconds(),
+        workers=list(reports),
+        roofline=roofline.rates.describe() if roofline is not None else None,
+    )
+
+
+def _progress_line(index: int, total: int, result: CandidateResult, mine: bool) -> str:
     head = f"[{index}/{total}] {result.candidate.label():<40}"
-    tag = " (stored)" if result.reused else f" ({result.seconds:.0f} s)"
+    if result.reused:
+        tag = " (stored)"
+    elif result.status == PRUNED:
+        tag = ""
+    else:
+        tag = f" ({result.seconds:.0f} s{'' if mine else ', another worker'})"
     if result.status == FAILED:
         return f"{head} FAILED {result.reason}{tag}"
     parts = []

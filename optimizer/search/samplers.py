@@ -1,12 +1,16 @@
-"""Samplers decide which candidate to measure next (ask/tell)."""
+"""Samplers decide which candidate to measure next (ask/tell).
+
+`observe` is also called for results the sampler did not ask for: results found in the store, from
+an earlier run or from another worker of this one. A sampler never sees a candidate twice.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from optimizer.config import SearchConfig
+from optimizer.config import QualityConfig, SearchConfig
 from optimizer.results import CandidateResult
 from optimizer.space import Candidate
 
@@ -41,7 +45,18 @@ class RandomSampler(GridSampler):
         super().__init__(shuffled)
 
 
-def make_sampler(cfg: SearchConfig, candidates: Sequence[Candidate]) -> Sampler:
+def make_sampler(
+    cfg: SearchConfig,
+    candidates: Sequence[Candidate],
+    bound: QualityConfig | None = None,
+    prior: Callable[[Candidate], float] | None = None,
+) -> Sampler:
+    """`prior` ranks candidates before any is measured (the roofline bound); grid and random
+    ignore it."""
     if cfg.sampler == "random":
         return RandomSampler(candidates, cfg.seed)
+    if cfg.sampler == "optuna":
+        from optimizer.search.optuna_sampler import OptunaSampler  # optuna loads only when used
+
+        return OptunaSampler(candidates, cfg, bound or QualityConfig(), prior)
     return GridSampler(candidates)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_support import optimize, stored
 
 pytestmark = pytest.mark.slow
 
@@ -31,26 +33,8 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Reuse the CI cache (converted GGUF) when set, else a session temp dir.
-    env = os.environ.get("WATTSMITH_CACHE")
-    return Path(env) if env else tmp_path_factory.mktemp("cache")
-
-
-def optimize(*args: str, cache: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"WATTSMITH_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "optimizer", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-
-
 def run_args(run_dir: Path) -> list[str]:
-    return [*SMALL, f"output_dir={run_dir}", f"store_path={run_dir.parent / 'trials.jsonl'}"]
+    return [*SMALL, f"output_dir={run_dir}", f"store_path={run_dir.parent / 'trials.db'}"]
 
 
 @pytest.fixture(scope="session")
@@ -117,11 +101,11 @@ def test_rerun_repeats_nothing(
     first_run: tuple[Path, subprocess.CompletedProcess[str]], cache_dir: Path
 ) -> None:
     root, _ = first_run
-    store = root / "trials.jsonl"
-    lines_before = store.read_text().count("\n")
+    store = root / "trials.db"
+    rows_before = len(stored(store))
     proc = optimize(*run_args(root / "run2"), cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert store.read_text().count("\n") == lines_before  # nothing new was measured
+    assert len(stored(store)) == rows_before  # nothing new was measured
     progress = [line for line in proc.stderr.splitlines() if "] torch " in line]
     assert progress and all("(stored)" in line for line in progress)
     assert (root / "run2" / "recipe.yaml").is_file()
@@ -129,7 +113,7 @@ def test_rerun_repeats_nothing(
 
 def test_killed_search_resumes_without_redoing_finished(tmp_path: Path, cache_dir: Path) -> None:
     run_dir = tmp_path / "killed"
-    store = tmp_path / "trials.jsonl"
+    store = tmp_path / "trials.db"
     env = os.environ | {"WATTSMITH_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "optimizer", *run_args(run_dir)],
@@ -138,11 +122,11 @@ def test_killed_search_resumes_without_redoing_finished(tmp_path: Path, cache_di
         env=env,
     )
     deadline = time.time() + 600
-    while time.time() < deadline and (not store.exists() or store.read_text().count("\n") < 2):
+    while time.time() < deadline and len(stored(store)) < 2:
         time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
+    finished = stored(store)
     assert len(finished) >= 2
     done_labels = {r["result"]["label"] for r in finished}
     resumed = optimize(*run_args(tmp_path / "resumed"), cache=cache_dir)
@@ -151,8 +135,7 @@ def test_killed_search_resumes_without_redoing_finished(tmp_path: Path, cache_di
     for label in done_labels:
         lines = [line for line in progress if label in line]
         assert lines and all("(stored)" in line for line in lines), label
-    records = [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
-    labels = [r["result"]["label"] for r in records]
+    labels = [r["result"]["label"] for r in stored(store)]
     assert len(labels) == len(set(labels))  # each candidate measured once in all
 
 
@@ -172,7 +155,7 @@ def test_bad_input_exits_2_with_the_field(
 ) -> None:
     proc = optimize(
         f"output_dir={tmp_path / 'run'}",
-        f"store_path={tmp_path / 't.jsonl'}",
+        f"store_path={tmp_path / 't.db'}",
         *args,
         cache=cache_dir,
         timeout=300,
@@ -220,3 +203,35 @@ def test_load_recipe_builds_an_engine_that_generates(
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split()[:2] == ["5", "1"]
+
+
+def test_optuna_search_finds_a_feasible_best_within_its_budget(tmp_path: Path, cache_dir: Path) -> None:
+    args = [
+        *SMALL,
+        "space.batch_sizes=[1,4,8]",  # 12 candidates: {fp32, bf16} x {none, int8-dynamic} x 3 batches
+        "search=optuna",
+        "search.max_candidates=4",
+        f"output_dir={tmp_path / 'run'}",
+        f"store_path={tmp_path / 'trials.db'}",
+    ]
+    proc = optimize(*args, cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recipe = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert recipe["evidence"]["search"]["sampler"] == "optuna"
+    rows = stored(tmp_path / "trials.db")
+    built = [r for r in rows if r["status"] != "rejected" or r["result"]["build_seconds"] > 0]
+    assert len(built) <= 4  # the candidate budget held; rejections by known quality are free
+    assert len({r["candidate_key"] for r in rows}) == len(rows)  # nothing evaluated twice
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "sampler optuna (tpe), 1 worker(s) (local)" in report
+    counts = re.search(
+        r"measured (\d+) \(feasible (\d+)\), rejected by the quality bound (\d+), failed (\d+), pruned (\d+), "
+        r"excluded by rules (\d+), not reached within the budget (\d+)",
+        report,
+    )
+    assert counts is not None, report
+    measured, feasible, rejected, failed, pruned, excluded, not_reached = map(int, counts.groups())
+    assert feasible >= 1 and measured >= feasible
+    assert measured + rejected + failed + pruned + not_reached == 12
+    assert not_reached > 0  # the budget cut the search short of the grid
+    assert recipe["settings"]["backend"] == "torch" and "best:" in proc.stdout

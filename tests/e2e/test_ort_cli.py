@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_support import optimize, stored
 
 pytestmark = pytest.mark.slow
 
@@ -38,23 +39,10 @@ SMALL_ORT = [
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    env = os.environ.get("WATTSMITH_CACHE")
-    return Path(env) if env else tmp_path_factory.mktemp("cache")
-
-
-def optimize(*args: str, cache: Path, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"WATTSMITH_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "optimizer", *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
-
-
-@pytest.fixture(scope="session")
 def search(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("ort-search")
     proc = optimize(
-        *SMALL_ORT, f"output_dir={root / 'run1'}", f"store_path={root / 'trials.jsonl'}", cache=cache_dir
+        *SMALL_ORT, f"output_dir={root / 'run1'}", f"store_path={root / 'trials.db'}", cache=cache_dir
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     (root / "run1" / "stderr.txt").write_text(proc.stderr)
@@ -109,13 +97,13 @@ def test_a_build_that_does_not_load_is_a_failed_candidate(search: Path) -> None:
 @pytest.fixture(scope="session")
 def ort_recipe(search: Path, cache_dir: Path) -> Path:
     """The same search restricted to ort-genai: every result comes from the store, the recipe is ORT."""
-    store = search / "trials.jsonl"
-    lines = store.read_text().count("\n")
+    store = search / "trials.db"
+    rows = len(stored(store))
     run = search / "run2"
     args = [*SMALL_ORT, "space.backends=[ort-genai]", f"output_dir={run}", f"store_path={store}"]
     proc = optimize(*args, cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert store.read_text().count("\n") == lines  # nothing measured again
+    assert len(stored(store)) == rows  # nothing measured again
     return run / "recipe.yaml"
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import pytest
 
 from optimizer.config import (
+    LauncherConfig,
     ModelConfig,
+    OptunaConfig,
     QualityConfig,
+    RayConfig,
     RunConfig,
     SearchConfig,
     SloConfig,
+    SlurmConfig,
     SpaceConfig,
     TargetConfig,
     WorkloadConfig,
@@ -67,6 +71,22 @@ def test_model_preset_name_is_not_rewritten() -> None:
     ]
 
 
+def test_search_and_launcher_presets() -> None:
+    tpe = compose_run_config(["search=optuna"])
+    assert (tpe.search.sampler, tpe.search.optuna.algorithm, tpe.search.workers) == ("optuna", "tpe", 1)
+    assert compose_run_config(["search=nsga2"]).search.optuna.algorithm == "nsga2"
+    assert compose_run_config().launcher.kind == "local"
+    assert compose_run_config().store_path == "outputs/trials.db"
+    ray = compose_run_config(["launcher=ray", "search.workers=4"])
+    assert (ray.launcher.kind, ray.launcher.ray.address, ray.search.workers) == ("ray", None, 4)
+    slurm = compose_run_config(["launcher=slurm", "launcher.slurm.partition=gpu"])
+    assert (slurm.launcher.kind, slurm.launcher.slurm.partition, slurm.launcher.slurm.gpus_per_node) == (
+        "slurm",
+        "gpu",
+        1,
+    )
+
+
 def test_group_options_lists_presets() -> None:
     assert {"default", "strict", "relaxed"} <= set(group_options("quality"))
     assert "cpu" in group_options("target")
@@ -84,6 +104,11 @@ def test_group_options_lists_presets() -> None:
         ("space.batch_sizes=[0]", "space.batch_sizes"),
         ("target.kind=gpu", "target.kind"),
         ("workload.slo.tpot_ms=0", "workload.slo.tpot_ms"),
+        ("search.workers=0", "search.workers"),
+        ("search.optuna.algorithm=cmaes", "search.optuna.algorithm"),
+        ("search.roofline_headroom=0.5", "search.roofline_headroom"),
+        ("launcher=k8s", "launcher"),
+        ("launcher.slurm.cluster=pbs", "launcher.slurm.cluster"),
     ],
 )
 def test_bad_input_names_the_field(override: str, field: str) -> None:
@@ -141,6 +166,12 @@ def test_user_error_is_a_value_error_with_field_problem_fix() -> None:
         (lambda: QualityConfig(seq_tokens=4), "quality.seq_tokens"),
         (lambda: SpaceConfig(threads=[-1]), "space.threads"),
         (lambda: RunConfig(store_path=""), "store_path"),
+        (lambda: SearchConfig(lease_seconds=1), "search.lease_seconds"),
+        (lambda: OptunaConfig(population_size=1), "search.optuna.population_size"),
+        (lambda: OptunaConfig(startup_trials=0), "search.optuna.startup_trials"),
+        (lambda: LauncherConfig(kind="mpi"), "launcher.kind"),
+        (lambda: RayConfig(cpus_per_worker=0), "launcher.ray.cpus_per_worker"),
+        (lambda: SlurmConfig(timeout_min=0), "launcher.slurm.timeout_min"),
     ],
 )
 def test_dataclasses_validate_themselves(make, field: str) -> None:

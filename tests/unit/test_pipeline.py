@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from optimizer.config import compose_run_config
 from optimizer.measure import energy
 from optimizer.pipeline import RunResult
 from optimizer.results import MEASURED
+
+
+def stored_rows(path: Path) -> list[tuple]:
+    with sqlite3.connect(path) as connection:
+        return connection.execute("SELECT seq, candidate_key FROM wattsmith_trials ORDER BY seq").fetchall()
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +53,7 @@ def run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 "quality.num_sequences=2",
                 "quality.seq_tokens=32",
                 f"output_dir={root / name}",
-                f"store_path={root / 'trials.jsonl'}",
+                f"store_path={root / 'trials.db'}",
                 f"cache_dir={root / 'cache'}",
                 *extra,
             ]
@@ -121,11 +127,10 @@ def test_report_labels_the_estimate(first: RunResult) -> None:
 
 def test_second_identical_run_reuses_every_candidate(first: RunResult, run) -> None:
     root, optimize = run
-    store = root / "trials.jsonl"
-    before = store.read_text().splitlines()
+    before = stored_rows(root / "trials.db")
     assert len(before) == len(first.results)
     second = optimize("second")
-    assert store.read_text().splitlines() == before  # nothing measured again
+    assert stored_rows(root / "trials.db") == before  # nothing measured again
     assert second.results and all(r.reused for r in second.results)
     assert second.best is not None and first.best is not None
     assert second.best.candidate == first.best.candidate

@@ -57,6 +57,11 @@ def test_numerics_key_ignores_batch_size_and_threads(make_candidate) -> None:
     assert a.numerics_key() == b.numerics_key()
     assert a.numerics_key() != make_candidate(quantization="int8-dynamic").numerics_key()
     assert a.numerics_key() != make_candidate(kv_cache="quanto-4").numerics_key()
+    assert make_candidate(kv_cache="hqq-4").numerics_key() != make_candidate(kv_cache="hqq-8").numerics_key()
+    # the probe scores a forward pass: an unquantized cache, compile and the loop do not enter it
+    same = make_candidate(kv_cache="static", compile=True, loop="graph", batch_size=64)
+    assert a.numerics_key() == same.numerics_key()
+    assert a.numerics_key() != make_candidate(attention="eager").numerics_key()
 
 
 def test_candidates_are_frozen(make_candidate) -> None:

@@ -1,12 +1,26 @@
-"""TrialStore: append-only JSONL, resumable, isolated by context, robust to a torn last line."""
+"""TrialStore on SQLite: results keyed by context, quality per numerics, leases between workers."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from optimizer.errors import UserError
 from optimizer.results import FAILED, REJECTED
-from optimizer.store import STORE_SCHEMA, TrialStore, context_key
+from optimizer.store import STORE_SCHEMA, TrialStore, context_key, is_shared_server, store_url
+
+
+def rows(path: Path) -> list[sqlite3.Row]:
+    """The trials table read with the standard library, not through the store."""
+    with sqlite3.connect(path) as connection:
+        connection.row_factory = sqlite3.Row
+        return connection.execute("SELECT * FROM wattsmith_trials ORDER BY seq").fetchall()
 
 
 def test_context_key_is_stable_and_order_free() -> None:
@@ -16,8 +30,21 @@ def test_context_key_is_stable_and_order_free() -> None:
     assert a != context_key({"model": "abd", "target": {"cores": 2, "kind": "cpu"}})
 
 
+def test_store_locations(tmp_path: Path) -> None:
+    assert store_url(tmp_path / "a" / "t.db") == f"sqlite:///{tmp_path / 'a' / 't.db'}"
+    assert (tmp_path / "a").is_dir()  # the folder is created for the file
+    assert store_url("postgresql://u:p@h:5/db") == "postgresql+psycopg://u:p@h:5/db"
+    assert store_url("postgres://h/db") == "postgresql+psycopg://h/db"
+    assert is_shared_server("postgresql://h/db") and not is_shared_server(tmp_path / "t.db")
+    with pytest.raises(UserError, match="store_path") as old:
+        store_url(tmp_path / "trials.jsonl")
+    assert "SQLite" in old.value.problem
+    with pytest.raises(UserError, match="mysql"):
+        store_url("mysql://h/db")
+
+
 def test_append_then_get_in_a_new_store(tmp_path: Path, make_result, make_quality, make_performance) -> None:
-    path = tmp_path / "sub" / "trials.jsonl"
+    path = tmp_path / "sub" / "trials.db"
     result = make_result(quality=make_quality(mean_kl=0.01), performance=make_performance())
     store = TrialStore(path, "ctx")
     assert store.get(result.candidate) is None
@@ -25,85 +52,79 @@ def test_append_then_get_in_a_new_store(tmp_path: Path, make_result, make_qualit
     assert store.get(result.candidate) == result
     resumed = TrialStore(path, "ctx")
     assert resumed.get(result.candidate) == result
-    record = json.loads(path.read_text().splitlines()[0])
-    assert record["schema"] == STORE_SCHEMA
-    assert record["candidate_key"] == result.candidate.key()
-    assert record["numerics_key"] == result.candidate.numerics_key()
+    (row,) = rows(path)
+    assert row["schema"] == STORE_SCHEMA
+    assert row["candidate_key"] == result.candidate.key()
+    assert row["numerics_key"] == result.candidate.numerics_key()
+    assert row["run_id"] == store.run_id and row["worker"] == store.worker
+    assert store.measured_in_run(result.candidate) and not resumed.measured_in_run(result.candidate)
 
 
 def test_other_candidates_are_not_found(tmp_path: Path, make_result, make_candidate) -> None:
-    store = TrialStore(tmp_path / "t.jsonl", "ctx")
+    store = TrialStore(tmp_path / "t.db", "ctx")
     store.append(make_result(candidate=make_candidate(batch_size=1)))
-    assert TrialStore(tmp_path / "t.jsonl", "ctx").get(make_candidate(batch_size=2)) is None
+    assert TrialStore(tmp_path / "t.db", "ctx").get(make_candidate(batch_size=2)) is None
 
 
 def test_a_different_context_is_isolated(tmp_path: Path, make_result) -> None:
-    path = tmp_path / "t.jsonl"
+    path = tmp_path / "t.db"
     result = make_result()
     TrialStore(path, "ctx-a").append(result)
     assert TrialStore(path, "ctx-b").get(result.candidate) is None
     assert TrialStore(path, "ctx-a").get(result.candidate) == result
 
 
-def test_the_last_record_wins(tmp_path: Path, make_result) -> None:
-    path = tmp_path / "t.jsonl"
+def test_the_last_record_wins_and_nothing_is_overwritten(tmp_path: Path, make_result) -> None:
+    path = tmp_path / "t.db"
     store = TrialStore(path, "ctx")
     store.append(make_result(status=FAILED, reason="first try"))
     store.append(make_result(status=REJECTED, reason="second try"))
     assert TrialStore(path, "ctx").get(make_result().candidate).reason == "second try"
-    assert len(path.read_text().splitlines()) == 2  # append-only
+    assert [r["status"] for r in rows(path)] == [FAILED, REJECTED]  # insert-only
 
 
-def test_a_torn_last_line_is_skipped_and_the_next_append_loads(
-    tmp_path: Path, make_result, make_candidate
-) -> None:
-    path = tmp_path / "t.jsonl"
-    first = make_result(candidate=make_candidate(batch_size=1))
-    TrialStore(path, "ctx").append(first)
-    full = path.read_text()
-    torn = json.dumps({"schema": STORE_SCHEMA, "context": "ctx", "candidate_key": "x"})[:25]
-    path.write_text(full + torn)  # a writer killed mid-line: no newline
+def test_refresh_sees_another_workers_rows(tmp_path: Path, make_result, make_candidate) -> None:
+    path = tmp_path / "t.db"
+    mine, theirs = TrialStore(path, "ctx", run_id="run"), TrialStore(path, "ctx", run_id="run")
+    other = make_result(candidate=make_candidate(batch_size=8), seconds=3.0)
+    theirs.append(other)
+    assert mine.get(other.candidate) is None
+    assert mine.refresh() == [other.candidate.key()]
+    assert mine.get(other.candidate) == other
+    assert mine.measured_in_run(other.candidate)  # same run, another worker
+    assert mine.run_seconds() == 3.0 and mine.run_count() == 1
+    assert mine.refresh() == []  # only new rows
+
+
+def test_garbage_and_other_schema_rows_are_skipped(tmp_path: Path, make_result, make_candidate) -> None:
+    path = tmp_path / "t.db"
+    good = make_result(candidate=make_candidate(batch_size=1))
+    TrialStore(path, "ctx").append(good)
+    with sqlite3.connect(path) as connection:
+        for schema, payload, key in ((STORE_SCHEMA, "{not json", "x"), (STORE_SCHEMA + 1, "{}", "y")):
+            connection.execute(
+                "INSERT INTO wattsmith_trials (schema, context, candidate_key, numerics_key, status, run_id,"
+                " worker, created_at, result) VALUES (?, 'ctx', ?, 'n', 'measured', 'r', 'w', 0, ?)",
+                (schema, key, payload),
+            )
     store = TrialStore(path, "ctx")
-    assert store.get(first.candidate) == first
-    second = make_result(candidate=make_candidate(batch_size=2))
-    store.append(second)
-    lines = path.read_text().splitlines()
-    assert lines[1] == torn  # the torn fragment stays on its own line
-    resumed = TrialStore(path, "ctx")
-    assert resumed.get(first.candidate) == first
-    assert resumed.get(second.candidate) == second
-
-
-def test_blank_and_garbage_lines_are_skipped(tmp_path: Path, make_result) -> None:
-    path = tmp_path / "t.jsonl"
-    result = make_result()
-    TrialStore(path, "ctx").append(result)
-    path.write_text("\n" + "{not json\n" + path.read_text() + "\n")
-    assert TrialStore(path, "ctx").get(result.candidate) == result
-
-
-def test_other_schema_versions_are_ignored(tmp_path: Path, make_result) -> None:
-    path = tmp_path / "t.jsonl"
-    result = make_result()
-    TrialStore(path, "ctx").append(result)
-    record = json.loads(path.read_text())
-    record["schema"] = STORE_SCHEMA + 1
-    path.write_text(json.dumps(record) + "\n")
-    assert TrialStore(path, "ctx").get(result.candidate) is None
+    assert store.get(good.candidate) == good
+    assert store.run_count() == 0
 
 
 def test_an_unreadable_stored_result_is_measured_again(tmp_path: Path, make_result) -> None:
-    path = tmp_path / "t.jsonl"
+    path = tmp_path / "t.db"
     result = make_result()
     TrialStore(path, "ctx").append(result)
-    record = json.loads(path.read_text())
-    del record["result"]["status"]
-    path.write_text(json.dumps(record) + "\n")
+    broken = result.to_dict()
+    del broken["status"]
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE wattsmith_trials SET result = ?", (json.dumps(broken),))
     assert TrialStore(path, "ctx").get(result.candidate) is None
 
 
 def test_quality_for_a_numerics_key(tmp_path: Path, make_result, make_candidate, make_quality) -> None:
-    path = tmp_path / "t.jsonl"
+    path = tmp_path / "t.db"
     store = TrialStore(path, "ctx")
     b1 = make_candidate(batch_size=1, precision="bf16")
     quality = make_quality(mean_kl=0.02)
@@ -116,3 +137,124 @@ def test_quality_for_a_numerics_key(tmp_path: Path, make_result, make_candidate,
     assert resumed.quality_for(make_candidate().numerics_key()) is None
     assert resumed.quality_for(make_candidate(quantization="int8-weight").numerics_key()) is None
     assert TrialStore(path, "other").quality_for(b64.numerics_key()) is None
+
+
+def test_quality_is_shared_before_any_result(tmp_path: Path, make_candidate, make_quality) -> None:
+    path = tmp_path / "t.db"
+    one, two = TrialStore(path, "ctx"), TrialStore(path, "ctx")
+    numerics = make_candidate(precision="bf16").numerics_key()
+    assert one.claim("quality/" + numerics, 60)
+    assert not two.claim("quality/" + numerics, 60)
+    one.put_quality(numerics, make_quality(mean_kl=0.03).to_dict())
+    assert two.quality_for(numerics) == make_quality(mean_kl=0.03).to_dict()
+    assert one.claims_held() == 0  # storing the quality gave the lease up
+    two.put_quality(numerics, make_quality(mean_kl=0.9).to_dict())  # a late duplicate: the first stays
+    assert one.quality_for(numerics) == make_quality(mean_kl=0.03).to_dict()
+
+
+def test_a_lease_is_exclusive_until_released(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    one, two = TrialStore(path, "ctx"), TrialStore(path, "ctx")
+    assert one.claim("cand", 60)
+    assert one.claim("cand", 60)  # re-entrant for its holder
+    assert not two.claim("cand", 60)
+    assert two.claim_owner("cand") == one.worker
+    assert TrialStore(path, "other-ctx").claim("cand", 60)  # leases are per context
+    two.release("cand")  # not its lease: nothing happens
+    assert not two.claim("cand", 60)
+    one.release("cand")
+    assert two.claim("cand", 60)
+
+
+def test_append_gives_the_lease_up(tmp_path: Path, make_result) -> None:
+    path = tmp_path / "t.db"
+    one, two = TrialStore(path, "ctx"), TrialStore(path, "ctx")
+    result = make_result()
+    assert one.claim(result.candidate.key(), 60)
+    one.append(result)
+    assert one.claims_held() == 0
+    assert two.claim(result.candidate.key(), 60)
+
+
+def test_a_lapsed_lease_is_taken_over_and_renewal_keeps_it(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    one, two = TrialStore(path, "ctx"), TrialStore(path, "ctx")
+    assert one.claim("a", 0.2) and one.claim("b", 0.2)
+    assert one.renew(60) == 2  # "a" and "b" now last a minute
+    time.sleep(0.3)
+    assert not two.claim("a", 60)
+    assert one.claim("c", 0.1)
+    time.sleep(0.2)
+    assert two.claim("c", 60)  # lapsed: taken over
+    assert one.renew(60) == 2  # "c" is no longer its own
+
+
+def test_a_dead_workers_lease_is_taken_over_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    code = (
+        "import sys\nfrom optimizer.store import TrialStore\n"
+        "assert TrialStore(sys.argv[1], 'ctx').claim('cand', 3600)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=120)
+    store = TrialStore(path, "ctx")
+    owner = store.claim_owner("cand")
+    assert owner is not None and owner != store.worker
+    assert store.claim("cand", 60)  # its holder exited on this host: no need to wait an hour
+    assert store.claim_owner("cand") == store.worker
+
+
+def test_a_killed_writer_leaves_whole_rows(tmp_path: Path, make_result, make_candidate) -> None:
+    path = tmp_path / "t.db"
+    TrialStore(path, "ctx")  # create the tables
+    code = (
+        "import sys\nfrom optimizer.store import TrialStore\nfrom tests_support import many_results\n"
+        "store = TrialStore(sys.argv[1], 'ctx')\n"
+        "print('ready', flush=True)\n"
+        "for result in many_results():\n    store.append(result)\n"
+    )
+    support = tmp_path / "tests_support.py"
+    support.write_text(
+        "from optimizer.results import CandidateResult\nfrom optimizer.space import Candidate, TorchSettings\n"
+        "def many_results():\n"
+        "    for i in range(1, 100000):\n"
+        "        yield CandidateResult(Candidate(TorchSettings(), i, 1), 'failed', reason='x' * 5000)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(rows(path)) < 20:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL, mid-append
+    proc.wait()
+    written = rows(path)
+    assert len(written) >= 20
+    store = TrialStore(path, "ctx")
+    for row in written:
+        result = json.loads(row["result"])  # every committed row is whole
+        assert result["reason"] == "x" * 5000
+        assert store.get(make_candidate(batch_size=result["candidate"]["batch_size"], threads=1)) is not None
+    store.append(make_result(candidate=make_candidate(batch_size=999999)))  # and the store still writes
+    assert len(rows(path)) == len(written) + 1
+
+
+def test_a_lost_table_creation_race_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import create_engine, exc
+
+    from optimizer import store as module
+
+    engine = create_engine(f"sqlite:///{tmp_path / 't.db'}")
+    real = module.metadata.create_all
+    calls: list[int] = []
+
+    def racing(bind: object, checkfirst: bool = True) -> None:
+        calls.append(1)
+        if len(calls) == 1:  # another worker created the table between our check and our CREATE
+            real(bind, checkfirst=checkfirst)
+            raise exc.OperationalError("CREATE TABLE", {}, Exception("table wattsmith_trials already exists"))
+        real(bind, checkfirst=checkfirst)
+
+    monkeypatch.setattr(module.metadata, "create_all", racing)
+    module.metadata_create(engine)
+    assert len(calls) == 2

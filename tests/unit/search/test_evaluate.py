@@ -156,7 +156,7 @@ def test_quality_is_computed_once_per_numerics(log, make_evaluator, make_candida
 def test_quality_comes_from_the_store(
     log, make_evaluator, make_candidate, make_result, make_quality, tmp_path
 ) -> None:
-    store = TrialStore(tmp_path / "t.jsonl", "ctx")
+    store = TrialStore(tmp_path / "t.db", "ctx")
     quality = make_quality(mean_kl=0.001)
     store.append(make_result(candidate=make_candidate(batch_size=1, precision="bf16"), quality=quality))
     result = make_evaluator(store=store).evaluate(make_candidate(batch_size=4, precision="bf16"))
@@ -174,3 +174,34 @@ def test_the_reference_is_not_built_while_a_candidate_is_loaded(log, make_evalua
         ("build", "bf16 kv=dynamic"),
         ("close", "bf16 kv=dynamic"),
     ]
+
+
+def test_a_worker_waits_for_quality_another_worker_is_measuring(
+    log, make_evaluator, make_candidate, make_quality, tmp_path, monkeypatch
+) -> None:
+    import threading
+
+    from optimizer.search import evaluate as module
+
+    monkeypatch.setattr(module, "QUALITY_POLL_SECONDS", 0.05)
+    path = tmp_path / "t.db"
+    candidate = make_candidate(batch_size=4, precision="bf16")
+    other = TrialStore(path, "ctx")  # another worker, measuring this numerics' quality
+    assert other.claim("quality/" + candidate.numerics_key(), 60)
+    quality = make_quality(mean_kl=0.002)
+    threading.Timer(0.3, lambda: other.put_quality(candidate.numerics_key(), quality.to_dict())).start()
+    result = make_evaluator(store=TrialStore(path, "ctx")).evaluate(candidate)
+    assert result.quality == quality
+    assert not any(e[0] == "score" for e in log)  # it waited and reused: nothing scored here
+    assert result.status == MEASURED
+
+
+def test_quality_measured_here_is_stored_before_the_runner_stores_the_result(
+    log, make_evaluator, make_candidate, tmp_path
+) -> None:
+    path = tmp_path / "t.db"
+    store = TrialStore(path, "ctx")
+    candidate = make_candidate(precision="bf16")
+    make_evaluator(store=store).evaluate(candidate)
+    assert TrialStore(path, "ctx").quality_for(candidate.numerics_key()) is not None
+    assert store.claims_held() == 0  # the quality lease was given up

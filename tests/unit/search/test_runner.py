@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,7 @@ class FakeEvaluator:
 @pytest.fixture
 def evaluator(tmp_path: Path, make_result, make_quality, make_performance):
     def make(store_path: Path | None = None, status=MEASURED) -> FakeEvaluator:
-        store = TrialStore(store_path or tmp_path / "trials.jsonl", "ctx")
+        store = TrialStore(store_path or tmp_path / "trials.db", "ctx")
         return FakeEvaluator(store, make_result, make_quality, make_performance, status)
 
     return make
@@ -92,7 +94,8 @@ def test_stored_results_are_reused(evaluator, make_candidate, tmp_path: Path) ->
     assert again.asked == []
     assert all(r.reused for r in outcome.results)
     assert outcome.measuring_seconds == 0.0
-    assert len((tmp_path / "trials.jsonl").read_text().splitlines()) == 2
+    with sqlite3.connect(tmp_path / "trials.db") as connection:
+        assert connection.execute("SELECT count(*) FROM wattsmith_trials").fetchone()[0] == 2
 
 
 def test_failed_results_are_retried_only_when_asked(evaluator, make_candidate) -> None:
@@ -149,3 +152,105 @@ def test_time_budget_leaves_new_candidates_unmeasured(evaluator, make_candidate)
     )
     assert [c for c, _ in ev.asked] == [cands[0]]  # the baseline is always measured
     assert outcome.not_reached == cands[1:]
+
+
+class CeilingRoofline:
+    """A stand-in roofline: every candidate's ceiling is its batch size x 10 tokens/J."""
+
+    def __init__(self) -> None:
+        from optimizer.search.roofline import RooflineRates
+
+        self.rates = RooflineRates(1.0, 1.0, 1.0, 0, source="stand-in")
+
+    def prune_reason(self, candidate, best):
+        ceiling = candidate.batch_size * 10.0
+        if best is not None and ceiling < best.objective:
+            return f"roofline: <= {ceiling:g} tok/J < {best.objective:g}"
+        return None
+
+
+def test_candidates_that_cannot_beat_the_best_are_pruned_unbuilt(evaluator, make_candidate) -> None:
+    # the fake measures tokens/J = batch size: batch 64 measures 64 > ceilings of batch 1..4 (10..40)
+    cands = [make_candidate(batch_size=b) for b in (64, 1, 2, 4, 8)]
+    ev = evaluator()
+    lines: list[str] = []
+    outcome = run_search(
+        cands, [], cands[0], ev, SearchConfig(), BOUND, progress=lines.append, roofline=CeilingRoofline()
+    )
+    assert [c.batch_size for c, _ in ev.asked] == [64, 8]  # 8 may reach 80 > 64: measured
+    pruned = {r.candidate.batch_size: r.reason for r in outcome.results if r.status == PRUNED}
+    assert set(pruned) == {1, 2, 4}
+    assert all(reason.startswith("roofline") for reason in pruned.values())
+    assert outcome.roofline is not None and "stand-in" in outcome.roofline
+    assert outcome.workers is not None and outcome.workers[0].pruned_by_roofline == 3
+    assert any("PRUNED: roofline" in line for line in lines)
+    assert ev.store.run_count() == 2  # pruned candidates are decisions, not stored measurements
+
+
+def test_not_reached_candidates_the_roofline_rules_out_count_as_pruned(evaluator, make_candidate) -> None:
+    cands = [make_candidate(batch_size=b) for b in (64, 1, 128)]
+    outcome = run_search(
+        cands,
+        [],
+        cands[0],
+        evaluator(),
+        SearchConfig(max_candidates=1),
+        BOUND,
+        progress=lambda _: None,
+        roofline=CeilingRoofline(),
+    )
+    assert [r.status for r in outcome.results] == [MEASURED, PRUNED]  # batch 1: 10 < 64
+    assert outcome.not_reached == [cands[2]]  # batch 128 might win: not reached, not pruned
+
+
+def test_optuna_sampler_in_the_loop(evaluator, make_candidate) -> None:
+    cands = [make_candidate(batch_size=b, precision=p) for p in ("fp32", "bf16") for b in (1, 2, 4, 8)]
+    ev = evaluator()
+    outcome = run_search(
+        cands, [], cands[0], ev, SearchConfig(sampler="optuna"), BOUND, progress=lambda _: None
+    )
+    assert sorted(c.key() for c, _ in ev.asked) == sorted(c.key() for c in cands)  # each once
+    assert outcome.not_reached == []
+    # a second run reuses everything and the sampler asks for nothing new
+    again = evaluator()
+    second = run_search(
+        cands, [], cands[0], again, SearchConfig(sampler="optuna"), BOUND, progress=lambda _: None
+    )
+    assert again.asked == [] and all(r.reused for r in second.results)
+
+
+def test_free_rejections_do_not_use_the_candidate_budget(
+    evaluator, make_candidate, make_result, make_quality
+) -> None:
+    cands = [make_candidate(batch_size=b) for b in (1, 2, 4)]
+    ev = evaluator()
+    free = make_result(candidate=cands[1], status=REJECTED, quality=make_quality(mean_kl=0.9), seconds=0.0)
+    ev.store.append(free)  # as a cached-quality rejection of this run would be stored
+    assert ev.store.run_count() == 0
+
+
+def test_a_candidate_that_would_run_past_the_budget_is_not_started(evaluator, make_candidate) -> None:
+    # each evaluation takes 10 s on a simulated clock; the budget is 25 s
+    now = [0.0]
+    ev = evaluator()
+    plain = ev.evaluate
+
+    def timed(candidate, role="candidate"):
+        now[0] += 10.0
+        return replace(plain(candidate, role), seconds=10.0)
+
+    ev.evaluate = timed
+    cands = [make_candidate(batch_size=b) for b in (1, 2, 4, 8)]
+    outcome = run_search(
+        cands,
+        [],
+        cands[0],
+        ev,
+        SearchConfig(budget_minutes=25 / 60),
+        BOUND,
+        progress=lambda _: None,
+        clock=lambda: now[0],
+    )
+    assert len(ev.asked) == 2  # at 20 s, 5 s are left and a measurement takes 10 s: stop
+    assert outcome.measuring_seconds == 20.0
+    assert outcome.not_reached == cands[2:]

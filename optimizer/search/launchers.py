@@ -1,0 +1,139 @@
+"""Run `run_worker` on existing engines: a process pool here, Ray tasks, or a SLURM array (submitit).
+
+Each engine only starts the workers and hands back their reports; which candidate a worker takes is
+settled in the store. A worker that fails is logged and the search goes on with the others: what
+they finished is in the store either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from optimizer.config import RayConfig, SlurmConfig
+from optimizer.search.runner import WorkerReport
+from optimizer.search.workers import WorkerSpec, run_worker
+
+log = logging.getLogger(__name__)
+
+
+def local_processes(specs: Sequence[WorkerSpec]) -> list[WorkerReport]:
+    """One fresh process per worker (spawned: no CUDA state or torch threads inherited)."""
+    context = multiprocessing.get_context("spawn")
+    # a process per worker, never reused: a GPU worker's CUDA_VISIBLE_DEVICES is set once
+    fresh: dict[str, Any] = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    with ProcessPoolExecutor(max_workers=len(specs), mp_context=context, **fresh) as pool:
+        futures = [pool.submit(run_worker, spec) for spec in specs]
+        return _gather([future.result for future in futures])
+
+
+def on_ray(cfg: RayConfig, specs: Sequence[WorkerSpec], gpu: bool) -> list[WorkerReport]:
+    """Ray tasks with one GPU each on GPU targets. Without an address, a Ray instance on this
+    machine, bound to loopback, started here and stopped when the workers are done."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
+        if cfg.address is None:
+            cpus = max(os.cpu_count() or 1, math.ceil(len(specs) * cfg.cpus_per_worker))
+            options |= {"_node_ip_address": "127.0.0.1", "num_cpus": cpus}
+        else:
+            options["address"] = cfg.address
+        ray.init(**options)
+        started = True
+    try:
+        task = ray.remote(num_gpus=1 if gpu else 0, num_cpus=cfg.cpus_per_worker, max_retries=0)(run_worker)
+        refs = [task.remote(spec) for spec in specs]
+
+        def waiter(ref: Any) -> Callable[[], WorkerReport]:
+            return lambda: ray.get(ref)
+
+        return _gather([waiter(ref) for ref in refs])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _slurm_parameters(cfg: SlurmConfig, count: int) -> dict[str, Any]:
+    """sbatch settings of the array job: one task per worker, each with its own GPU(s)."""
+    parameters: dict[str, Any] = {
+        "job_name": "wattsmith",
+        "time": cfg.timeout_min,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "cpus_per_task": cfg.cpus_per_task,
+        "array_parallelism": count,
+        "setup": list(cfg.setup),
+    }
+    if cfg.gpus_per_node:
+        parameters["gpus_per_node"] = cfg.gpus_per_node
+    if cfg.partition:
+        parameters["partition"] = cfg.partition
+    if cfg.account:
+        parameters["account"] = cfg.account
+    if cfg.mem_gb:
+        parameters["mem"] = f"{int(cfg.mem_gb)}GB"
+    return parameters
+
+
+def on_slurm(cfg: SlurmConfig, specs: Sequence[WorkerSpec]) -> list[WorkerReport]:
+    """A SLURM array job, one task per worker (`cluster: local` runs the same jobs as processes)."""
+    import submitit
+
+    executor: Any
+    if cfg.cluster == "slurm":
+        executor = submitit.SlurmExecutor(folder=cfg.folder)
+        executor.update_parameters(**_slurm_parameters(cfg, len(specs)))  # submitit validates each
+    else:
+        executor = submitit.AutoExecutor(folder=cfg.folder, cluster=cfg.cluster)
+        executor.update_parameters(timeout_min=cfg.timeout_min, gpus_per_node=cfg.gpus_per_node)
+    jobs = executor.map_array(run_worker, list(specs))
+    log.info("submitted %s", ", ".join(str(job.job_id) for job in jobs))
+    return _gather([job.result for job in jobs])
+
+
+def slurm_dry_run(cfg: SlurmConfig, specs: Sequence[WorkerSpec]) -> Path:
+    """Write what `on_slurm` would submit, without SLURM: the array job's sbatch file and one
+    pickled job per worker, in the format submitit's runner (`submitit.core._submit`) loads."""
+    from submitit.core.utils import DelayedSubmission
+
+    # submitit has no dry run and its SlurmExecutor needs srun: render with the helper it submits
+    # through (pinned by tests/unit/search/test_workers.py)
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    folder = Path(cfg.folder).expanduser() / "dry-run"
+    folder.mkdir(parents=True, exist_ok=True)
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    sbatch = _make_sbatch_string(
+        command=command, folder=folder, map_count=len(specs), **_slurm_parameters(cfg, len(specs))
+    )
+    (folder / "submission.sh").write_text(sbatch)
+    for spec in specs:
+        DelayedSubmission(run_worker, spec).dump(folder / f"worker-{spec.index}.pkl")
+    log.info("dry run: wrote %s and %d pickled worker jobs", folder / "submission.sh", len(specs))
+    return folder
+
+
+def _gather(waits: Sequence[Callable[[], WorkerReport]]) -> list[WorkerReport]:
+    """Every worker's report; a failed worker is logged, and only when all failed is it an error."""
+    reports: list[WorkerReport] = []
+    errors: list[BaseException] = []
+    for index, wait in enumerate(waits):
+        try:
+            reports.append(wait())
+        except Exception as error:  # noqa: BLE001 - one worker's failure must not lose the others'
+            log.error("worker %d failed: %s: %s", index, type(error).__name__, error)
+            errors.append(error)
+    if errors and not reports:
+        raise errors[0]
+    return reports

@@ -1,0 +1,231 @@
+"""An analytic upper bound of a candidate's tokens per joule, before anything is built.
+
+A batch of B requests (P prompt tokens, G new tokens) must at least move the weights and KV cache
+through memory and do the matmul FLOPs; it can go no faster than the device's peak bandwidth and
+peak FLOP/s allow, and the device draws at least its idle power meanwhile:
+
+    tokens/J <= B * G / (floor watts * max(bytes / bandwidth, FLOPs / peak FLOP/s))
+
+Every term is chosen so that the bound stays an *upper* bound: weights and FLOPs leave out one
+vocabulary matrix (an embedding table is gathered, not read whole), weights that fit in cache move
+no DRAM bytes, reduced-precision matmuls get the fastest ratio any kernel of the kind reaches, and
+measured rates and the idle floor get `search.roofline_headroom` of slack.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from optimizer.config import SloConfig, WorkloadConfig
+from optimizer.model import ModelShape
+from optimizer.onnx_settings import OrtGenaiSettings, OrtOnnxSettings
+from optimizer.results import CandidateResult
+from optimizer.search.prefilter import footprint
+from optimizer.space import BackendSettings, Candidate, TorchSettings
+from optimizer.target import GIB, TargetSpec
+
+log = logging.getLogger(__name__)
+
+# Peak matmul rate relative to the rate the rates are given for (bf16 on GPUs, measured fp32 on
+# CPUs). Generous on purpose: int8/fp8 tensor cores run 2x bf16; CPU AMX tiles run bf16 16x and
+# int8 32x the fp32 FMA rate. A ratio that is too high only loosens the bound.
+GPU_SPEEDUP = {"int8": 2.0, "fp8": 2.0}
+CPU_SPEEDUP = {"reduced": 16.0, "int8": 32.0, "fp8": 32.0}  # reduced: bf16 / fp16 activations
+# Weights smaller than this may stay in a GPU's L2 between steps (H200: 60 MB, B200: 126 MB).
+GPU_CACHE_BYTES = 128 << 20
+
+
+@dataclass(frozen=True)
+class RooflineRates:
+    """Upper bounds of the device's rates and a lower bound of its power while it runs."""
+
+    bytes_per_second: float
+    flops_per_second: float
+    floor_watts: float
+    cache_bytes: int
+    source: str  # where the numbers come from, printed in the report
+
+    def describe(self) -> str:
+        return (
+            f"{self.bytes_per_second / 1e9:.0f} GB/s, {self.flops_per_second / 1e12:.2f} TFLOP/s, "
+            f">= {self.floor_watts:.1f} W ({self.source})"
+        )
+
+
+@dataclass(frozen=True)
+class RooflineBound:
+    """For one candidate: the most tokens/J it can reach and the least time its steps take."""
+
+    tokens_per_joule: float
+    prefill_seconds: float  # a lower bound of TTFT
+    step_seconds: float  # a lower bound of TPOT (the first decode step, shortest context)
+
+
+def rates_for(target: TargetSpec, idle_watts: float, headroom: float) -> RooflineRates | None:
+    """The target's preset rates, or on a CPU without them, rates measured here times `headroom`.
+    None when a GPU target has no preset (no bound rather than a wrong one)."""
+    floor = idle_watts / headroom  # idle read with other load on the machine may sit high
+    if target.memory_bandwidth_gb_per_s and target.peak_bf16_tflops:
+        cache = GPU_CACHE_BYTES if target.is_cuda else int(_llc_bytes() * headroom)
+        return RooflineRates(
+            bytes_per_second=target.memory_bandwidth_gb_per_s * 1e9,
+            flops_per_second=target.peak_bf16_tflops * 1e12,
+            floor_watts=floor,
+            cache_bytes=cache,
+            source=f"target preset '{target.name}'",
+        )
+    if target.is_cuda:
+        log.warning(
+            "no roofline for %s: set target.memory_bandwidth_gb_per_s and peak_bf16_tflops", target.name
+        )
+        return None
+    bandwidth, flops = measure_cpu_rates(target.cores)
+    return RooflineRates(
+        bytes_per_second=bandwidth * headroom,
+        flops_per_second=flops * headroom,
+        floor_watts=floor,
+        cache_bytes=int(_llc_bytes() * headroom),
+        source=(
+            f"ASSUMPTION: copy bandwidth {bandwidth / 1e9:.1f} GB/s and fp32 matmul {flops / 1e9:.0f} GFLOP/s "
+            f"measured on this CPU, x{headroom:g} headroom; floor = idle / {headroom:g}"
+        ),
+    )
+
+
+def measure_cpu_rates(threads: int, repeats: int = 3) -> tuple[float, float]:
+    """Best-of-`repeats` copy bandwidth (bytes/s) and fp32 matmul rate (FLOP/s) on this CPU."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 1))
+    try:
+        src = torch.ones(1 << 26)  # 256 MiB: far past any last-level cache
+        dst = torch.empty_like(src)
+        copy_seconds = _best_seconds(lambda: dst.copy_(src), repeats)
+        a = torch.randn(1024, 1024)
+        matmul_seconds = _best_seconds(lambda: torch.mm(a, a), repeats)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * src.numel() * 4 / copy_seconds, 2 * 1024**3 / matmul_seconds
+
+
+def _best_seconds(work: object, repeats: int) -> float:
+    assert callable(work)
+    work()  # first touch / warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _llc_bytes() -> int:
+    """The largest CPU cache reported by sysfs (8 MiB when unreadable)."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = entry.read_text().strip().upper()
+        multiplier = {"K": 1 << 10, "M": 1 << 20, "G": GIB}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * multiplier)
+    return max(sizes, default=8 << 20)
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """The bound for every candidate of one search: model shape, workload and device rates."""
+
+    shape: ModelShape
+    workload: WorkloadConfig
+    rates: RooflineRates
+    cuda: bool
+
+    def bound(self, candidate: Candidate) -> RooflineBound:
+        return roofline_bound(candidate, self.shape, self.workload, self.rates, self.cuda)
+
+    def prune_reason(self, candidate: Candidate, best: CandidateResult | None) -> str | None:
+        return prune_reason(self.bound(candidate), best, self.workload.slo)
+
+
+def roofline_bound(
+    candidate: Candidate, shape: ModelShape, workload: WorkloadConfig, rates: RooflineRates, cuda: bool
+) -> RooflineBound:
+    settings = candidate.settings
+    fp = footprint(settings, shape.num_layers)
+    batch, prompt, new = candidate.batch_size, workload.prompt_tokens, workload.max_new_tokens
+    # one vocabulary x hidden matrix is left out: the embedding lookup gathers rows
+    body = max(shape.num_parameters - shape.vocab_size * shape.hidden_size, 0)
+    weight_bytes = body * fp.weight_bytes
+    weight_bytes = 0.0 if weight_bytes < rates.cache_bytes else weight_bytes
+    kv_token_bytes = shape.kv_bytes_per_token(fp.kv_bytes)
+    if fp.kv_on_device_fraction < 1:
+        kv_token_bytes = 0.0  # read from host memory over a link we have no rate for
+    attention_width = shape.num_layers * shape.num_attention_heads * shape.head_dim
+    flops_rate = rates.flops_per_second * _matmul_speedup(settings, cuda)
+
+    def seconds(bytes_moved: float, flops: float) -> float:
+        return max(bytes_moved / rates.bytes_per_second, flops / flops_rate)
+
+    prefill = seconds(weight_bytes, 2 * body * batch * prompt)
+    first_step = seconds(
+        weight_bytes + batch * prompt * kv_token_bytes,
+        2 * body * batch + 4 * attention_width * prompt * batch,
+    )
+    # all decode steps: contexts prompt .. prompt + new - 1 tokens
+    context_sum = new * prompt + new * (new - 1) / 2
+    decode = seconds(
+        new * weight_bytes + batch * context_sum * kv_token_bytes,
+        2 * body * batch * new + 4 * attention_width * context_sum * batch,
+    )
+    batch_seconds = max(prefill + decode, 1e-12)
+    tokens_per_joule = (
+        batch * new / (rates.floor_watts * batch_seconds) if rates.floor_watts > 0 else float("inf")
+    )
+    return RooflineBound(tokens_per_joule=tokens_per_joule, prefill_seconds=prefill, step_seconds=first_step)
+
+
+def _matmul_speedup(settings: BackendSettings, cuda: bool) -> float:
+    kind = matmul_kind(settings)
+    return (GPU_SPEEDUP if cuda else CPU_SPEEDUP).get(kind, 1.0)
+
+
+def matmul_kind(settings: BackendSettings) -> str:
+    """The fastest arithmetic a candidate's matmuls can use: fp32, reduced (bf16/fp16), int8 or fp8.
+    Weight-only int8/int4 in torch computes in the activation dtype; genai's int4/int8 and ORT's
+    quantized MatMuls compute in int8."""
+    if isinstance(settings, TorchSettings):
+        if settings.quantization in ("int8-dynamic", "fp8"):
+            return "int8" if settings.quantization == "int8-dynamic" else "fp8"
+        precision = settings.precision
+    elif isinstance(settings, OrtGenaiSettings):
+        precision = "int8" if settings.precision in ("int8", "int4") else settings.precision
+    elif isinstance(settings, OrtOnnxSettings):
+        precision = "int8" if settings.quantization != "none" else settings.precision
+    else:
+        precision = settings.precision
+    return {"fp32": "fp32", "int8": "int8"}.get(precision, "reduced")
+
+
+def prune_reason(bound: RooflineBound, best: CandidateResult | None, slo: SloConfig) -> str | None:
+    """Why this candidate need not be measured: its bound cannot meet the SLO, or cannot beat the
+    best feasible candidate measured so far. None when it might."""
+    if slo.tpot_ms is not None and bound.step_seconds * 1000 > slo.tpot_ms:
+        return (
+            f"roofline: a decode step takes >= {bound.step_seconds * 1000:.0f} ms > workload.slo.tpot_ms "
+            f"{slo.tpot_ms:g}"
+        )
+    if slo.ttft_ms is not None and bound.prefill_seconds * 1000 > slo.ttft_ms:
+        return (
+            f"roofline: the prefill takes >= {bound.prefill_seconds * 1000:.0f} ms > workload.slo.ttft_ms "
+            f"{slo.ttft_ms:g}"
+        )
+    if best is not None and bound.tokens_per_joule < best.objective:
+        return (
+            f"roofline: <= {bound.tokens_per_joule:.3g} tok/J < {best.objective:.3g} measured for "
+            f"{best.candidate.label()}"
+        )
+    return None

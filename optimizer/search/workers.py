@@ -1,0 +1,189 @@
+"""`search.workers` workers: each runs the same loop (runner.search_worker) against one TrialStore.
+
+Nothing here hands out candidates: the store's leases do, so a worker may start late, die, or run
+on another node. What the launcher provides is a process and a device: on a GPU target one whole
+GPU per worker (CUDA_VISIBLE_DEVICES, Ray `num_gpus=1`, SLURM `gpus_per_node`); on a CPU target
+the host's CPU, shared, whose energy windows the device lock (search/device.py) serializes.
+
+A worker rebuilds the search plan itself and refuses to run when its context (model weights,
+target fingerprint, measurement protocol) differs from the coordinator's: its results would land
+where the coordinator never looks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from optimizer.config import RunConfig
+from optimizer.errors import UserError
+from optimizer.search.roofline import RooflineRates
+from optimizer.search.runner import WorkerReport
+from optimizer.store import is_shared_server
+from optimizer.target import TargetSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, picklable for a process, a Ray task or a SLURM job."""
+
+    cfg: RunConfig
+    index: int
+    context: str
+    run_id: str
+    deadline_epoch: float  # wall clock (time.time()), shared by every worker of the search
+    rates: RooflineRates | None
+    coordinator_host: str
+    idle_watts: float  # the coordinator's reading: reused by workers on its host's CPU
+    visible_device: str | None = None  # CUDA_VISIBLE_DEVICES for a local GPU worker
+
+
+@dataclass(frozen=True)
+class Launched:
+    reports: list[WorkerReport]
+    dry_run: Path | None = None  # launcher.slurm.dry_run: the folder with the unsubmitted jobs
+
+
+def launch_search(
+    cfg: RunConfig,
+    target: TargetSpec,
+    context: str,
+    run_id: str,
+    idle_watts: float,
+    rates: RooflineRates | None,
+) -> Launched:
+    from optimizer.search import launchers
+
+    check_workers(cfg, target)
+    count = cfg.search.workers
+    devices = local_gpus(cfg, target) if cfg.launcher.kind == "local" and target.is_cuda else [None] * count
+    deadline = time.time() + cfg.search.budget_minutes * 60  # one budget for all workers
+    specs = [
+        WorkerSpec(
+            cfg=cfg if device is None else replace(cfg, target=replace(cfg.target, device_index=0)),
+            index=index,
+            context=context,
+            run_id=run_id,
+            deadline_epoch=deadline,
+            rates=rates,
+            coordinator_host=socket.gethostname(),
+            idle_watts=idle_watts,
+            visible_device=device,
+        )
+        for index, device in enumerate(devices)
+    ]
+    log.info("launching %d workers (%s)", count, cfg.launcher.kind)
+    if cfg.launcher.kind == "ray":
+        return Launched(launchers.on_ray(cfg.launcher.ray, specs, gpu=target.is_cuda))
+    if cfg.launcher.kind == "slurm":
+        slurm = cfg.launcher.slurm
+        if slurm.dry_run:
+            return Launched([], dry_run=launchers.slurm_dry_run(slurm, specs))
+        return Launched(launchers.on_slurm(slurm, specs))
+    return Launched(launchers.local_processes(specs))
+
+
+def check_workers(cfg: RunConfig, target: TargetSpec) -> None:
+    """Refuse a worker layout that cannot work or cannot measure honestly, naming the field."""
+    launcher = cfg.launcher
+    remote = (launcher.kind == "ray" and launcher.ray.address is not None) or (
+        launcher.kind == "slurm" and launcher.slurm.cluster == "slurm" and not launcher.slurm.dry_run
+    )
+    if remote and not is_shared_server(cfg.store_path):
+        raise UserError(
+            "store_path",
+            f"workers on other nodes cannot share the SQLite file {cfg.store_path}",
+            "use a PostgreSQL URL that every node reaches, e.g. store_path=postgresql://user@db-host/wattsmith",
+        )
+    if launcher.kind == "local" and target.is_cuda:
+        available = len(visible_gpus())
+        if cfg.search.workers > available:
+            raise UserError(
+                "search.workers",
+                f"{cfg.search.workers} workers but {available} GPU(s) here: a trial needs a whole GPU",
+                f"use search.workers<={available}, or launcher=ray / launcher=slurm for more GPUs",
+            )
+    if not target.is_cuda and cfg.search.workers > 1:
+        log.warning(
+            "%d workers on one CPU: their builds and quality probes overlap, their energy windows take turns",
+            cfg.search.workers,
+        )
+
+
+def visible_gpus() -> list[str]:
+    """Physical GPU ids this process may use (CUDA_VISIBLE_DEVICES, else every GPU torch sees)."""
+    listed = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if listed:
+        return listed
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def local_gpus(cfg: RunConfig, target: TargetSpec) -> list[str | None]:
+    """One GPU per local worker, from the target's device index on."""
+    gpus = visible_gpus()
+    first = target.gpu.index if target.gpu is not None else 0
+    return [gpus[(first + i) % len(gpus)] for i in range(cfg.search.workers)]
+
+
+def run_worker(spec: WorkerSpec) -> WorkerReport:
+    """The entry point of every worker process, Ray task and SLURM job."""
+    if spec.visible_device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = spec.visible_device  # before anything touches CUDA
+    from optimizer.logs import setup_logging
+    from optimizer.measure.energy import measure_idle_watts
+    from optimizer.pipeline import plan_search, prepare_measurement
+    from optimizer.search.device import DeviceLock
+    from optimizer.search.roofline import Roofline
+    from optimizer.search.runner import search_worker
+    from optimizer.store import TrialStore
+
+    setup_logging(prefix=f"w{spec.index} ")
+    cfg = spec.cfg
+    cache_dir = Path(cfg.cache_dir).expanduser()
+    setup = prepare_measurement(
+        cfg.model, cfg.target, cfg.workload, cfg.quality, cache_dir, max([*cfg.space.batch_sizes, 16])
+    )
+    plan = plan_search(cfg, setup)
+    host = socket.gethostname()
+    if plan.context != spec.context:
+        raise UserError(
+            "target",
+            f"worker {spec.index} on {host} measures in another context ({plan.context} != {spec.context}): "
+            "its model, target fingerprint or software differ from the coordinator's",
+            "give every worker the same GPU model, driver and package versions",
+        )
+    store = TrialStore(cfg.store_path, plan.context, run_id=spec.run_id)
+    device = DeviceLock.for_target(setup.target)
+    if host == spec.coordinator_host and not setup.target.is_cuda:
+        setup.meter.idle_watts = spec.idle_watts  # the same CPU the coordinator measured idle
+    else:
+        with device.exclusive():
+            measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
+    log.info(
+        "worker %d on %s, store %s, idle %.1f W", spec.index, host, store.describe(), setup.meter.idle_watts
+    )
+    evaluator = setup.evaluator(cfg.search, store, device)
+    roofline = (
+        Roofline(setup.model.shape, cfg.workload, spec.rates, setup.target.is_cuda)
+        if spec.rates is not None
+        else None
+    )
+    return search_worker(
+        plan.candidates,
+        plan.baseline,
+        evaluator,
+        cfg.search,
+        cfg.quality,
+        log.info,
+        roofline,
+        deadline=spec.deadline_epoch,
+        clock=time.time,
+    )

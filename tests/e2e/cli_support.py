@@ -1,0 +1,31 @@
+"""Helpers of the e2e tests: run the `optimize` CLI in a subprocess, read the SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def optimize(*args: str, cache: Path, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"WATTSMITH_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "optimizer", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def stored(path: Path) -> list[dict[str, Any]]:
+    """Every row of the store, read with the standard library."""
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as connection:
+        connection.row_factory = sqlite3.Row
+        try:
+            rows = connection.execute("SELECT * FROM wattsmith_trials ORDER BY seq").fetchall()
+        except sqlite3.OperationalError:  # not created yet
+            return []
+    return [dict(row) | {"result": json.loads(row["result"])} for row in rows]

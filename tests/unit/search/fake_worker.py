@@ -1,0 +1,62 @@
+"""A search worker with an instant, deterministic evaluator, run in child processes by the
+shared-store tests (spawned children import it by this module's name)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from optimizer.config import QualityConfig, SearchConfig, WorkloadConfig
+from optimizer.results import MEASURED, CandidateResult
+from optimizer.search.runner import search_worker
+from optimizer.space import Candidate, TorchSettings
+from optimizer.store import TrialStore
+from unit.conftest import _performance, _quality
+
+
+def space() -> list[Candidate]:
+    """12 candidates: {fp32, bf16} x batch {1, 2, 4, 8, 16, 32}; tokens/J grows with the batch."""
+    return [
+        Candidate(TorchSettings(precision=p), batch_size=b, threads=1)
+        for p in ("fp32", "bf16")
+        for b in (1, 2, 4, 8, 16, 32)
+    ]
+
+
+@dataclass
+class SlowEvaluator:
+    """Takes `seconds` per candidate and remembers what it evaluated."""
+
+    store: TrialStore
+    seconds: float
+    asked: list[str] = field(default_factory=list)
+    workload_cfg: WorkloadConfig = field(default_factory=WorkloadConfig)
+
+    def evaluate(self, candidate: Candidate, role: str = "candidate") -> CandidateResult:
+        self.asked.append(candidate.key())
+        time.sleep(self.seconds)
+        bonus = 1.5 if candidate.settings.precision == "bf16" else 1.0
+        return CandidateResult(
+            candidate=candidate,
+            status=MEASURED,
+            quality=_quality(mean_kl=0.001),
+            performance=_performance(goodput_tokens_per_joule=candidate.batch_size * bonus),
+            role=role,
+            seconds=self.seconds,
+        )
+
+
+def run(url: str, run_id: str, sampler: str, seconds: float, lease_seconds: float = 30.0) -> list[str]:
+    """One worker over `space()`; returns the keys of the candidates it evaluated itself."""
+    store = TrialStore(url, "ctx", run_id=run_id)
+    evaluator = SlowEvaluator(store, seconds)
+    candidates = space()
+    search_worker(
+        candidates,
+        candidates[0],
+        evaluator,  # type: ignore[arg-type]  # duck-typed: evaluate(), store, workload_cfg
+        SearchConfig(sampler=sampler, lease_seconds=lease_seconds),
+        QualityConfig(),
+        progress=lambda _: None,
+    )
+    return evaluator.asked

@@ -1,0 +1,123 @@
+"""search.workers on existing engines, on the tiny model: local processes, a local Ray instance,
+and the SLURM path as a dry run. Every worker meets the others at the store."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from optimizer.config import compose_run_config
+from optimizer.errors import UserError
+from optimizer.search import workers as workers_module
+from optimizer.search.workers import check_workers
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_run(model_dir: Path, root: Path, *extra: str) -> list[str]:
+    # target=cpu with the real core count and an explicit estimate: the workers are other
+    # processes, which must derive the same target fingerprint and energy source as this one
+    return [
+        f"model={model_dir}",
+        "target=cpu",
+        "target.energy_source=estimate",
+        "workload=quick",
+        "workload.min_window_seconds=0.2",
+        "workload.repeats=2",
+        "workload.idle_seconds=0.1",
+        "space.batch_sizes=[1,2,4]",
+        "space.torch.quantizations=[none]",
+        "quality.num_sequences=2",
+        "quality.seq_tokens=32",
+        f"output_dir={root / 'run'}",
+        f"store_path={root / 'trials.db'}",
+        f"cache_dir={root / 'cache'}",
+        *extra,
+    ]
+
+
+def stored_keys(path: Path) -> list[str]:
+    with sqlite3.connect(path) as connection:
+        return [row[0] for row in connection.execute("SELECT candidate_key FROM wattsmith_trials")]
+
+
+@pytest.mark.parametrize("launcher", ["local", "ray"])
+def test_two_workers_search_once_each_candidate(
+    launcher: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optimizer
+
+    if launcher == "ray":
+        pytest.importorskip("ray", reason="ray is in the `cluster` extra")
+        monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    cfg = compose_run_config(
+        tiny_run(tiny_model_dir, tmp_path, "search=optuna", "search.workers=2", f"launcher={launcher}")
+    )
+    result = optimizer.optimize(cfg)
+    assert result.best is not None and result.best.feasible
+    keys = stored_keys(tmp_path / "trials.db")
+    assert len(keys) == 6 and Counter(keys).most_common(1)[0][1] == 1  # 2 precisions x 3 batches, once each
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"2 worker(s) ({launcher})" in report
+    assert "evaluated per worker:" in report
+    assert {r.candidate.key() for r in result.results} == set(keys)
+
+
+def test_slurm_dry_run_writes_the_array_job_and_submits_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from submitit.core.utils import DelayedSubmission
+
+    import optimizer
+
+    folder = tmp_path / "slurm"
+    cfg = compose_run_config(
+        tiny_run(
+            tiny_model_dir,
+            tmp_path,
+            "search.workers=3",
+            "launcher=slurm",
+            "launcher.slurm.dry_run=true",
+            "launcher.slurm.partition=gpu",
+            "launcher.slurm.gpus_per_node=1",
+            "launcher.slurm.setup=[source .venv/bin/activate]",
+            f"launcher.slurm.folder={folder}",
+        )
+    )
+    result = optimizer.optimize(cfg)
+    assert result.dry_run == folder / "dry-run"
+    sbatch = (folder / "dry-run" / "submission.sh").read_text()
+    for line in (
+        "#SBATCH --array=0-2%3",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --time=240",
+    ):
+        assert line in sbatch, line
+    assert "source .venv/bin/activate" in sbatch
+    assert "submitit.core._submit" in sbatch
+    jobs = [DelayedSubmission.load(folder / "dry-run" / f"worker-{i}.pkl") for i in range(3)]
+    assert [job.function for job in jobs] == [workers_module.run_worker] * 3
+    assert [job.args[0].index for job in jobs] == [0, 1, 2]
+    assert len({job.args[0].run_id for job in jobs}) == 1  # one run, one store context
+    assert (
+        not (tmp_path / "trials.db").exists() or stored_keys(tmp_path / "trials.db") == []
+    )  # nothing measured
+
+
+def test_worker_layouts_that_cannot_work_are_refused(make_target, monkeypatch: pytest.MonkeyPatch) -> None:
+    slurm = compose_run_config(["launcher=slurm", "search.workers=2", "store_path=/tmp/x.db"])
+    with pytest.raises(UserError, match="store_path"):
+        check_workers(slurm, make_target())
+    remote_ray = compose_run_config(["launcher=ray", "launcher.ray.address=auto", "store_path=/tmp/x.db"])
+    with pytest.raises(UserError, match="store_path"):
+        check_workers(remote_ray, make_target())
+    check_workers(compose_run_config(["launcher=slurm", "store_path=postgresql://h/db"]), make_target())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    too_many = compose_run_config(["search.workers=3"])
+    with pytest.raises(UserError, match="search.workers"):
+        check_workers(too_many, make_target(kind="cuda"))
+    check_workers(compose_run_config(["search.workers=2"]), make_target(kind="cuda"))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
