@@ -13,6 +13,9 @@ lm_head) are quantized; the attention MatMuls multiply two activations and stay 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +64,28 @@ def weight_matmuls(model_file: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers]
 
 
+@contextmanager
+def sys_path_kept() -> Iterator[None]:
+    """Import ORT's quantization tools inside this block. `onnxruntime.transformers` (which
+    `onnxruntime.quantization` imports) appends its own folder to sys.path, and that folder holds
+    an `optimizer.py`: processes spawned afterwards copy our sys.path and, under an editable
+    install, import that file instead of this package. Its modules import their siblings at load
+    time, so restoring sys.path afterwards is safe."""
+    saved = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
 def variant_dir(fp32_dir: Path, name: str) -> Path:
     return fp32_dir.parent / name
 
 
 def dynamic_int8(fp32_dir: Path) -> Path:
     def build(tmp: Path) -> dict[str, Any]:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        with sys_path_kept():
+            from onnxruntime.quantization import QuantType, quantize_dynamic
 
         nodes = weight_matmuls(fp32_dir / MODEL_FILE)
         quantize_dynamic(
@@ -86,7 +104,8 @@ def dynamic_int8(fp32_dir: Path) -> Path:
 
 def static_int8_qdq(fp32_dir: Path, model: ModelSpec) -> Path:
     def build(tmp: Path) -> dict[str, Any]:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        with sys_path_kept():
+            from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         nodes = weight_matmuls(fp32_dir / MODEL_FILE)
         feeds, text_sha256 = calibration_feeds(fp32_dir / MODEL_FILE, model)
@@ -122,7 +141,9 @@ def static_int8_qdq(fp32_dir: Path, model: ModelSpec) -> Path:
 def fp16(fp32_dir: Path) -> Path:
     def build(tmp: Path) -> dict[str, Any]:
         import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        with sys_path_kept():
+            from onnxruntime.transformers.float16 import convert_float_to_float16
 
         proto = onnx.load(str(fp32_dir / MODEL_FILE))
         # keep_io_types: logits and the KV cache stay float32 at the boundary, as the loop expects
