@@ -28,7 +28,8 @@ from optimizer.model import ModelSpec, resolve_model  # noqa: E402
 from optimizer.onnx_settings import OrtGenaiSettings  # noqa: E402
 from optimizer.results import FAILED  # noqa: E402
 from optimizer.space import Candidate  # noqa: E402
-from optimizer.target import GIB, TargetSpec  # noqa: E402
+from optimizer.target import TargetSpec  # noqa: E402
+from unit.conftest import _target  # noqa: E402
 
 VOCAB = 49152
 INT4_LM_HEAD = OrtGenaiSettings(precision="int4", accuracy_level=4, int8_lm_head=True)
@@ -46,23 +47,7 @@ def tiny_spec(tiny_model_dir: Path, workdir: Path) -> ModelSpec:
 
 @pytest.fixture(scope="module")
 def cpu_target() -> TargetSpec:
-    return TargetSpec(
-        kind="cpu",
-        name="cpu",
-        device="cpu",
-        cpu_model="Test CPU",
-        cores=2,
-        memory_bytes=16 * GIB,
-        bf16=False,
-        fp16=False,
-        fp8=False,
-        tdp_watts=None,
-        memory_bandwidth_gb_per_s=None,
-        peak_bf16_tflops=None,
-        energy_source="estimate",
-        cpu_active_watts_per_core=5.0,
-        cpu_idle_watts_per_core=1.5,
-    )
+    return _target(cores=2, bf16=False, energy_source="estimate")
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ from optimizer.config import ModelConfig  # noqa: E402
 from optimizer.model import ModelSpec, resolve_model  # noqa: E402
 from optimizer.onnx_settings import OrtOnnxSettings  # noqa: E402
 from optimizer.space import Candidate  # noqa: E402
-from optimizer.target import GIB, TargetSpec  # noqa: E402
+from optimizer.target import TargetSpec  # noqa: E402
+from unit.conftest import _target  # noqa: E402
 
 pytestmark = pytest.mark.slow  # every test here needs the export (~10 s on 2 cores)
 
@@ -56,23 +57,7 @@ def fp32_dir(tiny_spec: ModelSpec, workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cpu_target() -> TargetSpec:
-    return TargetSpec(
-        kind="cpu",
-        name="cpu",
-        device="cpu",
-        cpu_model="Test CPU",
-        cores=2,
-        memory_bytes=16 * GIB,
-        bf16=False,
-        fp16=False,
-        fp8=False,
-        tdp_watts=None,
-        memory_bandwidth_gb_per_s=None,
-        peak_bf16_tflops=None,
-        energy_source="estimate",
-        cpu_active_watts_per_core=5.0,
-        cpu_idle_watts_per_core=1.5,
-    )
+    return _target(cores=2, bf16=False, energy_source="estimate")
 
 
 @pytest.fixture(scope="module")
