@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,7 @@ if __name__ == "__main__":
 """
 
 
-def test_ort_quantization_import_leaves_sys_path_and_spawned_children_alone(tmp_path) -> None:
+def test_ort_quantization_import_leaves_sys_path_and_spawned_children_alone(tmp_path: Path) -> None:
     # find_spec, not importorskip: importing it here would append that folder to *our* sys.path
     if importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("needs onnxruntime (pip install 'wattsmith[ort]')")
