@@ -187,7 +187,8 @@ def _search_section(
         f"- measured {counts[MEASURED]} (feasible {feasible}), rejected by the quality bound {counts[REJECTED]}, "
         f"failed {counts[FAILED]}, pruned {counts[PRUNED]}, excluded by rules {len(excluded)}, "
         f"not reached within the budget {len(outcome.not_reached)}",
-        f"- {reused} results reused from the store; {outcome.measuring_seconds:.0f} s spent evaluating in this run",
+        f"- {reused} results reused from the store; {outcome.measuring_seconds:.0f} s spent evaluating"
+        " in this run (summed over workers)",
     ]
     pruned = Counter(_reason_kind(r.reason) for r in outcome.results if r.status == PRUNED)
     if pruned:

@@ -54,12 +54,17 @@ class DeviceLock:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def cuda_visible_devices() -> list[str]:
+    """The GPU ids listed in CUDA_VISIBLE_DEVICES (empty when it is unset)."""
+    return [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+
+
 def device_id(target: TargetSpec) -> str:
     """The physical device on this host: `cpu`, or the GPU behind CUDA_VISIBLE_DEVICES (Ray and the
     local launcher give each worker one GPU that it sees as index 0)."""
     if target.gpu is None:
         return "cpu"
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    visible = cuda_visible_devices()
     index = target.gpu.index
     physical = visible[index] if index < len(visible) else str(index)
     return f"gpu-{physical}"

@@ -107,7 +107,7 @@ def search_worker(
     with leases_kept(store, search.lease_seconds):
         loop.sync()
         if baseline.key() not in loop.known:
-            loop.try_evaluate(baseline, "baseline")  # always, whatever the budget: the ratios need it
+            loop.try_evaluate(baseline)  # always, whatever the budget: the ratios need it
         while not over_budget():
             loop.sync()
             candidate = loop.sampler.suggest()
@@ -116,12 +116,12 @@ def search_worker(
             if candidate.key() in loop.known:
                 continue
             if not loop.pruned_by_roofline(candidate):
-                loop.try_evaluate(candidate, "candidate")
+                loop.try_evaluate(candidate)
         # Candidates other workers hold: wait for their results, take over leases that lapse.
         while loop.busy and not over_budget():
             loop.sync()
             for candidate in list(loop.busy):
-                loop.try_evaluate(candidate, "baseline" if candidate == baseline else "candidate")
+                loop.try_evaluate(candidate)
             if loop.busy:
                 time.sleep(BUSY_POLL_SECONDS)
     sampler = loop.sampler
@@ -181,17 +181,14 @@ class _WorkerLoop:
     def reusable(self, candidate: Candidate) -> CandidateResult | None:
         """A stored result that still holds under this run's bound, or None: must be evaluated."""
         stored = self.store.get(candidate)
-        if stored is None or (
-            stored.status == FAILED and self.search.retry_failed and not self._this_run(candidate)
+        if (
+            stored is not None
+            and stored.status == FAILED
+            and self.search.retry_failed
+            and not self.store.measured_in_run(candidate)
         ):
             return None
-        judged = stored.rejudged(self.bound)
-        if judged is None:
-            return None
-        return replace(judged, role=self.role(candidate), reused=not self._this_run(candidate))
-
-    def _this_run(self, candidate: Candidate) -> bool:
-        return self.store.measured_in_run(candidate)
+        return stored_result(self.store, candidate, self.bound, self.role(candidate))
 
     def record(self, candidate: Candidate, result: CandidateResult) -> None:
         self.known[candidate.key()] = result
@@ -219,23 +216,39 @@ class _WorkerLoop:
         self.record(candidate, CandidateResult(candidate, PRUNED, reason=reason, finished_at=now_iso()))
         return True
 
-    def try_evaluate(self, candidate: Candidate, role: str) -> None:
+    def try_evaluate(self, candidate: Candidate) -> None:
         """Evaluate under a lease; leave the candidate to the worker that holds it."""
         key = candidate.key()
         if not self.store.claim(key, self.search.lease_seconds):
             if candidate not in self.busy:
                 self.busy.append(candidate)
             return
-        self.store.refresh()  # another worker may have finished it between our read and our claim
-        if (done := self.reusable(candidate)) is not None:
+        # Another worker may have finished it between our read and our claim. A full sync, not a
+        # bare refresh: refresh() advances the store's read position, so the other results it
+        # returns would otherwise never reach `known`, the sampler or the roofline.
+        self.sync()
+        if key in self.known:
             self.store.release(key)
-            self.record(candidate, done)
             return
+        role = self.role(candidate)
         result = self.evaluator.evaluate(candidate, role)
         self.store.append(result)  # also gives up the lease
         self.evaluated += 1
         self.mine.add(key)
         self.record(candidate, replace(result, role=role))
+
+
+def stored_result(
+    store: TrialStore, candidate: Candidate, bound: QualityConfig, role: str
+) -> CandidateResult | None:
+    """The stored result of a candidate judged under this run's bound (None: none stored, or it
+    was rejected under a stricter bound and now needs its energy window), marked as reused unless
+    this run measured it."""
+    result = store.get(candidate)
+    judged = result.rejudged(bound) if result is not None else None
+    if judged is None:
+        return None
+    return replace(judged, role=role, reused=not store.measured_in_run(candidate))
 
 
 def collect_outcome(
@@ -252,11 +265,7 @@ def collect_outcome(
     in_space = baseline in candidates
 
     def stored(candidate: Candidate, role: str) -> CandidateResult | None:
-        result = store.get(candidate)
-        judged = result.rejudged(bound) if result is not None else None
-        if judged is None:
-            return None
-        return replace(judged, role=role, reused=not store.measured_in_run(candidate))
+        return stored_result(store, candidate, bound, role)
 
     results = [
         CandidateResult(candidate=c, status=PRUNED, reason=why, finished_at=now_iso()) for c, why in pruned

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from optimizer.config import RunConfig
 from optimizer.errors import UserError
+from optimizer.search.device import cuda_visible_devices
 from optimizer.search.roofline import RooflineRates
 from optimizer.search.runner import WorkerReport
 from optimizer.store import is_shared_server
@@ -118,7 +119,7 @@ def check_workers(cfg: RunConfig, target: TargetSpec) -> None:
 
 def visible_gpus() -> list[str]:
     """Physical GPU ids this process may use (CUDA_VISIBLE_DEVICES, else every GPU torch sees)."""
-    listed = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    listed = cuda_visible_devices()
     if listed:
         return listed
     import torch

@@ -19,6 +19,10 @@ HEAVY = (
     "onnx",
     "onnxscript",
     "tensorrt",
+    "sqlalchemy",
+    "optuna",
+    "ray",
+    "submitit",
 )
 
 
