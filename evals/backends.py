@@ -25,6 +25,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _common import energy_source_line, measured_row  # noqa: E402
+
 from optimizer.config import compose_run_config  # noqa: E402
 from optimizer.measure.energy import measure_idle_watts  # noqa: E402
 from optimizer.pipeline import optimize, prepare_measurement  # noqa: E402
@@ -33,27 +35,6 @@ from optimizer.results import CandidateResult  # noqa: E402
 from optimizer.space import Candidate, baseline_candidate  # noqa: E402
 
 DEFAULT_OVERRIDES = ["space=cpu-ort", "workload.min_window_seconds=3", "workload.repeats=2"]
-# default (HF eager fp32 batch 1, all cores) is the project's careless default; default-1t the same
-# at one thread (on a CPU target with several cores)
-
-
-def row(result: CandidateResult) -> dict[str, Any]:
-    perf, quality = result.performance, result.quality
-    if perf is None or quality is None:
-        raise SystemExit(f"{result.candidate.label()} was not measured: {result.reason}")
-    return {
-        "label": result.candidate.label(),
-        "settings": result.candidate.to_dict(),
-        "goodput_tokens_per_joule": perf.goodput_tokens_per_joule.mean,
-        "tokens_per_joule": perf.tokens_per_joule.mean,
-        "tokens_per_second": perf.tokens_per_second.mean,
-        "tpot_p90_ms": perf.latency.tpot_ms["p90"],
-        "source": perf.source,
-        "ppl_increase": quality.ppl_increase,
-        "top1_agreement": quality.top1_agreement,
-        "mean_kl": quality.mean_kl,
-        "build_seconds": result.build_seconds,
-    }
 
 
 def main() -> None:
@@ -64,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write every row and ratio as JSON")
     parser.add_argument("--run-dir", type=Path, default=REPO / "outputs" / "backends-benchmark")
     parser.add_argument(
-        "overrides", nargs="*", help=f"Hydra overrides (default: {' '.join(DEFAULT_OVERRIDES)})"
+        "overrides", nargs="*", help=f"Hydra overrides, after these defaults: {' '.join(DEFAULT_OVERRIDES)}"
     )
     args = parser.parse_args()
 
@@ -72,7 +53,8 @@ def main() -> None:
 
     _setup_logging()
     overrides = [
-        *(args.overrides or DEFAULT_OVERRIDES),
+        *DEFAULT_OVERRIDES,  # the user's overrides come later and win
+        *args.overrides,
         f"output_dir={args.run_dir / 'search'}",
         f"store_path={args.run_dir / 'trials.db'}",
     ]
@@ -80,7 +62,9 @@ def main() -> None:
     started = time.perf_counter()
     search = optimize(cfg)  # phase 1: resumable through the store
     search_seconds = time.perf_counter() - started
-    winners = {b: r for b, r in best_per_backend(search.results).items() if r is not None}
+    # the default is what every winner is compared with, never a winner itself
+    contestants = [r for r in search.results if r.role != "baseline"]
+    winners = {b: r for b, r in best_per_backend(contestants).items() if r is not None}
     if not winners:
         raise SystemExit(f"no feasible candidate in the space: {search.infeasible}")
 
@@ -96,13 +80,16 @@ def main() -> None:
     idle = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
     evaluator = setup.evaluator()
     contenders: dict[str, Candidate] = {"default": default} | {b: r.candidate for b, r in winners.items()}
+    # default: the project's careless default (HF eager fp32 batch 1, all cores)
     if not setup.target.is_cuda and default.threads > 1:
         # torch's OpenMP threads collapse when another process holds a core: show the default at
         # one thread too, so that a gain from contention is not mistaken for a backend's
         contenders["default-1t"] = replace(default, threads=1)
     rounds: list[dict[str, dict[str, Any]]] = []
     for index in range(args.rounds):  # phase 2: side by side, interleaved
-        measured = {name: row(evaluator.evaluate(c, role="baseline")) for name, c in contenders.items()}
+        measured = {
+            name: measured_row(evaluator.evaluate(c, role="baseline")) for name, c in contenders.items()
+        }
         rounds.append(measured)
         base = measured["default"]["goodput_tokens_per_joule"]
         print(
@@ -164,10 +151,7 @@ def print_table(
     print(
         f"model {setup.model.name} on {target.cpu_model} ({target.cores} cores); idle {idle:.1f} W; search {search_seconds:.0f} s"
     )
-    print(
-        f"energy source: {source}"
-        + (" (an ESTIMATE from CPU time, not a measurement)" if source == "estimate" else "")
-    )
+    print(energy_source_line(source))
     print(
         f"quality bound: ppl <= +{bound.max_ppl_increase:.0%}, top-1 >= {bound.min_top1_agreement:.0%}, KL <= {bound.max_kl}"
     )

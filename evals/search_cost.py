@@ -11,7 +11,7 @@ seeds on the grid's own measurements (each candidate costs the seconds the grid 
 rejection by already-known quality costs nothing), which shows how often a strategy finds the grid's
 winner, or one within the measurement noise, inside the budget.
 
-    python evals/search_cost.py                                 # SmolLM2 on this CPU, ~15-25 min
+    python evals/search_cost.py                                 # SmolLM2 on this CPU, ~45 min on 2 cores
     python evals/search_cost.py --replay-only evals/results/<run>/search_cost.json --seeds 50
 """
 
@@ -29,6 +29,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from _common import energy_source_line  # noqa: E402
 
 from optimizer.config import OptunaConfig, RunConfig, SearchConfig, compose_run_config  # noqa: E402
 from optimizer.model import ModelShape  # noqa: E402
@@ -85,13 +87,17 @@ class Run:
 
     def found_at(self) -> float | None:
         """Measuring seconds spent until the winner was measured."""
-        winner = self.winner
-        spent = 0.0
-        for result in self.history:
-            spent += result.seconds
-            if winner is not None and result.candidate == winner.candidate:
-                return spent
-        return None
+        return found_at(self.history, self.winner)
+
+
+def found_at(history: list[CandidateResult], winner: CandidateResult | None) -> float | None:
+    """Seconds spent along `history` until `winner` was measured (None: never)."""
+    spent = 0.0
+    for result in history:
+        spent += result.seconds
+        if winner is not None and result.candidate == winner.candidate:
+            return spent
+    return None
 
 
 def live_runs(fraction: float, workdir: Path) -> tuple[list[Run], RunConfig, Roofline | None, dict[str, Any]]:
@@ -226,12 +232,7 @@ def replay(
         store.refresh()
         history = store.run_history()
     winner = select_best(outcome.selectable)
-    spent, found = 0.0, None
-    for r in history:
-        spent += r.seconds
-        if winner is not None and found is None and r.candidate == winner.candidate:
-            found = spent
-    return winner, spent, found
+    return winner, sum(r.seconds for r in history), found_at(history, winner)
 
 
 def print_live(runs: list[Run], noise: float) -> list[dict[str, Any]]:
@@ -363,10 +364,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="search-cost-") as folder:
         runs, cfg, roofline, facts = live_runs(args.fraction, Path(folder))
     noise = measurement_noise(runs)
-    print(
-        f"\n{facts['model']} on {facts['cpu']}, energy {facts['energy_source']}"
-        + (" (an ESTIMATE from CPU time, not a measurement)" if facts["energy_source"] == "estimate" else "")
-    )
+    print(f"\n{facts['model']} on {facts['cpu']}, {energy_source_line(facts['energy_source'])}")
     print(
         f"space: {facts['candidates']} valid candidates ({' '.join(SPACE)}); protocol: {' '.join(PROTOCOL)}"
     )

@@ -1,0 +1,39 @@
+"""Shared by the evals scripts (run as `python evals/<script>.py`, so this folder is on sys.path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optimizer.results import CandidateResult
+
+
+def measured_row(result: CandidateResult) -> dict[str, Any]:
+    """One measured candidate as a flat JSON row; exits when it was not measured."""
+    perf, quality = result.performance, result.quality
+    if perf is None:
+        raise SystemExit(f"{result.candidate.label()} was not measured: {result.reason}")
+    row: dict[str, Any] = {
+        "label": result.candidate.label(),
+        "settings": result.candidate.to_dict(),
+        "goodput_tokens_per_joule": perf.goodput_tokens_per_joule.mean,
+        "tokens_per_joule": perf.tokens_per_joule.mean,
+        "tokens_per_second": perf.tokens_per_second.mean,
+        "watts": perf.watts.mean,
+        "tpot_p90_ms": perf.latency.tpot_ms["p90"],
+        "source": perf.source,
+        "build_seconds": result.build_seconds,
+    }
+    if quality is not None:
+        row |= {
+            "ppl_increase": quality.ppl_increase,
+            "top1_agreement": quality.top1_agreement,
+            "mean_kl": quality.mean_kl,
+        }
+    return row
+
+
+def energy_source_line(source: str) -> str:
+    """The energy source as every benchmark prints it: an estimate is never called a measurement."""
+    return f"energy source: {source}" + (
+        " (an ESTIMATE from CPU time, not a measurement)" if source == "estimate" else ""
+    )
