@@ -115,12 +115,19 @@ def test_the_recipe_names_an_ort_candidate(ort_recipe: Path) -> None:
     assert recipe["evidence"]["quality"]["top1_agreement"] >= 0.95
 
 
+def _build_files(cache_dir: Path) -> dict[Path, int]:
+    """Every file of the cached genai builds, with its modification time."""
+    return {p: p.stat().st_mtime_ns for p in (cache_dir / "ort-genai").rglob("*") if p.is_file()}
+
+
 def test_verify_rebuilds_the_ort_recipe(ort_recipe: Path, cache_dir: Path) -> None:
     builds = sorted((cache_dir / "ort-genai").iterdir())
+    files = _build_files(cache_dir)
     proc = optimize("verify", str(ort_recipe), "--tolerance", "0.5", cache=cache_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "PASSED" in proc.stdout
     assert sorted((cache_dir / "ort-genai").iterdir()) == builds  # rebuilt from the build cache
+    assert _build_files(cache_dir) == files  # ... reused as they were, not built again in place
 
 
 LOAD = (
