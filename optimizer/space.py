@@ -29,6 +29,7 @@ from optimizer.onnx_settings import (
     OrtGenaiSettings,
     OrtOnnxSettings,
     TensorRTSettings,
+    check_choices,
     genai_rule,
     onnx_rule,
     tensorrt_rule,
@@ -50,19 +51,17 @@ class TorchSettings:
     loop: str = "hf"
 
     def __post_init__(self) -> None:
-        allowed = {
-            "precision": TORCH_PRECISIONS,
-            "quantization": TORCH_QUANTIZATIONS,
-            "kv_cache": TORCH_KV_CACHES,
-            "compile": (True, False),
-            "attention": TORCH_ATTENTION,
-            "loop": TORCH_LOOPS,
-        }
-        for name, values in allowed.items():
-            value = getattr(self, name)
-            # `is` for booleans: "false" or 0 must not pass as False
-            if not any(value is v if isinstance(v, bool) else value == v for v in values):
-                raise UserError(f"settings.{name}", f"unknown value {value!r}", f"use one of {list(values)}")
+        check_choices(
+            self,
+            {
+                "precision": TORCH_PRECISIONS,
+                "quantization": TORCH_QUANTIZATIONS,
+                "kv_cache": TORCH_KV_CACHES,
+                "compile": (True, False),
+                "attention": TORCH_ATTENTION,
+                "loop": TORCH_LOOPS,
+            },
+        )
 
     def probe_settings(self) -> dict[str, Any]:
         """The settings the quality probe's numbers depend on. The probe scores a forward pass
@@ -232,7 +231,6 @@ def _backend_settings(space: SpaceConfig, backend: str) -> Iterator[BackendSetti
 
 def _genai_settings(space: SpaceConfig) -> Iterator[OrtGenaiSettings]:
     g = space.ort_genai
-    seen: set[OrtGenaiSettings] = set()
     for provider, precision in itertools.product(g.providers, g.precisions):
         if precision not in WEIGHT_QUANTIZED:
             options: Iterator[tuple[str, int, int, bool]] = iter([NO_WEIGHT_OPTIONS])
@@ -241,12 +239,8 @@ def _genai_settings(space: SpaceConfig) -> Iterator[OrtGenaiSettings]:
             lm_head = g.int8_lm_head if precision == "int4" else [False]
             options = itertools.product(g.algorithms, g.block_sizes, g.accuracy_levels, lm_head)
         for algorithm, block_size, accuracy_level, int8_lm_head in options:
-            settings = OrtGenaiSettings(
-                provider, precision, algorithm, block_size, accuracy_level, int8_lm_head
-            )
-            if settings not in seen:
-                seen.add(settings)
-                yield settings
+            # duplicates (repeated axis values) are dropped by _combinations, which dedups by key
+            yield OrtGenaiSettings(provider, precision, algorithm, block_size, accuracy_level, int8_lm_head)
 
 
 def exclusion_reason(candidate: Candidate, target: TargetSpec) -> str | None:
@@ -260,7 +254,9 @@ def exclusion_reason(candidate: Candidate, target: TargetSpec) -> str | None:
         return genai_rule(s, target)
     if isinstance(s, OrtOnnxSettings):
         return onnx_rule(s, target)
-    return tensorrt_rule(s, target)
+    if isinstance(s, TensorRTSettings):
+        return tensorrt_rule(s, target)
+    raise TypeError(f"no exclusion rules for settings of type {type(s).__name__}")
 
 
 def _torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:

@@ -56,11 +56,3 @@ def cached_artifact(out: Path, build: Callable[[Path], dict[str, Any]], what: st
             raise RuntimeError(f"could not move the {what} into {out}") from None
     log.info("built %s in %.1f s", what, seconds)
     return out
-
-
-def build_seconds(artifact: Path) -> float | None:
-    """How long the artifact took to build, from its provenance."""
-    try:
-        return float(json.loads((artifact / PROVENANCE).read_text())["seconds"])
-    except (OSError, ValueError, KeyError):
-        return None

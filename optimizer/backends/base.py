@@ -95,6 +95,22 @@ BACKENDS: dict[type[BackendSettings], Callable[[], Backend]] = {
 }
 
 
+def load_check(engine: Engine, error: type[Exception] = RuntimeError) -> None:
+    """Two tokens from a two-token prompt: a model that loads may still fail when it runs.
+    On any failure the engine is closed and the exception propagates; generation without
+    token ids of shape (1, 2) raises `error`."""
+    import torch
+
+    try:
+        generation = engine.generate(torch.tensor([[1, 2]]), 2)
+        if generation.token_ids is None or tuple(generation.token_ids.shape) != (1, 2):
+            shape = None if generation.token_ids is None else tuple(generation.token_ids.shape)
+            raise error(f"generation returned no tokens (token ids {shape}, expected (1, 2))")
+    except Exception:
+        engine.close()
+        raise
+
+
 def backend_for(settings: BackendSettings) -> Backend:
     return BACKENDS[type(settings)]()
 

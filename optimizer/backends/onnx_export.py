@@ -66,6 +66,10 @@ class DecoderLayout:
     def output_names(self) -> list[str]:
         return [LOGITS, NEXT_TOKEN, *self.present_names]
 
+    def empty_past_shape(self, batch_size: int) -> tuple[int, int, int, int]:
+        """Shape of one past key or value before the first step: no cached tokens."""
+        return (batch_size, self.kv_heads, 0, self.head_dim)
+
 
 def layout_of(inputs: list[tuple[str, list[Any]]]) -> DecoderLayout:
     """The layout from (name, shape) pairs of a model's inputs; shapes may hold symbolic names."""

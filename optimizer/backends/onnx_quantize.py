@@ -198,5 +198,5 @@ def calibration_feeds(model_file: Path, model: ModelSpec) -> tuple[list[dict[str
 
 
 def empty_past(layout: DecoderLayout, batch_size: int, dtype: Any = np.float32) -> dict[str, np.ndarray]:
-    shape = (batch_size, layout.kv_heads, 0, layout.head_dim)
+    shape = layout.empty_past_shape(batch_size)
     return {name: np.zeros(shape, dtype=dtype) for name in layout.past_names}

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from optimizer.backends.artifacts import artifact_key, cached_artifact
-from optimizer.backends.base import Generation
+from optimizer.backends.base import Generation, load_check
 from optimizer.model import ModelSpec
 from optimizer.onnx_settings import OrtGenaiSettings
 from optimizer.space import Candidate
@@ -51,9 +51,8 @@ class OrtGenaiBackend:
         threads = candidate.threads or (0 if target.is_cuda else target.cores)
         engine = OrtGenaiEngine.load(build_dir, settings, threads)
         try:
-            engine.load_check()
+            load_check(engine, GenaiBuildError)  # closes the engine when it fails
         except Exception as exc:
-            engine.close()
             raise GenaiBuildError(f"the build in {build_dir} loads but does not run: {_short(exc)}") from exc
         return engine
 
@@ -168,12 +167,6 @@ class OrtGenaiEngine:
                 f"onnxruntime-genai cannot load the {settings.label()} build: {_short(exc)} ({build_dir})"
             ) from exc
         return cls(og, model, settings, build_dir)
-
-    def load_check(self) -> None:
-        """Two tokens from a two-token prompt: a model that loads may still fail when it runs."""
-        generation = self.generate(torch.tensor([[1, 2]]), 2)
-        if generation.token_ids is None or generation.token_ids.shape != (1, 2):
-            raise GenaiBuildError("generation returned no tokens")
 
     def _generator(self, batch_size: int, max_length: int, min_length: int) -> Any:
         params = self._og.GeneratorParams(self.model)

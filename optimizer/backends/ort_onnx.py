@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from optimizer.backends.base import load_check
 from optimizer.backends.kv_decoding import StepEngine
 from optimizer.backends.onnx_export import (
     INPUT_IDS,
@@ -63,12 +63,7 @@ class OrtOnnxBackend:
             session, device, device_id, max_batch if on_trt else None, TRT_MAX_TOKENS if on_trt else None
         )
         engine = StepEngine(steps)
-        try:
-            check = engine.generate(torch.tensor([[1, 2]]), 2)  # a model that loads may still fail to run
-            assert check.token_ids is not None and check.token_ids.shape == (1, 2)
-        except Exception:
-            engine.close()
-            raise
+        load_check(engine)  # a model that loads may still fail to run
         return engine
 
 
@@ -88,13 +83,14 @@ def provider_list(
     settings: OrtOnnxSettings, device_id: int, model_dir: Path, max_batch: int, workdir: Path
 ) -> list[Any]:
     """Execution providers with their options, the candidate's own first."""
-    cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+    cpu = PROVIDER_NAMES["cpu"]
+    cuda = (PROVIDER_NAMES["cuda"], {"device_id": device_id})
     if settings.provider == "cpu":
-        return ["CPUExecutionProvider"]
+        return [cpu]
     if settings.provider == "cuda":
-        return [cuda, "CPUExecutionProvider"]
+        return [cuda, cpu]
     return [
-        ("TensorrtExecutionProvider", tensorrt_options(settings, device_id, model_dir, max_batch, workdir)),
+        (PROVIDER_NAMES["tensorrt"], tensorrt_options(settings, device_id, model_dir, max_batch, workdir)),
         cuda,
     ]
 
@@ -167,8 +163,7 @@ class OrtSteps:
     def _empty_past(self, batch_size: int) -> list[Any]:
         import onnxruntime as ort
 
-        shape = (batch_size, self.layout.kv_heads, 0, self.layout.head_dim)
-        empty = np.zeros(shape, dtype=self.kv_dtype)
+        empty = np.zeros(self.layout.empty_past_shape(batch_size), dtype=self.kv_dtype)
         return [
             ort.OrtValue.ortvalue_from_numpy(empty, self.device, self.device_id)
             for _ in self.layout.past_names

@@ -162,6 +162,12 @@ def test_cuda_target_allows_gpu_only_settings(make_target) -> None:
     assert "8.9" in str(exclusion_reason(Candidate(TorchSettings("bf16", "fp8"), 1, 0), no_fp8))
 
 
+def test_settings_of_an_unknown_type_have_no_rules(make_target) -> None:
+    candidate = Candidate(object(), 1, 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="object"):
+        exclusion_reason(candidate, make_target())
+
+
 def test_fp16_on_a_cpu_without_fp16_is_excluded(make_target) -> None:
     reason = exclusion_reason(Candidate(TorchSettings("fp16"), 1, 1), make_target(fp16=False))
     assert reason is not None and "fp16" in reason

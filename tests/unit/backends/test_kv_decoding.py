@@ -68,3 +68,36 @@ def test_a_closed_engine_refuses_work() -> None:
     with pytest.raises(RuntimeError, match="closed"):
         engine.generate(torch.tensor([[1]]), 2)
     engine.close()  # idempotent
+
+
+class NoTokensSteps(CountingSteps):
+    """Runs, but generates a single token whatever is asked."""
+
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        return super().step(input_ids)[:0]
+
+
+def test_load_check_passes_a_working_engine() -> None:
+    from optimizer.backends.base import load_check
+
+    steps = CountingSteps()
+    load_check(StepEngine(steps))
+    assert not steps.closed
+
+
+def test_load_check_closes_the_engine_and_raises_the_backends_error() -> None:
+    from optimizer.backends.base import load_check
+
+    class BuildError(RuntimeError):
+        pass
+
+    steps = NoTokensSteps()
+    with pytest.raises(BuildError, match="generation returned no tokens"):
+        load_check(StepEngine(steps), BuildError)
+    assert steps.closed
+
+
+def test_empty_past_shape_has_no_cached_tokens() -> None:
+    from optimizer.backends.onnx_export import DecoderLayout
+
+    assert DecoderLayout(num_layers=2, kv_heads=3, head_dim=8).empty_past_shape(4) == (4, 3, 0, 8)
