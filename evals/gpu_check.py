@@ -1,18 +1,32 @@
-"""All GPU checks in one run on the lent NVIDIA machine; writes JSON to --out, prints a table last.
+"""GPU checks, one section per process, on the lent NVIDIA machine (driven by evals/gpu_check.sh).
 
-Sections (each isolated: a failure is recorded and the next section runs):
-  env       GPU, driver, library versions
-  trace     a raw NVML trace (energy counter + power, idle then load) for the replay unit tests
-  qwen      `optimize` on a Qwen2-0.5B-shaped model (random init): plain-HF static-cache plateau,
-            the captured decode loop in bf16 and fp8, int4/int8 weight-only, side by side
-  smollm2   `optimize` on SmolLM2-135M (real weights): the quality bound on fp8 / int4 / int8 / fp16
+    python evals/gpu_check.py SECTION --out DIR [--gguf FILE] [--budget-seconds N] [--cpu-smoke]
+    python evals/gpu_check.py summary --out DIR
 
-Run through evals/gpu_check.sh, which installs carried wheels and reassembles the GGUF.
+Each section writes DIR/<section>.json (a failure is recorded there too) and runs in its own
+process, so that a CUDA error or a hang in one (the shell script times each out) leaves the
+others measurable. Sections:
+
+  env       GPU, driver, library versions, target fingerprint
+  profile   kernel-time tables of the captured decode step (Qwen2-0.5B shape, batch 512 and 1024;
+            SDPA with repeated K/V vs sdpa_gqa) and of one prefill
+  qwen      `optimize` on the Qwen2-0.5B shape (random weights, quality bound off): the plain-HF
+            plateau, the captured loop with each decode fix, static fp8, continuous batching
+  llama8b   a Llama-3.1-8B-shaped model (random weights) built in memory: plain HF static cache
+            (the baseline) vs the captured loop in bf16 and static fp8, measured by the same code
+  smollm2   `optimize` on SmolLM2-135M (real weights): the quality bound on static/dynamic fp8,
+            bf16 and the continuous-batching engine
+  ort       onnxruntime-gpu (CUDA EP) and onnxruntime-genai-cuda candidates, when installed
+
+`summary` merges the sections into gpu_check.json and prints the table (goodput tokens/J, ratio to
+each section's plain-HF reference measured in the same call, fraction of the energy roofline).
+`--cpu-smoke` runs the same code paths with tiny shapes on a CPU machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import subprocess
@@ -26,7 +40,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# Qwen2-0.5B's published shape; weights are random (this run measures speed and energy only).
+# Published shapes; weights are random (these sections measure speed and energy only).
 QWEN2_05B_SHAPE = dict(
     hidden_size=896,
     intermediate_size=4864,
@@ -39,139 +53,157 @@ QWEN2_05B_SHAPE = dict(
     rms_norm_eps=1e-6,
     tie_word_embeddings=True,
 )
-STARTED = time.perf_counter()
-RESULTS: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "sections": {}}
+LLAMA31_8B_SHAPE = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=131072,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+# Energy per matmul FLOP on this GPU kind, measured by the reference probe (2026-11-26, H200,
+# 8192^3 GEMMs in >= 3 s NVML windows): bf16 1.048 pJ at 666 TFLOP/s, fp8 0.568 pJ at 1210 TFLOP/s.
+PJ_PER_FLOP = {"bf16": 1.048, "fp8": 0.568}
+PROMPT_TOKENS, NEW_TOKENS = 128, 64
+# Random weights make quality numbers meaningless: shape sections switch the bound off.
+NO_QUALITY_BOUND = ["quality.max_ppl_increase=1e9", "quality.min_top1_agreement=0", "quality.max_kl=1e9"]
+SECTIONS = ("env", "profile", "qwen", "llama8b", "smollm2", "ort")
 
 
-def left(budget: float) -> float:
-    return budget - (time.perf_counter() - STARTED)
+def graph_settings(attention: str = "sdpa_gqa", quantization: str = "none") -> dict[str, Any]:
+    return dict(
+        precision="bf16",
+        quantization=quantization,
+        kv_cache="static",
+        compile=True,
+        attention=attention,
+        loop="graph",
+    )
 
 
-def save(out: Path) -> None:
-    RESULTS["elapsed_seconds"] = round(time.perf_counter() - STARTED, 1)
-    (out / "gpu_check.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+def extra(batch: int, **settings: Any) -> str:
+    """One `space.extra` entry as Hydra reads it."""
+    body = ",".join(f"{k}:{str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items())
+    return f"{{batch_size:{batch},{body}}}"
 
 
-def section(name: str, out: Path, fn: Callable[[], Any]) -> None:
-    print(f"== {name} ({time.perf_counter() - STARTED:.0f} s)", flush=True)
-    try:
-        RESULTS["sections"][name] = fn()
-    except Exception as exc:  # noqa: BLE001 - every section reports, the next one runs
-        RESULTS["sections"][name] = {
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc()[-3000:],
-        }
-        print(RESULTS["sections"][name]["traceback"], flush=True)
-    save(out)
+def qwen_candidates(small: bool) -> list[str]:
+    """Qwen2-0.5B-shape candidates, in priority order (the search budget cuts the tail). The plain-HF
+    plateau (generate + static cache + compile, batch 512) is what every ratio is taken against.
+    `small`: CPU-smoke batch sizes."""
+    b = (lambda n: 2) if small else (lambda n: n)
+    return [
+        extra(b(512), **PLATEAU),
+        extra(b(1024), **graph_settings()),
+        extra(b(1024), **graph_settings(quantization="fp8-static")),
+        extra(b(1024), **graph_settings(attention="sdpa")),  # the 2026-11-26 best: repeated K/V
+        # without flash kernels transformers' CB attends through one dense [tokens x context] mask
+        # per step (quadratic in the batch): measured where that mask stays small
+        extra(b(256), precision="bf16", kv_cache="paged", loop="continuous"),
+        extra(b(2048), **graph_settings()),
+    ]
 
 
-def env_section() -> dict[str, Any]:
+def smollm2_candidates(small: bool) -> list[str]:
+    batch = 2 if small else 256
+    return [
+        extra(batch, **graph_settings()),
+        extra(batch, **graph_settings(quantization="fp8-static")),
+        extra(batch, **graph_settings(quantization="fp8")),  # torchao dynamic per-row: the old fp8
+        extra(batch, precision="bf16", kv_cache="paged", loop="continuous"),
+    ]
+
+
+PLATEAU = dict(precision="bf16", kv_cache="static", compile=True)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def shape_dir(work: Path, name: str, shape: dict[str, Any], tokenizer_dir: Path | None, tiny: bool) -> Path:
+    """A random-weight model of `shape` saved once (bf16), with SmolLM2's tokenizer (ids < 49152)."""
     import torch
-    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from optimizer.config import TargetConfig
-    from optimizer.target import detect_target
+    path = work / (f"{name}-tiny" if tiny else name)
+    if (path / "config.json").is_file():
+        return path
+    kind = "qwen2" if "qwen" in name else "llama"
+    config = AutoConfig.for_model(kind, **(shape | TINY if tiny else shape))
+    torch.manual_seed(0)
+    with torch.device("cpu" if tiny else "cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(path)
+    if tokenizer_dir is not None:
+        for file in tokenizer_dir.glob("tokenizer*"):
+            shutil.copy(file, path / file.name)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return path
 
-    query = "--query-gpu=name,driver_version,power.limit,power.draw,clocks.sm,temperature.gpu"
-    try:
-        smi = subprocess.run(["nvidia-smi", query, "--format=csv"], capture_output=True, text=True).stdout
-    except FileNotFoundError:
-        smi = "nvidia-smi not found"
-    target = detect_target(TargetConfig())
-    try:
-        import torchao
 
-        torchao_version = torchao.__version__
-    except ImportError as exc:
-        torchao_version = f"missing: {exc}"
+def smollm2_dir(gguf: Path, work: Path) -> Path:
+    from optimizer.config import ModelConfig
+    from optimizer.model import resolve_model
+
+    return resolve_model(ModelConfig(source=str(gguf)), work / "cache").path
+
+
+def flops_per_request(shape: Any, prompt: int, new: int) -> float:
+    """Matmul FLOPs of one request: every prompt token through the body, the lm_head once per
+    generated token (the prefill keeps only the last position's logits), attention over the
+    context. The embedding lookup is a gather (no FLOPs)."""
+    head = shape.vocab_size * shape.hidden_size
+    body = shape.num_parameters - head * (1 if shape.tied else 2)
+    attention_width = shape.num_layers * shape.num_attention_heads * shape.head_dim
+    contexts = prompt * (prompt + 1) / 2 + sum(prompt + i for i in range(new))
+    return 2 * body * (prompt + new) + 2 * head * new + 4 * attention_width * contexts
+
+
+def energy_roofline(shape: Any, numerics: str, prompt: int = PROMPT_TOKENS, new: int = NEW_TOKENS) -> float:
+    """Output tokens per joule if every matmul FLOP cost what a large GEMM costs on this GPU (the
+    reference probe's pJ/FLOP) and nothing else cost anything: an upper bound for the workload."""
+    return new / (flops_per_request(shape, prompt, new) * PJ_PER_FLOP[numerics] * 1e-12)
+
+
+def row_of(result: Any) -> dict[str, Any]:
+    p, q = result.performance, result.quality
     return {
-        "nvidia_smi": smi,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "transformers": transformers.__version__,
-        "torchao": torchao_version,
-        "python": sys.version.split()[0],
-        "target": target.fingerprint(),
-    }
-
-
-def trace_section(seconds_each: float = 1.5) -> dict[str, Any]:
-    """Raw (time, energy counter mJ, power mW) readings: idle, then a bf16 matmul load."""
-    import pynvml
-    import torch
-
-    pynvml.nvmlInit()
-    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-    instant = pynvml.NVML_FI_DEV_POWER_INSTANT
-    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    readings: list[list[float]] = []
-
-    def record(until: float, phase: str) -> None:
-        while time.perf_counter() < until:
-            readings.append(
-                [
-                    round(time.perf_counter() - t0, 6),
-                    int(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)),
-                    int(pynvml.nvmlDeviceGetPowerUsage(handle)),
-                    int(pynvml.nvmlDeviceGetFieldValues(handle, [instant])[0].value.uiVal),
-                    phase == "load",
-                ]
-            )
-            time.sleep(0.004)
-
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    record(t0 + seconds_each, "idle")
-    for _ in range(1000):  # queue ~2 s of work; the host keeps reading meanwhile
-        x = (x @ x).clamp_(-1, 1)
-    record(time.perf_counter() + seconds_each, "load")
-    torch.cuda.synchronize()
-    changes = [r[0] for a, r in zip(readings, readings[1:], strict=False) if r[1] != a[1]]
-    periods = [b - a for a, b in zip(changes, changes[1:], strict=False)]
-    periods.sort()
-    return {
-        "columns": ["seconds", "energy_mJ", "power_average_mW", "power_instant_mW", "under_load"],
-        "readings": readings,
-        "counter_update_ms_median": round(1000 * periods[len(periods) // 2], 2) if periods else None,
-        "gpu": pynvml.nvmlDeviceGetName(handle),
-    }
-
-
-def _summary(run: Any) -> dict[str, Any]:
-    rows = []
-    for r in run.results:
-        p, q = r.performance, r.quality
-        rows.append(
-            {
-                "label": r.candidate.label(),
-                "settings": r.candidate.to_dict(),
-                "role": r.role,
-                "status": "feasible" if r.feasible else r.status,
-                "reason": r.reason,
-                "goodput_tok_per_J": p.goodput_tokens_per_joule.mean if p else None,
-                "tok_per_J": p.tokens_per_joule.mean if p else None,
-                "tok_per_J_std": p.tokens_per_joule.std if p else None,
-                "active_tok_per_J": p.active_tokens_per_joule.mean if p else None,
-                "tok_per_s": p.tokens_per_second.mean if p else None,
-                "watts": p.watts.mean if p else None,
-                "tpot_p90_ms": p.latency.tpot_ms["p90"] if p else None,
-                "ttft_p90_ms": p.latency.ttft_ms["p90"] if p else None,
-                "window_seconds": [w.seconds for w in p.windows] if p else None,
-                "polled_vs_counter": [w.polled_joules / w.joules for w in p.windows if w.polled_joules]
-                if p
-                else None,
-                "source": p.source if p else None,
-                "ppl_increase": q.ppl_increase if q else None,
-                "top1": q.top1_agreement if q else None,
-                "kl": q.mean_kl if q else None,
-                "seconds": r.seconds,
-            }
-        )
-    return {
-        "best": run.best.candidate.label() if run.best else None,
-        "baseline": run.baseline.candidate.label(),
-        "infeasible": str(run.infeasible) if run.infeasible else None,
-        "rows": rows,
+        "label": result.candidate.label(),
+        "settings": result.candidate.to_dict(),
+        "role": result.role,
+        "status": "feasible" if result.feasible else result.status,
+        "reason": result.reason,
+        "goodput_tok_per_J": p.goodput_tokens_per_joule.mean if p else None,
+        "tok_per_J": p.tokens_per_joule.mean if p else None,
+        "tok_per_J_std": p.tokens_per_joule.std if p else None,
+        "active_tok_per_J": p.active_tokens_per_joule.mean if p else None,
+        "tok_per_s": p.tokens_per_second.mean if p else None,
+        "watts": p.watts.mean if p else None,
+        "idle_watts": p.idle_watts if p else None,
+        "tpot_p90_ms": p.latency.tpot_ms["p90"] if p else None,
+        "ttft_p90_ms": p.latency.ttft_ms["p90"] if p else None,
+        "window_seconds": [w.seconds for w in p.windows] if p else None,
+        "polled_vs_counter": [w.polled_joules / w.joules for w in p.windows if w.polled_joules]
+        if p
+        else None,
+        "source": p.source if p else None,
+        "ppl_increase": q.ppl_increase if q else None,
+        "top1": q.top1_agreement if q else None,
+        "kl": q.mean_kl if q else None,
+        "seconds": result.seconds,
     }
 
 
@@ -189,160 +221,484 @@ def run_optimize(name: str, overrides: list[str], work: Path, out: Path) -> dict
         ]
     )
     result = optimize(cfg)
-    for file, target in (("recipe.yaml", f"{name}-recipe.yaml"), ("report.md", f"{name}-report.md")):
+    for file in ("recipe.yaml", "report.md"):
         if (run_dir / file).is_file():
-            shutil.copy(run_dir / file, out / target)
-    if name == "qwen" and (run_dir / "pareto.png").is_file():
-        shutil.copy(run_dir / "pareto.png", out / "qwen-pareto.png")
-    return _summary(result)
+            shutil.copy(run_dir / file, out / f"{name}-{file}")
+    return {
+        "best": result.best.candidate.label() if result.best else None,
+        "baseline": result.baseline.candidate.label() if result.baseline else None,
+        "infeasible": str(result.infeasible) if result.infeasible else None,
+        "rows": [row_of(r) for r in result.results],
+    }
 
 
-def make_qwen_dir(work: Path, tokenizer_dir: Path, tiny: bool = False) -> Path:
+def common_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = [
+        "target=auto",
+        "space=gpu-default",
+        "workload=gpu",
+        "workload.repeats=2",
+        "search.candidate_timeout_minutes=3",
+    ]
+    if args.cpu_smoke:  # the same code paths, CPU-sized; CUDA-only candidates are excluded by rules
+        overrides += ["target=cpu", "workload=quick", "workload.repeats=1", "quality.num_sequences=2"]
+    return overrides
+
+
+def tokenizer_source(args: argparse.Namespace, work: Path) -> Path:
+    if args.gguf:
+        return smollm2_dir(args.gguf, work)
+    if args.tokenizer:
+        return Path(args.tokenizer)
+    raise SystemExit("give --gguf (SmolLM2) or --tokenizer: the shape models borrow its tokenizer")
+
+
+# --------------------------------------------------------------------------------------- sections
+
+
+def env_section(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    import transformers
 
-    path = work / ("qwen2-tiny" if tiny else "qwen2-0.5b-shape")
-    if (path / "config.json").is_file():
-        return path
-    shape = QWEN2_05B_SHAPE | (
-        {"hidden_size": 112, "intermediate_size": 256, "num_hidden_layers": 2} if tiny else {}
+    from optimizer.config import TargetConfig
+    from optimizer.target import detect_target
+
+    query = "--query-gpu=name,driver_version,power.limit,power.draw,clocks.sm,temperature.gpu"
+    try:
+        smi = subprocess.run(["nvidia-smi", query, "--format=csv"], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        smi = "nvidia-smi not found"
+    versions: dict[str, str] = {}
+    for package in ("torchao", "onnxruntime", "onnxruntime_genai", "triton"):
+        try:
+            versions[package] = __import__(package).__version__
+        except Exception as exc:  # noqa: BLE001 - a missing package is a fact to record
+            versions[package] = f"missing: {type(exc).__name__}"
+    return {
+        "nvidia_smi": smi,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "python": sys.version.split()[0],
+        **versions,
+        "target": detect_target(TargetConfig()).fingerprint(),
+    }
+
+
+def profile_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Kernel-time tables: where a captured decode step's time goes, before and after the fix."""
+    import torch
+
+    from optimizer.backends.base import build_engine
+    from optimizer.config import ModelConfig, TargetConfig
+    from optimizer.measure.kernels import profile_steps
+    from optimizer.model import resolve_model
+    from optimizer.space import Candidate, TorchSettings
+    from optimizer.target import detect_target
+
+    work = args.work
+    model = resolve_model(
+        ModelConfig(
+            source=str(
+                shape_dir(work, "qwen2-0.5b", QWEN2_05B_SHAPE, tokenizer_source(args, work), args.cpu_smoke)
+            )
+        ),
+        work / "cache",
     )
+    target = detect_target(TargetConfig(kind="cpu" if args.cpu_smoke else "auto"))
+    device = torch.device(target.device)
+    configs = [("sdpa", 1024), ("sdpa_gqa", 1024), ("sdpa_gqa", 512)]
+    if args.cpu_smoke:
+        configs = [("sdpa", 4), ("sdpa_gqa", 4)]
+    results: dict[str, Any] = {"model": "qwen2-0.5b shape", "tables": {}}
+    markdown = []
+    for attention, batch in configs:
+        key = f"{attention} b{batch}"
+        print(f"-- profile {key}", flush=True)
+        settings = (
+            TorchSettings(**graph_settings(attention))
+            if not args.cpu_smoke
+            else TorchSettings(precision="fp32", attention=attention)
+        )
+        engine: Any = build_engine(model, Candidate(settings, batch, 0), target, work / "cache")
+        ids = torch.randint(0, 49152, (batch, PROMPT_TOKENS if not args.cpu_smoke else 16), device=device)
+        entry: dict[str, Any] = {}
+        try:
+            if args.cpu_smoke:  # no captured loop on a CPU: profile one plain forward
+                step = functools.partial(engine.model, input_ids=ids[:, -1:])
+                entry["eager_step"] = profile_steps(step, 3, device).to_dict()
+            else:
+                decoder = engine.graph_decoder(batch, PROMPT_TOKENS, NEW_TOKENS)
+                tokens, ttft, total = decoder.generate(ids)  # compile + capture + one full run
+                timings = [decoder.generate(ids) for _ in range(2)]
+                entry["tpot_ms"] = [1000 * (t - f) / (NEW_TOKENS - 1) for _, f, t in timings]
+                entry["ttft_ms"] = [1000 * f for _, f, _ in timings]
+                decoder.prefill(ids)
+                eager = profile_steps(decoder.step, 8, device)
+                decoder.prefill(ids)
+                assert decoder.graph is not None
+                replay = profile_steps(decoder.graph.replay, 8, device)
+                prefill = profile_steps(functools.partial(decoder.prefill, ids), 2, device)
+                entry |= {
+                    "eager_step": eager.to_dict(),
+                    "captured_step": replay.to_dict(),
+                    "prefill": prefill.to_dict(),
+                }
+                markdown += [
+                    f"## {key}: captured decode step (CUDA graph replays)\n",
+                    f"TPOT measured over full generations: {', '.join(f'{v:.2f}' for v in entry['tpot_ms'])} ms;"
+                    f" TTFT (prefill) {', '.join(f'{v:.0f}' for v in entry['ttft_ms'])} ms\n",
+                    replay.markdown(),
+                    f"\n## {key}: the same step launched eagerly (host gaps visible)\n",
+                    eager.markdown(),
+                    f"\n## {key}: prefill of {batch} x {PROMPT_TOKENS} tokens (eager)\n",
+                    prefill.markdown(),
+                    "",
+                ]
+        except KeyboardInterrupt:  # the section's time limit: keep the tables made so far
+            results["interrupted"] = key
+            break
+        finally:
+            engine.close()
+            results["tables"][key] = entry
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    (args.out / "profile.md").write_text("\n".join(markdown) + "\n")
+    return results
+
+
+def qwen_section(args: argparse.Namespace) -> dict[str, Any]:
+    work = args.work
+    path = shape_dir(work, "qwen2-0.5b", QWEN2_05B_SHAPE, tokenizer_source(args, work), args.cpu_smoke)
+    minutes = max(1.0, args.budget_seconds / 60)
+    overrides = [
+        f"model={path}",
+        *common_overrides(args),
+        *NO_QUALITY_BOUND,
+        "quality.num_sequences=4",
+        # the grid collapses onto one listed candidate; the list is what is measured
+        f"space.batch_sizes=[{2 if args.cpu_smoke else 1024}]",
+        "space.torch.attention=[sdpa_gqa]",
+        "space.torch.loops=[graph]",
+        f"space.extra=[{','.join(qwen_candidates(args.cpu_smoke))}]",
+        f"search.budget_minutes={minutes:.2f}",
+    ]
+    data = run_optimize("qwen", overrides, work, args.out)
+    shape = _shape_of(path)
+    data["roofline"] = {n: energy_roofline(shape, n) for n in PJ_PER_FLOP}
+    return data
+
+
+def smollm2_section(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.gguf:
+        raise SystemExit("the smollm2 section needs --gguf")
+    minutes = max(0.5, args.budget_seconds / 60)
+    overrides = [
+        f"model={args.gguf}",
+        *common_overrides(args),
+        "quality=default",
+        f"space.batch_sizes=[{2 if args.cpu_smoke else 256}]",
+        "space.torch.attention=[sdpa_gqa]",
+        "space.torch.quantizations=[none]",
+        "space.torch.loops=[graph]",
+        f"space.extra=[{','.join(smollm2_candidates(args.cpu_smoke))}]",
+        f"search.budget_minutes={minutes:.2f}",
+    ]
+    return run_optimize("smollm2", overrides, args.work, args.out)
+
+
+def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The 8B class, built in memory (saving and reloading 16 GB would cost more device time than
+    the measurements): every candidate is measured by the product's engine and window code."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from optimizer.backends.fp8_static import quantize_fp8_static
+    from optimizer.backends.torch import TorchEngine
+    from optimizer.config import SloConfig, TargetConfig, WorkloadConfig
+    from optimizer.measure.energy import make_meter, measure_idle_watts
+    from optimizer.measure.workload import Workload, measure_performance
+    from optimizer.space import TorchSettings
+    from optimizer.target import detect_target
+
+    target = detect_target(TargetConfig(kind="cpu" if args.cpu_smoke else "auto"))
+    meter = make_meter(target)
+    idle = measure_idle_watts(meter, 2.0)
+    shape_cfg = LLAMA31_8B_SHAPE | (TINY if args.cpu_smoke else {})
+    config = AutoConfig.for_model("llama", **shape_cfg)
     torch.manual_seed(0)
-    with torch.device("cpu" if tiny else "cuda"):
-        model = Qwen2ForCausalLM(Qwen2Config(**shape)).to(torch.bfloat16)
-    model.save_pretrained(path)
-    for file in tokenizer_dir.glob("tokenizer*"):  # SmolLM2's tokenizer: ids < 49152 fit the vocab
-        shutil.copy(file, path / file.name)
-    del model
-    torch.cuda.empty_cache()
-    return path
+    start = time.perf_counter()
+    with torch.device(target.device):
+        hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+    hf_model.eval()
+    built = time.perf_counter() - start
+    prompt, new = (PROMPT_TOKENS, NEW_TOKENS) if not args.cpu_smoke else (16, 4)
+    pool = torch.randint(0, config.vocab_size, (256, prompt))
+    workload = Workload(pool, new)
+    cfg = WorkloadConfig(
+        prompt_tokens=prompt,
+        max_new_tokens=new,
+        min_window_seconds=3.0 if not args.cpu_smoke else 0.2,
+        repeats=2,
+        warmup_batches=1,
+        slo=SloConfig(tpot_ms=250),
+    )
+    shape = _shape_of_model(hf_model)
+    plan: list[tuple[str, TorchSettings, int]] = [
+        ("plain HF static cache (baseline)", TorchSettings(precision="bf16", kv_cache="static"), 256),
+        ("captured loop + compiled step, sdpa_gqa", TorchSettings(**graph_settings()), 512),
+        (
+            "captured loop, sdpa_gqa, fp8-static",
+            TorchSettings(**graph_settings(quantization="fp8-static")),
+            512,
+        ),
+    ]
+    if args.cpu_smoke:
+        plan = [
+            (n, TorchSettings(precision="bf16", kv_cache="static", quantization=s.quantization), 2)
+            for n, s, _ in plan[:1]
+        ]
+    rows = []
+    deadline = time.perf_counter() + args.budget_seconds
+    for name, settings, batch in plan:
+        if time.perf_counter() > deadline:
+            rows.append({"name": name, "batch": batch, "status": "not run: section budget spent"})
+            continue
+        print(f"-- llama8b {name} b{batch}", flush=True)
+        row: dict[str, Any] = {"name": name, "batch": batch, "settings": settings.label()}
+        try:
+            if settings.quantization == "fp8-static" and not getattr(hf_model, "_fp8_static", None):
+                calibration = torch.randint(0, config.vocab_size, (16, prompt), device=target.device)
+                hf_model._fp8_static = quantize_fp8_static(hf_model, calibration)
+                row["fp8"] = str(hf_model._fp8_static)
+            if settings.attention != hf_model.config._attn_implementation:
+                if settings.attention == "sdpa_gqa":
+                    from optimizer.backends import decode_attention
+
+                    decode_attention.register()
+                hf_model.set_attn_implementation(settings.attention)
+            engine = TorchEngine(hf_model, settings, target.device)
+            t0 = time.perf_counter()
+            try:
+                perf = measure_performance(engine, workload, batch, meter, cfg)
+            finally:
+                engine.close()  # frees this shape's static cache and graph; hf_model stays here
+            numerics = "fp8" if settings.quantization == "fp8-static" else "bf16"
+            row |= {
+                "status": "measured",
+                "goodput_tok_per_J": perf.goodput_tokens_per_joule.mean,
+                "tok_per_J": perf.tokens_per_joule.mean,
+                "tok_per_J_std": perf.tokens_per_joule.std,
+                "tok_per_s": perf.tokens_per_second.mean,
+                "watts": perf.watts.mean,
+                "tpot_p90_ms": perf.latency.tpot_ms["p90"],
+                "ttft_p90_ms": perf.latency.ttft_ms["p90"],
+                "source": perf.source,
+                "roofline_tok_per_J": energy_roofline(shape, numerics, prompt, new),
+                "seconds": time.perf_counter() - t0,
+            }
+        except KeyboardInterrupt:  # the section's time limit: keep the rows measured so far
+            rows.append(row | {"status": "interrupted: section time limit"})
+            break
+        except Exception as exc:  # noqa: BLE001 - one failed candidate is a row, the next one runs
+            row |= {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
+            traceback.print_exc()
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "fp8"}, default=str), flush=True)
+    return {"model": "llama-3.1-8b shape", "idle_watts": idle, "build_seconds": built, "rows": rows}
 
 
-def smollm2_dir(gguf: Path, work: Path) -> Path:
+def ort_section(args: argparse.Namespace) -> dict[str, Any]:
+    """ONNX Runtime on CUDA: the gpu-marked ORT tests, then ort-onnx / ort-genai CUDA candidates."""
+    from optimizer import runtimes
+
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu", "tests/gpu/test_ort_gpu.py"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=max(60, args.budget_seconds / 2),
+    )
+    (args.out / "ort_tests.txt").write_text(tests.stdout[-20000:] + tests.stderr[-5000:])
+    data: dict[str, Any] = {
+        "tests_returncode": tests.returncode,
+        "tests_tail": tests.stdout.strip().splitlines()[-1:] if tests.stdout else [],
+        "missing": {
+            "ort-onnx cuda": runtimes.missing_onnx_runtime("cuda"),
+            "ort-genai cuda": runtimes.missing_genai("cuda"),
+        },
+    }
+    if args.gguf:
+        minutes = max(0.5, args.budget_seconds / 2 / 60)
+        overrides = [
+            f"model={args.gguf}",
+            *common_overrides(args),
+            "space=gpu-ort",
+            "space.batch_sizes=[64]",
+            f"search.budget_minutes={minutes:.2f}",
+        ]
+        data["search"] = run_optimize("ort", overrides, args.work, args.out)
+    return data
+
+
+def _shape_of(path: Path) -> Any:
     from optimizer.config import ModelConfig
     from optimizer.model import resolve_model
 
-    return resolve_model(ModelConfig(source=str(gguf)), work / "cache").path
+    spec = resolve_model(ModelConfig(source=str(path)), path.parent / "cache")
+    return _Shape.of(spec.shape, tied=True)
 
 
-def _ratio(row: dict[str, Any], ref: dict[str, Any] | None) -> str:
-    if ref and row["goodput_tok_per_J"] and ref["goodput_tok_per_J"]:
-        return f"{row['goodput_tok_per_J'] / ref['goodput_tok_per_J']:.2f}"
-    return "-"
+def _shape_of_model(hf_model: Any) -> Any:
+    c = hf_model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return _Shape(
+        num_layers=c.num_hidden_layers,
+        hidden_size=c.hidden_size,
+        num_attention_heads=c.num_attention_heads,
+        head_dim=head_dim,
+        vocab_size=c.vocab_size,
+        num_parameters=sum(p.numel() for p in hf_model.parameters()),
+        tied=bool(c.tie_word_embeddings),
+    )
 
 
-def print_table() -> None:
-    print("\n== summary: goodput tok/J (SLO-meeting tokens), all = throughput tok/J; x = goodput ratio")
+class _Shape:
+    """The arithmetic the roofline needs (ModelShape plus whether the lm_head is tied)."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+    @classmethod
+    def of(cls, shape: Any, tied: bool) -> _Shape:
+        return cls(
+            num_layers=shape.num_layers,
+            hidden_size=shape.hidden_size,
+            num_attention_heads=shape.num_attention_heads,
+            head_dim=shape.head_dim,
+            vocab_size=shape.vocab_size,
+            num_parameters=shape.num_parameters,
+            tied=tied,
+        )
+
+
+SECTION_FUNCTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "env": env_section,
+    "profile": profile_section,
+    "qwen": qwen_section,
+    "llama8b": llama8b_section,
+    "smollm2": smollm2_section,
+    "ort": ort_section,
+}
+
+
+# ---------------------------------------------------------------------------------------- summary
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if value and reference else "-"
+
+
+def print_summary(sections: dict[str, Any]) -> None:
+    print(
+        "\n== summary: goodput tok/J (SLO-meeting tokens); x ref = ratio to the section's plain-HF reference"
+    )
     for name in ("qwen", "smollm2"):
-        data = RESULTS["sections"].get(name) or {}
+        data = sections.get(name) or {}
         if "rows" not in data:
             print(f"{name}: {data.get('error', 'not run')}")
             continue
-        base = next((r for r in data["rows"] if r["role"] == "baseline"), None)
-        plateau = next(  # the plain-HF plateau: generate + static cache + compile, batch 512
-            (r for r in data["rows"] if r["settings"].get("compile") and r["settings"].get("loop") == "hf"),
-            None,
+        rows = data["rows"]
+        plateau = next(
+            (r for r in rows if r["settings"].get("compile") and r["settings"].get("loop") == "hf"), None
         )
-        print(f"{name}: best = {data['best']}  (baseline {data['baseline']})")
+        reference = plateau or next((r for r in rows if r["role"] == "baseline"), None)
+        roof = data.get("roofline", {})
+        print(f"{name}: best = {data['best']}  (reference: {reference['label'] if reference else '-'})")
         print(
-            f"  {'candidate':<52} {'status':<9} {'tok/s':>9} {'tok/J':>8} {'all':>7} {'W':>6} {'TPOT90':>7} {'KL':>8} {'xbase':>6} {'xplat':>6}"
+            f"  {'candidate':<58} {'status':<9} {'tok/s':>8} {'tok/J':>7} {'W':>5} {'TPOT90':>7} {'KL':>7} {'x ref':>6} {'roof':>5}"
         )
-        for r in data["rows"]:
-            tps = f"{r['tok_per_s']:.0f}" if r["tok_per_s"] else "-"
-            tpj = f"{r['goodput_tok_per_J']:.2f}" if r["goodput_tok_per_J"] is not None else "-"
-            tpj_all = f"{r['tok_per_J']:.2f}" if r["tok_per_J"] is not None else "-"
-            watts = f"{r['watts']:.0f}" if r["watts"] else "-"
-            tpot = f"{r['tpot_p90_ms']:.1f}" if r["tpot_p90_ms"] else "-"
-            kl = f"{r['kl']:.4f}" if r["kl"] is not None else "-"
+        for r in rows:
+            numerics = "fp8" if str(r["settings"].get("quantization", "")).startswith("fp8") else "bf16"
+            bound = roof.get(numerics)
+            frac = f"{r['goodput_tok_per_J'] / bound:.0%}" if bound and r["goodput_tok_per_J"] else "-"
             print(
-                f"  {r['label'][:52]:<52} {r['status'][:9]:<9} {tps:>9} {tpj:>8} {tpj_all:>7} {watts:>6} {tpot:>7} {kl:>8} {_ratio(r, base):>6} {_ratio(r, plateau):>6}"
+                f"  {r['label'][:58]:<58} {r['status'][:9]:<9} {_fmt(r['tok_per_s'], '.0f'):>8} "
+                f"{_fmt(r['goodput_tok_per_J'], '.2f'):>7} {_fmt(r['watts'], '.0f'):>5} "
+                f"{_fmt(r['tpot_p90_ms'], '.1f'):>7} {_fmt(r['kl'], '.4f'):>7} "
+                f"{_ratio(r['goodput_tok_per_J'], reference and reference['goodput_tok_per_J']):>6} {frac:>5}"
+            )
+            if r["status"] in ("failed", "rejected"):
+                print(f"      {str(r['reason'])[:150]}")
+    data = sections.get("llama8b") or {}
+    if "rows" in data:
+        base = next((r for r in data["rows"] if r.get("status") == "measured"), None)
+        print(f"llama8b (idle {data['idle_watts']:.0f} W; reference: {base['name'] if base else '-'})")
+        for r in data["rows"]:
+            tpj = r.get("goodput_tok_per_J")
+            roof = r.get("roofline_tok_per_J")
+            print(
+                f"  {r['name'][:44]:<44} b{r['batch']:<5} {r['status'][:9]:<9} {_fmt(r.get('tok_per_s'), '.0f'):>7} tok/s "
+                f"{_fmt(tpj, '.2f'):>6} tok/J {_fmt(r.get('watts'), '.0f'):>4} W TPOT90 {_fmt(r.get('tpot_p90_ms'), '.1f'):>6} "
+                f"x {_ratio(tpj, base and base.get('goodput_tok_per_J')):>5} roof {f'{tpj / roof:.0%}' if tpj and roof else '-'}"
             )
             if r["status"] == "failed":
-                print(f"      {str(r['reason'])[:150]}")
-
-
-# Random weights make quality numbers meaningless: the shape run measures speed and energy with
-# the bound switched off; the SmolLM2 run is where the bound decides.
-NO_QUALITY_BOUND = ["quality.max_ppl_increase=1e9", "quality.min_top1_agreement=0", "quality.max_kl=1e9"]
-# Qwen2-0.5B-shape candidates in priority order (the search budget cuts the tail): the plain-HF
-# plateau first (the reference every ratio is taken against), then the captured loop.
-QWEN_CANDIDATES = [
-    "{batch_size:512,precision:bf16,kv_cache:static,compile:true}",
-    "{batch_size:1024,precision:bf16,kv_cache:static,compile:true,loop:graph}",
-    "{batch_size:1024,precision:bf16,quantization:fp8,kv_cache:static,compile:true,loop:graph}",
-    "{batch_size:512,precision:bf16,kv_cache:static,compile:true,loop:graph}",
-    "{batch_size:1024,precision:bf16,kv_cache:static,compile:true}",
-    "{batch_size:1024,precision:bf16,kv_cache:static,loop:graph}",
-    "{batch_size:1024,precision:bf16,quantization:fp8,kv_cache:static,loop:graph}",
-    "{batch_size:512,precision:bf16,quantization:int8-weight,kv_cache:static,loop:graph}",
-    "{batch_size:512,precision:bf16,quantization:int4-weight,kv_cache:static,loop:graph}",
-]
+                print(f"      {r['reason'][:150]}")
+    elif data:
+        print(f"llama8b: {data.get('error', 'not run')}")
+    for name in ("profile", "ort"):
+        data = sections.get(name) or {}
+        if "error" in data:
+            print(f"{name}: {data['error']}")
+    profile = (sections.get("profile") or {}).get("tables", {})
+    for key, entry in profile.items():
+        captured = entry.get("captured_step") or entry.get("eager_step") or {}
+        cats = captured.get("by_category_ms_per_step", {})
+        top = ", ".join(f"{c} {v:.2f}" for c, v in sorted(cats.items(), key=lambda kv: -kv[1])[:4])
+        print(f"profile {key}: TPOT {entry.get('tpot_ms')} ms; per step ms: {top}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("section", choices=[*SECTIONS, "summary"])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--gguf", type=Path, help="SmolLM2 GGUF (needed by the smollm2 section)")
     parser.add_argument(
-        "--tokenizer", type=Path, help="tokenizer dir for the shape model when there is no --gguf"
+        "--gguf", type=Path, help="SmolLM2 GGUF (smollm2, ort; its tokenizer serves the shapes)"
     )
-    parser.add_argument("--sections", default="env,trace,qwen,smollm2")
+    parser.add_argument("--tokenizer", type=Path, help="a tokenizer dir when there is no --gguf")
     parser.add_argument("--work", type=Path, default=Path("/tmp/wattsmith-gpu-check"))
-    parser.add_argument("--budget-seconds", type=float, default=480)
+    parser.add_argument("--budget-seconds", type=float, default=180)
     parser.add_argument(
-        "--cpu-smoke", action="store_true", help="exercise this script on a CPU machine (tiny shapes)"
+        "--cpu-smoke", action="store_true", help="the same code paths with tiny shapes on a CPU"
     )
     args = parser.parse_args()
-    sections = set(args.sections.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.section == "summary":
+        sections = {}
+        for name in SECTIONS:
+            file = args.out / f"{name}.json"
+            if file.is_file():
+                sections[name] = json.loads(file.read_text())
+        merged = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "sections": sections}
+        (args.out / "gpu_check.json").write_text(json.dumps(merged, indent=1, default=str))
+        print_summary(sections)
+        return
     from optimizer.cli import _setup_logging
 
     _setup_logging()
-    section("env", args.out, env_section)
-    if "trace" in sections and not args.cpu_smoke:
-        section("trace", args.out, trace_section)
-    tokenizer_dir = smollm2_dir(args.gguf, args.work) if args.gguf else args.tokenizer
-    gpu_common = ["target=auto", "space=gpu-default", "workload=gpu", "search.candidate_timeout_minutes=3"]
-    if args.cpu_smoke:  # same code paths, CPU-sized: graph/fp8/int4 are excluded by the rules here
-        gpu_common += [
-            "target=cpu",
-            "workload=quick",
-            "space.torch.loops=[hf,graph]",
-            "quality.num_sequences=2",
-        ]
-    reserve = 150 if "smollm2" in sections else 20
-    if "qwen" in sections:
-        qwen = make_qwen_dir(args.work, tokenizer_dir, tiny=args.cpu_smoke)
-        minutes = max(1.0, (left(args.budget_seconds) - reserve) / 60)
-        overrides = [
-            f"model={qwen}",
-            *gpu_common,
-            *NO_QUALITY_BOUND,
-            "quality.num_sequences=8",
-            # the grid collapses onto one of the listed candidates; the list is what is measured
-            "space.batch_sizes=[1024]",
-            "space.torch.compile=[true]",
-            "space.torch.loops=[graph]",
-            f"space.extra=[{','.join(QWEN_CANDIDATES)}]",
-            f"search.budget_minutes={minutes:.2f}",
-        ]
-        section("qwen", args.out, lambda: run_optimize("qwen", overrides, args.work, args.out))
-    if "smollm2" in sections and args.gguf:
-        minutes = max(0.5, (left(args.budget_seconds) - 30) / 60)
-        overrides = [
-            f"model={args.gguf}",
-            *gpu_common,
-            "quality=default",
-            "space.batch_sizes=[256]",
-            "space.torch.precisions=[bf16,fp16]",
-            "space.torch.quantizations=[none,fp8,int8-weight,int4-weight]",
-            "space.torch.loops=[graph]",
-            "space.extra=[]",
-            f"search.budget_minutes={minutes:.2f}",
-        ]
-        section("smollm2", args.out, lambda: run_optimize("smollm2", overrides, args.work, args.out))
-    print_table()
+    started = time.perf_counter()
+    print(f"== {args.section}", flush=True)
+    try:
+        data = SECTION_FUNCTIONS[args.section](args)
+    except BaseException as exc:  # noqa: BLE001 - every section reports, even when interrupted
+        data = {"error": f"{type(exc).__name__}: {exc}"[:1000], "traceback": traceback.format_exc()[-4000:]}
+        print(data["traceback"], flush=True)
+    data["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+    (args.out / f"{args.section}.json").write_text(json.dumps(data, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -93,7 +93,9 @@ class TargetConfig:
 
 
 TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
-TORCH_QUANTIZATIONS = ("none", "int8-dynamic", "int8-weight", "int4-weight", "fp8")
+# fp8: torchao, activations scaled per row at run time; fp8-static: activation scales calibrated
+# once on the workload text (one multiply in the kernel before it, no amax reduction per step)
+TORCH_QUANTIZATIONS = ("none", "int8-dynamic", "int8-weight", "int4-weight", "fp8", "fp8-static")
 TORCH_KV_CACHES = (
     "dynamic",
     "static",
@@ -104,11 +106,15 @@ TORCH_KV_CACHES = (
     "hqq-2",
     "hqq-4",
     "hqq-8",
+    "paged",  # the continuous-batching engine's own block cache (loop: continuous)
 )
-TORCH_ATTENTION = ("sdpa", "eager", "flash_attention_2")
+# sdpa_gqa: SDPA whose single-token decode queries are packed per KV head, so grouped-query K/V
+# are never repeated in memory, also under torch.compile (transformers repeats them there)
+TORCH_ATTENTION = ("sdpa", "sdpa_gqa", "eager", "flash_attention_2")
 # hf: transformers' generate loop; graph: our greedy loop whose decode step (forward + argmax on
-# the device) is one captured CUDA graph, replayed without host synchronization.
-TORCH_LOOPS = ("hf", "graph")
+# the device) is one captured CUDA graph, replayed without host synchronization; continuous:
+# transformers' continuous-batching engine (paged KV, requests join and leave between steps).
+TORCH_LOOPS = ("hf", "graph", "continuous")
 BACKENDS = ("torch", "ort-genai", "ort-onnx", "tensorrt")
 
 # onnxruntime-genai model builder options (read from its source: its --help crashes).

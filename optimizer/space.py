@@ -259,19 +259,23 @@ def exclusion_reason(candidate: Candidate, target: TargetSpec) -> str | None:
     raise TypeError(f"no exclusion rules for settings of type {type(s).__name__}")
 
 
+GPU_QUANTIZATIONS = ("int4-weight", "fp8", "fp8-static")
+TORCHAO_QUANTIZATIONS = ("int8-dynamic", "int8-weight", "int4-weight", "fp8")  # fp8-static is ours
+
+
 def _torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:
     cuda = target.is_cuda
     if s.precision == "bf16" and not target.bf16:
         return "target has no native bf16"
     if s.precision == "fp16" and not target.fp16:
         return "fp16 has no fast kernels on this target"
-    if s.quantization in ("int4-weight", "fp8") and not cuda:
+    if s.quantization in GPU_QUANTIZATIONS and not cuda:
         return f"{s.quantization} kernels need a CUDA GPU"
-    if s.quantization == "fp8" and not target.fp8:
+    if s.quantization.startswith("fp8") and not target.fp8:
         return "fp8 needs compute capability >= 8.9"
-    if s.quantization in ("int4-weight", "fp8") and s.precision != "bf16":
+    if s.quantization in GPU_QUANTIZATIONS and s.precision != "bf16":
         return f"{s.quantization} runs with bf16 activations"
-    if s.quantization != "none" and importlib.util.find_spec("torchao") is None:
+    if s.quantization in TORCHAO_QUANTIZATIONS and importlib.util.find_spec("torchao") is None:
         return f"{s.quantization} needs torchao (pip install torchao)"
     if s.kv_cache.startswith("offloaded") and not cuda:
         return "offloading the KV cache to host memory needs a GPU target"
@@ -282,7 +286,11 @@ def _torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:
             return f"a {kv_backend} KV cache needs {module}"
         if s.compile:
             return "quantized KV caches do not compile"
-    if s.compile and s.kv_cache not in ("static", "offloaded_static"):
+    if (s.loop == "continuous") != (s.kv_cache == "paged"):
+        return "the continuous-batching loop runs on its own paged KV cache, and only it does"
+    if s.loop == "continuous" and s.attention not in ("sdpa", "flash_attention_2"):
+        return f"continuous batching runs its paged cache through sdpa or flash attention, not {s.attention}"
+    if s.compile and s.kv_cache not in ("static", "offloaded_static", "paged"):
         return "torch.compile needs a static KV cache (fixed shapes)"
     if s.loop == "graph":
         if not cuda:

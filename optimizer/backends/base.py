@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 class Generation:
     """One batch of requests generated together. Times are wall seconds on the host clock.
 
-    Every request in a batch shares the batch's timings: they are prefilled and decoded in
-    lockstep, so each request's TTFT is the prefill time and its TPOT the mean decode step.
+    A lockstep engine prefills and decodes every request of the batch together, so each request's
+    TTFT is the prefill time and its TPOT the mean decode step. An engine that schedules requests
+    on its own (continuous batching) gives each request's TTFT and TPOT in `request_latencies`.
     """
 
     batch_size: int
@@ -30,6 +31,8 @@ class Generation:
     ttft_seconds: float
     total_seconds: float
     token_ids: torch.Tensor | None = None  # [batch, new_tokens] on the CPU, when the engine returns them
+    # (ttft_seconds, tpot_seconds) per request, in row order; None: every request has the batch's
+    request_latencies: tuple[tuple[float, float], ...] | None = None
 
     @property
     def output_tokens(self) -> int:
@@ -39,6 +42,12 @@ class Generation:
     def tpot_seconds(self) -> float:
         """Mean time per output token after the first."""
         return (self.total_seconds - self.ttft_seconds) / max(self.new_tokens - 1, 1)
+
+    def latencies(self) -> list[tuple[float, float]]:
+        """(TTFT, TPOT) seconds of every request of the batch."""
+        if self.request_latencies is not None:
+            return list(self.request_latencies)
+        return [(self.ttft_seconds, self.tpot_seconds)] * self.batch_size
 
 
 class Engine(Protocol):

@@ -60,7 +60,7 @@ class GraphDecoder:
         )
         return out.logits[:, -1].argmax(-1, keepdim=True)
 
-    def _prefill(self, prompt_ids: torch.Tensor) -> None:
+    def prefill(self, prompt_ids: torch.Tensor) -> None:
         self.cache.reset()
         positions = torch.arange(self.prompt_tokens, device=prompt_ids.device)
         first = self._forward(prompt_ids, positions)  # eager: one prefill shape is not worth a compile
@@ -69,7 +69,8 @@ class GraphDecoder:
         self.position.fill_(self.prompt_tokens)
         self.step_index.fill_(1)
 
-    def _step(self) -> None:
+    def step(self) -> None:
+        """One decode step, launched eagerly (the captured graph replays exactly this)."""
         token = self._decode(self.tokens, self.position)
         self.output.index_copy_(1, self.step_index, token)
         self.tokens.copy_(token)
@@ -77,16 +78,16 @@ class GraphDecoder:
         self.step_index.add_(1)
 
     def _capture(self, prompt_ids: torch.Tensor) -> torch.cuda.CUDAGraph:
-        self._prefill(prompt_ids)  # allocates the static cache before capture
+        self.prefill(prompt_ids)  # allocates the static cache before capture
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
-                self._step()
+                self.step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._step()
+            self.step()
         return graph
 
     def generate(self, prompt_ids: torch.Tensor) -> tuple[torch.Tensor, float, float]:
@@ -95,7 +96,7 @@ class GraphDecoder:
             self.graph = self._capture(prompt_ids)
         torch.cuda.synchronize()
         start = time.perf_counter()
-        self._prefill(prompt_ids)
+        self.prefill(prompt_ids)
         torch.cuda.synchronize()
         first = time.perf_counter()
         for _ in range(self.new_tokens - 1):

@@ -29,11 +29,11 @@ from optimizer.backends.onnx_export import (
     DecoderLayout,
     layout_of,
 )
+from optimizer.measure.text import CALIBRATION_TEXT, calibration_windows, load_text
 from optimizer.model import ModelSpec
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_TEXT = "wiki"
 CALIBRATION_SEQUENCES = 8
 CALIBRATION_TOKENS = 64  # prefill length; one decode step follows each prefill
 
@@ -168,14 +168,9 @@ def calibration_feeds(model_file: Path, model: ModelSpec) -> tuple[list[dict[str
     """Prefill feeds of the workload text plus one decode step each (with the prefill's cache),
     so both shapes the generation loop runs are calibrated. Returns (feeds, text sha256)."""
     import onnxruntime as ort
-    from transformers import AutoTokenizer
 
-    from optimizer.measure.text import load_text, token_windows
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=model.trust_remote_code)
-    text = load_text(CALIBRATION_TEXT)
-    windows = token_windows(
-        tokenizer, text.workload, CALIBRATION_TOKENS + 1, CALIBRATION_SEQUENCES, "calibration text"
+    windows = calibration_windows(
+        model.path, model.trust_remote_code, CALIBRATION_TOKENS + 1, CALIBRATION_SEQUENCES
     )
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     layout = layout_of([(i.name, i.shape) for i in session.get_inputs()])
@@ -194,7 +189,7 @@ def calibration_feeds(model_file: Path, model: ModelSpec) -> tuple[list[dict[str
             **dict(zip(layout.past_names, outputs, strict=True)),
         }
         feeds += [prefill, decode]
-    return feeds, text.sha256
+    return feeds, load_text(CALIBRATION_TEXT).sha256
 
 
 def empty_past(layout: DecoderLayout, batch_size: int, dtype: Any = np.float32) -> dict[str, np.ndarray]:

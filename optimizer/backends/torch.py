@@ -12,8 +12,12 @@ from typing import Any
 
 import torch
 
+from optimizer.backends import decode_attention
 from optimizer.backends.base import Generation
+from optimizer.backends.continuous import ContinuousBatchingEngine
+from optimizer.backends.fp8_static import quantize_fp8_static
 from optimizer.backends.graph_loop import GraphDecoder, cache_argument
+from optimizer.measure.text import calibration_windows
 from optimizer.model import ModelSpec
 from optimizer.space import Candidate, TorchSettings
 from optimizer.target import TargetSpec
@@ -26,8 +30,15 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUANTIZED_KV_SCORE_CHUNK = 16
 
 
+# Static fp8 activation scales: prefill forwards over this many workload-text windows.
+FP8_CALIBRATION_SEQUENCES = 16
+FP8_CALIBRATION_TOKENS = 128
+
+
 class TorchBackend:
-    def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> TorchEngine:
+    def build(
+        self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path
+    ) -> TorchEngine | ContinuousBatchingEngine:
         settings = candidate.settings
         assert isinstance(settings, TorchSettings)
         if not target.is_cuda and candidate.threads:
@@ -36,13 +47,17 @@ class TorchBackend:
             # Compiled kernels land in the run's cache, not in /tmp of whoever runs it next.
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
         hf_model = load_hf_model(model, settings.precision, settings.attention, target.device)
-        quantize_weights(hf_model, settings)
+        quantize_weights(hf_model, settings, model)
+        if settings.loop == "continuous":
+            return ContinuousBatchingEngine(hf_model, settings, target.device, candidate.batch_size)
         return TorchEngine(hf_model, settings, target.device)
 
 
 def load_hf_model(model: ModelSpec, precision: str, attention: str, device: str) -> Any:
     from transformers import AutoModelForCausalLM
 
+    if attention == decode_attention.NAME:
+        decode_attention.register()
     hf_model: Any = AutoModelForCausalLM.from_pretrained(
         str(model.path),
         dtype=DTYPES[precision],
@@ -52,9 +67,17 @@ def load_hf_model(model: ModelSpec, precision: str, attention: str, device: str)
     return hf_model.to(device).eval()
 
 
-def quantize_weights(hf_model: Any, settings: TorchSettings) -> None:
+def quantize_weights(hf_model: Any, settings: TorchSettings, model: ModelSpec) -> None:
     """Swap Linear weights for quantized ones, in place."""
     if settings.quantization == "none":
+        return
+    if settings.quantization == "fp8-static":
+        windows = calibration_windows(
+            model.path, model.trust_remote_code, FP8_CALIBRATION_TOKENS, FP8_CALIBRATION_SEQUENCES
+        )
+        device = next(hf_model.parameters()).device
+        report = quantize_fp8_static(hf_model, torch.tensor(windows, device=device))
+        log.info("fp8-static: %s", report)
         return
     # torchao, not torch.ao.quantization.quantize_dynamic: the latter scales activations per
     # tensor, which outlier channels ruin (SmolLM2: perplexity +627%); torchao scales per token.
@@ -151,8 +174,8 @@ class TorchEngine:
             token_ids=output[:, ids.shape[1] :].cpu(),
         )
 
-    def _graph_generate(self, ids: torch.Tensor, max_new_tokens: int) -> Generation:
-        batch, prompt = ids.shape
+    def graph_decoder(self, batch: int, prompt: int, max_new_tokens: int) -> GraphDecoder:
+        """The captured decode loop for one batch shape (loop=graph), built on first use."""
         decoder = self._decoder
         if decoder is None or (decoder.tokens.shape[0], decoder.prompt_tokens, decoder.new_tokens) != (
             batch,
@@ -163,7 +186,11 @@ class TorchEngine:
             decoder = self._decoder = GraphDecoder(
                 self.model, batch, prompt, max_new_tokens, self.device, compiled=self.settings.compile
             )
-        tokens, ttft, total = decoder.generate(ids)
+        return decoder
+
+    def _graph_generate(self, ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        batch, prompt = ids.shape
+        tokens, ttft, total = self.graph_decoder(batch, prompt, max_new_tokens).generate(ids)
         return Generation(batch, max_new_tokens, ttft, total, token_ids=tokens.cpu())
 
     @torch.inference_mode()

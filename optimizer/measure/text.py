@@ -95,3 +95,15 @@ def token_windows(
             "use a longer text or fewer tokens",
         )
     return [ids[i * length : (i + 1) * length] for i in range(count)]
+
+
+CALIBRATION_TEXT = "wiki"
+
+
+def calibration_windows(model_path: Any, trust_remote_code: bool, length: int, count: int) -> list[list[int]]:
+    """Token windows for calibrating static quantization: the packaged text's *workload* split,
+    never the held-out quality split that candidates are judged on."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+    return token_windows(tokenizer, load_text(CALIBRATION_TEXT).workload, length, count, "calibration text")

@@ -162,10 +162,11 @@ def measure_performance(
                 check_deadline()
         goodput = 0
         for gen in generations:
-            ttfts.extend([gen.ttft_seconds] * gen.batch_size)
-            tpots.extend([gen.tpot_seconds] * gen.batch_size)
-            if request_meets_slo(gen.ttft_seconds, gen.tpot_seconds, cfg.slo):
-                goodput += gen.output_tokens
+            for ttft, tpot in gen.latencies():
+                ttfts.append(ttft)
+                tpots.append(tpot)
+                if request_meets_slo(ttft, tpot, cfg.slo):
+                    goodput += gen.new_tokens
         windows.append(
             WindowResult(
                 source=measurement.source,

@@ -14,7 +14,7 @@ from optimizer.space import BackendSettings, Candidate, TorchSettings
 from optimizer.target import GIB, TargetSpec
 
 PRECISION_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0}
-WEIGHT_BYTES = {"int8-dynamic": 1.0, "int8-weight": 1.0, "int4-weight": 0.5, "fp8": 1.0}
+WEIGHT_BYTES = {"int8-dynamic": 1.0, "int8-weight": 1.0, "int4-weight": 0.5, "fp8": 1.0, "fp8-static": 1.0}
 RUNTIME_OVERHEAD_BYTES = GIB // 2  # allocator slack, CUDA context, framework buffers
 USABLE_FRACTION = 0.9
 

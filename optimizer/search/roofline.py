@@ -198,7 +198,7 @@ def matmul_kind(settings: BackendSettings) -> str:
     Weight-only int8/int4 in torch computes in the activation dtype; genai's int4/int8 and ORT's
     quantized MatMuls compute in int8."""
     if isinstance(settings, TorchSettings):
-        if settings.quantization in ("int8-dynamic", "fp8"):
+        if settings.quantization in ("int8-dynamic", "fp8", "fp8-static"):
             return "int8" if settings.quantization == "int8-dynamic" else "fp8"
         precision = settings.precision
     elif isinstance(settings, OrtGenaiSettings):

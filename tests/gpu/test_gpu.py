@@ -105,3 +105,44 @@ def test_hf_generate_with_compile_runs(tiny_cuda_model_dir: Path, tmp_path: Path
     second = engine.generate(torch.randint(0, 2048, (2, 16)), 6)
     assert first.token_ids is not None and first.token_ids.shape == (2, 6)
     assert second.total_seconds < first.total_seconds  # the first call compiled
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_sdpa_gqa_graph_loop_matches_hf_sdpa(
+    compile: bool, tiny_cuda_model_dir: Path, tmp_path: Path
+) -> None:
+    """Packing the decode queries per KV head changes no token, eager or compiled, in a CUDA graph."""
+    import torch
+
+    prompts = torch.randint(0, 2048, (3, 16))
+    hf = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32", kv_cache="static", loop="hf")
+    packed = _engine(
+        tiny_cuda_model_dir,
+        tmp_path,
+        precision="fp32",
+        kv_cache="static",
+        loop="graph",
+        attention="sdpa_gqa",
+        compile=compile,
+    )
+    expected = hf.generate(prompts, 8).token_ids
+    assert packed.model.config._attn_implementation == "sdpa_gqa"
+    for _ in range(2):  # capture, then replay
+        assert torch.equal(packed.generate(prompts, 8).token_ids, expected)
+
+
+def test_continuous_engine_matches_hf_greedy_on_cuda(tiny_cuda_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    prompts = torch.randint(0, 2048, (4, 16))
+    hf = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32")
+    continuous = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32", kv_cache="paged", loop="continuous")
+    try:
+        expected = hf.generate(prompts, 6).token_ids
+        for _ in range(2):  # the manager (and its CUDA graphs) is reused
+            generation = continuous.generate(prompts, 6)
+            assert torch.equal(generation.token_ids, expected)
+            assert generation.request_latencies is not None and len(generation.request_latencies) == 4
+            assert all(ttft > 0 and tpot >= 0 for ttft, tpot in generation.request_latencies)
+    finally:
+        continuous.close()

@@ -218,3 +218,28 @@ def test_a_bad_extra_candidate_names_its_index(make_target) -> None:
 def test_from_dict_rejects_unknown_setting_values(make_candidate, bad) -> None:
     with pytest.raises(UserError):
         Candidate.from_dict(make_candidate().to_dict() | bad)
+
+
+def test_continuous_batching_runs_on_its_paged_cache_only(make_target) -> None:
+    cpu = make_target()
+
+    def reason(**settings: object) -> str | None:
+        return exclusion_reason(Candidate(TorchSettings(**settings), 4, 2), cpu)  # type: ignore[arg-type]
+
+    assert reason(precision="bf16", kv_cache="paged", loop="continuous") is None
+    assert reason(precision="bf16", kv_cache="paged", loop="continuous", compile=True) is None
+    assert "paged KV cache" in str(reason(kv_cache="dynamic", loop="continuous"))
+    assert "paged KV cache" in str(reason(kv_cache="paged", loop="hf"))
+    assert "sdpa or flash" in str(reason(kv_cache="paged", loop="continuous", attention="sdpa_gqa"))
+
+
+def test_static_fp8_needs_an_fp8_gpu_and_bf16(make_target) -> None:
+    def reason(target: object, **settings: object) -> str | None:
+        settings = {"precision": "bf16", "quantization": "fp8-static", "kv_cache": "static"} | settings
+        return exclusion_reason(Candidate(TorchSettings(**settings), 8, 0), target)  # type: ignore[arg-type]
+
+    assert "CUDA GPU" in str(reason(make_target()))
+    assert reason(make_target(kind="cuda")) is None
+    assert reason(make_target(kind="cuda"), loop="graph", compile=True, attention="sdpa_gqa") is None
+    assert "compute capability" in str(reason(make_target(kind="cuda", fp8=False)))
+    assert "bf16 activations" in str(reason(make_target(kind="cuda"), precision="fp16"))

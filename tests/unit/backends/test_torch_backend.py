@@ -147,3 +147,27 @@ def test_quantized_kv_scoring_uses_no_deprecated_argument(
             engine.score(eval_ids)
     finally:
         engine.close()
+
+
+def test_static_fp8_build_calibrates_on_the_workload_text_and_keeps_the_lm_head(
+    tiny_model_dir: Path, tmp_path: Path, make_target
+) -> None:
+    """fp8-static is a GPU candidate, but torch._scaled_mm also runs on a CPU: the build path
+    (calibration windows from the model's tokenizer, the swap, scoring) is checked here."""
+    from optimizer.backends.fp8_static import Float8StaticLinear
+
+    model = resolve_model(ModelConfig(source=str(tiny_model_dir)), tmp_path)
+    target = make_target(cores=1)
+    settings = dict(precision="bf16", kv_cache="static")
+    plain = build_engine(model, Candidate(TorchSettings(**settings), 1, 1), target, tmp_path)
+    fp8 = build_engine(
+        model, Candidate(TorchSettings(quantization="fp8-static", **settings), 1, 1), target, tmp_path
+    )
+    swapped = [m for m in fp8.model.modules() if isinstance(m, Float8StaticLinear)]
+    assert len(swapped) == 7 * 2  # q, k, v, o, gate, up, down in each of the 2 layers
+    assert not isinstance(fp8.model.lm_head, Float8StaticLinear)
+    assert all(float(m.input_scale) > 0 for m in swapped)
+    ids = torch.randint(0, 49152, (2, 12))
+    a, b = plain.score(ids), fp8.score(ids)
+    cosine = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+    assert cosine > 0.95

@@ -213,3 +213,32 @@ def test_performance_result_round_trips_through_json() -> None:
     again = PerformanceResult.from_dict(data)
     assert again == perf
     assert again.slo_met == perf.slo_met
+
+
+class PerRequestEngine(SleepyEngine):
+    """Reports each request's own latencies: the second row of every batch decodes too slowly."""
+
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        generation = super().generate(prompt_ids, max_new_tokens)
+        latencies = tuple((0.02, 0.5 if row == 1 else 0.01) for row in range(prompt_ids.shape[0]))
+        return Generation(
+            generation.batch_size,
+            generation.new_tokens,
+            generation.ttft_seconds,
+            generation.total_seconds,
+            request_latencies=latencies,
+        )
+
+
+def test_goodput_judges_each_request_on_its_own_latencies() -> None:
+    perf = measure_performance(PerRequestEngine(), workload(), 4, WattMeter(), cfg(repeats=2))
+    for window in perf.windows:
+        assert window.goodput_tokens == window.output_tokens * 3 // 4  # one slow request in four
+    assert perf.goodput_fraction == pytest.approx(0.75)
+    assert perf.latency.tpot_ms["p50"] == pytest.approx(10.0)
+    assert perf.latency.requests == sum(w.output_tokens for w in perf.windows) // NEW_TOKENS
+
+
+def test_a_lockstep_generation_gives_every_request_the_batch_latencies() -> None:
+    generation = Generation(batch_size=3, new_tokens=5, ttft_seconds=0.1, total_seconds=0.5)
+    assert generation.latencies() == [(0.1, pytest.approx(0.1))] * 3
