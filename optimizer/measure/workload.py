@@ -77,6 +77,28 @@ class Spread:
 
 
 @dataclass(frozen=True)
+class ServingSummary:
+    """What a serving measurement adds to PerformanceResult. Units: requests/s, joules, seconds."""
+
+    stream: str
+    stream_sha256: str
+    offered_rate: float
+    requests: int
+    window_requests: int
+    joules_per_request: float
+    idle_fraction: float
+    mean_in_flight: float
+    growing_windows: int
+    ttft_p90_ms: float
+    e2e_p90_ms: float
+    max_lateness_ms: float
+    prefix: dict[str, float] = field(default_factory=dict)  # engine-reported prefix-cache counters
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class PerformanceResult:
     """Everything measured for one candidate's workload."""
 
@@ -91,6 +113,7 @@ class PerformanceResult:
     latency: LatencySummary
     slo_violations: list[str]
     goodput_fraction: float
+    serving: ServingSummary | None = None  # a request stream's steady state; None: closed batches
 
     @property
     def slo_met(self) -> bool:
@@ -116,6 +139,7 @@ class PerformanceResult:
                 "watts",
             )
         }
+        serving = data.get("serving")
         return cls(
             source=data["source"],
             idle_watts=data["idle_watts"],
@@ -123,6 +147,7 @@ class PerformanceResult:
             latency=LatencySummary(**data["latency"]),
             slo_violations=list(data["slo_violations"]),
             goodput_fraction=data["goodput_fraction"],
+            serving=ServingSummary(**serving) if serving else None,
             **spreads,
         )
 

@@ -1,0 +1,323 @@
+"""Measuring a serving run: a load generator submits each request at its arrival time while the
+engine runs, and every token's timestamp decides latencies, goodput and the window's tokens.
+
+Per request: TTFT from its *arrival* to its first token (queueing included), TPOT the mean gap
+between its tokens, end-to-end latency. The energy window is the steady state: it opens at the
+arrival of the first request after `warmup_requests` and closes at the arrival of the request
+`drain_requests` before the last, while load is still being offered (as ML.ENERGY's benchmark
+drops warm-up and drain). Tokens count in the window by their timestamps; goodput counts the
+window's tokens of requests that met both TTFT and TPOT targets. A window during which the number
+of requests in flight kept growing is flagged: the rate is above what the engine holds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from optimizer.config import SloConfig
+from optimizer.measure.latency import LatencySummary, percentile, request_meets_slo, slo_violations
+from optimizer.measure.workload import PerformanceResult, ServingSummary, Spread, WindowResult
+
+if TYPE_CHECKING:
+    from optimizer.measure.energy import EnergyMeter, Measurement
+    from optimizer.measure.stream import RequestStream
+
+START_LEAD_SECONDS = 0.05  # the first arrival is this far after the load generator starts
+GROWTH_FLAG = 1.5  # in-flight requests in the window's second half over its first half
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished request as an engine reports it: its token ids and each token's time (host
+    perf_counter seconds). `error` set: the request failed."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    token_times: tuple[float, ...]
+    error: str | None = None
+
+
+class ServingEngine(Protocol):
+    """An engine that schedules requests itself (continuous batching, or a queue in front of a
+    batch engine). `submit` must not block on generation."""
+
+    def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
+        """Queue one request; returns its id."""
+        ...
+
+    def collect(self, timeout_seconds: float) -> list[Completion]:
+        """Requests finished since the last call, waiting at most `timeout_seconds` for one."""
+        ...
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One served request. Times in seconds from the run's start (t0)."""
+
+    index: int
+    arrival: float
+    submitted: float
+    token_times: tuple[float, ...]
+    prompt_tokens: int
+    output_tokens: int
+    met_slo: bool
+
+    @property
+    def ttft(self) -> float:
+        return self.token_times[0] - self.arrival
+
+    @property
+    def tpot(self) -> float:
+        times = self.token_times
+        return (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
+
+    @property
+    def e2e(self) -> float:
+        return self.token_times[-1] - self.arrival
+
+
+@dataclass(frozen=True)
+class ServingWindow:
+    """The steady-state window of one run of the stream. Units: seconds, joules, tokens."""
+
+    start: float
+    end: float
+    output_tokens: int
+    goodput_tokens: int
+    requests_completed: int
+    idle_fraction: float  # share of the window with no request in flight
+    mean_in_flight: float
+    growing: bool  # in-flight requests kept growing: the offered rate exceeds the capacity
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class ServingRun:
+    requests: list[RequestRecord]
+    window: ServingWindow
+    measurement: Measurement
+    lateness_seconds: float  # the most any submission lagged its arrival (the generator's own delay)
+
+
+def serve_stream(
+    engine: ServingEngine,
+    stream: RequestStream,
+    meter: EnergyMeter,
+    slo: SloConfig,
+    warmup_requests: int,
+    drain_requests: int,
+    result_timeout_seconds: float = 600.0,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ServingRun:
+    """Offer `stream` to `engine` in real time and measure its steady state."""
+    count = len(stream.requests)
+    first, last = _window_bounds(count, warmup_requests, drain_requests)
+    ids: dict[str, int] = {}
+    submitted: dict[int, float] = {}
+    done: dict[int, Completion] = {}
+    window_times: list[float] = []
+    lateness = 0.0
+    t0 = clock() + START_LEAD_SECONDS
+    with ExitStack() as stack:
+        measurement: Measurement | None = None
+        for request in stream.requests:
+            due = t0 + request.arrival_seconds
+            while (wait := due - clock()) > 0:
+                _take(engine.collect(min(wait, 0.05)), ids, done)
+            if request.index == first:
+                measurement = stack.enter_context(meter.window())
+                window_times.append(clock() - t0)
+            if request.index == last:
+                window_times.append(clock() - t0)
+                stack.close()
+            now = clock()
+            lateness = max(lateness, now - due)
+            ids[engine.submit(request.prompt_ids, request.max_new_tokens)] = request.index
+            submitted[request.index] = now - t0
+        if len(window_times) == 1:  # the window closes with the last arrival
+            window_times.append(clock() - t0)
+    deadline = clock() + result_timeout_seconds
+    while len(done) < count:
+        got = engine.collect(0.5)
+        _take(got, ids, done)
+        if got:
+            deadline = clock() + result_timeout_seconds
+        elif clock() > deadline:
+            raise TimeoutError(
+                f"{count - len(done)} of {count} requests unfinished after {result_timeout_seconds} s"
+            )
+    assert measurement is not None
+    records = [
+        _record(r.index, r.arrival_seconds, submitted, done, t0, len(r.prompt_ids), slo)
+        for r in stream.requests
+    ]
+    window = _window(records, window_times[0], window_times[1])
+    return ServingRun(records, window, measurement, lateness)
+
+
+def _window_bounds(count: int, warmup: int, drain: int) -> tuple[int, int]:
+    """Indexes of the requests whose arrivals open and close the window."""
+    first = min(max(warmup, 0), count - 1)
+    last = max(count - 1 - max(drain, 0), first)
+    return first, last
+
+
+def _take(completions: list[Completion], ids: dict[str, int], done: dict[int, Completion]) -> None:
+    for completion in completions:
+        if completion.error is not None:
+            raise RuntimeError(f"request {completion.request_id} failed: {completion.error}")
+        if completion.request_id in ids:
+            done[ids[completion.request_id]] = completion
+
+
+def _record(
+    index: int,
+    arrival: float,
+    submitted: dict[int, float],
+    done: dict[int, Completion],
+    t0: float,
+    prompt_tokens: int,
+    slo: SloConfig,
+) -> RequestRecord:
+    completion = done[index]
+    if not completion.token_times:
+        raise RuntimeError(f"request {completion.request_id} finished without tokens")
+    times = tuple(t - t0 for t in completion.token_times)
+    ttft = times[0] - arrival
+    tpot = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
+    return RequestRecord(
+        index, arrival, submitted[index], times, prompt_tokens, len(times), request_meets_slo(ttft, tpot, slo)
+    )
+
+
+def _window(records: list[RequestRecord], start: float, end: float) -> ServingWindow:
+    output = goodput = completed = 0
+    for r in records:
+        inside = sum(start <= t <= end for t in r.token_times)
+        output += inside
+        goodput += inside if r.met_slo else 0
+        completed += start <= r.token_times[-1] <= end
+    idle, mean_first, mean_second = _in_flight(records, start, end)
+    return ServingWindow(
+        start=start,
+        end=end,
+        output_tokens=output,
+        goodput_tokens=goodput,
+        requests_completed=completed,
+        idle_fraction=idle,
+        mean_in_flight=(mean_first + mean_second) / 2,
+        growing=mean_second > GROWTH_FLAG * mean_first + 1,
+    )
+
+
+def _in_flight(records: list[RequestRecord], start: float, end: float) -> tuple[float, float, float]:
+    """(idle share, mean in flight over the first half, over the second half) of [start, end]."""
+    events = sorted([(r.submitted, 1) for r in records] + [(r.token_times[-1], -1) for r in records])
+    middle = (start + end) / 2
+    halves = ((start, middle), (middle, end))
+    area = [0.0, 0.0]
+    idle = 0.0
+    level = 0
+    previous = min([start, *(when for when, _ in events)])
+    for when, step in [*events, (max([end, *(when for when, _ in events)]), 0)]:
+        # the segment [previous, when) ran at `level` requests in flight; clip it to each half
+        for i, (a, b) in enumerate(halves):
+            area[i] += level * max(0.0, min(when, b) - max(previous, a))
+        if level == 0:
+            idle += max(0.0, min(when, end) - max(previous, start))
+        level += step
+        previous = when
+    half = (end - start) / 2
+    if half <= 0:
+        return 0.0, 0.0, 0.0
+    return idle / (end - start), area[0] / half, area[1] / half
+
+
+def summarize(
+    runs: list[ServingRun], stream: RequestStream, prefix: dict[str, float] | None = None
+) -> ServingSummary:
+    windowed = [r for run in runs for r in run.requests if run.window.start <= r.arrival <= run.window.end]
+    judged = windowed or [r for run in runs for r in run.requests]
+    completed = sum(run.window.requests_completed for run in runs)
+    joules = sum(run.measurement.joules for run in runs)
+    return ServingSummary(
+        stream=stream.source,
+        stream_sha256=stream.sha256,
+        offered_rate=stream.offered_rate,
+        requests=len(stream.requests),
+        window_requests=len(windowed),
+        joules_per_request=joules / completed if completed else float("inf"),
+        idle_fraction=statistics.fmean(run.window.idle_fraction for run in runs),
+        mean_in_flight=statistics.fmean(run.window.mean_in_flight for run in runs),
+        growing_windows=sum(run.window.growing for run in runs),
+        ttft_p90_ms=1000 * percentile([r.ttft for r in judged], 90),
+        e2e_p90_ms=1000 * percentile([r.e2e for r in judged], 90),
+        max_lateness_ms=1000 * max(run.lateness_seconds for run in runs),
+        prefix=dict(prefix or {}),
+    )
+
+
+def measure_serving(
+    engine: ServingEngine,
+    stream: RequestStream,
+    meter: EnergyMeter,
+    slo: SloConfig,
+    repeats: int,
+    warmup_requests: int,
+    drain_requests: int,
+    prefix_counters: Callable[[], dict[str, float]] | None = None,
+) -> PerformanceResult:
+    """`repeats` runs of the stream, each one energy window over its steady state."""
+    runs = [serve_stream(engine, stream, meter, slo, warmup_requests, drain_requests) for _ in range(repeats)]
+    windows = []
+    for run in runs:
+        m, w = run.measurement, run.window
+        warnings = list(m.warnings)
+        if w.growing:
+            warnings.append(
+                f"requests in flight kept growing ({w.mean_in_flight:.1f} on average): "
+                f"{stream.offered_rate:.2f} req/s is above this candidate's capacity"
+            )
+        windows.append(
+            WindowResult(
+                source=m.source,
+                joules=m.joules,
+                active_joules=m.active_joules,
+                seconds=m.seconds,
+                output_tokens=w.output_tokens,
+                goodput_tokens=w.goodput_tokens,
+                polled_joules=m.polled_joules,
+                temperature_c=m.temperature_c,
+                sm_clock_mhz=m.sm_clock_mhz,
+                warnings=warnings,
+            )
+        )
+    judged = [r for run in runs for r in run.requests if run.window.start <= r.arrival <= run.window.end]
+    judged = judged or [r for run in runs for r in run.requests]
+    ttfts, tpots = [r.ttft for r in judged], [r.tpot for r in judged]
+    output = sum(w.output_tokens for w in windows)
+    return PerformanceResult(
+        source=windows[0].source,
+        idle_watts=meter.idle_watts,
+        windows=windows,
+        tokens_per_joule=Spread.of([w.tokens_per_joule for w in windows]),
+        goodput_tokens_per_joule=Spread.of([w.goodput_tokens_per_joule for w in windows]),
+        active_tokens_per_joule=Spread.of(
+            [w.output_tokens / w.active_joules if w.active_joules > 0 else 0.0 for w in windows]
+        ),
+        tokens_per_second=Spread.of([w.output_tokens / w.seconds if w.seconds > 0 else 0.0 for w in windows]),
+        watts=Spread.of([w.joules / w.seconds if w.seconds > 0 else 0.0 for w in windows]),
+        latency=LatencySummary.of(ttfts, tpots),
+        slo_violations=slo_violations(ttfts, tpots, slo),
+        goodput_fraction=sum(w.goodput_tokens for w in windows) / output if output else 0.0,
+        serving=summarize(runs, stream, prefix_counters() if prefix_counters else None),
+    )

@@ -1,0 +1,156 @@
+"""Serving measurements: arrival-time submission, per-request latencies, the steady-state window."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pytest
+
+from optimizer.config import SloConfig
+from optimizer.measure.energy import Measurement
+from optimizer.measure.serving import Completion, ServingRun, measure_serving, serve_stream
+from optimizer.measure.stream import LengthDistribution, StreamSpec, TextTokens, generate_stream
+
+
+class WattMeter:
+    """Draws a constant `watts` over each window's wall time."""
+
+    source = "fake"
+
+    def __init__(self, watts: float = 10.0) -> None:
+        self.watts, self.idle_watts = watts, 2.0
+
+    @contextmanager
+    def window(self) -> Iterator[Measurement]:
+        measurement = Measurement(source=self.source, idle_watts=self.idle_watts)
+        start = time.perf_counter()
+        yield measurement
+        measurement.seconds = time.perf_counter() - start
+        measurement.joules = self.watts * measurement.seconds
+
+
+class FifoServer:
+    """A fake engine serving `slots` requests at a time, first come first served: a request's
+    first token comes `ttft` after it starts, then one token every `tpot` seconds."""
+
+    def __init__(self, slots: int = 1000, ttft: float = 0.01, tpot: float = 0.002) -> None:
+        self.slots, self.ttft, self.tpot = slots, ttft, tpot
+        self.free_at = [0.0] * slots
+        self.pending: list[tuple[float, Completion]] = []
+        self.submitted: list[float] = []
+
+    def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
+        now = time.perf_counter()
+        self.submitted.append(now)
+        slot = min(range(self.slots), key=self.free_at.__getitem__)
+        start = max(now, self.free_at[slot])
+        times = tuple(start + self.ttft + i * self.tpot for i in range(max_new_tokens))
+        self.free_at[slot] = times[-1]
+        request_id = str(len(self.submitted))
+        self.pending.append((times[-1], Completion(request_id, tuple(range(max_new_tokens)), times)))
+        return request_id
+
+    def collect(self, timeout_seconds: float) -> list[Completion]:
+        deadline = time.perf_counter() + timeout_seconds
+        while True:
+            now = time.perf_counter()
+            done = [c for t, c in self.pending if t <= now]
+            if done or now >= deadline:
+                self.pending = [(t, c) for t, c in self.pending if t > now]
+                return done
+            time.sleep(min(0.002, deadline - now))
+
+
+def stream(requests: int = 40, rate: float = 100.0, output: int = 5):  # type: ignore[no-untyped-def]
+    spec = StreamSpec(
+        requests=requests,
+        rate=rate,
+        arrivals="constant",
+        prompt_tokens=LengthDistribution("fixed", 8, 1, 64),
+        output_tokens=LengthDistribution("fixed", output, 1, 64),
+    )
+    return generate_stream(spec, TextTokens(list(range(100, 200))))
+
+
+def test_requests_are_submitted_at_their_arrival_times_and_judged_each() -> None:
+    s = stream(requests=30, rate=100.0)
+    server = FifoServer()
+    run = serve_stream(
+        server, s, WattMeter(), SloConfig(ttft_ms=50, tpot_ms=10), warmup_requests=5, drain_requests=5
+    )
+    t0 = server.submitted[0] - s.requests[0].arrival_seconds
+    lags = [sub - t0 - r.arrival_seconds for sub, r in zip(server.submitted, s.requests, strict=True)]
+    assert max(lags) < 0.02 and run.lateness_seconds < 0.02
+    assert len(run.requests) == 30
+    for record in run.requests:
+        assert record.ttft == pytest.approx(0.01, abs=0.015)
+        assert record.tpot == pytest.approx(0.002, abs=1e-6)
+        assert record.output_tokens == 5 and record.met_slo
+    window = run.window
+    assert window.start == pytest.approx(s.requests[5].arrival_seconds, abs=0.02)
+    assert window.end == pytest.approx(s.requests[24].arrival_seconds, abs=0.02)
+    assert window.goodput_tokens == window.output_tokens > 0
+    assert not window.growing
+    assert 0 <= window.idle_fraction < 1
+
+
+def test_the_window_counts_tokens_by_their_timestamps() -> None:
+    run = serve_stream(
+        FifoServer(), stream(), WattMeter(), SloConfig(), warmup_requests=10, drain_requests=10
+    )
+    counted = sum(run.window.start <= t <= run.window.end for r in run.requests for t in r.token_times)
+    assert run.window.output_tokens == counted
+    # about rate x window seconds x tokens per request (one window's worth of arrivals)
+    expected = 100 * run.window.seconds * 5
+    assert run.window.output_tokens == pytest.approx(expected, rel=0.25)
+    assert run.measurement.seconds == pytest.approx(run.window.seconds, abs=0.02)
+
+
+def test_an_engine_slower_than_the_rate_grows_a_queue_and_misses_the_ttft_slo() -> None:
+    slow = FifoServer(slots=1, ttft=0.01, tpot=0.01)  # 50 ms per request, 100 requests/s offered
+    run = serve_stream(slow, stream(requests=30), WattMeter(), SloConfig(ttft_ms=100, tpot_ms=50), 3, 3)
+    assert run.window.growing
+    late = [r for r in run.requests if not r.met_slo]
+    assert late and all(r.ttft > 0.1 for r in late)
+    assert run.window.goodput_tokens < run.window.output_tokens
+
+
+def test_measure_serving_reports_goodput_joules_per_request_and_the_stream() -> None:
+    s = stream(requests=30)
+    perf = measure_serving(
+        FifoServer(),
+        s,
+        WattMeter(watts=10.0),
+        SloConfig(ttft_ms=50, tpot_ms=10),
+        2,
+        5,
+        5,
+        lambda: {"hits": 3.0},
+    )
+    assert len(perf.windows) == 2 and perf.slo_met
+    assert perf.serving is not None
+    assert perf.serving.stream_sha256 == s.sha256 and perf.serving.requests == 30
+    assert perf.serving.prefix == {"hits": 3.0}
+    completed_per_window = perf.serving.window_requests / 2
+    assert perf.serving.joules_per_request == pytest.approx(
+        10.0 * perf.windows[0].seconds / completed_per_window, rel=0.3
+    )
+    assert perf.goodput_tokens_per_joule.mean == pytest.approx(perf.tokens_per_joule.mean)
+    again = type(perf).from_dict(perf.to_dict())
+    assert again.serving == perf.serving
+
+
+def test_a_failed_request_fails_the_run() -> None:
+    class Failing(FifoServer):
+        def collect(self, timeout_seconds: float) -> list[Completion]:
+            return [Completion(c.request_id, (), (), error="boom") for c in super().collect(timeout_seconds)]
+
+    with pytest.raises(RuntimeError, match="boom"):
+        serve_stream(Failing(), stream(requests=5), WattMeter(), SloConfig(), 1, 1)
+
+
+def test_window_measurement_type() -> None:
+    run = serve_stream(FifoServer(), stream(requests=8), WattMeter(), SloConfig(), 2, 2)
+    assert isinstance(run, ServingRun) and isinstance(run.measurement, Measurement)

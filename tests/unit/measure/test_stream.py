@@ -1,0 +1,162 @@
+"""Request streams: seeded generation matches its parameters; traces are read or rejected clearly."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from optimizer.errors import UserError
+from optimizer.measure.stream import (
+    LengthDistribution,
+    StreamSpec,
+    TextTokens,
+    generate_stream,
+    read_trace,
+)
+
+TEXT = list(range(1000, 1997))  # stand-in token ids of a text
+
+
+def text(start: tuple[int, ...] = (1,)) -> TextTokens:
+    return TextTokens(TEXT, start_ids=start, seed=3)
+
+
+def test_a_seeded_stream_is_reproducible_and_its_hash_identifies_it() -> None:
+    spec = StreamSpec(requests=20, rate=4.0, seed=7)
+    a, b = generate_stream(spec, text()), generate_stream(spec, text())
+    assert a.requests == b.requests and a.sha256 == b.sha256
+    other = generate_stream(StreamSpec(requests=20, rate=4.0, seed=8), text())
+    assert other.sha256 != a.sha256
+    assert [r.index for r in a.requests] == list(range(20))
+
+
+@pytest.mark.parametrize("arrivals,cv", [("poisson", 1.0), ("constant", 1.0), ("gamma", 3.0)])
+def test_arrival_rate_matches_the_rate(arrivals: str, cv: float) -> None:
+    spec = StreamSpec(requests=3000, rate=5.0, arrivals=arrivals, arrival_cv=cv, seed=1)
+    stream = generate_stream(spec, text())
+    arrivals_s = [r.arrival_seconds for r in stream.requests]
+    gaps = [b - a for a, b in zip(arrivals_s, arrivals_s[1:], strict=False)]
+    assert stream.offered_rate == pytest.approx(5.0, rel=0.1)
+    measured_cv = statistics.pstdev(gaps) / statistics.fmean(gaps)
+    expected_cv = {"poisson": 1.0, "constant": 0.0, "gamma": 3.0}[arrivals]
+    assert measured_cv == pytest.approx(expected_cv, abs=0.15 * max(expected_cv, 1))
+    assert all(g >= 0 for g in gaps)
+
+
+def test_lengths_follow_their_distributions_and_prompts_start_like_the_tokenizer() -> None:
+    spec = StreamSpec(
+        requests=2000,
+        prompt_tokens=LengthDistribution("lognormal", 100, 10, 400, 0.5),
+        output_tokens=LengthDistribution("uniform", 50, 20, 80),
+    )
+    stream = generate_stream(spec, text(start=(1,)))
+    prompts = [len(r.prompt_ids) for r in stream.requests]
+    outputs = [r.max_new_tokens for r in stream.requests]
+    assert statistics.fmean(prompts) == pytest.approx(100, rel=0.08)
+    assert min(prompts) >= 10 and max(prompts) <= 400
+    assert statistics.fmean(outputs) == pytest.approx(50, rel=0.05)
+    assert min(outputs) >= 20 and max(outputs) <= 80
+    assert all(r.prompt_ids[0] == 1 for r in stream.requests)  # BOS first
+    assert all(t in TEXT for r in stream.requests[:20] for t in r.prompt_ids[1:])  # real text after
+
+
+def test_conversations_resend_their_history() -> None:
+    spec = StreamSpec(requests=12, turns=3, turn_gap_seconds=2.0, rate=1.0, shared_prefix_tokens=16)
+    stream = generate_stream(spec, text())
+    by_conversation: dict[str, list] = {}
+    for r in stream.requests:
+        by_conversation.setdefault(str(r.conversation), []).append(r)
+    assert len(by_conversation) == 4
+    for turns in by_conversation.values():
+        turns.sort(key=lambda r: r.turn)
+        assert [r.turn for r in turns] == [0, 1, 2]
+        for earlier, later in zip(turns, turns[1:], strict=False):
+            assert later.prompt_ids[: len(earlier.prompt_ids)] == earlier.prompt_ids
+            assert len(later.prompt_ids) > len(earlier.prompt_ids) + earlier.max_new_tokens
+            assert later.arrival_seconds == pytest.approx(earlier.arrival_seconds + 2.0)
+    prefixes = {r.prompt_ids[:16] for r in stream.requests}
+    assert len(prefixes) == 1  # every request starts with the shared system prompt
+
+
+@pytest.mark.parametrize(
+    "spec,field",
+    [
+        (StreamSpec(rate=0), "workload.rate"),
+        (StreamSpec(arrivals="weibull"), "workload.arrivals"),
+        (StreamSpec(requests=0), "workload.requests"),
+        (StreamSpec(prompt_tokens=LengthDistribution("zipf")), "workload.prompt_lengths.kind"),
+        (StreamSpec(output_tokens=LengthDistribution("uniform", 10, 20, 5)), "workload.output_lengths"),
+    ],
+)
+def test_bad_stream_parameters_name_the_field(spec: StreamSpec, field: str) -> None:
+    with pytest.raises(UserError) as error:
+        generate_stream(spec, text())
+    assert error.value.field == field
+
+
+class WordTokenizer:
+    """Each word is one token id (its length + 100): enough to check the reader's plumbing."""
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": [100 + len(word) for word in text.split()]}
+
+
+def write(path: Path, rows: list[object]) -> Path:
+    path.write_text("\n".join(row if isinstance(row, str) else json.dumps(row) for row in rows) + "\n")
+    return path
+
+
+def test_a_trace_gives_text_or_counted_prompts(tmp_path: Path) -> None:
+    trace = write(
+        tmp_path / "t.jsonl",
+        [
+            {"arrival": 0.0, "prompt": "hello big world", "output_tokens": 5, "conversation": "a", "turn": 0},
+            {"arrival": 0.5, "prompt_tokens": 12, "output_tokens": 3},
+            "",
+            {"arrival": 0.5, "prompt_tokens": 4, "output_tokens": 1},
+        ],
+    )
+    stream = read_trace(trace, WordTokenizer(), text(start=(1,)))
+    first, second, third = stream.requests
+    assert first.prompt_ids == (1, 105, 103, 105) and first.max_new_tokens == 5
+    assert first.conversation == "a" and first.turn == 0
+    assert len(second.prompt_ids) == 12 and second.prompt_ids[0] == 1
+    assert [r.arrival_seconds for r in stream.requests] == [0.0, 0.5, 0.5]
+    assert stream.source == "trace t.jsonl"
+
+
+@pytest.mark.parametrize(
+    "row,needle",
+    [
+        ({"prompt": "x", "output_tokens": 2}, "missing 'arrival'"),
+        ({"arrival": 0, "prompt": "x"}, "missing 'output_tokens'"),
+        ({"arrival": -1, "prompt": "x", "output_tokens": 2}, "negative or earlier"),
+        ({"arrival": 0, "output_tokens": 2}, "neither 'prompt'"),
+        ({"arrival": "soon", "prompt": "x", "output_tokens": 2}, "not a number"),
+        ({"arrival": 0, "prompt_tokens": 4000, "output_tokens": 200}, "exceed the model's context"),
+        ("{not json", "is not JSON"),
+    ],
+)
+def test_bad_trace_lines_are_one_clear_error(tmp_path: Path, row: object, needle: str) -> None:
+    trace = write(tmp_path / "bad.jsonl", [{"arrival": 0.0, "prompt": "ok", "output_tokens": 1}, row])
+    with pytest.raises(UserError) as error:
+        read_trace(trace, WordTokenizer(), text(), max_context=2048)
+    assert needle in error.value.problem or needle in str(error.value)
+    assert error.value.field.startswith("workload.trace line 2")
+
+
+def test_decreasing_arrivals_and_missing_files_are_errors(tmp_path: Path) -> None:
+    trace = write(
+        tmp_path / "t.jsonl",
+        [
+            {"arrival": 1.0, "prompt": "a", "output_tokens": 1},
+            {"arrival": 0.5, "prompt": "b", "output_tokens": 1},
+        ],
+    )
+    with pytest.raises(UserError, match="earlier than the line before"):
+        read_trace(trace, WordTokenizer(), text())
+    with pytest.raises(UserError, match="does not exist"):
+        read_trace(tmp_path / "missing.jsonl", WordTokenizer(), text())
