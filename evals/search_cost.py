@@ -103,7 +103,7 @@ def found_at(history: list[CandidateResult], winner: CandidateResult | None) -> 
 def live_runs(fraction: float, workdir: Path) -> tuple[list[Run], RunConfig, Roofline | None, dict[str, Any]]:
     from optimizer.measure.energy import measure_idle_watts
     from optimizer.pipeline import plan_search, prepare_measurement
-    from optimizer.search.device import DeviceLock
+    from optimizer.search.device_lock import DeviceLock
     from optimizer.search.roofline import rates_for
 
     cfg = compose_run_config([*SPACE, *PROTOCOL])

@@ -20,7 +20,7 @@ from optimizer.space import Candidate
 from optimizer.target import TargetSpec, detect_target
 
 if TYPE_CHECKING:
-    from optimizer.search.device import DeviceLock
+    from optimizer.search.device_lock import DeviceLock
     from optimizer.search.evaluate import Evaluator
     from optimizer.store import TrialStore
 
@@ -188,7 +188,7 @@ def optimize(cfg: RunConfig) -> RunResult:
 def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     from optimizer.recipe import build_recipe, write_recipe
     from optimizer.report.markdown import write_report
-    from optimizer.search.device import DeviceLock
+    from optimizer.search.device_lock import DeviceLock
     from optimizer.search.roofline import Roofline, rates_for
     from optimizer.search.runner import collect_outcome, run_search
     from optimizer.select import pareto_front, select_best

@@ -19,7 +19,7 @@ from optimizer.measure.quality import QualityReference, QualityResult, evaluate_
 from optimizer.measure.workload import PerformanceResult, Workload, measure_performance
 from optimizer.model import ModelSpec
 from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
-from optimizer.search.device import DeviceLock
+from optimizer.search.device_lock import DeviceLock
 from optimizer.space import Candidate, reference_settings
 from optimizer.store import QUALITY_CLAIM_PREFIX, TrialStore
 from optimizer.target import TargetSpec

@@ -3,7 +3,7 @@
 Nothing here hands out candidates: the store's leases do, so a worker may start late, die, or run
 on another node. What the launcher provides is a process and a device: on a GPU target one whole
 GPU per worker (CUDA_VISIBLE_DEVICES, Ray `num_gpus=1`, SLURM `gpus_per_node`); on a CPU target
-the host's CPU, shared, whose energy windows the device lock (search/device.py) serializes.
+the host's CPU, shared, whose energy windows the device lock (search/device_lock.py) serializes.
 
 A worker rebuilds the search plan itself and refuses to run when its context (model weights,
 target fingerprint, measurement protocol) differs from the coordinator's: its results would land
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from optimizer.config import RunConfig
 from optimizer.errors import UserError
-from optimizer.search.device import cuda_visible_devices
+from optimizer.search.device_lock import cuda_visible_devices
 from optimizer.search.roofline import RooflineRates
 from optimizer.search.runner import WorkerReport
 from optimizer.store import is_shared_server
@@ -141,7 +141,7 @@ def run_worker(spec: WorkerSpec) -> WorkerReport:
     from optimizer.logs import setup_logging
     from optimizer.measure.energy import measure_idle_watts
     from optimizer.pipeline import plan_search, prepare_measurement
-    from optimizer.search.device import DeviceLock
+    from optimizer.search.device_lock import DeviceLock
     from optimizer.search.roofline import Roofline
     from optimizer.search.runner import search_worker
     from optimizer.store import TrialStore
