@@ -17,13 +17,13 @@ import yaml
 
 from optimizer.config import ModelConfig, QualityConfig, RunConfig, SloConfig, TargetConfig, WorkloadConfig
 from optimizer.errors import UserError
+from optimizer.measure.setup import MeasurementSetup
 from optimizer.results import CandidateResult
 from optimizer.space import Candidate
 from optimizer.version import tool_version
 
 if TYPE_CHECKING:
     from optimizer.backends.base import Engine
-    from optimizer.pipeline import MeasurementSetup
     from optimizer.search.runner import SearchOutcome
 
 log = logging.getLogger(__name__)
