@@ -4,7 +4,9 @@ The import graph is read with `ast`, not by importing: every `import` and `from 
 counts, at module level or inside a function (a function-level import that only hides a cycle is
 still a cycle), except those under `if TYPE_CHECKING:`, which never run. Only edges to
 `optimizer.*` modules are kept; `from optimizer.x import y` is an edge to `optimizer.x.y` when y is
-a submodule, else to `optimizer.x`.
+a submodule, else to `optimizer.x`. Importing a submodule also runs its packages' `__init__`, but
+that is no edge here: the `__init__`s import nothing but `optimizer/__init__.py`'s lazy public API,
+which would otherwise put every module on a cycle through `optimizer`.
 
 `python -m tests.unit.test_architecture` prints the cycles and the long modules.
 """
