@@ -29,9 +29,11 @@ from _common import energy_source_line, measured_row  # noqa: E402
 
 from optimizer.config import compose_run_config  # noqa: E402
 from optimizer.measure.energy import measure_idle_watts  # noqa: E402
-from optimizer.pipeline import optimize, prepare_measurement  # noqa: E402
+from optimizer.measure.setup import prepare_measurement  # noqa: E402
+from optimizer.pipeline import optimize  # noqa: E402
 from optimizer.report.backends import best_per_backend  # noqa: E402
 from optimizer.results import CandidateResult  # noqa: E402
+from optimizer.search.evaluate import Evaluator  # noqa: E402
 from optimizer.space import Candidate, baseline_candidate  # noqa: E402
 
 DEFAULT_OVERRIDES = ["space=cpu-ort", "workload.min_window_seconds=3", "workload.repeats=2"]
@@ -78,7 +80,7 @@ def main() -> None:
     )
     default = baseline_candidate(cfg.space, setup.target)
     idle = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
-    evaluator = setup.evaluator()
+    evaluator = Evaluator.for_setup(setup)
     contenders: dict[str, Candidate] = {"default": default} | {b: r.candidate for b, r in winners.items()}
     # default: the project's careless default (HF eager fp32 batch 1, all cores)
     if not setup.target.is_cuda and default.threads > 1:

@@ -24,8 +24,9 @@ from _common import energy_source_line, measured_row  # noqa: E402
 
 from optimizer.config import SpaceConfig, TargetConfig  # noqa: E402
 from optimizer.measure.energy import measure_idle_watts  # noqa: E402
-from optimizer.pipeline import prepare_measurement  # noqa: E402
+from optimizer.measure.setup import prepare_measurement  # noqa: E402
 from optimizer.recipe import check_weights, default_cache_dir, model_config_for, read_recipe  # noqa: E402
+from optimizer.search.evaluate import Evaluator  # noqa: E402
 from optimizer.space import baseline_candidate  # noqa: E402
 
 DEFAULT_RECIPE = REPO / "recipes" / "smollm2-135m" / "recipe.yaml"
@@ -68,7 +69,7 @@ def main() -> None:
     default = baseline_candidate(SpaceConfig(), setup.target)  # HF eager fp32 batch 1, all cores
     tuned = recipe.candidate
     idle = measure_idle_watts(setup.meter, workload.idle_seconds)
-    evaluator = setup.evaluator()
+    evaluator = Evaluator.for_setup(setup)
     rounds = []
     for index in range(args.rounds):
         base = measured_row(evaluator.evaluate(default, role="baseline"))

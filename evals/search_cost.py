@@ -102,8 +102,10 @@ def found_at(history: list[CandidateResult], winner: CandidateResult | None) -> 
 
 def live_runs(fraction: float, workdir: Path) -> tuple[list[Run], RunConfig, Roofline | None, dict[str, Any]]:
     from optimizer.measure.energy import measure_idle_watts
-    from optimizer.pipeline import plan_search, prepare_measurement
-    from optimizer.search.device import DeviceLock
+    from optimizer.measure.setup import prepare_measurement
+    from optimizer.search.device_lock import DeviceLock
+    from optimizer.search.evaluate import Evaluator
+    from optimizer.search.plan import plan_search
     from optimizer.search.roofline import rates_for
 
     cfg = compose_run_config([*SPACE, *PROTOCOL])
@@ -120,7 +122,7 @@ def live_runs(fraction: float, workdir: Path) -> tuple[list[Run], RunConfig, Roo
 
     def search(name: str, search_cfg: SearchConfig) -> Run:
         store = TrialStore(workdir / f"{name}.db", plan.context)
-        evaluator = setup.evaluator(search_cfg, store, device)
+        evaluator = Evaluator.for_setup(setup, search_cfg, store, device)
         print(f"\n== {name} ({search_cfg.budget_minutes:.1f} min budget)", flush=True)
         outcome = run_search(
             plan.candidates,

@@ -9,123 +9,27 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from optimizer.config import ModelConfig, QualityConfig, RunConfig, SearchConfig, TargetConfig, WorkloadConfig
+import yaml
+
+from optimizer.config import RunConfig
 from optimizer.errors import UserError
-from optimizer.measure.energy import EnergyMeter, make_meter, measure_idle_watts
-from optimizer.model import ModelSpec, resolve_model
+from optimizer.measure.energy import measure_idle_watts
+from optimizer.measure.setup import prepare_measurement
+from optimizer.recipe import build_recipe, write_recipe
+from optimizer.report.markdown import write_report
 from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
-from optimizer.space import Candidate
-from optimizer.target import TargetSpec, detect_target
-
-if TYPE_CHECKING:
-    from optimizer.search.device import DeviceLock
-    from optimizer.search.evaluate import Evaluator
-    from optimizer.store import TrialStore
+from optimizer.search.device_lock import DeviceLock
+from optimizer.search.evaluate import Evaluator
+from optimizer.search.launchers import launch_search
+from optimizer.search.plan import plan_search
+from optimizer.search.roofline import Roofline, rates_for
+from optimizer.search.runner import collect_outcome, run_search
+from optimizer.select import pareto_front, select_best
+from optimizer.store import TrialStore
+from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
-PROTOCOL_VERSION = 1  # bump when a change in measuring makes old stored results incomparable
-
-
-@dataclass
-class MeasurementSetup:
-    """What measuring needs, shared by `optimize`, `verify` and the benchmarks."""
-
-    model: ModelSpec
-    target: TargetSpec
-    meter: EnergyMeter
-    workload: Any  # optimizer.measure.workload.Workload
-    quality_tokens: Any  # torch.Tensor [sequences, tokens]
-    text_sha256: str
-    workload_cfg: WorkloadConfig
-    quality_cfg: QualityConfig
-    cache_dir: Path
-
-    def evaluator(
-        self,
-        search_cfg: SearchConfig | None = None,
-        store: TrialStore | None = None,
-        device: DeviceLock | None = None,
-    ) -> Evaluator:
-        """An Evaluator over this setup; without a store, quality is cached in memory only; with a
-        device lock, energy windows never overlap other workers' work on the device."""
-        from optimizer.search.evaluate import Evaluator
-
-        return Evaluator(
-            model=self.model,
-            target=self.target,
-            meter=self.meter,
-            workload=self.workload,
-            quality_tokens=self.quality_tokens,
-            workload_cfg=self.workload_cfg,
-            quality_cfg=self.quality_cfg,
-            search_cfg=search_cfg or SearchConfig(),
-            store=store,
-            workdir=self.cache_dir,
-            device=device,
-        )
-
-
-def prepare_measurement(
-    model_cfg: ModelConfig,
-    target_cfg: TargetConfig,
-    workload_cfg: WorkloadConfig,
-    quality_cfg: QualityConfig,
-    cache_dir: Path,
-    prompt_pool: int,
-) -> MeasurementSetup:
-    import torch
-    from transformers import AutoTokenizer
-
-    from optimizer.measure.text import load_text, token_windows
-    from optimizer.measure.workload import Workload
-
-    _quiet_libraries(cache_dir)
-    model = resolve_model(model_cfg, cache_dir)
-    target = detect_target(target_cfg)
-    tokenizer = AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=model.trust_remote_code)
-    text = load_text(quality_cfg.text)
-    prompts = token_windows(
-        tokenizer, text.workload, workload_cfg.prompt_tokens, prompt_pool, "workload.prompt_tokens"
-    )
-    quality = token_windows(
-        tokenizer, text.quality, quality_cfg.seq_tokens, quality_cfg.num_sequences, "quality.num_sequences"
-    )
-    return MeasurementSetup(
-        model=model,
-        target=target,
-        meter=make_meter(target),
-        workload=Workload(torch.tensor(prompts), workload_cfg.max_new_tokens),
-        quality_tokens=torch.tensor(quality),
-        text_sha256=text.sha256,
-        workload_cfg=workload_cfg,
-        quality_cfg=quality_cfg,
-        cache_dir=cache_dir,
-    )
-
-
-def _quiet_libraries(cache_dir: Path) -> None:
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    logging.getLogger("torchao").setLevel(logging.ERROR)  # warns about CUDA kernels on CPU machines
-    hf_logging.disable_progress_bar()
-
-
-def protocol(cfg: RunConfig, text_sha256: str, energy_source: str) -> dict[str, Any]:
-    """What must match for two measurements to be comparable (the quality bound is not in it)."""
-    return {
-        "protocol_version": PROTOCOL_VERSION,
-        "workload": {k: v for k, v in asdict(cfg.workload).items() if k != "idle_seconds"},
-        "quality_text_sha256": text_sha256,
-        "quality_sequences": cfg.quality.num_sequences,
-        "quality_seq_tokens": cfg.quality.seq_tokens,
-        "energy_source": energy_source,
-    }
 
 
 @dataclass(frozen=True)
@@ -137,41 +41,6 @@ class RunResult:
     results: list[CandidateResult]
     infeasible: UserError | None  # why nothing could be selected, when nothing could
     dry_run: Path | None = None  # launcher.slurm.dry_run: where the unsubmitted jobs are
-
-
-@dataclass(frozen=True)
-class SearchPlan:
-    """What every worker of a search derives alike from the config and its measurement setup."""
-
-    candidates: list[Candidate]  # valid by the rules and fitting the memory budget
-    pruned: list[tuple[Candidate, str]]  # valid but too big for the memory budget
-    excluded: list[tuple[Candidate, str]]  # ruled out for the target
-    baseline: Candidate
-    context: str  # the store context: model weights, target fingerprint, measurement protocol
-
-
-def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
-    from optimizer.search.prefilter import memory_fit_reason
-    from optimizer.space import baseline_candidate, enumerate_candidates
-    from optimizer.store import context_key
-
-    valid, excluded = enumerate_candidates(cfg.space, setup.target)
-    fits: list[Candidate] = []
-    pruned: list[tuple[Candidate, str]] = []
-    for candidate in valid:
-        reason = memory_fit_reason(candidate, setup.model.shape, setup.target, cfg.workload)
-        if reason:
-            pruned.append((candidate, reason))
-        else:
-            fits.append(candidate)
-    context = context_key(
-        {
-            "model": setup.model.weight_sha256,
-            "target": setup.target.fingerprint(),
-            "protocol": protocol(cfg, setup.text_sha256, setup.meter.source),
-        }
-    )
-    return SearchPlan(fits, pruned, excluded, baseline_candidate(cfg.space, setup.target), context)
 
 
 def optimize(cfg: RunConfig) -> RunResult:
@@ -186,14 +55,6 @@ def optimize(cfg: RunConfig) -> RunResult:
 
 
 def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
-    from optimizer.recipe import build_recipe, write_recipe
-    from optimizer.report.markdown import write_report
-    from optimizer.search.device import DeviceLock
-    from optimizer.search.roofline import Roofline, rates_for
-    from optimizer.search.runner import collect_outcome, run_search
-    from optimizer.select import pareto_front, select_best
-    from optimizer.store import TrialStore
-
     started = time.perf_counter()
     cache_dir = _writable_dir(Path(cfg.cache_dir).expanduser(), "cache_dir")
     setup = prepare_measurement(
@@ -228,13 +89,11 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     if roofline is not None:
         log.info("roofline: %s", roofline.rates.describe())
     if cfg.search.workers == 1 and cfg.launcher.kind == "local":
-        evaluator = setup.evaluator(cfg.search, store, device)
+        evaluator = Evaluator.for_setup(setup, cfg.search, store, device)
         outcome = run_search(
             plan.candidates, plan.pruned, plan.baseline, evaluator, cfg.search, cfg.quality, roofline=roofline
         )
     else:
-        from optimizer.search.workers import launch_search
-
         launched = launch_search(cfg, target, plan.context, store.run_id, idle_watts, rates)
         if launched.dry_run is not None:
             return RunResult(output_dir, None, None, None, [], None, dry_run=launched.dry_run)
@@ -314,6 +173,4 @@ def _write_results(output_dir: Path, results: list[CandidateResult]) -> None:
 
 
 def _write_config(output_dir: Path, cfg: RunConfig) -> None:
-    import yaml
-
     (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))

@@ -10,7 +10,6 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,24 +17,18 @@ import yaml
 
 from optimizer.config import ModelConfig, QualityConfig, RunConfig, SloConfig, TargetConfig, WorkloadConfig
 from optimizer.errors import UserError
+from optimizer.measure.setup import MeasurementSetup
 from optimizer.results import CandidateResult
 from optimizer.space import Candidate
+from optimizer.version import tool_version
 
 if TYPE_CHECKING:
     from optimizer.backends.base import Engine
-    from optimizer.pipeline import MeasurementSetup
     from optimizer.search.runner import SearchOutcome
 
 log = logging.getLogger(__name__)
 RECIPE_SCHEMA = "wattsmith.recipe/v1"
 SUPPORTED_SCHEMAS = (RECIPE_SCHEMA,)
-
-
-def tool_version() -> str:
-    try:
-        return metadata.version("wattsmith")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def _evidence_of(result: CandidateResult) -> dict[str, Any]:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from optimizer.config import TargetConfig
 from optimizer.measure.energy import measure_idle_watts
-from optimizer.pipeline import prepare_measurement
+from optimizer.measure.setup import prepare_measurement
 from optimizer.recipe import check_weights, default_cache_dir, model_config_for, read_recipe
+from optimizer.search.evaluate import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ def verify_recipe(
         Check("energy source", energy["source"], setup.meter.source, energy["source"] == setup.meter.source),
     ]
     measure_idle_watts(setup.meter, recipe.workload.idle_seconds)
-    result = setup.evaluator().evaluate(cand, role="baseline")  # measured even if quality broke: show both
+    result = Evaluator.for_setup(setup).evaluate(
+        cand, role="baseline"
+    )  # measured even if quality broke: show both
     if result.quality is None or result.performance is None:
         checks.append(Check("build and run", "ok", result.reason or "no result", False))
         return VerifyReport(recipe.path, checks)

@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 from optimizer.config import AccountingConfig, RunConfig
 from optimizer.errors import UserError
 from optimizer.measure.quality import QualityResult
+from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import Spread
-from optimizer.recipe import tool_version
 from optimizer.report.backends import backends_section
 from optimizer.report.plots import plot_pareto
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 from optimizer.space import Candidate
+from optimizer.version import tool_version
 
 if TYPE_CHECKING:
-    from optimizer.pipeline import MeasurementSetup
     from optimizer.search.runner import SearchOutcome
 
 JOULES_PER_KWH = 3.6e6

@@ -16,10 +16,11 @@ from optimizer.backends.base import Engine, build_engine
 from optimizer.config import QualityConfig, SearchConfig, WorkloadConfig
 from optimizer.measure.energy import EnergyMeter
 from optimizer.measure.quality import QualityReference, QualityResult, evaluate_quality
+from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import PerformanceResult, Workload, measure_performance
 from optimizer.model import ModelSpec
 from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
-from optimizer.search.device import DeviceLock
+from optimizer.search.device_lock import DeviceLock
 from optimizer.space import Candidate, reference_settings
 from optimizer.store import QUALITY_CLAIM_PREFIX, TrialStore
 from optimizer.target import TargetSpec
@@ -55,6 +56,30 @@ class Evaluator:
     device: DeviceLock | None = None
     _reference: QualityReference | None = field(default=None, init=False)
     _quality: dict[str, QualityResult] = field(default_factory=dict, init=False)
+
+    @classmethod
+    def for_setup(
+        cls,
+        setup: MeasurementSetup,
+        search_cfg: SearchConfig | None = None,
+        store: TrialStore | None = None,
+        device: DeviceLock | None = None,
+    ) -> Evaluator:
+        """An Evaluator over a measurement setup; without a store, quality is cached in memory only;
+        with a device lock, energy windows never overlap other workers' work on the device."""
+        return cls(
+            model=setup.model,
+            target=setup.target,
+            meter=setup.meter,
+            workload=setup.workload,
+            quality_tokens=setup.quality_tokens,
+            workload_cfg=setup.workload_cfg,
+            quality_cfg=setup.quality_cfg,
+            search_cfg=search_cfg or SearchConfig(),
+            store=store,
+            workdir=setup.cache_dir,
+            device=device,
+        )
 
     def reference(self) -> QualityReference:
         """fp32 eager logits on the held-out text, computed on first use."""

@@ -1,6 +1,7 @@
 """Run `run_worker` on existing engines: a process pool here, Ray tasks, or a SLURM array (submitit).
 
-Each engine only starts the workers and hands back their reports; which candidate a worker takes is
+`launch_search` turns the config into one WorkerSpec per worker and starts them on the configured
+engine. Each engine only starts the workers and hands back their reports; which candidate a worker takes is
 settled in the store. A worker that fails is logged and the search goes on with the others: what
 they finished is in the store either way.
 """
@@ -12,17 +13,66 @@ import math
 import multiprocessing
 import os
 import shlex
+import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from optimizer.config import RayConfig, SlurmConfig
+from optimizer.config import RayConfig, RunConfig, SlurmConfig
+from optimizer.search.roofline import RooflineRates
 from optimizer.search.runner import WorkerReport
-from optimizer.search.workers import WorkerSpec, run_worker
+from optimizer.search.workers import WorkerSpec, check_workers, local_gpus, run_worker
+from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Launched:
+    reports: list[WorkerReport]
+    dry_run: Path | None = None  # launcher.slurm.dry_run: the folder with the unsubmitted jobs
+
+
+def launch_search(
+    cfg: RunConfig,
+    target: TargetSpec,
+    context: str,
+    run_id: str,
+    idle_watts: float,
+    rates: RooflineRates | None,
+) -> Launched:
+    """Start `cfg.search.workers` workers on `cfg.launcher` and wait for their reports."""
+    check_workers(cfg, target)
+    count = cfg.search.workers
+    devices = local_gpus(cfg, target) if cfg.launcher.kind == "local" and target.is_cuda else [None] * count
+    deadline = time.time() + cfg.search.budget_minutes * 60  # one budget for all workers
+    specs = [
+        WorkerSpec(
+            cfg=cfg if device is None else replace(cfg, target=replace(cfg.target, device_index=0)),
+            index=index,
+            context=context,
+            run_id=run_id,
+            deadline_epoch=deadline,
+            rates=rates,
+            coordinator_host=socket.gethostname(),
+            idle_watts=idle_watts,
+            visible_device=device,
+        )
+        for index, device in enumerate(devices)
+    ]
+    log.info("launching %d workers (%s)", count, cfg.launcher.kind)
+    if cfg.launcher.kind == "ray":
+        return Launched(on_ray(cfg.launcher.ray, specs, gpu=target.is_cuda))
+    if cfg.launcher.kind == "slurm":
+        slurm = cfg.launcher.slurm
+        if slurm.dry_run:
+            return Launched([], dry_run=slurm_dry_run(slurm, specs))
+        return Launched(on_slurm(slurm, specs))
+    return Launched(local_processes(specs))
 
 
 def local_processes(specs: Sequence[WorkerSpec]) -> list[WorkerReport]:

@@ -3,7 +3,7 @@
 Nothing here hands out candidates: the store's leases do, so a worker may start late, die, or run
 on another node. What the launcher provides is a process and a device: on a GPU target one whole
 GPU per worker (CUDA_VISIBLE_DEVICES, Ray `num_gpus=1`, SLURM `gpus_per_node`); on a CPU target
-the host's CPU, shared, whose energy windows the device lock (search/device.py) serializes.
+the host's CPU, shared, whose energy windows the device lock (search/device_lock.py) serializes.
 
 A worker rebuilds the search plan itself and refuses to run when its context (model weights,
 target fingerprint, measurement protocol) differs from the coordinator's: its results would land
@@ -16,15 +16,20 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from optimizer.config import RunConfig
 from optimizer.errors import UserError
-from optimizer.search.device import cuda_visible_devices
-from optimizer.search.roofline import RooflineRates
-from optimizer.search.runner import WorkerReport
-from optimizer.store import is_shared_server
+from optimizer.logs import setup_logging
+from optimizer.measure.energy import measure_idle_watts
+from optimizer.measure.setup import prepare_measurement
+from optimizer.search.device_lock import DeviceLock, cuda_visible_devices
+from optimizer.search.evaluate import Evaluator
+from optimizer.search.plan import plan_search
+from optimizer.search.roofline import Roofline, RooflineRates
+from optimizer.search.runner import WorkerReport, search_worker
+from optimizer.store import TrialStore, is_shared_server
 from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -43,51 +48,6 @@ class WorkerSpec:
     coordinator_host: str
     idle_watts: float  # the coordinator's reading: reused by workers on its host's CPU
     visible_device: str | None = None  # CUDA_VISIBLE_DEVICES for a local GPU worker
-
-
-@dataclass(frozen=True)
-class Launched:
-    reports: list[WorkerReport]
-    dry_run: Path | None = None  # launcher.slurm.dry_run: the folder with the unsubmitted jobs
-
-
-def launch_search(
-    cfg: RunConfig,
-    target: TargetSpec,
-    context: str,
-    run_id: str,
-    idle_watts: float,
-    rates: RooflineRates | None,
-) -> Launched:
-    from optimizer.search import launchers
-
-    check_workers(cfg, target)
-    count = cfg.search.workers
-    devices = local_gpus(cfg, target) if cfg.launcher.kind == "local" and target.is_cuda else [None] * count
-    deadline = time.time() + cfg.search.budget_minutes * 60  # one budget for all workers
-    specs = [
-        WorkerSpec(
-            cfg=cfg if device is None else replace(cfg, target=replace(cfg.target, device_index=0)),
-            index=index,
-            context=context,
-            run_id=run_id,
-            deadline_epoch=deadline,
-            rates=rates,
-            coordinator_host=socket.gethostname(),
-            idle_watts=idle_watts,
-            visible_device=device,
-        )
-        for index, device in enumerate(devices)
-    ]
-    log.info("launching %d workers (%s)", count, cfg.launcher.kind)
-    if cfg.launcher.kind == "ray":
-        return Launched(launchers.on_ray(cfg.launcher.ray, specs, gpu=target.is_cuda))
-    if cfg.launcher.kind == "slurm":
-        slurm = cfg.launcher.slurm
-        if slurm.dry_run:
-            return Launched([], dry_run=launchers.slurm_dry_run(slurm, specs))
-        return Launched(launchers.on_slurm(slurm, specs))
-    return Launched(launchers.local_processes(specs))
 
 
 def check_workers(cfg: RunConfig, target: TargetSpec) -> None:
@@ -138,14 +98,6 @@ def run_worker(spec: WorkerSpec) -> WorkerReport:
     """The entry point of every worker process, Ray task and SLURM job."""
     if spec.visible_device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = spec.visible_device  # before anything touches CUDA
-    from optimizer.logs import setup_logging
-    from optimizer.measure.energy import measure_idle_watts
-    from optimizer.pipeline import plan_search, prepare_measurement
-    from optimizer.search.device import DeviceLock
-    from optimizer.search.roofline import Roofline
-    from optimizer.search.runner import search_worker
-    from optimizer.store import TrialStore
-
     setup_logging(prefix=f"w{spec.index} ")
     cfg = spec.cfg
     cache_dir = Path(cfg.cache_dir).expanduser()
@@ -171,7 +123,7 @@ def run_worker(spec: WorkerSpec) -> WorkerReport:
     log.info(
         "worker %d on %s, store %s, idle %.1f W", spec.index, host, store.describe(), setup.meter.idle_watts
     )
-    evaluator = setup.evaluator(cfg.search, store, device)
+    evaluator = Evaluator.for_setup(setup, cfg.search, store, device)
     roofline = (
         Roofline(setup.model.shape, cfg.workload, spec.rates, setup.target.is_cuda)
         if spec.rates is not None

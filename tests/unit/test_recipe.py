@@ -17,10 +17,10 @@ from optimizer.recipe import (
     check_weights,
     model_config_for,
     read_recipe,
-    tool_version,
     write_recipe,
 )
 from optimizer.space import Candidate, TorchSettings
+from optimizer.version import tool_version
 
 SHA = "ab" * 32
 

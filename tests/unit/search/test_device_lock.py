@@ -7,12 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from optimizer.search.device import DeviceLock, device_id
+from optimizer.search.device_lock import DeviceLock, device_id
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from optimizer.search.device import DeviceLock
+from optimizer.search.device_lock import DeviceLock
 lock = DeviceLock(Path(sys.argv[1]))
 with (lock.exclusive() if sys.argv[2] == "exclusive" else lock.shared()):
     print("held", flush=True)

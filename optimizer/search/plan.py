@@ -1,0 +1,58 @@
+"""The search plan: what every worker of a search derives alike from the config and its
+measurement setup (the candidates, the baseline, and the store context they are measured in)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from optimizer.config import RunConfig
+from optimizer.measure.setup import MeasurementSetup
+from optimizer.search.prefilter import memory_fit_reason
+from optimizer.space import Candidate, baseline_candidate, enumerate_candidates
+from optimizer.store import context_key
+
+PROTOCOL_VERSION = 1  # bump when a change in measuring makes old stored results incomparable
+
+
+def protocol(cfg: RunConfig, text_sha256: str, energy_source: str) -> dict[str, Any]:
+    """What must match for two measurements to be comparable (the quality bound is not in it)."""
+    return {
+        "protocol_version": PROTOCOL_VERSION,
+        "workload": {k: v for k, v in asdict(cfg.workload).items() if k != "idle_seconds"},
+        "quality_text_sha256": text_sha256,
+        "quality_sequences": cfg.quality.num_sequences,
+        "quality_seq_tokens": cfg.quality.seq_tokens,
+        "energy_source": energy_source,
+    }
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """What every worker of a search derives alike from the config and its measurement setup."""
+
+    candidates: list[Candidate]  # valid by the rules and fitting the memory budget
+    pruned: list[tuple[Candidate, str]]  # valid but too big for the memory budget
+    excluded: list[tuple[Candidate, str]]  # ruled out for the target
+    baseline: Candidate
+    context: str  # the store context: model weights, target fingerprint, measurement protocol
+
+
+def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
+    valid, excluded = enumerate_candidates(cfg.space, setup.target)
+    fits: list[Candidate] = []
+    pruned: list[tuple[Candidate, str]] = []
+    for candidate in valid:
+        reason = memory_fit_reason(candidate, setup.model.shape, setup.target, cfg.workload)
+        if reason:
+            pruned.append((candidate, reason))
+        else:
+            fits.append(candidate)
+    context = context_key(
+        {
+            "model": setup.model.weight_sha256,
+            "target": setup.target.fingerprint(),
+            "protocol": protocol(cfg, setup.text_sha256, setup.meter.source),
+        }
+    )
+    return SearchPlan(fits, pruned, excluded, baseline_candidate(cfg.space, setup.target), context)
