@@ -30,7 +30,7 @@ from _common import energy_source_line, measured_row  # noqa: E402
 from optimizer.config import compose_run_config  # noqa: E402
 from optimizer.measure.energy import measure_idle_watts  # noqa: E402
 from optimizer.pipeline import optimize, prepare_measurement  # noqa: E402
-from optimizer.report.backends import best_per_backend  # noqa: E402
+from optimizer.report.backend_table import best_per_backend  # noqa: E402
 from optimizer.results import CandidateResult  # noqa: E402
 from optimizer.space import Candidate, baseline_candidate  # noqa: E402
 
