@@ -31,7 +31,7 @@ from optimizer.config import compose_run_config  # noqa: E402
 from optimizer.measure.energy import measure_idle_watts  # noqa: E402
 from optimizer.measure.setup import prepare_measurement  # noqa: E402
 from optimizer.pipeline import optimize  # noqa: E402
-from optimizer.report.backends import best_per_backend  # noqa: E402
+from optimizer.report.backend_table import best_per_backend  # noqa: E402
 from optimizer.results import CandidateResult  # noqa: E402
 from optimizer.search.evaluate import Evaluator  # noqa: E402
 from optimizer.space import Candidate, baseline_candidate  # noqa: E402

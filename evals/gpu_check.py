@@ -289,7 +289,7 @@ def profile_section(args: argparse.Namespace) -> dict[str, Any]:
     """Kernel-time tables: where a captured decode step's time goes, before and after the fix."""
     import torch
 
-    from optimizer.backends.base import build_engine
+    from optimizer.backends.registry import build_engine
     from optimizer.config import ModelConfig, TargetConfig
     from optimizer.measure.kernels import profile_steps
     from optimizer.model import resolve_model
@@ -412,8 +412,8 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from optimizer.backends.fp8_static import quantize_fp8_static
-    from optimizer.backends.torch import TorchEngine
+    from optimizer.backends.torch.backend import TorchEngine
+    from optimizer.backends.torch.fp8_static import quantize_fp8_static
     from optimizer.config import SloConfig, TargetConfig, WorkloadConfig
     from optimizer.measure.energy import make_meter, measure_idle_watts
     from optimizer.measure.workload import Workload, measure_performance
@@ -472,7 +472,7 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
                 row["fp8"] = str(hf_model._fp8_static)
             if settings.attention != hf_model.config._attn_implementation:
                 if settings.attention == "sdpa_gqa":
-                    from optimizer.backends import decode_attention
+                    from optimizer.backends.torch import decode_attention
 
                     decode_attention.register()
                 hf_model.set_attn_implementation(settings.attention)
@@ -509,7 +509,7 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
 
 def ort_section(args: argparse.Namespace) -> dict[str, Any]:
     """ONNX Runtime on CUDA: the gpu-marked ORT tests, then ort-onnx / ort-genai CUDA candidates."""
-    from optimizer import runtimes
+    from optimizer.backends import installed
 
     tests = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu", "tests/gpu/test_ort_gpu.py"],
@@ -523,8 +523,8 @@ def ort_section(args: argparse.Namespace) -> dict[str, Any]:
         "tests_returncode": tests.returncode,
         "tests_tail": tests.stdout.strip().splitlines()[-1:] if tests.stdout else [],
         "missing": {
-            "ort-onnx cuda": runtimes.missing_onnx_runtime("cuda"),
-            "ort-genai cuda": runtimes.missing_genai("cuda"),
+            "ort-onnx cuda": installed.missing_onnx_runtime("cuda"),
+            "ort-genai cuda": installed.missing_genai("cuda"),
         },
     }
     if args.gguf:

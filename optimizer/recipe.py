@@ -204,7 +204,7 @@ def load_recipe(path: Path | str, model_source: str | None = None, cache_dir: Pa
     `model_source` replaces the recipe's model source (e.g. the same weights at another path);
     the weights must still hash to the recipe's `weight_sha256`.
     """
-    from optimizer.backends.base import build_engine
+    from optimizer.backends.registry import build_engine
     from optimizer.model import resolve_model
     from optimizer.target import detect_target
 

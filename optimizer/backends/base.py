@@ -1,19 +1,24 @@
-"""Backend and Engine protocols, the Generation record, and the registry keyed by settings type."""
+"""The protocols every backend implements (Engine, Backend, BackendSpec), the records they return
+(Generation, Footprint) and helpers the backends share.
+
+This module imports no backend: the table of backends is `registry.py`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from optimizer.onnx_settings import OrtGenaiSettings, OrtOnnxSettings, TensorRTSettings
-from optimizer.space import BackendSettings, Candidate, TorchSettings
+from optimizer.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
+    from optimizer.config import SpaceConfig
     from optimizer.model import ModelSpec
+    from optimizer.space import Candidate
     from optimizer.target import TargetSpec
 
 
@@ -70,38 +75,63 @@ class Backend(Protocol):
     def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine: ...
 
 
-def _torch_backend() -> Backend:
-    from optimizer.backends.torch import TorchBackend
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes per element of what a backend keeps in memory for one candidate."""
 
-    return TorchBackend()
-
-
-def _ort_genai_backend() -> Backend:
-    from optimizer.backends.ort_genai import OrtGenaiBackend
-
-    return OrtGenaiBackend()
-
-
-def _ort_onnx_backend() -> Backend:
-    from optimizer.backends.ort_onnx import OrtOnnxBackend
-
-    return OrtOnnxBackend()
+    weight_bytes: float  # per parameter
+    activation_bytes: float
+    kv_bytes: float  # per cached K or V element
+    prompt_logits: bool = False  # prefill returns logits for every prompt token, not only the last
+    kv_on_device_fraction: float = 1.0
 
 
-def _tensorrt_backend() -> Backend:
-    from optimizer.backends.tensorrt import TensorRTBackend
-
-    return TensorRTBackend()
+S = TypeVar("S")
 
 
-# Keyed by settings type so that a type checker follows the dispatch; backends import their
-# heavy dependencies only when built.
-BACKENDS: dict[type[BackendSettings], Callable[[], Backend]] = {
-    TorchSettings: _torch_backend,
-    OrtGenaiSettings: _ort_genai_backend,
-    OrtOnnxSettings: _ort_onnx_backend,
-    TensorRTSettings: _tensorrt_backend,
-}
+class BackendSpec(Protocol[S]):
+    """What the space, the prefilter, the roofline and the report know of one backend, asked by
+    its settings type. Importing a spec imports no runtime: `build` imports the backend's code."""
+
+    name: str  # the settings' BACKEND, as written in configs, recipes and candidate keys
+    settings_type: type[S]
+
+    def settings_for(self, space: SpaceConfig) -> Iterator[S]:
+        """Every settings value the space's axes of this backend ask for, in the axes' order."""
+        ...
+
+    def exclusion_reason(self, settings: S, target: TargetSpec) -> str | None:
+        """Why the target cannot run these settings, or None when it can. Pure rules, no measuring."""
+        ...
+
+    def footprint(self, settings: S, num_layers: int) -> Footprint:
+        """Bytes per weight, activation and KV element that a build of these settings holds."""
+        ...
+
+    def matmul_kind(self, settings: S) -> str:
+        """The fastest arithmetic the matmuls can use: fp32, reduced (bf16/fp16), int8 or fp8."""
+        ...
+
+    def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine:
+        """Build the candidate (whose settings are of `settings_type`) into an engine."""
+        ...
+
+
+PRECISION_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0}
+
+
+def precision_kind(precision: str) -> str:
+    """The matmul kind of a compute precision: fp32, int8, or reduced (bf16, fp16)."""
+    return {"fp32": "fp32", "int8": "int8"}.get(precision, "reduced")
+
+
+def check_choices(settings: Any, allowed: Mapping[str, Sequence[object]]) -> None:
+    """Raise a UserError naming the first field whose value is not one of its allowed values."""
+    for name, values in allowed.items():
+        value = getattr(settings, name)
+        # by type and value: "false", 0 or True must not pass as False, 4 or 32
+        if not any(type(value) is type(v) and value == v for v in values):
+            raise UserError(f"settings.{name}", f"unknown value {value!r}", f"use one of {list(values)}")
 
 
 def load_check(engine: Engine, error: type[Exception] = RuntimeError) -> None:
@@ -118,11 +148,3 @@ def load_check(engine: Engine, error: type[Exception] = RuntimeError) -> None:
     except Exception:
         engine.close()
         raise
-
-
-def backend_for(settings: BackendSettings) -> Backend:
-    return BACKENDS[type(settings)]()
-
-
-def build_engine(model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine:
-    return backend_for(candidate.settings).build(model, candidate, target, workdir)

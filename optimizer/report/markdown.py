@@ -13,7 +13,7 @@ from optimizer.errors import UserError
 from optimizer.measure.quality import QualityResult
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import Spread
-from optimizer.report.backends import backends_section
+from optimizer.report.backend_table import backends_section
 from optimizer.report.plots import plot_pareto
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 from optimizer.space import Candidate

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from optimizer.backends.base import Engine, build_engine
+from optimizer.backends.base import Engine
+from optimizer.backends.registry import build_engine
 from optimizer.config import QualityConfig, SearchConfig, WorkloadConfig
 from optimizer.measure.energy import EnergyMeter
 from optimizer.measure.quality import QualityReference, QualityResult, evaluate_quality

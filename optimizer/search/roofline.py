@@ -19,12 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from optimizer.backends.registry import spec_for
 from optimizer.config import SloConfig, WorkloadConfig
 from optimizer.model import ModelShape
-from optimizer.onnx_settings import OrtGenaiSettings, OrtOnnxSettings
 from optimizer.results import CandidateResult
-from optimizer.search.prefilter import footprint
-from optimizer.space import BackendSettings, Candidate, TorchSettings
+from optimizer.space import Candidate
 from optimizer.target import GIB, TargetSpec
 
 log = logging.getLogger(__name__)
@@ -155,7 +154,8 @@ def roofline_bound(
     candidate: Candidate, shape: ModelShape, workload: WorkloadConfig, rates: RooflineRates, cuda: bool
 ) -> RooflineBound:
     settings = candidate.settings
-    fp = footprint(settings, shape.num_layers)
+    spec = spec_for(settings)
+    fp = spec.footprint(settings, shape.num_layers)
     batch, prompt, new = candidate.batch_size, workload.prompt_tokens, workload.max_new_tokens
     # one vocabulary x hidden matrix is left out: the embedding lookup gathers rows
     body = max(shape.num_parameters - shape.vocab_size * shape.hidden_size, 0)
@@ -165,7 +165,8 @@ def roofline_bound(
     if fp.kv_on_device_fraction < 1:
         kv_token_bytes = 0.0  # read from host memory over a link we have no rate for
     attention_width = shape.num_layers * shape.num_attention_heads * shape.head_dim
-    flops_rate = rates.flops_per_second * _matmul_speedup(settings, cuda)
+    speedup = (GPU_SPEEDUP if cuda else CPU_SPEEDUP).get(spec.matmul_kind(settings), 1.0)
+    flops_rate = rates.flops_per_second * speedup
 
     def seconds(bytes_moved: float, flops: float) -> float:
         return max(bytes_moved / rates.bytes_per_second, flops / flops_rate)
@@ -186,28 +187,6 @@ def roofline_bound(
         batch * new / (rates.floor_watts * batch_seconds) if rates.floor_watts > 0 else float("inf")
     )
     return RooflineBound(tokens_per_joule=tokens_per_joule, prefill_seconds=prefill, step_seconds=first_step)
-
-
-def _matmul_speedup(settings: BackendSettings, cuda: bool) -> float:
-    kind = matmul_kind(settings)
-    return (GPU_SPEEDUP if cuda else CPU_SPEEDUP).get(kind, 1.0)
-
-
-def matmul_kind(settings: BackendSettings) -> str:
-    """The fastest arithmetic a candidate's matmuls can use: fp32, reduced (bf16/fp16), int8 or fp8.
-    Weight-only int8/int4 in torch computes in the activation dtype; genai's int4/int8 and ORT's
-    quantized MatMuls compute in int8."""
-    if isinstance(settings, TorchSettings):
-        if settings.quantization in ("int8-dynamic", "fp8", "fp8-static"):
-            return "int8" if settings.quantization == "int8-dynamic" else "fp8"
-        precision = settings.precision
-    elif isinstance(settings, OrtGenaiSettings):
-        precision = "int8" if settings.precision in ("int8", "int4") else settings.precision
-    elif isinstance(settings, OrtOnnxSettings):
-        precision = "int8" if settings.quantization != "none" else settings.precision
-    else:
-        precision = settings.precision
-    return {"fp32": "fp32", "int8": "int8"}.get(precision, "reduced")
 
 
 def prune_reason(bound: RooflineBound, best: CandidateResult | None, slo: SloConfig) -> str | None:

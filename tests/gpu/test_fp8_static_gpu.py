@@ -22,7 +22,7 @@ def _layer(bias: bool):  # type: ignore[no-untyped-def]
     import torch
     from torch import nn
 
-    from optimizer.backends.fp8_static import Float8StaticLinear
+    from optimizer.backends.torch.fp8_static import Float8StaticLinear
 
     torch.manual_seed(0)
     linear = nn.Linear(1024, 2048, bias=bias, device="cuda", dtype=torch.bfloat16)
@@ -68,7 +68,7 @@ def test_quantized_tiny_llama_on_cuda(tiny_cuda_model_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from optimizer.backends.fp8_static import Float8StaticLinear, quantize_fp8_static
+    from optimizer.backends.torch.fp8_static import Float8StaticLinear, quantize_fp8_static
 
     _needs_fp8()
     model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_cuda_model_dir), dtype=torch.bfloat16)

@@ -18,7 +18,7 @@ def _target():  # type: ignore[no-untyped-def]
 
 
 def _engine(model_dir: Path, tmp_path: Path, **settings: object):  # type: ignore[no-untyped-def]
-    from optimizer.backends.base import build_engine
+    from optimizer.backends.registry import build_engine
     from optimizer.config import ModelConfig
     from optimizer.model import resolve_model
     from optimizer.space import Candidate, TorchSettings

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from optimizer import runtimes
+from optimizer.backends import installed
 
 pytestmark = pytest.mark.gpu
 
@@ -52,7 +52,7 @@ def reference_logits(tiny) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore
 
 
 def _check(settings, tiny, cuda_target, reference_logits, min_agreement: float) -> None:  # type: ignore[no-untyped-def]
-    from optimizer.backends.base import build_engine
+    from optimizer.backends.registry import build_engine
     from optimizer.space import Candidate
 
     model, cache = tiny
@@ -72,9 +72,9 @@ def _check(settings, tiny, cuda_target, reference_logits, min_agreement: float) 
 
 @pytest.mark.parametrize("precision", ["fp16", "int4"])
 def test_genai_cuda(precision: str, tiny, cuda_target, reference_logits) -> None:  # type: ignore[no-untyped-def]
-    from optimizer.onnx_settings import OrtGenaiSettings
+    from optimizer.backends.ort_genai.settings import OrtGenaiSettings
 
-    _require(runtimes.missing_genai("cuda"))
+    _require(installed.missing_genai("cuda"))
     _check(OrtGenaiSettings(provider="cuda", precision=precision), tiny, cuda_target, reference_logits, 0.5)
 
 
@@ -90,9 +90,9 @@ def test_genai_cuda(precision: str, tiny, cuda_target, reference_logits) -> None
 def test_ort_onnx_gpu_providers(
     provider: str, precision: str, quantization: str, tiny, cuda_target, reference_logits
 ) -> None:  # type: ignore[no-untyped-def]
-    from optimizer.onnx_settings import OrtOnnxSettings
+    from optimizer.backends.ort_onnx.settings import OrtOnnxSettings
 
-    _require(runtimes.missing_onnx_runtime(provider))
+    _require(installed.missing_onnx_runtime(provider))
     settings = OrtOnnxSettings(provider=provider, precision=precision, quantization=quantization)
     _check(
         settings,
@@ -104,11 +104,11 @@ def test_ort_onnx_gpu_providers(
 
 
 def test_tensorrt_ep_reuses_its_engine_cache(tiny, cuda_target) -> None:  # type: ignore[no-untyped-def]
-    from optimizer.backends.base import build_engine
-    from optimizer.onnx_settings import OrtOnnxSettings
+    from optimizer.backends.ort_onnx.settings import OrtOnnxSettings
+    from optimizer.backends.registry import build_engine
     from optimizer.space import Candidate
 
-    _require(runtimes.missing_onnx_runtime("tensorrt"))
+    _require(installed.missing_onnx_runtime("tensorrt"))
     model, cache = tiny
     candidate = Candidate(OrtOnnxSettings(provider="tensorrt", precision="fp16"), 4, 0)
     build_engine(model, candidate, cuda_target, cache).close()
@@ -120,21 +120,21 @@ def test_tensorrt_ep_reuses_its_engine_cache(tiny, cuda_target) -> None:  # type
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_native_tensorrt_engine(precision: str, tiny, cuda_target, reference_logits) -> None:  # type: ignore[no-untyped-def]
-    from optimizer.onnx_settings import TensorRTSettings
+    from optimizer.backends.tensorrt.settings import TensorRTSettings
 
-    _require(runtimes.missing_tensorrt())
+    _require(installed.missing_tensorrt())
     _check(
         TensorRTSettings(precision), tiny, cuda_target, reference_logits, 0.99 if precision == "fp32" else 0.5
     )
 
 
 def test_native_tensorrt_engine_is_cached(tiny, cuda_target) -> None:  # type: ignore[no-untyped-def]
-    from optimizer.backends import tensorrt as trt_backend
-    from optimizer.backends.base import build_engine
-    from optimizer.onnx_settings import TensorRTSettings
+    from optimizer.backends.registry import build_engine
+    from optimizer.backends.tensorrt import backend as trt_backend
+    from optimizer.backends.tensorrt.settings import TensorRTSettings
     from optimizer.space import Candidate
 
-    _require(runtimes.missing_tensorrt())
+    _require(installed.missing_tensorrt())
     model, cache = tiny
     candidate = Candidate(TensorRTSettings("fp16"), 4, 0)
     build_engine(model, candidate, cuda_target, cache).close()

@@ -67,5 +67,5 @@ def test_config_and_cli_modules_do_not_import_torch() -> None:
 
 
 def test_space_and_backend_registry_import_no_runtime() -> None:
-    loaded = _loaded_after("import optimizer.space, optimizer.backends.base, optimizer.onnx_settings")
+    loaded = _loaded_after("import optimizer.space, optimizer.backends.base, optimizer.backends.registry")
     assert not any(m.split(".")[0] in HEAVY for m in loaded)

@@ -199,7 +199,7 @@ def test_model_config_for_replaces_the_source(tmp_path: Path, recipe_dict: dict[
 
 
 def test_a_recipe_can_name_an_ort_candidate(tmp_path: Path, recipe_dict: dict[str, Any]) -> None:
-    from optimizer.onnx_settings import OrtGenaiSettings
+    from optimizer.backends.ort_genai.settings import OrtGenaiSettings
 
     candidate = Candidate(OrtGenaiSettings(precision="int8", accuracy_level=4), batch_size=8, threads=2)
     data = copy.deepcopy(recipe_dict) | {"settings": candidate.to_dict()}

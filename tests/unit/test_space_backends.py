@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from optimizer import runtimes
+from optimizer.backends import installed
+from optimizer.backends.ort_genai.settings import OrtGenaiSettings
+from optimizer.backends.ort_onnx.settings import OrtOnnxSettings
+from optimizer.backends.tensorrt.settings import TensorRTSettings
 from optimizer.config import (
     OrtGenaiAxes,
     OrtOnnxAxes,
@@ -14,20 +17,13 @@ from optimizer.config import (
     compose_run_config,
 )
 from optimizer.errors import UserError
-from optimizer.space import (
-    SETTINGS_TYPES,
-    Candidate,
-    OrtGenaiSettings,
-    OrtOnnxSettings,
-    TensorRTSettings,
-    enumerate_candidates,
-)
+from optimizer.space import Candidate, enumerate_candidates
 
 
 @pytest.fixture
 def ort_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtimes, "has_module", lambda name: name != "tensorrt")
-    monkeypatch.setattr(runtimes, "has_distribution", lambda name: False)
+    monkeypatch.setattr(installed, "has_module", lambda name: name != "tensorrt")
+    monkeypatch.setattr(installed, "has_distribution", lambda name: False)
 
 
 def space(backends: list[str], **axes) -> SpaceConfig:
@@ -38,12 +34,6 @@ def space(backends: list[str], **axes) -> SpaceConfig:
         torch=TorchAxes(precisions=["fp32"], quantizations=["none"]),
         **axes,
     )
-
-
-def test_backend_names_match_the_settings_registry() -> None:
-    from optimizer.config import BACKENDS
-
-    assert set(BACKENDS) == set(SETTINGS_TYPES)
 
 
 def test_genai_axes_collapse_for_float_and_int8_builds(make_target, ort_installed) -> None:
@@ -84,7 +74,7 @@ def test_candidates_of_all_backends_side_by_side(make_target, ort_installed) -> 
 def test_a_missing_runtime_excludes_its_backend_with_the_install_command(
     make_target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtimes, "has_module", lambda name: False)
+    monkeypatch.setattr(installed, "has_module", lambda name: False)
     valid, excluded = enumerate_candidates(space(["torch", "ort-genai", "ort-onnx"]), make_target())
     assert [c.backend for c in valid] == ["torch"]
     reasons = {c.backend: r for c, r in excluded}

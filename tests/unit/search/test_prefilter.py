@@ -62,7 +62,9 @@ def test_memory_fit_reason(make_candidate, make_target) -> None:
 
 
 def test_ort_footprints_follow_the_build(make_candidate) -> None:
-    from optimizer.onnx_settings import OrtGenaiSettings, OrtOnnxSettings, TensorRTSettings
+    from optimizer.backends.ort_genai.settings import OrtGenaiSettings
+    from optimizer.backends.ort_onnx.settings import OrtOnnxSettings
+    from optimizer.backends.tensorrt.settings import TensorRTSettings
     from optimizer.space import Candidate
 
     def need(settings, batch_size: int = 1) -> int:
@@ -83,8 +85,8 @@ def test_ort_footprints_follow_the_build(make_candidate) -> None:
 
 
 def test_genai_cuda_builds_keep_a_half_precision_cache() -> None:
-    from optimizer.onnx_settings import OrtGenaiSettings
-    from optimizer.search.prefilter import footprint
+    from optimizer.backends.ort_genai.settings import OrtGenaiSettings
+    from optimizer.backends.ort_genai.spec import SPEC
 
-    assert footprint(OrtGenaiSettings(precision="int4"), 30).kv_bytes == 4.0  # fp32 activations on CPU
-    assert footprint(OrtGenaiSettings(provider="cuda", precision="int4"), 30).kv_bytes == 2.0
+    assert SPEC.footprint(OrtGenaiSettings(precision="int4"), 30).kv_bytes == 4.0  # fp32 activations on CPU
+    assert SPEC.footprint(OrtGenaiSettings(provider="cuda", precision="int4"), 30).kv_bytes == 2.0

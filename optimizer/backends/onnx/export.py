@@ -1,0 +1,200 @@
+"""ONNX export of a causal LM's decoder with its KV cache as flat inputs and outputs.
+
+`torch.onnx.export(dynamo=True)` of a wrapper whose forward takes
+`input_ids [batch, sequence]`, `logits_positions [kept]` and `past.<layer>.key|value
+[batch, kv_heads, past_sequence, head_dim]`, and returns `logits [batch, kept, vocab]` (float32),
+`next_token [batch]` (argmax at the last position, so a GPU loop copies back B ids, not logits)
+and `present.<layer>.key|value`. `logits_positions` picks the positions whose logits are computed:
+the last one while generating, all of them when scoring.
+
+Named dimensions shared by every layer keep the exporter's symbolic shape work small (SmolLM2:
+~40 s on 2 cores instead of ~100 s with one free symbol per tensor). The export is then saved
+through ONNX Runtime's basic optimizations (constant folding). Exports are cached by
+(weights sha256, exporter versions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optimizer.backends.artifacts import artifact_key, cached_artifact
+from optimizer.backends.torch.graph_loop import cache_argument
+from optimizer.model import ModelSpec
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = 1  # bump when the wrapper or its inputs/outputs change
+MODEL_FILE = "model.onnx"
+MAX_DIM = 1 << 16  # upper bound of the dynamic dimensions: batch, sequence, past sequence
+INPUT_IDS, LOGITS_POSITIONS, LOGITS, NEXT_TOKEN = "input_ids", "logits_positions", "logits", "next_token"
+
+
+def past_name(layer: int, kind: str) -> str:
+    return f"past.{layer}.{kind}"
+
+
+def present_name(layer: int, kind: str) -> str:
+    return f"present.{layer}.{kind}"
+
+
+@dataclass(frozen=True)
+class DecoderLayout:
+    """Names and KV shapes of an exported decoder, read back from its inputs."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def past_names(self) -> list[str]:
+        return [past_name(i, kind) for i in range(self.num_layers) for kind in ("key", "value")]
+
+    @property
+    def present_names(self) -> list[str]:
+        return [present_name(i, kind) for i in range(self.num_layers) for kind in ("key", "value")]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [LOGITS, NEXT_TOKEN, *self.present_names]
+
+    def empty_past_shape(self, batch_size: int) -> tuple[int, int, int, int]:
+        """Shape of one past key or value before the first step: no cached tokens."""
+        return (batch_size, self.kv_heads, 0, self.head_dim)
+
+
+def layout_of(inputs: list[tuple[str, list[Any]]]) -> DecoderLayout:
+    """The layout from (name, shape) pairs of a model's inputs; shapes may hold symbolic names."""
+    pasts = {name: shape for name, shape in inputs if name.startswith("past.")}
+    if not pasts or "past.0.key" not in pasts:
+        raise ValueError(f"not a wattsmith decoder export: inputs {[n for n, _ in inputs]}")
+    shape = pasts["past.0.key"]
+    return DecoderLayout(num_layers=len(pasts) // 2, kv_heads=int(shape[1]), head_dim=int(shape[3]))
+
+
+def export_dir(model: ModelSpec, workdir: Path) -> Path:
+    return workdir / "onnx" / f"{model.weight_sha256[:16]}-{artifact_key(_export_identity())}" / "fp32"
+
+
+def _export_identity() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for name in ("torch", "transformers", "onnxscript", "onnx"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"format": EXPORT_FORMAT, **versions}
+
+
+def exported_decoder(model: ModelSpec, workdir: Path) -> Path:
+    """The cached fp32 export of the model's decoder (a directory holding model.onnx)."""
+
+    def export(tmp: Path) -> dict[str, Any]:
+        raw = tmp / "raw"
+        raw.mkdir()
+        export_decoder(model.path, raw / MODEL_FILE, trust_remote_code=model.trust_remote_code)
+        fold_constants(raw / MODEL_FILE, tmp / MODEL_FILE)
+        shutil.rmtree(raw)
+        return {"model_sha256": model.weight_sha256, **_export_identity()}
+
+    return cached_artifact(export_dir(model, workdir), export, "ONNX decoder export (fp32)")
+
+
+def fold_constants(raw_file: Path, out_file: Path) -> None:
+    """ONNX Runtime's basic (provider-independent) optimizations, saved: constant folding turns
+    `MatMul(x, Transpose(W))` into `MatMul(x, W')` so that quantizers see the weights."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(out_file)
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", f"{out_file.name}.data"
+    )
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+    )
+    ort.InferenceSession(str(raw_file), options, providers=["CPUExecutionProvider"])
+
+
+def export_decoder(model_dir: Path, out_file: Path, trust_remote_code: bool = False) -> None:
+    """Export the decoder of the HF model in `model_dir` to `out_file` (+ external data)."""
+    from torch.export import Dim
+    from transformers import AutoModelForCausalLM
+
+    hf_model: Any = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    hf_model.eval()
+    wrapper = FlatCacheDecoder(hf_model)
+    config = hf_model.config.get_text_config(decoder=True)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    layers = int(config.num_hidden_layers)
+    # example shapes: every dimension > 1 and distinct so that none is specialized
+    batch, sequence, past = 2, 3, 4
+    example = (
+        torch.randint(0, int(config.vocab_size), (batch, sequence)),
+        torch.arange(sequence),
+        [torch.zeros(batch, kv_heads, past, head_dim) for _ in range(2 * layers)],
+    )
+    b = Dim("batch", min=1, max=MAX_DIM)
+    s = Dim("sequence", min=1, max=MAX_DIM)
+    p = Dim("past_sequence", min=0, max=MAX_DIM)
+    k = Dim("kept", min=1, max=MAX_DIM)
+    dynamic_shapes = {
+        "input_ids": {0: b, 1: s},
+        "logits_positions": {0: k},
+        "past": [{0: b, 2: p} for _ in range(2 * layers)],
+    }
+    layout = DecoderLayout(layers, kv_heads, head_dim)
+    # the exporter prints its progress to stdout; the CLI's output is ours
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # deprecation chatter from the exporter and transformers
+        program = torch.onnx.export(
+            wrapper,
+            example,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            input_names=[INPUT_IDS, LOGITS_POSITIONS, *layout.past_names],
+            output_names=layout.output_names,
+            optimize=False,  # ONNX Runtime optimizes at load; the onnxscript pass doubles export time
+            verbose=False,
+        )
+    assert program is not None
+    program.save(str(out_file), external_data=True)
+
+
+class FlatCacheDecoder(torch.nn.Module):
+    """forward(input_ids, logits_positions, past) -> (logits, next_token, *present)."""
+
+    def __init__(self, hf_model: Any) -> None:
+        super().__init__()
+        self.decoder = hf_model.get_decoder()
+        self.lm_head = hf_model.get_output_embeddings()
+        self.config = hf_model.config
+        self.cache_argument = cache_argument(self.decoder)
+
+    def forward(self, input_ids: Any, logits_positions: Any, past: list[Any]) -> tuple[Any, ...]:
+        from transformers import DynamicCache
+
+        pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
+        cache = DynamicCache(ddp_cache_data=pairs, config=self.config)
+        out = self.decoder(input_ids=input_ids, use_cache=True, **{self.cache_argument: cache})
+        hidden = out.last_hidden_state.index_select(1, logits_positions)
+        logits = self.lm_head(hidden).float()
+        next_token = logits[:, -1].argmax(-1)
+        presents = []
+        for layer in out.past_key_values.layers:
+            presents += [layer.keys, layer.values]
+        return (logits, next_token, *presents)

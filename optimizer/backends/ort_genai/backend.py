@@ -1,0 +1,223 @@
+"""onnxruntime-genai backend: the genai model builder turns the HF weights into an ONNX model
+(fp32/fp16/bf16/int8/int4), and onnxruntime-genai runs it with the candidate's batch and threads.
+
+Builds run as a subprocess (the builder holds the whole model in memory and prints progress bars)
+into the run's cache, keyed by (weights sha256, builder options, genai version), and are reused.
+Some option sets exit 0 yet write a model that does not load, so every build is load-checked.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from optimizer.backends.artifacts import artifact_key, cached_artifact
+from optimizer.backends.base import Generation, load_check
+from optimizer.backends.ort_genai.settings import OrtGenaiSettings
+from optimizer.model import ModelSpec
+from optimizer.target import TargetSpec
+
+if TYPE_CHECKING:
+    from optimizer.space import Candidate
+
+log = logging.getLogger(__name__)
+
+BUILD_FORMAT = 1  # bump when the builder command changes: old builds are then not reused
+BUILD_TIMEOUT_SECONDS = 1800
+
+
+class GenaiBuildError(RuntimeError):
+    """The model builder failed, or wrote a model that onnxruntime-genai cannot load or run."""
+
+
+class OrtGenaiBackend:
+    def build(
+        self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path
+    ) -> OrtGenaiEngine:
+        settings = candidate.settings
+        assert isinstance(settings, OrtGenaiSettings)
+        build_dir = ensure_build(model, settings, workdir)
+        threads = candidate.threads or (0 if target.is_cuda else target.cores)
+        engine = OrtGenaiEngine.load(build_dir, settings, threads)
+        try:
+            load_check(engine, GenaiBuildError)  # closes the engine when it fails
+        except Exception as exc:
+            raise GenaiBuildError(f"the build in {build_dir} loads but does not run: {_short(exc)}") from exc
+        return engine
+
+
+def build_options(settings: OrtGenaiSettings) -> dict[str, Any]:
+    """Everything that decides the builder's output, apart from the weights."""
+    return {
+        "format": BUILD_FORMAT,
+        "precision": settings.precision,
+        "execution_provider": settings.provider,
+        "extra_options": settings.builder_extra_options(),
+        "onnxruntime_genai": _version("onnxruntime-genai"),
+    }
+
+
+def build_dir_for(model: ModelSpec, settings: OrtGenaiSettings, workdir: Path) -> Path:
+    return workdir / "ort-genai" / f"{model.weight_sha256[:16]}-{artifact_key(build_options(settings))}"
+
+
+def builder_command(model_dir: Path, out_dir: Path, settings: OrtGenaiSettings) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-i",
+        str(model_dir),
+        "-o",
+        str(out_dir),
+        "-p",
+        settings.precision,
+        "-e",
+        settings.provider,
+        "-c",
+        str(out_dir / "builder-cache"),  # its temporary external-data files
+    ]
+    extra = settings.builder_extra_options()
+    if extra:
+        command += ["--extra_options", *(f"{k}={v}" for k, v in extra.items())]
+    return command
+
+
+def ensure_build(model: ModelSpec, settings: OrtGenaiSettings, workdir: Path) -> Path:
+    """The cached build for these weights and options, built now if missing."""
+    out = build_dir_for(model, settings, workdir)
+    log_path = out.with_name(f"{out.name}.builder.log")  # kept beside the build, also when it fails
+
+    def run_builder(tmp: Path) -> dict[str, Any]:
+        command = builder_command(model.path, tmp, settings)
+        try:
+            with log_path.open("w", encoding="utf-8") as handle:
+                proc = subprocess.run(
+                    command,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    cwd=tmp,  # whatever it writes relative to its working directory stays in the build
+                    timeout=BUILD_TIMEOUT_SECONDS,
+                    env=os.environ | {"PYTHONUNBUFFERED": "1"},
+                    check=False,
+                )
+        except subprocess.TimeoutExpired:
+            raise GenaiBuildError(
+                f"the model builder ran past {BUILD_TIMEOUT_SECONDS} s (log: {log_path})"
+            ) from None
+        if proc.returncode != 0 or not (tmp / "genai_config.json").is_file():
+            raise GenaiBuildError(
+                f"the onnxruntime-genai model builder exited {proc.returncode}: "
+                f"{log_tail(log_path.read_text(errors='replace'))} (log: {log_path})"
+            )
+        shutil.rmtree(tmp / "builder-cache", ignore_errors=True)
+        return {"command": command[1:], "options": build_options(settings)}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return cached_artifact(out, run_builder, f"onnxruntime-genai {settings.label()} model")
+
+
+def log_tail(text: str, lines: int = 3) -> str:
+    """The builder's error, or else its last lines, with progress-bar redraws dropped."""
+    kept = []
+    for line in text.replace("\r", "\n").splitlines():
+        line = line.strip()
+        if line and "it/s]" not in line and not line.startswith(("Saving ", "Loading ")):
+            kept.append(line[:300])
+    errors = [line for line in kept if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    return errors[-1] if errors else " | ".join(kept[-lines:]) or "(no output)"
+
+
+class OrtGenaiEngine:
+    """Greedy generation through onnxruntime-genai's Generator: exactly max_new_tokens per row."""
+
+    def __init__(self, og: Any, model: Any, settings: OrtGenaiSettings, build_dir: Path) -> None:
+        self._og = og
+        self.model: Any = model
+        self.settings = settings
+        self.build_dir = build_dir
+
+    @classmethod
+    def load(cls, build_dir: Path, settings: OrtGenaiSettings, threads: int) -> OrtGenaiEngine:
+        import onnxruntime_genai as og
+
+        config = og.Config(str(build_dir))
+        config.clear_providers()
+        if settings.provider == "cuda":
+            config.append_provider("cuda")
+        if threads:
+            # genai runs ONE intra-op thread unless told otherwise
+            options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        try:
+            model = og.Model(config)
+        except Exception as exc:
+            raise GenaiBuildError(
+                f"onnxruntime-genai cannot load the {settings.label()} build: {_short(exc)} ({build_dir})"
+            ) from exc
+        return cls(og, model, settings, build_dir)
+
+    def _generator(self, batch_size: int, max_length: int, min_length: int) -> Any:
+        params = self._og.GeneratorParams(self.model)
+        params.set_search_options(
+            batch_size=batch_size, max_length=max_length, min_length=min_length, do_sample=False
+        )
+        return self._og.Generator(self.model, params)
+
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        batch, prompt = prompt_ids.shape
+        ids = prompt_ids.numpy().astype(np.int32)
+        total = prompt + max_new_tokens
+        # min_length = max_length suppresses EOS: every request does the same work
+        generator = self._generator(batch, total, total)
+        start = time.perf_counter()
+        generator.append_tokens(ids)  # prefill
+        generator.generate_next_token()
+        tokens = [generator.get_next_tokens().copy()]
+        first = time.perf_counter()
+        for _ in range(max_new_tokens - 1):
+            generator.generate_next_token()
+            tokens.append(generator.get_next_tokens().copy())
+        end = time.perf_counter()
+        del generator  # frees its KV buffers now, not at the next collection
+        token_ids = torch.from_numpy(np.stack(tokens, axis=1).astype(np.int64))
+        return Generation(batch, max_new_tokens, first - start, end - start, token_ids=token_ids)
+
+    def score(self, token_ids: torch.Tensor) -> torch.Tensor:
+        batch, length = token_ids.shape
+        generator = self._generator(batch, length + 1, 0)
+        generator.append_tokens(token_ids.numpy().astype(np.int32))
+        logits = np.asarray(generator.get_output("logits"), dtype=np.float32)
+        del generator
+        return torch.from_numpy(logits.reshape(batch, length, -1))
+
+    def close(self) -> None:
+        self.model = None
+        gc.collect()
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:400] or type(exc).__name__
+
+
+def _version(distribution: str) -> str | None:
+    for name in (distribution, f"{distribution}-cuda"):
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None

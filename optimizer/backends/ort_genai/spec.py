@@ -1,0 +1,76 @@
+"""What the search knows of the onnxruntime-genai backend: its settings grid, validity rules,
+memory footprint and matmul arithmetic. Imports no runtime: `build` loads the backend."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, precision_kind
+from optimizer.backends.installed import missing_genai
+from optimizer.backends.ort_genai.settings import NO_WEIGHT_OPTIONS, WEIGHT_QUANTIZED, OrtGenaiSettings
+
+if TYPE_CHECKING:
+    from optimizer.config import SpaceConfig
+    from optimizer.model import ModelSpec
+    from optimizer.space import Candidate
+    from optimizer.target import TargetSpec
+
+
+class OrtGenaiSpec:
+    name = OrtGenaiSettings.BACKEND
+    settings_type = OrtGenaiSettings
+
+    def settings_for(self, space: SpaceConfig) -> Iterator[OrtGenaiSettings]:
+        g = space.ort_genai
+        for provider, precision in itertools.product(g.providers, g.precisions):
+            if precision not in WEIGHT_QUANTIZED:
+                options: Iterator[tuple[str, int, int, bool]] = iter([NO_WEIGHT_OPTIONS])
+            else:
+                # an int8 lm_head is an int4 option: an int8 build has one already
+                lm_head = g.int8_lm_head if precision == "int4" else [False]
+                options = itertools.product(g.algorithms, g.block_sizes, g.accuracy_levels, lm_head)
+            for algorithm, block_size, accuracy_level, int8_lm_head in options:
+                # duplicates (repeated axis values) are dropped by the space, which dedups by key
+                yield OrtGenaiSettings(
+                    provider, precision, algorithm, block_size, accuracy_level, int8_lm_head
+                )
+
+    def exclusion_reason(self, settings: OrtGenaiSettings, target: TargetSpec) -> str | None:
+        return genai_rule(settings, target)
+
+    def footprint(self, settings: OrtGenaiSettings, num_layers: int) -> Footprint:
+        # the builder keeps fp32 activations and KV for int4/int8 on CPU, fp16 on CUDA
+        act = 4.0 if settings.precision == "fp32" or settings.provider == "cpu" else 2.0
+        if settings.precision in WEIGHT_QUANTIZED:
+            bits = 4 if settings.precision == "int4" and not settings.int8_lm_head else 8
+            weight = bits / 8 + 4 / settings.block_size  # plus one fp32 scale per block
+        else:
+            weight = PRECISION_BYTES[settings.precision]
+        return Footprint(weight, act, act, prompt_logits=True)
+
+    def matmul_kind(self, settings: OrtGenaiSettings) -> str:
+        """genai's int4/int8 MatMuls compute in int8."""
+        return precision_kind("int8" if settings.precision in WEIGHT_QUANTIZED else settings.precision)
+
+    def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine:
+        from optimizer.backends.ort_genai.backend import OrtGenaiBackend  # onnxruntime-genai loads here
+
+        return OrtGenaiBackend().build(model, candidate, target, workdir)
+
+
+SPEC = OrtGenaiSpec()
+
+
+def genai_rule(s: OrtGenaiSettings, target: TargetSpec) -> str | None:
+    if s.provider == "cuda" and not target.is_cuda:
+        return "the CUDA execution provider needs a GPU target"
+    if s.provider == "cpu" and target.is_cuda:
+        return "a CPU execution provider on a GPU target measures the wrong device"
+    if s.precision in ("fp16", "bf16") and s.provider == "cpu":
+        return f"the model builder makes {s.precision} models for GPUs only"
+    if s.precision == "bf16" and not target.bf16:
+        return "target has no native bf16"
+    return missing_genai(s.provider)

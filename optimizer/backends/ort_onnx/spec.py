@@ -1,0 +1,67 @@
+"""What the search knows of the ONNX Runtime backend: its settings grid, validity rules, memory
+footprint and matmul arithmetic. Imports no runtime: `build` loads the backend."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, precision_kind
+from optimizer.backends.installed import missing_onnx_runtime
+from optimizer.backends.ort_onnx.settings import OrtOnnxSettings
+
+if TYPE_CHECKING:
+    from optimizer.config import SpaceConfig
+    from optimizer.model import ModelSpec
+    from optimizer.space import Candidate
+    from optimizer.target import TargetSpec
+
+
+class OrtOnnxSpec:
+    name = OrtOnnxSettings.BACKEND
+    settings_type = OrtOnnxSettings
+
+    def settings_for(self, space: SpaceConfig) -> Iterator[OrtOnnxSettings]:
+        o = space.ort_onnx
+        for provider, precision, quantization in itertools.product(
+            o.providers, o.precisions, o.quantizations
+        ):
+            yield OrtOnnxSettings(provider, precision, quantization)
+
+    def exclusion_reason(self, settings: OrtOnnxSettings, target: TargetSpec) -> str | None:
+        return onnx_rule(settings, target)
+
+    def footprint(self, settings: OrtOnnxSettings, num_layers: int) -> Footprint:
+        act = PRECISION_BYTES[settings.precision] if settings.provider == "cuda" else 4.0
+        weight = 1.0 if settings.quantization != "none" else act
+        return Footprint(weight, act, act)
+
+    def matmul_kind(self, settings: OrtOnnxSettings) -> str:
+        """ONNX Runtime's quantized MatMuls compute in int8."""
+        return precision_kind("int8" if settings.quantization != "none" else settings.precision)
+
+    def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine:
+        from optimizer.backends.ort_onnx.backend import OrtOnnxBackend  # onnxruntime loads here
+
+        return OrtOnnxBackend().build(model, candidate, target, workdir)
+
+
+SPEC = OrtOnnxSpec()
+
+
+def onnx_rule(s: OrtOnnxSettings, target: TargetSpec) -> str | None:
+    if s.provider != "cpu" and not target.is_cuda:
+        return f"the {s.provider} execution provider needs a GPU target"
+    if s.provider == "cpu" and target.is_cuda:
+        return "a CPU execution provider on a GPU target measures the wrong device"
+    if s.precision == "fp16" and s.provider == "cpu":
+        return "fp16 has no fast kernels on the CPU execution provider"
+    if s.provider == "tensorrt" and s.quantization == "int8-dynamic":
+        return "TensorRT takes int8 from a QDQ model (int8-static), not dynamic quantization"
+    if s.provider == "cuda" and s.quantization != "none":
+        return "the CUDA execution provider runs int8 through TensorRT only: use provider tensorrt"
+    if s.precision == "fp16" and s.quantization == "int8-dynamic":
+        return "dynamic int8 quantization is made from the fp32 model"
+    return missing_onnx_runtime(s.provider)

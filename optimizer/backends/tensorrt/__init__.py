@@ -1,0 +1,1 @@
+"""Native TensorRT backend: an engine built from our ONNX export of the decoder."""

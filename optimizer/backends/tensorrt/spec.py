@@ -1,0 +1,59 @@
+"""What the search knows of the native TensorRT backend: its settings grid, validity rules,
+memory footprint and matmul arithmetic. Imports no runtime: `build` loads the backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from optimizer.backends.base import Engine, Footprint, precision_kind
+from optimizer.backends.installed import missing_onnx_runtime, missing_tensorrt
+from optimizer.backends.tensorrt.settings import TensorRTSettings
+
+if TYPE_CHECKING:
+    from optimizer.config import SpaceConfig
+    from optimizer.model import ModelSpec
+    from optimizer.space import Candidate
+    from optimizer.target import TargetSpec
+
+WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}
+
+
+class TensorRTSpec:
+    name = TensorRTSettings.BACKEND
+    settings_type = TensorRTSettings
+
+    def settings_for(self, space: SpaceConfig) -> Iterator[TensorRTSettings]:
+        yield from (TensorRTSettings(precision) for precision in space.tensorrt.precisions)
+
+    def exclusion_reason(self, settings: TensorRTSettings, target: TargetSpec) -> str | None:
+        return tensorrt_rule(settings, target)
+
+    def footprint(self, settings: TensorRTSettings, num_layers: int) -> Footprint:
+        # the engine's inputs and outputs (KV cache included) stay fp32; fp16/int8 are inside it
+        return Footprint(WEIGHT_BYTES[settings.precision], 4.0, 4.0)
+
+    def matmul_kind(self, settings: TensorRTSettings) -> str:
+        return precision_kind(settings.precision)
+
+    def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine:
+        from optimizer.backends.tensorrt.backend import TensorRTBackend  # tensorrt loads here
+
+        return TensorRTBackend().build(model, candidate, target, workdir)
+
+
+SPEC = TensorRTSpec()
+
+
+def tensorrt_rule(s: TensorRTSettings, target: TargetSpec) -> str | None:
+    if not target.is_cuda:
+        return "TensorRT engines need an NVIDIA GPU target"
+    if s.precision == "fp16" and not target.fp16:
+        return "target has no fp16"
+    if s.precision == "int8":
+        # the QDQ model is calibrated with ONNX Runtime before TensorRT parses it
+        reason = missing_onnx_runtime("cpu")
+        if reason:
+            return reason
+    return missing_tensorrt()

@@ -1,0 +1,1 @@
+"""PyTorch backend: HF transformers with torchao quantization, compile and our decode loops."""

@@ -1,0 +1,224 @@
+"""PyTorch backend: HF transformers `generate` with the candidate's dtype, quantization, KV cache,
+compile and attention settings, on the target's device."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from optimizer.backends.base import Generation
+from optimizer.backends.torch import decode_attention
+from optimizer.backends.torch.continuous import ContinuousBatchingEngine
+from optimizer.backends.torch.fp8_static import quantize_fp8_static
+from optimizer.backends.torch.graph_loop import GraphDecoder, cache_argument
+from optimizer.backends.torch.settings import TorchSettings
+from optimizer.measure.text import calibration_windows
+from optimizer.model import ModelSpec
+from optimizer.target import TargetSpec
+
+if TYPE_CHECKING:
+    from optimizer.space import Candidate
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Tokens scored per forward when the KV cache is quantized, so that later tokens attend to the
+# quantized cache of earlier ones, as they do while generating.
+QUANTIZED_KV_SCORE_CHUNK = 16
+
+
+# Static fp8 activation scales: prefill forwards over this many workload-text windows.
+FP8_CALIBRATION_SEQUENCES = 16
+FP8_CALIBRATION_TOKENS = 128
+
+
+class TorchBackend:
+    def build(
+        self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path
+    ) -> TorchEngine | ContinuousBatchingEngine:
+        settings = candidate.settings
+        assert isinstance(settings, TorchSettings)
+        if not target.is_cuda and candidate.threads:
+            torch.set_num_threads(candidate.threads)
+        if settings.compile:
+            # Compiled kernels land in the run's cache, not in /tmp of whoever runs it next.
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
+        hf_model = load_hf_model(model, settings.precision, settings.attention, target.device)
+        quantize_weights(hf_model, settings, model)
+        if settings.loop == "continuous":
+            return ContinuousBatchingEngine(hf_model, settings, target.device, candidate.batch_size)
+        return TorchEngine(hf_model, settings, target.device)
+
+
+def load_hf_model(model: ModelSpec, precision: str, attention: str, device: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    if attention == decode_attention.NAME:
+        decode_attention.register()
+    hf_model: Any = AutoModelForCausalLM.from_pretrained(
+        str(model.path),
+        dtype=DTYPES[precision],
+        attn_implementation=attention,
+        trust_remote_code=model.trust_remote_code,
+    )
+    return hf_model.to(device).eval()
+
+
+def quantize_weights(hf_model: Any, settings: TorchSettings, model: ModelSpec) -> None:
+    """Swap Linear weights for quantized ones, in place."""
+    if settings.quantization == "none":
+        return
+    if settings.quantization == "fp8-static":
+        windows = calibration_windows(
+            model.path, model.trust_remote_code, FP8_CALIBRATION_TOKENS, FP8_CALIBRATION_SEQUENCES
+        )
+        device = next(hf_model.parameters()).device
+        report = quantize_fp8_static(hf_model, torch.tensor(windows, device=device))
+        log.info("fp8-static: %s", report)
+        return
+    # torchao, not torch.ao.quantization.quantize_dynamic: the latter scales activations per
+    # tensor, which outlier channels ruin (SmolLM2: perplexity +627%); torchao scales per token.
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        Int4WeightOnlyConfig,
+        Int8DynamicActivationInt8WeightConfig,
+        Int8WeightOnlyConfig,
+        PerRow,
+        quantize_,
+    )
+
+    configs: dict[str, Any] = {
+        "int8-dynamic": Int8DynamicActivationInt8WeightConfig(),
+        "int8-weight": Int8WeightOnlyConfig(),
+        # tinygemm packing runs on torch's own int4 kernel (the default "plain" format needs mslk)
+        "int4-weight": Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"),
+        "fp8": Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+    }
+    quantize_(hf_model, configs[settings.quantization])
+
+
+class _TokenClock:
+    """A generate() streamer that only timestamps: the first put() is the prompt, then one per step."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        self.stamps.append(time.perf_counter())
+
+
+class TorchEngine:
+    def __init__(self, hf_model: Any, settings: TorchSettings, device: str) -> None:
+        self.model = hf_model
+        self.settings = settings
+        self.device = torch.device(device)
+        self._decoder: GraphDecoder | None = None  # loop=graph: one captured shape at a time
+
+    def _generation_config(self, max_new_tokens: int) -> Any:
+        from transformers import CompileConfig, GenerationConfig
+
+        s = self.settings
+        kwargs: dict[str, Any] = {}
+        if s.kv_cache.startswith(("quanto", "hqq")):
+            backend, bits = s.kv_cache.split("-")
+            kwargs.update(
+                cache_implementation="quantized", cache_config={"backend": backend, "nbits": int(bits)}
+            )
+        elif s.kv_cache != "dynamic":
+            kwargs["cache_implementation"] = s.kv_cache
+        if s.compile:
+            kwargs["compile_config"] = CompileConfig(fullgraph=False)
+            kwargs["compile_config"]._compile_all_devices = True  # HF compiles only on accelerators otherwise
+        else:
+            kwargs["disable_compile"] = True  # HF would silently compile a static cache on CUDA
+        pad = self.model.config.pad_token_id
+        eos = self.model.config.eos_token_id
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,  # fixed work per request: EOS is suppressed
+            do_sample=False,
+            pad_token_id=pad if pad is not None else (eos if isinstance(eos, int) else 0),
+            **kwargs,
+        )
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        ids = prompt_ids.to(self.device)
+        if self.settings.loop == "graph":
+            return self._graph_generate(ids, max_new_tokens)
+        clock = _TokenClock()
+        self._sync()
+        start = time.perf_counter()
+        output = self.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            generation_config=self._generation_config(max_new_tokens),
+            streamer=clock,
+        )
+        self._sync()
+        end = time.perf_counter()
+        new_tokens = output.shape[1] - ids.shape[1]
+        # stamps: [prompt, token 1, ..., token n, end]; the first token is ready at stamps[1]
+        first_token = clock.stamps[1] if len(clock.stamps) > 2 else end
+        return Generation(
+            batch_size=ids.shape[0],
+            new_tokens=new_tokens,
+            ttft_seconds=first_token - start,
+            total_seconds=end - start,
+            token_ids=output[:, ids.shape[1] :].cpu(),
+        )
+
+    def graph_decoder(self, batch: int, prompt: int, max_new_tokens: int) -> GraphDecoder:
+        """The captured decode loop for one batch shape (loop=graph), built on first use."""
+        decoder = self._decoder
+        if decoder is None or (decoder.tokens.shape[0], decoder.prompt_tokens, decoder.new_tokens) != (
+            batch,
+            prompt,
+            max_new_tokens,
+        ):
+            self._decoder = None  # free the previous shape's cache and graph first
+            decoder = self._decoder = GraphDecoder(
+                self.model, batch, prompt, max_new_tokens, self.device, compiled=self.settings.compile
+            )
+        return decoder
+
+    def _graph_generate(self, ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        batch, prompt = ids.shape
+        tokens, ttft, total = self.graph_decoder(batch, prompt, max_new_tokens).generate(ids)
+        return Generation(batch, max_new_tokens, ttft, total, token_ids=tokens.cpu())
+
+    @torch.inference_mode()
+    def score(self, token_ids: torch.Tensor) -> torch.Tensor:
+        ids = token_ids.to(self.device)
+        if not self.settings.kv_cache.startswith(("quanto", "hqq")):
+            return self.model(input_ids=ids).logits.float().cpu()
+        from transformers import QuantizedCache
+
+        backend, bits = self.settings.kv_cache.split("-")
+        cache = QuantizedCache(backend=backend, config=self.model.config, nbits=int(bits))
+        chunks = []
+        for start in range(0, ids.shape[1], QUANTIZED_KV_SCORE_CHUNK):
+            piece = ids[:, start : start + QUANTIZED_KV_SCORE_CHUNK]
+            out = self.model(input_ids=piece, use_cache=True, **{cache_argument(self.model): cache})
+            chunks.append(out.logits.float().cpu())
+        return torch.cat(chunks, dim=1)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def close(self) -> None:
+        self._decoder = None
+        self.model = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

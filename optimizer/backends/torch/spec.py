@@ -1,0 +1,108 @@
+"""What the search knows of the PyTorch backend: its settings grid, validity rules, memory
+footprint and matmul arithmetic. Imports no torch: `build` loads the backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, precision_kind
+from optimizer.backends.torch.settings import TorchSettings
+
+if TYPE_CHECKING:
+    from optimizer.config import SpaceConfig
+    from optimizer.model import ModelSpec
+    from optimizer.space import Candidate
+    from optimizer.target import TargetSpec
+
+GPU_QUANTIZATIONS = ("int4-weight", "fp8", "fp8-static")
+TORCHAO_QUANTIZATIONS = ("int8-dynamic", "int8-weight", "int4-weight", "fp8")  # fp8-static is ours
+WEIGHT_BYTES = {"int8-dynamic": 1.0, "int8-weight": 1.0, "int4-weight": 0.5, "fp8": 1.0, "fp8-static": 1.0}
+
+
+class TorchSpec:
+    name = TorchSettings.BACKEND
+    settings_type = TorchSettings
+
+    def settings_for(self, space: SpaceConfig) -> Iterator[TorchSettings]:
+        t = space.torch
+        for values in itertools.product(
+            t.precisions, t.quantizations, t.kv_caches, t.compile, t.attention, t.loops
+        ):
+            yield TorchSettings(*values)
+
+    def exclusion_reason(self, settings: TorchSettings, target: TargetSpec) -> str | None:
+        return torch_rule(settings, target)
+
+    def footprint(self, settings: TorchSettings, num_layers: int) -> Footprint:
+        act = PRECISION_BYTES[settings.precision]
+        kv = kv_element_bytes(settings.kv_cache, act)
+        # an offloaded cache keeps only the layers in flight on the device
+        on_device = 2 / num_layers if settings.kv_cache.startswith("offloaded") else 1.0
+        return Footprint(WEIGHT_BYTES.get(settings.quantization, act), act, kv, False, on_device)
+
+    def matmul_kind(self, settings: TorchSettings) -> str:
+        """int8-dynamic and fp8 compute in int8 / fp8; weight-only int8/int4 in the activation dtype."""
+        if settings.quantization in ("int8-dynamic", "fp8", "fp8-static"):
+            return "int8" if settings.quantization == "int8-dynamic" else "fp8"
+        return precision_kind(settings.precision)
+
+    def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine:
+        from optimizer.backends.torch.backend import TorchBackend  # torch and transformers load here
+
+        return TorchBackend().build(model, candidate, target, workdir)
+
+
+SPEC = TorchSpec()
+
+
+def kv_element_bytes(kv_cache: str, act_bytes: float) -> float:
+    """Bytes per cached K or V element: the activation dtype, or the quantized cache's bits."""
+    backend, _, bits = kv_cache.partition("-")
+    if backend in ("quanto", "hqq") and bits.isdigit():
+        return int(bits) / 8
+    return act_bytes
+
+
+def torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:
+    cuda = target.is_cuda
+    if s.precision == "bf16" and not target.bf16:
+        return "target has no native bf16"
+    if s.precision == "fp16" and not target.fp16:
+        return "fp16 has no fast kernels on this target"
+    if s.quantization in GPU_QUANTIZATIONS and not cuda:
+        return f"{s.quantization} kernels need a CUDA GPU"
+    if s.quantization.startswith("fp8") and not target.fp8:
+        return "fp8 needs compute capability >= 8.9"
+    if s.quantization in GPU_QUANTIZATIONS and s.precision != "bf16":
+        return f"{s.quantization} runs with bf16 activations"
+    if s.quantization in TORCHAO_QUANTIZATIONS and importlib.util.find_spec("torchao") is None:
+        return f"{s.quantization} needs torchao (pip install torchao)"
+    if s.kv_cache.startswith("offloaded") and not cuda:
+        return "offloading the KV cache to host memory needs a GPU target"
+    kv_backend = s.kv_cache.split("-")[0]
+    if kv_backend in ("quanto", "hqq"):
+        module = "optimum.quanto" if kv_backend == "quanto" else "hqq"
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            return f"a {kv_backend} KV cache needs {module}"
+        if s.compile:
+            return "quantized KV caches do not compile"
+    if (s.loop == "continuous") != (s.kv_cache == "paged"):
+        return "the continuous-batching loop runs on its own paged KV cache, and only it does"
+    if s.loop == "continuous" and s.attention not in ("sdpa", "flash_attention_2"):
+        return f"continuous batching runs its paged cache through sdpa or flash attention, not {s.attention}"
+    if s.compile and s.kv_cache not in ("static", "offloaded_static", "paged"):
+        return "torch.compile needs a static KV cache (fixed shapes)"
+    if s.loop == "graph":
+        if not cuda:
+            return "the captured decode loop needs CUDA graphs (a GPU target)"
+        if s.kv_cache != "static":
+            return "the captured decode loop runs on a static KV cache"
+        if s.quantization == "int8-dynamic":
+            return "torchao int8-dynamic syncs the host inside its matmul: not capturable in a CUDA graph"
+    if s.attention == "flash_attention_2" and (not cuda or importlib.util.find_spec("flash_attn") is None):
+        return "flash_attention_2 needs a CUDA GPU with flash-attn installed"
+    return None

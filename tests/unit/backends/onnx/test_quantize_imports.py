@@ -1,0 +1,43 @@
+"""Importing ORT's quantization tools must not change sys.path: `onnxruntime.transformers` appends
+a folder holding an `optimizer.py`, which shadowed this package in spawned search workers."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = """
+import multiprocessing, sys
+from optimizer.backends.onnx.quantize import sys_path_kept
+
+def child_imports_the_package() -> str:
+    import optimizer.config
+    return optimizer.config.__name__
+
+if __name__ == "__main__":
+    before = list(sys.path)
+    with sys_path_kept():
+        import onnxruntime.quantization  # noqa: F401
+        grown = len(sys.path) > len(before)
+    assert grown, "onnxruntime.quantization no longer touches sys.path: the guard may go"
+    assert sys.path == before, sys.path
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        print(pool.apply(child_imports_the_package))
+"""
+
+
+def test_ort_quantization_import_leaves_sys_path_and_spawned_children_alone(tmp_path: Path) -> None:
+    # find_spec, not importorskip: importing it here would append that folder to *our* sys.path
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("needs onnxruntime (pip install 'wattsmith[ort]')")
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "optimizer.config"

@@ -1,0 +1,81 @@
+"""onnxruntime-genai settings: canonical values, labels, builder options and target rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from optimizer.backends.ort_genai.settings import OrtGenaiSettings
+from optimizer.backends.ort_genai.spec import genai_rule
+from optimizer.errors import UserError
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"precision": "int3"}, "settings.precision"),
+        ({"provider": "rocm"}, "settings.provider"),
+        ({"precision": "int4", "block_size": 48}, "settings.block_size"),
+        ({"precision": "int4", "block_size": "32"}, "settings.block_size"),
+        ({"precision": "int4", "accuracy_level": True}, "settings.accuracy_level"),
+        ({"precision": "int4", "int8_lm_head": 1}, "settings.int8_lm_head"),
+        ({"precision": "int4", "algorithm": "gptq"}, "settings.algorithm"),
+    ],
+)
+def test_genai_settings_reject_unknown_values(values: dict, field: str) -> None:
+    with pytest.raises(UserError) as info:
+        OrtGenaiSettings(**values)
+    assert info.value.field == field
+
+
+def test_weight_options_only_apply_to_quantized_builds() -> None:
+    with pytest.raises(UserError) as info:
+        OrtGenaiSettings(precision="fp32", algorithm="k_quant")
+    assert info.value.field == "settings.precision"
+    with pytest.raises(UserError) as info:
+        OrtGenaiSettings(precision="int8", int8_lm_head=True)
+    assert info.value.field == "settings.int8_lm_head"
+    assert OrtGenaiSettings(precision="int8", algorithm="k_quant", accuracy_level=1).algorithm == "k_quant"
+
+
+def test_builder_options_are_explicit_for_quantized_builds() -> None:
+    assert OrtGenaiSettings(precision="fp32").builder_extra_options() == {}
+    options = OrtGenaiSettings(
+        precision="int4", algorithm="k_quant", block_size=64, accuracy_level=4, int8_lm_head=True
+    ).builder_extra_options()
+    assert options == {
+        "algo_config": "k_quant",
+        "block_size": "64",
+        "accuracy_level": "4",
+        "matmul_mixed_precision": "last_matmul:int8",
+    }
+
+
+def test_labels_name_what_differs() -> None:
+    assert OrtGenaiSettings().label() == "fp32"
+    assert (
+        OrtGenaiSettings(precision="int4", accuracy_level=4, int8_lm_head=True).label()
+        == "int4 default g32 acc4 lm_head=int8"
+    )
+    assert OrtGenaiSettings(provider="cuda", precision="fp16").label() == "fp16 cuda"
+
+
+def test_genai_rules_on_a_cpu(make_target, installed, cpu_ort) -> None:
+    cpu = make_target()
+    installed(cpu_ort)
+    assert genai_rule(OrtGenaiSettings(precision="int4", accuracy_level=4), cpu) is None
+    assert "GPU target" in str(genai_rule(OrtGenaiSettings(provider="cuda"), cpu))
+    assert "GPUs only" in str(genai_rule(OrtGenaiSettings(provider="cpu", precision="fp16"), cpu))
+    installed(set())
+    reason = genai_rule(OrtGenaiSettings(), cpu)
+    assert reason is not None and "onnxruntime-genai" in reason and "wattsmith[ort]" in reason
+
+
+def test_genai_rules_on_a_gpu(make_target, installed, cpu_ort) -> None:
+    gpu = make_target(kind="cuda")
+    installed(cpu_ort)
+    assert "wrong device" in str(genai_rule(OrtGenaiSettings(provider="cpu"), gpu))
+    assert "onnxruntime-genai-cuda" in str(
+        genai_rule(OrtGenaiSettings(provider="cuda", precision="fp16"), gpu)
+    )
+    installed(cpu_ort, {"onnxruntime-genai-cuda"})
+    assert genai_rule(OrtGenaiSettings(provider="cuda", precision="fp16"), gpu) is None

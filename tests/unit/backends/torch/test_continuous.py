@@ -1,0 +1,222 @@
+"""ContinuousBatchingEngine on a tiny random Llama (CPU, fp32): greedy tokens equal HF generate's,
+the manager and its thread are reused, latencies are per request, and close() stops the thread."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from optimizer.backends.torch.continuous import (
+    ContinuousBatchingEngine,
+    _openmp_pause,
+    release_openmp_threads,
+)
+from optimizer.space import TorchSettings
+
+VOCAB = 49152
+PROMPT_TOKENS = 8
+NEW_TOKENS = 6
+SETTINGS = TorchSettings(kv_cache="paged", loop="continuous")
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_model_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(2)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(tiny_model_dir), dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
+    # The saved weights are so small that the model repeats one token whatever the context; larger
+    # ones make every token depend on the whole context, so a wrong KV cache changes the tokens.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.3, generator=generator)
+    return model
+
+
+@pytest.fixture(scope="module")
+def prompts() -> torch.Tensor:
+    return torch.randint(0, VOCAB, (3, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
+
+
+def static_greedy(model: Any, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    out = model.generate(
+        prompts,
+        attention_mask=torch.ones_like(prompts),
+        do_sample=False,
+        min_new_tokens=new_tokens,
+        max_new_tokens=new_tokens,
+        pad_token_id=0,
+    )
+    return out[:, prompts.shape[1] :]
+
+
+@pytest.fixture(scope="module")
+def reference(hf_model: Any, prompts: torch.Tensor) -> torch.Tensor:
+    tokens = static_greedy(hf_model, prompts, NEW_TOKENS)
+    assert len({tuple(row) for row in tokens.tolist()}) == 3  # distinct rows: row order is tested
+    return tokens
+
+
+@pytest.fixture
+def engine(hf_model: Any) -> Iterator[ContinuousBatchingEngine]:
+    engine = ContinuousBatchingEngine(
+        hf_model, SETTINGS, "cpu", max_requests=3, max_sequence_tokens=64, page_size=16
+    )
+    yield engine
+    engine.close()
+
+
+def test_greedy_tokens_equal_static_generate(engine, prompts, reference) -> None:
+    gen = engine.generate(prompts, NEW_TOKENS)
+    assert gen.token_ids is not None
+    assert gen.token_ids.dtype == torch.int64
+    assert gen.token_ids.device.type == "cpu"
+    assert torch.equal(gen.token_ids, reference)
+    assert (gen.batch_size, gen.new_tokens, gen.output_tokens) == (3, NEW_TOKENS, 3 * NEW_TOKENS)
+    assert gen.request_latencies is not None
+    assert len(gen.request_latencies) == 3
+    for ttft, tpot in gen.request_latencies:
+        assert 0 < ttft <= gen.total_seconds
+        assert tpot >= 0
+    assert gen.ttft_seconds == max(ttft for ttft, _ in gen.request_latencies)
+    assert gen.latencies() == list(gen.request_latencies)
+
+
+def test_manager_and_thread_are_reused(engine, prompts, reference) -> None:
+    first = engine.generate(prompts, NEW_TOKENS)
+    manager = engine._manager
+    thread = manager._generation_thread
+    assert thread.is_alive()
+    second = engine.generate(prompts, NEW_TOKENS)
+    assert engine._manager is manager
+    assert manager._generation_thread is thread
+    assert torch.equal(first.token_ids, second.token_ids)
+    assert torch.equal(second.token_ids, reference)
+
+
+def test_requests_beyond_max_requests_queue(hf_model, prompts) -> None:
+    # five requests through two slots: they queue, and come back in row order
+    rows = torch.cat([prompts, prompts[:2].flip(1)])
+    engine = ContinuousBatchingEngine(
+        hf_model, SETTINGS, "cpu", max_requests=2, max_sequence_tokens=64, page_size=16
+    )
+    try:
+        gen = engine.generate(rows, 4)
+    finally:
+        engine.close()
+    assert torch.equal(gen.token_ids, static_greedy(hf_model, rows, 4))
+    assert gen.request_latencies is not None and len(gen.request_latencies) == 5
+
+
+def test_eos_does_not_stop_a_request(hf_model, prompts, reference) -> None:
+    eos = int(reference[0, 1])  # row 0 "ends" at its second token
+    saved = hf_model.config.eos_token_id, hf_model.generation_config.eos_token_id
+    hf_model.config.eos_token_id = hf_model.generation_config.eos_token_id = eos
+    engine = ContinuousBatchingEngine(hf_model, SETTINGS, "cpu", max_requests=3, max_sequence_tokens=64)
+    try:
+        gen = engine.generate(prompts, NEW_TOKENS)
+    finally:
+        engine.close()
+        hf_model.config.eos_token_id, hf_model.generation_config.eos_token_id = saved
+    assert gen.token_ids is not None and gen.token_ids.shape == (3, NEW_TOKENS)
+    assert torch.equal(gen.token_ids, reference)
+
+
+def test_close_twice_stops_the_thread(hf_model, prompts) -> None:
+    engine = ContinuousBatchingEngine(hf_model, SETTINGS, "cpu", max_requests=3, max_sequence_tokens=64)
+    engine.generate(prompts, 2)
+    thread = engine._manager._generation_thread
+    engine.close()
+    assert not thread.is_alive()
+    assert engine._manager is None and engine.model is None
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.generate(prompts, 2)
+    assert hf_model.config._attn_implementation == "sdpa"  # the model is left as it came
+
+
+def test_score_before_and_after_generate(engine, hf_model, prompts) -> None:
+    ids = torch.randint(0, VOCAB, (2, 11), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected = hf_model(input_ids=ids).logits
+    before = engine.score(ids)
+    assert before.shape == (2, 11, VOCAB)
+    assert before.dtype == torch.float32 and before.device.type == "cpu"
+    torch.testing.assert_close(before, expected)
+    engine.generate(prompts, 2)
+    torch.testing.assert_close(engine.score(ids), expected)  # while the loop thread is running
+
+
+def test_a_dead_loop_thread_raises(hf_model, prompts, monkeypatch) -> None:
+    engine = ContinuousBatchingEngine(
+        hf_model, SETTINGS, "cpu", max_requests=3, max_sequence_tokens=64, result_timeout_seconds=5
+    )
+    try:
+        engine.generate(prompts, 2)
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("device lost")
+
+        monkeypatch.setattr(hf_model, "forward", broken)
+        with pytest.raises(RuntimeError, match="device lost"):
+            engine.generate(prompts, 2)
+        monkeypatch.undo()
+        with pytest.raises(RuntimeError, match="thread stopped"):
+            engine.generate(prompts, 2)
+    finally:
+        monkeypatch.undo()
+        engine.close()
+
+
+def test_a_longer_request_regrows_the_cache(engine, hf_model, prompts) -> None:
+    engine.generate(prompts, 2)
+    small = engine._manager
+    assert engine.sequence_tokens == 64  # max_sequence_tokens, a multiple of the 16-token page
+    gen = engine.generate(prompts, 60)  # 8 + 60 tokens do not fit in 64
+    assert engine._manager is not small and not small.is_running()
+    assert engine.sequence_tokens == 80
+    assert torch.equal(gen.token_ids, static_greedy(hf_model, prompts, 60))
+
+
+def test_rejects_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="max_requests"):
+        ContinuousBatchingEngine(None, SETTINGS, "cpu", max_requests=0)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        ContinuousBatchingEngine(None, SETTINGS, "cpu", max_requests=300, max_batch_tokens=256)
+    assert ContinuousBatchingEngine(None, SETTINGS, "cpu", max_requests=300).max_batch_tokens == 300
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="finds the OpenMP runtime in /proc/self/maps"
+)
+def test_releases_the_callers_openmp_threads() -> None:
+    assert _openmp_pause() is not None  # torch's libgomp
+    release_openmp_threads()
+    a = torch.ones(256, 256)
+    assert torch.equal(a @ a, torch.full((256, 256), 256.0))  # the team comes back on demand
+
+
+def test_config_on_cuda_uses_graphs_and_compile(hf_model) -> None:
+    # only builds the config: nothing touches CUDA
+    compiled = TorchSettings(kv_cache="paged", loop="continuous", compile=True)
+    cuda = ContinuousBatchingEngine(
+        hf_model, compiled, "cuda:0", max_requests=8
+    )._continuous_batching_config()
+    assert cuda.use_cuda_graph is True
+    assert cuda.default_compile_level == 1
+    assert cuda.max_requests_per_batch == 8
+    assert cuda.auto_switch_to_flash is False and cuda.allow_block_sharing is False
+    assert cuda.safety_margin == 0.0
+    assert cuda.num_blocks == 8  # eight requests of one 256-token page
+    cpu = ContinuousBatchingEngine(hf_model, SETTINGS, "cpu", max_requests=8)._continuous_batching_config()
+    assert cpu.use_cuda_graph is False
+    assert cpu.default_compile_level == 0
