@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from optimizer.errors import UserError
 
 HELP = """\
-usage: optimize [GROUP=PRESET | KEY=VALUE ...]       search, measure, write recipe + report
+usage: optimize [--config-dir DIR] [GROUP=PRESET | KEY=VALUE ...]   search, measure, write recipe + report
        optimize verify RECIPE [--tolerance F] [--model SOURCE]
-       optimize --show-config [OVERRIDES ...]       print the composed configuration
+       optimize [--config-dir DIR] --show-config [OVERRIDES ...]    print the composed configuration
 
-Groups and presets (conf/ inside the package):
+--config-dir DIR: a folder of your own presets, one folder per group (DIR/space/mymodel.yaml,
+DIR/workload/chat.yaml ...), searched before the packaged ones; a preset of yours replaces a
+packaged preset of the same name. Default: ${env}, when set.
+
+{source}
 {groups}
 
 Examples:
@@ -21,20 +27,28 @@ Examples:
   optimize model=/path/to/hf-dir quality=strict search.budget_minutes=20 workload.max_new_tokens=64
   optimize search=optuna search.budget_minutes=10               # TPE: a fraction of the grid's time
   optimize search=optuna search.workers=4 launcher=ray           # 4 Ray tasks, one GPU each
+  optimize --config-dir conf space=mymodel workload=chat         # presets of a model's repository
   optimize verify outputs/<run>/recipe.yaml
 
 Exit codes: 0 ok, 1 verify failed, 2 bad input or nothing feasible.
 """
 
 
-def _help() -> str:
-    from optimizer.config import group_options
+def _help(config_dir: Path | None) -> str:
+    from optimizer.config import CONFIG_DIR_ENV, GROUPS, Preset, presets
 
-    groups = "\n".join(
-        f"  {g:<11} {', '.join(group_options(g))}"
-        for g in ("model", "target", "space", "search", "workload", "quality", "accounting", "launcher")
+    def shown(preset: Preset) -> str:
+        if preset.replaces_packaged:
+            return f"{preset.name} (yours, replaces the packaged one)"
+        return f"{preset.name} (yours)" if preset.user else preset.name
+
+    groups = "\n".join(f"  {g:<11} {', '.join(shown(p) for p in presets(g, config_dir))}" for g in GROUPS)
+    source = (
+        "Groups and presets (conf/ inside the package):"
+        if config_dir is None
+        else f"Groups and presets (conf/ inside the package, and yours from {config_dir}, searched first):"
     )
-    return HELP.format(groups=groups)
+    return HELP.format(env=CONFIG_DIR_ENV, source=source, groups=groups)
 
 
 def _setup_logging() -> None:
@@ -49,10 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args[:1] == ["verify"]:
             return _verify(args[1:])
+        args, config_dir = _take_config_dir(args)
         if any(a in ("-h", "--help") for a in args):
-            print(_help())
+            print(_help(config_dir))
             return 0
-        return _optimize(args)
+        return _optimize(args, config_dir)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -64,11 +79,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _optimize(args: list[str]) -> int:
+def _take_config_dir(args: list[str]) -> tuple[list[str], Path | None]:
+    """The arguments without `--config-dir DIR` (or `--config-dir=DIR`), and the user's config
+    directory: the flag's (the last one given), else WATTSMITH_CONFIG_DIR's, else None."""
+    from optimizer.config import config_dir_from
+
+    rest: list[str] = []
+    flag: str | None = None
+    items = iter(args)
+    for arg in items:
+        name, sep, value = arg.partition("=")
+        if name != "--config-dir":
+            rest.append(arg)
+            continue
+        flag = value if sep else next(items, None)
+        if flag is None:
+            raise UserError(
+                "--config-dir", "needs a directory", "e.g. optimize --config-dir conf workload=chat"
+            )
+    return rest, config_dir_from(flag, os.environ)
+
+
+def _optimize(args: list[str], config_dir: Path | None) -> int:
     from optimizer.config import compose_run_config
 
     show = "--show-config" in args
-    cfg = compose_run_config([a for a in args if a != "--show-config"])
+    cfg = compose_run_config([a for a in args if a != "--show-config"], config_dir=config_dir)
     if show:
         from dataclasses import asdict
 

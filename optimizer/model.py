@@ -123,8 +123,34 @@ def _from_gguf(gguf: Path, source: str, name: str, cfg: ModelConfig, cache_dir: 
     digest = file_sha256(gguf, cache_dir)
     converted = cache_dir / "models" / f"gguf-{digest[:16]}"
     if not (converted / "config.json").is_file():
+        check_gguf(gguf)
         _convert_gguf(gguf, converted)
     return _spec_for_dir(converted, source, name, "gguf", cfg, cache_dir, weight_sha256=digest)
+
+
+def check_gguf(path: Path) -> None:
+    """Raise a UserError naming model.source unless `path` is a whole GGUF file: not empty, with a
+    readable header, and long enough for every tensor it lists (a cut-off download is not)."""
+    from gguf import GGUFReader
+
+    fix = "download the file again, or point model= at another .gguf file or a model directory"
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError("model.source", f"{path} is empty", fix)
+    try:
+        tensors = GGUFReader(path).tensors
+    except Exception as exc:  # any failure to parse: a truncated or foreign file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError("model.source", f"{path} is truncated or not a GGUF file ({reason})", fix) from None
+    if not tensors:
+        raise UserError("model.source", f"{path} holds no tensors", fix)
+    needed = max(t.data_offset + t.n_bytes for t in tensors)
+    if needed > size:
+        raise UserError(
+            "model.source",
+            f"{path} is truncated: its tensors need {needed} bytes, the file has {size}",
+            fix,
+        )
 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:

@@ -72,6 +72,13 @@ def tiny_model_parameters(tiny_model_dir: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.fixture(autouse=True)
+def _no_user_config_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A WATTSMITH_CONFIG_DIR of the shell running the tests never reaches them (nor the CLI they
+    spawn); tests that want one set it."""
+    monkeypatch.delenv("WATTSMITH_CONFIG_DIR", raising=False)
+
+
 @pytest.fixture
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh cache dir, also exported as WATTSMITH_CACHE so that defaults land there."""

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from optimizer.results import MEASURED, REJECTED, CandidateResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# KL below this is drawn on a linear scale (around 0), above it on a log scale
+KL_LINEAR_BELOW = 1e-4
 
 
 def plot_pareto(
@@ -17,6 +24,23 @@ def plot_pareto(
     max_kl: float,
     energy_source: str,
 ) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(results, front, best, baseline, max_kl, energy_source)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def pareto_figure(
+    results: Sequence[CandidateResult],
+    front: Sequence[CandidateResult],
+    best: CandidateResult | None,
+    baseline: CandidateResult,
+    max_kl: float,
+    energy_source: str,
+) -> Figure:
+    """The trade-off plot as a matplotlib Figure (the caller saves and closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,7 +107,10 @@ def plot_pareto(
             zorder=5,
         )
     ax.axvline(max_kl, color="tab:red", linestyle=":", label=f"quality.max_kl = {max_kl:g}")
-    ax.set_xscale("symlog", linthresh=1e-4)
+    ax.set_xscale("symlog", linthresh=KL_LINEAR_BELOW)
+    # KL is never negative: start just left of 0, inside the linear part, so that points at 0
+    # show whole and no negative tick appears
+    ax.set_xlim(left=-KL_LINEAR_BELOW / 2)
     ax.set_xlabel("quality loss: mean KL(reference || candidate), nats")
     unit = "tokens/J (ESTIMATE)" if energy_source == "estimate" else f"tokens/J ({energy_source})"
     ax.set_ylabel(f"goodput {unit}")
@@ -91,10 +118,9 @@ def plot_pareto(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _kl(result: CandidateResult) -> float:
-    return result.quality.mean_kl if result.quality else 0.0
+    # a measured KL a rounding error below 0 is 0
+    return max(0.0, result.quality.mean_kl) if result.quality else 0.0

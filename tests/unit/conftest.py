@@ -1,14 +1,11 @@
-"""Factories for the unit tests: targets, candidates and hand-made results.
-
-They are fixtures returning functions so that any test module can use them without importing
-from a test package.
-"""
+"""Fixtures of the unit tests: the factories of factories.py (targets, candidates, hand-made
+results) as fixtures returning functions, so that any test module can use them without importing
+from a test package; offline hub settings; a cache dir that is never ~/.cache."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
@@ -17,12 +14,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from optimizer.measure.latency import LatencySummary
 from optimizer.measure.quality import QualityResult
-from optimizer.measure.workload import PerformanceResult, Spread, WindowResult
-from optimizer.results import MEASURED, CandidateResult
-from optimizer.space import Candidate, TorchSettings
-from optimizer.target import GIB, GpuInfo, TargetSpec
+from optimizer.measure.workload import PerformanceResult
+from optimizer.results import CandidateResult
+from optimizer.space import Candidate
+from optimizer.target import TargetSpec
+from unit.factories import candidate_result, performance_result, quality_result, target_spec, torch_candidate
 
 
 @pytest.fixture(autouse=True)
@@ -31,124 +28,27 @@ def _never_home_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     monkeypatch.setenv("WATTSMITH_CACHE", str(tmp_path_factory.getbasetemp() / "wattsmith-cache"))
 
 
-def _target(**overrides: Any) -> TargetSpec:
-    values: dict[str, Any] = {
-        "kind": "cpu",
-        "name": "cpu",
-        "device": "cpu",
-        "cpu_model": "Test CPU",
-        "cores": 4,
-        "memory_bytes": 16 * GIB,
-        "bf16": True,
-        "fp16": False,
-        "fp8": False,
-        "tdp_watts": None,
-        "memory_bandwidth_gb_per_s": None,
-        "peak_bf16_tflops": None,
-        "energy_source": "auto",
-        "cpu_active_watts_per_core": 5.0,
-        "cpu_idle_watts_per_core": 1.5,
-    }
-    if overrides.get("kind") == "cuda":
-        values |= {
-            "name": "h100",
-            "device": "cuda:0",
-            "memory_bytes": 80 * GIB,
-            "fp16": True,
-            "fp8": True,
-            "gpu": GpuInfo("NVIDIA H100 80GB HBM3", 0, 80 * GIB, "550.54", (9, 0), 700.0),
-        }
-    values |= overrides
-    return TargetSpec(**values)
-
-
-def _candidate(batch_size: int = 1, threads: int = 4, **settings: Any) -> Candidate:
-    return Candidate(TorchSettings(**settings), batch_size=batch_size, threads=threads)
-
-
-def _quality(mean_kl: float = 0.0, ppl_increase: float = 0.0, top1_agreement: float = 1.0) -> QualityResult:
-    return QualityResult(
-        perplexity=10.0 * (1 + ppl_increase),
-        reference_perplexity=10.0,
-        ppl_increase=ppl_increase,
-        top1_agreement=top1_agreement,
-        mean_kl=mean_kl,
-        tokens=256,
-        seconds=0.5,
-    )
-
-
-def _performance(
-    goodput_tokens_per_joule: float = 1.0,
-    tokens_per_second: float = 10.0,
-    slo_violations: Sequence[str] = (),
-    source: str = "estimate",
-) -> PerformanceResult:
-    joules = 100.0
-    window = WindowResult(
-        source=source,
-        joules=joules,
-        active_joules=60.0,
-        seconds=2.0,
-        output_tokens=int(goodput_tokens_per_joule * joules) + 10,
-        goodput_tokens=int(goodput_tokens_per_joule * joules),
-        warnings=["a warning"],
-    )
-    gtpj = Spread(goodput_tokens_per_joule, 0.0, goodput_tokens_per_joule, goodput_tokens_per_joule)
-    return PerformanceResult(
-        source=source,
-        idle_watts=20.0,
-        windows=[window, window],
-        tokens_per_joule=Spread(
-            window.tokens_per_joule, 0.0, window.tokens_per_joule, window.tokens_per_joule
-        ),
-        goodput_tokens_per_joule=gtpj,
-        active_tokens_per_joule=Spread(2.0, 0.1, 1.9, 2.1),
-        tokens_per_second=Spread(tokens_per_second, 0.5, tokens_per_second - 1, tokens_per_second + 1),
-        watts=Spread(50.0, 1.0, 49.0, 51.0),
-        latency=LatencySummary.of([0.1, 0.2, 0.3], [0.01, 0.02, 0.03]),
-        slo_violations=list(slo_violations),
-        goodput_fraction=0.9,
-    )
-
-
-def _result(
-    candidate: Candidate | None = None,
-    status: str = MEASURED,
-    quality: QualityResult | None = None,
-    performance: PerformanceResult | None = None,
-    **fields: Any,
-) -> CandidateResult:
-    return CandidateResult(
-        candidate=candidate or _candidate(),
-        status=status,
-        quality=quality,
-        performance=performance,
-        **fields,
-    )
-
-
 @pytest.fixture
 def make_target() -> Callable[..., TargetSpec]:
     """A TargetSpec built directly (no detection): a 4-core bf16 CPU unless overridden."""
-    return _target
+    return target_spec
 
 
 @pytest.fixture
 def make_candidate() -> Callable[..., Candidate]:
-    return _candidate
+    return torch_candidate
 
 
 @pytest.fixture
 def make_quality() -> Callable[..., QualityResult]:
-    return _quality
+    return quality_result
 
 
 @pytest.fixture
 def make_performance() -> Callable[..., PerformanceResult]:
-    return _performance
+    return performance_result
 
 
 @pytest.fixture
 def make_result() -> Callable[..., CandidateResult]:
-    return _result
+    return candidate_result

@@ -55,3 +55,79 @@ def test_verify_rejects_a_bad_tolerance(tmp_path, capsys: pytest.CaptureFixture[
 
 def test_verify_without_a_recipe_argument_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["verify"]) == 2
+
+
+@pytest.fixture
+def user_conf(tmp_path):
+    """A config directory with a new workload preset and one that replaces the packaged default."""
+    conf = tmp_path / "conf"
+    (conf / "workload").mkdir(parents=True)
+    (conf / "workload" / "mine.yaml").write_text("max_new_tokens: 7\n")
+    (conf / "workload" / "default.yaml").write_text("max_new_tokens: 9\n")
+    return conf
+
+
+@pytest.mark.parametrize("flag", [["--config-dir", "{dir}"], ["--config-dir={dir}"]])
+def test_config_dir_presets_compose(user_conf, flag, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [a.format(dir=user_conf) for a in flag]
+    assert cli.main([*args, "workload=mine", "--show-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["workload"]["max_new_tokens"] == 7
+
+
+def test_config_dir_from_the_environment_and_the_flag_wins(
+    user_conf, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WATTSMITH_CONFIG_DIR", str(user_conf))
+    assert cli.main(["workload=mine", "--show-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["workload"]["max_new_tokens"] == 7
+    other = tmp_path / "other" / "workload"
+    other.mkdir(parents=True)
+    (other / "mine.yaml").write_text("max_new_tokens: 3\n")
+    assert cli.main(["--config-dir", str(other.parent), "workload=mine", "--show-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["workload"]["max_new_tokens"] == 3
+
+
+def test_help_lists_the_users_presets_beside_the_packaged_ones(
+    user_conf, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--config-dir", str(user_conf), "--help"]) == 0
+    out = capsys.readouterr().out
+    workload = next(line for line in out.splitlines() if line.strip().startswith("workload "))
+    assert "mine (yours)" in workload and "quick" in workload
+    assert "default (yours, replaces the packaged one)" in workload
+    assert str(user_conf) in out
+    assert cli.main(["--help"]) == 0
+    assert "(yours" not in capsys.readouterr().out
+
+
+def test_an_unknown_preset_lists_both_sources_and_exits_2(
+    user_conf, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--config-dir", str(user_conf), "workload=nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: workload: no preset named 'nope'")
+    assert "'mine'" in err and "'quick'" in err
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "no value"])
+def test_a_bad_config_dir_exits_2_naming_the_flag(
+    tmp_path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    args = {
+        "missing": ["--config-dir", str(tmp_path / "nope")],
+        "file": ["--config-dir", str(tmp_path / "file")],
+        "no value": ["--show-config", "--config-dir"],
+    }[kind]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --config-dir: ")
+    assert "fix:" in err
+
+
+def test_a_bad_config_dir_variable_exits_2_naming_it(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WATTSMITH_CONFIG_DIR", str(tmp_path / "nope"))
+    assert cli.main(["--show-config"]) == 2
+    assert capsys.readouterr().err.startswith("error: WATTSMITH_CONFIG_DIR: ")

@@ -137,12 +137,9 @@ def test_malformed_override_names_its_key() -> None:
 
 
 def test_override_without_a_key_is_a_user_error() -> None:
-    try:
+    with pytest.raises(UserError) as info:  # not a plain ValueError, and not silently accepted
         compose_run_config(["=3"])
-    except UserError:
-        pass
-    except ValueError as exc:
-        pytest.fail(f"plain {type(exc).__name__}: {exc}")
+    assert info.value.fix
 
 
 def test_user_error_is_a_value_error_with_field_problem_fix() -> None:

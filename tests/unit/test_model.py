@@ -11,7 +11,7 @@ import pytest
 
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
-from optimizer.model import ModelShape, file_sha256, read_shape, resolve_model
+from optimizer.model import ModelShape, check_gguf, file_sha256, read_shape, resolve_model
 
 
 def test_resolve_a_local_hf_dir(tiny_model_dir: Path, tiny_model_parameters: int, cache_dir: Path) -> None:
@@ -92,6 +92,58 @@ def test_a_file_that_is_not_gguf(tmp_path: Path, cache_dir: Path) -> None:
     with pytest.raises(UserError) as info:
         resolve_model(ModelConfig(source=str(path)), cache_dir)
     assert info.value.field == "model.source"
+
+
+def _tiny_gguf(path: Path) -> Path:
+    """A small but whole GGUF file: two float32 tensors."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("a", np.zeros((64, 64), np.float32))
+    writer.add_tensor("b", np.ones((8,), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    "keep", [0, 30, 200, -16], ids=["empty", "header-cut", "tensors-cut", "last-bytes-cut"]
+)
+def test_an_empty_or_truncated_gguf_names_model_source(tmp_path: Path, cache_dir: Path, keep: int) -> None:
+    whole = _tiny_gguf(tmp_path / "whole.gguf")
+    check_gguf(whole)  # the whole file passes
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole.read_bytes()[:keep])
+    with pytest.raises(UserError) as info:
+        resolve_model(ModelConfig(source=str(cut)), cache_dir)
+    assert info.value.field == "model.source"
+    assert str(cut) in info.value.problem
+    assert ("empty" if keep == 0 else "truncated") in info.value.problem
+    assert not (cache_dir / "models").exists()  # nothing converted, nothing left behind
+
+
+def test_the_cli_exits_2_on_an_empty_gguf(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from optimizer import cli
+
+    empty = tmp_path / "model.gguf"
+    empty.write_bytes(b"")
+    logger = logging.getLogger("optimizer")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        code = cli.main(
+            [f"model={empty}", f"output_dir={tmp_path / 'run'}", f"store_path={tmp_path / 't.db'}"]
+        )
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: model.source: ")
 
 
 @pytest.mark.parametrize(

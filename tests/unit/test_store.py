@@ -242,7 +242,7 @@ def test_a_killed_writer_leaves_whole_rows(tmp_path: Path, make_result, make_can
 def test_a_lost_table_creation_race_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy import create_engine, exc
 
-    from optimizer import store as module
+    from optimizer.store import tables as module
 
     engine = create_engine(f"sqlite:///{tmp_path / 't.db'}")
     real = module.metadata.create_all

@@ -11,7 +11,7 @@ from optimizer.results import MEASURED, CandidateResult
 from optimizer.search.runner import search_worker
 from optimizer.space import Candidate, TorchSettings
 from optimizer.store import TrialStore
-from unit.conftest import _performance, _quality
+from unit.factories import performance_result, quality_result
 
 
 def space() -> list[Candidate]:
@@ -39,8 +39,8 @@ class SlowEvaluator:
         return CandidateResult(
             candidate=candidate,
             status=MEASURED,
-            quality=_quality(mean_kl=0.001),
-            performance=_performance(goodput_tokens_per_joule=candidate.batch_size * bonus),
+            quality=quality_result(mean_kl=0.001),
+            performance=performance_result(goodput_tokens_per_joule=candidate.batch_size * bonus),
             role=role,
             seconds=self.seconds,
         )

@@ -29,7 +29,7 @@ from optimizer.model import ModelSpec, resolve_model  # noqa: E402
 from optimizer.results import FAILED  # noqa: E402
 from optimizer.space import Candidate  # noqa: E402
 from optimizer.target import TargetSpec  # noqa: E402
-from unit.conftest import _target  # noqa: E402
+from unit.factories import target_spec  # noqa: E402
 
 VOCAB = 49152
 INT4_LM_HEAD = OrtGenaiSettings(precision="int4", accuracy_level=4, int8_lm_head=True)
@@ -47,7 +47,7 @@ def tiny_spec(tiny_model_dir: Path, workdir: Path) -> ModelSpec:
 
 @pytest.fixture(scope="module")
 def cpu_target() -> TargetSpec:
-    return _target(cores=2, bf16=False, energy_source="estimate")
+    return target_spec(cores=2, bf16=False, energy_source="estimate")
 
 
 @pytest.fixture(scope="module")

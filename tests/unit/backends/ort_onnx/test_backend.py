@@ -33,7 +33,7 @@ from optimizer.config import ModelConfig  # noqa: E402
 from optimizer.model import ModelSpec, resolve_model  # noqa: E402
 from optimizer.space import Candidate  # noqa: E402
 from optimizer.target import TargetSpec  # noqa: E402
-from unit.conftest import _target  # noqa: E402
+from unit.factories import target_spec  # noqa: E402
 
 pytestmark = pytest.mark.slow  # every test here needs the export (~10 s on 2 cores)
 
@@ -57,7 +57,7 @@ def fp32_dir(tiny_spec: ModelSpec, workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cpu_target() -> TargetSpec:
-    return _target(cores=2, bf16=False, energy_source="estimate")
+    return target_spec(cores=2, bf16=False, energy_source="estimate")
 
 
 @pytest.fixture(scope="module")

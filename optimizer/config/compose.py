@@ -1,0 +1,146 @@
+"""Hydra composition of conf/ into a validated RunConfig, and Hydra's errors translated into
+UserErrors that name the field and the fix.
+
+Search path: the user's config directory, when given, is Hydra's main directory and the packaged
+conf/ is appended to it through `hydra.searchpath`. Hydra takes a preset from the first
+directory that has it, so the user's presets win and the packaged ones stay the fallback.
+Hydra looks the primary config up before it reads `hydra.searchpath`, so the packaged
+conf/config.yaml is also stored in the ConfigStore (always on the search path) under PRIMARY:
+the primary config is wattsmith's own whatever the user's directory holds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from optimizer.config.presets import CONF_DIR, check_config_dir, expand_model_shorthand, group_options
+from optimizer.config.run import RunConfig
+from optimizer.errors import UserError
+
+PRIMARY = "wattsmith"
+
+
+def register_configs() -> None:
+    """Store the schema, so that every conf/ group is validated against it while composing, and
+    the packaged primary config (conf/config.yaml: the default preset of each group)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    store.store(name=PRIMARY, node=OmegaConf.load(CONF_DIR / "config.yaml"))
+
+
+def compose_run_config(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> RunConfig:
+    """Compose conf/ with Hydra overrides into a validated RunConfig.
+
+    `config_dir`: a directory of preset groups searched before the packaged conf/ (a user preset
+    replaces a packaged one of the same name). Every composition or validation problem is raised
+    as a UserError naming the field.
+    """
+    import yaml
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    _check_override_syntax(overrides)
+    user_dir = check_config_dir(config_dir) if config_dir is not None else None
+    main, search = (CONF_DIR, []) if user_dir is None else (user_dir, [_searchpath(CONF_DIR)])
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(main), version_base=None):
+            composed = compose(PRIMARY, overrides=[*expand_model_shorthand(overrides, user_dir), *search])
+        run = OmegaConf.to_object(composed)
+    except UserError:
+        raise
+    except HydraException as exc:
+        raise _hydra_error(exc, user_dir) from None
+    except yaml.YAMLError as exc:  # a preset file that is not YAML
+        raise _yaml_error(exc) from None
+    except ValueError as exc:  # Hydra raises some override errors outside HydraException
+        raise UserError(
+            "overrides", _first_line(exc), "overrides look like group=preset or a.b=value"
+        ) from None
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "overrides"
+        raise UserError(str(key), _first_line(exc), "check the value's type and spelling") from None
+    finally:
+        GlobalHydra.instance().clear()
+    assert isinstance(run, RunConfig)
+    return run
+
+
+def _searchpath(folder: Path) -> str:
+    """The override appending `folder` to Hydra's search path, quoted for any path."""
+    quoted = str(folder).replace("\\", "\\\\").replace("'", "\\'")
+    return f"hydra.searchpath=['file://{quoted}']"
+
+
+def _check_override_syntax(overrides: Sequence[str]) -> None:
+    """Parse each override alone, so that a syntax error names the key it was setting."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for item in overrides:
+        try:
+            parser.parse_overrides([item])
+        except (HydraException, ValueError) as exc:
+            key = item.partition("=")[0].lstrip("+~") or "overrides"
+            raise UserError(
+                key, f"cannot parse '{item}': {_first_line(exc)}", "check brackets and quotes"
+            ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _hydra_error(exc: Exception, config_dir: Path | None = None) -> UserError:
+    causes = []
+    current: BaseException | None = exc
+    while current is not None:
+        causes.append(str(current).strip())
+        current = current.__cause__
+    text = " ".join(c for c in causes if c)
+    missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if missing:
+        group, name = missing.groups()
+        where = f" (packaged, and yours in {config_dir})" if config_dir is not None else ""
+        return UserError(
+            group, f"no preset named '{name}'", f"use one of {group_options(group, config_dir)}{where}"
+        )
+    override = re.search(r"Could not (?:override|append to) '([^']+)'", text)
+    key = re.search(r"full_key: (\S+)", text) or override
+    preset = re.search(r"^In '([^']+)': ConfigKeyError", text)
+    named = override or (key if preset else None)
+    if named and "not in" in text:
+        return UserError(
+            named.group(1),
+            "is not a setting" + (f" (set by the preset {preset.group(1)})" if preset else ""),
+            "check the spelling; `optimize --show-config` prints every setting",
+        )
+    converted = re.search(r"(Value '.*' of type '\w+' could not be converted to \w+)", text)
+    return UserError(
+        key.group(1) if key else "overrides",
+        converted.group(1) if converted else " ".join(text.split())[:300],
+        "overrides look like group=preset or a.b=value; `optimize --help` lists the groups",
+    )
+
+
+def _yaml_error(exc: Exception) -> UserError:
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return UserError("config_dir", f"a preset is not valid YAML: {_first_line(exc)}", "fix its syntax")
+    file = Path(mark.name)
+    problem = getattr(exc, "problem", None) or _first_line(exc)
+    return UserError(
+        file.parent.name,
+        f"the preset {file} is not valid YAML: {problem} (line {mark.line + 1})",
+        "fix the YAML syntax of that file",
+    )

@@ -1,0 +1,38 @@
+"""The root of the run configuration (conf/config.yaml): one field per conf/ group plus the paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from optimizer.config.accounting import AccountingConfig
+from optimizer.config.checks import require
+from optimizer.config.launcher import LauncherConfig
+from optimizer.config.model import ModelConfig
+from optimizer.config.quality import QualityConfig
+from optimizer.config.search import SearchConfig
+from optimizer.config.space import SpaceConfig
+from optimizer.config.target import TargetConfig
+from optimizer.config.workload import WorkloadConfig
+
+
+@dataclass
+class RunConfig:
+    """One `optimize` run. `store_path` outlives runs so that a re-run resumes; every worker of a
+    search reads and writes it."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    accounting: AccountingConfig = field(default_factory=AccountingConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    output_dir: str = "outputs/run"
+    # An SQLite file (default) or a database URL: sqlite:///path or postgresql://user@host/db.
+    store_path: str = "outputs/trials.db"
+    cache_dir: str = "~/.cache/wattsmith"
+
+    def __post_init__(self) -> None:
+        for name in ("output_dir", "store_path", "cache_dir"):
+            require(bool(str(getattr(self, name)).strip()), name, "is empty", f"give a path for {name}")

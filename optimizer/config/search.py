@@ -1,0 +1,76 @@
+"""Schema of conf/search/: how candidates are drawn and how much measuring time a search spends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from optimizer.config.checks import require, require_subset
+
+SAMPLERS = ("grid", "random", "optuna")
+OPTUNA_ALGORITHMS = ("tpe", "nsga2")
+
+
+@dataclass
+class OptunaConfig:
+    """Optuna samplers (search.sampler=optuna).
+
+    `tpe`: one objective, goodput tokens/J up. `nsga2`: two, goodput tokens/J up and quality loss
+    (mean KL) down. Both get the quality bound and the SLO as constraints.
+    """
+
+    algorithm: str = "tpe"
+    startup_trials: int = 4  # trials before TPE's model steers (warm-start ones, then random)
+    # Start from the candidate with the highest roofline bound of each numerics (up to
+    # startup_trials): each quality probe early, the analytically most promising first.
+    warm_start: bool = True
+    population_size: int = 8  # NSGA-II: trials per generation
+    # proposals per suggestion before the sampler takes the nearest unevaluated valid candidate
+    # (on a small space the model keeps proposing points it has already seen)
+    max_proposals: int = 16
+
+    def __post_init__(self) -> None:
+        require_subset([self.algorithm], OPTUNA_ALGORITHMS, "search.optuna.algorithm")
+        require(self.startup_trials >= 1, "search.optuna.startup_trials", "must be >= 1", "e.g. 4")
+        require(self.population_size >= 2, "search.optuna.population_size", "must be >= 2", "e.g. 8")
+        require(self.max_proposals >= 1, "search.optuna.max_proposals", "must be >= 1", "e.g. 16")
+
+
+@dataclass
+class SearchConfig:
+    """How candidates are drawn, how much measuring time the search may spend, and by how many
+    workers (each with a whole device while it measures)."""
+
+    sampler: str = "grid"
+    budget_minutes: float = 20.0
+    max_candidates: int | None = None  # new evaluations in this run, all workers together;
+    # a rejection by quality already known (a batch variant of rejected numerics) costs nothing
+    seed: int = 0
+    retry_failed: bool = False
+    candidate_timeout_minutes: float = 15.0
+    workers: int = 1
+    # A worker holds a lease on the candidate it evaluates, renewed while it lives; a killed
+    # worker's lease lapses after this long (at once when it ran on the same host).
+    lease_seconds: float = 120.0
+    # Drop candidates whose analytic tokens/J upper bound is below the best measured so far.
+    roofline: bool = True
+    # CPU targets without preset rates: measured copy bandwidth and matmul rate times this factor
+    # stand in for the peaks (an assumption, printed in the report).
+    roofline_headroom: float = 2.0
+    optuna: OptunaConfig = field(default_factory=OptunaConfig)
+
+    def __post_init__(self) -> None:
+        require_subset([self.sampler], SAMPLERS, "search.sampler")
+        require(
+            self.candidate_timeout_minutes > 0, "search.candidate_timeout_minutes", "must be > 0", "e.g. 15"
+        )
+        require(self.budget_minutes > 0, "search.budget_minutes", "must be > 0", "e.g. 20")
+        if self.max_candidates is not None:
+            require(self.max_candidates >= 1, "search.max_candidates", "must be >= 1", "or null")
+        require(self.workers >= 1, "search.workers", "must be >= 1", "one worker per device, e.g. 1")
+        require(self.lease_seconds >= 10, "search.lease_seconds", "must be >= 10", "e.g. 120")
+        require(
+            self.roofline_headroom >= 1,
+            "search.roofline_headroom",
+            f"is {self.roofline_headroom} < 1: the bound would no longer be an upper bound",
+            "use >= 1, e.g. 2",
+        )

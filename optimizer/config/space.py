@@ -1,0 +1,160 @@
+"""Schema of conf/space/: the deployment settings searched, axis by axis and backend by backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from optimizer.config.checks import require, require_subset
+
+TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
+# fp8: torchao, activations scaled per row at run time; fp8-static: activation scales calibrated
+# once on the workload text (one multiply in the kernel before it, no amax reduction per step)
+TORCH_QUANTIZATIONS = ("none", "int8-dynamic", "int8-weight", "int4-weight", "fp8", "fp8-static")
+TORCH_KV_CACHES = (
+    "dynamic",
+    "static",
+    "offloaded",
+    "offloaded_static",
+    "quanto-2",
+    "quanto-4",
+    "hqq-2",
+    "hqq-4",
+    "hqq-8",
+    "paged",  # the continuous-batching engine's own block cache (loop: continuous)
+)
+# sdpa_gqa: SDPA whose single-token decode queries are packed per KV head, so grouped-query K/V
+# are never repeated in memory, also under torch.compile (transformers repeats them there)
+TORCH_ATTENTION = ("sdpa", "sdpa_gqa", "eager", "flash_attention_2")
+# hf: transformers' generate loop; graph: our greedy loop whose decode step (forward + argmax on
+# the device) is one captured CUDA graph, replayed without host synchronization; continuous:
+# transformers' continuous-batching engine (paged KV, requests join and leave between steps).
+TORCH_LOOPS = ("hf", "graph", "continuous")
+BACKENDS = ("torch", "ort-genai", "ort-onnx", "tensorrt")
+
+# onnxruntime-genai model builder options (read from its source: its --help crashes).
+GENAI_PROVIDERS = ("cpu", "cuda")
+GENAI_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
+GENAI_ALGORITHMS = ("default", "rtn", "k_quant")  # weight-only (MatMulNBits) quantization method
+GENAI_BLOCK_SIZES = (16, 32, 64, 128, 256)
+# MatMulNBits compute: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (the builder's CPU default)
+GENAI_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+# ONNX export + ONNX Runtime sessions
+ONNX_PROVIDERS = ("cpu", "cuda", "tensorrt")
+ONNX_PRECISIONS = ("fp32", "fp16")
+# int8-static: QDQ calibrated on the packaged Wikipedia text (workload split, never the quality split)
+ONNX_QUANTIZATIONS = ("none", "int8-dynamic", "int8-static")
+TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class TorchAxes:
+    """Axes searched for the PyTorch backend (HF generate)."""
+
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+    quantizations: list[str] = field(default_factory=lambda: ["none", "int8-dynamic"])
+    kv_caches: list[str] = field(default_factory=lambda: ["dynamic"])
+    compile: list[bool] = field(default_factory=lambda: [False])
+    attention: list[str] = field(default_factory=lambda: ["sdpa"])
+    loops: list[str] = field(default_factory=lambda: ["hf"])
+
+    def __post_init__(self) -> None:
+        require_subset(self.precisions, TORCH_PRECISIONS, "space.torch.precisions")
+        require_subset(self.quantizations, TORCH_QUANTIZATIONS, "space.torch.quantizations")
+        require_subset(self.kv_caches, TORCH_KV_CACHES, "space.torch.kv_caches")
+        require_subset(self.compile, (True, False), "space.torch.compile")
+        require_subset(self.attention, TORCH_ATTENTION, "space.torch.attention")
+        require_subset(self.loops, TORCH_LOOPS, "space.torch.loops")
+
+
+@dataclass
+class OrtGenaiAxes:
+    """Axes searched for onnxruntime-genai builds. The weight-quantization axes (algorithms,
+    block sizes, accuracy levels, int8 lm_head) apply to int4/int8 builds only."""
+
+    providers: list[str] = field(default_factory=lambda: ["cpu"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "int8", "int4"])
+    algorithms: list[str] = field(default_factory=lambda: ["default"])
+    block_sizes: list[int] = field(default_factory=lambda: [32])
+    accuracy_levels: list[int] = field(default_factory=lambda: [4])
+    int8_lm_head: list[bool] = field(default_factory=lambda: [False])
+
+    def __post_init__(self) -> None:
+        require_subset(self.providers, GENAI_PROVIDERS, "space.ort_genai.providers")
+        require_subset(self.precisions, GENAI_PRECISIONS, "space.ort_genai.precisions")
+        require_subset(self.algorithms, GENAI_ALGORITHMS, "space.ort_genai.algorithms")
+        require_subset(self.block_sizes, GENAI_BLOCK_SIZES, "space.ort_genai.block_sizes")
+        require_subset(self.accuracy_levels, GENAI_ACCURACY_LEVELS, "space.ort_genai.accuracy_levels")
+        require_subset(self.int8_lm_head, (True, False), "space.ort_genai.int8_lm_head")
+
+
+@dataclass
+class OrtOnnxAxes:
+    """Axes searched for the exported ONNX decoder run by ONNX Runtime sessions."""
+
+    providers: list[str] = field(default_factory=lambda: ["cpu"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    quantizations: list[str] = field(default_factory=lambda: ["none", "int8-dynamic"])
+
+    def __post_init__(self) -> None:
+        require_subset(self.providers, ONNX_PROVIDERS, "space.ort_onnx.providers")
+        require_subset(self.precisions, ONNX_PRECISIONS, "space.ort_onnx.precisions")
+        require_subset(self.quantizations, ONNX_QUANTIZATIONS, "space.ort_onnx.quantizations")
+
+
+@dataclass
+class TensorRTAxes:
+    """Axes searched for native TensorRT engines built from the exported ONNX decoder."""
+
+    precisions: list[str] = field(default_factory=lambda: ["fp16"])
+
+    def __post_init__(self) -> None:
+        require_subset(self.precisions, TENSORRT_PRECISIONS, "space.tensorrt.precisions")
+
+
+@dataclass
+class BaselineConfig:
+    """The careless default that gains are reported against (HF eager, batch 1)."""
+
+    precision: str = "fp32"
+    quantization: str = "none"
+    kv_cache: str = "dynamic"
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        require_subset([self.precision], TORCH_PRECISIONS, "space.baseline.precision")
+        require_subset([self.quantization], TORCH_QUANTIZATIONS, "space.baseline.quantization")
+        require_subset([self.kv_cache], TORCH_KV_CACHES, "space.baseline.kv_cache")
+        require(self.batch_size >= 1, "space.baseline.batch_size", "must be >= 1", "use 1")
+
+
+@dataclass
+class SpaceConfig:
+    """The deployment settings to search. `threads: [0]` means all cores of the target."""
+
+    backends: list[str] = field(default_factory=lambda: ["torch"])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
+    threads: list[int] = field(default_factory=lambda: [0])
+    torch: TorchAxes = field(default_factory=TorchAxes)
+    ort_genai: OrtGenaiAxes = field(default_factory=OrtGenaiAxes)
+    ort_onnx: OrtOnnxAxes = field(default_factory=OrtOnnxAxes)
+    tensorrt: TensorRTAxes = field(default_factory=TensorRTAxes)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    # Exact candidates measured besides the grid, e.g. a reference deployment to compare with:
+    # {backend: torch, batch_size: 512, threads: 0, precision: bf16, kv_cache: static, compile: true}
+    extra: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        require_subset(self.backends, BACKENDS, "space.backends")
+        require(
+            bool(self.batch_sizes) and all(b >= 1 for b in self.batch_sizes),
+            "space.batch_sizes",
+            f"must be a non-empty list of sizes >= 1, got {self.batch_sizes}",
+            "e.g. space.batch_sizes=[1,8,32]",
+        )
+        require(
+            bool(self.threads) and all(t >= 0 for t in self.threads),
+            "space.threads",
+            f"must be a non-empty list of counts >= 0 (0 = all cores), got {self.threads}",
+            "e.g. space.threads=[1,2] or [0]",
+        )

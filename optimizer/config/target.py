@@ -1,0 +1,49 @@
+"""Schema of conf/target/: the deployment target and its capabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from optimizer.config.checks import require, require_subset
+
+TARGET_KINDS = ("auto", "cpu", "cuda")
+ENERGY_SOURCES = ("auto", "nvml", "rapl", "estimate")
+
+
+@dataclass
+class TargetConfig:
+    """The deployment target. `None` capability fields are detected on the machine.
+
+    A preset for a GPU model fills the capabilities the optimizer cannot read from NVML
+    (bandwidth, peak FLOP/s, fp8 support). `memory_gib` is a budget: it lets a big device stand
+    in for a smaller one.
+    """
+
+    kind: str = "auto"
+    name: str = "auto"
+    device_index: int = 0
+    memory_gib: float | None = None
+    bf16: bool | None = None
+    fp16: bool | None = None
+    fp8: bool | None = None
+    tdp_watts: float | None = None
+    memory_bandwidth_gb_per_s: float | None = None
+    peak_bf16_tflops: float | None = None
+    energy_source: str = "auto"
+    # Used only by the labelled CPU energy *estimate* (no RAPL): active watts per busy core
+    # (process CPU seconds x this) plus static watts per core over wall time.
+    cpu_active_watts_per_core: float = 5.0
+    cpu_idle_watts_per_core: float = 1.5
+
+    def __post_init__(self) -> None:
+        require_subset([self.kind], TARGET_KINDS, "target.kind")
+        require_subset([self.energy_source], ENERGY_SOURCES, "target.energy_source")
+        require(self.device_index >= 0, "target.device_index", "is negative", "use 0 for the first GPU")
+        if self.memory_gib is not None:
+            require(self.memory_gib > 0, "target.memory_gib", "must be > 0", "e.g. target.memory_gib=24")
+        require(
+            self.cpu_active_watts_per_core > 0 and self.cpu_idle_watts_per_core >= 0,
+            "target.cpu_active_watts_per_core",
+            "estimate watts must be positive",
+            "use the CPU's TDP divided by its cores",
+        )

@@ -1,0 +1,140 @@
+"""The TrialStore's tables and its database engine: an SQLite file or a PostgreSQL URL.
+
+- `wattsmith_trials`: insert-only; the latest row of a candidate wins. A killed writer leaves a
+  committed row or nothing (a transaction), never a torn record.
+- `wattsmith_quality`: quality per numerics key, written as soon as it is measured, so that batch
+  and thread variants on other workers reuse it before the first variant finishes.
+- `wattsmith_claims`: a lease per key (a candidate, or the quality of a numerics key). A worker
+  measures only what it holds; leases are renewed while it lives and lapse when it dies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    exc,
+)
+
+from optimizer.errors import UserError
+
+STORE_SCHEMA = 2
+QUALITY_CLAIM_PREFIX = "quality/"
+
+metadata = MetaData()
+trials_table = Table(
+    "wattsmith_trials",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("schema", Integer, nullable=False),
+    Column("context", String(64), nullable=False, index=True),
+    Column("candidate_key", String(64), nullable=False),
+    Column("numerics_key", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("run_id", String(64), nullable=False),
+    Column("worker", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("result", Text, nullable=False),  # CandidateResult.to_dict() as JSON
+)
+quality_table = Table(
+    "wattsmith_quality",
+    metadata,
+    Column("context", String(64), primary_key=True),
+    Column("numerics_key", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("quality", Text, nullable=False),
+)
+claims_table = Table(
+    "wattsmith_claims",
+    metadata,
+    Column("context", String(64), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("expires_at", Float, nullable=False),  # seconds since the epoch, the claimant's clock
+)
+
+
+def context_key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def store_url(location: str | Path) -> str:
+    """A SQLAlchemy URL for `store_path`: a file path means SQLite; postgresql:// uses psycopg 3."""
+    text = str(location).strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        path = Path(text).expanduser()
+        if path.suffix == ".jsonl":
+            raise UserError(
+                "store_path",
+                f"{path} is a JSONL store, which this version replaced by SQLite",
+                "use a .db path (e.g. outputs/trials.db) or a postgresql:// URL",
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path.resolve()}"
+    if scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    if scheme in ("sqlite", "postgresql+psycopg"):
+        return text
+    raise UserError(
+        "store_path",
+        f"unsupported database '{scheme}'",
+        "use a file path (SQLite) or postgresql://user@host/db",
+    )
+
+
+def is_shared_server(location: str | Path) -> bool:
+    """Whether workers on other machines can reach this store (a database server, not a file)."""
+    return store_url(location).startswith("postgresql")
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def engine_for(url: str) -> Engine:
+    """One engine per database and process (each pools its connections)."""
+    engine = _ENGINES.get(url)
+    if engine is None:
+        if url.startswith("sqlite"):
+            # timeout: wait for another process's write lock instead of failing at once
+            engine = create_engine(url, connect_args={"timeout": 60})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        metadata_create(engine)
+        _ENGINES[url] = engine
+    return engine
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.close()
+
+
+def metadata_create(engine: Engine) -> None:
+    """Create the tables. Workers starting at once race between checking and creating: the loser
+    gets "already exists" (SQLite: OperationalError; PostgreSQL: a catalog IntegrityError or
+    ProgrammingError) and checks again."""
+    for attempt in range(3):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            return
+        except (exc.IntegrityError, exc.ProgrammingError, exc.OperationalError):
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))

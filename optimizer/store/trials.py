@@ -1,0 +1,167 @@
+"""TrialStore: every evaluated candidate and quality per numerics, as one worker of one run sees
+them; the worker's leases come with it (store/leases.py).
+
+Why not Optuna's storage: Optuna permits duplicate trials and has no atomic claim, results must be
+shared across samplers (a grid run's results serve a later Optuna run) and re-judged under a new
+quality bound, and Optuna's RUNNING trials outlive a `kill -9` when asked for with ask/tell. Each
+Optuna sampler rebuilds its study from this store instead (search/optuna_sampler.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, exc, insert, select
+
+from optimizer.results import REJECTED, CandidateResult
+from optimizer.space import Candidate
+from optimizer.store.leases import Leases, worker_identity
+from optimizer.store.tables import (
+    QUALITY_CLAIM_PREFIX,
+    STORE_SCHEMA,
+    claims_table,
+    engine_for,
+    quality_table,
+    store_url,
+    trials_table,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrialStore(Leases):
+    """The results of one context, as seen by one worker of one run."""
+
+    def __init__(
+        self, location: str | Path, context: str, run_id: str | None = None, worker: str | None = None
+    ) -> None:
+        self.url = store_url(location)
+        super().__init__(engine_for(self.url), context, worker or worker_identity())
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self._records: dict[str, dict[str, Any]] = {}
+        self._last_seq = 0
+        self.reload()
+
+    # --- results -------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        self._records.clear()
+        self._last_seq = 0
+        self.refresh()
+
+    def refresh(self) -> list[str]:
+        """Read rows written since the last read (by any worker); returns their candidate keys."""
+        query = (
+            select(trials_table)
+            .where(trials_table.c.context == self.context, trials_table.c.seq > self._last_seq)
+            .order_by(trials_table.c.seq)
+        )
+        changed = []
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        for row in rows:
+            self._last_seq = max(self._last_seq, row["seq"])
+            if row["schema"] != STORE_SCHEMA:
+                continue
+            try:
+                result = json.loads(row["result"])
+            except json.JSONDecodeError:
+                log.warning("store row %s is not valid JSON; skipped", row["seq"])
+                continue
+            self._records[row["candidate_key"]] = dict(row) | {"result": result}  # the latest wins
+            changed.append(row["candidate_key"])
+        return changed
+
+    def get(self, candidate: Candidate) -> CandidateResult | None:
+        record = self._records.get(candidate.key())
+        if record is None:
+            return None
+        try:
+            return CandidateResult.from_dict(record["result"])
+        except (KeyError, TypeError, ValueError) as error:
+            log.warning("stored record for %s is unreadable (%s); measuring again", candidate.label(), error)
+            return None
+
+    def measured_in_run(self, candidate: Candidate) -> bool:
+        """Whether the stored result was evaluated by a worker of this run (not an earlier run)."""
+        record = self._records.get(candidate.key())
+        return record is not None and record["run_id"] == self.run_id
+
+    def run_seconds(self) -> float:
+        """Evaluation seconds that this run's workers spent, all of them together."""
+        return sum(
+            float(r["result"].get("seconds", 0.0))
+            for r in self._records.values()
+            if r["run_id"] == self.run_id
+        )
+
+    def run_history(self) -> list[CandidateResult]:
+        """This run's results in the order they were committed (all workers)."""
+        mine = sorted(
+            (r for r in self._records.values() if r["run_id"] == self.run_id), key=lambda r: r["seq"]
+        )
+        return [CandidateResult.from_dict(r["result"]) for r in mine]
+
+    def run_count(self) -> int:
+        """Evaluations of this run that built something: a rejection by known quality is free."""
+        return sum(
+            1
+            for r in self._records.values()
+            if r["run_id"] == self.run_id
+            and (r["result"].get("status") != REJECTED or r["result"].get("build_seconds", 0.0) > 0)
+        )
+
+    def append(self, result: CandidateResult) -> None:
+        """Record a finished candidate and give up its lease, in one transaction."""
+        key = result.candidate.key()
+        row = {
+            "schema": STORE_SCHEMA,
+            "context": self.context,
+            "candidate_key": key,
+            "numerics_key": result.candidate.numerics_key(),
+            "status": result.status,
+            "run_id": self.run_id,
+            "worker": self.worker,
+            "created_at": time.time(),
+            "result": json.dumps(result.to_dict(), sort_keys=True),
+        }
+        with self._engine.begin() as connection:
+            seq = connection.execute(insert(trials_table).values(**row)).inserted_primary_key
+            connection.execute(self._mine(delete(claims_table), key))
+        self._records[key] = row | {"seq": seq[0] if seq else None, "result": result.to_dict()}
+
+    # --- quality per numerics ------------------------------------------------------------------
+
+    def quality_for(self, numerics_key: str) -> dict[str, Any] | None:
+        """A stored quality result for the same numerics (batch size and threads do not matter)."""
+        query = select(quality_table.c.quality).where(
+            quality_table.c.context == self.context, quality_table.c.numerics_key == numerics_key
+        )
+        with self._engine.connect() as connection:
+            stored = connection.execute(query).scalar()
+        if stored is not None:
+            return dict(json.loads(stored))
+        for record in self._records.values():
+            if record.get("numerics_key") == numerics_key and record["result"].get("quality"):
+                return dict(record["result"]["quality"])
+        return None
+
+    def put_quality(self, numerics_key: str, quality: dict[str, Any]) -> None:
+        """Share a numerics key's quality at once, and give up the lease on measuring it."""
+        row = {
+            "context": self.context,
+            "numerics_key": numerics_key,
+            "created_at": time.time(),
+            "quality": json.dumps(quality, sort_keys=True),
+        }
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(insert(quality_table).values(**row))
+        except exc.IntegrityError:
+            pass  # another worker stored it first: the same numerics give the same numbers
+        self.release(QUALITY_CLAIM_PREFIX + numerics_key)
