@@ -132,6 +132,19 @@ def diagnose_infeasible(results: list[CandidateResult]) -> UserError:
     measured = [r for r in results if r.status == MEASURED and not r.feasible]
     failed = [r for r in results if r.status == FAILED]
     if measured:
+        served = [r.performance.serving for r in measured if r.performance and r.performance.serving]
+        if served:  # a request stream: say what rate the best candidate could hold
+            capacities = [s.capacity_rate for s in served if s.capacity_rate is not None]
+            best = (
+                f"the best capacity measured is {max(capacities):g} req/s"
+                if capacities
+                else ("no candidate held the SLO at any rate measured")
+            )
+            return UserError(
+                "workload.rate",
+                f"no candidate holds {served[0].rate:g} req/s inside the SLO; {best} (capacities in report.md)",
+                "lower workload.rate, loosen workload.slo, or add workload.rates=[...] to find the capacity",
+            )
         example = measured[0].performance.slo_violations if measured[0].performance else []
         return UserError(
             "workload.slo",

@@ -15,9 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from optimizer.config import ModelConfig, QualityConfig, RunConfig, SloConfig, TargetConfig, WorkloadConfig
+from optimizer.config import (
+    LengthConfig,
+    ModelConfig,
+    QualityConfig,
+    RunConfig,
+    SloConfig,
+    TargetConfig,
+    WorkloadConfig,
+)
 from optimizer.errors import UserError
 from optimizer.measure.setup import MeasurementSetup
+from optimizer.measure.workload import ServingSummary
 from optimizer.results import CandidateResult
 from optimizer.space import Candidate
 from optimizer.version import tool_version
@@ -55,6 +64,27 @@ def _evidence_of(result: CandidateResult) -> dict[str, Any]:
             "goodput_fraction": round(perf.goodput_fraction, 4),
         },
         "quality": _rounded(result.quality.to_dict()) if result.quality else None,
+        "serving": _serving_evidence(perf.serving) if perf.serving else None,
+    }
+
+
+def _serving_evidence(serving: ServingSummary) -> dict[str, Any]:
+    """The stream the recipe was selected on (replayed by `optimize verify`) and how it was served."""
+    return {
+        "stream": serving.stream,
+        "stream_sha256": serving.stream_sha256,
+        "rate": serving.rate,
+        "requests_judged": serving.window_requests,
+        "met_slo_fraction": round(serving.met_slo_fraction, 4),
+        "joules_per_request": None
+        if serving.joules_per_request is None
+        else round(serving.joules_per_request, 4),
+        "ttft_p90_ms": round(serving.ttft_p90_ms, 1),
+        "e2e_p90_ms": round(serving.e2e_p90_ms, 1),
+        "idle_fraction": round(serving.idle_fraction, 4),
+        "capacity_rate": serving.capacity_rate,
+        "load_curve": [_rounded(point) for point in serving.curve],
+        "prefix": _rounded(serving.prefix),
     }
 
 
@@ -176,6 +206,9 @@ def read_recipe(path: Path | str) -> Recipe:
             raise UserError("measurement", "workload and quality must be mappings", "restore it from git")
         workload = dict(measurement["workload"])
         workload["slo"] = SloConfig(**workload["slo"])
+        for lengths in ("prompt_lengths", "output_lengths"):
+            if isinstance(workload.get(lengths), dict):
+                workload[lengths] = LengthConfig(**workload[lengths])
         model = data["model"]
         return Recipe(
             path=path,

@@ -90,17 +90,17 @@ def reference_settings() -> TorchSettings:
 
 
 def enumerate_candidates(
-    space: SpaceConfig, target: TargetSpec
+    space: SpaceConfig, target: TargetSpec, serving: bool = False
 ) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
     """All combinations of the space's axes plus its `extra` candidates, split into valid ones
-    and (excluded, rule) pairs."""
+    and (excluded, rule) pairs. `serving`: the workload is a request stream."""
     valid: list[Candidate] = []
     excluded: list[tuple[Candidate, str]] = []
     # Explicit extra candidates come first: they are asked for by name (often a reference).
     extra = [_extra_candidate(item, index, target) for index, item in enumerate(space.extra)]
     grid = [c for c in _combinations(space, target) if c not in extra]
     for candidate in extra + grid:
-        reason = exclusion_reason(candidate, target)
+        reason = exclusion_reason(candidate, target, serving)
         if reason is None:
             valid.append(candidate)
         else:
@@ -135,8 +135,12 @@ def _combinations(space: SpaceConfig, target: TargetSpec) -> Iterator[Candidate]
                     yield candidate
 
 
-def exclusion_reason(candidate: Candidate, target: TargetSpec) -> str | None:
-    """Why the target cannot run this candidate, or None when it can. Pure rules, no measuring."""
+def exclusion_reason(candidate: Candidate, target: TargetSpec, serving: bool = False) -> str | None:
+    """Why the target (and the workload's kind) cannot run this candidate, or None when they can.
+    Pure rules, no measuring."""
     if candidate.threads > target.cores:
         return f"threads {candidate.threads} > {target.cores} cores"
-    return spec_for(candidate.settings).exclusion_reason(candidate.settings, target)
+    spec = spec_for(candidate.settings)
+    return spec.exclusion_reason(candidate.settings, target) or spec.workload_reason(
+        candidate.settings, candidate.batch_size, serving
+    )

@@ -80,6 +80,17 @@ def verify_recipe(
         Check("device", recorded_device, here_device, recorded_device == here_device),
         Check("energy source", energy["source"], setup.meter.source, energy["source"] == setup.meter.source),
     ]
+    recorded_stream = (evidence.get("serving") or {}).get("stream_sha256")
+    if recorded_stream or setup.stream:
+        here_stream = setup.stream.sha256 if setup.stream else None
+        checks.append(
+            Check(
+                "request stream sha256",
+                str(recorded_stream)[:16],
+                str(here_stream)[:16],
+                recorded_stream == here_stream,
+            )
+        )
     measure_idle_watts(setup.meter, recipe.workload.idle_seconds)
     result = Evaluator.for_setup(setup).evaluate(
         cand, role="baseline"
@@ -99,12 +110,12 @@ def verify_recipe(
             not broken,
         )
     )
-    recorded_tpot = evidence["latency"]["tpot_ms"]
+    recorded_latency = evidence["latency"]
     checks.append(
         Check(
             "SLO",
-            f"TPOT p90 {recorded_tpot.get('p90', 0):.0f} ms",
-            f"TPOT p90 {perf.latency.tpot_ms['p90']:.0f} ms"
+            _latency_text(recorded_latency["ttft_ms"], recorded_latency["tpot_ms"]),
+            _latency_text(perf.latency.ttft_ms, perf.latency.tpot_ms)
             + (f" ({'; '.join(perf.slo_violations)})" if perf.slo_violations else ""),
             perf.slo_met,
         )
@@ -120,6 +131,10 @@ def verify_recipe(
         )
     )
     return VerifyReport(recipe.path, checks)
+
+
+def _latency_text(ttft_ms: dict[str, float], tpot_ms: dict[str, float]) -> str:
+    return f"TTFT p90 {ttft_ms.get('p90', 0):.0f} ms, TPOT p90 {tpot_ms.get('p90', 0):.0f} ms"
 
 
 def _device_name(fingerprint: dict[str, object], key: str) -> str:

@@ -38,6 +38,9 @@ class Generation:
     token_ids: torch.Tensor | None = None  # [batch, new_tokens] on the CPU, when the engine returns them
     # (ttft_seconds, tpot_seconds) per request, in row order; None: every request has the batch's
     request_latencies: tuple[tuple[float, float], ...] | None = None
+    # host perf_counter time at which each decode step's tokens were ready (lockstep engines that
+    # stamp their steps); None: not recorded
+    token_times: tuple[float, ...] | None = None
 
     @property
     def output_tokens(self) -> int:
@@ -104,6 +107,11 @@ class BackendSpec(Protocol[S]):
         """Why the target cannot run these settings, or None when it can. Pure rules, no measuring."""
         ...
 
+    def workload_reason(self, settings: S, batch_size: int, serving: bool) -> str | None:
+        """Why these settings cannot run the workload's kind (`serving`: a request stream of
+        mixed lengths; else offline batches of equal prompts), or None when they can."""
+        ...
+
     def footprint(self, settings: S, num_layers: int) -> Footprint:
         """Bytes per weight, activation and KV element that a build of these settings holds."""
         ...
@@ -123,6 +131,13 @@ PRECISION_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0}
 def precision_kind(precision: str) -> str:
     """The matmul kind of a compute precision: fp32, int8, or reduced (bf16, fp16)."""
     return {"fp32": "fp32", "int8": "int8"}.get(precision, "reduced")
+
+
+def unpadded_stream_reason(batch_size: int, serving: bool) -> str | None:
+    """A lockstep engine that cannot pad prompts serves a request stream one request at a time."""
+    if serving and batch_size > 1:
+        return "pads no prompts: serves a request stream one request at a time (batch 1 only)"
+    return None
 
 
 def check_choices(settings: Any, allowed: Mapping[str, Sequence[object]]) -> None:

@@ -18,17 +18,22 @@ from optimizer.backends.tensorrt.settings import TensorRTSettings
 from optimizer.backends.tensorrt.spec import SPEC as TENSORRT
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch.spec import SPEC as TORCH
+from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+from optimizer.backends.torch_cb.spec import SPEC as TORCH_CB
 
 if TYPE_CHECKING:
     from optimizer.model import ModelSpec
     from optimizer.space import Candidate
     from optimizer.target import TargetSpec
 
-BackendSettings = TorchSettings | OrtGenaiSettings | OrtOnnxSettings | TensorRTSettings
+BackendSettings = (
+    TorchSettings | ContinuousBatchingSettings | OrtGenaiSettings | OrtOnnxSettings | TensorRTSettings
+)
 
 # In this order the report lists backends.
 SPECS: dict[type[BackendSettings], BackendSpec[Any]] = {
     TorchSettings: TORCH,
+    ContinuousBatchingSettings: TORCH_CB,
     OrtGenaiSettings: ORT_GENAI,
     OrtOnnxSettings: ORT_ONNX,
     TensorRTSettings: TENSORRT,

@@ -36,6 +36,10 @@ from optimizer.config.run import RunConfig
 from optimizer.config.search import OPTUNA_ALGORITHMS, SAMPLERS, OptunaConfig, SearchConfig
 from optimizer.config.space import (
     BACKENDS,
+    CB_ATTENTION,
+    CB_PAGE_SIZES,
+    CB_PRECISIONS,
+    CB_QUANTIZATIONS,
     GENAI_ACCURACY_LEVELS,
     GENAI_ALGORITHMS,
     GENAI_BLOCK_SIZES,
@@ -56,12 +60,25 @@ from optimizer.config.space import (
     SpaceConfig,
     TensorRTAxes,
     TorchAxes,
+    TorchCbAxes,
 )
 from optimizer.config.target import ENERGY_SOURCES, TARGET_KINDS, TargetConfig
-from optimizer.config.workload import SloConfig, WorkloadConfig
+from optimizer.config.workload import (
+    ARRIVALS,
+    LENGTH_KINDS,
+    WORKLOAD_KINDS,
+    LengthConfig,
+    SloConfig,
+    WorkloadConfig,
+)
 
 __all__ = [
+    "ARRIVALS",
     "BACKENDS",
+    "CB_ATTENTION",
+    "CB_PAGE_SIZES",
+    "CB_PRECISIONS",
+    "CB_QUANTIZATIONS",
     "CONFIG_DIR_ENV",
     "CONF_DIR",
     "ENERGY_SOURCES",
@@ -72,6 +89,7 @@ __all__ = [
     "GENAI_PROVIDERS",
     "GROUPS",
     "LAUNCHERS",
+    "LENGTH_KINDS",
     "ONNX_PRECISIONS",
     "ONNX_PROVIDERS",
     "ONNX_QUANTIZATIONS",
@@ -85,9 +103,11 @@ __all__ = [
     "TORCH_LOOPS",
     "TORCH_PRECISIONS",
     "TORCH_QUANTIZATIONS",
+    "WORKLOAD_KINDS",
     "AccountingConfig",
     "BaselineConfig",
     "LauncherConfig",
+    "LengthConfig",
     "ModelConfig",
     "OptunaConfig",
     "OrtGenaiAxes",
@@ -103,6 +123,7 @@ __all__ = [
     "TargetConfig",
     "TensorRTAxes",
     "TorchAxes",
+    "TorchCbAxes",
     "WorkloadConfig",
     "check_config_dir",
     "compose_run_config",

@@ -21,16 +21,19 @@ TORCH_KV_CACHES = (
     "hqq-2",
     "hqq-4",
     "hqq-8",
-    "paged",  # the continuous-batching engine's own block cache (loop: continuous)
 )
 # sdpa_gqa: SDPA whose single-token decode queries are packed per KV head, so grouped-query K/V
 # are never repeated in memory, also under torch.compile (transformers repeats them there)
 TORCH_ATTENTION = ("sdpa", "sdpa_gqa", "eager", "flash_attention_2")
 # hf: transformers' generate loop; graph: our greedy loop whose decode step (forward + argmax on
-# the device) is one captured CUDA graph, replayed without host synchronization; continuous:
-# transformers' continuous-batching engine (paged KV, requests join and leave between steps).
-TORCH_LOOPS = ("hf", "graph", "continuous")
-BACKENDS = ("torch", "ort-genai", "ort-onnx", "tensorrt")
+# the device) is one captured CUDA graph, replayed without host synchronization.
+TORCH_LOOPS = ("hf", "graph")
+# torch-cb: transformers' continuous batching (paged KV; requests join and leave between steps)
+BACKENDS = ("torch", "torch-cb", "ort-genai", "ort-onnx", "tensorrt")
+CB_PRECISIONS = TORCH_PRECISIONS
+CB_QUANTIZATIONS = ("none", "int8-weight", "int4-weight", "fp8", "fp8-static")
+CB_ATTENTION = ("sdpa", "flash_attention_2")
+CB_PAGE_SIZES = (16, 32, 64, 128, 256)
 
 # onnxruntime-genai model builder options (read from its source: its --help crashes).
 GENAI_PROVIDERS = ("cpu", "cuda")
@@ -65,6 +68,42 @@ class TorchAxes:
         require_subset(self.compile, (True, False), "space.torch.compile")
         require_subset(self.attention, TORCH_ATTENTION, "space.torch.attention")
         require_subset(self.loops, TORCH_LOOPS, "space.torch.loops")
+
+
+@dataclass
+class TorchCbAxes:
+    """Axes searched for transformers' continuous-batching engine (backend torch-cb). The
+    candidate's batch size is the most sequences it decodes at once."""
+
+    precisions: list[str] = field(default_factory=lambda: ["bf16"])
+    quantizations: list[str] = field(default_factory=lambda: ["none"])
+    attention: list[str] = field(default_factory=lambda: ["sdpa"])
+    compile: list[bool] = field(default_factory=lambda: [False])
+    # tokens per forward: a longer prefill is split into chunks of this many
+    max_batch_tokens: list[int] = field(default_factory=lambda: [256])
+    # the paged cache's size in tokens (the KV memory budget); 0: room for every sequence of the
+    # batch at the workload's longest request, no more
+    kv_cache_tokens: list[int] = field(default_factory=lambda: [0])
+    prefix_sharing: list[bool] = field(default_factory=lambda: [False])
+    page_sizes: list[int] = field(default_factory=lambda: [64])
+    # host memory (GiB) that evicted requests' KV moves to instead of being recomputed; 0: off
+    kv_offload_gib: list[float] = field(default_factory=lambda: [0.0])
+
+    def __post_init__(self) -> None:
+        require_subset(self.precisions, CB_PRECISIONS, "space.torch_cb.precisions")
+        require_subset(self.quantizations, CB_QUANTIZATIONS, "space.torch_cb.quantizations")
+        require_subset(self.attention, CB_ATTENTION, "space.torch_cb.attention")
+        require_subset(self.compile, (True, False), "space.torch_cb.compile")
+        require_subset(self.prefix_sharing, (True, False), "space.torch_cb.prefix_sharing")
+        require_subset(self.page_sizes, CB_PAGE_SIZES, "space.torch_cb.page_sizes")
+        for name, low in (("max_batch_tokens", 16), ("kv_cache_tokens", 0), ("kv_offload_gib", 0)):
+            values = getattr(self, name)
+            require(
+                bool(values) and all(v >= low for v in values),
+                f"space.torch_cb.{name}",
+                f"must be a non-empty list of values >= {low}, got {values}",
+                "see the comment in conf/space/cpu-default.yaml",
+            )
 
 
 @dataclass
@@ -136,6 +175,7 @@ class SpaceConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
     threads: list[int] = field(default_factory=lambda: [0])
     torch: TorchAxes = field(default_factory=TorchAxes)
+    torch_cb: TorchCbAxes = field(default_factory=TorchCbAxes)
     ort_genai: OrtGenaiAxes = field(default_factory=OrtGenaiAxes)
     ort_onnx: OrtOnnxAxes = field(default_factory=OrtOnnxAxes)
     tensorrt: TensorRTAxes = field(default_factory=TensorRTAxes)

@@ -1,10 +1,19 @@
-"""Schema of conf/workload/: the requests, the latency SLO and the energy-window protocol."""
+"""Schema of conf/workload/: the requests, the latency SLO and the energy-window protocol.
+
+`kind: offline` runs closed, lockstep batches of equal prompts (a batch job). `kind: serving`
+offers a request stream (arrivals at a rate, mixed lengths, conversations, or a trace file) and
+measures the steady state; see optimizer/measure/stream.py and serving.py.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from optimizer.config.checks import require
+from optimizer.config.checks import require, require_subset
+
+WORKLOAD_KINDS = ("offline", "serving")
+ARRIVALS = ("poisson", "constant", "gamma")
+LENGTH_KINDS = ("fixed", "uniform", "lognormal")
 
 
 @dataclass
@@ -28,9 +37,44 @@ class SloConfig:
 
 
 @dataclass
-class WorkloadConfig:
-    """Requests and the energy-window protocol used to measure every candidate."""
+class LengthConfig:
+    """Token counts of a serving stream: `fixed` (mean), `uniform` (min..max) or `lognormal`
+    (mean and coefficient of variation cv), always clamped to [min, max]."""
 
+    kind: str = "lognormal"
+    mean: int = 128
+    min: int = 16
+    max: int = 512
+    cv: float = 0.5
+
+    def check(self, field_name: str) -> None:
+        require_subset([self.kind], LENGTH_KINDS, f"{field_name}.kind")
+        require(
+            1 <= self.min <= self.max,
+            field_name,
+            f"needs 1 <= min <= max, got min {self.min}, max {self.max}",
+            "e.g. min: 16, max: 512",
+        )
+        require(
+            self.min <= self.mean <= self.max,
+            f"{field_name}.mean",
+            f"{self.mean} is outside [min {self.min}, max {self.max}]",
+            "put the mean inside min..max",
+        )
+        require(self.cv >= 0, f"{field_name}.cv", f"is {self.cv} < 0", "a coefficient of variation is >= 0")
+
+
+@dataclass
+class WorkloadConfig:
+    """Requests and the energy-window protocol used to measure every candidate.
+
+    Offline fields: prompt_tokens, max_new_tokens, warmup_batches. Serving fields: rate and the
+    stream's shape; each serving measurement is `repeats` runs of the same seeded stream, each
+    with one energy window from the arrival after `warmup_requests` to the one `drain_requests`
+    before the last.
+    """
+
+    kind: str = "offline"
     prompt_tokens: int = 64
     max_new_tokens: int = 32
     min_window_seconds: float = 5.0
@@ -38,11 +82,83 @@ class WorkloadConfig:
     warmup_batches: int = 1
     idle_seconds: float = 5.0
     slo: SloConfig = field(default_factory=SloConfig)
+    # serving: the rate the recipe is selected for (requests/s), and optional load-curve rates
+    rate: float = 1.0
+    rates: list[float] = field(default_factory=list)
+    requests: int = 40
+    arrivals: str = "poisson"
+    arrival_cv: float = 1.0  # gamma arrivals: > 1 is bursty
+    prompt_lengths: LengthConfig = field(default_factory=LengthConfig)
+    output_lengths: LengthConfig = field(default_factory=lambda: LengthConfig("lognormal", 64, 8, 256, 0.5))
+    shared_prefix_tokens: int = 0  # a system prompt every request starts with
+    turns: int = 1  # > 1: conversations that resend their whole history every turn
+    turn_gap_seconds: float = 5.0
+    seed: int = 0
+    trace: str | None = None  # a JSONL trace replaces the generated stream
+    warmup_requests: int = 4
+    drain_requests: int = 4
 
     def __post_init__(self) -> None:
+        require_subset([self.kind], WORKLOAD_KINDS, "workload.kind")
         require(self.prompt_tokens >= 1, "workload.prompt_tokens", "must be >= 1", "e.g. 64")
         require(self.max_new_tokens >= 2, "workload.max_new_tokens", "must be >= 2", "e.g. 32")
         require(self.min_window_seconds > 0, "workload.min_window_seconds", "must be > 0", "e.g. 5")
         require(self.repeats >= 1, "workload.repeats", "must be >= 1", "use >= 3 for a spread")
         require(self.warmup_batches >= 0, "workload.warmup_batches", "must be >= 0", "e.g. 1")
         require(self.idle_seconds >= 0, "workload.idle_seconds", "must be >= 0", "e.g. 5")
+        require(
+            self.rate > 0,
+            "workload.rate",
+            f"is {self.rate}: a stream needs a rate > 0 requests/s",
+            "e.g. 1.0",
+        )
+        require(
+            all(r > 0 for r in self.rates),
+            "workload.rates",
+            f"has a rate <= 0: {self.rates}",
+            "offered loads in requests/s, e.g. [0.5,1,2]",
+        )
+        require(
+            self.requests >= 2,
+            "workload.requests",
+            f"is {self.requests}",
+            "a stream needs >= 2 requests, e.g. 40",
+        )
+        require_subset([self.arrivals], ARRIVALS, "workload.arrivals")
+        require(
+            self.arrivals != "gamma" or self.arrival_cv > 0,
+            "workload.arrival_cv",
+            f"is {self.arrival_cv}",
+            "gamma arrivals need a cv > 0 (1 is Poisson, 2 is bursty)",
+        )
+        self.prompt_lengths.check("workload.prompt_lengths")
+        self.output_lengths.check("workload.output_lengths")
+        require(self.shared_prefix_tokens >= 0, "workload.shared_prefix_tokens", "is negative", "e.g. 0")
+        require(
+            self.turns >= 1,
+            "workload.turns",
+            f"is {self.turns}",
+            "1 for single requests, > 1 for conversations",
+        )
+        require(self.turn_gap_seconds >= 0, "workload.turn_gap_seconds", "is negative", "seconds >= 0")
+        require(
+            self.warmup_requests >= 0 and self.drain_requests >= 0,
+            "workload.warmup_requests",
+            "warm-up and drain counts must be >= 0",
+            "e.g. 4",
+        )
+        require(
+            self.warmup_requests + self.drain_requests < self.requests - 1,
+            "workload.requests",
+            f"{self.requests} requests leave no steady state after {self.warmup_requests} warm-up and "
+            f"{self.drain_requests} drain requests",
+            "raise workload.requests or lower the warm-up/drain counts",
+        )
+
+    @property
+    def serving(self) -> bool:
+        return self.kind == "serving"
+
+    def load_rates(self) -> list[float]:
+        """The offered loads measured: `rates` (sorted, with `rate` in it), or `rate` alone."""
+        return sorted({*self.rates, self.rate}) if self.rates else [self.rate]

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from optimizer.measure.stream import RequestStream
 
 START_LEAD_SECONDS = 0.05  # the first arrival is this far after the load generator starts
+DRAIN_TIMEOUT_SECONDS = 120.0  # the most a run waits for its last requests after the last arrival
 GROWTH_FLAG = 1.5  # in-flight requests in the window's second half over its first half
 
 
@@ -54,22 +55,32 @@ class ServingEngine(Protocol):
         """Requests finished since the last call, waiting at most `timeout_seconds` for one."""
         ...
 
+    def cancel_all(self) -> None:
+        """Drop every unfinished request; returns once the engine is idle again."""
+        ...
+
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One served request. Times in seconds from the run's start (t0)."""
+    """One served request. Times in seconds from the run's start (t0). A request still unfinished
+    when the run gave up has no token times: its TTFT is at least `gave_up_at - arrival`."""
 
     index: int
     arrival: float
     submitted: float
     token_times: tuple[float, ...]
     prompt_tokens: int
-    output_tokens: int
+    asked_tokens: int
     met_slo: bool
+    gave_up_at: float | None = None
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.token_times)
 
     @property
     def ttft(self) -> float:
-        return self.token_times[0] - self.arrival
+        return (self.token_times[0] if self.token_times else float(self.gave_up_at or 0.0)) - self.arrival
 
     @property
     def tpot(self) -> float:
@@ -78,7 +89,7 @@ class RequestRecord:
 
     @property
     def e2e(self) -> float:
-        return self.token_times[-1] - self.arrival
+        return (self.token_times[-1] if self.token_times else float(self.gave_up_at or 0.0)) - self.arrival
 
 
 @dataclass(frozen=True)
@@ -114,11 +125,17 @@ def serve_stream(
     slo: SloConfig,
     warmup_requests: int,
     drain_requests: int,
-    result_timeout_seconds: float = 600.0,
+    drain_timeout_seconds: float = DRAIN_TIMEOUT_SECONDS,
     clock: Callable[[], float] = time.perf_counter,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> ServingRun:
-    """Offer `stream` to `engine` in real time and measure its steady state."""
+    """Offer `stream` to `engine` in real time and measure its steady state.
+
+    After the last arrival the run waits for the requests still in flight only as long as one of
+    them could still meet the SLO (its arrival + TTFT target + a TPOT target per further token),
+    and never longer than `drain_timeout_seconds`: an engine far over its capacity would otherwise
+    take minutes to empty its queue, and no verdict would change. What is left then is cancelled
+    and misses the SLO (tokens it produced are not counted: engines return finished requests).
+    """
     count = len(stream.requests)
     first, last = _window_bounds(count, warmup_requests, drain_requests)
     ids: dict[str, int] = {}
@@ -143,25 +160,47 @@ def serve_stream(
             lateness = max(lateness, now - due)
             ids[engine.submit(request.prompt_ids, request.max_new_tokens)] = request.index
             submitted[request.index] = now - t0
-        if len(window_times) == 1:  # the window closes with the last arrival
-            window_times.append(clock() - t0)
-    deadline = clock() + result_timeout_seconds
-    while len(done) < count:
-        got = engine.collect(0.5)
-        _take(got, ids, done)
-        if got:
-            deadline = clock() + result_timeout_seconds
-        elif clock() > deadline:
-            raise TimeoutError(
-                f"{count - len(done)} of {count} requests unfinished after {result_timeout_seconds} s"
-            )
-    assert measurement is not None
+    give_up = clock() + drain_timeout_seconds
+    while len(done) < count and (left := give_up - clock()) > 0:
+        _take(engine.collect(min(0.5, left)), ids, done)
+        last_chance = max(
+            (
+                t0 + r.arrival_seconds + _slo_seconds(slo, r.max_new_tokens)
+                for r in stream.requests
+                if r.index not in done
+            ),
+            default=give_up,
+        )
+        give_up = min(give_up, last_chance)
+    gave_up_at = None
+    if len(done) < count:
+        engine.cancel_all()
+        gave_up_at = clock() - t0
+    assert measurement is not None and len(window_times) == 2
     records = [
-        _record(r.index, r.arrival_seconds, submitted, done, t0, len(r.prompt_ids), slo)
+        _record(
+            r.index,
+            r.arrival_seconds,
+            submitted,
+            done.get(r.index),
+            t0,
+            len(r.prompt_ids),
+            r.max_new_tokens,
+            slo,
+            gave_up_at,
+        )
         for r in stream.requests
     ]
     window = _window(records, window_times[0], window_times[1])
     return ServingRun(records, window, measurement, lateness)
+
+
+def _slo_seconds(slo: SloConfig, new_tokens: int) -> float:
+    """The latest a request can finish after its arrival and still meet the SLO (unbounded parts:
+    the drain timeout decides)."""
+    if slo.ttft_ms is None or slo.tpot_ms is None:
+        return DRAIN_TIMEOUT_SECONDS
+    return (slo.ttft_ms + slo.tpot_ms * max(new_tokens - 1, 0)) / 1000
 
 
 def _window_bounds(count: int, warmup: int, drain: int) -> tuple[int, int]:
@@ -183,29 +222,37 @@ def _record(
     index: int,
     arrival: float,
     submitted: dict[int, float],
-    done: dict[int, Completion],
+    completion: Completion | None,
     t0: float,
     prompt_tokens: int,
+    asked: int,
     slo: SloConfig,
+    gave_up_at: float | None,
 ) -> RequestRecord:
-    completion = done[index]
+    if completion is None:  # still queued or running when the run gave up
+        return RequestRecord(index, arrival, submitted[index], (), prompt_tokens, asked, False, gave_up_at)
     if not completion.token_times:
         raise RuntimeError(f"request {completion.request_id} finished without tokens")
     times = tuple(t - t0 for t in completion.token_times)
     ttft = times[0] - arrival
     tpot = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
-    return RequestRecord(
-        index, arrival, submitted[index], times, prompt_tokens, len(times), request_meets_slo(ttft, tpot, slo)
-    )
+    met = request_meets_slo(ttft, tpot, slo)
+    return RequestRecord(index, arrival, submitted[index], times, prompt_tokens, asked, met)
 
 
 def _window(records: list[RequestRecord], start: float, end: float) -> ServingWindow:
-    output = goodput = completed = 0
+    """Tokens by their timestamps inside [start, end]. Goodput is that output times the share of
+    the tokens asked by the requests *arriving* in the window that went to SLO-meeting requests:
+    in a steady state that equals counting the window's tokens of SLO-meeting requests, and over
+    capacity it does not credit the window with early requests while later ones queue past it."""
+    output = completed = 0
     for r in records:
-        inside = sum(start <= t <= end for t in r.token_times)
-        output += inside
-        goodput += inside if r.met_slo else 0
-        completed += start <= r.token_times[-1] <= end
+        output += sum(start <= t <= end for t in r.token_times)
+        completed += bool(r.token_times) and start <= r.token_times[-1] <= end
+    judged = [r for r in records if start <= r.arrival <= end] or records
+    asked = sum(r.asked_tokens for r in judged)
+    attained = sum(r.asked_tokens for r in judged if r.met_slo) / asked if asked else 0.0
+    goodput = round(output * attained)
     idle, mean_first, mean_second = _in_flight(records, start, end)
     return ServingWindow(
         start=start,
@@ -221,7 +268,10 @@ def _window(records: list[RequestRecord], start: float, end: float) -> ServingWi
 
 def _in_flight(records: list[RequestRecord], start: float, end: float) -> tuple[float, float, float]:
     """(idle share, mean in flight over the first half, over the second half) of [start, end]."""
-    events = sorted([(r.submitted, 1) for r in records] + [(r.token_times[-1], -1) for r in records])
+    # an unfinished request stays in flight to the end
+    events = sorted(
+        [(r.submitted, 1) for r in records] + [(r.token_times[-1], -1) for r in records if r.token_times]
+    )
     middle = (start + end) / 2
     halves = ((start, middle), (middle, end))
     area = [0.0, 0.0]
@@ -243,7 +293,7 @@ def _in_flight(records: list[RequestRecord], start: float, end: float) -> tuple[
 
 
 def summarize(
-    runs: list[ServingRun], stream: RequestStream, prefix: dict[str, float] | None = None
+    runs: list[ServingRun], stream: RequestStream, rate: float, prefix: dict[str, float] | None = None
 ) -> ServingSummary:
     windowed = [r for run in runs for r in run.requests if run.window.start <= r.arrival <= run.window.end]
     judged = windowed or [r for run in runs for r in run.requests]
@@ -252,10 +302,12 @@ def summarize(
     return ServingSummary(
         stream=stream.source,
         stream_sha256=stream.sha256,
+        rate=rate,
         offered_rate=stream.offered_rate,
         requests=len(stream.requests),
         window_requests=len(windowed),
-        joules_per_request=joules / completed if completed else float("inf"),
+        met_slo_fraction=sum(r.met_slo for r in judged) / len(judged),
+        joules_per_request=joules / completed if completed else None,
         idle_fraction=statistics.fmean(run.window.idle_fraction for run in runs),
         mean_in_flight=statistics.fmean(run.window.mean_in_flight for run in runs),
         growing_windows=sum(run.window.growing for run in runs),
@@ -274,10 +326,15 @@ def measure_serving(
     repeats: int,
     warmup_requests: int,
     drain_requests: int,
-    prefix_counters: Callable[[], dict[str, float]] | None = None,
+    rate: float,
+    drain_timeout_seconds: float = DRAIN_TIMEOUT_SECONDS,
 ) -> PerformanceResult:
-    """`repeats` runs of the stream, each one energy window over its steady state."""
-    runs = [serve_stream(engine, stream, meter, slo, warmup_requests, drain_requests) for _ in range(repeats)]
+    """`repeats` runs of the stream offered at `rate`, each one energy window over its steady
+    state. The caller adds prefix counters and the load curve to `serving`."""
+    runs = [
+        serve_stream(engine, stream, meter, slo, warmup_requests, drain_requests, drain_timeout_seconds)
+        for _ in range(repeats)
+    ]
     windows = []
     for run in runs:
         m, w = run.measurement, run.window
@@ -319,5 +376,5 @@ def measure_serving(
         latency=LatencySummary.of(ttfts, tpots),
         slo_violations=slo_violations(ttfts, tpots, slo),
         goodput_fraction=sum(w.goodput_tokens for w in windows) / output if output else 0.0,
-        serving=summarize(runs, stream, prefix_counters() if prefix_counters else None),
+        serving=summarize(runs, stream, rate),
     )

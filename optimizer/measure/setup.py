@@ -6,14 +6,16 @@ energy meter, the workload's prompts and the quality text, as token ids.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from optimizer.config import ModelConfig, QualityConfig, TargetConfig, WorkloadConfig
 from optimizer.measure.energy import EnergyMeter, make_meter
+from optimizer.measure.stream import RequestStream, TextTokens, generate_stream, read_trace
 from optimizer.measure.text import load_text, token_windows
 from optimizer.measure.workload import Workload
 from optimizer.model import ModelSpec, resolve_model
@@ -21,6 +23,9 @@ from optimizer.target import TargetSpec, detect_target
 
 if TYPE_CHECKING:
     import torch
+
+# Real text a generated stream's prompts are cut from (its conversations resend what they took).
+STREAM_TEXT_TOKENS = 60_000
 
 
 @dataclass
@@ -36,6 +41,13 @@ class MeasurementSetup:
     workload_cfg: WorkloadConfig
     quality_cfg: QualityConfig
     cache_dir: Path
+    # serving workloads: the request stream at each offered load (requests/s)
+    streams: dict[float, RequestStream] | None = None
+
+    @property
+    def stream(self) -> RequestStream | None:
+        """The stream at the rate the recipe is selected for; None for offline workloads."""
+        return self.streams[self.workload_cfg.rate] if self.streams else None
 
 
 def prepare_measurement(
@@ -60,6 +72,7 @@ def prepare_measurement(
     quality = token_windows(
         tokenizer, text.quality, quality_cfg.seq_tokens, quality_cfg.num_sequences, "quality.num_sequences"
     )
+    streams = _streams(workload_cfg, tokenizer, text.workload, model.path) if workload_cfg.serving else None
     return MeasurementSetup(
         model=model,
         target=target,
@@ -70,7 +83,39 @@ def prepare_measurement(
         workload_cfg=workload_cfg,
         quality_cfg=quality_cfg,
         cache_dir=cache_dir,
+        streams=streams,
     )
+
+
+def _streams(
+    cfg: WorkloadConfig, tokenizer: Any, paragraphs: list[str], model_path: Path
+) -> dict[float, RequestStream]:
+    """The serving stream at every offered load: generated (same seed, arrivals scaled to each
+    rate) or a trace, replayed at its own times (a trace has one rate: its own)."""
+    (ids,) = token_windows(tokenizer, paragraphs, STREAM_TEXT_TOKENS, 1, "quality.text")
+    text = TextTokens(ids, sequence_start(tokenizer), seed=cfg.seed)
+    if cfg.trace:
+        stream = read_trace(Path(cfg.trace).expanduser(), tokenizer, text, _context_length(model_path))
+        return {rate: stream for rate in cfg.load_rates()}
+    return {rate: generate_stream(cfg, text, rate) for rate in cfg.load_rates()}
+
+
+def sequence_start(tokenizer: Any) -> tuple[int, ...]:
+    """The token ids the tokenizer puts before a sequence's text by default (a BOS, or nothing)."""
+    plain = tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello world")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return tuple(full[:start])
+    return ()
+
+
+def _context_length(model_path: Path) -> int | None:
+    config = model_path / "config.json"
+    if not config.is_file():
+        return None
+    value = json.loads(config.read_text()).get("max_position_embeddings")
+    return int(value) if isinstance(value, int) else None
 
 
 def _quiet_libraries(cache_dir: Path) -> None:

@@ -23,50 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optimizer.config import LengthConfig, WorkloadConfig
 from optimizer.errors import UserError
 
-ARRIVALS = ("poisson", "constant", "gamma")
-LENGTH_KINDS = ("fixed", "uniform", "lognormal")
 
-
-@dataclass(frozen=True)
-class LengthDistribution:
-    """Token counts: `fixed` (mean), `uniform` (min..max) or `lognormal` (mean, cv), clamped to
-    [min, max]."""
-
-    kind: str = "fixed"
-    mean: int = 64
-    min: int = 1
-    max: int = 4096
-    cv: float = 0.5
-
-    def check(self, field: str) -> None:
-        if self.kind not in LENGTH_KINDS:
-            raise UserError(
-                f"{field}.kind", f"unknown distribution {self.kind!r}", f"use one of {list(LENGTH_KINDS)}"
-            )
-        if not 1 <= self.min <= self.max:
-            raise UserError(
-                field, f"needs 1 <= min <= max, got min {self.min}, max {self.max}", "e.g. min: 16, max: 512"
-            )
-        if not self.min <= self.mean <= self.max:
-            raise UserError(
-                f"{field}.mean", f"{self.mean} is outside [min, max]", "put the mean inside min..max"
-            )
-        if self.cv < 0:
-            raise UserError(
-                f"{field}.cv", f"is {self.cv} < 0", "a coefficient of variation is >= 0, e.g. 0.5"
-            )
-
-    def draw(self, rng: random.Random) -> int:
-        if self.kind == "fixed":
-            value = float(self.mean)
-        elif self.kind == "uniform":
-            value = rng.uniform(self.min, self.max + 1 - 1e-9)
-        else:  # lognormal with the given mean and coefficient of variation
-            sigma = math.sqrt(math.log1p(self.cv**2))
-            value = rng.lognormvariate(math.log(self.mean) - sigma**2 / 2, sigma)
-        return int(min(max(value, self.min), self.max))
+def draw_length(lengths: LengthConfig, rng: random.Random) -> int:
+    """One token count from `lengths` (validated by the config)."""
+    if lengths.kind == "fixed":
+        value = float(lengths.mean)
+    elif lengths.kind == "uniform":
+        value = rng.uniform(lengths.min, lengths.max + 1 - 1e-9)
+    else:  # lognormal with the given mean and coefficient of variation
+        sigma = math.sqrt(math.log1p(lengths.cv**2))
+        value = rng.lognormvariate(math.log(lengths.mean) - sigma**2 / 2, sigma)
+    return int(min(max(value, lengths.min), lengths.max))
 
 
 @dataclass(frozen=True)
@@ -130,91 +100,58 @@ class TextTokens:
 
 
 def inter_arrivals(kind: str, rate: float, cv: float, rng: random.Random) -> Iterator[float]:
-    """Seconds between consecutive arrivals at `rate` requests/s."""
-    if kind not in ARRIVALS:
-        raise UserError(
-            "workload.arrivals", f"unknown arrival process {kind!r}", f"use one of {list(ARRIVALS)}"
-        )
-    if not rate > 0:
-        raise UserError(
-            "workload.rate", f"is {rate}: a stream needs a rate > 0 requests/s", "e.g. workload.rate=2"
-        )
+    """Seconds between consecutive arrivals at `rate` requests/s (kind and cv checked by the config)."""
     while True:
         if kind == "constant":
             yield 1.0 / rate
         elif kind == "poisson":
             yield rng.expovariate(rate)
         else:  # gamma: mean 1/rate, coefficient of variation cv (cv 1 is Poisson; > 1 is bursty)
-            if cv <= 0:
-                raise UserError("workload.arrival_cv", f"is {cv}", "a gamma process needs a cv > 0, e.g. 2")
             shape = 1.0 / cv**2
             yield rng.gammavariate(shape, 1.0 / (rate * shape))
 
 
-@dataclass(frozen=True)
-class StreamSpec:
-    """A generated stream: arrivals, lengths and (for agents) conversations. Units: seconds, tokens."""
+def generate_stream(cfg: WorkloadConfig, text: TextTokens, rate: float | None = None) -> RequestStream:
+    """The seeded stream `cfg` describes at `rate` (default `cfg.rate`), prompts cut from `text`.
 
-    requests: int = 64
-    rate: float = 2.0
-    arrivals: str = "poisson"
-    arrival_cv: float = 1.0
-    prompt_tokens: LengthDistribution = LengthDistribution("lognormal", 128, 16, 512, 0.6)
-    output_tokens: LengthDistribution = LengthDistribution("lognormal", 64, 8, 256, 0.5)
-    shared_prefix_tokens: int = 0  # a system prompt every request starts with
-    turns: int = 1  # > 1: conversations of this many turns (each request of a conversation is a turn)
-    turn_gap_seconds: float = 5.0  # time between a conversation's turns (the user reads and types)
-    seed: int = 0
-
-    def check(self) -> None:
-        if self.requests < 1:
-            raise UserError(
-                "workload.requests", f"is {self.requests}", "a stream needs >= 1 request, e.g. 64"
-            )
-        if self.turns < 1:
-            raise UserError(
-                "workload.turns", f"is {self.turns}", "use 1 for single requests, > 1 for conversations"
-            )
-        if self.turn_gap_seconds < 0 or self.shared_prefix_tokens < 0:
-            raise UserError("workload.turn_gap_seconds", "is negative", "use seconds >= 0")
-        self.prompt_tokens.check("workload.prompt_lengths")
-        self.output_tokens.check("workload.output_lengths")
-
-
-def generate_stream(spec: StreamSpec, text: TextTokens, name: str = "stream") -> RequestStream:
-    """The seeded stream `spec` describes, with prompts cut from `text`."""
-    spec.check()
-    rng = random.Random(spec.seed)
-    system = text.prompt(spec.shared_prefix_tokens) if spec.shared_prefix_tokens else text.start_ids
-    arrivals = inter_arrivals(spec.arrivals, spec.rate / spec.turns, spec.arrival_cv, rng)
+    The same seed at another rate gives the same prompts and lengths, with arrivals scaled.
+    """
+    rate = cfg.rate if rate is None else rate
+    if not rate > 0:
+        raise UserError("workload.rates", f"has {rate}", "offered loads are requests/s > 0")
+    rng = random.Random(cfg.seed)
+    lengths = random.Random(cfg.seed + 1)  # apart from arrivals: a gamma draw may take several numbers
+    system = text.prompt(cfg.shared_prefix_tokens) if cfg.shared_prefix_tokens else text.start_ids
+    arrivals = inter_arrivals(cfg.arrivals, rate / cfg.turns, cfg.arrival_cv, rng)
     pending: list[StreamRequest] = []
     clock = 0.0
     conversation = 0
-    while len(pending) < spec.requests:
+    while len(pending) < cfg.requests:
         clock += next(arrivals)
         history = system
-        for turn in range(min(spec.turns, spec.requests - len(pending))):
-            message = text.take(max(spec.prompt_tokens.draw(rng) - (len(system) if turn == 0 else 0), 1))
-            prompt = history + message
-            output = spec.output_tokens.draw(rng)
+        for turn in range(min(cfg.turns, cfg.requests - len(pending))):
+            # the first turn's prompt length, then each later turn's new message
+            drawn = draw_length(cfg.prompt_lengths, lengths)
+            prompt = history + text.take(max(drawn - (len(history) if turn == 0 else 0), 1))
+            output = draw_length(cfg.output_lengths, lengths)
             pending.append(
                 StreamRequest(
                     index=-1,
-                    arrival_seconds=clock + turn * spec.turn_gap_seconds,
+                    arrival_seconds=clock + turn * cfg.turn_gap_seconds,
                     prompt_ids=prompt,
                     max_new_tokens=output,
-                    conversation=str(conversation) if spec.turns > 1 else None,
-                    turn=turn if spec.turns > 1 else None,
+                    conversation=str(conversation) if cfg.turns > 1 else None,
+                    turn=turn if cfg.turns > 1 else None,
                 )
             )
             history = prompt + text.take(output)  # the reply the client resends with the next turn
         conversation += 1
     ordered = sorted(pending, key=lambda r: r.arrival_seconds)
     requests = tuple(_reindexed(r, i) for i, r in enumerate(ordered))
-    describe = f"{name}: {spec.arrivals} {spec.rate:g} req/s, {spec.requests} requests"
-    if spec.turns > 1:
-        describe += f" in conversations of {spec.turns} turns"
-    return RequestStream(requests, f"{describe}, seed {spec.seed}")
+    describe = f"{cfg.arrivals} {rate:g} req/s, {cfg.requests} requests"
+    if cfg.turns > 1:
+        describe += f" in conversations of {cfg.turns} turns"
+    return RequestStream(requests, f"{describe}, seed {cfg.seed}")
 
 
 def _reindexed(request: StreamRequest, index: int) -> StreamRequest:

@@ -78,14 +78,21 @@ class Spread:
 
 @dataclass(frozen=True)
 class ServingSummary:
-    """What a serving measurement adds to PerformanceResult. Units: requests/s, joules, seconds."""
+    """What a serving measurement adds to PerformanceResult. Units: requests/s, joules, ms.
+
+    `curve` has one point per offered load measured (rate, goodput and all tokens/J, p90 TTFT
+    and TPOT, the share of requests that met the SLO, whether the queue grew); `capacity_rate`
+    is the highest of those rates at which >= 90% of requests met the SLO (None: none did).
+    """
 
     stream: str
     stream_sha256: str
-    offered_rate: float
+    rate: float  # the offered load this result is for (requests/s, as configured)
+    offered_rate: float  # requests/s between the stream's first and last arrival
     requests: int
     window_requests: int
-    joules_per_request: float
+    met_slo_fraction: float  # of the requests judged (those arriving inside the windows)
+    joules_per_request: float | None  # None: no request completed inside a window
     idle_fraction: float
     mean_in_flight: float
     growing_windows: int
@@ -93,6 +100,8 @@ class ServingSummary:
     e2e_p90_ms: float
     max_lateness_ms: float
     prefix: dict[str, float] = field(default_factory=dict)  # engine-reported prefix-cache counters
+    curve: list[dict[str, float]] = field(default_factory=list)
+    capacity_rate: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

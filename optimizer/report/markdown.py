@@ -15,6 +15,7 @@ from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import Spread
 from optimizer.report.backend_table import backends_section
 from optimizer.report.plots import plot_pareto
+from optimizer.report.serving import serving_section, workload_line
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 from optimizer.space import Candidate
 from optimizer.version import tool_version
@@ -79,9 +80,7 @@ def write_report(
         f"- energy source: {energy_source_note(source, setup)}",
         f"- idle power before the search: {idle_watts:.1f} W ({source}); *total* energy is reported, "
         "*active* = total − idle × seconds",
-        f"- workload: {cfg.workload.prompt_tokens}-token prompts, {cfg.workload.max_new_tokens} new tokens "
-        f"(EOS ignored), windows ≥ {cfg.workload.min_window_seconds:g} s × {cfg.workload.repeats} after "
-        f"{cfg.workload.warmup_batches} warm-up batch(es)",
+        workload_line(cfg.workload, setup.stream.source if setup.stream else None),
         f"- SLO: {_slo_text(cfg)}; **goodput** counts only output tokens of requests that met it, "
         "**throughput** counts all",
         f"- quality bound: perplexity ≤ +{cfg.quality.max_ppl_increase:.1%}, top-1 agreement ≥ "
@@ -92,6 +91,7 @@ def write_report(
     lines += _selected_section(best, outcome.baseline, cfg.accounting, infeasible)
     lines += _search_section(outcome, excluded, cfg)
     lines += backends_section(outcome.selectable, excluded, outcome.baseline)
+    lines += serving_section(outcome.results, output_dir)
     lines += ["## Energy-quality trade-off", "", "![Pareto plot](pareto.png)", ""]
     if front:
         lines += ["Pareto front (goodput tokens/J up, KL down):", ""]

@@ -16,8 +16,10 @@ from optimizer.backends.base import Engine
 from optimizer.backends.registry import build_engine
 from optimizer.config import QualityConfig, SearchConfig, WorkloadConfig
 from optimizer.measure.energy import EnergyMeter
+from optimizer.measure.load import measure_load
 from optimizer.measure.quality import QualityReference, QualityResult, evaluate_quality
 from optimizer.measure.setup import MeasurementSetup
+from optimizer.measure.stream import RequestStream
 from optimizer.measure.workload import PerformanceResult, Workload, measure_performance
 from optimizer.model import ModelSpec
 from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
@@ -55,6 +57,7 @@ class Evaluator:
     store: TrialStore | None
     workdir: Path
     device: DeviceLock | None = None
+    streams: dict[float, RequestStream] | None = None  # serving workloads: the stream per offered load
     _reference: QualityReference | None = field(default=None, init=False)
     _quality: dict[str, QualityResult] = field(default_factory=dict, init=False)
 
@@ -80,6 +83,7 @@ class Evaluator:
             store=store,
             workdir=setup.cache_dir,
             device=device,
+            streams=setup.streams,
         )
 
     def reference(self) -> QualityReference:
@@ -148,9 +152,7 @@ class Evaluator:
                         candidate, REJECTED, "; ".join(broken), quality, None, role, start, build_seconds
                     )
                 with self._device(exclusive=True):
-                    performance = measure_performance(
-                        engine, self.workload, candidate.batch_size, self.meter, self.workload_cfg, deadline
-                    )
+                    performance = self._measure(engine, candidate, deadline)
             finally:
                 engine.close()
             status = REJECTED if broken else MEASURED  # only the baseline is measured despite a broken bound
@@ -164,6 +166,16 @@ class Evaluator:
         finally:
             if self.store is not None:
                 self.store.release(QUALITY_CLAIM_PREFIX + numerics)  # a no-op unless still held
+
+    def _measure(self, engine: Engine, candidate: Candidate, deadline: float) -> PerformanceResult:
+        """Offline batches, or the request stream at every offered load (serving)."""
+        if self.streams:
+            return measure_load(
+                engine, candidate.batch_size, self.streams, self.meter, self.workload_cfg, deadline
+            )
+        return measure_performance(
+            engine, self.workload, candidate.batch_size, self.meter, self.workload_cfg, deadline
+        )
 
     def _measure_quality(self, engine: Engine, numerics: str) -> QualityResult:
         try:

@@ -15,11 +15,23 @@ from optimizer.store import context_key
 PROTOCOL_VERSION = 1  # bump when a change in measuring makes old stored results incomparable
 
 
-def protocol(cfg: RunConfig, text_sha256: str, energy_source: str) -> dict[str, Any]:
-    """What must match for two measurements to be comparable (the quality bound is not in it)."""
+# An offline measurement depends on these workload fields only (serving fields are not read).
+OFFLINE_FIELDS = ("prompt_tokens", "max_new_tokens", "min_window_seconds", "repeats", "warmup_batches", "slo")
+
+
+def protocol(
+    cfg: RunConfig, text_sha256: str, energy_source: str, stream_sha256: str | None = None
+) -> dict[str, Any]:
+    """What must match for two measurements to be comparable (the quality bound is not in it).
+    A serving protocol names its request stream by content (`stream_sha256`)."""
+    workload = {k: v for k, v in asdict(cfg.workload).items() if k != "idle_seconds"}
+    if not cfg.workload.serving:
+        workload = {k: workload[k] for k in OFFLINE_FIELDS}
+    elif stream_sha256 is not None:
+        workload["stream_sha256"] = stream_sha256
     return {
         "protocol_version": PROTOCOL_VERSION,
-        "workload": {k: v for k, v in asdict(cfg.workload).items() if k != "idle_seconds"},
+        "workload": workload,
         "quality_text_sha256": text_sha256,
         "quality_sequences": cfg.quality.num_sequences,
         "quality_seq_tokens": cfg.quality.seq_tokens,
@@ -39,7 +51,7 @@ class SearchPlan:
 
 
 def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
-    valid, excluded = enumerate_candidates(cfg.space, setup.target)
+    valid, excluded = enumerate_candidates(cfg.space, setup.target, cfg.workload.serving)
     fits: list[Candidate] = []
     pruned: list[tuple[Candidate, str]] = []
     for candidate in valid:
@@ -52,7 +64,9 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
         {
             "model": setup.model.weight_sha256,
             "target": setup.target.fingerprint(),
-            "protocol": protocol(cfg, setup.text_sha256, setup.meter.source),
+            "protocol": protocol(
+                cfg, setup.text_sha256, setup.meter.source, setup.stream.sha256 if setup.stream else None
+            ),
         }
     )
     return SearchPlan(fits, pruned, excluded, baseline_candidate(cfg.space, setup.target), context)

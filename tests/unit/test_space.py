@@ -220,17 +220,36 @@ def test_from_dict_rejects_unknown_setting_values(make_candidate, bad) -> None:
         Candidate.from_dict(make_candidate().to_dict() | bad)
 
 
-def test_continuous_batching_runs_on_its_paged_cache_only(make_target) -> None:
-    cpu = make_target()
+def test_continuous_batching_rules_and_workload_kinds(make_target) -> None:
+    from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
 
-    def reason(**settings: object) -> str | None:
-        return exclusion_reason(Candidate(TorchSettings(**settings), 4, 2), cpu)  # type: ignore[arg-type]
+    cpu, gpu = make_target(), make_target(kind="cuda")
 
-    assert reason(precision="bf16", kv_cache="paged", loop="continuous") is None
-    assert reason(precision="bf16", kv_cache="paged", loop="continuous", compile=True) is None
-    assert "paged KV cache" in str(reason(kv_cache="dynamic", loop="continuous"))
-    assert "paged KV cache" in str(reason(kv_cache="paged", loop="hf"))
-    assert "sdpa or flash" in str(reason(kv_cache="paged", loop="continuous", attention="sdpa_gqa"))
+    def reason(target: object, serving: bool = True, batch: int = 8, **settings: object) -> str | None:
+        candidate = Candidate(ContinuousBatchingSettings(**settings), batch, 0)  # type: ignore[arg-type]
+        return exclusion_reason(candidate, target, serving)  # type: ignore[arg-type]
+
+    assert reason(cpu) is None and reason(cpu, serving=False) is None
+    assert reason(cpu, prefix_sharing=True) is None
+    assert "serving only" in str(reason(cpu, serving=False, prefix_sharing=True))
+    assert "needs a GPU target" in str(reason(cpu, kv_offload_gib=4.0))
+    assert reason(gpu, kv_offload_gib=4.0) is None
+    assert "fp8 kernels need a CUDA GPU" in str(reason(cpu, quantization="fp8"))
+    assert "flash-attn" in str(reason(cpu, attention="flash_attention_2"))
+
+
+def test_serving_needs_engines_that_take_mixed_lengths(make_target, make_candidate) -> None:
+    from optimizer.backends.ort_genai.settings import OrtGenaiSettings
+    from optimizer.backends.registry import SPECS_BY_NAME
+
+    cpu, gpu = make_target(), make_target(kind="cuda")
+    graph = make_candidate(batch_size=8, threads=0, precision="bf16", kv_cache="static", loop="graph")
+    assert exclusion_reason(graph, gpu, serving=False) is None
+    assert "offline workloads only" in str(exclusion_reason(graph, gpu, serving=True))
+    assert exclusion_reason(make_candidate(batch_size=8, threads=2), cpu, serving=True) is None  # HF pads
+    genai = Candidate(OrtGenaiSettings(), 8, 2)
+    assert "batch 1 only" in str(exclusion_reason(genai, cpu, serving=True))
+    assert SPECS_BY_NAME["ort-genai"].workload_reason(OrtGenaiSettings(), 1, True) is None
 
 
 def test_static_fp8_needs_an_fp8_gpu_and_bf16(make_target) -> None:

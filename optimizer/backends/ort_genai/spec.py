@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, precision_kind
+from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, precision_kind, unpadded_stream_reason
 from optimizer.backends.installed import missing_genai
 from optimizer.backends.ort_genai.settings import NO_WEIGHT_OPTIONS, WEIGHT_QUANTIZED, OrtGenaiSettings
 
@@ -40,6 +40,9 @@ class OrtGenaiSpec:
 
     def exclusion_reason(self, settings: OrtGenaiSettings, target: TargetSpec) -> str | None:
         return genai_rule(settings, target)
+
+    def workload_reason(self, settings: OrtGenaiSettings, batch_size: int, serving: bool) -> str | None:
+        return unpadded_stream_reason(batch_size, serving)
 
     def footprint(self, settings: OrtGenaiSettings, num_layers: int) -> Footprint:
         # the builder keeps fp32 activations and KV for int4/int8 on CPU, fp16 on CUDA

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, precision_kind
+from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, precision_kind, unpadded_stream_reason
 from optimizer.backends.installed import missing_onnx_runtime
 from optimizer.backends.ort_onnx.settings import OrtOnnxSettings
 
@@ -32,6 +32,9 @@ class OrtOnnxSpec:
 
     def exclusion_reason(self, settings: OrtOnnxSettings, target: TargetSpec) -> str | None:
         return onnx_rule(settings, target)
+
+    def workload_reason(self, settings: OrtOnnxSettings, batch_size: int, serving: bool) -> str | None:
+        return unpadded_stream_reason(batch_size, serving)
 
     def footprint(self, settings: OrtOnnxSettings, num_layers: int) -> Footprint:
         act = PRECISION_BYTES[settings.precision] if settings.provider == "cuda" else 4.0

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optimizer.backends.base import Engine, Footprint, precision_kind
+from optimizer.backends.base import Engine, Footprint, precision_kind, unpadded_stream_reason
 from optimizer.backends.installed import missing_onnx_runtime, missing_tensorrt
 from optimizer.backends.tensorrt.settings import TensorRTSettings
 
@@ -29,6 +29,9 @@ class TensorRTSpec:
 
     def exclusion_reason(self, settings: TensorRTSettings, target: TargetSpec) -> str | None:
         return tensorrt_rule(settings, target)
+
+    def workload_reason(self, settings: TensorRTSettings, batch_size: int, serving: bool) -> str | None:
+        return unpadded_stream_reason(batch_size, serving)
 
     def footprint(self, settings: TensorRTSettings, num_layers: int) -> Footprint:
         # the engine's inputs and outputs (KV cache included) stay fp32; fp16/int8 are inside it

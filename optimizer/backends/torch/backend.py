@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,6 @@ import torch
 
 from optimizer.backends.base import Generation
 from optimizer.backends.torch import decode_attention
-from optimizer.backends.torch.continuous import ContinuousBatchingEngine
 from optimizer.backends.torch.fp8_static import quantize_fp8_static
 from optimizer.backends.torch.graph_loop import GraphDecoder, cache_argument
 from optimizer.backends.torch.settings import TorchSettings
@@ -39,9 +39,7 @@ FP8_CALIBRATION_TOKENS = 128
 
 
 class TorchBackend:
-    def build(
-        self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path
-    ) -> TorchEngine | ContinuousBatchingEngine:
+    def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> TorchEngine:
         settings = candidate.settings
         assert isinstance(settings, TorchSettings)
         if not target.is_cuda and candidate.threads:
@@ -51,8 +49,6 @@ class TorchBackend:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
         hf_model = load_hf_model(model, settings.precision, settings.attention, target.device)
         quantize_weights(hf_model, settings, model)
-        if settings.loop == "continuous":
-            return ContinuousBatchingEngine(hf_model, settings, target.device, candidate.batch_size)
         return TorchEngine(hf_model, settings, target.device)
 
 
@@ -140,27 +136,44 @@ class TorchEngine:
             kwargs["compile_config"]._compile_all_devices = True  # HF compiles only on accelerators otherwise
         else:
             kwargs["disable_compile"] = True  # HF would silently compile a static cache on CUDA
-        pad = self.model.config.pad_token_id
-        eos = self.model.config.eos_token_id
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
             min_new_tokens=max_new_tokens,  # fixed work per request: EOS is suppressed
             do_sample=False,
-            pad_token_id=pad if pad is not None else (eos if isinstance(eos, int) else 0),
+            pad_token_id=self._pad_token_id(),
             **kwargs,
         )
+
+    def _pad_token_id(self) -> int:
+        pad = self.model.config.pad_token_id
+        eos = self.model.config.eos_token_id
+        return int(pad if pad is not None else (eos if isinstance(eos, int) else 0))
 
     @torch.inference_mode()
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
         ids = prompt_ids.to(self.device)
         if self.settings.loop == "graph":
             return self._graph_generate(ids, max_new_tokens)
+        return self._hf_generate(ids, torch.ones_like(ids), max_new_tokens)
+
+    @torch.inference_mode()
+    def generate_padded(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Generation:
+        """Prompts of different lengths in one batch, left-padded (HF generate's loop only)."""
+        if self.settings.loop != "hf":
+            raise ValueError(f"loop={self.settings.loop} generates equal-length prompts only")
+        width = max(len(p) for p in prompts)
+        pad = self._pad_token_id()
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        return self._hf_generate(ids, mask, max_new_tokens)
+
+    def _hf_generate(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> Generation:
         clock = _TokenClock()
         self._sync()
         start = time.perf_counter()
         output = self.model.generate(
             input_ids=ids,
-            attention_mask=torch.ones_like(ids),
+            attention_mask=mask,
             generation_config=self._generation_config(max_new_tokens),
             streamer=clock,
         )
@@ -175,6 +188,7 @@ class TorchEngine:
             ttft_seconds=first_token - start,
             total_seconds=end - start,
             token_ids=output[:, ids.shape[1] :].cpu(),
+            token_times=tuple(clock.stamps[1 : 1 + new_tokens]),
         )
 
     def graph_decoder(self, batch: int, prompt: int, max_new_tokens: int) -> GraphDecoder:

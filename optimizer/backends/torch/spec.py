@@ -37,6 +37,12 @@ class TorchSpec:
     def exclusion_reason(self, settings: TorchSettings, target: TargetSpec) -> str | None:
         return torch_rule(settings, target)
 
+    def workload_reason(self, settings: TorchSettings, batch_size: int, serving: bool) -> str | None:
+        # HF generate pads a batch of mixed-length prompts; the captured loop does not
+        if serving and settings.loop == "graph":
+            return "the captured decode loop runs lockstep batches of equal prompts: offline workloads only"
+        return None
+
     def footprint(self, settings: TorchSettings, num_layers: int) -> Footprint:
         act = PRECISION_BYTES[settings.precision]
         kv = kv_element_bytes(settings.kv_cache, act)
@@ -90,11 +96,7 @@ def torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:
             return f"a {kv_backend} KV cache needs {module}"
         if s.compile:
             return "quantized KV caches do not compile"
-    if (s.loop == "continuous") != (s.kv_cache == "paged"):
-        return "the continuous-batching loop runs on its own paged KV cache, and only it does"
-    if s.loop == "continuous" and s.attention not in ("sdpa", "flash_attention_2"):
-        return f"continuous batching runs its paged cache through sdpa or flash attention, not {s.attention}"
-    if s.compile and s.kv_cache not in ("static", "offloaded_static", "paged"):
+    if s.compile and s.kv_cache not in ("static", "offloaded_static"):
         return "torch.compile needs a static KV cache (fixed shapes)"
     if s.loop == "graph":
         if not cuda:

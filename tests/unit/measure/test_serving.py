@@ -8,10 +8,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from optimizer.config import SloConfig
+from optimizer.config import LengthConfig, SloConfig, WorkloadConfig
 from optimizer.measure.energy import Measurement
 from optimizer.measure.serving import Completion, ServingRun, measure_serving, serve_stream
-from optimizer.measure.stream import LengthDistribution, StreamSpec, TextTokens, generate_stream
+from optimizer.measure.stream import TextTokens, generate_stream
 
 
 class WattMeter:
@@ -52,6 +52,10 @@ class FifoServer:
         self.pending.append((times[-1], Completion(request_id, tuple(range(max_new_tokens)), times)))
         return request_id
 
+    def cancel_all(self) -> None:
+        self.cancelled = len(self.pending)
+        self.pending = []
+
     def collect(self, timeout_seconds: float) -> list[Completion]:
         deadline = time.perf_counter() + timeout_seconds
         while True:
@@ -64,14 +68,17 @@ class FifoServer:
 
 
 def stream(requests: int = 40, rate: float = 100.0, output: int = 5):  # type: ignore[no-untyped-def]
-    spec = StreamSpec(
+    cfg = WorkloadConfig(
+        kind="serving",
         requests=requests,
         rate=rate,
         arrivals="constant",
-        prompt_tokens=LengthDistribution("fixed", 8, 1, 64),
-        output_tokens=LengthDistribution("fixed", output, 1, 64),
+        prompt_lengths=LengthConfig("fixed", 8, 1, 64),
+        output_lengths=LengthConfig("fixed", output, 1, 64),
+        warmup_requests=0,
+        drain_requests=0,
     )
-    return generate_stream(spec, TextTokens(list(range(100, 200))))
+    return generate_stream(cfg, TextTokens(list(range(100, 200))))
 
 
 def test_requests_are_submitted_at_their_arrival_times_and_judged_each() -> None:
@@ -87,7 +94,7 @@ def test_requests_are_submitted_at_their_arrival_times_and_judged_each() -> None
     for record in run.requests:
         assert record.ttft == pytest.approx(0.01, abs=0.015)
         assert record.tpot == pytest.approx(0.002, abs=1e-6)
-        assert record.output_tokens == 5 and record.met_slo
+        assert record.output_tokens == 5 and record.met_slo and record.gave_up_at is None
     window = run.window
     assert window.start == pytest.approx(s.requests[5].arrival_seconds, abs=0.02)
     assert window.end == pytest.approx(s.requests[24].arrival_seconds, abs=0.02)
@@ -120,19 +127,12 @@ def test_an_engine_slower_than_the_rate_grows_a_queue_and_misses_the_ttft_slo() 
 def test_measure_serving_reports_goodput_joules_per_request_and_the_stream() -> None:
     s = stream(requests=30)
     perf = measure_serving(
-        FifoServer(),
-        s,
-        WattMeter(watts=10.0),
-        SloConfig(ttft_ms=50, tpot_ms=10),
-        2,
-        5,
-        5,
-        lambda: {"hits": 3.0},
+        FifoServer(), s, WattMeter(watts=10.0), SloConfig(ttft_ms=50, tpot_ms=10), 2, 5, 5, 100.0
     )
     assert len(perf.windows) == 2 and perf.slo_met
     assert perf.serving is not None
     assert perf.serving.stream_sha256 == s.sha256 and perf.serving.requests == 30
-    assert perf.serving.prefix == {"hits": 3.0}
+    assert perf.serving.rate == 100.0 and perf.serving.met_slo_fraction == 1.0
     completed_per_window = perf.serving.window_requests / 2
     assert perf.serving.joules_per_request == pytest.approx(
         10.0 * perf.windows[0].seconds / completed_per_window, rel=0.3
@@ -154,3 +154,18 @@ def test_a_failed_request_fails_the_run() -> None:
 def test_window_measurement_type() -> None:
     run = serve_stream(FifoServer(), stream(requests=8), WattMeter(), SloConfig(), 2, 2)
     assert isinstance(run, ServingRun) and isinstance(run.measurement, Measurement)
+
+
+def test_a_run_gives_up_on_a_queue_it_cannot_drain_and_counts_it_as_missed() -> None:
+    stuck = FifoServer(slots=1, ttft=0.01, tpot=0.2)  # one second per request
+    run = serve_stream(
+        stuck, stream(requests=12), WattMeter(), SloConfig(ttft_ms=500), 2, 2, drain_timeout_seconds=0.3
+    )
+    assert stuck.cancelled > 0
+    unfinished = [r for r in run.requests if not r.token_times]
+    assert len(unfinished) == stuck.cancelled
+    for record in unfinished:
+        assert not record.met_slo and record.output_tokens == 0
+        assert record.ttft == pytest.approx(record.gave_up_at - record.arrival)
+        assert record.ttft > 0.3
+    assert run.window.growing

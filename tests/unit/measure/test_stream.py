@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from optimizer.config import LengthConfig, WorkloadConfig
 from optimizer.errors import UserError
-from optimizer.measure.stream import (
-    LengthDistribution,
-    StreamSpec,
-    TextTokens,
-    generate_stream,
-    read_trace,
-)
+from optimizer.measure.stream import TextTokens, generate_stream, read_trace
 
 TEXT = list(range(1000, 1997))  # stand-in token ids of a text
 
@@ -24,19 +19,31 @@ def text(start: tuple[int, ...] = (1,)) -> TextTokens:
     return TextTokens(TEXT, start_ids=start, seed=3)
 
 
+def stream_cfg(**values: object) -> WorkloadConfig:
+    return WorkloadConfig(**({"kind": "serving", "warmup_requests": 0, "drain_requests": 0} | values))  # type: ignore[arg-type]
+
+
 def test_a_seeded_stream_is_reproducible_and_its_hash_identifies_it() -> None:
-    spec = StreamSpec(requests=20, rate=4.0, seed=7)
-    a, b = generate_stream(spec, text()), generate_stream(spec, text())
+    cfg = stream_cfg(requests=20, rate=4.0, seed=7)
+    a, b = generate_stream(cfg, text()), generate_stream(cfg, text())
     assert a.requests == b.requests and a.sha256 == b.sha256
-    other = generate_stream(StreamSpec(requests=20, rate=4.0, seed=8), text())
+    other = generate_stream(stream_cfg(requests=20, rate=4.0, seed=8), text())
     assert other.sha256 != a.sha256
     assert [r.index for r in a.requests] == list(range(20))
 
 
+def test_another_rate_scales_the_arrivals_and_keeps_the_requests() -> None:
+    cfg = stream_cfg(requests=30, rate=2.0)
+    slow, fast = generate_stream(cfg, text()), generate_stream(cfg, text(), rate=4.0)
+    assert [r.prompt_ids for r in slow.requests] == [r.prompt_ids for r in fast.requests]
+    for a, b in zip(slow.requests, fast.requests, strict=True):
+        assert b.arrival_seconds == pytest.approx(a.arrival_seconds / 2)
+
+
 @pytest.mark.parametrize("arrivals,cv", [("poisson", 1.0), ("constant", 1.0), ("gamma", 3.0)])
 def test_arrival_rate_matches_the_rate(arrivals: str, cv: float) -> None:
-    spec = StreamSpec(requests=3000, rate=5.0, arrivals=arrivals, arrival_cv=cv, seed=1)
-    stream = generate_stream(spec, text())
+    cfg = stream_cfg(requests=3000, rate=5.0, arrivals=arrivals, arrival_cv=cv, seed=1)
+    stream = generate_stream(cfg, text())
     arrivals_s = [r.arrival_seconds for r in stream.requests]
     gaps = [b - a for a, b in zip(arrivals_s, arrivals_s[1:], strict=False)]
     assert stream.offered_rate == pytest.approx(5.0, rel=0.1)
@@ -47,12 +54,12 @@ def test_arrival_rate_matches_the_rate(arrivals: str, cv: float) -> None:
 
 
 def test_lengths_follow_their_distributions_and_prompts_start_like_the_tokenizer() -> None:
-    spec = StreamSpec(
+    cfg = stream_cfg(
         requests=2000,
-        prompt_tokens=LengthDistribution("lognormal", 100, 10, 400, 0.5),
-        output_tokens=LengthDistribution("uniform", 50, 20, 80),
+        prompt_lengths=LengthConfig("lognormal", 100, 10, 400, 0.5),
+        output_lengths=LengthConfig("uniform", 50, 20, 80),
     )
-    stream = generate_stream(spec, text(start=(1,)))
+    stream = generate_stream(cfg, text(start=(1,)))
     prompts = [len(r.prompt_ids) for r in stream.requests]
     outputs = [r.max_new_tokens for r in stream.requests]
     assert statistics.fmean(prompts) == pytest.approx(100, rel=0.08)
@@ -64,8 +71,8 @@ def test_lengths_follow_their_distributions_and_prompts_start_like_the_tokenizer
 
 
 def test_conversations_resend_their_history() -> None:
-    spec = StreamSpec(requests=12, turns=3, turn_gap_seconds=2.0, rate=1.0, shared_prefix_tokens=16)
-    stream = generate_stream(spec, text())
+    cfg = stream_cfg(requests=12, turns=3, turn_gap_seconds=2.0, rate=1.0, shared_prefix_tokens=16)
+    stream = generate_stream(cfg, text())
     by_conversation: dict[str, list] = {}
     for r in stream.requests:
         by_conversation.setdefault(str(r.conversation), []).append(r)
@@ -82,18 +89,22 @@ def test_conversations_resend_their_history() -> None:
 
 
 @pytest.mark.parametrize(
-    "spec,field",
+    "values,field",
     [
-        (StreamSpec(rate=0), "workload.rate"),
-        (StreamSpec(arrivals="weibull"), "workload.arrivals"),
-        (StreamSpec(requests=0), "workload.requests"),
-        (StreamSpec(prompt_tokens=LengthDistribution("zipf")), "workload.prompt_lengths.kind"),
-        (StreamSpec(output_tokens=LengthDistribution("uniform", 10, 20, 5)), "workload.output_lengths"),
+        ({"rate": 0}, "workload.rate"),
+        ({"rates": [1.0, -2.0]}, "workload.rates"),
+        ({"arrivals": "weibull"}, "workload.arrivals"),
+        ({"requests": 1}, "workload.requests"),
+        ({"requests": 8, "warmup_requests": 4, "drain_requests": 4}, "workload.requests"),
+        ({"prompt_lengths": LengthConfig("zipf")}, "workload.prompt_lengths.kind"),
+        ({"output_lengths": LengthConfig("uniform", 10, 20, 5)}, "workload.output_lengths"),
+        ({"output_lengths": LengthConfig("fixed", 600, 1, 512)}, "workload.output_lengths.mean"),
+        ({"kind": "batch"}, "workload.kind"),
     ],
 )
-def test_bad_stream_parameters_name_the_field(spec: StreamSpec, field: str) -> None:
+def test_bad_stream_parameters_name_the_field(values: dict[str, object], field: str) -> None:
     with pytest.raises(UserError) as error:
-        generate_stream(spec, text())
+        stream_cfg(**values)
     assert error.value.field == field
 
 

@@ -31,7 +31,9 @@ def setup(make_target):
     model = SimpleNamespace(
         name="tiny", source="/m/tiny", format="hf-dir", weight_sha256="ab" * 32, shape=shape
     )
-    return SimpleNamespace(model=model, target=make_target(), meter=SimpleNamespace(source="estimate"))
+    return SimpleNamespace(
+        model=model, target=make_target(), meter=SimpleNamespace(source="estimate"), stream=None
+    )
 
 
 @pytest.fixture

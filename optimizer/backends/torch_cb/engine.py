@@ -1,9 +1,10 @@
 """Continuous batching through transformers' own engine (`init_continuous_batching`).
 
-Every row of a batch is one request to a `ContinuousBatchingManager`, whose background thread
-schedules, prefills and decodes them on a paged KV cache. The manager is created, warmed up and
-started once and then serves every `generate()` call; we size its cache and read its per-token
-timestamps, the scheduling is transformers'.
+Requests go to a `ContinuousBatchingManager`, whose background thread schedules, prefills and
+decodes them on a paged KV cache. The manager is created, warmed up and started once and then
+serves every `generate()` call (each row one request: an offline batch) and every `submit()` (a
+request of a stream, at its arrival); we size its cache and read its per-token timestamps, the
+scheduling is transformers'.
 
 With sdpa, transformers packs the requests of a forward into one sequence under a block-diagonal
 mask, and the attention kernel computes the whole masked product: every request attends over the
@@ -15,34 +16,29 @@ takes 185 ms against 76 ms (64 against 120 tok/s).
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import math
 import time
-from functools import cache
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from optimizer.backends.base import Generation
-from optimizer.backends.torch.settings import TorchSettings
+from optimizer.backends.openmp import release_openmp_threads
+from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+from optimizer.measure.serving import Completion
 
 log = logging.getLogger(__name__)
 
 # Prompt + new tokens per request the paged cache is first sized for. A longer request re-creates
 # the manager with room for it, so that the first, short load check does not fix the size.
 DEFAULT_MAX_SEQUENCE_TOKENS = 256
-# Tokens per cache page: transformers' default; pages of 16, 64 and 256 tokens measured the same
-# on a CPU (SmolLM2-135M bf16, 16 x (64 + 32) tokens, within noise).
-DEFAULT_PAGE_SIZE = 256
-# Most tokens in one forward; longer prefills are chunked. Packed attention grows with the square
-# of it, per-forward overheads with its inverse: on a CPU (SmolLM2-135M bf16, 2 threads, 16
-# requests, 32 new tokens) 256, 512 and 1024 measured the same (249-253 tok/s with 64-token
-# prompts, 61-62 with 256-token ones) while 128 (50) and 4096 (46) lost with 256-token prompts.
-# Never below the number of requests, which transformers would otherwise cut to it.
-DEFAULT_MAX_BATCH_TOKENS = 256
+# Measured on a CPU (SmolLM2-135M bf16, 2 threads, 16 requests, 32 new tokens): pages of 16, 64
+# and 256 tokens ran the same; max_batch_tokens 256, 512 and 1024 ran the same (249-253 tok/s with
+# 64-token prompts, 61-62 with 256-token ones) while 128 (50) and 4096 (46) lost with 256-token
+# prompts (packed attention grows with its square, per-forward overheads with its inverse).
 # A generate() call that gets no result for this long fails instead of waiting forever.
 DEFAULT_RESULT_TIMEOUT_SECONDS = 600.0
 _POLL_SECONDS = 0.5
@@ -50,53 +46,52 @@ _STOP_TIMEOUT_SECONDS = 60.0
 
 
 class ContinuousBatchingEngine:
-    """An `Engine` that drives transformers' continuous-batching manager.
+    """An `Engine` and a `ServingEngine` that drive transformers' continuous-batching manager.
 
     Args:
         hf_model: A loaded HF causal LM, already on `device` (attention "sdpa" or a flash kernel).
-        settings: The candidate's torch settings (`loop="continuous"`, `kv_cache="paged"`).
+        settings: The candidate's settings (cache size, prefix sharing, page size, offload, ...).
         device: Where the model lives.
         max_requests: Most requests decoded together (the candidate's batch size); more wait.
-        max_sequence_tokens: Prompt + new tokens per request the paged cache is first sized for
-            (`max_requests` of them); a longer request re-creates the manager with room for it.
-        max_batch_tokens: Most tokens in one forward; None: `max(max_requests, 256)`.
-        page_size: Tokens per cache page.
+        max_sequence_tokens: Prompt + new tokens per request the paged cache is first sized for;
+            a longer request re-creates the manager with room for it (`reserve` sizes it ahead).
         result_timeout_seconds: How long `generate()` waits without any result before failing.
     """
 
     def __init__(
         self,
         hf_model: Any,
-        settings: TorchSettings,
+        settings: ContinuousBatchingSettings,
         device: torch.device | str,
         max_requests: int,
         *,
         max_sequence_tokens: int = DEFAULT_MAX_SEQUENCE_TOKENS,
-        max_batch_tokens: int | None = None,
-        page_size: int = DEFAULT_PAGE_SIZE,
         result_timeout_seconds: float = DEFAULT_RESULT_TIMEOUT_SECONDS,
     ) -> None:
         if max_requests < 1:
             raise ValueError(f"max_requests must be >= 1, got {max_requests}")
-        if max_batch_tokens is None:
-            max_batch_tokens = max(max_requests, DEFAULT_MAX_BATCH_TOKENS)
-        if max_batch_tokens < max_requests:
-            # transformers would silently lower max_requests_per_batch to max_batch_tokens
-            raise ValueError(
-                f"max_batch_tokens ({max_batch_tokens}) must be >= max_requests ({max_requests})"
-            )
         self.model: Any = hf_model
         self.settings = settings
         self.device = torch.device(device)
         self.max_requests = max_requests
-        self.max_batch_tokens = max_batch_tokens
-        self.page_size = page_size
+        # never below the batch: transformers would cut the batch to it
+        self.max_batch_tokens = max(settings.max_batch_tokens, max_requests)
+        self.page_size = settings.page_size
         self.result_timeout_seconds = result_timeout_seconds
         self.sequence_tokens = self._round_to_pages(max_sequence_tokens)  # what the cache holds now
         self._manager: Any = None  # created by the first generate(): scoring alone needs no cache
+        self._pending: set[str] = set()  # submitted and not yet collected
+        self._prefix = PrefixCounters()
 
     def _round_to_pages(self, tokens: int) -> int:
         return max(1, math.ceil(tokens / self.page_size)) * self.page_size
+
+    def _num_blocks(self) -> int:
+        if self.settings.kv_cache_tokens:
+            # at least one request of the longest kind must fit, or nothing would ever run
+            tokens = max(self.settings.kv_cache_tokens, self.sequence_tokens)
+            return math.ceil(tokens / self.page_size)
+        return self.max_requests * (self.sequence_tokens // self.page_size)
 
     def _continuous_batching_config(self) -> Any:
         from transformers import ContinuousBatchingConfig
@@ -104,17 +99,17 @@ class ContinuousBatchingEngine:
         cuda = self.device.type == "cuda"
         return ContinuousBatchingConfig(
             page_size=self.page_size,
-            # sized for the work, not from free memory: transformers would take 60% of host RAM on a
-            # CPU (90% of a GPU), leaving nothing for score() and the next candidate
-            num_blocks=self.max_requests * (self.sequence_tokens // self.page_size),
+            # sized for the work (or the candidate's budget), not from free memory: transformers
+            # would take 60% of host RAM on a CPU (90% of a GPU), leaving nothing for score()
+            num_blocks=self._num_blocks(),
             max_batch_tokens=self.max_batch_tokens,
             max_requests_per_batch=self.max_requests,
-            # the cache holds max_requests whole requests by construction: no prefill held back
-            # to keep free pages in reserve
+            # a cache sized for max_requests whole requests needs no pages kept in reserve
             safety_margin=0.0,
-            # workloads cycle through a pool of prompts: a prefix cache would skip their prefill on
-            # the second pass, and every candidate must do the same work
-            allow_block_sharing=False,
+            # offline workloads cycle through a pool of prompts and must not skip their prefill;
+            # the rules allow prefix sharing for serving workloads only
+            allow_block_sharing=self.settings.prefix_sharing,
+            cpu_offload_space=float(self.settings.kv_offload_gib),
             # transformers' own heuristic leaves graphs off with an attention mask (sdpa), for the
             # padding they need; on a GPU we want the host out of the decode loop
             use_cuda_graph=cuda,
@@ -171,15 +166,7 @@ class ContinuousBatchingEngine:
             raise ValueError(f"prompt_ids must be [batch, tokens], got shape {tuple(prompt_ids.shape)}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        needed = prompt_ids.shape[1] + max_new_tokens
-        if self._manager is not None and needed > self.sequence_tokens:
-            log.info("re-creating the paged cache for %d tokens per request", needed)
-            self._manager, manager = None, self._manager
-            _stop(manager)
-        if self._manager is None:
-            self.sequence_tokens = max(self.sequence_tokens, self._round_to_pages(needed))
-            self._manager = self._start_manager()
-        manager = self._manager
+        manager = self.reserve(prompt_ids.shape[1] + max_new_tokens)
         rows = prompt_ids.tolist()
         if self.device.type == "cpu":
             release_openmp_threads()
@@ -241,6 +228,80 @@ class ContinuousBatchingEngine:
             deadline = time.monotonic() + self.result_timeout_seconds
         return outputs
 
+    def reserve(self, sequence_tokens: int) -> Any:
+        """The running manager, with room for requests of `sequence_tokens` (prompt + new) tokens."""
+        if self.model is None:
+            raise RuntimeError("the engine is closed")
+        if self._manager is not None and sequence_tokens > self.sequence_tokens:
+            log.info("re-creating the paged cache for %d tokens per request", sequence_tokens)
+            self._manager, manager = None, self._manager
+            _stop(manager)
+        if self._manager is None:
+            self.sequence_tokens = max(self.sequence_tokens, self._round_to_pages(sequence_tokens))
+            self._manager = self._start_manager()
+            self._prefix = PrefixCounters()
+        return self._manager
+
+    # -- ServingEngine: requests of a stream, submitted at their arrival times -----------------
+
+    def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
+        manager = self.reserve(len(prompt_ids) + max_new_tokens)
+        self._prefix.attach(manager)
+        if self.device.type == "cpu":
+            release_openmp_threads()  # a no-op once the caller's team is gone
+        request_id = manager.add_request(
+            list(prompt_ids), max_new_tokens=max_new_tokens, record_timestamps=True
+        )
+        if request_id is None or not manager.is_running():
+            raise RuntimeError("the continuous-batching thread is not running")
+        self._pending.add(request_id)
+        self._prefix.prompt_tokens += len(prompt_ids)
+        return str(request_id)
+
+    def collect(self, timeout_seconds: float) -> list[Completion]:
+        manager = self._manager
+        if manager is None:
+            time.sleep(max(timeout_seconds, 0.0))
+            return []
+        done: list[Completion] = []
+        timeout = max(timeout_seconds, 0.0)
+        while self._pending:
+            result = manager.get_result(timeout=timeout)
+            if result is None:
+                if not manager.is_running():
+                    raise RuntimeError("the continuous-batching thread stopped with requests unfinished")
+                break
+            timeout = 0.0  # take what else is ready, without waiting
+            if result.request_id not in self._pending or not result.is_finished():
+                continue
+            self._pending.discard(result.request_id)
+            error = None if result.error is None else str(result.error)
+            done.append(
+                Completion(
+                    result.request_id, tuple(result.generated_tokens), tuple(result.timestamps or ()), error
+                )
+            )
+        if not self._pending and not done:
+            time.sleep(timeout)
+        return done
+
+    def cancel_all(self) -> None:
+        manager = self._manager
+        if manager is None:
+            return
+        for request_id in self._pending:
+            manager.cancel_request(request_id)
+        self._pending.clear()
+        deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
+        while not _idle(manager) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            while manager.get_result(timeout=0.0) is not None:  # results of cancelled requests
+                pass
+
+    def prefix_counters(self) -> dict[str, float]:
+        """Prefix sharing so far: prompt tokens submitted, and those found in the cache."""
+        return self._prefix.as_dict()
+
     @torch.inference_mode()
     def score(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Next-token logits [batch, tokens, vocab] (float32, CPU): a plain forward, no paged cache."""
@@ -254,6 +315,7 @@ class ContinuousBatchingEngine:
 
     def close(self) -> None:
         """Stop the loop thread, free the paged cache and drop the model. Safe to call twice."""
+        self._pending.clear()
         manager, self._manager = self._manager, None
         if manager is not None:
             _stop(manager)
@@ -271,33 +333,53 @@ def _stop(manager: Any) -> None:
         log.warning("the continuous-batching thread did not stop within %s s", _STOP_TIMEOUT_SECONDS)
 
 
-@cache
-def _openmp_pause() -> Any:
-    """`omp_pause_resource_all` of the OpenMP runtime torch has loaded, or None (not Linux, none)."""
-    maps = Path("/proc/self/maps")
-    if not maps.is_file():
-        return None
-    for line in maps.read_text().splitlines():
-        path = line.rsplit(maxsplit=1)[-1]
-        if Path(path).name.startswith(("libgomp", "libiomp", "libomp")):
-            function = getattr(ctypes.CDLL(path), "omp_pause_resource_all", None)
-            if function is not None:
-                function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
-            return function
-    return None
+def _idle(manager: Any) -> bool:
+    """No request queued, waiting or running (internals of transformers' manager; if they are
+    not where we look, the manager counts as idle after the caller's wait)."""
+    processor = getattr(manager, "batch_processor", None)
+    scheduler = getattr(processor, "scheduler", None)
+    if scheduler is None:
+        return True
+    return manager.input_queue.empty() and not scheduler.active_requests and not scheduler.waiting_requests
 
 
-def release_openmp_threads() -> None:
-    """Release the calling thread's idle OpenMP workers, so that the loop thread's team has the cores.
+class PrefixCounters:
+    """Counts what prefix sharing found, by wrapping the paged cache's prefix search (transformers
+    reports no counters of its own)."""
 
-    torch runs an op on the OpenMP team of the thread that calls it, so the generation loop thread
-    has a team of its own next to the caller's. When the two together have more threads than there
-    are cores, libgomp stops letting idle workers spin and every parallel op pays a futex wake-up:
-    on 2 cores a decode step of SmolLM2-135M (bf16, 16 requests) took 56 ms on the loop thread and
-    40 ms with the caller's team released, as on the caller's own thread (188 -> 249 tok/s for 16 x
-    (64 + 32) tokens). The team comes back at the caller's next parallel op, hence a release before
-    every batch.
-    """
-    pause = _openmp_pause()
-    if pause is not None:
-        pause(1)  # omp_pause_soft: the idle threads end; nothing else is torn down
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.lookups = 0
+        self.hits = 0
+        self.reused_tokens = 0
+        self._cache: Any = None
+
+    def attach(self, manager: Any) -> None:
+        """Wrap the manager's cache once its loop thread has made it."""
+        deadline = time.monotonic() + 10.0
+        while (cache_ := getattr(getattr(manager, "batch_processor", None), "cache", None)) is None:
+            if time.monotonic() > deadline or not manager.is_running():
+                return
+            time.sleep(0.01)
+        if cache_ is self._cache:
+            return
+        self._cache = cache_
+        search = cache_.search_prefix_match
+
+        def counted(request_id: str, prompt_ids: list[int]) -> int:
+            matched = int(search(request_id, prompt_ids))
+            self.lookups += 1
+            self.hits += matched > 0
+            self.reused_tokens += matched
+            return matched
+
+        cache_.search_prefix_match = counted
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "prompt_tokens": float(self.prompt_tokens),
+            "lookups": float(self.lookups),
+            "hits": float(self.hits),
+            "reused_prompt_tokens": float(self.reused_tokens),
+            "prefill_saved_fraction": self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0,
+        }

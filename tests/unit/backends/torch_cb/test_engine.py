@@ -11,17 +11,14 @@ from typing import Any
 import pytest
 import torch
 
-from optimizer.backends.torch.continuous import (
-    ContinuousBatchingEngine,
-    _openmp_pause,
-    release_openmp_threads,
-)
-from optimizer.space import TorchSettings
+from optimizer.backends.openmp import _openmp_pause, release_openmp_threads
+from optimizer.backends.torch_cb.engine import ContinuousBatchingEngine
+from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
 
 VOCAB = 49152
 PROMPT_TOKENS = 8
 NEW_TOKENS = 6
-SETTINGS = TorchSettings(kv_cache="paged", loop="continuous")
+SETTINGS = ContinuousBatchingSettings(precision="fp32", page_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +65,7 @@ def reference(hf_model: Any, prompts: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture
 def engine(hf_model: Any) -> Iterator[ContinuousBatchingEngine]:
-    engine = ContinuousBatchingEngine(
-        hf_model, SETTINGS, "cpu", max_requests=3, max_sequence_tokens=64, page_size=16
-    )
+    engine = ContinuousBatchingEngine(hf_model, SETTINGS, "cpu", max_requests=3, max_sequence_tokens=64)
     yield engine
     engine.close()
 
@@ -106,9 +101,7 @@ def test_manager_and_thread_are_reused(engine, prompts, reference) -> None:
 def test_requests_beyond_max_requests_queue(hf_model, prompts) -> None:
     # five requests through two slots: they queue, and come back in row order
     rows = torch.cat([prompts, prompts[:2].flip(1)])
-    engine = ContinuousBatchingEngine(
-        hf_model, SETTINGS, "cpu", max_requests=2, max_sequence_tokens=64, page_size=16
-    )
+    engine = ContinuousBatchingEngine(hf_model, SETTINGS, "cpu", max_requests=2, max_sequence_tokens=64)
     try:
         gen = engine.generate(rows, 4)
     finally:
@@ -187,11 +180,10 @@ def test_a_longer_request_regrows_the_cache(engine, hf_model, prompts) -> None:
     assert torch.equal(gen.token_ids, static_greedy(hf_model, prompts, 60))
 
 
-def test_rejects_bad_sizes() -> None:
+def test_rejects_bad_sizes_and_never_cuts_the_batch() -> None:
     with pytest.raises(ValueError, match="max_requests"):
         ContinuousBatchingEngine(None, SETTINGS, "cpu", max_requests=0)
-    with pytest.raises(ValueError, match="max_batch_tokens"):
-        ContinuousBatchingEngine(None, SETTINGS, "cpu", max_requests=300, max_batch_tokens=256)
+    # a token budget below the batch would make transformers cut the batch to it
     assert ContinuousBatchingEngine(None, SETTINGS, "cpu", max_requests=300).max_batch_tokens == 300
 
 
@@ -207,7 +199,7 @@ def test_releases_the_callers_openmp_threads() -> None:
 
 def test_config_on_cuda_uses_graphs_and_compile(hf_model) -> None:
     # only builds the config: nothing touches CUDA
-    compiled = TorchSettings(kv_cache="paged", loop="continuous", compile=True)
+    compiled = ContinuousBatchingSettings(precision="fp32", compile=True, page_size=256)
     cuda = ContinuousBatchingEngine(
         hf_model, compiled, "cuda:0", max_requests=8
     )._continuous_batching_config()
@@ -220,3 +212,64 @@ def test_config_on_cuda_uses_graphs_and_compile(hf_model) -> None:
     cpu = ContinuousBatchingEngine(hf_model, SETTINGS, "cpu", max_requests=8)._continuous_batching_config()
     assert cpu.use_cuda_graph is False
     assert cpu.default_compile_level == 0
+
+
+def test_the_cache_budget_and_sharing_come_from_the_settings(hf_model) -> None:
+    settings = ContinuousBatchingSettings(
+        precision="fp32", page_size=16, kv_cache_tokens=1000, prefix_sharing=True
+    )
+    config = ContinuousBatchingEngine(hf_model, settings, "cpu", max_requests=4)._continuous_batching_config()
+    assert config.num_blocks == 63  # ceil(1000 / 16)
+    assert config.allow_block_sharing is True
+    assert config.page_size == 16
+
+
+def test_serving_submit_and_collect_give_token_times(engine, prompts, reference) -> None:
+    import time
+
+    ids = [engine.submit(row, NEW_TOKENS) for row in prompts.tolist()]
+    done: dict[str, Any] = {}
+    deadline = time.monotonic() + 60
+    while len(done) < len(ids) and time.monotonic() < deadline:
+        done.update({c.request_id: c for c in engine.collect(0.5)})
+    assert set(done) == set(ids)
+    for request_id, row in zip(ids, reference.tolist(), strict=True):
+        completion = done[request_id]
+        assert list(completion.token_ids) == row and completion.error is None
+        times = completion.token_times
+        assert len(times) == NEW_TOKENS and list(times) == sorted(times)
+    assert engine.collect(0.0) == []
+
+
+def test_cancel_all_leaves_the_engine_idle_and_usable(engine, prompts, reference) -> None:
+    for row in prompts.tolist():
+        engine.submit(row, 40)
+    engine.cancel_all()
+    assert engine.collect(0.2) == []
+    assert torch.equal(engine.generate(prompts, NEW_TOKENS).token_ids, reference)
+
+
+def test_prefix_sharing_reuses_a_conversations_earlier_turn(hf_model) -> None:
+    """The second turn resends the first turn's prompt: its cached blocks are found, not recomputed."""
+    import time
+
+    settings = ContinuousBatchingSettings(
+        precision="fp32", page_size=16, prefix_sharing=True, kv_cache_tokens=512
+    )
+    engine = ContinuousBatchingEngine(hf_model, settings, "cpu", max_requests=2, max_sequence_tokens=128)
+    first = torch.randint(0, VOCAB, (64,), generator=torch.Generator().manual_seed(5)).tolist()
+    second = first + torch.randint(0, VOCAB, (16,), generator=torch.Generator().manual_seed(6)).tolist()
+    try:
+        for prompt in (first, second):
+            request = engine.submit(prompt, 4)
+            deadline = time.monotonic() + 60
+            while not any(c.request_id == request for c in engine.collect(0.5)):
+                assert time.monotonic() < deadline
+        counters = engine.prefix_counters()
+    finally:
+        engine.close()
+    assert counters["prompt_tokens"] == 64 + 80
+    assert counters["hits"] >= 1
+    # the first turn's 64 prompt tokens fill 4 pages of 16: all of them are reused
+    assert counters["reused_prompt_tokens"] == 64
+    assert counters["prefill_saved_fraction"] == pytest.approx(64 / 144)

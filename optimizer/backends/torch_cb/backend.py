@@ -1,0 +1,34 @@
+"""Build a continuous-batching candidate: the torch backend's model and weights, then the engine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from optimizer.backends.torch.backend import load_hf_model, quantize_weights
+from optimizer.backends.torch.settings import TorchSettings
+from optimizer.backends.torch_cb.engine import ContinuousBatchingEngine
+from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+from optimizer.model import ModelSpec
+from optimizer.target import TargetSpec
+
+if TYPE_CHECKING:
+    from optimizer.space import Candidate
+
+
+def build(
+    model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path
+) -> ContinuousBatchingEngine:
+    settings = candidate.settings
+    assert isinstance(settings, ContinuousBatchingSettings)
+    if not target.is_cuda and candidate.threads:
+        torch.set_num_threads(candidate.threads)
+    if settings.compile:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
+    hf_model = load_hf_model(model, settings.precision, settings.attention, target.device)
+    numerics = TorchSettings(precision=settings.precision, quantization=settings.quantization)
+    quantize_weights(hf_model, numerics, model)
+    return ContinuousBatchingEngine(hf_model, settings, target.device, candidate.batch_size)

@@ -1,0 +1,138 @@
+"""The report's serving part: how each candidate served the request stream, what prefix reuse
+saved, and the load curves (goodput tokens/J and p90 latencies against offered load)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from optimizer.config import WorkloadConfig
+from optimizer.results import CandidateResult
+
+
+def workload_line(workload: WorkloadConfig, stream: str | None) -> str:
+    if not workload.serving:
+        return (
+            f"- workload (offline batches): {workload.prompt_tokens}-token prompts, "
+            f"{workload.max_new_tokens} new tokens (EOS ignored), windows ≥ {workload.min_window_seconds:g} s "
+            f"× {workload.repeats} after {workload.warmup_batches} warm-up batch(es)"
+        )
+    curve = f"; load curve at {workload.load_rates()} req/s" if len(workload.load_rates()) > 1 else ""
+    return (
+        f"- workload (serving): request stream `{stream}`, selected at {workload.rate:g} req/s{curve}; "
+        f"each run offers the whole stream, its energy window spans the arrivals from request "
+        f"{workload.warmup_requests + 1} to the {workload.drain_requests + 1}th from last; "
+        f"{workload.repeats} run(s); TTFT counts from each request's arrival (queueing included)"
+    )
+
+
+def serving_section(results: Sequence[CandidateResult], output_dir: Path) -> list[str]:
+    """Empty when no result was measured on a stream."""
+    served = [r for r in results if r.performance is not None and r.performance.serving is not None]
+    if not served:
+        return []
+    lines = [
+        "## Serving the stream",
+        "",
+        "Per candidate at the selection rate: goodput tokens/J (tokens of requests that met both "
+        "TTFT and TPOT targets), the share of requests that met them, energy per completed request, "
+        "the share of the window with no request in flight (idle), and the capacity: the highest "
+        "offered load measured at which >= 90% of requests met the SLO.",
+        "",
+        "| candidate | goodput tok/J | met SLO | J/request | TTFT p90 ms | TPOT p90 ms | E2E p90 ms | idle | in flight | capacity req/s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(served, key=lambda r: -r.objective):
+        perf = r.performance
+        assert perf is not None and perf.serving is not None
+        s = perf.serving
+        note = "queue grew: over capacity" if s.growing_windows else ""
+        lines.append(
+            f"| {r.candidate.label()} | {perf.goodput_tokens_per_joule.mean:.3f} | {s.met_slo_fraction:.0%} | "
+            f"{_number(s.joules_per_request)} | {perf.latency.ttft_ms['p90']:.0f} | "
+            f"{perf.latency.tpot_ms['p90']:.0f} | {s.e2e_p90_ms:.0f} | {s.idle_fraction:.0%} | "
+            f"{s.mean_in_flight:.1f} | {_number(s.capacity_rate)} | {note} |"
+        )
+    lines.append("")
+    lines += _prefix_lines(served)
+    if any(len(r.performance.serving.curve) > 1 for r in served if r.performance and r.performance.serving):
+        plot_load(output_dir / "load.png", served)
+        lines += ["### Load curves", "", "![Load curves](load.png)", ""]
+    return lines
+
+
+def _prefix_lines(served: Sequence[CandidateResult]) -> list[str]:
+    """Pairs of candidates that differ only in prefix sharing: what reuse saved."""
+    by_key: dict[str, dict[bool, CandidateResult]] = {}
+    for r in served:
+        settings = asdict(r.candidate.settings)
+        if "prefix_sharing" not in settings:
+            continue
+        sharing = bool(settings.pop("prefix_sharing"))
+        key = repr(
+            (r.candidate.backend, r.candidate.batch_size, r.candidate.threads, sorted(settings.items()))
+        )
+        by_key.setdefault(key, {})[sharing] = r
+    pairs = [(p[True], p[False]) for p in by_key.values() if len(p) == 2]
+    if not pairs:
+        return []
+    lines = [
+        "### Prefix KV reuse",
+        "",
+        "The same candidate with prefix sharing on and off, side by side on the same stream.",
+        "",
+        "| candidate | J/request on | off | saved | TTFT p90 ms on | off | prompt tokens reused | hits / lookups |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for on, off in pairs:
+        assert on.performance and off.performance and on.performance.serving and off.performance.serving
+        son, soff = on.performance.serving, off.performance.serving
+        saved = (
+            f"{1 - son.joules_per_request / soff.joules_per_request:.0%}"
+            if son.joules_per_request and soff.joules_per_request
+            else "-"
+        )
+        prefix = son.prefix
+        lines.append(
+            f"| {on.candidate.label()} | {_number(son.joules_per_request)} | {_number(soff.joules_per_request)} | "
+            f"{saved} | {on.performance.latency.ttft_ms['p90']:.0f} | {off.performance.latency.ttft_ms['p90']:.0f} | "
+            f"{prefix.get('prefill_saved_fraction', 0):.0%} | "
+            f"{prefix.get('hits', 0):.0f} / {prefix.get('lookups', 0):.0f} |"
+        )
+    lines.append("")
+    return lines
+
+
+def plot_load(path: Path, served: Sequence[CandidateResult]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.5), dpi=110)
+    for r in served:
+        assert r.performance is not None and r.performance.serving is not None
+        curve = r.performance.serving.curve
+        if len(curve) < 2:
+            continue
+        rates = [p["rate"] for p in curve]
+        label = r.candidate.label()
+        axes[0].plot(rates, [p["goodput_tokens_per_joule"] for p in curve], marker="o", label=label)
+        axes[1].plot(rates, [p["ttft_p90_ms"] for p in curve], marker="o", label=label)
+        axes[2].plot(rates, [p["tpot_p90_ms"] for p in curve], marker="o", label=label)
+    titles = ("goodput tokens/J", "TTFT p90 (ms)", "TPOT p90 (ms)")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xlabel("offered load (requests/s)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
