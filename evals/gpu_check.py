@@ -16,6 +16,9 @@ others measurable. Sections:
             (the baseline) vs the captured loop in bf16 and static fp8, measured by the same code
   smollm2   `optimize` on SmolLM2-135M (real weights): the quality bound on static/dynamic fp8,
             bf16 and the continuous-batching engine
+  serving   `optimize` with workload=gpu-chat (a request stream) on the Qwen2-0.5B shape: transformers'
+            continuous batching vs static batching behind a queue, so that the GPU recipe is a
+            serving recipe (run by `gpu_check.sh serving`, after the main sections)
   ort       onnxruntime-gpu (CUDA EP) and onnxruntime-genai-cuda candidates, when installed
 
 `summary` merges the sections into gpu_check.json and prints the table (goodput tokens/J, ratio to
@@ -78,7 +81,7 @@ PJ_PER_FLOP = {"bf16": 1.048, "fp8": 0.568}
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
 # Random weights make quality numbers meaningless: shape sections switch the bound off.
 NO_QUALITY_BOUND = ["quality.max_ppl_increase=1e9", "quality.min_top1_agreement=0", "quality.max_kl=1e9"]
-SECTIONS = ("env", "profile", "qwen", "llama8b", "smollm2", "ort")
+SECTIONS = ("env", "profile", "qwen", "llama8b", "smollm2", "serving", "ort")
 
 
 def graph_settings(attention: str = "sdpa_gqa", quantization: str = "none") -> dict[str, Any]:
@@ -110,7 +113,7 @@ def qwen_candidates(small: bool) -> list[str]:
         extra(b(1024), **graph_settings(attention="sdpa")),  # the 2026-11-26 best: repeated K/V
         # without flash kernels transformers' CB attends through one dense [tokens x context] mask
         # per step (quadratic in the batch): measured where that mask stays small
-        extra(b(256), precision="bf16", kv_cache="paged", loop="continuous"),
+        extra(b(256), backend="torch-cb", precision="bf16", max_batch_tokens=256 if small else 4096),
         extra(b(2048), **graph_settings()),
     ]
 
@@ -121,7 +124,7 @@ def smollm2_candidates(small: bool) -> list[str]:
         extra(batch, **graph_settings()),
         extra(batch, **graph_settings(quantization="fp8-static")),
         extra(batch, **graph_settings(quantization="fp8")),  # torchao dynamic per-row: the old fp8
-        extra(batch, precision="bf16", kv_cache="paged", loop="continuous"),
+        extra(batch, backend="torch-cb", precision="bf16", max_batch_tokens=4096 if not small else 256),
     ]
 
 
@@ -406,6 +409,31 @@ def smollm2_section(args: argparse.Namespace) -> dict[str, Any]:
     return run_optimize("smollm2", overrides, args.work, args.out)
 
 
+def serving_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The request stream on the GPU: continuous batching at two concurrency limits, static
+    batching behind a queue, and the baseline (one request at a time)."""
+    work = args.work
+    path = shape_dir(work, "qwen2-0.5b", QWEN2_05B_SHAPE, tokenizer_source(args, work), args.cpu_smoke)
+    small = args.cpu_smoke
+    overrides = [
+        f"model={path}",
+        "target=auto" if not small else "target=cpu",
+        "workload=gpu-chat" if not small else "workload=chat",
+        *NO_QUALITY_BOUND,
+        "quality.num_sequences=4" if not small else "quality.num_sequences=2",
+        "space.backends=[torch-cb]",
+        f"space.batch_sizes=[{'4' if small else '64,256'}]",
+        f"space.torch_cb.max_batch_tokens=[{256 if small else 4096}]",
+        f"space.extra=[{extra(4 if small else 64, precision='bf16')}]",
+        "space.baseline.precision=bf16",
+        f"search.budget_minutes={max(1.0, args.budget_seconds / 60):.2f}",
+        "search.candidate_timeout_minutes=3",
+    ]
+    if small:
+        overrides += ["workload.requests=12", "workload.warmup_requests=2", "workload.drain_requests=2"]
+    return run_optimize("serving", overrides, work, args.out)
+
+
 def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
     """The 8B class, built in memory (saving and reloading 16 GB would cost more device time than
     the measurements): every candidate is measured by the product's engine and window code."""
@@ -587,6 +615,7 @@ SECTION_FUNCTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "qwen": qwen_section,
     "llama8b": llama8b_section,
     "smollm2": smollm2_section,
+    "serving": serving_section,
     "ort": ort_section,
 }
 
@@ -606,7 +635,7 @@ def print_summary(sections: dict[str, Any]) -> None:
     print(
         "\n== summary: goodput tok/J (SLO-meeting tokens); x ref = ratio to the section's plain-HF reference"
     )
-    for name in ("qwen", "smollm2"):
+    for name in ("qwen", "smollm2", "serving"):
         data = sections.get(name) or {}
         if "rows" not in data:
             print(f"{name}: {data.get('error', 'not run')}")

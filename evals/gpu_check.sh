@@ -6,6 +6,7 @@
 #
 #   evals/gpu_check.sh stage1    # carry .gpu/a: wheels, Wikipedia text, GGUF part 1; run the gpu tests
 #   evals/gpu_check.sh main      # carry .gpu/b: GGUF part 2; every section, then the table
+#   evals/gpu_check.sh serving   # (machine still warm) the request-stream section, then the table
 #   evals/gpu_check.sh stash     # carry .gpu/ortN: one part of onnxruntime-gpu + genai-cuda
 #   evals/gpu_check.sh ort       # carry the last part: install ORT CUDA, run the ort section
 #
@@ -53,6 +54,10 @@ main)
   section llama8b ${LLAMA_SECONDS:-130} "${G[@]}"
   python3 evals/gpu_check.py summary --out "$OUT" 2>&1 | tee "$OUT/summary.txt"
   ;;
+serving)
+  section serving ${SERVING_SECONDS:-200} --gguf "$WORK/smollm2.gguf"
+  python3 evals/gpu_check.py summary --out "$OUT" 2>&1 | tee "$OUT/summary.txt"
+  ;;
 stash)
   ls -la "$STASH"
   ;;
@@ -64,7 +69,7 @@ ort)
   python3 evals/gpu_check.py summary --out "$OUT" 2>&1 | tee "$OUT/summary.txt"
   ;;
 *)
-  echo "usage: $0 stage1|main|stash|ort" >&2
+  echo "usage: $0 stage1|main|serving|stash|ort" >&2
   exit 2
   ;;
 esac

@@ -26,6 +26,8 @@ def _openmp_pause() -> Any:
 
 def release_openmp_threads() -> None:
     """Release the calling thread's idle OpenMP workers, so that the loop thread's team has the cores.
+    Call it only while no other thread computes: a release in the middle of another thread's
+    work made each of its parallel ops rebuild a team (measured: 4.3 s against 0.6 s).
 
     torch runs an op on the OpenMP team of the thread that calls it, so the generation loop thread
     has a team of its own next to the caller's. When the two together have more threads than there

@@ -41,6 +41,9 @@ class QueuedServer:
         self._busy = False
         self._stopped = False
         self._counter = 0
+        # the serving thread runs the model: the caller's idle OpenMP team must not keep the cores
+        # (released now, before that thread computes: a release while it does slows it down)
+        release_openmp_threads()
         self._thread = threading.Thread(target=self._serve, name="wattsmith-queued-server", daemon=True)
         self._thread.start()
 
@@ -52,7 +55,6 @@ class QueuedServer:
             request_id = f"q{self._counter}"
             self._queue.append(_Queued(request_id, tuple(prompt_ids), max_new_tokens))
             self._lock.notify_all()
-        release_openmp_threads()  # the serving thread runs the model: give it the cores
         return request_id
 
     def collect(self, timeout_seconds: float) -> list[Completion]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optimizer.config import ModelConfig, QualityConfig, TargetConfig, WorkloadConfig
+from optimizer.errors import UserError
 from optimizer.measure.energy import EnergyMeter, make_meter
 from optimizer.measure.stream import RequestStream, TextTokens, generate_stream, read_trace
 from optimizer.measure.text import load_text, token_windows
@@ -95,8 +96,13 @@ def _streams(
     (ids,) = token_windows(tokenizer, paragraphs, STREAM_TEXT_TOKENS, 1, "quality.text")
     text = TextTokens(ids, sequence_start(tokenizer), seed=cfg.seed)
     if cfg.trace:
-        stream = read_trace(Path(cfg.trace).expanduser(), tokenizer, text, _context_length(model_path))
-        return {rate: stream for rate in cfg.load_rates()}
+        if cfg.rates:
+            raise UserError(
+                "workload.rates", "a trace is replayed at its own arrival times", "drop workload.rates"
+            )
+        return {
+            cfg.rate: read_trace(Path(cfg.trace).expanduser(), tokenizer, text, _context_length(model_path))
+        }
     return {rate: generate_stream(cfg, text, rate) for rate in cfg.load_rates()}
 
 

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 # plus an int8-dynamic variant that the quality bound is expected to reject on this model.
 SMALL = [
     "workload=quick",
+    "space=cpu-batch",
     "workload.min_window_seconds=0.5",
     "workload.repeats=2",
     "workload.idle_seconds=0.5",

@@ -63,7 +63,7 @@ def user_conf(tmp_path):
     conf = tmp_path / "conf"
     (conf / "workload").mkdir(parents=True)
     (conf / "workload" / "mine.yaml").write_text("max_new_tokens: 7\n")
-    (conf / "workload" / "default.yaml").write_text("max_new_tokens: 9\n")
+    (conf / "workload" / "chat.yaml").write_text("max_new_tokens: 9\n")
     return conf
 
 
@@ -94,7 +94,7 @@ def test_help_lists_the_users_presets_beside_the_packaged_ones(
     out = capsys.readouterr().out
     workload = next(line for line in out.splitlines() if line.strip().startswith("workload "))
     assert "mine (yours)" in workload and "quick" in workload
-    assert "default (yours, replaces the packaged one)" in workload
+    assert "chat (yours, replaces the packaged one)" in workload
     assert str(user_conf) in out
     assert cli.main(["--help"]) == 0
     assert "(yours" not in capsys.readouterr().out

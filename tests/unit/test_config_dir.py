@@ -32,7 +32,7 @@ def user_conf(tmp_path: Path) -> Path:
     a model preset and a space."""
     conf = tmp_path / "repo" / "conf"
     write(conf / "workload" / "mine.yaml", "max_new_tokens: 7\n")
-    write(conf / "workload" / "default.yaml", "prompt_tokens: 16\nmax_new_tokens: 9\n")
+    write(conf / "workload" / "chat.yaml", "prompt_tokens: 16\nmax_new_tokens: 9\n")
     write(conf / "model" / "mymodel.yaml", "source: /models/mymodel\n")
     write(conf / "space" / "mymodel.yaml", "batch_sizes: [2, 4]\ntorch:\n  precisions: [bf16]\n")
     return conf
@@ -42,11 +42,11 @@ def test_a_user_preset_composes(user_conf: Path) -> None:
     cfg = compose_run_config(["workload=mine"], config_dir=user_conf)
     assert cfg.workload.max_new_tokens == 7
     assert cfg.workload.prompt_tokens == 64  # the schema's default: mine.yaml sets only one field
-    assert cfg.space.torch.precisions == ["fp32", "bf16"]  # the packaged cpu-default space
+    assert cfg.space.backends == ["torch-cb"]  # the packaged cpu-default space
 
 
 def test_a_user_preset_replaces_the_packaged_one_of_the_same_name(user_conf: Path) -> None:
-    cfg = compose_run_config([], config_dir=user_conf)  # the defaults list names workload: default
+    cfg = compose_run_config([], config_dir=user_conf)  # the defaults list names workload: chat
     assert (cfg.workload.prompt_tokens, cfg.workload.max_new_tokens) == (16, 9)
     assert compose_run_config([]).workload.prompt_tokens == 64  # without the directory: packaged
 
@@ -100,7 +100,7 @@ def test_the_model_shorthand_knows_user_model_presets(user_conf: Path) -> None:
 def test_presets_mark_the_users(user_conf: Path) -> None:
     workload = {p.name: p for p in presets("workload", user_conf)}
     assert workload["mine"] == Preset("mine", user=True, replaces_packaged=False)
-    assert workload["default"] == Preset("default", user=True, replaces_packaged=True)
+    assert workload["chat"] == Preset("chat", user=True, replaces_packaged=True)
     assert workload["quick"] == Preset("quick")
     assert group_options("workload", user_conf) == sorted(workload)
     assert "mine" not in group_options("workload")

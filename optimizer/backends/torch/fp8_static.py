@@ -161,6 +161,12 @@ def _classify(model: nn.Module) -> tuple[dict[str, nn.Linear], list[tuple[str, s
     return eligible, skipped
 
 
+def eligible_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The Linear layers static fp8 may replace, by module name (not the output projection, not
+    anything tied to the embedding, K and N multiples of 16, 16-bit weights)."""
+    return _classify(model)[0]
+
+
 def calibrate_input_amax(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, float]:
     """Max |input| of each eligible Linear over prefill forwards of token-id `batches`
     ([rows, tokens] each, no KV cache). The output projection and anything tied to the
