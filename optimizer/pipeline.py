@@ -18,7 +18,7 @@ from optimizer.measure.energy import measure_idle_watts
 from optimizer.measure.setup import prepare_measurement
 from optimizer.recipe import build_recipe, write_recipe
 from optimizer.report.markdown import write_report
-from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
+from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
 from optimizer.search.launchers import launch_search
@@ -149,6 +149,13 @@ def diagnose_infeasible(results: list[CandidateResult]) -> UserError:
         return UserError(
             "workload.slo",
             f"all {len(measured)} measured candidates miss the latency SLO (e.g. {'; '.join(example) or 'see report'})",
+            "raise workload.slo.tpot_ms / ttft_ms, or add smaller batch sizes to space.batch_sizes",
+        )
+    slo_pruned = [r for r in results if r.status == PRUNED and "workload.slo" in (r.reason or "")]
+    if slo_pruned:  # the roofline proved no candidate can meet the SLO: nothing was worth measuring
+        return UserError(
+            "workload.slo",
+            f"no candidate can meet the latency SLO (e.g. {slo_pruned[0].reason})",
             "raise workload.slo.tpot_ms / ttft_ms, or add smaller batch sizes to space.batch_sizes",
         )
     if rejected:

@@ -67,7 +67,8 @@ def test_agent_stream_measures_prefix_reuse_side_by_side(tmp_path: Path, cache_d
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (run / "report.md").read_text()
     assert "### Prefix KV reuse" in report
-    row = next(line for line in report.splitlines() if line.startswith("| torch-cb") and " prefix " in line)
+    reuse_table = report.split("### Prefix KV reuse", 1)[1]  # other tables also list the candidate
+    row = next(line for line in reuse_table.splitlines() if line.startswith("| torch-cb"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     hits, lookups = (float(x) for x in cells[7].split("/"))
     assert hits > 0 and lookups >= hits

@@ -26,6 +26,7 @@ def tiny_run(model_dir: Path, root: Path, *extra: str) -> list[str]:
         "target=cpu",
         "target.energy_source=estimate",
         "workload=quick",
+        "space=cpu-batch",  # static batches of plain torch: 2 precisions x the batch sizes
         "workload.min_window_seconds=0.2",
         "workload.repeats=2",
         "workload.idle_seconds=0.1",
