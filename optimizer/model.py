@@ -106,6 +106,15 @@ def resolve_model(cfg: ModelConfig, cache_dir: Path) -> ModelSpec:
     )
 
 
+def gguf_file(model: ModelSpec) -> Path | None:
+    """The GGUF file a model was resolved from (packaged or given), or None for a model directory."""
+    if model.format != "gguf":
+        return None
+    if model.source in PACKAGED_MODELS:
+        return _packaged_gguf(model.source)[0]
+    return Path(model.source).expanduser()
+
+
 def _packaged_gguf(alias: str) -> tuple[Path, str]:
     package, filename, name, install = PACKAGED_MODELS[alias]
     spec = importlib.util.find_spec(package)  # locate, never import: the package only carries data

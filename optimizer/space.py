@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from optimizer.backends.base import ModelRules
 from optimizer.backends.registry import SPECS_BY_NAME, BackendSettings, spec_for
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.config import SpaceConfig
@@ -90,17 +91,18 @@ def reference_settings() -> TorchSettings:
 
 
 def enumerate_candidates(
-    space: SpaceConfig, target: TargetSpec, serving: bool = False
+    space: SpaceConfig, target: TargetSpec, serving: bool = False, model_format: str | None = None
 ) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
     """All combinations of the space's axes plus its `extra` candidates, split into valid ones
-    and (excluded, rule) pairs. `serving`: the workload is a request stream."""
+    and (excluded, rule) pairs. `serving`: the workload is a request stream; `model_format`: the
+    model's (gguf, hf-dir, hub), for backends that load some formats only (None: not checked)."""
     valid: list[Candidate] = []
     excluded: list[tuple[Candidate, str]] = []
     # Explicit extra candidates come first: they are asked for by name (often a reference).
     extra = [_extra_candidate(item, index, target) for index, item in enumerate(space.extra)]
     grid = [c for c in _combinations(space, target) if c not in extra]
     for candidate in extra + grid:
-        reason = exclusion_reason(candidate, target, serving)
+        reason = exclusion_reason(candidate, target, serving, model_format)
         if reason is None:
             valid.append(candidate)
         else:
@@ -135,12 +137,18 @@ def _combinations(space: SpaceConfig, target: TargetSpec) -> Iterator[Candidate]
                     yield candidate
 
 
-def exclusion_reason(candidate: Candidate, target: TargetSpec, serving: bool = False) -> str | None:
-    """Why the target (and the workload's kind) cannot run this candidate, or None when they can.
-    Pure rules, no measuring."""
+def exclusion_reason(
+    candidate: Candidate, target: TargetSpec, serving: bool = False, model_format: str | None = None
+) -> str | None:
+    """Why the target (the workload's kind, the model's format) cannot run this candidate, or None
+    when they can. Pure rules, no measuring."""
     if candidate.threads > target.cores:
         return f"threads {candidate.threads} > {target.cores} cores"
     spec = spec_for(candidate.settings)
+    if model_format is not None and isinstance(spec, ModelRules):
+        reason = spec.model_reason(candidate.settings, model_format)
+        if reason is not None:
+            return reason
     return spec.exclusion_reason(candidate.settings, target) or spec.workload_reason(
         candidate.settings, candidate.batch_size, serving
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from optimizer.errors import UserError
 
@@ -122,6 +122,15 @@ class BackendSpec(Protocol[S]):
 
     def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine:
         """Build the candidate (whose settings are of `settings_type`) into an engine."""
+        ...
+
+
+@runtime_checkable
+class ModelRules(Protocol):
+    """A spec whose backend cannot load every model format (e.g. llama.cpp: GGUF files only)."""
+
+    def model_reason(self, settings: Any, model_format: str) -> str | None:
+        """Why these settings cannot run a model of `model_format` (gguf, hf-dir, hub), or None."""
         ...
 
 

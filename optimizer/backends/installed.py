@@ -7,8 +7,10 @@ a native library or initialize CUDA: it looks at module specs and distribution m
 from __future__ import annotations
 
 import importlib.util
+import re
 from functools import cache
 from importlib import metadata
+from pathlib import Path
 
 ORT_EXTRA = "pip install 'wattsmith[ort]'"
 GPU_EXTRA = "pip install 'wattsmith[gpu]' (after pip uninstall onnxruntime onnxruntime-genai)"
@@ -60,4 +62,50 @@ def missing_tensorrt() -> str | None:
     for module, package in (("onnx", "onnx"), ("onnxscript", "onnxscript")):
         if not has_module(module):
             return f"the TensorRT backend exports ONNX first: it needs {package} ({ORT_EXTRA})"
+    return None
+
+
+LLAMACPP_EXTRA = "pip install 'wattsmith[llamacpp]' (the first install builds llama.cpp from source)"
+LLAMACPP_CUDA = "CMAKE_ARGS=-DGGML_CUDA=on pip install --force-reinstall --no-cache-dir llama-cpp-python"
+
+
+@cache
+def llamacpp_package_dir() -> Path | None:
+    """The installed llama_cpp package's directory, located without importing it."""
+    try:
+        spec = importlib.util.find_spec("llama_cpp")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@cache
+def llamacpp_has_cuda() -> bool:
+    """Whether the installed llama-cpp-python was built with CUDA: its CUDA library is beside the
+    others. Read from the files, not from `llama_supports_gpu_offload()`, which would load the
+    library (and initialize CUDA) while the rules are only being evaluated."""
+    package = llamacpp_package_dir()
+    return package is not None and any(package.rglob("*ggml-cuda*"))
+
+
+@cache
+def llamacpp_ftypes() -> frozenset[str]:
+    """The weight types the installed library's quantizer knows (`LLAMA_FTYPE_*` names without
+    their MOSTLY_/ALL_ prefix), read from its bindings' source without loading the library."""
+    package = llamacpp_package_dir()
+    bindings = package / "llama_cpp.py" if package else None
+    if bindings is None or not bindings.is_file():
+        return frozenset()
+    names = re.findall(r"^LLAMA_FTYPE_(?:MOSTLY_|ALL_)?(\w+) = \d+", bindings.read_text(), re.MULTILINE)
+    return frozenset(names) - {"GUESSED"}
+
+
+def missing_llamacpp(cuda: bool) -> str | None:
+    """Why llama.cpp cannot run here (on a GPU when `cuda`), or None when it can."""
+    if not has_module("llama_cpp"):
+        return f"llamacpp needs llama-cpp-python ({LLAMACPP_EXTRA})"
+    if cuda and not llamacpp_has_cuda():
+        return f"a GPU target needs a CUDA build of llama-cpp-python; the installed one runs on the CPU only ({LLAMACPP_CUDA})"
     return None

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optimizer.backends.base import BackendSpec, Engine
+from optimizer.backends.llamacpp.settings import LlamaCppSettings
+from optimizer.backends.llamacpp.spec import SPEC as LLAMACPP
 from optimizer.backends.ort_genai.settings import OrtGenaiSettings
 from optimizer.backends.ort_genai.spec import SPEC as ORT_GENAI
 from optimizer.backends.ort_onnx.settings import OrtOnnxSettings
@@ -27,7 +29,12 @@ if TYPE_CHECKING:
     from optimizer.target import TargetSpec
 
 BackendSettings = (
-    TorchSettings | ContinuousBatchingSettings | OrtGenaiSettings | OrtOnnxSettings | TensorRTSettings
+    TorchSettings
+    | ContinuousBatchingSettings
+    | OrtGenaiSettings
+    | OrtOnnxSettings
+    | TensorRTSettings
+    | LlamaCppSettings
 )
 
 # In this order the report lists backends.
@@ -37,6 +44,7 @@ SPECS: dict[type[BackendSettings], BackendSpec[Any]] = {
     OrtGenaiSettings: ORT_GENAI,
     OrtOnnxSettings: ORT_ONNX,
     TensorRTSettings: TENSORRT,
+    LlamaCppSettings: LLAMACPP,
 }
 SPECS_BY_NAME: dict[str, BackendSpec[Any]] = {spec.name: spec for spec in SPECS.values()}
 

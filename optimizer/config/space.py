@@ -29,7 +29,7 @@ TORCH_ATTENTION = ("sdpa", "sdpa_gqa", "eager", "flash_attention_2")
 # the device) is one captured CUDA graph, replayed without host synchronization.
 TORCH_LOOPS = ("hf", "graph")
 # torch-cb: transformers' continuous batching (paged KV; requests join and leave between steps)
-BACKENDS = ("torch", "torch-cb", "ort-genai", "ort-onnx", "tensorrt")
+BACKENDS = ("torch", "torch-cb", "ort-genai", "ort-onnx", "tensorrt", "llamacpp")
 CB_PRECISIONS = TORCH_PRECISIONS
 CB_QUANTIZATIONS = ("none", "int8-weight", "int4-weight", "fp8", "fp8-static")
 CB_ATTENTION = ("sdpa", "flash_attention_2")
@@ -48,6 +48,29 @@ ONNX_PRECISIONS = ("fp32", "fp16")
 # int8-static: QDQ calibrated on the packaged Wikipedia text (workload split, never the quality split)
 ONNX_QUANTIZATIONS = ("none", "int8-dynamic", "int8-static")
 TENSORRT_PRECISIONS = ("fp32", "fp16", "int8")
+# llama.cpp (llama-cpp-python): "gguf" runs the model's GGUF as it is; the others are made from it by
+# llama.cpp's own quantizer (llama_model_quantize), named as llama-quantize names them. A type
+# that the installed library lacks is excluded by a rule naming it.
+LLAMACPP_WEIGHT_TYPES = (
+    "gguf",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q6_K",
+    "Q5_K_M",
+    "Q5_K_S",
+    "Q5_0",
+    "Q5_1",
+    "Q4_K_M",
+    "Q4_K_S",
+    "Q4_0",
+    "Q4_1",
+    "IQ4_NL",
+    "IQ4_XS",
+    "Q3_K_M",
+    "Q2_K",
+)
+LLAMACPP_KV_TYPES = ("f16", "q8_0", "q4_0")  # K and V cache element type
 
 
 @dataclass
@@ -152,6 +175,32 @@ class TensorRTAxes:
 
 
 @dataclass
+class LlamaCppAxes:
+    """Axes searched for llama.cpp (backend llamacpp). The candidate's batch size is the number of
+    sequences decoded at once (one sequence id per request), its threads llama.cpp's threads."""
+
+    weight_types: list[str] = field(default_factory=lambda: ["gguf"])
+    kv_types: list[str] = field(default_factory=lambda: ["f16"])
+    flash_attention: list[bool] = field(default_factory=lambda: [True])
+    # tokens per llama_decode call (a longer prefill is split) and per compute micro-batch
+    n_batch: list[int] = field(default_factory=lambda: [512])
+    n_ubatch: list[int] = field(default_factory=lambda: [512])
+
+    def __post_init__(self) -> None:
+        require_subset(self.weight_types, LLAMACPP_WEIGHT_TYPES, "space.llamacpp.weight_types")
+        require_subset(self.kv_types, LLAMACPP_KV_TYPES, "space.llamacpp.kv_types")
+        require_subset(self.flash_attention, (True, False), "space.llamacpp.flash_attention")
+        for name in ("n_batch", "n_ubatch"):
+            values = getattr(self, name)
+            require(
+                bool(values) and all(v >= 1 for v in values),
+                f"space.llamacpp.{name}",
+                f"must be a non-empty list of token counts >= 1, got {values}",
+                "e.g. [512]",
+            )
+
+
+@dataclass
 class BaselineConfig:
     """The careless default that gains are reported against (HF eager, batch 1)."""
 
@@ -179,6 +228,7 @@ class SpaceConfig:
     ort_genai: OrtGenaiAxes = field(default_factory=OrtGenaiAxes)
     ort_onnx: OrtOnnxAxes = field(default_factory=OrtOnnxAxes)
     tensorrt: TensorRTAxes = field(default_factory=TensorRTAxes)
+    llamacpp: LlamaCppAxes = field(default_factory=LlamaCppAxes)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     # Exact candidates measured besides the grid, e.g. a reference deployment to compare with:
     # {backend: torch, batch_size: 512, threads: 0, precision: bf16, kv_cache: static, compile: true}

@@ -1,0 +1,277 @@
+"""The llama.cpp engine: offline batches (`generate`), request streams (`submit`/`collect`/
+`cancel_all`) and logits for the quality probe (`score`), on one loaded GGUF.
+
+A background thread runs the continuous batch of `slots.py` on llama.cpp's batch API: one
+sequence id per request, new requests admitted into free sequence ids between steps, every token
+stamped when its step returns. llama_decode runs without the GIL, so submitting and collecting go
+on while it computes. llama-cpp-python's bundled server handles one request at a time (no parallel
+slots): the batch API in-process is what decodes many requests at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from optimizer.backends.base import Generation
+from optimizer.backends.llamacpp import native
+from optimizer.backends.llamacpp.settings import LlamaCppSettings
+from optimizer.backends.llamacpp.slots import Request, Slots
+from optimizer.backends.openmp import release_openmp_threads
+from optimizer.measure.serving import Completion
+
+log = logging.getLogger(__name__)
+
+# Tokens per sequence the context is first made for; a longer request re-makes it (when idle).
+DEFAULT_SEQUENCE_TOKENS = 256
+CONTEXT_GRANULE = 256  # llama.cpp pads a sequence's cells to this
+DEFAULT_RESULT_TIMEOUT_SECONDS = 600.0
+_JOIN_SECONDS = 60.0
+
+
+class LlamaCppEngine:
+    """An `Engine` and a `ServingEngine` over one llama.cpp model.
+
+    Args:
+        path: The GGUF file to load.
+        settings: The candidate's llama.cpp settings.
+        threads: llama.cpp's threads (0: its default).
+        sequences: Most requests decoded at once (the candidate's batch size); more wait.
+        gpu_layers: Layers offloaded to a GPU (0 on a CPU target).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        settings: LlamaCppSettings,
+        threads: int,
+        sequences: int,
+        *,
+        gpu_layers: int = 0,
+        sequence_tokens: int = DEFAULT_SEQUENCE_TOKENS,
+        result_timeout_seconds: float = DEFAULT_RESULT_TIMEOUT_SECONDS,
+    ) -> None:
+        if sequences < 1:
+            raise ValueError(f"sequences must be >= 1, got {sequences}")
+        self.path = path
+        self.settings = settings
+        self.threads = threads
+        self.sequences = sequences
+        self.result_timeout_seconds = result_timeout_seconds
+        self.model: Any = native.load_model(path, gpu_layers)
+        self.vocab = native.n_vocab(self.model)
+        self.sequence_tokens = _granule(sequence_tokens)
+        self._ctx: native.Context | None = None
+        self._score_ctx: native.Context | None = None
+        self._slots = Slots(sequences, settings.n_batch)
+        self._cond = threading.Condition()
+        self._stepping = False
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._counter = 0
+        self._done: collections.deque[Completion] = collections.deque()  # for collect()
+        self._own: dict[str, Request | str] = {}  # generate()'s requests: finished, or an error
+        self._own_ids: set[str] = set()
+
+    def _params(self, sequences: int, sequence_tokens: int, n_batch: int) -> native.ContextParams:
+        s = self.settings
+        return native.ContextParams(
+            sequences, sequence_tokens, n_batch, s.n_ubatch, self.threads, s.kv_type, s.flash_attention
+        )
+
+    def reserve(self, sequence_tokens: int) -> None:
+        """Room for requests of `sequence_tokens` (prompt + output) tokens; re-makes the context
+        when it is smaller (only while no request runs)."""
+        with self._cond:
+            if self.model is None:
+                raise RuntimeError("the engine is closed")
+            if self._ctx is not None and sequence_tokens <= self.sequence_tokens:
+                return
+            if self._slots.busy or self._stepping:
+                raise RuntimeError("cannot resize the llama.cpp context while requests run")
+            self.sequence_tokens = max(self.sequence_tokens, _granule(sequence_tokens))
+            if self._ctx is not None:
+                log.info("re-making the llama.cpp context for %d tokens per sequence", self.sequence_tokens)
+                self._ctx.close()
+                self._ctx = None
+            self._ctx = native.Context(
+                self.model, self.vocab, self._params(self.sequences, self.sequence_tokens, self.settings.n_batch)
+            )
+
+    # -- offline batches ------------------------------------------------------------------------
+
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        """Greedy-decode exactly `max_new_tokens` for each row of `prompt_ids` [batch, tokens]
+        (EOS ignored). Rows are requests submitted together; a request's TTFT runs from the
+        submission to its first token."""
+        if prompt_ids.dim() != 2 or prompt_ids.shape[0] < 1 or prompt_ids.shape[1] < 1:
+            raise ValueError(f"prompt_ids must be [batch, tokens], got shape {tuple(prompt_ids.shape)}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        rows = prompt_ids.tolist()
+        self.reserve(len(rows[0]) + max_new_tokens)
+        start = time.perf_counter()
+        ids = [self._submit(row, max_new_tokens, own=True) for row in rows]
+        requests = self._wait_own(ids)
+        total = time.perf_counter() - start
+        latencies = tuple((r.times[0] - start, _tpot(r.times)) for r in requests)
+        steps = tuple(max(r.times[k] for r in requests) for k in range(max_new_tokens))
+        return Generation(
+            batch_size=len(rows),
+            new_tokens=max_new_tokens,
+            ttft_seconds=max(ttft for ttft, _ in latencies),
+            total_seconds=total,
+            token_ids=torch.tensor([r.tokens for r in requests], dtype=torch.int64),
+            request_latencies=latencies,
+            token_times=steps,
+        )
+
+    def _wait_own(self, ids: list[str]) -> list[Request]:
+        deadline = time.monotonic() + self.result_timeout_seconds
+        with self._cond:
+            while not all(i in self._own for i in ids):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"llama.cpp returned no result for {self.result_timeout_seconds} s")
+                self._cond.wait(left)
+            results = [self._own.pop(i) for i in ids]
+            self._own_ids.difference_update(ids)
+        for result in results:
+            if isinstance(result, str):
+                raise native.LlamaCppError(result)
+        return [r for r in results if isinstance(r, Request)]
+
+    # -- ServingEngine: requests of a stream ------------------------------------------------------
+
+    def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
+        return self._submit(prompt_ids, max_new_tokens, own=False)
+
+    def _submit(self, prompt_ids: Sequence[int], max_new_tokens: int, own: bool) -> str:
+        if len(prompt_ids) + max_new_tokens > self.sequence_tokens or self._ctx is None:
+            self.reserve(len(prompt_ids) + max_new_tokens)  # raises while requests run
+        with self._cond:
+            if self._stopped or self.model is None:
+                raise RuntimeError("the engine is closed")
+            self._counter += 1
+            request_id = f"l{self._counter}"
+            if own:
+                self._own_ids.add(request_id)
+            self._slots.waiting.append(Request(request_id, tuple(prompt_ids), max_new_tokens))
+            self._start_thread()
+            self._cond.notify_all()
+        return request_id
+
+    def collect(self, timeout_seconds: float) -> list[Completion]:
+        deadline = time.perf_counter() + max(timeout_seconds, 0.0)
+        with self._cond:
+            while not self._done and not self._stopped and (left := deadline - time.perf_counter()) > 0:
+                self._cond.wait(left)
+            done = list(self._done)
+            self._done.clear()
+        return done
+
+    def cancel_all(self) -> None:
+        with self._cond:
+            self._slots.waiting.clear()
+            while self._stepping:  # the step in flight finishes; its results are dropped
+                self._cond.wait(0.1)
+            self._slots.drop_all()
+            self._done.clear()
+            if self._ctx is not None:
+                self._ctx.clear()
+
+    def _start_thread(self) -> None:
+        if self._thread is None:
+            # the loop thread computes: the caller's idle OpenMP team must not keep the cores
+            release_openmp_threads()
+            self._thread = threading.Thread(target=self._loop, name="wattsmith-llamacpp", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and not self._slots.busy:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                ctx = self._ctx
+                assert ctx is not None
+                self._slots.admit(ctx.clear)
+                self._stepping = True
+            error = None
+            try:
+                finished = self._slots.step(ctx.decode, time.perf_counter)
+            except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, not the thread
+                error = f"{type(exc).__name__}: {exc}"
+                finished = self._slots.drop_all()
+                ctx.clear()
+            with self._cond:
+                self._stepping = False
+                for r in finished:
+                    self._finish(r, error)
+                self._cond.notify_all()
+
+    def _finish(self, r: Request, error: str | None) -> None:
+        if r.request_id in self._own_ids:
+            self._own[r.request_id] = error if error is not None else r
+        else:
+            tokens = () if error else tuple(r.tokens)
+            self._done.append(Completion(r.request_id, tokens, () if error else tuple(r.times), error))
+
+    # -- quality ---------------------------------------------------------------------------------
+
+    def score(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [batch, tokens, vocab] (float32, CPU): each row one llama_decode with
+        every position an output, through the candidate's weights, KV cache type and attention."""
+        if self.model is None:
+            raise RuntimeError("the engine is closed")
+        length = int(token_ids.shape[1])
+        ctx = self._score_ctx
+        if ctx is None or ctx.params.n_batch < length:
+            if ctx is not None:
+                ctx.close()
+            ctx = self._score_ctx = native.Context(
+                self.model, self.vocab, self._params(1, _granule(length), _granule(length))
+            )
+        rows = []
+        for row in token_ids.tolist():
+            ctx.clear()
+            rows.append(ctx.decode(row, range(length), [0] * length, [True] * length).copy())
+        return torch.from_numpy(np.stack(rows).astype(np.float32, copy=False))
+
+    def close(self) -> None:
+        """Stop the loop thread, free the contexts and the model. Safe to call twice."""
+        with self._cond:
+            self._stopped = True
+            self._slots.waiting.clear()
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=_JOIN_SECONDS)
+            if self._thread.is_alive():
+                log.warning("the llama.cpp loop thread did not stop within %s s", _JOIN_SECONDS)
+                return  # freeing what it decodes with would crash the process
+            self._thread = None
+        for ctx in (self._ctx, self._score_ctx):
+            if ctx is not None:
+                ctx.close()
+        self._ctx = self._score_ctx = None
+        if self.model is not None:
+            native.free_model(self.model)
+            self.model = None
+
+
+def _granule(tokens: int) -> int:
+    return max(1, math.ceil(tokens / CONTEXT_GRANULE)) * CONTEXT_GRANULE
+
+
+def _tpot(times: list[float]) -> float:
+    return (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0

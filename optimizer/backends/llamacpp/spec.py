@@ -1,0 +1,101 @@
+"""What the search knows of the llama.cpp backend: its settings grid, validity rules, memory
+footprint and matmul arithmetic. Imports no llama_cpp: `build` loads it."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from optimizer.backends import installed
+from optimizer.backends.base import Engine, Footprint
+from optimizer.backends.llamacpp.settings import AS_SHIPPED, LlamaCppSettings
+from optimizer.backends.llamacpp.weights import CONVERTER_ENV, hf_converter
+
+if TYPE_CHECKING:
+    from optimizer.config import SpaceConfig
+    from optimizer.model import ModelSpec
+    from optimizer.space import Candidate
+    from optimizer.target import TargetSpec
+
+# Bits per weight of the matmul weights (llama.cpp's block layouts; k-quant mixes as llama-quantize
+# reports them for 7B models). The model's own GGUF is taken at 4 bits: a lower bound keeps the
+# memory prefilter and the roofline from pruning what might fit or be fast.
+WEIGHT_BITS = {
+    AS_SHIPPED: 4.0,
+    "F16": 16.0,
+    "BF16": 16.0,
+    "Q8_0": 8.5,
+    "Q6_K": 6.56,
+    "Q5_K_M": 5.69,
+    "Q5_K_S": 5.54,
+    "Q5_0": 5.5,
+    "Q5_1": 6.0,
+    "Q4_K_M": 4.89,
+    "Q4_K_S": 4.58,
+    "Q4_0": 4.5,
+    "Q4_1": 5.0,
+    "IQ4_NL": 4.5,
+    "IQ4_XS": 4.25,
+    "Q3_K_M": 3.91,
+    "Q2_K": 2.96,
+}
+KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # per element, block scales included
+# llama.cpp's most sequences per context (LLAMA_MAX_SEQ)
+MAX_SEQUENCES = 256
+
+
+class LlamaCppSpec:
+    name = LlamaCppSettings.BACKEND
+    settings_type = LlamaCppSettings
+
+    def settings_for(self, space: SpaceConfig) -> Iterator[LlamaCppSettings]:
+        a = space.llamacpp
+        for values in itertools.product(a.weight_types, a.kv_types, a.flash_attention, a.n_batch, a.n_ubatch):
+            yield LlamaCppSettings(*values)
+
+    def exclusion_reason(self, settings: LlamaCppSettings, target: TargetSpec) -> str | None:
+        return llamacpp_rule(settings, target.is_cuda)
+
+    def model_reason(self, settings: LlamaCppSettings, model_format: str) -> str | None:
+        """llama.cpp loads GGUF files: another model needs llama.cpp's converter."""
+        if model_format == "gguf" or hf_converter() is not None:
+            return None
+        return (
+            f"llama.cpp loads GGUF files and the model is a Hugging Face directory ({model_format}) with no "
+            f"converter available: set {CONVERTER_ENV} to llama.cpp's convert_hf_to_gguf.py, or pass model=<file>.gguf"
+        )
+
+    def workload_reason(self, settings: LlamaCppSettings, batch_size: int, serving: bool) -> str | None:
+        if batch_size > MAX_SEQUENCES:
+            return f"llama.cpp decodes at most {MAX_SEQUENCES} sequences at once (batch {batch_size})"
+        return None
+
+    def footprint(self, settings: LlamaCppSettings, num_layers: int) -> Footprint:
+        # activations in fp32; only the last prompt token's logits come back from a prefill
+        return Footprint(WEIGHT_BITS[settings.weight_type] / 8, 4.0, KV_BYTES[settings.kv_type])
+
+    def matmul_kind(self, settings: LlamaCppSettings) -> str:
+        """Quantized weights multiply with int8-quantized activations (llama.cpp's vec_dot kernels)."""
+        return "reduced" if settings.weight_type in ("F16", "BF16") else "int8"
+
+    def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine:
+        from optimizer.backends.llamacpp.backend import build  # llama_cpp loads here
+
+        return build(model, candidate, target, workdir)
+
+
+SPEC = LlamaCppSpec()
+
+
+def llamacpp_rule(s: LlamaCppSettings, cuda: bool) -> str | None:
+    if (reason := installed.missing_llamacpp(cuda)) is not None:
+        return reason
+    if s.requantized and s.weight_type not in installed.llamacpp_ftypes():
+        return f"the installed llama-cpp-python's quantizer has no {s.weight_type} (LLAMA_FTYPE_MOSTLY_{s.weight_type})"
+    if s.kv_type != "f16" and not s.flash_attention:
+        return f"llama.cpp quantizes the V cache ({s.kv_type}) only with flash attention"
+    if s.n_ubatch > s.n_batch:
+        return f"n_ubatch {s.n_ubatch} > n_batch {s.n_batch}: a micro-batch is part of one llama_decode batch"
+    return None
