@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 from optimizer.backends.base import load_check
 from optimizer.backends.llamacpp import native
 from optimizer.backends.llamacpp.engine import LlamaCppEngine
+from optimizer.backends.llamacpp.errors import LlamaCppBuildError, LlamaCppError
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
-from optimizer.backends.llamacpp.weights import LlamaCppBuildError, prepared_gguf
+from optimizer.backends.llamacpp.weights import prepared_gguf
 
 if TYPE_CHECKING:
     from optimizer.model import ModelSpec
@@ -31,5 +32,5 @@ def build(model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: P
     threads = candidate.threads if not target.is_cuda else 0
     path = prepared_gguf(model, settings, workdir, threads or target.cores)
     engine = LlamaCppEngine(path, settings, threads, candidate.batch_size, gpu_layers=gpu_layers)
-    load_check(engine, native.LlamaCppError)  # closes the engine when it fails
+    load_check(engine, LlamaCppError)  # closes the engine when it fails
     return engine

@@ -24,6 +24,7 @@ import torch
 
 from optimizer.backends.base import Generation
 from optimizer.backends.llamacpp import native
+from optimizer.backends.llamacpp.errors import LlamaCppError
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
 from optimizer.backends.llamacpp.slots import Request, Slots
 from optimizer.backends.openmp import release_openmp_threads
@@ -104,7 +105,9 @@ class LlamaCppEngine:
                 self._ctx.close()
                 self._ctx = None
             self._ctx = native.Context(
-                self.model, self.vocab, self._params(self.sequences, self.sequence_tokens, self.settings.n_batch)
+                self.model,
+                self.vocab,
+                self._params(self.sequences, self.sequence_tokens, self.settings.n_batch),
             )
 
     # -- offline batches ------------------------------------------------------------------------
@@ -147,7 +150,7 @@ class LlamaCppEngine:
             self._own_ids.difference_update(ids)
         for result in results:
             if isinstance(result, str):
-                raise native.LlamaCppError(result)
+                raise LlamaCppError(result)
         return [r for r in results if isinstance(r, Request)]
 
     # -- ServingEngine: requests of a stream ------------------------------------------------------

@@ -19,16 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from optimizer.backends.llamacpp.weights import LlamaCppBuildError
+from optimizer.backends.llamacpp.errors import LlamaCppBuildError, LlamaCppError
 
 log = logging.getLogger(__name__)
 
 KV_GGML_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
-_LOG_WARN, _LOG_ERROR, _LOG_CONT = 2, 3, 5
-
-
-class LlamaCppError(RuntimeError):
-    """llama.cpp failed while running (a decode, a context): its reason, as it gave it."""
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the previous line)
+_LOG_WARN, _LOG_ERROR, _LOG_CONT = 3, 4, 5
 
 
 class _LogCapture:
@@ -37,19 +34,15 @@ class _LogCapture:
     def __init__(self) -> None:
         self.lines: collections.deque[str] = collections.deque(maxlen=20)
         self._level = 0
-        self._partial = ""
 
     def __call__(self, level: int, text: bytes, _user_data: Any) -> None:
         level = self._level if level == _LOG_CONT else level
         self._level = level
         if level in (_LOG_WARN, _LOG_ERROR):
-            message = (self._partial + text.decode("utf-8", errors="replace")).strip()
+            message = text.decode("utf-8", errors="replace").strip()
             if message:
                 self.lines.append(message)
                 log.debug("llama.cpp: %s", message)
-
-    def mark(self) -> int:
-        return len(self.lines)
 
     def reason(self, default: str) -> str:
         """The latest errors llama.cpp logged (errors before warnings), or `default`."""
@@ -130,14 +123,18 @@ class Context:
         if params.threads:
             cp.n_threads = cp.n_threads_batch = params.threads
         cp.type_k = cp.type_v = getattr(c, KV_GGML_TYPES[params.kv_type])
-        cp.flash_attn_type = c.LLAMA_FLASH_ATTN_TYPE_ENABLED if params.flash_attention else c.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.flash_attn_type = (
+            c.LLAMA_FLASH_ATTN_TYPE_ENABLED if params.flash_attention else c.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         # each sequence its own KV stream: a decode step attends over its own cells only
         cp.kv_unified = False
         cp.no_perf = True
         _CAPTURE.lines.clear()
         self.ctx = c.llama_init_from_model(model, cp)
         if not self.ctx:
-            raise LlamaCppBuildError(f"llama.cpp cannot create the context: {_CAPTURE.reason('no reason logged')}")
+            raise LlamaCppBuildError(
+                f"llama.cpp cannot create the context: {_CAPTURE.reason('no reason logged')}"
+            )
         self.memory = c.llama_get_memory(self.ctx)
         self.batch = c.llama_batch_init(params.n_batch, 0, 1)
 
@@ -148,7 +145,13 @@ class Context:
         else:
             self._c.llama_memory_seq_rm(self.memory, sequence, -1, -1)
 
-    def decode(self, tokens: Sequence[int], positions: Sequence[int], sequences: Sequence[int], outputs: Sequence[bool]) -> np.ndarray:
+    def decode(
+        self,
+        tokens: Sequence[int],
+        positions: Sequence[int],
+        sequences: Sequence[int],
+        outputs: Sequence[bool],
+    ) -> np.ndarray:
         """One llama_decode of at most n_batch entries; the logits [outputs, vocab] (a view, valid
         until the next decode) of the entries marked as outputs, in batch order."""
         n = len(tokens)

@@ -46,7 +46,11 @@ class LlamaCppSettings:
     def probe_settings(self) -> dict[str, Any]:
         """The numerics: weights, KV cache elements and the attention kernel. Batch sizes and
         scheduling do not change what the quality probe sees."""
-        return {"weight_type": self.weight_type, "kv_type": self.kv_type, "flash_attention": self.flash_attention}
+        return {
+            "weight_type": self.weight_type,
+            "kv_type": self.kv_type,
+            "flash_attention": self.flash_attention,
+        }
 
     def label(self) -> str:
         parts = [self.weight_type]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optimizer.backends.artifacts import artifact_key, cached_artifact
+from optimizer.backends.llamacpp.errors import LlamaCppBuildError
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
 from optimizer.model import gguf_file
 
@@ -22,10 +23,6 @@ if TYPE_CHECKING:
 CONVERTER_ENV = "WATTSMITH_HF_TO_GGUF"
 CONVERT_TIMEOUT_SECONDS = 3600
 WEIGHTS_FILE = "model.gguf"
-
-
-class LlamaCppBuildError(RuntimeError):
-    """A llama.cpp candidate could not be built: llama.cpp's reason, as it gave it."""
 
 
 def hf_converter() -> Path | None:
