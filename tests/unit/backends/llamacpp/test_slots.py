@@ -1,0 +1,93 @@
+"""The continuous batch over sequence ids, driven by a fake decode (no llama.cpp)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from optimizer.backends.llamacpp.slots import Request, Slots
+
+VOCAB = 50
+
+
+class FakeDecode:
+    """Predicts (last token + 1) % VOCAB and records every batch it was given."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int, int, bool]]] = []
+
+    def __call__(
+        self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int], outputs: Sequence[bool]
+    ) -> np.ndarray:
+        self.batches.append(list(zip(tokens, positions, seqs, outputs, strict=True)))
+        rows = [np.eye(VOCAB)[(t + 1) % VOCAB] for t, o in zip(tokens, outputs, strict=True) if o]
+        return np.array(rows).reshape(len(rows), VOCAB)
+
+
+def run(slots: Slots, decode: FakeDecode, limit: int = 100) -> list[Request]:
+    freed: list[int] = []
+    finished: list[Request] = []
+    clock = iter(range(10_000))
+    for _ in range(limit):
+        if not slots.busy:
+            break
+        slots.admit(freed.append)
+        finished += slots.step(decode, lambda: float(next(clock)))
+    return finished
+
+
+def test_each_request_gets_a_sequence_id_and_greedy_tokens() -> None:
+    slots, decode = Slots(slots=2, batch_tokens=64), FakeDecode()
+    slots.waiting.extend([Request("a", (1, 2, 3), 3), Request("b", (10, 11), 2)])
+    done = {r.request_id: r for r in run(slots, decode)}
+    assert done["a"].tokens == [4, 5, 6] and done["b"].tokens == [12, 13]
+    first = decode.batches[0]  # both prompts prefilled in one batch, one output each (the last)
+    assert [(t, p, s, o) for t, p, s, o in first] == [
+        (1, 0, 0, False), (2, 1, 0, False), (3, 2, 0, True), (10, 0, 1, False), (11, 1, 1, True),
+    ]  # fmt: skip
+    # then one token per decoding sequence, at the next position
+    assert decode.batches[1] == [(4, 3, 0, True), (12, 2, 1, True)]
+    assert len(done["a"].times) == 3 and done["a"].times == sorted(done["a"].times)
+
+
+def test_a_long_prompt_is_split_and_decoding_sequences_go_first() -> None:
+    slots, decode = Slots(slots=2, batch_tokens=4), FakeDecode()
+    slots.waiting.append(Request("short", (1,), 4))
+    slots.admit(lambda _: None)
+    slots.step(decode, lambda: 0.0)  # "short" has its first token
+    slots.waiting.append(Request("long", tuple(range(20, 30)), 1))
+    run(slots, decode)
+    second = decode.batches[1]
+    assert second[0] == (2, 1, 0, True)  # the decoding sequence's token first
+    assert [s for *_, s, _ in second[1:]] == [1, 1, 1]  # then 3 prompt tokens of the long one
+    assert all(len(b) <= 4 for b in decode.batches)
+    long_outputs = [(t, p) for b in decode.batches for t, p, s, o in b if s == 1 and o]
+    assert long_outputs == [(29, 9)]  # only the prompt's last token is an output
+
+
+def test_waiting_requests_join_when_a_slot_frees() -> None:
+    slots, decode = Slots(slots=1, batch_tokens=8), FakeDecode()
+    slots.waiting.extend([Request("a", (1,), 2), Request("b", (5,), 2)])
+    cleared: list[int] = []
+    slots.admit(cleared.append)
+    assert list(slots.active) == [0] and len(slots.waiting) == 1
+    finished = []
+    for _ in range(10):
+        slots.admit(cleared.append)
+        finished += slots.step(decode, lambda: 0.0)
+    assert [r.request_id for r in finished] == ["a", "b"]
+    assert cleared == [0, 0]  # the slot's cells are cleared before each new request
+
+
+def test_drop_all_forgets_everything() -> None:
+    slots = Slots(slots=1, batch_tokens=8)
+    slots.waiting.extend([Request("a", (1,), 2), Request("b", (5,), 2)])
+    slots.admit(lambda _: None)
+    assert {r.request_id for r in slots.drop_all()} == {"a", "b"} and not slots.busy
+
+
+def test_invalid_sizes() -> None:
+    with pytest.raises(ValueError):
+        Slots(0, 8)
