@@ -1,0 +1,121 @@
+"""`optimize` with llama.cpp candidates on the packaged SmolLM2 GGUF: offline batches with a
+requantized type that the quality bound rejects and a setting a rule excludes, then the recipe
+verified and rebuilt; and a short request stream served through llama.cpp's batch API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from cli_support import optimize
+
+pytestmark = pytest.mark.slow
+
+pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (pip install 'wattsmith[llamacpp]')")
+
+SMALL = [
+    "space=cpu-llamacpp",
+    "workload=quick",
+    "workload.min_window_seconds=0.5",
+    "workload.repeats=2",
+    "workload.idle_seconds=0.5",
+    "quality.num_sequences=4",
+    "workload.slo.tpot_ms=2000",  # the mechanics, not this machine's speed
+    "space.batch_sizes=[1,4]",
+    "space.llamacpp.weight_types=[gguf,Q4_0]",
+    "space.llamacpp.kv_types=[f16]",
+    # a quantized V cache without flash attention: excluded by a rule, never built
+    "space.extra=[{backend:llamacpp,batch_size:4,kv_type:q8_0,flash_attention:false}]",
+]
+LOAD = (
+    "import sys, torch, optimizer\n"
+    "engine = optimizer.load_recipe(sys.argv[1])\n"
+    "gen = engine.generate(torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]]), 5)\n"
+    "print(type(engine).__name__, engine.settings.label(), engine.sequences, tuple(gen.token_ids.shape))\n"
+    "engine.close()\n"
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("llamacpp")
+    proc = optimize(*SMALL, f"output_dir={root / 'run'}", f"store_path={root / 'trials.db'}", cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return root / "run"
+
+
+def _results(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+
+
+def test_llamacpp_candidates_are_measured_rejected_and_excluded(run: Path) -> None:
+    results = [r for r in _results(run) if r["candidate"]["backend"] == "llamacpp"]
+    measured = [r for r in results if r["status"] == "measured"]
+    assert {(r["candidate"]["weight_type"], r["candidate"]["batch_size"]) for r in measured} == {
+        ("gguf", 1),
+        ("gguf", 4),
+    }
+    assert all(r["performance"]["tokens_per_second"]["mean"] > 0 for r in measured)
+    q4 = [r for r in results if r["candidate"]["weight_type"] == "Q4_0"]
+    assert q4 and all(r["status"] == "rejected" and "top-1" in r["reason"] for r in q4)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert recipe["settings"]["backend"] == "llamacpp" and recipe["settings"]["weight_type"] == "gguf"
+    report = (run / "report.md").read_text()
+    assert "only with flash attention" in report
+
+
+def test_the_recipe_verifies_and_rebuilds_the_same_engine(run: Path, cache_dir: Path) -> None:
+    proc = optimize("verify", str(run / "recipe.yaml"), "--tolerance", "0.9", cache=cache_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "PASSED" in proc.stdout
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    env = os.environ | {"WATTSMITH_CACHE": str(cache_dir)}
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOAD, str(run / "recipe.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    name, *_, shape = loaded.stdout.strip().splitlines()[-1].split(" (")
+    assert name.startswith("LlamaCppEngine gguf") and str(recipe["settings"]["batch_size"]) in name
+    assert shape == "2, 5)"
+
+
+def test_a_request_stream_is_served_by_llamacpp(tmp_path: Path, cache_dir: Path) -> None:
+    args = [
+        "space=cpu-llamacpp",
+        "workload=chat",
+        "workload.requests=10",
+        "workload.rate=2",
+        "workload.repeats=1",
+        "workload.warmup_requests=2",
+        "workload.drain_requests=2",
+        "workload.idle_seconds=0.5",
+        "workload.prompt_lengths.mean=48",
+        "workload.prompt_lengths.max=96",
+        "workload.output_lengths.mean=12",
+        "workload.output_lengths.min=4",
+        "workload.output_lengths.max=24",
+        # the mechanics of a stream, not this machine's speed (other processes may share its cores)
+        "workload.slo.ttft_ms=20000",
+        "workload.slo.tpot_ms=2000",
+        "quality.num_sequences=2",
+        "space.batch_sizes=[4]",
+        "space.llamacpp.weight_types=[gguf]",
+        "space.llamacpp.kv_types=[q8_0]",
+    ]
+    run = tmp_path / "chat"
+    proc = optimize(*args, f"output_dir={run}", f"store_path={tmp_path / 'trials.db'}", cache=cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert recipe["settings"]["backend"] == "llamacpp" and recipe["settings"]["kv_type"] == "q8_0"
+    serving = recipe["evidence"]["serving"]
+    assert serving["rate"] == 2.0
+    assert "## Serving the stream" in (run / "report.md").read_text()
