@@ -5,9 +5,12 @@ takes the best feasible candidate of each backend. Phase 2 re-measures those win
 default (HF eager, fp32, batch 1, all cores) in this one process, interleaved round by round
 (D A B C, D A B C, ...) so that machine drift hits all alike, and prints tokens/J, tokens/s,
 quality and the ratios to the default. The torch row's ratio is the torch-only gain; the best
-row's ratio is the gain with ONNX Runtime in the space.
+row's ratio is the gain with ONNX Runtime and llama.cpp in the space. With llama.cpp installed,
+phase 2 also measures llama.cpp out of the box (`llamacpp-oob`: the GGUF as shipped, the
+library's default threads and batch sizes, one sequence at a time, f16 KV) and the last lines
+compare the selected candidate with it and the best llama.cpp candidate with the best torch one.
 
-    python evals/backends.py                                   # space=cpu-ort, default workload
+    python evals/backends.py                                   # space=cpu-ort + llamacpp, offline batches
     python evals/backends.py --rounds 3 --out result.json space.batch_sizes=[1,8] workload=quick
 """
 
@@ -36,7 +39,25 @@ from optimizer.results import CandidateResult  # noqa: E402
 from optimizer.search.evaluate import Evaluator  # noqa: E402
 from optimizer.space import Candidate, baseline_candidate  # noqa: E402
 
-DEFAULT_OVERRIDES = ["space=cpu-ort", "workload.min_window_seconds=3", "workload.repeats=2"]
+DEFAULT_OVERRIDES = [
+    "space=cpu-ort",
+    # offline batches: the default workload is a request stream, which the ONNX engines serve at batch 1 only
+    "workload=batch",
+    "workload.min_window_seconds=3",
+    "workload.repeats=2",
+    # llama.cpp beside torch and ONNX Runtime (excluded with the reason when not installed)
+    "space.backends=[torch,ort-genai,ort-onnx,llamacpp]",
+    "space.llamacpp.weight_types=[gguf,Q8_0,Q4_K_M]",
+    "space.llamacpp.kv_types=[f16,q8_0]",
+]
+# llama.cpp as a user would first run it: the library's own defaults (threads 0: its default count)
+LLAMACPP_OUT_OF_THE_BOX = {
+    "backend": "llamacpp",
+    "batch_size": 1,
+    "threads": 0,
+    "n_batch": 2048,
+    "n_ubatch": 512,
+}
 
 
 def main() -> None:
@@ -83,6 +104,8 @@ def main() -> None:
     evaluator = Evaluator.for_setup(setup)
     contenders: dict[str, Candidate] = {"default": default} | {b: r.candidate for b, r in winners.items()}
     # default: the project's careless default (HF eager fp32 batch 1, all cores)
+    if "llamacpp" in winners:
+        contenders["llamacpp-oob"] = Candidate.from_dict(LLAMACPP_OUT_OF_THE_BOX)
     if not setup.target.is_cuda and default.threads > 1:
         # torch's OpenMP threads collapse when another process holds a core: show the default at
         # one thread too, so that a gain from contention is not mistaken for a backend's
@@ -158,17 +181,17 @@ def print_table(
         f"quality bound: ppl <= +{bound.max_ppl_increase:.0%}, top-1 >= {bound.min_top1_agreement:.0%}, KL <= {bound.max_kl}"
     )
     print(
-        f"{'':<10} {'candidate':<40} {'tok/J':>7} {'goodput':>7} {'tok/s':>7} {'TPOT p90':>8} {'ppl':>7} {'top-1':>6} "
+        f"{'':<12} {'candidate':<40} {'tok/J':>7} {'goodput':>7} {'tok/s':>7} {'TPOT p90':>8} {'ppl':>7} {'top-1':>6} "
         f"{'KL':>7} {'x tok/J':>8} {'x goodput':>9} {'x tok/s':>8}"
     )
     for name, s in summary.items():
         goodput = f"{s['goodput_ratio']:.2f}x" if s["goodput_ratio"] is not None else "n/a"
         print(
-            f"{name:<10} {s['label']:<40} {s['tokens_per_joule']:>7.3f} {s['goodput_tokens_per_joule']:>7.3f} "
+            f"{name:<12} {s['label']:<40} {s['tokens_per_joule']:>7.3f} {s['goodput_tokens_per_joule']:>7.3f} "
             f"{s['tokens_per_second']:>7.1f} {s['tpot_p90_ms']:>6.0f}ms {s['ppl_increase']:>+7.2%} {s['top1_agreement']:>6.1%} "
             f"{s['mean_kl']:>7.4f} {s['tokens_per_joule_ratio']:>7.2f}x {goodput:>9} {s['throughput_ratio']:>7.2f}x"
         )
-    others = [n for n in summary if not n.startswith("default")]
+    others = [n for n in summary if not n.startswith("default") and n != "llamacpp-oob"]
     best = max(others, key=lambda n: summary[n]["goodput_tokens_per_joule"])
     parts = [f"best overall ({best}) {summary[best]['tokens_per_joule_ratio']:.2f}x"]
     if "torch" in summary:
@@ -178,6 +201,16 @@ def print_table(
         one = summary["default-1t"]["tokens_per_joule"]
         against = ", ".join(f"{n} {summary[n]['tokens_per_joule'] / one:.2f}x" for n in others)
         print(f"RATIO tokens/J vs the default at one thread: {against}")
+    if "llamacpp-oob" in summary:
+        oob = summary["llamacpp-oob"]["goodput_tokens_per_joule"]
+        ratio = summary[best]["goodput_tokens_per_joule"] / oob if oob > 0 else float("inf")
+        print(f"RATIO selected ({best}) vs llamacpp out of the box: {ratio:.1f}x goodput tokens/J")
+    if "llamacpp" in summary and "torch" in summary:
+        torch_best = summary["torch"]["goodput_tokens_per_joule"]
+        ratio = (
+            summary["llamacpp"]["goodput_tokens_per_joule"] / torch_best if torch_best > 0 else float("inf")
+        )
+        print(f"RATIO llamacpp best vs torch best: {ratio:.1f}x")
 
 
 def _counts(results: list[CandidateResult]) -> dict[str, int]:
