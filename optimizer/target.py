@@ -36,6 +36,7 @@ TRACKED_PACKAGES = (
     "onnx",
     "onnxscript",
     "tensorrt",
+    "llama-cpp-python",
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,28 @@ def _cpu():  # type: ignore[no-untyped-def]
     from unit.factories import target_spec
 
     return target_spec(cores=2)
+
+
+def test_the_engine_starts_no_process_and_stops_its_thread(gguf: Path) -> None:
+    """In-process: nothing can outlive a crashed run (no server, no child process)."""
+    engine = LlamaCppEngine(gguf, LlamaCppSettings(), threads=1, sequences=2)
+    engine.submit([1, 2, 3], 3)
+    assert len(engine.collect(10.0)) == 1
+    thread = engine._thread
+    assert thread is not None and thread.is_alive()
+    assert _children() == []
+    engine.close()
+    assert not thread.is_alive()
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            children.append(int(stat.parent.name))
+    return children
