@@ -107,6 +107,7 @@ class ContextParams:
     threads: int  # 0: llama.cpp's default
     kv_type: str
     flash_attention: bool
+    unified: bool = False  # one KV buffer for all sequences (else a stream per sequence)
 
 
 class Context:
@@ -127,7 +128,7 @@ class Context:
             c.LLAMA_FLASH_ATTN_TYPE_ENABLED if params.flash_attention else c.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         # each sequence its own KV stream: a decode step attends over its own cells only
-        cp.kv_unified = False
+        cp.kv_unified = params.unified
         cp.no_perf = True
         _CAPTURE.lines.clear()
         self.ctx = c.llama_init_from_model(model, cp)
