@@ -8,6 +8,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from optimizer.backends.artifacts import PROVENANCE  # noqa: E402
 from optimizer.backends.llamacpp.engine import LlamaCppEngine  # noqa: E402
 from optimizer.backends.llamacpp.errors import LlamaCppBuildError  # noqa: E402
 from optimizer.backends.llamacpp.settings import LlamaCppSettings  # noqa: E402
-from optimizer.backends.llamacpp.weights import prepared_gguf  # noqa: E402
+from optimizer.backends.llamacpp.weights import CONVERTER_ENV, prepared_gguf, source_gguf  # noqa: E402
 from optimizer.backends.registry import build_engine  # noqa: E402
 from optimizer.model import PACKAGED_MODELS, ModelShape, ModelSpec  # noqa: E402
 from optimizer.space import Candidate  # noqa: E402
@@ -179,3 +180,27 @@ def _children() -> list[int]:
         if int(fields[1]) == me:
             children.append(int(stat.parent.name))
     return children
+
+
+def test_a_model_directory_is_converted_once_by_the_named_converter(
+    gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a stand-in for llama.cpp's convert_hf_to_gguf.py: copies the packaged GGUF to --outfile
+    script = tmp_path / "convert_hf_to_gguf.py"
+    script.write_text(
+        "import shutil, sys\n"
+        "args = sys.argv[1:]\n"
+        f"shutil.copy({str(gguf)!r}, args[args.index('--outfile') + 1])\n"
+        "print('converted', args[0], args[args.index('--outtype') + 1])\n"
+    )
+    monkeypatch.setenv(CONVERTER_ENV, str(script))
+    directory = replace(model_spec("unused"), format="hf-dir", path=tmp_path)
+    converted = source_gguf(directory, tmp_path / "cache")
+    assert converted.is_file() and converted.parent.name.endswith("-hf-f16")
+    assert source_gguf(directory, tmp_path / "cache") == converted  # cached
+    script.write_text("import sys\nprint('no such model', file=sys.stderr)\nsys.exit(3)\n")
+    with pytest.raises(LlamaCppBuildError, match="exited 3: no such model"):
+        source_gguf(replace(directory, weight_sha256="ef" * 32), tmp_path / "cache")
+    monkeypatch.delenv(CONVERTER_ENV)
+    with pytest.raises(LlamaCppBuildError, match="not a GGUF file and no converter"):
+        source_gguf(replace(directory, weight_sha256="12" * 32), tmp_path / "cache")
