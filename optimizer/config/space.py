@@ -185,11 +185,14 @@ class LlamaCppAxes:
     # tokens per llama_decode call (a longer prefill is split) and per compute micro-batch
     n_batch: list[int] = field(default_factory=lambda: [512])
     n_ubatch: list[int] = field(default_factory=lambda: [512])
+    # keep finished requests' cells per sequence id and reuse a shared prompt prefix (serving only)
+    prefix_sharing: list[bool] = field(default_factory=lambda: [False])
 
     def __post_init__(self) -> None:
         require_subset(self.weight_types, LLAMACPP_WEIGHT_TYPES, "space.llamacpp.weight_types")
         require_subset(self.kv_types, LLAMACPP_KV_TYPES, "space.llamacpp.kv_types")
         require_subset(self.flash_attention, (True, False), "space.llamacpp.flash_attention")
+        require_subset(self.prefix_sharing, (True, False), "space.llamacpp.prefix_sharing")
         for name in ("n_batch", "n_ubatch"):
             values = getattr(self, name)
             require(

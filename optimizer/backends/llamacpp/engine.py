@@ -73,7 +73,7 @@ class LlamaCppEngine:
         self.sequence_tokens = _granule(sequence_tokens)
         self._ctx: native.Context | None = None
         self._score_ctx: native.Context | None = None
-        self._slots = Slots(sequences, settings.n_batch)
+        self._slots = Slots(sequences, settings.n_batch, reuse_prefix=settings.prefix_sharing)
         self._cond = threading.Condition()
         self._stepping = False
         self._stopped = False
@@ -192,6 +192,10 @@ class LlamaCppEngine:
             if self._ctx is not None:
                 self._ctx.clear()
 
+    def prefix_counters(self) -> dict[str, float]:
+        """Prefix reuse so far (prefix_sharing): prompt tokens submitted, and those found cached."""
+        return self._slots.prefix.as_dict()
+
     def _start_thread(self) -> None:
         if self._thread is None:
             # the loop thread computes: the caller's idle OpenMP team must not keep the cores
@@ -208,7 +212,7 @@ class LlamaCppEngine:
                     return
                 ctx = self._ctx
                 assert ctx is not None
-                self._slots.admit(ctx.clear)
+                self._slots.admit(ctx.trim)
                 self._stepping = True
             error = None
             try:

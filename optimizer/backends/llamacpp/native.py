@@ -139,12 +139,13 @@ class Context:
         self.memory = c.llama_get_memory(self.ctx)
         self.batch = c.llama_batch_init(params.n_batch, 0, 1)
 
-    def clear(self, sequence: int | None = None) -> None:
-        """Forget a sequence's cells (all sequences when None)."""
-        if sequence is None:
-            self._c.llama_memory_clear(self.memory, True)
-        else:
-            self._c.llama_memory_seq_rm(self.memory, sequence, -1, -1)
+    def clear(self) -> None:
+        """Forget every sequence's cells."""
+        self._c.llama_memory_clear(self.memory, True)
+
+    def trim(self, sequence: int, keep: int = 0) -> None:
+        """Forget a sequence's cells from position `keep` on (0: all of them)."""
+        self._c.llama_memory_seq_rm(self.memory, sequence, keep, -1)
 
     def decode(
         self,

@@ -24,6 +24,9 @@ class LlamaCppSettings:
     flash_attention: bool = True
     n_batch: int = 512  # most tokens per llama_decode call (a longer prefill is split)
     n_ubatch: int = 512  # tokens per compute micro-batch inside one call
+    # keep a finished request's cells in its sequence id; a new request sharing a prefix with them
+    # (a conversation's history, a system prompt) prefills only the rest: llama.cpp's prompt cache
+    prefix_sharing: bool = False
 
     def __post_init__(self) -> None:
         check_choices(
@@ -32,6 +35,7 @@ class LlamaCppSettings:
                 "weight_type": LLAMACPP_WEIGHT_TYPES,
                 "kv_type": LLAMACPP_KV_TYPES,
                 "flash_attention": (True, False),
+                "prefix_sharing": (True, False),
             },
         )
         for name in ("n_batch", "n_ubatch"):
@@ -44,8 +48,8 @@ class LlamaCppSettings:
         return self.weight_type != AS_SHIPPED
 
     def probe_settings(self) -> dict[str, Any]:
-        """The numerics: weights, KV cache elements and the attention kernel. Batch sizes and
-        scheduling do not change what the quality probe sees."""
+        """The numerics: weights, KV cache elements and the attention kernel. Batch sizes,
+        scheduling and prefix reuse do not change what the quality probe sees."""
         return {
             "weight_type": self.weight_type,
             "kv_type": self.kv_type,
@@ -60,4 +64,6 @@ class LlamaCppSettings:
             parts.append("no-fa")
         if (self.n_batch, self.n_ubatch) != (512, 512):
             parts.append(f"nb{self.n_batch}/{self.n_ubatch}")
+        if self.prefix_sharing:
+            parts.append("prefix")
         return " ".join(parts)

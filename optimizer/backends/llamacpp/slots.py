@@ -5,6 +5,11 @@ token of every decoding request (one output each), then as many prompt tokens of
 requests as the batch has room for (a long prompt is split over steps; only its last token is an
 output). Waiting requests are admitted into free slots before every step, so a request joins the
 running batch as soon as one leaves it.
+
+With prefix reuse (llama.cpp server's prompt cache, per sequence id) a finished request's cells
+stay in its slot; a new request takes the free slot whose cached tokens share the longest prefix
+with its prompt, keeps those cells and prefills only the rest (at least its last prompt token,
+whose logits give the first output).
 """
 
 from __future__ import annotations
@@ -34,31 +39,64 @@ class Request:
         return len(self.tokens) >= self.max_new_tokens
 
 
-class Slots:
-    """The scheduler's state: requests waiting, and those holding a slot."""
+@dataclass
+class PrefixCounts:
+    """What prefix reuse found, in the keys of the report's prefix table."""
 
-    def __init__(self, slots: int, batch_tokens: int) -> None:
+    prompt_tokens: int = 0
+    lookups: int = 0
+    hits: int = 0
+    reused_prompt_tokens: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        saved = self.reused_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+        return {
+            "prompt_tokens": float(self.prompt_tokens),
+            "lookups": float(self.lookups),
+            "hits": float(self.hits),
+            "reused_prompt_tokens": float(self.reused_prompt_tokens),
+            "prefill_saved_fraction": saved,
+        }
+
+
+class Slots:
+    """The scheduler's state: requests waiting, those holding a slot, and (with prefix reuse) the
+    tokens whose cells each free slot still holds."""
+
+    def __init__(self, slots: int, batch_tokens: int, reuse_prefix: bool = False) -> None:
         if slots < 1 or batch_tokens < 1:
             raise ValueError(f"need >= 1 slot and batch token, got {slots} and {batch_tokens}")
         self.slots = slots
         self.batch_tokens = batch_tokens
+        self.reuse_prefix = reuse_prefix
         self.waiting: collections.deque[Request] = collections.deque()
         self.active: dict[int, Request] = {}
+        self.cached: dict[int, tuple[int, ...]] = {}
+        self.prefix = PrefixCounts()
 
     @property
     def busy(self) -> bool:
         return bool(self.waiting or self.active)
 
-    def admit(self, free_slot: Callable[[int], None]) -> None:
-        """Move waiting requests into free slots; `free_slot` clears a slot's cache first."""
-        for slot in range(self.slots):
-            if not self.waiting:
-                return
-            if slot not in self.active:
-                request = self.waiting.popleft()
-                request.slot = slot
-                free_slot(slot)
-                self.active[slot] = request
+    def admit(self, trim: Callable[[int, int], None]) -> None:
+        """Move waiting requests into free slots; `trim(slot, keep)` drops the slot's cells from
+        position `keep` on (0: all of them) before the request uses it."""
+        free = [slot for slot in range(self.slots) if slot not in self.active]
+        while self.waiting and free:
+            request = self.waiting.popleft()
+            slot, keep = free[0], 0
+            if self.reuse_prefix:
+                slot = max(free, key=lambda s: _common(self.cached.get(s, ()), request.prompt))
+                keep = min(_common(self.cached.get(slot, ()), request.prompt), len(request.prompt) - 1)
+                self.prefix.prompt_tokens += len(request.prompt)
+                self.prefix.lookups += 1
+                self.prefix.hits += keep > 0
+                self.prefix.reused_prompt_tokens += keep
+            free.remove(slot)
+            self.cached.pop(slot, None)
+            trim(slot, keep)
+            request.slot, request.fed = slot, keep
+            self.active[slot] = request
 
     def step(self, decode: Decode, clock: Callable[[], float]) -> list[Request]:
         """One batch through `decode`; returns the requests that finished (their slots are free)."""
@@ -104,11 +142,24 @@ class Slots:
             if r.done:
                 finished.append(r)
                 del self.active[r.slot]
+                if self.reuse_prefix:  # in its cells: the prompt and every output but the last
+                    self.cached[r.slot] = r.prompt + tuple(r.tokens[:-1])
         return finished
 
     def drop_all(self) -> list[Request]:
-        """Forget every request, waiting or active; returns them."""
+        """Forget every request, waiting or active, and what the slots hold; returns the requests."""
         dropped = [*self.waiting, *self.active.values()]
         self.waiting.clear()
         self.active.clear()
+        self.cached.clear()
         return dropped
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the common prefix of two token sequences."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -52,7 +52,9 @@ class LlamaCppSpec:
 
     def settings_for(self, space: SpaceConfig) -> Iterator[LlamaCppSettings]:
         a = space.llamacpp
-        for values in itertools.product(a.weight_types, a.kv_types, a.flash_attention, a.n_batch, a.n_ubatch):
+        for values in itertools.product(
+            a.weight_types, a.kv_types, a.flash_attention, a.n_batch, a.n_ubatch, a.prefix_sharing
+        ):
             yield LlamaCppSettings(*values)
 
     def exclusion_reason(self, settings: LlamaCppSettings, target: TargetSpec) -> str | None:
@@ -70,6 +72,10 @@ class LlamaCppSpec:
     def workload_reason(self, settings: LlamaCppSettings, batch_size: int, serving: bool) -> str | None:
         if batch_size > MAX_SEQUENCES:
             return f"llama.cpp decodes at most {MAX_SEQUENCES} sequences at once (batch {batch_size})"
+        if settings.prefix_sharing and not serving:
+            return (
+                "prefix sharing would skip the prefill of the offline pool's repeated prompts: serving only"
+            )
         return None
 
     def footprint(self, settings: LlamaCppSettings, num_layers: int) -> Footprint:

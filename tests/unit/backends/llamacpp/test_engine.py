@@ -204,3 +204,26 @@ def test_a_model_directory_is_converted_once_by_the_named_converter(
     monkeypatch.delenv(CONVERTER_ENV)
     with pytest.raises(LlamaCppBuildError, match="not a GGUF file and no converter"):
         source_gguf(replace(directory, weight_sha256="12" * 32), tmp_path / "cache")
+
+
+def test_prefix_sharing_reuses_a_conversations_cells_with_the_same_tokens(gguf: Path) -> None:
+    history = prompts(1, 48, seed=5)[0].tolist()
+
+    def serve(engine: LlamaCppEngine, prompt: list[int], new: int) -> tuple[int, ...]:
+        engine.submit(prompt, new)
+        done = engine.collect(30.0)
+        assert len(done) == 1 and done[0].error is None
+        return done[0].token_ids
+
+    sharing = LlamaCppEngine(gguf, LlamaCppSettings(prefix_sharing=True), threads=1, sequences=2)
+    plain = LlamaCppEngine(gguf, LlamaCppSettings(), threads=1, sequences=2)
+    try:
+        first = serve(sharing, history, 6)
+        second_turn = [*history, *first, 11, 12, 13]  # the history resent, then a new message
+        assert serve(sharing, second_turn, 6) == serve(plain, second_turn, 6)
+        counts = sharing.prefix_counters()
+        assert counts["hits"] == 1 and counts["reused_prompt_tokens"] == 48 + 5  # all but the last output
+        assert plain.prefix_counters()["lookups"] == 0
+    finally:
+        sharing.close()
+        plain.close()

@@ -27,13 +27,12 @@ class FakeDecode:
 
 
 def run(slots: Slots, decode: FakeDecode, limit: int = 100) -> list[Request]:
-    freed: list[int] = []
     finished: list[Request] = []
     clock = iter(range(10_000))
     for _ in range(limit):
         if not slots.busy:
             break
-        slots.admit(freed.append)
+        slots.admit(lambda slot, keep: None)
         finished += slots.step(decode, lambda: float(next(clock)))
     return finished
 
@@ -55,7 +54,7 @@ def test_each_request_gets_a_sequence_id_and_greedy_tokens() -> None:
 def test_a_long_prompt_is_split_and_decoding_sequences_go_first() -> None:
     slots, decode = Slots(slots=2, batch_tokens=4), FakeDecode()
     slots.waiting.append(Request("short", (1,), 4))
-    slots.admit(lambda _: None)
+    slots.admit(lambda slot, keep: None)
     slots.step(decode, lambda: 0.0)  # "short" has its first token
     slots.waiting.append(Request("long", tuple(range(20, 30)), 1))
     run(slots, decode)
@@ -70,24 +69,48 @@ def test_a_long_prompt_is_split_and_decoding_sequences_go_first() -> None:
 def test_waiting_requests_join_when_a_slot_frees() -> None:
     slots, decode = Slots(slots=1, batch_tokens=8), FakeDecode()
     slots.waiting.extend([Request("a", (1,), 2), Request("b", (5,), 2)])
-    cleared: list[int] = []
-    slots.admit(cleared.append)
+    trimmed: list[tuple[int, int]] = []
+    slots.admit(lambda slot, keep: trimmed.append((slot, keep)))
     assert list(slots.active) == [0] and len(slots.waiting) == 1
     finished = []
     for _ in range(10):
-        slots.admit(cleared.append)
+        slots.admit(lambda slot, keep: trimmed.append((slot, keep)))
         finished += slots.step(decode, lambda: 0.0)
     assert [r.request_id for r in finished] == ["a", "b"]
-    assert cleared == [0, 0]  # the slot's cells are cleared before each new request
+    assert trimmed == [(0, 0), (0, 0)]  # all the slot's cells are dropped before each new request
+    assert slots.prefix.lookups == 0  # no prefix reuse asked
 
 
 def test_drop_all_forgets_everything() -> None:
     slots = Slots(slots=1, batch_tokens=8)
     slots.waiting.extend([Request("a", (1,), 2), Request("b", (5,), 2)])
-    slots.admit(lambda _: None)
+    slots.admit(lambda slot, keep: None)
     assert {r.request_id for r in slots.drop_all()} == {"a", "b"} and not slots.busy
 
 
 def test_invalid_sizes() -> None:
     with pytest.raises(ValueError):
         Slots(0, 8)
+
+
+def test_prefix_reuse_keeps_the_longest_shared_prefix_of_a_free_slot() -> None:
+    slots, decode = Slots(slots=2, batch_tokens=64, reuse_prefix=True), FakeDecode()
+    system = (7, 7, 7, 7)
+    slots.waiting.extend([Request("a", (*system, 1, 2), 2), Request("b", (9, 9), 2)])
+    run(slots, decode)
+    assert slots.cached == {0: (*system, 1, 2, 3), 1: (9, 9, 10)}  # prompt + outputs but the last
+    trimmed: list[tuple[int, int]] = []
+    # the second turn resends the history of "a": it goes to slot 0 and keeps 7 of its cells
+    slots.waiting.append(Request("a2", (*system, 1, 2, 3, 4, 5), 1))
+    slots.admit(lambda slot, keep: trimmed.append((slot, keep)))
+    assert trimmed == [(0, 7)] and slots.active[0].fed == 7
+    decode.batches.clear()
+    slots.step(decode, lambda: 0.0)
+    assert decode.batches[0] == [(4, 7, 0, False), (5, 8, 0, True)]  # only the new tokens
+    # a prompt entirely cached still feeds its last token (its logits give the first output)
+    slots.waiting.append(Request("again", (9, 9), 1))
+    slots.admit(lambda slot, keep: trimmed.append((slot, keep)))
+    assert trimmed[-1] == (1, 1)
+    counts = slots.prefix.as_dict()
+    assert counts["lookups"] == 4 and counts["hits"] == 2 and counts["reused_prompt_tokens"] == 8
+    assert counts["prefill_saved_fraction"] == pytest.approx(8 / (6 + 2 + 9 + 2))

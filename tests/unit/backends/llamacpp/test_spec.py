@@ -54,6 +54,7 @@ def test_settings_defaults_label_and_registry() -> None:
         ({"flash_attention": "true"}, "settings.flash_attention"),
         ({"n_batch": 0}, "settings.n_batch"),
         ({"n_ubatch": 64.0}, "settings.n_ubatch"),
+        ({"prefix_sharing": 1}, "settings.prefix_sharing"),
     ],
 )
 def test_invalid_settings_name_the_field(values: dict, field: str) -> None:
@@ -68,6 +69,7 @@ def test_probe_settings_are_the_numerics_only() -> None:
     assert a.numerics_key() == b.numerics_key()
     assert a.numerics_key() != Candidate(LlamaCppSettings(kv_type="q8_0"), 1, 1).numerics_key()
     assert a.numerics_key() != Candidate(LlamaCppSettings("Q8_0"), 1, 1).numerics_key()
+    assert a.numerics_key() == Candidate(LlamaCppSettings(prefix_sharing=True), 1, 1).numerics_key()
 
 
 def test_candidate_round_trips_through_a_recipe_dict() -> None:
@@ -148,6 +150,9 @@ def test_footprint_and_matmul_kind() -> None:
     assert SPEC.matmul_kind(LlamaCppSettings("Q4_K_M")) == "int8"
     assert SPEC.workload_reason(LlamaCppSettings(), 512, True) is not None
     assert SPEC.workload_reason(LlamaCppSettings(), 64, True) is None
+    sharing = LlamaCppSettings(prefix_sharing=True)
+    assert "serving only" in (SPEC.workload_reason(sharing, 8, False) or "")
+    assert SPEC.workload_reason(sharing, 8, True) is None and sharing.label() == "gguf prefix"
 
 
 def test_the_presets_name_llamacpp_candidates() -> None:
