@@ -1,6 +1,7 @@
 """`optimize` with llama.cpp candidates on the packaged SmolLM2 GGUF: offline batches with a
 requantized type that the quality bound rejects and a setting a rule excludes, then the recipe
-verified and rebuilt; and a short request stream served through llama.cpp's batch API."""
+verified and rebuilt; and a short agent stream served through llama.cpp's batch API with prefix
+reuse on and off."""
 
 from __future__ import annotations
 
@@ -88,12 +89,15 @@ def test_the_recipe_verifies_and_rebuilds_the_same_engine(run: Path, cache_dir: 
     assert shape == "2, 5)"
 
 
-def test_a_request_stream_is_served_by_llamacpp(tmp_path: Path, cache_dir: Path) -> None:
+def test_an_agent_stream_is_served_with_and_without_prefix_reuse(tmp_path: Path, cache_dir: Path) -> None:
     args = [
         "space=cpu-llamacpp",
-        "workload=chat",
-        "workload.requests=10",
-        "workload.rate=2",
+        "workload=agent",
+        "workload.requests=12",
+        "workload.turns=3",
+        "workload.turn_gap_seconds=2",
+        "workload.shared_prefix_tokens=128",
+        "workload.rate=1.5",
         "workload.repeats=1",
         "workload.warmup_requests=2",
         "workload.drain_requests=2",
@@ -110,12 +114,18 @@ def test_a_request_stream_is_served_by_llamacpp(tmp_path: Path, cache_dir: Path)
         "space.batch_sizes=[4]",
         "space.llamacpp.weight_types=[gguf]",
         "space.llamacpp.kv_types=[q8_0]",
+        "space.llamacpp.prefix_sharing=[true,false]",
     ]
-    run = tmp_path / "chat"
+    run = tmp_path / "agent"
     proc = optimize(*args, f"output_dir={run}", f"store_path={tmp_path / 'trials.db'}", cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
     assert recipe["settings"]["backend"] == "llamacpp" and recipe["settings"]["kv_type"] == "q8_0"
-    serving = recipe["evidence"]["serving"]
-    assert serving["rate"] == 2.0
-    assert "## Serving the stream" in (run / "report.md").read_text()
+    assert recipe["evidence"]["serving"]["rate"] == 1.5
+    report = (run / "report.md").read_text()
+    assert "## Serving the stream" in report and "### Prefix KV reuse" in report
+    reuse_table = report.split("### Prefix KV reuse", 1)[1]
+    row = next(line for line in reuse_table.splitlines() if line.startswith("| llamacpp"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    hits, lookups = (float(x) for x in cells[7].split("/"))
+    assert 0 < hits <= lookups and cells[6] != "0%"  # prompt tokens reused
