@@ -11,6 +11,7 @@ import torch
 from optimizer.backends.torch.backend import load_hf_model, quantize_weights
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch_cb.engine import ContinuousBatchingEngine
+from optimizer.backends.torch_cb.parity import check_greedy_parity
 from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
 from optimizer.model import ModelSpec
 from optimizer.target import TargetSpec
@@ -31,4 +32,10 @@ def build(
     hf_model = load_hf_model(model, settings.precision, settings.attention, target.device)
     numerics = TorchSettings(precision=settings.precision, quantization=settings.quantization)
     quantize_weights(hf_model, numerics, model)
-    return ContinuousBatchingEngine(hf_model, settings, target.device, candidate.batch_size)
+    engine = ContinuousBatchingEngine(hf_model, settings, target.device, candidate.batch_size)
+    try:
+        check_greedy_parity(engine, hf_model, settings.precision)
+    except BaseException:
+        engine.close()
+        raise
+    return engine

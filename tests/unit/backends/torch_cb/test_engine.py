@@ -273,3 +273,21 @@ def test_prefix_sharing_reuses_a_conversations_earlier_turn(hf_model) -> None:
     # the first turn's 64 prompt tokens fill 4 pages of 16: all of them are reused
     assert counters["reused_prompt_tokens"] == 64
     assert counters["prefill_saved_fraction"] == pytest.approx(64 / 144)
+
+
+def test_greedy_parity_passes_for_the_engine_and_names_a_real_mismatch(engine, hf_model) -> None:
+    from optimizer.backends.torch_cb.parity import check_greedy_parity, parity_error, reference_greedy
+
+    check_greedy_parity(engine, hf_model, "fp32")  # the engine decodes what the plain model decodes
+
+    prompts = torch.randint(0, VOCAB, (2, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))
+    tokens, logits = reference_greedy(hf_model, prompts, 4)
+    assert parity_error(tokens, tokens, logits, 1e-3) is None
+    wrong = tokens.clone()
+    step_logits = logits[1, 2].clone()
+    step_logits[tokens[1, 2]] = -float("inf")
+    wrong[1, 2] = int(step_logits.argmax())  # the runner-up: a real, non-tied difference here
+    gap = float(logits[1, 2, tokens[1, 2]] - logits[1, 2, wrong[1, 2]])
+    error = parity_error(wrong, tokens, logits, tolerance=gap / 2)
+    assert error is not None and "prompt 1, token 2" in error
+    assert parity_error(wrong, tokens, logits, tolerance=gap * 2) is None  # a tie within rounding
