@@ -59,6 +59,9 @@ class ServingEngine(Protocol):
         """Drop every unfinished request; returns once the engine is idle again."""
         ...
 
+    # Optional: `forget_cached_prefixes()`, called before each run of a stream by an engine whose
+    # prefix cache outlives requests, so that one run's prompts are not found cached by the next.
+
 
 @dataclass(frozen=True)
 class RequestRecord:
@@ -136,6 +139,9 @@ def serve_stream(
     take minutes to empty its queue, and no verdict would change. What is left then is cancelled
     and misses the SLO (tokens it produced are not counted: engines return finished requests).
     """
+    forget = getattr(engine, "forget_cached_prefixes", None)
+    if forget is not None:  # every run starts cold: no prefixes cached by the run before
+        forget()
     count = len(stream.requests)
     first, last = _window_bounds(count, warmup_requests, drain_requests)
     ids: dict[str, int] = {}
