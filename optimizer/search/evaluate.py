@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from optimizer.backends.base import Engine
+from optimizer.backends.parity import check_greedy_parity
 from optimizer.backends.registry import build_engine
 from optimizer.config import QualityConfig, SearchConfig, WorkloadConfig
 from optimizer.measure.energy import EnergyMeter
@@ -152,6 +153,7 @@ class Evaluator:
                         candidate, REJECTED, "; ".join(broken), quality, None, role, start, build_seconds
                     )
                 with self._device(exclusive=True):
+                    self._check_generate_paths(engine, candidate)
                     performance = self._measure(engine, candidate, deadline)
             finally:
                 engine.close()
@@ -166,6 +168,17 @@ class Evaluator:
         finally:
             if self.store is not None:
                 self.store.release(QUALITY_CLAIM_PREFIX + numerics)  # a no-op unless still held
+
+    def _check_generate_paths(self, engine: Engine, candidate: Candidate) -> None:
+        """Paths the probe never runs (compiled, captured, static cache, decode kernels) must decode
+        greedily what the probed forward decodes; on the workload's own shape, so that this
+        batch is also their warm-up (compilation, capture) before any window."""
+        settings = candidate.settings
+        if getattr(settings, "generate_only_paths", False):
+            prompts = self.workload.batch(0, candidate.batch_size)
+            check_greedy_parity(
+                engine, prompts, self.workload.max_new_tokens, getattr(settings, "precision", "fp32")
+            )
 
     def _measure(self, engine: Engine, candidate: Candidate, deadline: float) -> PerformanceResult:
         """Offline batches, or the request stream at every offered load (serving)."""

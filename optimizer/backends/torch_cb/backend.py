@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from optimizer.backends.parity import CHECKED_TOKENS, check_greedy_parity, random_prompts
 from optimizer.backends.torch.backend import load_hf_model, quantize_weights
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch_cb.engine import ContinuousBatchingEngine
-from optimizer.backends.torch_cb.parity import check_greedy_parity
 from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
 from optimizer.model import ModelSpec
 from optimizer.target import TargetSpec
@@ -34,7 +34,9 @@ def build(
     quantize_weights(hf_model, numerics, model)
     engine = ContinuousBatchingEngine(hf_model, settings, target.device, candidate.batch_size)
     try:
-        check_greedy_parity(engine, hf_model, settings.precision)
+        # at build, on prompts of its own: the scheduler and paged cache are never probed otherwise
+        prompts = random_prompts(int(hf_model.config.vocab_size))
+        check_greedy_parity(engine, prompts, CHECKED_TOKENS, settings.precision)
     except BaseException:
         engine.close()
         raise

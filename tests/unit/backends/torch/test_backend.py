@@ -205,3 +205,24 @@ def test_quantized_kv_scoring_holds_the_context_quantized(
     torch.testing.assert_close(scored[:, first], plain[:, first], rtol=1e-4, atol=1e-4)  # own keys only
     late = (scored[:, 64:] - plain[:, 64:]).abs().amax(-1)
     assert bool((late > 1e-3).all())
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param({"kv_cache": "static"}, id="static-cache"),
+        pytest.param({"attention": "sdpa_gqa"}, id="sdpa_gqa"),
+    ],
+)
+def test_generate_only_paths_decode_what_the_plain_forward_decodes(
+    tiny_spec: ModelSpec, prompts, tmp_path: Path, make_target, settings
+) -> None:
+    """On this CPU; the captured loop (CUDA graphs) is checked the same way on a GPU by the evaluator."""
+    from optimizer.backends.parity import check_greedy_parity
+
+    engine = build(tiny_spec, tmp_path, make_target, **settings)
+    try:
+        assert engine.settings.generate_only_paths
+        check_greedy_parity(engine, prompts, 8, "fp32")
+    finally:
+        engine.close()

@@ -284,19 +284,8 @@ def test_prefix_sharing_reuses_a_conversations_earlier_turn(hf_model) -> None:
     assert after["reused_prompt_tokens"] == 64  # nothing found for the fresh run's first prompt
 
 
-def test_greedy_parity_passes_for_the_engine_and_names_a_real_mismatch(engine, hf_model) -> None:
-    from optimizer.backends.torch_cb.parity import check_greedy_parity, parity_error, reference_greedy
+def test_the_engine_decodes_what_the_plain_forward_decodes(engine) -> None:
+    from optimizer.backends.parity import check_greedy_parity, random_prompts
 
-    check_greedy_parity(engine, hf_model, "fp32")  # the engine decodes what the plain model decodes
-
-    prompts = torch.randint(0, VOCAB, (2, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))
-    tokens, logits = reference_greedy(hf_model, prompts, 4)
-    assert parity_error(tokens, tokens, logits, 1e-3) is None
-    wrong = tokens.clone()
-    step_logits = logits[1, 2].clone()
-    step_logits[tokens[1, 2]] = -float("inf")
-    wrong[1, 2] = int(step_logits.argmax())  # the runner-up: a real, non-tied difference here
-    gap = float(logits[1, 2, tokens[1, 2]] - logits[1, 2, wrong[1, 2]])
-    error = parity_error(wrong, tokens, logits, tolerance=gap / 2)
-    assert error is not None and "prompt 1, token 2" in error
-    assert parity_error(wrong, tokens, logits, tolerance=gap * 2) is None  # a tie within rounding
+    generation = check_greedy_parity(engine, random_prompts(VOCAB), 8, "fp32")
+    assert generation.token_ids is not None and generation.token_ids.shape == (2, 8)
