@@ -8,7 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, precision_kind, unpadded_stream_reason
+from optimizer.backends.base import (
+    PRECISION_BYTES,
+    Engine,
+    Footprint,
+    MovedBytes,
+    precision_kind,
+    unpadded_stream_reason,
+)
 from optimizer.backends.installed import missing_genai
 from optimizer.backends.ort_genai.settings import NO_WEIGHT_OPTIONS, WEIGHT_QUANTIZED, OrtGenaiSettings
 
@@ -53,6 +60,13 @@ class OrtGenaiSpec:
         else:
             weight = PRECISION_BYTES[settings.precision]
         return Footprint(weight, act, act, prompt_logits=True)
+
+    def moved_bytes(self, settings: OrtGenaiSettings, num_layers: int) -> MovedBytes:
+        """Every weight at the body's bits (an int8 lm_head and the block scales only add), and the
+        KV at the activation dtype."""
+        fp = self.footprint(settings, num_layers)
+        weight = {"int4": 0.5, "int8": 1.0}.get(settings.precision, fp.weight_bytes)
+        return MovedBytes(weight, fp.kv_bytes)
 
     def matmul_kind(self, settings: OrtGenaiSettings) -> str:
         """genai's int4/int8 MatMuls compute in int8."""
