@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from optimizer.config import TargetConfig
 from optimizer.errors import UserError
 from optimizer.measure.nvml_device import nvml_handle, torch_cuda_uuid
 from optimizer.target import TargetSpec
@@ -85,6 +86,14 @@ class EstimateMeter:
         cpu, wall = _cpu_seconds() - cpu0, time.perf_counter() - wall0
         measurement.seconds = wall
         measurement.joules = cpu * self.active_watts_per_core + wall * self.static_watts
+
+
+def estimate_coefficients(target: TargetSpec | TargetConfig) -> dict[str, float]:
+    """The estimate's watts per core, recorded with everything it produced (store context, recipe)."""
+    return {
+        "cpu_active_watts_per_core": float(target.cpu_active_watts_per_core),
+        "cpu_idle_watts_per_core": float(target.cpu_idle_watts_per_core),
+    }
 
 
 def _cpu_seconds() -> float:
