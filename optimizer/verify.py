@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optimizer.config import SloConfig
 from optimizer.measure.energy import measure_idle_watts
 from optimizer.measure.setup import prepare_measurement
 from optimizer.measure.workload import PerformanceResult
@@ -123,7 +124,7 @@ def verify_recipe(
             not broken,
         )
     )
-    checks.append(slo_check(evidence["latency"], perf, recipe.workload.slo.percentile))
+    checks.append(slo_check(evidence["latency"], perf, recipe.workload.slo))
     checks.append(
         goodput_check(
             float(energy["goodput_tokens_per_joule"]["mean"]),
@@ -136,10 +137,16 @@ def verify_recipe(
     return VerifyReport(recipe.path, checks)
 
 
-def slo_check(recorded: dict[str, Any], perf: PerformanceResult, percentile: float) -> Check:
+def slo_check(recorded: dict[str, Any], perf: PerformanceResult, slo: SloConfig) -> Check:
     """The SLO at its configured percentile, with the recorded latencies beside the measured ones."""
+    percentile = slo.percentile
+    limits = [
+        f"{name} p{percentile:g} <= {limit:g} ms"
+        for name, limit in (("TTFT", slo.ttft_ms), ("TPOT", slo.tpot_ms))
+        if limit is not None
+    ]
     return Check(
-        "SLO",
+        f"SLO ({', '.join(limits) or 'none'})",
         _latency_text(recorded["ttft_ms"], recorded["tpot_ms"], percentile),
         _latency_text(perf.latency.ttft_ms, perf.latency.tpot_ms, percentile)
         + (f" ({'; '.join(perf.slo_violations)})" if perf.slo_violations else ""),

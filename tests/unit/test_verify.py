@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from optimizer import verify
-from optimizer.config import TargetConfig
+from optimizer.config import SloConfig, TargetConfig
 from optimizer.recipe import write_recipe
 from optimizer.search.device_lock import DeviceLock
 from optimizer.verify import Check, VerifyReport, goodput_check, slo_check
@@ -47,11 +47,12 @@ def test_goodput_far_above_the_record_fails_too() -> None:
 def test_the_slo_is_labelled_with_its_configured_percentile(make_performance) -> None:
     perf = make_performance()
     recorded = {"ttft_ms": {"p50": 80.0, "p99": 300.0}, "tpot_ms": {"p50": 10.0, "p99": 40.0}}
-    check = slo_check(recorded, perf, 99)
+    check = slo_check(recorded, perf, SloConfig(percentile=99, ttft_ms=500, tpot_ms=50))
+    assert check.name == "SLO (TTFT p99 <= 500 ms, TPOT p99 <= 50 ms)"
     assert check.recorded == "TTFT p99 300 ms, TPOT p99 40 ms"
     assert check.measured.startswith(f"TTFT p99 {perf.latency.ttft_ms['p99']:.0f} ms")
     assert "p90" not in check.recorded + check.measured
-    assert slo_check(recorded, perf, 95).recorded == "TTFT p95 n/a, TPOT p95 n/a"
+    assert slo_check(recorded, perf, SloConfig(percentile=95)).recorded == "TTFT p95 n/a, TPOT p95 n/a"
 
 
 class _Stop(Exception):
