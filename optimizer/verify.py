@@ -63,6 +63,8 @@ def verify_recipe(
     recipe = read_recipe(path)
     cache = cache_dir or default_cache_dir()
     cand = recipe.candidate
+    if "energy_estimate" not in recipe.data["measurement"]:
+        log.warning("the recipe does not record the estimate's watts per core: an estimate uses the defaults")
     setup = prepare_measurement(
         model_config_for(recipe, model_source),
         recipe.target,
