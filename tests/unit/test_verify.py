@@ -14,7 +14,7 @@ from optimizer import verify
 from optimizer.config import SloConfig, TargetConfig
 from optimizer.recipe import write_recipe
 from optimizer.search.device_lock import DeviceLock
-from optimizer.verify import Check, VerifyReport, goodput_check, slo_check
+from optimizer.verify import Check, VerifyReport
 from unit.factories import WEIGHT_SHA, recipe_data
 
 
@@ -35,10 +35,10 @@ def test_report_passes_only_when_every_check_passes() -> None:
 
 def test_goodput_far_above_the_record_fails_too() -> None:
     """2x the recorded figure is a broken meter as likely as a better machine."""
-    assert goodput_check(2.0, "estimate", 1.6, "estimate", 0.25).passed
-    assert goodput_check(2.0, "estimate", 2.6, "estimate", 0.25).passed  # 1.3x < 1/0.75
-    low = goodput_check(2.0, "estimate", 1.4, "estimate", 0.25)
-    high = goodput_check(2.0, "estimate", 4.0, "estimate", 0.25)
+    assert verify.goodput_check(2.0, "estimate", 1.6, "estimate", 0.25).passed
+    assert verify.goodput_check(2.0, "estimate", 2.6, "estimate", 0.25).passed  # 1.3x < 1/0.75
+    low = verify.goodput_check(2.0, "estimate", 1.4, "estimate", 0.25)
+    high = verify.goodput_check(2.0, "estimate", 4.0, "estimate", 0.25)
     assert not low.passed and not high.passed
     assert "2.00x" in high.measured and "meter" in high.measured
     assert high.name == "goodput tok/J (0.75x-1.33x of recorded)"
@@ -47,12 +47,12 @@ def test_goodput_far_above_the_record_fails_too() -> None:
 def test_the_slo_is_labelled_with_its_configured_percentile(make_performance) -> None:
     perf = make_performance()
     recorded = {"ttft_ms": {"p50": 80.0, "p99": 300.0}, "tpot_ms": {"p50": 10.0, "p99": 40.0}}
-    check = slo_check(recorded, perf, SloConfig(percentile=99, ttft_ms=500, tpot_ms=50))
+    check = verify.slo_check(recorded, perf, SloConfig(percentile=99, ttft_ms=500, tpot_ms=50))
     assert check.name == "SLO (TTFT p99 <= 500 ms, TPOT p99 <= 50 ms)"
     assert check.recorded == "TTFT p99 300 ms, TPOT p99 40 ms"
     assert check.measured.startswith(f"TTFT p99 {perf.latency.ttft_ms['p99']:.0f} ms")
     assert "p90" not in check.recorded + check.measured
-    assert slo_check(recorded, perf, SloConfig(percentile=95)).recorded == "TTFT p95 n/a, TPOT p95 n/a"
+    assert verify.slo_check(recorded, perf, SloConfig(percentile=95)).recorded == "TTFT p95 n/a, TPOT p95 n/a"
 
 
 class _Stop(Exception):
@@ -123,7 +123,7 @@ def measured_here(
 
     monkeypatch.setattr(verify, "measure_idle_watts", idle)
     monkeypatch.setattr(verify, "Evaluator", FakeEvaluator)
-    monkeypatch.setattr(verify.DeviceLock, "for_target", classmethod(lambda cls, target: cls(lock_path)))
+    monkeypatch.setattr(DeviceLock, "for_target", classmethod(lambda cls, target: cls(lock_path)))
     return run, seen, lock_path
 
 

@@ -9,13 +9,7 @@ import pytest
 
 from optimizer.config import AccountingConfig, RunConfig
 from optimizer.errors import UserError
-from optimizer.report.markdown import (
-    ESTIMATE_MARK,
-    JOULES_PER_KWH,
-    energy_source_note,
-    rollup,
-    write_report,
-)
+from optimizer.report.markdown import JOULES_PER_KWH, energy_source_note, rollup, write_report
 from optimizer.report.plots import plot_pareto
 from optimizer.results import FAILED, PRUNED, REJECTED
 from optimizer.search.runner import SearchOutcome
@@ -133,6 +127,9 @@ def _report(tmp_path: Path, setup, outcome: SearchOutcome, make_candidate) -> st
     return write_report(
         tmp_path, RunConfig(), setup, outcome, excluded, best, pareto_front(outcome.selectable), 12.5, None
     ).read_text()
+
+
+ESTIMATE_MARK = "**ESTIMATE**"
 
 
 def test_rollup_and_backend_table_are_marked_when_estimated(
