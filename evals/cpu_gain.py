@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from _common import energy_source_line, measured_row  # noqa: E402
 
-from optimizer.config import SpaceConfig, TargetConfig  # noqa: E402
+from optimizer.config import SpaceConfig  # noqa: E402
 from optimizer.measure.energy import measure_idle_watts  # noqa: E402
 from optimizer.measure.setup import prepare_measurement  # noqa: E402
 from optimizer.recipe import check_weights, default_cache_dir, model_config_for, read_recipe  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> None:
     cache = default_cache_dir()
     setup = prepare_measurement(
         model_config_for(recipe, None),
-        TargetConfig(kind=recipe.target_kind),
+        recipe.target,  # with the estimate coefficients the recipe was measured with
         workload,
         recipe.quality,
         cache,
