@@ -30,6 +30,7 @@ from optimizer.measure.energy import estimate_coefficients
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import ServingSummary
 from optimizer.results import CandidateResult
+from optimizer.select import Selection
 from optimizer.space import Candidate
 from optimizer.version import tool_version
 
@@ -102,9 +103,12 @@ def build_recipe(
     excluded: list[tuple[Candidate, str]],
     context: str,
     idle_watts: float,
+    selection: Selection | None = None,
 ) -> dict[str, Any]:
     base = outcome.baseline
     evidence = _evidence_of(best)
+    if selection is not None:  # the figures above are a re-measurement; how the winner was chosen
+        evidence["selection"] = _selection_evidence(selection)
     if base.performance is not None:
         evidence["baseline"] = {"settings": base.candidate.to_dict(), **_evidence_of(base)}
         evidence["gain_vs_baseline"] = {
@@ -151,6 +155,26 @@ def build_recipe(
             "energy_estimate": estimate_coefficients(setup.target),
         },
         "evidence": evidence,
+    }
+
+
+def _selection_evidence(selection: Selection) -> dict[str, Any]:
+    return {
+        "distinguishable_from_runner_up": selection.distinguishable,
+        "reason": selection.reason,
+        "finalists": [
+            {
+                "label": f.label,
+                "goodput_tokens_per_joule": {
+                    "mean": round(f.mean, 4),
+                    "ci95": [round(f.low, 4), round(f.high, 4)],
+                },
+                "windows": len(f.samples),
+                "latency_headroom": None if f.headroom is None else round(f.headroom, 3),
+                "feasible": f.feasible,
+            }
+            for f in selection.finalists
+        ],
     }
 
 

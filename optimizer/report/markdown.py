@@ -16,8 +16,10 @@ from optimizer.measure.workload import Spread
 from optimizer.report.backend_table import backends_section
 from optimizer.report.flags import flags_section
 from optimizer.report.plots import plot_pareto
+from optimizer.report.selection import selection_section
 from optimizer.report.serving import serving_section, workload_line
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
+from optimizer.select import Selection
 from optimizer.space import Candidate
 from optimizer.version import tool_version
 
@@ -78,6 +80,7 @@ def write_report(
     front: Sequence[CandidateResult],
     idle_watts: float,
     infeasible: UserError | None,
+    selection: Selection | None = None,
 ) -> Path:
     source = setup.meter.source
     plot_pareto(
@@ -103,6 +106,7 @@ def write_report(
         "",
     ]
     lines += _selected_section(best, outcome.baseline, cfg.accounting, infeasible, source)
+    lines += selection_section(selection, estimate_mark(source))
     lines += _search_section(outcome, excluded, cfg)
     lines += backends_section(outcome.selectable, excluded, outcome.baseline, estimate_mark(source))
     lines += serving_section(outcome.results, output_dir)
