@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from optimizer.config import SloConfig
 from optimizer.measure.latency import LatencySummary, percentile, request_meets_slo, slo_violations
-from optimizer.measure.workload import PerformanceResult, ServingSummary, Spread, WindowResult
+from optimizer.measure.workload import PerformanceResult, ServingSummary, Spread, WindowResult, screened_out
 
 if TYPE_CHECKING:
     from optimizer.measure.energy import EnergyMeter, Measurement
@@ -334,15 +334,16 @@ def measure_serving(
     drain_requests: int,
     rate: float,
     drain_timeout_seconds: float = DRAIN_TIMEOUT_SECONDS,
+    stop_below: float | None = None,
 ) -> PerformanceResult:
     """`repeats` runs of the stream offered at `rate`, each one energy window over its steady
-    state. The caller adds prefix counters and the load curve to `serving`."""
-    runs = [
-        serve_stream(engine, stream, meter, slo, warmup_requests, drain_requests, drain_timeout_seconds)
-        for _ in range(repeats)
-    ]
-    windows = []
-    for run in runs:
+    state, fewer when the runs so far are screened out below `stop_below` (see
+    `workload.screened_out`). The caller adds prefix counters and the load curve to `serving`."""
+    runs: list[ServingRun] = []
+    windows: list[WindowResult] = []
+    for _ in range(repeats):
+        run = serve_stream(engine, stream, meter, slo, warmup_requests, drain_requests, drain_timeout_seconds)
+        runs.append(run)
         m, w = run.measurement, run.window
         warnings = list(m.warnings)
         if w.growing:
@@ -364,6 +365,8 @@ def measure_serving(
                 warnings=warnings,
             )
         )
+        if screened_out(windows, repeats, stop_below):
+            break
     judged = [r for run in runs for r in run.requests if run.window.start <= r.arrival <= run.window.end]
     judged = judged or [r for run in runs for r in run.requests]
     ttfts, tpots = [r.ttft for r in judged], [r.tpot for r in judged]

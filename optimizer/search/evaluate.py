@@ -129,8 +129,12 @@ class Evaluator:
             return nullcontext()
         return self.device.exclusive() if exclusive else self.device.shared()
 
-    def evaluate(self, candidate: Candidate, role: str = "candidate") -> CandidateResult:
-        """Never raises for a candidate's own failure: failure is a result with its error."""
+    def evaluate(
+        self, candidate: Candidate, role: str = "candidate", stop_below: float | None = None
+    ) -> CandidateResult:
+        """Never raises for a candidate's own failure: failure is a result with its error. With
+        `stop_below`, windows after one whose running goodput tokens/J is below it are skipped
+        (the candidate cannot win: multi-fidelity screening)."""
         start = time.perf_counter()
         deadline = start + self.search_cfg.candidate_timeout_minutes * 60
         build_seconds = 0.0
@@ -154,7 +158,7 @@ class Evaluator:
                     )
                 with self._device(exclusive=True):
                     self._check_generate_paths(engine, candidate)
-                    performance = self._measure(engine, candidate, deadline)
+                    performance = self._measure(engine, candidate, deadline, stop_below)
             finally:
                 engine.close()
             status = REJECTED if broken else MEASURED  # only the baseline is measured despite a broken bound
@@ -180,14 +184,22 @@ class Evaluator:
                 engine, prompts, self.workload.max_new_tokens, getattr(settings, "precision", "fp32")
             )
 
-    def _measure(self, engine: Engine, candidate: Candidate, deadline: float) -> PerformanceResult:
+    def _measure(
+        self, engine: Engine, candidate: Candidate, deadline: float, stop_below: float | None = None
+    ) -> PerformanceResult:
         """Offline batches, or the request stream at every offered load (serving)."""
         if self.streams:
             return measure_load(
-                engine, candidate.batch_size, self.streams, self.meter, self.workload_cfg, deadline
+                engine,
+                candidate.batch_size,
+                self.streams,
+                self.meter,
+                self.workload_cfg,
+                deadline,
+                stop_below,
             )
         return measure_performance(
-            engine, self.workload, candidate.batch_size, self.meter, self.workload_cfg, deadline
+            engine, self.workload, candidate.batch_size, self.meter, self.workload_cfg, deadline, stop_below
         )
 
     def _measure_quality(self, engine: Engine, numerics: str) -> QualityResult:
