@@ -29,6 +29,13 @@ from optimizer.backends.artifacts import artifact_key, cached_artifact
 from optimizer.backends.base import Generation, load_check
 from optimizer.backends.ort_genai.serving import GenaiEngineServer
 from optimizer.backends.ort_genai.settings import OrtGenaiSettings
+from optimizer.backends.parity import (
+    CHECKED_TOKENS,
+    TIE_TOLERANCE,
+    parity_error,
+    random_prompts,
+    reference_greedy,
+)
 from optimizer.measure.serving import Completion
 from optimizer.model import ModelSpec
 from optimizer.target import TargetSpec
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 
 BUILD_FORMAT = 1  # bump when the builder command changes: old builds are then not reused
 BUILD_TIMEOUT_SECONDS = 1800
+PARITY_TIMEOUT_SECONDS = 120.0
 
 
 class GenaiBuildError(RuntimeError):
@@ -221,8 +229,48 @@ class OrtGenaiEngine:
         if self.model is None:
             raise RuntimeError("the engine is closed")
         if self._server is None:
-            self._server = GenaiEngineServer(self._og, self.model, self.max_requests)
+            server = GenaiEngineServer(self._og, self.model, self.max_requests)
+            try:
+                self._check_engine_parity(server)
+            except BaseException:
+                server.close()
+                raise
+            self._server = server
         return self._server
+
+    def _activations(self) -> str:
+        """The builder keeps fp32 activations on the CPU, fp16 (bf16 for bf16) on CUDA."""
+        s = self.settings
+        if s.provider == "cpu" or s.precision == "fp32":
+            return "fp32"
+        return "bf16" if s.precision == "bf16" else "fp16"
+
+    def _check_engine_parity(self, server: GenaiEngineServer) -> None:
+        """The Engine's scheduler, batching and padding act only on streams: its greedy tokens for
+        two prompts of different lengths, batched together, must be what plain forwards decode."""
+        vocab = int(json.loads((self.build_dir / "genai_config.json").read_text())["model"]["vocab_size"])
+        rows = random_prompts(vocab, rows=2, tokens=16)
+        prompts = [rows[0].tolist(), rows[1, :11].tolist()]
+        ids = [server.submit(prompt, CHECKED_TOKENS) for prompt in prompts]
+        done: dict[str, Completion] = {}
+        deadline = time.monotonic() + PARITY_TIMEOUT_SECONDS
+        while len(done) < len(ids) and time.monotonic() < deadline:
+            done.update((c.request_id, c) for c in server.collect(0.5))
+        for request_id, prompt in zip(ids, prompts, strict=True):
+            completion = done.get(request_id)
+            if completion is None or completion.error is not None:
+                why = "no result" if completion is None else completion.error
+                raise RuntimeError(f"the onnxruntime-genai Engine did not serve its parity check: {why}")
+            tokens, logits = reference_greedy(self, torch.tensor([prompt]), CHECKED_TOKENS)
+            got = torch.tensor([completion.token_ids])
+            error = parity_error(got, tokens, logits, TIE_TOLERANCE[self._activations()])
+            if error is not None:
+                raise RuntimeError(f"the onnxruntime-genai Engine's {error}")
+
+    def reserve(self, sequence_tokens: int) -> GenaiEngineServer:
+        """Start the Engine (and check its parity) before a stream, not at its first request; every
+        request's cache is sized by its own prompt and output (`max_session_tokens`)."""
+        return self.server()
 
     def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
         return self.server().submit(prompt_ids, max_new_tokens)

@@ -68,6 +68,7 @@ def collect_all(engine: OrtGenaiEngine, count: int, timeout: float = 60.0) -> di
 def test_stream_tokens_equal_the_generator_and_carry_token_times(engine: OrtGenaiEngine) -> None:
     asked = prompts(5)
     lengths = [6, 3, 9, 4, 7]
+    engine.reserve(64)  # starts the Engine and checks its parity: not inside the first submit
     submitted: dict[str, tuple[int, float]] = {}
     for i, (prompt, new_tokens) in enumerate(zip(asked, lengths, strict=True)):
         before = time.perf_counter()
@@ -143,3 +144,27 @@ def test_a_refused_request_fails_alone(engine: OrtGenaiEngine) -> None:
     done = collect_all(engine, 2)
     assert done[too_long].error is not None and not done[too_long].token_ids
     assert done[fine].error is None and list(done[fine].token_ids) == generated(engine, prompt, 3)
+
+
+def test_an_engine_that_decodes_otherwise_fails_its_parity_check(
+    engine: OrtGenaiEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optimizer.backends.ort_genai import backend
+
+    def shifted(engine_: OrtGenaiEngine, prompt_ids: torch.Tensor, new_tokens: int):  # type: ignore[no-untyped-def]
+        tokens, logits = real(engine_, prompt_ids, new_tokens)
+        logits = logits.clone()
+        wrong = (tokens + 1) % VOCAB
+        # a clear winner that the Engine missed
+        logits.scatter_(2, wrong.unsqueeze(-1), float(logits.max()) + 10.0)
+        return wrong, logits
+
+    real = backend.reference_greedy
+    monkeypatch.setattr(backend, "reference_greedy", shifted)
+    fresh = OrtGenaiEngine.load(engine.build_dir, OrtGenaiSettings(), threads=1, max_requests=2)
+    try:
+        with pytest.raises(RuntimeError, match="Engine's greedy output differs"):
+            fresh.submit([1, 2, 3], 2)
+        assert fresh._server is None  # not kept: the next submit checks again
+    finally:
+        fresh.close()
