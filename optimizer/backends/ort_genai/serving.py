@@ -127,7 +127,9 @@ class GenaiEngineServer:
             self._inbox.clear()
             self._cancel = True
             self._lock.notify_all()
-            while self._cancel and not self._stopped and time.monotonic() < deadline:
+            while (
+                self._cancel and not self._stopped and self._failure is None and time.monotonic() < deadline
+            ):
                 self._lock.wait(0.1)
             self._done.clear()
             if self._cancel:

@@ -168,3 +168,59 @@ def test_an_engine_that_decodes_otherwise_fails_its_parity_check(
         assert fresh._server is None  # not kept: the next submit checks again
     finally:
         fresh.close()
+
+
+def test_a_failing_engine_loop_reaches_the_caller() -> None:
+    """genai raising inside run() (an unhealthy Engine) fails the next collect, submit and
+    cancel_all with its message, instead of leaving the stream waiting."""
+
+    class Caps:
+        configured_max_batch_size, max_request_length, max_scheduled_tokens = 4, 0, 0
+
+    class BrokenEngine:
+        def __init__(self, model: object) -> None:
+            pass
+
+        def get_capabilities(self) -> Caps:
+            return Caps()
+
+        def create_event_buffer(self, capacity: int) -> list:
+            return []
+
+        def create_request(self, options: object = None) -> object:
+            return FakeRequest()
+
+        def has_pending_requests(self) -> bool:
+            return True
+
+        def run(self, buffer: object) -> list:
+            raise RuntimeError("Static-batch execution failed and the Engine is no longer healthy.")
+
+    class FakeRequest:
+        def begin_turn(self, tokens: object, options: object) -> int:
+            return 1
+
+        def close(self) -> None:
+            pass
+
+    class FakeOptions:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return lambda *args: None
+
+    class FakeOg:
+        Engine, RequestOptions, TurnOptions = BrokenEngine, FakeOptions, FakeOptions
+
+    server = GenaiEngineServer(FakeOg(), object(), 2)
+    server.submit([1, 2, 3], 2)
+    with pytest.raises(RuntimeError, match="no longer healthy"):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            server.collect(0.1)
+    with pytest.raises(RuntimeError, match="no longer healthy"):
+        server.submit([1], 1)
+    with pytest.raises(RuntimeError, match="no longer healthy"):
+        server.cancel_all()
+    server.close()
