@@ -7,6 +7,7 @@ a native library or initialize CUDA: it looks at module specs and distribution m
 from __future__ import annotations
 
 import importlib.util
+import re
 from functools import cache
 from importlib import metadata
 
@@ -39,6 +40,24 @@ def missing_genai(provider: str) -> str | None:
     if provider == "cuda" and not has_distribution("onnxruntime-genai-cuda"):
         return f"ort-genai on CUDA needs onnxruntime-genai-cuda ({GPU_EXTRA})"
     return None
+
+
+GENAI_ENGINE_VERSION = (0, 18)  # onnxruntime-genai's Engine / Request API (its own scheduler)
+
+
+def missing_genai_engine() -> str | None:
+    """Why onnxruntime-genai has no Engine API here (installed and older than 0.18), or None."""
+    for name in ("onnxruntime-genai", "onnxruntime-genai-cuda"):
+        if has_distribution(name):
+            version = metadata.version(name)
+            if _release(version) < GENAI_ENGINE_VERSION:
+                return f"{name} {version} has no Engine API (0.18+)"
+    return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version string: "0.18.0rc1" -> (0, 18)."""
+    return tuple(int(m.group()) if (m := re.match(r"\d+", part)) else 0 for part in version.split(".")[:2])
 
 
 def missing_onnx_runtime(provider: str) -> str | None:
