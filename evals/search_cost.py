@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from _common import energy_source_line  # noqa: E402
 
 from optimizer.config import OptunaConfig, RunConfig, SearchConfig, compose_run_config  # noqa: E402
+from optimizer.measure.workload import Spread  # noqa: E402
 from optimizer.model import ModelShape  # noqa: E402
 from optimizer.results import MEASURED, REJECTED, CandidateResult  # noqa: E402
 from optimizer.search.roofline import Roofline, RooflineRates  # noqa: E402
@@ -68,6 +69,8 @@ STRATEGIES: dict[str, SearchConfig] = {
     "tpe": SearchConfig(sampler="optuna", optuna=OptunaConfig(algorithm="tpe", warm_start=False)),
     "tpe+roofline": SearchConfig(sampler="optuna", optuna=OptunaConfig(algorithm="tpe")),
     "nsga2+roofline": SearchConfig(sampler="optuna", optuna=OptunaConfig(algorithm="nsga2")),
+    "bound": SearchConfig(sampler="bound", screen_margin=None),
+    "auto": SearchConfig(sampler="auto", patience=8),  # the default: bound first, patience, screening
 }
 
 
@@ -137,7 +140,10 @@ def live_runs(fraction: float, workdir: Path) -> tuple[list[Run], RunConfig, Roo
         store.refresh()
         return Run(name, outcome, store.run_history())
 
-    grid = search("grid", SearchConfig(sampler="grid", budget_minutes=24 * 60))
+    # every window of every candidate: the replays emulate screening from them
+    grid = search(
+        "grid", SearchConfig(sampler="grid", budget_minutes=24 * 60, screen_margin=None, finalists=0)
+    )
     budget_minutes = fraction * grid.seconds / 60
     runs = [grid] + [search(n, replace(c, budget_minutes=budget_minutes)) for n, c in STRATEGIES.items()]
     facts = {
@@ -197,11 +203,33 @@ class ReplayEvaluator:
         paid_here = result.candidate == payer.candidate
         return max(result.seconds - (probe if paid_here else 0.0) + (probe if first else 0.0), 0.0)
 
-    def evaluate(self, candidate: Candidate, role: str = "candidate") -> CandidateResult:
+    def evaluate(
+        self, candidate: Candidate, role: str = "candidate", stop_below: float | None = None
+    ) -> CandidateResult:
         result = self._results[candidate.key()]
         cost = self._cost(result)
-        self.now += cost
-        return replace(result, seconds=cost, role=role)
+        result, saved = screened(result, stop_below)
+        self.now += cost - saved
+        return replace(result, seconds=cost - saved, role=role)
+
+
+def screened(result: CandidateResult, stop_below: float | None) -> tuple[CandidateResult, float]:
+    """The recorded result as screening would have left it (its windows up to the one that fell
+    below `stop_below`), and the window seconds that saved."""
+    perf = result.performance
+    if perf is None or stop_below is None:
+        return result, 0.0
+    windows = perf.windows
+    for kept in range(1, len(windows)):
+        if statistics.fmean(w.goodput_tokens_per_joule for w in windows[:kept]) < stop_below:
+            short = replace(
+                perf,
+                windows=windows[:kept],
+                goodput_tokens_per_joule=Spread.of([w.goodput_tokens_per_joule for w in windows[:kept]]),
+                tokens_per_joule=Spread.of([w.tokens_per_joule for w in windows[:kept]]),
+            )
+            return replace(result, performance=short), sum(w.seconds for w in windows[kept:])
+    return result, 0.0
 
 
 def replay(

@@ -142,7 +142,10 @@ def _verify(args: list[str]) -> int:
     )
     parser.add_argument("recipe")
     parser.add_argument(
-        "--tolerance", type=float, default=0.25, help="allowed drop in goodput tok/J (fraction)"
+        "--tolerance",
+        type=float,
+        default=0.25,
+        help="allowed drop in goodput tok/J (fraction); a rise above 1/(1 - tolerance) fails too",
     )
     parser.add_argument("--model", default=None, help="the recipe's weights at another path")
     try:

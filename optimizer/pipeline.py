@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -21,11 +21,12 @@ from optimizer.report.markdown import write_report
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
+from optimizer.search.finalists import remeasure
 from optimizer.search.launchers import launch_search
 from optimizer.search.plan import plan_search
 from optimizer.search.roofline import Roofline, rates_for
 from optimizer.search.runner import collect_outcome, run_search
-from optimizer.select import pareto_front, select_best
+from optimizer.select import Selection, pareto_front, select_best
 from optimizer.store import TrialStore
 from optimizer.target import TargetSpec
 
@@ -102,14 +103,25 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         )
     best = select_best(outcome.selectable)
     front = pareto_front(outcome.selectable)
+    selection: Selection | None = None
+    remeasured: list[CandidateResult] = []
+    if best is not None and cfg.launcher.kind == "local":  # finalists are measured on this host
+        evaluator = Evaluator.for_setup(setup, cfg.search, store, device)
+        picked = remeasure(evaluator, outcome.selectable, cfg.search)
+        if picked is not None:
+            remeasured, selection = picked
+            best = next(r for r in reversed(remeasured) if r.candidate.key() == selection.winner)
+            log.info("selected: %s", selection.reason)
     recipe_path = None
     if best is not None:
-        recipe = build_recipe(cfg, setup, best, outcome, plan.excluded, plan.context, idle_watts)
+        recipe = build_recipe(cfg, setup, best, outcome, plan.excluded, plan.context, idle_watts, selection)
         recipe_path = write_recipe(output_dir / "recipe.yaml", recipe)
     infeasible = None if best is not None else diagnose_infeasible(outcome.selectable)
-    _write_results(output_dir, outcome.results)
+    _write_results(output_dir, [*outcome.results, *(replace(r, role="finalist") for r in remeasured)])
     _write_config(output_dir, cfg)
-    write_report(output_dir, cfg, setup, outcome, plan.excluded, best, front, idle_watts, infeasible)
+    write_report(
+        output_dir, cfg, setup, outcome, plan.excluded, best, front, idle_watts, infeasible, selection
+    )
     log.info("wrote %s in %.0f s", output_dir, time.perf_counter() - started)
     return RunResult(output_dir, recipe_path, best, outcome.baseline, outcome.results, infeasible)
 

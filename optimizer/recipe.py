@@ -25,9 +25,12 @@ from optimizer.config import (
     WorkloadConfig,
 )
 from optimizer.errors import UserError
+from optimizer.measure import PROTOCOL_VERSION
+from optimizer.measure.energy import estimate_coefficients
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import ServingSummary
 from optimizer.results import CandidateResult
+from optimizer.select import Selection
 from optimizer.space import Candidate
 from optimizer.version import tool_version
 
@@ -100,9 +103,12 @@ def build_recipe(
     excluded: list[tuple[Candidate, str]],
     context: str,
     idle_watts: float,
+    selection: Selection | None = None,
 ) -> dict[str, Any]:
     base = outcome.baseline
     evidence = _evidence_of(best)
+    if selection is not None:  # the figures above are a re-measurement; how the winner was chosen
+        evidence["selection"] = _selection_evidence(selection)
     if base.performance is not None:
         evidence["baseline"] = {"settings": base.candidate.to_dict(), **_evidence_of(base)}
         evidence["gain_vs_baseline"] = {
@@ -144,8 +150,31 @@ def build_recipe(
             "quality": asdict(cfg.quality),
             "quality_text_sha256": setup.text_sha256,
             "idle_watts": round(idle_watts, 3),
+            "protocol_version": PROTOCOL_VERSION,
+            # what the labelled CPU-time estimate multiplies by; `verify` re-estimates with these
+            "energy_estimate": estimate_coefficients(setup.target),
         },
         "evidence": evidence,
+    }
+
+
+def _selection_evidence(selection: Selection) -> dict[str, Any]:
+    return {
+        "distinguishable_from_runner_up": selection.distinguishable,
+        "reason": selection.reason,
+        "finalists": [
+            {
+                "label": f.label,
+                "goodput_tokens_per_joule": {
+                    "mean": round(f.mean, 4),
+                    "ci95": [round(f.low, 4), round(f.high, 4)],
+                },
+                "windows": len(f.samples),
+                "latency_headroom": None if f.headroom is None else round(f.headroom, 3),
+                "feasible": f.feasible,
+            }
+            for f in selection.finalists
+        ],
     }
 
 
@@ -168,9 +197,13 @@ class Recipe:
     data: dict[str, Any]
     candidate: Candidate
     model: ModelConfig
-    target_kind: str
+    target: TargetConfig  # the kind and the estimate's coefficients the evidence was measured with
     workload: WorkloadConfig
     quality: QualityConfig
+
+    @property
+    def target_kind(self) -> str:
+        return self.target.kind
 
     @property
     def evidence(self) -> dict[str, Any]:
@@ -215,7 +248,7 @@ def read_recipe(path: Path | str) -> Recipe:
             data=data,
             candidate=Candidate.from_dict(data["settings"]),
             model=ModelConfig(source=str(model["source"]), revision=model.get("revision")),
-            target_kind=str(data["target"]["kind"]),
+            target=_target_of(str(data["target"]["kind"]), measurement),
             workload=WorkloadConfig(**workload),
             quality=QualityConfig(**measurement["quality"]),
         )
@@ -225,6 +258,26 @@ def read_recipe(path: Path | str) -> Recipe:
         raise UserError(
             "recipe", f"{path} is missing or has a malformed field ({exc})", "restore it from git"
         ) from None
+
+
+def _target_of(kind: str, measurement: dict[str, Any]) -> TargetConfig:
+    """The target kind and the estimate's coefficients a recipe was measured with (the defaults
+    for a recipe written before they were recorded)."""
+    target = TargetConfig(kind=kind)
+    recorded = measurement.get("energy_estimate")
+    if recorded is None:
+        return target
+    if not isinstance(recorded, dict) or set(recorded) != set(estimate_coefficients(target)):
+        raise UserError(
+            "measurement.energy_estimate",
+            f"is {recorded!r}",
+            "a mapping of cpu_active_watts_per_core and cpu_idle_watts_per_core; restore it from git",
+        )
+    return TargetConfig(
+        kind=kind,
+        cpu_active_watts_per_core=float(recorded["cpu_active_watts_per_core"]),
+        cpu_idle_watts_per_core=float(recorded["cpu_idle_watts_per_core"]),
+    )
 
 
 def default_cache_dir() -> Path:
@@ -245,7 +298,7 @@ def load_recipe(path: Path | str, model_source: str | None = None, cache_dir: Pa
     cache = cache_dir or default_cache_dir()
     model = resolve_model(model_config_for(recipe, model_source), cache)
     check_weights(recipe, model.weight_sha256)
-    target = detect_target(TargetConfig(kind=recipe.target_kind))
+    target = detect_target(recipe.target)
     return build_engine(model, recipe.candidate, target, cache)
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
+from optimizer.config import SloConfig
 from optimizer.results import MEASURED, CandidateResult
 
 
@@ -41,3 +45,110 @@ def pareto_front(results: Sequence[CandidateResult]) -> list[CandidateResult]:
         if not dominated:
             front.append(r)
     return sorted(front, key=lambda r: r.quality.mean_kl if r.quality else 0.0)
+
+
+# -- noise-aware selection among re-measured finalists (search/finalists.py measures them) ----
+
+# two-sided 95% Student t quantiles by degrees of freedom; 2.0 beyond the table
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+
+
+@dataclass(frozen=True)
+class Finalist:
+    """One finalist's re-measured figures. `headroom`: the least of 1 - p/SLO over the latency
+    targets (None without any); `feasible`: every re-measurement met the SLO."""
+
+    label: str
+    key: str
+    samples: list[float]  # goodput tokens/J per re-measured window
+    mean: float
+    low: float
+    high: float
+    headroom: float | None
+    feasible: bool
+
+
+@dataclass(frozen=True)
+class Selection:
+    finalists: list[Finalist]  # best first
+    winner: str  # candidate key
+    distinguishable: bool  # the winner's interval lies above the runner-up's
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def interval(samples: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and a 95% interval of the mean (Student t); one sample has an unbounded interval."""
+    mean = statistics.fmean(samples)
+    if len(samples) < 2:
+        return mean, -math.inf, math.inf
+    half = T95.get(len(samples) - 1, 2.0) * statistics.stdev(samples) / math.sqrt(len(samples))
+    return mean, mean - half, mean + half
+
+
+def latency_headroom(result: CandidateResult, slo: SloConfig) -> float | None:
+    """1 - (p-th percentile latency / target), the smaller over TTFT and TPOT; None without targets."""
+    if result.performance is None:
+        return None
+    latency = result.performance.latency
+    key = f"p{slo.percentile:g}"
+    margins = [
+        1 - values.get(key, values.get("p90", 0.0)) / target
+        for target, values in ((slo.tpot_ms, latency.tpot_ms), (slo.ttft_ms, latency.ttft_ms))
+        if target
+    ]
+    return min(margins) if margins else None
+
+
+def select_finalist(
+    pool: Sequence[CandidateResult], runs: dict[str, list[CandidateResult]], slo: SloConfig, margin: float
+) -> Selection:
+    finalists = []
+    for first in pool:
+        key = first.candidate.key()
+        samples = [
+            w.goodput_tokens_per_joule for r in runs[key] if r.performance for w in r.performance.windows
+        ]
+        mean, low, high = interval(samples) if samples else (0.0, 0.0, 0.0)
+        headrooms = [h for r in runs[key] if (h := latency_headroom(r, slo)) is not None]
+        finalists.append(
+            Finalist(
+                label=first.candidate.label(),
+                key=key,
+                samples=samples,
+                mean=mean,
+                low=low,
+                high=high,
+                headroom=min(headrooms) if headrooms else None,
+                feasible=bool(samples) and all(r.feasible for r in runs[key]),
+            )
+        )
+    ranked = sorted(finalists, key=lambda f: (f.feasible, f.mean), reverse=True)
+    winner, runner_up = ranked[0], ranked[1]
+    distinguishable = runner_up.feasible is False or winner.low > runner_up.high
+    reason = (
+        f"{winner.label}: {winner.mean:.3g} goodput tok/J [{winner.low:.3g}, {winner.high:.3g}] re-measured"
+        + (
+            f", above {runner_up.label}'s [{runner_up.low:.3g}, {runner_up.high:.3g}]"
+            if distinguishable
+            else f", not distinguishable from {runner_up.label}'s [{runner_up.low:.3g}, {runner_up.high:.3g}]"
+        )
+    )
+    if not distinguishable and _at_edge(winner, margin):
+        roomy = [f for f in ranked[1:] if f.feasible and not _at_edge(f, margin) and f.high >= winner.low]
+        if roomy:
+            reason = (
+                f"{roomy[0].label} over {winner.label}: indistinguishable on energy, and {winner.label}'s "
+                f"latency is within {margin:.0%} of the SLO while {roomy[0].label} has "
+                f"{roomy[0].headroom:.0%} headroom"
+            )
+            ranked.remove(roomy[0])
+            ranked.insert(0, roomy[0])
+            winner = roomy[0]
+    return Selection(finalists=ranked, winner=winner.key, distinguishable=distinguishable, reason=reason)
+
+
+def _at_edge(finalist: Finalist, margin: float) -> bool:
+    return finalist.headroom is not None and finalist.headroom < margin

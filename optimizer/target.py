@@ -17,6 +17,7 @@ from typing import Any
 
 from optimizer.config import TargetConfig
 from optimizer.errors import UserError
+from optimizer.measure.nvml_device import nvml_handle
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,10 @@ def _detect_gpu(index: int) -> GpuInfo | None:
     try:
         if index >= pynvml.nvmlDeviceGetCount():
             return None
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        try:  # the board behind cuda:<index>, as CUDA_VISIBLE_DEVICES numbers devices
+            handle = nvml_handle(pynvml, index)
+        except (ValueError, pynvml.NVMLError):
+            return None
         name = pynvml.nvmlDeviceGetName(handle)
         return GpuInfo(
             name=name.decode() if isinstance(name, bytes) else name,

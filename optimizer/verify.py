@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from optimizer.config import TargetConfig
+from optimizer.config import SloConfig
 from optimizer.measure.energy import measure_idle_watts
 from optimizer.measure.setup import prepare_measurement
+from optimizer.measure.workload import PerformanceResult
 from optimizer.recipe import check_weights, default_cache_dir, model_config_for, read_recipe
+from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
 
 log = logging.getLogger(__name__)
@@ -50,16 +53,21 @@ def verify_recipe(
 ) -> VerifyReport:
     """Rebuild the recipe's engine, re-run its quality probe and workload, compare.
 
-    Passes when the weights hash matches, the target and energy source are the recorded ones,
-    quality is inside the recipe's bound, the SLO holds, and goodput tokens/J is no more than
-    `tolerance` (a fraction) below the recorded mean.
+    Passes when the weights, the quality text and the request stream hash as recorded, the target
+    and energy source are the recorded ones, quality is inside the recipe's bound, the SLO holds,
+    and goodput tokens/J is within `tolerance` (a fraction) below the recorded mean and within
+    its reciprocal above it (far above the record is as suspect as far below: a broken meter).
+    An estimate is re-made with the recipe's coefficients. Like a search's worker, verify holds
+    the device lock: its idle power and windows never overlap a search measuring on the device.
     """
     recipe = read_recipe(path)
     cache = cache_dir or default_cache_dir()
     cand = recipe.candidate
+    if "energy_estimate" not in recipe.data["measurement"]:
+        log.warning("the recipe does not record the estimate's watts per core: an estimate uses the defaults")
     setup = prepare_measurement(
         model_config_for(recipe, model_source),
-        TargetConfig(kind=recipe.target_kind),
+        recipe.target,
         recipe.workload,
         recipe.quality,
         cache,
@@ -73,9 +81,16 @@ def verify_recipe(
     here_device = _device_name(here, device_key)
     evidence = recipe.evidence
     energy = evidence["energy"]
+    recorded_text = recipe.data["measurement"].get("quality_text_sha256")
     checks = [
         Check(
             "weights sha256", recipe.data["model"]["weight_sha256"][:16], setup.model.weight_sha256[:16], True
+        ),
+        Check(
+            "quality text sha256",
+            str(recorded_text)[:16],
+            setup.text_sha256[:16],
+            recorded_text == setup.text_sha256,
         ),
         Check("device", recorded_device, here_device, recorded_device == here_device),
         Check("energy source", energy["source"], setup.meter.source, energy["source"] == setup.meter.source),
@@ -91,10 +106,11 @@ def verify_recipe(
                 recorded_stream == here_stream,
             )
         )
-    measure_idle_watts(setup.meter, recipe.workload.idle_seconds)
-    result = Evaluator.for_setup(setup).evaluate(
-        cand, role="baseline"
-    )  # measured even if quality broke: show both
+    device = DeviceLock.for_target(setup.target)
+    with device.exclusive():  # idle means idle: no search builds or measures on the device meanwhile
+        measure_idle_watts(setup.meter, recipe.workload.idle_seconds)
+    # measured even if quality broke: show both
+    result = Evaluator.for_setup(setup, device=device).evaluate(cand, role="baseline")
     if result.quality is None or result.performance is None:
         checks.append(Check("build and run", "ok", result.reason or "no result", False))
         return VerifyReport(recipe.path, checks)
@@ -110,31 +126,66 @@ def verify_recipe(
             not broken,
         )
     )
-    recorded_latency = evidence["latency"]
+    checks.append(slo_check(evidence["latency"], perf, recipe.workload.slo))
     checks.append(
-        Check(
-            "SLO",
-            _latency_text(recorded_latency["ttft_ms"], recorded_latency["tpot_ms"]),
-            _latency_text(perf.latency.ttft_ms, perf.latency.tpot_ms)
-            + (f" ({'; '.join(perf.slo_violations)})" if perf.slo_violations else ""),
-            perf.slo_met,
-        )
-    )
-    recorded = float(energy["goodput_tokens_per_joule"]["mean"])
-    measured = perf.goodput_tokens_per_joule.mean
-    checks.append(
-        Check(
-            f"goodput tok/J (>= {1 - tolerance:.0%} of recorded)",
-            f"{recorded:.3f} ({energy['source']})",
-            f"{measured:.3f} ({perf.source}, {measured / recorded:.2f}x)" if recorded else f"{measured:.3f}",
-            measured >= (1 - tolerance) * recorded,
+        goodput_check(
+            float(energy["goodput_tokens_per_joule"]["mean"]),
+            str(energy["source"]),
+            perf.goodput_tokens_per_joule.mean,
+            perf.source,
+            tolerance,
         )
     )
     return VerifyReport(recipe.path, checks)
 
 
-def _latency_text(ttft_ms: dict[str, float], tpot_ms: dict[str, float]) -> str:
-    return f"TTFT p90 {ttft_ms.get('p90', 0):.0f} ms, TPOT p90 {tpot_ms.get('p90', 0):.0f} ms"
+def slo_check(recorded: dict[str, Any], perf: PerformanceResult, slo: SloConfig) -> Check:
+    """The SLO at its configured percentile, with the recorded latencies beside the measured ones."""
+    percentile = slo.percentile
+    limits = [
+        f"{name} p{percentile:g} <= {limit:g} ms"
+        for name, limit in (("TTFT", slo.ttft_ms), ("TPOT", slo.tpot_ms))
+        if limit is not None
+    ]
+    return Check(
+        f"SLO ({', '.join(limits) or 'none'})",
+        _latency_text(recorded["ttft_ms"], recorded["tpot_ms"], percentile),
+        _latency_text(perf.latency.ttft_ms, perf.latency.tpot_ms, percentile)
+        + (f" ({'; '.join(perf.slo_violations)})" if perf.slo_violations else ""),
+        perf.slo_met,
+    )
+
+
+def goodput_check(
+    recorded: float, recorded_source: str, measured: float, measured_source: str, tolerance: float
+) -> Check:
+    """Goodput tokens/J within [1 - tolerance, 1 / (1 - tolerance)] x the recorded mean: a figure
+    far above the record fails too (a meter that lost energy would pass a one-sided check)."""
+    low, high = 1 - tolerance, 1 / (1 - tolerance)
+    name = f"goodput tok/J ({low:.2f}x-{high:.2f}x of recorded)"
+    if recorded <= 0:
+        return Check(name, f"{recorded:.3f} ({recorded_source})", f"{measured:.3f} ({measured_source})", True)
+    ratio = measured / recorded
+    note = ""
+    if ratio > high:
+        note = ": far above the record, check the energy meter"
+    elif ratio < low:
+        note = ": below the record"
+    return Check(
+        name,
+        f"{recorded:.3f} ({recorded_source})",
+        f"{measured:.3f} ({measured_source}, {ratio:.2f}x{note})",
+        low <= ratio <= high,
+    )
+
+
+def _latency_text(ttft_ms: dict[str, float], tpot_ms: dict[str, float], percentile: float) -> str:
+    key = f"p{percentile:g}"
+
+    def value(ms: dict[str, float]) -> str:
+        return f"{ms[key]:.0f} ms" if key in ms else "n/a"
+
+    return f"TTFT {key} {value(ttft_ms)}, TPOT {key} {value(tpot_ms)}"
 
 
 def _device_name(fingerprint: dict[str, object], key: str) -> str:

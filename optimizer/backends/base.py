@@ -89,6 +89,17 @@ class Footprint:
     kv_on_device_fraction: float = 1.0
 
 
+@dataclass(frozen=True)
+class MovedBytes:
+    """Lower bounds of what a decode step reads, per element, for the roofline (an upper bound of
+    tokens/J must never overstate bytes). `Footprint` is the memory check's, which must never
+    understate them: the two differ by scales, fp32 I/O buffers and kept-precision layers."""
+
+    weight_bytes: float  # per parameter
+    kv_bytes: float  # per cached K or V element
+    kv_on_device_fraction: float = 1.0
+
+
 S = TypeVar("S")
 
 
@@ -114,6 +125,10 @@ class BackendSpec(Protocol[S]):
 
     def footprint(self, settings: S, num_layers: int) -> Footprint:
         """Bytes per weight, activation and KV element that a build of these settings holds."""
+        ...
+
+    def moved_bytes(self, settings: S, num_layers: int) -> MovedBytes:
+        """The least bytes per weight and per KV element a decode step of these settings reads."""
         ...
 
     def matmul_kind(self, settings: S) -> str:

@@ -43,6 +43,24 @@ def missing_genai(provider: str) -> str | None:
     return None
 
 
+GENAI_ENGINE_VERSION = (0, 18)  # onnxruntime-genai's Engine / Request API (its own scheduler)
+
+
+def missing_genai_engine() -> str | None:
+    """Why onnxruntime-genai has no Engine API here (installed and older than 0.18), or None."""
+    for name in ("onnxruntime-genai", "onnxruntime-genai-cuda"):
+        if has_distribution(name):
+            version = metadata.version(name)
+            if _release(version) < GENAI_ENGINE_VERSION:
+                return f"{name} {version} has no Engine API (0.18+)"
+    return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version string: "0.18.0rc1" -> (0, 18)."""
+    return tuple(int(m.group()) if (m := re.match(r"\d+", part)) else 0 for part in version.split(".")[:2])
+
+
 def missing_onnx_runtime(provider: str) -> str | None:
     """Why an ONNX Runtime session with `provider` cannot run here, or None when it can."""
     for module, package in (("onnxruntime", "onnxruntime"), ("onnx", "onnx"), ("onnxscript", "onnxscript")):

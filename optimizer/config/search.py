@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from optimizer.config.checks import require, require_subset
 
-SAMPLERS = ("grid", "random", "optuna")
+SAMPLERS = ("grid", "random", "optuna", "bound", "auto")
 OPTUNA_ALGORITHMS = ("tpe", "nsga2")
 
 
@@ -56,6 +56,19 @@ class SearchConfig:
     # CPU targets without preset rates: measured copy bandwidth and matmul rate times this factor
     # stand in for the peaks (an assumption, printed in the report).
     roofline_headroom: float = 2.0
+    # Noise-aware selection: the best `finalists` feasible candidates are re-measured side by side
+    # in `finalist_rounds` interleaved rounds and selected on those figures with an interval (0 or
+    # 1: the search's best as measured). A latency within `slo_margin` of the SLO is at its edge.
+    # Stop once this many candidates in a row were measured without beating the best so far
+    # (null: search until the budget or the space runs out). With best-bound-first order the
+    # candidates that can still win come first, so a run of losers means the rest lose too.
+    patience: int | None = None
+    # Multi-fidelity: a candidate whose first windows' goodput tokens/J is below the best so far
+    # divided by (1 + screen_margin) gets no further windows (null: every candidate gets all).
+    screen_margin: float | None = 0.25
+    finalists: int = 3
+    finalist_rounds: int = 2
+    slo_margin: float = 0.1
     optuna: OptunaConfig = field(default_factory=OptunaConfig)
 
     def __post_init__(self) -> None:
@@ -67,6 +80,15 @@ class SearchConfig:
         if self.max_candidates is not None:
             require(self.max_candidates >= 1, "search.max_candidates", "must be >= 1", "or null")
         require(self.workers >= 1, "search.workers", "must be >= 1", "one worker per device, e.g. 1")
+        if self.screen_margin is not None:
+            require(self.screen_margin >= 0, "search.screen_margin", "must be >= 0", "e.g. 0.25, or null")
+        if self.patience is not None:
+            require(self.patience >= 1, "search.patience", "must be >= 1", "e.g. 12, or null")
+        require(
+            self.finalists >= 0, "search.finalists", "must be >= 0", "e.g. 3, or 0 to keep the search's best"
+        )
+        require(self.finalist_rounds >= 1, "search.finalist_rounds", "must be >= 1", "e.g. 2")
+        require(0 <= self.slo_margin < 1, "search.slo_margin", "must be in [0, 1)", "e.g. 0.1")
         require(self.lease_seconds >= 10, "search.lease_seconds", "must be >= 10", "e.g. 120")
         require(
             self.roofline_headroom >= 1,

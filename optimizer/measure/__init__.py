@@ -1,1 +1,10 @@
 """Measurement: energy meters and windows, latency, quality, workload, evaluation text."""
+
+# The measurement protocol's version, part of every store context (search/plan.py `protocol`) and
+# of every recipe. Bump it in the same commit as any change to measuring code that changes what a
+# stored figure means (windows, warm-up, what counts as goodput, how quality is scored, how a
+# sequence starts, an energy source's arithmetic): results stored under another version are then
+# measured afresh instead of being mixed with new ones.
+#   1: the first protocol.
+#   2: serving (request streams; goodput judged per request at its arrival, queueing included).
+PROTOCOL_VERSION = 2

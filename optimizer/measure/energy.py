@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from optimizer.config import TargetConfig
 from optimizer.errors import UserError
+from optimizer.measure.nvml_device import nvml_handle, torch_cuda_uuid
 from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,14 @@ class EstimateMeter:
         measurement.joules = cpu * self.active_watts_per_core + wall * self.static_watts
 
 
+def estimate_coefficients(target: TargetSpec | TargetConfig) -> dict[str, float]:
+    """The estimate's watts per core, recorded with everything it produced (store context, recipe)."""
+    return {
+        "cpu_active_watts_per_core": float(target.cpu_active_watts_per_core),
+        "cpu_idle_watts_per_core": float(target.cpu_idle_watts_per_core),
+    }
+
+
 def _cpu_seconds() -> float:
     total = 0.0
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
@@ -142,7 +152,10 @@ class NvmlMeter:
     without the energy counter (pre-Volta) the polled integral becomes the reading, with source
     `nvml-power-poll`. Windows shorter than 20 counter periods are flagged.
 
-    `nvml` and `clock` are injectable so that tests can replay a recorded trace.
+    `indices` are CUDA device indices as this process sees them; each is metered on its own board
+    (opened by UUID, never by NVML index: CUDA_VISIBLE_DEVICES renumbers the devices, see
+    nvml_device.py). `nvml`, `clock` and `cuda_uuid` (index -> the device's UUID, torch's by
+    default with the real NVML) are injectable so that tests can replay a recorded trace.
     """
 
     def __init__(
@@ -151,14 +164,16 @@ class NvmlMeter:
         poll_seconds: float = 0.05,
         nvml: Any = None,
         clock: Callable[[], float] = time.perf_counter,
+        cuda_uuid: Callable[[int], str | None] | None = None,
     ) -> None:
         if nvml is None:
             import pynvml  # nvidia-ml-py; imported only when a GPU is measured
 
             nvml = pynvml
+            cuda_uuid = cuda_uuid or torch_cuda_uuid
         self._nvml = nvml
         nvml.nvmlInit()
-        self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+        self.handles = [nvml_handle(nvml, i, cuda_uuid) for i in indices]
         self.indices = indices
         self.poll_seconds = poll_seconds
         self.clock = clock

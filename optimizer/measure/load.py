@@ -29,6 +29,7 @@ def measure_load(
     meter: EnergyMeter,
     cfg: WorkloadConfig,
     deadline: float | None = None,
+    stop_below: float | None = None,
 ) -> PerformanceResult:
     """The serving measurement at `cfg.rate` (`cfg.repeats` runs), after one run at each other
     load of `cfg.rates`; the result's `serving` carries the whole curve and the capacity."""
@@ -45,7 +46,7 @@ def measure_load(
             if deadline is not None and time.perf_counter() > deadline:
                 raise CandidateTimeout("ran past search.candidate_timeout_minutes")
         before = counters() if counters else {}
-        result = _measure(server, streams[cfg.rate], meter, cfg, cfg.rate, cfg.repeats)
+        result = _measure(server, streams[cfg.rate], meter, cfg, cfg.rate, cfg.repeats, stop_below)
         prefix = _difference(counters(), before) if counters else {}
     finally:
         if isinstance(server, QueuedServer):
@@ -57,10 +58,24 @@ def measure_load(
 
 
 def _measure(
-    server: Any, stream: RequestStream, meter: EnergyMeter, cfg: WorkloadConfig, rate: float, repeats: int
+    server: Any,
+    stream: RequestStream,
+    meter: EnergyMeter,
+    cfg: WorkloadConfig,
+    rate: float,
+    repeats: int,
+    stop_below: float | None = None,
 ) -> PerformanceResult:
     return measure_serving(
-        server, stream, meter, cfg.slo, repeats, cfg.warmup_requests, cfg.drain_requests, rate
+        server,
+        stream,
+        meter,
+        cfg.slo,
+        repeats,
+        cfg.warmup_requests,
+        cfg.drain_requests,
+        rate,
+        stop_below=stop_below,
     )
 
 

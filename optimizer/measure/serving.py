@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from optimizer.config import SloConfig
 from optimizer.measure.latency import LatencySummary, percentile, request_meets_slo, slo_violations
-from optimizer.measure.workload import PerformanceResult, ServingSummary, Spread, WindowResult
+from optimizer.measure.workload import PerformanceResult, ServingSummary, Spread, WindowResult, screened_out
 
 if TYPE_CHECKING:
     from optimizer.measure.energy import EnergyMeter, Measurement
@@ -58,6 +58,9 @@ class ServingEngine(Protocol):
     def cancel_all(self) -> None:
         """Drop every unfinished request; returns once the engine is idle again."""
         ...
+
+    # Optional: `forget_cached_prefixes()`, called before each run of a stream by an engine whose
+    # prefix cache outlives requests, so that one run's prompts are not found cached by the next.
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,9 @@ def serve_stream(
     take minutes to empty its queue, and no verdict would change. What is left then is cancelled
     and misses the SLO (tokens it produced are not counted: engines return finished requests).
     """
+    forget = getattr(engine, "forget_cached_prefixes", None)
+    if forget is not None:  # every run starts cold: no prefixes cached by the run before
+        forget()
     count = len(stream.requests)
     first, last = _window_bounds(count, warmup_requests, drain_requests)
     ids: dict[str, int] = {}
@@ -328,15 +334,16 @@ def measure_serving(
     drain_requests: int,
     rate: float,
     drain_timeout_seconds: float = DRAIN_TIMEOUT_SECONDS,
+    stop_below: float | None = None,
 ) -> PerformanceResult:
     """`repeats` runs of the stream offered at `rate`, each one energy window over its steady
-    state. The caller adds prefix counters and the load curve to `serving`."""
-    runs = [
-        serve_stream(engine, stream, meter, slo, warmup_requests, drain_requests, drain_timeout_seconds)
-        for _ in range(repeats)
-    ]
-    windows = []
-    for run in runs:
+    state, fewer when the runs so far are screened out below `stop_below` (see
+    `workload.screened_out`). The caller adds prefix counters and the load curve to `serving`."""
+    runs: list[ServingRun] = []
+    windows: list[WindowResult] = []
+    for _ in range(repeats):
+        run = serve_stream(engine, stream, meter, slo, warmup_requests, drain_requests, drain_timeout_seconds)
+        runs.append(run)
         m, w = run.measurement, run.window
         warnings = list(m.warnings)
         if w.growing:
@@ -358,6 +365,8 @@ def measure_serving(
                 warnings=warnings,
             )
         )
+        if screened_out(windows, repeats, stop_below):
+            break
     judged = [r for run in runs for r in run.requests if run.window.start <= r.arrival <= run.window.end]
     judged = judged or [r for run in runs for r in run.requests]
     ttfts, tpots = [r.ttft for r in judged], [r.tpot for r in judged]

@@ -17,7 +17,7 @@ from optimizer.config import ModelConfig, QualityConfig, TargetConfig, WorkloadC
 from optimizer.errors import UserError
 from optimizer.measure.energy import EnergyMeter, make_meter
 from optimizer.measure.stream import RequestStream, TextTokens, generate_stream, read_trace
-from optimizer.measure.text import load_text, token_windows
+from optimizer.measure.text import load_text, sequence_start, token_windows
 from optimizer.measure.workload import Workload
 from optimizer.model import ModelSpec, resolve_model
 from optimizer.target import TargetSpec, detect_target
@@ -67,11 +67,17 @@ def prepare_measurement(
     target = detect_target(target_cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=model.trust_remote_code)
     text = load_text(quality_cfg.text)
+    start = sequence_start(tokenizer)  # every prompt and quality window begins like a real sequence
     prompts = token_windows(
-        tokenizer, text.workload, workload_cfg.prompt_tokens, prompt_pool, "workload.prompt_tokens"
+        tokenizer, text.workload, workload_cfg.prompt_tokens, prompt_pool, "workload.prompt_tokens", start
     )
     quality = token_windows(
-        tokenizer, text.quality, quality_cfg.seq_tokens, quality_cfg.num_sequences, "quality.num_sequences"
+        tokenizer,
+        text.quality,
+        quality_cfg.seq_tokens,
+        quality_cfg.num_sequences,
+        "quality.num_sequences",
+        start,
     )
     streams = _streams(workload_cfg, tokenizer, text.workload, model.path) if workload_cfg.serving else None
     return MeasurementSetup(
@@ -104,16 +110,6 @@ def _streams(
             cfg.rate: read_trace(Path(cfg.trace).expanduser(), tokenizer, text, _context_length(model_path))
         }
     return {rate: generate_stream(cfg, text, rate) for rate in cfg.load_rates()}
-
-
-def sequence_start(tokenizer: Any) -> tuple[int, ...]:
-    """The token ids the tokenizer puts before a sequence's text by default (a BOS, or nothing)."""
-    plain = tokenizer("hello world", add_special_tokens=False)["input_ids"]
-    full = tokenizer("hello world")["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return tuple(full[:start])
-    return ()
 
 
 def _context_length(model_path: Path) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,33 @@ def _text_of(item: Any, path: Path) -> str:
     raise UserError("quality.text", f"{path}: an entry has no 'text' field", 'use {"text": "..."} per entry')
 
 
+def sequence_start(tokenizer: Any) -> tuple[int, ...]:
+    """The token ids the tokenizer puts before a sequence's text by default (a BOS, or nothing)."""
+    plain = tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello world")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return tuple(full[:start])
+    return ()
+
+
 def token_windows(
-    tokenizer: Any, paragraphs: list[str], length: int, count: int, field: str
+    tokenizer: Any,
+    paragraphs: list[str],
+    length: int,
+    count: int,
+    field: str,
+    start: Sequence[int] = (),
 ) -> list[list[int]]:
-    """`count` consecutive windows of exactly `length` tokens from the joined paragraphs."""
-    needed = length * count
+    """`count` windows of exactly `length` tokens: each begins with `start` (the way the model's
+    tokenizer begins a sequence, e.g. a BOS; a model trained with one is in a state no deployment
+    uses without it), then consecutive tokens of the joined paragraphs."""
+    body = length - len(start)
+    if body < 1:
+        raise UserError(
+            field, f"{length} tokens leave no room for text after the sequence start", "use more tokens"
+        )
+    needed = body * count
     ids: list[int] = []
     for paragraph in paragraphs:
         ids.extend(tokenizer(paragraph + "\n\n", add_special_tokens=False)["input_ids"])
@@ -94,7 +117,7 @@ def token_windows(
             f"the text yields {len(ids)} tokens, {needed} are needed",
             "use a longer text or fewer tokens",
         )
-    return [ids[i * length : (i + 1) * length] for i in range(count)]
+    return [[*start, *ids[i * body : (i + 1) * body]] for i in range(count)]
 
 
 CALIBRATION_TEXT = "wiki"
@@ -106,4 +129,11 @@ def calibration_windows(model_path: Any, trust_remote_code: bool, length: int, c
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-    return token_windows(tokenizer, load_text(CALIBRATION_TEXT).workload, length, count, "calibration text")
+    return token_windows(
+        tokenizer,
+        load_text(CALIBRATION_TEXT).workload,
+        length,
+        count,
+        "calibration text",
+        sequence_start(tokenizer),
+    )

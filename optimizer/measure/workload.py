@@ -165,6 +165,22 @@ class CandidateTimeout(TimeoutError):
     """The candidate ran past search.candidate_timeout_minutes (checked between batches)."""
 
 
+def screened_out(windows: list[WindowResult], repeats: int, stop_below: float | None) -> bool:
+    """Multi-fidelity: after a window, a candidate whose goodput tokens/J so far is below
+    `stop_below` (the best so far, less the search's screen margin) cannot win, so its remaining
+    windows are skipped; its last window says so."""
+    if stop_below is None or len(windows) >= repeats:
+        return False
+    so_far = sum(w.goodput_tokens_per_joule for w in windows) / len(windows)
+    if so_far >= stop_below:
+        return False
+    windows[-1].warnings.append(
+        f"screened out after {len(windows)} of {repeats} windows: {so_far:.3g} goodput tok/J "
+        f"< {stop_below:.3g} (the best so far less search.screen_margin)"
+    )
+    return True
+
+
 def measure_performance(
     engine: Engine,
     workload: Workload,
@@ -172,6 +188,7 @@ def measure_performance(
     meter: EnergyMeter,
     cfg: WorkloadConfig,
     deadline: float | None = None,
+    stop_below: float | None = None,
 ) -> PerformanceResult:
     def check_deadline() -> None:
         if deadline is not None and time.perf_counter() > deadline:
@@ -215,6 +232,8 @@ def measure_performance(
                 warnings=list(measurement.warnings),
             )
         )
+        if screened_out(windows, cfg.repeats, stop_below):
+            break
     total_tokens = sum(w.output_tokens for w in windows)
     return PerformanceResult(
         source=windows[0].source,

@@ -26,9 +26,11 @@ def backends_section(
     results: Sequence[CandidateResult],
     excluded: Sequence[tuple[Candidate, str]],
     baseline: CandidateResult,
+    mark: str = "",
 ) -> list[str]:
     """A table with one row per backend searched; empty when the search had one backend.
-    `results` are the selectable ones (the baseline only when it was in the space)."""
+    `results` are the selectable ones (the baseline only when it was in the space); `mark`
+    prefixes the caption (the report's ESTIMATE label when the joules are estimated)."""
     searched = list(results)
     backends = {r.candidate.backend for r in searched} | {c.backend for c, _ in excluded}
     if len(backends) < 2:
@@ -37,7 +39,7 @@ def backends_section(
     lines = [
         "## Backends side by side",
         "",
-        "Best feasible candidate of each backend (same workload, energy source and quality bound).",
+        f"{mark}Best feasible candidate of each backend (same workload, energy source and quality bound).",
         "",
         "| backend | best candidate | goodput tok/J | × baseline | tok/s | TPOT p90 ms | ppl Δ | top-1 | KL | measured / rejected / failed / pruned / excluded |",
         "|---|---|---|---|---|---|---|---|---|---|",

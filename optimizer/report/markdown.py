@@ -14,9 +14,12 @@ from optimizer.measure.quality import QualityResult
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import Spread
 from optimizer.report.backend_table import backends_section
+from optimizer.report.flags import flags_section
 from optimizer.report.plots import plot_pareto
+from optimizer.report.selection import selection_section
 from optimizer.report.serving import serving_section, workload_line
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
+from optimizer.select import Selection
 from optimizer.space import Candidate
 from optimizer.version import tool_version
 
@@ -35,9 +38,22 @@ def energy_source_note(source: str, setup: MeasurementSetup) -> str:
             f"{t.cpu_idle_watts_per_core:g} W/core (target.cpu_*_watts_per_core). Ratios between candidates "
             "are meaningful; absolute joules are not a measurement."
         )
-    if source == "nvml":
-        return "**measured**: NVML total-energy counter of the GPU (millijoule counter, CUDA synced at window edges)."
-    return "**measured**: Linux RAPL package energy counters (/sys/class/powercap)."
+    return SOURCE_NOTES.get(source, f"**measured** by `{source}`.")
+
+
+# Every energy source by its name (energy.py); an unknown one is named as it is, never as another.
+SOURCE_NOTES = {
+    "nvml": "**measured**: NVML total-energy counter of the GPU (millijoule counter, CUDA synced at window edges).",
+    "nvml-power-poll": "**measured**: NVML board power polled through each window and integrated "
+    "(`nvml-power-poll`: this GPU has no total-energy counter; coarser than the counter).",
+    "rapl": "**measured**: Linux RAPL package energy counters (/sys/class/powercap).",
+}
+ESTIMATE_MARK = "**ESTIMATE** (CPU-time energy estimate, not a measurement)"
+
+
+def estimate_mark(source: str) -> str:
+    """A prefix for a table whose joules are the labelled estimate; empty for a measurement."""
+    return f"{ESTIMATE_MARK}: " if source == "estimate" else ""
 
 
 def rollup(tokens_per_joule: float, accounting: AccountingConfig) -> dict[str, float]:
@@ -64,6 +80,7 @@ def write_report(
     front: Sequence[CandidateResult],
     idle_watts: float,
     infeasible: UserError | None,
+    selection: Selection | None = None,
 ) -> Path:
     source = setup.meter.source
     plot_pareto(
@@ -88,9 +105,10 @@ def write_report(
         f"{cfg.quality.num_sequences}×{cfg.quality.seq_tokens} held-out tokens of `{cfg.quality.text}`",
         "",
     ]
-    lines += _selected_section(best, outcome.baseline, cfg.accounting, infeasible)
+    lines += _selected_section(best, outcome.baseline, cfg.accounting, infeasible, source)
+    lines += selection_section(selection, estimate_mark(source))
     lines += _search_section(outcome, excluded, cfg)
-    lines += backends_section(outcome.selectable, excluded, outcome.baseline)
+    lines += backends_section(outcome.selectable, excluded, outcome.baseline, estimate_mark(source))
     lines += serving_section(outcome.results, output_dir)
     lines += ["## Energy-quality trade-off", "", "![Pareto plot](pareto.png)", ""]
     if front:
@@ -98,6 +116,7 @@ def write_report(
         lines += [f"- {r.candidate.label()}: {r.objective:.3f} tok/J, KL {_kl(r)}" for r in front]
         lines.append("")
     lines += _candidates_table(outcome.results)
+    lines += flags_section(outcome.results)
     if excluded:
         lines += ["## Excluded by rules", ""]
         for reason, count in Counter(reason for _, reason in excluded).most_common():
@@ -123,6 +142,7 @@ def _selected_section(
     baseline: CandidateResult,
     accounting: AccountingConfig,
     infeasible: UserError | None,
+    source: str,
 ) -> list[str]:
     lines = ["## Selected", ""]
     if best is None:
@@ -151,7 +171,7 @@ def _selected_section(
         )
         lines.append("")
     lines += [
-        f"Facility roll-up per million output tokens (PUE {accounting.pue:g}, "
+        f"{estimate_mark(source)}Facility roll-up per million output tokens (PUE {accounting.pue:g}, "
         f"{accounting.grid_gco2_per_kwh:g} gCO2/kWh, {accounting.price_per_kwh:g} {accounting.currency}/kWh; "
         "arithmetic on the energy above):",
         "",

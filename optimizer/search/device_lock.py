@@ -13,12 +13,12 @@ The lock is an flock on a file under the host's temp dir, so it binds every proc
 from __future__ import annotations
 
 import fcntl
-import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from optimizer.measure.nvml_device import cuda_visible_devices
 from optimizer.target import TargetSpec
 
 
@@ -52,11 +52,6 @@ class DeviceLock:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def cuda_visible_devices() -> list[str]:
-    """The GPU ids listed in CUDA_VISIBLE_DEVICES (empty when it is unset)."""
-    return [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
 
 
 def device_id(target: TargetSpec) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from optimizer.backends.base import Engine
+from optimizer.backends.parity import check_greedy_parity
 from optimizer.backends.registry import build_engine
 from optimizer.config import QualityConfig, SearchConfig, WorkloadConfig
 from optimizer.measure.energy import EnergyMeter
@@ -128,8 +129,12 @@ class Evaluator:
             return nullcontext()
         return self.device.exclusive() if exclusive else self.device.shared()
 
-    def evaluate(self, candidate: Candidate, role: str = "candidate") -> CandidateResult:
-        """Never raises for a candidate's own failure: failure is a result with its error."""
+    def evaluate(
+        self, candidate: Candidate, role: str = "candidate", stop_below: float | None = None
+    ) -> CandidateResult:
+        """Never raises for a candidate's own failure: failure is a result with its error. With
+        `stop_below`, windows after one whose running goodput tokens/J is below it are skipped
+        (the candidate cannot win: multi-fidelity screening)."""
         start = time.perf_counter()
         deadline = start + self.search_cfg.candidate_timeout_minutes * 60
         build_seconds = 0.0
@@ -152,7 +157,8 @@ class Evaluator:
                         candidate, REJECTED, "; ".join(broken), quality, None, role, start, build_seconds
                     )
                 with self._device(exclusive=True):
-                    performance = self._measure(engine, candidate, deadline)
+                    self._check_generate_paths(engine, candidate)
+                    performance = self._measure(engine, candidate, deadline, stop_below)
             finally:
                 engine.close()
             status = REJECTED if broken else MEASURED  # only the baseline is measured despite a broken bound
@@ -167,14 +173,33 @@ class Evaluator:
             if self.store is not None:
                 self.store.release(QUALITY_CLAIM_PREFIX + numerics)  # a no-op unless still held
 
-    def _measure(self, engine: Engine, candidate: Candidate, deadline: float) -> PerformanceResult:
+    def _check_generate_paths(self, engine: Engine, candidate: Candidate) -> None:
+        """Paths the probe never runs (compiled, captured, static cache, decode kernels) must decode
+        greedily what the probed forward decodes; on the workload's own shape, so that this
+        batch is also their warm-up (compilation, capture) before any window."""
+        settings = candidate.settings
+        if getattr(settings, "generate_only_paths", False):
+            prompts = self.workload.batch(0, candidate.batch_size)
+            check_greedy_parity(
+                engine, prompts, self.workload.max_new_tokens, getattr(settings, "precision", "fp32")
+            )
+
+    def _measure(
+        self, engine: Engine, candidate: Candidate, deadline: float, stop_below: float | None = None
+    ) -> PerformanceResult:
         """Offline batches, or the request stream at every offered load (serving)."""
         if self.streams:
             return measure_load(
-                engine, candidate.batch_size, self.streams, self.meter, self.workload_cfg, deadline
+                engine,
+                candidate.batch_size,
+                self.streams,
+                self.meter,
+                self.workload_cfg,
+                deadline,
+                stop_below,
             )
         return measure_performance(
-            engine, self.workload, candidate.batch_size, self.meter, self.workload_cfg, deadline
+            engine, self.workload, candidate.batch_size, self.meter, self.workload_cfg, deadline, stop_below
         )
 
     def _measure_quality(self, engine: Engine, numerics: str) -> QualityResult:

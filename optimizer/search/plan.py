@@ -7,13 +7,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from optimizer.config import RunConfig
+from optimizer.measure import PROTOCOL_VERSION
+from optimizer.measure.energy import estimate_coefficients
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.search.prefilter import memory_fit_reason
 from optimizer.space import Candidate, baseline_candidate, enumerate_candidates
 from optimizer.store import context_key
-
-PROTOCOL_VERSION = 1  # bump when a change in measuring makes old stored results incomparable
-
 
 # An offline measurement depends on these workload fields only (serving fields are not read).
 OFFLINE_FIELDS = ("prompt_tokens", "max_new_tokens", "min_window_seconds", "repeats", "warmup_batches", "slo")
@@ -22,21 +21,27 @@ OFFLINE_FIELDS = ("prompt_tokens", "max_new_tokens", "min_window_seconds", "repe
 def protocol(
     cfg: RunConfig, text_sha256: str, energy_source: str, stream_sha256: str | None = None
 ) -> dict[str, Any]:
-    """What must match for two measurements to be comparable (the quality bound is not in it).
+    """What must match for two measurements to be comparable (the quality bound is not in it):
+    the protocol's version (optimizer/measure/__init__.py), the workload, the quality text (by
+    content), how quality is scored, the energy source and, for the estimate, its coefficients.
     A serving protocol names its request stream by content (`stream_sha256`)."""
     workload = {k: v for k, v in asdict(cfg.workload).items() if k != "idle_seconds"}
     if not cfg.workload.serving:
         workload = {k: workload[k] for k in OFFLINE_FIELDS}
     elif stream_sha256 is not None:
         workload["stream_sha256"] = stream_sha256
-    return {
+    parts: dict[str, Any] = {
         "protocol_version": PROTOCOL_VERSION,
         "workload": workload,
         "quality_text_sha256": text_sha256,
         "quality_sequences": cfg.quality.num_sequences,
         "quality_seq_tokens": cfg.quality.seq_tokens,
+        "quality_batch_size": cfg.quality.batch_size,
         "energy_source": energy_source,
     }
+    if energy_source == "estimate":  # joules are arithmetic on these: other values, other joules
+        parts["estimate_coefficients"] = estimate_coefficients(cfg.target)
+    return parts
 
 
 @dataclass(frozen=True)

@@ -82,16 +82,42 @@ def rates_for(target: TargetSpec, idle_watts: float, headroom: float) -> Rooflin
         )
         return None
     bandwidth, flops = measure_cpu_rates(target.cores)
+    peak = cpu_peak_flops(target.cores)
     return RooflineRates(
         bytes_per_second=bandwidth * headroom,
-        flops_per_second=flops * headroom,
+        # a 1024-square matmul reached half of what a batch-16 prefill did on this EPYC: the
+        # vector units' peak bounds both
+        flops_per_second=max(flops * headroom, peak),
         floor_watts=floor,
         cache_bytes=int(_llc_bytes() * headroom),
         source=(
-            f"ASSUMPTION: copy bandwidth {bandwidth / 1e9:.1f} GB/s and fp32 matmul {flops / 1e9:.0f} GFLOP/s "
-            f"measured on this CPU, x{headroom:g} headroom; floor = idle / {headroom:g}"
+            f"ASSUMPTION: copy bandwidth {bandwidth / 1e9:.1f} GB/s measured on this CPU x{headroom:g} headroom; "
+            f"fp32 matmul the larger of {flops / 1e9:.0f} GFLOP/s measured x{headroom:g} and the vector "
+            f"peak {peak / 1e9:.0f} GFLOP/s; floor = idle / {headroom:g}"
         ),
     )
+
+
+def cpu_peak_flops(cores: int, cpuinfo: str | None = None) -> float:
+    """fp32 FLOP/s the vector units allow at most: two FMA units of the widest vectors per core
+    (AVX-512: 16 lanes, AVX2: 8, else 4) x 2 FLOPs x the highest clock listed. Where a core runs
+    AVX-512 on 256-bit halves (Zen 4) or boosts past the listed clock, the two roughly cancel;
+    0.0 when /proc/cpuinfo is unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return 0.0
+    flags: set[str] = set()
+    mhz = 0.0
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags |= set(value.split())
+        elif key.strip() == "cpu MHz":
+            mhz = max(mhz, float(value or 0))
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    return cores * 2 * lanes * 2 * mhz * 1e6
 
 
 def measure_cpu_rates(threads: int, repeats: int = 3) -> tuple[float, float]:
@@ -122,16 +148,29 @@ def _best_seconds(work: object, repeats: int) -> float:
     return best
 
 
-def _llc_bytes() -> int:
-    """The largest CPU cache reported by sysfs (8 MiB when unreadable)."""
-    sizes = []
-    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        text = entry.read_text().strip().upper()
-        multiplier = {"K": 1 << 10, "M": 1 << 20, "G": GIB}.get(text[-1:], 1)
-        digits = text.rstrip("KMG")
-        if digits.isdigit():
-            sizes.append(int(digits) * multiplier)
-    return max(sizes, default=8 << 20)
+def _llc_bytes(cpus: Path = Path("/sys/devices/system/cpu")) -> int:
+    """All last-level cache on the machine, from sysfs: the sum over every distinct instance of the
+    highest cache level (an EPYC has one L3 per core complex; cpu0's alone understates the cache
+    a many-core candidate runs in). 8 MiB when unreadable."""
+    instances: dict[tuple[int, str], int] = {}
+    for entry in cpus.glob("cpu[0-9]*/cache/index*"):
+        try:
+            level = int((entry / "level").read_text())
+            shared = (entry / "shared_cpu_list").read_text().strip()
+            size = _cache_size((entry / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        instances[(level, shared)] = size
+    if not instances:
+        return 8 << 20
+    top = max(level for level, _ in instances)
+    return sum(size for (level, _), size in instances.items() if level == top)
+
+
+def _cache_size(text: str) -> int:
+    text = text.strip().upper()
+    multiplier = {"K": 1 << 10, "M": 1 << 20, "G": GIB}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * multiplier
 
 
 @dataclass(frozen=True)
@@ -155,12 +194,12 @@ def roofline_bound(
 ) -> RooflineBound:
     settings = candidate.settings
     spec = spec_for(settings)
-    fp = spec.footprint(settings, shape.num_layers)
+    fp = spec.moved_bytes(settings, shape.num_layers)
     batch, prompt, new = candidate.batch_size, workload.prompt_tokens, workload.max_new_tokens
     # one vocabulary x hidden matrix is left out: the embedding lookup gathers rows
     body = max(shape.num_parameters - shape.vocab_size * shape.hidden_size, 0)
     weight_bytes = body * fp.weight_bytes
-    weight_bytes = 0.0 if weight_bytes < rates.cache_bytes else weight_bytes
+    weight_bytes = 0.0 if weight_bytes <= rates.cache_bytes else weight_bytes
     kv_token_bytes = shape.kv_bytes_per_token(fp.kv_bytes)
     if fp.kv_on_device_fraction < 1:
         kv_token_bytes = 0.0  # read from host memory over a link we have no rate for

@@ -19,7 +19,7 @@ from optimizer.config import QualityConfig, SearchConfig
 from optimizer.results import FAILED, MEASURED, PRUNED, CandidateResult
 from optimizer.search.evaluate import Evaluator, now_iso
 from optimizer.search.roofline import Roofline
-from optimizer.search.samplers import make_sampler
+from optimizer.search.samplers import GridSampler, make_sampler
 from optimizer.select import select_best
 from optimizer.space import Candidate
 from optimizer.store import TrialStore, leases_kept
@@ -102,6 +102,11 @@ def search_worker(
         # it would most likely run past the budget
         if deadline is not None and deadline - clock() < max(loop.typical_seconds(), 0.0):
             return True
+        # a grid measures every candidate: patience applies to an order that puts winners first
+        grid = type(loop.sampler) is GridSampler
+        if search.patience is not None and not grid and loop.since_best >= search.patience:
+            progress(f"stopping: {loop.since_best} candidates in a row measured without beating the best")
+            return True
         return search.max_candidates is not None and store.run_count() >= search.max_candidates
 
     with leases_kept(store, search.lease_seconds):
@@ -163,6 +168,7 @@ class _WorkerLoop:
         self.mine: set[str] = set()
         self.evaluated = 0
         self.roofline_pruned = 0
+        self.since_best = 0  # candidates measured here since the best improved
         self._synced = False  # the first sync reads every candidate, later ones what changed
 
     def role(self, candidate: Candidate) -> str:
@@ -231,11 +237,21 @@ class _WorkerLoop:
             self.store.release(key)
             return
         role = self.role(candidate)
-        result = self.evaluator.evaluate(candidate, role)
+        before = self.best()
+        margin = self.search.screen_margin
+        stop_below = (
+            before.objective / (1 + margin)
+            if before is not None and margin is not None and role != "baseline"
+            else None
+        )
+        result = self.evaluator.evaluate(candidate, role, stop_below=stop_below)
         self.store.append(result)  # also gives up the lease
         self.evaluated += 1
         self.mine.add(key)
         self.record(candidate, replace(result, role=role))
+        if result.status == MEASURED:
+            improved = result.feasible and (before is None or result.objective > before.objective)
+            self.since_best = 0 if improved else self.since_best + 1
 
 
 def stored_result(

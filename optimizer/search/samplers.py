@@ -45,6 +45,23 @@ class RandomSampler(GridSampler):
         super().__init__(shuffled)
 
 
+class BoundSampler(GridSampler):
+    """Best bound first: candidates in descending order of the roofline's tokens/J bound (ties in a
+    seeded random order). Together with roofline pruning this is branch and bound: once a
+    measured candidate beats every remaining bound, nothing is left to measure."""
+
+    def __init__(
+        self, candidates: Sequence[Candidate], prior: Callable[[Candidate], float], seed: int
+    ) -> None:
+        rng = random.Random(seed)
+        keyed = [(prior(c), rng.random(), c) for c in candidates]
+        super().__init__([c for _, _, c in sorted(keyed, key=lambda t: (-t[0], t[1]))])
+
+
+# `auto`: a space this small is measured whole (grid); a larger one best-bound first
+AUTO_GRID_MAX_CANDIDATES = 24
+
+
 def make_sampler(
     cfg: SearchConfig,
     candidates: Sequence[Candidate],
@@ -55,6 +72,12 @@ def make_sampler(
     ignore it."""
     if cfg.sampler == "random":
         return RandomSampler(candidates, cfg.seed)
+    if cfg.sampler == "auto" and len(candidates) <= AUTO_GRID_MAX_CANDIDATES:
+        return GridSampler(candidates)
+    if cfg.sampler in ("bound", "auto"):
+        if prior is None:  # no roofline for this target: no order to go by
+            return RandomSampler(candidates, cfg.seed)
+        return BoundSampler(candidates, prior, cfg.seed)
     if cfg.sampler == "optuna":
         from optimizer.search.optuna_sampler import OptunaSampler  # optuna loads only when used
 

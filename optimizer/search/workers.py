@@ -23,8 +23,9 @@ from optimizer.config import RunConfig
 from optimizer.errors import UserError
 from optimizer.logs import setup_logging
 from optimizer.measure.energy import measure_idle_watts
+from optimizer.measure.nvml_device import cuda_visible_devices
 from optimizer.measure.setup import prepare_measurement
-from optimizer.search.device_lock import DeviceLock, cuda_visible_devices
+from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
 from optimizer.search.plan import plan_search
 from optimizer.search.roofline import Roofline, RooflineRates

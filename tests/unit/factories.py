@@ -5,14 +5,20 @@ modules that are not tests (a worker run in a child process) import them from he
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
+from optimizer.config import QualityConfig, WorkloadConfig
 from optimizer.measure.latency import LatencySummary
 from optimizer.measure.quality import QualityResult
 from optimizer.measure.workload import PerformanceResult, Spread, WindowResult
+from optimizer.recipe import RECIPE_SCHEMA
 from optimizer.results import MEASURED, CandidateResult
 from optimizer.space import Candidate, TorchSettings
 from optimizer.target import GIB, GpuInfo, TargetSpec
+from optimizer.version import tool_version
+
+WEIGHT_SHA = "ab" * 32  # the weights a hand-made recipe names
 
 
 def target_spec(**overrides: Any) -> TargetSpec:
@@ -114,3 +120,42 @@ def candidate_result(
         performance=performance,
         **fields,
     )
+
+
+def recipe_data() -> dict[str, Any]:
+    """A recipe in the layout build_recipe writes."""
+    candidate = Candidate(
+        TorchSettings(precision="bf16", quantization="int8-weight"), batch_size=8, threads=2
+    )
+    workload = WorkloadConfig(prompt_tokens=32, max_new_tokens=16, min_window_seconds=1.0, repeats=2)
+    quality = QualityConfig(num_sequences=4, seq_tokens=64, max_kl=0.1)
+    return {
+        "schema": RECIPE_SCHEMA,
+        "wattsmith_version": tool_version(),
+        "created": "2026-01-01T00:00:00+00:00",
+        "model": {
+            "name": "tiny",
+            "source": "/models/tiny",
+            "format": "hf-dir",
+            "weight_sha256": WEIGHT_SHA,
+            "revision": None,
+            "num_parameters": 1234,
+        },
+        "target": {"kind": "cpu", "name": "cpu", "cpu_model": "Test CPU", "cores": 2, "gpu": None},
+        "settings": candidate.to_dict(),
+        "constraints": {
+            "quality": {"max_ppl_increase": 0.03, "min_top1_agreement": 0.95, "max_kl": 0.1},
+            "slo": asdict(workload.slo),
+        },
+        "measurement": {
+            "workload": asdict(workload),
+            "quality": asdict(quality),
+            "quality_text_sha256": "cd" * 32,
+            "idle_watts": 3.0,
+        },
+        "evidence": {
+            "energy": {"source": "estimate", "is_estimate": True, "goodput_tokens_per_joule": {"mean": 2.0}},
+            "latency": {"ttft_ms": {"p90": 100.0}, "tpot_ms": {"p90": 20.0}},
+            "quality": {"ppl_increase": 0.01, "top1_agreement": 0.99, "mean_kl": 0.001},
+        },
+    }

@@ -31,7 +31,7 @@ def test_defaults_compose_into_a_run_config() -> None:
     assert isinstance(cfg.workload.slo, SloConfig)
     assert cfg.model.source == "smollm2"
     assert cfg.target.kind == "auto"
-    assert cfg.search.sampler == "grid"
+    assert cfg.search.sampler == "auto" and cfg.search.patience == 8
     # the packaged presets are what the defaults list names
     assert cfg.space.torch.precisions == ["fp32", "bf16"]
     assert cfg.quality.max_kl == pytest.approx(0.05)

@@ -87,9 +87,13 @@ def test_first_run_writes_recipe_report_plot_results(first: RunResult, run) -> N
     assert first.recipe_path == out / "recipe.yaml"
     assert first.baseline.role == "baseline"
     assert first.baseline.status == MEASURED
-    lines = (out / "results.jsonl").read_text().splitlines()
-    assert len(lines) == len(first.results) == 4  # {fp32, bf16} x batch {1, 2}; the baseline is one
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    searched = [r for r in rows if r["role"] != "finalist"]
+    assert len(searched) == len(first.results) == 4  # {fp32, bf16} x batch {1, 2}; the baseline is one
     assert all(not r.reused for r in first.results)
+    # the best three feasible, re-measured in two interleaved rounds, are in the file too
+    finalists = [r for r in rows if r["role"] == "finalist"]
+    assert len(finalists) == 2 * min(3, sum(r.feasible for r in first.results))
 
 
 def test_recipe_names_the_estimate_and_the_selection(first: RunResult, tiny_model_dir: Path) -> None:
@@ -105,9 +109,12 @@ def test_recipe_names_the_estimate_and_the_selection(first: RunResult, tiny_mode
     weights = (tiny_model_dir / "model.safetensors").read_bytes()
     assert recipe["model"]["weight_sha256"] == hashlib.sha256(weights).hexdigest()
     assert recipe["target"]["kind"] == "cpu"
-    # the best has the most goodput tokens/J among the feasible
-    feasible = [r for r in first.results if r.feasible]
-    assert first.best.objective == max(r.objective for r in feasible)
+    # the best was chosen among re-measured finalists, and the recipe says how
+    selection = recipe["evidence"]["selection"]
+    assert selection["finalists"][0]["label"] == first.best.candidate.label()
+    assert all(len(f["goodput_tokens_per_joule"]["ci95"]) == 2 for f in selection["finalists"])
+    assert isinstance(selection["distinguishable_from_runner_up"], bool) and selection["reason"]
+    assert "## Selection among finalists" in (first.output_dir / "report.md").read_text()
 
 
 def test_recipe_reads_back(first: RunResult) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,56 +12,20 @@ import yaml
 from optimizer.config import QualityConfig, WorkloadConfig
 from optimizer.errors import UserError
 from optimizer.recipe import (
-    RECIPE_SCHEMA,
     check_weights,
     model_config_for,
     read_recipe,
     write_recipe,
 )
 from optimizer.space import Candidate, TorchSettings
-from optimizer.version import tool_version
-
-SHA = "ab" * 32
+from unit.factories import WEIGHT_SHA as SHA
+from unit.factories import recipe_data
 
 
 @pytest.fixture
 def recipe_dict() -> dict[str, Any]:
     """A recipe in the layout build_recipe writes."""
-    candidate = Candidate(
-        TorchSettings(precision="bf16", quantization="int8-weight"), batch_size=8, threads=2
-    )
-    workload = WorkloadConfig(prompt_tokens=32, max_new_tokens=16, min_window_seconds=1.0, repeats=2)
-    quality = QualityConfig(num_sequences=4, seq_tokens=64, max_kl=0.1)
-    return {
-        "schema": RECIPE_SCHEMA,
-        "wattsmith_version": tool_version(),
-        "created": "2026-01-01T00:00:00+00:00",
-        "model": {
-            "name": "tiny",
-            "source": "/models/tiny",
-            "format": "hf-dir",
-            "weight_sha256": SHA,
-            "revision": None,
-            "num_parameters": 1234,
-        },
-        "target": {"kind": "cpu", "name": "cpu", "cpu_model": "Test CPU", "cores": 2, "gpu": None},
-        "settings": candidate.to_dict(),
-        "constraints": {
-            "quality": {"max_ppl_increase": 0.03, "min_top1_agreement": 0.95, "max_kl": 0.1},
-            "slo": asdict(workload.slo),
-        },
-        "measurement": {
-            "workload": asdict(workload),
-            "quality": asdict(quality),
-            "quality_text_sha256": "cd" * 32,
-            "idle_watts": 3.0,
-        },
-        "evidence": {
-            "energy": {"source": "estimate", "is_estimate": True, "goodput_tokens_per_joule": {"mean": 2.0}},
-            "latency": {"tpot_ms": {"p90": 20.0}},
-            "quality": {"ppl_increase": 0.01, "top1_agreement": 0.99, "mean_kl": 0.001},
-        },
-    }
+    return recipe_data()
 
 
 def _write(path: Path, data: Any) -> Path:
@@ -206,3 +169,51 @@ def test_a_recipe_can_name_an_ort_candidate(tmp_path: Path, recipe_dict: dict[st
     recipe = read_recipe(write_recipe(tmp_path / "recipe.yaml", data))
     assert recipe.candidate == candidate
     assert yaml.safe_load((tmp_path / "recipe.yaml").read_text())["settings"]["backend"] == "ort-genai"
+
+
+def test_build_recipe_records_the_protocol_and_the_estimates_coefficients(
+    make_target, make_result, make_quality, make_performance
+) -> None:
+    from types import SimpleNamespace
+
+    from optimizer.config import compose_run_config
+    from optimizer.measure import PROTOCOL_VERSION
+    from optimizer.recipe import build_recipe
+    from optimizer.search.runner import SearchOutcome
+
+    best = make_result(quality=make_quality(), performance=make_performance())
+    outcome = SearchOutcome(
+        baseline=best, baseline_in_space=True, results=[best], not_reached=[], measuring_seconds=1.0
+    )
+    target = make_target(cpu_active_watts_per_core=7.0, cpu_idle_watts_per_core=0.5)
+    model = SimpleNamespace(identity=lambda: {"source": "/m", "weight_sha256": SHA})
+    setup = SimpleNamespace(model=model, target=target, text_sha256="cd" * 32)
+    recipe = build_recipe(compose_run_config([]), setup, best, outcome, [], "ctx", 3.0)
+    measurement = recipe["measurement"]
+    assert measurement["protocol_version"] == PROTOCOL_VERSION
+    assert measurement["energy_estimate"] == {
+        "cpu_active_watts_per_core": 7.0,
+        "cpu_idle_watts_per_core": 0.5,
+    }
+
+
+def test_read_recipe_gives_the_recorded_coefficients(tmp_path: Path, recipe_dict: dict[str, Any]) -> None:
+    data = copy.deepcopy(recipe_dict)
+    data["measurement"]["energy_estimate"] = {
+        "cpu_active_watts_per_core": 7.0,
+        "cpu_idle_watts_per_core": 0.5,
+    }
+    target = read_recipe(write_recipe(tmp_path / "r.yaml", data)).target
+    assert (target.kind, target.cpu_active_watts_per_core, target.cpu_idle_watts_per_core) == (
+        "cpu",
+        7.0,
+        0.5,
+    )
+    # a recipe written before they were recorded: the defaults it was measured with
+    assert (
+        read_recipe(write_recipe(tmp_path / "old.yaml", recipe_dict)).target.cpu_active_watts_per_core == 5.0
+    )
+    data["measurement"]["energy_estimate"] = {"cpu_active_watts_per_core": 7.0}
+    with pytest.raises(UserError) as info:
+        read_recipe(write_recipe(tmp_path / "bad.yaml", data))
+    assert info.value.field == "recipe.measurement.energy_estimate"

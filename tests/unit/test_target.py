@@ -207,3 +207,15 @@ def test_fingerprint_names_the_software() -> None:
     assert fp["kind"] == "cpu"
     assert {"torch", "transformers"} <= set(fp["packages"])
     assert fp["gpu"] is None
+
+
+def test_nvml_detects_the_board_behind_cuda_visible_devices(
+    with_gpu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cuda:0 of a process given GPU 2 is NVML's board 2: its name and memory are detected."""
+    nvml = with_gpu(count=4)
+    nvml.nvmlDeviceGetName = lambda h: {"handle2": "NVIDIA L4"}.get(h, "NVIDIA H100 80GB HBM3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    gpu = target_module._detect_gpu(0)
+    assert gpu is not None and gpu.name == "NVIDIA L4" and gpu.index == 0
+    assert target_module._detect_gpu(1) is None  # only one device is visible

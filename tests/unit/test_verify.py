@@ -1,10 +1,21 @@
-"""VerifyReport: pass/fail and its rendering (re-measuring is covered end to end in e2e)."""
+"""verify: the report, each check, and verify_recipe with the measuring faked (re-measuring for real
+is covered end to end in e2e)."""
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
+
+from optimizer import verify
+from optimizer.config import SloConfig, TargetConfig
+from optimizer.recipe import write_recipe
+from optimizer.search.device_lock import DeviceLock
 from optimizer.verify import Check, VerifyReport
+from unit.factories import WEIGHT_SHA, recipe_data
 
 
 def test_report_passes_only_when_every_check_passes() -> None:
@@ -20,3 +31,115 @@ def test_report_passes_only_when_every_check_passes() -> None:
     assert lines[2].strip().startswith("FAIL")
     assert lines[-1] == "FAILED"
     assert VerifyReport(Path("r.yaml"), [ok]).render().splitlines()[-1] == "PASSED"
+
+
+def test_goodput_far_above_the_record_fails_too() -> None:
+    """2x the recorded figure is a broken meter as likely as a better machine."""
+    assert verify.goodput_check(2.0, "estimate", 1.6, "estimate", 0.25).passed
+    assert verify.goodput_check(2.0, "estimate", 2.6, "estimate", 0.25).passed  # 1.3x < 1/0.75
+    low = verify.goodput_check(2.0, "estimate", 1.4, "estimate", 0.25)
+    high = verify.goodput_check(2.0, "estimate", 4.0, "estimate", 0.25)
+    assert not low.passed and not high.passed
+    assert "2.00x" in high.measured and "meter" in high.measured
+    assert high.name == "goodput tok/J (0.75x-1.33x of recorded)"
+
+
+def test_the_slo_is_labelled_with_its_configured_percentile(make_performance) -> None:
+    perf = make_performance()
+    recorded = {"ttft_ms": {"p50": 80.0, "p99": 300.0}, "tpot_ms": {"p50": 10.0, "p99": 40.0}}
+    check = verify.slo_check(recorded, perf, SloConfig(percentile=99, ttft_ms=500, tpot_ms=50))
+    assert check.name == "SLO (TTFT p99 <= 500 ms, TPOT p99 <= 50 ms)"
+    assert check.recorded == "TTFT p99 300 ms, TPOT p99 40 ms"
+    assert check.measured.startswith(f"TTFT p99 {perf.latency.ttft_ms['p99']:.0f} ms")
+    assert "p90" not in check.recorded + check.measured
+    assert verify.slo_check(recorded, perf, SloConfig(percentile=95)).recorded == "TTFT p95 n/a, TPOT p95 n/a"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _recipe(tmp_path: Path, **measurement: Any) -> Path:
+    data = recipe_data()
+    data["measurement"] |= measurement
+    return write_recipe(tmp_path / "recipe.yaml", data)
+
+
+def test_verify_estimates_with_the_recipes_coefficients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[TargetConfig] = []
+
+    def prepare(model_cfg: Any, target_cfg: TargetConfig, *args: Any) -> None:
+        seen.append(target_cfg)
+        raise _Stop
+
+    monkeypatch.setattr(verify, "prepare_measurement", prepare)
+    coefficients = {"cpu_active_watts_per_core": 9.0, "cpu_idle_watts_per_core": 0.25}
+    with pytest.raises(_Stop):
+        verify.verify_recipe(_recipe(tmp_path, energy_estimate=coefficients))
+    assert (seen[0].cpu_active_watts_per_core, seen[0].cpu_idle_watts_per_core) == (9.0, 0.25)
+
+
+@pytest.fixture
+def measured_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_target, make_result, make_quality, make_performance
+):
+    """verify_recipe with the measuring faked: the setup, idle power and the evaluation. Records
+    whether the device lock was held while idle power was measured, and the evaluator's lock."""
+    lock_path = tmp_path / "device.lock"
+    seen: dict[str, Any] = {}
+
+    def setup(text_sha256: str) -> SimpleNamespace:
+        model = SimpleNamespace(weight_sha256=WEIGHT_SHA)
+        meter = SimpleNamespace(source="estimate")
+        return SimpleNamespace(
+            model=model, target=make_target(), meter=meter, text_sha256=text_sha256, stream=None
+        )
+
+    def idle(meter: Any, seconds: float) -> float:
+        with lock_path.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                seen["idle_locked"] = False
+            except BlockingIOError:
+                seen["idle_locked"] = True
+        return 0.0
+
+    class FakeEvaluator:
+        @classmethod
+        def for_setup(cls, setup: Any, device: DeviceLock | None = None, **kwargs: Any) -> FakeEvaluator:
+            seen["device"] = device
+            return cls()
+
+        def evaluate(self, candidate: Any, role: str) -> Any:
+            perf = make_performance(goodput_tokens_per_joule=2.0)
+            return make_result(candidate=candidate, quality=make_quality(), performance=perf)
+
+    def run(text_sha256: str = "cd" * 32) -> verify.VerifyReport:
+        monkeypatch.setattr(verify, "prepare_measurement", lambda *a: setup(text_sha256))
+        return verify.verify_recipe(_recipe(tmp_path))
+
+    monkeypatch.setattr(verify, "measure_idle_watts", idle)
+    monkeypatch.setattr(verify, "Evaluator", FakeEvaluator)
+    monkeypatch.setattr(DeviceLock, "for_target", classmethod(lambda cls, target: cls(lock_path)))
+    return run, seen, lock_path
+
+
+def test_verify_checks_the_quality_texts_hash(measured_here) -> None:
+    run, _seen, _lock = measured_here
+    same = {c.name: c for c in run().checks}
+    assert same["quality text sha256"].passed
+    other = {c.name: c for c in run(text_sha256="ef" * 32).checks}
+    assert not other["quality text sha256"].passed
+    assert other["quality text sha256"].measured == "ef" * 8
+
+
+def test_verify_holds_the_device_lock(measured_here) -> None:
+    """Idle power under the exclusive lock, the evaluation with it: never beside a running search."""
+    run, seen, lock_path = measured_here
+    report = run()
+    assert report.passed, report.render()
+    assert seen["idle_locked"] is True
+    assert isinstance(seen["device"], DeviceLock) and seen["device"].path == lock_path

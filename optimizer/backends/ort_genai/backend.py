@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,16 @@ import torch
 
 from optimizer.backends.artifacts import artifact_key, cached_artifact
 from optimizer.backends.base import Generation, load_check
+from optimizer.backends.ort_genai.serving import GenaiEngineServer
 from optimizer.backends.ort_genai.settings import OrtGenaiSettings
+from optimizer.backends.parity import (
+    CHECKED_TOKENS,
+    TIE_TOLERANCE,
+    parity_error,
+    random_prompts,
+    reference_greedy,
+)
+from optimizer.measure.serving import Completion
 from optimizer.model import ModelSpec
 from optimizer.target import TargetSpec
 
@@ -37,6 +47,7 @@ log = logging.getLogger(__name__)
 
 BUILD_FORMAT = 1  # bump when the builder command changes: old builds are then not reused
 BUILD_TIMEOUT_SECONDS = 1800
+PARITY_TIMEOUT_SECONDS = 120.0
 
 
 class GenaiBuildError(RuntimeError):
@@ -51,7 +62,7 @@ class OrtGenaiBackend:
         assert isinstance(settings, OrtGenaiSettings)
         build_dir = ensure_build(model, settings, workdir)
         threads = candidate.threads or (0 if target.is_cuda else target.cores)
-        engine = OrtGenaiEngine.load(build_dir, settings, threads)
+        engine = OrtGenaiEngine.load(build_dir, settings, threads, candidate.batch_size)
         try:
             load_check(engine, GenaiBuildError)  # closes the engine when it fails
         except Exception as exc:
@@ -142,16 +153,24 @@ def log_tail(text: str, lines: int = 3) -> str:
 
 
 class OrtGenaiEngine:
-    """Greedy generation through onnxruntime-genai's Generator: exactly max_new_tokens per row."""
+    """Greedy generation through onnxruntime-genai's Generator: exactly max_new_tokens per row.
+    A request stream (`submit`/`collect`) goes to genai's own scheduler, its Engine API
+    (`serving.py`), with up to `max_requests` requests together."""
 
-    def __init__(self, og: Any, model: Any, settings: OrtGenaiSettings, build_dir: Path) -> None:
+    def __init__(
+        self, og: Any, model: Any, settings: OrtGenaiSettings, build_dir: Path, max_requests: int = 1
+    ) -> None:
         self._og = og
         self.model: Any = model
         self.settings = settings
         self.build_dir = build_dir
+        self.max_requests = max_requests
+        self._server: GenaiEngineServer | None = None  # started by the first submit()
 
     @classmethod
-    def load(cls, build_dir: Path, settings: OrtGenaiSettings, threads: int) -> OrtGenaiEngine:
+    def load(
+        cls, build_dir: Path, settings: OrtGenaiSettings, threads: int, max_requests: int = 1
+    ) -> OrtGenaiEngine:
         import onnxruntime_genai as og
 
         config = og.Config(str(build_dir))
@@ -168,7 +187,7 @@ class OrtGenaiEngine:
             raise GenaiBuildError(
                 f"onnxruntime-genai cannot load the {settings.label()} build: {_short(exc)} ({build_dir})"
             ) from exc
-        return cls(og, model, settings, build_dir)
+        return cls(og, model, settings, build_dir, max_requests)
 
     def _generator(self, batch_size: int, max_length: int, min_length: int) -> Any:
         params = self._og.GeneratorParams(self.model)
@@ -204,7 +223,72 @@ class OrtGenaiEngine:
         del generator
         return torch.from_numpy(logits.reshape(batch, length, -1))
 
+    # -- ServingEngine: requests of a stream, scheduled by genai's Engine --------------------
+
+    def server(self) -> GenaiEngineServer:
+        if self.model is None:
+            raise RuntimeError("the engine is closed")
+        if self._server is None:
+            server = GenaiEngineServer(self._og, self.model, self.max_requests)
+            try:
+                self._check_engine_parity(server)
+            except BaseException:
+                server.close()
+                raise
+            self._server = server
+        return self._server
+
+    def _activations(self) -> str:
+        """The builder keeps fp32 activations on the CPU, fp16 (bf16 for bf16) on CUDA."""
+        s = self.settings
+        if s.provider == "cpu" or s.precision == "fp32":
+            return "fp32"
+        return "bf16" if s.precision == "bf16" else "fp16"
+
+    def _check_engine_parity(self, server: GenaiEngineServer) -> None:
+        """The Engine's scheduler, batching and padding act only on streams: its greedy tokens for
+        two prompts of different lengths, batched together, must be what plain forwards decode."""
+        vocab = int(json.loads((self.build_dir / "genai_config.json").read_text())["model"]["vocab_size"])
+        rows = random_prompts(vocab, rows=2, tokens=16)
+        prompts = [rows[0].tolist(), rows[1, :11].tolist()]
+        ids = [server.submit(prompt, CHECKED_TOKENS) for prompt in prompts]
+        done: dict[str, Completion] = {}
+        deadline = time.monotonic() + PARITY_TIMEOUT_SECONDS
+        while len(done) < len(ids) and time.monotonic() < deadline:
+            done.update((c.request_id, c) for c in server.collect(0.5))
+        for request_id, prompt in zip(ids, prompts, strict=True):
+            completion = done.get(request_id)
+            if completion is None or completion.error is not None:
+                why = "no result" if completion is None else completion.error
+                raise RuntimeError(f"the onnxruntime-genai Engine did not serve its parity check: {why}")
+            tokens, logits = reference_greedy(self, torch.tensor([prompt]), CHECKED_TOKENS)
+            got = torch.tensor([completion.token_ids])
+            error = parity_error(got, tokens, logits, TIE_TOLERANCE[self._activations()])
+            if error is not None:
+                raise RuntimeError(f"the onnxruntime-genai Engine's {error}")
+
+    def reserve(self, sequence_tokens: int) -> GenaiEngineServer:
+        """Start the Engine (and check its parity) before a stream, not at its first request; every
+        request's cache is sized by its own prompt and output (`max_session_tokens`)."""
+        return self.server()
+
+    def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
+        return self.server().submit(prompt_ids, max_new_tokens)
+
+    def collect(self, timeout_seconds: float) -> list[Completion]:
+        if self._server is None:
+            time.sleep(max(timeout_seconds, 0.0))
+            return []
+        return self._server.collect(timeout_seconds)
+
+    def cancel_all(self) -> None:
+        if self._server is not None:
+            self._server.cancel_all()
+
     def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         self.model = None
         gc.collect()
 

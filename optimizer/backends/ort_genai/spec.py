@@ -8,8 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, precision_kind, unpadded_stream_reason
-from optimizer.backends.installed import missing_genai
+from optimizer.backends.base import (
+    PRECISION_BYTES,
+    Engine,
+    Footprint,
+    MovedBytes,
+    precision_kind,
+    unpadded_stream_reason,
+)
+from optimizer.backends.installed import missing_genai, missing_genai_engine
 from optimizer.backends.ort_genai.settings import NO_WEIGHT_OPTIONS, WEIGHT_QUANTIZED, OrtGenaiSettings
 
 if TYPE_CHECKING:
@@ -17,6 +24,12 @@ if TYPE_CHECKING:
     from optimizer.model import ModelSpec
     from optimizer.space import Candidate
     from optimizer.target import TargetSpec
+
+
+# The most requests onnxruntime-genai's Engine runs at once on a build without a paged KV cache
+# (every build here): a constant of its static batch scheduler (0.18; the config's
+# engine.static_batching.max_batch_size does not change it).
+ENGINE_STATIC_BATCH = 4
 
 
 class OrtGenaiSpec:
@@ -42,7 +55,19 @@ class OrtGenaiSpec:
         return genai_rule(settings, target)
 
     def workload_reason(self, settings: OrtGenaiSettings, batch_size: int, serving: bool) -> str | None:
-        return unpadded_stream_reason(batch_size, serving)
+        """A stream goes to genai's Engine API, `batch_size` requests at most at once; without it
+        (onnxruntime-genai < 0.18) the Generator pads no prompts: one request at a time."""
+        if not serving or batch_size == 1:
+            return None
+        if (missing := missing_genai_engine()) is not None:
+            return f"{missing}: {unpadded_stream_reason(batch_size, serving)}"
+        if batch_size > ENGINE_STATIC_BATCH:
+            return (
+                f"onnxruntime-genai's Engine serves a stream in static batches of at most {ENGINE_STATIC_BATCH} "
+                "requests on a build without a paged KV cache (its PagedAttention builds are CUDA "
+                f"fp16/bf16 only): batch {batch_size} would run as {ENGINE_STATIC_BATCH}"
+            )
+        return None
 
     def footprint(self, settings: OrtGenaiSettings, num_layers: int) -> Footprint:
         # the builder keeps fp32 activations and KV for int4/int8 on CPU, fp16 on CUDA
@@ -53,6 +78,13 @@ class OrtGenaiSpec:
         else:
             weight = PRECISION_BYTES[settings.precision]
         return Footprint(weight, act, act, prompt_logits=True)
+
+    def moved_bytes(self, settings: OrtGenaiSettings, num_layers: int) -> MovedBytes:
+        """Every weight at the body's bits (an int8 lm_head and the block scales only add), and the
+        KV at the activation dtype."""
+        fp = self.footprint(settings, num_layers)
+        weight = {"int4": 0.5, "int8": 1.0}.get(settings.precision, fp.weight_bytes)
+        return MovedBytes(weight, fp.kv_bytes)
 
     def matmul_kind(self, settings: OrtGenaiSettings) -> str:
         """genai's int4/int8 MatMuls compute in int8."""

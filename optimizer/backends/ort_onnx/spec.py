@@ -8,7 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, precision_kind, unpadded_stream_reason
+from optimizer.backends.base import (
+    PRECISION_BYTES,
+    Engine,
+    Footprint,
+    MovedBytes,
+    precision_kind,
+    unpadded_stream_reason,
+)
 from optimizer.backends.installed import missing_onnx_runtime
 from optimizer.backends.ort_onnx.settings import OrtOnnxSettings
 
@@ -40,6 +47,12 @@ class OrtOnnxSpec:
         act = PRECISION_BYTES[settings.precision] if settings.provider == "cuda" else 4.0
         weight = 1.0 if settings.quantization != "none" else act
         return Footprint(weight, act, act)
+
+    def moved_bytes(self, settings: OrtOnnxSettings, num_layers: int) -> MovedBytes:
+        """The precision's own bytes on every provider (TensorRT's EP runs fp16 weights as fp16 even
+        where the footprint keeps fp32 buffers), one byte per quantized weight."""
+        own = PRECISION_BYTES[settings.precision]
+        return MovedBytes(1.0 if settings.quantization != "none" else own, own)
 
     def matmul_kind(self, settings: OrtOnnxSettings) -> str:
         """ONNX Runtime's quantized MatMuls compute in int8."""

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optimizer.backends.base import Engine, Footprint, precision_kind, unpadded_stream_reason
+from optimizer.backends.base import Engine, Footprint, MovedBytes, precision_kind, unpadded_stream_reason
 from optimizer.backends.installed import missing_onnx_runtime, missing_tensorrt
 from optimizer.backends.tensorrt.settings import TensorRTSettings
 
@@ -36,6 +36,12 @@ class TensorRTSpec:
     def footprint(self, settings: TensorRTSettings, num_layers: int) -> Footprint:
         # the engine's inputs and outputs (KV cache included) stay fp32; fp16/int8 are inside it
         return Footprint(WEIGHT_BYTES[settings.precision], 4.0, 4.0)
+
+    def moved_bytes(self, settings: TensorRTSettings, num_layers: int) -> MovedBytes:
+        """Weights at the engine's precision; the KV at no more than that either (its fp32 I/O
+        buffers are the footprint's, and a later engine may keep them narrower)."""
+        weight = WEIGHT_BYTES[settings.precision]
+        return MovedBytes(weight, weight)
 
     def matmul_kind(self, settings: TensorRTSettings) -> str:
         return precision_kind(settings.precision)

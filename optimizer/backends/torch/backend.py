@@ -112,6 +112,18 @@ class _TokenClock:
         self.stamps.append(time.perf_counter())
 
 
+def scoring_cache(kv_cache: str, config: Any) -> Any:
+    """A quantized cache for chunked scoring that, like `generate`'s after its prefill, holds the
+    context quantized: the residual kept in full precision is one chunk, not transformers'
+    default 128 tokens (which would leave a 128-token quality window almost unquantized)."""
+    from transformers import QuantizedCache
+
+    backend, bits = kv_cache.split("-")
+    return QuantizedCache(
+        backend=backend, config=config, nbits=int(bits), residual_length=QUANTIZED_KV_SCORE_CHUNK
+    )
+
+
 class TorchEngine:
     def __init__(self, hf_model: Any, settings: TorchSettings, device: str) -> None:
         self.model = hf_model
@@ -215,10 +227,7 @@ class TorchEngine:
         ids = token_ids.to(self.device)
         if not self.settings.kv_cache.startswith(("quanto", "hqq")):
             return self.model(input_ids=ids).logits.float().cpu()
-        from transformers import QuantizedCache
-
-        backend, bits = self.settings.kv_cache.split("-")
-        cache = QuantizedCache(backend=backend, config=self.model.config, nbits=int(bits))
+        cache = scoring_cache(self.settings.kv_cache, self.model.config)
         chunks = []
         for start in range(0, ids.shape[1], QUANTIZED_KV_SCORE_CHUNK):
             piece = ids[:, start : start + QUANTIZED_KV_SCORE_CHUNK]

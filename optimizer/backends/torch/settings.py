@@ -54,6 +54,12 @@ class TorchSettings:
             settings["kv_cache"] = self.kv_cache
         return settings
 
+    @property
+    def generate_only_paths(self) -> bool:
+        """Settings that act only inside generate, where the quality probe never looks: their
+        greedy output is checked against the probed forward (backends/parity.py)."""
+        return self.compile or self.loop != "hf" or self.kv_cache == "static" or self.attention == "sdpa_gqa"
+
     def label(self) -> str:
         parts = [self.precision]
         if self.quantization != "none":

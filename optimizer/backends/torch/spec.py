@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, precision_kind
+from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, MovedBytes, precision_kind
 from optimizer.backends.torch.settings import TorchSettings
 
 if TYPE_CHECKING:
@@ -49,6 +49,11 @@ class TorchSpec:
         # an offloaded cache keeps only the layers in flight on the device
         on_device = 2 / num_layers if settings.kv_cache.startswith("offloaded") else 1.0
         return Footprint(WEIGHT_BYTES.get(settings.quantization, act), act, kv, False, on_device)
+
+    def moved_bytes(self, settings: TorchSettings, num_layers: int) -> MovedBytes:
+        """The footprint counts no scales or buffers: the same numbers bound what moves."""
+        fp = self.footprint(settings, num_layers)
+        return MovedBytes(fp.weight_bytes, fp.kv_bytes, fp.kv_on_device_fraction)
 
     def matmul_kind(self, settings: TorchSettings) -> str:
         """int8-dynamic and fp8 compute in int8 / fp8; weight-only int8/int4 in the activation dtype."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from optimizer.backends.parity import CHECKED_TOKENS, check_greedy_parity, random_prompts
 from optimizer.backends.torch.backend import load_hf_model, quantize_weights
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch_cb.engine import ContinuousBatchingEngine
@@ -31,4 +32,12 @@ def build(
     hf_model = load_hf_model(model, settings.precision, settings.attention, target.device)
     numerics = TorchSettings(precision=settings.precision, quantization=settings.quantization)
     quantize_weights(hf_model, numerics, model)
-    return ContinuousBatchingEngine(hf_model, settings, target.device, candidate.batch_size)
+    engine = ContinuousBatchingEngine(hf_model, settings, target.device, candidate.batch_size)
+    try:
+        # at build, on prompts of its own: the scheduler and paged cache are never probed otherwise
+        prompts = random_prompts(int(hf_model.config.vocab_size))
+        check_greedy_parity(engine, prompts, CHECKED_TOKENS, settings.precision)
+    except BaseException:
+        engine.close()
+        raise
+    return engine

@@ -237,12 +237,21 @@ class ContinuousBatchingEngine:
         if self._manager is None:
             self.sequence_tokens = max(self.sequence_tokens, self._round_to_pages(sequence_tokens))
             self._manager = self._start_manager()
-            self._prefix = PrefixCounters()
         if self.device.type == "cpu" and not self._pending:
             # only while the loop thread is idle: releasing OpenMP resources while it computes
             # made every one of its parallel ops rebuild its team (4 requests: 4.3 s against 0.6 s)
             release_openmp_threads()
         return self._manager
+
+    def forget_cached_prefixes(self) -> None:
+        """Start the next run of a stream with an empty prefix cache. transformers keeps the blocks
+        of finished requests for later matches, so a repeated run would find its own prompts there
+        from the run before and measure a reuse no fresh deployment sees. The counters go on."""
+        if self._manager is None or not self.settings.prefix_sharing or self._pending:
+            return
+        self._manager, manager = None, self._manager
+        _stop(manager)
+        self.reserve(self.sequence_tokens)
 
     # -- ServingEngine: requests of a stream, submitted at their arrival times -----------------
 

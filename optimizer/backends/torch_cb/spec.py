@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint
+from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, MovedBytes
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch.spec import SPEC as TORCH
 from optimizer.backends.torch.spec import WEIGHT_BYTES, torch_rule
@@ -62,6 +62,11 @@ class ContinuousBatchingSpec:
     def footprint(self, settings: ContinuousBatchingSettings, num_layers: int) -> Footprint:
         act = PRECISION_BYTES[settings.precision]
         return Footprint(WEIGHT_BYTES.get(settings.quantization, act), act, act)
+
+    def moved_bytes(self, settings: ContinuousBatchingSettings, num_layers: int) -> MovedBytes:
+        fp = self.footprint(settings, num_layers)
+        # offloaded pages come back over a link we have no rate for: count no KV bytes for them
+        return MovedBytes(fp.weight_bytes, fp.kv_bytes, 0.0 if settings.kv_offload_gib > 0 else 1.0)
 
     def matmul_kind(self, settings: ContinuousBatchingSettings) -> str:
         return TORCH.matmul_kind(

@@ -169,3 +169,27 @@ def test_a_run_gives_up_on_a_queue_it_cannot_drain_and_counts_it_as_missed() -> 
         assert record.ttft == pytest.approx(record.gave_up_at - record.arrival)
         assert record.ttft > 0.3
     assert run.window.growing
+
+
+def test_every_run_starts_with_the_engines_prefix_cache_forgotten() -> None:
+    class Caching(FifoServer):
+        forgotten_before: list[int] = []
+
+        def forget_cached_prefixes(self) -> None:
+            self.forgotten_before.append(len(self.submitted))
+
+    engine = Caching()
+    measure_serving(engine, stream(requests=6), WattMeter(), SloConfig(), 2, 1, 1, 100.0)
+    assert engine.forgotten_before == [0, 6]  # before each of the two runs, never inside one
+
+
+def test_a_stream_run_below_the_screen_is_not_repeated() -> None:
+    engine = FifoServer()
+    screened = measure_serving(
+        engine, stream(requests=6), WattMeter(), SloConfig(), 3, 1, 1, 100.0, stop_below=1e9
+    )
+    assert len(screened.windows) == 1 and "screened out" in screened.windows[0].warnings[-1]
+    full = measure_serving(
+        FifoServer(), stream(requests=6), WattMeter(), SloConfig(), 2, 1, 1, 100.0, stop_below=0.0
+    )
+    assert len(full.windows) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,64 @@ def test_token_windows_need_enough_text() -> None:
     with pytest.raises(UserError) as info:
         token_windows(CharTokenizer(), ["abc"], length=4, count=2, field="quality.num_sequences")
     assert info.value.field == "quality.num_sequences"
+
+
+class BosCharTokenizer(CharTokenizer):
+    """Characters as ids, with BOS (1) before a sequence by default, as Llama's tokenizers do."""
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        ids = [ord(c) for c in text]
+        return {"input_ids": [1, *ids] if add_special_tokens else ids}
+
+
+def test_sequence_start_is_what_the_tokenizer_adds_by_default() -> None:
+    from optimizer.measure.text import sequence_start
+
+    assert sequence_start(BosCharTokenizer()) == (1,)
+    assert sequence_start(PlainDefault()) == ()
+
+
+class PlainDefault:
+    """Adds nothing by default, as SmolLM2's tokenizer does."""
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_windows_begin_like_a_sequence_and_keep_their_length() -> None:
+    windows = token_windows(BosCharTokenizer(), ["abcdef", "ghij"], length=3, count=3, field="x", start=(1,))
+    assert windows == [[1, 97, 98], [1, 99, 100], [1, 101, 102]]  # BOS, then consecutive text
+    with pytest.raises(UserError) as info:
+        token_windows(BosCharTokenizer(), ["abc"], length=1, count=1, field="quality.seq_tokens", start=(1,))
+    assert info.value.field == "quality.seq_tokens"
+
+
+def test_prompts_and_quality_windows_begin_with_the_models_bos(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """prepare_measurement with a tokenizer that begins sequences with BOS: every workload prompt and
+    quality window starts with it (the packaged SmolLM2 tokenizer adds none, so nothing there moves)."""
+    import transformers
+
+    from optimizer.config import compose_run_config
+    from optimizer.measure.setup import prepare_measurement
+
+    real = transformers.AutoTokenizer.from_pretrained
+
+    class WithBos:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+            ids = list(self.inner(text, add_special_tokens=False)["input_ids"])
+            return {"input_ids": [BOS, *ids] if add_special_tokens else ids}
+
+    BOS = 7
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: WithBos(real(*a, **k)))
+    cfg = compose_run_config(
+        [f"model={tiny_model_dir}", "workload=quick", "quality.num_sequences=3", "quality.seq_tokens=32"]
+    )
+    setup = prepare_measurement(cfg.model, cfg.target, cfg.workload, cfg.quality, tmp_path, 4)
+    assert setup.workload.prompts[:, 0].tolist() == [BOS] * 4
+    assert setup.quality_tokens[:, 0].tolist() == [BOS] * 3
+    assert setup.quality_tokens.shape == (3, 32)

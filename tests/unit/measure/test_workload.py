@@ -242,3 +242,13 @@ def test_goodput_judges_each_request_on_its_own_latencies() -> None:
 def test_a_lockstep_generation_gives_every_request_the_batch_latencies() -> None:
     generation = Generation(batch_size=3, new_tokens=5, ttft_seconds=0.1, total_seconds=0.5)
     assert generation.latencies() == [(0.1, pytest.approx(0.1))] * 3
+
+
+def test_a_candidate_below_the_screen_gets_no_further_windows() -> None:
+    """Multi-fidelity: after its first window a candidate far below the best so far stops, and its
+    window says why; one that can still win gets all its windows."""
+    screened = measure_performance(SleepyEngine(), workload(), 2, WattMeter(), cfg(repeats=3), stop_below=1e9)
+    assert len(screened.windows) == 1
+    assert any("screened out after 1 of 3 windows" in w for w in screened.windows[0].warnings)
+    full = measure_performance(SleepyEngine(), workload(), 2, WattMeter(), cfg(repeats=3), stop_below=1e-9)
+    assert len(full.windows) == 3 and not any("screened" in w for x in full.windows for w in x.warnings)

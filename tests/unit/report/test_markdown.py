@@ -107,3 +107,44 @@ def test_plot_without_any_measurement(tmp_path: Path, make_result) -> None:
     failed = make_result(status=FAILED, reason="boom")
     path = plot_pareto(tmp_path / "p.png", [failed], [], None, failed, 0.05, "rapl")
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_every_energy_source_is_labelled_by_its_name(setup) -> None:
+    """The polled NVML power is not RAPL; an unknown source is named as it is."""
+    poll = energy_source_note("nvml-power-poll", setup)
+    assert "nvml-power-poll" in poll and "RAPL" not in poll
+    other = energy_source_note("wattmeter", setup)
+    assert "`wattmeter`" in other and "RAPL" not in other
+
+
+def _report(tmp_path: Path, setup, outcome: SearchOutcome, make_candidate) -> str:
+    from optimizer.backends.ort_genai.settings import OrtGenaiSettings
+    from optimizer.select import pareto_front, select_best
+    from optimizer.space import Candidate
+
+    best = select_best(outcome.selectable)
+    excluded = [(Candidate(OrtGenaiSettings(), 1, 2), "no onnxruntime-genai here")]  # a second backend
+    return write_report(
+        tmp_path, RunConfig(), setup, outcome, excluded, best, pareto_front(outcome.selectable), 12.5, None
+    ).read_text()
+
+
+ESTIMATE_MARK = "**ESTIMATE**"
+
+
+def test_rollup_and_backend_table_are_marked_when_estimated(
+    tmp_path: Path, setup, outcome: SearchOutcome, make_candidate
+) -> None:
+    lines = _report(tmp_path, setup, outcome, make_candidate).splitlines()
+    rollup_line = next(line for line in lines if "Facility roll-up" in line)
+    backends_line = next(line for line in lines if "Best feasible candidate of each backend" in line)
+    assert rollup_line.startswith(ESTIMATE_MARK) and backends_line.startswith(ESTIMATE_MARK)
+    setup.meter.source = "rapl"
+    lines = _report(tmp_path, setup, outcome, make_candidate).splitlines()
+    assert not any(line.startswith(ESTIMATE_MARK) for line in lines)
+
+
+def test_window_flags_are_shown(tmp_path: Path, setup, outcome: SearchOutcome, make_candidate) -> None:
+    text = _report(tmp_path, setup, outcome, make_candidate)
+    assert "## Measurement flags" in text
+    assert "| a warning (2 of 2 windows) |" in text  # the factory's windows each carry one

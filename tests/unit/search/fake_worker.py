@@ -32,7 +32,9 @@ class SlowEvaluator:
     asked: list[str] = field(default_factory=list)
     workload_cfg: WorkloadConfig = field(default_factory=WorkloadConfig)
 
-    def evaluate(self, candidate: Candidate, role: str = "candidate") -> CandidateResult:
+    def evaluate(
+        self, candidate: Candidate, role: str = "candidate", stop_below: float | None = None
+    ) -> CandidateResult:
         self.asked.append(candidate.key())
         time.sleep(self.seconds)
         bonus = 1.5 if candidate.settings.precision == "bf16" else 1.0

@@ -28,18 +28,31 @@ class FakeEngine:
         self.settings = settings
         self.log = log
 
+    def _table(self) -> torch.Tensor:
+        table = torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(0)) * 4
+        return table.flip(-1) if self.settings.quantization == "int8-dynamic" else table
+
     def score(self, token_ids: torch.Tensor) -> torch.Tensor:
         self.log.append(("score", self.settings.label()))
-        table = torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(0)) * 4
-        if self.settings.quantization == "int8-dynamic":
-            table = table.flip(-1)
-        return table[token_ids]
+        return self._table()[token_ids]
 
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
         self.log.append(("generate", self.settings.label()))
         if self.settings.attention == "eager":  # slow: used for the timeout test
             time.sleep(0.05)
-        return Generation(prompt_ids.shape[0], max_new_tokens, 0.001, 0.001 + 0.001 * (max_new_tokens - 1))
+        # greedy by the same table; a static cache here is broken: it decodes the runner-up
+        choice = 1 if self.settings.kv_cache == "static" else 0
+        last, tokens = prompt_ids[:, -1], []
+        for _ in range(max_new_tokens):
+            last = self._table()[last].argsort(-1, descending=True)[:, choice]
+            tokens.append(last)
+        return Generation(
+            prompt_ids.shape[0],
+            max_new_tokens,
+            0.001,
+            0.001 + 0.001 * (max_new_tokens - 1),
+            token_ids=torch.stack(tokens, dim=1),
+        )
 
     def close(self) -> None:
         self.log.append(("close", self.settings.label()))
@@ -205,3 +218,21 @@ def test_quality_measured_here_is_stored_before_the_runner_stores_the_result(
     make_evaluator(store=store).evaluate(candidate)
     assert TrialStore(path, "ctx").quality_for(candidate.numerics_key()) is not None
     assert store.claims_held() == 0  # the quality lease was given up
+
+
+def test_generate_only_paths_are_checked_against_the_probed_forward_before_any_window(
+    log, make_evaluator, make_candidate
+) -> None:
+    compiled = make_evaluator().evaluate(make_candidate(batch_size=2, compile=True))
+    assert compiled.status == MEASURED
+    label = compiled.candidate.settings.label()
+    events = [e for e in log if e[1] == label]
+    first_generate = events.index(("generate", label))
+    assert events[first_generate + 1] == ("score", label)  # the check's plain forwards follow it
+
+    broken = make_evaluator().evaluate(make_candidate(batch_size=2, kv_cache="static"))
+    assert broken.status == FAILED and broken.performance is None
+    assert "greedy output differs from the plain forward's" in (broken.reason or "")
+
+    plain = make_evaluator().evaluate(make_candidate(batch_size=2, precision="bf16"))
+    assert plain.status == MEASURED  # nothing generate-only: no check, no extra batch

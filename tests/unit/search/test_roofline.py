@@ -79,12 +79,90 @@ def test_rates_from_a_preset_or_measured_with_headroom(make_target, monkeypatch:
     assert "preset" in rates.source
     assert rates_for(make_target(kind="cuda"), 100.0, 2.0) is None  # no preset: no bound, not a wrong one
     monkeypatch.setattr(roofline_module, "measure_cpu_rates", lambda threads: (10e9, 100e9))
+    monkeypatch.setattr(roofline_module, "cpu_peak_flops", lambda cores: 150e9)
     cpu = rates_for(make_target(), idle_watts=6.0, headroom=2.0)
     assert cpu is not None
     assert (cpu.bytes_per_second, cpu.flops_per_second, cpu.floor_watts) == (20e9, 200e9, 3.0)
     assert cpu.source.startswith("ASSUMPTION")
+    monkeypatch.setattr(roofline_module, "cpu_peak_flops", lambda cores: 500e9)  # the vector peak, higher
+    assert (rates := rates_for(make_target(), 6.0, 2.0)) is not None and rates.flops_per_second == 500e9
 
 
 def test_measured_cpu_rates_are_plausible() -> None:
     bandwidth, flops = roofline_module.measure_cpu_rates(threads=1, repeats=1)
     assert 0.1e9 < bandwidth < 10e12 and 0.1e9 < flops < 1e15
+
+
+def test_the_cache_is_every_instance_of_the_top_level(tmp_path) -> None:
+    """Four CPUs in two core complexes, each with its own 32 MiB L3: 64 MiB, not cpu0's 32."""
+
+    def cache(cpu: int, index: int, level: int, shared: str, size: str) -> None:
+        folder = tmp_path / f"cpu{cpu}" / "cache" / f"index{index}"
+        folder.mkdir(parents=True)
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "shared_cpu_list").write_text(f"{shared}\n")
+        (folder / "size").write_text(f"{size}\n")
+
+    for cpu in range(4):
+        cache(cpu, 2, 2, str(cpu), "512K")
+        cache(cpu, 3, 3, "0-1" if cpu < 2 else "2-3", "32768K")
+    assert roofline_module._llc_bytes(tmp_path) == 64 << 20
+    assert roofline_module._llc_bytes(tmp_path / "missing") == 8 << 20
+
+
+def test_moved_bytes_never_exceed_the_footprint() -> None:
+    """The roofline's bytes are lower bounds; the memory check's upper bounds. Where they differ,
+    the roofline takes the smaller: fp16 on TensorRT's EP, int4 with an int8 lm_head."""
+    from optimizer.backends.ort_genai.settings import OrtGenaiSettings
+    from optimizer.backends.ort_onnx.settings import OrtOnnxSettings
+    from optimizer.backends.registry import spec_for
+    from optimizer.backends.tensorrt.settings import TensorRTSettings
+    from optimizer.backends.torch.settings import TorchSettings
+    from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+
+    every = [
+        TorchSettings(precision="bf16", quantization="int4-weight", kv_cache="hqq-4"),
+        TorchSettings(kv_cache="offloaded"),
+        ContinuousBatchingSettings(precision="bf16", kv_offload_gib=1.0),
+        OrtOnnxSettings(precision="fp16", provider="tensorrt"),
+        OrtOnnxSettings(quantization="int8-dynamic"),
+        OrtGenaiSettings(precision="int4", int8_lm_head=True),
+        TensorRTSettings("fp16"),
+    ]
+    for settings in every:
+        spec = spec_for(settings)
+        moved, fp = spec.moved_bytes(settings, 30), spec.footprint(settings, 30)
+        assert moved.weight_bytes <= fp.weight_bytes and moved.kv_bytes <= fp.kv_bytes, settings
+    assert spec_for(every[3]).moved_bytes(every[3], 30).weight_bytes == 2.0  # footprint: 4
+    assert spec_for(every[5]).moved_bytes(every[5], 30).weight_bytes == 0.5
+
+
+def test_the_bound_holds_for_every_candidate_of_the_recorded_grid() -> None:
+    """On the recorded CPU grid (168 candidates, evals/results/2026-11-26-search-cost), no measured
+    candidate beat its bound: more tokens/J, a shorter TPOT or TTFT than the roofline allows. (With
+    the measured matmul rate alone, fp32 b16's prefill ran at 150 GFLOP/s against a 149 bound.)"""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from optimizer.space import Candidate
+
+    record = Path(__file__).resolve().parents[3] / "evals/results/2026-11-26-search-cost/search_cost.json"
+    facts = json.loads(record.read_text())["facts"]
+    shape, recorded = ModelShape(**facts["shape"]), RooflineRates(**facts["rates"])
+    # the recorded machine: AMD EPYC, AVX-512, 2596 MHz listed, 2 cores
+    peak = roofline_module.cpu_peak_flops(2, "cpu MHz\t\t: 2596.096\nflags\t\t: fma avx2 avx512f\n")
+    assert peak == pytest.approx(2 * 2 * 16 * 2 * 2.596096e9)
+    rates = dataclasses.replace(recorded, flops_per_second=max(recorded.flops_per_second, peak))
+    quick = WorkloadConfig(prompt_tokens=32, max_new_tokens=16)  # the grid's workload=quick
+    checked = 0
+    for row in json.loads(record.read_text())["grid_history"]:
+        performance = row["performance"]
+        if performance is None:
+            continue
+        bound = roofline_bound(Candidate.from_dict(row["candidate"]), shape, quick, rates, cuda=False)
+        assert performance["tokens_per_joule"]["max"] <= bound.tokens_per_joule, row["label"]
+        assert performance["latency"]["tpot_ms"]["p50"] >= bound.step_seconds * 1000, row["label"]
+        assert performance["latency"]["ttft_ms"]["p50"] >= bound.prefill_seconds * 1000, row["label"]
+        checked += 1
+    assert checked >= 50

@@ -22,6 +22,7 @@ class FakeEvaluator:
     def __init__(self, store, make_result, make_quality, make_performance, status=MEASURED) -> None:
         self.store = store
         self.asked: list = []
+        self.thresholds: list = []
         self._make = lambda cand, role: make_result(
             candidate=cand,
             status=status,
@@ -34,8 +35,9 @@ class FakeEvaluator:
             seconds=0.01,
         )
 
-    def evaluate(self, candidate, role="candidate"):
+    def evaluate(self, candidate, role="candidate", stop_below=None):
         self.asked.append((candidate, role))
+        self.thresholds.append(stop_below)
         return self._make(candidate, role)
 
 
@@ -235,7 +237,7 @@ def test_a_candidate_that_would_run_past_the_budget_is_not_started(evaluator, ma
     ev = evaluator()
     plain = ev.evaluate
 
-    def timed(candidate, role="candidate"):
+    def timed(candidate, role="candidate", stop_below=None):
         now[0] += 10.0
         return replace(plain(candidate, role), seconds=10.0)
 
@@ -254,3 +256,41 @@ def test_a_candidate_that_would_run_past_the_budget_is_not_started(evaluator, ma
     assert len(ev.asked) == 2  # at 20 s, 5 s are left and a measurement takes 10 s: stop
     assert outcome.measuring_seconds == 20.0
     assert outcome.not_reached == cands[2:]
+
+
+def test_each_candidate_is_screened_against_the_best_so_far(
+    evaluator, make_candidate, tmp_path: Path
+) -> None:
+    """stop_below is the best goodput so far / (1 + screen_margin); none for the baseline or the first."""
+    ev = evaluator()
+    candidates = [make_candidate(batch_size=b) for b in (1, 4, 2)]
+    run_search(candidates, [], candidates[0], ev, SearchConfig(screen_margin=0.25), BOUND)
+    assert ev.thresholds == [None, pytest.approx(1 / 1.25), pytest.approx(4 / 1.25)]
+    off = evaluator(tmp_path / "unscreened.db")
+    run_search(candidates, [], candidates[0], off, SearchConfig(screen_margin=None), BOUND)
+    assert off.thresholds == [None, None, None]
+
+
+def test_patience_stops_after_a_run_of_candidates_that_do_not_beat_the_best(
+    evaluator, make_candidate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optimizer.search import runner as runner_module
+    from optimizer.search.samplers import GridSampler
+
+    class InOrder(GridSampler):  # an ordered sampler that is not a grid (a grid ignores patience)
+        pass
+
+    monkeypatch.setattr(runner_module, "make_sampler", lambda cfg, candidates, *_: InOrder(candidates))
+    ev = evaluator()
+    # the fake's goodput is the batch size: 64 first, then five that lose
+    candidates = [make_candidate(batch_size=b) for b in (64, 1, 2, 4, 8, 16)]
+    outcome = run_search(candidates, [], candidates[0], ev, SearchConfig(patience=3), BOUND)
+    assert [c.batch_size for c, _ in ev.asked] == [64, 1, 2, 4]
+    assert len(outcome.not_reached) == 2
+
+
+def test_a_grid_ignores_patience(evaluator, make_candidate) -> None:
+    ev = evaluator()
+    candidates = [make_candidate(batch_size=b) for b in (64, 1, 2, 4, 8, 16)]
+    run_search(candidates, [], candidates[0], ev, SearchConfig(sampler="grid", patience=1), BOUND)
+    assert len(ev.asked) == 6

@@ -36,3 +36,19 @@ def test_observe_accepts_results(make_candidate, make_result) -> None:
     sampler = GridSampler([make_candidate()])
     cand = sampler.suggest()
     assert sampler.observe(cand, make_result(candidate=cand)) is None
+
+
+def test_bound_goes_best_bound_first_and_auto_picks_by_space_size(make_candidate) -> None:
+    from optimizer.search.samplers import AUTO_GRID_MAX_CANDIDATES, BoundSampler
+
+    small = [make_candidate(batch_size=b) for b in (1, 8, 4, 2)]
+    prior = lambda c: float(c.batch_size)  # noqa: E731 - the roofline's bound grows with the batch here
+    bound = make_sampler(SearchConfig(sampler="bound"), small, prior=prior)
+    assert isinstance(bound, BoundSampler)
+    assert [bound.suggest().batch_size for _ in small] == [8, 4, 2, 1]  # type: ignore[union-attr]
+    assert type(make_sampler(SearchConfig(sampler="auto"), small, prior=prior)) is GridSampler
+    large = [make_candidate(batch_size=b) for b in range(1, AUTO_GRID_MAX_CANDIDATES + 2)]
+    auto = make_sampler(SearchConfig(sampler="auto"), large, prior=prior)
+    assert isinstance(auto, BoundSampler) and auto.suggest().batch_size == len(large)  # type: ignore[union-attr]
+    no_roofline = make_sampler(SearchConfig(sampler="auto"), large, prior=None)
+    assert isinstance(no_roofline, RandomSampler)

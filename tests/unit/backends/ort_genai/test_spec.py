@@ -79,3 +79,20 @@ def test_genai_rules_on_a_gpu(make_target, installed, cpu_ort) -> None:
     )
     installed(cpu_ort, {"onnxruntime-genai-cuda"})
     assert genai_rule(OrtGenaiSettings(provider="cuda", precision="fp16"), gpu) is None
+
+
+def test_streams_go_to_the_engine_api_up_to_its_static_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from optimizer.backends.ort_genai import spec
+
+    settings = OrtGenaiSettings()
+    assert spec.SPEC.workload_reason(settings, 64, serving=False) is None  # offline: the Generator
+    assert spec.SPEC.workload_reason(settings, spec.ENGINE_STATIC_BATCH, serving=True) is None
+    reason = str(spec.SPEC.workload_reason(settings, 8, serving=True))
+    assert "static batches of at most 4" in reason and "paged KV cache" in reason
+    # an onnxruntime-genai without the Engine API serves a stream one request at a time
+    monkeypatch.setattr(
+        spec, "missing_genai_engine", lambda: "onnxruntime-genai 0.17.1 has no Engine API (0.18+)"
+    )
+    reason = str(spec.SPEC.workload_reason(settings, 2, serving=True))
+    assert "no Engine API" in reason and "batch 1 only" in reason
+    assert spec.SPEC.workload_reason(settings, 1, serving=True) is None

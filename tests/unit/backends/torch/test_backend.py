@@ -171,3 +171,58 @@ def test_static_fp8_build_calibrates_on_the_workload_text_and_keeps_the_lm_head(
     a, b = plain.score(ids), fp8.score(ids)
     cosine = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
     assert cosine > 0.95
+
+
+def test_quantized_kv_scoring_holds_the_context_quantized(
+    tiny_spec: ModelSpec, make_target, tmp_path: Path
+) -> None:
+    """After scoring a 120-token window chunk by chunk, at most one chunk of it is left in full
+    precision (transformers' default residual would keep the last 104), and every token after the first
+    chunk scores differently from the plain forward: it attends to quantized keys and values."""
+    from transformers import AutoModelForCausalLM
+
+    from optimizer.backends.torch.backend import scoring_cache
+    from optimizer.backends.torch.graph_loop import cache_argument
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_spec.path)).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # weights large enough that every token depends on its whole context
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.3, generator=generator)
+    ids = torch.randint(0, VOCAB, (1, 120), generator=torch.Generator().manual_seed(2))
+    cache = scoring_cache("quanto-4", model.config)
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, ids.shape[1], QUANTIZED_KV_SCORE_CHUNK):
+            piece = ids[:, start : start + QUANTIZED_KV_SCORE_CHUNK]
+            chunks.append(model(input_ids=piece, use_cache=True, **{cache_argument(model): cache}).logits)
+        plain = model(input_ids=ids).logits
+    residual = cache.layers[0].keys
+    assert (residual.shape[-2] if residual.dim() == 4 else 0) <= QUANTIZED_KV_SCORE_CHUNK
+    scored = torch.cat(chunks, dim=1)
+    first = slice(0, QUANTIZED_KV_SCORE_CHUNK)
+    torch.testing.assert_close(scored[:, first], plain[:, first], rtol=1e-4, atol=1e-4)  # own keys only
+    late = (scored[:, 64:] - plain[:, 64:]).abs().amax(-1)
+    assert bool((late > 1e-3).all())
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param({"kv_cache": "static"}, id="static-cache"),
+        pytest.param({"attention": "sdpa_gqa"}, id="sdpa_gqa"),
+    ],
+)
+def test_generate_only_paths_decode_what_the_plain_forward_decodes(
+    tiny_spec: ModelSpec, prompts, tmp_path: Path, make_target, settings
+) -> None:
+    """On this CPU; the captured loop (CUDA graphs) is checked the same way on a GPU by the evaluator."""
+    from optimizer.backends.parity import check_greedy_parity
+
+    engine = build(tiny_spec, tmp_path, make_target, **settings)
+    try:
+        assert engine.settings.generate_only_paths
+        check_greedy_parity(engine, prompts, 8, "fp32")
+    finally:
+        engine.close()

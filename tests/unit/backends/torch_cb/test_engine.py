@@ -259,13 +259,20 @@ def test_prefix_sharing_reuses_a_conversations_earlier_turn(hf_model) -> None:
     engine = ContinuousBatchingEngine(hf_model, settings, "cpu", max_requests=2, max_sequence_tokens=128)
     first = torch.randint(0, VOCAB, (64,), generator=torch.Generator().manual_seed(5)).tolist()
     second = first + torch.randint(0, VOCAB, (16,), generator=torch.Generator().manual_seed(6)).tolist()
+
+    def serve(prompt: list[int]) -> None:
+        request = engine.submit(prompt, 4)
+        deadline = time.monotonic() + 60
+        while not any(c.request_id == request for c in engine.collect(0.5)):
+            assert time.monotonic() < deadline
+
     try:
         for prompt in (first, second):
-            request = engine.submit(prompt, 4)
-            deadline = time.monotonic() + 60
-            while not any(c.request_id == request for c in engine.collect(0.5)):
-                assert time.monotonic() < deadline
+            serve(prompt)
         counters = engine.prefix_counters()
+        engine.forget_cached_prefixes()  # a new run of the stream: the first turn is not cached
+        serve(first)
+        after = engine.prefix_counters()
     finally:
         engine.close()
     assert counters["prompt_tokens"] == 64 + 80
@@ -273,3 +280,12 @@ def test_prefix_sharing_reuses_a_conversations_earlier_turn(hf_model) -> None:
     # the first turn's 64 prompt tokens fill 4 pages of 16: all of them are reused
     assert counters["reused_prompt_tokens"] == 64
     assert counters["prefill_saved_fraction"] == pytest.approx(64 / 144)
+    assert after["prompt_tokens"] == 64 + 80 + 64  # the counters go on across runs
+    assert after["reused_prompt_tokens"] == 64  # nothing found for the fresh run's first prompt
+
+
+def test_the_engine_decodes_what_the_plain_forward_decodes(engine) -> None:
+    from optimizer.backends.parity import check_greedy_parity, random_prompts
+
+    generation = check_greedy_parity(engine, random_prompts(VOCAB), 8, "fp32")
+    assert generation.token_ids is not None and generation.token_ids.shape == (2, 8)

@@ -1,0 +1,79 @@
+"""Which NVML board a CUDA device is.
+
+CUDA numbers the devices a process sees after `CUDA_VISIBLE_DEVICES` (a worker given GPU 3 sees it
+as `cuda:0`); NVML numbers every board on the host and ignores the variable. Opening the NVML
+handle by the CUDA index would meter the wrong board, so the handle is opened by the device's UUID
+(from torch, when CUDA is up), else by the variable's entry for that index.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+UUID_PREFIXES = ("GPU-", "MIG-")
+
+
+def cuda_visible_devices() -> list[str]:
+    """The GPU ids listed in CUDA_VISIBLE_DEVICES (empty when it is unset)."""
+    return [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+
+
+def torch_cuda_uuid(cuda_index: int) -> str | None:
+    """The UUID torch reports for `cuda:<index>` (no `GPU-` prefix); None without CUDA."""
+    import torch  # only when a GPU is metered
+
+    if not torch.cuda.is_available() or cuda_index >= torch.cuda.device_count():
+        return None
+    uuid = getattr(torch.cuda.get_device_properties(cuda_index), "uuid", None)
+    return str(uuid) if uuid else None
+
+
+def nvml_handle(nvml: Any, cuda_index: int, cuda_uuid: Callable[[int], str | None] | None = None) -> Any:
+    """The NVML handle of the board this process uses as `cuda:<cuda_index>`.
+
+    `cuda_uuid` gives the device's UUID as CUDA reports it (torch_cuda_uuid); without one, or when
+    it has none, the CUDA_VISIBLE_DEVICES entry for the index names the board: a UUID (full or a
+    unique prefix, as CUDA accepts) or an NVML index (CUDA's order is NVML's PCI-bus order under
+    CUDA_DEVICE_ORDER=PCI_BUS_ID, and on hosts with one GPU model).
+    """
+    uuid = cuda_uuid(cuda_index) if cuda_uuid is not None else None
+    if uuid:
+        names = [uuid] if uuid.startswith(UUID_PREFIXES) else [p + uuid for p in UUID_PREFIXES]
+        return _by_uuid(nvml, names)
+    visible = cuda_visible_devices()
+    if not visible:
+        return nvml.nvmlDeviceGetHandleByIndex(cuda_index)
+    if cuda_index >= len(visible):
+        raise ValueError(
+            f"cuda:{cuda_index} is not among CUDA_VISIBLE_DEVICES={','.join(visible)} "
+            f"({len(visible)} visible device(s))"
+        )
+    entry = visible[cuda_index]
+    if entry.isdigit():
+        return nvml.nvmlDeviceGetHandleByIndex(int(entry))
+    return _by_uuid(nvml, [entry])
+
+
+def _by_uuid(nvml: Any, names: list[str]) -> Any:
+    """The handle whose UUID is one of `names`; a name may be a unique prefix of the UUID."""
+    for name in names:
+        try:
+            return nvml.nvmlDeviceGetHandleByUUID(name)
+        except nvml.NVMLError:
+            continue
+    matches = []
+    for index in range(int(nvml.nvmlDeviceGetCount())):
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+        if any(uuid.startswith(name) for name in names):
+            matches.append(handle)
+    if len(matches) != 1:
+        found = "no" if not matches else f"{len(matches)}"
+        raise ValueError(f"{found} NVML device(s) match the CUDA device {' or '.join(names)}")
+    return matches[0]
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,31 @@
+"""The report's selection part: the finalists re-measured side by side, their intervals, and
+whether the winner is distinguishable from the runner-up."""
+
+from __future__ import annotations
+
+import math
+
+from optimizer.select import Selection
+
+
+def selection_section(selection: Selection | None, estimate_mark: str) -> list[str]:
+    if selection is None:
+        return []
+    lines = [
+        "## Selection among finalists",
+        "",
+        "The search's best feasible candidates, re-measured side by side in interleaved rounds; the "
+        "winner is chosen on these figures, not on the search's (the best of noisy means runs high).",
+        "",
+        f"| finalist | goodput tok/J{estimate_mark} | 95% interval | windows | latency headroom | feasible |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in selection.finalists:
+        span = f"{f.low:.3f} – {f.high:.3f}" if math.isfinite(f.low) and math.isfinite(f.high) else "n/a"
+        headroom = "-" if f.headroom is None else f"{f.headroom:.0%}"
+        lines.append(
+            f"| {f.label} | {f.mean:.3f} | {span} | {len(f.samples)} | {headroom} | {'yes' if f.feasible else 'no'} |"
+        )
+    verdict = "distinguishable from" if selection.distinguishable else "**not distinguishable** from"
+    lines += ["", f"The winner is {verdict} the runner-up: {selection.reason}.", ""]
+    return lines

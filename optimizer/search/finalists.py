@@ -1,0 +1,50 @@
+"""Noise-aware selection: the search's best few, re-measured side by side, then chosen with an interval.
+
+The search keeps the maximum of noisy means, so the figure it keeps for its winner is biased upward
+(the winner's curse; CPU windows vary by ~14% here) and a winner can sit at the SLO's edge. The top
+`search.finalists` feasible candidates are measured again in `search.finalist_rounds` interleaved
+rounds (A B C, C B A, ...), and selection uses only those figures: the mean goodput tokens/J and a
+95% interval of it per finalist. When the winner's interval overlaps the runner-up's, they are not
+distinguishable on energy; then a winner whose latency sits within `search.slo_margin` of the SLO
+gives way to a finalist with headroom.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from optimizer.config import SearchConfig
+from optimizer.results import CandidateResult
+from optimizer.search.evaluate import Evaluator
+from optimizer.select import Selection, feasible, select_finalist
+
+log = logging.getLogger(__name__)
+
+
+def remeasure(
+    evaluator: Evaluator, results: Sequence[CandidateResult], search: SearchConfig
+) -> tuple[list[CandidateResult], Selection] | None:
+    """Re-measure the best feasible candidates side by side and select among them. Returns every
+    re-measurement and the selection, or None when fewer than two candidates are feasible."""
+    pool = sorted(feasible(results), key=lambda r: r.objective, reverse=True)[: search.finalists]
+    if search.finalists < 2 or len(pool) < 2:
+        return None
+    log.info(
+        "finalists: re-measuring %s in %d interleaved rounds",
+        ", ".join(r.candidate.label() for r in pool),
+        search.finalist_rounds,
+    )
+    runs: dict[str, list[CandidateResult]] = {r.candidate.key(): [] for r in pool}
+    for index in range(search.finalist_rounds):
+        for previous in pool if index % 2 == 0 else reversed(pool):
+            result = evaluator.evaluate(previous.candidate)
+            runs[previous.candidate.key()].append(result)
+            log.info(
+                "finalist round %d: %s %.3f goodput tok/J",
+                index + 1,
+                result.candidate.label(),
+                result.objective,
+            )
+    remeasured = [r for rs in runs.values() for r in rs]
+    return remeasured, select_finalist(pool, runs, evaluator.workload_cfg.slo, search.slo_margin)

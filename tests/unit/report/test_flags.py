@@ -1,0 +1,57 @@
+"""Measurement flags: what each candidate's energy windows warned about, shown in the report."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from optimizer.measure.workload import WindowResult
+from optimizer.report.flags import flags_section, window_flags
+
+
+def nvml_window(
+    joules: float = 100.0, polled: float = 101.0, temp: float = 60.0, clock: float = 1980.0
+) -> WindowResult:
+    return WindowResult(
+        source="nvml",
+        joules=joules,
+        active_joules=50.0,
+        seconds=3.0,
+        output_tokens=300,
+        goodput_tokens=300,
+        polled_joules=polled,
+        temperature_c=temp,
+        sm_clock_mhz=clock,
+    )
+
+
+def test_quiet_nvml_windows_raise_no_flag(make_performance) -> None:
+    perf = replace(make_performance(source="nvml"), windows=[nvml_window(), nvml_window(temp=62)])
+    assert window_flags(perf) == []
+
+
+def test_counter_vs_polled_heat_and_clock_are_flagged(make_performance) -> None:
+    windows = [
+        nvml_window(polled=80.0, temp=88.0, clock=1500.0),  # counter 25% above the polled integral
+        replace(nvml_window(), warnings=["window 1.20 s < 20 NVML counter periods: error may be tens of %"]),
+    ]
+    flags = window_flags(replace(make_performance(source="nvml"), windows=windows))
+    assert flags[0] == "window 1.20 s < 20 NVML counter periods: error may be tens of % (1 of 2 windows)"
+    assert "NVML counter and polled power differ by up to 20% (> 10%) (1 of 2 windows)" in flags
+    assert any(f.startswith("GPU at 88 °C") for f in flags)
+    assert "SM clock varied 1500–1980 MHz between windows" in flags
+
+
+def test_section_shows_temperature_and_clock_even_without_flags(make_result, make_performance) -> None:
+    perf = replace(make_performance(source="nvml"), windows=[nvml_window(temp=55), nvml_window(temp=61)])
+    lines = flags_section([make_result(performance=perf)])
+    row = next(line for line in lines if line.startswith("| torch"))
+    assert "| 2 | 55–61 °C | 1980 MHz | none |" in row
+
+
+def test_section_says_so_when_nothing_was_flagged(make_result, make_performance) -> None:
+    perf = make_performance()
+    quiet = replace(perf, windows=[replace(w, warnings=[]) for w in perf.windows])
+    assert "No energy window of the 1 measured candidates was flagged." in flags_section(
+        [make_result(performance=quiet)]
+    )
+    assert flags_section([make_result()]) == []

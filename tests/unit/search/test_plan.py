@@ -1,0 +1,43 @@
+"""The store context: what must match for stored results to be reused (search/plan.py `protocol`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from optimizer import measure
+from optimizer.config import compose_run_config
+from optimizer.search import plan
+from optimizer.store import context_key
+
+TEXT = "cd" * 32
+
+
+def key(*overrides: str, source: str = "estimate", text: str = TEXT) -> str:
+    return context_key({"protocol": plan.protocol(compose_run_config(list(overrides)), text, source)})
+
+
+def test_protocol_names_the_measurement_protocol_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert plan.protocol(compose_run_config([]), TEXT, "nvml")["protocol_version"] == measure.PROTOCOL_VERSION
+    assert measure.PROTOCOL_VERSION >= 2  # serving changed what a stored figure means
+    before = key()
+    monkeypatch.setattr(plan, "PROTOCOL_VERSION", measure.PROTOCOL_VERSION + 1)
+    assert key() != before  # a bump measures afresh
+
+
+def test_quality_batch_size_and_text_key_the_results() -> None:
+    assert key("quality.batch_size=2") != key("quality.batch_size=4")
+    assert key(text="ef" * 32) != key()
+
+
+@pytest.mark.parametrize(
+    "override", ["target.cpu_active_watts_per_core=9", "target.cpu_idle_watts_per_core=0.5"]
+)
+def test_the_estimates_coefficients_key_estimated_results_only(override: str) -> None:
+    """A resumed search never mixes estimates made with other watts per core; a meter's readings
+    do not depend on them."""
+    assert key(override) != key()
+    assert key(override, source="nvml") == key(source="nvml")
+    parts: dict[str, Any] = plan.protocol(compose_run_config([override]), TEXT, "estimate")
+    assert set(parts["estimate_coefficients"]) == {"cpu_active_watts_per_core", "cpu_idle_watts_per_core"}

@@ -1,0 +1,97 @@
+"""Noise-aware selection: finalists re-measured side by side, intervals, latency headroom."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from optimizer.config import SearchConfig, SloConfig
+from optimizer.measure.latency import LatencySummary
+from optimizer.results import CandidateResult
+from optimizer.search.finalists import remeasure
+from optimizer.select import interval, select_finalist
+
+from .factories import candidate_result, performance_result, torch_candidate
+
+SLO = SloConfig(tpot_ms=250)
+
+
+def measured(
+    batch: int, goodputs: list[float], tpot_s: float = 0.1, violations: tuple[str, ...] = ()
+) -> CandidateResult:
+    base = performance_result(
+        goodput_tokens_per_joule=sum(goodputs) / len(goodputs), slo_violations=violations
+    )
+    windows = [replace(base.windows[0], joules=100.0, goodput_tokens=round(g * 100)) for g in goodputs]
+    performance = replace(base, windows=windows, latency=LatencySummary.of([0.5] * 3, [tpot_s] * 3))
+    return candidate_result(torch_candidate(batch_size=batch), performance=performance)
+
+
+def test_interval_is_students_t_on_the_mean() -> None:
+    mean, low, high = interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and high - mean == pytest.approx(4.30 / math.sqrt(3))
+    assert interval([5.0])[1:] == (-math.inf, math.inf)
+
+
+def test_a_clear_winner_is_distinguishable() -> None:
+    a, b = measured(8, [10.0]), measured(4, [8.0])
+    runs = {
+        a.candidate.key(): [measured(8, [10.0, 10.2]), measured(8, [9.9, 10.1])],
+        b.candidate.key(): [measured(4, [8.0, 8.1]), measured(4, [7.9, 8.0])],
+    }
+    selection = select_finalist([a, b], runs, SLO, 0.1)
+    assert selection.winner == a.candidate.key() and selection.distinguishable
+    assert [f.label for f in selection.finalists] == [a.candidate.label(), b.candidate.label()]
+    assert selection.finalists[0].headroom == pytest.approx(1 - 100 / 250)
+
+
+def test_indistinguishable_on_energy_prefers_latency_headroom() -> None:
+    a, b = measured(8, [10.0]), measured(4, [9.0])
+    runs = {
+        a.candidate.key(): [measured(8, [10.5, 9.0], tpot_s=0.240), measured(8, [10.0, 9.5], tpot_s=0.240)],
+        b.candidate.key(): [measured(4, [9.5, 9.9], tpot_s=0.150), measured(4, [9.2, 10.0], tpot_s=0.150)],
+    }
+    selection = select_finalist([a, b], runs, SLO, 0.1)
+    assert not selection.distinguishable
+    assert selection.winner == b.candidate.key()  # a's TPOT p90 240 ms sits within 10% of 250
+    assert "headroom" in selection.reason
+    roomy = select_finalist([a, b], runs, SLO, 0.01)  # a 1% margin: 240 ms is not at the edge
+    assert roomy.winner == a.candidate.key() and not roomy.distinguishable
+
+
+def test_a_finalist_that_missed_the_slo_when_remeasured_cannot_win() -> None:
+    a, b = measured(8, [10.0]), measured(4, [8.0])
+    runs = {
+        a.candidate.key(): [measured(8, [12.0, 12.0], violations=("TPOT p90 300 ms > 250",))],
+        b.candidate.key(): [measured(4, [8.0, 8.1])],
+    }
+    selection = select_finalist([a, b], runs, SLO, 0.1)
+    assert selection.winner == b.candidate.key()
+    assert not selection.finalists[1].feasible
+
+
+class FakeEvaluator:
+    workload_cfg = type("W", (), {"slo": SLO})()
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def evaluate(self, candidate):  # type: ignore[no-untyped-def]
+        self.order.append(candidate.batch_size)
+        return measured(
+            candidate.batch_size, [float(candidate.batch_size), float(candidate.batch_size) + 0.1]
+        )
+
+
+def test_remeasure_interleaves_in_alternating_order_and_needs_two_feasible() -> None:
+    evaluator = FakeEvaluator()
+    pool = [measured(b, [float(b)]) for b in (4, 16, 8, 2)]
+    picked = remeasure(evaluator, pool, SearchConfig(finalists=3, finalist_rounds=2))  # type: ignore[arg-type]
+    assert picked is not None
+    remeasured, selection = picked
+    assert evaluator.order == [16, 8, 4, 4, 8, 16]  # the best three, A B C then C B A
+    assert len(remeasured) == 6 and selection.winner == torch_candidate(batch_size=16).key()
+    assert remeasure(FakeEvaluator(), pool[:1], SearchConfig()) is None  # type: ignore[arg-type]
+    assert remeasure(FakeEvaluator(), pool, SearchConfig(finalists=0)) is None  # type: ignore[arg-type]
