@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from optimizer.backends import installed
-from optimizer.backends.base import Engine, Footprint
+from optimizer.backends.base import Engine, Footprint, MovedBytes
 from optimizer.backends.llamacpp.settings import AS_SHIPPED, LlamaCppSettings
 from optimizer.backends.llamacpp.weights import CONVERTER_ENV, hf_converter
 
@@ -19,28 +19,32 @@ if TYPE_CHECKING:
     from optimizer.space import Candidate
     from optimizer.target import TargetSpec
 
-# Bits per weight of the matmul weights (llama.cpp's block layouts; k-quant mixes as llama-quantize
-# reports them for 7B models). The model's own GGUF is taken at 4 bits: a lower bound keeps the
-# memory prefilter and the roofline from pruning what might fit or be fast.
-WEIGHT_BITS = {
-    AS_SHIPPED: 4.0,
+# The least bits per weight a decode step of each type reads (the roofline's lower bound): the
+# type's own block layout; k-quant mixes (_M, _S) and llama.cpp's fallbacks for rows that are not
+# a multiple of 256 only add. A GGUF as shipped may hold any type: the lowest (IQ1_S, 1.56).
+MOVED_BITS = {
+    AS_SHIPPED: 1.56,
     "F16": 16.0,
     "BF16": 16.0,
     "Q8_0": 8.5,
-    "Q6_K": 6.56,
-    "Q5_K_M": 5.69,
-    "Q5_K_S": 5.54,
+    "Q6_K": 6.5625,
+    "Q5_K_M": 5.5,
+    "Q5_K_S": 5.5,
     "Q5_0": 5.5,
     "Q5_1": 6.0,
-    "Q4_K_M": 4.89,
-    "Q4_K_S": 4.58,
+    "Q4_K_M": 4.5,
+    "Q4_K_S": 4.5,
     "Q4_0": 4.5,
     "Q4_1": 5.0,
     "IQ4_NL": 4.5,
     "IQ4_XS": 4.25,
-    "Q3_K_M": 3.91,
-    "Q2_K": 2.96,
+    "Q3_K_M": 3.4375,
+    "Q2_K": 2.5625,
 }
+# The most bits per weight a build holds (the memory check's upper bound): a quantized type's
+# mixes and fallbacks stay at or below Q8_0 (8.5); a GGUF as shipped is taken as f16 (an F32 GGUF,
+# rare beyond tiny models, would be understated).
+FOOTPRINT_BITS = {t: 16.0 if t in (AS_SHIPPED, "F16", "BF16") else 8.5 for t in MOVED_BITS}
 KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # per element, block scales included
 # llama.cpp's most sequences per context (LLAMA_MAX_SEQ)
 MAX_SEQUENCES = 256
@@ -80,7 +84,10 @@ class LlamaCppSpec:
 
     def footprint(self, settings: LlamaCppSettings, num_layers: int) -> Footprint:
         # activations in fp32; only the last prompt token's logits come back from a prefill
-        return Footprint(WEIGHT_BITS[settings.weight_type] / 8, 4.0, KV_BYTES[settings.kv_type])
+        return Footprint(FOOTPRINT_BITS[settings.weight_type] / 8, 4.0, KV_BYTES[settings.kv_type])
+
+    def moved_bytes(self, settings: LlamaCppSettings, num_layers: int) -> MovedBytes:
+        return MovedBytes(MOVED_BITS[settings.weight_type] / 8, KV_BYTES[settings.kv_type])
 
     def matmul_kind(self, settings: LlamaCppSettings) -> str:
         """Quantized weights multiply with int8-quantized activations (llama.cpp's vec_dot kernels)."""

@@ -145,7 +145,14 @@ def test_footprint_and_matmul_kind() -> None:
     fp = SPEC.footprint(LlamaCppSettings("Q8_0", "q8_0"), 30)
     assert fp.weight_bytes == pytest.approx(8.5 / 8) and fp.kv_bytes == pytest.approx(34 / 32)
     assert fp.activation_bytes == 4.0 and not fp.prompt_logits
-    assert SPEC.footprint(LlamaCppSettings(), 30).weight_bytes == 0.5  # as shipped: a lower bound
+    # the memory check never understates (k-quant mixes and fallbacks), the roofline never overstates
+    for weight_type in LLAMACPP_WEIGHT_TYPES:
+        settings = LlamaCppSettings(weight_type)
+        assert SPEC.moved_bytes(settings, 30).weight_bytes <= SPEC.footprint(settings, 30).weight_bytes
+    assert SPEC.footprint(LlamaCppSettings("Q4_K_M"), 30).weight_bytes == pytest.approx(8.5 / 8)
+    assert SPEC.moved_bytes(LlamaCppSettings("Q4_K_M"), 30).weight_bytes == pytest.approx(4.5 / 8)
+    assert SPEC.footprint(LlamaCppSettings(), 30).weight_bytes == 2.0  # as shipped: taken as f16
+    assert SPEC.moved_bytes(LlamaCppSettings(), 30).weight_bytes < 0.2  # as shipped: any type
     assert SPEC.matmul_kind(LlamaCppSettings("F16")) == "reduced"
     assert SPEC.matmul_kind(LlamaCppSettings("Q4_K_M")) == "int8"
     assert SPEC.workload_reason(LlamaCppSettings(), 512, True) is not None
@@ -184,7 +191,7 @@ def test_the_ftypes_are_read_without_loading_the_library() -> None:
 
 
 def test_every_weight_type_has_its_bits() -> None:
-    assert set(spec_module.WEIGHT_BITS) == set(LLAMACPP_WEIGHT_TYPES)
+    assert set(spec_module.MOVED_BITS) == set(spec_module.FOOTPRINT_BITS) == set(LLAMACPP_WEIGHT_TYPES)
 
 
 def test_the_rules_load_no_llama_cpp() -> None:
