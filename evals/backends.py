@@ -41,7 +41,7 @@ from optimizer.space import Candidate, baseline_candidate  # noqa: E402
 
 DEFAULT_OVERRIDES = [
     "space=cpu-ort",
-    # offline batches: the default workload is a request stream, which the ONNX engines serve at batch 1 only
+    # offline batches, as recorded before (the default workload is now a request stream: evals/serving.py)
     "workload=batch",
     "workload.min_window_seconds=3",
     "workload.repeats=2",
