@@ -69,6 +69,7 @@ class TargetSpec:
     cpu_active_watts_per_core: float
     cpu_idle_watts_per_core: float
     gpu: GpuInfo | None = None
+    device_count: int = 1  # GPUs NVML sees (the layout rules' bound); not in the fingerprint
 
     @property
     def is_cuda(self) -> bool:
@@ -148,6 +149,7 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
         cpu_active_watts_per_core=cfg.cpu_active_watts_per_core,
         cpu_idle_watts_per_core=cfg.cpu_idle_watts_per_core,
         gpu=gpu,
+        device_count=_gpu_count(),
     )
     return _fill_from_preset(spec) if cfg.name == "auto" else spec
 
@@ -231,6 +233,16 @@ def _detect_gpu(index: int) -> GpuInfo | None:
             compute_capability=_capability(pynvml.nvmlDeviceGetCudaComputeCapability(handle)),
             power_limit_watts=pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0,
         )
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _gpu_count() -> int:
+    import pynvml  # present: a GPU was just detected through it
+
+    pynvml.nvmlInit()
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
     finally:
         pynvml.nvmlShutdown()
 
