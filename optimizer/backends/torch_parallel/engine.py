@@ -96,14 +96,16 @@ class ParallelEngine:
         self.plans = plans
         self._mp = mp.get_context("spawn")
         self.results: Any = self._mp.Queue()
+        self.queues: list[Any] = [self.results]  # closed with the engine
         self.commands: list[list[Any]] = []
         self.contexts: list[Any] = []
         self.pids: list[int] = []
         self.pci_bus_ids: list[str] = []
-        self._finalizer = weakref.finalize(self, _end, self.contexts, self.pids)
+        self._finalizer = weakref.finalize(self, _end, self.contexts, self.pids, self.queues)
         try:
             for plan in plans:
                 commands = [self._mp.Queue() for _ in range(plan.degree)]
+                self.queues.extend(commands)
                 self.commands.append(commands)
                 context = mp.start_processes(
                     rank_main,
@@ -213,11 +215,15 @@ class ParallelEngine:
         self.abort()
 
 
-def _end(contexts: list[Any], pids: list[int]) -> None:
-    """Kill and reap every rank still alive (the engine's finalizer, at close or exit)."""
+def _end(contexts: list[Any], pids: list[int], queues: list[Any]) -> None:
+    """Kill and reap every rank still alive, close the queues (the engine's finalizer, at close
+    or exit)."""
     for context in contexts:
         for process in context.processes:
             if process.is_alive():
                 process.kill()
             process.join(CLOSE_SECONDS)
+    for q in queues:
+        q.cancel_join_thread()  # a dead reader must not block this process's exit
+        q.close()
     untrack_processes(pids)
