@@ -64,7 +64,8 @@ def group_plans(
             cores: tuple[tuple[int, ...], ...] = ()
             devices = tuple(target.gpu.index + k for k in ranks)
         else:
-            cores = tuple(tuple(allowed[k * threads : (k + 1) * threads]) for k in ranks) if threads else ()
+            # more ranks than cores (never by the rules; an experiment may) share them round-robin
+            cores = tuple(_cores(allowed, k, threads) for k in ranks) if threads else ()
             devices = ()
         plans.append(
             GroupPlan(
@@ -80,6 +81,10 @@ def group_plans(
             )
         )
     return plans
+
+
+def _cores(allowed: list[int], process: int, threads: int) -> tuple[int, ...]:
+    return tuple(allowed[(process * threads + i) % len(allowed)] for i in range(threads))
 
 
 def free_port() -> int:
