@@ -128,13 +128,18 @@ def _load(plan: GroupPlan, device: str) -> Any:
 
 def _ready_info(engine: Any) -> dict[str, Any]:
     """The rank's pid and, on a GPU, the PCI bus id of its device (NVML opens boards by it)."""
-    info: dict[str, Any] = {"pid": os.getpid(), "pci_bus_id": None}
-    if engine.device.type == "cuda":
-        import torch
+    return {
+        "pid": os.getpid(),
+        "pci_bus_id": pci_bus_id(engine.device) if engine.device.type == "cuda" else None,
+    }
 
-        props: Any = torch.cuda.get_device_properties(engine.device)  # pci_* are missing from the stubs
-        info["pci_bus_id"] = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
-    return info
+
+def pci_bus_id(device: Any) -> str:
+    """The PCI bus id of a CUDA device in NVML's form (domain:bus:device.function)."""
+    import torch
+
+    props: Any = torch.cuda.get_device_properties(device)  # pci_* are missing from the stubs
+    return f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
 
 
 def _die_with_parent() -> None:
