@@ -28,7 +28,8 @@ from optimizer.errors import UserError
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import ServingSummary
 from optimizer.results import CandidateResult
-from optimizer.space import Candidate
+from optimizer.space import Candidate, layout_record
+from optimizer.target import TargetSpec
 from optimizer.version import tool_version
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ def build_recipe(
         "model": setup.model.identity(),
         "target": setup.target.fingerprint(),
         "settings": best.candidate.to_dict(),
+        **_layout_block(best.candidate, setup.target),
         "constraints": {
             "quality": {
                 "max_ppl_increase": cfg.quality.max_ppl_increase,
@@ -147,6 +149,13 @@ def build_recipe(
         },
         "evidence": evidence,
     }
+
+
+def _layout_block(candidate: Candidate, target: TargetSpec) -> dict[str, Any]:
+    """A `layout` entry for a candidate of several processes (rebuilt from `settings`; this one
+    names the GPUs or cores for the reader); nothing for one process."""
+    record = layout_record(candidate, target)
+    return {"layout": record} if record else {}
 
 
 def _ratio(value: float, base: float) -> float | None:

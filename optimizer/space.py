@@ -253,3 +253,21 @@ def _parallel_reason(candidate: Candidate, target: TargetSpec) -> str | None:
         if settings.kv_cache != "dynamic" or settings.attention != "sdpa":
             return "tensor parallelism runs with a dynamic KV cache and sdpa attention"
     return None
+
+
+def layout_record(candidate: Candidate, target: TargetSpec) -> dict[str, Any] | None:
+    """What a recipe and a report say of a layout (None for one process): the degrees, processes,
+    threads each, and the GPUs or the share of cores they run on."""
+    if not candidate.parallel:
+        return None
+    record: dict[str, Any] = {
+        "replicas": candidate.replicas,
+        "tensor_parallel": candidate.tensor_parallel,
+        "processes": candidate.processes,
+    }
+    if target.is_cuda:
+        record["devices"] = [f"cuda:{index}" for index in target.gpu_indices(candidate.processes)]
+    else:
+        record["threads_per_process"] = candidate.threads
+        record["cores_pinned"] = candidate.processes * candidate.threads
+    return record

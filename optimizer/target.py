@@ -75,6 +75,13 @@ class TargetSpec:
     def is_cuda(self) -> bool:
         return self.kind == "cuda"
 
+    def gpu_indices(self, count: int) -> list[int]:
+        """The CUDA indices of `count` GPUs for one candidate's processes: from the target's own
+        (`target.device_index`) on; [] on a CPU target."""
+        if self.gpu is None:
+            return []
+        return [self.gpu.index + k for k in range(count)]
+
     def fingerprint(self) -> dict[str, object]:
         """Hardware and software identity recorded in recipes and used in store keys."""
         return {

@@ -17,7 +17,7 @@ from optimizer.report.backend_table import backends_section
 from optimizer.report.plots import plot_pareto
 from optimizer.report.serving import serving_section, workload_line
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
-from optimizer.space import Candidate
+from optimizer.space import Candidate, layout_record
 from optimizer.version import tool_version
 
 if TYPE_CHECKING:
@@ -89,6 +89,9 @@ def write_report(
         "",
     ]
     lines += _selected_section(best, outcome.baseline, cfg.accounting, infeasible)
+    layout = layout_record(best.candidate, target) if best else None
+    if layout:  # several processes: say where they ran
+        lines += [f"- selected layout: {', '.join(f'{k} {v}' for k, v in layout.items())}", ""]
     lines += _search_section(outcome, excluded, cfg)
     lines += backends_section(outcome.selectable, excluded, outcome.baseline)
     lines += serving_section(outcome.results, output_dir)

@@ -77,7 +77,9 @@ def test_rules_per_target_and_model() -> None:
         exclusion_reason(replace(one, replicas=2, threads=2), cpu)
     )
     assert exclusion_reason(replace(one, replicas=2), cpu) is None
-    assert "fewer requests than 2 replicas" in str(exclusion_reason(replace(one, batch_size=1, replicas=2), cpu))
+    assert "fewer requests than 2 replicas" in str(
+        exclusion_reason(replace(one, batch_size=1, replicas=2), cpu)
+    )
     assert "unquantized" in str(
         exclusion_reason(
             replace(torch_candidate(4, 1, quantization="int8-weight"), tensor_parallel=2), cpu, shape=EVEN
@@ -131,3 +133,25 @@ def test_the_fit_says_when_a_degree_unlocks_the_batch() -> None:
     assert "of the memory budget" in str(
         memory_fit_reason(replace(candidate, threads=1, replicas=2), EVEN, cpu, WORKLOAD)
     )
+
+
+def test_a_layout_is_recorded_with_its_gpus_or_cores() -> None:
+    from optimizer.space import layout_record
+
+    one = torch_candidate(batch_size=4, threads=1)
+    assert layout_record(one, target_spec()) is None
+    assert layout_record(replace(one, replicas=2), target_spec(cores=2)) == {
+        "replicas": 2,
+        "tensor_parallel": 1,
+        "processes": 2,
+        "threads_per_process": 1,
+        "cores_pinned": 2,
+    }
+    gpus = target_spec(kind="cuda", device_count=4)
+    sharded = replace(one, threads=0, replicas=2, tensor_parallel=2)
+    assert layout_record(sharded, gpus) == {
+        "replicas": 2,
+        "tensor_parallel": 2,
+        "processes": 4,
+        "devices": ["cuda:0", "cuda:1", "cuda:2", "cuda:3"],
+    }

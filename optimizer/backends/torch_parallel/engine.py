@@ -60,9 +60,8 @@ def group_plans(
     for replica in range(candidate.replicas):
         ranks = range(replica * degree, (replica + 1) * degree)
         if target.is_cuda:
-            assert target.gpu is not None
             cores: tuple[tuple[int, ...], ...] = ()
-            devices = tuple(target.gpu.index + k for k in ranks)
+            devices = tuple(target.gpu_indices(candidate.processes)[k] for k in ranks)
         else:
             # more ranks than cores (never by the rules; an experiment may) share them round-robin
             cores = tuple(_cores(allowed, k, threads) for k in ranks) if threads else ()
