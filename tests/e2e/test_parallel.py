@@ -4,6 +4,7 @@ rank that dies fails the candidate and no rank outlives it or its parent."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -183,3 +184,46 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+SEARCH = [
+    "workload=quick",
+    "space=cpu-batch",
+    "workload.min_window_seconds=0.3",
+    "workload.repeats=1",
+    "workload.idle_seconds=0",
+    "space.batch_sizes=[2]",
+    "space.threads=[1]",
+    "space.torch.precisions=[fp32]",
+    "space.torch.quantizations=[none]",
+    "quality.num_sequences=2",
+    "workload.slo.tpot_ms=5000",
+]
+
+
+def test_the_cli_searches_replicas_and_refuses_a_degree_the_heads_forbid(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    from cli_support import optimize, stored
+
+    if os.cpu_count() is None or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("two replicas need two cores")
+    run = tmp_path / "run"
+    done = optimize(
+        *SEARCH,
+        "space.replicas=[1,2]",
+        f"output_dir={run}",
+        f"store_path={tmp_path / 't.db'}",
+        cache=cache_dir,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {
+        json.dumps(r["result"]["candidate"], sort_keys=True): r["result"] for r in stored(tmp_path / "t.db")
+    }
+    replicas = [r for r in results.values() if r["candidate"].get("replicas") == 2]
+    assert len(replicas) == 1 and replicas[0]["status"] == "measured", replicas
+    assert replicas[0]["performance"]["windows"][0]["output_tokens"] > 0
+    assert "r2" in (run / "report.md").read_text()
+    refused = optimize(*SEARCH, "space.tensor_parallel=[2]", f"output_dir={tmp_path / 'no'}", cache=cache_dir)
+    assert refused.returncode == 2
+    assert "space.tensor_parallel: 2 does not divide the model's 9 attention heads" in refused.stderr
