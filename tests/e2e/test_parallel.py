@@ -227,3 +227,22 @@ def test_the_cli_searches_replicas_and_refuses_a_degree_the_heads_forbid(
     refused = optimize(*SEARCH, "space.tensor_parallel=[2]", f"output_dir={tmp_path / 'no'}", cache=cache_dir)
     assert refused.returncode == 2
     assert "space.tensor_parallel: 2 does not divide the model's 9 attention heads" in refused.stderr
+
+
+@pytest.mark.parametrize("layout", [{"replicas": 2}, {"tensor_parallel": 2}])
+def test_mixed_length_prompts_are_served_like_one_process(
+    tiny: ModelSpec, cpu: TargetSpec, tmp_path: Path, layout: dict[str, int]
+) -> None:
+    """Serving pads a queue's batch of mixed-length prompts (`generate_padded`): a layout splits
+    or shards it and answers each request what one process answers."""
+    prompts = [[1, 504, 3458], [1, 378, 2593, 282, 260, 1345], [1, 42], [1, 7, 8, 9, 10]]
+    answers = []
+    for candidate in (ONE, replace(ONE, batch_size=4, **layout)):
+        engine = build_engine(tiny, candidate, cpu, tmp_path)
+        try:
+            generation = engine.generate_padded(prompts, 6)  # type: ignore[attr-defined]
+            assert generation.batch_size == 4 and len(generation.latencies()) == 4
+            answers.append(generation.token_ids)
+        finally:
+            engine.close()
+    assert torch.equal(answers[0], answers[1])
