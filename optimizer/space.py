@@ -59,6 +59,10 @@ class Candidate:
         values = {"backend": self.backend, "batch_size": self.batch_size, "threads": self.threads}
         return values | self.layout() | asdict(self.settings)
 
+    def axes(self) -> dict[str, Any]:
+        """Every axis value, the layout's included even at 1 (a sampler's view of the candidate)."""
+        return self.to_dict() | {name: getattr(self, name) for name in LAYOUT_FIELDS}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:
         """Rebuild from `to_dict()` output; unknown backends or fields are a UserError."""
