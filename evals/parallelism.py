@@ -131,14 +131,15 @@ def main() -> None:
     measured = {name: values for name, values in rows.items() if values}
     if measured:
         print(energy_source_line(next(iter(measured.values()))[0]["source"]))
+    width = max([28, *(len(name) for name in measured)])
     print(
-        f"{'layout':<28} {'settings':<40} {'goodput tok/J':>14} {'tok/J':>8} {'tok/s':>8} {'W':>7} {'TPOT p90 ms':>12}"
+        f"{'layout':<{width}} {'settings':<40} {'goodput tok/J':>14} {'tok/J':>8} {'tok/s':>8} {'W':>7} {'TPOT p90 ms':>12}"
     )
     means: dict[str, float] = {}
     for name, values in measured.items():
         means[name] = statistics.fmean(v["goodput_tokens_per_joule"] for v in values)
         print(
-            f"{name:<28} {values[0]['label']:<40} {means[name]:>14.3f} "
+            f"{name:<{width}} {values[0]['label']:<40} {means[name]:>14.3f} "
             f"{statistics.fmean(v['tokens_per_joule'] for v in values):>8.3f} "
             f"{statistics.fmean(v['tokens_per_second'] for v in values):>8.1f} "
             f"{statistics.fmean(v['watts'] for v in values):>7.1f} "

@@ -246,3 +246,38 @@ def test_mixed_length_prompts_are_served_like_one_process(
         finally:
             engine.close()
     assert torch.equal(answers[0], answers[1])
+
+
+def test_a_dead_rank_is_a_failed_result_of_the_search(
+    tiny_model_dir: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optimizer.config import QualityConfig
+    from optimizer.measure.setup import prepare_measurement
+    from optimizer.results import FAILED
+    from optimizer.search import evaluate
+    from optimizer.search.evaluate import Evaluator
+
+    setup = prepare_measurement(
+        ModelConfig(source=str(tiny_model_dir)),
+        TargetConfig(kind="cpu"),
+        WorkloadConfig(prompt_tokens=8, max_new_tokens=4, min_window_seconds=0.2, repeats=1),
+        QualityConfig(num_sequences=2, seq_tokens=32),
+        cache_dir,
+        4,
+    )
+    pids: list[int] = []
+
+    def build_then_kill_a_rank(
+        model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path
+    ) -> object:
+        engine = build_engine(model, candidate, target, workdir)
+        if isinstance(engine, ParallelEngine):
+            pids.extend(engine.pids)
+            os.kill(engine.pids[1], signal.SIGKILL)
+        return engine
+
+    monkeypatch.setattr(evaluate, "build_engine", build_then_kill_a_rank)
+    result = Evaluator.for_setup(setup).evaluate(replace(ONE, tensor_parallel=2))
+    assert result.status == FAILED
+    assert result.reason is not None and "RankFailed: replica 0 rank 1 exited with code -9" in result.reason
+    assert len(pids) == 2 and all(_gone(pid) for pid in pids)

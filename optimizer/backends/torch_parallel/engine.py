@@ -186,20 +186,32 @@ class ParallelEngine:
                     raise RankFailed(f"ranks not {kind} after {timeout:.0f} s") from None
                 continue
             if status == "error":
+                # a rank that died makes its peers fail in their collectives: name it first
+                time.sleep(POLL_SECONDS)
+                reporter = f"replica {replica} rank {rank} "
+                dead = [line for line in self._dead_ranks() if not line.startswith(reporter)]
                 self.abort()
                 last = payload.strip().splitlines()[-1] if payload.strip() else "?"
-                raise RankFailed(f"replica {replica} rank {rank} failed: {last}")
+                raise RankFailed("; ".join([*dead, f"replica {replica} rank {rank} failed: {last}"]))
             got[(replica, rank)] = payload
         return [got[key] for key in sorted(got)]
 
     def _check_alive(self) -> None:
+        dead = self._dead_ranks()
+        if dead:
+            self.abort()
+            raise RankFailed("; ".join(dead))
+
+    def _dead_ranks(self) -> list[str]:
+        """A line per rank that has exited, e.g. `replica 0 rank 1 exited with code -9 (signal 9)`."""
+        dead = []
         for replica, context in enumerate(self.contexts):
             for rank, process in enumerate(context.processes):
                 if not process.is_alive():
                     code = process.exitcode
-                    self.abort()
                     signal = f" (signal {-code})" if code is not None and code < 0 else ""
-                    raise RankFailed(f"replica {replica} rank {rank} exited with code {code}{signal}")
+                    dead.append(f"replica {replica} rank {rank} exited with code {code}{signal}")
+        return dead
 
     def abort(self) -> None:
         """A rank failed: the others may wait in a collective for it; kill them all at once."""
