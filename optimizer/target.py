@@ -69,7 +69,7 @@ class TargetSpec:
     cpu_active_watts_per_core: float
     cpu_idle_watts_per_core: float
     gpu: GpuInfo | None = None
-    device_count: int = 1  # GPUs NVML sees (the layout rules' bound); not in the fingerprint
+    device_count: int = 1  # GPUs CUDA lets this process use (the layout rules' bound); not in the fingerprint
 
     @property
     def is_cuda(self) -> bool:
@@ -245,13 +245,11 @@ def _detect_gpu(index: int) -> GpuInfo | None:
 
 
 def _gpu_count() -> int:
-    import pynvml  # present: a GPU was just detected through it
+    """GPUs this process may use, as CUDA indexes them (CUDA_VISIBLE_DEVICES honoured: a search
+    worker given one GPU sees one)."""
+    import torch
 
-    pynvml.nvmlInit()
-    try:
-        return int(pynvml.nvmlDeviceGetCount())
-    finally:
-        pynvml.nvmlShutdown()
+    return int(torch.cuda.device_count())
 
 
 def _capability(value: Any) -> tuple[int, int]:
