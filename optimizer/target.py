@@ -249,7 +249,7 @@ def _gpu_count() -> int:
     worker given one GPU sees one)."""
     import torch
 
-    return int(torch.cuda.device_count())
+    return max(int(torch.cuda.device_count()), 1)  # at least the GPU just detected
 
 
 def _capability(value: Any) -> tuple[int, int]:

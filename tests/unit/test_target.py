@@ -207,3 +207,13 @@ def test_fingerprint_names_the_software() -> None:
     assert fp["kind"] == "cpu"
     assert {"torch", "transformers"} <= set(fp["packages"])
     assert fp["gpu"] is None
+
+
+def test_a_gpu_target_counts_the_gpus_cuda_lets_it_use(with_gpu, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    with_gpu()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    spec = detect_target(TargetConfig(kind="cuda"))
+    assert spec.device_count == 2 and spec.gpu_indices(2) == [0, 1]
+    assert "device_count" not in spec.fingerprint()  # store keys do not change with the host's GPUs
