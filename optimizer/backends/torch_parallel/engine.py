@@ -168,12 +168,12 @@ class ParallelEngine:
         for replica, call in enumerate(calls):
             for commands in self.commands[replica]:
                 commands.put(call)
-        answers = self._collect("ok", len(calls), None, replicas=True)
-        return answers
+        return self._collect("ok", len(calls), None)
 
-    def _collect(self, kind: str, count: int, timeout: float | None, replicas: bool = False) -> list[Any]:
-        """`count` messages of `kind` (payloads, in replica order when `replicas`); a rank's error
-        or death ends every rank and raises RankFailed naming it."""
+    def _collect(self, kind: str, count: int, timeout: float | None) -> list[Any]:
+        """The payloads of `count` messages of `kind`, in (replica, rank) order; a rank's error or
+        death ends every rank and raises RankFailed naming it. A collective that hangs is bounded
+        by the process group's timeout (the rank then raises)."""
         deadline = None if timeout is None else time.perf_counter() + timeout
         got: dict[tuple[int, int], Any] = {}
         while len(got) < count:
@@ -193,7 +193,8 @@ class ParallelEngine:
                 self.abort()
                 last = payload.strip().splitlines()[-1] if payload.strip() else "?"
                 raise RankFailed("; ".join([*dead, f"replica {replica} rank {rank} failed: {last}"]))
-            got[(replica, rank)] = payload
+            if status == kind:
+                got[(replica, rank)] = payload
         return [got[key] for key in sorted(got)]
 
     def _check_alive(self) -> None:
