@@ -56,7 +56,7 @@ class SearchPlan:
 
 
 def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
-    valid, excluded = enumerate_candidates(cfg.space, setup.target, cfg.workload.serving)
+    valid, excluded = enumerate_candidates(cfg.space, setup.target, cfg.workload.serving, setup.model.shape)
     fits: list[Candidate] = []
     pruned: list[tuple[Candidate, str]] = []
     for candidate in valid:
