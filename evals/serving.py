@@ -41,6 +41,7 @@ from optimizer.measure.latency import percentile  # noqa: E402
 from optimizer.measure.serving import ServingRun, serve_stream, summarize  # noqa: E402
 from optimizer.measure.setup import MeasurementSetup, prepare_measurement  # noqa: E402
 from optimizer.pipeline import optimize  # noqa: E402
+from optimizer.recipe import read_recipe  # noqa: E402
 from optimizer.space import Candidate, baseline_candidate, exclusion_reason  # noqa: E402
 
 # The offline recipe checked in before serving (recipes/smollm2-135m at 897ee00): HF bf16, batch 64
@@ -56,6 +57,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for serving.json (every request)")
     parser.add_argument("--run-dir", type=Path, default=REPO / "outputs" / "serving-benchmark")
     parser.add_argument("--peer", type=json.loads, default=LLAMACPP_PEER, help="llama.cpp candidate as JSON")
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        default=None,
+        help="take the selected candidate from this serving recipe (skips phase 1)",
+    )
     parser.add_argument("--agent", action="append", default=[], help="a Hydra override for the agent phase")
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides for the chat phase (e.g. workload.rate=3)"
@@ -68,13 +75,20 @@ def main() -> None:
     store = [f"store_path={args.run_dir / 'trials.db'}"]
     chat_cfg = compose_run_config([*args.overrides, f"output_dir={args.run_dir / 'search'}", *store])
     started = time.perf_counter()
-    search = optimize(chat_cfg)  # phase 1: resumable through the store
+    recipe = read_recipe(args.recipe) if args.recipe is not None else None
+    if recipe is not None:  # the selection `optimize` already made on this stream (checked below)
+        selected = recipe.candidate
+    else:
+        search = optimize(chat_cfg)  # phase 1: resumable through the store
+        if search.best is None:
+            raise SystemExit(f"nothing feasible on the chat stream: {search.infeasible}")
+        selected = search.best.candidate
     search_seconds = time.perf_counter() - started
-    if search.best is None:
-        raise SystemExit(f"nothing feasible on the chat stream: {search.infeasible}")
-    selected = search.best.candidate
 
     chat = setup_for(chat_cfg, 64)
+    recorded = (recipe.evidence.get("serving") or {}).get("stream_sha256") if recipe else None
+    if recipe is not None and (chat.stream is None or recorded != chat.stream.sha256):
+        raise SystemExit(f"{args.recipe} was selected on another stream than this chat stream")
     idle = measure_idle_watts(chat.meter, chat_cfg.workload.idle_seconds)
     threads = selected.threads or chat.target.cores
     contenders = {

@@ -31,7 +31,8 @@ from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import ServingSummary
 from optimizer.results import CandidateResult
 from optimizer.select import Selection
-from optimizer.space import Candidate
+from optimizer.space import Candidate, layout_record
+from optimizer.target import TargetSpec
 from optimizer.version import tool_version
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ def build_recipe(
         "model": setup.model.identity(),
         "target": setup.target.fingerprint(),
         "settings": best.candidate.to_dict(),
+        **_layout_block(best.candidate, setup.target),
         "constraints": {
             "quality": {
                 "max_ppl_increase": cfg.quality.max_ppl_increase,
@@ -176,6 +178,13 @@ def _selection_evidence(selection: Selection) -> dict[str, Any]:
             for f in selection.finalists
         ],
     }
+
+
+def _layout_block(candidate: Candidate, target: TargetSpec) -> dict[str, Any]:
+    """A `layout` entry for a candidate of several processes (rebuilt from `settings`; this one
+    names the GPUs or cores for the reader); nothing for one process."""
+    record = layout_record(candidate, target)
+    return {"layout": record} if record else {}
 
 
 def _ratio(value: float, base: float) -> float | None:

@@ -1,8 +1,11 @@
 """The search space: frozen candidates, and the rules that say which ones a target can run.
 
-A candidate is `backend settings x batch size x threads`. Backend settings are one frozen
+A candidate is `backend settings x batch size x threads x layout`. Backend settings are one frozen
 dataclass per backend; each backend's spec (`backends/registry.py`, keyed by that type) says which
-settings its axes ask for and which of them a target can run.
+settings its axes ask for and which of them a target can run. The layout spreads one candidate
+over the hardware: `replicas` independent engine processes (the batch split between them) of
+`tensor_parallel` ranks each; `threads` is per process. A 1 x 1 layout is not written in a
+candidate's dict, so its key and every recipe without a layout stay what they were.
 """
 
 from __future__ import annotations
@@ -19,25 +22,47 @@ from optimizer.backends.registry import SPECS_BY_NAME, BackendSettings, spec_for
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.config import SpaceConfig
 from optimizer.errors import UserError
+from optimizer.model import ModelShape
 from optimizer.target import TargetSpec
+
+LAYOUT_FIELDS = ("replicas", "tensor_parallel")
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One deployment configuration. `threads` = 0 leaves the library's default thread count."""
+    """One deployment configuration. `threads` = 0 leaves the library's default thread count;
+    otherwise it is the thread count of each of the candidate's `processes`."""
 
     settings: BackendSettings
     batch_size: int
     threads: int
+    replicas: int = 1
+    tensor_parallel: int = 1
 
     @property
     def backend(self) -> str:
         return self.settings.BACKEND
 
+    @property
+    def processes(self) -> int:
+        """Engine processes (and devices, on a GPU target) the candidate runs on."""
+        return self.replicas * self.tensor_parallel
+
+    @property
+    def parallel(self) -> bool:
+        return self.processes > 1
+
+    def layout(self) -> dict[str, int]:
+        """The layout fields that differ from one process: written in dicts, keys and recipes."""
+        return {name: getattr(self, name) for name in LAYOUT_FIELDS if getattr(self, name) != 1}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "batch_size": self.batch_size, "threads": self.threads} | asdict(
-            self.settings
-        )
+        values = {"backend": self.backend, "batch_size": self.batch_size, "threads": self.threads}
+        return values | self.layout() | asdict(self.settings)
+
+    def axes(self) -> dict[str, Any]:
+        """Every axis value, the layout's included even at 1 (a sampler's view of the candidate)."""
+        return self.to_dict() | {name: getattr(self, name) for name in LAYOUT_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:
@@ -54,25 +79,35 @@ class Candidate:
             batch_size, threads = int(values.pop("batch_size")), int(values.pop("threads"))
         except (KeyError, TypeError, ValueError):
             raise UserError("settings", "batch_size and threads must be integers", "fix the recipe") from None
+        layout = {name: values.pop(name, 1) for name in LAYOUT_FIELDS}
+        for name, value in layout.items():
+            if type(value) is not int or value < 1:
+                raise UserError(
+                    f"settings.{name}", f"must be an integer >= 1, got {value!r}", f"e.g. {name}: 2"
+                )
         known = {f.name for f in fields(settings_type)}
         unknown = set(values) - known
         if unknown:
             raise UserError(
                 "settings", f"unknown {backend} settings {sorted(unknown)}", f"known: {sorted(known)}"
             )
-        return cls(settings=settings_type(**values), batch_size=batch_size, threads=threads)
+        return cls(settings=settings_type(**values), batch_size=batch_size, threads=threads, **layout)
 
     def key(self) -> str:
         return _digest(self.to_dict())
 
     def numerics_key(self) -> str:
         """What the quality probe's numbers depend on: candidates sharing it share one probe.
-        Batch size and threads never change them."""
-        return _digest({"backend": self.backend} | self.settings.probe_settings())
+        Batch size, threads and replicas never change them; a tensor-parallel degree sums partial
+        products in another order."""
+        tp = {"tensor_parallel": self.tensor_parallel} if self.tensor_parallel != 1 else {}
+        return _digest({"backend": self.backend} | self.settings.probe_settings() | tp)
 
     def label(self) -> str:
         threads = f" t{self.threads}" if self.threads else ""
-        return f"{self.backend} {self.settings.label()} b{self.batch_size}{threads}"
+        replicas = f" r{self.replicas}" if self.replicas != 1 else ""
+        tp = f" tp{self.tensor_parallel}" if self.tensor_parallel != 1 else ""
+        return f"{self.backend} {self.settings.label()} b{self.batch_size}{threads}{replicas}{tp}"
 
 
 def _digest(data: dict[str, Any]) -> str:
@@ -91,18 +126,25 @@ def reference_settings() -> TorchSettings:
 
 
 def enumerate_candidates(
-    space: SpaceConfig, target: TargetSpec, serving: bool = False, model_format: str | None = None
+    space: SpaceConfig,
+    target: TargetSpec,
+    serving: bool = False,
+    shape: ModelShape | None = None,
+    model_format: str | None = None,
 ) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
     """All combinations of the space's axes plus its `extra` candidates, split into valid ones
-    and (excluded, rule) pairs. `serving`: the workload is a request stream; `model_format`: the
-    model's (gguf, hf-dir, hub), for backends that load some formats only (None: not checked)."""
+    and (excluded, rule) pairs. `serving`: the workload is a request stream; `shape`: the model's,
+    for the layout rules that read head counts; `model_format`: the model's (gguf, hf-dir, hub),
+    for backends that load some formats only (None: not checked). A layout the space asks for by
+    value that this target or model can never run is a UserError naming the axis."""
+    check_layout_axes(space, target, shape)
     valid: list[Candidate] = []
     excluded: list[tuple[Candidate, str]] = []
     # Explicit extra candidates come first: they are asked for by name (often a reference).
-    extra = [_extra_candidate(item, index, target) for index, item in enumerate(space.extra)]
+    extra = [_extra_candidate(item, index, target, shape) for index, item in enumerate(space.extra)]
     grid = [c for c in _combinations(space, target) if c not in extra]
     for candidate in extra + grid:
-        reason = exclusion_reason(candidate, target, serving, model_format)
+        reason = exclusion_reason(candidate, target, serving, shape, model_format)
         if reason is None:
             valid.append(candidate)
         else:
@@ -110,40 +152,98 @@ def enumerate_candidates(
     return valid, excluded
 
 
-def _extra_candidate(item: dict[str, Any], index: int, target: TargetSpec) -> Candidate:
+def _extra_candidate(
+    item: dict[str, Any], index: int, target: TargetSpec, shape: ModelShape | None
+) -> Candidate:
     values = {"backend": "torch", "threads": 0, **item}
+    processes = int(values.get("replicas", 1)) * int(values.get("tensor_parallel", 1))
     if not target.is_cuda and not values["threads"]:
-        values["threads"] = target.cores
+        values["threads"] = max(target.cores // max(processes, 1), 1)
     try:
-        return Candidate.from_dict(values)
+        candidate = Candidate.from_dict(values)
     except UserError as exc:
         raise UserError(f"space.extra[{index}]", exc.problem, exc.fix) from None
     except (TypeError, ValueError) as exc:
         raise UserError(
             f"space.extra[{index}]", str(exc), "give backend settings, batch_size and threads"
         ) from None
+    problem = layout_reason(candidate.replicas, candidate.tensor_parallel, target, shape)
+    if problem is not None:
+        name, reason = problem
+        raise UserError(f"space.extra[{index}].{name}", reason, LAYOUT_FIX)
+    return candidate
+
+
+LAYOUT_FIX = "use a smaller degree (the model's head counts and the target's cores or GPUs bound it), or 1"
+
+
+def check_layout_axes(space: SpaceConfig, target: TargetSpec, shape: ModelShape | None) -> None:
+    """Every replicas and tensor-parallel value the space names must be runnable here."""
+    for replicas, degree in itertools.product(space.replicas, space.tensor_parallel):
+        problem = layout_reason(replicas, degree, target, shape)
+        if problem is not None:
+            name, reason = problem
+            raise UserError(f"space.{name}", reason, LAYOUT_FIX)
+
+
+def layout_reason(
+    replicas: int, degree: int, target: TargetSpec, shape: ModelShape | None
+) -> tuple[str, str] | None:
+    """(the layout field at fault, why) when no candidate of this layout can run on the target
+    (cores, GPUs) or shard the model (heads divisible by the degree); None when it can."""
+    if degree > 1 and shape is not None:
+        for what, heads in (("attention", shape.num_attention_heads), ("key-value", shape.num_kv_heads)):
+            if heads % degree:
+                return "tensor_parallel", f"{degree} does not divide the model's {heads} {what} heads"
+    processes = replicas * degree
+    field = "tensor_parallel" if degree > 1 and replicas == 1 else "replicas"
+    if target.is_cuda:
+        assert target.gpu is not None
+        free = target.device_count - target.gpu.index
+        if processes > free:
+            return field, f"{replicas} x {degree} = {processes} GPUs > {free} from target.device_index"
+    elif processes > target.cores:
+        return field, f"{replicas} x {degree} = {processes} processes > {target.cores} cores"
+    return None
 
 
 def _combinations(space: SpaceConfig, target: TargetSpec) -> Iterator[Candidate]:
-    # Threads are a CPU axis; on a GPU target the host thread count is left to the library.
-    threads = sorted({t or target.cores for t in space.threads}) if not target.is_cuda else [0]
+    # Threads are a CPU axis (per process); on a GPU target the host thread count is the library's.
     seen: set[str] = set()
+    layouts = list(itertools.product(space.replicas, space.tensor_parallel))
     for backend in space.backends:
         for settings in SPECS_BY_NAME[backend].settings_for(space):
-            for batch_size, thread_count in itertools.product(space.batch_sizes, threads):
-                candidate = Candidate(settings, batch_size, thread_count)
-                if candidate.key() not in seen:
-                    seen.add(candidate.key())
-                    yield candidate
+            for batch_size, (replicas, degree) in itertools.product(space.batch_sizes, layouts):
+                for thread_count in _threads(space, target, replicas * degree):
+                    candidate = Candidate(settings, batch_size, thread_count, replicas, degree)
+                    if candidate.key() not in seen:
+                        seen.add(candidate.key())
+                        yield candidate
+
+
+def _threads(space: SpaceConfig, target: TargetSpec, processes: int) -> list[int]:
+    """Threads per process: 0 in the axis shares all cores among the processes."""
+    if target.is_cuda:
+        return [0]
+    return sorted({t or max(target.cores // processes, 1) for t in space.threads})
 
 
 def exclusion_reason(
-    candidate: Candidate, target: TargetSpec, serving: bool = False, model_format: str | None = None
+    candidate: Candidate,
+    target: TargetSpec,
+    serving: bool = False,
+    shape: ModelShape | None = None,
+    model_format: str | None = None,
 ) -> str | None:
-    """Why the target (the workload's kind, the model's format) cannot run this candidate, or None
-    when they can. Pure rules, no measuring."""
+    """Why the target (and the workload's kind, the model's shape and format when given) cannot
+    run this candidate, or None when it can. Pure rules, no measuring."""
     if candidate.threads > target.cores:
         return f"threads {candidate.threads} > {target.cores} cores"
+    if candidate.parallel:
+        problem = layout_reason(candidate.replicas, candidate.tensor_parallel, target, shape)
+        reason = problem[1] if problem else _parallel_reason(candidate, target)
+        if reason:
+            return reason
     spec = spec_for(candidate.settings)
     if model_format is not None and isinstance(spec, ModelRules):
         reason = spec.model_reason(candidate.settings, model_format)
@@ -152,3 +252,40 @@ def exclusion_reason(
     return spec.exclusion_reason(candidate.settings, target) or spec.workload_reason(
         candidate.settings, candidate.batch_size, serving
     )
+
+
+def _parallel_reason(candidate: Candidate, target: TargetSpec) -> str | None:
+    settings = candidate.settings
+    if not isinstance(settings, TorchSettings):
+        return "replicas and tensor parallelism are built for the torch backend only"
+    if candidate.batch_size < candidate.replicas:
+        return f"batch {candidate.batch_size} gives fewer requests than {candidate.replicas} replicas"
+    if not target.is_cuda and candidate.processes * candidate.threads > target.cores:
+        return (
+            f"{candidate.processes} processes x {candidate.threads} threads > {target.cores} cores"
+            " (each process is pinned to its own cores)"
+        )
+    if candidate.tensor_parallel > 1:
+        if settings.quantization != "none" or settings.compile or settings.loop != "hf":
+            return "tensor parallelism shards unquantized, uncompiled HF generate only"
+        if settings.kv_cache != "dynamic" or settings.attention != "sdpa":
+            return "tensor parallelism runs with a dynamic KV cache and sdpa attention"
+    return None
+
+
+def layout_record(candidate: Candidate, target: TargetSpec) -> dict[str, Any] | None:
+    """What a recipe and a report say of a layout (None for one process): the degrees, processes,
+    threads each, and the GPUs or the share of cores they run on."""
+    if not candidate.parallel:
+        return None
+    record: dict[str, Any] = {
+        "replicas": candidate.replicas,
+        "tensor_parallel": candidate.tensor_parallel,
+        "processes": candidate.processes,
+    }
+    if target.is_cuda:
+        record["devices"] = [f"cuda:{index}" for index in target.gpu_indices(candidate.processes)]
+    else:
+        record["threads_per_process"] = candidate.threads
+        record["cores_pinned"] = candidate.processes * candidate.threads
+    return record

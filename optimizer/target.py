@@ -71,10 +71,18 @@ class TargetSpec:
     cpu_active_watts_per_core: float
     cpu_idle_watts_per_core: float
     gpu: GpuInfo | None = None
+    device_count: int = 1  # GPUs CUDA lets this process use (the layout rules' bound); not in the fingerprint
 
     @property
     def is_cuda(self) -> bool:
         return self.kind == "cuda"
+
+    def gpu_indices(self, count: int) -> list[int]:
+        """The CUDA indices of `count` GPUs for one candidate's processes: from the target's own
+        (`target.device_index`) on; [] on a CPU target."""
+        if self.gpu is None:
+            return []
+        return [self.gpu.index + k for k in range(count)]
 
     def fingerprint(self) -> dict[str, object]:
         """Hardware and software identity recorded in recipes and used in store keys."""
@@ -150,6 +158,7 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
         cpu_active_watts_per_core=cfg.cpu_active_watts_per_core,
         cpu_idle_watts_per_core=cfg.cpu_idle_watts_per_core,
         gpu=gpu,
+        device_count=_gpu_count(),
     )
     return _fill_from_preset(spec) if cfg.name == "auto" else spec
 
@@ -238,6 +247,14 @@ def _detect_gpu(index: int) -> GpuInfo | None:
         )
     finally:
         pynvml.nvmlShutdown()
+
+
+def _gpu_count() -> int:
+    """GPUs this process may use, as CUDA indexes them (CUDA_VISIBLE_DEVICES honoured: a search
+    worker given one GPU sees one)."""
+    import torch
+
+    return max(int(torch.cuda.device_count()), 1)  # at least the GPU just detected
 
 
 def _capability(value: Any) -> tuple[int, int]:

@@ -226,6 +226,10 @@ class SpaceConfig:
     backends: list[str] = field(default_factory=lambda: ["torch"])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
     threads: list[int] = field(default_factory=lambda: [0])
+    # Layout: independent engine processes (the batch split between them) and tensor-parallel
+    # ranks per process group; threads are per process. [1] and [1]: one process.
+    replicas: list[int] = field(default_factory=lambda: [1])
+    tensor_parallel: list[int] = field(default_factory=lambda: [1])
     torch: TorchAxes = field(default_factory=TorchAxes)
     torch_cb: TorchCbAxes = field(default_factory=TorchCbAxes)
     ort_genai: OrtGenaiAxes = field(default_factory=OrtGenaiAxes)
@@ -251,3 +255,11 @@ class SpaceConfig:
             f"must be a non-empty list of counts >= 0 (0 = all cores), got {self.threads}",
             "e.g. space.threads=[1,2] or [0]",
         )
+        for name in ("replicas", "tensor_parallel"):
+            values = getattr(self, name)
+            require(
+                bool(values) and all(type(v) is int and v >= 1 for v in values),
+                f"space.{name}",
+                f"must be a non-empty list of integers >= 1, got {values}",
+                f"e.g. space.{name}=[1,2]",
+            )

@@ -8,6 +8,7 @@ carries its `source`; an estimate is never reported as a measurement.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import sys
 import threading
@@ -67,8 +68,24 @@ class EnergyMeter(Protocol):
         ...
 
 
+# Live processes whose work belongs to this one's candidate (a layout's ranks): the estimate counts
+# their CPU time too. Finished children are in RUSAGE_CHILDREN already.
+_TRACKED: set[int] = set()
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def track_processes(pids: list[int]) -> None:
+    """Count these live processes' CPU time in every estimate window until untracked."""
+    _TRACKED.update(pids)
+
+
+def untrack_processes(pids: list[int]) -> None:
+    _TRACKED.difference_update(pids)
+
+
 class EstimateMeter:
-    """Labelled estimate: process CPU seconds x active watts/core + wall x cores x idle watts/core."""
+    """Labelled estimate: CPU seconds of this process, its finished children and the tracked live
+    processes (a layout's ranks) x active watts/core + wall x cores x idle watts/core."""
 
     source = "estimate"
 
@@ -101,7 +118,17 @@ def _cpu_seconds() -> float:
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
-    return total
+    return total + sum(process_cpu_seconds(pid) for pid in sorted(_TRACKED))
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 once it is gone), from /proc/<pid>/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime: fields 14 and 15
 
 
 class RaplMeter:
@@ -165,6 +192,7 @@ class NvmlMeter:
         nvml: Any = None,
         clock: Callable[[], float] = time.perf_counter,
         cuda_uuid: Callable[[int], str | None] | None = None,
+        pci_bus_ids: list[str] | None = None,
     ) -> None:
         if nvml is None:
             import pynvml  # nvidia-ml-py; imported only when a GPU is measured
@@ -173,14 +201,28 @@ class NvmlMeter:
             cuda_uuid = cuda_uuid or torch_cuda_uuid
         self._nvml = nvml
         nvml.nvmlInit()
-        self.handles = [nvml_handle(nvml, i, cuda_uuid) for i in indices]
+        if pci_bus_ids:
+            # boards named by the CUDA devices other processes use: NVML's order may differ from
+            # CUDA's, and those devices' CUDA work is synchronized by their own processes
+            self.handles = [nvml.nvmlDeviceGetHandleByPciBusId_v2(bus) for bus in pci_bus_ids]
+            indices = []
+        else:
+            self.handles = [nvml_handle(nvml, i, cuda_uuid) for i in indices]
         self.indices = indices
+        self.pci_bus_ids = pci_bus_ids or []
         self.poll_seconds = poll_seconds
         self.clock = clock
         self.idle_watts = 0.0
         self._instant_ok = True
         self.has_counter = self._probe_counter()
         self.source = "nvml" if self.has_counter else "nvml-power-poll"
+
+    def on_boards(self, pci_bus_ids: list[str]) -> NvmlMeter:
+        """A meter over these boards (PCI bus ids), same NVML and clock; its idle baseline is this
+        meter's per board times the boards (idle was measured on this meter's boards)."""
+        meter = NvmlMeter([], self.poll_seconds, self._nvml, self.clock, pci_bus_ids=pci_bus_ids)
+        meter.idle_watts = self.idle_watts / max(len(self.handles), 1) * len(pci_bus_ids)
+        return meter
 
     def _probe_counter(self) -> bool:
         try:
@@ -288,6 +330,16 @@ def make_meter(target: TargetSpec) -> EnergyMeter:
             )
     log.warning("no energy counter here: energy is an ESTIMATE from CPU time (labelled 'estimate')")
     return EstimateMeter(target.cores, target.cpu_active_watts_per_core, target.cpu_idle_watts_per_core)
+
+
+def meter_for_engine(meter: EnergyMeter, engine: object) -> EnergyMeter:
+    """The meter of everything an engine uses: on GPUs every board its processes run on (an
+    engine that names them by `pci_bus_ids`); otherwise the meter as it is (the CPU estimate
+    counts a layout's tracked processes, RAPL the whole package)."""
+    boards = list(getattr(engine, "pci_bus_ids", None) or [])
+    if isinstance(meter, NvmlMeter) and boards:
+        return meter.on_boards(boards)
+    return meter
 
 
 def measure_idle_watts(meter: EnergyMeter, seconds: float) -> float:

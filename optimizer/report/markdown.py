@@ -20,7 +20,7 @@ from optimizer.report.selection import selection_section
 from optimizer.report.serving import serving_section, workload_line
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 from optimizer.select import Selection
-from optimizer.space import Candidate
+from optimizer.space import Candidate, layout_record
 from optimizer.version import tool_version
 
 if TYPE_CHECKING:
@@ -106,6 +106,9 @@ def write_report(
         "",
     ]
     lines += _selected_section(best, outcome.baseline, cfg.accounting, infeasible, source)
+    layout = layout_record(best.candidate, target) if best else None
+    if layout:  # several processes: say where they ran
+        lines += [f"- selected layout: {', '.join(f'{k} {v}' for k, v in layout.items())}", ""]
     lines += selection_section(selection, estimate_mark(source))
     lines += _search_section(outcome, excluded, cfg)
     lines += backends_section(outcome.selectable, excluded, outcome.baseline, estimate_mark(source))

@@ -16,7 +16,7 @@ from optimizer.backends.base import Engine
 from optimizer.backends.parity import check_greedy_parity
 from optimizer.backends.registry import build_engine
 from optimizer.config import QualityConfig, SearchConfig, WorkloadConfig
-from optimizer.measure.energy import EnergyMeter
+from optimizer.measure.energy import EnergyMeter, meter_for_engine
 from optimizer.measure.load import measure_load
 from optimizer.measure.quality import QualityReference, QualityResult, evaluate_quality
 from optimizer.measure.setup import MeasurementSetup
@@ -188,18 +188,19 @@ class Evaluator:
         self, engine: Engine, candidate: Candidate, deadline: float, stop_below: float | None = None
     ) -> PerformanceResult:
         """Offline batches, or the request stream at every offered load (serving)."""
+        meter = meter_for_engine(self.meter, engine)  # every GPU board a layout's ranks use
         if self.streams:
             return measure_load(
                 engine,
                 candidate.batch_size,
                 self.streams,
-                self.meter,
+                meter,
                 self.workload_cfg,
                 deadline,
                 stop_below,
             )
         return measure_performance(
-            engine, self.workload, candidate.batch_size, self.meter, self.workload_cfg, deadline, stop_below
+            engine, self.workload, candidate.batch_size, meter, self.workload_cfg, deadline, stop_below
         )
 
     def _measure_quality(self, engine: Engine, numerics: str) -> QualityResult:

@@ -176,7 +176,7 @@ class OptunaSampler:
         return self._key(self._param_dict(candidate))
 
     def _param_dict(self, candidate: Candidate) -> dict[str, Any]:
-        values = candidate.to_dict()
+        values = candidate.axes()
         return {name: values.get(name) for name in self._axes}
 
     def _key(self, params: dict[str, Any]) -> Params:
@@ -208,7 +208,7 @@ def _axes(candidates: Sequence[Candidate]) -> dict[str, list[Any]]:
     """Each setting that varies among the candidates, with its values in a stable order."""
     values: dict[str, list[Any]] = {}
     for candidate in candidates:
-        for name, value in candidate.to_dict().items():
+        for name, value in candidate.axes().items():
             column = values.setdefault(name, [])
             if value not in column:
                 column.append(value)

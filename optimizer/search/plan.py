@@ -56,7 +56,9 @@ class SearchPlan:
 
 
 def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
-    valid, excluded = enumerate_candidates(cfg.space, setup.target, cfg.workload.serving, setup.model.format)
+    valid, excluded = enumerate_candidates(
+        cfg.space, setup.target, cfg.workload.serving, setup.model.shape, setup.model.format
+    )
     fits: list[Candidate] = []
     pruned: list[tuple[Candidate, str]] = []
     for candidate in valid:

@@ -1,11 +1,18 @@
 """Analytic checks before building anything: does the candidate fit the target's memory?
 
-Each backend's spec gives the bytes per weight, activation and KV element of its builds.
+Each backend's spec gives the bytes per weight, activation and KV element of its builds. A
+layout divides them: a tensor-parallel rank holds 1/degree of the sharded weights and of the KV
+heads; a replica holds all the weights and the KV of its share of the batch. On a GPU every
+process has a device of its own, so the budget is per device; on a CPU the processes share the
+host's memory, so the budget is for all of them together.
 
 The second check, a roofline bound of tokens/J against the best measured so far, is in roofline.py.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import replace
 
 from optimizer.backends.registry import spec_for
 from optimizer.config import WorkloadConfig
@@ -18,12 +25,16 @@ USABLE_FRACTION = 0.9
 
 
 def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: WorkloadConfig) -> int:
-    """Peak bytes on the target device: weights + KV cache + activations + overhead."""
+    """Peak bytes of one of the candidate's processes (on its device): weights + KV cache +
+    activations + overhead. One process holds everything; see the module's note for layouts."""
     fp = spec_for(candidate.settings).footprint(candidate.settings, shape.num_layers)
-    batch, prompt = candidate.batch_size, workload.prompt_tokens
-    weights = shape.num_parameters * fp.weight_bytes
+    degree = candidate.tensor_parallel
+    batch, prompt = math.ceil(candidate.batch_size / candidate.replicas), workload.prompt_tokens
+    # The embedding (tied with the LM head here) is replicated; the layers are sharded.
+    embedding = shape.vocab_size * shape.hidden_size
+    weights = (embedding + (shape.num_parameters - embedding) / degree) * fp.weight_bytes
     tokens = batch * (prompt + workload.max_new_tokens)
-    kv = tokens * shape.kv_bytes_per_token(fp.kv_bytes) * fp.kv_on_device_fraction
+    kv = tokens * shape.kv_bytes_per_token(fp.kv_bytes) * fp.kv_on_device_fraction / degree
     # Prefill activations (a few hidden-size buffers per token) and the float32 logits.
     prefill = batch * prompt * shape.hidden_size * fp.activation_bytes * 8
     logits = batch * (prompt if fp.prompt_logits else 1) * shape.vocab_size * 4
@@ -33,9 +44,34 @@ def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: Wor
 def memory_fit_reason(
     candidate: Candidate, shape: ModelShape, target: TargetSpec, workload: WorkloadConfig
 ) -> str | None:
-    """Why the candidate cannot fit the target's memory budget, or None when it fits."""
-    need = estimate_memory_bytes(candidate, shape, workload)
+    """Why the candidate cannot fit the target's memory budget, or None when it fits. The reason
+    says when a larger tensor-parallel degree would fit the same batch."""
+    per_process = estimate_memory_bytes(candidate, shape, workload)
+    shared = not target.is_cuda  # CPU processes share one memory
+    need = per_process * candidate.processes if shared else per_process
     budget = target.memory_bytes * USABLE_FRACTION
-    if need > budget:
-        return f"needs ~{need / GIB:.1f} GiB > {budget / GIB:.1f} GiB usable of the memory budget (target.memory_gib)"
+    if need <= budget:
+        return None
+    where = "of the memory budget" if shared else "per device of the memory budget"
+    reason = f"needs ~{need / GIB:.1f} GiB > {budget / GIB:.1f} GiB usable {where} (target.memory_gib)"
+    unlock = unlocking_degree(candidate, shape, target, workload)
+    if unlock is not None:
+        reason += f"; tensor_parallel={unlock} would fit it"
+    return reason
+
+
+def unlocking_degree(
+    candidate: Candidate, shape: ModelShape, target: TargetSpec, workload: WorkloadConfig
+) -> int | None:
+    """The smallest tensor-parallel degree above the candidate's that fits this batch in the
+    per-device budget (GPU targets: each rank has its own device), or None."""
+    if not target.is_cuda:
+        return None  # on one host memory, sharding saves no bytes
+    free = target.device_count - (target.gpu.index if target.gpu else 0)
+    for degree in range(candidate.tensor_parallel + 1, free // candidate.replicas + 1):
+        if shape.num_attention_heads % degree or shape.num_kv_heads % degree:
+            continue
+        sharded = replace(candidate, tensor_parallel=degree)
+        if estimate_memory_bytes(sharded, shape, workload) <= target.memory_bytes * USABLE_FRACTION:
+            return degree
     return None

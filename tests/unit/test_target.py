@@ -219,3 +219,13 @@ def test_nvml_detects_the_board_behind_cuda_visible_devices(
     gpu = target_module._detect_gpu(0)
     assert gpu is not None and gpu.name == "NVIDIA L4" and gpu.index == 0
     assert target_module._detect_gpu(1) is None  # only one device is visible
+
+
+def test_a_gpu_target_counts_the_gpus_cuda_lets_it_use(with_gpu, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    with_gpu()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    spec = detect_target(TargetConfig(kind="cuda"))
+    assert spec.device_count == 2 and spec.gpu_indices(2) == [0, 1]
+    assert "device_count" not in spec.fingerprint()  # store keys do not change with the host's GPUs

@@ -62,6 +62,10 @@ class TorchSpec:
         return precision_kind(settings.precision)
 
     def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine:
+        if candidate.parallel:  # replicas or tensor-parallel ranks, each a process of its own
+            from optimizer.backends.torch_parallel.engine import build_parallel_engine
+
+            return build_parallel_engine(model, candidate, target, workdir)
         from optimizer.backends.torch.backend import TorchBackend  # torch and transformers load here
 
         return TorchBackend().build(model, candidate, target, workdir)

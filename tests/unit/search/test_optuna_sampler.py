@@ -180,3 +180,14 @@ def test_a_prior_warm_starts_with_the_best_candidate_of_each_numerics(space, lan
     assert sorted(c.key() for c in first + rest) == sorted(c.key() for c in space)
     unprimed = OptunaSampler(space, config(startup_trials=3, warm_start=False), QualityConfig(), prior)
     assert [unprimed.suggest() for _ in range(3)] != first
+
+
+def test_layouts_are_an_axis(make_candidate, landscape) -> None:
+    from dataclasses import replace
+
+    one = [make_candidate(batch_size=b, threads=1) for b in (2, 4)]
+    space = one + [replace(c, replicas=2) for c in one]
+    sampler = OptunaSampler(space, config(startup_trials=1), QualityConfig())
+    assert set(sampler.axes) == {"batch_size", "replicas"}
+    assert sampler.axes["replicas"] == [1, 2]  # one process is 1, not a missing value
+    assert sorted(c.key() for c in drain(sampler, landscape)) == sorted(c.key() for c in space)

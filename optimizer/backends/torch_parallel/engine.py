@@ -1,0 +1,246 @@
+"""The parent's side of a layout: start the ranks, drive them in lockstep, merge their answers,
+and take every rank down together when one fails or the engine closes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.multiprocessing as mp
+
+from optimizer.backends.base import Generation
+from optimizer.backends.torch.settings import TorchSettings
+from optimizer.backends.torch_parallel.ranks import GroupPlan, rank_main
+from optimizer.measure.energy import track_processes, untrack_processes
+from optimizer.model import ModelSpec
+from optimizer.target import TargetSpec
+
+if TYPE_CHECKING:
+    from optimizer.space import Candidate
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_SECONDS = 600.0
+POLL_SECONDS = 0.2
+CLOSE_SECONDS = 10.0
+
+
+class RankFailed(RuntimeError):
+    """A rank raised or died: the candidate fails with this reason, its other ranks are ended."""
+
+
+def build_parallel_engine(
+    model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path
+) -> ParallelEngine:
+    settings = candidate.settings
+    assert isinstance(settings, TorchSettings)
+    if settings.compile:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
+    plans = group_plans(model, candidate, target, timeout_seconds=START_TIMEOUT_SECONDS)
+    return ParallelEngine(plans)
+
+
+def group_plans(
+    model: ModelSpec, candidate: Candidate, target: TargetSpec, timeout_seconds: float
+) -> list[GroupPlan]:
+    """One plan per replica: consecutive cores (CPU) or GPUs from the target's first, per rank."""
+    degree, threads, settings = candidate.tensor_parallel, candidate.threads, candidate.settings
+    assert isinstance(settings, TorchSettings)
+    allowed = sorted(os.sched_getaffinity(0))
+    plans = []
+    for replica in range(candidate.replicas):
+        ranks = range(replica * degree, (replica + 1) * degree)
+        if target.is_cuda:
+            cores: tuple[tuple[int, ...], ...] = ()
+            devices = tuple(target.gpu_indices(candidate.processes)[k] for k in ranks)
+        else:
+            # more ranks than cores (never by the rules; an experiment may) share them round-robin
+            cores = tuple(_cores(allowed, k, threads) for k in ranks) if threads else ()
+            devices = ()
+        plans.append(
+            GroupPlan(
+                replica,
+                degree,
+                free_port(),
+                threads,
+                cores,
+                devices,
+                model,
+                settings,
+                timeout_seconds,
+            )
+        )
+    return plans
+
+
+def _cores(allowed: list[int], process: int, threads: int) -> tuple[int, ...]:
+    return tuple(allowed[(process * threads + i) % len(allowed)] for i in range(threads))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ParallelEngine:
+    """`replicas` groups of `degree` rank processes behind the Engine protocol. A batch is split
+    into near-equal row chunks, one per replica; every rank of a group gets its group's chunk."""
+
+    def __init__(self, plans: list[GroupPlan]) -> None:
+        self.plans = plans
+        self._mp = mp.get_context("spawn")
+        self.results: Any = self._mp.Queue()
+        self.queues: list[Any] = [self.results]  # closed with the engine
+        self.commands: list[list[Any]] = []
+        self.contexts: list[Any] = []
+        self.pids: list[int] = []
+        self.pci_bus_ids: list[str] = []
+        self._finalizer = weakref.finalize(self, _end, self.contexts, self.pids, self.queues)
+        try:
+            for plan in plans:
+                commands = [self._mp.Queue() for _ in range(plan.degree)]
+                self.queues.extend(commands)
+                self.commands.append(commands)
+                context = mp.start_processes(
+                    rank_main,
+                    args=(plan, commands, self.results),
+                    nprocs=plan.degree,
+                    join=False,
+                    start_method="spawn",
+                )
+                self.contexts.append(context)
+                self.pids.extend(p.pid for p in context.processes)
+            track_processes(self.pids)
+            ready = self._collect("ready", sum(p.degree for p in plans), START_TIMEOUT_SECONDS)
+            self.pci_bus_ids = [info["pci_bus_id"] for info in ready if info["pci_bus_id"]]
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def processes(self) -> list[Any]:
+        return [p for context in self.contexts for p in context.processes]
+
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        chunks = [c for c in torch.tensor_split(prompt_ids.cpu(), len(self.plans)) if c.shape[0]]
+        return self._generations([("generate", (chunk, max_new_tokens)) for chunk in chunks])
+
+    def generate_padded(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Generation:
+        per = -(-len(prompts) // len(self.plans))
+        chunks = [list(prompts[i : i + per]) for i in range(0, len(prompts), per)]
+        return self._generations([("generate_padded", (chunk, max_new_tokens)) for chunk in chunks])
+
+    def score(self, token_ids: torch.Tensor) -> torch.Tensor:
+        chunks = [c for c in torch.tensor_split(token_ids.cpu(), len(self.plans)) if c.shape[0]]
+        outputs = self._run([("score", (chunk,)) for chunk in chunks])
+        return torch.cat(outputs, dim=0)
+
+    def _generations(self, calls: list[tuple[str, tuple[Any, ...]]]) -> Generation:
+        start = time.perf_counter()
+        parts: list[Generation] = self._run(calls)
+        total = time.perf_counter() - start
+        tokens = [g.token_ids for g in parts]
+        return Generation(
+            batch_size=sum(g.batch_size for g in parts),
+            new_tokens=parts[0].new_tokens,
+            ttft_seconds=max(g.ttft_seconds for g in parts),
+            total_seconds=total,
+            token_ids=torch.cat([t for t in tokens if t is not None])
+            if all(t is not None for t in tokens)
+            else None,
+            request_latencies=tuple(latency for g in parts for latency in g.latencies()),
+        )
+
+    def _run(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Send call i to every rank of replica i; the replicas' answers in replica order."""
+        if not self.contexts:
+            raise RankFailed("the engine is closed")
+        for replica, call in enumerate(calls):
+            for commands in self.commands[replica]:
+                commands.put(call)
+        return self._collect("ok", len(calls), None)
+
+    def _collect(self, kind: str, count: int, timeout: float | None) -> list[Any]:
+        """The payloads of `count` messages of `kind`, in (replica, rank) order; a rank's error or
+        death ends every rank and raises RankFailed naming it. A collective that hangs is bounded
+        by the process group's timeout (the rank then raises)."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        got: dict[tuple[int, int], Any] = {}
+        while len(got) < count:
+            try:
+                status, replica, rank, payload = self.results.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                self._check_alive()
+                if deadline is not None and time.perf_counter() > deadline:
+                    self.abort()
+                    raise RankFailed(f"ranks not {kind} after {timeout:.0f} s") from None
+                continue
+            if status == "error":
+                # a rank that died makes its peers fail in their collectives: name it first
+                time.sleep(POLL_SECONDS)
+                reporter = f"replica {replica} rank {rank} "
+                dead = [line for line in self._dead_ranks() if not line.startswith(reporter)]
+                self.abort()
+                last = payload.strip().splitlines()[-1] if payload.strip() else "?"
+                raise RankFailed("; ".join([*dead, f"replica {replica} rank {rank} failed: {last}"]))
+            if status == kind:
+                got[(replica, rank)] = payload
+        return [got[key] for key in sorted(got)]
+
+    def _check_alive(self) -> None:
+        dead = self._dead_ranks()
+        if dead:
+            self.abort()
+            raise RankFailed("; ".join(dead))
+
+    def _dead_ranks(self) -> list[str]:
+        """A line per rank that has exited, e.g. `replica 0 rank 1 exited with code -9 (signal 9)`."""
+        dead = []
+        for replica, context in enumerate(self.contexts):
+            for rank, process in enumerate(context.processes):
+                if not process.is_alive():
+                    code = process.exitcode
+                    signal = f" (signal {-code})" if code is not None and code < 0 else ""
+                    dead.append(f"replica {replica} rank {rank} exited with code {code}{signal}")
+        return dead
+
+    def abort(self) -> None:
+        """A rank failed: the others may wait in a collective for it; kill them all at once."""
+        self._finalizer()
+        self.contexts.clear()
+        self.commands.clear()
+
+    def close(self) -> None:
+        """Ask every rank to stop, then end whichever has not within a few seconds."""
+        for commands in self.commands:
+            for q in commands:
+                with contextlib.suppress(OSError, ValueError):  # a queue already closed
+                    q.put(("close", ()))
+        deadline = time.perf_counter() + CLOSE_SECONDS
+        for process in self.processes:
+            process.join(max(deadline - time.perf_counter(), 0.0))
+        self.abort()
+
+
+def _end(contexts: list[Any], pids: list[int], queues: list[Any]) -> None:
+    """Kill and reap every rank still alive, close the queues (the engine's finalizer, at close
+    or exit)."""
+    for context in contexts:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+            process.join(CLOSE_SECONDS)
+    for q in queues:
+        q.cancel_join_thread()  # a dead reader must not block this process's exit
+        q.close()
+    untrack_processes(pids)
