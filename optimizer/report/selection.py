@@ -14,10 +14,11 @@ def selection_section(selection: Selection | None, estimate_mark: str) -> list[s
     lines = [
         "## Selection among finalists",
         "",
-        "The search's best feasible candidates, re-measured side by side in interleaved rounds; the "
-        "winner is chosen on these figures, not on the search's (the best of noisy means runs high).",
+        f"{estimate_mark}The search's best feasible candidates, re-measured side by side in interleaved "
+        "rounds; the winner is chosen on these figures, not on the search's (the best of noisy means "
+        "runs high).",
         "",
-        f"| finalist | goodput tok/J{estimate_mark} | 95% interval | windows | latency headroom | feasible |",
+        "| finalist | goodput tok/J | 95% interval | windows | latency headroom | feasible |",
         "|---|---|---|---|---|---|",
     ]
     for f in selection.finalists:
