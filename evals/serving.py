@@ -46,7 +46,10 @@ from optimizer.space import Candidate, baseline_candidate, exclusion_reason  # n
 
 # The offline recipe checked in before serving (recipes/smollm2-135m at 897ee00): HF bf16, batch 64
 STATIC_BATCH = {"backend": "torch", "batch_size": 64, "precision": "bf16"}
+# llama.cpp out of the box: the GGUF as shipped, its default settings, 16 sequences at once
 LLAMACPP_PEER = {"backend": "llamacpp", "batch_size": 16}
+# the agent phase measures prefix sharing on transformers' continuous batching too (cpu-default's)
+TORCH_CB_PAIR = {"backend": "torch-cb", "batch_size": 16, "precision": "bf16", "page_size": 64}
 
 
 def main() -> None:
@@ -62,6 +65,11 @@ def main() -> None:
         type=Path,
         default=None,
         help="take the selected candidate from this serving recipe (skips phase 1)",
+    )
+    parser.add_argument(
+        "--agent-only",
+        action="store_true",
+        help="measure the agent phase only; chat rows from --out/serving.json",
     )
     parser.add_argument("--agent", action="append", default=[], help="a Hydra override for the agent phase")
     parser.add_argument(
@@ -99,20 +107,27 @@ def main() -> None:
     peer = peer_candidate({**args.peer, "threads": args.peer.get("threads", threads)}, chat)
     if peer is not None:
         contenders["llama.cpp"] = peer
-    chat_rows = side_by_side(contenders, chat, args.rounds, "chat")
+    if args.agent_only:
+        chat_rows = json.loads((args.out / "serving.json").read_text())["chat"]
+    else:
+        chat_rows = side_by_side(contenders, chat, args.rounds, "chat")
 
     agent_cfg = compose_run_config(["workload=agent", *args.agent, *store])
     agent = setup_for(agent_cfg, 16)
     agent.meter.idle_watts = idle
     agent_rows: dict[str, dict[str, Any]] = {}
-    if isinstance(selected.settings, ContinuousBatchingSettings):
-        settings = selected.settings
-        sharing = {
-            f"prefix {state}": dataclasses.replace(
-                selected, settings=dataclasses.replace(settings, prefix_sharing=state == "on")
-            )
-            for state in ("on", "off")
-        }
+    pairs = {"": selected}
+    if not isinstance(selected.settings, ContinuousBatchingSettings):  # transformers' engine too
+        pairs["torch-cb "] = Candidate.from_dict({**TORCH_CB_PAIR, "threads": threads})
+    sharing = {
+        f"{name}prefix {state}": dataclasses.replace(
+            candidate, settings=with_prefix_sharing(candidate.settings, state == "on")
+        )
+        for name, candidate in pairs.items()
+        if hasattr(candidate.settings, "prefix_sharing")
+        for state in ("on", "off")
+    }
+    if sharing:
         agent_rows = side_by_side(sharing, agent, args.rounds, "agent")
     else:
         print(f"the selected candidate ({selected.label()}) has no prefix sharing: agent phase skipped")
@@ -130,6 +145,11 @@ def main() -> None:
             "agent": agent_rows,
         }
         (args.out / "serving.json").write_text(json.dumps(payload, indent=1, default=str))
+
+
+def with_prefix_sharing(settings: Any, on: bool) -> Any:
+    """The same settings with prefix sharing on or off (torch-cb, llamacpp)."""
+    return dataclasses.replace(settings, prefix_sharing=on)
 
 
 def setup_for(cfg: RunConfig, prompt_pool: int) -> MeasurementSetup:
@@ -280,9 +300,13 @@ def print_table(
         figure = ratio(chat, name) if name in chat else "n/a (not measured)"
         print(f"RATIO serving goodput tok/J vs {name}: {figure}")
     if agent:
-        on, off = (agent[f"prefix {s}"]["summary"]["joules_per_request"] for s in ("on", "off"))
-        saved = f"{1 - on / off:.0%}" if on and off else "n/a"
-        print(f"RATIO prefix reuse J/request saved: {saved}")
+        names = sorted({n.rsplit("prefix ", 1)[0] for n in agent}, key=len)  # the selected pair first
+        for name in reversed(names):  # the selected pair's line last: it is the RATIO
+            on, off = (agent[f"{name}prefix {s}"]["summary"]["joules_per_request"] for s in ("on", "off"))
+            saved = f"{1 - on / off:.0%}" if on and off else "n/a"
+            label = agent[f"{name}prefix on"]["label"]
+            line = f"prefix reuse J/request saved: {saved}"
+            print(f"RATIO {line}" if not name else f"({name.strip()}, {label}: {line})")
 
 
 if __name__ == "__main__":
