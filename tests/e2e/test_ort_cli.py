@@ -22,6 +22,7 @@ pytest.importorskip("onnxscript", reason="the ONNX export needs onnxscript (pip 
 # option set whose build exits 0 but does not load; our ONNX export in fp32; threads and batch.
 SMALL_ORT = [
     "space=cpu-ort",
+    "search=grid",  # every candidate (search=auto would stop a space this size early by patience)
     "workload=quick",
     "workload.min_window_seconds=0.5",
     "workload.repeats=2",
