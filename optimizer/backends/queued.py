@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from optimizer.backends.base import Engine, Generation
+from optimizer.backends.completions import take_completions
 from optimizer.backends.openmp import release_openmp_threads
 from optimizer.measure.serving import Completion
 
@@ -58,13 +59,8 @@ class QueuedServer:
         return request_id
 
     def collect(self, timeout_seconds: float) -> list[Completion]:
-        deadline = time.perf_counter() + max(timeout_seconds, 0.0)
         with self._lock:
-            while not self._done and not self._stopped and (left := deadline - time.perf_counter()) > 0:
-                self._lock.wait(left)
-            done = list(self._done)
-            self._done.clear()
-        return done
+            return take_completions(self._lock, self._done, lambda: self._stopped, timeout_seconds)
 
     def cancel_all(self) -> None:
         with self._lock:

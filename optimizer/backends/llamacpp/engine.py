@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from optimizer.backends.base import Generation
+from optimizer.backends.completions import take_completions
 from optimizer.backends.llamacpp import native
 from optimizer.backends.llamacpp.errors import LlamaCppError
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
@@ -174,13 +175,8 @@ class LlamaCppEngine:
         return request_id
 
     def collect(self, timeout_seconds: float) -> list[Completion]:
-        deadline = time.perf_counter() + max(timeout_seconds, 0.0)
         with self._cond:
-            while not self._done and not self._stopped and (left := deadline - time.perf_counter()) > 0:
-                self._cond.wait(left)
-            done = list(self._done)
-            self._done.clear()
-        return done
+            return take_completions(self._cond, self._done, lambda: self._stopped, timeout_seconds)
 
     def cancel_all(self) -> None:
         with self._cond:

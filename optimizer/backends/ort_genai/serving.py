@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from optimizer.backends.completions import take_completions
 from optimizer.backends.openmp import release_openmp_threads
 from optimizer.measure.serving import Completion
 
@@ -110,12 +111,8 @@ class GenaiEngineServer:
         return request_id
 
     def collect(self, timeout_seconds: float) -> list[Completion]:
-        deadline = time.perf_counter() + max(timeout_seconds, 0.0)
         with self._lock:
-            while not self._done and not self._stopped and (left := deadline - time.perf_counter()) > 0:
-                self._lock.wait(left)
-            done = list(self._done)
-            self._done.clear()
+            done = take_completions(self._lock, self._done, lambda: self._stopped, timeout_seconds)
             if not done:
                 self._raise_if_down()
         return done
