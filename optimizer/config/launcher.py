@@ -13,7 +13,9 @@ SUBMITIT_CLUSTERS = ("slurm", "local", "debug")
 @dataclass
 class RayConfig:
     """Ray: `address` null starts a Ray instance on this machine (loopback only); `auto` or
-    `ray://host:10001` joins a running cluster. Each worker is a task with one GPU on GPU targets."""
+    `ray://host:10001` joins a running cluster. Each worker is a task with one GPU on GPU targets;
+    a layout candidate's ranks are actors in a placement group of their own on the worker's node
+    (one bundle per rank: its threads as CPUs, one GPU on a GPU target)."""
 
     address: str | None = None
     cpus_per_worker: float = 1.0

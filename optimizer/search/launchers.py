@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from optimizer.backends.torch_parallel import RANKS_ENV
 from optimizer.config import RayConfig, RunConfig, SlurmConfig
 from optimizer.search.roofline import RooflineRates
 from optimizer.search.runner import WorkerReport
@@ -86,8 +87,9 @@ def local_processes(specs: Sequence[WorkerSpec]) -> list[WorkerReport]:
 
 
 def on_ray(cfg: RayConfig, specs: Sequence[WorkerSpec], gpu: bool) -> list[WorkerReport]:
-    """Ray tasks with one GPU each on GPU targets. Without an address, a Ray instance on this
-    machine, bound to loopback, started here and stopped when the workers are done."""
+    """Ray tasks with one GPU each on GPU targets; a layout candidate's ranks are Ray actors in a
+    placement group of their own (backends/torch_parallel/ray_ranks.py). Without an address, a Ray
+    instance on this machine, bound to loopback, started here and stopped when the workers are done."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
     import ray
 
@@ -95,14 +97,22 @@ def on_ray(cfg: RayConfig, specs: Sequence[WorkerSpec], gpu: bool) -> list[Worke
     if not ray.is_initialized():
         options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
         if cfg.address is None:
-            cpus = max(os.cpu_count() or 1, math.ceil(len(specs) * cfg.cpus_per_worker))
+            # a worker waits while its candidate's ranks run: its reservation comes on top of the
+            # cores that a layout's placement group takes (one bundle per rank)
+            cpus = (os.cpu_count() or 1) + math.ceil(len(specs) * cfg.cpus_per_worker)
             options |= {"_node_ip_address": "127.0.0.1", "num_cpus": cpus}
         else:
             options["address"] = cfg.address
         ray.init(**options)
         started = True
     try:
-        task = ray.remote(num_gpus=1 if gpu else 0, num_cpus=cfg.cpus_per_worker, max_retries=0)(run_worker)
+        task = ray.remote(
+            num_gpus=1 if gpu else 0,
+            num_cpus=cfg.cpus_per_worker,
+            max_retries=0,
+            # a candidate's replicas and tensor-parallel ranks: Ray actors in a placement group
+            runtime_env={"env_vars": {RANKS_ENV: "ray"}},
+        )(run_worker)
         refs = [task.remote(spec) for spec in specs]
 
         def waiter(ref: Any) -> Callable[[], WorkerReport]:

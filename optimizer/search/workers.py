@@ -16,9 +16,10 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from optimizer.backends.torch_parallel import RANKS_ENV
 from optimizer.config import RunConfig
 from optimizer.errors import UserError
 from optimizer.logs import setup_logging
@@ -95,6 +96,14 @@ def local_gpus(cfg: RunConfig, target: TargetSpec) -> list[str | None]:
     return [gpus[(first + i) % len(gpus)] for i in range(cfg.search.workers)]
 
 
+def ray_node_gpus() -> int:
+    """GPUs of the Ray node this task runs on."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    return next(int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["NodeID"] == here)
+
+
 def run_worker(spec: WorkerSpec) -> WorkerReport:
     """The entry point of every worker process, Ray task and SLURM job."""
     if spec.visible_device is not None:
@@ -105,6 +114,9 @@ def run_worker(spec: WorkerSpec) -> WorkerReport:
     setup = prepare_measurement(
         cfg.model, cfg.target, cfg.workload, cfg.quality, cache_dir, max([*cfg.space.batch_sizes, 16])
     )
+    if os.environ.get(RANKS_ENV) == "ray" and setup.target.is_cuda:
+        # Ray shows this task its own GPU only; a layout's ranks get theirs from a placement group
+        setup.target = replace(setup.target, device_count=max(ray_node_gpus() - 1, 1))
     plan = plan_search(cfg, setup)
     host = socket.gethostname()
     if plan.context != spec.context:

@@ -86,3 +86,37 @@ def test_replicas_are_measured_on_both_boards(tiny_cuda_model_dir: Path, tmp_pat
         assert measurement.joules > 0
     finally:
         engine.close()
+
+
+def test_ray_ranks_get_a_gpu_each_from_their_placement_group(
+    tiny_cuda_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a Ray worker builds: NCCL ranks as Ray actors, each seeing only the GPU its bundle got,
+    decode what one GPU decodes and report two different boards for the meter."""
+    if _gpus() < 2:
+        pytest.skip("a 2-rank placement group needs 2 GPUs")
+    ray = pytest.importorskip("ray", reason="ray is in the `cluster` extra")
+    import torch
+
+    from optimizer.backends.registry import build_engine
+    from optimizer.backends.torch_parallel import RANKS_ENV
+
+    model, one, target = _setup(tiny_cuda_model_dir, tmp_path)
+    prompts = torch.randint(0, 2048, (4, 16), generator=torch.Generator().manual_seed(0))
+    reference = build_engine(model, one, target, tmp_path)
+    try:
+        expected = reference.generate(prompts, 8).token_ids
+    finally:
+        reference.close()
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_gpus=_gpus(), include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        monkeypatch.setenv(RANKS_ENV, "ray")
+        engine = build_engine(model, replace(one, tensor_parallel=2), target, tmp_path)
+        try:
+            assert len(set(engine.pci_bus_ids)) == 2  # type: ignore[attr-defined]
+            assert torch.equal(engine.generate(prompts, 8).token_ids, expected)
+        finally:
+            engine.close()
+    finally:
+        ray.shutdown()

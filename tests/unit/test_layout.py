@@ -155,3 +155,14 @@ def test_a_layout_is_recorded_with_its_gpus_or_cores() -> None:
         "processes": 4,
         "devices": ["cuda:0", "cuda:1", "cuda:2", "cuda:3"],
     }
+
+
+def test_a_ray_placement_group_has_a_bundle_per_rank() -> None:
+    from optimizer.backends.torch_parallel.engine import group_plans
+    from optimizer.backends.torch_parallel.ray_ranks import rank_bundles
+
+    candidate = replace(torch_candidate(batch_size=8, threads=2), replicas=2, tensor_parallel=2)
+    plans = group_plans(None, candidate, target_spec(cores=8), timeout_seconds=10)  # type: ignore[arg-type]
+    assert [plan.degree for plan in plans] == [2, 2]
+    assert rank_bundles(plans, gpu=False) == [{"CPU": 2.0}] * 4
+    assert rank_bundles(plans, gpu=True) == [{"CPU": 2.0, "GPU": 1.0}] * 4

@@ -7,18 +7,21 @@ import contextlib
 import logging
 import os
 import queue
-import socket
 import time
 import weakref
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 import torch.multiprocessing as mp
 
-from optimizer.backends.base import Generation
 from optimizer.backends.torch.settings import TorchSettings
+from optimizer.backends.torch_parallel import RANKS_ENV
+from optimizer.backends.torch_parallel.layout import (
+    START_TIMEOUT_SECONDS,
+    LayoutEngine,
+    RankFailed,
+    free_port,
+)
 from optimizer.backends.torch_parallel.ranks import GroupPlan, rank_main
 from optimizer.measure.energy import track_processes, untrack_processes
 from optimizer.model import ModelSpec
@@ -29,23 +32,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_SECONDS = 600.0
 POLL_SECONDS = 0.2
 CLOSE_SECONDS = 10.0
 
 
-class RankFailed(RuntimeError):
-    """A rank raised or died: the candidate fails with this reason, its other ranks are ended."""
-
-
 def build_parallel_engine(
     model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path
-) -> ParallelEngine:
+) -> LayoutEngine:
+    """The candidate's ranks as processes of this one, or as Ray actors in a placement group when
+    this process is a Ray worker (`WATTSMITH_RANKS=ray`, see ray_ranks.py)."""
     settings = candidate.settings
     assert isinstance(settings, TorchSettings)
     if settings.compile:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
     plans = group_plans(model, candidate, target, timeout_seconds=START_TIMEOUT_SECONDS)
+    if os.environ.get(RANKS_ENV) == "ray":
+        from optimizer.backends.torch_parallel.ray_ranks import RayLayoutEngine
+
+        return RayLayoutEngine(plans, gpu=target.is_cuda)
     return ParallelEngine(plans)
 
 
@@ -86,15 +90,8 @@ def _cores(allowed: list[int], process: int, threads: int) -> tuple[int, ...]:
     return tuple(allowed[(process * threads + i) % len(allowed)] for i in range(threads))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ParallelEngine:
-    """`replicas` groups of `degree` rank processes behind the Engine protocol. A batch is split
-    into near-equal row chunks, one per replica; every rank of a group gets its group's chunk."""
+class ParallelEngine(LayoutEngine):
+    """The ranks as processes spawned here (torch.multiprocessing), pinned to their cores or GPUs."""
 
     def __init__(self, plans: list[GroupPlan]) -> None:
         self.plans = plans
@@ -131,38 +128,7 @@ class ParallelEngine:
     def processes(self) -> list[Any]:
         return [p for context in self.contexts for p in context.processes]
 
-    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
-        chunks = [c for c in torch.tensor_split(prompt_ids.cpu(), len(self.plans)) if c.shape[0]]
-        return self._generations([("generate", (chunk, max_new_tokens)) for chunk in chunks])
-
-    def generate_padded(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Generation:
-        per = -(-len(prompts) // len(self.plans))
-        chunks = [list(prompts[i : i + per]) for i in range(0, len(prompts), per)]
-        return self._generations([("generate_padded", (chunk, max_new_tokens)) for chunk in chunks])
-
-    def score(self, token_ids: torch.Tensor) -> torch.Tensor:
-        chunks = [c for c in torch.tensor_split(token_ids.cpu(), len(self.plans)) if c.shape[0]]
-        outputs = self._run([("score", (chunk,)) for chunk in chunks])
-        return torch.cat(outputs, dim=0)
-
-    def _generations(self, calls: list[tuple[str, tuple[Any, ...]]]) -> Generation:
-        start = time.perf_counter()
-        parts: list[Generation] = self._run(calls)
-        total = time.perf_counter() - start
-        tokens = [g.token_ids for g in parts]
-        return Generation(
-            batch_size=sum(g.batch_size for g in parts),
-            new_tokens=parts[0].new_tokens,
-            ttft_seconds=max(g.ttft_seconds for g in parts),
-            total_seconds=total,
-            token_ids=torch.cat([t for t in tokens if t is not None])
-            if all(t is not None for t in tokens)
-            else None,
-            request_latencies=tuple(latency for g in parts for latency in g.latencies()),
-        )
-
     def _run(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
-        """Send call i to every rank of replica i; the replicas' answers in replica order."""
         if not self.contexts:
             raise RankFailed("the engine is closed")
         for replica, call in enumerate(calls):

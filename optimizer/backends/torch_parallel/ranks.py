@@ -24,7 +24,9 @@ PR_SET_PDEATHSIG = 1
 @dataclass(frozen=True)
 class GroupPlan:
     """One replica: `degree` ranks. `cores[r]`: the CPU cores rank r is pinned to (empty: not
-    pinned); `devices[r]`: its CUDA device as the parent sees it (empty on a CPU target)."""
+    pinned); `devices[r]`: its CUDA device as the parent sees it (empty on a CPU target, and where
+    a scheduler gave each rank its GPU: `assigned_gpu`, the rank's only visible device, as Ray
+    does). Rank 0 listens for the group at `master_addr`:`port`."""
 
     replica: int
     degree: int
@@ -35,14 +37,16 @@ class GroupPlan:
     model: ModelSpec
     settings: TorchSettings
     timeout_seconds: float
+    master_addr: str = "127.0.0.1"
+    assigned_gpu: bool = False
 
 
 def rank_main(local_rank: int, plan: GroupPlan, commands: list[Any], results: Any) -> None:
     """The entry point `torch.multiprocessing.start_processes` runs in each spawned rank."""
     _die_with_parent()
     try:
-        engine = _start(local_rank, plan)
-        results.put(("ready", plan.replica, local_rank, _ready_info(engine)))
+        engine = start_rank(local_rank, plan)
+        results.put(("ready", plan.replica, local_rank, ready_info(engine)))
     except BaseException:
         results.put(("error", plan.replica, local_rank, traceback.format_exc()))
         raise
@@ -69,7 +73,8 @@ def _serve(local_rank: int, plan: GroupPlan, engine: Any, commands: Any, results
             results.put(("ok", plan.replica, local_rank, output))
 
 
-def _start(local_rank: int, plan: GroupPlan) -> Any:
+def start_rank(local_rank: int, plan: GroupPlan) -> Any:
+    """Pin, join the group (a tensor-parallel degree > 1), load: the rank's engine."""
     if plan.cores and plan.cores[local_rank]:
         os.sched_setaffinity(0, plan.cores[local_rank])
     if plan.devices:
@@ -81,22 +86,25 @@ def _start(local_rank: int, plan: GroupPlan) -> Any:
 
     if plan.threads:
         torch.set_num_threads(plan.threads)
-    device = f"cuda:{local_rank}" if plan.devices else "cpu"
+    # a rank given its own GPU sees it alone, as cuda:0 (transformers binds the TP device by LOCAL_RANK)
+    cuda_index = 0 if plan.assigned_gpu else local_rank
+    gpu = bool(plan.devices) or plan.assigned_gpu
+    device = f"cuda:{cuda_index}" if gpu else "cpu"
     if plan.degree > 1:
         import torch.distributed as dist
 
         os.environ.update(
-            MASTER_ADDR="127.0.0.1",
+            MASTER_ADDR=plan.master_addr,
             MASTER_PORT=str(plan.port),
             RANK=str(local_rank),
-            LOCAL_RANK=str(local_rank),
+            LOCAL_RANK=str(cuda_index),
             WORLD_SIZE=str(plan.degree),
-            LOCAL_WORLD_SIZE=str(plan.degree),
+            LOCAL_WORLD_SIZE=str(1 if plan.assigned_gpu else plan.degree),
         )
-        if plan.devices:
-            torch.cuda.set_device(local_rank)
+        if gpu:
+            torch.cuda.set_device(cuda_index)
         dist.init_process_group(
-            "nccl" if plan.devices else "gloo",
+            "nccl" if gpu else "gloo",
             rank=local_rank,
             world_size=plan.degree,
             timeout=timedelta(seconds=plan.timeout_seconds),
@@ -126,7 +134,7 @@ def _load(plan: GroupPlan, device: str) -> Any:
     return TorchEngine(sharded.eval(), settings, device)
 
 
-def _ready_info(engine: Any) -> dict[str, Any]:
+def ready_info(engine: Any) -> dict[str, Any]:
     """The rank's pid and, on a GPU, the PCI bus id of its device (NVML opens boards by it)."""
     return {
         "pid": os.getpid(),

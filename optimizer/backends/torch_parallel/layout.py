@@ -1,0 +1,74 @@
+"""What every layout engine shares, however its ranks are started: the batch split between the
+replicas and the answers merged, and the failure a rank's error or death becomes."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from optimizer.backends.base import Generation
+from optimizer.backends.torch_parallel.ranks import GroupPlan
+
+START_TIMEOUT_SECONDS = 600.0
+
+
+class RankFailed(RuntimeError):
+    """A rank raised or died: the candidate fails with this reason, its other ranks are ended."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class LayoutEngine:
+    """`replicas` groups of `degree` ranks behind the Engine protocol. A batch is split into
+    near-equal row chunks, one per replica; every rank of a group gets its group's chunk. How the
+    ranks are started and reached (spawned processes here, Ray actors in ray_ranks.py) is the
+    subclass's `_run`."""
+
+    plans: list[GroupPlan]
+    pids: list[int]  # every rank's process, for the CPU estimate
+    pci_bus_ids: list[str]  # every rank's GPU board, for the NVML meter
+
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        chunks = [c for c in torch.tensor_split(prompt_ids.cpu(), len(self.plans)) if c.shape[0]]
+        return self._generations([("generate", (chunk, max_new_tokens)) for chunk in chunks])
+
+    def generate_padded(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Generation:
+        per = -(-len(prompts) // len(self.plans))
+        chunks = [list(prompts[i : i + per]) for i in range(0, len(prompts), per)]
+        return self._generations([("generate_padded", (chunk, max_new_tokens)) for chunk in chunks])
+
+    def score(self, token_ids: torch.Tensor) -> torch.Tensor:
+        chunks = [c for c in torch.tensor_split(token_ids.cpu(), len(self.plans)) if c.shape[0]]
+        outputs = self._run([("score", (chunk,)) for chunk in chunks])
+        return torch.cat(outputs, dim=0)
+
+    def _generations(self, calls: list[tuple[str, tuple[Any, ...]]]) -> Generation:
+        start = time.perf_counter()
+        parts: list[Generation] = self._run(calls)
+        total = time.perf_counter() - start
+        tokens = [g.token_ids for g in parts]
+        return Generation(
+            batch_size=sum(g.batch_size for g in parts),
+            new_tokens=parts[0].new_tokens,
+            ttft_seconds=max(g.ttft_seconds for g in parts),
+            total_seconds=total,
+            token_ids=torch.cat([t for t in tokens if t is not None])
+            if all(t is not None for t in tokens)
+            else None,
+            request_latencies=tuple(latency for g in parts for latency in g.latencies()),
+        )
+
+    def _run(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Send call i to every rank of replica i; the replicas' answers in replica order."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
