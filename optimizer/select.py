@@ -136,17 +136,23 @@ def select_finalist(
             else f", not distinguishable from {runner_up.label}'s [{runner_up.low:.3g}, {runner_up.high:.3g}]"
         )
     )
-    if not distinguishable and _at_edge(winner, margin):
-        roomy = [f for f in ranked[1:] if f.feasible and not _at_edge(f, margin) and f.high >= winner.low]
-        if roomy:
-            reason = (
-                f"{roomy[0].label} over {winner.label}: indistinguishable on energy, and {winner.label}'s "
-                f"latency is within {margin:.0%} of the SLO while {roomy[0].label} has "
-                f"{roomy[0].headroom:.0%} headroom"
-            )
-            ranked.remove(roomy[0])
-            ranked.insert(0, roomy[0])
-            winner = roomy[0]
+    # a tie on energy (a mean inside the winner's interval): the most latency headroom wins, the
+    # same energy with more room for load and noise (a stream near an engine's capacity queues far
+    # past the percentile one run measured)
+    tied = [f for f in ranked if f.feasible and f.mean >= winner.low]
+    roomiest = max(tied, key=lambda f: f.headroom if f.headroom is not None else -math.inf)
+    if roomiest is not winner and (roomiest.headroom or 0.0) > (winner.headroom or 0.0):
+        reason = (
+            f"{roomiest.label} over {winner.label}: indistinguishable on energy "
+            f"([{roomiest.low:.3g}, {roomiest.high:.3g}] vs [{winner.low:.3g}, {winner.high:.3g}] goodput tok/J), "
+            f"and {roomiest.label} has {roomiest.headroom:.0%} latency headroom to {winner.label}'s "
+            + (f"{winner.headroom:.0%}" if winner.headroom is not None else "none")
+        )
+        ranked.remove(roomiest)
+        ranked.insert(0, roomiest)
+        winner = roomiest
+    if _at_edge(winner, margin):
+        reason += f"; its latency is within {margin:.0%} of the SLO"
     return Selection(finalists=ranked, winner=winner.key, distinguishable=distinguishable, reason=reason)
 
 

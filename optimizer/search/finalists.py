@@ -5,8 +5,10 @@ The search keeps the maximum of noisy means, so the figure it keeps for its winn
 `search.finalists` feasible candidates are measured again in `search.finalist_rounds` interleaved
 rounds (A B C, C B A, ...), and selection uses only those figures: the mean goodput tokens/J and a
 95% interval of it per finalist. When the winner's interval overlaps the runner-up's, they are not
-distinguishable on energy; then a winner whose latency sits within `search.slo_margin` of the SLO
-gives way to a finalist with headroom.
+distinguishable on energy; then, among the finalists whose mean lies inside the winner's interval,
+the one with the most latency headroom is chosen (a stream near an engine's capacity queues far
+past the percentile one run measured), and a winner within `search.slo_margin` of the SLO is
+flagged in the reason.
 """
 
 from __future__ import annotations

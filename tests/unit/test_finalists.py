@@ -55,10 +55,32 @@ def test_indistinguishable_on_energy_prefers_latency_headroom() -> None:
     }
     selection = select_finalist([a, b], runs, SLO, 0.1)
     assert not selection.distinguishable
-    assert selection.winner == b.candidate.key()  # a's TPOT p90 240 ms sits within 10% of 250
-    assert "headroom" in selection.reason
-    roomy = select_finalist([a, b], runs, SLO, 0.01)  # a 1% margin: 240 ms is not at the edge
-    assert roomy.winner == a.candidate.key() and not roomy.distinguishable
+    assert selection.winner == b.candidate.key()  # 40% headroom to a's 4%, the same energy
+    assert "40% latency headroom" in selection.reason and "within" not in selection.reason
+
+
+def test_more_headroom_wins_a_tie_even_far_from_the_slo() -> None:
+    """The demo's case: b8 at 39% headroom, b16 at 60%, indistinguishable on energy. A stream near b8's
+    capacity queued past its measured TTFT percentile in a later run; b16 had room."""
+    a, b = measured(8, [10.0]), measured(16, [9.9])
+    runs = {
+        a.candidate.key(): [measured(8, [9.8, 9.6], tpot_s=0.150), measured(8, [9.7, 9.7], tpot_s=0.150)],
+        b.candidate.key(): [measured(16, [9.5, 9.9], tpot_s=0.100), measured(16, [9.4, 9.8], tpot_s=0.100)],
+    }
+    selection = select_finalist([a, b], runs, SLO, 0.1)
+    assert selection.winner == b.candidate.key() and not selection.distinguishable
+    assert [f.label for f in selection.finalists][0] == b.candidate.label()
+
+
+def test_a_winner_at_the_slos_edge_is_flagged() -> None:
+    a, b = measured(8, [10.0]), measured(4, [8.0])
+    runs = {
+        a.candidate.key(): [measured(8, [10.0, 10.2], tpot_s=0.240), measured(8, [9.9, 10.1], tpot_s=0.240)],
+        b.candidate.key(): [measured(4, [8.0, 8.1]), measured(4, [7.9, 8.0])],
+    }
+    selection = select_finalist([a, b], runs, SLO, 0.1)
+    assert selection.winner == a.candidate.key() and selection.distinguishable
+    assert selection.reason.endswith("its latency is within 10% of the SLO")
 
 
 def test_a_finalist_that_missed_the_slo_when_remeasured_cannot_win() -> None:

@@ -20,6 +20,7 @@ from optimizer.config import compose_run_config
 from optimizer.measure import energy
 from optimizer.pipeline import RunResult
 from optimizer.results import MEASURED
+from optimizer.space import Candidate
 
 
 def stored_rows(path: Path) -> list[tuple]:
@@ -140,8 +141,16 @@ def test_second_identical_run_reuses_every_candidate(first: RunResult, run) -> N
     assert stored_rows(root / "trials.db") == before  # nothing measured again
     assert second.results and all(r.reused for r in second.results)
     assert second.best is not None and first.best is not None
-    assert second.best.candidate == first.best.candidate
+    # the same finalists, drawn from the same stored figures; they are re-measured in every run
+    # (fresh windows, so the winner among them may differ within the noise)
+    finalists = [finalist_keys(root / name) for name in ("first", "second")]
+    assert finalists[0] == finalists[1] and second.best.candidate.key() in finalists[1]
     assert (root / "second" / "recipe.yaml").is_file()
+
+
+def finalist_keys(out: Path) -> set[str]:
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return {Candidate.from_dict(r["candidate"]).key() for r in rows if r["role"] == "finalist"}
 
 
 def test_impossible_slo_is_reported_not_recipe(first: RunResult, run) -> None:
