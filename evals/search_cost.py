@@ -46,6 +46,7 @@ from optimizer.store import TrialStore  # noqa: E402
 # 2 KV caches x 7 batch sizes x 2 thread counts = 168 candidates. On this model int8-dynamic and
 # int8-weight break the default quality bound (found by the quality probe, not assumed).
 SPACE = [
+    "space=cpu-batch",  # offline torch batches; the default space is a serving one
     "space.torch.precisions=[fp32,bf16]",
     "space.torch.quantizations=[none,int8-dynamic,int8-weight]",
     "space.torch.kv_caches=[dynamic,static]",
