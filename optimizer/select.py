@@ -139,7 +139,8 @@ def select_finalist(
     # a tie on energy (a mean inside the winner's interval): the most latency headroom wins, the
     # same energy with more room for load and noise (a stream near an engine's capacity queues far
     # past the percentile one run measured)
-    tied = [f for f in ranked if f.feasible and f.mean >= winner.low]
+    # (an infeasible winner means none is feasible: it stays, alone)
+    tied = [winner, *(f for f in ranked[1:] if f.feasible and f.mean >= winner.low)]
     roomiest = max(tied, key=lambda f: f.headroom if f.headroom is not None else -math.inf)
     if roomiest is not winner and (roomiest.headroom or 0.0) > (winner.headroom or 0.0):
         reason = (

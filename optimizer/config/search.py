@@ -58,8 +58,8 @@ class SearchConfig:
     roofline_headroom: float = 2.0
     # Noise-aware selection: the best `finalists` feasible candidates are re-measured side by side
     # in `finalist_rounds` interleaved rounds and selected on those figures with an interval (0 or
-    # 1: the search's best as measured); among those indistinguishable on energy, the most latency
-    # headroom wins. A winner whose latency is within `slo_margin` of the SLO is flagged at its edge.
+    # 1: the search's best as measured); among those tied on energy (a mean inside the winner's
+    # interval), the most latency headroom wins. A winner whose latency is within `slo_margin` of the SLO is flagged at its edge.
     # Stop once this many candidates in a row were measured without beating the best so far
     # (null: search until the budget or the space runs out). With best-bound-first order the
     # candidates that can still win come first, so a run of losers means the rest lose too.

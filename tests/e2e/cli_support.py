@@ -10,6 +10,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# A one-candidate-per-layout offline search on the packaged model, short windows: the layout e2e
+# tests add their `space.replicas` / `space.tensor_parallel` / `launcher` to it.
+LAYOUT_SEARCH = [
+    "workload=quick",
+    "space=cpu-batch",
+    "workload.min_window_seconds=0.3",
+    "workload.repeats=1",
+    "workload.idle_seconds=0",
+    "space.batch_sizes=[2]",
+    "space.threads=[1]",
+    "space.torch.precisions=[fp32]",
+    "space.torch.quantizations=[none]",
+    "quality.num_sequences=2",
+    "workload.slo.tpot_ms=5000",
+]
+
 
 def optimize(*args: str, cache: Path, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"WATTSMITH_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}

@@ -186,31 +186,16 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-SEARCH = [
-    "workload=quick",
-    "space=cpu-batch",
-    "workload.min_window_seconds=0.3",
-    "workload.repeats=1",
-    "workload.idle_seconds=0",
-    "space.batch_sizes=[2]",
-    "space.threads=[1]",
-    "space.torch.precisions=[fp32]",
-    "space.torch.quantizations=[none]",
-    "quality.num_sequences=2",
-    "workload.slo.tpot_ms=5000",
-]
-
-
 def test_the_cli_searches_replicas_and_refuses_a_degree_the_heads_forbid(
     cache_dir: Path, tmp_path: Path
 ) -> None:
-    from cli_support import optimize, stored
+    from cli_support import LAYOUT_SEARCH, optimize, stored
 
     if os.cpu_count() is None or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("two replicas need two cores")
     run = tmp_path / "run"
     done = optimize(
-        *SEARCH,
+        *LAYOUT_SEARCH,
         "space.replicas=[1,2]",
         f"output_dir={run}",
         f"store_path={tmp_path / 't.db'}",
@@ -224,7 +209,9 @@ def test_the_cli_searches_replicas_and_refuses_a_degree_the_heads_forbid(
     assert len(replicas) == 1 and replicas[0]["status"] == "measured", replicas
     assert replicas[0]["performance"]["windows"][0]["output_tokens"] > 0
     assert "r2" in (run / "report.md").read_text()
-    refused = optimize(*SEARCH, "space.tensor_parallel=[2]", f"output_dir={tmp_path / 'no'}", cache=cache_dir)
+    refused = optimize(
+        *LAYOUT_SEARCH, "space.tensor_parallel=[2]", f"output_dir={tmp_path / 'no'}", cache=cache_dir
+    )
     assert refused.returncode == 2
     assert "space.tensor_parallel: 2 does not divide the model's 9 attention heads" in refused.stderr
 

@@ -145,23 +145,13 @@ def test_a_group_ray_cannot_place_fails_with_what_it_lacked(
 
 
 def test_the_cli_on_ray_measures_a_replicas_candidate(cache_dir: Path, tmp_path: Path) -> None:
-    from cli_support import optimize, stored
+    from cli_support import LAYOUT_SEARCH, optimize, stored
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("two replicas need two cores")
     done = optimize(
-        "workload=quick",
-        "space=cpu-batch",
-        "workload.min_window_seconds=0.3",
-        "workload.repeats=1",
-        "workload.idle_seconds=0",
-        "space.batch_sizes=[2]",
-        "space.threads=[1]",
-        "space.torch.precisions=[fp32]",
-        "space.torch.quantizations=[none]",
+        *LAYOUT_SEARCH,
         "space.replicas=[2]",
-        "quality.num_sequences=2",
-        "workload.slo.tpot_ms=5000",
         "launcher=ray",
         f"output_dir={tmp_path / 'run'}",
         f"store_path={tmp_path / 't.db'}",

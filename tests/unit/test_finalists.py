@@ -117,3 +117,15 @@ def test_remeasure_interleaves_in_alternating_order_and_needs_two_feasible() -> 
     assert len(remeasured) == 6 and selection.winner == torch_candidate(batch_size=16).key()
     assert remeasure(FakeEvaluator(), pool[:1], SearchConfig()) is None  # type: ignore[arg-type]
     assert remeasure(FakeEvaluator(), pool, SearchConfig(finalists=0)) is None  # type: ignore[arg-type]
+
+
+def test_when_no_finalist_stays_feasible_the_selection_still_answers() -> None:
+    a, b = measured(8, [10.0]), measured(4, [8.0])
+    late = ("TPOT p90 300 ms > 250",)
+    runs = {
+        a.candidate.key(): [measured(8, [10.0, 10.1], violations=late)],
+        b.candidate.key(): [measured(4, [8.0, 8.1], violations=late)],
+    }
+    selection = select_finalist([a, b], runs, SLO, 0.1)
+    assert selection.winner == a.candidate.key()
+    assert not any(f.feasible for f in selection.finalists)

@@ -20,9 +20,9 @@ class RankFailed(RuntimeError):
     """A rank raised or died: the candidate fails with this reason, its other ranks are ended."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port() -> int:
     with socket.socket() as sock:
-        sock.bind((host, 0))
+        sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 

@@ -26,7 +26,7 @@ class GroupPlan:
     """One replica: `degree` ranks. `cores[r]`: the CPU cores rank r is pinned to (empty: not
     pinned); `devices[r]`: its CUDA device as the parent sees it (empty on a CPU target, and where
     a scheduler gave each rank its GPU: `assigned_gpu`, the rank's only visible device, as Ray
-    does). Rank 0 listens for the group at `master_addr`:`port`."""
+    does). Rank 0 listens for the group at 127.0.0.1:`port`: a group's ranks share a node."""
 
     replica: int
     degree: int
@@ -37,7 +37,6 @@ class GroupPlan:
     model: ModelSpec
     settings: TorchSettings
     timeout_seconds: float
-    master_addr: str = "127.0.0.1"
     assigned_gpu: bool = False
 
 
@@ -94,7 +93,7 @@ def start_rank(local_rank: int, plan: GroupPlan) -> Any:
         import torch.distributed as dist
 
         os.environ.update(
-            MASTER_ADDR=plan.master_addr,
+            MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(plan.port),
             RANK=str(local_rank),
             LOCAL_RANK=str(cuda_index),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import weakref
 from dataclasses import replace
 from typing import Any
@@ -161,8 +162,6 @@ class RayLayoutEngine(LayoutEngine):
     def _gather(self, refs: list[tuple[int, int, Any]], timeout: float | None) -> list[Any]:
         """Every ref's value, in order. The first rank that raises or dies fails the candidate at
         once, naming it (its peers may wait in a collective for it until they are killed)."""
-        import time
-
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
