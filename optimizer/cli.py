@@ -23,7 +23,8 @@ packaged preset of the same name. Default: ${env}, when set.
 {groups}
 
 Examples:
-  optimize                                           # packaged SmolLM2, this machine, cpu-default space
+  optimize                                           # packaged SmolLM2, this machine, a chat stream
+                                                     # (space=gpu-default workload=gpu-chat on a GPU)
   optimize model=/path/to/hf-dir quality=strict search.budget_minutes=20 workload.max_new_tokens=64
   optimize search=optuna search.budget_minutes=10               # TPE: a fraction of the grid's time
   optimize search=optuna search.workers=4 launcher=ray           # 4 Ray tasks, one GPU each
@@ -101,10 +102,10 @@ def _take_config_dir(args: list[str]) -> tuple[list[str], Path | None]:
 
 
 def _optimize(args: list[str], config_dir: Path | None) -> int:
-    from optimizer.config import compose_run_config
+    from optimizer.target_defaults import compose_for_target
 
     show = "--show-config" in args
-    cfg = compose_run_config([a for a in args if a != "--show-config"], config_dir=config_dir)
+    cfg = compose_for_target([a for a in args if a != "--show-config"], config_dir=config_dir)
     if show:
         from dataclasses import asdict
 

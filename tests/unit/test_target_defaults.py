@@ -1,0 +1,92 @@
+"""The space and workload a run takes on its target when the user names neither."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import yaml
+
+from optimizer import cli
+from optimizer.backends.torch.settings import TorchSettings
+from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+from optimizer.config import compose_run_config
+from optimizer.space import enumerate_candidates
+from optimizer.target_defaults import chosen_groups, compose_for_target
+
+
+def test_chosen_groups_are_the_preset_overrides() -> None:
+    assert chosen_groups(["space=cpu-batch", "+workload=chat", "space.batch_sizes=[4]", "--x"]) == {
+        "space",
+        "workload",
+        "space.batch_sizes",
+    }
+
+
+def test_a_cpu_target_keeps_the_cpu_presets() -> None:
+    cfg = compose_for_target(["target=cpu"])
+    plain = compose_run_config(["target=cpu"])
+    assert cfg == plain
+    assert "llamacpp" in {e["backend"] for e in cfg.space.extra}
+    assert cfg.workload.rate == plain.workload.rate == compose_run_config(["workload=chat"]).workload.rate
+
+
+def test_a_gpu_target_takes_the_gpu_serving_presets() -> None:
+    cfg = compose_for_target(["target=h200"])
+    assert cfg.space == compose_run_config(["space=gpu-default"]).space
+    assert cfg.workload == compose_run_config(["workload=gpu-chat"]).workload
+    assert cfg.workload.kind == "serving"
+    assert cfg.space.backends == ["torch-cb"]
+
+
+def test_a_named_preset_wins_over_the_gpu_default() -> None:
+    batch = compose_for_target(["target=h200", "space=gpu-batch"])
+    assert batch.space == compose_run_config(["space=gpu-batch"]).space
+    assert batch.workload == compose_run_config(["workload=gpu-chat"]).workload
+    offline = compose_for_target(["target=h200", "workload=gpu"])
+    assert offline.workload.kind == "offline"
+    assert offline.space == compose_run_config(["space=gpu-default"]).space
+
+
+def test_field_overrides_apply_on_top_of_the_gpu_preset() -> None:
+    cfg = compose_for_target(["target=h200", "space.batch_sizes=[32]", "workload.rate=5"])
+    assert cfg.space.batch_sizes == [32]
+    assert cfg.space.torch_cb == compose_run_config(["space=gpu-default"]).space.torch_cb
+    assert cfg.workload.rate == 5.0
+    assert cfg.workload.slo == compose_run_config(["workload=gpu-chat"]).workload.slo
+
+
+def test_target_auto_is_detected(monkeypatch: pytest.MonkeyPatch, make_target) -> None:
+    monkeypatch.setattr("optimizer.target.detect_target", lambda cfg: make_target(kind="cuda"))
+    assert compose_for_target().space == compose_run_config(["space=gpu-default"]).space
+    monkeypatch.setattr("optimizer.target.detect_target", lambda cfg: make_target())
+    assert compose_for_target() == compose_run_config()
+
+
+def test_show_config_prints_the_gpu_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--show-config", "target=h200"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["space"]["backends"] == ["torch-cb"]
+    assert shown["workload"]["rate"] == compose_run_config(["workload=gpu-chat"]).workload.rate
+
+
+def test_the_gpu_default_space_on_a_gpu(make_target) -> None:
+    """Continuous batching at 2 concurrency limits x 2 chunk sizes, static batches behind a queue;
+    flash attention only where flash-attn is installed."""
+    space = compose_run_config(["space=gpu-default"]).space
+    valid, excluded = enumerate_candidates(space, make_target(kind="cuda"), serving=True)
+    cb = [c for c in valid if isinstance(c.settings, ContinuousBatchingSettings)]
+    flash = importlib.util.find_spec("flash_attn") is not None
+    assert len(cb) == (8 if flash else 4)
+    assert {(c.batch_size, c.settings.max_batch_tokens) for c in cb} == {
+        (64, 1024),
+        (64, 4096),
+        (256, 1024),
+        (256, 4096),
+    }
+    assert [(c.settings, c.batch_size) for c in valid if isinstance(c.settings, TorchSettings)] == [
+        (TorchSettings(precision="bf16"), 64)
+    ]
+    if not flash:
+        assert len(excluded) == 4
+        assert all("flash-attn" in reason for _, reason in excluded)
