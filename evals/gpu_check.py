@@ -1,6 +1,6 @@
 """GPU checks, one section per process, on the lent NVIDIA machine (driven by evals/gpu_check.sh).
 
-    python evals/gpu_check.py SECTION --out DIR [--gguf FILE] [--budget-seconds N] [--cpu-smoke]
+    python evals/gpu_check.py SECTION --out DIR [--gguf FILE | --tokenizer DIR] [--budget-seconds N] [--cpu-smoke]
     python evals/gpu_check.py summary --out DIR
 
 Each section writes DIR/<section>.json (a failure is recorded there too) and runs in its own
@@ -18,7 +18,7 @@ others measurable. Sections:
             bf16 and the continuous-batching engine
   serving   `optimize` with the GPU defaults (space=gpu-default, workload=gpu-chat: a request
             stream) on the Qwen2-0.5B shape: transformers' continuous batching vs static batching
-            behind a queue, so that the GPU recipe is a serving recipe (`gpu_check.sh serving`)
+            behind a queue, so that the GPU recipe is a serving recipe
   ort       onnxruntime-gpu (CUDA EP) and onnxruntime-genai-cuda candidates, when installed
 
 `summary` merges the sections into gpu_check.json and prints the table (goodput tokens/J, ratio to
@@ -218,6 +218,9 @@ def run_optimize(name: str, overrides: list[str], work: Path, out: Path) -> dict
     cfg = compose_for_target(  # as the CLI composes: the GPU presets where none is named
         [
             *overrides,
+            # every row is a measurement of its own; re-measuring finalists would spend the
+            # section's time limit (selection is not what these sections check)
+            "search.finalists=0",
             f"output_dir={run_dir}",
             f"store_path={work / 'trials.db'}",
             f"cache_dir={work / 'cache'}",
@@ -228,6 +231,7 @@ def run_optimize(name: str, overrides: list[str], work: Path, out: Path) -> dict
         if (run_dir / file).is_file():
             shutil.copy(run_dir / file, out / f"{name}-{file}")
     return {
+        "overrides": overrides,
         "best": result.best.candidate.label() if result.best else None,
         "baseline": result.baseline.candidate.label() if result.baseline else None,
         "infeasible": str(result.infeasible) if result.infeasible else None,
@@ -423,7 +427,15 @@ def serving_section(args: argparse.Namespace) -> dict[str, Any]:
         "search.candidate_timeout_minutes=3",
     ]
     if not args.cpu_smoke:  # target=auto, and no space= / workload=: the product's GPU defaults
-        overrides += ["target=auto", "quality.num_sequences=4"]
+        # half of gpu-chat's stream, one run per candidate: ~6 s at 50 requests/s, a 4 s window
+        overrides += [
+            "target=auto",
+            "quality.num_sequences=4",
+            "workload.requests=300",
+            "workload.warmup_requests=25",
+            "workload.drain_requests=25",
+            "workload.repeats=1",
+        ]
     else:
         overrides += [
             "target=cpu",
@@ -568,16 +580,18 @@ def ort_section(args: argparse.Namespace) -> dict[str, Any]:
             "ort-genai cuda": installed.missing_genai("cuda"),
         },
     }
-    if args.gguf:
-        minutes = max(0.5, args.budget_seconds / 2 / 60)
-        overrides = [
-            f"model={args.gguf}",
-            *common_overrides(args),
-            "space=gpu-ort",
-            "space.batch_sizes=[64]",
-            f"search.budget_minutes={minutes:.2f}",
-        ]
-        data["search"] = run_optimize("ort", overrides, args.work, args.out)
+    # SmolLM2's real weights when carried, else the Qwen2-0.5B shape (random weights: no bound)
+    work = args.work
+    model = args.gguf or shape_dir(work, "qwen2-0.5b", QWEN2_05B_SHAPE, tokenizer_source(args, work), False)
+    overrides = [
+        f"model={model}",
+        *common_overrides(args),
+        *([] if args.gguf else NO_QUALITY_BOUND),
+        "space=gpu-ort",
+        "space.batch_sizes=[64]",
+        f"search.budget_minutes={max(0.5, args.budget_seconds / 2 / 60):.2f}",
+    ]
+    data["search"] = run_optimize("ort", overrides, work, args.out)
     return data
 
 
@@ -707,9 +721,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("section", choices=[*SECTIONS, "summary"])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument(
-        "--gguf", type=Path, help="SmolLM2 GGUF (smollm2, ort; its tokenizer serves the shapes)"
-    )
+    parser.add_argument("--gguf", type=Path, help="SmolLM2 GGUF (smollm2; its tokenizer serves the shapes)")
     parser.add_argument("--tokenizer", type=Path, help="a tokenizer dir when there is no --gguf")
     parser.add_argument("--work", type=Path, default=Path("/tmp/wattsmith-gpu-check"))
     parser.add_argument("--budget-seconds", type=float, default=180)
