@@ -3,7 +3,7 @@
 #
 # The machine has no network and one call carries at most 64 MiB, so what its image lacks travels
 # in folders of .gpu/ prepared here by `evals/gpu_carry.sh`. One call does the checks the GPU
-# issue asks for, in about 8 minutes (a device session has 15 in all, a machine's start included):
+# issue asks for, in about 9 minutes (a device session has 15 in all, a machine's start included):
 #
 #   evals/gpu_check.sh all       # carry .gpu/a: wheels, Wikipedia text, tokenizer; the gpu-marked
 #                                # tests, then env, profile, qwen, llama8b, serving; the table last
@@ -64,13 +64,15 @@ case "${1:-all}" in
 all)
   install || exit 1
   nvidia-smi --query-gpu=name,driver_version,power.draw,temperature.gpu --format=csv
-  timeout -s INT "${SECONDS_TESTS:-70}" python3 -m pytest tests/gpu -q -rs --ignore=tests/gpu/test_ort_gpu.py \
-    -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt"
+  # the tests never run on a GPU first (static fp8, the kernels), then the ones that passed there
+  timeout -s INT "${SECONDS_TESTS:-75}" python3 -m pytest -q -rs -p no:cacheprovider \
+    tests/gpu/test_fp8_static_gpu.py tests/gpu/test_kernels_gpu.py tests/gpu/test_gpu.py \
+    tests/gpu/test_parallel_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt"
   T=(--tokenizer "$STASH/tokenizer")
   section env 20 "${T[@]}"
-  section profile 70 "${T[@]}"
-  section qwen 120 "${T[@]}"
-  section llama8b 110 "${T[@]}"
+  section profile 65 "${T[@]}"
+  section qwen 140 "${T[@]}"
+  section llama8b 120 "${T[@]}"
   section serving 100 "${T[@]}"
   summary
   ;;
