@@ -24,7 +24,7 @@ TORCH_KV_CACHES = (
 )
 # sdpa_gqa: SDPA whose single-token decode queries are packed per KV head, so grouped-query K/V
 # are never repeated in memory, also under torch.compile (transformers repeats them there)
-TORCH_ATTENTION = ("sdpa", "sdpa_gqa", "eager", "flash_attention_2")
+TORCH_ATTENTION = ("sdpa", "sdpa_gqa", "eager", "flash_attention_2", "flash_attention_3")
 # hf: transformers' generate loop; graph: our greedy loop whose decode step (forward + argmax on
 # the device) is one captured CUDA graph, replayed without host synchronization.
 TORCH_LOOPS = ("hf", "graph")
@@ -32,7 +32,7 @@ TORCH_LOOPS = ("hf", "graph")
 BACKENDS = ("torch", "torch-cb", "ort-genai", "ort-onnx", "tensorrt", "llamacpp")
 CB_PRECISIONS = TORCH_PRECISIONS
 CB_QUANTIZATIONS = ("none", "int8-weight", "int4-weight", "fp8", "fp8-static")
-CB_ATTENTION = ("sdpa", "flash_attention_2")
+CB_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3")
 CB_PAGE_SIZES = (16, 32, 64, 128, 256)
 
 # onnxruntime-genai model builder options (read from its source: its --help crashes).

@@ -236,6 +236,37 @@ def test_continuous_batching_rules_and_workload_kinds(make_target) -> None:
     assert reason(gpu, kv_offload_gib=4.0) is None
     assert "fp8 kernels need a CUDA GPU" in str(reason(cpu, quantization="fp8"))
     assert "flash-attn" in str(reason(cpu, attention="flash_attention_2"))
+    assert "Hopper" in str(reason(cpu, attention="flash_attention_3"))
+
+
+def test_flash_attention_3_needs_hopper_and_its_package(make_target, monkeypatch) -> None:
+    import dataclasses
+    import importlib.util
+
+    from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+    from optimizer.space import TorchSettings
+
+    h100 = make_target(kind="cuda")
+    assert h100.gpu is not None
+    a100 = dataclasses.replace(h100, gpu=dataclasses.replace(h100.gpu, compute_capability=(8, 0)))
+    installed = {"flash_attn_interface"}
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name in installed else real_find_spec(name, *a),
+    )
+    for settings in (
+        TorchSettings(precision="bf16", attention="flash_attention_3"),
+        ContinuousBatchingSettings(attention="flash_attention_3"),
+    ):
+        assert exclusion_reason(Candidate(settings, 8, 0), h100, True) is None
+        assert "Hopper" in str(exclusion_reason(Candidate(settings, 8, 0), a100, True))
+    installed.clear()
+    reason = exclusion_reason(
+        Candidate(ContinuousBatchingSettings(attention="flash_attention_3"), 8, 0), h100, True
+    )
+    assert "flash_attn_interface" in str(reason)
 
 
 def test_serving_needs_engines_that_take_mixed_lengths(make_target, make_candidate) -> None:

@@ -116,4 +116,10 @@ def torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:
             return "torchao int8-dynamic syncs the host inside its matmul: not capturable in a CUDA graph"
     if s.attention == "flash_attention_2" and (not cuda or importlib.util.find_spec("flash_attn") is None):
         return "flash_attention_2 needs a CUDA GPU with flash-attn installed"
+    if s.attention == "flash_attention_3":
+        # FlashAttention-3 is written for Hopper's TMA and warpgroup MMA: sm_90 only
+        if target.gpu is None or target.gpu.compute_capability[0] != 9:
+            return "flash_attention_3 needs a Hopper GPU (compute capability 9.x)"
+        if importlib.util.find_spec("flash_attn_interface") is None:
+            return "flash_attention_3 needs flash-attn 3 installed (its module flash_attn_interface)"
     return None
