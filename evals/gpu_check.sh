@@ -51,7 +51,7 @@ section() {  # section NAME SECONDS [ARGS...]: one process, interrupted after SE
   shift 2
   # a search starts no candidate past its budget; the rest of the limit covers the imports, the
   # candidate in flight (~35 s on an H200 with its compile) and the JSON
-  local budget=$((seconds > 100 ? seconds - 45 : seconds / 2))
+  local budget=$((seconds > 60 ? seconds - 40 : seconds / 2))
   echo "== $name (limit ${seconds} s) $(date +%T)" | tee -a "$OUT/log.txt"
   timeout -s INT -k 20 "$seconds" python3 evals/gpu_check.py "$name" --out "$OUT" --work "$WORK" \
     --budget-seconds "$budget" "${SMOKE[@]}" "$@" 2>&1 | tee -a "$OUT/log.txt"
@@ -72,9 +72,9 @@ all)
   T=(--tokenizer "$STASH/tokenizer")
   section env 20 "${T[@]}"
   section profile 65 "${T[@]}"
-  section qwen 140 "${T[@]}"
-  section llama8b 120 "${T[@]}"
-  section serving 100 "${T[@]}"
+  section qwen 130 "${T[@]}"
+  section llama8b 140 "${T[@]}"  # baseline, bf16 loop, static fp8: ~20 + ~40 + ~45 s with compiles
+  section serving 90 "${T[@]}"
   summary
   ;;
 stash)
