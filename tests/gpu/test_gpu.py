@@ -36,6 +36,15 @@ def test_detect_target_reads_the_gpu() -> None:
     assert target.fp8 == (target.gpu.compute_capability >= (8, 9))
 
 
+def test_a_plain_run_on_this_gpu_takes_the_gpu_serving_defaults() -> None:
+    from optimizer.config import compose_run_config
+    from optimizer.target_defaults import compose_for_target
+
+    cfg = compose_for_target(["target=auto"])
+    assert cfg.space == compose_run_config(["space=gpu-default"]).space
+    assert cfg.workload == compose_run_config(["workload=gpu-chat"]).workload
+
+
 def test_nvml_window_measures_load_and_agrees_with_polled_power() -> None:
     import torch
 
