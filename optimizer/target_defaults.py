@@ -21,7 +21,8 @@ GPU_PRESETS = {"space": "gpu-default", "workload": "gpu-chat"}
 
 
 def chosen_groups(overrides: Sequence[str]) -> set[str]:
-    """The config groups given a preset by `overrides` (`space=...`, `+workload=...`)."""
+    """The keys `overrides` set: a group given a preset (`space=...`, `+workload=...`) appears
+    by its name, a field (`space.batch_sizes=...`) by its dotted key."""
     return {item.partition("=")[0].lstrip("+~") for item in overrides if "=" in item}
 
 
