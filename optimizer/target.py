@@ -114,7 +114,7 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
     cpu_model, cores, cpu_memory, cpu_bf16 = _detect_cpu()
     gpu = _detect_gpu(cfg.device_index) if cfg.kind in ("auto", "cuda") else None
     if gpu is not None and not _torch_cuda_usable():
-        log.warning("NVML sees %s but torch has no CUDA; targeting the CPU", gpu.name)
+        _warn_once(f"NVML sees {gpu.name} but torch has no CUDA; targeting the CPU")
         gpu = None
     if cfg.kind == "cuda" and gpu is None:
         raise UserError(
@@ -161,6 +161,16 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
         device_count=_gpu_count(),
     )
     return _fill_from_preset(spec) if cfg.name == "auto" else spec
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A run detects its target more than once (to choose the presets, then to measure)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 def _budget(detected_bytes: int, memory_gib: float | None) -> int:

@@ -175,10 +175,17 @@ def test_preset_values_from_the_config_win_over_nvml(with_gpu) -> None:
     assert spec.bf16 is False
 
 
-def test_nvml_gpu_without_torch_cuda_targets_the_cpu(with_gpu, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nvml_gpu_without_torch_cuda_targets_the_cpu(
+    with_gpu, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     with_gpu()
     monkeypatch.setattr(target_module, "_torch_cuda_usable", lambda: False)
-    assert detect_target(TargetConfig(kind="auto")).kind == "cpu"
+    monkeypatch.setattr(target_module, "_WARNED", set())
+    with caplog.at_level("WARNING", logger=target_module.__name__):
+        assert detect_target(TargetConfig(kind="auto")).kind == "cpu"
+        assert detect_target(TargetConfig(kind="auto")).kind == "cpu"  # a run detects twice
+    warnings = [r.getMessage() for r in caplog.records if "torch has no CUDA" in r.getMessage()]
+    assert warnings == ["NVML sees NVIDIA H100 80GB HBM3 but torch has no CUDA; targeting the CPU"]
     with pytest.raises(UserError):
         detect_target(TargetConfig(kind="cuda"))
 
