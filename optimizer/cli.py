@@ -25,10 +25,10 @@ packaged preset of the same name. Default: ${env}, when set.
 Examples:
   optimize                                           # packaged SmolLM2, this machine, a chat stream
                                                      # (space=gpu-default workload=gpu-chat on a GPU)
-  optimize model=/path/to/hf-dir quality=strict search.budget_minutes=20 workload.max_new_tokens=64
+  optimize model=/path/to/hf-dir quality=strict search.budget_minutes=20 workload.rate=4
   optimize search=optuna search.budget_minutes=10               # TPE: a fraction of the grid's time
   optimize search=optuna search.workers=4 launcher=ray           # 4 Ray tasks, one GPU each
-  optimize --config-dir conf space=mymodel workload=chat         # presets of a model's repository
+  optimize --config-dir conf space=mymodel workload=mychat       # presets of a model's repository
   optimize verify outputs/<run>/recipe.yaml
 
 Exit codes: 0 ok, 1 verify failed, 2 bad input or nothing feasible.
