@@ -85,7 +85,8 @@ def test_the_recipe_verifies_and_rebuilds_the_same_engine(run: Path, cache_dir: 
     )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     name, *_, shape = loaded.stdout.strip().splitlines()[-1].split(" (")
-    assert name.startswith("LlamaCppEngine gguf") and str(recipe["settings"]["batch_size"]) in name
+    # engine, settings label ("gguf": f16 KV, flash attention, 512/512 batches), sequences
+    assert name == f"LlamaCppEngine gguf {recipe['settings']['batch_size']}"
     assert shape == "2, 5)"
 
 

@@ -79,11 +79,14 @@ def test_replicas_are_measured_on_both_boards(tiny_cuda_model_dir: Path, tmp_pat
         assert len(set(boards)) == 2
         meter = meter_for_engine(NvmlMeter([target.gpu.index]), engine)
         assert isinstance(meter, NvmlMeter) and len(meter.handles) == 2
+        one_board = meter.on_boards(boards[:1])
         prompts = torch.randint(0, 2048, (4, 16), generator=torch.Generator().manual_seed(0))
-        with meter.window() as measurement:
+        # the same work read on one board and on both: a meter of one board would pass `joules > 0`
+        with meter.window() as measurement, one_board.window() as first_board:
             for _ in range(20):
                 engine.generate(prompts, 32)
-        assert measurement.joules > 0
+        assert first_board.joules > 0
+        assert measurement.joules >= 1.2 * first_board.joules  # the second board's energy is in it
     finally:
         engine.close()
 

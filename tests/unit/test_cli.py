@@ -55,6 +55,7 @@ def test_verify_rejects_a_bad_tolerance(tmp_path, capsys: pytest.CaptureFixture[
 
 def test_verify_without_a_recipe_argument_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["verify"]) == 2
+    assert "the following arguments are required: recipe" in capsys.readouterr().err
 
 
 @pytest.fixture

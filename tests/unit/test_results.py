@@ -6,14 +6,10 @@ import json
 from dataclasses import replace
 
 from optimizer.config import QualityConfig
-from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, STATUSES, CandidateResult
+from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 
 LOOSE = QualityConfig(max_ppl_increase=0.10, min_top1_agreement=0.90, max_kl=0.15)
 STRICT = QualityConfig(max_ppl_increase=0.01, min_top1_agreement=0.98, max_kl=0.01)
-
-
-def test_statuses() -> None:
-    assert set(STATUSES) == {MEASURED, REJECTED, FAILED, PRUNED}
 
 
 def test_round_trip_through_json(make_result, make_candidate, make_quality, make_performance) -> None:

@@ -100,14 +100,15 @@ def test_garbage_and_other_schema_rows_are_skipped(tmp_path: Path, make_result, 
     path = tmp_path / "t.db"
     good = make_result(candidate=make_candidate(batch_size=1))
     TrialStore(path, "ctx").append(good)
+    # later rows for the same candidate would win if read: both must be skipped for it to survive
     with sqlite3.connect(path) as connection:
-        for schema, payload, key in ((STORE_SCHEMA, "{not json", "x"), (STORE_SCHEMA + 1, "{}", "y")):
+        for schema, payload in ((STORE_SCHEMA, "{not json"), (STORE_SCHEMA + 1, "{}")):
             connection.execute(
                 "INSERT INTO wattsmith_trials (schema, context, candidate_key, numerics_key, status, run_id,"
                 " worker, created_at, result) VALUES (?, 'ctx', ?, 'n', 'measured', 'r', 'w', 0, ?)",
-                (schema, key, payload),
+                (schema, good.candidate.key(), payload),
             )
-    store = TrialStore(path, "ctx")
+    store = TrialStore(path, "ctx", run_id="r")  # the junk rows' run: any row read would count
     assert store.get(good.candidate) == good
     assert store.run_count() == 0
 

@@ -207,6 +207,7 @@ def test_preset_name_from_the_gpu_name(name: str, preset: str) -> None:
 
 def test_l40_is_not_an_l4() -> None:
     assert _preset_name("NVIDIA L40") != "l4"
+    assert _preset_name("NVIDIA L40") == "l40"
 
 
 def test_fingerprint_names_the_software() -> None:

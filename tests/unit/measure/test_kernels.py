@@ -59,7 +59,9 @@ def test_no_kernels_reported_is_said_not_divided() -> None:
     text = profile.markdown()
     assert "Note: the profiler reported no CUDA kernels" in text
     assert "| kernel |" not in text
-    assert _profile(rows=[], wall_ms_per_step=0.0).markdown()  # no division by a zero wall
+    assert "| unattributed | 10.000 | 100.0% |" in text  # the whole wall, not divided among kernels
+    # no division by a zero wall: the share is said to be unknown
+    assert "| unattributed | 0.000 | n/a |" in _profile(rows=[], wall_ms_per_step=0.0).markdown()
 
 
 def test_to_dict_is_json() -> None:

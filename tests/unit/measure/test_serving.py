@@ -151,9 +151,15 @@ def test_a_failed_request_fails_the_run() -> None:
         serve_stream(Failing(), stream(requests=5), WattMeter(), SloConfig(), 1, 1)
 
 
-def test_window_measurement_type() -> None:
-    run = serve_stream(FifoServer(), stream(requests=8), WattMeter(), SloConfig(), 2, 2)
-    assert isinstance(run, ServingRun) and isinstance(run.measurement, Measurement)
+def test_the_energy_window_is_the_steady_state_window() -> None:
+    run = serve_stream(FifoServer(), stream(requests=8), WattMeter(watts=10.0), SloConfig(), 2, 2)
+    assert isinstance(run, ServingRun)
+    # the meter runs from the 3rd arrival to the 6th (2 warm-up, 2 drain), as the window counts
+    # tokens: energy and tokens describe the same seconds
+    assert run.window.seconds > 0
+    # (5 ms of slack for a busy machine; opening at the first arrival would be 20 ms off)
+    assert run.measurement.seconds == pytest.approx(run.window.seconds, abs=5e-3)
+    assert run.measurement.joules == pytest.approx(10.0 * run.window.seconds, abs=0.05)
 
 
 def test_a_run_gives_up_on_a_queue_it_cannot_drain_and_counts_it_as_missed() -> None:

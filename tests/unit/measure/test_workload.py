@@ -193,10 +193,6 @@ def test_deadline_reached_inside_a_window_raises() -> None:
     assert len(engine.calls) < 50
 
 
-def test_candidate_timeout_is_a_timeout_error() -> None:
-    assert issubclass(CandidateTimeout, TimeoutError)
-
-
 def test_spread_of_values() -> None:
     s = Spread.of([1.0, 2.0, 3.0])
     assert (s.mean, s.min, s.max) == (2.0, 1.0, 3.0)

@@ -228,7 +228,12 @@ def test_free_rejections_do_not_use_the_candidate_budget(
     ev = evaluator()
     free = make_result(candidate=cands[1], status=REJECTED, quality=make_quality(mean_kl=0.9), seconds=0.0)
     ev.store.append(free)  # as a cached-quality rejection of this run would be stored
-    assert ev.store.run_count() == 0
+    outcome = run_search(
+        cands, [], cands[0], ev, SearchConfig(max_candidates=2), BOUND, progress=lambda _: None
+    )
+    # the baseline and batch 4 fill the budget of two: the free rejection of batch 2 took no slot
+    assert [c for c, _ in ev.asked] == [cands[0], cands[2]]
+    assert outcome.not_reached == []
 
 
 def test_a_candidate_that_would_run_past_the_budget_is_not_started(evaluator, make_candidate) -> None:

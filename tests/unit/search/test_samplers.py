@@ -32,10 +32,14 @@ def test_random_is_a_seeded_permutation(make_candidate) -> None:
     assert a != cands and a != c
 
 
-def test_observe_accepts_results(make_candidate, make_result) -> None:
-    sampler = GridSampler([make_candidate()])
-    cand = sampler.suggest()
-    assert sampler.observe(cand, make_result(candidate=cand)) is None
+def test_observing_a_result_does_not_change_the_grid_order(make_candidate, make_result) -> None:
+    a, b = make_candidate(batch_size=1), make_candidate(batch_size=2)
+    sampler = GridSampler([a, b])
+    assert sampler.suggest() == a
+    # a result for a candidate still pending must neither drop nor reorder it
+    sampler.observe(b, make_result(candidate=b))
+    assert sampler.suggest() == b
+    assert sampler.suggest() is None
 
 
 def test_bound_goes_best_bound_first_and_auto_picks_by_space_size(make_candidate) -> None:

@@ -3,7 +3,6 @@ and the SLURM path as a dry run. Every worker meets the others at the store."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from optimizer.config import compose_run_config
 from optimizer.errors import UserError
 from optimizer.search import workers as workers_module
-from optimizer.search.workers import check_workers
+from optimizer.search.workers import check_workers, local_gpus
 
 pytestmark = pytest.mark.slow
 
@@ -116,9 +115,11 @@ def test_worker_layouts_that_cannot_work_are_refused(make_target, monkeypatch: p
     with pytest.raises(UserError, match="store_path"):
         check_workers(remote_ray, make_target())
     check_workers(compose_run_config(["launcher=slurm", "store_path=postgresql://h/db"]), make_target())
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     too_many = compose_run_config(["search.workers=3"])
     with pytest.raises(UserError, match="search.workers"):
         check_workers(too_many, make_target(kind="cuda"))
-    check_workers(compose_run_config(["search.workers=2"]), make_target(kind="cuda"))
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+    two = compose_run_config(["search.workers=2"])
+    check_workers(two, make_target(kind="cuda"))
+    # the accepted layout gives each worker a whole GPU, named by its physical id
+    assert local_gpus(two, make_target(kind="cuda")) == ["2", "5"]
