@@ -211,6 +211,7 @@ def _spec_for_dir(
         raise UserError(
             "model.source", f"{path} holds no weight files", "save the model with save_pretrained"
         )
+    shape = read_shape(path)  # first: a broken directory fails before its weights are hashed
     return ModelSpec(
         name=name,
         source=source,
@@ -219,23 +220,34 @@ def _spec_for_dir(
         weight_sha256=weight_sha256 or _files_sha256(weights, cache_dir),
         trust_remote_code=cfg.trust_remote_code,
         revision=cfg.revision,
-        shape=read_shape(path),
+        shape=shape,
     )
 
 
 def read_shape(path: Path) -> ModelShape:
     """Shape facts from config.json; the parameter count from the safetensors headers."""
-    config = json.loads((path / "config.json").read_text())
-    text = config.get("text_config", config)
-    heads = int(text["num_attention_heads"])
-    hidden = int(text["hidden_size"])
+    try:
+        config = json.loads((path / "config.json").read_text())
+        text = config.get("text_config", config)
+        heads = int(text["num_attention_heads"])
+        hidden = int(text["hidden_size"])
+        layers, vocab = int(text["num_hidden_layers"]), int(text["vocab_size"])
+        kv_heads = int(text.get("num_key_value_heads") or heads)
+        head_dim = int(text.get("head_dim") or hidden // heads)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
+        problem = f"lacks {exc}" if isinstance(exc, KeyError) else f"cannot be read ({exc})"
+        raise UserError(
+            "model.source",
+            f"{path / 'config.json'} {problem}: not a decoder model's config",
+            "re-save the model with save_pretrained, or point model= at another directory",
+        ) from None
     return ModelShape(
-        num_layers=int(text["num_hidden_layers"]),
+        num_layers=layers,
         hidden_size=hidden,
         num_attention_heads=heads,
-        num_kv_heads=int(text.get("num_key_value_heads") or heads),
-        head_dim=int(text.get("head_dim") or hidden // heads),
-        vocab_size=int(text["vocab_size"]),
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        vocab_size=vocab,
         num_parameters=_count_parameters(path),
     )
 
@@ -243,15 +255,22 @@ def read_shape(path: Path) -> ModelShape:
 def _count_parameters(path: Path) -> int:
     total = 0
     for file in path.glob("*.safetensors"):
-        with file.open("rb") as handle:
-            (header_len,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(header_len))
-        for key, meta in header.items():
-            if key != "__metadata__":
-                count = 1
-                for dim in meta["shape"]:
-                    count *= dim
-                total += count
+        try:
+            with file.open("rb") as handle:
+                (header_len,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(header_len))
+            shapes = [meta["shape"] for key, meta in header.items() if key != "__metadata__"]
+        except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(
+                "model.source",
+                f"{file} is not a safetensors file (its header cannot be read: {exc})",
+                "re-save the model with save_pretrained (an interrupted copy leaves such files)",
+            ) from None
+        for shape in shapes:
+            count = 1
+            for dim in shape:
+                count *= dim
+            total += count
     return total
 
 

@@ -27,7 +27,7 @@ from optimizer.search.plan import plan_search
 from optimizer.search.roofline import Roofline, rates_for
 from optimizer.search.runner import collect_outcome, run_search
 from optimizer.select import Selection, pareto_front, select_best
-from optimizer.store import TrialStore
+from optimizer.store import TrialStore, open_database
 from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def optimize(cfg: RunConfig) -> RunResult:
 def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     started = time.perf_counter()
     cache_dir = _writable_dir(Path(cfg.cache_dir).expanduser(), "cache_dir")
+    open_database(cfg.store_path)
     setup = prepare_measurement(
         cfg.model, cfg.target, cfg.workload, cfg.quality, cache_dir, max([*cfg.space.batch_sizes, 16])
     )

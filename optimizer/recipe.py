@@ -223,15 +223,16 @@ def read_recipe(path: Path | str) -> Recipe:
     """Parse and validate a recipe; anything malformed is a UserError naming the part."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(
-            "recipe", f"{path} does not exist", "pass the path of a recipe.yaml written by optimize"
-        )
+        problem = "is a directory, not a recipe file" if path.is_dir() else "does not exist"
+        raise UserError("recipe", f"{path} {problem}", "pass the path of a recipe.yaml written by optimize")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise UserError(
             "recipe", f"{path} is not valid YAML ({exc.__class__.__name__})", "restore it from git"
         ) from None
+    if data is None:
+        raise UserError("recipe", f"{path} is empty", "restore it from git, or run optimize to write one")
     if not isinstance(data, dict) or data.get("schema") not in SUPPORTED_SCHEMAS:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise UserError(
@@ -240,6 +241,7 @@ def read_recipe(path: Path | str) -> Recipe:
     for part in ("model", "target", "settings", "measurement", "evidence"):
         if not isinstance(data.get(part), dict):
             raise UserError(f"recipe.{part}", f"{path}: is missing or not a mapping", "restore it from git")
+    _check_evidence(data, path)
     try:
         measurement = data["measurement"]
         if not isinstance(measurement.get("workload"), dict) or not isinstance(
@@ -267,6 +269,27 @@ def read_recipe(path: Path | str) -> Recipe:
         raise UserError(
             "recipe", f"{path} is missing or has a malformed field ({exc})", "restore it from git"
         ) from None
+
+
+# what verify compares with, by dotted path: found missing only after a re-measurement otherwise
+_REQUIRED_FIELDS = (
+    ("model.weight_sha256", str),
+    ("evidence.energy.source", str),
+    ("evidence.energy.goodput_tokens_per_joule.mean", (int, float)),
+    ("evidence.latency.ttft_ms", dict),
+    ("evidence.latency.tpot_ms", dict),
+)
+
+
+def _check_evidence(data: dict[str, Any], path: Path) -> None:
+    for dotted, kind in _REQUIRED_FIELDS:
+        value: Any = data
+        for key in dotted.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise UserError(f"recipe.{dotted}", f"{path}: is missing or malformed", "restore it from git")
+    if "quality" not in data["evidence"]:
+        raise UserError("recipe.evidence.quality", f"{path}: is missing", "restore it from git")
 
 
 def _target_of(kind: str, measurement: dict[str, Any]) -> TargetConfig:

@@ -178,7 +178,14 @@ LAYOUT_FIX = "use a smaller degree (the model's head counts and the target's cor
 
 
 def check_layout_axes(space: SpaceConfig, target: TargetSpec, shape: ModelShape | None) -> None:
-    """Every replicas and tensor-parallel value the space names must be runnable here."""
+    """Every replicas and tensor-parallel value the space names must be runnable here, and some
+    thread count (values above the cores are excluded one by one: a preset can serve larger CPUs)."""
+    if not target.is_cuda and space.threads and min(space.threads) > target.cores:
+        raise UserError(
+            "space.threads",
+            f"{space.threads}: every value is above this CPU's {target.cores} cores",
+            f"use values <= {target.cores}, or 0 for all cores",
+        )
     for replicas, degree in itertools.product(space.replicas, space.tensor_parallel):
         problem = layout_reason(replicas, degree, target, shape)
         if problem is not None:

@@ -88,6 +88,16 @@ def _check_override_syntax(overrides: Sequence[str]) -> None:
 
     parser = OverridesParser.create()
     for item in overrides:
+        if item.startswith("-"):
+            raise UserError(
+                item,
+                "is not an option",
+                "options are --config-dir DIR, --show-config and --help; settings are key=value",
+            )
+        if "=" not in item and not item.startswith("~"):  # `~key` deletes; everything else sets
+            raise UserError(
+                item, "has no value", f"give one: {item}=VALUE (`optimize --help` lists the groups)"
+            )
         try:
             parser.parse_overrides([item])
         except (HydraException, ValueError) as exc:
@@ -125,10 +135,36 @@ def _hydra_error(exc: Exception, config_dir: Path | None = None) -> UserError:
             "is not a setting" + (f" (set by the preset {preset.group(1)})" if preset else ""),
             "check the spelling; `optimize --show-config` prints every setting",
         )
+    field = key.group(1) if key else "overrides"
     converted = re.search(r"(Value '.*' of type '\w+' could not be converted to \w+)", text)
+    if converted:
+        return UserError(
+            field,
+            converted.group(1),
+            "give a value of that type; `optimize --show-config` shows the current one",
+        )
+    if re.search(r"Invalid value assigned: \w+ is not a ListConfig", text):
+        return UserError(
+            field, "is a list", f"give one in brackets, e.g. {field}=[1,8] (quote it in a shell)"
+        )
+    mapping = re.search(r"(?:Invalid type assigned|Merge error): (\w+) is not a subclass of (\w+)", text)
+    in_preset = re.search(r"^In '([^'/]+)/([^']+)'", text)
+    if mapping and in_preset:
+        group, name = in_preset.groups()
+        return UserError(
+            group,
+            f"the preset {group}/{name} is a {mapping.group(1)}, not a mapping of settings",
+            "write it as `field: value` lines, like the packaged presets in optimizer/conf/",
+        )
+    if mapping:
+        return UserError(
+            field,
+            f"is a group of settings ({mapping.group(2)}), not a single value",
+            f"set its fields, e.g. {field}.<field>=value; `optimize --show-config` lists them",
+        )
     return UserError(
-        key.group(1) if key else "overrides",
-        converted.group(1) if converted else " ".join(text.split())[:300],
+        field,
+        " ".join(text.split())[:300],
         "overrides look like group=preset or a.b=value; `optimize --help` lists the groups",
     )
 

@@ -126,6 +126,12 @@ class WorkloadConfig:
         )
         require_subset([self.arrivals], ARRIVALS, "workload.arrivals")
         require(
+            not self.trace or self.serving,
+            "workload.trace",
+            "is replayed only by a serving workload; this one is kind=offline (closed batches)",
+            "add workload.kind=serving, or start from a serving preset: workload=chat workload.trace=FILE",
+        )
+        require(
             self.arrivals != "gamma" or self.arrival_cv > 0,
             "workload.arrival_cv",
             f"is {self.arrival_cv}",

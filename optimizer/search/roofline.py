@@ -233,12 +233,12 @@ def prune_reason(bound: RooflineBound, best: CandidateResult | None, slo: SloCon
     best feasible candidate measured so far. None when it might."""
     if slo.tpot_ms is not None and bound.step_seconds * 1000 > slo.tpot_ms:
         return (
-            f"roofline: a decode step takes >= {bound.step_seconds * 1000:.0f} ms > workload.slo.tpot_ms "
+            f"roofline: a decode step takes >= {_ms(bound.step_seconds)} ms > workload.slo.tpot_ms "
             f"{slo.tpot_ms:g}"
         )
     if slo.ttft_ms is not None and bound.prefill_seconds * 1000 > slo.ttft_ms:
         return (
-            f"roofline: the prefill takes >= {bound.prefill_seconds * 1000:.0f} ms > workload.slo.ttft_ms "
+            f"roofline: the prefill takes >= {_ms(bound.prefill_seconds)} ms > workload.slo.ttft_ms "
             f"{slo.ttft_ms:g}"
         )
     if best is not None and bound.tokens_per_joule < best.objective:
@@ -247,3 +247,9 @@ def prune_reason(bound: RooflineBound, best: CandidateResult | None, slo: SloCon
             f"{best.candidate.label()}"
         )
     return None
+
+
+def _ms(seconds: float) -> str:
+    """Milliseconds, with the digits a sub-millisecond bound needs (an SLO of 0.001 ms is legal)."""
+    ms = seconds * 1000
+    return f"{ms:.0f}" if ms >= 10 else f"{ms:.2g}"

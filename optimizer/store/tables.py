@@ -84,7 +84,18 @@ def store_url(location: str | Path) -> str:
                 f"{path} is a JSONL store, which this version replaced by SQLite",
                 "use a .db path (e.g. outputs/trials.db) or a postgresql:// URL",
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise UserError(
+                "store_path", f"{path} is a directory", f"name a file in it, e.g. {path / 'trials.db'}"
+            )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(
+                "store_path",
+                f"cannot create the directory {path.parent} ({error.strerror or error})",
+                "point store_path at a file in a writable directory",
+            ) from None
         return f"sqlite:///{path.resolve()}"
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
@@ -115,9 +126,23 @@ def engine_for(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True)
-        metadata_create(engine)
+        try:
+            metadata_create(engine)
+        except exc.DBAPIError as error:  # not a database, no permission, a server not answering
+            engine.dispose()
+            raise UserError(
+                "store_path",
+                f"cannot open {engine.url.render_as_string(hide_password=True)} ({error.orig})",
+                "give a new .db file, an SQLite file wattsmith wrote, or a reachable postgresql:// URL",
+            ) from None
         _ENGINES[url] = engine
     return engine
+
+
+def open_database(location: str | Path) -> Engine:
+    """The store's database, opened (and its tables made) now: a bad `store_path` fails before
+    minutes of model loading, not after."""
+    return engine_for(store_url(location))
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

@@ -118,22 +118,41 @@ def test_bad_input_names_the_field(override: str, field: str) -> None:
     assert info.value.fix  # every error says how to fix it
 
 
+@pytest.mark.parametrize(
+    ("override", "field", "problem", "fix"),
+    [
+        ("space.batch_sizes=foo", "space.batch_sizes", "is a list", "space.batch_sizes=[1,8]"),
+        (
+            "workload.slo=5",
+            "workload.slo",
+            "is a group of settings (SloConfig)",
+            "workload.slo.<field>=value",
+        ),
+        ("workload.rate", "workload.rate", "has no value", "workload.rate=VALUE"),
+        ("--show-confg", "--show-confg", "is not an option", "--show-config"),
+        ("workload.rate=abc", "workload.rate", "could not be converted to Float", "a value of that type"),
+    ],
+)
+def test_a_mistyped_override_says_what_the_setting_wants(
+    override: str, field: str, problem: str, fix: str
+) -> None:
+    with pytest.raises(UserError) as info:
+        compose_run_config([override])
+    assert info.value.field == field
+    assert problem in info.value.problem and fix in info.value.fix
+
+
 def test_unknown_preset_lists_the_known_ones() -> None:
     with pytest.raises(UserError) as info:
         compose_run_config(["space=nope"])
     assert "cpu-default" in info.value.fix
 
 
-def test_malformed_override_is_a_user_error() -> None:
-    with pytest.raises(UserError) as info:
-        compose_run_config(["space.batch_sizes=[1,"])
-    assert "[1," in str(info.value)
-
-
-def test_malformed_override_names_its_key() -> None:
+def test_malformed_override_is_a_user_error_naming_its_key_and_value() -> None:
     with pytest.raises(UserError) as info:
         compose_run_config(["space.batch_sizes=[1,"])
     assert info.value.field == "space.batch_sizes"
+    assert "[1," in str(info.value)
 
 
 def test_override_without_a_key_is_a_user_error() -> None:

@@ -130,6 +130,14 @@ def test_a_misspelt_setting_in_a_preset_names_the_setting(user_conf: Path) -> No
     assert "workload/typo" in info.value.problem
 
 
+def test_a_preset_that_is_a_list_names_its_file(user_conf: Path) -> None:
+    write(user_conf / "workload" / "listed.yaml", "- rate: 4\n- rate: 8\n")
+    with pytest.raises(UserError) as info:
+        compose_run_config(["workload=listed"], config_dir=user_conf)
+    assert info.value.field == "workload"
+    assert info.value.problem == "the preset workload/listed is a list, not a mapping of settings"
+
+
 def test_an_invalid_value_in_a_preset_names_the_field(user_conf: Path) -> None:
     write(user_conf / "space" / "bad.yaml", "batch_sizes: [0]\n")
     with pytest.raises(UserError) as info:

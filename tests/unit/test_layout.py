@@ -105,6 +105,14 @@ def test_an_explicit_axis_that_cannot_run_is_one_error_naming_it() -> None:
         SpaceConfig(replicas=[0])
 
 
+def test_threads_only_above_the_cores_are_one_error_some_above_are_excluded() -> None:
+    with pytest.raises(UserError, match=r"space.threads: \[64\]: every value is above this CPU's 2 cores"):
+        enumerate_candidates(SpaceConfig(threads=[64]), target_spec(cores=2), shape=SMOLLM2)
+    valid, excluded = enumerate_candidates(SpaceConfig(threads=[2, 64]), target_spec(cores=2), shape=SMOLLM2)
+    assert {c.threads for c in valid} == {2}
+    assert excluded and all(reason == "threads 64 > 2 cores" for _, reason in excluded)
+
+
 def test_memory_per_device_divides_sharded_weights_and_kv() -> None:
     single = Candidate(TorchSettings(), batch_size=8, threads=0)
     sharded = replace(single, tensor_parallel=2)

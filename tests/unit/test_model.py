@@ -86,6 +86,41 @@ def test_a_dir_without_weights(tmp_path: Path, cache_dir: Path) -> None:
     assert info.value.field == "model.source"
 
 
+GOOD_CONFIG = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 10}
+
+
+@pytest.mark.parametrize(
+    ("config", "says"),
+    [
+        ("{not json", "cannot be read"),
+        ("{}", "lacks 'num_attention_heads'"),
+        ("[1, 2]", "cannot be read"),
+        (json.dumps(GOOD_CONFIG | {"num_attention_heads": 0}), "cannot be read"),
+    ],
+)
+def test_a_broken_config_json_names_model_source(
+    tmp_path: Path, cache_dir: Path, config: str, says: str
+) -> None:
+    (tmp_path / "config.json").write_text(config)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UserError) as info:
+        resolve_model(ModelConfig(source=str(tmp_path)), cache_dir)
+    assert info.value.field == "model.source"
+    assert "config.json" in info.value.problem and says in info.value.problem
+
+
+@pytest.mark.parametrize("weights", [b"", b"\x08" + b"\x00" * 7 + b"{broken}", b"\x02" + b"\x00" * 7 + b"[]"])
+def test_a_weight_file_without_a_safetensors_header_names_it(
+    tmp_path: Path, cache_dir: Path, weights: bytes
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(GOOD_CONFIG))
+    (tmp_path / "model.safetensors").write_bytes(weights)
+    with pytest.raises(UserError) as info:
+        resolve_model(ModelConfig(source=str(tmp_path)), cache_dir)
+    assert info.value.field == "model.source"
+    assert "model.safetensors is not a safetensors file" in info.value.problem
+
+
 def test_a_file_that_is_not_gguf(tmp_path: Path, cache_dir: Path) -> None:
     path = tmp_path / "weights.bin"
     path.write_bytes(b"x")

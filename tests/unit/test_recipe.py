@@ -58,6 +58,47 @@ def test_missing_recipe_file(tmp_path: Path) -> None:
     with pytest.raises(UserError) as info:
         read_recipe(tmp_path / "nope.yaml")
     assert info.value.field == "recipe"
+    assert "does not exist" in info.value.problem
+
+
+def test_a_directory_or_an_empty_file_is_said_as_such(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as info:
+        read_recipe(tmp_path)
+    assert info.value.field == "recipe" and "is a directory, not a recipe file" in info.value.problem
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(UserError) as info:
+        read_recipe(tmp_path / "empty.yaml")
+    assert info.value.field == "recipe" and info.value.problem.endswith("is empty")
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("model", "weight_sha256"), None),
+        (("evidence", "energy"), None),
+        (("evidence", "energy", "source"), None),
+        (("evidence", "energy", "goodput_tokens_per_joule"), None),
+        (("evidence", "energy", "goodput_tokens_per_joule", "mean"), "high"),
+        (("evidence", "latency"), None),
+        (("evidence", "latency", "tpot_ms"), 12.0),
+        (("evidence", "quality"), None),
+    ],
+)
+def test_evidence_verify_compares_with_is_checked_when_read(
+    tmp_path: Path, recipe_dict: dict[str, Any], path: tuple[str, ...], value: Any
+) -> None:
+    """verify reads these after minutes of re-measuring: a recipe without them fails at once."""
+    data = copy.deepcopy(recipe_dict)
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    if value is None:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    with pytest.raises(UserError) as info:
+        read_recipe(_write(tmp_path / "recipe.yaml", data))
+    assert info.value.field.startswith("recipe." + ".".join(path[:2]))
 
 
 def test_corrupt_yaml(tmp_path: Path) -> None:

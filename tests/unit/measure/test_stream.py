@@ -171,3 +171,10 @@ def test_decreasing_arrivals_and_missing_files_are_errors(tmp_path: Path) -> Non
         read_trace(trace, WordTokenizer(), text())
     with pytest.raises(UserError, match="does not exist"):
         read_trace(tmp_path / "missing.jsonl", WordTokenizer(), text())
+
+
+def test_a_trace_on_an_offline_workload_is_refused_not_ignored() -> None:
+    with pytest.raises(UserError) as error:
+        WorkloadConfig(kind="offline", trace="requests.jsonl")
+    assert error.value.field == "workload.trace" and "kind=offline" in error.value.problem
+    assert WorkloadConfig(kind="serving", trace="requests.jsonl").trace == "requests.jsonl"

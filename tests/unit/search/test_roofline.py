@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from optimizer.config import SloConfig, WorkloadConfig
@@ -65,6 +67,9 @@ def test_reasons_to_prune(make_candidate, make_result, make_performance) -> None
         prune_reason(model.bound(small), None, SloConfig(tpot_ms=step_ms / 2))
     )
     assert prune_reason(model.bound(small), None, SloConfig(tpot_ms=step_ms * 2)) is None
+    # a bound under 10 ms keeps its digits: ">= 0 ms > 0.001" would read as a contradiction
+    tiny = replace(model.bound(small), step_seconds=0.0042)
+    assert ">= 4.2 ms > workload.slo.tpot_ms 0.001" in str(prune_reason(tiny, None, SloConfig(tpot_ms=0.001)))
     prefill_ms = model.bound(small).prefill_seconds * 1000
     assert "ttft_ms" in str(
         prune_reason(model.bound(small), None, SloConfig(tpot_ms=None, ttft_ms=prefill_ms / 2))
