@@ -112,12 +112,16 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         if picked is not None:
             remeasured, selection = picked
             best = next(r for r in reversed(remeasured) if r.candidate.key() == selection.winner)
-            log.info("selected: %s", selection.reason)
+            log.info("%s: %s", "selected" if selection.feasible else "nothing selected", selection.reason)
+            if not selection.feasible:  # the search's feasible runs were luck at the SLO's edge
+                best = None
     recipe_path = None
     if best is not None:
         recipe = build_recipe(cfg, setup, best, outcome, plan.excluded, plan.context, idle_watts, selection)
         recipe_path = write_recipe(output_dir / "recipe.yaml", recipe)
-    infeasible = None if best is not None else diagnose_infeasible(outcome.selectable)
+    infeasible = None
+    if best is None:
+        infeasible = unreliable_finalists(selection) or diagnose_infeasible(outcome.selectable)
     _write_results(output_dir, [*outcome.results, *(replace(r, role="finalist") for r in remeasured)])
     _write_config(output_dir, cfg)
     write_report(
@@ -137,6 +141,18 @@ def _warn_if_busy(target: TargetSpec) -> None:
             load,
             target.cores,
         )
+
+
+def unreliable_finalists(selection: Selection | None) -> UserError | None:
+    """The error of a run whose finalists all missed the SLO when measured again, if it is one."""
+    if selection is None or selection.feasible:
+        return None
+    return UserError(
+        "workload.slo",
+        f"{selection.reason}: the search's runs met the SLO once, near its edge",
+        "loosen workload.slo or lower workload.rate (report.md has every run's latency), "
+        "or raise search.finalist_rounds to see how often each candidate meets it",
+    )
 
 
 def diagnose_infeasible(results: list[CandidateResult]) -> UserError:

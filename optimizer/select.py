@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from optimizer.config import SloConfig
+from optimizer.measure.latency import percentile_key
 from optimizer.results import MEASURED, CandidateResult
 
 
@@ -53,6 +54,20 @@ def pareto_front(results: Sequence[CandidateResult]) -> list[CandidateResult]:
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
 
 
+def t95(df: int) -> float:
+    """Student's t for a two-sided 95% interval: the table to 10 degrees of freedom, then the
+    Cornish-Fisher series in 1/df (within 0.001 of the exact value from 11 on)."""
+    if df in T95:
+        return T95[df]
+    z = 1.959964
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
+
+
 @dataclass(frozen=True)
 class Finalist:
     """One finalist's re-measured figures. `headroom`: the least of 1 - p/SLO over the latency
@@ -78,13 +93,18 @@ class Selection:
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    @property
+    def feasible(self) -> bool:
+        """Whether the winner met the SLO in every re-measurement (else none of them did)."""
+        return next(f.feasible for f in self.finalists if f.key == self.winner)
+
 
 def interval(samples: Sequence[float]) -> tuple[float, float, float]:
     """Mean and a 95% interval of the mean (Student t); one sample has an unbounded interval."""
     mean = statistics.fmean(samples)
     if len(samples) < 2:
         return mean, -math.inf, math.inf
-    half = T95.get(len(samples) - 1, 2.0) * statistics.stdev(samples) / math.sqrt(len(samples))
+    half = t95(len(samples) - 1) * statistics.stdev(samples) / math.sqrt(len(samples))
     return mean, mean - half, mean + half
 
 
@@ -93,13 +113,19 @@ def latency_headroom(result: CandidateResult, slo: SloConfig) -> float | None:
     if result.performance is None:
         return None
     latency = result.performance.latency
-    key = f"p{slo.percentile:g}"
-    margins = [
-        1 - values.get(key, values.get("p90", 0.0)) / target
+    key = percentile_key(slo.percentile)
+    margins = [  # (a summary stored before it kept the SLO's percentile: the next one above)
+        1 - values.get(key, _next_above(values, slo.percentile)) / target
         for target, values in ((slo.tpot_ms, latency.tpot_ms), (slo.ttft_ms, latency.ttft_ms))
         if target
     ]
     return min(margins) if margins else None
+
+
+def _next_above(values: dict[str, float], q: float) -> float:
+    """The summary's value at the smallest percentile above q (p99 for p95): never optimistic."""
+    above = sorted((float(k[1:]), v) for k, v in values.items() if float(k[1:]) >= q)
+    return above[0][1] if above else max(values.values(), default=0.0)
 
 
 def select_finalist(
@@ -127,9 +153,11 @@ def select_finalist(
         )
     ranked = sorted(finalists, key=lambda f: (f.feasible, f.mean), reverse=True)
     winner, runner_up = ranked[0], ranked[1]
-    distinguishable = runner_up.feasible is False or winner.low > runner_up.high
+    # an infeasible winner means none stayed feasible: no finalist is ahead of another then
+    distinguishable = winner.feasible and (runner_up.feasible is False or winner.low > runner_up.high)
     reason = (
-        f"{winner.label}: {winner.mean:.3g} goodput tok/J [{winner.low:.3g}, {winner.high:.3g}] re-measured"
+        ("no finalist met the SLO in every re-measurement; the best, " if not winner.feasible else "")
+        + f"{winner.label}: {winner.mean:.3g} goodput tok/J [{winner.low:.3g}, {winner.high:.3g}] re-measured"
         + (
             f", above {runner_up.label}'s [{runner_up.low:.3g}, {runner_up.high:.3g}]"
             if distinguishable

@@ -92,7 +92,8 @@ class TargetSpec:
             "cpu_model": self.cpu_model,
             "cores": self.cores,
             "memory_gib": round(self.memory_bytes / GIB, 1),
-            "gpu": asdict(self.gpu) if self.gpu else None,
+            # the board, not its CUDA number: a worker that sees only its own GPU calls it 0
+            "gpu": {k: v for k, v in asdict(self.gpu).items() if k != "index"} if self.gpu else None,
             "python": platform.python_version(),
             "platform": f"{platform.system()}-{platform.machine()}",
             "packages": package_versions(),

@@ -165,6 +165,15 @@ class WorkloadConfig:
     def serving(self) -> bool:
         return self.kind == "serving"
 
+    def longest_request_tokens(self) -> int:
+        """Prompt and output tokens of the longest request this workload can make: what an engine
+        that reserves whole requests (continuous batching's paged cache) sizes each slot for. A
+        conversation's last turn resends every earlier prompt and answer."""
+        if not self.serving:
+            return self.prompt_tokens + self.max_new_tokens
+        first = max(self.prompt_lengths.max, self.shared_prefix_tokens + 1)
+        return first + (self.turns - 1) * self.prompt_lengths.max + self.turns * self.output_lengths.max
+
     def load_rates(self) -> list[float]:
         """The offered loads measured: `rates` (sorted, with `rate` in it), or `rate` alone."""
         return sorted({*self.rates, self.rate}) if self.rates else [self.rate]

@@ -274,12 +274,14 @@ class NvmlMeter:
         t0 = self.clock()
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
-        yield measurement
-        self._sync()
-        end_mj = self._energy_mj() if self.has_counter else 0
-        t1 = self.clock()
-        stop.set()
-        poller.join()
+        try:  # a window that raises (a candidate's timeout, an OOM) must not leave its poller running
+            yield measurement
+            self._sync()
+            end_mj = self._energy_mj() if self.has_counter else 0
+            t1 = self.clock()
+        finally:
+            stop.set()
+            poller.join()
         samples.append((t1, self._power_watts()))
         measurement.seconds = t1 - t0
         measurement.polled_joules = integrate_power(samples, t0, t1)

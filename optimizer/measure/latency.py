@@ -21,6 +21,11 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+def percentile_key(q: float) -> str:
+    """The summary's key of a percentile: p90, p99.9."""
+    return f"p{q:g}"
+
+
 @dataclass(frozen=True)
 class LatencySummary:
     """Per-request latency percentiles in milliseconds: time to first token and per output token."""
@@ -30,11 +35,15 @@ class LatencySummary:
     tpot_ms: dict[str, float]
 
     @classmethod
-    def of(cls, ttft_seconds: Sequence[float], tpot_seconds: Sequence[float]) -> LatencySummary:
+    def of(
+        cls, ttft_seconds: Sequence[float], tpot_seconds: Sequence[float], slo_percentile: float = 90.0
+    ) -> LatencySummary:
+        """p50, p90, p99 and the SLO's own percentile (p95 when the SLO is set there)."""
+        quantiles = sorted({*PERCENTILES, slo_percentile})
         return cls(
             requests=len(ttft_seconds),
-            ttft_ms={f"p{q}": 1000 * percentile(ttft_seconds, q) for q in PERCENTILES},
-            tpot_ms={f"p{q}": 1000 * percentile(tpot_seconds, q) for q in PERCENTILES},
+            ttft_ms={percentile_key(q): 1000 * percentile(ttft_seconds, q) for q in quantiles},
+            tpot_ms={percentile_key(q): 1000 * percentile(tpot_seconds, q) for q in quantiles},
         )
 
     def to_dict(self) -> dict[str, object]:

@@ -382,7 +382,7 @@ def measure_serving(
         ),
         tokens_per_second=Spread.of([w.output_tokens / w.seconds if w.seconds > 0 else 0.0 for w in windows]),
         watts=Spread.of([w.joules / w.seconds if w.seconds > 0 else 0.0 for w in windows]),
-        latency=LatencySummary.of(ttfts, tpots),
+        latency=LatencySummary.of(ttfts, tpots, slo.percentile),
         slo_violations=slo_violations(ttfts, tpots, slo),
         goodput_fraction=sum(w.goodput_tokens for w in windows) / output if output else 0.0,
         serving=summarize(runs, stream, rate),

@@ -106,10 +106,22 @@ def _streams(
             raise UserError(
                 "workload.rates", "a trace is replayed at its own arrival times", "drop workload.rates"
             )
-        return {
-            cfg.rate: read_trace(Path(cfg.trace).expanduser(), tokenizer, text, _context_length(model_path))
-        }
+        trace = read_trace(Path(cfg.trace).expanduser(), tokenizer, text, _context_length(model_path))
+        _check_steady_state(len(trace.requests), cfg)
+        return {cfg.rate: trace}
     return {rate: generate_stream(cfg, text, rate) for rate in cfg.load_rates()}
+
+
+def _check_steady_state(requests: int, cfg: WorkloadConfig) -> None:
+    """A trace must leave requests between its warm-up and its drain (the workload's own count is
+    checked with the config): with none, the energy window would open and close at once."""
+    if cfg.warmup_requests + cfg.drain_requests >= requests - 1:
+        raise UserError(
+            "workload.trace",
+            f"has {requests} requests: none left for a steady state after {cfg.warmup_requests} warm-up "
+            f"and {cfg.drain_requests} drain requests",
+            "record a longer trace, or lower workload.warmup_requests / workload.drain_requests",
+        )
 
 
 def _context_length(model_path: Path) -> int | None:

@@ -246,7 +246,7 @@ def measure_performance(
         ),
         tokens_per_second=Spread.of([w.output_tokens / w.seconds for w in windows]),
         watts=Spread.of([w.joules / w.seconds for w in windows]),
-        latency=LatencySummary.of(ttfts, tpots),
+        latency=LatencySummary.of(ttfts, tpots, cfg.slo.percentile),
         slo_violations=slo_violations(ttfts, tpots, cfg.slo),
         goodput_fraction=sum(w.goodput_tokens for w in windows) / total_tokens if total_tokens else 0.0,
     )

@@ -205,12 +205,15 @@ def warm_start(
 
 
 def _axes(candidates: Sequence[Candidate]) -> dict[str, list[Any]]:
-    """Each setting that varies among the candidates, with its values in a stable order."""
-    values: dict[str, list[Any]] = {}
-    for candidate in candidates:
-        for name, value in candidate.axes().items():
-            column = values.setdefault(name, [])
-            if value not in column:
+    """Each setting that varies among the candidates, with its values in a stable order. A setting
+    some backends lack (continuous batching's page size beside static batching) takes None for
+    their candidates: every candidate is then a point of the same categorical space."""
+    settings = [candidate.axes() for candidate in candidates]
+    names = list(dict.fromkeys(name for axes in settings for name in axes))
+    values: dict[str, list[Any]] = {name: [] for name in names}
+    for axes in settings:
+        for name, column in values.items():
+            if (value := axes.get(name)) not in column:
                 column.append(value)
     return {
         name: sorted(column, key=lambda v: (str(type(v)), v))

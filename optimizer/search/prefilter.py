@@ -33,7 +33,10 @@ def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: Wor
     # The embedding (tied with the LM head here) is replicated; the layers are sharded.
     embedding = shape.vocab_size * shape.hidden_size
     weights = (embedding + (shape.num_parameters - embedding) / degree) * fp.weight_bytes
-    tokens = batch * (prompt + workload.max_new_tokens)
+    # every sequence of the batch at the workload's longest request (a stream's, not the offline
+    # fields'), or the candidate's fixed cache, which must still hold one such request
+    sequence = workload.longest_request_tokens()
+    tokens = max(fp.kv_cache_tokens, sequence) if fp.kv_cache_tokens else batch * sequence
     kv = tokens * shape.kv_bytes_per_token(fp.kv_bytes) * fp.kv_on_device_fraction / degree
     # Prefill activations (a few hidden-size buffers per token) and the float32 logits.
     prefill = batch * prompt * shape.hidden_size * fp.activation_bytes * 8

@@ -33,6 +33,8 @@ from optimizer.store.tables import (
 
 log = logging.getLogger(__name__)
 
+GAP_LOOKBACK_ROWS = 64  # rows numbered but not yet committed when read: a few per worker
+
 
 class TrialStore(Leases):
     """The results of one context, as seen by one worker of one run."""
@@ -45,6 +47,11 @@ class TrialStore(Leases):
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self._records: dict[str, dict[str, Any]] = {}
         self._last_seq = 0
+        # PostgreSQL numbers a row when it is inserted, not when it commits: a row numbered below
+        # one already read may commit later. Re-read that many numbers back (SQLite serializes
+        # its writers, so numbers arrive in commit order there).
+        self.lookback_rows = 0 if self.url.startswith("sqlite") else GAP_LOOKBACK_ROWS
+        self._recent: set[int] = set()  # numbers read within the lookback
         self.reload()
 
     # --- results -------------------------------------------------------------------------------
@@ -52,26 +59,38 @@ class TrialStore(Leases):
     def reload(self) -> None:
         self._records.clear()
         self._last_seq = 0
+        self._recent.clear()
         self.refresh()
 
     def refresh(self) -> list[str]:
-        """Read rows written since the last read (by any worker); returns their candidate keys."""
+        """Read rows committed since the last read (by any worker); returns their candidate keys."""
+        low = max(self._last_seq - self.lookback_rows, 0)
+        self._recent = {seq for seq in self._recent if seq > low}
+        unread = trials_table.c.seq > low
+        if self._recent:
+            unread = unread & trials_table.c.seq.not_in(sorted(self._recent))
         query = (
             select(trials_table)
-            .where(trials_table.c.context == self.context, trials_table.c.seq > self._last_seq)
+            .where(trials_table.c.context == self.context, unread)
             .order_by(trials_table.c.seq)
         )
         changed = []
         with self._engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
         for row in rows:
-            self._last_seq = max(self._last_seq, row["seq"])
+            seq = row["seq"]
+            self._last_seq = max(self._last_seq, seq)
+            if self.lookback_rows:
+                self._recent.add(seq)
             if row["schema"] != STORE_SCHEMA:
                 continue
             try:
                 result = json.loads(row["result"])
             except json.JSONDecodeError:
-                log.warning("store row %s is not valid JSON; skipped", row["seq"])
+                log.warning("store row %s is not valid JSON; skipped", seq)
+                continue
+            known = self._records.get(row["candidate_key"])
+            if known is not None and (known.get("seq") or 0) > seq:  # committed late, written earlier
                 continue
             self._records[row["candidate_key"]] = dict(row) | {"result": result}  # the latest wins
             changed.append(row["candidate_key"])

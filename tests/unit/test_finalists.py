@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import replace
 
 import pytest
 
 from optimizer.config import SearchConfig, SloConfig
 from optimizer.measure.latency import LatencySummary
+from optimizer.pipeline import unreliable_finalists
 from optimizer.results import CandidateResult
 from optimizer.search.finalists import remeasure
-from optimizer.select import interval, select_finalist
+from optimizer.select import interval, select_finalist, t95
 
 from .factories import candidate_result, performance_result, torch_candidate
 
@@ -33,6 +35,15 @@ def test_interval_is_students_t_on_the_mean() -> None:
     mean, low, high = interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and high - mean == pytest.approx(4.30 / math.sqrt(3))
     assert interval([5.0])[1:] == (-math.inf, math.inf)
+    # past the table (4 finalist rounds of 3 windows: 11 degrees of freedom), not a flat 2.0
+    twelve = [float(v % 3) for v in range(12)]
+    half = interval(twelve)[2] - interval(twelve)[0]
+    assert half == pytest.approx(2.201 * statistics.stdev(twelve) / math.sqrt(12), rel=1e-3)
+
+
+@pytest.mark.parametrize(("df", "exact"), [(11, 2.2010), (15, 2.1314), (30, 2.0423), (120, 1.9799)])
+def test_t95_follows_students_t_past_its_table(df: int, exact: float) -> None:
+    assert t95(df) == pytest.approx(exact, abs=1e-3)
 
 
 def test_a_clear_winner_is_distinguishable() -> None:
@@ -129,3 +140,26 @@ def test_when_no_finalist_stays_feasible_the_selection_still_answers() -> None:
     selection = select_finalist([a, b], runs, SLO, 0.1)
     assert selection.winner == a.candidate.key()
     assert not any(f.feasible for f in selection.finalists)
+    # the ranking stays for the report, but nothing is ahead and nothing is selected
+    assert not selection.feasible and not selection.distinguishable
+    assert selection.reason.startswith("no finalist met the SLO in every re-measurement; the best, ")
+    error = unreliable_finalists(selection)
+    assert error is not None and error.field == "workload.slo"
+    assert (
+        unreliable_finalists(select_finalist([a, b], {k: [measured(4, [8.0, 8.1])] for k in runs}, SLO, 0.1))
+        is None
+    )
+
+
+def test_headroom_is_read_at_the_slos_own_percentile() -> None:
+    from optimizer.select import latency_headroom
+
+    tpots = [0.010] * 90 + [0.095] * 10  # p90 10 ms, p95 95 ms
+    slo = SloConfig(tpot_ms=100, ttft_ms=None, percentile=95)
+    result = measured(8, [10.0])
+    at_p95 = replace(result.performance, latency=LatencySummary.of([0.1] * 100, tpots, slo.percentile))
+    assert latency_headroom(replace(result, performance=at_p95), slo) == pytest.approx(0.05, abs=0.01)
+    # a summary stored without p95 is read at p99, never at the optimistic p90
+    older = replace(result.performance, latency=LatencySummary.of([0.1] * 100, tpots))
+    assert "p95" not in older.latency.tpot_ms
+    assert latency_headroom(replace(result, performance=older), slo) == pytest.approx(0.05, abs=0.01)

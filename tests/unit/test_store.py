@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,37 @@ def test_a_lost_table_creation_race_is_retried(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(module.metadata, "create_all", racing)
     module.metadata_create(engine)
     assert len(calls) == 2
+
+
+def test_a_row_committed_after_a_later_numbered_one_is_still_read(
+    tmp_path: Path, make_result, make_candidate
+) -> None:
+    """PostgreSQL numbers rows at insert: seq 3 can commit after seq 5 was read. The store
+    re-reads a window behind its last number (SQLite, which needs none, stands in here)."""
+    path = tmp_path / "t.db"
+    reader = TrialStore(path, "ctx")
+    assert reader.lookback_rows == 0  # SQLite commits in number order
+    reader.lookback_rows = 64  # as on PostgreSQL
+    early, late = (
+        make_result(candidate=make_candidate(batch_size=1)),
+        make_result(candidate=make_candidate(batch_size=2)),
+    )
+
+    def commit(result, seq: int) -> None:
+        with sqlite3.connect(path) as connection:
+            connection.execute(
+                "INSERT INTO wattsmith_trials (seq, schema, context, candidate_key, numerics_key, status, run_id,"
+                " worker, created_at, result) VALUES (?, ?, 'ctx', ?, 'n', 'measured', 'r', 'w', 0, ?)",
+                (seq, STORE_SCHEMA, result.candidate.key(), json.dumps(result.to_dict(), sort_keys=True)),
+            )
+
+    commit(late, 5)
+    assert reader.refresh() == [late.candidate.key()]
+    commit(early, 3)  # numbered before, committed after
+    assert reader.refresh() == [early.candidate.key()]
+    assert reader.get(early.candidate) == early
+    assert reader.refresh() == []  # read once
+    stale = replace(late, reason="an older measurement")
+    commit(stale, 4)  # an older row of a candidate already read at 5 must not replace it
+    assert reader.refresh() == []
+    assert reader.get(late.candidate) == late

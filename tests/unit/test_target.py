@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from dataclasses import replace
 
 import pytest
 
@@ -237,3 +238,12 @@ def test_a_gpu_target_counts_the_gpus_cuda_lets_it_use(with_gpu, monkeypatch: py
     spec = detect_target(TargetConfig(kind="cuda"))
     assert spec.device_count == 2 and spec.gpu_indices(2) == [0, 1]
     assert "device_count" not in spec.fingerprint()  # store keys do not change with the host's GPUs
+
+
+def test_the_fingerprint_names_the_board_not_its_cuda_number(with_gpu) -> None:
+    """A local worker sees only its own GPU, as index 0: its store context must be the coordinator's."""
+    with_gpu()
+    coordinator = detect_target(TargetConfig(kind="cuda", device_index=0))
+    worker = replace(coordinator, gpu=replace(coordinator.gpu, index=1))
+    assert worker.fingerprint() == coordinator.fingerprint()
+    assert coordinator.fingerprint()["gpu"]["name"] == "NVIDIA H100 80GB HBM3"

@@ -61,7 +61,9 @@ class ContinuousBatchingSpec:
 
     def footprint(self, settings: ContinuousBatchingSettings, num_layers: int) -> Footprint:
         act = PRECISION_BYTES[settings.precision]
-        return Footprint(WEIGHT_BYTES.get(settings.quantization, act), act, act)
+        return Footprint(
+            WEIGHT_BYTES.get(settings.quantization, act), act, act, kv_cache_tokens=settings.kv_cache_tokens
+        )
 
     def moved_bytes(self, settings: ContinuousBatchingSettings, num_layers: int) -> MovedBytes:
         fp = self.footprint(settings, num_layers)

@@ -154,3 +154,15 @@ def test_gpu_without_counter_falls_back_to_polled_power(readings: list[list[Any]
     assert meter.source == window.source == "nvml-power-poll"
     assert window.joules == window.polled_joules
     assert window.joules == pytest.approx(energy_at(readings, 1.4) - energy_at(readings, 0.1), rel=0.05)
+
+
+def test_a_window_that_raises_stops_its_power_poller(readings: list[list[Any]]) -> None:
+    import threading
+
+    clock = FakeClock(0.1)
+    meter = NvmlMeter([0], poll_seconds=0.001, nvml=RecordedNvml(readings, clock), clock=clock)
+    before = threading.active_count()
+    for _ in range(3):
+        with pytest.raises(RuntimeError), meter.window():
+            raise RuntimeError("the candidate ran out of memory")
+    assert threading.active_count() == before

@@ -178,3 +178,13 @@ def test_a_trace_on_an_offline_workload_is_refused_not_ignored() -> None:
         WorkloadConfig(kind="offline", trace="requests.jsonl")
     assert error.value.field == "workload.trace" and "kind=offline" in error.value.problem
     assert WorkloadConfig(kind="serving", trace="requests.jsonl").trace == "requests.jsonl"
+
+
+def test_a_trace_too_short_for_a_steady_state_is_refused() -> None:
+    from optimizer.measure.setup import _check_steady_state
+
+    cfg = WorkloadConfig(kind="serving", trace="t.jsonl", warmup_requests=4, drain_requests=4)
+    with pytest.raises(UserError) as error:
+        _check_steady_state(9, cfg)  # 4 + 4 + 1: the window would hold no request's span
+    assert error.value.field == "workload.trace" and "has 9 requests" in error.value.problem
+    _check_steady_state(10, cfg)

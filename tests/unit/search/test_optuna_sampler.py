@@ -191,3 +191,22 @@ def test_layouts_are_an_axis(make_candidate, landscape) -> None:
     assert set(sampler.axes) == {"batch_size", "replicas"}
     assert sampler.axes["replicas"] == [1, 2]  # one process is 1, not a missing value
     assert sorted(c.key() for c in drain(sampler, landscape)) == sorted(c.key() for c in space)
+
+
+def test_backends_with_different_settings_share_one_space(make_candidate, landscape) -> None:
+    """The GPU default space: continuous batching (page size, batch tokens) beside plain torch."""
+    from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+    from optimizer.space import Candidate
+
+    plain = [make_candidate(batch_size=b, precision="bf16") for b in (1, 2)]
+    served = [
+        Candidate(ContinuousBatchingSettings(max_batch_tokens=t), batch_size=b, threads=plain[0].threads)
+        for t in (256, 1024)
+        for b in (1, 2)
+    ]
+    space = plain + served
+    sampler = OptunaSampler(space, config(startup_trials=1), QualityConfig())
+    assert None in sampler.axes["max_batch_tokens"]  # plain torch has no batch-token limit
+    sampler.observe(plain[0], landscape(plain[0]))  # a stored result, told before any suggestion
+    seen = [plain[0], *drain(sampler, landscape)]
+    assert sorted(c.key() for c in seen) == sorted(c.key() for c in space)

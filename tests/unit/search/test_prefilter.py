@@ -90,3 +90,29 @@ def test_genai_cuda_builds_keep_a_half_precision_cache() -> None:
 
     assert SPEC.footprint(OrtGenaiSettings(precision="int4"), 30).kv_bytes == 4.0  # fp32 activations on CPU
     assert SPEC.footprint(OrtGenaiSettings(provider="cuda", precision="int4"), 30).kv_bytes == 2.0
+
+
+def test_a_stream_sizes_the_cache_for_its_longest_request(make_candidate, make_target) -> None:
+    """Continuous batching reserves every slot for the longest request the stream can make."""
+    from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+    from optimizer.config import LengthConfig
+    from optimizer.space import Candidate
+
+    llama8b = ModelShape(32, 4096, 32, 8, 128, 128256, 8_030_000_000)
+    stream = WorkloadConfig(
+        kind="serving",
+        prompt_lengths=LengthConfig(kind="lognormal", mean=256, min=16, max=2048, cv=0.8),
+        output_lengths=LengthConfig(kind="lognormal", mean=128, min=8, max=512, cv=0.6),
+    )
+    assert stream.longest_request_tokens() == 2048 + 512
+    chat = WorkloadConfig(kind="serving", shared_prefix_tokens=256, turns=4)  # 512 + 256 per turn
+    assert chat.longest_request_tokens() == 512 + 3 * 512 + 4 * 256
+    served = Candidate(ContinuousBatchingSettings(precision="bf16"), batch_size=256, threads=0)
+    kv = 256 * 2560 * llama8b.kv_bytes_per_token(2)  # 80 GiB of pages
+    assert estimate_memory_bytes(served, llama8b, stream) > kv + llama8b.num_parameters * 2
+    h100 = make_target(kind="cuda", memory_bytes=80 * GIB)
+    assert memory_fit_reason(served, llama8b, h100, stream) is not None
+    fixed = Candidate(
+        ContinuousBatchingSettings(precision="bf16", kv_cache_tokens=65536), batch_size=256, threads=0
+    )
+    assert memory_fit_reason(fixed, llama8b, h100, stream) is None  # 8 GiB of pages, shared by all slots
