@@ -20,6 +20,7 @@ from typing import Any
 
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
+from optimizer.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class ModelSpec:
             "format": self.format,
             "weight_sha256": self.weight_sha256,
             "revision": self.revision,
+            "trust_remote_code": self.trust_remote_code,  # a recipe's rebuild needs it again
             "num_parameters": self.shape.num_parameters,
         }
 
@@ -310,5 +312,5 @@ def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
     if memo:
         memo.parent.mkdir(parents=True, exist_ok=True)
         known[memo_key] = value
-        memo.write_text(json.dumps(known, indent=0))
+        write_atomically(memo, json.dumps(known, indent=0))  # workers hash at once
     return value

@@ -14,6 +14,7 @@ import yaml
 
 from optimizer.config import RunConfig
 from optimizer.errors import UserError
+from optimizer.files import write_atomically
 from optimizer.measure.energy import measure_idle_watts
 from optimizer.measure.setup import prepare_measurement
 from optimizer.recipe import build_recipe, write_recipe
@@ -116,11 +117,12 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
             if not selection.feasible:  # the search's feasible runs were luck at the SLO's edge
                 best = None
     recipe_path = None
+    infeasible = None
     if best is not None:
         recipe = build_recipe(cfg, setup, best, outcome, plan.excluded, plan.context, idle_watts, selection)
         recipe_path = write_recipe(output_dir / "recipe.yaml", recipe)
-    infeasible = None
-    if best is None:
+    else:  # no recipe beside this report, not even an earlier run's (output_dir may be reused)
+        (output_dir / "recipe.yaml").unlink(missing_ok=True)
         infeasible = unreliable_finalists(selection) or diagnose_infeasible(outcome.selectable)
     _write_results(output_dir, [*outcome.results, *(replace(r, role="finalist") for r in remeasured)])
     _write_config(output_dir, cfg)
@@ -216,10 +218,9 @@ def _writable_dir(path: Path, field_name: str) -> Path:
 
 
 def _write_results(output_dir: Path, results: list[CandidateResult]) -> None:
-    with (output_dir / "results.jsonl").open("w", encoding="utf-8") as handle:
-        for result in results:
-            handle.write(json.dumps(result.to_dict(), sort_keys=True) + "\n")
+    rows = "".join(json.dumps(result.to_dict(), sort_keys=True) + "\n" for result in results)
+    write_atomically(output_dir / "results.jsonl", rows)
 
 
 def _write_config(output_dir: Path, cfg: RunConfig) -> None:
-    (output_dir / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    write_atomically(output_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))

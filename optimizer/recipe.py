@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from optimizer.config import (
+    ENERGY_SOURCES,
     LengthConfig,
     ModelConfig,
     QualityConfig,
@@ -25,6 +26,7 @@ from optimizer.config import (
     WorkloadConfig,
 )
 from optimizer.errors import UserError
+from optimizer.files import write_atomically
 from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import estimate_coefficients
 from optimizer.measure.setup import MeasurementSetup
@@ -196,8 +198,7 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
         "# wattsmith recipe: deployment settings selected by measurement, with the evidence.\n"
         "# Rebuild: optimizer.load_recipe(path). Re-measure here: optimize verify <this file>.\n"
     )
-    path.write_text(header + yaml.safe_dump(recipe, sort_keys=False, width=110))
-    return path
+    return write_atomically(path, header + yaml.safe_dump(recipe, sort_keys=False, width=110))
 
 
 @dataclass(frozen=True)
@@ -258,8 +259,12 @@ def read_recipe(path: Path | str) -> Recipe:
             path=path,
             data=data,
             candidate=Candidate.from_dict(data["settings"]),
-            model=ModelConfig(source=str(model["source"]), revision=model.get("revision")),
-            target=_target_of(str(data["target"]["kind"]), measurement),
+            model=ModelConfig(
+                source=str(model["source"]),
+                revision=model.get("revision"),
+                trust_remote_code=bool(model.get("trust_remote_code", False)),
+            ),
+            target=_target_of(str(data["target"]["kind"]), measurement, data["evidence"]["energy"]["source"]),
             workload=WorkloadConfig(**workload),
             quality=QualityConfig(**measurement["quality"]),
         )
@@ -292,10 +297,11 @@ def _check_evidence(data: dict[str, Any], path: Path) -> None:
         raise UserError("recipe.evidence.quality", f"{path}: is missing", "restore it from git")
 
 
-def _target_of(kind: str, measurement: dict[str, Any]) -> TargetConfig:
-    """The target kind and the estimate's coefficients a recipe was measured with (the defaults
-    for a recipe written before they were recorded)."""
-    target = TargetConfig(kind=kind)
+def _target_of(kind: str, measurement: dict[str, Any], source: str) -> TargetConfig:
+    """The target kind, the energy source and the estimate's coefficients a recipe was measured
+    with (the default coefficients for a recipe written before they were recorded). The source is
+    asked for by name: an estimated recipe re-checked on a host with RAPL is estimated again."""
+    target = TargetConfig(kind=kind, energy_source=source if source in ENERGY_SOURCES else "auto")
     recorded = measurement.get("energy_estimate")
     if recorded is None:
         return target
@@ -305,8 +311,8 @@ def _target_of(kind: str, measurement: dict[str, Any]) -> TargetConfig:
             f"is {recorded!r}",
             "a mapping of cpu_active_watts_per_core and cpu_idle_watts_per_core; restore it from git",
         )
-    return TargetConfig(
-        kind=kind,
+    return replace(
+        target,
         cpu_active_watts_per_core=float(recorded["cpu_active_watts_per_core"]),
         cpu_idle_watts_per_core=float(recorded["cpu_idle_watts_per_core"]),
     )
@@ -335,7 +341,7 @@ def load_recipe(path: Path | str, model_source: str | None = None, cache_dir: Pa
 
 
 def model_config_for(recipe: Recipe, model_source: str | None) -> ModelConfig:
-    return ModelConfig(source=model_source or recipe.model.source, revision=recipe.model.revision)
+    return replace(recipe.model, source=model_source or recipe.model.source)
 
 
 def check_weights(recipe: Recipe, weight_sha256: str) -> None:

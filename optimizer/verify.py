@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.config import SloConfig
+from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import measure_idle_watts
 from optimizer.measure.setup import prepare_measurement
 from optimizer.measure.workload import PerformanceResult
@@ -93,6 +94,12 @@ def verify_recipe(
             recorded_text == setup.text_sha256,
         ),
         Check("device", recorded_device, here_device, recorded_device == here_device),
+        Check(
+            "measurement protocol",
+            str(recipe.data["measurement"].get("protocol_version")),
+            str(PROTOCOL_VERSION),
+            recipe.data["measurement"].get("protocol_version") == PROTOCOL_VERSION,
+        ),
         Check("energy source", energy["source"], setup.meter.source, energy["source"] == setup.meter.source),
     ]
     recorded_stream = (evidence.get("serving") or {}).get("stream_sha256")
@@ -189,7 +196,9 @@ def _latency_text(ttft_ms: dict[str, float], tpot_ms: dict[str, float], percenti
 
 
 def _device_name(fingerprint: dict[str, object], key: str) -> str:
+    """The GPU's name; the CPU's model and cores (the estimate charges idle watts per core, and
+    RAPL meters the whole package: another core count is another energy figure)."""
     value = fingerprint.get(key)
     if isinstance(value, dict):
         return str(value.get("name"))
-    return str(value)
+    return f"{value}, {fingerprint.get('cores')} cores"

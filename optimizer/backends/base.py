@@ -88,6 +88,7 @@ class Footprint:
     prompt_logits: bool = False  # prefill returns logits for every prompt token, not only the last
     kv_on_device_fraction: float = 1.0
     kv_cache_tokens: int = 0  # a KV cache of this many tokens whatever the batch; 0: sized by the batch
+    embedding_bytes: float | None = None  # per embedding parameter where a scheme leaves it alone
 
 
 @dataclass(frozen=True)

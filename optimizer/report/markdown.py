@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from optimizer.config import AccountingConfig, RunConfig
 from optimizer.errors import UserError
+from optimizer.files import write_atomically
 from optimizer.measure.quality import QualityResult
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import Spread
@@ -125,9 +126,7 @@ def write_report(
         for reason, count in Counter(reason for _, reason in excluded).most_common():
             lines.append(f"- {count} × {reason}")
         lines.append("")
-    path = output_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_atomically(output_dir / "report.md", "\n".join(lines) + "\n")
 
 
 def _slo_text(cfg: RunConfig) -> str:

@@ -16,6 +16,9 @@ from optimizer.store import context_key
 
 # An offline measurement depends on these workload fields only (serving fields are not read).
 OFFLINE_FIELDS = ("prompt_tokens", "max_new_tokens", "min_window_seconds", "repeats", "warmup_batches", "slo")
+# A stream's windows are its requests: these offline fields change nothing it measures (the
+# prompt pool's length and new tokens still drive the greedy-parity check at build).
+NOT_SERVING_FIELDS = ("idle_seconds", "min_window_seconds", "warmup_batches")
 
 
 def protocol(
@@ -25,11 +28,13 @@ def protocol(
     the protocol's version (optimizer/measure/__init__.py), the workload, the quality text (by
     content), how quality is scored, the energy source and, for the estimate, its coefficients.
     A serving protocol names its request stream by content (`stream_sha256`)."""
-    workload = {k: v for k, v in asdict(cfg.workload).items() if k != "idle_seconds"}
+    workload = asdict(cfg.workload)
     if not cfg.workload.serving:
         workload = {k: workload[k] for k in OFFLINE_FIELDS}
-    elif stream_sha256 is not None:
-        workload["stream_sha256"] = stream_sha256
+    else:
+        workload = {k: v for k, v in workload.items() if k not in NOT_SERVING_FIELDS}
+        if stream_sha256 is not None:
+            workload["stream_sha256"] = stream_sha256
     parts: dict[str, Any] = {
         "protocol_version": PROTOCOL_VERSION,
         "workload": workload,

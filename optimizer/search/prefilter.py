@@ -32,7 +32,8 @@ def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: Wor
     batch, prompt = math.ceil(candidate.batch_size / candidate.replicas), workload.prompt_tokens
     # The embedding (tied with the LM head here) is replicated; the layers are sharded.
     embedding = shape.vocab_size * shape.hidden_size
-    weights = (embedding + (shape.num_parameters - embedding) / degree) * fp.weight_bytes
+    embedding_bytes = fp.weight_bytes if fp.embedding_bytes is None else fp.embedding_bytes
+    weights = embedding * embedding_bytes + (shape.num_parameters - embedding) / degree * fp.weight_bytes
     # every sequence of the batch at the workload's longest request (a stream's, not the offline
     # fields'), or the candidate's fixed cache, which must still hold one such request
     sequence = workload.longest_request_tokens()

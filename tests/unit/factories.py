@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from optimizer.config import QualityConfig, WorkloadConfig
+from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.latency import LatencySummary
 from optimizer.measure.quality import QualityResult
 from optimizer.measure.workload import PerformanceResult, Spread, WindowResult
@@ -152,6 +153,7 @@ def recipe_data() -> dict[str, Any]:
             "quality": asdict(quality),
             "quality_text_sha256": "cd" * 32,
             "idle_watts": 3.0,
+            "protocol_version": PROTOCOL_VERSION,
         },
         "evidence": {
             "energy": {"source": "estimate", "is_estimate": True, "goodput_tokens_per_joule": {"mean": 2.0}},

@@ -155,6 +155,9 @@ def finalist_keys(out: Path) -> set[str]:
 
 def test_impossible_slo_is_reported_not_recipe(first: RunResult, run) -> None:
     root, optimize = run
+    stale = root / "infeasible" / "recipe.yaml"  # an earlier run's, in a reused output_dir
+    stale.parent.mkdir()
+    stale.write_text("schema: an earlier selection\n")
     result = optimize("infeasible", "workload.slo.tpot_ms=0.0001")
     assert result.infeasible is not None
     assert result.infeasible.field.startswith("workload.slo")

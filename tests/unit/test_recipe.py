@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from optimizer.config import QualityConfig, WorkloadConfig
+from optimizer.config import ModelConfig, QualityConfig, WorkloadConfig
 from optimizer.errors import UserError
 from optimizer.recipe import (
     check_weights,
@@ -285,3 +285,20 @@ def test_checked_in_recipes_keep_their_settings_and_keys(path: Path) -> None:
     settings = yaml.safe_load(path.read_text())["settings"]
     assert recipe.candidate.to_dict() == settings  # no layout field appears in a one-process recipe
     assert recipe.candidate.replicas == recipe.candidate.tensor_parallel == 1
+
+
+def test_a_recipe_is_rebuilt_with_its_energy_source_and_remote_code_setting(
+    tmp_path: Path, recipe_dict: dict[str, Any]
+) -> None:
+    """An estimated recipe checked on a host with RAPL is estimated again (else its source check
+    fails forever); a model that needs its own code gets it again."""
+    assert read_recipe(_write(tmp_path / "a.yaml", recipe_dict)).target.energy_source == "estimate"
+    polled = copy.deepcopy(recipe_dict)
+    polled["evidence"]["energy"]["source"] = "nvml-power-poll"  # a fallback, not a source to ask for
+    assert read_recipe(_write(tmp_path / "b.yaml", polled)).target.energy_source == "auto"
+    custom = copy.deepcopy(recipe_dict)
+    custom["model"]["trust_remote_code"] = True
+    recipe = read_recipe(_write(tmp_path / "c.yaml", custom))
+    assert recipe.model.trust_remote_code is True
+    assert model_config_for(recipe, "/elsewhere") == ModelConfig(source="/elsewhere", trust_remote_code=True)
+    assert read_recipe(_write(tmp_path / "d.yaml", recipe_dict)).model.trust_remote_code is False

@@ -90,12 +90,11 @@ def measured_here(
     lock_path = tmp_path / "device.lock"
     seen: dict[str, Any] = {}
 
-    def setup(text_sha256: str) -> SimpleNamespace:
+    def setup(text_sha256: str, cores: int) -> SimpleNamespace:
         model = SimpleNamespace(weight_sha256=WEIGHT_SHA)
         meter = SimpleNamespace(source="estimate")
-        return SimpleNamespace(
-            model=model, target=make_target(), meter=meter, text_sha256=text_sha256, stream=None
-        )
+        target = make_target(cores=cores)
+        return SimpleNamespace(model=model, target=target, meter=meter, text_sha256=text_sha256, stream=None)
 
     def idle(meter: Any, seconds: float) -> float:
         with lock_path.open("a") as handle:
@@ -117,9 +116,9 @@ def measured_here(
             perf = make_performance(goodput_tokens_per_joule=2.0)
             return make_result(candidate=candidate, quality=make_quality(), performance=perf)
 
-    def run(text_sha256: str = "cd" * 32) -> verify.VerifyReport:
-        monkeypatch.setattr(verify, "prepare_measurement", lambda *a: setup(text_sha256))
-        return verify.verify_recipe(_recipe(tmp_path))
+    def run(text_sha256: str = "cd" * 32, cores: int = 2, **measurement: Any) -> verify.VerifyReport:
+        monkeypatch.setattr(verify, "prepare_measurement", lambda *a: setup(text_sha256, cores))
+        return verify.verify_recipe(_recipe(tmp_path, **measurement))
 
     monkeypatch.setattr(verify, "measure_idle_watts", idle)
     monkeypatch.setattr(verify, "Evaluator", FakeEvaluator)
@@ -143,3 +142,17 @@ def test_verify_holds_the_device_lock(measured_here) -> None:
     assert report.passed, report.render()
     assert seen["idle_locked"] is True
     assert isinstance(seen["device"], DeviceLock) and seen["device"].path == lock_path
+
+
+def test_verify_compares_the_cores_and_the_measurement_protocol(measured_here) -> None:
+    """The estimate charges idle watts per core and RAPL meters the package: 8 cores of the same
+    CPU give other joules than the recipe's 2; another protocol measures something else."""
+    run, _seen, _lock = measured_here
+    checks = {c.name: c for c in run(cores=8).checks}
+    assert not checks["device"].passed
+    assert (checks["device"].recorded, checks["device"].measured) == (
+        "Test CPU, 2 cores",
+        "Test CPU, 8 cores",
+    )
+    older = {c.name: c for c in run(protocol_version=1).checks}
+    assert not older["measurement protocol"].passed and older["measurement protocol"].recorded == "1"

@@ -105,6 +105,7 @@ class LlamaCppEngine:
                 log.info("re-making the llama.cpp context for %d tokens per sequence", self.sequence_tokens)
                 self._ctx.close()
                 self._ctx = None
+                self._slots.cached.clear()  # the new context holds no cells: nothing to match
             self._ctx = native.Context(
                 self.model,
                 self.vocab,
@@ -185,6 +186,17 @@ class LlamaCppEngine:
                 self._cond.wait(0.1)
             self._slots.drop_all()
             self._done.clear()
+            if self._ctx is not None:
+                self._ctx.clear()
+
+    def forget_cached_prefixes(self) -> None:
+        """Start the next run of a stream with no prefix cached: a free slot keeps its cells for
+        later matches, so a repeated run would find its own prompts from the run before and
+        measure a reuse no fresh deployment sees. The counters go on."""
+        with self._cond:
+            if self._slots.busy or self._stepping:
+                return
+            self._slots.cached.clear()
             if self._ctx is not None:
                 self._ctx.clear()
 

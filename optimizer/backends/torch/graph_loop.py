@@ -41,11 +41,15 @@ class GraphDecoder:
         self.model = model
         self.prompt_tokens = prompt_tokens
         self.new_tokens = new_tokens
-        self.cache = StaticCache(config=model.config, max_cache_len=prompt_tokens + new_tokens)
+        # capture runs WARMUP_STEPS steps and the captured one after a prefill: a short answer's
+        # output and cache still need their columns (on CUDA an index past them is a sticky
+        # device-side assert that fails every later candidate of the process)
+        room = max(new_tokens, WARMUP_STEPS + 2)
+        self.cache = StaticCache(config=model.config, max_cache_len=prompt_tokens + room)
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.step_index = torch.zeros(1, dtype=torch.long, device=device)
-        self.output = torch.zeros(batch_size, new_tokens, dtype=torch.long, device=device)
+        self.output = torch.zeros(batch_size, room, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self._cache_argument = cache_argument(model)
         self._decode = torch.compile(self._forward, dynamic=False) if compiled else self._forward
@@ -102,4 +106,4 @@ class GraphDecoder:
         for _ in range(self.new_tokens - 1):
             self.graph.replay()
         torch.cuda.synchronize()
-        return self.output.clone(), first - start, time.perf_counter() - start
+        return self.output[:, : self.new_tokens].clone(), first - start, time.perf_counter() - start

@@ -48,7 +48,11 @@ class TorchSpec:
         kv = kv_element_bytes(settings.kv_cache, act)
         # an offloaded cache keeps only the layers in flight on the device
         on_device = 2 / num_layers if settings.kv_cache.startswith("offloaded") else 1.0
-        return Footprint(WEIGHT_BYTES.get(settings.quantization, act), act, kv, False, on_device)
+        # quantization replaces Linear layers: the embedding (tied to lm_head) keeps its precision
+        embedding = act if settings.quantization != "none" else None
+        return Footprint(
+            WEIGHT_BYTES.get(settings.quantization, act), act, kv, False, on_device, embedding_bytes=embedding
+        )
 
     def moved_bytes(self, settings: TorchSettings, num_layers: int) -> MovedBytes:
         """The footprint counts no scales or buffers: the same numbers bound what moves."""

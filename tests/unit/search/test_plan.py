@@ -41,3 +41,21 @@ def test_the_estimates_coefficients_key_estimated_results_only(override: str) ->
     assert key(override, source="nvml") == key(source="nvml")
     parts: dict[str, Any] = plan.protocol(compose_run_config([override]), TEXT, "estimate")
     assert set(parts["estimate_coefficients"]) == {"cpu_active_watts_per_core", "cpu_idle_watts_per_core"}
+
+
+@pytest.mark.parametrize(
+    ("override", "same_stream", "same_batch"),
+    [
+        ("workload.min_window_seconds=9", True, False),  # a stream's windows are its requests
+        ("workload.warmup_batches=3", True, False),
+        ("workload.idle_seconds=1", True, True),
+        ("workload.max_new_tokens=48", False, False),  # the greedy-parity check at build reads it
+        ("workload.rate=3", False, True),
+        ("workload.output_lengths.max=128", False, True),
+    ],
+)
+def test_each_kind_of_workload_is_keyed_by_the_fields_it_measures_with(
+    override: str, same_stream: bool, same_batch: bool
+) -> None:
+    assert (key("workload=chat", override) == key("workload=chat")) is same_stream
+    assert (key("workload=batch", override) == key("workload=batch")) is same_batch

@@ -229,3 +229,32 @@ def test_prefix_sharing_reuses_a_conversations_cells_with_the_same_tokens(gguf: 
     finally:
         sharing.close()
         plain.close()
+
+
+def test_a_new_run_or_a_re_made_context_matches_no_earlier_prompt(gguf: Path) -> None:
+    """A run of a stream starts cold (forget_cached_prefixes), and a context re-made for longer
+    requests holds no cells: an old match there would decode from cells that are gone."""
+    prompt = prompts(1, 40, seed=7)[0].tolist()
+
+    def serve(engine: LlamaCppEngine) -> tuple[int, ...]:
+        engine.submit(prompt, 6)
+        done = engine.collect(30.0)
+        assert len(done) == 1 and done[0].error is None
+        return done[0].token_ids
+
+    plain = LlamaCppEngine(gguf, LlamaCppSettings(), threads=1, sequences=1)
+    sharing = LlamaCppEngine(gguf, LlamaCppSettings(prefix_sharing=True), threads=1, sequences=1)
+    try:
+        plain.reserve(64)
+        want = serve(plain)
+        sharing.reserve(64)
+        assert serve(sharing) == want
+        sharing.forget_cached_prefixes()
+        assert serve(sharing) == want
+        assert sharing.prefix_counters()["hits"] == 0  # the second run found nothing of the first
+        sharing.reserve(600)  # re-made for longer requests, after a run left its prompt cached
+        assert serve(sharing) == want
+        assert sharing.prefix_counters()["hits"] == 0
+    finally:
+        plain.close()
+        sharing.close()

@@ -1,0 +1,17 @@
+"""Files written whole or not at all: a crash mid-write leaves the previous file, never half of one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_atomically(path: Path, text: str) -> Path:
+    """Write `text` beside `path`, then rename it over `path` (atomic on one filesystem)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
