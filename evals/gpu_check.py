@@ -226,7 +226,13 @@ def run_optimize(name: str, overrides: list[str], work: Path, out: Path) -> dict
             f"cache_dir={work / 'cache'}",
         ]
     )
-    result = optimize(cfg)
+    started = time.time()
+    try:
+        result = optimize(cfg)
+    except KeyboardInterrupt:  # the section's time limit: the finished candidates are in the store
+        rows = rows_since(work / "trials.db", started)
+        print(f"interrupted at the section's time limit; {len(rows)} rows from the store", flush=True)
+        return {"overrides": overrides, "best": None, "baseline": None, "interrupted": True, "rows": rows}
     for file in ("recipe.yaml", "report.md"):
         if (run_dir / file).is_file():
             shutil.copy(run_dir / file, out / f"{name}-{file}")
@@ -237,6 +243,21 @@ def run_optimize(name: str, overrides: list[str], work: Path, out: Path) -> dict
         "infeasible": str(result.infeasible) if result.infeasible else None,
         "rows": [row_of(r) for r in result.results],
     }
+
+
+def rows_since(store_path: Path, since: float) -> list[dict[str, Any]]:
+    """Every result the store took since `since` (this section's: sections run one at a time)."""
+    from sqlalchemy import select
+
+    from optimizer.results import CandidateResult
+    from optimizer.store import open_database, trials_table
+
+    query = (
+        select(trials_table.c.result).where(trials_table.c.created_at >= since).order_by(trials_table.c.seq)
+    )
+    with open_database(store_path).connect() as connection:
+        stored = connection.execute(query).scalars().all()
+    return [row_of(CandidateResult.from_dict(json.loads(text))) for text in stored]
 
 
 def common_overrides(args: argparse.Namespace) -> list[str]:
@@ -330,43 +351,48 @@ def profile_section(args: argparse.Namespace) -> dict[str, Any]:
         engine: Any = build_engine(model, Candidate(settings, batch, 0), target, work / "cache")
         ids = torch.randint(0, 49152, (batch, PROMPT_TOKENS if not args.cpu_smoke else 16), device=device)
         entry: dict[str, Any] = {}
+        decoder: Any = None
         try:
-            if args.cpu_smoke:  # no captured loop on a CPU: profile one plain forward
-                step = functools.partial(engine.model, input_ids=ids[:, -1:])
-                entry["eager_step"] = profile_steps(step, 3, device).to_dict()
-            else:
-                decoder = engine.graph_decoder(batch, PROMPT_TOKENS, NEW_TOKENS)
-                tokens, ttft, total = decoder.generate(ids)  # compile + capture + one full run
-                timings = [decoder.generate(ids) for _ in range(2)]
-                entry["tpot_ms"] = [1000 * (t - f) / (NEW_TOKENS - 1) for _, f, t in timings]
-                entry["ttft_ms"] = [1000 * f for _, f, _ in timings]
-                decoder.prefill(ids)
-                eager = profile_steps(decoder.step, 8, device)
-                decoder.prefill(ids)
-                assert decoder.graph is not None
-                replay = profile_steps(decoder.graph.replay, 8, device)
-                prefill = profile_steps(functools.partial(decoder.prefill, ids), 2, device)
-                entry |= {
-                    "eager_step": eager.to_dict(),
-                    "captured_step": replay.to_dict(),
-                    "prefill": prefill.to_dict(),
-                }
-                markdown += [
-                    f"## {key}: captured decode step (CUDA graph replays)\n",
-                    f"TPOT measured over full generations: {', '.join(f'{v:.2f}' for v in entry['tpot_ms'])} ms;"
-                    f" TTFT (prefill) {', '.join(f'{v:.0f}' for v in entry['ttft_ms'])} ms\n",
-                    replay.markdown(),
-                    f"\n## {key}: the same step launched eagerly (host gaps visible)\n",
-                    eager.markdown(),
-                    f"\n## {key}: prefill of {batch} x {PROMPT_TOKENS} tokens (eager)\n",
-                    prefill.markdown(),
-                    "",
-                ]
+            # as TorchEngine.generate runs it: without autograd, a batch-1024 prefill would keep
+            # every activation alive through the KV cache (~185 GB) and profile a training graph
+            with torch.inference_mode():
+                if args.cpu_smoke:  # no captured loop on a CPU: profile one plain forward
+                    step = functools.partial(engine.model, input_ids=ids[:, -1:])
+                    entry["eager_step"] = profile_steps(step, 3, device).to_dict()
+                else:
+                    decoder = engine.graph_decoder(batch, PROMPT_TOKENS, NEW_TOKENS)
+                    tokens, ttft, total = decoder.generate(ids)  # compile + capture + one full run
+                    timings = [decoder.generate(ids) for _ in range(2)]
+                    entry["tpot_ms"] = [1000 * (t - f) / (NEW_TOKENS - 1) for _, f, t in timings]
+                    entry["ttft_ms"] = [1000 * f for _, f, _ in timings]
+                    decoder.prefill(ids)
+                    eager = profile_steps(decoder.step, 8, device)
+                    decoder.prefill(ids)
+                    assert decoder.graph is not None
+                    replay = profile_steps(decoder.graph.replay, 8, device)
+                    prefill = profile_steps(functools.partial(decoder.prefill, ids), 2, device)
+                    entry |= {
+                        "eager_step": eager.to_dict(),
+                        "captured_step": replay.to_dict(),
+                        "prefill": prefill.to_dict(),
+                    }
+                    markdown += [
+                        f"## {key}: captured decode step (CUDA graph replays)\n",
+                        f"TPOT measured over full generations: {', '.join(f'{v:.2f}' for v in entry['tpot_ms'])} ms;"
+                        f" TTFT (prefill) {', '.join(f'{v:.0f}' for v in entry['ttft_ms'])} ms\n",
+                        replay.markdown(),
+                        f"\n## {key}: the same step launched eagerly (host gaps visible)\n",
+                        eager.markdown(),
+                        f"\n## {key}: prefill of {batch} x {PROMPT_TOKENS} tokens (eager)\n",
+                        prefill.markdown(),
+                        "",
+                    ]
         except KeyboardInterrupt:  # the section's time limit: keep the tables made so far
             results["interrupted"] = key
             break
         finally:
             engine.close()
+            decoder = None  # its model, cache and graph go with it, so that empty_cache frees them
             results["tables"][key] = entry
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     (args.out / "profile.md").write_text("\n".join(markdown) + "\n")

@@ -70,16 +70,17 @@ all)
   install || exit 1
   nvidia-smi --query-gpu=name,driver_version,power.draw,temperature.gpu --format=csv
   # the tests never run on a GPU first (static fp8, the kernels), then the ones that passed there
-  timeout -s INT "${SECONDS_TESTS:-75}" python3 -m pytest -q -rs -p no:cacheprovider \
+  # -k: a pytest that ignores SIGINT (a hung CUDA call) is killed, not left to eat the call
+  timeout -s INT -k 10 "${SECONDS_TESTS:-80}" python3 -m pytest -q -rs -p no:cacheprovider \
     tests/gpu/test_fp8_static_gpu.py tests/gpu/test_kernels_gpu.py tests/gpu/test_gpu.py \
     tests/gpu/test_parallel_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt"
   T=(--tokenizer "$STASH/tokenizer")
-  section env 20 "${T[@]}"
+  trap summary EXIT  # a call cut short still prints the table of the sections that finished
+  section env 15 "${T[@]}"
   section profile 65 "${T[@]}"
-  section qwen 130 "${T[@]}"
+  section qwen 150 "${T[@]}"  # baseline, plateau, bf16 loop, then static fp8 (~20 s of setup first)
   section llama8b 140 "${T[@]}"  # baseline, bf16 loop, static fp8: ~20 + ~40 + ~45 s with compiles
-  section serving 90 "${T[@]}"
-  summary
+  section serving 80 "${T[@]}"
   ;;
 stash)
   ls -la "$STASH"

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -204,7 +204,7 @@ class NvmlMeter:
         if pci_bus_ids:
             # boards named by the CUDA devices other processes use: NVML's order may differ from
             # CUDA's, and those devices' CUDA work is synchronized by their own processes
-            self.handles = [nvml.nvmlDeviceGetHandleByPciBusId_v2(bus) for bus in pci_bus_ids]
+            self.handles = [nvml.nvmlDeviceGetHandleByPciBusId(bus) for bus in pci_bus_ids]
             indices = []
         else:
             self.handles = [nvml_handle(nvml, i, cuda_uuid) for i in indices]
@@ -258,8 +258,15 @@ class NvmlMeter:
             for index in self.indices:
                 torch.cuda.synchronize(index)
 
+    def stream_window(self) -> AbstractContextManager[Measurement]:
+        """A window over a request stream: opened and closed while an engine's own thread runs,
+        which may be capturing a CUDA graph (continuous batching captures one per new shape) and a
+        device-wide synchronize from here would break that capture. So no synchronize at its
+        edges: the stream's requests are timed by their own completions."""
+        return self.window(sync=False)
+
     @contextmanager
-    def window(self) -> Iterator[Measurement]:
+    def window(self, sync: bool = True) -> Iterator[Measurement]:
         measurement = Measurement(source=self.source, idle_watts=self.idle_watts)
         samples: list[tuple[float, float]] = []
         stop = threading.Event()
@@ -269,14 +276,16 @@ class NvmlMeter:
                 samples.append((self.clock(), self._power_watts()))
                 stop.wait(self.poll_seconds)
 
-        self._sync()
+        if sync:
+            self._sync()
         start_mj = self._energy_mj() if self.has_counter else 0
         t0 = self.clock()
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
         try:  # a window that raises (a candidate's timeout, an OOM) must not leave its poller running
             yield measurement
-            self._sync()
+            if sync:
+                self._sync()
             end_mj = self._energy_mj() if self.has_counter else 0
             t1 = self.clock()
         finally:

@@ -157,7 +157,9 @@ def serve_stream(
             while (wait := due - clock()) > 0:
                 _take(engine.collect(min(wait, 0.05)), ids, done)
             if request.index == first:
-                measurement = stack.enter_context(meter.window())
+                # NVML: no device-wide synchronize while the engine's thread may capture a graph
+                open_window = getattr(meter, "stream_window", meter.window)
+                measurement = stack.enter_context(open_window())
                 window_times.append(clock() - t0)
             if request.index == last:
                 window_times.append(clock() - t0)

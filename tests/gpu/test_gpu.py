@@ -17,14 +17,15 @@ def _target():  # type: ignore[no-untyped-def]
     return detect_target(TargetConfig(kind="cuda"))
 
 
-def _engine(model_dir: Path, tmp_path: Path, **settings: object):  # type: ignore[no-untyped-def]
+def _engine(model_dir: Path, tmp_path: Path, settings_type: type | None = None, **settings: object):  # type: ignore[no-untyped-def]
+    """An engine built as a search builds it; TorchSettings unless another settings type is named."""
     from optimizer.backends.registry import build_engine
     from optimizer.config import ModelConfig
     from optimizer.model import resolve_model
     from optimizer.space import Candidate, TorchSettings
 
     model = resolve_model(ModelConfig(source=str(model_dir)), tmp_path)
-    candidate = Candidate(TorchSettings(**settings), batch_size=2, threads=0)  # type: ignore[arg-type]
+    candidate = Candidate((settings_type or TorchSettings)(**settings), batch_size=2, threads=0)  # type: ignore[arg-type]
     return build_engine(model, candidate, _target(), tmp_path)
 
 
@@ -145,7 +146,9 @@ def test_continuous_engine_matches_hf_greedy_on_cuda(tiny_cuda_model_dir: Path, 
 
     prompts = torch.randint(0, 2048, (4, 16))
     hf = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32")
-    continuous = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32", kv_cache="paged", loop="continuous")
+    from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+
+    continuous = _engine(tiny_cuda_model_dir, tmp_path, ContinuousBatchingSettings, precision="fp32")
     try:
         expected = hf.generate(prompts, 6).token_ids
         for _ in range(2):  # the manager (and its CUDA graphs) is reused

@@ -38,7 +38,7 @@ def test_torch_and_nvml_name_the_same_board(tiny_cuda_model_dir: Path, tmp_path:
 
     pynvml.nvmlInit()
     try:
-        handle = pynvml.nvmlDeviceGetHandleByPciBusId_v2(pci_bus_id(torch.device("cuda:0")))
+        handle = pynvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id(torch.device("cuda:0")))
         uuid = pynvml.nvmlDeviceGetUUID(handle)
         assert str(torch.cuda.get_device_properties(0).uuid) in str(uuid)
     finally:

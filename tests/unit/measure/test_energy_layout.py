@@ -40,7 +40,7 @@ class TwoBoards:
     def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
         return index
 
-    def nvmlDeviceGetHandleByPciBusId_v2(self, bus: str) -> int:
+    def nvmlDeviceGetHandleByPciBusId(self, bus: str) -> int:
         return BOARDS[bus]
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: int) -> int:

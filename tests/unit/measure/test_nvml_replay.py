@@ -166,3 +166,20 @@ def test_a_window_that_raises_stops_its_power_poller(readings: list[list[Any]]) 
         with pytest.raises(RuntimeError), meter.window():
             raise RuntimeError("the candidate ran out of memory")
     assert threading.active_count() == before
+
+
+def test_a_stream_window_never_synchronizes_the_device(
+    readings: list[list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A serving engine's thread may be capturing a CUDA graph when a stream's window opens or
+    closes; a device-wide synchronize from the measuring thread would break the capture."""
+    clock = FakeClock(0.1)
+    meter = NvmlMeter([0], poll_seconds=0.001, nvml=RecordedNvml(readings, clock), clock=clock)
+    syncs: list[int] = []
+    monkeypatch.setattr(meter, "_sync", lambda: syncs.append(1))
+    with meter.stream_window() as streamed:
+        clock.advance_to(1.0)
+    assert syncs == [] and streamed.joules > 0
+    with meter.window():  # an offline window keeps queued kernels inside it
+        clock.advance_to(2.0)
+    assert syncs == [1, 1]
