@@ -254,9 +254,45 @@ def read_shape(path: Path) -> ModelShape:
     )
 
 
-def _count_parameters(path: Path) -> int:
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files transformers loads: the index's shards, else model.safetensors, else
+    every one but a `consolidated` copy (repositories that ship both would count twice)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(
+                "model.source", f"{index} cannot be read ({exc})", "re-save the model with save_pretrained"
+            ) from None
+        return [path / shard for shard in shards]
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    return sorted(f for f in path.glob("*.safetensors") if not f.name.startswith("consolidated"))
+
+
+def _count_bin_parameters(path: Path) -> int:
+    """Parameters of PyTorch .bin checkpoints, read onto the meta device (no weights in memory)."""
+    import torch
+
     total = 0
-    for file in path.glob("*.safetensors"):
+    for file in sorted(path.glob("*.bin")):
+        try:
+            state = torch.load(file, map_location="meta", weights_only=True, mmap=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user error
+            raise UserError(
+                "model.source", f"{file} is not a readable PyTorch checkpoint ({exc})", "re-save the model"
+            ) from None
+        total += sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+    return total
+
+
+def _count_parameters(path: Path) -> int:
+    files = _weight_files(path)
+    if not files:  # a .bin-only directory
+        return _count_bin_parameters(path)
+    total = 0
+    for file in files:
         try:
             with file.open("rb") as handle:
                 (header_len,) = struct.unpack("<Q", handle.read(8))

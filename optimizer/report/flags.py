@@ -8,7 +8,7 @@ need the figures: counter vs polled power, heat and clock changes between window
 
 from __future__ import annotations
 
-from collections import Counter
+import re
 from collections.abc import Sequence
 
 from optimizer.measure.workload import PerformanceResult
@@ -23,7 +23,14 @@ def window_flags(perf: PerformanceResult) -> list[str]:
     """What a candidate's windows flagged, each with the number of windows it applies to."""
     windows = perf.windows
     of = f"of {len(windows)} windows"
-    flags = [f"{text} ({n} {of})" for text, n in Counter(w for win in windows for w in win.warnings).items()]
+    # one flag per kind of warning: a window's text carries its own figures ("kept growing (14.7)")
+    kinds: dict[str, list[str]] = {}
+    for text in (w for win in windows for w in win.warnings):
+        kinds.setdefault(re.sub(r"\d+(?:\.\d+)?", "#", text), []).append(text)
+    flags = [
+        f"{texts[0] if len(set(texts)) == 1 else texts[0] + ', varying by window'} ({len(texts)} {of})"
+        for texts in kinds.values()
+    ]
     gaps = [
         abs(w.polled_joules - w.joules) / w.joules
         for w in windows

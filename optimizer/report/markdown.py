@@ -58,7 +58,8 @@ def estimate_mark(source: str) -> str:
 
 
 def rollup(tokens_per_joule: float, accounting: AccountingConfig) -> dict[str, float]:
-    """Per million output tokens: device kWh, facility kWh (x PUE), gCO2 and cost."""
+    """Per million tokens at `tokens_per_joule` (the report passes goodput): device kWh, facility
+    kWh (x PUE), gCO2 and cost; empty at 0."""
     if tokens_per_joule <= 0:
         return {}
     device_kwh = 1e6 / tokens_per_joule / JOULES_PER_KWH
@@ -113,13 +114,14 @@ def write_report(
     lines += selection_section(selection, estimate_mark(source))
     lines += _search_section(outcome, excluded, cfg)
     lines += backends_section(outcome.selectable, excluded, outcome.baseline, estimate_mark(source))
-    lines += serving_section(outcome.results, output_dir)
+    mark = estimate_mark(source)
+    lines += serving_section(outcome.results, output_dir, mark)
     lines += ["## Energy-quality trade-off", "", "![Pareto plot](pareto.png)", ""]
     if front:
-        lines += ["Pareto front (goodput tokens/J up, KL down):", ""]
+        lines += [f"{mark}Pareto front (goodput tokens/J up, KL down):", ""]
         lines += [f"- {r.candidate.label()}: {r.objective:.3f} tok/J, KL {_kl(r)}" for r in front]
         lines.append("")
-    lines += _candidates_table(outcome.results)
+    lines += _candidates_table(outcome.results, mark)
     lines += flags_section(outcome.results)
     if excluded:
         lines += ["## Excluded by rules", ""]
@@ -151,6 +153,8 @@ def _selected_section(
         assert infeasible is not None
         return lines + [f"**Nothing feasible.** {infeasible}", ""]
     rows = [("selected", best), ("baseline", baseline)]
+    if source == "estimate":
+        lines += [f"{estimate_mark(source)}the energy columns.", ""]
     lines += [
         "| | settings | goodput tok/J | tok/J (all) | active tok/J | tok/s | W | TPOT p90 ms | ppl Δ | top-1 | KL |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -173,7 +177,8 @@ def _selected_section(
         )
         lines.append("")
     lines += [
-        f"{estimate_mark(source)}Facility roll-up per million output tokens (PUE {accounting.pue:g}, "
+        f"{estimate_mark(source)}Facility roll-up per million goodput tokens (output tokens of requests "
+        f"that met the SLO; PUE {accounting.pue:g}, "
         f"{accounting.grid_gco2_per_kwh:g} gCO2/kWh, {accounting.price_per_kwh:g} {accounting.currency}/kWh; "
         "arithmetic on the energy above):",
         "",
@@ -189,6 +194,8 @@ def _selected_section(
                 f"| {name} | {ru['device_kwh']:.4f} | {ru['facility_kwh']:.4f} | {ru['gco2']:.1f} "
                 f"| {ru['cost']:.4f} {accounting.currency} |"
             )
+        else:  # no goodput: every joule went to requests that missed the SLO
+            lines.append(f"| {name} | no request met the SLO: unbounded per goodput token | | | |")
     return lines + [""]
 
 
@@ -237,10 +244,11 @@ def _reason_kind(reason: str | None) -> str:
     return "roofline" if reason and reason.startswith("roofline") else "memory"
 
 
-def _candidates_table(results: Sequence[CandidateResult]) -> list[str]:
+def _candidates_table(results: Sequence[CandidateResult], estimate_mark: str = "") -> list[str]:
     lines = [
         "## All candidates",
         "",
+        *([f"{estimate_mark}the tokens/J columns.", ""] if estimate_mark else []),
         "| candidate | status | ppl Δ | top-1 | KL | tok/s | tok/J | goodput tok/J | TPOT p90 ms | TTFT p90 ms | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

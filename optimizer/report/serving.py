@@ -27,15 +27,18 @@ def workload_line(workload: WorkloadConfig, stream: str | None) -> str:
     )
 
 
-def serving_section(results: Sequence[CandidateResult], output_dir: Path) -> list[str]:
-    """Empty when no result was measured on a stream."""
+def serving_section(
+    results: Sequence[CandidateResult], output_dir: Path, estimate_mark: str = ""
+) -> list[str]:
+    """Empty when no result was measured on a stream. `estimate_mark` leads the text when the
+    joules are the CPU-time estimate."""
     served = [r for r in results if r.performance is not None and r.performance.serving is not None]
     if not served:
         return []
     lines = [
         "## Serving the stream",
         "",
-        "Per candidate at the selection rate: goodput tokens/J (tokens of requests that met both "
+        f"{estimate_mark}Per candidate at the selection rate: goodput tokens/J (tokens of requests that met both "
         "TTFT and TPOT targets), the share of requests that met them, energy per completed request, "
         "the share of the window with no request in flight (idle), and the capacity: the highest "
         "offered load measured at which >= 90% of requests met the SLO.",
@@ -57,7 +60,7 @@ def serving_section(results: Sequence[CandidateResult], output_dir: Path) -> lis
     lines.append("")
     lines += _prefix_lines(served)
     if any(len(r.performance.serving.curve) > 1 for r in served if r.performance and r.performance.serving):
-        plot_load(output_dir / "load.png", served)
+        plot_load(output_dir / "load.png", served, estimated=bool(estimate_mark))
         lines += ["### Load curves", "", "![Load curves](load.png)", ""]
     return lines
 
@@ -104,7 +107,7 @@ def _prefix_lines(served: Sequence[CandidateResult]) -> list[str]:
     return lines
 
 
-def plot_load(path: Path, served: Sequence[CandidateResult]) -> Path:
+def plot_load(path: Path, served: Sequence[CandidateResult], estimated: bool = False) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +124,7 @@ def plot_load(path: Path, served: Sequence[CandidateResult]) -> Path:
         axes[0].plot(rates, [p["goodput_tokens_per_joule"] for p in curve], marker="o", label=label)
         axes[1].plot(rates, [p["ttft_p90_ms"] for p in curve], marker="o", label=label)
         axes[2].plot(rates, [p["tpot_p90_ms"] for p in curve], marker="o", label=label)
-    titles = ("goodput tokens/J", "TTFT p90 (ms)", "TPOT p90 (ms)")
+    titles = ("goodput tokens/J" + (" (ESTIMATE)" if estimated else ""), "TTFT p90 (ms)", "TPOT p90 (ms)")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xlabel("offered load (requests/s)")
         ax.set_title(title)

@@ -42,6 +42,9 @@ def test_chat_stream_writes_a_serving_recipe_and_a_load_curve(tmp_path: Path, ca
     assert recipe["measurement"]["workload"]["kind"] == "serving"
     report = (run / "report.md").read_text()
     assert "## Serving the stream" in report and "![Load curves](load.png)" in report
+    lead = report.split("## Serving the stream", 1)[1].strip().splitlines()[0]
+    # estimated joules (no energy counter here) are labelled where they are shown
+    assert lead.startswith("**ESTIMATE**") == ("energy source: **ESTIMATE**" in report)
     assert (run / "load.png").stat().st_size > 10_000
 
     verify = optimize("verify", str(run / "recipe.yaml"), "--tolerance", "0.9", cache=cache_dir)

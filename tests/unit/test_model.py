@@ -244,3 +244,38 @@ def test_file_sha256_without_cache_and_with_a_corrupt_memo(tmp_path: Path, cache
 def test_resolving_writes_the_memo_only_in_the_given_cache(tiny_model_dir: Path, cache_dir: Path) -> None:
     resolve_model(ModelConfig(source=str(tiny_model_dir)), cache_dir)
     assert (cache_dir / "hashes.json").is_file()
+
+
+def _tensors(count: int) -> dict:
+    import torch
+
+    return {"a.weight": torch.zeros(count, 2), "b.bias": torch.zeros(count)}  # 3 x count parameters
+
+
+def test_the_parameter_count_reads_the_files_transformers_loads(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "config.json").write_text(json.dumps(GOOD_CONFIG))
+    save_file(_tensors(10), str(tmp_path / "model.safetensors"))
+    save_file(_tensors(10), str(tmp_path / "consolidated.safetensors"))  # the same weights, again
+    assert read_shape(tmp_path).num_parameters == 30
+
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "config.json").write_text(json.dumps(GOOD_CONFIG))
+    save_file(_tensors(4), str(sharded / "model-00001-of-00002.safetensors"))
+    save_file({"c.weight": torch.zeros(5)}, str(sharded / "model-00002-of-00002.safetensors"))
+    weight_map = {
+        "a.weight": "model-00001-of-00002.safetensors",
+        "b.bias": "model-00001-of-00002.safetensors",
+    }
+    weight_map["c.weight"] = "model-00002-of-00002.safetensors"
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert read_shape(sharded).num_parameters == 12 + 5
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text(json.dumps(GOOD_CONFIG))
+    torch.save(_tensors(7), legacy / "pytorch_model.bin")  # no safetensors: counted, not 0
+    assert read_shape(legacy).num_parameters == 21

@@ -55,3 +55,14 @@ def test_section_says_so_when_nothing_was_flagged(make_result, make_performance)
         [make_result(performance=quiet)]
     )
     assert flags_section([make_result()]) == []
+
+
+def test_a_warning_with_its_own_figures_counts_every_window_it_came_from(make_performance) -> None:
+    """Each window writes its own average into the text: grouped by kind, not by exact text."""
+    growing = "requests in flight kept growing ({}), the stream is past this engine's capacity"
+    windows = [
+        replace(nvml_window(), warnings=[growing.format(14.7)]),
+        replace(nvml_window(), warnings=[growing.format(14.8)]),
+    ]
+    flags = window_flags(replace(make_performance(source="nvml"), windows=windows))
+    assert flags == [growing.format(14.7) + ", varying by window (2 of 2 windows)"]

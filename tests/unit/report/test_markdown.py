@@ -139,6 +139,13 @@ def test_rollup_and_backend_table_are_marked_when_estimated(
     rollup_line = next(line for line in lines if "Facility roll-up" in line)
     backends_line = next(line for line in lines if "Best feasible candidate of each backend" in line)
     assert rollup_line.startswith(ESTIMATE_MARK) and backends_line.startswith(ESTIMATE_MARK)
+    assert "per million goodput tokens" in rollup_line  # what the figures are computed from
+    # every section that shows estimated joules says so before its figures
+    for heading in ("## Selected", "## All candidates"):
+        after = lines[lines.index(heading) + 1 :]
+        assert next(line for line in after if line).startswith(ESTIMATE_MARK), heading
+    pareto = next(line for line in lines if "Pareto front" in line)
+    assert pareto.startswith(ESTIMATE_MARK)
     setup.meter.source = "rapl"
     lines = _report(tmp_path, setup, outcome, make_candidate).splitlines()
     assert not any(line.startswith(ESTIMATE_MARK) for line in lines)
