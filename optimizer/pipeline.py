@@ -22,7 +22,7 @@ from optimizer.report.markdown import write_report
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
-from optimizer.search.finalists import remeasure
+from optimizer.search.finalists import merged, remeasure
 from optimizer.search.launchers import launch_search
 from optimizer.search.plan import plan_search
 from optimizer.search.roofline import Roofline, rates_for
@@ -112,7 +112,7 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         picked = remeasure(evaluator, outcome.selectable, cfg.search)
         if picked is not None:
             remeasured, selection = picked
-            best = next(r for r in reversed(remeasured) if r.candidate.key() == selection.winner)
+            best = merged([r for r in remeasured if r.candidate.key() == selection.winner])
             log.info("%s: %s", "selected" if selection.feasible else "nothing selected", selection.reason)
             if not selection.feasible:  # the search's feasible runs were luck at the SLO's edge
                 best = None

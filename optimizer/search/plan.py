@@ -3,6 +3,7 @@ measurement setup (the candidates, the baseline, and the store context they are 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,6 +50,21 @@ def protocol(
     return parts
 
 
+def measured_inputs(setup: MeasurementSetup) -> dict[str, str | None]:
+    """What the weights' hash does not cover: the model's config (a fixed rope_theta changes every
+    logit) and the token ids actually measured (a fixed tokenizer changes them, not the text)."""
+    config = setup.model.path / "config.json"
+    return {
+        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None,
+        "quality_tokens_sha256": _tensor_sha256(setup.quality_tokens),
+        "prompt_tokens_sha256": _tensor_sha256(setup.workload.prompts),
+    }
+
+
+def _tensor_sha256(tensor: Any) -> str:
+    return hashlib.sha256(tensor.contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
 @dataclass(frozen=True)
 class SearchPlan:
     """What every worker of a search derives alike from the config and its measurement setup."""
@@ -75,6 +91,7 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
     context = context_key(
         {
             "model": setup.model.weight_sha256,
+            "inputs": measured_inputs(setup),
             "target": setup.target.fingerprint(),
             "protocol": protocol(
                 cfg, setup.text_sha256, setup.meter.source, setup.stream.sha256 if setup.stream else None

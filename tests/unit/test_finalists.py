@@ -163,3 +163,21 @@ def test_headroom_is_read_at_the_slos_own_percentile() -> None:
     older = replace(result.performance, latency=LatencySummary.of([0.1] * 100, tpots))
     assert "p95" not in older.latency.tpot_ms
     assert latency_headroom(replace(result, performance=older), slo) == pytest.approx(0.05, abs=0.01)
+
+
+def test_the_winners_evidence_is_every_round_it_was_selected_on() -> None:
+    from optimizer.search.finalists import merged
+
+    rounds = [measured(8, [10.0, 12.0]), measured(8, [8.0, 10.0])]
+    one = merged(rounds)
+    assert one.performance is not None
+    assert len(one.performance.windows) == 4
+    assert one.performance.goodput_tokens_per_joule.mean == pytest.approx(10.0)  # not the last round's 9
+    selection = select_finalist(
+        [rounds[0], measured(4, [1.0])],
+        {rounds[0].candidate.key(): rounds, measured(4, [1.0]).candidate.key(): [measured(4, [1.0, 1.0])]},
+        SLO,
+        0.1,
+    )
+    assert one.performance.goodput_tokens_per_joule.mean == pytest.approx(selection.finalists[0].mean)
+    assert merged(rounds[:1]) is rounds[0]

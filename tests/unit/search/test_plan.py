@@ -59,3 +59,26 @@ def test_each_kind_of_workload_is_keyed_by_the_fields_it_measures_with(
 ) -> None:
     assert (key("workload=chat", override) == key("workload=chat")) is same_stream
     assert (key("workload=batch", override) == key("workload=batch")) is same_batch
+
+
+def test_the_config_and_the_measured_token_ids_key_the_results(tmp_path) -> None:
+    """The weights' hash misses a fixed config.json or tokenizer: both change what is measured."""
+    from types import SimpleNamespace
+
+    import torch
+
+    (tmp_path / "config.json").write_text('{"rope_theta": 10000.0}')
+
+    def setup(quality: list[int], prompts: list[int]) -> SimpleNamespace:
+        return SimpleNamespace(
+            model=SimpleNamespace(path=tmp_path),
+            quality_tokens=torch.tensor([quality]),
+            workload=SimpleNamespace(prompts=torch.tensor([prompts])),
+        )
+
+    before = plan.measured_inputs(setup([1, 2, 3], [1, 4]))  # type: ignore[arg-type]
+    assert before == plan.measured_inputs(setup([1, 2, 3], [1, 4]))  # type: ignore[arg-type]
+    assert before != plan.measured_inputs(setup([2, 3], [1, 4]))  # type: ignore[arg-type]  # e.g. no BOS now
+    assert before != plan.measured_inputs(setup([1, 2, 3], [1, 5]))  # type: ignore[arg-type]
+    (tmp_path / "config.json").write_text('{"rope_theta": 100000.0}')
+    assert before["config_sha256"] != plan.measured_inputs(setup([1, 2, 3], [1, 4]))["config_sha256"]  # type: ignore[arg-type]
