@@ -54,7 +54,7 @@ def _evidence_of(result: CandidateResult) -> dict[str, Any]:
             "source": perf.source,
             "is_estimate": perf.source == "estimate",
             "idle_watts": round(perf.idle_watts, 3),
-            "repeats": len(perf.windows),
+            "windows": len(perf.windows),  # a finalist's: every round it was selected on
             "window_seconds": [round(w.seconds, 3) for w in perf.windows],
             "window_joules": [round(w.joules, 3) for w in perf.windows],
             "goodput_tokens_per_joule": _rounded(asdict(perf.goodput_tokens_per_joule)),

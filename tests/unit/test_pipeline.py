@@ -103,7 +103,8 @@ def test_recipe_names_the_estimate_and_the_selection(first: RunResult, tiny_mode
     assert recipe["schema"] == "wattsmith.recipe/v1"
     assert recipe["evidence"]["energy"]["source"] == "estimate"
     assert recipe["evidence"]["energy"]["is_estimate"] is True
-    assert recipe["evidence"]["energy"]["repeats"] == 2
+    # the winner's windows of both finalist rounds (workload.repeats=2 each): what it was selected on
+    assert recipe["evidence"]["energy"]["windows"] == 4 == len(recipe["evidence"]["energy"]["window_seconds"])
     assert all(s >= 0.2 for s in recipe["evidence"]["energy"]["window_seconds"])
     assert first.best is not None
     assert recipe["settings"] == first.best.candidate.to_dict()
