@@ -276,9 +276,12 @@ def _count_bin_parameters(path: Path) -> int:
     import torch
 
     total = 0
-    for file in sorted(path.glob("*.bin")):
+    for file in sorted(path.glob("pytorch_model*.bin")):  # not training_args.bin and the like
         try:
-            state = torch.load(file, map_location="meta", weights_only=True, mmap=True)
+            try:
+                state = torch.load(file, map_location="meta", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                state = torch.load(file, map_location="meta", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user error
             raise UserError(
                 "model.source", f"{file} is not a readable PyTorch checkpoint ({exc})", "re-save the model"

@@ -278,4 +278,7 @@ def test_the_parameter_count_reads_the_files_transformers_loads(tmp_path: Path) 
     legacy.mkdir()
     (legacy / "config.json").write_text(json.dumps(GOOD_CONFIG))
     torch.save(_tensors(7), legacy / "pytorch_model.bin")  # no safetensors: counted, not 0
+    torch.save({"not": "weights"}, legacy / "training_args.bin")  # beside checkpoints, not one of them
     assert read_shape(legacy).num_parameters == 21
+    torch.save(_tensors(2), legacy / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert read_shape(legacy).num_parameters == 6  # the legacy format, read without mmap
