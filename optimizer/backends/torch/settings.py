@@ -58,7 +58,9 @@ class TorchSettings:
     def generate_only_paths(self) -> bool:
         """Settings that act only inside generate, where the quality probe never looks: their
         greedy output is checked against the probed forward (backends/parity.py)."""
-        return self.compile or self.loop != "hf" or self.kv_cache == "static" or self.attention == "sdpa_gqa"
+        # an offloaded static cache pads and masks like a static one, inside generate only
+        static = self.kv_cache in ("static", "offloaded_static")
+        return self.compile or self.loop != "hf" or static or self.attention == "sdpa_gqa"
 
     def label(self) -> str:
         parts = [self.precision]

@@ -225,3 +225,12 @@ def test_generate_only_paths_decode_what_the_plain_forward_decodes(
         check_greedy_parity(engine, prompts, 8, "fp32")
     finally:
         engine.close()
+
+
+def test_every_static_cache_is_checked_for_greedy_parity() -> None:
+    """An offloaded static cache (CUDA only) pads and masks inside generate like a static one."""
+    from optimizer.space import TorchSettings
+
+    assert TorchSettings(kv_cache="offloaded_static").generate_only_paths
+    assert TorchSettings(kv_cache="static").generate_only_paths
+    assert not TorchSettings(kv_cache="offloaded").generate_only_paths
