@@ -159,7 +159,9 @@ def select_finalist(
         ("no finalist met the SLO in every re-measurement; the best, " if not winner.feasible else "")
         + f"{winner.label}: {winner.mean:.3g} goodput tok/J [{winner.low:.3g}, {winner.high:.3g}] re-measured"
         + (
-            f", above {runner_up.label}'s [{runner_up.low:.3g}, {runner_up.high:.3g}]"
+            f"; {runner_up.label} ({runner_up.mean:.3g}) missed the SLO when re-measured"
+            if winner.feasible and not runner_up.feasible
+            else f", above {runner_up.label}'s [{runner_up.low:.3g}, {runner_up.high:.3g}]"
             if distinguishable
             else f", not distinguishable from {runner_up.label}'s [{runner_up.low:.3g}, {runner_up.high:.3g}]"
         )

@@ -103,6 +103,8 @@ def test_a_finalist_that_missed_the_slo_when_remeasured_cannot_win() -> None:
     selection = select_finalist([a, b], runs, SLO, 0.1)
     assert selection.winner == b.candidate.key()
     assert not selection.finalists[1].feasible
+    # ahead because the other missed the SLO, not because its interval lies above: said so
+    assert selection.reason.endswith(f"; {a.candidate.label()} (12) missed the SLO when re-measured")
 
 
 class FakeEvaluator:
