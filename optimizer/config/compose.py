@@ -94,7 +94,7 @@ def _check_override_syntax(overrides: Sequence[str]) -> None:
                 "is not an option",
                 "options are --config-dir DIR, --show-config and --help; settings are key=value",
             )
-        if "=" not in item and not item.startswith("~"):  # `~key` deletes; everything else sets
+        if "=" not in item and not item.startswith("~"):  # `~key` is Hydra's deletion: its error
             raise UserError(
                 item, "has no value", f"give one: {item}=VALUE (`optimize --help` lists the groups)"
             )

@@ -154,7 +154,7 @@ class WorkloadConfig:
             "e.g. 4",
         )
         require(
-            self.warmup_requests + self.drain_requests < self.requests - 1,
+            self.leaves_steady_state(self.requests),
             "workload.requests",
             f"{self.requests} requests leave no steady state after {self.warmup_requests} warm-up and "
             f"{self.drain_requests} drain requests",
@@ -164,6 +164,10 @@ class WorkloadConfig:
     @property
     def serving(self) -> bool:
         return self.kind == "serving"
+
+    def leaves_steady_state(self, requests: int) -> bool:
+        """Whether a stream of `requests` keeps some between its warm-up and its drain."""
+        return self.warmup_requests + self.drain_requests < requests - 1
 
     def longest_request_tokens(self) -> int:
         """Prompt and output tokens of the longest request this workload can make: what an engine

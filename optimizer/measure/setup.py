@@ -115,7 +115,7 @@ def _streams(
 def _check_steady_state(requests: int, cfg: WorkloadConfig) -> None:
     """A trace must leave requests between its warm-up and its drain (the workload's own count is
     checked with the config): with none, the energy window would open and close at once."""
-    if cfg.warmup_requests + cfg.drain_requests >= requests - 1:
+    if not cfg.leaves_steady_state(requests):
         raise UserError(
             "workload.trace",
             f"has {requests} requests: none left for a steady state after {cfg.warmup_requests} warm-up "
