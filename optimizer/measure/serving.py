@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from optimizer.config import SloConfig
 from optimizer.measure.latency import LatencySummary, percentile, request_meets_slo, slo_violations
-from optimizer.measure.workload import PerformanceResult, ServingSummary, Spread, WindowResult, screened_out
+from optimizer.measure.workload import PerformanceResult, ServingSummary, WindowResult, screened_out
 
 if TYPE_CHECKING:
     from optimizer.measure.energy import EnergyMeter, Measurement
@@ -372,20 +372,10 @@ def measure_serving(
     judged = [r for run in runs for r in run.requests if run.window.start <= r.arrival <= run.window.end]
     judged = judged or [r for run in runs for r in run.requests]
     ttfts, tpots = [r.ttft for r in judged], [r.tpot for r in judged]
-    output = sum(w.output_tokens for w in windows)
-    return PerformanceResult(
-        source=windows[0].source,
+    return PerformanceResult.of_windows(
+        windows,
         idle_watts=meter.idle_watts,
-        windows=windows,
-        tokens_per_joule=Spread.of([w.tokens_per_joule for w in windows]),
-        goodput_tokens_per_joule=Spread.of([w.goodput_tokens_per_joule for w in windows]),
-        active_tokens_per_joule=Spread.of(
-            [w.output_tokens / w.active_joules if w.active_joules > 0 else 0.0 for w in windows]
-        ),
-        tokens_per_second=Spread.of([w.output_tokens / w.seconds if w.seconds > 0 else 0.0 for w in windows]),
-        watts=Spread.of([w.joules / w.seconds if w.seconds > 0 else 0.0 for w in windows]),
         latency=LatencySummary.of(ttfts, tpots, slo.percentile),
         slo_violations=slo_violations(ttfts, tpots, slo),
-        goodput_fraction=sum(w.goodput_tokens for w in windows) / output if output else 0.0,
         serving=summarize(runs, stream, rate),
     )

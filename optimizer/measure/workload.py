@@ -58,6 +58,18 @@ class WindowResult:
     def goodput_tokens_per_joule(self) -> float:
         return self.goodput_tokens / self.joules if self.joules > 0 else 0.0
 
+    @property
+    def active_tokens_per_joule(self) -> float:
+        return self.output_tokens / self.active_joules if self.active_joules > 0 else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def watts(self) -> float:
+        return self.joules / self.seconds if self.seconds > 0 else 0.0
+
 
 @dataclass(frozen=True)
 class Spread:
@@ -123,6 +135,33 @@ class PerformanceResult:
     slo_violations: list[str]
     goodput_fraction: float
     serving: ServingSummary | None = None  # a request stream's steady state; None: closed batches
+
+    @classmethod
+    def of_windows(
+        cls,
+        windows: list[WindowResult],
+        idle_watts: float,
+        latency: LatencySummary,
+        slo_violations: list[str],
+        serving: ServingSummary | None = None,
+    ) -> PerformanceResult:
+        """The per-window figures as spreads, and the goodput share of every output token: the one
+        summary that offline batches, a stream's runs and a finalist's pooled rounds all use."""
+        output = sum(w.output_tokens for w in windows)
+        return cls(
+            source=windows[0].source,
+            idle_watts=idle_watts,
+            windows=windows,
+            tokens_per_joule=Spread.of([w.tokens_per_joule for w in windows]),
+            goodput_tokens_per_joule=Spread.of([w.goodput_tokens_per_joule for w in windows]),
+            active_tokens_per_joule=Spread.of([w.active_tokens_per_joule for w in windows]),
+            tokens_per_second=Spread.of([w.tokens_per_second for w in windows]),
+            watts=Spread.of([w.watts for w in windows]),
+            latency=latency,
+            slo_violations=slo_violations,
+            goodput_fraction=sum(w.goodput_tokens for w in windows) / output if output else 0.0,
+            serving=serving,
+        )
 
     @property
     def slo_met(self) -> bool:
@@ -234,19 +273,9 @@ def measure_performance(
         )
         if screened_out(windows, cfg.repeats, stop_below):
             break
-    total_tokens = sum(w.output_tokens for w in windows)
-    return PerformanceResult(
-        source=windows[0].source,
+    return PerformanceResult.of_windows(
+        windows,
         idle_watts=meter.idle_watts,
-        windows=windows,
-        tokens_per_joule=Spread.of([w.tokens_per_joule for w in windows]),
-        goodput_tokens_per_joule=Spread.of([w.goodput_tokens_per_joule for w in windows]),
-        active_tokens_per_joule=Spread.of(
-            [w.output_tokens / w.active_joules if w.active_joules > 0 else 0.0 for w in windows]
-        ),
-        tokens_per_second=Spread.of([w.output_tokens / w.seconds for w in windows]),
-        watts=Spread.of([w.joules / w.seconds for w in windows]),
         latency=LatencySummary.of(ttfts, tpots, cfg.slo.percentile),
         slo_violations=slo_violations(ttfts, tpots, cfg.slo),
-        goodput_fraction=sum(w.goodput_tokens for w in windows) / total_tokens if total_tokens else 0.0,
     )

@@ -14,18 +14,14 @@ flagged in the reason.
 from __future__ import annotations
 
 import logging
-import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from optimizer.config import SearchConfig
+from optimizer.measure.workload import PerformanceResult
 from optimizer.results import CandidateResult
 from optimizer.search.evaluate import Evaluator
 from optimizer.select import Selection, feasible, select_finalist
-
-if TYPE_CHECKING:
-    from optimizer.measure.workload import WindowResult
 
 log = logging.getLogger(__name__)
 
@@ -60,30 +56,17 @@ def remeasure(
 
 def merged(runs: Sequence[CandidateResult]) -> CandidateResult:
     """A finalist's re-measurements as one result: the energy of every window (the figures its
-    selection used, not only the last round's), the last run's latency and stream summary."""
-    from optimizer.measure.workload import Spread
-
+    selection used, not only the last round's), the last run's latency and stream summary, and
+    every SLO violation any round saw."""
     measured = [(r, r.performance) for r in runs if r.performance is not None]
     if len(measured) < 2:
         return runs[-1]
     last, last_performance = measured[-1]
-    performances = [p for _, p in measured]
-    windows = [w for p in performances for w in p.windows]
-
-    def spread(value: Callable[[WindowResult], float]) -> Spread:
-        return Spread.of([value(w) for w in windows])
-
-    performance = replace(
-        last_performance,
-        windows=windows,
-        tokens_per_joule=spread(lambda w: w.tokens_per_joule),
-        goodput_tokens_per_joule=spread(lambda w: w.goodput_tokens_per_joule),
-        active_tokens_per_joule=spread(
-            lambda w: w.output_tokens / w.active_joules if w.active_joules > 0 else 0.0
-        ),
-        tokens_per_second=spread(lambda w: w.output_tokens / w.seconds if w.seconds > 0 else 0.0),
-        watts=spread(lambda w: w.joules / w.seconds if w.seconds > 0 else 0.0),
-        slo_violations=sorted({v for p in performances for v in p.slo_violations}),
-        goodput_fraction=statistics.fmean(p.goodput_fraction for p in performances),
+    performance = PerformanceResult.of_windows(
+        [w for _, p in measured for w in p.windows],
+        idle_watts=last_performance.idle_watts,
+        latency=last_performance.latency,
+        slo_violations=sorted({v for _, p in measured for v in p.slo_violations}),
+        serving=last_performance.serving,
     )
     return replace(last, performance=performance, seconds=sum(r.seconds for r, _ in measured))

@@ -183,3 +183,7 @@ def test_the_winners_evidence_is_every_round_it_was_selected_on() -> None:
     )
     assert one.performance.goodput_tokens_per_joule.mean == pytest.approx(selection.finalists[0].mean)
     assert merged(rounds[:1]) is rounds[0]
+    # a violation seen in any round stays with the finalist, even when the last round met the SLO
+    late = ("TPOT p90 300 ms > 250",)
+    flaky = merged([measured(8, [10.0], violations=late), measured(8, [9.0])])
+    assert flaky.performance is not None and flaky.performance.slo_violations == list(late)

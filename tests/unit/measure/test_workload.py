@@ -16,6 +16,7 @@ from optimizer.measure.workload import (
     CandidateTimeout,
     PerformanceResult,
     Spread,
+    WindowResult,
     Workload,
     measure_performance,
 )
@@ -198,6 +199,28 @@ def test_spread_of_values() -> None:
     assert (s.mean, s.min, s.max) == (2.0, 1.0, 3.0)
     assert s.std == pytest.approx(1.0)
     assert Spread.of([5.0]).std == 0.0
+
+
+def test_a_results_spreads_and_goodput_share_come_from_its_windows() -> None:
+    from optimizer.measure.latency import LatencySummary
+
+    windows = [
+        WindowResult(
+            "rapl", joules=10.0, active_joules=5.0, seconds=2.0, output_tokens=100, goodput_tokens=100
+        ),
+        WindowResult(
+            "rapl", joules=30.0, active_joules=0.0, seconds=0.0, output_tokens=300, goodput_tokens=0
+        ),
+    ]
+    perf = PerformanceResult.of_windows(windows, 1.5, LatencySummary.of([0.1], [0.01]), ["ttft"])
+    assert perf.source == "rapl" and perf.idle_watts == 1.5 and perf.slo_violations == ["ttft"]
+    assert perf.tokens_per_joule.mean == pytest.approx(10.0)
+    assert (perf.goodput_tokens_per_joule.min, perf.goodput_tokens_per_joule.max) == (0.0, 10.0)
+    # a window without active joules or seconds reads 0, never a division by zero
+    assert (perf.active_tokens_per_joule.max, perf.active_tokens_per_joule.min) == (20.0, 0.0)
+    assert (perf.tokens_per_second.max, perf.watts.max) == (50.0, 5.0)
+    # the goodput share weighs every token, not every window alike (which would read 0.5)
+    assert perf.goodput_fraction == pytest.approx(0.25)
 
 
 def test_performance_result_round_trips_through_json() -> None:
