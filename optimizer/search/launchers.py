@@ -8,6 +8,7 @@ they finished is in the store either way.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import multiprocessing
@@ -17,8 +18,9 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +78,47 @@ def launch_search(
     return Launched(local_processes(specs))
 
 
-def local_processes(specs: Sequence[WorkerSpec]) -> list[WorkerReport]:
-    """One fresh process per worker (spawned: no CUDA state or torch threads inherited)."""
+def local_processes(
+    specs: Sequence[WorkerSpec], work: Callable[[WorkerSpec], WorkerReport] = run_worker
+) -> list[WorkerReport]:
+    """One fresh process per worker (spawned: no CUDA state or torch threads inherited), each on its
+    own: a worker killed by its candidate (a native crash, the out-of-memory killer) ends alone,
+    where a process pool would have ended every worker with it."""
     context = multiprocessing.get_context("spawn")
-    # a process per worker, never reused: a GPU worker's CUDA_VISIBLE_DEVICES is set once
-    fresh: dict[str, Any] = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    with ProcessPoolExecutor(max_workers=len(specs), mp_context=context, **fresh) as pool:
-        futures = [pool.submit(run_worker, spec) for spec in specs]
-        return _gather([future.result for future in futures])
+    started = []
+    for spec in specs:
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_report_through, args=(work, spec, sender), name=f"worker-{spec.index}"
+        )
+        process.start()
+        sender.close()  # the child's end: reading gets EOF when the child is gone
+        started.append((process, receiver))
+    return _gather([functools.partial(_report_of, process, receiver) for process, receiver in started])
+
+
+def _report_through(work: Callable[[WorkerSpec], WorkerReport], spec: WorkerSpec, sender: Connection) -> None:
+    try:
+        report = work(spec)
+    except BaseException as error:
+        sender.send(("error", f"{type(error).__name__}: {error}"))
+        raise
+    sender.send(("report", report))
+
+
+def _report_of(process: BaseProcess, receiver: Connection) -> WorkerReport:
+    try:
+        kind, payload = receiver.recv()
+    except EOFError:  # gone without a word: killed, or crashed in native code
+        kind, payload = "error", None
+    process.join()
+    if kind == "report":
+        return payload
+    raise WorkerDied(payload or f"the process ended with exit code {process.exitcode} and no report")
+
+
+class WorkerDied(RuntimeError):
+    """A local worker process that ended without its report."""
 
 
 def on_ray(cfg: RayConfig, specs: Sequence[WorkerSpec], gpu: bool) -> list[WorkerReport]:

@@ -26,6 +26,9 @@ from optimizer.store import TrialStore, leases_kept
 
 log = logging.getLogger(__name__)
 BUSY_POLL_SECONDS = 2.0
+# A candidate whose measurement killed this many processes (each found dead holding its lease by
+# the next worker or resumed run) is failed: one death may be a kill, two are the candidate.
+DEATHS_BEFORE_FAILING = 2
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,16 @@ class _WorkerLoop:
             self.store.release(key)
             return
         role = self.role(candidate)
+        if (deaths := self.store.deaths_measuring(candidate)) >= DEATHS_BEFORE_FAILING:
+            reason = (
+                f"{deaths} processes died measuring it, without a result (a native crash, the "
+                "out-of-memory killer or a kill: see their logs); search.retry_failed=true measures it again"
+            )
+            failed = CandidateResult(candidate, FAILED, reason=reason, role=role, finished_at=now_iso())
+            self.store.append(failed)  # also gives up the lease
+            self.mine.add(key)
+            self.record(candidate, failed)
+            return
         before = self.best()
         margin = self.search.screen_margin
         stop_below = (

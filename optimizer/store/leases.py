@@ -1,6 +1,8 @@
 """Leases: a worker measures a key (a candidate, or the quality of a numerics key) only while it
 holds the key's lease in the store. Leases are renewed while the worker lives and lapse when it
-dies: after their expiry, or at once when the dead worker ran on the same host."""
+dies: after their expiry, or at once when the dead worker ran on the same host. A lease taken from
+a worker that died holding it is recorded as a death of its key: the search fails a candidate that
+keeps killing the processes measuring it (search/runner.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, exc, func, insert, select, update
 
-from optimizer.store.tables import claims_table
+from optimizer.store.tables import claims_table, deaths_table
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +28,19 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _owner_is_dead(owner: str) -> bool:
+def _alive_here(owner: str) -> bool | None:
+    """Whether a worker on this host still runs; None: it ran on another host."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
-        return False  # another machine: only its lease's expiry tells
+        return None  # another machine: only its lease's expiry tells
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Leases:
@@ -54,7 +57,8 @@ class Leases:
 
     def claim(self, key: str, lease_seconds: float) -> bool:
         """Take the lease on `key` when nobody holds it, its holder's lease lapsed, or its holder
-        died on this host. Atomic: of two workers claiming at once, exactly one succeeds."""
+        died on this host. Atomic: of two workers claiming at once, exactly one succeeds. Taking it
+        from a holder that is gone records a death of `key` (see `deaths_since`)."""
         for _ in range(3):  # a lease released between two statements: try again
             now = time.time()
             expires = now + lease_seconds
@@ -68,17 +72,20 @@ class Leases:
                 return True
             except exc.IntegrityError:
                 pass
-            lapsed = (claims_table.c.expires_at < now) | (claims_table.c.owner == self.worker)
-            if self._take(key, lapsed, expires):
+            if self._take(key, claims_table.c.owner == self.worker, expires):
                 return True
             owner = self.claim_owner(key)
             if owner is None:
                 continue
-            # compare-and-swap on the owner: only if the lease is still the dead worker's
-            if _owner_is_dead(owner) and self._take(key, claims_table.c.owner == owner, expires):
-                log.info("took over %s from %s, which is no longer running", key, owner)
-                return True
-            return False
+            alive = _alive_here(owner)  # None: it ran on another host
+            holder = claims_table.c.owner == owner  # compare-and-swap: only if still that holder's
+            lapsed = claims_table.c.expires_at < now
+            if not self._take(key, holder if alive is False else holder & lapsed, expires):
+                return False
+            if alive is not True:  # a live worker here that stalled past its lease did not die
+                self._record_death(key, owner)
+                log.warning("took over %s from %s, which died holding it", key, owner)
+            return True
         return False
 
     def _take(self, key: str, condition: Any, expires: float) -> bool:
@@ -89,6 +96,21 @@ class Leases:
                 .values(owner=self.worker, expires_at=expires)
             ).rowcount
         return bool(taken)
+
+    def _record_death(self, key: str, owner: str) -> None:
+        row = {"context": self.context, "key": key, "owner": owner, "found_at": time.time()}
+        with self._engine.begin() as connection:
+            connection.execute(insert(deaths_table).values(**row))
+
+    def deaths_since(self, key: str, since: float) -> int:
+        """How many workers died holding `key`'s lease after `since` (seconds since the epoch)."""
+        query = select(func.count()).where(
+            deaths_table.c.context == self.context,
+            deaths_table.c.key == key,
+            deaths_table.c.found_at > since,
+        )
+        with self._engine.connect() as connection:
+            return int(connection.execute(query).scalar() or 0)
 
     def claim_owner(self, key: str) -> str | None:
         query = select(claims_table.c.owner).where(

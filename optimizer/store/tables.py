@@ -6,6 +6,9 @@
   and thread variants on other workers reuse it before the first variant finishes.
 - `wattsmith_claims`: a lease per key (a candidate, or the quality of a numerics key). A worker
   measures only what it holds; leases are renewed while it lives and lapse when it dies.
+- `wattsmith_deaths`: a row each time a worker takes a lease over from one that died holding it
+  (a native crash, the out-of-memory killer, a kill): a candidate that kills every process
+  measuring it is failed after a second death instead of ending every resumed run.
 """
 
 from __future__ import annotations
@@ -65,6 +68,16 @@ claims_table = Table(
     Column("key", String(128), primary_key=True),
     Column("owner", String(200), nullable=False),
     Column("expires_at", Float, nullable=False),  # seconds since the epoch, the claimant's clock
+)
+
+deaths_table = Table(
+    "wattsmith_deaths",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("context", String(64), nullable=False, index=True),
+    Column("key", String(128), nullable=False),
+    Column("owner", String(200), nullable=False),  # the worker that died holding the lease
+    Column("found_at", Float, nullable=False),  # seconds since the epoch, the finder's clock
 )
 
 

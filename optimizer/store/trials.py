@@ -154,6 +154,16 @@ class TrialStore(Leases):
             connection.execute(self._mine(delete(claims_table), key))
         self._records[key] = row | {"seq": seq[0] if seq else None, "result": result.to_dict()}
 
+    def deaths_measuring(self, candidate: Candidate) -> int:
+        """Workers that died holding the candidate's lease since its latest stored result (or,
+        while its numerics' quality is unknown, that quality's lease): the larger count."""
+        record = self._records.get(candidate.key())
+        since = float(record["created_at"]) if record is not None else 0.0
+        deaths = self.deaths_since(candidate.key(), since)
+        if self.quality_for(candidate.numerics_key()) is None:
+            deaths = max(deaths, self.deaths_since(QUALITY_CLAIM_PREFIX + candidate.numerics_key(), since))
+        return deaths
+
     # --- quality per numerics ------------------------------------------------------------------
 
     def quality_for(self, numerics_key: str) -> dict[str, Any] | None:

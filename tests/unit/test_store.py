@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -203,6 +203,41 @@ def test_a_dead_workers_lease_is_taken_over_at_once(tmp_path: Path) -> None:
     assert owner is not None and owner != store.worker
     assert store.claim("cand", 60)  # its holder exited on this host: no need to wait an hour
     assert store.claim_owner("cand") == store.worker
+
+
+def test_taking_a_lease_from_a_dead_holder_counts_a_death_and_from_a_live_one_does_not(
+    tmp_path: Path, make_result, make_quality
+) -> None:
+    path = tmp_path / "t.db"
+    one, two = TrialStore(path, "ctx"), TrialStore(path, "ctx")
+    result = make_result()
+    candidate, key = result.candidate, result.candidate.key()
+    assert one.claim(key, 0.1) and one.claim(key, 60)  # its own lease again: nobody died
+    one.renew(0.1)
+    time.sleep(0.2)
+    assert two.claim(key, 60)  # lapsed, but its holder runs here: it stalled, it did not die
+    assert two.deaths_since(key, 0.0) == 0
+    code = (
+        "import sys\nfrom optimizer.store import TrialStore\n"
+        "store = TrialStore(sys.argv[1], 'ctx')\n"
+        "assert store.claim(sys.argv[2], 3600) and store.claim('quality/' + sys.argv[3], 3600)\n"
+    )
+    two.release(key)
+    died = [sys.executable, "-c", code, str(path), key, candidate.numerics_key()]
+    for _ in range(2):
+        subprocess.run(died, check=True, timeout=120)
+        assert two.claim(key, 60) and two.claim("quality/" + candidate.numerics_key(), 60)
+        two.release(key)
+        two.release("quality/" + candidate.numerics_key())
+    assert two.deaths_since(key, 0.0) == 2 and two.deaths_measuring(candidate) == 2
+    assert TrialStore(path, "other").deaths_since(key, 0.0) == 0  # per context
+    # a result written since resets the count; a known quality makes its deaths irrelevant
+    subprocess.run(died, check=True, timeout=120)
+    two.append(result)
+    assert two.claim("quality/" + candidate.numerics_key(), 60)
+    assert two.deaths_measuring(candidate) == 1
+    two.put_quality(candidate.numerics_key(), asdict(make_quality()))
+    assert two.deaths_measuring(candidate) == 0
 
 
 def test_a_killed_writer_leaves_whole_rows(tmp_path: Path, make_result, make_candidate) -> None:

@@ -3,12 +3,14 @@ shared-store tests (spawned children import it by this module's name)."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
 from optimizer.config import QualityConfig, SearchConfig, WorkloadConfig
 from optimizer.results import MEASURED, CandidateResult
-from optimizer.search.runner import search_worker
+from optimizer.search.runner import WorkerReport, search_worker
+from optimizer.search.workers import WorkerSpec
 from optimizer.space import Candidate, TorchSettings
 from optimizer.store import TrialStore
 from unit.factories import performance_result, quality_result
@@ -25,10 +27,12 @@ def space() -> list[Candidate]:
 
 @dataclass
 class SlowEvaluator:
-    """Takes `seconds` per candidate and remembers what it evaluated."""
+    """Takes `seconds` per candidate and remembers what it evaluated; evaluating `crash_on` ends
+    the process at once, as a native crash or the out-of-memory killer would."""
 
     store: TrialStore
     seconds: float
+    crash_on: str | None = None
     asked: list[str] = field(default_factory=list)
     workload_cfg: WorkloadConfig = field(default_factory=WorkloadConfig)
 
@@ -36,6 +40,8 @@ class SlowEvaluator:
         self, candidate: Candidate, role: str = "candidate", stop_below: float | None = None
     ) -> CandidateResult:
         self.asked.append(candidate.key())
+        if candidate.key() == self.crash_on:
+            os._exit(137)
         time.sleep(self.seconds)
         bonus = 1.5 if candidate.settings.precision == "bf16" else 1.0
         return CandidateResult(
@@ -48,17 +54,32 @@ class SlowEvaluator:
         )
 
 
-def run(url: str, run_id: str, sampler: str, seconds: float, lease_seconds: float = 30.0) -> list[str]:
+def run(
+    url: str,
+    run_id: str,
+    sampler: str,
+    seconds: float,
+    lease_seconds: float = 30.0,
+    crash_on: str | None = None,
+    retry_failed: bool = False,
+) -> list[str]:
     """One worker over `space()`; returns the keys of the candidates it evaluated itself."""
     store = TrialStore(url, "ctx", run_id=run_id)
-    evaluator = SlowEvaluator(store, seconds)
+    evaluator = SlowEvaluator(store, seconds, crash_on)
     candidates = space()
     search_worker(
         candidates,
         candidates[0],
         evaluator,  # type: ignore[arg-type]  # duck-typed: evaluate(), store, workload_cfg
-        SearchConfig(sampler=sampler, lease_seconds=lease_seconds),
+        SearchConfig(sampler=sampler, lease_seconds=lease_seconds, retry_failed=retry_failed),
         QualityConfig(),
         progress=lambda _: None,
     )
     return evaluator.asked
+
+
+def report_or_die(spec: WorkerSpec) -> WorkerReport:
+    """A worker for the local launcher: worker 0 dies as a native crash would, worker 1 reports."""
+    if spec.index == 0:
+        os._exit(137)
+    return WorkerReport(evaluated=3)

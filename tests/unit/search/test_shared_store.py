@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select
 
+from optimizer.results import FAILED, MEASURED
 from optimizer.store import TrialStore, store_url, trials_table
 
 from . import fake_worker
@@ -78,6 +79,32 @@ def test_a_killed_worker_loses_nothing_and_its_candidate_is_taken_over(url: str)
     keys = stored_keys(url)
     assert sorted(keys) == sorted(c.key() for c in fake_worker.space())  # each exactly once
     assert TrialStore(url, "ctx").claims_held() == 0
+
+
+def test_a_candidate_that_kills_its_process_twice_is_failed_and_the_search_goes_on(url: str) -> None:
+    crasher = fake_worker.space()[3].key()
+    spawn = multiprocessing.get_context("spawn")
+
+    def run_in_a_child(run_id: str) -> int | None:
+        child = spawn.Process(target=fake_worker.run, args=(url, run_id, "grid", 0.0, 600.0, crasher))
+        child.start()
+        child.join(timeout=300)
+        return child.exitcode
+
+    assert run_in_a_child("first") == 137  # died measuring it: its 600 s lease stays behind
+    assert crasher not in stored_keys(url)
+    assert run_in_a_child("resumed") == 137  # one death may be a kill: it is measured again
+    assert run_in_a_child("resumed again") == 0  # the second death is the candidate's
+    store = TrialStore(url, "ctx")
+    failed = store.get(fake_worker.space()[3])
+    assert failed is not None and failed.status == FAILED
+    assert failed.reason is not None and failed.reason.startswith("2 processes died measuring it")
+    assert sorted(set(stored_keys(url))) == sorted(c.key() for c in fake_worker.space())
+    assert store.claims_held() == 0 and store.claim_owner(crasher) is None
+    # asked to, a later run measures it again (no deaths since its failure)
+    assert fake_worker.run(url, "retry", "grid", 0.0, retry_failed=True) == [crasher]
+    retried = TrialStore(url, "ctx").get(fake_worker.space()[3])
+    assert retried is not None and retried.status == MEASURED
 
 
 def test_sqlite_file_is_a_valid_database_after_the_workers(tmp_path: Path) -> None:

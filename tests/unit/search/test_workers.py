@@ -67,6 +67,22 @@ def test_two_workers_search_once_each_candidate(
     assert {r.candidate.key() for r in result.results} == set(keys)
 
 
+def test_a_local_worker_that_dies_ends_alone(caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from optimizer.search.launchers import WorkerDied, local_processes
+    from optimizer.search.runner import WorkerReport
+
+    from . import fake_worker
+
+    both = [SimpleNamespace(index=0), SimpleNamespace(index=1)]
+    # the survivor's report comes back (a process pool would have ended it with the other)
+    assert local_processes(both, fake_worker.report_or_die) == [WorkerReport(evaluated=3)]  # type: ignore[arg-type]
+    assert "worker 0 failed: WorkerDied: the process ended with exit code 137 and no report" in caplog.text
+    with pytest.raises(WorkerDied, match="exit code 137"):
+        local_processes(both[:1], fake_worker.report_or_die)  # type: ignore[arg-type]
+
+
 def test_slurm_dry_run_writes_the_array_job_and_submits_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
     from submitit.core.utils import DelayedSubmission
 
