@@ -140,4 +140,7 @@ def _quiet_libraries(cache_dir: Path) -> None:
 
     hf_logging.set_verbosity_error()
     logging.getLogger("torchao").setLevel(logging.ERROR)  # warns about CUDA kernels on CPU machines
+    # torchao registers its Enums as pytree constants, which torch >= 2.13 supports natively: a
+    # warning per Enum at import, nothing a user can act on
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     hf_logging.disable_progress_bar()
