@@ -14,6 +14,7 @@ import math
 import multiprocessing
 import os
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -94,12 +95,32 @@ def local_processes(
         process.start()
         sender.close()  # the child's end: reading gets EOF when the child is gone
         started.append((process, receiver))
-    return _gather([functools.partial(_report_of, process, receiver) for process, receiver in started])
+    try:
+        return _gather([functools.partial(_report_of, process, receiver) for process, receiver in started])
+    finally:
+        _stop([process for process, _ in started])
+
+
+def _stop(processes: Sequence[BaseProcess], grace_seconds: float = 30.0) -> None:
+    """Interrupt workers still running when the coordinator leaves early (Ctrl-C, SIGTERM): they
+    give their leases up as an interrupted run does; one that does not stop in time is killed."""
+    running = [p for p in processes if p.is_alive() and p.pid is not None]
+    for process in running:
+        os.kill(process.pid, signal.SIGINT)  # type: ignore[arg-type]
+    deadline = time.monotonic() + grace_seconds
+    for process in running:
+        process.join(max(deadline - time.monotonic(), 0.0))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _report_through(work: Callable[[WorkerSpec], WorkerReport], spec: WorkerSpec, sender: Connection) -> None:
     try:
         report = work(spec)
+    except KeyboardInterrupt:
+        sender.send(("error", "interrupted"))
+        sys.exit(130)  # the coordinator says so once; no traceback per worker
     except BaseException as error:
         sender.send(("error", f"{type(error).__name__}: {error}"))
         raise

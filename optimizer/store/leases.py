@@ -135,6 +135,15 @@ class Leases:
         with self._engine.begin() as connection:
             connection.execute(self._mine(delete(claims_table), key))
 
+    def release_all(self) -> None:
+        """Give up every lease this worker holds: it stops without dying (an interrupt)."""
+        with self._engine.begin() as connection:
+            connection.execute(
+                delete(claims_table).where(
+                    claims_table.c.context == self.context, claims_table.c.owner == self.worker
+                )
+            )
+
     def claims_held(self) -> int:
         query = select(func.count()).where(
             claims_table.c.context == self.context, claims_table.c.owner == self.worker
@@ -153,7 +162,8 @@ class Leases:
 @contextmanager
 def leases_kept(store: Leases, lease_seconds: float) -> Iterator[None]:
     """Renew the worker's leases every quarter lease while the block runs; a killed worker stops
-    renewing, so its leases lapse and others take its candidates over."""
+    renewing, so its leases lapse and others take its candidates over. A block left any other way
+    (an interrupt included) gives its leases up: the next run must not count it as a death."""
     stop = threading.Event()
 
     def renew() -> None:
@@ -170,3 +180,7 @@ def leases_kept(store: Leases, lease_seconds: float) -> Iterator[None]:
     finally:
         stop.set()
         keeper.join()
+        try:
+            store.release_all()
+        except exc.SQLAlchemyError as error:  # they lapse instead
+            log.warning("could not give up leases in %s: %s", store.describe(), error)

@@ -132,3 +132,36 @@ def test_a_bad_config_dir_variable_exits_2_naming_it(
     monkeypatch.setenv("WATTSMITH_CONFIG_DIR", str(tmp_path / "nope"))
     assert cli.main(["--show-config"]) == 2
     assert capsys.readouterr().err.startswith("error: WATTSMITH_CONFIG_DIR: ")
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_giving_its_leases_up(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from optimizer.store import TrialStore
+
+    code = (
+        "import sys, time\nfrom optimizer.cli import _sigterm_interrupts\n"
+        "from optimizer.store import TrialStore, leases_kept\n"
+        "store = TrialStore(sys.argv[1], 'ctx')\n"
+        "try:\n"
+        "    with _sigterm_interrupts(), leases_kept(store, 600):\n"
+        "        assert store.claim('cand', 600)\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(600)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+    path = tmp_path / "t.db"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130  # interrupted (not killed by the signal: -15)
+    store = TrialStore(path, "ctx")
+    assert store.claim_owner("cand") is None  # a resumed run has no lease to take over, no death
+    assert store.claim("cand", 60) and store.deaths_since("cand", 0.0) == 0
+    # in-process (an application embedding the CLI), main() leaves the handler as it found it
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["--help"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -12,7 +12,7 @@ from optimizer.results import MEASURED, CandidateResult
 from optimizer.search.runner import WorkerReport, search_worker
 from optimizer.search.workers import WorkerSpec
 from optimizer.space import Candidate, TorchSettings
-from optimizer.store import TrialStore
+from optimizer.store import TrialStore, leases_kept
 from unit.factories import performance_result, quality_result
 
 
@@ -83,3 +83,11 @@ def report_or_die(spec: WorkerSpec) -> WorkerReport:
     if spec.index == 0:
         os._exit(137)
     return WorkerReport(evaluated=3)
+
+
+def hold_a_lease(url: str, key: str) -> None:
+    """A worker that holds `key` until it is interrupted."""
+    store = TrialStore(url, "ctx")
+    with leases_kept(store, 600):
+        assert store.claim(key, 600)
+        time.sleep(600)

@@ -4,6 +4,7 @@ and the SLURM path as a dry run. Every worker meets the others at the store."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -81,6 +82,28 @@ def test_a_local_worker_that_dies_ends_alone(caplog: pytest.LogCaptureFixture) -
     assert "worker 0 failed: WorkerDied: the process ended with exit code 137 and no report" in caplog.text
     with pytest.raises(WorkerDied, match="exit code 137"):
         local_processes(both[:1], fake_worker.report_or_die)  # type: ignore[arg-type]
+
+
+def test_workers_left_running_by_a_coordinator_that_stops_give_their_leases_up(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from optimizer.search.launchers import _stop
+    from optimizer.store import TrialStore
+
+    from . import fake_worker
+
+    url = str(tmp_path / "t.db")
+    store = TrialStore(url, "ctx")
+    worker = multiprocessing.get_context("spawn").Process(target=fake_worker.hold_a_lease, args=(url, "cand"))
+    worker.start()
+    deadline = time.time() + 120
+    while store.claim_owner("cand") is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert store.claim_owner("cand") is not None
+    _stop([worker])
+    assert not worker.is_alive()
+    assert store.claim_owner("cand") is None  # interrupted, not dead: nothing to take over
+    assert store.claim("cand", 60) and store.deaths_since("cand", 0.0) == 0
 
 
 def test_slurm_dry_run_writes_the_array_job_and_submits_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
