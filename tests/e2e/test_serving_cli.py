@@ -11,7 +11,8 @@ from cli_support import optimize
 
 pytestmark = pytest.mark.slow
 
-# Short streams of short requests: these tests check the mechanics, not this machine's speed.
+# Short streams of short requests under a loose SLO: these tests check the mechanics, not this
+# machine's speed (under the chat preset's 250 ms TPOT, a busy 2-core host held only 1 req/s).
 SHORT = [
     "workload.requests=12",
     "workload.repeats=1",
@@ -23,7 +24,8 @@ SHORT = [
     "workload.output_lengths.mean=12",
     "workload.output_lengths.min=4",
     "workload.output_lengths.max=24",
-    "workload.slo.ttft_ms=4000",
+    "workload.slo.ttft_ms=10000",
+    "workload.slo.tpot_ms=1000",
     "quality.num_sequences=2",
     "space.batch_sizes=[4]",
 ]
