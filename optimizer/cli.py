@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from optimizer.errors import UserError
+from optimizer.interrupts import sigterm_interrupts
 
 HELP = """\
 usage: optimize [--config-dir DIR] [GROUP=PRESET | KEY=VALUE ...]   search, measure, write recipe + report
@@ -65,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     _setup_logging()
     try:
-        with _sigterm_interrupts():
+        with sigterm_interrupts():
             return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -86,24 +84,6 @@ def _run(args: list[str]) -> int:
         print(_help(config_dir))
         return 0
     return _optimize(args, config_dir)
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """`kill`, a scheduler's stop or a container's shutdown ends a run as Ctrl-C does: leases are
-    given up and child workers stopped, so a resumed run neither waits for them nor counts a death."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only
-        return
-
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _take_config_dir(args: list[str]) -> tuple[list[str], Path | None]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from optimizer.backends.torch_parallel import RANKS_ENV
 from optimizer.config import RayConfig, RunConfig, SlurmConfig
+from optimizer.interrupts import sigterm_interrupts
 from optimizer.search.roofline import RooflineRates
 from optimizer.search.runner import WorkerReport
 from optimizer.search.workers import WorkerSpec, check_workers, local_gpus, run_worker
@@ -102,11 +103,11 @@ def local_processes(
 
 
 def _stop(processes: Sequence[BaseProcess], grace_seconds: float = 30.0) -> None:
-    """Interrupt workers still running when the coordinator leaves early (Ctrl-C, SIGTERM): they
-    give their leases up as an interrupted run does; one that does not stop in time is killed."""
-    running = [p for p in processes if p.is_alive() and p.pid is not None]
+    """Stop workers still running when the coordinator leaves early (Ctrl-C, SIGTERM): they give
+    their leases up as an interrupted run does; one that does not stop in time is killed."""
+    running = [p for p in processes if p.is_alive()]
     for process in running:
-        os.kill(process.pid, signal.SIGINT)  # type: ignore[arg-type]
+        process.terminate()  # SIGTERM: a KeyboardInterrupt inside the worker
     deadline = time.monotonic() + grace_seconds
     for process in running:
         process.join(max(deadline - time.monotonic(), 0.0))
@@ -116,8 +117,12 @@ def _stop(processes: Sequence[BaseProcess], grace_seconds: float = 30.0) -> None
 
 
 def _report_through(work: Callable[[WorkerSpec], WorkerReport], spec: WorkerSpec, sender: Connection) -> None:
+    # The coordinator stops its workers, once each (`_stop`): a Ctrl-C reaches the whole process
+    # group, and a second interrupt could land inside a worker's clean-up.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        report = work(spec)
+        with sigterm_interrupts():
+            report = work(spec)
     except KeyboardInterrupt:
         sender.send(("error", "interrupted"))
         sys.exit(130)  # the coordinator says so once; no traceback per worker

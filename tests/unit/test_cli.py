@@ -142,11 +142,11 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_giving_its_leases_up(tmp_path) -> No
     from optimizer.store import TrialStore
 
     code = (
-        "import sys, time\nfrom optimizer.cli import _sigterm_interrupts\n"
+        "import sys, time\nfrom optimizer.interrupts import sigterm_interrupts\n"
         "from optimizer.store import TrialStore, leases_kept\n"
         "store = TrialStore(sys.argv[1], 'ctx')\n"
         "try:\n"
-        "    with _sigterm_interrupts(), leases_kept(store, 600):\n"
+        "    with sigterm_interrupts(), leases_kept(store, 600):\n"
         "        assert store.claim('cand', 600)\n"
         "        print('ready', flush=True)\n"
         "        time.sleep(600)\n"

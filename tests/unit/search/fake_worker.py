@@ -85,9 +85,10 @@ def report_or_die(spec: WorkerSpec) -> WorkerReport:
     return WorkerReport(evaluated=3)
 
 
-def hold_a_lease(url: str, key: str) -> None:
-    """A worker that holds `key` until it is interrupted."""
-    store = TrialStore(url, "ctx")
+def hold_a_lease(spec: WorkerSpec) -> WorkerReport:
+    """A worker for the local launcher that holds the lease on "cand" until it is stopped."""
+    store = TrialStore(spec.cfg.store_path, "ctx")
     with leases_kept(store, 600):
-        assert store.claim(key, 600)
+        assert store.claim("cand", 600)
         time.sleep(600)
+    return WorkerReport()

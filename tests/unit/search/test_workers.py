@@ -86,23 +86,35 @@ def test_a_local_worker_that_dies_ends_alone(caplog: pytest.LogCaptureFixture) -
 
 def test_workers_left_running_by_a_coordinator_that_stops_give_their_leases_up(tmp_path: Path) -> None:
     import multiprocessing
+    import os
+    import signal
+    from types import SimpleNamespace
 
-    from optimizer.search.launchers import _stop
+    from optimizer.search.launchers import _report_through, _stop
     from optimizer.store import TrialStore
 
     from . import fake_worker
 
     url = str(tmp_path / "t.db")
     store = TrialStore(url, "ctx")
-    worker = multiprocessing.get_context("spawn").Process(target=fake_worker.hold_a_lease, args=(url, "cand"))
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    spec = SimpleNamespace(index=0, cfg=SimpleNamespace(store_path=url))
+    worker = context.Process(target=_report_through, args=(fake_worker.hold_a_lease, spec, sender))
     worker.start()
     deadline = time.time() + 120
     while store.claim_owner("cand") is None and time.time() < deadline:
         time.sleep(0.1)
     assert store.claim_owner("cand") is not None
+    # Ctrl-C reaches every process of the group: a worker waits for the coordinator's one stop
+    assert worker.pid is not None
+    os.kill(worker.pid, signal.SIGINT)
+    worker.join(1.0)
+    assert worker.is_alive() and store.claim_owner("cand") is not None
     _stop([worker])
-    assert not worker.is_alive()
-    assert store.claim_owner("cand") is None  # interrupted, not dead: nothing to take over
+    assert worker.exitcode == 130  # interrupted, not killed
+    assert receiver.recv() == ("error", "interrupted")
+    assert store.claim_owner("cand") is None  # nothing for a resumed run to take over
     assert store.claim("cand", 60) and store.deaths_since("cand", 0.0) == 0
 
 
