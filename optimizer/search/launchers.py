@@ -1,4 +1,4 @@
-"""Run `run_worker` on existing engines: a process pool here, Ray tasks, or a SLURM array (submitit).
+"""Run `run_worker` on existing engines: a process per worker here, Ray tasks, or a SLURM array (submitit).
 
 `launch_search` turns the config into one WorkerSpec per worker and starts them on the configured
 engine. Each engine only starts the workers and hands back their reports; which candidate a worker takes is
