@@ -11,6 +11,9 @@ from contextlib import contextmanager
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
+    # one interrupt: a second SIGTERM (a process-group kill, then the coordinator's own) must not
+    # land inside the clean-up the first one started
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

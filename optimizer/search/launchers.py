@@ -87,16 +87,16 @@ def local_processes(
     own: a worker killed by its candidate (a native crash, the out-of-memory killer) ends alone,
     where a process pool would have ended every worker with it."""
     context = multiprocessing.get_context("spawn")
-    started = []
-    for spec in specs:
-        receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(
-            target=_report_through, args=(work, spec, sender), name=f"worker-{spec.index}"
-        )
-        process.start()
-        sender.close()  # the child's end: reading gets EOF when the child is gone
-        started.append((process, receiver))
+    started: list[tuple[BaseProcess, Connection]] = []
     try:
+        for spec in specs:
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(
+                target=_report_through, args=(work, spec, sender), name=f"worker-{spec.index}"
+            )
+            process.start()
+            sender.close()  # the child's end: reading gets EOF when the child is gone
+            started.append((process, receiver))
         return _gather([functools.partial(_report_of, process, receiver) for process, receiver in started])
     finally:
         _stop([process for process, _ in started])

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, delete, exc, func, insert, select, update
@@ -23,16 +24,26 @@ from optimizer.store.tables import claims_table, deaths_table
 log = logging.getLogger(__name__)
 
 
+def _host() -> str:
+    """This host as leases name it: the hostname, and the PID namespace where Linux has one
+    (containers sharing a hostname see different processes under the same pids)."""
+    try:
+        namespace = f"/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        namespace = ""
+    return socket.gethostname() + namespace
+
+
 def worker_identity() -> str:
     """host:pid:token. The host and pid let a worker on the same host see that a claimant died."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _alive_here(owner: str) -> bool | None:
     """Whether a worker on this host still runs; None: it ran on another host."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != _host() or not pid_text.isdigit():
         return None  # another machine: only its lease's expiry tells
     try:
         os.kill(int(pid_text), 0)
@@ -40,7 +51,17 @@ def _alive_here(owner: str) -> bool | None:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(int(pid_text))
+
+
+def _is_zombie(pid: int) -> bool:
+    """A process that ended but was not yet reaped by its parent (a coordinator still waiting on
+    another worker) still answers kill(pid, 0)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 class Leases:

@@ -155,14 +155,12 @@ class TrialStore(Leases):
         self._records[key] = row | {"seq": seq[0] if seq else None, "result": result.to_dict()}
 
     def deaths_measuring(self, candidate: Candidate) -> int:
-        """Workers that died holding the candidate's lease since its latest stored result (or,
-        while its numerics' quality is unknown, that quality's lease): the larger count."""
+        """Workers that died holding the candidate's lease since its latest stored result. Only its
+        own: a quality lease is held through a build that depends on the batch size, so its deaths
+        would charge every batch size of the numerics with one size's crash."""
         record = self._records.get(candidate.key())
         since = float(record["created_at"]) if record is not None else 0.0
-        deaths = self.deaths_since(candidate.key(), since)
-        if self.quality_for(candidate.numerics_key()) is None:
-            deaths = max(deaths, self.deaths_since(QUALITY_CLAIM_PREFIX + candidate.numerics_key(), since))
-        return deaths
+        return self.deaths_since(candidate.key(), since)
 
     # --- quality per numerics ------------------------------------------------------------------
 

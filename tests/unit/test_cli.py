@@ -157,6 +157,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_giving_its_leases_up(tmp_path) -> No
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # a second one (a process-group kill, then another) is ignored
     assert proc.wait(timeout=60) == 130  # interrupted (not killed by the signal: -15)
     store = TrialStore(path, "ctx")
     assert store.claim_owner("cand") is None  # a resumed run has no lease to take over, no death

@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -206,7 +206,7 @@ def test_a_dead_workers_lease_is_taken_over_at_once(tmp_path: Path) -> None:
 
 
 def test_taking_a_lease_from_a_dead_holder_counts_a_death_and_from_a_live_one_does_not(
-    tmp_path: Path, make_result, make_quality
+    tmp_path: Path, make_result
 ) -> None:
     path = tmp_path / "t.db"
     one, two = TrialStore(path, "ctx"), TrialStore(path, "ctx")
@@ -231,13 +231,51 @@ def test_taking_a_lease_from_a_dead_holder_counts_a_death_and_from_a_live_one_do
         two.release("quality/" + candidate.numerics_key())
     assert two.deaths_since(key, 0.0) == 2 and two.deaths_measuring(candidate) == 2
     assert TrialStore(path, "other").deaths_since(key, 0.0) == 0  # per context
-    # a result written since resets the count; a known quality makes its deaths irrelevant
-    subprocess.run(died, check=True, timeout=120)
+    # a quality lease's deaths are not charged to the candidates of those numerics: its holder was
+    # also building one batch size, whose crash says nothing about the others
+    sibling = replace(candidate, batch_size=candidate.batch_size * 2)
+    assert two.deaths_since("quality/" + candidate.numerics_key(), 0.0) == 2
+    assert sibling.numerics_key() == candidate.numerics_key() and two.deaths_measuring(sibling) == 0
+    # a result written since resets the count
     two.append(result)
-    assert two.claim("quality/" + candidate.numerics_key(), 60)
-    assert two.deaths_measuring(candidate) == 1
-    two.put_quality(candidate.numerics_key(), asdict(make_quality()))
     assert two.deaths_measuring(candidate) == 0
+
+
+def test_a_worker_in_another_pid_namespace_is_on_another_host() -> None:
+    """Containers sharing a hostname (host networking) see other processes under the same pids:
+    a pid missing here says nothing about a worker there, only its lease's expiry does."""
+    import os
+    import socket
+
+    from optimizer.store.leases import _alive_here, worker_identity
+
+    here = worker_identity().rsplit(":", 2)[0]
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(gone.stdout)
+    assert _alive_here(f"{here}:{os.getpid()}:t") is True
+    assert _alive_here(f"{here}:{dead_pid}:t") is False
+    if os.path.exists("/proc/self/ns/pid"):
+        assert _alive_here(f"{socket.gethostname()}/1:{dead_pid}:t") is None  # another namespace
+
+
+def test_a_dead_worker_not_yet_reaped_is_dead(tmp_path: Path) -> None:
+    """A local worker that died while the coordinator waits on another is a zombie: it still
+    answers kill(pid, 0), and its lease is taken over at once all the same."""
+    path = tmp_path / "t.db"
+    code = "import sys\nfrom optimizer.store import TrialStore\nassert TrialStore(sys.argv[1], 'ctx').claim('c', 3600)\n"
+    child = subprocess.Popen([sys.executable, "-c", code, str(path)])
+    store = TrialStore(path, "ctx")
+    deadline = time.time() + 120
+    while store.claim_owner("c") is None and time.time() < deadline:
+        time.sleep(0.1)
+    state = Path(f"/proc/{child.pid}/stat")
+    while state.read_text().rpartition(")")[2].split()[0] != "Z" and time.time() < deadline:
+        time.sleep(0.1)  # exited, and not waited for (poll() would reap it)
+    assert state.read_text().rpartition(")")[2].split()[0] == "Z"
+    assert store.claim("c", 60) and store.deaths_since("c", 0.0) == 1
+    child.wait()
 
 
 def test_a_killed_writer_leaves_whole_rows(tmp_path: Path, make_result, make_candidate) -> None:
