@@ -32,7 +32,8 @@ Examples:
   optimize --config-dir conf space=mymodel workload=mychat       # presets of a model's repository
   optimize verify outputs/<run>/recipe.yaml
 
-Exit codes: 0 ok, 1 verify failed, 2 bad input or nothing feasible.
+Exit codes: 0 ok, 1 verify failed, 2 bad input, nothing feasible, or a recipe measured under
+other conditions (device, protocol, inputs) than verify finds here.
 """
 
 
@@ -165,4 +166,6 @@ def _verify(args: list[str]) -> int:
 
     report = verify_recipe(ns.recipe, tolerance=ns.tolerance, model_source=ns.model)
     print(report.render())
+    if not report.measured:
+        return 2
     return 0 if report.passed else 1

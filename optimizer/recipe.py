@@ -112,6 +112,11 @@ def build_recipe(
     evidence = _evidence_of(best)
     if selection is not None:  # the figures above are a re-measurement; how the winner was chosen
         evidence["selection"] = _selection_evidence(selection)
+        # percentiles do not pool: a finalist's latency and stream figures are its last round's
+        evidence["energy"]["from"] = "every finalist round"
+        for part in ("latency", "serving"):
+            if evidence[part] is not None:
+                evidence[part]["from"] = "the last finalist round"
     if base.performance is not None:
         evidence["baseline"] = {"settings": base.candidate.to_dict(), **_evidence_of(base)}
         evidence["gain_vs_baseline"] = {
@@ -242,6 +247,8 @@ def read_recipe(path: Path | str) -> Recipe:
     for part in ("model", "target", "settings", "measurement", "evidence"):
         if not isinstance(data.get(part), dict):
             raise UserError(f"recipe.{part}", f"{path}: is missing or not a mapping", "restore it from git")
+    _check_known_keys(data, RECIPE_KEYS, "recipe")
+    _check_known_keys(data["model"], MODEL_KEYS, "recipe.model")  # a misspelt revision is `main`
     _check_evidence(data, path)
     try:
         measurement = data["measurement"]
@@ -251,6 +258,9 @@ def read_recipe(path: Path | str) -> Recipe:
             raise UserError("measurement", "workload and quality must be mappings", "restore it from git")
         workload = dict(measurement["workload"])
         workload["slo"] = SloConfig(**workload["slo"])
+        quality = QualityConfig(**measurement["quality"])
+        if "constraints" in data:  # what verify enforces: the search's bounds, or a reader's edit
+            workload["slo"], quality = _constraints(data["constraints"], workload["slo"], quality)
         for lengths in ("prompt_lengths", "output_lengths"):
             if isinstance(workload.get(lengths), dict):
                 workload[lengths] = LengthConfig(**workload[lengths])
@@ -266,7 +276,7 @@ def read_recipe(path: Path | str) -> Recipe:
             ),
             target=_target_of(str(data["target"]["kind"]), measurement, data["evidence"]["energy"]["source"]),
             workload=WorkloadConfig(**workload),
-            quality=QualityConfig(**measurement["quality"]),
+            quality=quality,
         )
     except UserError as exc:
         raise UserError(f"recipe.{exc.field}", exc.problem, exc.fix) from None
@@ -274,6 +284,53 @@ def read_recipe(path: Path | str) -> Recipe:
         raise UserError(
             "recipe", f"{path} is missing or has a malformed field ({exc})", "restore it from git"
         ) from None
+
+
+RECIPE_KEYS = (
+    "schema",
+    "wattsmith_version",
+    "created",
+    "model",
+    "target",
+    "settings",
+    "layout",
+    "constraints",
+    "measurement",
+    "evidence",
+)
+MODEL_KEYS = ("name", "source", "format", "weight_sha256", "revision", "trust_remote_code", "num_parameters")
+QUALITY_BOUND_KEYS = ("max_ppl_increase", "min_top1_agreement", "max_kl")
+
+
+def _check_known_keys(block: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    """A hand edit with a misspelt key fails here, naming it, instead of being silently ignored."""
+    unknown = sorted(str(k) for k in block if k not in known)
+    if unknown:
+        raise UserError(
+            f"{where}.{unknown[0]}",
+            "is not a field of a recipe",
+            f"fix its spelling or remove it; fields: {', '.join(known)}",
+        )
+
+
+def _constraints(constraints: Any, slo: SloConfig, quality: QualityConfig) -> tuple[SloConfig, QualityConfig]:
+    """The SLO and quality bound `constraints` states, over the ones the search measured with."""
+    if not isinstance(constraints, dict):
+        raise UserError("constraints", "is not a mapping", "restore it from git")
+    _check_known_keys(constraints, ("quality", "slo"), "constraints")
+    bound, limits = constraints.get("quality", {}), constraints.get("slo", {})
+    if not isinstance(bound, dict) or not isinstance(limits, dict):
+        raise UserError("constraints", "quality and slo must be mappings", "restore it from git")
+    _check_known_keys(bound, QUALITY_BOUND_KEYS, "constraints.quality")
+    try:
+        tightened = replace(slo, **limits), replace(quality, **bound)
+        WorkloadConfig(slo=tightened[0])  # validates the SLO as a workload does
+    except TypeError as exc:  # an unknown SLO field
+        raise UserError("constraints.slo", str(exc), "fix its spelling or remove it") from None
+    except UserError as exc:  # named where the value was written, not where it is used
+        field = exc.field.removeprefix("workload.")
+        raise UserError(f"constraints.{field}", exc.problem, exc.fix) from None
+    return tightened
 
 
 # what verify compares with, by dotted path: found missing only after a re-measurement otherwise
@@ -322,11 +379,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("WATTSMITH_CACHE", "~/.cache/wattsmith")).expanduser()
 
 
-def load_recipe(path: Path | str, model_source: str | None = None, cache_dir: Path | None = None) -> Engine:
-    """An engine built exactly as the recipe says, ready to `generate`.
+def load_recipe(
+    path: Path | str,
+    model_source: str | None = None,
+    cache_dir: Path | None = None,
+    request_tokens: int | None = None,
+) -> Engine:
+    """An engine built exactly as the recipe says, ready to `generate` (and to `submit`, when it
+    serves requests itself).
 
     `model_source` replaces the recipe's model source (e.g. the same weights at another path);
-    the weights must still hash to the recipe's `weight_sha256`.
+    the weights must still hash to the recipe's `weight_sha256`. `request_tokens` is the longest
+    request (prompt and output tokens) to be served, by default the recipe's workload's longest:
+    an engine that gives each request a fixed slot (llama.cpp's context, a paged cache) is sized
+    for it now, since it cannot grow while requests run.
     """
     from optimizer.backends.registry import build_engine
     from optimizer.model import resolve_model
@@ -337,7 +403,11 @@ def load_recipe(path: Path | str, model_source: str | None = None, cache_dir: Pa
     model = resolve_model(model_config_for(recipe, model_source), cache)
     check_weights(recipe, model.weight_sha256)
     target = detect_target(recipe.target)
-    return build_engine(model, recipe.candidate, target, cache)
+    engine = build_engine(model, recipe.candidate, target, cache)
+    reserve = getattr(engine, "reserve", None)
+    if reserve is not None and hasattr(engine, "submit"):  # as the measurement sized it
+        reserve(request_tokens or recipe.workload.longest_request_tokens())
+    return engine
 
 
 def model_config_for(recipe: Recipe, model_source: str | None) -> ModelConfig:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from optimizer.config import SloConfig
+from optimizer.errors import UserError
 from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import measure_idle_watts
 from optimizer.measure.setup import prepare_measurement
@@ -15,6 +16,7 @@ from optimizer.measure.workload import PerformanceResult
 from optimizer.recipe import check_weights, default_cache_dir, model_config_for, read_recipe
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
+from optimizer.space import exclusion_reason
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +33,14 @@ class Check:
 class VerifyReport:
     recipe: Path
     checks: list[Check]
+    notes: list[str] = field(default_factory=list)
+    # False: the device, the protocol or the inputs differ here, so nothing was re-measured (a
+    # re-measurement would fail for the machine or the tool, not the recipe: CI must tell them apart)
+    measured: bool = True
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        return self.measured and all(c.passed for c in self.checks)
 
     def render(self) -> str:
         width = max(len(c.name) for c in self.checks)
@@ -42,7 +48,15 @@ class VerifyReport:
         for c in self.checks:
             mark = "ok  " if c.passed else "FAIL"
             lines.append(f"  {mark} {c.name:<{width}}  recorded {c.recorded:<28} here {c.measured}")
-        lines.append("PASSED" if self.passed else "FAILED")
+        lines.extend(f"  note {note}" for note in self.notes)
+        if not self.measured:
+            lines.append(
+                "NOT VERIFIED: the recipe was measured under other conditions than these (FAIL above), so "
+                "nothing was re-measured; run verify where they match, or run optimize here for a recipe "
+                "of this machine"
+            )
+        else:
+            lines.append("PASSED" if self.passed else "FAILED")
         return "\n".join(lines)
 
 
@@ -113,6 +127,16 @@ def verify_recipe(
                 recorded_stream == here_stream,
             )
         )
+    notes = _package_notes(recorded_target.get("packages"), here.get("packages"))
+    if not all(c.passed for c in checks):  # the conditions so far: re-measuring here says nothing
+        return VerifyReport(recipe.path, checks, notes, measured=False)
+    cannot = exclusion_reason(
+        cand, setup.target, recipe.workload.serving, setup.model.shape, setup.model.format
+    )
+    if cannot is not None:  # e.g. the backend's package is missing: say so now, not after measuring
+        raise UserError(
+            "recipe.settings", f"this machine cannot run {cand.label()}: {cannot}", _FIX_CANNOT_RUN
+        )
     device = DeviceLock.for_target(setup.target)
     with device.exclusive():  # idle means idle: no search builds or measures on the device meanwhile
         measure_idle_watts(setup.meter, recipe.workload.idle_seconds)
@@ -120,7 +144,7 @@ def verify_recipe(
     result = Evaluator.for_setup(setup, device=device).evaluate(cand, role="baseline")
     if result.quality is None or result.performance is None:
         checks.append(Check("build and run", "ok", result.reason or "no result", False))
-        return VerifyReport(recipe.path, checks)
+        return VerifyReport(recipe.path, checks, notes)
     q, perf = result.quality, result.performance
     broken = q.violations(recipe.quality)
     recorded_q = evidence["quality"] or {}
@@ -143,7 +167,22 @@ def verify_recipe(
             tolerance,
         )
     )
-    return VerifyReport(recipe.path, checks)
+    return VerifyReport(recipe.path, checks, notes)
+
+
+_FIX_CANNOT_RUN = "install the package it names, or verify on a machine like the recipe's target"
+
+
+def _package_notes(recorded: object, here: object) -> list[str]:
+    """Tracked package versions that differ from the recipe's: not a failure (re-measuring is how
+    an upgrade is checked), but the first thing to look at when a figure moved."""
+    if not isinstance(recorded, dict) or not isinstance(here, dict):
+        return []
+    return [
+        f"{name} {recorded.get(name) or 'absent'} recorded, {here.get(name) or 'absent'} here"
+        for name in sorted(set(recorded) | set(here))
+        if recorded.get(name) != here.get(name)
+    ]
 
 
 def slo_check(recorded: dict[str, Any], perf: PerformanceResult, slo: SloConfig) -> Check:

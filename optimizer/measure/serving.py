@@ -371,7 +371,11 @@ def measure_serving(
             break
     judged = [r for run in runs for r in run.requests if run.window.start <= r.arrival <= run.window.end]
     judged = judged or [r for run in runs for r in run.requests]
-    ttfts, tpots = [r.ttft for r in judged], [r.tpot for r in judged]
+    ttfts = [r.ttft for r in judged]
+    # a request that got fewer than two tokens (given up on, or asked for one) has no time per
+    # output token: counted as 0 ms it would pull the TPOT percentiles of an overloaded run down
+    timed = [r.tpot for r in judged if r.output_tokens > 1]
+    tpots = timed or [r.tpot for run in runs for r in run.requests if r.output_tokens > 1] or [0.0]
     return PerformanceResult.of_windows(
         windows,
         idle_watts=meter.idle_watts,

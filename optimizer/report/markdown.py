@@ -107,7 +107,9 @@ def write_report(
         f"{cfg.quality.num_sequences}×{cfg.quality.seq_tokens} held-out tokens of `{cfg.quality.text}`",
         "",
     ]
-    lines += _selected_section(best, outcome.baseline, cfg.accounting, infeasible, source)
+    lines += _selected_section(
+        best, outcome.baseline, cfg.accounting, infeasible, source, selection is not None
+    )
     layout = layout_record(best.candidate, target) if best else None
     if layout:  # several processes: say where they ran
         lines += [f"- selected layout: {', '.join(f'{k} {v}' for k, v in layout.items())}", ""]
@@ -147,6 +149,7 @@ def _selected_section(
     accounting: AccountingConfig,
     infeasible: UserError | None,
     source: str,
+    remeasured: bool = False,
 ) -> list[str]:
     lines = ["## Selected", ""]
     if best is None:
@@ -155,8 +158,15 @@ def _selected_section(
     rows = [("selected", best), ("baseline", baseline)]
     if source == "estimate":
         lines += [f"{estimate_mark(source)}the energy columns.", ""]
+    if remeasured:  # else a reader finds two figures for one candidate and no word on which is which
+        lines += [
+            "The selected row is its re-measurement as a finalist (energy: every round's windows; "
+            "latency: the last round); the tables after the finalists' show each candidate as the "
+            "search measured it.",
+            "",
+        ]
     lines += [
-        "| | settings | goodput tok/J | tok/J (all) | active tok/J | tok/s | W | TPOT p90 ms | ppl Δ | top-1 | KL |",
+        "| | settings | goodput tok/J (mean ± sd) | tok/J (all) | active tok/J | tok/s | W | TPOT p90 ms | ppl Δ | top-1 | KL |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
@@ -249,7 +259,7 @@ def _candidates_table(results: Sequence[CandidateResult], estimate_mark: str = "
         "## All candidates",
         "",
         *([f"{estimate_mark}the tokens/J columns.", ""] if estimate_mark else []),
-        "| candidate | status | ppl Δ | top-1 | KL | tok/s | tok/J | goodput tok/J | TPOT p90 ms | TTFT p90 ms | note |",
+        "| candidate | status | ppl Δ | top-1 | KL | tok/s | tok/J | goodput tok/J (mean ± sd) | TPOT p90 ms | TTFT p90 ms | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {MEASURED: 0, REJECTED: 1, FAILED: 2, PRUNED: 3}

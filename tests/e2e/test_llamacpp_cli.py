@@ -35,9 +35,10 @@ SMALL = [
 ]
 LOAD = (
     "import sys, torch, optimizer\n"
-    "engine = optimizer.load_recipe(sys.argv[1])\n"
+    "engine = optimizer.load_recipe(sys.argv[1], request_tokens=600)\n"
     "gen = engine.generate(torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]]), 5)\n"
-    "print(type(engine).__name__, engine.settings.label(), engine.sequences, tuple(gen.token_ids.shape))\n"
+    "print(type(engine).__name__, engine.settings.label(), engine.sequences, tuple(gen.token_ids.shape),\n"
+    "      engine.sequence_tokens)\n"
     "engine.close()\n"
 )
 
@@ -85,9 +86,10 @@ def test_the_recipe_verifies_and_rebuilds_the_same_engine(run: Path, cache_dir: 
     )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     name, *_, shape = loaded.stdout.strip().splitlines()[-1].split(" (")
-    # engine, settings label ("gguf": f16 KV, flash attention, 512/512 batches), sequences
+    # engine, settings label ("gguf": f16 KV, flash attention, 512/512 batches), sequences; its
+    # context made for 600-token requests before any is submitted (in 256-token granules)
     assert name == f"LlamaCppEngine gguf {recipe['settings']['batch_size']}"
-    assert shape == "2, 5)"
+    assert shape == "2, 5) 768"
 
 
 def test_an_agent_stream_is_served_with_and_without_prefix_reuse(tmp_path: Path, cache_dir: Path) -> None:

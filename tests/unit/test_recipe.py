@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from optimizer.config import ModelConfig, QualityConfig, WorkloadConfig
 from optimizer.errors import UserError
 from optimizer.recipe import (
     check_weights,
+    load_recipe,
     model_config_for,
     read_recipe,
     write_recipe,
@@ -156,6 +158,14 @@ def test_missing_fields(tmp_path: Path, recipe_dict: dict[str, Any], path: tuple
         (lambda d: d["measurement"]["workload"].update(warp=9), "recipe"),
         (lambda d: d.update(model="just a string"), "recipe.model"),
         (lambda d: d.update(settings=5), "recipe.settings"),
+        (lambda d: d["model"].update(revison="abc123"), "recipe.model.revison"),
+        (lambda d: d.update(evidense={}), "recipe.evidense"),
+        (lambda d: d["constraints"]["quality"].update(max_kll=0.01), "recipe.constraints.quality.max_kll"),
+        (lambda d: d["constraints"]["slo"].update(tpot=50), "recipe.constraints.slo"),
+        (lambda d: d["constraints"]["slo"].update(tpot_ms=-5), "recipe.constraints.slo.tpot_ms"),
+        (lambda d: d["constraints"]["quality"].update(max_kl=-1), "recipe.constraints.quality.max_kl"),
+        (lambda d: d["constraints"].update(latency={}), "recipe.constraints.latency"),
+        (lambda d: d.update(constraints=[1]), "recipe.constraints"),
     ],
 )
 def test_invalid_values_name_the_recipe_field(
@@ -166,6 +176,22 @@ def test_invalid_values_name_the_recipe_field(
     with pytest.raises(UserError) as info:
         read_recipe(_write(tmp_path / "recipe.yaml", data))
     assert info.value.field == field
+
+
+def test_verify_enforces_the_constraints_a_reader_tightened(
+    tmp_path: Path, recipe_dict: dict[str, Any]
+) -> None:
+    """`constraints` is what verify enforces: the search's bounds as written, or stricter ones."""
+    recipe = read_recipe(write_recipe(tmp_path / "recipe.yaml", recipe_dict))
+    assert recipe.quality.max_kl == 0.1 and recipe.workload.slo == WorkloadConfig().slo
+    data = copy.deepcopy(recipe_dict)
+    data["constraints"]["quality"]["max_kl"] = 0.001
+    data["constraints"]["slo"]["tpot_ms"] = 50
+    tightened = read_recipe(write_recipe(tmp_path / "tight.yaml", data))
+    assert tightened.quality.max_kl == 0.001 and tightened.quality.num_sequences == 4
+    assert tightened.workload.slo.tpot_ms == 50 and tightened.workload.prompt_tokens == 32
+    del data["constraints"]
+    assert read_recipe(write_recipe(tmp_path / "none.yaml", data)).quality.max_kl == 0.1
 
 
 @pytest.mark.parametrize("where", ["settings", "workload"])
@@ -221,6 +247,7 @@ def test_build_recipe_records_the_protocol_and_the_estimates_coefficients(
     from optimizer.measure import PROTOCOL_VERSION
     from optimizer.recipe import build_recipe
     from optimizer.search.runner import SearchOutcome
+    from optimizer.select import Selection
 
     best = make_result(quality=make_quality(), performance=make_performance())
     outcome = SearchOutcome(
@@ -236,6 +263,12 @@ def test_build_recipe_records_the_protocol_and_the_estimates_coefficients(
         "cpu_active_watts_per_core": 7.0,
         "cpu_idle_watts_per_core": 0.5,
     }
+    assert "from" not in recipe["evidence"]["latency"]  # one measurement: nothing to tell apart
+    selection = Selection([], best.candidate.key(), False, "only one")
+    chosen = build_recipe(compose_run_config([]), setup, best, outcome, [], "ctx", 3.0, selection)
+    # a finalist's energy pools its rounds, its percentiles are its last round's: the recipe says so
+    assert chosen["evidence"]["energy"]["from"] == "every finalist round"
+    assert chosen["evidence"]["latency"]["from"] == "the last finalist round"
 
 
 def test_read_recipe_gives_the_recorded_coefficients(tmp_path: Path, recipe_dict: dict[str, Any]) -> None:
@@ -277,6 +310,33 @@ def test_a_recipe_names_its_layout_and_rebuilds_it(
     )
     build_engine(None, recipe.candidate, None, tmp_path)  # type: ignore[arg-type]
     assert built == [candidate]  # load_recipe and verify build through here: the layout is rebuilt
+
+
+def test_a_serving_engine_is_sized_for_the_recipes_longest_request(
+    tmp_path: Path, recipe_dict: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A llama.cpp context or a paged cache cannot grow while requests run: sized at load, as the
+    measurement sized it, a deployment's first long request does not fail."""
+    import optimizer.backends.registry as registry
+    import optimizer.model as model_module
+    import optimizer.target as target_module
+
+    class Served:
+        reserved: list[int] = []
+
+        def reserve(self, tokens: int) -> None:
+            self.reserved.append(tokens)
+
+        def submit(self, prompt_ids: Any, max_new_tokens: int) -> str:
+            return "0"
+
+    monkeypatch.setattr(model_module, "resolve_model", lambda cfg, cache: SimpleNamespace(weight_sha256=SHA))
+    monkeypatch.setattr(target_module, "detect_target", lambda cfg: None)
+    monkeypatch.setattr(registry, "build_engine", lambda *a: Served())
+    path = write_recipe(tmp_path / "recipe.yaml", recipe_dict)
+    load_recipe(path, cache_dir=tmp_path)
+    load_recipe(path, cache_dir=tmp_path, request_tokens=600)
+    assert Served.reserved == [32 + 16, 600]  # the workload's prompt and output tokens, then asked
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "recipes").glob("*/recipe.yaml")))

@@ -12,6 +12,7 @@ import pytest
 
 from optimizer import verify
 from optimizer.config import SloConfig, TargetConfig
+from optimizer.errors import UserError
 from optimizer.recipe import write_recipe
 from optimizer.search.device_lock import DeviceLock
 from optimizer.verify import Check, VerifyReport
@@ -91,7 +92,7 @@ def measured_here(
     seen: dict[str, Any] = {}
 
     def setup(text_sha256: str, cores: int) -> SimpleNamespace:
-        model = SimpleNamespace(weight_sha256=WEIGHT_SHA)
+        model = SimpleNamespace(weight_sha256=WEIGHT_SHA, shape=None, format="hf-dir")
         meter = SimpleNamespace(source="estimate")
         target = make_target(cores=cores)
         return SimpleNamespace(model=model, target=target, meter=meter, text_sha256=text_sha256, stream=None)
@@ -113,6 +114,7 @@ def measured_here(
             return cls()
 
         def evaluate(self, candidate: Any, role: str) -> Any:
+            seen["evaluated"] = seen.get("evaluated", 0) + 1
             perf = make_performance(goodput_tokens_per_joule=2.0)
             return make_result(candidate=candidate, quality=make_quality(), performance=perf)
 
@@ -146,13 +148,47 @@ def test_verify_holds_the_device_lock(measured_here) -> None:
 
 def test_verify_compares_the_cores_and_the_measurement_protocol(measured_here) -> None:
     """The estimate charges idle watts per core and RAPL meters the package: 8 cores of the same
-    CPU give other joules than the recipe's 2; another protocol measures something else."""
-    run, _seen, _lock = measured_here
-    checks = {c.name: c for c in run(cores=8).checks}
+    CPU give other joules than the recipe's 2; another protocol measures something else. Either
+    stops verify before it measures: the figures would fail for the machine, not the recipe."""
+    run, seen, _lock = measured_here
+    report = run(cores=8)
+    checks = {c.name: c for c in report.checks}
     assert not checks["device"].passed
     assert (checks["device"].recorded, checks["device"].measured) == (
         "Test CPU, 2 cores",
         "Test CPU, 8 cores",
     )
+    assert not report.measured and not report.passed and "evaluated" not in seen
+    assert "idle_locked" not in seen  # not even idle power
+    assert report.render().splitlines()[-1].startswith("NOT VERIFIED")
     older = {c.name: c for c in run(protocol_version=1).checks}
     assert not older["measurement protocol"].passed and older["measurement protocol"].recorded == "1"
+    assert "evaluated" not in seen
+    assert run().measured and seen["evaluated"] == 1
+
+
+def test_verify_stops_before_measuring_when_this_machine_cannot_run_the_recipe(
+    measured_here, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, seen, _lock = measured_here
+    monkeypatch.setattr(
+        verify, "exclusion_reason", lambda *a: "llama-cpp-python is not installed: pip install x"
+    )
+    with pytest.raises(UserError) as info:
+        run()
+    assert info.value.field == "recipe.settings" and "not installed" in info.value.problem
+    assert "evaluated" not in seen and "idle_locked" not in seen
+
+
+def test_verify_notes_the_package_versions_that_differ(measured_here, make_target) -> None:
+    run, _seen, _lock = measured_here
+    here = make_target().fingerprint()["packages"]
+    assert run().notes == []  # the factory's recipe records no packages: nothing to compare
+    assert verify._package_notes({**here, "torch": "1.0.0", "gone": "1"}, here) == [
+        "gone 1 recorded, absent here",
+        f"torch 1.0.0 recorded, {here['torch']} here",
+    ]
+    report = verify.VerifyReport(
+        Path("r.yaml"), [Check("device", "cpu", "cpu", True)], ["torch 1 recorded, 2 here"]
+    )
+    assert report.passed and "  note torch 1 recorded, 2 here" in report.render().splitlines()

@@ -177,6 +177,18 @@ def test_a_run_gives_up_on_a_queue_it_cannot_drain_and_counts_it_as_missed() -> 
     assert run.window.growing
 
 
+def test_requests_given_up_on_have_no_time_per_output_token() -> None:
+    """An overloaded run leaves most requests unserved: counted as 0 ms they would pull the TPOT
+    percentiles below what every served request saw (and hide a TPOT breach)."""
+    stuck = FifoServer(slots=1, ttft=0.01, tpot=0.1)  # 410 ms per request of 5 tokens
+    perf = measure_serving(
+        stuck, stream(requests=12, rate=20), WattMeter(), SloConfig(tpot_ms=80), 1, 0, 0, 20.0, 0.3
+    )
+    assert stuck.cancelled > 6  # most of the stream was never served
+    assert perf.latency.tpot_ms["p50"] == pytest.approx(100, rel=0.2)
+    assert any(v.startswith("TPOT p90") for v in perf.slo_violations), perf.slo_violations
+
+
 def test_every_run_starts_with_the_engines_prefix_cache_forgotten() -> None:
     class Caching(FifoServer):
         forgotten_before: list[int] = []

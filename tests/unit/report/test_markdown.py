@@ -91,6 +91,19 @@ def test_report_with_a_selection(tmp_path: Path, setup, outcome: SearchOutcome, 
     assert "measured 3 (feasible 2), rejected by the quality bound 1, failed 1, pruned 1" in text
 
 
+def test_the_selected_row_says_it_is_a_finalists_re_measurement(outcome: SearchOutcome) -> None:
+    """The selected candidate has two figures in a report with finalists: say which is which."""
+    from optimizer.report.markdown import _selected_section
+
+    best = outcome.results[0]
+    plain = "\n".join(_selected_section(best, outcome.baseline, RunConfig().accounting, None, "rapl"))
+    finalist = "\n".join(
+        _selected_section(best, outcome.baseline, RunConfig().accounting, None, "rapl", True)
+    )
+    assert "re-measurement as a finalist" in finalist and "re-measurement" not in plain
+    assert "goodput tok/J (mean ± sd)" in plain
+
+
 def test_report_when_nothing_is_feasible(tmp_path: Path, setup, outcome: SearchOutcome) -> None:
     error = UserError("workload.slo", "all candidates miss the latency SLO", "raise workload.slo.tpot_ms")
     text = write_report(tmp_path, RunConfig(), setup, outcome, [], None, [], 12.5, error).read_text()
