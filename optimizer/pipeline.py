@@ -81,7 +81,7 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         plan.baseline.label(),
     )
     _warn_if_busy(target)
-    store = TrialStore(cfg.store_path, plan.context)
+    store = TrialStore(cfg.store_path, plan.context, quality_context=plan.quality_context)
     log.info("store %s (context %s, run %s)", store.describe(), plan.context, store.run_id)
     device = DeviceLock.for_target(target)
     with device.exclusive():  # idle means idle: no other worker builds or measures meanwhile

@@ -15,7 +15,8 @@ import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from functools import cache
+from typing import Any, get_type_hints
 
 from optimizer.backends.base import ModelRules
 from optimizer.backends.registry import SPECS_BY_NAME, BackendSettings, spec_for
@@ -26,6 +27,8 @@ from optimizer.model import ModelShape
 from optimizer.target import TargetSpec
 
 LAYOUT_FIELDS = ("replicas", "tensor_parallel")
+# A candidate's counts and their least valid value (threads 0: the library's default count).
+COUNT_FIELDS = {"batch_size": 1, "threads": 0, "replicas": 1, "tensor_parallel": 1}
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         values = {"backend": self.backend, "batch_size": self.batch_size, "threads": self.threads}
-        return values | self.layout() | asdict(self.settings)
+        return values | self.layout() | _settings_dict(self.settings)
 
     def axes(self) -> dict[str, Any]:
         """Every axis value, the layout's included even at 1 (a sampler's view of the candidate)."""
@@ -75,15 +78,15 @@ class Candidate:
                 "settings.backend", f"unknown backend {backend!r}", f"use one of {list(SPECS_BY_NAME)}"
             )
         settings_type = spec.settings_type
-        try:
-            batch_size, threads = int(values.pop("batch_size")), int(values.pop("threads"))
-        except (KeyError, TypeError, ValueError):
-            raise UserError("settings", "batch_size and threads must be integers", "fix the recipe") from None
-        layout = {name: values.pop(name, 1) for name in LAYOUT_FIELDS}
-        for name, value in layout.items():
-            if type(value) is not int or value < 1:
+        for name in ("batch_size", "threads"):  # the layout's are left out at 1 x 1
+            if name not in values:
+                raise UserError(f"settings.{name}", "is missing", f"e.g. {name}: {COUNT_FIELDS[name]}")
+        counts = {name: values.pop(name, 1) for name in COUNT_FIELDS}
+        for name, low in COUNT_FIELDS.items():
+            value = counts[name]
+            if type(value) is not int or value < low:  # not int(): 16.9 would be 16, True would be 1
                 raise UserError(
-                    f"settings.{name}", f"must be an integer >= 1, got {value!r}", f"e.g. {name}: 2"
+                    f"settings.{name}", f"must be an integer >= {low}, got {value!r}", f"e.g. {name}: 2"
                 )
         known = {f.name for f in fields(settings_type)}
         unknown = set(values) - known
@@ -91,7 +94,7 @@ class Candidate:
             raise UserError(
                 "settings", f"unknown {backend} settings {sorted(unknown)}", f"known: {sorted(known)}"
             )
-        return cls(settings=settings_type(**values), batch_size=batch_size, threads=threads, **layout)
+        return cls(settings=settings_type(**values), **counts)
 
     def key(self) -> str:
         return _digest(self.to_dict())
@@ -108,6 +111,24 @@ class Candidate:
         replicas = f" r{self.replicas}" if self.replicas != 1 else ""
         tp = f" tp{self.tensor_parallel}" if self.tensor_parallel != 1 else ""
         return f"{self.backend} {self.settings.label()} b{self.batch_size}{threads}{replicas}{tp}"
+
+
+def _settings_dict(settings: BackendSettings) -> dict[str, Any]:
+    """The settings as dicts and keys write them: a whole number given for a float field (YAML's
+    `2`) as the float the grid gives (2.0), so that equal settings get one key; a value already
+    of its field's type is written as it was, and keeps its key."""
+    values = asdict(settings)
+    settings_type: type = type(settings)
+    for name in _float_fields(settings_type):
+        if type(values[name]) is int:
+            values[name] = float(values[name])
+    return values
+
+
+@cache
+def _float_fields(settings_type: type) -> tuple[str, ...]:
+    hints = get_type_hints(settings_type)  # the annotations are strings (postponed evaluation)
+    return tuple(f.name for f in fields(settings_type) if hints[f.name] is float)
 
 
 def _digest(data: dict[str, Any]) -> str:

@@ -38,6 +38,11 @@ TRACKED_PACKAGES = (
     "onnxscript",
     "tensorrt",
     "llama-cpp-python",
+    # flash_attention_2/_3 run these kernels; flash-attn 3 (its module flash_attn_interface) is
+    # the `flash_attn_3` distribution, `flashattn-hopper` in its earlier builds
+    "flash-attn",
+    "flash-attn-3",
+    "flashattn-hopper",
 )
 
 

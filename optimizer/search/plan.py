@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from optimizer.config import RunConfig
@@ -20,6 +21,9 @@ OFFLINE_FIELDS = ("prompt_tokens", "max_new_tokens", "min_window_seconds", "repe
 # A stream's windows are its requests: these offline fields change nothing it measures (the
 # prompt pool's length and new tokens still drive the greedy-parity check at build).
 NOT_SERVING_FIELDS = ("idle_seconds", "min_window_seconds", "warmup_batches")
+# Prompt rows that key the results: the pool holds max(space.batch_sizes, 16) rows (pipeline.py,
+# workers.py), each the same whatever the pool's size, and no fewer than this.
+KEYED_PROMPTS = 16
 
 
 def protocol(
@@ -36,33 +40,66 @@ def protocol(
         workload = {k: v for k, v in workload.items() if k not in NOT_SERVING_FIELDS}
         if stream_sha256 is not None:
             workload["stream_sha256"] = stream_sha256
-    parts: dict[str, Any] = {
-        "protocol_version": PROTOCOL_VERSION,
-        "workload": workload,
-        "quality_text_sha256": text_sha256,
-        "quality_sequences": cfg.quality.num_sequences,
-        "quality_seq_tokens": cfg.quality.seq_tokens,
-        "quality_batch_size": cfg.quality.batch_size,
-        "energy_source": energy_source,
-    }
+    parts = quality_protocol(cfg, text_sha256) | {"workload": workload, "energy_source": energy_source}
     if energy_source == "estimate":  # joules are arithmetic on these: other values, other joules
         parts["estimate_coefficients"] = estimate_coefficients(cfg.target)
     return parts
 
 
+def quality_protocol(cfg: RunConfig, text_sha256: str) -> dict[str, Any]:
+    """What a quality probe's numbers depend on beside the model and the target: the protocol's
+    version, the quality text (by content) and how it is scored."""
+    return {
+        "protocol_version": PROTOCOL_VERSION,
+        "quality_text_sha256": text_sha256,
+        "quality_sequences": cfg.quality.num_sequences,
+        "quality_seq_tokens": cfg.quality.seq_tokens,
+        "quality_batch_size": cfg.quality.batch_size,
+    }
+
+
 def measured_inputs(setup: MeasurementSetup) -> dict[str, str | None]:
     """What the weights' hash does not cover: the model's config (a fixed rope_theta changes every
-    logit) and the token ids actually measured (a fixed tokenizer changes them, not the text)."""
+    logit), the token ids actually measured (a fixed tokenizer changes them, not the text) and,
+    when it is trusted to run, the model's own code (its modelling files are not weights)."""
     config = setup.model.path / "config.json"
-    return {
+    inputs = {
         "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None,
         "quality_tokens_sha256": _tensor_sha256(setup.quality_tokens),
-        "prompt_tokens_sha256": _tensor_sha256(setup.workload.prompts),
+        # the pool's first rows: a larger pool (a larger batch size in the space) appends rows
+        "prompt_tokens_sha256": _tensor_sha256(setup.workload.prompts[:KEYED_PROMPTS]),
     }
+    if setup.model.trust_remote_code:  # only then: other models' stores keep their contexts
+        inputs["remote_code_sha256"] = _code_sha256(setup.model.path)
+    return inputs
+
+
+def quality_context(cfg: RunConfig, setup: MeasurementSetup) -> str:
+    """The context of the quality rows: the model, the target and the quality protocol, not the
+    workload, its SLO or the energy source. A probe scores the quality text on the candidate's
+    numerics alone, so every measurement of the same numerics shares one probe."""
+    inputs = measured_inputs(setup)
+    del inputs["prompt_tokens_sha256"]  # the probe never reads the workload's prompts
+    return context_key(
+        {
+            "model": setup.model.weight_sha256,
+            "inputs": inputs,
+            "target": setup.target.fingerprint(),
+            "quality": quality_protocol(cfg, setup.text_sha256),
+        }
+    )
 
 
 def _tensor_sha256(tensor: Any) -> str:
     return hashlib.sha256(tensor.contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
+def _code_sha256(folder: Path) -> str:
+    combined = hashlib.sha256()
+    for file in sorted(folder.glob("*.py")):
+        combined.update(file.name.encode())
+        combined.update(hashlib.sha256(file.read_bytes()).digest())
+    return combined.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -74,6 +111,7 @@ class SearchPlan:
     excluded: list[tuple[Candidate, str]]  # ruled out for the target
     baseline: Candidate
     context: str  # the store context: model weights, target fingerprint, measurement protocol
+    quality_context: str  # the quality rows' context: what a quality probe depends on
 
 
 def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
@@ -98,4 +136,5 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
             ),
         }
     )
-    return SearchPlan(fits, pruned, excluded, baseline_candidate(cfg.space, setup.target), context)
+    baseline = baseline_candidate(cfg.space, setup.target)
+    return SearchPlan(fits, pruned, excluded, baseline, context, quality_context(cfg, setup))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from optimizer.config import QualityConfig, SearchConfig
-from optimizer.results import FAILED, MEASURED, PRUNED, CandidateResult
+from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 from optimizer.search.evaluate import Evaluator, now_iso
 from optimizer.search.roofline import Roofline
 from optimizer.search.samplers import GridSampler, make_sampler
@@ -272,10 +272,11 @@ def stored_result(
 ) -> CandidateResult | None:
     """The stored result of a candidate judged under this run's bound (None: none stored, or it
     was rejected under a stricter bound and now needs its energy window), marked as reused unless
-    this run measured it."""
+    this run measured it. A candidate rejected without its energy window is no baseline: the
+    ratios need its energy figures, so it is measured (the evaluator measures a baseline's)."""
     result = store.get(candidate)
     judged = result.rejudged(bound) if result is not None else None
-    if judged is None:
+    if judged is None or (role == "baseline" and judged.status == REJECTED and judged.performance is None):
         return None
     return replace(judged, role=role, reused=not store.measured_in_run(candidate))
 

@@ -126,7 +126,8 @@ def run_worker(spec: WorkerSpec) -> WorkerReport:
             "its model, target fingerprint or software differ from the coordinator's",
             "give every worker the same GPU model, driver and package versions",
         )
-    store = TrialStore(cfg.store_path, plan.context, run_id=spec.run_id)
+    # the quality context hashes a part of what the context does: equal contexts, equal quality contexts
+    store = TrialStore(cfg.store_path, plan.context, run_id=spec.run_id, quality_context=plan.quality_context)
     device = DeviceLock.for_target(setup.target)
     if host == spec.coordinator_host and not setup.target.is_cuda:
         setup.meter.idle_watts = spec.idle_watts  # the same CPU the coordinator measured idle

@@ -3,7 +3,8 @@
 - `wattsmith_trials`: insert-only; the latest row of a candidate wins. A killed writer leaves a
   committed row or nothing (a transaction), never a torn record.
 - `wattsmith_quality`: quality per numerics key, written as soon as it is measured, so that batch
-  and thread variants on other workers reuse it before the first variant finishes.
+  and thread variants on other workers reuse it before the first variant finishes. Its context is
+  the quality probe's own (no workload, SLO or energy source): other runs' measurements reuse it.
 - `wattsmith_claims`: a lease per key (a candidate, or the quality of a numerics key). A worker
   measures only what it holds; leases are renewed while it lives and lapse when it dies.
 - `wattsmith_deaths`: a row each time a worker takes a lease over from one that died holding it

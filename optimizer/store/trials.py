@@ -37,13 +37,21 @@ GAP_LOOKBACK_ROWS = 64  # rows numbered but not yet committed when read: a few p
 
 
 class TrialStore(Leases):
-    """The results of one context, as seen by one worker of one run."""
+    """The results of one context, as seen by one worker of one run. Quality rows have their own
+    context (`quality_context`, by default the results'): a probe depends on less than a
+    measurement, so runs that measure differently share it (search/plan.py quality_context)."""
 
     def __init__(
-        self, location: str | Path, context: str, run_id: str | None = None, worker: str | None = None
+        self,
+        location: str | Path,
+        context: str,
+        run_id: str | None = None,
+        worker: str | None = None,
+        quality_context: str | None = None,
     ) -> None:
         self.url = store_url(location)
         super().__init__(engine_for(self.url), context, worker or worker_identity())
+        self.quality_context = quality_context or context
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self._records: dict[str, dict[str, Any]] = {}
         self._last_seq = 0
@@ -167,7 +175,7 @@ class TrialStore(Leases):
     def quality_for(self, numerics_key: str) -> dict[str, Any] | None:
         """A stored quality result for the same numerics (batch size and threads do not matter)."""
         query = select(quality_table.c.quality).where(
-            quality_table.c.context == self.context, quality_table.c.numerics_key == numerics_key
+            quality_table.c.context == self.quality_context, quality_table.c.numerics_key == numerics_key
         )
         with self._engine.connect() as connection:
             stored = connection.execute(query).scalar()
@@ -181,7 +189,7 @@ class TrialStore(Leases):
     def put_quality(self, numerics_key: str, quality: dict[str, Any]) -> None:
         """Share a numerics key's quality at once, and give up the lease on measuring it."""
         row = {
-            "context": self.context,
+            "context": self.quality_context,
             "numerics_key": numerics_key,
             "created_at": time.time(),
             "quality": json.dumps(quality, sort_keys=True),

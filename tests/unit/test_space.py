@@ -88,6 +88,49 @@ def test_from_dict_non_integer_batch_size_is_a_user_error(make_candidate) -> Non
         Candidate.from_dict(make_candidate().to_dict() | {"batch_size": "many"})
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("batch_size", 0),
+        ("batch_size", -4),
+        ("batch_size", 16.9),
+        ("batch_size", True),
+        ("batch_size", "16"),
+        ("threads", -2),
+        ("threads", 2.0),
+        ("threads", False),
+        ("replicas", True),
+        ("tensor_parallel", 2.0),
+    ],
+)
+def test_from_dict_names_a_bad_count(make_candidate, field: str, value: object) -> None:
+    """A hand-edited recipe's batch 16.9 was truncated to 16, batch 0 and threads -2 accepted."""
+    with pytest.raises(UserError) as info:
+        Candidate.from_dict(make_candidate().to_dict() | {field: value})
+    assert info.value.field == f"settings.{field}"
+
+
+def test_from_dict_names_a_missing_count(make_candidate) -> None:
+    data = make_candidate().to_dict()
+    del data["threads"]
+    with pytest.raises(UserError) as info:
+        Candidate.from_dict(data)
+    assert info.value.field == "settings.threads"
+    assert Candidate.from_dict(make_candidate(threads=0).to_dict()).threads == 0  # the library's default
+
+
+def test_a_whole_number_for_a_float_setting_keys_like_the_float() -> None:
+    """kv_offload_gib 2 (YAML, space.extra) and 2.0 (the grid) are one candidate with one key; a
+    candidate whose value already has the declared type keeps the key it had."""
+    from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+
+    values = {"backend": "torch-cb", "batch_size": 64, "threads": 0}
+    whole = Candidate.from_dict(values | {"kv_offload_gib": 2})
+    grid = Candidate(ContinuousBatchingSettings(kv_offload_gib=2.0), batch_size=64, threads=0)
+    assert whole.key() == grid.key() == "069c65c5b2d80f12"  # the key stores hold for the grid's value
+    assert whole.to_dict()["kv_offload_gib"] == 2.0
+
+
 def test_label_names_the_settings(make_candidate) -> None:
     label = make_candidate(batch_size=8, threads=2, precision="bf16", quantization="int8-weight").label()
     assert label == "torch bf16 int8-weight kv=dynamic b8 t2"

@@ -154,6 +154,17 @@ def test_quality_is_shared_before_any_result(tmp_path: Path, make_candidate, mak
     assert one.quality_for(numerics) == make_quality(mean_kl=0.03).to_dict()
 
 
+def test_quality_rows_live_in_their_own_context(tmp_path: Path, make_candidate, make_quality) -> None:
+    """Runs that measure differently (another workload, SLO, energy source) share one quality
+    context: a quality stored by one serves the others."""
+    path = tmp_path / "t.db"
+    numerics, quality = make_candidate(precision="bf16").numerics_key(), make_quality(mean_kl=0.03).to_dict()
+    TrialStore(path, "chat", quality_context="q").put_quality(numerics, quality)
+    assert TrialStore(path, "batch", quality_context="q").quality_for(numerics) == quality
+    assert TrialStore(path, "batch", quality_context="other").quality_for(numerics) is None
+    assert TrialStore(path, "q").quality_for(numerics) is not None  # by default, the results' context
+
+
 def test_a_lease_is_exclusive_until_released(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     one, two = TrialStore(path, "ctx"), TrialStore(path, "ctx")

@@ -247,3 +247,18 @@ def test_the_fingerprint_names_the_board_not_its_cuda_number(with_gpu) -> None:
     worker = replace(coordinator, gpu=replace(coordinator.gpu, index=1))
     assert worker.fingerprint() == coordinator.fingerprint()
     assert coordinator.fingerprint()["gpu"]["name"] == "NVIDIA H100 80GB HBM3"
+
+
+@pytest.mark.parametrize("distribution", ["flash-attn", "flash-attn-3", "flashattn-hopper"])
+def test_the_fingerprint_names_the_flash_attention_kernels(
+    distribution: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flash_attention_2/_3 candidates run flash-attn's kernels: another version, other results.
+    flash-attn 3 (module flash_attn_interface) is `flash_attn_3`, earlier `flashattn-hopper`."""
+    installed = target_module.metadata.version
+
+    def version(name: str) -> str:
+        return "2.8.3" if name == distribution else installed(name)
+
+    monkeypatch.setattr(target_module.metadata, "version", version)
+    assert target_module.package_versions()[distribution] == "2.8.3"

@@ -16,6 +16,7 @@ from optimizer.measure.workload import Workload
 from optimizer.results import FAILED, MEASURED, REJECTED
 from optimizer.search import evaluate as evaluate_module
 from optimizer.search.evaluate import Evaluator
+from optimizer.search.runner import run_search
 from optimizer.store import TrialStore
 
 VOCAB = 16
@@ -140,6 +141,23 @@ def test_a_broken_baseline_is_still_measured(log, make_evaluator, make_candidate
     assert result.status == REJECTED
     assert result.role == "baseline"
     assert result.performance is not None
+
+
+def test_a_rejected_candidate_becomes_a_baseline_with_energy_figures(
+    log, make_evaluator, make_candidate, tmp_path
+) -> None:
+    """A candidate rejected on quality is stored without energy figures; a later run that makes it
+    its baseline (another space.baseline, the same store) measures it: the gains need them."""
+    broken, good = make_candidate(quantization="int8-dynamic"), make_candidate(batch_size=2)
+    first = make_evaluator(store=TrialStore(tmp_path / "t.db", "ctx"))
+    run_search([good, broken], [], good, first, SearchConfig(), QualityConfig(), progress=lambda _: None)
+    assert first.store is not None and first.store.get(broken).performance is None  # type: ignore[union-attr]
+    second = make_evaluator(store=TrialStore(tmp_path / "t.db", "ctx"))
+    outcome = run_search([good], [], broken, second, SearchConfig(), QualityConfig(), progress=lambda _: None)
+    assert outcome.baseline.status == REJECTED and not outcome.baseline.reused
+    assert outcome.baseline.performance is not None
+    # the stored quality broke the bound: the energy is measured anyway, the quality not again
+    assert log.count(("score", "fp32 int8-dynamic kv=dynamic")) == 1
 
 
 def test_a_build_failure_is_a_result(log, make_evaluator, make_candidate) -> None:

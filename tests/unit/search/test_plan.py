@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 
 from optimizer import measure
 from optimizer.config import compose_run_config
+from optimizer.measure.text import token_windows
 from optimizer.search import plan
 from optimizer.store import context_key
+from unit.factories import target_spec
 
 TEXT = "cd" * 32
 
@@ -63,15 +68,11 @@ def test_each_kind_of_workload_is_keyed_by_the_fields_it_measures_with(
 
 def test_the_config_and_the_measured_token_ids_key_the_results(tmp_path) -> None:
     """The weights' hash misses a fixed config.json or tokenizer: both change what is measured."""
-    from types import SimpleNamespace
-
-    import torch
-
     (tmp_path / "config.json").write_text('{"rope_theta": 10000.0}')
 
     def setup(quality: list[int], prompts: list[int]) -> SimpleNamespace:
         return SimpleNamespace(
-            model=SimpleNamespace(path=tmp_path),
+            model=SimpleNamespace(path=tmp_path, trust_remote_code=False),
             quality_tokens=torch.tensor([quality]),
             workload=SimpleNamespace(prompts=torch.tensor([prompts])),
         )
@@ -82,3 +83,88 @@ def test_the_config_and_the_measured_token_ids_key_the_results(tmp_path) -> None
     assert before != plan.measured_inputs(setup([1, 2, 3], [1, 5]))  # type: ignore[arg-type]
     (tmp_path / "config.json").write_text('{"rope_theta": 100000.0}')
     assert before["config_sha256"] != plan.measured_inputs(setup([1, 2, 3], [1, 4]))["config_sha256"]  # type: ignore[arg-type]
+
+
+def fake_setup(folder, prompts: int = 16, trust_remote_code: bool = False, **model: Any) -> Any:
+    """What measured_inputs and quality_context read of a MeasurementSetup."""
+    return SimpleNamespace(
+        model=SimpleNamespace(
+            path=folder, trust_remote_code=trust_remote_code, weight_sha256=model.get("weights", "ab" * 32)
+        ),
+        target=model.get("target", target_spec()),
+        text_sha256=TEXT,
+        quality_tokens=torch.tensor([[1, 2, 3]]),
+        workload=SimpleNamespace(prompts=torch.arange(prompts * 4).reshape(prompts, 4)),
+    )
+
+
+def test_trusted_remote_code_keys_the_results(tmp_path) -> None:
+    """With trust_remote_code the model's own modelling files run: an edit changes the numbers.
+    Without it they never run, and the key is what it was (existing stores stay valid)."""
+    (tmp_path / "config.json").write_text('{"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}')
+    (tmp_path / "modeling_x.py").write_text("SCALE = 1.0\n")
+    trusted = plan.measured_inputs(fake_setup(tmp_path, trust_remote_code=True))
+    untrusted = plan.measured_inputs(fake_setup(tmp_path))
+    assert set(untrusted) == {"config_sha256", "quality_tokens_sha256", "prompt_tokens_sha256"}
+    (tmp_path / "modeling_x.py").write_text("SCALE = 0.5\n")
+    assert plan.measured_inputs(fake_setup(tmp_path, trust_remote_code=True)) != trusted
+    assert plan.measured_inputs(fake_setup(tmp_path)) == untrusted
+    (tmp_path / "configuration_x.py").write_text("")  # a new file is another model's code too
+    assert plan.measured_inputs(fake_setup(tmp_path, trust_remote_code=True)) != trusted
+
+
+def test_a_larger_prompt_pool_keeps_the_key(tmp_path) -> None:
+    """A larger batch size in the space widens the pool (max(batch sizes, 16) rows), whose first
+    16 rows stay the same: the key hashes those, as it hashed the whole default pool of 16."""
+    default = fake_setup(tmp_path)
+    assert plan.measured_inputs(fake_setup(tmp_path, prompts=64)) == plan.measured_inputs(default)
+    whole = hashlib.sha256(default.workload.prompts.numpy().tobytes()).hexdigest()
+    assert plan.measured_inputs(default)["prompt_tokens_sha256"] == whole  # stores keep their keys
+    changed = fake_setup(tmp_path, prompts=64)
+    changed.workload.prompts[15, 0] = -1
+    assert plan.measured_inputs(changed) != plan.measured_inputs(default)
+
+
+def test_the_prompt_pool_grows_by_appending_rows() -> None:
+    """What hashing the pool's first rows relies on: a pool of n windows is the first n windows of
+    any larger pool (offline batches and a serving run's parity check both read this pool)."""
+
+    def tokenizer(text: str, add_special_tokens: bool) -> dict[str, list[int]]:
+        return {"input_ids": [ord(c) for c in text]}
+
+    paragraphs = [f"paragraph {i} " * 3 for i in range(200)]
+    small = token_windows(tokenizer, paragraphs, 8, 16, "workload.prompt_tokens", (1,))
+    large = token_windows(tokenizer, paragraphs, 8, 64, "workload.prompt_tokens", (1,))
+    assert large[:16] == small
+
+
+def test_quality_rows_are_shared_by_every_measurement_of_the_same_numerics(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quality depends on the model, its quality inputs, the target and the quality protocol:
+    not on the workload, the SLO, the rate, the repeats or the energy source."""
+
+    def quality(*overrides: str, **model: Any) -> str:
+        return plan.quality_context(compose_run_config(list(overrides)), fake_setup(tmp_path, **model))
+
+    base = quality("workload=chat")
+    for other in (
+        ["workload=batch"],
+        ["workload=chat", "workload.rate=4"],
+        ["workload=chat", "workload.slo.tpot_ms=500"],
+        ["workload=chat", "workload.repeats=3"],
+        ["workload=chat", "target.cpu_active_watts_per_core=9"],
+    ):
+        assert quality(*other) == base, other
+    other_prompts = fake_setup(tmp_path)
+    other_prompts.workload.prompts += 1
+    assert plan.quality_context(compose_run_config(["workload=chat"]), other_prompts) == base
+    assert quality("workload=chat", "quality.batch_size=2") != base
+    assert quality("workload=chat", "quality.num_sequences=3") != base
+    assert quality("workload=chat", weights="cd" * 32) != base
+    assert quality("workload=chat", target=target_spec(cores=8)) != base
+    other_text = fake_setup(tmp_path)
+    other_text.quality_tokens[0, 0] = 9
+    assert plan.quality_context(compose_run_config(["workload=chat"]), other_text) != base
+    monkeypatch.setattr(plan, "PROTOCOL_VERSION", measure.PROTOCOL_VERSION + 1)
+    assert quality("workload=chat") != base  # a new protocol measures quality afresh too
