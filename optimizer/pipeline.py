@@ -24,7 +24,7 @@ from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
 from optimizer.search.finalists import merged, remeasure
 from optimizer.search.launchers import launch_search
-from optimizer.search.plan import plan_search
+from optimizer.search.plan import plan_search, prompt_pool
 from optimizer.search.roofline import Roofline, rates_for
 from optimizer.search.runner import collect_outcome, run_search
 from optimizer.select import Selection, pareto_front, select_best
@@ -60,9 +60,7 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     started = time.perf_counter()
     cache_dir = _writable_dir(Path(cfg.cache_dir).expanduser(), "cache_dir")
     open_database(cfg.store_path)
-    setup = prepare_measurement(
-        cfg.model, cfg.target, cfg.workload, cfg.quality, cache_dir, max([*cfg.space.batch_sizes, 16])
-    )
+    setup = prepare_measurement(cfg.model, cfg.target, cfg.workload, cfg.quality, cache_dir, prompt_pool(cfg))
     model, target = setup.model, setup.target
     log.info(
         "model %s (%s, sha256 %s…), target %s: %s",

@@ -21,9 +21,14 @@ OFFLINE_FIELDS = ("prompt_tokens", "max_new_tokens", "min_window_seconds", "repe
 # A stream's windows are its requests: these offline fields change nothing it measures (the
 # prompt pool's length and new tokens still drive the greedy-parity check at build).
 NOT_SERVING_FIELDS = ("idle_seconds", "min_window_seconds", "warmup_batches")
-# Prompt rows that key the results: the pool holds max(space.batch_sizes, 16) rows (pipeline.py,
-# workers.py), each the same whatever the pool's size, and no fewer than this.
+# Prompt rows that key the results: a run's pool (prompt_pool) holds at least these, each the same
+# whatever the pool's size.
 KEYED_PROMPTS = 16
+
+
+def prompt_pool(cfg: RunConfig) -> int:
+    """Prompts a run tokenizes: a batch of the largest size, and never fewer than the keyed rows."""
+    return max([*cfg.space.batch_sizes, KEYED_PROMPTS])
 
 
 def protocol(
