@@ -45,6 +45,8 @@ def protocol(
         workload = {k: v for k, v in workload.items() if k not in NOT_SERVING_FIELDS}
         if stream_sha256 is not None:
             workload["stream_sha256"] = stream_sha256
+            if workload.get("trace"):  # a trace by its content: the same file moved is the same stream
+                workload["trace"] = "(by content)"
     parts = quality_protocol(cfg, text_sha256) | {"workload": workload, "energy_source": energy_source}
     if energy_source == "estimate":  # joules are arithmetic on these: other values, other joules
         parts["estimate_coefficients"] = estimate_coefficients(cfg.target)

@@ -66,6 +66,17 @@ def test_each_kind_of_workload_is_keyed_by_the_fields_it_measures_with(
     assert (key("workload=batch", override) == key("workload=batch")) is same_batch
 
 
+def test_a_trace_is_keyed_by_its_content_not_its_path() -> None:
+    def trace_key(path: str, sha: str) -> str:
+        cfg = compose_run_config(["workload=chat", f"workload.trace={path}"])
+        return context_key({"protocol": plan.protocol(cfg, TEXT, "estimate", sha)})
+
+    assert trace_key("/data/requests.jsonl", "ab" * 32) == trace_key("./requests.jsonl", "ab" * 32)
+    assert trace_key("/data/requests.jsonl", "ab" * 32) != trace_key("/data/requests.jsonl", "cd" * 32)
+    generated = plan.protocol(compose_run_config(["workload=chat"]), TEXT, "estimate", "ab" * 32)
+    assert generated["workload"]["trace"] is None  # a generated stream's key is what it was
+
+
 def test_the_config_and_the_measured_token_ids_key_the_results(tmp_path) -> None:
     """The weights' hash misses a fixed config.json or tokenizer: both change what is measured."""
     (tmp_path / "config.json").write_text('{"rope_theta": 10000.0}')
