@@ -14,7 +14,7 @@ from optimizer.measure.energy import estimate_coefficients
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.search.prefilter import memory_fit_reason
 from optimizer.space import Candidate, baseline_candidate, enumerate_candidates
-from optimizer.store import context_key
+from optimizer.store import STORE_SCHEMA, context_key
 
 # An offline measurement depends on these workload fields only (serving fields are not read).
 OFFLINE_FIELDS = ("prompt_tokens", "max_new_tokens", "min_window_seconds", "repeats", "warmup_batches", "slo")
@@ -93,6 +93,8 @@ def quality_context(cfg: RunConfig, setup: MeasurementSetup) -> str:
             "inputs": inputs,
             "target": setup.target.fingerprint(),
             "quality": quality_protocol(cfg, setup.text_sha256),
+            # quality rows have no schema column (trial rows do): another schema, other rows
+            "store_schema": STORE_SCHEMA,
         }
     )
 

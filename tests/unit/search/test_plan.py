@@ -177,5 +177,8 @@ def test_quality_rows_are_shared_by_every_measurement_of_the_same_numerics(
     other_text = fake_setup(tmp_path)
     other_text.quality_tokens[0, 0] = 9
     assert plan.quality_context(compose_run_config(["workload=chat"]), other_text) != base
+    monkeypatch.setattr(plan, "STORE_SCHEMA", plan.STORE_SCHEMA + 1)
+    assert quality("workload=chat") != base  # rows of another store schema are not read
+    monkeypatch.undo()
     monkeypatch.setattr(plan, "PROTOCOL_VERSION", measure.PROTOCOL_VERSION + 1)
     assert quality("workload=chat") != base  # a new protocol measures quality afresh too
