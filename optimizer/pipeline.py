@@ -7,12 +7,13 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import yaml
 
-from optimizer.config import RunConfig
+from optimizer.config import RunConfig, SearchConfig
 from optimizer.errors import UserError
 from optimizer.files import write_atomically
 from optimizer.measure.energy import measure_idle_watts
@@ -24,7 +25,7 @@ from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
 from optimizer.search.finalists import merged, remeasure
 from optimizer.search.launchers import launch_search
-from optimizer.search.plan import plan_search, prompt_pool
+from optimizer.search.plan import SearchPlan, plan_search, prompt_pool
 from optimizer.search.roofline import Roofline, rates_for
 from optimizer.search.runner import collect_outcome, run_search
 from optimizer.select import Selection, pareto_front, select_best
@@ -78,6 +79,8 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         len(plan.pruned),
         plan.baseline.label(),
     )
+    if not plan.candidates:  # known from the rules and the budget alone: say so before measuring
+        raise nothing_to_search(plan, cfg)
     _warn_if_busy(target)
     store = TrialStore(cfg.store_path, plan.context, quality_context=plan.quality_context)
     log.info("store %s (context %s, run %s)", store.describe(), plan.context, store.run_id)
@@ -121,7 +124,9 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         recipe_path = write_recipe(output_dir / "recipe.yaml", recipe)
     else:  # no recipe beside this report, not even an earlier run's (output_dir may be reused)
         (output_dir / "recipe.yaml").unlink(missing_ok=True)
-        infeasible = unreliable_finalists(selection) or diagnose_infeasible(outcome.selectable)
+        infeasible = unreliable_finalists(selection) or diagnose_infeasible(
+            outcome.selectable, len(outcome.not_reached), cfg.search
+        )
     _write_results(output_dir, [*outcome.results, *(replace(r, role="finalist") for r in remeasured)])
     _write_config(output_dir, cfg)
     write_report(
@@ -155,7 +160,27 @@ def unreliable_finalists(selection: Selection | None) -> UserError | None:
     )
 
 
-def diagnose_infeasible(results: list[CandidateResult]) -> UserError:
+def nothing_to_search(plan: SearchPlan, cfg: RunConfig) -> UserError:
+    """The error of a space left with no candidate by the target's rules or the memory budget."""
+    if plan.pruned:
+        field = "target.memory_gib" if cfg.target.memory_gib is not None else "space.batch_sizes"
+        return UserError(
+            field,
+            f"all {len(plan.pruned)} candidates that run here are too big for the memory budget "
+            f"(e.g. {plan.pruned[0][0].label()}: {plan.pruned[0][1]})",
+            "raise target.memory_gib, or use smaller space.batch_sizes or quantized numerics",
+        )
+    reasons = Counter(reason for _, reason in plan.excluded).most_common(3)
+    return UserError(
+        "space",
+        f"no candidate of the space runs on this target: {'; '.join(f'{n} × {r}' for r, n in reasons)}",
+        "choose backends and settings this target runs (optimize --show-config shows the space)",
+    )
+
+
+def diagnose_infeasible(
+    results: list[CandidateResult], not_reached: int = 0, search: SearchConfig | None = None
+) -> UserError:
     """Name the constraint that left nothing feasible."""
     rejected = [r for r in results if r.status == REJECTED]
     measured = [r for r in results if r.status == MEASURED and not r.feasible]
@@ -196,6 +221,15 @@ def diagnose_infeasible(results: list[CandidateResult]) -> UserError:
     if failed:
         return UserError(
             "space", f"all {len(failed)} candidates failed (e.g. {failed[0].reason})", "see report.md"
+        )
+    if not_reached:  # the budget ran out before any candidate of the space was measured
+        capped = search is not None and search.max_candidates is not None
+        return UserError(
+            "search.max_candidates" if capped else "search.budget_minutes",
+            f"no candidate of the space was measured within the budget ({not_reached} not reached)",
+            "raise search.max_candidates (a baseline outside the space counts as one) or search.budget_minutes"
+            if capped
+            else "raise search.budget_minutes",
         )
     return UserError(
         "space", "no candidate could be evaluated", "widen the space or raise search.budget_minutes"

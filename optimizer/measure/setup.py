@@ -64,6 +64,7 @@ def prepare_measurement(
 
     _quiet_libraries(cache_dir)
     model = resolve_model(model_cfg, cache_dir)
+    check_context(workload_cfg, quality_cfg, _context_length(model.path))
     target = detect_target(target_cfg)
     tokenizer = AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=model.trust_remote_code)
     text = load_text(quality_cfg.text)
@@ -121,6 +122,28 @@ def _check_steady_state(requests: int, cfg: WorkloadConfig) -> None:
             f"has {requests} requests: none left for a steady state after {cfg.warmup_requests} warm-up "
             f"and {cfg.drain_requests} drain requests",
             "record a longer trace, or lower workload.warmup_requests / workload.drain_requests",
+        )
+
+
+def check_context(workload: WorkloadConfig, quality: QualityConfig, context: int | None) -> None:
+    """Requests or quality windows past the model's positions: found now, not after minutes of
+    measuring a model that computes past what it was trained for (a trace is checked per line)."""
+    if context is None:
+        return
+    longest = workload.longest_request_tokens()
+    if not workload.trace and longest > context:
+        field = "workload.prompt_lengths.max" if workload.serving else "workload.prompt_tokens"
+        turns = f" over {workload.turns} turns" if workload.serving and workload.turns > 1 else ""
+        raise UserError(
+            field,
+            f"the longest request is {longest} prompt and output tokens{turns}, over the model's context of {context}",
+            "shorten the prompts or the outputs (workload.max_new_tokens, workload.output_lengths.max)",
+        )
+    if quality.seq_tokens > context:
+        raise UserError(
+            "quality.seq_tokens",
+            f"is {quality.seq_tokens}, over the model's context of {context}",
+            f"at most {context}",
         )
 
 

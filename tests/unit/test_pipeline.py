@@ -11,6 +11,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -192,6 +193,33 @@ def test_diagnose_names_quality_and_failures(make_result, make_quality) -> None:
     assert diagnose_infeasible([rejected]).field == "quality"
     assert diagnose_infeasible([make_result(status=FAILED, reason="oom")]).field == "space"
     assert diagnose_infeasible([]).field == "space"
+
+
+def test_a_space_with_nothing_to_measure_names_the_rules_or_the_memory_budget(make_candidate) -> None:
+    """Known before anything is measured: the run stops there, naming what removed every candidate."""
+    from types import SimpleNamespace
+
+    from optimizer.config import compose_run_config
+    from optimizer.pipeline import nothing_to_search
+
+    gpu_only = "TensorRT engines need an NVIDIA GPU target"
+    excluded = [(make_candidate(batch_size=b), gpu_only) for b in (1, 8)]
+    plan: Any = SimpleNamespace(candidates=[], pruned=[], excluded=excluded)
+    error = nothing_to_search(plan, compose_run_config([]))
+    assert error.field == "space" and f"2 × {gpu_only}" in error.problem
+    plan.pruned = [(make_candidate(batch_size=64), "needs ~9.0 GiB, the budget is 1.0 GiB")]
+    assert nothing_to_search(plan, compose_run_config([])).field == "space.batch_sizes"
+    error = nothing_to_search(plan, compose_run_config(["target.memory_gib=1"]))
+    assert error.field == "target.memory_gib" and "needs ~9.0 GiB" in error.problem
+
+
+def test_diagnose_names_the_budget_that_left_the_space_unmeasured() -> None:
+    from optimizer.config import SearchConfig
+    from optimizer.pipeline import diagnose_infeasible
+
+    capped = diagnose_infeasible([], 3, SearchConfig(max_candidates=1))
+    assert capped.field == "search.max_candidates" and "3 not reached" in capped.problem
+    assert diagnose_infeasible([], 3, SearchConfig()).field == "search.budget_minutes"
 
 
 def test_diagnose_does_not_blame_the_slo_for_a_feasible_baseline(
