@@ -73,11 +73,15 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     )
     plan = plan_search(cfg, setup)
     log.info(
-        "space: %d valid candidates (%d excluded by rules, %d pruned: memory), baseline %s",
+        "space: %d valid candidates (%d excluded by rules, %d pruned: memory), baseline %s%s",
         len(plan.candidates),
         len(plan.excluded),
         len(plan.pruned),
         plan.baseline.label(),
+        # a preset's extras are outside its axes: narrowing space.backends leaves them in
+        f"; space.extra adds {len(cfg.space.extra)} (space.extra=[] leaves them out)"
+        if cfg.space.extra
+        else "",
     )
     if not plan.candidates:  # known from the rules and the budget alone: say so before measuring
         raise nothing_to_search(plan, cfg)
