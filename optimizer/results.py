@@ -27,7 +27,7 @@ class CandidateResult:
     reason: str | None = None
     quality: QualityResult | None = None
     performance: PerformanceResult | None = None
-    role: str = "candidate"  # or "baseline"
+    role: str = "candidate"  # or "baseline", or "finalist" (a re-measurement of a candidate)
     build_seconds: float = 0.0
     seconds: float = 0.0  # wall time this candidate cost the search
     finished_at: str = ""

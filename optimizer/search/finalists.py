@@ -8,20 +8,25 @@ rounds (A B C, C B A, ...), and selection uses only those figures: the mean good
 distinguishable on energy; then, among the finalists whose mean lies inside the winner's interval,
 the one with the most latency headroom is chosen (a stream near an engine's capacity queues far
 past the percentile one run measured), and a winner within `search.slo_margin` of the SLO is
-flagged in the reason.
+flagged in the reason. Each round's results are kept in the store, so a resumed run measures only
+the rounds it lacks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
 from optimizer.config import SearchConfig
 from optimizer.measure.workload import PerformanceResult
-from optimizer.results import CandidateResult
+from optimizer.results import FAILED, CandidateResult
 from optimizer.search.evaluate import Evaluator
+from optimizer.search.runner import DEATHS_BEFORE_FAILING, died_measuring
 from optimizer.select import Selection, feasible, select_finalist
+from optimizer.space import Candidate
+from optimizer.store import TrialStore, context_key, leases_kept
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +46,54 @@ def remeasure(
     )
     runs: dict[str, list[CandidateResult]] = {r.candidate.key(): [] for r in pool}
     for index in range(search.finalist_rounds):
-        for previous in pool if index % 2 == 0 else reversed(pool):
-            result = evaluator.evaluate(previous.candidate)
-            runs[previous.candidate.key()].append(result)
-            log.info(
-                "finalist round %d: %s %.3f goodput tok/J",
-                index + 1,
-                result.candidate.label(),
-                result.objective,
-            )
+        rounds = _round_store(evaluator.store, pool, index)
+        with leases_kept(rounds, search.lease_seconds) if rounds else contextlib.nullcontext():
+            for previous in pool if index % 2 == 0 else reversed(pool):
+                result, stored = _measured_round(evaluator, rounds, previous.candidate, search)
+                runs[previous.candidate.key()].append(result)
+                log.info(
+                    "finalist round %d: %s %.3f goodput tok/J%s",
+                    index + 1,
+                    result.candidate.label(),
+                    result.objective,
+                    " (stored)" if stored else "",
+                )
     remeasured = [r for rs in runs.values() for r in rs]
     return remeasured, select_finalist(pool, runs, evaluator.workload_cfg.slo, search.slo_margin)
+
+
+def _round_store(store: TrialStore | None, pool: Sequence[CandidateResult], index: int) -> TrialStore | None:
+    """Round `index` of this pool's re-measurements, kept in the store under a context of its own:
+    a run stopped or killed among its finalists resumes them where it stopped, and a finalist that
+    kills its process is failed as a search's candidate is, instead of ending every resumed run."""
+    if store is None:
+        return None
+    keys = [r.candidate.key() for r in pool]
+    context = context_key({"results": store.context, "finalists": keys, "round": index})
+    return TrialStore(store.url, context, run_id=store.run_id, worker=store.worker)
+
+
+def _measured_round(
+    evaluator: Evaluator, rounds: TrialStore | None, candidate: Candidate, search: SearchConfig
+) -> tuple[CandidateResult, bool]:
+    """The candidate's result in this round, and whether it was stored by an earlier run."""
+    if rounds is None:
+        return evaluator.evaluate(candidate, "finalist"), False
+    stored = rounds.get(candidate)
+    retry = stored is not None and stored.status == FAILED and search.retry_failed
+    if stored is not None and not (retry and not rounds.measured_in_run(candidate)):
+        return stored, True  # (a failure is measured again once per run with search.retry_failed)
+    # a lease taken from a process that died measuring this round is counted, as in the search;
+    # one held by a live run (the same search, started twice) is not waited for
+    rounds.claim(candidate.key(), search.lease_seconds)
+    deaths = rounds.deaths_measuring(candidate)
+    result = (
+        died_measuring(candidate, deaths, "finalist")
+        if deaths >= DEATHS_BEFORE_FAILING
+        else evaluator.evaluate(candidate, "finalist")
+    )
+    rounds.append(result)  # also gives up the lease
+    return result, False
 
 
 def merged(runs: Sequence[CandidateResult]) -> CandidateResult:

@@ -241,11 +241,7 @@ class _WorkerLoop:
             return
         role = self.role(candidate)
         if (deaths := self.store.deaths_measuring(candidate)) >= DEATHS_BEFORE_FAILING:
-            reason = (
-                f"{deaths} processes died measuring it, without a result (a native crash, the "
-                "out-of-memory killer or a kill: see their logs); search.retry_failed=true measures it again"
-            )
-            failed = CandidateResult(candidate, FAILED, reason=reason, role=role, finished_at=now_iso())
+            failed = died_measuring(candidate, deaths, role)
             self.store.append(failed)  # also gives up the lease
             self.mine.add(key)
             self.record(candidate, failed)
@@ -265,6 +261,15 @@ class _WorkerLoop:
         if result.status == MEASURED:
             improved = result.feasible and (before is None or result.objective > before.objective)
             self.since_best = 0 if improved else self.since_best + 1
+
+
+def died_measuring(candidate: Candidate, deaths: int, role: str = "candidate") -> CandidateResult:
+    """The failure recorded for a candidate whose measuring killed its process `deaths` times."""
+    reason = (
+        f"{deaths} processes died measuring it, without a result (a native crash, the "
+        "out-of-memory killer or a kill: see their logs); search.retry_failed=true measures it again"
+    )
+    return CandidateResult(candidate, FAILED, reason=reason, role=role, finished_at=now_iso())
 
 
 def stored_result(

@@ -34,8 +34,9 @@ def optimize(*args: str, cache: Path, timeout: float = 1800) -> subprocess.Compl
     )
 
 
-def stored(path: Path) -> list[dict[str, Any]]:
-    """Every row of the store, read with the standard library."""
+def stored(path: Path, finalists: bool = False) -> list[dict[str, Any]]:
+    """Every row of the store, read with the standard library; the finalists' rounds (each in a
+    context of its own) only when asked for."""
     if not path.exists():
         return []
     with sqlite3.connect(path) as connection:
@@ -44,4 +45,5 @@ def stored(path: Path) -> list[dict[str, Any]]:
             rows = connection.execute("SELECT * FROM wattsmith_trials ORDER BY seq").fetchall()
         except sqlite3.OperationalError:  # not created yet
             return []
-    return [dict(row) | {"result": json.loads(row["result"])} for row in rows]
+    every = [dict(row) | {"result": json.loads(row["result"])} for row in rows]
+    return [r for r in every if finalists or r["result"].get("role") != "finalist"]

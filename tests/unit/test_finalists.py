@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 import statistics
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from optimizer.config import SearchConfig, SloConfig
 from optimizer.measure.latency import LatencySummary
 from optimizer.pipeline import unreliable_finalists
-from optimizer.results import CandidateResult
-from optimizer.search.finalists import remeasure
+from optimizer.results import FAILED, CandidateResult
+from optimizer.search.finalists import _round_store, remeasure
 from optimizer.select import interval, select_finalist, t95
+from optimizer.store import TrialStore
+from optimizer.store.leases import _host
 
 from .factories import candidate_result, performance_result, torch_candidate
 
@@ -110,14 +116,17 @@ def test_a_finalist_that_missed_the_slo_when_remeasured_cannot_win() -> None:
 class FakeEvaluator:
     workload_cfg = type("W", (), {"slo": SLO})()
 
-    def __init__(self) -> None:
+    def __init__(self, store: TrialStore | None = None, interrupt_after: int | None = None) -> None:
+        self.store = store
         self.order: list[int] = []
+        self.interrupt_after = interrupt_after  # Ctrl-C after this many measurements
 
-    def evaluate(self, candidate):  # type: ignore[no-untyped-def]
+    def evaluate(self, candidate, role="candidate"):  # type: ignore[no-untyped-def]
+        if self.interrupt_after is not None and len(self.order) >= self.interrupt_after:
+            raise KeyboardInterrupt
         self.order.append(candidate.batch_size)
-        return measured(
-            candidate.batch_size, [float(candidate.batch_size), float(candidate.batch_size) + 0.1]
-        )
+        goodputs = [float(candidate.batch_size), float(candidate.batch_size) + 0.1]
+        return replace(measured(candidate.batch_size, goodputs), role=role)
 
 
 def test_remeasure_interleaves_in_alternating_order_and_needs_two_feasible() -> None:
@@ -130,6 +139,53 @@ def test_remeasure_interleaves_in_alternating_order_and_needs_two_feasible() -> 
     assert len(remeasured) == 6 and selection.winner == torch_candidate(batch_size=16).key()
     assert remeasure(FakeEvaluator(), pool[:1], SearchConfig()) is None  # type: ignore[arg-type]
     assert remeasure(FakeEvaluator(), pool, SearchConfig(finalists=0)) is None  # type: ignore[arg-type]
+
+
+def test_a_resumed_run_measures_only_the_finalist_rounds_it_lacks(tmp_path: Path) -> None:
+    """Each round is kept in the store: Ctrl-C among the finalists loses only the one in flight,
+    and it leaves no lease that a later run would count as a death."""
+    pool = [measured(b, [float(b)]) for b in (4, 16, 8)]
+    search = SearchConfig(finalists=3, finalist_rounds=2)
+    stopped = FakeEvaluator(TrialStore(tmp_path / "t.db", "ctx"), interrupt_after=4)
+    with pytest.raises(KeyboardInterrupt):
+        remeasure(stopped, pool, search)  # type: ignore[arg-type]
+    assert stopped.order == [16, 8, 4, 4]
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        assert db.execute("select count(*) from wattsmith_claims").fetchone() == (0,)
+    resumed = FakeEvaluator(TrialStore(tmp_path / "t.db", "ctx"))
+    picked = remeasure(resumed, pool, search)  # type: ignore[arg-type]
+    assert resumed.order == [8, 16]  # round 2's C B A, after its A
+    assert picked is not None and len(picked[0]) == 6 and {r.role for r in picked[0]} == {"finalist"}
+    assert picked[1].winner == torch_candidate(batch_size=16).key()
+    other = FakeEvaluator(TrialStore(tmp_path / "t.db", "other context"))
+    remeasure(other, pool, search)  # type: ignore[arg-type]
+    assert other.order == [16, 8, 4, 4, 8, 16]  # another run's conditions: nothing to reuse
+
+
+def test_a_finalist_that_killed_its_process_twice_fails_its_round(tmp_path: Path) -> None:
+    """As in the search: a finalist that crashed the process on two attempts at a round is failed
+    there (and cannot win) instead of ending every resumed run at the finalists."""
+    pool = [measured(b, [float(b)]) for b in (16, 8, 4)]
+    store = TrialStore(tmp_path / "t.db", "ctx")
+    rounds = _round_store(store, pool, 0)
+    assert rounds is not None
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    crasher = pool[0].candidate
+    for _ in range(2):  # a process that died holding the round's lease, taken over by the next
+        assert TrialStore(tmp_path / "t.db", rounds.context, worker=f"{_host()}:{gone.pid}:x").claim(
+            crasher.key(), 3600
+        )
+        assert rounds.claim(crasher.key(), 60)
+        rounds.release(crasher.key())
+    evaluator = FakeEvaluator(store)
+    picked = remeasure(evaluator, pool, SearchConfig(finalists=3, finalist_rounds=2))  # type: ignore[arg-type]
+    assert evaluator.order == [8, 4, 4, 8, 16]  # its first round is not measured a third time
+    assert picked is not None
+    remeasured, selection = picked
+    (failed,) = [r for r in remeasured if r.status == FAILED]
+    assert failed.candidate == crasher and "2 processes died" in (failed.reason or "")
+    assert selection.winner == pool[1].candidate.key()
 
 
 def test_when_no_finalist_stays_feasible_the_selection_still_answers() -> None:

@@ -138,21 +138,24 @@ def test_report_labels_the_estimate(first: RunResult) -> None:
 def test_second_identical_run_reuses_every_candidate(first: RunResult, run) -> None:
     root, optimize = run
     before = stored_rows(root / "trials.db")
-    assert len(before) == len(first.results)
+    rounds = [r for r in results_of(root / "first") if r["role"] == "finalist"]
+    assert rounds and len(before) == len(first.results) + len(rounds)  # each finalist round too
     second = optimize("second")
-    assert stored_rows(root / "trials.db") == before  # nothing measured again
+    assert stored_rows(root / "trials.db") == before  # nothing measured again, finalists included
     assert second.results and all(r.reused for r in second.results)
     assert second.best is not None and first.best is not None
-    # the same finalists, drawn from the same stored figures; they are re-measured in every run
-    # (fresh windows, so the winner among them may differ within the noise)
+    # the same finalists and rounds, so the same selection
     finalists = [finalist_keys(root / name) for name in ("first", "second")]
-    assert finalists[0] == finalists[1] and second.best.candidate.key() in finalists[1]
+    assert finalists[0] == finalists[1] and second.best.candidate.key() == first.best.candidate.key()
     assert (root / "second" / "recipe.yaml").is_file()
 
 
+def results_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
 def finalist_keys(out: Path) -> set[str]:
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    return {Candidate.from_dict(r["candidate"]).key() for r in rows if r["role"] == "finalist"}
+    return {Candidate.from_dict(r["candidate"]).key() for r in results_of(out) if r["role"] == "finalist"}
 
 
 def test_impossible_slo_is_reported_not_recipe(first: RunResult, run) -> None:
