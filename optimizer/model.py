@@ -34,6 +34,8 @@ PACKAGED_MODELS = {
     ),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+# How a Git LFS pointer file begins: what a clone without git-lfs holds instead of the weights
+LFS_POINTER = b"version https://git-lfs"
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,7 @@ def check_gguf(path: Path) -> None:
     from gguf import GGUFReader
 
     fix = "download the file again, or point model= at another .gguf file or a model directory"
+    check_not_lfs_pointer(path)
     size = path.stat().st_size
     if size == 0:
         raise UserError("model.source", f"{path} is empty", fix)
@@ -213,6 +216,8 @@ def _spec_for_dir(
         raise UserError(
             "model.source", f"{path} holds no weight files", "save the model with save_pretrained"
         )
+    for weight in weights:
+        check_not_lfs_pointer(weight)
     shape = read_shape(path)  # first: a broken directory fails before its weights are hashed
     return ModelSpec(
         name=name,
@@ -290,6 +295,32 @@ def _count_bin_parameters(path: Path) -> int:
     return total
 
 
+def check_not_lfs_pointer(path: Path) -> None:
+    """Raise a UserError naming model.source when `path` is a Git LFS pointer, not weights."""
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(len(LFS_POINTER))
+    except OSError:
+        return  # unreadable: the format's own check says so
+    if start == LFS_POINTER:
+        raise UserError(
+            "model.source",
+            f"{path} is a Git LFS pointer, not the weights (the repository was cloned without git-lfs)",
+            "run `git lfs pull` in the model's repository (install git-lfs first), then run again",
+        )
+
+
+def _safetensors_header(file: Path) -> Any:
+    """The JSON header of a safetensors file. Its length is checked against the file's size before
+    reading: the first 8 bytes of another kind of file can ask for exabytes."""
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        if header_len > size - 8:
+            raise ValueError(f"it announces a {header_len} bytes header, the file has {size} bytes")
+        return json.loads(handle.read(header_len))
+
+
 def _count_parameters(path: Path) -> int:
     files = _weight_files(path)
     if not files:  # a .bin-only directory
@@ -297,9 +328,7 @@ def _count_parameters(path: Path) -> int:
     total = 0
     for file in files:
         try:
-            with file.open("rb") as handle:
-                (header_len,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(header_len))
+            header = _safetensors_header(file)
             shapes = [meta["shape"] for key, meta in header.items() if key != "__metadata__"]
         except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(

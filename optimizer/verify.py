@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,14 +82,15 @@ def verify_recipe(
     cand = recipe.candidate
     if "energy_estimate" not in recipe.data["measurement"]:
         log.warning("the recipe does not record the estimate's watts per core: an estimate uses the defaults")
-    setup = prepare_measurement(
-        model_config_for(recipe, model_source),
-        recipe.target,
-        recipe.workload,
-        recipe.quality,
-        cache,
-        max(cand.batch_size, 16),
-    )
+    with _model_errors_name_the_flag(model_source):
+        setup = prepare_measurement(
+            model_config_for(recipe, model_source),
+            recipe.target,
+            recipe.workload,
+            recipe.quality,
+            cache,
+            max(cand.batch_size, 16),
+        )
     check_weights(recipe, setup.model.weight_sha256)
     recorded_target = recipe.data["target"]
     here = setup.target.fingerprint()
@@ -232,6 +235,21 @@ def _latency_text(ttft_ms: dict[str, float], tpot_ms: dict[str, float], percenti
         return f"{ms[key]:.0f} ms" if key in ms else "n/a"
 
     return f"TTFT {key} {value(ttft_ms)}, TPOT {key} {value(tpot_ms)}"
+
+
+@contextmanager
+def _model_errors_name_the_flag(model_source: str | None) -> Iterator[None]:
+    """The weights' errors in verify's terms: the field is --model when given (else the recipe's
+    model.source), and a fix pointing at `model=` (optimize's syntax) points at --model."""
+    try:
+        yield
+    except UserError as error:
+        if error.field != "model.source":
+            raise
+        fix = error.fix
+        if "model=" in fix:
+            fix = "pass --model <path or packaged name>: the weights the recipe was measured on"
+        raise UserError("--model" if model_source else "model.source", error.problem, fix) from None
 
 
 def _device_name(fingerprint: dict[str, object], key: str) -> str:

@@ -11,15 +11,22 @@ the primary config is wattsmith's own whatever the user's directory holds.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import re
+import typing
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from optimizer.config.presets import CONF_DIR, check_config_dir, expand_model_shorthand, group_options
 from optimizer.config.run import RunConfig
 from optimizer.errors import UserError
 
 PRIMARY = "wattsmith"
+SPELLING = "check the spelling; `optimize --show-config` prints every setting"
+# space.extra's entries are candidates' settings (optimizer/space.py): backend and batch size at least
+EXTRA_EXAMPLE = "space.extra=[{backend: torch, batch_size: 8}]"
 
 
 def register_configs() -> None:
@@ -95,9 +102,7 @@ def _check_override_syntax(overrides: Sequence[str]) -> None:
                 "options are --config-dir DIR, --show-config and --help; settings are key=value",
             )
         if "=" not in item and not item.startswith("~"):  # `~key` is Hydra's deletion: its error
-            raise UserError(
-                item, "has no value", f"give one: {item}=VALUE (`optimize --help` lists the groups)"
-            )
+            raise _bare_word(item, overrides)
         try:
             parser.parse_overrides([item])
         except (HydraException, ValueError) as exc:
@@ -105,6 +110,85 @@ def _check_override_syntax(overrides: Sequence[str]) -> None:
             raise UserError(
                 key, f"cannot parse '{item}': {_first_line(exc)}", "check brackets and quotes"
             ) from None
+        _check_key(item)
+
+
+def _bare_word(word: str, overrides: Sequence[str]) -> UserError:
+    """The error for a word without `=`: a key without its value, or a misspelt `verify`, a recipe
+    or a model path given as `optimize` reads only key=value."""
+    not_setting = "is not a key=value setting"
+    if word.endswith((".yaml", ".yml")):
+        return UserError(word, not_setting, f"to re-measure a recipe: optimize verify {word}")
+    if difflib.get_close_matches(word.lower(), ["verify"], n=1, cutoff=0.7):
+        recipe = next((o for o in overrides if o.endswith((".yaml", ".yml"))), "RECIPE")
+        return UserError(word, "is not a command", f"did you mean: optimize verify {recipe}")
+    if word.endswith(".gguf") or Path(word).expanduser().is_dir():
+        return UserError(word, not_setting, f"to optimize that model: model={word}")
+    return UserError(word, "has no value", f"give one: {word}=VALUE (`optimize --help` lists the groups)")
+
+
+def _check_key(item: str) -> None:
+    """Refuse what Hydra would accept and wattsmith ignore: its own `hydra.*` settings (wattsmith
+    writes to output_dir) and `+`/`++` additions (the schema is closed: a `+` can only add a
+    misspelt key, which nothing reads, or fail on an existing one)."""
+    key, _, value = item.partition("=")
+    name = key.lstrip("+~")
+    if name == "hydra" or name.startswith("hydra."):
+        raise UserError(
+            name,
+            "is Hydra's own setting, which wattsmith does not use",
+            "outputs go to output_dir: set output_dir=DIR (and --config-dir DIR for your presets)",
+        )
+    plus = key[: len(key) - len(key.lstrip("+"))]
+    if not plus:
+        return
+    if _schema_entry(name) is None:
+        raise UserError(name, f"is not a setting ('{plus}' cannot add one: the settings are fixed)", SPELLING)
+    raise UserError(
+        name,
+        f"exists already: '{plus}' (Hydra's add) has nothing to add",
+        f"drop the '{plus}': {name}={value}",
+    )
+
+
+def _schema_entry(key: str) -> tuple[Any, Any] | None:
+    """The type and the default of a dotted setting (or group) of RunConfig; None when there is none."""
+    kind: Any = RunConfig
+    default: Any = None
+    for name in key.split("."):
+        fields = {f.name: f for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) else {}
+        if name not in fields:
+            return None
+        found = fields[name]
+        kind = typing.get_type_hints(kind)[name]
+        factory = found.default_factory
+        default = factory() if factory is not dataclasses.MISSING else found.default
+    return kind, default
+
+
+def _list_entries(key: str) -> Any:
+    """The entry type of a list setting, else None."""
+    entry = _schema_entry(key)
+    if entry is None or typing.get_origin(entry[0]) is not list:
+        return None
+    return typing.get_args(entry[0])[0]
+
+
+def _list_example(key: str) -> str:
+    """An override giving the list setting `key` valid entries: its default's first two, else
+    sample values of its entry type."""
+    kind = _list_entries(key)
+    if typing.get_origin(kind) is dict:
+        return EXTRA_EXAMPLE
+    entry = _schema_entry(key)
+    default: list[Any] = entry[1] if entry and entry[1] else []
+    samples: dict[Any, list[Any]] = {int: [1, 2], float: [1.0, 2.0]}
+    values = default[:2] or samples.get(kind, ["a", "b"])
+    return f"{key}=[{','.join(_literal(v) for v in values)}]"
+
+
+def _literal(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -133,9 +217,18 @@ def _hydra_error(exc: Exception, config_dir: Path | None = None) -> UserError:
         return UserError(
             named.group(1),
             "is not a setting" + (f" (set by the preset {preset.group(1)})" if preset else ""),
-            "check the spelling; `optimize --show-config` prints every setting",
+            SPELLING,
         )
     field = key.group(1) if key else "overrides"
+    merging = re.search(r"Error merging override ([^=\s]+)=", text)
+    if merging and _schema_entry(field) is None:  # full_key can be a list index (`0`, `a.b[0]`)
+        field = merging.group(1).lstrip("+~")
+    not_bool = re.search(r"Value '(.*)' is not a valid bool", text)
+    if not_bool:
+        example = "[true,false]" if _list_entries(field) is bool else "true"
+        return UserError(
+            field, f"'{not_bool.group(1)}' is not a valid bool", f"use true or false, e.g. {field}={example}"
+        )
     converted = re.search(r"(Value '.*' of type '\w+' could not be converted to \w+)", text)
     if converted:
         return UserError(
@@ -143,9 +236,15 @@ def _hydra_error(exc: Exception, config_dir: Path | None = None) -> UserError:
             converted.group(1),
             "give a value of that type; `optimize --show-config` shows the current one",
         )
+    if typing.get_origin(_list_entries(field)) is dict:
+        return UserError(
+            field,
+            "is a list of mappings, each one candidate's settings",
+            f"e.g. '{EXTRA_EXAMPLE}' (quoted in a shell)",
+        )
     if re.search(r"Invalid value assigned: \w+ is not a ListConfig", text):
         return UserError(
-            field, "is a list", f"give one in brackets, e.g. {field}=[1,8] (quote it in a shell)"
+            field, "is a list", f"give one in brackets, e.g. {_list_example(field)} (quote it in a shell)"
         )
     mapping = re.search(r"(?:Invalid type assigned|Merge error): (\w+) is not a subclass of (\w+)", text)
     in_preset = re.search(r"^In '([^'/]+)/([^']+)'", text)

@@ -8,6 +8,13 @@ from optimizer.config.checks import require, require_subset
 
 TARGET_KINDS = ("auto", "cpu", "cuda")
 ENERGY_SOURCES = ("auto", "nvml", "rapl", "estimate")
+# The optional numeric capabilities, each with a plausible value for a fix (an H100's)
+CAPABILITY_EXAMPLES = {
+    "memory_gib": 24,
+    "tdp_watts": 700,
+    "memory_bandwidth_gb_per_s": 3350,
+    "peak_bf16_tflops": 989,
+}
 
 
 @dataclass
@@ -39,8 +46,16 @@ class TargetConfig:
         require_subset([self.kind], TARGET_KINDS, "target.kind")
         require_subset([self.energy_source], ENERGY_SOURCES, "target.energy_source")
         require(self.device_index >= 0, "target.device_index", "is negative", "use 0 for the first GPU")
-        if self.memory_gib is not None:
-            require(self.memory_gib > 0, "target.memory_gib", "must be > 0", "e.g. target.memory_gib=24")
+        # a capability <= 0 would make the roofline bounds and the memory budget meaningless
+        for name, example in CAPABILITY_EXAMPLES.items():
+            value = getattr(self, name)
+            if value is not None:
+                require(
+                    value > 0,
+                    f"target.{name}",
+                    f"must be > 0, got {value}",
+                    f"e.g. target.{name}={example}, or null to detect it",
+                )
         require(
             self.cpu_active_watts_per_core > 0 and self.cpu_idle_watts_per_core >= 0,
             "target.cpu_active_watts_per_core",

@@ -61,22 +61,44 @@ def _file_paragraphs(path: Path) -> list[str]:
         )
     raw = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix == ".jsonl":
-        return [_text_of(json.loads(line), path) for line in raw.splitlines() if line.strip()]
+        return [
+            _text_of(_parse(line, path, number, JSONL_SHAPE), f"{path} line {number}", JSONL_SHAPE)
+            for number, line in enumerate(raw.splitlines(), start=1)
+            if line.strip()
+        ]
     if path.suffix == ".json":
-        data = json.loads(raw)
+        data = _parse(raw, path, 0, JSON_SHAPE)
+        if not isinstance(data, (dict, list)):
+            raise UserError(
+                "quality.text", f"{path} holds {json.dumps(data)[:40]}, not text entries", JSON_SHAPE
+            )
         items = data.values() if isinstance(data, dict) else data
-        return [_text_of(item, path) for item in items]
+        return [_text_of(item, str(path), JSON_SHAPE) for item in items]
     return raw.split("\n\n")
 
 
-def _text_of(item: Any, path: Path) -> str:
+JSONL_SHAPE = 'write one {"text": "..."} object (or a JSON string) per line'
+JSON_SHAPE = 'write a list of {"text": "..."} objects or strings, or a mapping of them'
+
+
+def _parse(text: str, path: Path, first_line: int, shape: str) -> Any:
+    """JSON, or a UserError naming the file and the line (`first_line`: the text's own line in the
+    file; 0 when the text is the whole file, whose error knows the line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = first_line or exc.lineno
+        raise UserError("quality.text", f"{path} line {line} is not JSON ({exc.msg})", shape) from None
+
+
+def _text_of(item: Any, where: str, shape: str) -> str:
     if isinstance(item, str):
         return item
     if isinstance(item, dict):
         for key in ("text", "extract", "content"):
             if isinstance(item.get(key), str):
                 return str(item[key])
-    raise UserError("quality.text", f"{path}: an entry has no 'text' field", 'use {"text": "..."} per entry')
+    raise UserError("quality.text", f"{where}: an entry has no 'text' field", shape)
 
 
 def sequence_start(tokenizer: Any) -> tuple[int, ...]:

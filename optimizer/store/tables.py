@@ -32,6 +32,7 @@ from sqlalchemy import (
     create_engine,
     event,
     exc,
+    make_url,
 )
 
 from optimizer.errors import UserError
@@ -113,13 +114,33 @@ def store_url(location: str | Path) -> str:
         return f"sqlite:///{path.resolve()}"
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
-    if scheme in ("sqlite", "postgresql+psycopg"):
+    if scheme == "sqlite":
+        _refuse_in_memory(text)
+        return text
+    if scheme == "postgresql+psycopg":
         return text
     raise UserError(
         "store_path",
         f"unsupported database '{scheme}'",
         "use a file path (SQLite) or postgresql://user@host/db",
     )
+
+
+def _refuse_in_memory(url: str) -> None:
+    """An in-memory SQLite database is private to one connection: workers would each see their
+    own, and nothing would be left for a resumed run."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if (
+        database in ("", ":memory:")
+        or database.startswith("file::memory:")
+        or parsed.query.get("mode") == "memory"
+    ):
+        raise UserError(
+            "store_path",
+            f"{url} is an SQLite database in memory, which workers do not share and a resumed run cannot find",
+            "name a file: store_path=outputs/trials.db (or sqlite:////abs/path/trials.db)",
+        )
 
 
 def is_shared_server(location: str | Path) -> bool:

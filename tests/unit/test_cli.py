@@ -58,6 +58,42 @@ def test_verify_without_a_recipe_argument_exits_2(capsys: pytest.CaptureFixture[
     assert "the following arguments are required: recipe" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["verfy", "recipe.yaml"], "fix: did you mean: optimize verify recipe.yaml"),
+        (["recipe.yaml"], "fix: to re-measure a recipe: optimize verify recipe.yaml"),
+        (["--show-config", "+search.wokers=4"], "error: search.wokers: is not a setting"),
+        (["--show-config", "hydra.run.dir=/tmp/x"], "output_dir=DIR"),
+    ],
+)
+def test_a_misplaced_word_exits_2_with_the_command_meant(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(args) == 2
+    captured = capsys.readouterr()
+    assert says in captured.err and not captured.out
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_verify_names_its_model_flag_when_the_weights_are_not_found(
+    tmp_path, given: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from optimizer.recipe import write_recipe
+    from unit.factories import recipe_data
+
+    data = recipe_data()
+    data["model"]["source"] = str(tmp_path / "moved-away")
+    recipe = write_recipe(tmp_path / "recipe.yaml", data)
+    flag = ["--model", str(tmp_path / "nonexistent")] if given else []
+    assert cli.main(["verify", str(recipe), *flag]) == 2
+    err = capsys.readouterr().err
+    err = err[err.index("error: ") :]  # after a warning the recipe's layout logs
+    assert err.startswith("error: --model: " if given else "error: model.source: ")
+    assert "fix: pass --model <path or packaged name>" in err
+    assert "model=" not in err  # optimize's syntax, not verify's
+
+
 @pytest.fixture
 def user_conf(tmp_path):
     """A config directory with a new workload preset and one that replaces the packaged default."""

@@ -188,9 +188,139 @@ def test_user_error_is_a_value_error_with_field_problem_fix() -> None:
         (lambda: LauncherConfig(kind="mpi"), "launcher.kind"),
         (lambda: RayConfig(cpus_per_worker=0), "launcher.ray.cpus_per_worker"),
         (lambda: SlurmConfig(timeout_min=0), "launcher.slurm.timeout_min"),
+        (lambda: SearchConfig(seed=-1), "search.seed"),
+        (lambda: SearchConfig(seed=2**32), "search.seed"),
+        (lambda: TargetConfig(memory_bandwidth_gb_per_s=-1), "target.memory_bandwidth_gb_per_s"),
+        (lambda: TargetConfig(peak_bf16_tflops=-3), "target.peak_bf16_tflops"),
+        (lambda: TargetConfig(tdp_watts=-5), "target.tdp_watts"),
+        (lambda: TargetConfig(tdp_watts=0), "target.tdp_watts"),
     ],
 )
 def test_dataclasses_validate_themselves(make, field: str) -> None:
     with pytest.raises(UserError) as info:
         make()
     assert info.value.field == field
+    assert info.value.fix
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "search.seed=-1",
+        "target.memory_bandwidth_gb_per_s=-1",
+        "target.peak_bf16_tflops=-3",
+        "target.tdp_watts=-5",
+    ],
+)
+def test_out_of_range_numbers_are_refused_while_composing(override: str) -> None:
+    with pytest.raises(UserError) as info:
+        compose_run_config(["search=optuna", override])
+    assert info.value.field == override.partition("=")[0]
+
+
+def test_the_edges_of_the_seed_range_are_accepted() -> None:
+    assert SearchConfig(seed=0).seed == 0 and SearchConfig(seed=2**32 - 1).seed == 2**32 - 1
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "problem", "fix"),
+    [
+        ("+search.wokers=4", "search.wokers", "is not a setting", "check the spelling"),
+        ("++workload.rte=5", "workload.rte", "is not a setting", "check the spelling"),
+        ("+search.workers=4", "search.workers", "exists already", "search.workers=4"),
+        ("++search.workers=4", "search.workers", "exists already", "search.workers=4"),
+        ("+workload=chat", "workload", "exists already", "workload=chat"),
+        ("hydra.run.dir=/tmp/elsewhere", "hydra.run.dir", "Hydra's own setting", "output_dir=DIR"),
+        ("++hydra.job.chdir=true", "hydra.job.chdir", "Hydra's own setting", "output_dir=DIR"),
+    ],
+)
+def test_additions_and_hydras_settings_are_refused(override: str, field: str, problem: str, fix: str) -> None:
+    with pytest.raises(UserError) as info:  # Hydra accepts them; nothing would read them
+        compose_run_config([override])
+    assert info.value.field == field
+    assert problem in info.value.problem and fix in info.value.fix
+    if "exists already" in problem:  # the fix works
+        compose_run_config([info.value.fix.rpartition(": ")[2]])
+
+
+def _list_settings(kind: type = RunConfig, prefix: str = "") -> list[str]:
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(kind)
+    found = []
+    for item in dataclasses.fields(kind):
+        hint = hints[item.name]
+        if dataclasses.is_dataclass(hint):
+            found += _list_settings(hint, f"{prefix}{item.name}.")  # type: ignore[arg-type]
+        elif typing.get_origin(hint) is list:
+            found.append(f"{prefix}{item.name}")
+    return found
+
+
+@pytest.mark.parametrize("field", _list_settings())
+def test_a_list_setting_given_one_value_gets_an_example_that_composes(field: str) -> None:
+    with pytest.raises(UserError) as info:
+        compose_run_config([f"{field}=5"])
+    assert info.value.field == field
+    example = info.value.fix.partition("e.g. ")[2].rpartition(" (")[0].strip("'")
+    assert example.startswith(f"{field}=[")
+    compose_run_config([example])
+
+
+def test_the_list_example_fits_the_field() -> None:
+    with pytest.raises(UserError) as info:
+        compose_run_config(["space.backends=torch"])
+    assert "space.backends=[torch]" in info.value.fix
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "example"),
+    [
+        ("search.roofline=maybe", "search.roofline", "search.roofline=true"),
+        ("space.torch.compile=[maybe]", "space.torch.compile", "space.torch.compile=[true,false]"),
+    ],
+)
+def test_a_value_that_is_not_a_bool_says_true_or_false(override: str, field: str, example: str) -> None:
+    with pytest.raises(UserError) as info:
+        compose_run_config([override])
+    assert info.value.field == field
+    assert "is not a valid bool" in info.value.problem
+    assert "true or false" in info.value.fix and example in info.value.fix
+    compose_run_config([example])
+
+
+@pytest.mark.parametrize("override", ["space.extra=[5]", "space.extra=[torch]", "space.extra={a: 1}"])
+def test_space_extra_entries_are_mappings_of_settings(override: str) -> None:
+    from optimizer.space import Candidate
+
+    with pytest.raises(UserError) as info:
+        compose_run_config([override])
+    assert info.value.field == "space.extra"
+    assert "{backend: torch, batch_size: 8}" in info.value.fix
+    (entry,) = compose_run_config(["space.extra=[{backend: torch, batch_size: 8}]"]).space.extra
+    assert Candidate.from_dict({"threads": 1, **entry}).batch_size == 8  # the keys are real
+
+
+@pytest.mark.parametrize(
+    ("words", "fix"),
+    [
+        (["verfy", "recipe.yaml"], "optimize verify recipe.yaml"),
+        (["verify_"], "optimize verify RECIPE"),
+        (["outputs/run/recipe.yaml"], "optimize verify outputs/run/recipe.yaml"),
+        (["recipe.yml"], "optimize verify recipe.yml"),
+        (["model.gguf"], "model=model.gguf"),
+        (["search.workers"], "search.workers=VALUE"),
+    ],
+)
+def test_a_bare_word_gets_the_command_it_was_meant_for(words: list[str], fix: str) -> None:
+    with pytest.raises(UserError) as info:
+        compose_run_config(words)
+    assert info.value.field == words[0]
+    assert fix in info.value.fix
+
+
+def test_a_bare_model_directory_suggests_model(tmp_path) -> None:
+    with pytest.raises(UserError) as info:
+        compose_run_config([str(tmp_path)])
+    assert info.value.fix.endswith(f"model={tmp_path}")

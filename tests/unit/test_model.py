@@ -121,6 +121,35 @@ def test_a_weight_file_without_a_safetensors_header_names_it(
     assert "model.safetensors is not a safetensors file" in info.value.problem
 
 
+@pytest.mark.parametrize("header_len", [2**63, 2**64 - 1, 100])
+def test_a_header_longer_than_the_file_is_not_read(tmp_path: Path, cache_dir: Path, header_len: int) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(GOOD_CONFIG))
+    (tmp_path / "model.safetensors").write_bytes(header_len.to_bytes(8, "little") + b"{}")
+    with pytest.raises(UserError) as info:  # not a MemoryError from reading exabytes
+        resolve_model(ModelConfig(source=str(tmp_path)), cache_dir)
+    assert info.value.field == "model.source"
+    assert "model.safetensors is not a safetensors file" in info.value.problem
+    assert f"{header_len} bytes" in info.value.problem
+
+
+LFS_POINTER = (
+    "version https://git-lfs.github.com/spec/v1\n"
+    "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 269060552\n"
+)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin", "model.gguf"])
+def test_a_git_lfs_pointer_says_to_pull_the_weights(tmp_path: Path, cache_dir: Path, name: str) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(GOOD_CONFIG))
+    (tmp_path / name).write_text(LFS_POINTER)
+    source = tmp_path / name if name.endswith(".gguf") else tmp_path
+    with pytest.raises(UserError) as info:
+        resolve_model(ModelConfig(source=str(source)), cache_dir)
+    assert info.value.field == "model.source"
+    assert f"{name} is a Git LFS pointer" in info.value.problem
+    assert "git lfs pull" in info.value.fix
+
+
 def test_a_file_that_is_not_gguf(tmp_path: Path, cache_dir: Path) -> None:
     path = tmp_path / "weights.bin"
     path.write_bytes(b"x")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from optimizer.errors import UserError
-from optimizer.store import TrialStore, open_database
+from optimizer.store import TrialStore, open_database, store_url
 
 
 def test_a_directory_is_not_a_store(tmp_path: Path) -> None:
@@ -39,3 +39,19 @@ def test_a_good_store_opens_again(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "trials.db"
     assert open_database(path) is open_database(path)  # one engine per database and process
     assert TrialStore(path, "ctx").run_count() == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://", "sqlite:///:memory:", "sqlite:///file::memory:?uri=true", "sqlite:///x.db?mode=memory"],
+)
+def test_an_in_memory_sqlite_store_is_refused(url: str) -> None:
+    with pytest.raises(UserError) as info:  # each worker would see its own empty database
+        store_url(url)
+    assert info.value.field == "store_path"
+    assert "in memory" in info.value.problem
+    assert "store_path=outputs/trials.db" in info.value.fix
+
+
+def test_a_sqlite_url_with_a_file_is_kept(tmp_path: Path) -> None:
+    assert store_url(f"sqlite:///{tmp_path}/t.db") == f"sqlite:///{tmp_path}/t.db"

@@ -46,6 +46,28 @@ def test_bad_text_is_a_user_error(tmp_path: Path, name: str, content: str) -> No
     assert info.value.field == "quality.text"
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "where", "shape"),
+    [
+        ("bad.jsonl", '{"text": "a"}\n\n{bad\n', "bad.jsonl line 3", "per line"),
+        ("bad.json", '[\n  "a",\n  {bad\n]', "bad.json line 3", "a list of"),
+        ("num.json", "5", "num.json", "a list of"),
+        ("nums.jsonl", '{"text": "a"}\n5\n', "nums.jsonl line 2", "per line"),
+        ("dict.json", '{"a": 5}', "dict.json: an entry has no 'text' field", "a mapping of them"),
+    ],
+)
+def test_json_that_is_not_text_entries_names_the_file_and_line(
+    tmp_path: Path, name: str, content: str, where: str, shape: str
+) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(UserError) as info:  # not a JSONDecodeError or a TypeError
+        load_text(str(tmp_path / name))
+    assert info.value.field == "quality.text"
+    assert where in info.value.problem
+    assert shape in info.value.fix
+    assert '{"text": "..."}' in info.value.fix
+
+
 def test_missing_text_file(tmp_path: Path) -> None:
     with pytest.raises(UserError) as info:
         load_text(str(tmp_path / "none.txt"))
