@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from optimizer.config import RunConfig, SearchConfig
+from optimizer.config import RunConfig
 from optimizer.errors import UserError
 from optimizer.files import write_atomically
 from optimizer.measure.energy import measure_idle_watts
@@ -128,8 +128,10 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         recipe_path = write_recipe(output_dir / "recipe.yaml", recipe)
     else:  # no recipe beside this report, not even an earlier run's (output_dir may be reused)
         (output_dir / "recipe.yaml").unlink(missing_ok=True)
+        evaluated = sum(not r.reused for r in outcome.results if r.status != PRUNED)
+        capped = cfg.search.max_candidates is not None and evaluated >= cfg.search.max_candidates
         infeasible = unreliable_finalists(selection) or diagnose_infeasible(
-            outcome.selectable, len(outcome.not_reached), cfg.search
+            outcome.selectable, len(outcome.not_reached), capped
         )
     _write_results(output_dir, [*outcome.results, *(replace(r, role="finalist") for r in remeasured)])
     _write_config(output_dir, cfg)
@@ -183,7 +185,7 @@ def nothing_to_search(plan: SearchPlan, cfg: RunConfig) -> UserError:
 
 
 def diagnose_infeasible(
-    results: list[CandidateResult], not_reached: int = 0, search: SearchConfig | None = None
+    results: list[CandidateResult], not_reached: int = 0, capped: bool = False
 ) -> UserError:
     """Name the constraint that left nothing feasible."""
     rejected = [r for r in results if r.status == REJECTED]
@@ -226,8 +228,7 @@ def diagnose_infeasible(
         return UserError(
             "space", f"all {len(failed)} candidates failed (e.g. {failed[0].reason})", "see report.md"
         )
-    if not_reached:  # the budget ran out before any candidate of the space was measured
-        capped = search is not None and search.max_candidates is not None
+    if not_reached:  # the budget (`capped`: search.max_candidates) ran out before the space's turn
         return UserError(
             "search.max_candidates" if capped else "search.budget_minutes",
             f"no candidate of the space was measured within the budget ({not_reached} not reached)",

@@ -158,6 +158,8 @@ def build_recipe(
             "workload": asdict(cfg.workload),
             "quality": asdict(cfg.quality),
             "quality_text_sha256": setup.text_sha256,
+            # what a serving engine was sized for (a trace's longest line, not the config's bound)
+            "longest_request_tokens": _longest_request(setup),
             "idle_watts": round(idle_watts, 3),
             "protocol_version": PROTOCOL_VERSION,
             # what the labelled CPU-time estimate multiplies by; `verify` re-estimates with these
@@ -165,6 +167,13 @@ def build_recipe(
         },
         "evidence": evidence,
     }
+
+
+def _longest_request(setup: MeasurementSetup) -> int | None:
+    """Prompt and output tokens of the longest request the measured streams made; None offline."""
+    if not setup.streams:
+        return None
+    return max(len(r.prompt_ids) + r.max_new_tokens for s in setup.streams.values() for r in s.requests)
 
 
 def _selection_evidence(selection: Selection) -> dict[str, Any]:
@@ -390,9 +399,9 @@ def load_recipe(
 
     `model_source` replaces the recipe's model source (e.g. the same weights at another path);
     the weights must still hash to the recipe's `weight_sha256`. `request_tokens` is the longest
-    request (prompt and output tokens) to be served, by default the recipe's workload's longest:
-    an engine that gives each request a fixed slot (llama.cpp's context, a paged cache) is sized
-    for it now, since it cannot grow while requests run.
+    request (prompt and output tokens) to be served, for a serving recipe by default the longest
+    its stream made: an engine that gives each request a fixed slot (llama.cpp's context, a paged
+    cache) is sized for it now, since it cannot grow while requests run.
     """
     from optimizer.backends.registry import build_engine
     from optimizer.model import resolve_model
@@ -404,9 +413,12 @@ def load_recipe(
     check_weights(recipe, model.weight_sha256)
     target = detect_target(recipe.target)
     engine = build_engine(model, recipe.candidate, target, cache)
+    if request_tokens is None and recipe.workload.serving:  # as the measurement sized it
+        recorded = recipe.data["measurement"].get("longest_request_tokens")
+        request_tokens = recorded if isinstance(recorded, int) else recipe.workload.longest_request_tokens()
     reserve = getattr(engine, "reserve", None)
-    if reserve is not None and hasattr(engine, "submit"):  # as the measurement sized it
-        reserve(request_tokens or recipe.workload.longest_request_tokens())
+    if request_tokens is not None and reserve is not None and hasattr(engine, "submit"):
+        reserve(request_tokens)
     return engine
 
 

@@ -7,4 +7,6 @@
 # measured afresh instead of being mixed with new ones.
 #   1: the first protocol.
 #   2: serving (request streams; goodput judged per request at its arrival, queueing included).
-PROTOCOL_VERSION = 2
+#   3: a served request with fewer than two tokens (given up on, or asked for one) has no TPOT
+#      (it counted as 0 ms, pulling an overloaded run's TPOT percentiles down).
+PROTOCOL_VERSION = 3

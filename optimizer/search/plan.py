@@ -21,14 +21,14 @@ OFFLINE_FIELDS = ("prompt_tokens", "max_new_tokens", "min_window_seconds", "repe
 # A stream's windows are its requests: these offline fields change nothing it measures (the
 # prompt pool's length and new tokens still drive the greedy-parity check at build).
 NOT_SERVING_FIELDS = ("idle_seconds", "min_window_seconds", "warmup_batches")
-# Prompt rows that key the results: a run's pool (prompt_pool) holds at least these, each the same
-# whatever the pool's size.
-KEYED_PROMPTS = 16
+MIN_PROMPTS = 16
 
 
 def prompt_pool(cfg: RunConfig) -> int:
-    """Prompts a run tokenizes: a batch of the largest size, and never fewer than the keyed rows."""
-    return max([*cfg.space.batch_sizes, KEYED_PROMPTS])
+    """Prompts a run tokenizes (the coordinator's and every worker's alike): a batch of the largest
+    size, at least 16. Batches cycle through the whole pool, so its size is part of what is measured
+    (the results' key hashes every row)."""
+    return max([*cfg.space.batch_sizes, MIN_PROMPTS])
 
 
 def protocol(
@@ -73,8 +73,7 @@ def measured_inputs(setup: MeasurementSetup) -> dict[str, str | None]:
     inputs = {
         "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None,
         "quality_tokens_sha256": _tensor_sha256(setup.quality_tokens),
-        # the pool's first rows: a larger pool (a larger batch size in the space) appends rows
-        "prompt_tokens_sha256": _tensor_sha256(setup.workload.prompts[:KEYED_PROMPTS]),
+        "prompt_tokens_sha256": _tensor_sha256(setup.workload.prompts),
     }
     if setup.model.trust_remote_code:  # only then: other models' stores keep their contexts
         inputs["remote_code_sha256"] = _code_sha256(setup.model.path)

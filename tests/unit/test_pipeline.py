@@ -217,12 +217,11 @@ def test_a_space_with_nothing_to_measure_names_the_rules_or_the_memory_budget(ma
 
 
 def test_diagnose_names_the_budget_that_left_the_space_unmeasured() -> None:
-    from optimizer.config import SearchConfig
     from optimizer.pipeline import diagnose_infeasible
 
-    capped = diagnose_infeasible([], 3, SearchConfig(max_candidates=1))
+    capped = diagnose_infeasible([], 3, capped=True)
     assert capped.field == "search.max_candidates" and "3 not reached" in capped.problem
-    assert diagnose_infeasible([], 3, SearchConfig()).field == "search.budget_minutes"
+    assert diagnose_infeasible([], 3).field == "search.budget_minutes"
 
 
 def test_diagnose_does_not_blame_the_slo_for_a_feasible_baseline(

@@ -255,7 +255,7 @@ def test_build_recipe_records_the_protocol_and_the_estimates_coefficients(
     )
     target = make_target(cpu_active_watts_per_core=7.0, cpu_idle_watts_per_core=0.5)
     model = SimpleNamespace(identity=lambda: {"source": "/m", "weight_sha256": SHA})
-    setup = SimpleNamespace(model=model, target=target, text_sha256="cd" * 32)
+    setup = SimpleNamespace(model=model, target=target, text_sha256="cd" * 32, streams=None)
     recipe = build_recipe(compose_run_config([]), setup, best, outcome, [], "ctx", 3.0)
     measurement = recipe["measurement"]
     assert measurement["protocol_version"] == PROTOCOL_VERSION
@@ -264,6 +264,7 @@ def test_build_recipe_records_the_protocol_and_the_estimates_coefficients(
         "cpu_idle_watts_per_core": 0.5,
     }
     assert "from" not in recipe["evidence"]["latency"]  # one measurement: nothing to tell apart
+    assert measurement["longest_request_tokens"] is None  # offline: no stream
     selection = Selection([], best.candidate.key(), False, "only one")
     chosen = build_recipe(compose_run_config([]), setup, best, outcome, [], "ctx", 3.0, selection)
     # a finalist's energy pools its rounds, its percentiles are its last round's: the recipe says so
@@ -333,10 +334,17 @@ def test_a_serving_engine_is_sized_for_the_recipes_longest_request(
     monkeypatch.setattr(model_module, "resolve_model", lambda cfg, cache: SimpleNamespace(weight_sha256=SHA))
     monkeypatch.setattr(target_module, "detect_target", lambda cfg: None)
     monkeypatch.setattr(registry, "build_engine", lambda *a: Served())
-    path = write_recipe(tmp_path / "recipe.yaml", recipe_dict)
-    load_recipe(path, cache_dir=tmp_path)
-    load_recipe(path, cache_dir=tmp_path, request_tokens=600)
-    assert Served.reserved == [32 + 16, 600]  # the workload's prompt and output tokens, then asked
+    offline = write_recipe(tmp_path / "offline.yaml", recipe_dict)
+    load_recipe(offline, cache_dir=tmp_path)  # an offline recipe's engine is left as built
+    load_recipe(offline, cache_dir=tmp_path, request_tokens=600)
+    assert Served.reserved == [600]
+    serving = copy.deepcopy(recipe_dict)
+    serving["measurement"]["workload"] |= {"kind": "serving", "requests": 32}
+    load_recipe(write_recipe(tmp_path / "bound.yaml", serving), cache_dir=tmp_path)
+    assert Served.reserved[-1] == WorkloadConfig(kind="serving").longest_request_tokens()
+    serving["measurement"]["longest_request_tokens"] = 1000  # a trace's longest line, recorded
+    load_recipe(write_recipe(tmp_path / "trace.yaml", serving), cache_dir=tmp_path)
+    assert Served.reserved[-1] == 1000
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "recipes").glob("*/recipe.yaml")))
