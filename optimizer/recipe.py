@@ -31,6 +31,7 @@ from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import estimate_coefficients
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import ServingSummary
+from optimizer.recipe_checks import MODEL_KEYS, RECIPE_KEYS, check_evidence, check_known_keys, constraints_of
 from optimizer.results import CandidateResult
 from optimizer.select import Selection
 from optimizer.space import Candidate, layout_record
@@ -256,9 +257,9 @@ def read_recipe(path: Path | str) -> Recipe:
     for part in ("model", "target", "settings", "measurement", "evidence"):
         if not isinstance(data.get(part), dict):
             raise UserError(f"recipe.{part}", f"{path}: is missing or not a mapping", "restore it from git")
-    _check_known_keys(data, RECIPE_KEYS, "recipe")
-    _check_known_keys(data["model"], MODEL_KEYS, "recipe.model")  # a misspelt revision is `main`
-    _check_evidence(data, path)
+    check_known_keys(data, RECIPE_KEYS, "recipe")
+    check_known_keys(data["model"], MODEL_KEYS, "recipe.model")  # a misspelt revision is `main`
+    check_evidence(data, path)
     try:
         measurement = data["measurement"]
         if not isinstance(measurement.get("workload"), dict) or not isinstance(
@@ -269,7 +270,7 @@ def read_recipe(path: Path | str) -> Recipe:
         workload["slo"] = SloConfig(**workload["slo"])
         quality = QualityConfig(**measurement["quality"])
         if "constraints" in data:  # what verify enforces: the search's bounds, or a reader's edit
-            workload["slo"], quality = _constraints(data["constraints"], workload["slo"], quality)
+            workload["slo"], quality = constraints_of(data["constraints"], workload["slo"], quality)
         for lengths in ("prompt_lengths", "output_lengths"):
             if isinstance(workload.get(lengths), dict):
                 workload[lengths] = LengthConfig(**workload[lengths])
@@ -293,74 +294,6 @@ def read_recipe(path: Path | str) -> Recipe:
         raise UserError(
             "recipe", f"{path} is missing or has a malformed field ({exc})", "restore it from git"
         ) from None
-
-
-RECIPE_KEYS = (
-    "schema",
-    "wattsmith_version",
-    "created",
-    "model",
-    "target",
-    "settings",
-    "layout",
-    "constraints",
-    "measurement",
-    "evidence",
-)
-MODEL_KEYS = ("name", "source", "format", "weight_sha256", "revision", "trust_remote_code", "num_parameters")
-QUALITY_BOUND_KEYS = ("max_ppl_increase", "min_top1_agreement", "max_kl")
-
-
-def _check_known_keys(block: dict[str, Any], known: tuple[str, ...], where: str) -> None:
-    """A hand edit with a misspelt key fails here, naming it, instead of being silently ignored."""
-    unknown = sorted(str(k) for k in block if k not in known)
-    if unknown:
-        raise UserError(
-            f"{where}.{unknown[0]}",
-            "is not a field of a recipe",
-            f"fix its spelling or remove it; fields: {', '.join(known)}",
-        )
-
-
-def _constraints(constraints: Any, slo: SloConfig, quality: QualityConfig) -> tuple[SloConfig, QualityConfig]:
-    """The SLO and quality bound `constraints` states, over the ones the search measured with."""
-    if not isinstance(constraints, dict):
-        raise UserError("constraints", "is not a mapping", "restore it from git")
-    _check_known_keys(constraints, ("quality", "slo"), "constraints")
-    bound, limits = constraints.get("quality", {}), constraints.get("slo", {})
-    if not isinstance(bound, dict) or not isinstance(limits, dict):
-        raise UserError("constraints", "quality and slo must be mappings", "restore it from git")
-    _check_known_keys(bound, QUALITY_BOUND_KEYS, "constraints.quality")
-    try:
-        tightened = replace(slo, **limits), replace(quality, **bound)
-        WorkloadConfig(slo=tightened[0])  # validates the SLO as a workload does
-    except TypeError as exc:  # an unknown SLO field
-        raise UserError("constraints.slo", str(exc), "fix its spelling or remove it") from None
-    except UserError as exc:  # named where the value was written, not where it is used
-        field = exc.field.removeprefix("workload.")
-        raise UserError(f"constraints.{field}", exc.problem, exc.fix) from None
-    return tightened
-
-
-# what verify compares with, by dotted path: found missing only after a re-measurement otherwise
-_REQUIRED_FIELDS = (
-    ("model.weight_sha256", str),
-    ("evidence.energy.source", str),
-    ("evidence.energy.goodput_tokens_per_joule.mean", (int, float)),
-    ("evidence.latency.ttft_ms", dict),
-    ("evidence.latency.tpot_ms", dict),
-)
-
-
-def _check_evidence(data: dict[str, Any], path: Path) -> None:
-    for dotted, kind in _REQUIRED_FIELDS:
-        value: Any = data
-        for key in dotted.split("."):
-            value = value.get(key) if isinstance(value, dict) else None
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise UserError(f"recipe.{dotted}", f"{path}: is missing or malformed", "restore it from git")
-    if "quality" not in data["evidence"]:
-        raise UserError("recipe.evidence.quality", f"{path}: is missing", "restore it from git")
 
 
 def _target_of(kind: str, measurement: dict[str, Any], source: str) -> TargetConfig:

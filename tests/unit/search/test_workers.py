@@ -3,6 +3,7 @@ and the SLURM path as a dry run. Every worker meets the others at the store."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections import Counter
@@ -42,8 +43,10 @@ def tiny_run(model_dir: Path, root: Path, *extra: str) -> list[str]:
 
 
 def stored_keys(path: Path) -> list[str]:
+    """The search's rows: the finalists' rounds (each in a context of its own) are left out."""
     with sqlite3.connect(path) as connection:
-        return [row[0] for row in connection.execute("SELECT candidate_key FROM wattsmith_trials")]
+        rows = connection.execute("SELECT candidate_key, result FROM wattsmith_trials").fetchall()
+    return [key for key, result in rows if json.loads(result).get("role") != "finalist"]
 
 
 @pytest.mark.parametrize("launcher", ["local", "ray"])
