@@ -89,15 +89,19 @@ def test_requests_are_submitted_at_their_arrival_times_and_judged_each() -> None
     )
     t0 = server.submitted[0] - s.requests[0].arrival_seconds
     lags = [sub - t0 - r.arrival_seconds for sub, r in zip(server.submitted, s.requests, strict=True)]
-    assert max(lags) < 0.02 and run.lateness_seconds < 0.02
+    # each submission follows its own arrival (all at once would lag up to 0.3 s); the bound leaves
+    # room for a loaded CI machine's scheduling delays
+    assert max(lags) < 0.04 and run.lateness_seconds < 0.04
     assert len(run.requests) == 30
     for record in run.requests:
-        assert record.ttft == pytest.approx(0.01, abs=0.015)
+        # TTFT counts from the arrival: the generator's lag, then the engine's 10 ms
+        lag = record.submitted - record.arrival
+        assert record.ttft == pytest.approx(lag + 0.01, abs=0.003)
         assert record.tpot == pytest.approx(0.002, abs=1e-6)
         assert record.output_tokens == 5 and record.met_slo and record.gave_up_at is None
     window = run.window
-    assert window.start == pytest.approx(s.requests[5].arrival_seconds, abs=0.02)
-    assert window.end == pytest.approx(s.requests[24].arrival_seconds, abs=0.02)
+    assert window.start == pytest.approx(s.requests[5].arrival_seconds, abs=0.04)
+    assert window.end == pytest.approx(s.requests[24].arrival_seconds, abs=0.04)
     assert window.goodput_tokens == window.output_tokens > 0
     assert not window.growing
     assert 0 <= window.idle_fraction < 1
