@@ -174,7 +174,7 @@ def _longest_request(setup: MeasurementSetup) -> int | None:
     """Prompt and output tokens of the longest request the measured streams made; None offline."""
     if not setup.streams:
         return None
-    return max(len(r.prompt_ids) + r.max_new_tokens for s in setup.streams.values() for r in s.requests)
+    return max(s.longest_request_tokens for s in setup.streams.values())
 
 
 def _selection_evidence(selection: Selection) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def measure_load(
 ) -> PerformanceResult:
     """The serving measurement at `cfg.rate` (`cfg.repeats` runs), after one run at each other
     load of `cfg.rates`; the result's `serving` carries the whole curve and the capacity."""
-    longest = max(len(r.prompt_ids) + r.max_new_tokens for s in streams.values() for r in s.requests)
+    longest = max(s.longest_request_tokens for s in streams.values())
     server: Any = serving_engine(engine, batch_size, longest)
     counters = getattr(server, "prefix_counters", None)
     try:

@@ -70,6 +70,11 @@ class RequestStream:
         return self.requests[-1].arrival_seconds if self.requests else 0.0
 
     @property
+    def longest_request_tokens(self) -> int:
+        """Prompt and output tokens of the longest request: what an engine serving it must hold."""
+        return max((len(r.prompt_ids) + r.max_new_tokens for r in self.requests), default=0)
+
+    @property
     def offered_rate(self) -> float:
         """Requests per second between the first and last arrival."""
         span = self.duration_seconds - (self.requests[0].arrival_seconds if self.requests else 0.0)

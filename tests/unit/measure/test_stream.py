@@ -137,6 +137,7 @@ def test_a_trace_gives_text_or_counted_prompts(tmp_path: Path) -> None:
     assert len(second.prompt_ids) == 12 and second.prompt_ids[0] == 1
     assert [r.arrival_seconds for r in stream.requests] == [0.0, 0.5, 0.5]
     assert stream.source == "trace t.jsonl"
+    assert stream.longest_request_tokens == 12 + 3  # the second line, not the first or last
 
 
 @pytest.mark.parametrize(
