@@ -23,7 +23,7 @@ from optimizer.config import SearchConfig
 from optimizer.measure.workload import PerformanceResult
 from optimizer.results import FAILED, CandidateResult
 from optimizer.search.evaluate import Evaluator
-from optimizer.search.runner import DEATHS_BEFORE_FAILING, died_measuring
+from optimizer.search.runner import DEATHS_BEFORE_FAILING, died_measuring, rough_duration
 from optimizer.select import Selection, feasible, select_finalist
 from optimizer.space import Candidate
 from optimizer.store import TrialStore, context_key, leases_kept
@@ -40,9 +40,10 @@ def remeasure(
     if search.finalists < 2 or len(pool) < 2:
         return None
     log.info(
-        "finalists: re-measuring %s in %d interleaved rounds",
+        "finalists: re-measuring %s in %d interleaved rounds (%s, as long as the search took them)",
         ", ".join(r.candidate.label() for r in pool),
         search.finalist_rounds,
+        rough_duration(search.finalist_rounds * sum(r.seconds for r in pool)),
     )
     runs: dict[str, list[CandidateResult]] = {r.candidate.key(): [] for r in pool}
     for index in range(search.finalist_rounds):

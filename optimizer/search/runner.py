@@ -98,7 +98,9 @@ def search_worker(
     """One worker's loop; `deadline` is on `clock` and shared by all workers of the search."""
     store = evaluator.store
     assert store is not None, "a search records every result in a TrialStore"
-    loop = _WorkerLoop(candidates, baseline, evaluator, store, search, bound, progress, roofline)
+    loop = _WorkerLoop(
+        candidates, baseline, evaluator, store, search, bound, progress, roofline, deadline, clock
+    )
 
     def over_budget() -> bool:
         # a candidate is not started when the time left is less than a typical measurement:
@@ -154,6 +156,8 @@ class _WorkerLoop:
         bound: QualityConfig,
         progress: Callable[[str], None],
         roofline: Roofline | None,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.baseline = baseline
         self.baseline_in_space = baseline in candidates
@@ -173,6 +177,7 @@ class _WorkerLoop:
         self.roofline_pruned = 0
         self.since_best = 0  # candidates measured here since the best improved
         self._synced = False  # the first sync reads every candidate, later ones what changed
+        self.deadline, self.clock = deadline, clock  # the search's: bound the time-left estimate
 
     def role(self, candidate: Candidate) -> str:
         return "baseline" if candidate == self.baseline else "candidate"
@@ -204,7 +209,24 @@ class _WorkerLoop:
         self.busy = [c for c in self.busy if c != candidate]
         if candidate != self.baseline or self.baseline_in_space:
             self.sampler.observe(candidate, result)
-        self.progress(_progress_line(len(self.known), len(self.space), result, candidate.key() in self.mine))
+        line = _progress_line(len(self.known), len(self.space), result, candidate.key() in self.mine)
+        left = self.seconds_left()
+        self.progress(f"{line}; search: up to {rough_duration(left)} left" if left else line)
+
+    def seconds_left(self) -> float | None:
+        """The most the search can still take: the candidates not yet known at this worker's median
+        time each, shared by the workers, within the candidate cap and the budget (patience and the
+        roofline can end it sooner). None before this worker has measured one."""
+        typical = self.typical_seconds()
+        if not typical:
+            return None
+        left = sum(key not in self.known for key in self.space)
+        if self.search.max_candidates is not None:
+            left = min(left, max(self.search.max_candidates - self.store.run_count(), 0))
+        seconds = -(-left // self.search.workers) * typical
+        if self.deadline is not None:
+            seconds = min(seconds, max(self.deadline - self.clock(), 0.0))
+        return seconds
 
     def typical_seconds(self) -> float:
         """Median seconds of the candidates this worker measured (0 before the first)."""
@@ -330,6 +352,11 @@ def collect_outcome(
         workers=list(reports),
         roofline=roofline.rates.describe() if roofline is not None else None,
     )
+
+
+def rough_duration(seconds: float) -> str:
+    """`~40 s`, `~7 min`: an estimate's resolution."""
+    return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min"
 
 
 def _progress_line(index: int, total: int, result: CandidateResult, mine: bool) -> str:

@@ -129,10 +129,15 @@ class FakeEvaluator:
         return replace(measured(candidate.batch_size, goodputs), role=role)
 
 
-def test_remeasure_interleaves_in_alternating_order_and_needs_two_feasible() -> None:
+def test_remeasure_interleaves_in_alternating_order_and_needs_two_feasible(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     evaluator = FakeEvaluator()
-    pool = [measured(b, [float(b)]) for b in (4, 16, 8, 2)]
-    picked = remeasure(evaluator, pool, SearchConfig(finalists=3, finalist_rounds=2))  # type: ignore[arg-type]
+    pool = [replace(measured(b, [float(b)]), seconds=b * 10.0) for b in (4, 16, 8, 2)]
+    with caplog.at_level("INFO", logger="optimizer.search.finalists"):
+        picked = remeasure(evaluator, pool, SearchConfig(finalists=3, finalist_rounds=2))  # type: ignore[arg-type]
+    # the time it will take: the three finalists' search times (160 + 80 + 40 s), twice
+    assert "in 2 interleaved rounds (~9 min, as long as the search took them)" in caplog.text
     assert picked is not None
     remeasured, selection = picked
     assert evaluator.order == [16, 8, 4, 4, 8, 16]  # the best three, A B C then C B A

@@ -299,3 +299,27 @@ def test_a_grid_ignores_patience(evaluator, make_candidate) -> None:
     candidates = [make_candidate(batch_size=b) for b in (64, 1, 2, 4, 8, 16)]
     run_search(candidates, [], candidates[0], ev, SearchConfig(sampler="grid", patience=1), BOUND)
     assert len(ev.asked) == 6
+
+
+@pytest.mark.parametrize(
+    "search,after_first",
+    [
+        (SearchConfig(), "~4 min"),  # four candidates left at 60 s each
+        (SearchConfig(workers=2), "~2 min"),  # shared by two workers
+        (SearchConfig(max_candidates=3), "~2 min"),  # the cap leaves two more evaluations
+        (SearchConfig(budget_minutes=1.25), "~75 s"),  # the budget's end comes first
+    ],
+)
+def test_progress_says_how_long_the_search_can_still_take(
+    evaluator, make_candidate, search: SearchConfig, after_first: str
+) -> None:
+    cands = [make_candidate(batch_size=b) for b in (1, 2, 4, 8, 16)]
+    ev = evaluator()
+    measure = ev.evaluate
+    ev.evaluate = lambda c, role="candidate", stop_below=None: replace(
+        measure(c, role, stop_below), seconds=60.0
+    )
+    lines: list[str] = []
+    run_search(cands, [], cands[0], ev, search, BOUND, progress=lines.append, clock=lambda: 0.0)
+    assert lines[0].endswith(f"(60 s); search: up to {after_first} left")
+    assert "left" not in lines[-1]  # nothing is left after the last
