@@ -61,3 +61,10 @@ class LauncherConfig:
 
     def __post_init__(self) -> None:
         require_subset([self.kind], LAUNCHERS, "launcher.kind")
+
+    @property
+    def spans_nodes(self) -> bool:
+        """Whether workers may run on other machines (a Ray cluster, SLURM jobs)."""
+        ray_cluster = self.kind == "ray" and self.ray.address is not None
+        slurm_jobs = self.kind == "slurm" and self.slurm.cluster == "slurm" and not self.slurm.dry_run
+        return ray_cluster or slurm_jobs

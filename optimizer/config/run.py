@@ -36,3 +36,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in ("output_dir", "store_path", "cache_dir"):
             require(bool(str(getattr(self, name)).strip()), name, "is empty", f"give a path for {name}")
+        # checked here, not after loading the model: a file cannot be shared by other machines
+        require(
+            not self.launcher.spans_nodes or str(self.store_path).startswith("postgres"),  # postgres(ql)://
+            "store_path",
+            f"workers on other nodes cannot share the SQLite file {self.store_path}",
+            "use a PostgreSQL URL that every node reaches, e.g. store_path=postgresql://user@db-host/wattsmith",
+        )

@@ -31,7 +31,7 @@ from optimizer.search.evaluate import Evaluator
 from optimizer.search.plan import plan_search, prompt_pool
 from optimizer.search.roofline import Roofline, RooflineRates
 from optimizer.search.runner import WorkerReport, search_worker
-from optimizer.store import TrialStore, is_shared_server
+from optimizer.store import TrialStore
 from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -54,17 +54,8 @@ class WorkerSpec:
 
 def check_workers(cfg: RunConfig, target: TargetSpec) -> None:
     """Refuse a worker layout that cannot work or cannot measure honestly, naming the field."""
-    launcher = cfg.launcher
-    remote = (launcher.kind == "ray" and launcher.ray.address is not None) or (
-        launcher.kind == "slurm" and launcher.slurm.cluster == "slurm" and not launcher.slurm.dry_run
-    )
-    if remote and not is_shared_server(cfg.store_path):
-        raise UserError(
-            "store_path",
-            f"workers on other nodes cannot share the SQLite file {cfg.store_path}",
-            "use a PostgreSQL URL that every node reaches, e.g. store_path=postgresql://user@db-host/wattsmith",
-        )
-    if launcher.kind == "local" and target.is_cuda:
+    # (a store other nodes cannot reach is refused when the config is composed: RunConfig)
+    if cfg.launcher.kind == "local" and target.is_cuda:
         available = len(visible_gpus())
         if cfg.search.workers > available:
             raise UserError(

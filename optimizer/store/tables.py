@@ -143,11 +143,6 @@ def _refuse_in_memory(url: str) -> None:
         )
 
 
-def is_shared_server(location: str | Path) -> bool:
-    """Whether workers on other machines can reach this store (a database server, not a file)."""
-    return store_url(location).startswith("postgresql")
-
-
 _ENGINES: dict[str, Engine] = {}
 
 

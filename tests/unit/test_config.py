@@ -79,7 +79,9 @@ def test_search_and_launcher_presets() -> None:
     assert compose_run_config().store_path == "outputs/trials.db"
     ray = compose_run_config(["launcher=ray", "search.workers=4"])
     assert (ray.launcher.kind, ray.launcher.ray.address, ray.search.workers) == ("ray", None, 4)
-    slurm = compose_run_config(["launcher=slurm", "launcher.slurm.partition=gpu"])
+    slurm = compose_run_config(
+        ["launcher=slurm", "launcher.slurm.partition=gpu", "store_path=postgresql://h/db"]
+    )
     assert (slurm.launcher.kind, slurm.launcher.slurm.partition, slurm.launcher.slurm.gpus_per_node) == (
         "slurm",
         "gpu",

@@ -14,7 +14,7 @@ import pytest
 
 from optimizer.errors import UserError
 from optimizer.results import FAILED, REJECTED
-from optimizer.store import STORE_SCHEMA, TrialStore, context_key, is_shared_server, store_url
+from optimizer.store import STORE_SCHEMA, TrialStore, context_key, store_url
 
 
 def rows(path: Path) -> list[sqlite3.Row]:
@@ -36,7 +36,6 @@ def test_store_locations(tmp_path: Path) -> None:
     assert (tmp_path / "a").is_dir()  # the folder is created for the file
     assert store_url("postgresql://u:p@h:5/db") == "postgresql+psycopg://u:p@h:5/db"
     assert store_url("postgres://h/db") == "postgresql+psycopg://h/db"
-    assert is_shared_server("postgresql://h/db") and not is_shared_server(tmp_path / "t.db")
     with pytest.raises(UserError, match="store_path") as old:
         store_url(tmp_path / "trials.jsonl")
     assert "SQLite" in old.value.problem

@@ -162,13 +162,20 @@ def test_slurm_dry_run_writes_the_array_job_and_submits_nothing(tiny_model_dir: 
 
 
 def test_worker_layouts_that_cannot_work_are_refused(make_target, monkeypatch: pytest.MonkeyPatch) -> None:
-    slurm = compose_run_config(["launcher=slurm", "search.workers=2", "store_path=/tmp/x.db"])
-    with pytest.raises(UserError, match="store_path"):
-        check_workers(slurm, make_target())
-    remote_ray = compose_run_config(["launcher=ray", "launcher.ray.address=auto", "store_path=/tmp/x.db"])
-    with pytest.raises(UserError, match="store_path"):
-        check_workers(remote_ray, make_target())
-    check_workers(compose_run_config(["launcher=slurm", "store_path=postgresql://h/db"]), make_target())
+    # a file other nodes cannot share is refused as the config is composed, before any model loads
+    for remote in (["launcher=slurm", "search.workers=2"], ["launcher=ray", "launcher.ray.address=auto"]):
+        with pytest.raises(UserError, match="store_path") as refused:
+            compose_run_config([*remote, "store_path=/tmp/x.db"])
+        assert "PostgreSQL URL" in refused.value.fix
+    for store in ("postgresql://h/db", "postgres://h/db"):
+        check_workers(compose_run_config(["launcher=slurm", f"store_path={store}"]), make_target())
+    # on one machine (local SLURM jobs, a dry run, a local Ray instance) a file is shared
+    for local in (
+        ["launcher=slurm", "launcher.slurm.cluster=local"],
+        ["launcher=slurm", "launcher.slurm.dry_run=true"],
+        ["launcher=ray"],
+    ):
+        check_workers(compose_run_config([*local, "store_path=/tmp/x.db"]), make_target())
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     too_many = compose_run_config(["search.workers=3"])
     with pytest.raises(UserError, match="search.workers"):
