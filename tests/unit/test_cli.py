@@ -184,17 +184,32 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_giving_its_leases_up(tmp_path) -> No
         "try:\n"
         "    with sigterm_interrupts(), leases_kept(store, 600):\n"
         "        assert store.claim('cand', 600)\n"
-        "        print('ready', flush=True)\n"
-        "        time.sleep(600)\n"
+        "        try:\n"
+        "            print('ready', flush=True)\n"
+        "            time.sleep(600)\n"
+        "        finally:\n"
+        "            print('stopping', flush=True)\n"
+        "            sys.stdin.readline()  # the test sends its second SIGTERM meanwhile\n"
+        "            print('clean-up went on', flush=True)\n"
         "except KeyboardInterrupt:\n"
         "    sys.exit(130)\n"
     )
     path = tmp_path / "t.db"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGTERM)
-    proc.send_signal(signal.SIGTERM)  # a second one (a process-group kill, then another) is ignored
+    # A second one (a process-group kill, then another) is ignored. It is sent once the child is
+    # inside the clean-up the first one started: sent right after the first, it either merged with
+    # it (not tested) or, if this process was descheduled between the two, found the handler
+    # already restored and killed the child (-15).
+    assert proc.stdout.readline().strip() == "stopping"
+    proc.send_signal(signal.SIGTERM)
+    proc.stdin.close()
     assert proc.wait(timeout=60) == 130  # interrupted (not killed by the signal: -15)
+    assert proc.stdout.read().strip() == "clean-up went on"  # not interrupted a second time
     store = TrialStore(path, "ctx")
     assert store.claim_owner("cand") is None  # a resumed run has no lease to take over, no death
     assert store.claim("cand", 60) and store.deaths_since("cand", 0.0) == 0

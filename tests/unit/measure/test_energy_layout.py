@@ -80,20 +80,29 @@ def _busy_child(seconds: float) -> subprocess.Popen[Any]:
     return subprocess.Popen([sys.executable, "-c", code])
 
 
+def _spin_until_it_spent(pid: int, seconds: float) -> None:
+    """Wait until the process has spent `seconds` more CPU time than now, whatever its CPU share."""
+    end, deadline = process_cpu_seconds(pid) + seconds, time.monotonic() + 120
+    while process_cpu_seconds(pid) < end:
+        assert time.monotonic() < deadline, "the child stopped spinning"
+        time.sleep(0.02)
+
+
 def test_the_estimate_counts_the_cpu_time_of_tracked_processes() -> None:
+    # Judged by the child's CPU seconds inside each window, not by wall time: on a loaded machine
+    # the child may get a fraction of a core, and a window of 0.2 s wall would hold too little of
+    # its CPU time to tell counted from not counted. It spins for longer than the test needs.
     meter = EstimateMeter(cores=2, active_watts_per_core=5.0, idle_watts_per_core=0.0)
-    child = _busy_child(0.6)
+    child = _busy_child(600)
     try:
         track_processes([child.pid])
         with meter.window() as measurement:
-            while process_cpu_seconds(child.pid) < 0.4:
-                time.sleep(0.02)
-        # 0.4 s of the child's CPU inside the window, less what it had spent before the window opened
-        assert measurement.joules >= 5.0 * 0.3
+            _spin_until_it_spent(child.pid, 0.3)
+        assert measurement.joules >= 5.0 * 0.3 - 1e-9  # at least the child's 0.3 s in the window
         untrack_processes([child.pid])
         with meter.window() as untracked:
-            time.sleep(0.2)  # the child keeps spinning, untracked
-        assert untracked.joules < 5.0 * 0.1
+            _spin_until_it_spent(child.pid, 0.2)  # the child keeps spinning, untracked
+        assert untracked.joules < 5.0 * 0.1  # counted, its 0.2 s would be 1 J
     finally:
         untrack_processes([child.pid])
         child.kill()

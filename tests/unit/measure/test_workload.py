@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from optimizer.backends.base import Generation
 from optimizer.config import SloConfig, WorkloadConfig
+from optimizer.measure import workload as workload_module
 from optimizer.measure.energy import Measurement
 from optimizer.measure.workload import (
     CandidateTimeout,
@@ -24,17 +27,42 @@ from optimizer.measure.workload import (
 NEW_TOKENS = 4
 
 
-class SleepyEngine:
-    """generate() sleeps a little; every `slow_every`-th call reports a slow decode."""
+class FakeClock:
+    """Time that passes only when an engine works: how many batches a window holds is then the
+    protocol's arithmetic, not how late a loaded machine wakes a sleeping thread (a 5 ms sleep that
+    wakes 50 ms late leaves a window with a single batch)."""
 
-    def __init__(self, sleep: float = 0.005, slow_every: int = 0) -> None:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The workload protocol's clock (its windows and deadline), for engines and meters given it."""
+    fake = FakeClock()
+    monkeypatch.setattr(workload_module, "time", SimpleNamespace(perf_counter=fake))
+    return fake
+
+
+class SleepyEngine:
+    """generate() sleeps a little (on `clock` when given); every `slow_every`-th call reports a
+    slow decode."""
+
+    def __init__(self, sleep: float = 0.005, slow_every: int = 0, clock: FakeClock | None = None) -> None:
         self.sleep = sleep
         self.slow_every = slow_every
         self.calls: list[torch.Tensor] = []
+        self._sleep: Callable[[float], None] = clock.sleep if clock is not None else time.sleep
 
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
         self.calls.append(prompt_ids)
-        time.sleep(self.sleep)
+        self._sleep(self.sleep)
         slow = self.slow_every and len(self.calls) % self.slow_every == 0
         tpot = 0.5 if slow else 0.01  # seconds per output token after the first
         ttft = 0.02
@@ -57,17 +85,20 @@ class WattMeter:
 
     source = "fake"
 
-    def __init__(self, watts: float = 10.0, idle_watts: float = 4.0) -> None:
+    def __init__(
+        self, watts: float = 10.0, idle_watts: float = 4.0, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.watts = watts
         self.idle_watts = idle_watts
+        self.clock = clock
         self.measurements: list[Measurement] = []
 
     @contextmanager
     def window(self):
         m = Measurement(source=self.source, idle_watts=self.idle_watts)
-        start = time.perf_counter()
+        start = self.clock()
         yield m
-        m.seconds = time.perf_counter() - start
+        m.seconds = self.clock() - start
         m.joules = self.watts * m.seconds
         self.measurements.append(m)
 
@@ -104,8 +135,8 @@ def test_generation_timings() -> None:
     assert Generation(1, 1, 0.1, 0.1).tpot_seconds == 0.0  # one token: no decode step
 
 
-def test_windows_last_at_least_the_minimum_and_repeat() -> None:
-    engine, meter = SleepyEngine(), WattMeter()
+def test_windows_last_at_least_the_minimum_and_repeat(clock: FakeClock) -> None:
+    engine, meter = SleepyEngine(clock=clock), WattMeter(clock=clock)
     perf = measure_performance(engine, workload(), 2, meter, cfg(min_window_seconds=0.05, repeats=3))
     assert len(perf.windows) == 3
     assert len(meter.measurements) == 3
@@ -124,9 +155,11 @@ def test_a_window_holds_at_least_one_batch() -> None:
     assert [w.output_tokens for w in perf.windows] == [NEW_TOKENS, NEW_TOKENS]
 
 
-def test_goodput_counts_only_slo_meeting_batches() -> None:
-    engine = SleepyEngine(slow_every=2)  # calls 2, 4, 6, ... miss tpot 100 ms
-    perf = measure_performance(engine, workload(), 3, WattMeter(), cfg(warmup_batches=1, repeats=2))
+def test_goodput_counts_only_slo_meeting_batches(clock: FakeClock) -> None:
+    engine = SleepyEngine(slow_every=2, clock=clock)  # calls 2, 4, 6, ... miss tpot 100 ms
+    perf = measure_performance(
+        engine, workload(), 3, WattMeter(clock=clock), cfg(warmup_batches=1, repeats=2)
+    )
     for w in perf.windows:
         assert 0 < w.goodput_tokens < w.output_tokens
         assert w.goodput_tokens % (3 * NEW_TOKENS) == 0
