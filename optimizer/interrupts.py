@@ -10,21 +10,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    # one interrupt: a second SIGTERM (a process-group kill, then the coordinator's own) must not
-    # land inside the clean-up the first one started
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt inside the block; the previous handler comes back after."""
+    """SIGTERM raises KeyboardInterrupt inside the block. The previous handler comes back after,
+    unless a SIGTERM came: then the process is on its way out, and further ones stay ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signals reach the main thread only
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    terminated = False
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        nonlocal terminated
+        terminated = True
+        # one interrupt: a second SIGTERM (a process-group kill, then the coordinator's own) must
+        # not land inside the clean-up the first one started, nor kill the process after it
+        # (exit -15 where the interrupted run reports 130)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not terminated:
+            signal.signal(signal.SIGTERM, previous)

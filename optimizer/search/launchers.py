@@ -18,7 +18,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -151,22 +152,9 @@ def on_ray(cfg: RayConfig, specs: Sequence[WorkerSpec], gpu: bool) -> list[Worke
     """Ray tasks with one GPU each on GPU targets; a layout candidate's ranks are Ray actors in a
     placement group of their own (backends/torch_parallel/ray_ranks.py). Without an address, a Ray
     instance on this machine, bound to loopback, started here and stopped when the workers are done."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
-    import ray
+    with ray_instance(cfg, len(specs)):
+        import ray
 
-    started = False
-    if not ray.is_initialized():
-        options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
-        if cfg.address is None:
-            # a worker waits while its candidate's ranks run: its reservation comes on top of the
-            # cores that a layout's placement group takes (one bundle per rank)
-            cpus = (os.cpu_count() or 1) + math.ceil(len(specs) * cfg.cpus_per_worker)
-            options |= {"_node_ip_address": "127.0.0.1", "num_cpus": cpus}
-        else:
-            options["address"] = cfg.address
-        ray.init(**options)
-        started = True
-    try:
         task = ray.remote(
             num_gpus=1 if gpu else 0,
             num_cpus=cfg.cpus_per_worker,
@@ -180,9 +168,35 @@ def on_ray(cfg: RayConfig, specs: Sequence[WorkerSpec], gpu: bool) -> list[Worke
             return lambda: ray.get(ref)
 
         return _gather([waiter(ref) for ref in refs])
+
+
+@contextmanager
+def ray_instance(cfg: RayConfig, workers: int) -> Iterator[None]:
+    """Connected to Ray for the block: the cluster at `cfg.address`, or an instance on this machine
+    started here (and stopped after) unless this process is already connected."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
+    if cfg.address is None:
+        # a worker waits while its candidate's ranks run: its reservation comes on top of the
+        # cores that a layout's placement group takes (one bundle per rank)
+        cpus = (os.cpu_count() or 1) + math.ceil(workers * cfg.cpus_per_worker)
+        options |= {"_node_ip_address": "127.0.0.1", "num_cpus": cpus}
+        # Ray starts its workers at nice 15: beside any other load, a candidate would be measured
+        # starved of CPU (slower, and its energy spread over a longer window). The raylet started
+        # here reads this; a cluster's own setting is its operator's (run_worker warns of it).
+        os.environ.setdefault("RAY_worker_niceness", "0")
+    else:
+        options["address"] = cfg.address
+    ray.init(**options)
+    try:
+        yield
     finally:
-        if started:
-            ray.shutdown()
+        ray.shutdown()
 
 
 def _slurm_parameters(cfg: SlurmConfig, count: int) -> dict[str, Any]:

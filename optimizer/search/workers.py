@@ -87,6 +87,20 @@ def local_gpus(cfg: RunConfig, target: TargetSpec) -> list[str | None]:
     return [gpus[(first + i) % len(gpus)] for i in range(cfg.search.workers)]
 
 
+def warn_if_deprioritized(index: int) -> None:
+    """Say so when this worker runs at a lowered CPU priority (Ray's workers: nice 15 unless the
+    cluster sets RAY_worker_niceness): beside other load its candidates are measured starved."""
+    niceness = os.nice(0)  # reads, changes nothing
+    if niceness > 0:
+        log.warning(
+            "worker %d runs at nice %d: on a busy node its candidates get less CPU than the work "
+            "beside them, and measure slower and costlier than they are; start its Ray cluster with "
+            "RAY_worker_niceness=0 (a local launcher=ray instance is started so)",
+            index,
+            niceness,
+        )
+
+
 def ray_node_gpus() -> int:
     """GPUs of the Ray node this task runs on."""
     import ray
@@ -100,6 +114,7 @@ def run_worker(spec: WorkerSpec) -> WorkerReport:
     if spec.visible_device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = spec.visible_device  # before anything touches CUDA
     setup_logging(prefix=f"w{spec.index} ")
+    warn_if_deprioritized(spec.index)
     cfg = spec.cfg
     cache_dir = Path(cfg.cache_dir).expanduser()
     setup = prepare_measurement(cfg.model, cfg.target, cfg.workload, cfg.quality, cache_dir, prompt_pool(cfg))

@@ -4,7 +4,10 @@ and the SLURM path as a dry run. Every worker meets the others at the store."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -62,10 +65,9 @@ def test_two_workers_search_once_each_candidate(
     if launcher == "ray":
         pytest.importorskip("ray", reason="ray is in the `cluster` extra")
         monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        # Ray starts its workers at nice 15: on a loaded machine they got ~3% of a core, took
-        # 200-400 s a candidate and ran out of the search's 20 minutes. At the priority of the
-        # local launcher's processes they are slowed by the load no more than those.
-        monkeypatch.setenv("RAY_worker_niceness", "0")
+        # the local instance starts its workers at this process's priority (launchers.ray_instance):
+        # at Ray's nice 15, on a loaded machine they got ~3% of a core and ran out of the budget
+        monkeypatch.delenv("RAY_worker_niceness", raising=False)
     cfg = compose_run_config(
         tiny_run(tiny_model_dir, tmp_path, "search=optuna", "search.workers=2", f"launcher={launcher}")
     )
@@ -192,3 +194,41 @@ def test_worker_layouts_that_cannot_work_are_refused(make_target, monkeypatch: p
     check_workers(two, make_target(kind="cuda"))
     # the accepted layout gives each worker a whole GPU, named by its physical id
     assert local_gpus(two, make_target(kind="cuda")) == ["2", "5"]
+
+
+def test_a_local_ray_instance_runs_its_workers_at_our_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray", reason="ray is in the `cluster` extra")
+    from optimizer.config import RayConfig
+    from optimizer.search.launchers import ray_instance
+
+    monkeypatch.setenv("RAY_worker_niceness", "unset by the test")  # restored after: the product sets it
+    monkeypatch.delenv("RAY_worker_niceness")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+
+    def niceness() -> int:
+        return os.nice(0)
+
+    with ray_instance(RayConfig(), workers=1):
+        remote = ray.remote(num_cpus=0)(niceness)
+        assert ray.get(remote.remote(), timeout=120) == os.nice(0)  # Ray's default: 15 more
+    assert not ray.is_initialized()  # the instance started for the block is stopped after it
+
+
+def test_a_worker_at_a_lowered_priority_says_so(tmp_path: Path) -> None:
+    code = (
+        "import logging, os\n"
+        "from optimizer.search.workers import warn_if_deprioritized\n"
+        "logging.basicConfig(format='%(levelname)s %(message)s')\n"
+        "warn_if_deprioritized(0)\n"
+        "print('niceness', os.nice(3), flush=True)\n"
+        "warn_if_deprioritized(1)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    lowered = int(run.stdout.split()[-1])
+    assert f"WARNING worker 1 runs at nice {lowered}:" in run.stderr
+    assert "RAY_worker_niceness=0" in run.stderr
+    assert ("worker 0 runs" in run.stderr) == (
+        lowered > 3
+    )  # at this test's own priority: nothing unless niced
