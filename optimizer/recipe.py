@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from optimizer.backends.artifacts import artifacts_used, served_artifact
 from optimizer.config import (
     ENERGY_SOURCES,
     LengthConfig,
@@ -31,7 +32,14 @@ from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import estimate_coefficients
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import ServingSummary
-from optimizer.recipe_checks import MODEL_KEYS, RECIPE_KEYS, check_evidence, check_known_keys, constraints_of
+from optimizer.recipe_checks import (
+    MODEL_KEYS,
+    RECIPE_KEYS,
+    check_artifact,
+    check_evidence,
+    check_known_keys,
+    constraints_of,
+)
 from optimizer.results import CandidateResult
 from optimizer.select import Selection
 from optimizer.space import Candidate, layout_record
@@ -147,6 +155,8 @@ def build_recipe(
         "target": setup.target.fingerprint(),
         "settings": best.candidate.to_dict(),
         **_layout_block(best.candidate, setup.target),
+        # what those settings built and served: a rebuild or a deployment's copy is checked against it
+        **({"artifact": best.artifact} if best.artifact else {}),
         "constraints": {
             "quality": {
                 "max_ppl_increase": cfg.quality.max_ppl_increase,
@@ -259,6 +269,7 @@ def read_recipe(path: Path | str) -> Recipe:
             raise UserError(f"recipe.{part}", f"{path}: is missing or not a mapping", "restore it from git")
     check_known_keys(data, RECIPE_KEYS, "recipe")
     check_known_keys(data["model"], MODEL_KEYS, "recipe.model")  # a misspelt revision is `main`
+    check_artifact(data.get("artifact"), path)
     check_evidence(data, path)
     try:
         measurement = data["measurement"]
@@ -345,7 +356,11 @@ def load_recipe(
     model = resolve_model(model_config_for(recipe, model_source), cache)
     check_weights(recipe, model.weight_sha256)
     target = detect_target(recipe.target)
-    engine = build_engine(model, recipe.candidate, target, cache)
+    with artifacts_used() as used:
+        engine = build_engine(model, recipe.candidate, target, cache)
+    changed = artifact_change(recipe, served_artifact(used))
+    if changed:
+        log.warning("%s: `optimize verify` re-measures it here", changed)
     if request_tokens is None and recipe.workload.serving:  # as the measurement sized it
         recorded = recipe.data["measurement"].get("longest_request_tokens")
         request_tokens = recorded if isinstance(recorded, int) else recipe.workload.longest_request_tokens()
@@ -367,3 +382,21 @@ def check_weights(recipe: Recipe, weight_sha256: str) -> None:
             f"the weights hash to {weight_sha256[:12]}…, the recipe was measured on {expected[:12]}…",
             "point --model at the weights the recipe names, or run optimize again for these weights",
         )
+
+
+def artifact_change(recipe: Recipe, built: dict[str, Any] | None) -> str | None:
+    """How the artifact built here differs from the one the recipe measured; None when it is the
+    same, or when the recipe records none (its engine serves the model's own weights)."""
+    recorded = recipe.data.get("artifact")  # read_recipe checked its form
+    if recorded is None:
+        return None
+    files, measured = (built or {}).get("files", {}), recorded["files"]
+    if files == measured:
+        return None
+    differ = sorted(name for name in set(files) | set(measured) if files.get(name) != measured.get(name))
+    listed = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+    return (
+        f"the build artifact made here ({recorded.get('what') or 'unnamed'}) is not the one the recipe "
+        f"measured, {listed} differing: another version of the package that builds it, or a builder "
+        "that is not deterministic"
+    )

@@ -18,6 +18,7 @@ RECIPE_KEYS = (
     "target",
     "settings",
     "layout",
+    "artifact",
     "constraints",
     "measurement",
     "evidence",
@@ -78,3 +79,12 @@ def check_evidence(data: dict[str, Any], path: Path) -> None:
             raise UserError(f"recipe.{dotted}", f"{path}: is missing or malformed", "restore it from git")
     if "quality" not in data["evidence"]:
         raise UserError("recipe.evidence.quality", f"{path}: is missing", "restore it from git")
+
+
+def check_artifact(artifact: Any, path: Path) -> None:
+    """The recorded build artifact, when there is one: its kind and {file: sha256}."""
+    if artifact is None:
+        return
+    if not isinstance(artifact, dict) or not isinstance(artifact.get("files"), dict):
+        raise UserError("recipe.artifact", f"{path}: is not a mapping with `files`", "restore it from git")
+    check_known_keys(artifact, ("what", "files"), "recipe.artifact")

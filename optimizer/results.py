@@ -29,6 +29,9 @@ class CandidateResult:
     performance: PerformanceResult | None = None
     role: str = "candidate"  # or "baseline", or "finalist" (a re-measurement of a candidate)
     build_seconds: float = 0.0
+    # the build artifact the engine served ({"what", "files": {path: sha256}}); None where it
+    # served the model's own weights
+    artifact: dict[str, Any] | None = None
     seconds: float = 0.0  # wall time this candidate cost the search
     finished_at: str = ""
     reused: bool = False  # loaded from the store instead of measured in this run
@@ -65,6 +68,7 @@ class CandidateResult:
             "quality": self.quality.to_dict() if self.quality else None,
             "performance": self.performance.to_dict() if self.performance else None,
             "build_seconds": self.build_seconds,
+            "artifact": self.artifact,
             "seconds": self.seconds,
             "finished_at": self.finished_at,
         }
@@ -79,6 +83,7 @@ class CandidateResult:
             quality=QualityResult(**data["quality"]) if data.get("quality") else None,
             performance=PerformanceResult.from_dict(data["performance"]) if data.get("performance") else None,
             build_seconds=data.get("build_seconds", 0.0),
+            artifact=data.get("artifact"),
             seconds=data.get("seconds", 0.0),
             finished_at=data.get("finished_at", ""),
         )

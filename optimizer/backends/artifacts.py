@@ -2,7 +2,10 @@
 
 An artifact is a directory built aside and renamed into place once complete, with a provenance
 file written last: a killed build leaves no half-written artifact that a later run would reuse,
-and two processes building the same artifact keep one of them.
+and two processes building the same artifact keep one of them. The provenance lists the sha256 of
+every file built: a recipe records those of the artifact its engine served, so a rebuild (another
+package version, another machine) or a deployment's own copy can be checked against what was
+measured.
 """
 
 from __future__ import annotations
@@ -13,13 +16,22 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
+
+from optimizer.files import write_atomically
+from optimizer.model import file_sha256
 
 log = logging.getLogger(__name__)
 
 PROVENANCE = "wattsmith-build.json"
+FILES = "files"  # the provenance's {relative path: sha256} of the artifact's content
+
+# the artifacts `cached_artifact` handed out inside `artifacts_used()`, in order
+_used: ContextVar[list[Path] | None] = ContextVar("wattsmith_artifacts_used", default=None)
 
 
 def artifact_key(parts: dict[str, Any]) -> str:
@@ -29,8 +41,16 @@ def artifact_key(parts: dict[str, Any]) -> str:
 
 def cached_artifact(out: Path, build: Callable[[Path], dict[str, Any]], what: str) -> Path:
     """`out`, built by `build(tmp_dir) -> provenance` unless a complete build is already there."""
+    _built_or_reused(out, what, build)
+    used = _used.get()
+    if used is not None:  # on return: an artifact built inside another's build comes first
+        used.append(out)
+    return out
+
+
+def _built_or_reused(out: Path, what: str, build: Callable[[Path], dict[str, Any]]) -> None:
     if (out / PROVENANCE).is_file():
-        return out
+        return
     if out.exists():  # not ours: renames put the provenance in place with the rest
         log.warning("%s is not a complete build; building it again", out)
         shutil.rmtree(out)
@@ -46,7 +66,7 @@ def cached_artifact(out: Path, build: Callable[[Path], dict[str, Any]], what: st
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     seconds = time.perf_counter() - start
-    provenance = {"what": what, "seconds": round(seconds, 1), **provenance}
+    provenance = {"what": what, "seconds": round(seconds, 1), **provenance, FILES: content_sha256(tmp)}
     (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1, default=str))
     try:
         tmp.rename(out)
@@ -55,4 +75,46 @@ def cached_artifact(out: Path, build: Callable[[Path], dict[str, Any]], what: st
         if not (out / PROVENANCE).is_file():
             raise RuntimeError(f"could not move the {what} into {out}") from None
     log.info("built %s in %.1f s", what, seconds)
-    return out
+
+
+def content_sha256(folder: Path) -> dict[str, str]:
+    """sha256 of each file in an artifact (its provenance aside), by path inside it: what
+    `sha256sum` says of a deployment's copy."""
+    return {
+        path.relative_to(folder).as_posix(): file_sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != PROVENANCE
+    }
+
+
+def artifact_files(out: Path) -> dict[str, str]:
+    """The recorded file digests of a complete build; one built before they were recorded is
+    hashed now and its provenance completed."""
+    provenance_path = out / PROVENANCE
+    provenance = json.loads(provenance_path.read_text())
+    if FILES not in provenance:
+        provenance[FILES] = content_sha256(out)
+        write_atomically(provenance_path, json.dumps(provenance, indent=1, default=str))
+    return dict(provenance[FILES])
+
+
+@contextmanager
+def artifacts_used() -> Iterator[list[Path]]:
+    """The artifacts built or reused inside the block, in order: an engine's build makes its
+    intermediates first (an fp32 export before its int8 variant), the one it serves last."""
+    used: list[Path] = []
+    token = _used.set(used)
+    try:
+        yield used
+    finally:
+        _used.reset(token)
+
+
+def served_artifact(used: list[Path]) -> dict[str, Any] | None:
+    """What a recipe records of the artifact an engine serves: its kind and file digests. None
+    for an engine that serves the model's own weights (their hash is the recipe's weight_sha256)."""
+    if not used:
+        return None
+    out = used[-1]
+    what = json.loads((out / PROVENANCE).read_text()).get("what")
+    return {"what": what, "files": artifact_files(out)}

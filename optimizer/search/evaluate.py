@@ -9,9 +9,11 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from optimizer.backends.artifacts import artifacts_used, served_artifact
 from optimizer.backends.base import Engine
 from optimizer.backends.parity import check_greedy_parity
 from optimizer.backends.registry import build_engine
@@ -138,6 +140,7 @@ class Evaluator:
         start = time.perf_counter()
         deadline = start + self.search_cfg.candidate_timeout_minutes * 60
         build_seconds = 0.0
+        artifact: dict[str, Any] | None = None
         numerics = candidate.numerics_key()
         try:
             quality = self._shared_quality(candidate, deadline)
@@ -145,16 +148,25 @@ class Evaluator:
                 self.reference()  # before this candidate's engine: never two models in memory at once
             elif (broken := quality.violations(self.quality_cfg)) and role != "baseline":
                 return self._result(candidate, REJECTED, "; ".join(broken), quality, None, role, start, 0.0)
-            with self._device(exclusive=False):
+            with self._device(exclusive=False), artifacts_used() as used:
                 engine = build_engine(self.model, candidate, self.target, self.workdir)
                 build_seconds = time.perf_counter() - start
+                artifact = served_artifact(used)
                 if quality is None:
                     quality = self._measure_quality(engine, numerics)
             try:
                 broken = quality.violations(self.quality_cfg)
                 if broken and role != "baseline":
                     return self._result(
-                        candidate, REJECTED, "; ".join(broken), quality, None, role, start, build_seconds
+                        candidate,
+                        REJECTED,
+                        "; ".join(broken),
+                        quality,
+                        None,
+                        role,
+                        start,
+                        build_seconds,
+                        artifact,
                     )
                 with self._device(exclusive=True):
                     self._check_generate_paths(engine, candidate)
@@ -163,7 +175,9 @@ class Evaluator:
                 engine.close()
             status = REJECTED if broken else MEASURED  # only the baseline is measured despite a broken bound
             reason = "; ".join(broken) or None
-            return self._result(candidate, status, reason, quality, performance, role, start, build_seconds)
+            return self._result(
+                candidate, status, reason, quality, performance, role, start, build_seconds, artifact
+            )
         except Exception as exc:  # noqa: BLE001 - any candidate failure is data, the search goes on
             log.debug("candidate %s failed:\n%s", candidate.label(), traceback.format_exc())
             _release_device_memory()
@@ -224,6 +238,7 @@ class Evaluator:
         role: str,
         start: float,
         build_seconds: float,
+        artifact: dict[str, Any] | None = None,
     ) -> CandidateResult:
         return CandidateResult(
             candidate=candidate,
@@ -233,6 +248,7 @@ class Evaluator:
             performance=performance,
             role=role,
             build_seconds=build_seconds,
+            artifact=artifact,
             seconds=time.perf_counter() - start,
             finished_at=now_iso(),
         )

@@ -5,6 +5,7 @@ reuse on and off."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_support import optimize
+
+from optimizer.backends.artifacts import PROVENANCE
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +58,7 @@ def _results(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
 
 
-def test_llamacpp_candidates_are_measured_rejected_and_excluded(run: Path) -> None:
+def test_llamacpp_candidates_are_measured_rejected_and_excluded(run: Path, cache_dir: Path) -> None:
     results = [r for r in _results(run) if r["candidate"]["backend"] == "llamacpp"]
     measured = [r for r in results if r["status"] == "measured"]
     assert {(r["candidate"]["weight_type"], r["candidate"]["batch_size"]) for r in measured} == {
@@ -65,6 +68,18 @@ def test_llamacpp_candidates_are_measured_rejected_and_excluded(run: Path) -> No
     assert all(r["performance"]["tokens_per_second"]["mean"] > 0 for r in measured)
     q4 = [r for r in results if r["candidate"]["weight_type"] == "Q4_0"]
     assert q4 and all(r["status"] == "rejected" and "top-1" in r["reason"] for r in q4)
+    # the file the probed engine served, as built into the cache (the other batch size was rejected
+    # on the stored probe, unbuilt); the packaged GGUF served as shipped is the model's own weights
+    served = [r["artifact"] for r in q4 if r["artifact"]]
+    assert len(served) == 1 and served[0]["what"] == "llama.cpp Q4_0 weights"
+    (built,) = [
+        path / "model.gguf"
+        for path in cache_dir.glob("llamacpp/*")
+        if (path / PROVENANCE).is_file()
+        and json.loads((path / PROVENANCE).read_text())["what"] == served[0]["what"]
+    ]
+    assert served[0]["files"] == {"model.gguf": hashlib.sha256(built.read_bytes()).hexdigest()}
+    assert all(r["artifact"] is None for r in measured)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
     assert recipe["settings"]["backend"] == "llamacpp" and recipe["settings"]["weight_type"] == "gguf"
     report = (run / "report.md").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -265,6 +266,10 @@ def test_build_recipe_records_the_protocol_and_the_estimates_coefficients(
     }
     assert "from" not in recipe["evidence"]["latency"]  # one measurement: nothing to tell apart
     assert measurement["longest_request_tokens"] is None  # offline: no stream
+    assert "artifact" not in recipe  # the engine served the model's own weights
+    served = {"what": "ONNX int8 dynamic quantization", "files": {"model.onnx": "ef" * 32}}
+    built = replace(best, artifact=served)
+    assert build_recipe(compose_run_config([]), setup, built, outcome, [], "ctx", 3.0)["artifact"] == served
     selection = Selection([], best.candidate.key(), False, "only one")
     chosen = build_recipe(compose_run_config([]), setup, best, outcome, [], "ctx", 3.0, selection)
     # a finalist's energy pools its rounds, its percentiles are its last round's: the recipe says so
@@ -370,3 +375,54 @@ def test_a_recipe_is_rebuilt_with_its_energy_source_and_remote_code_setting(
     assert recipe.model.trust_remote_code is True
     assert model_config_for(recipe, "/elsewhere") == ModelConfig(source="/elsewhere", trust_remote_code=True)
     assert read_recipe(_write(tmp_path / "d.yaml", recipe_dict)).model.trust_remote_code is False
+
+
+def test_a_recipes_artifact_is_read_checked_and_compared_with_the_rebuild(
+    tmp_path: Path,
+    recipe_dict: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import hashlib
+
+    import optimizer.backends.registry as registry
+    import optimizer.model as model_module
+    import optimizer.target as target_module
+    from optimizer.backends.artifacts import cached_artifact
+
+    content = {"bytes": b"Q4_K_M"}
+
+    def build_engine(model: Any, candidate: Any, target: Any, workdir: Path) -> object:
+        def quantize(tmp: Path) -> dict[str, Any]:
+            (tmp / "model.gguf").write_bytes(content["bytes"])
+            return {}
+
+        cached_artifact(workdir / content["bytes"].decode(), quantize, "llama.cpp Q4_K_M weights")
+        return object()
+
+    monkeypatch.setattr(model_module, "resolve_model", lambda cfg, cache: SimpleNamespace(weight_sha256=SHA))
+    monkeypatch.setattr(target_module, "detect_target", lambda cfg: None)
+    monkeypatch.setattr(registry, "build_engine", build_engine)
+    measured = {"model.gguf": hashlib.sha256(b"Q4_K_M").hexdigest()}
+    data = copy.deepcopy(recipe_dict) | {"artifact": {"what": "llama.cpp Q4_K_M weights", "files": measured}}
+    path = write_recipe(tmp_path / "recipe.yaml", data)
+    assert read_recipe(path).data["artifact"]["files"] == measured
+    with caplog.at_level("WARNING", logger="optimizer.recipe"):
+        load_recipe(path, cache_dir=tmp_path)
+        assert not caplog.records  # rebuilt byte for byte
+        content["bytes"] = b"Q4_K_M from another llama.cpp"
+        load_recipe(path, cache_dir=tmp_path)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the build artifact made here (llama.cpp Q4_K_M weights) is not the one the recipe measured, "
+        "model.gguf differing: another version of the package that builds it, or a builder that is not "
+        "deterministic: `optimize verify` re-measures it here"
+    ]
+    for artifact, field in (
+        ({"what": "x"}, "recipe.artifact"),
+        ("model.gguf", "recipe.artifact"),
+        ({"files": measured, "sha": "x"}, "recipe.artifact.sha"),
+    ):
+        data["artifact"] = artifact
+        with pytest.raises(UserError) as info:
+            read_recipe(write_recipe(tmp_path / "bad.yaml", data))
+        assert info.value.field == field

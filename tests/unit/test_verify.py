@@ -60,9 +60,11 @@ class _Stop(Exception):
     pass
 
 
-def _recipe(tmp_path: Path, **measurement: Any) -> Path:
+def _recipe(tmp_path: Path, artifact: dict[str, Any] | None = None, **measurement: Any) -> Path:
     data = recipe_data()
     data["measurement"] |= measurement
+    if artifact is not None:
+        data["artifact"] = artifact
     return write_recipe(tmp_path / "recipe.yaml", data)
 
 
@@ -116,11 +118,17 @@ def measured_here(
         def evaluate(self, candidate: Any, role: str) -> Any:
             seen["evaluated"] = seen.get("evaluated", 0) + 1
             perf = make_performance(goodput_tokens_per_joule=2.0)
-            return make_result(candidate=candidate, quality=make_quality(), performance=perf)
+            built = seen.get("built")  # the artifact this evaluation built, as a test sets it
+            return make_result(candidate=candidate, quality=make_quality(), performance=perf, artifact=built)
 
-    def run(text_sha256: str = "cd" * 32, cores: int = 2, **measurement: Any) -> verify.VerifyReport:
+    def run(
+        text_sha256: str = "cd" * 32,
+        cores: int = 2,
+        artifact: dict[str, Any] | None = None,
+        **measurement: Any,
+    ) -> verify.VerifyReport:
         monkeypatch.setattr(verify, "prepare_measurement", lambda *a: setup(text_sha256, cores))
-        return verify.verify_recipe(_recipe(tmp_path, **measurement))
+        return verify.verify_recipe(_recipe(tmp_path, artifact, **measurement))
 
     monkeypatch.setattr(verify, "measure_idle_watts", idle)
     monkeypatch.setattr(verify, "Evaluator", FakeEvaluator)
@@ -192,3 +200,19 @@ def test_verify_notes_the_package_versions_that_differ(measured_here, make_targe
         Path("r.yaml"), [Check("device", "cpu", "cpu", True)], ["torch 1 recorded, 2 here"]
     )
     assert report.passed and "  note torch 1 recorded, 2 here" in report.render().splitlines()
+
+
+def test_verify_notes_an_artifact_built_here_that_differs_from_the_measured_one(measured_here) -> None:
+    run, seen, _lock = measured_here
+    recorded = {"what": "llama.cpp Q4_K_M weights", "files": {"model.gguf": "ab" * 32}}
+    seen["built"] = recorded
+    assert run(artifact=recorded).notes == []
+    seen["built"] = {"what": "llama.cpp Q4_K_M weights", "files": {"model.gguf": "cd" * 32}}
+    report = run(artifact=recorded)
+    assert report.passed  # the re-measurement judges the artifact built here; the change is said
+    assert report.notes == [
+        "the build artifact made here (llama.cpp Q4_K_M weights) is not the one the recipe measured, "
+        "model.gguf differing: another version of the package that builds it, or a builder that is "
+        "not deterministic"
+    ]
+    assert run().notes == []  # a recipe that records none (its engine served the model's weights)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from optimizer.backends.artifacts import PROVENANCE, artifact_key, cached_artifact
+from optimizer.backends.artifacts import (
+    PROVENANCE,
+    artifact_files,
+    artifact_key,
+    artifacts_used,
+    cached_artifact,
+    served_artifact,
+)
 
 
 def _writer(calls: list[Path], content: str = "model"):
@@ -54,3 +62,57 @@ def test_keys_are_stable_and_distinct() -> None:
     assert artifact_key({"a": 1, "b": [2]}) == artifact_key({"b": [2], "a": 1})
     assert artifact_key({"a": 1}) != artifact_key({"a": 2})
     assert len(artifact_key({})) == 16
+
+
+def test_the_provenance_lists_each_built_files_sha256(tmp_path: Path) -> None:
+    def build(tmp: Path) -> dict:
+        (tmp / "model.onnx").write_bytes(b"graph")
+        (tmp / "weights").mkdir()
+        (tmp / "weights" / "data.bin").write_bytes(b"\x00\x01")
+        return {}
+
+    out = cached_artifact(tmp_path / "a", build, "test model")
+    files = json.loads((out / PROVENANCE).read_text())["files"]
+    assert files == {  # as `sha256sum` says of each file; the provenance itself is not content
+        "model.onnx": hashlib.sha256(b"graph").hexdigest(),
+        "weights/data.bin": hashlib.sha256(b"\x00\x01").hexdigest(),
+    }
+    assert artifact_files(out) == files
+
+
+def test_a_build_made_before_digests_were_recorded_is_hashed_and_completed(tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "model.gguf").write_bytes(b"gguf")
+    (out / PROVENANCE).write_text(json.dumps({"what": "old weights", "seconds": 1.0}))
+    assert artifact_files(out) == {"model.gguf": hashlib.sha256(b"gguf").hexdigest()}
+    recorded = json.loads((out / PROVENANCE).read_text())
+    assert recorded["what"] == "old weights" and recorded["files"] == artifact_files(out)
+
+
+def test_the_served_artifact_is_the_last_one_an_engine_build_used(tmp_path: Path) -> None:
+    """An engine's intermediates come first: an export built inside its engine's build too."""
+
+    def export(tmp: Path) -> dict:
+        (tmp / "model.onnx").write_text("fp32")
+        return {}
+
+    def engine(tmp: Path) -> dict:
+        cached_artifact(tmp_path / "export", export, "export")
+        (tmp / "model.plan").write_text("engine")
+        return {}
+
+    cached_artifact(tmp_path / "elsewhere", export, "not collected: outside any block")
+    with artifacts_used() as used:
+        cached_artifact(tmp_path / "engine", engine, "engine")
+    assert used == [tmp_path / "export", tmp_path / "engine"]
+    assert served_artifact(used) == {
+        "what": "engine",
+        "files": {"model.plan": hashlib.sha256(b"engine").hexdigest()},
+    }
+    with artifacts_used() as reused:  # built already: reused, and collected the same way
+        cached_artifact(tmp_path / "engine", engine, "engine")
+    assert reused == [tmp_path / "engine"]
+    with artifacts_used() as none:
+        pass
+    assert served_artifact(none) is None  # an engine on the model's own weights

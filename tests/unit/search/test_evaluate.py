@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -254,3 +255,34 @@ def test_generate_only_paths_are_checked_against_the_probed_forward_before_any_w
 
     plain = make_evaluator().evaluate(make_candidate(batch_size=2, precision="bf16"))
     assert plain.status == MEASURED  # nothing generate-only: no check, no extra batch
+
+
+def test_the_artifact_an_engine_serves_is_in_its_result_and_survives_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_evaluator, make_candidate
+) -> None:
+    from optimizer.backends.artifacts import cached_artifact
+    from optimizer.results import CandidateResult
+
+    events: list = []
+
+    def build_engine(model, candidate, target, workdir):
+        if candidate.settings.precision == "bf16":  # the reference (fp32) serves the model's weights
+
+            def quantize(tmp: Path) -> dict:
+                (tmp / "model.gguf").write_bytes(b"bf16 weights")
+                return {}
+
+            cached_artifact(workdir / "bf16", quantize, "bf16 weights")
+        return FakeEngine(candidate.settings, events)
+
+    monkeypatch.setattr(evaluate_module, "build_engine", build_engine)
+    store = TrialStore(tmp_path / "t.db", "ctx")
+    result = make_evaluator(store).evaluate(make_candidate(batch_size=2, precision="bf16"))
+    assert result.status == MEASURED
+    assert result.artifact == {
+        "what": "bf16 weights",
+        "files": {"model.gguf": hashlib.sha256(b"bf16 weights").hexdigest()},
+    }
+    assert CandidateResult.from_dict(result.to_dict()).artifact == result.artifact  # as stored
+    plain = make_evaluator().evaluate(make_candidate(batch_size=2))
+    assert plain.status == MEASURED and plain.artifact is None
