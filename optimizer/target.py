@@ -104,6 +104,12 @@ class TargetSpec:
             "packages": package_versions(),
         }
 
+    def measured_identity(self) -> dict[str, object]:
+        """The fingerprint less what changes no measurement: the preset's name and the memory
+        budget (`target.memory_gib` decides what fits, not how a candidate that fits measures).
+        Store contexts use it: a run under a smaller budget reuses what the full one measured."""
+        return {k: v for k, v in self.fingerprint().items() if k not in ("name", "memory_gib")}
+
 
 def package_versions() -> dict[str, str]:
     versions = {}

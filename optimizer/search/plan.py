@@ -90,7 +90,7 @@ def quality_context(cfg: RunConfig, setup: MeasurementSetup) -> str:
         {
             "model": setup.model.weight_sha256,
             "inputs": inputs,
-            "target": setup.target.fingerprint(),
+            "target": setup.target.measured_identity(),
             "quality": quality_protocol(cfg, setup.text_sha256),
             # quality rows have no schema column (trial rows do): another schema, other rows
             "store_schema": STORE_SCHEMA,
@@ -138,7 +138,7 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
         {
             "model": setup.model.weight_sha256,
             "inputs": measured_inputs(setup),
-            "target": setup.target.fingerprint(),
+            "target": setup.target.measured_identity(),
             "protocol": protocol(
                 cfg, setup.text_sha256, setup.meter.source, setup.stream.sha256 if setup.stream else None
             ),

@@ -12,6 +12,7 @@ from optimizer import measure
 from optimizer.config import compose_run_config
 from optimizer.search import plan
 from optimizer.store import context_key
+from optimizer.target import GIB
 from unit.factories import target_spec
 
 TEXT = "cd" * 32
@@ -154,6 +155,9 @@ def test_quality_rows_are_shared_by_every_measurement_of_the_same_numerics(
     assert quality("workload=chat", "quality.num_sequences=3") != base
     assert quality("workload=chat", weights="cd" * 32) != base
     assert quality("workload=chat", target=target_spec(cores=8)) != base
+    # a smaller memory budget (a big GPU standing in for a small one) or another preset name
+    # decides what fits, not how a candidate that fits measures
+    assert quality("workload=chat", target=target_spec(name="box", memory_bytes=3 * GIB)) == base
     other_text = fake_setup(tmp_path)
     other_text.quality_tokens[0, 0] = 9
     assert plan.quality_context(compose_run_config(["workload=chat"]), other_text) != base
@@ -162,3 +166,20 @@ def test_quality_rows_are_shared_by_every_measurement_of_the_same_numerics(
     monkeypatch.undo()
     monkeypatch.setattr(plan, "PROTOCOL_VERSION", measure.PROTOCOL_VERSION + 1)
     assert quality("workload=chat") != base  # a new protocol measures quality afresh too
+
+
+def test_a_run_under_a_smaller_memory_budget_reuses_what_the_full_one_measured(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([], []))  # the context, not the space
+
+    def context(target: Any) -> str:
+        setup = fake_setup(tmp_path, target=target)
+        setup.meter, setup.stream = SimpleNamespace(source="estimate"), None
+        setup.model.shape, setup.model.format = None, "hf-dir"
+        return plan.plan_search(compose_run_config(["workload=batch"]), setup).context
+
+    full = context(target_spec())
+    assert context(target_spec(memory_bytes=4 * GIB, name="stand-in")) == full
+    assert context(target_spec(cores=8)) != full  # another machine measures otherwise
+    assert context(target_spec(cpu_model="Other CPU")) != full
