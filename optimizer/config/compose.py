@@ -129,8 +129,8 @@ def _bare_word(word: str, overrides: Sequence[str]) -> UserError:
 
 def _check_key(item: str) -> None:
     """Refuse what Hydra would accept and wattsmith ignore: its own `hydra.*` settings (wattsmith
-    writes to output_dir) and `+`/`++` additions (the schema is closed: a `+` can only add a
-    misspelt key, which nothing reads, or fail on an existing one)."""
+    writes to output_dir), `+`/`++` additions (the schema is closed: a `+` can only add a
+    misspelt key, which nothing reads, or fail on an existing one) and `~group` deletions."""
     key, _, value = item.partition("=")
     name = key.lstrip("+~")
     if name == "hydra" or name.startswith("hydra."):
@@ -139,10 +139,19 @@ def _check_key(item: str) -> None:
             "is Hydra's own setting, which wattsmith does not use",
             "outputs go to output_dir: set output_dir=DIR (and --config-dir DIR for your presets)",
         )
+    entry = _schema_entry(name)
+    if key.startswith("~") and entry is not None and dataclasses.is_dataclass(entry[0]):
+        # Hydra accepts it, and the run quietly measures the schema's defaults (e.g. offline batches
+        # for `~workload`, where the default is a serving stream): no preset says what they are
+        raise UserError(
+            name,
+            f"'~{name}' drops the group's preset, leaving the schema's bare defaults",
+            f"name a preset: {name}=PRESET (`optimize --help` lists them)",
+        )
     plus = key[: len(key) - len(key.lstrip("+"))]
     if not plus:
         return
-    if _schema_entry(name) is None:
+    if entry is None:
         raise UserError(name, f"is not a setting ('{plus}' cannot add one: the settings are fixed)", SPELLING)
     raise UserError(
         name,

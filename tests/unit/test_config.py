@@ -234,6 +234,9 @@ def test_the_edges_of_the_seed_range_are_accepted() -> None:
         ("+workload=chat", "workload", "exists already", "workload=chat"),
         ("hydra.run.dir=/tmp/elsewhere", "hydra.run.dir", "Hydra's own setting", "output_dir=DIR"),
         ("++hydra.job.chdir=true", "hydra.job.chdir", "Hydra's own setting", "output_dir=DIR"),
+        # a group's deletion: Hydra composes the schema's bare defaults (offline batches for workload)
+        ("~workload", "workload", "drops the group's preset", "workload=PRESET"),
+        ("~search", "search", "drops the group's preset", "search=PRESET"),
     ],
 )
 def test_additions_and_hydras_settings_are_refused(override: str, field: str, problem: str, fix: str) -> None:
