@@ -156,7 +156,11 @@ def build_recipe(
         "settings": best.candidate.to_dict(),
         **_layout_block(best.candidate, setup.target),
         # what those settings built and served: a rebuild or a deployment's copy is checked against it
-        **({"artifact": best.artifact} if best.artifact else {}),
+        **(
+            {"artifact": {"what": best.artifact.get("what"), "files": best.artifact["files"]}}
+            if best.artifact
+            else {}
+        ),
         "constraints": {
             "quality": {
                 "max_ppl_increase": cfg.quality.max_ppl_increase,
