@@ -80,15 +80,17 @@ class ModelSpec:
         }
 
 
-def resolve_model(cfg: ModelConfig, cache_dir: Path) -> ModelSpec:
-    """Turn `model.source` into a ModelSpec, converting GGUF once into the cache."""
+def resolve_model(cfg: ModelConfig, cache_dir: Path, convert_gguf: bool = True) -> ModelSpec:
+    """Turn `model.source` into a ModelSpec, converting GGUF once into the cache. Without
+    `convert_gguf` (an engine that serves the GGUF itself: llama.cpp) a GGUF that was never
+    converted is left as it is: de-quantizing an 8B file writes tens of GB nothing would read."""
     source = cfg.source.strip()
     if source in PACKAGED_MODELS:
         gguf_path, name = _packaged_gguf(source)
-        return _from_gguf(gguf_path, source, name, cfg, cache_dir)
+        return _from_gguf(gguf_path, source, name, cfg, cache_dir, convert_gguf)
     path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _from_gguf(path, source, path.stem, cfg, cache_dir)
+        return _from_gguf(path, source, path.stem, cfg, cache_dir, convert_gguf)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(
@@ -132,13 +134,60 @@ def _packaged_gguf(alias: str) -> tuple[Path, str]:
     return path, name
 
 
-def _from_gguf(gguf: Path, source: str, name: str, cfg: ModelConfig, cache_dir: Path) -> ModelSpec:
+def _from_gguf(
+    gguf: Path, source: str, name: str, cfg: ModelConfig, cache_dir: Path, convert: bool = True
+) -> ModelSpec:
     digest = file_sha256(gguf, cache_dir)
     converted = cache_dir / "models" / f"gguf-{digest[:16]}"
     if not (converted / "config.json").is_file():
         check_gguf(gguf)
+        if not convert:
+            return ModelSpec(
+                name=name,
+                source=source,
+                path=gguf,  # no Hugging Face directory: only an engine that reads the GGUF can load it
+                format="gguf",
+                weight_sha256=digest,
+                trust_remote_code=cfg.trust_remote_code,
+                revision=cfg.revision,
+                shape=gguf_shape(gguf),
+            )
         _convert_gguf(gguf, converted)
     return _spec_for_dir(converted, source, name, "gguf", cfg, cache_dir, weight_sha256=digest)
+
+
+def gguf_shape(path: Path) -> ModelShape:
+    """Shape facts from a GGUF file's metadata (llama.cpp's keys, under its architecture's name)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+
+    def value(key: str) -> Any:
+        field = reader.fields.get(key)
+        return field.contents() if field is not None else None
+
+    arch = value("general.architecture")
+    try:
+        heads = int(value(f"{arch}.attention.head_count"))
+        hidden = int(value(f"{arch}.embedding_length"))
+        kv_heads = value(f"{arch}.attention.head_count_kv")
+        head_dim = value(f"{arch}.attention.key_length")
+        vocab = value(f"{arch}.vocab_size") or len(value("tokenizer.ggml.tokens") or ())
+        return ModelShape(
+            num_layers=int(value(f"{arch}.block_count")),
+            hidden_size=hidden,
+            num_attention_heads=heads,
+            num_kv_heads=int(kv_heads) if kv_heads else heads,
+            head_dim=int(head_dim) if head_dim else hidden // heads,
+            vocab_size=int(vocab),
+            num_parameters=sum(int(t.n_elements) for t in reader.tensors),
+        )
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        raise UserError(
+            "model.source",
+            f"{path} lacks the {arch} shape metadata llama.cpp writes ({exc})",
+            "convert the model again with llama.cpp's convert_hf_to_gguf.py",
+        ) from None
 
 
 def check_gguf(path: Path) -> None:

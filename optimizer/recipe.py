@@ -351,13 +351,14 @@ def load_recipe(
     its stream made: an engine that gives each request a fixed slot (llama.cpp's context, a paged
     cache) is sized for it now, since it cannot grow while requests run.
     """
-    from optimizer.backends.registry import build_engine
+    from optimizer.backends.registry import build_engine, serves_gguf
     from optimizer.model import resolve_model
     from optimizer.target import detect_target
 
     recipe = read_recipe(path)
     cache = cache_dir or default_cache_dir()
-    model = resolve_model(model_config_for(recipe, model_source), cache)
+    convert = not serves_gguf(recipe.candidate.settings)
+    model = resolve_model(model_config_for(recipe, model_source), cache, convert_gguf=convert)
     check_weights(recipe, model.weight_sha256)
     target = detect_target(recipe.target)
     with artifacts_used() as used:

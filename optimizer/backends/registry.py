@@ -57,5 +57,11 @@ def spec_for(settings: BackendSettings) -> BackendSpec[Any]:
     return spec
 
 
+def serves_gguf(settings: BackendSettings) -> bool:
+    """Whether these settings' engine loads a GGUF model's file itself (llama.cpp), so that the
+    model needs no Hugging Face conversion to be served."""
+    return bool(getattr(spec_for(settings), "serves_gguf", False))
+
+
 def build_engine(model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine:
     return spec_for(candidate.settings).build(model, candidate, target, workdir)

@@ -86,12 +86,13 @@ def test_llamacpp_candidates_are_measured_rejected_and_excluded(run: Path, cache
     assert "only with flash attention" in report
 
 
-def test_the_recipe_verifies_and_rebuilds_the_same_engine(run: Path, cache_dir: Path) -> None:
+def test_the_recipe_verifies_and_rebuilds_the_same_engine(run: Path, cache_dir: Path, tmp_path: Path) -> None:
     proc = optimize("verify", str(run / "recipe.yaml"), "--tolerance", "0.9", cache=cache_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "PASSED" in proc.stdout
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    env = os.environ | {"WATTSMITH_CACHE": str(cache_dir)}
+    deployment = tmp_path / "deployment-cache"  # a machine that only serves the recipe
+    env = os.environ | {"WATTSMITH_CACHE": str(deployment)}
     loaded = subprocess.run(
         [sys.executable, "-c", LOAD, str(run / "recipe.yaml")],
         capture_output=True,
@@ -105,6 +106,7 @@ def test_the_recipe_verifies_and_rebuilds_the_same_engine(run: Path, cache_dir: 
     # context made for 600-token requests before any is submitted (in 256-token granules)
     assert name == f"LlamaCppEngine gguf {recipe['settings']['batch_size']}"
     assert shape == "2, 5) 768"
+    assert not (deployment / "models").exists()  # llama.cpp serves the GGUF: nothing de-quantized
 
 
 def test_an_agent_stream_is_served_with_and_without_prefix_reuse(tmp_path: Path, cache_dir: Path) -> None:

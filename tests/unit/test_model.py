@@ -311,3 +311,25 @@ def test_the_parameter_count_reads_the_files_transformers_loads(tmp_path: Path) 
     assert read_shape(legacy).num_parameters == 21
     torch.save(_tensors(2), legacy / "pytorch_model.bin", _use_new_zipfile_serialization=False)
     assert read_shape(legacy).num_parameters == 6  # the legacy format, read without mmap
+
+
+def test_a_gguf_served_as_it_is_is_not_converted(tmp_path: Path, cache_dir: Path) -> None:
+    """An engine that loads the GGUF itself (llama.cpp) rebuilds a recipe from the file: no
+    de-quantized copy (tens of GB for an 8B model) is written; the shape comes from its metadata."""
+    spec = resolve_model(ModelConfig(source="smollm2"), cache_dir, convert_gguf=False)
+    assert spec.format == "gguf" and spec.path.suffix == ".gguf" and spec.path.is_file()
+    assert not (cache_dir / "models").exists()
+    assert spec.shape == ModelShape(  # SmolLM2-135M's config; the count a conversion gives
+        num_layers=30,
+        hidden_size=576,
+        num_attention_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        vocab_size=49152,
+        num_parameters=134515008,
+    )
+    assert spec.weight_sha256 == file_sha256(spec.path)
+    bare = _tiny_gguf(tmp_path / "bare.gguf")  # tensors without the architecture's shape keys
+    with pytest.raises(UserError) as info:
+        resolve_model(ModelConfig(source=str(bare)), cache_dir, convert_gguf=False)
+    assert info.value.field == "model.source" and "shape metadata" in info.value.problem

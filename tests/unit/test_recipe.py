@@ -336,7 +336,9 @@ def test_a_serving_engine_is_sized_for_the_recipes_longest_request(
         def submit(self, prompt_ids: Any, max_new_tokens: int) -> str:
             return "0"
 
-    monkeypatch.setattr(model_module, "resolve_model", lambda cfg, cache: SimpleNamespace(weight_sha256=SHA))
+    monkeypatch.setattr(
+        model_module, "resolve_model", lambda cfg, cache, **_: SimpleNamespace(weight_sha256=SHA)
+    )
     monkeypatch.setattr(target_module, "detect_target", lambda cfg: None)
     monkeypatch.setattr(registry, "build_engine", lambda *a: Served())
     offline = write_recipe(tmp_path / "offline.yaml", recipe_dict)
@@ -400,7 +402,9 @@ def test_a_recipes_artifact_is_read_checked_and_compared_with_the_rebuild(
         cached_artifact(workdir / content["bytes"].decode(), quantize, "llama.cpp Q4_K_M weights")
         return object()
 
-    monkeypatch.setattr(model_module, "resolve_model", lambda cfg, cache: SimpleNamespace(weight_sha256=SHA))
+    monkeypatch.setattr(
+        model_module, "resolve_model", lambda cfg, cache, **_: SimpleNamespace(weight_sha256=SHA)
+    )
     monkeypatch.setattr(target_module, "detect_target", lambda cfg: None)
     monkeypatch.setattr(registry, "build_engine", build_engine)
     measured = {"model.gguf": hashlib.sha256(b"Q4_K_M").hexdigest()}

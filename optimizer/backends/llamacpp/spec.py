@@ -53,6 +53,7 @@ MAX_SEQUENCES = 256
 class LlamaCppSpec:
     name = LlamaCppSettings.BACKEND
     settings_type = LlamaCppSettings
+    serves_gguf = True  # loads a GGUF model's own file: rebuilding its recipe converts nothing
 
     def settings_for(self, space: SpaceConfig) -> Iterator[LlamaCppSettings]:
         a = space.llamacpp
