@@ -94,8 +94,8 @@ def warn_if_deprioritized(index: int) -> None:
     if niceness > 0:
         log.warning(
             "worker %d runs at nice %d: on a busy node its candidates get less CPU than the work "
-            "beside them, and measure slower and costlier than they are; start its Ray cluster with "
-            "RAY_worker_niceness=0 (a local launcher=ray instance is started so)",
+            "beside them, and measure slower and costlier than they are (Ray starts its workers at "
+            "nice 15: start the cluster with RAY_worker_niceness=0, as a local launcher=ray instance is)",
             index,
             niceness,
         )
