@@ -20,7 +20,7 @@ from typing import Any
 
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
-from optimizer.files import write_atomically
+from optimizer.model_files import ModelShape, check_gguf, check_not_lfs_pointer, file_sha256, gguf_shape
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +34,6 @@ PACKAGED_MODELS = {
     ),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-# How a Git LFS pointer file begins: what a clone without git-lfs holds instead of the weights
-LFS_POINTER = b"version https://git-lfs"
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the memory and roofline arithmetic needs, read from config.json and the weights."""
-
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    num_parameters: int
-
-    def kv_bytes_per_token(self, bytes_per_element: float) -> float:
-        """Bytes of K and V cache one token occupies across all layers."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * bytes_per_element
 
 
 @dataclass(frozen=True)
@@ -154,66 +135,6 @@ def _from_gguf(
             )
         _convert_gguf(gguf, converted)
     return _spec_for_dir(converted, source, name, "gguf", cfg, cache_dir, weight_sha256=digest)
-
-
-def gguf_shape(path: Path) -> ModelShape:
-    """Shape facts from a GGUF file's metadata (llama.cpp's keys, under its architecture's name)."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
-
-    def value(key: str) -> Any:
-        field = reader.fields.get(key)
-        return field.contents() if field is not None else None
-
-    arch = value("general.architecture")
-    try:
-        heads = int(value(f"{arch}.attention.head_count"))
-        hidden = int(value(f"{arch}.embedding_length"))
-        kv_heads = value(f"{arch}.attention.head_count_kv")
-        head_dim = value(f"{arch}.attention.key_length")
-        vocab = value(f"{arch}.vocab_size") or len(value("tokenizer.ggml.tokens") or ())
-        return ModelShape(
-            num_layers=int(value(f"{arch}.block_count")),
-            hidden_size=hidden,
-            num_attention_heads=heads,
-            num_kv_heads=int(kv_heads) if kv_heads else heads,
-            head_dim=int(head_dim) if head_dim else hidden // heads,
-            vocab_size=int(vocab),
-            num_parameters=sum(int(t.n_elements) for t in reader.tensors),
-        )
-    except (TypeError, ValueError, ZeroDivisionError) as exc:
-        raise UserError(
-            "model.source",
-            f"{path} lacks the {arch} shape metadata llama.cpp writes ({exc})",
-            "convert the model again with llama.cpp's convert_hf_to_gguf.py",
-        ) from None
-
-
-def check_gguf(path: Path) -> None:
-    """Raise a UserError naming model.source unless `path` is a whole GGUF file: not empty, with a
-    readable header, and long enough for every tensor it lists (a cut-off download is not)."""
-    from gguf import GGUFReader
-
-    fix = "download the file again, or point model= at another .gguf file or a model directory"
-    check_not_lfs_pointer(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise UserError("model.source", f"{path} is empty", fix)
-    try:
-        tensors = GGUFReader(path).tensors
-    except Exception as exc:  # any failure to parse: a truncated or foreign file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError("model.source", f"{path} is truncated or not a GGUF file ({reason})", fix) from None
-    if not tensors:
-        raise UserError("model.source", f"{path} holds no tensors", fix)
-    needed = max(t.data_offset + t.n_bytes for t in tensors)
-    if needed > size:
-        raise UserError(
-            "model.source",
-            f"{path} is truncated: its tensors need {needed} bytes, the file has {size}",
-            fix,
-        )
 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
@@ -344,21 +265,6 @@ def _count_bin_parameters(path: Path) -> int:
     return total
 
 
-def check_not_lfs_pointer(path: Path) -> None:
-    """Raise a UserError naming model.source when `path` is a Git LFS pointer, not weights."""
-    try:
-        with path.open("rb") as handle:
-            start = handle.read(len(LFS_POINTER))
-    except OSError:
-        return  # unreadable: the format's own check says so
-    if start == LFS_POINTER:
-        raise UserError(
-            "model.source",
-            f"{path} is a Git LFS pointer, not the weights (the repository was cloned without git-lfs)",
-            "run `git lfs pull` in the model's repository (install git-lfs first), then run again",
-        )
-
-
 def _safetensors_header(file: Path) -> Any:
     """The JSON header of a safetensors file. Its length is checked against the file's size before
     reading: the first 8 bytes of another kind of file can ask for exabytes."""
@@ -406,28 +312,3 @@ def _files_sha256(files: list[Path], cache_dir: Path) -> str:
         combined.update(file.name.encode())
         combined.update(file_sha256(file, cache_dir).encode())
     return combined.hexdigest()
-
-
-def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) when a cache dir is given."""
-    stat = path.stat()
-    memo = cache_dir / "hashes.json" if cache_dir else None
-    memo_key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    known: dict[str, str] = {}
-    if memo and memo.is_file():
-        try:
-            known = json.loads(memo.read_text())
-        except json.JSONDecodeError:
-            known = {}
-        if memo_key in known:
-            return known[memo_key]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    value = digest.hexdigest()
-    if memo:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        known[memo_key] = value
-        write_atomically(memo, json.dumps(known, indent=0))  # workers hash at once
-    return value

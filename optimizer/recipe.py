@@ -35,6 +35,7 @@ from optimizer.measure.workload import ServingSummary
 from optimizer.recipe_checks import (
     MODEL_KEYS,
     RECIPE_KEYS,
+    artifact_change,
     check_artifact,
     check_evidence,
     check_known_keys,
@@ -363,7 +364,7 @@ def load_recipe(
     target = detect_target(recipe.target)
     with artifacts_used() as used:
         engine = build_engine(model, recipe.candidate, target, cache)
-    changed = artifact_change(recipe, served_artifact(used))
+    changed = artifact_change(recipe.data.get("artifact"), served_artifact(used))
     if changed:
         log.warning("%s: `optimize verify` re-measures it here", changed)
     if request_tokens is None and recipe.workload.serving:  # as the measurement sized it
@@ -387,21 +388,3 @@ def check_weights(recipe: Recipe, weight_sha256: str) -> None:
             f"the weights hash to {weight_sha256[:12]}…, the recipe was measured on {expected[:12]}…",
             "point --model at the weights the recipe names, or run optimize again for these weights",
         )
-
-
-def artifact_change(recipe: Recipe, built: dict[str, Any] | None) -> str | None:
-    """How the artifact built here differs from the one the recipe measured; None when it is the
-    same, or when the recipe records none (its engine serves the model's own weights)."""
-    recorded = recipe.data.get("artifact")  # read_recipe checked its form
-    if recorded is None:
-        return None
-    files, measured = (built or {}).get("files", {}), recorded["files"]
-    if files == measured:
-        return None
-    differ = sorted(name for name in set(files) | set(measured) if files.get(name) != measured.get(name))
-    listed = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
-    return (
-        f"the build artifact made here ({recorded.get('what') or 'unnamed'}) is not the one the recipe "
-        f"measured, {listed} differing: another version of the package that builds it, or a builder "
-        "that is not deterministic"
-    )

@@ -1,5 +1,6 @@
 """What a recipe read from a file must hold: its keys (a hand edit's typo fails naming it), the
-evidence verify compares with, and the bounds of its `constraints`."""
+evidence verify compares with, the bounds of its `constraints`, its recorded build artifact, and
+whether the one built here is that artifact."""
 
 from __future__ import annotations
 
@@ -88,3 +89,21 @@ def check_artifact(artifact: Any, path: Path) -> None:
     if not isinstance(artifact, dict) or not isinstance(artifact.get("files"), dict):
         raise UserError("recipe.artifact", f"{path}: is not a mapping with `files`", "restore it from git")
     check_known_keys(artifact, ("what", "files"), "recipe.artifact")
+
+
+def artifact_change(recorded: dict[str, Any] | None, built: dict[str, Any] | None) -> str | None:
+    """How the artifact built here differs from the one a recipe measured (its `artifact`, as
+    check_artifact let it through); None when it is the same, or when the recipe records none
+    (its engine serves the model's own weights)."""
+    if recorded is None:
+        return None
+    files, measured = (built or {}).get("files", {}), recorded["files"]
+    if files == measured:
+        return None
+    differ = sorted(name for name in set(files) | set(measured) if files.get(name) != measured.get(name))
+    listed = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+    return (
+        f"the build artifact made here ({recorded.get('what') or 'unnamed'}) is not the one the recipe "
+        f"measured, {listed} differing: another version of the package that builds it, or a builder "
+        "that is not deterministic"
+    )

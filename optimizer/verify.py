@@ -15,7 +15,8 @@ from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import measure_idle_watts
 from optimizer.measure.setup import prepare_measurement
 from optimizer.measure.workload import PerformanceResult
-from optimizer.recipe import artifact_change, check_weights, default_cache_dir, model_config_for, read_recipe
+from optimizer.recipe import check_weights, default_cache_dir, model_config_for, read_recipe
+from optimizer.recipe_checks import artifact_change
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
 from optimizer.space import exclusion_reason
@@ -148,7 +149,7 @@ def verify_recipe(
     if result.quality is None or result.performance is None:
         checks.append(Check("build and run", "ok", result.reason or "no result", False))
         return VerifyReport(recipe.path, checks, notes)
-    changed = artifact_change(recipe, result.artifact)
+    changed = artifact_change(recipe.data.get("artifact"), result.artifact)
     if changed:  # not a failure by itself: the re-measurement below judges the artifact built here
         notes.append(changed)
     q, perf = result.quality, result.performance

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.files import write_atomically
-from optimizer.model import file_sha256
+from optimizer.model_files import file_sha256
 
 log = logging.getLogger(__name__)
 
