@@ -121,7 +121,7 @@ def _from_gguf(
     digest = file_sha256(gguf, cache_dir)
     converted = cache_dir / "models" / f"gguf-{digest[:16]}"
     if not (converted / "config.json").is_file():
-        check_gguf(gguf)
+        reader = check_gguf(gguf)
         if not convert:
             return ModelSpec(
                 name=name,
@@ -131,7 +131,7 @@ def _from_gguf(
                 weight_sha256=digest,
                 trust_remote_code=cfg.trust_remote_code,
                 revision=cfg.revision,
-                shape=gguf_shape(gguf),
+                shape=gguf_shape(gguf, reader),
             )
         _convert_gguf(gguf, converted)
     return _spec_for_dir(converted, source, name, "gguf", cfg, cache_dir, weight_sha256=digest)

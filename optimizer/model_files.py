@@ -7,10 +7,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optimizer.errors import UserError
 from optimizer.files import write_atomically
+
+if TYPE_CHECKING:
+    from gguf import GGUFReader
 
 # How a Git LFS pointer file begins: what a clone without git-lfs holds instead of the weights
 LFS_POINTER = b"version https://git-lfs"
@@ -33,11 +36,9 @@ class ModelShape:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * bytes_per_element
 
 
-def gguf_shape(path: Path) -> ModelShape:
-    """Shape facts from a GGUF file's metadata (llama.cpp's keys, under its architecture's name)."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
+def gguf_shape(path: Path, reader: GGUFReader) -> ModelShape:
+    """Shape facts from a GGUF file's metadata (llama.cpp's keys, under its architecture's name),
+    read by the reader `check_gguf` returned for it."""
 
     def value(key: str) -> Any:
         field = reader.fields.get(key)
@@ -67,9 +68,10 @@ def gguf_shape(path: Path) -> ModelShape:
         ) from None
 
 
-def check_gguf(path: Path) -> None:
+def check_gguf(path: Path) -> GGUFReader:
     """Raise a UserError naming model.source unless `path` is a whole GGUF file: not empty, with a
-    readable header, and long enough for every tensor it lists (a cut-off download is not)."""
+    readable header, and long enough for every tensor it lists (a cut-off download is not). The
+    reader that parsed it is returned for what else the file says (`gguf_shape`)."""
     from gguf import GGUFReader
 
     fix = "download the file again, or point model= at another .gguf file or a model directory"
@@ -78,7 +80,8 @@ def check_gguf(path: Path) -> None:
     if size == 0:
         raise UserError("model.source", f"{path} is empty", fix)
     try:
-        tensors = GGUFReader(path).tensors
+        reader = GGUFReader(path)
+        tensors = reader.tensors
     except Exception as exc:  # any failure to parse: a truncated or foreign file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError("model.source", f"{path} is truncated or not a GGUF file ({reason})", fix) from None
@@ -91,6 +94,7 @@ def check_gguf(path: Path) -> None:
             f"{path} is truncated: its tensors need {needed} bytes, the file has {size}",
             fix,
         )
+    return reader
 
 
 def check_not_lfs_pointer(path: Path) -> None:

@@ -88,14 +88,19 @@ def content_sha256(folder: Path) -> dict[str, str]:
 
 
 def artifact_files(out: Path) -> dict[str, str]:
-    """The recorded file digests of a complete build; one built before they were recorded is
-    hashed now and its provenance completed."""
-    provenance_path = out / PROVENANCE
-    provenance = json.loads(provenance_path.read_text())
+    """The recorded file digests of a complete build."""
+    return dict(_provenance(out)[FILES])
+
+
+def _provenance(out: Path) -> dict[str, Any]:
+    """A complete build's provenance; one built before file digests were recorded is hashed now
+    and its provenance completed."""
+    path = out / PROVENANCE
+    provenance: dict[str, Any] = json.loads(path.read_text())
     if FILES not in provenance:
         provenance[FILES] = content_sha256(out)
-        write_atomically(provenance_path, json.dumps(provenance, indent=1, default=str))
-    return dict(provenance[FILES])
+        write_atomically(path, json.dumps(provenance, indent=1, default=str))
+    return provenance
 
 
 @contextmanager
@@ -115,6 +120,5 @@ def served_artifact(used: list[Path]) -> dict[str, Any] | None:
     for an engine that serves the model's own weights (their hash is the recipe's weight_sha256)."""
     if not used:
         return None
-    out = used[-1]
-    what = json.loads((out / PROVENANCE).read_text()).get("what")
-    return {"what": what, "files": artifact_files(out)}
+    provenance = _provenance(used[-1])
+    return {"what": provenance.get("what"), "files": dict(provenance[FILES])}

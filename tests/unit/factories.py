@@ -13,6 +13,7 @@ from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.latency import LatencySummary
 from optimizer.measure.quality import QualityResult
 from optimizer.measure.workload import PerformanceResult, Spread, WindowResult
+from optimizer.model import ModelShape
 from optimizer.recipe import RECIPE_SCHEMA
 from optimizer.results import MEASURED, CandidateResult
 from optimizer.space import Candidate, TorchSettings
@@ -20,6 +21,16 @@ from optimizer.target import GIB, GpuInfo, TargetSpec
 from optimizer.version import tool_version
 
 WEIGHT_SHA = "ab" * 32  # the weights a hand-made recipe names
+# SmolLM2-135M, the packaged model: its config's shape and the parameter count its conversion gives
+SMOLLM2_SHAPE = ModelShape(
+    num_layers=30,
+    hidden_size=576,
+    num_attention_heads=9,
+    num_kv_heads=3,
+    head_dim=64,
+    vocab_size=49152,
+    num_parameters=134_515_008,
+)
 
 
 def target_spec(**overrides: Any) -> TargetSpec:

@@ -15,9 +15,9 @@ from optimizer.model import ModelShape
 from optimizer.search.prefilter import estimate_memory_bytes, memory_fit_reason
 from optimizer.space import Candidate, TorchSettings, enumerate_candidates, exclusion_reason
 from optimizer.target import GIB
-from unit.factories import target_spec, torch_candidate
+from unit.factories import SMOLLM2_SHAPE, target_spec, torch_candidate
 
-SMOLLM2 = ModelShape(30, 576, 9, 3, 64, 49152, 134_515_008)  # 9 attention heads, 3 key-value heads
+SMOLLM2 = SMOLLM2_SHAPE  # 9 attention heads, 3 key-value heads
 EVEN = ModelShape(24, 1024, 16, 8, 64, 32000, 1_000_000_000)
 WORKLOAD = WorkloadConfig(prompt_tokens=64, max_new_tokens=32)
 

@@ -11,7 +11,8 @@ import pytest
 
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
-from optimizer.model import ModelShape, check_gguf, file_sha256, read_shape, resolve_model
+from optimizer.model import check_gguf, file_sha256, read_shape, resolve_model
+from unit.factories import SMOLLM2_SHAPE
 
 
 def test_resolve_a_local_hf_dir(tiny_model_dir: Path, tiny_model_parameters: int, cache_dir: Path) -> None:
@@ -45,15 +46,7 @@ def test_the_weight_hash_is_stable(tiny_model_dir: Path, tmp_path: Path) -> None
 
 
 def test_kv_bytes_per_token() -> None:
-    shape = ModelShape(
-        num_layers=30,
-        hidden_size=576,
-        num_attention_heads=9,
-        num_kv_heads=3,
-        head_dim=64,
-        vocab_size=49152,
-        num_parameters=134_515_008,
-    )
+    shape = SMOLLM2_SHAPE
     assert shape.kv_bytes_per_token(2) == 2 * 30 * 3 * 64 * 2
 
 
@@ -319,15 +312,7 @@ def test_a_gguf_served_as_it_is_is_not_converted(tmp_path: Path, cache_dir: Path
     spec = resolve_model(ModelConfig(source="smollm2"), cache_dir, convert_gguf=False)
     assert spec.format == "gguf" and spec.path.suffix == ".gguf" and spec.path.is_file()
     assert not (cache_dir / "models").exists()
-    assert spec.shape == ModelShape(  # SmolLM2-135M's config; the count a conversion gives
-        num_layers=30,
-        hidden_size=576,
-        num_attention_heads=9,
-        num_kv_heads=3,
-        head_dim=64,
-        vocab_size=49152,
-        num_parameters=134515008,
-    )
+    assert spec.shape == SMOLLM2_SHAPE  # SmolLM2-135M's config; the count a conversion gives
     assert spec.weight_sha256 == file_sha256(spec.path)
     bare = _tiny_gguf(tmp_path / "bare.gguf")  # tensors without the architecture's shape keys
     with pytest.raises(UserError) as info:

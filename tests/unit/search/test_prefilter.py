@@ -8,16 +8,9 @@ from optimizer.config import WorkloadConfig
 from optimizer.model import ModelShape
 from optimizer.search.prefilter import RUNTIME_OVERHEAD_BYTES, estimate_memory_bytes, memory_fit_reason
 from optimizer.target import GIB
+from unit.factories import SMOLLM2_SHAPE
 
-SHAPE = ModelShape(
-    num_layers=30,
-    hidden_size=576,
-    num_attention_heads=9,
-    num_kv_heads=3,
-    head_dim=64,
-    vocab_size=49152,
-    num_parameters=134_515_008,
-)
+SHAPE = SMOLLM2_SHAPE
 WORKLOAD = WorkloadConfig(prompt_tokens=64, max_new_tokens=32)
 
 
