@@ -133,8 +133,32 @@ def _from_gguf(
                 revision=cfg.revision,
                 shape=gguf_shape(gguf, reader),
             )
+        check_room_to_dequantize(gguf, gguf_shape(gguf, reader), cache_dir)
         _convert_gguf(gguf, converted)
     return _spec_for_dir(converted, source, name, "gguf", cfg, cache_dir, weight_sha256=digest)
+
+
+def check_room_to_dequantize(gguf: Path, shape: ModelShape, cache_dir: Path) -> None:
+    """Refuse, before minutes of work, a de-quantization this machine cannot hold: transformers
+    loads the whole fp32 model into memory, and its copy in the cache is as large."""
+    fp32_bytes = 4 * shape.num_parameters
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache_dir).free
+    short = []
+    if fp32_bytes > memory:
+        short.append(f"this machine has {memory / 2**30:.0f} GiB of memory")
+    if fp32_bytes > free:
+        short.append(f"{free / 2**30:.0f} GiB are free in cache_dir {cache_dir}")
+    if short:
+        raise UserError(
+            "model.source",
+            f"de-quantizing {gguf.name} ({shape.num_parameters / 1e9:.1f} B parameters) to the fp32 model "
+            f"that the fp32 quality reference and the torch and ONNX backends load takes "
+            f"{fp32_bytes / 2**30:.0f} GiB; {' and '.join(short)}",
+            "search it with llama.cpp against the GGUF as shipped, which de-quantizes nothing: "
+            "space=cpu-llamacpp quality.reference=gguf",
+        )
 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
@@ -211,6 +235,7 @@ def read_shape(path: Path) -> ModelShape:
         layers, vocab = int(text["num_hidden_layers"]), int(text["vocab_size"])
         kv_heads = int(text.get("num_key_value_heads") or heads)
         head_dim = int(text.get("head_dim") or hidden // heads)
+        context = text.get("max_position_embeddings")
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
         problem = f"lacks {exc}" if isinstance(exc, KeyError) else f"cannot be read ({exc})"
         raise UserError(
@@ -226,6 +251,7 @@ def read_shape(path: Path) -> ModelShape:
         head_dim=head_dim,
         vocab_size=vocab,
         num_parameters=_count_parameters(path),
+        context_length=context if isinstance(context, int) else None,
     )
 
 

@@ -30,6 +30,7 @@ class ModelShape:
     head_dim: int
     vocab_size: int
     num_parameters: int
+    context_length: int | None = None  # positions it was trained for; None when not recorded
 
     def kv_bytes_per_token(self, bytes_per_element: float) -> float:
         """Bytes of K and V cache one token occupies across all layers."""
@@ -51,6 +52,7 @@ def gguf_shape(path: Path, reader: GGUFReader) -> ModelShape:
         kv_heads = value(f"{arch}.attention.head_count_kv")
         head_dim = value(f"{arch}.attention.key_length")
         vocab = value(f"{arch}.vocab_size") or len(value("tokenizer.ggml.tokens") or ())
+        context = value(f"{arch}.context_length")
         return ModelShape(
             num_layers=int(value(f"{arch}.block_count")),
             hidden_size=hidden,
@@ -59,6 +61,7 @@ def gguf_shape(path: Path, reader: GGUFReader) -> ModelShape:
             head_dim=int(head_dim) if head_dim else hidden // heads,
             vocab_size=int(vocab),
             num_parameters=sum(int(t.n_elements) for t in reader.tensors),
+            context_length=int(context) if context else None,
         )
     except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise UserError(

@@ -17,7 +17,6 @@ from optimizer.config import RunConfig
 from optimizer.errors import UserError
 from optimizer.files import write_atomically
 from optimizer.measure.energy import measure_idle_watts
-from optimizer.measure.setup import prepare_measurement
 from optimizer.recipe import build_recipe, write_recipe
 from optimizer.report.markdown import write_report
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
@@ -25,7 +24,7 @@ from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
 from optimizer.search.finalists import merged, remeasure
 from optimizer.search.launchers import launch_search
-from optimizer.search.plan import SearchPlan, plan_search, prompt_pool
+from optimizer.search.plan import SearchPlan, plan_search, prepare_run_measurement
 from optimizer.search.roofline import Roofline, rates_for
 from optimizer.search.runner import collect_outcome, run_search
 from optimizer.select import Selection, pareto_front, select_best
@@ -61,7 +60,7 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     started = time.perf_counter()
     cache_dir = _writable_dir(Path(cfg.cache_dir).expanduser(), "cache_dir")
     open_database(cfg.store_path)
-    setup = prepare_measurement(cfg.model, cfg.target, cfg.workload, cfg.quality, cache_dir, prompt_pool(cfg))
+    setup = prepare_run_measurement(cfg, cache_dir)
     model, target = setup.model, setup.target
     log.info(
         "model %s (%s, sha256 %s…), target %s: %s",

@@ -19,6 +19,7 @@ from functools import cache
 from typing import Any, get_type_hints
 
 from optimizer.backends.base import ModelRules
+from optimizer.backends.llamacpp.settings import LlamaCppSettings
 from optimizer.backends.registry import SPECS_BY_NAME, BackendSettings, spec_for
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.config import SpaceConfig
@@ -135,15 +136,38 @@ def _digest(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def baseline_candidate(space: SpaceConfig, target: TargetSpec) -> Candidate:
+def baseline_candidate(space: SpaceConfig, target: TargetSpec, reference: str = "fp32") -> Candidate:
+    """The careless deployment gains are reported against: `space.baseline` in torch, or with a
+    GGUF reference (`quality.reference=gguf`) the GGUF as shipped at the baseline's batch size."""
     base = space.baseline
+    threads = target.cores if not target.is_cuda else 0
+    if reference == "gguf":
+        return Candidate(LlamaCppSettings(), batch_size=base.batch_size, threads=threads)
     settings = TorchSettings(precision=base.precision, quantization=base.quantization, kv_cache=base.kv_cache)
-    return Candidate(settings, batch_size=base.batch_size, threads=target.cores if not target.is_cuda else 0)
+    return Candidate(settings, batch_size=base.batch_size, threads=threads)
 
 
 def reference_settings() -> TorchSettings:
     """Quality reference: the unoptimized model, fp32 eager, plain KV cache."""
     return TorchSettings(precision="fp32", quantization="none", kv_cache="dynamic", attention="sdpa")
+
+
+def reference_candidate(reference: str, target: TargetSpec) -> Candidate:
+    """The quality reference at batch 1 on all cores (torch's thread count is process-wide and a
+    candidate may have lowered it): fp32 eager, or a GGUF as shipped in llama.cpp (f16 KV cache)."""
+    threads = 0 if target.is_cuda else target.cores
+    settings = LlamaCppSettings() if reference == "gguf" else reference_settings()
+    return Candidate(settings, batch_size=1, threads=threads)
+
+
+def dequantized_model_needed(space: SpaceConfig, reference: str) -> bool:
+    """Whether a GGUF model must be de-quantized into a Hugging Face directory for this search: for
+    the fp32 reference, or for a backend of the space (or of its extra candidates) that cannot load
+    the GGUF itself. Only llama.cpp with a GGUF reference reads the file as shipped."""
+    if reference != "gguf":
+        return True
+    names = {*space.backends, *(str(extra.get("backend", "torch")) for extra in space.extra)}
+    return not all(getattr(SPECS_BY_NAME.get(name), "serves_gguf", False) for name in names)
 
 
 def enumerate_candidates(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optimizer.backends.registry import serves_gguf
 from optimizer.config import SloConfig
 from optimizer.errors import UserError
 from optimizer.measure import PROTOCOL_VERSION
@@ -91,6 +92,8 @@ def verify_recipe(
             recipe.quality,
             cache,
             max(cand.batch_size, 16),
+            # a GGUF reference and a llama.cpp recipe: the GGUF is never de-quantized
+            recipe.quality.reference == "fp32" or not serves_gguf(cand.settings),
         )
     check_weights(recipe, setup.model.weight_sha256)
     recorded_target = recipe.data["target"]

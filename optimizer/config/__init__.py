@@ -31,7 +31,7 @@ from optimizer.config.presets import (
     group_options,
     presets,
 )
-from optimizer.config.quality import QualityConfig
+from optimizer.config.quality import QUALITY_REFERENCES, QualityConfig
 from optimizer.config.run import RunConfig
 from optimizer.config.search import OPTUNA_ALGORITHMS, SAMPLERS, OptunaConfig, SearchConfig
 from optimizer.config.space import (
@@ -99,6 +99,7 @@ __all__ = [
     "ONNX_PROVIDERS",
     "ONNX_QUANTIZATIONS",
     "OPTUNA_ALGORITHMS",
+    "QUALITY_REFERENCES",
     "SAMPLERS",
     "SUBMITIT_CLUSTERS",
     "TARGET_KINDS",

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimizer.config.checks import require
+from optimizer.config.checks import require, require_subset
+
+# What candidates are compared with, and how reports name it: the model de-quantized to fp32 and
+# run eagerly by torch, or a GGUF model's file as shipped, run by llama.cpp (no de-quantized copy).
+QUALITY_REFERENCES = {"fp32": "fp32 eager", "gguf": "the GGUF as shipped (llama.cpp)"}
 
 
 @dataclass
 class QualityConfig:
-    """Quality bound relative to the fp32 eager reference on held-out text.
+    """Quality bound relative to the unoptimized reference on held-out text.
+
+    `reference` is `fp32` (the model in fp32, torch eager: a GGUF is de-quantized into the cache
+    first) or `gguf` (a GGUF model's own file as shipped, run by llama.cpp at batch 1: for a model
+    whose fp32 copy would not fit; the baseline is then that file at the baseline's batch size).
 
     `text` is `wiki` (the packaged Wikipedia lead paragraphs) or a path to a `.txt` (paragraphs
     separated by blank lines), `.json` or `.jsonl` file. Workload prompts come from the same text;
@@ -23,8 +31,10 @@ class QualityConfig:
     min_top1_agreement: float = 0.95
     max_kl: float = 0.05
     batch_size: int = 4
+    reference: str = "fp32"
 
     def __post_init__(self) -> None:
+        require_subset([self.reference], list(QUALITY_REFERENCES), "quality.reference")
         require(self.num_sequences >= 1, "quality.num_sequences", "must be >= 1", "e.g. 16")
         require(self.seq_tokens >= 8, "quality.seq_tokens", "must be >= 8", "e.g. 128")
         require(self.batch_size >= 1, "quality.batch_size", "must be >= 1", "e.g. 4")

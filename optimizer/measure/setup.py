@@ -6,7 +6,6 @@ energy meter, the workload's prompts and the quality text, as token ids.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -58,15 +57,24 @@ def prepare_measurement(
     quality_cfg: QualityConfig,
     cache_dir: Path,
     prompt_pool: int,
+    convert_gguf: bool = True,
 ) -> MeasurementSetup:
+    """Without `convert_gguf` (every engine the run builds reads a GGUF itself: llama.cpp, with the
+    GGUF as quality reference) a GGUF model is tokenized from its own file, never de-quantized."""
     import torch
-    from transformers import AutoTokenizer
 
     _quiet_libraries(cache_dir)
-    model = resolve_model(model_cfg, cache_dir)
-    check_context(workload_cfg, quality_cfg, _context_length(model.path))
+    model = resolve_model(model_cfg, cache_dir, convert_gguf)
+    if quality_cfg.reference == "gguf" and model.format != "gguf":
+        raise UserError(
+            "quality.reference",
+            f"is gguf, but the model is a {model.format} model, not a GGUF file",
+            "use quality.reference=fp32, or point model= at a .gguf file",
+        )
+    context = model.shape.context_length
+    check_context(workload_cfg, quality_cfg, context)
     target = detect_target(target_cfg)
-    tokenizer = AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=model.trust_remote_code)
+    tokenizer = _tokenizer(model)
     text = load_text(quality_cfg.text)
     start = sequence_start(tokenizer)  # every prompt and quality window begins like a real sequence
     prompts = token_windows(
@@ -80,7 +88,7 @@ def prepare_measurement(
         "quality.num_sequences",
         start,
     )
-    streams = _streams(workload_cfg, tokenizer, text.workload, model.path) if workload_cfg.serving else None
+    streams = _streams(workload_cfg, tokenizer, text.workload, context) if workload_cfg.serving else None
     return MeasurementSetup(
         model=model,
         target=target,
@@ -95,8 +103,17 @@ def prepare_measurement(
     )
 
 
+def _tokenizer(model: ModelSpec) -> Any:
+    """The model's tokenizer: from its Hugging Face directory, or from a GGUF file's own metadata."""
+    from transformers import AutoTokenizer
+
+    if model.path.is_file():  # a GGUF left as it is
+        return AutoTokenizer.from_pretrained(str(model.path.parent), gguf_file=model.path.name)
+    return AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=model.trust_remote_code)
+
+
 def _streams(
-    cfg: WorkloadConfig, tokenizer: Any, paragraphs: list[str], model_path: Path
+    cfg: WorkloadConfig, tokenizer: Any, paragraphs: list[str], context: int | None
 ) -> dict[float, RequestStream]:
     """The serving stream at every offered load: generated (same seed, arrivals scaled to each
     rate) or a trace, replayed at its own times (a trace has one rate: its own)."""
@@ -107,7 +124,7 @@ def _streams(
             raise UserError(
                 "workload.rates", "a trace is replayed at its own arrival times", "drop workload.rates"
             )
-        trace = read_trace(Path(cfg.trace).expanduser(), tokenizer, text, _context_length(model_path))
+        trace = read_trace(Path(cfg.trace).expanduser(), tokenizer, text, context)
         _check_steady_state(len(trace.requests), cfg)
         return {cfg.rate: trace}
     return {rate: generate_stream(cfg, text, rate) for rate in cfg.load_rates()}
@@ -145,14 +162,6 @@ def check_context(workload: WorkloadConfig, quality: QualityConfig, context: int
             f"is {quality.seq_tokens}, over the model's context of {context}",
             f"at most {context}",
         )
-
-
-def _context_length(model_path: Path) -> int | None:
-    config = model_path / "config.json"
-    if not config.is_file():
-        return None
-    value = json.loads(config.read_text()).get("max_position_embeddings")
-    return int(value) if isinstance(value, int) else None
 
 
 def _quiet_libraries(cache_dir: Path) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optimizer.config import AccountingConfig, RunConfig
+from optimizer.config import QUALITY_REFERENCES, AccountingConfig, RunConfig
 from optimizer.errors import UserError
 from optimizer.files import write_atomically
 from optimizer.measure.quality import QualityResult
@@ -103,7 +103,8 @@ def write_report(
         f"- SLO: {_slo_text(cfg)}; **goodput** counts only output tokens of requests that met it, "
         "**throughput** counts all",
         f"- quality bound: perplexity ≤ +{cfg.quality.max_ppl_increase:.1%}, top-1 agreement ≥ "
-        f"{cfg.quality.min_top1_agreement:.0%}, mean KL ≤ {cfg.quality.max_kl:g} nats, vs fp32 eager on "
+        f"{cfg.quality.min_top1_agreement:.0%}, mean KL ≤ {cfg.quality.max_kl:g} nats, "
+        f"vs {QUALITY_REFERENCES[cfg.quality.reference]} on "
         f"{cfg.quality.num_sequences}×{cfg.quality.seq_tokens} held-out tokens of `{cfg.quality.text}`",
         "",
     ]

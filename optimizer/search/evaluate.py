@@ -17,7 +17,7 @@ from optimizer.backends.artifacts import artifacts_used, served_artifact
 from optimizer.backends.base import Engine
 from optimizer.backends.parity import check_greedy_parity
 from optimizer.backends.registry import build_engine
-from optimizer.config import QualityConfig, SearchConfig, WorkloadConfig
+from optimizer.config import QUALITY_REFERENCES, QualityConfig, SearchConfig, WorkloadConfig
 from optimizer.measure.energy import EnergyMeter, meter_for_engine
 from optimizer.measure.load import measure_load
 from optimizer.measure.quality import QualityReference, QualityResult, evaluate_quality
@@ -27,7 +27,7 @@ from optimizer.measure.workload import PerformanceResult, Workload, measure_perf
 from optimizer.model import ModelSpec
 from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
 from optimizer.search.device_lock import DeviceLock
-from optimizer.space import Candidate, reference_settings
+from optimizer.space import Candidate, reference_candidate
 from optimizer.store import QUALITY_CLAIM_PREFIX, TrialStore
 from optimizer.target import TargetSpec
 
@@ -90,11 +90,9 @@ class Evaluator:
         )
 
     def reference(self) -> QualityReference:
-        """fp32 eager logits on the held-out text, computed on first use."""
+        """The reference's logits on the held-out text (`quality.reference`), computed on first use."""
         if self._reference is None:
-            # all cores on a CPU: torch's thread count is process-wide and a candidate may have lowered it
-            threads = 0 if self.target.is_cuda else self.target.cores
-            ref_candidate = Candidate(reference_settings(), batch_size=1, threads=threads)
+            ref_candidate = reference_candidate(self.quality_cfg.reference, self.target)
             with self._device(exclusive=False):
                 engine = build_engine(self.model, ref_candidate, self.target, self.workdir)
                 try:
@@ -103,7 +101,11 @@ class Evaluator:
                     )
                 finally:
                     engine.close()
-            log.info("quality reference: fp32 eager perplexity %.3f", self._reference.perplexity)
+            log.info(
+                "quality reference: %s perplexity %.3f",
+                QUALITY_REFERENCES[self.quality_cfg.reference],
+                self._reference.perplexity,
+            )
         return self._reference
 
     def _cached_quality(self, candidate: Candidate) -> QualityResult | None:

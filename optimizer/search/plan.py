@@ -9,11 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.config import RunConfig
+from optimizer.errors import UserError
 from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import estimate_coefficients
-from optimizer.measure.setup import MeasurementSetup
+from optimizer.measure.setup import MeasurementSetup, prepare_measurement
 from optimizer.search.prefilter import memory_fit_reason
-from optimizer.space import Candidate, baseline_candidate, enumerate_candidates
+from optimizer.space import (
+    Candidate,
+    baseline_candidate,
+    dequantized_model_needed,
+    enumerate_candidates,
+    exclusion_reason,
+    reference_candidate,
+)
 from optimizer.store import STORE_SCHEMA, context_key
 
 # An offline measurement depends on these workload fields only (serving fields are not read).
@@ -29,6 +37,20 @@ def prompt_pool(cfg: RunConfig) -> int:
     size, at least 16. Batches cycle through the whole pool, so its size is part of what is measured
     (the results' key hashes every row)."""
     return max([*cfg.space.batch_sizes, MIN_PROMPTS])
+
+
+def prepare_run_measurement(cfg: RunConfig, cache_dir: Path) -> MeasurementSetup:
+    """The measurement setup of a search (its coordinator's and every worker's alike): a GGUF model
+    is de-quantized only when the reference or a backend of the space needs it."""
+    return prepare_measurement(
+        cfg.model,
+        cfg.target,
+        cfg.workload,
+        cfg.quality,
+        cache_dir,
+        prompt_pool(cfg),
+        convert_gguf=dequantized_model_needed(cfg.space, cfg.quality.reference),
+    )
 
 
 def protocol(
@@ -55,14 +77,18 @@ def protocol(
 
 def quality_protocol(cfg: RunConfig, text_sha256: str) -> dict[str, Any]:
     """What a quality probe's numbers depend on beside the model and the target: the protocol's
-    version, the quality text (by content) and how it is scored."""
-    return {
+    version, the quality text (by content), how it is scored and, when it is not fp32, what it is
+    compared with (left out for fp32: stores from before the choice keep their contexts)."""
+    parts: dict[str, Any] = {
         "protocol_version": PROTOCOL_VERSION,
         "quality_text_sha256": text_sha256,
         "quality_sequences": cfg.quality.num_sequences,
         "quality_seq_tokens": cfg.quality.seq_tokens,
         "quality_batch_size": cfg.quality.batch_size,
     }
+    if cfg.quality.reference != "fp32":
+        parts["quality_reference"] = cfg.quality.reference
+    return parts
 
 
 def measured_inputs(setup: MeasurementSetup) -> dict[str, str | None]:
@@ -144,5 +170,20 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
             ),
         }
     )
-    baseline = baseline_candidate(cfg.space, setup.target)
+    baseline = baseline_candidate(cfg.space, setup.target, cfg.quality.reference)
+    if cfg.quality.reference == "gguf":
+        _check_gguf_reference_runs(setup)
     return SearchPlan(fits, pruned, excluded, baseline, context, quality_context(cfg, setup))
+
+
+def _check_gguf_reference_runs(setup: MeasurementSetup) -> None:
+    """A GGUF reference llama.cpp cannot run here (not installed, a CPU-only build on a GPU target)
+    is found now, not as the same failure of every candidate waiting for the reference."""
+    reference = reference_candidate("gguf", setup.target)
+    reason = exclusion_reason(reference, setup.target, model_format=setup.model.format)
+    if reason:
+        raise UserError(
+            "quality.reference",
+            f"is gguf, which llama.cpp cannot run here: {reason}",
+            "use quality.reference=fp32",
+        )

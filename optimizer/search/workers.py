@@ -25,10 +25,9 @@ from optimizer.errors import UserError
 from optimizer.logs import setup_logging
 from optimizer.measure.energy import measure_idle_watts
 from optimizer.measure.nvml_device import cuda_visible_devices
-from optimizer.measure.setup import prepare_measurement
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
-from optimizer.search.plan import plan_search, prompt_pool
+from optimizer.search.plan import plan_search, prepare_run_measurement
 from optimizer.search.roofline import Roofline, RooflineRates
 from optimizer.search.runner import WorkerReport, search_worker
 from optimizer.store import TrialStore
@@ -117,7 +116,7 @@ def run_worker(spec: WorkerSpec) -> WorkerReport:
     warn_if_deprioritized(spec.index)
     cfg = spec.cfg
     cache_dir = Path(cfg.cache_dir).expanduser()
-    setup = prepare_measurement(cfg.model, cfg.target, cfg.workload, cfg.quality, cache_dir, prompt_pool(cfg))
+    setup = prepare_run_measurement(cfg, cache_dir)
     if os.environ.get(RANKS_ENV) == "ray" and setup.target.is_cuda:
         # Ray shows this task its own GPU only; a layout's ranks get theirs from a placement group
         setup.target = replace(setup.target, device_count=max(ray_node_gpus() - 1, 1))

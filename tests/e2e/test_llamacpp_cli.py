@@ -149,3 +149,31 @@ def test_an_agent_stream_is_served_with_and_without_prefix_reuse(tmp_path: Path,
     cells = [c.strip() for c in row.strip("|").split("|")]
     hits, lookups = (float(x) for x in cells[7].split("/"))
     assert 0 < hits <= lookups and cells[6] != "0%"  # prompt tokens reused
+
+
+def test_a_gguf_searched_against_itself_is_never_dequantized(tmp_path: Path) -> None:
+    """`quality.reference=gguf`: the reference and the baseline are the GGUF as shipped in
+    llama.cpp, so a search and its verify run where the fp32 copy would not fit: none is written."""
+    cache = tmp_path / "cache"  # not the shared cache: an earlier test's conversion would be found there
+    args = [*SMALL[:-3], "space.llamacpp.weight_types=[gguf,Q8_0]", "space.llamacpp.kv_types=[f16]"]
+    run = tmp_path / "run"
+    proc = optimize(
+        *args, "quality.reference=gguf", f"output_dir={run}", f"store_path={tmp_path / 't.db'}", cache=cache
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "quality reference: the GGUF as shipped (llama.cpp)" in proc.stderr
+    assert "baseline llamacpp gguf b1" in proc.stderr
+    results = _results(run)
+    shipped = [r for r in results if r["candidate"]["weight_type"] == "gguf"]
+    assert shipped and all(
+        r["quality"]["mean_kl"] == 0 and r["quality"]["top1_agreement"] == 1 for r in shipped
+    )
+    requantized = [r for r in results if r["candidate"]["weight_type"] == "Q8_0" and r["quality"]]
+    assert requantized and all(r["quality"]["mean_kl"] > 0 for r in requantized)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    assert recipe["measurement"]["quality"]["reference"] == "gguf"
+    assert "vs the GGUF as shipped (llama.cpp)" in (run / "report.md").read_text()
+    verified = optimize("verify", str(run / "recipe.yaml"), "--tolerance", "0.9", cache=cache)
+    assert verified.returncode == 0, verified.stdout + verified.stderr[-3000:]
+    assert "PASSED" in verified.stdout
+    assert not (cache / "models").exists()

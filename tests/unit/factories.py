@@ -30,6 +30,7 @@ SMOLLM2_SHAPE = ModelShape(
     head_dim=64,
     vocab_size=49152,
     num_parameters=134_515_008,
+    context_length=8192,
 )
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
-from optimizer.model import check_gguf, file_sha256, read_shape, resolve_model
+from optimizer.model import check_gguf, check_room_to_dequantize, file_sha256, read_shape, resolve_model
 from unit.factories import SMOLLM2_SHAPE
 
 
@@ -56,12 +57,15 @@ def test_read_shape_defaults_kv_heads_and_head_dim(tmp_path: Path) -> None:
     )
     shape = read_shape(tmp_path)
     assert (shape.num_kv_heads, shape.head_dim, shape.num_parameters) == (6, 16, 0)
+    assert shape.context_length is None  # no max_position_embeddings: the context is not checked
 
 
 def test_read_shape_reads_a_text_config(tmp_path: Path) -> None:
     text = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 10}
-    (tmp_path / "config.json").write_text(json.dumps({"text_config": text, "vision_config": {}}))
-    assert read_shape(tmp_path).num_layers == 2
+    (tmp_path / "config.json").write_text(
+        json.dumps({"text_config": text | {"max_position_embeddings": 512}, "vision_config": {}})
+    )
+    assert (read_shape(tmp_path).num_layers, read_shape(tmp_path).context_length) == (2, 512)
 
 
 def test_a_dir_without_config_json(tmp_path: Path, cache_dir: Path) -> None:
@@ -318,3 +322,16 @@ def test_a_gguf_served_as_it_is_is_not_converted(tmp_path: Path, cache_dir: Path
     with pytest.raises(UserError) as info:
         resolve_model(ModelConfig(source=str(bare)), cache_dir, convert_gguf=False)
     assert info.value.field == "model.source" and "shape metadata" in info.value.problem
+
+
+def test_a_dequantization_this_machine_cannot_hold_is_refused_before_it_starts(tmp_path: Path) -> None:
+    """Refused with the way out (llama.cpp against the GGUF as shipped), not after minutes of
+    de-quantizing into memory that runs out."""
+    check_room_to_dequantize(tmp_path / "m.gguf", SMOLLM2_SHAPE, tmp_path / "cache")  # 0.5 GiB: fits
+    huge = replace(SMOLLM2_SHAPE, num_parameters=10**14)  # 400 TB in fp32
+    with pytest.raises(UserError) as info:
+        check_room_to_dequantize(tmp_path / "m.gguf", huge, tmp_path / "cache")
+    assert info.value.field == "model.source"
+    assert "100000.0 B parameters" in info.value.problem and "GiB of memory" in info.value.problem
+    assert "GiB are free in cache_dir" in info.value.problem
+    assert "quality.reference=gguf" in info.value.fix

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from optimizer.backends.llamacpp.settings import LlamaCppSettings
 from optimizer.config import BaselineConfig, SpaceConfig, TorchAxes
 from optimizer.errors import UserError
 from optimizer.space import (
     Candidate,
     TorchSettings,
     baseline_candidate,
+    dequantized_model_needed,
     enumerate_candidates,
     exclusion_reason,
+    reference_candidate,
     reference_settings,
 )
 
@@ -225,6 +228,36 @@ def test_baseline_candidate_uses_all_cores_on_cpu(make_target) -> None:
 def test_reference_settings_are_fp32_eager() -> None:
     ref = reference_settings()
     assert (ref.precision, ref.quantization, ref.kv_cache, ref.compile) == ("fp32", "none", "dynamic", False)
+
+
+def test_the_reference_candidate_runs_at_batch_1_on_all_cores(make_target) -> None:
+    fp32 = reference_candidate("fp32", make_target(cores=3))
+    assert (fp32.settings, fp32.batch_size, fp32.threads) == (reference_settings(), 1, 3)
+    gguf = reference_candidate("gguf", make_target(kind="cuda"))
+    assert (gguf.settings, gguf.batch_size, gguf.threads) == (LlamaCppSettings(), 1, 0)
+    assert not gguf.settings.requantized and gguf.settings.kv_type == "f16"  # the file as shipped
+
+
+def test_a_gguf_baseline_is_the_file_as_shipped_at_the_baseline_batch_size(make_target) -> None:
+    cfg = SpaceConfig(baseline=BaselineConfig(batch_size=2))
+    base = baseline_candidate(cfg, make_target(cores=3), reference="gguf")
+    assert (base.settings, base.batch_size, base.threads) == (LlamaCppSettings(), 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("reference", "backends", "extra", "needed"),
+    [
+        ("fp32", ["llamacpp"], [], True),  # the fp32 reference is the de-quantized model
+        ("gguf", ["llamacpp"], [], False),
+        ("gguf", ["llamacpp", "torch"], [], True),
+        ("gguf", ["llamacpp"], [{"batch_size": 4}], True),  # an extra candidate is torch by default
+        ("gguf", ["llamacpp"], [{"backend": "llamacpp", "batch_size": 4}], False),
+    ],
+)
+def test_a_gguf_is_dequantized_only_for_what_cannot_read_it(
+    reference: str, backends: list[str], extra: list[dict], needed: bool
+) -> None:
+    assert dequantized_model_needed(SpaceConfig(backends=backends, extra=extra), reference) is needed
 
 
 def test_enumeration_follows_the_configured_order(make_target) -> None:

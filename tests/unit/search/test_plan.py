@@ -153,6 +153,7 @@ def test_quality_rows_are_shared_by_every_measurement_of_the_same_numerics(
     assert plan.quality_context(compose_run_config(["workload=chat"]), other_prompts) == base
     assert quality("workload=chat", "quality.batch_size=2") != base
     assert quality("workload=chat", "quality.num_sequences=3") != base
+    assert quality("workload=chat", "quality.reference=gguf") != base  # compared with another model
     assert quality("workload=chat", weights="cd" * 32) != base
     assert quality("workload=chat", target=target_spec(cores=8)) != base
     # a smaller memory budget (a big GPU standing in for a small one) or another preset name
@@ -183,3 +184,47 @@ def test_a_run_under_a_smaller_memory_budget_reuses_what_the_full_one_measured(
     assert context(target_spec(memory_bytes=4 * GIB, name="stand-in")) == full
     assert context(target_spec(cores=8)) != full  # another machine measures otherwise
     assert context(target_spec(cpu_model="Other CPU")) != full
+
+
+def test_the_fp32_reference_leaves_the_quality_protocol_as_stores_before_the_choice_keyed_it() -> None:
+    fp32 = plan.quality_protocol(compose_run_config([]), TEXT)
+    assert set(fp32) == {
+        "protocol_version",
+        "quality_text_sha256",
+        "quality_sequences",
+        "quality_seq_tokens",
+        "quality_batch_size",
+    }
+    gguf = plan.quality_protocol(compose_run_config(["quality.reference=gguf"]), TEXT)
+    assert gguf == fp32 | {"quality_reference": "gguf"}
+
+
+def test_a_gguf_reference_makes_the_gguf_as_shipped_the_baseline(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([], []))
+    setup = fake_setup(tmp_path)
+    setup.meter, setup.stream = SimpleNamespace(source="estimate"), None
+    setup.model.shape, setup.model.format = None, "gguf"
+    overrides = ["workload=batch", "space=cpu-llamacpp", "space.baseline.batch_size=4"]
+    baseline = plan.plan_search(compose_run_config([*overrides, "quality.reference=gguf"]), setup).baseline
+    assert (baseline.backend, baseline.settings.label(), baseline.batch_size) == ("llamacpp", "gguf", 4)
+    assert plan.plan_search(compose_run_config(overrides), setup).baseline.backend == "torch"
+
+
+def test_a_gguf_reference_llamacpp_cannot_run_here_is_refused_before_any_candidate(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optimizer.backends import installed
+    from optimizer.errors import UserError
+
+    monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([], []))
+    monkeypatch.setattr(installed, "has_module", lambda name: name != "llama_cpp")
+    setup = fake_setup(tmp_path)
+    setup.meter, setup.stream = SimpleNamespace(source="estimate"), None
+    setup.model.shape, setup.model.format = None, "gguf"
+    cfg = compose_run_config(["workload=batch", "space=cpu-llamacpp", "quality.reference=gguf"])
+    with pytest.raises(UserError) as info:
+        plan.plan_search(cfg, setup)
+    assert info.value.field == "quality.reference" and "llama-cpp-python" in info.value.problem
+    plan.plan_search(compose_run_config(["workload=batch", "space=cpu-llamacpp"]), setup)  # fp32: torch
