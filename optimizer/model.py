@@ -21,6 +21,7 @@ from typing import Any
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
 from optimizer.model_files import ModelShape, check_gguf, check_not_lfs_pointer, file_sha256, gguf_shape
+from optimizer.target import host_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,11 @@ def check_room_to_dequantize(gguf: Path, shape: ModelShape, cache_dir: Path) -> 
     """Refuse, before minutes of work, a de-quantization this machine cannot hold: transformers
     loads the whole fp32 model into memory, and its copy in the cache is as large."""
     fp32_bytes = 4 * shape.num_parameters
-    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    memory = host_memory_bytes()
     cache_dir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(cache_dir).free
     short = []
-    if fp32_bytes > memory:
+    if memory is not None and fp32_bytes > memory:
         short.append(f"this machine has {memory / 2**30:.0f} GiB of memory")
     if fp32_bytes > free:
         short.append(f"{free / 2**30:.0f} GiB are free in cache_dir {cache_dir}")

@@ -228,8 +228,21 @@ def _detect_cpu() -> tuple[str, int, int, bool]:
             elif key.strip() == "flags" and not flags:
                 flags = set(value.split())
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    memory = _meminfo_bytes("MemTotal") or 8 * GIB
+    memory = host_memory_bytes() or 8 * GIB
     return model, cores, memory, bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def physical_memory_bytes(target: TargetSpec) -> int:
+    """The memory the target's device has, whatever budget `target.memory_gib` sets for candidates
+    (a big GPU standing in for a small one still holds what only measures, like the reference)."""
+    if target.gpu is not None:
+        return target.gpu.memory_bytes
+    return host_memory_bytes() or target.memory_bytes
+
+
+def host_memory_bytes() -> int | None:
+    """The host's total memory (MemTotal), or None where /proc/meminfo is absent."""
+    return _meminfo_bytes("MemTotal")
 
 
 def _meminfo_bytes(key: str) -> int | None:

@@ -51,7 +51,8 @@ class QualityResult:
 
 
 class QualityReference:
-    """Reference log-probabilities (float32, CPU) of the fp32 eager model on the eval tokens."""
+    """Reference log-probabilities (float32, CPU) on the eval tokens, from the engine given: the fp32
+    eager model, or the GGUF as shipped in llama.cpp (`quality.reference`)."""
 
     def __init__(self, token_ids: torch.Tensor, engine: Engine, batch_size: int) -> None:
         self.token_ids = token_ids

@@ -8,12 +8,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from optimizer.config import RunConfig
+from optimizer.config import QUALITY_REFERENCES, RunConfig
 from optimizer.errors import UserError
 from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import estimate_coefficients
 from optimizer.measure.setup import MeasurementSetup, prepare_measurement
-from optimizer.search.prefilter import memory_fit_reason
+from optimizer.search.prefilter import memory_fit_reason, reference_fit_reason
 from optimizer.space import (
     Candidate,
     baseline_candidate,
@@ -173,6 +173,7 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
     baseline = baseline_candidate(cfg.space, setup.target, cfg.quality.reference)
     if cfg.quality.reference == "gguf":
         _check_gguf_reference_runs(setup)
+    _check_reference_fits(cfg, setup)
     return SearchPlan(fits, pruned, excluded, baseline, context, quality_context(cfg, setup))
 
 
@@ -187,3 +188,25 @@ def _check_gguf_reference_runs(setup: MeasurementSetup) -> None:
             f"is gguf, which llama.cpp cannot run here: {reason}",
             "use quality.reference=fp32",
         )
+
+
+def _check_reference_fits(cfg: RunConfig, setup: MeasurementSetup) -> None:
+    """A reference the device cannot hold is found now: otherwise every candidate would wait for
+    it, and the out-of-memory killer would end each of their measuring processes in turn."""
+    shape = setup.model.shape
+    reference = reference_candidate(cfg.quality.reference, setup.target)
+    reason = reference_fit_reason(reference, shape, setup.target, cfg.workload)
+    if reason is None:
+        return
+    fix = (
+        "search the GGUF in llama.cpp against itself: space=cpu-llamacpp quality.reference=gguf"
+        if setup.model.format == "gguf" and cfg.quality.reference != "gguf"
+        else "measure on a machine with more memory (a GGUF of the model can be searched in llama.cpp "
+        "against itself: quality.reference=gguf)"
+    )
+    raise UserError(
+        "quality.reference",
+        f"the {QUALITY_REFERENCES[cfg.quality.reference]} reference of this "
+        f"{shape.num_parameters / 1e9:.1f} B-parameter model {reason}",
+        fix,
+    )

@@ -18,7 +18,7 @@ from optimizer.backends.registry import spec_for
 from optimizer.config import WorkloadConfig
 from optimizer.model import ModelShape
 from optimizer.space import Candidate
-from optimizer.target import GIB, TargetSpec
+from optimizer.target import GIB, TargetSpec, physical_memory_bytes
 
 RUNTIME_OVERHEAD_BYTES = GIB // 2  # allocator slack, CUDA context, framework buffers
 USABLE_FRACTION = 0.9
@@ -79,3 +79,16 @@ def unlocking_degree(
         if estimate_memory_bytes(sharded, shape, workload) <= target.memory_bytes * USABLE_FRACTION:
             return degree
     return None
+
+
+def reference_fit_reason(
+    reference: Candidate, shape: ModelShape, target: TargetSpec, workload: WorkloadConfig
+) -> str | None:
+    """Why the quality reference cannot fit the target's device, or None when it fits. Against the
+    device's memory, not the candidates' budget: the reference is measured with, never deployed."""
+    need = estimate_memory_bytes(reference, shape, workload)
+    usable = physical_memory_bytes(target) * USABLE_FRACTION
+    if need <= usable:
+        return None
+    where = "GPU memory" if target.is_cuda else "memory"
+    return f"needs ~{need / GIB:.1f} GiB > {usable / GIB:.1f} GiB usable of this machine's {where}"

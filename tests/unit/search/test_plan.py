@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,10 +11,11 @@ import torch
 
 from optimizer import measure
 from optimizer.config import compose_run_config
+from optimizer.errors import UserError
 from optimizer.search import plan
 from optimizer.store import context_key
 from optimizer.target import GIB
-from unit.factories import target_spec
+from unit.factories import SMOLLM2_SHAPE, target_spec
 
 TEXT = "cd" * 32
 
@@ -108,6 +110,14 @@ def fake_setup(folder, prompts: int = 16, trust_remote_code: bool = False, **mod
     )
 
 
+def planned_setup(setup: Any, model_format: str) -> Any:
+    """A fake setup with what plan_search reads beside it: the meter's source, the stream, the
+    model's shape (SmolLM2's) and format."""
+    setup.meter, setup.stream = SimpleNamespace(source="estimate"), None
+    setup.model.shape, setup.model.format = SMOLLM2_SHAPE, model_format
+    return setup
+
+
 def test_trusted_remote_code_keys_the_results(tmp_path) -> None:
     """With trust_remote_code the model's own modelling files run: an edit changes the numbers.
     Without it they never run, and the key is what it was (existing stores stay valid)."""
@@ -175,9 +185,7 @@ def test_a_run_under_a_smaller_memory_budget_reuses_what_the_full_one_measured(
     monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([], []))  # the context, not the space
 
     def context(target: Any) -> str:
-        setup = fake_setup(tmp_path, target=target)
-        setup.meter, setup.stream = SimpleNamespace(source="estimate"), None
-        setup.model.shape, setup.model.format = None, "hf-dir"
+        setup = planned_setup(fake_setup(tmp_path, target=target), "hf-dir")
         return plan.plan_search(compose_run_config(["workload=batch"]), setup).context
 
     full = context(target_spec())
@@ -203,9 +211,7 @@ def test_a_gguf_reference_makes_the_gguf_as_shipped_the_baseline(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([], []))
-    setup = fake_setup(tmp_path)
-    setup.meter, setup.stream = SimpleNamespace(source="estimate"), None
-    setup.model.shape, setup.model.format = None, "gguf"
+    setup = planned_setup(fake_setup(tmp_path), "gguf")
     overrides = ["workload=batch", "space=cpu-llamacpp", "space.baseline.batch_size=4"]
     baseline = plan.plan_search(compose_run_config([*overrides, "quality.reference=gguf"]), setup).baseline
     assert (baseline.backend, baseline.settings.label(), baseline.batch_size) == ("llamacpp", "gguf", 4)
@@ -216,15 +222,30 @@ def test_a_gguf_reference_llamacpp_cannot_run_here_is_refused_before_any_candida
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from optimizer.backends import installed
-    from optimizer.errors import UserError
 
     monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([], []))
     monkeypatch.setattr(installed, "has_module", lambda name: name != "llama_cpp")
-    setup = fake_setup(tmp_path)
-    setup.meter, setup.stream = SimpleNamespace(source="estimate"), None
-    setup.model.shape, setup.model.format = None, "gguf"
+    setup = planned_setup(fake_setup(tmp_path), "gguf")
     cfg = compose_run_config(["workload=batch", "space=cpu-llamacpp", "quality.reference=gguf"])
     with pytest.raises(UserError) as info:
         plan.plan_search(cfg, setup)
     assert info.value.field == "quality.reference" and "llama-cpp-python" in info.value.problem
     plan.plan_search(compose_run_config(["workload=batch", "space=cpu-llamacpp"]), setup)  # fp32: torch
+
+
+def test_a_reference_the_device_cannot_hold_is_refused_before_any_candidate(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against the device's memory, not the candidates' budget: a big GPU standing in for a small
+    one (target.memory_gib) still holds the reference."""
+    monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([], []))
+    big = planned_setup(fake_setup(tmp_path), "gguf")
+    big.model.shape = replace(SMOLLM2_SHAPE, num_parameters=10**14)  # 400 TB in fp32
+    with pytest.raises(UserError) as info:
+        plan.plan_search(compose_run_config(["workload=batch"]), big)
+    assert info.value.field == "quality.reference"
+    assert "fp32 eager reference of this 100000.0 B-parameter model needs" in info.value.problem
+    assert "quality.reference=gguf" in info.value.fix
+    gpu = target_spec(kind="cuda", memory_bytes=1 * GIB)  # a 1 GiB budget on an 80 GB GPU
+    stand_in = planned_setup(fake_setup(tmp_path, target=gpu), "hf-dir")
+    plan.plan_search(compose_run_config(["workload=batch"]), stand_in)  # SmolLM2's 0.5 GB fp32 fits
