@@ -64,8 +64,9 @@ class ModelSpec:
 
 def resolve_model(cfg: ModelConfig, cache_dir: Path, convert_gguf: bool = True) -> ModelSpec:
     """Turn `model.source` into a ModelSpec, converting GGUF once into the cache. Without
-    `convert_gguf` (an engine that serves the GGUF itself: llama.cpp) a GGUF that was never
-    converted is left as it is: de-quantizing an 8B file writes tens of GB nothing would read."""
+    `convert_gguf` (engines that read the GGUF themselves: llama.cpp) a GGUF is left as it is, even
+    when a conversion is cached, so that what is measured has one identity (store contexts hash a
+    directory's config.json): de-quantizing an 8B file writes tens of GB nothing would read."""
     source = cfg.source.strip()
     if source in PACKAGED_MODELS:
         gguf_path, name = _packaged_gguf(source)
@@ -120,20 +121,21 @@ def _from_gguf(
     gguf: Path, source: str, name: str, cfg: ModelConfig, cache_dir: Path, convert: bool = True
 ) -> ModelSpec:
     digest = file_sha256(gguf, cache_dir)
+    if not convert:  # the file even when a conversion is cached: one model identity either way
+        reader = check_gguf(gguf)
+        return ModelSpec(
+            name=name,
+            source=source,
+            path=gguf,  # no Hugging Face directory: only an engine that reads the GGUF can load it
+            format="gguf",
+            weight_sha256=digest,
+            trust_remote_code=cfg.trust_remote_code,
+            revision=cfg.revision,
+            shape=gguf_shape(gguf, reader),
+        )
     converted = cache_dir / "models" / f"gguf-{digest[:16]}"
     if not (converted / "config.json").is_file():
         reader = check_gguf(gguf)
-        if not convert:
-            return ModelSpec(
-                name=name,
-                source=source,
-                path=gguf,  # no Hugging Face directory: only an engine that reads the GGUF can load it
-                format="gguf",
-                weight_sha256=digest,
-                trust_remote_code=cfg.trust_remote_code,
-                revision=cfg.revision,
-                shape=gguf_shape(gguf, reader),
-            )
         check_room_to_dequantize(gguf, gguf_shape(gguf, reader), cache_dir)
         _convert_gguf(gguf, converted)
     return _spec_for_dir(converted, source, name, "gguf", cfg, cache_dir, weight_sha256=digest)

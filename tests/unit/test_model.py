@@ -318,6 +318,10 @@ def test_a_gguf_served_as_it_is_is_not_converted(tmp_path: Path, cache_dir: Path
     assert not (cache_dir / "models").exists()
     assert spec.shape == SMOLLM2_SHAPE  # SmolLM2-135M's config; the count a conversion gives
     assert spec.weight_sha256 == file_sha256(spec.path)
+    # a conversion cached by an fp32 search is not used: the same file, the same identity
+    (cache_dir / "models" / f"gguf-{spec.weight_sha256[:16]}").mkdir(parents=True)
+    (cache_dir / "models" / f"gguf-{spec.weight_sha256[:16]}" / "config.json").write_text("{}")
+    assert resolve_model(ModelConfig(source="smollm2"), cache_dir, convert_gguf=False) == spec
     bare = _tiny_gguf(tmp_path / "bare.gguf")  # tensors without the architecture's shape keys
     with pytest.raises(UserError) as info:
         resolve_model(ModelConfig(source=str(bare)), cache_dir, convert_gguf=False)
