@@ -358,7 +358,7 @@ def load_recipe(
 
     recipe = read_recipe(path)
     cache = cache_dir or default_cache_dir()
-    convert = not serves_gguf(recipe.candidate.settings)
+    convert = not serves_gguf(recipe.candidate.backend)
     model = resolve_model(model_config_for(recipe, model_source), cache, convert_gguf=convert)
     check_weights(recipe, model.weight_sha256)
     target = detect_target(recipe.target)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from functools import cache
 from typing import Any, get_type_hints
 
 from optimizer.backends.base import ModelRules
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
-from optimizer.backends.registry import SPECS_BY_NAME, BackendSettings, spec_for
+from optimizer.backends.registry import SPECS_BY_NAME, BackendSettings, serves_gguf, spec_for
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.config import SpaceConfig
 from optimizer.errors import UserError
@@ -28,6 +28,7 @@ from optimizer.model import ModelShape
 from optimizer.target import TargetSpec
 
 LAYOUT_FIELDS = ("replicas", "tensor_parallel")
+EXTRA_BACKEND = "torch"  # an extra candidate's backend when it names none
 # A candidate's counts and their least valid value (threads 0: the library's default count).
 COUNT_FIELDS = {"batch_size": 1, "threads": 0, "replicas": 1, "tensor_parallel": 1}
 
@@ -140,11 +141,10 @@ def baseline_candidate(space: SpaceConfig, target: TargetSpec, reference: str = 
     """The careless deployment gains are reported against: `space.baseline` in torch, or with a
     GGUF reference (`quality.reference=gguf`) the GGUF as shipped at the baseline's batch size."""
     base = space.baseline
-    threads = target.cores if not target.is_cuda else 0
     if reference == "gguf":
-        return Candidate(LlamaCppSettings(), batch_size=base.batch_size, threads=threads)
+        return Candidate(LlamaCppSettings(), batch_size=base.batch_size, threads=_all_cores(target))
     settings = TorchSettings(precision=base.precision, quantization=base.quantization, kv_cache=base.kv_cache)
-    return Candidate(settings, batch_size=base.batch_size, threads=threads)
+    return Candidate(settings, batch_size=base.batch_size, threads=_all_cores(target))
 
 
 def reference_settings() -> TorchSettings:
@@ -155,19 +155,25 @@ def reference_settings() -> TorchSettings:
 def reference_candidate(reference: str, target: TargetSpec) -> Candidate:
     """The quality reference at batch 1 on all cores (torch's thread count is process-wide and a
     candidate may have lowered it): fp32 eager, or a GGUF as shipped in llama.cpp (f16 KV cache)."""
-    threads = 0 if target.is_cuda else target.cores
     settings = LlamaCppSettings() if reference == "gguf" else reference_settings()
-    return Candidate(settings, batch_size=1, threads=threads)
+    return Candidate(settings, batch_size=1, threads=_all_cores(target))
 
 
-def dequantized_model_needed(space: SpaceConfig, reference: str) -> bool:
-    """Whether a GGUF model must be de-quantized into a Hugging Face directory for this search: for
-    the fp32 reference, or for a backend of the space (or of its extra candidates) that cannot load
-    the GGUF itself. Only llama.cpp with a GGUF reference reads the file as shipped."""
-    if reference != "gguf":
-        return True
-    names = {*space.backends, *(str(extra.get("backend", "torch")) for extra in space.extra)}
-    return not all(getattr(SPECS_BY_NAME.get(name), "serves_gguf", False) for name in names)
+def _all_cores(target: TargetSpec) -> int:
+    """Threads for every core of a CPU target; 0 (the library's default) on a GPU."""
+    return 0 if target.is_cuda else target.cores
+
+
+def dequantized_model_needed(backends: Iterable[str], reference: str) -> bool:
+    """Whether a GGUF model must be de-quantized into a Hugging Face directory to measure these
+    backends: for the fp32 reference, or for a backend that cannot load the GGUF itself. Only
+    llama.cpp with a GGUF reference reads the file as shipped."""
+    return reference != "gguf" or not all(serves_gguf(name) for name in backends)
+
+
+def searched_backends(space: SpaceConfig) -> set[str]:
+    """The backends a space's candidates use: its axes' and its extra candidates'."""
+    return {*space.backends, *(str(extra.get("backend", EXTRA_BACKEND)) for extra in space.extra)}
 
 
 def enumerate_candidates(
@@ -200,7 +206,7 @@ def enumerate_candidates(
 def _extra_candidate(
     item: dict[str, Any], index: int, target: TargetSpec, shape: ModelShape | None
 ) -> Candidate:
-    values = {"backend": "torch", "threads": 0, **item}
+    values = {"backend": EXTRA_BACKEND, "threads": 0, **item}
     processes = int(values.get("replicas", 1)) * int(values.get("tensor_parallel", 1))
     if not target.is_cuda and not values["threads"]:
         values["threads"] = max(target.cores // max(processes, 1), 1)

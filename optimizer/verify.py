@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optimizer.backends.registry import serves_gguf
 from optimizer.config import SloConfig
 from optimizer.errors import UserError
 from optimizer.measure import PROTOCOL_VERSION
@@ -20,7 +19,7 @@ from optimizer.recipe import check_weights, default_cache_dir, model_config_for,
 from optimizer.recipe_checks import artifact_change
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
-from optimizer.space import exclusion_reason
+from optimizer.space import dequantized_model_needed, exclusion_reason
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +91,7 @@ def verify_recipe(
             recipe.quality,
             cache,
             max(cand.batch_size, 16),
-            # a GGUF reference and a llama.cpp recipe: the GGUF is never de-quantized
-            recipe.quality.reference == "fp32" or not serves_gguf(cand.settings),
+            dequantized_model_needed([cand.backend], recipe.quality.reference),
         )
     check_weights(recipe, setup.model.weight_sha256)
     recorded_target = recipe.data["target"]

@@ -57,10 +57,10 @@ def spec_for(settings: BackendSettings) -> BackendSpec[Any]:
     return spec
 
 
-def serves_gguf(settings: BackendSettings) -> bool:
-    """Whether these settings' engine loads a GGUF model's file itself (llama.cpp), so that the
+def serves_gguf(backend: str) -> bool:
+    """Whether the backend's engine loads a GGUF model's file itself (llama.cpp), so that the
     model needs no Hugging Face conversion to be served."""
-    return bool(getattr(spec_for(settings), "serves_gguf", False))
+    return bool(getattr(SPECS_BY_NAME.get(backend), "serves_gguf", False))
 
 
 def build_engine(model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> Engine:

@@ -21,6 +21,7 @@ from optimizer.space import (
     enumerate_candidates,
     exclusion_reason,
     reference_candidate,
+    searched_backends,
 )
 from optimizer.store import STORE_SCHEMA, context_key
 
@@ -49,7 +50,7 @@ def prepare_run_measurement(cfg: RunConfig, cache_dir: Path) -> MeasurementSetup
         cfg.quality,
         cache_dir,
         prompt_pool(cfg),
-        convert_gguf=dequantized_model_needed(cfg.space, cfg.quality.reference),
+        convert_gguf=dequantized_model_needed(searched_backends(cfg.space), cfg.quality.reference),
     )
 
 
@@ -171,16 +172,16 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
         }
     )
     baseline = baseline_candidate(cfg.space, setup.target, cfg.quality.reference)
+    reference = reference_candidate(cfg.quality.reference, setup.target)
     if cfg.quality.reference == "gguf":
-        _check_gguf_reference_runs(setup)
-    _check_reference_fits(cfg, setup)
+        _check_gguf_reference_runs(reference, setup)
+    _check_reference_fits(reference, cfg, setup)
     return SearchPlan(fits, pruned, excluded, baseline, context, quality_context(cfg, setup))
 
 
-def _check_gguf_reference_runs(setup: MeasurementSetup) -> None:
+def _check_gguf_reference_runs(reference: Candidate, setup: MeasurementSetup) -> None:
     """A GGUF reference llama.cpp cannot run here (not installed, a CPU-only build on a GPU target)
     is found now, not as the same failure of every candidate waiting for the reference."""
-    reference = reference_candidate("gguf", setup.target)
     reason = exclusion_reason(reference, setup.target, model_format=setup.model.format)
     if reason:
         raise UserError(
@@ -190,11 +191,10 @@ def _check_gguf_reference_runs(setup: MeasurementSetup) -> None:
         )
 
 
-def _check_reference_fits(cfg: RunConfig, setup: MeasurementSetup) -> None:
+def _check_reference_fits(reference: Candidate, cfg: RunConfig, setup: MeasurementSetup) -> None:
     """A reference the device cannot hold is found now: otherwise every candidate would wait for
     it, and the out-of-memory killer would end each of their measuring processes in turn."""
     shape = setup.model.shape
-    reference = reference_candidate(cfg.quality.reference, setup.target)
     reason = reference_fit_reason(reference, shape, setup.target, cfg.workload)
     if reason is None:
         return

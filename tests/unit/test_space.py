@@ -16,6 +16,7 @@ from optimizer.space import (
     exclusion_reason,
     reference_candidate,
     reference_settings,
+    searched_backends,
 )
 
 
@@ -257,7 +258,8 @@ def test_a_gguf_baseline_is_the_file_as_shipped_at_the_baseline_batch_size(make_
 def test_a_gguf_is_dequantized_only_for_what_cannot_read_it(
     reference: str, backends: list[str], extra: list[dict], needed: bool
 ) -> None:
-    assert dequantized_model_needed(SpaceConfig(backends=backends, extra=extra), reference) is needed
+    space = SpaceConfig(backends=backends, extra=extra)
+    assert dequantized_model_needed(searched_backends(space), reference) is needed
 
 
 def test_enumeration_follows_the_configured_order(make_target) -> None:
