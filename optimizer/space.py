@@ -138,24 +138,29 @@ def _digest(data: dict[str, Any]) -> str:
 
 
 def baseline_candidate(space: SpaceConfig, target: TargetSpec, reference: str = "fp32") -> Candidate:
-    """The careless deployment gains are reported against: `space.baseline` in torch, or with a
-    GGUF reference (`quality.reference=gguf`) the GGUF as shipped at the baseline's batch size."""
+    """The careless deployment gains are reported against: `space.baseline` in torch, in the
+    reference's precision when that is bf16 or fp16 (an fp32 baseline would need the very memory
+    such a reference saves), or with a GGUF reference (`quality.reference=gguf`) the GGUF as
+    shipped at the baseline's batch size."""
     base = space.baseline
     if reference == "gguf":
         return Candidate(LlamaCppSettings(), batch_size=base.batch_size, threads=_all_cores(target))
-    settings = TorchSettings(precision=base.precision, quantization=base.quantization, kv_cache=base.kv_cache)
+    precision = base.precision if reference == "fp32" else reference
+    settings = TorchSettings(precision=precision, quantization=base.quantization, kv_cache=base.kv_cache)
     return Candidate(settings, batch_size=base.batch_size, threads=_all_cores(target))
 
 
-def reference_settings() -> TorchSettings:
-    """Quality reference: the unoptimized model, fp32 eager, plain KV cache."""
-    return TorchSettings(precision="fp32", quantization="none", kv_cache="dynamic", attention="sdpa")
+def reference_settings(precision: str = "fp32") -> TorchSettings:
+    """Quality reference: the unoptimized model, eager in `precision` (fp32 unless the checkpoint's
+    own half precision was asked for), plain KV cache."""
+    return TorchSettings(precision=precision, quantization="none", kv_cache="dynamic", attention="sdpa")
 
 
 def reference_candidate(reference: str, target: TargetSpec) -> Candidate:
     """The quality reference at batch 1 on all cores (torch's thread count is process-wide and a
-    candidate may have lowered it): fp32 eager, or a GGUF as shipped in llama.cpp (f16 KV cache)."""
-    settings = LlamaCppSettings() if reference == "gguf" else reference_settings()
+    candidate may have lowered it): torch eager in a precision, or a GGUF as shipped in llama.cpp
+    (f16 KV cache)."""
+    settings = LlamaCppSettings() if reference == "gguf" else reference_settings(reference)
     return Candidate(settings, batch_size=1, threads=_all_cores(target))
 
 

@@ -6,9 +6,16 @@ from dataclasses import dataclass
 
 from optimizer.config.checks import require, require_subset
 
-# What candidates are compared with, and how reports name it: the model de-quantized to fp32 and
-# run eagerly by torch, or a GGUF model's file as shipped, run by llama.cpp (no de-quantized copy).
-QUALITY_REFERENCES = {"fp32": "fp32 eager", "gguf": "the GGUF as shipped (llama.cpp)"}
+# What candidates are compared with, and how reports name it: the model run eagerly by torch in a
+# precision (fp32, the default, de-quantizes a GGUF; bf16 and fp16 hold half as much, for a
+# checkpoint shipped in that precision whose fp32 copy would not fit), or a GGUF model's file as
+# shipped, run by llama.cpp (no de-quantized copy).
+QUALITY_REFERENCES = {
+    "fp32": "fp32 eager",
+    "bf16": "bf16 eager",
+    "fp16": "fp16 eager",
+    "gguf": "the GGUF as shipped (llama.cpp)",
+}
 
 
 @dataclass
@@ -16,8 +23,10 @@ class QualityConfig:
     """Quality bound relative to the unoptimized reference on held-out text.
 
     `reference` is `fp32` (the model in fp32, torch eager: a GGUF is de-quantized into the cache
-    first) or `gguf` (a GGUF model's own file as shipped, run by llama.cpp at batch 1: for a model
-    whose fp32 copy would not fit; the baseline is then that file at the baseline's batch size).
+    first), `bf16` or `fp16` (torch eager in that precision: for a checkpoint shipped in it whose
+    fp32 copy would not fit; the baseline then runs in that precision too), or `gguf` (a GGUF
+    model's own file as shipped, run by llama.cpp at batch 1: for a GGUF whose fp32 copy would not
+    fit; the baseline is then that file at the baseline's batch size).
 
     `text` is `wiki` (the packaged Wikipedia lead paragraphs) or a path to a `.txt` (paragraphs
     separated by blank lines), `.json` or `.jsonl` file. Workload prompts come from the same text;

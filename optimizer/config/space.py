@@ -205,7 +205,9 @@ class LlamaCppAxes:
 
 @dataclass
 class BaselineConfig:
-    """The careless default that gains are reported against (HF eager, batch 1)."""
+    """The careless default that gains are reported against (HF eager, batch 1). Its precision
+    becomes the reference's when `quality.reference` is bf16 or fp16; with a GGUF reference it is
+    the GGUF as shipped in llama.cpp, at this batch size."""
 
     precision: str = "fp32"
     quantization: str = "none"

@@ -173,20 +173,20 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
     )
     baseline = baseline_candidate(cfg.space, setup.target, cfg.quality.reference)
     reference = reference_candidate(cfg.quality.reference, setup.target)
-    if cfg.quality.reference == "gguf":
-        _check_gguf_reference_runs(reference, setup)
+    _check_reference_runs(reference, cfg, setup)
     _check_reference_fits(reference, cfg, setup)
     return SearchPlan(fits, pruned, excluded, baseline, context, quality_context(cfg, setup))
 
 
-def _check_gguf_reference_runs(reference: Candidate, setup: MeasurementSetup) -> None:
-    """A GGUF reference llama.cpp cannot run here (not installed, a CPU-only build on a GPU target)
-    is found now, not as the same failure of every candidate waiting for the reference."""
+def _check_reference_runs(reference: Candidate, cfg: RunConfig, setup: MeasurementSetup) -> None:
+    """A reference the target cannot run (a GGUF without llama.cpp, or a CPU-only llama.cpp build on
+    a GPU target; bf16 or fp16 without the target's support) is found now, not as the same failure
+    of every candidate waiting for the reference."""
     reason = exclusion_reason(reference, setup.target, model_format=setup.model.format)
     if reason:
         raise UserError(
             "quality.reference",
-            f"is gguf, which llama.cpp cannot run here: {reason}",
+            f"is {cfg.quality.reference}, which cannot run here: {reason}",
             "use quality.reference=fp32",
         )
 
@@ -198,15 +198,27 @@ def _check_reference_fits(reference: Candidate, cfg: RunConfig, setup: Measureme
     reason = reference_fit_reason(reference, shape, setup.target, cfg.workload)
     if reason is None:
         return
-    fix = (
-        "search the GGUF in llama.cpp against itself: space=cpu-llamacpp quality.reference=gguf"
-        if setup.model.format == "gguf" and cfg.quality.reference != "gguf"
-        else "measure on a machine with more memory (a GGUF of the model can be searched in llama.cpp "
-        "against itself: quality.reference=gguf)"
-    )
     raise UserError(
         "quality.reference",
         f"the {QUALITY_REFERENCES[cfg.quality.reference]} reference of this "
         f"{shape.num_parameters / 1e9:.1f} B-parameter model {reason}",
-        fix,
+        _smaller_reference(cfg, setup),
+    )
+
+
+def _smaller_reference(cfg: RunConfig, setup: MeasurementSetup) -> str:
+    """The way out of a reference too large for the device: a GGUF searched in llama.cpp against
+    itself, a checkpoint compared with itself in bf16 where that fits, else another machine."""
+    if setup.model.format == "gguf" and cfg.quality.reference != "gguf":
+        return "search the GGUF in llama.cpp against itself: space=cpu-llamacpp quality.reference=gguf"
+    half = reference_candidate("bf16", setup.target)
+    if (
+        cfg.quality.reference == "fp32"
+        and exclusion_reason(half, setup.target) is None
+        and reference_fit_reason(half, setup.model.shape, setup.target, cfg.workload) is None
+    ):
+        return "compare with the checkpoint in bf16, half of fp32's memory: quality.reference=bf16"
+    return (
+        "measure on a machine with more memory (a GGUF of the model can be searched in llama.cpp "
+        "against itself: quality.reference=gguf)"
     )

@@ -102,7 +102,7 @@ def test_group_options_lists_presets() -> None:
         ("workload.repeats=abc", "workload.repeats"),
         ("workload.repeats=0", "workload.repeats"),
         ("quality.max_kl=-1", "quality.max_kl"),
-        ("quality.reference=bf16", "quality.reference"),
+        ("quality.reference=int8", "quality.reference"),
         ("space.torch.precisions=[fp64]", "space.torch.precisions"),
         ("space.batch_sizes=[0]", "space.batch_sizes"),
         ("target.kind=gpu", "target.kind"),

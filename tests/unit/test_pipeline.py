@@ -150,6 +150,31 @@ def test_second_identical_run_reuses_every_candidate(first: RunResult, run) -> N
     assert (root / "second" / "recipe.yaml").is_file()
 
 
+def test_a_bf16_reference_judges_every_candidate_against_the_checkpoint_in_bf16(
+    first: RunResult, run
+) -> None:
+    """quality.reference=bf16 (a checkpoint judged against itself as shipped): a bf16 candidate has
+    exactly the reference's numerics, an fp32 one differs from it, the baseline runs in bf16, and
+    the recipe and the report name the reference."""
+    root, optimize = run
+    fp32_and_bf16 = "space.extra=[{batch_size:2,precision:fp32},{batch_size:2,precision:bf16}]"
+    result = optimize("bf16-reference", "quality.reference=bf16", fp32_and_bf16)
+    assert result.baseline.candidate.settings.precision == "bf16"
+    by_precision: dict[str, list] = {"fp32": [], "bf16": []}
+    for r in result.results:
+        assert r.quality is not None and not r.reused  # the quality rows of another reference
+        by_precision[r.candidate.settings.precision].append(r.quality)
+    # the baseline, two torch-cb batch sizes and the bf16 extra; the fp32 extra
+    assert (len(by_precision["bf16"]), len(by_precision["fp32"])) == (4, 1)
+    for same in by_precision["bf16"]:
+        assert (same.ppl_increase, same.top1_agreement, same.mean_kl) == (0.0, 1.0, 0.0)
+    assert all(other.mean_kl > 0 for other in by_precision["fp32"])
+    assert result.recipe_path is not None
+    recipe = yaml.safe_load(result.recipe_path.read_text())
+    assert recipe["measurement"]["quality"]["reference"] == "bf16"
+    assert "vs bf16 eager" in (root / "bf16-reference" / "report.md").read_text()
+
+
 def results_of(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 

@@ -239,6 +239,23 @@ def test_the_reference_candidate_runs_at_batch_1_on_all_cores(make_target) -> No
     assert not gguf.settings.requantized and gguf.settings.kv_type == "f16"  # the file as shipped
 
 
+@pytest.mark.parametrize("half", ["bf16", "fp16"])
+def test_a_half_precision_reference_is_the_checkpoint_in_it_and_so_is_the_baseline(make_target, half) -> None:
+    ref = reference_candidate(half, make_target(cores=3))
+    assert (ref.settings, ref.batch_size, ref.threads) == (reference_settings(half), 1, 3)
+    assert (ref.settings.precision, ref.settings.quantization, ref.settings.kv_cache) == (
+        half,
+        "none",
+        "dynamic",
+    )
+    cfg = SpaceConfig(baseline=BaselineConfig(batch_size=2, kv_cache="static"))
+    base = baseline_candidate(cfg, make_target(cores=3), reference=half)
+    assert (base.settings.precision, base.settings.kv_cache, base.batch_size) == (half, "static", 2)
+    # with the fp32 reference the baseline is space.baseline as configured, whatever its precision
+    cfg.baseline.precision = "bf16"
+    assert baseline_candidate(cfg, make_target(), reference="fp32").settings.precision == "bf16"
+
+
 def test_a_gguf_baseline_is_the_file_as_shipped_at_the_baseline_batch_size(make_target) -> None:
     cfg = SpaceConfig(baseline=BaselineConfig(batch_size=2))
     base = baseline_candidate(cfg, make_target(cores=3), reference="gguf")
@@ -249,6 +266,7 @@ def test_a_gguf_baseline_is_the_file_as_shipped_at_the_baseline_batch_size(make_
     ("reference", "backends", "extra", "needed"),
     [
         ("fp32", ["llamacpp"], [], True),  # the fp32 reference is the de-quantized model
+        ("bf16", ["llamacpp"], [], True),  # and so is a bf16 one
         ("gguf", ["llamacpp"], [], False),
         ("gguf", ["llamacpp", "torch"], [], True),
         ("gguf", ["llamacpp"], [{"batch_size": 4}], True),  # an extra candidate is torch by default

@@ -203,8 +203,9 @@ def test_the_fp32_reference_leaves_the_quality_protocol_as_stores_before_the_cho
         "quality_seq_tokens",
         "quality_batch_size",
     }
-    gguf = plan.quality_protocol(compose_run_config(["quality.reference=gguf"]), TEXT)
-    assert gguf == fp32 | {"quality_reference": "gguf"}
+    for reference in ("gguf", "bf16"):
+        other = plan.quality_protocol(compose_run_config([f"quality.reference={reference}"]), TEXT)
+        assert other == fp32 | {"quality_reference": reference}
 
 
 def test_a_gguf_reference_makes_the_gguf_as_shipped_the_baseline(
@@ -233,6 +234,22 @@ def test_a_gguf_reference_llamacpp_cannot_run_here_is_refused_before_any_candida
     plan.plan_search(compose_run_config(["workload=batch", "space=cpu-llamacpp"]), setup)  # fp32: torch
 
 
+def test_a_half_precision_reference_the_target_cannot_run_is_refused(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([], []))
+    old_cpu = planned_setup(fake_setup(tmp_path, target=target_spec(bf16=False)), "hf-dir")
+    with pytest.raises(UserError) as info:
+        plan.plan_search(compose_run_config(["workload=batch", "quality.reference=bf16"]), old_cpu)
+    assert info.value.field == "quality.reference" and "no native bf16" in info.value.problem
+    assert "quality.reference=fp32" in info.value.fix
+    bf16 = plan.plan_search(
+        compose_run_config(["workload=batch", "quality.reference=bf16"]),
+        planned_setup(fake_setup(tmp_path), "hf-dir"),
+    )
+    assert (bf16.baseline.backend, bf16.baseline.settings.precision) == ("torch", "bf16")
+
+
 def test_a_reference_the_device_cannot_hold_is_refused_before_any_candidate(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -246,6 +263,26 @@ def test_a_reference_the_device_cannot_hold_is_refused_before_any_candidate(
     assert info.value.field == "quality.reference"
     assert "fp32 eager reference of this 100000.0 B-parameter model needs" in info.value.problem
     assert "quality.reference=gguf" in info.value.fix
+    hf_dir = planned_setup(fake_setup(tmp_path), "hf-dir")
+    hf_dir.model.shape = big.model.shape
+    with pytest.raises(UserError) as info:
+        plan.plan_search(compose_run_config(["workload=batch"]), hf_dir)
+    assert "machine with more memory" in info.value.fix  # not even its bf16 copy fits
     gpu = target_spec(kind="cuda", memory_bytes=1 * GIB)  # a 1 GiB budget on an 80 GB GPU
     stand_in = planned_setup(fake_setup(tmp_path, target=gpu), "hf-dir")
     plan.plan_search(compose_run_config(["workload=batch"]), stand_in)  # SmolLM2's 0.5 GB fp32 fits
+
+
+def test_a_checkpoint_whose_fp32_copy_cannot_fit_is_pointed_to_its_bf16_reference(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """25 B parameters on an 80 GB GPU: 100 GB in fp32, 50 GB in bf16."""
+    monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([], []))
+    setup = planned_setup(fake_setup(tmp_path, target=target_spec(kind="cuda")), "hf-dir")
+    setup.model.shape = replace(SMOLLM2_SHAPE, num_parameters=25 * 10**9)
+    with pytest.raises(UserError) as info:
+        plan.plan_search(compose_run_config(["workload=batch"]), setup)
+    assert "fp32 eager reference of this 25.0 B-parameter model needs" in info.value.problem
+    assert info.value.fix.endswith("quality.reference=bf16")
+    planned = plan.plan_search(compose_run_config(["workload=batch", "quality.reference=bf16"]), setup)
+    assert planned.baseline.settings.precision == "bf16"  # an fp32 baseline would not fit either
