@@ -2,9 +2,9 @@
 
 Phase 1 searches a space with several backends (`optimize`, resumable through its store) and
 takes the best feasible candidate of each backend. Phase 2 re-measures those winners and the
-default (HF eager, fp32, batch 1, all cores) in this one process, interleaved round by round
-(D A B C, D A B C, ...) so that machine drift hits all alike, and prints tokens/J, tokens/s,
-quality and the ratios to the default. The torch row's ratio is the torch-only gain; the best
+default (HF eager in the checkpoint's dtype, batch 1, all cores) in this one process, interleaved
+round by round (D A B C, D A B C, ...) so that machine drift hits all alike, and prints tokens/J,
+tokens/s, quality and the ratios to the default. The torch row's ratio is the torch-only gain; the best
 row's ratio is the gain with ONNX Runtime and llama.cpp in the space. With llama.cpp installed,
 phase 2 also measures llama.cpp out of the box (`llamacpp-oob`: the GGUF as shipped, the
 library's default threads and batch sizes, one sequence at a time, f16 KV) and the last lines
@@ -99,11 +99,13 @@ def main() -> None:
         Path(cfg.cache_dir).expanduser(),
         max([*(r.candidate.batch_size for r in winners.values()), 16]),
     )
-    default = baseline_candidate(cfg.space, setup.target)
+    default = baseline_candidate(
+        cfg.space, setup.target, checkpoint_precision=setup.model.shape.checkpoint_precision
+    )
     idle = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
     evaluator = Evaluator.for_setup(setup)
     contenders: dict[str, Candidate] = {"default": default} | {b: r.candidate for b, r in winners.items()}
-    # default: the project's careless default (HF eager fp32 batch 1, all cores)
+    # default: the project's careless default (HF eager batch 1 in the checkpoint's dtype, all cores)
     if "llamacpp" in winners:
         contenders["llamacpp-oob"] = Candidate.from_dict(LLAMACPP_OUT_OF_THE_BOX)
     if not setup.target.is_cuda and default.threads > 1:

@@ -2,8 +2,8 @@
 
 All run the recipe's own workload under the same energy meter, interleaved, in alternating order
 (D M R, R M D, ...) so that machine drift and warm caches favour neither side. D is the default (HF
-eager fp32, batch 1); M the default's numerics at the recipe's batch, which splits the gain into
-what batching bought and what the rest bought; R the recipe. Prints tokens per joule of each,
+eager in the checkpoint's dtype, batch 1); M the default's numerics at the recipe's batch, which
+splits the gain into what batching bought and what the rest bought; R the recipe. Prints tokens per joule of each,
 round by round, and the ratios. Under the CPU-time estimate every side draws about the same power
 (all cores busy), so the tokens/J ratio is essentially a throughput ratio: the output says so.
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from _common import energy_source_line, measured_row  # noqa: E402
 
-from optimizer.config import SpaceConfig  # noqa: E402
+from optimizer.config import QUALITY_REFERENCES, SpaceConfig  # noqa: E402
 from optimizer.measure.energy import measure_idle_watts  # noqa: E402
 from optimizer.measure.setup import prepare_measurement  # noqa: E402
 from optimizer.recipe import check_weights, default_cache_dir, model_config_for, read_recipe  # noqa: E402
@@ -70,7 +70,10 @@ def main() -> None:
         max(recipe.candidate.batch_size, 16),
     )
     check_weights(recipe, setup.model.weight_sha256)  # the gain is only meaningful on the same weights
-    default = baseline_candidate(SpaceConfig(), setup.target)  # HF eager fp32 batch 1, all cores
+    # HF eager batch 1 in the checkpoint's dtype (fp32 for SmolLM2's conversion), all cores
+    default = baseline_candidate(
+        SpaceConfig(), setup.target, checkpoint_precision=setup.model.shape.checkpoint_precision
+    )
     tuned = recipe.candidate
     sides = {
         "baseline": default,
@@ -120,7 +123,8 @@ def main() -> None:
     if quality is not None:
         broken = quality.violations(recipe.quality)
         print(
-            f"recipe quality vs fp32: ppl {quality.ppl_increase:+.2%}, top-1 {quality.top1_agreement:.1%}, "
+            f"recipe quality vs {QUALITY_REFERENCES[recipe.quality.reference]}: "
+            f"ppl {quality.ppl_increase:+.2%}, top-1 {quality.top1_agreement:.1%}, "
             f"KL {quality.mean_kl:.4f} -> {'inside' if not broken else 'OUTSIDE'} the recipe's bound"
         )
     if ratios:
@@ -136,7 +140,8 @@ def main() -> None:
     if "batch-matched" in sides:
         matched = [r["recipe"]["tokens_per_joule"] / r["batch-matched"]["tokens_per_joule"] for r in rounds]
         print(
-            f"RATIO tokens/J recipe / fp32 at the recipe's batch {tuned.batch_size}: {statistics.fmean(matched):.1f}x "
+            f"RATIO tokens/J recipe / the default's numerics at the recipe's batch {tuned.batch_size}: "
+            f"{statistics.fmean(matched):.1f}x "
             "(the gain that is not batching)"
         )
     if source == "estimate":

@@ -3,7 +3,7 @@
 Phase 1 runs `optimize` on the chat stream (default space, resumable through its store) and takes
 the selected serving candidate. Phase 2 offers the same chat stream at the same rate, interleaved
 round by round, to
-  hf-default    HF generate, fp32, one request at a time (requests queue): the careless default
+  hf-default    HF generate, the checkpoint's dtype, one request at a time (requests queue): the careless default
   static-batch  the offline recipe wattsmith selected before serving existed (HF bf16, static
                 batches of up to 64 from the queue)
   selected      the serving candidate of phase 1
@@ -100,7 +100,9 @@ def main() -> None:
     idle = measure_idle_watts(chat.meter, chat_cfg.workload.idle_seconds)
     threads = selected.threads or chat.target.cores
     contenders = {
-        "hf-default": baseline_candidate(chat_cfg.space, chat.target),
+        "hf-default": baseline_candidate(
+            chat_cfg.space, chat.target, checkpoint_precision=chat.model.shape.checkpoint_precision
+        ),
         "static-batch": Candidate.from_dict({**STATIC_BATCH, "threads": threads}),
         "selected": selected,
     }

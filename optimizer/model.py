@@ -35,6 +35,8 @@ PACKAGED_MODELS = {
     ),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+# config.json's dtype, which transformers 5 loads a checkpoint in unless told otherwise
+CHECKPOINT_PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,7 @@ def read_shape(path: Path) -> ModelShape:
         kv_heads = int(text.get("num_key_value_heads") or heads)
         head_dim = int(text.get("head_dim") or hidden // heads)
         context = text.get("max_position_embeddings")
+        dtype = next((c[k] for c in (text, config) for k in ("dtype", "torch_dtype") if c.get(k)), None)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
         problem = f"lacks {exc}" if isinstance(exc, KeyError) else f"cannot be read ({exc})"
         raise UserError(
@@ -255,6 +258,7 @@ def read_shape(path: Path) -> ModelShape:
         vocab_size=vocab,
         num_parameters=_count_parameters(path),
         context_length=context if isinstance(context, int) else None,
+        checkpoint_precision=CHECKPOINT_PRECISIONS.get(dtype) if isinstance(dtype, str) else None,
     )
 
 

@@ -31,6 +31,9 @@ class ModelShape:
     vocab_size: int
     num_parameters: int
     context_length: int | None = None  # positions it was trained for; None when not recorded
+    # the precision transformers loads the checkpoint in by default (its config's dtype): fp32,
+    # bf16 or fp16; None for a GGUF file or a dtype that is none of them
+    checkpoint_precision: str | None = None
 
     def kv_bytes_per_token(self, bytes_per_element: float) -> float:
         """Bytes of K and V cache one token occupies across all layers."""

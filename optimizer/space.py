@@ -137,15 +137,23 @@ def _digest(data: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def baseline_candidate(space: SpaceConfig, target: TargetSpec, reference: str = "fp32") -> Candidate:
+def baseline_candidate(
+    space: SpaceConfig, target: TargetSpec, reference: str = "fp32", checkpoint_precision: str | None = None
+) -> Candidate:
     """The careless deployment gains are reported against: `space.baseline` in torch, in the
-    reference's precision when that is bf16 or fp16 (an fp32 baseline would need the very memory
-    such a reference saves), or with a GGUF reference (`quality.reference=gguf`) the GGUF as
-    shipped at the baseline's batch size."""
+    checkpoint's own precision for `precision: auto` (what transformers loads by default; fp32
+    where the config names none), in the reference's precision when that is bf16 or fp16 (an fp32
+    baseline would need the very memory such a reference saves), or with a GGUF reference
+    (`quality.reference=gguf`) the GGUF as shipped at the baseline's batch size."""
     base = space.baseline
     if reference == "gguf":
         return Candidate(LlamaCppSettings(), batch_size=base.batch_size, threads=_all_cores(target))
-    precision = base.precision if reference == "fp32" else reference
+    if reference != "fp32":
+        precision = reference
+    elif base.precision == "auto":
+        precision = checkpoint_precision or "fp32"
+    else:
+        precision = base.precision
     settings = TorchSettings(precision=precision, quantization=base.quantization, kv_cache=base.kv_cache)
     return Candidate(settings, batch_size=base.batch_size, threads=_all_cores(target))
 

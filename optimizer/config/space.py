@@ -205,17 +205,19 @@ class LlamaCppAxes:
 
 @dataclass
 class BaselineConfig:
-    """The careless default that gains are reported against (HF eager, batch 1). Its precision
-    becomes the reference's when `quality.reference` is bf16 or fp16; with a GGUF reference it is
-    the GGUF as shipped in llama.cpp, at this batch size."""
+    """The careless default that gains are reported against (HF eager, batch 1). `precision: auto`
+    is the checkpoint's own (its config's dtype, as transformers 5 loads it unless told otherwise;
+    fp32 where it names none). The precision becomes the reference's when `quality.reference` is
+    bf16 or fp16; with a GGUF reference the baseline is the GGUF as shipped in llama.cpp, at this
+    batch size."""
 
-    precision: str = "fp32"
+    precision: str = "auto"
     quantization: str = "none"
     kv_cache: str = "dynamic"
     batch_size: int = 1
 
     def __post_init__(self) -> None:
-        require_subset([self.precision], TORCH_PRECISIONS, "space.baseline.precision")
+        require_subset([self.precision], ("auto", *TORCH_PRECISIONS), "space.baseline.precision")
         require_subset([self.quantization], TORCH_QUANTIZATIONS, "space.baseline.quantization")
         require_subset([self.kv_cache], TORCH_KV_CACHES, "space.baseline.kv_cache")
         require(self.batch_size >= 1, "space.baseline.batch_size", "must be >= 1", "use 1")

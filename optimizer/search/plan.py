@@ -171,7 +171,9 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
             ),
         }
     )
-    baseline = baseline_candidate(cfg.space, setup.target, cfg.quality.reference)
+    baseline = baseline_candidate(
+        cfg.space, setup.target, cfg.quality.reference, setup.model.shape.checkpoint_precision
+    )
     reference = reference_candidate(cfg.quality.reference, setup.target)
     _check_reference_runs(reference, cfg, setup)
     _check_reference_fits(reference, cfg, setup)

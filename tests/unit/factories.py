@@ -31,6 +31,7 @@ SMOLLM2_SHAPE = ModelShape(
     vocab_size=49152,
     num_parameters=134_515_008,
     context_length=8192,
+    checkpoint_precision="fp32",  # its GGUF converts to an fp32 checkpoint
 )
 
 

@@ -104,6 +104,7 @@ def test_group_options_lists_presets() -> None:
         ("quality.max_kl=-1", "quality.max_kl"),
         ("quality.reference=int8", "quality.reference"),
         ("space.torch.precisions=[fp64]", "space.torch.precisions"),
+        ("space.baseline.precision=fp64", "space.baseline.precision"),
         ("space.batch_sizes=[0]", "space.batch_sizes"),
         ("target.kind=gpu", "target.kind"),
         ("workload.slo.tpot_ms=0", "workload.slo.tpot_ms"),

@@ -68,6 +68,26 @@ def test_read_shape_reads_a_text_config(tmp_path: Path) -> None:
     assert (read_shape(tmp_path).num_layers, read_shape(tmp_path).context_length) == (2, 512)
 
 
+@pytest.mark.parametrize(
+    ("config", "precision"),
+    [
+        ({"dtype": "bfloat16"}, "bf16"),  # transformers 5's key
+        ({"torch_dtype": "float16"}, "fp16"),  # a checkpoint saved by transformers 4
+        ({"dtype": "float32"}, "fp32"),
+        ({"text_config": {"dtype": "bfloat16"}, "dtype": "float32"}, "bf16"),  # the text model's own
+        ({"dtype": "float8_e4m3fn"}, None),  # none that the torch backend runs
+        ({}, None),
+    ],
+)
+def test_read_shape_reads_the_checkpoint_precision(
+    tmp_path: Path, config: dict, precision: str | None
+) -> None:
+    decoder = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 10}
+    nested = config.get("text_config", {})
+    (tmp_path / "config.json").write_text(json.dumps(config | {"text_config": decoder | nested}))
+    assert read_shape(tmp_path).checkpoint_precision == precision
+
+
 def test_a_dir_without_config_json(tmp_path: Path, cache_dir: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"x")
     with pytest.raises(UserError) as info:
@@ -316,7 +336,8 @@ def test_a_gguf_served_as_it_is_is_not_converted(tmp_path: Path, cache_dir: Path
     spec = resolve_model(ModelConfig(source="smollm2"), cache_dir, convert_gguf=False)
     assert spec.format == "gguf" and spec.path.suffix == ".gguf" and spec.path.is_file()
     assert not (cache_dir / "models").exists()
-    assert spec.shape == SMOLLM2_SHAPE  # SmolLM2-135M's config; the count a conversion gives
+    # SmolLM2-135M's config and the count a conversion gives; a GGUF file has no torch dtype
+    assert spec.shape == replace(SMOLLM2_SHAPE, checkpoint_precision=None)
     assert spec.weight_sha256 == file_sha256(spec.path)
     # a conversion cached by an fp32 search is not used: the same file, the same identity
     (cache_dir / "models" / f"gguf-{spec.weight_sha256[:16]}").mkdir(parents=True)

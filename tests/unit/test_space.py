@@ -226,6 +226,16 @@ def test_baseline_candidate_uses_all_cores_on_cpu(make_target) -> None:
     assert baseline_candidate(cfg, make_target(kind="cuda")).threads == 0
 
 
+@pytest.mark.parametrize(("checkpoint", "baseline"), [("bf16", "bf16"), ("fp16", "fp16"), (None, "fp32")])
+def test_an_auto_baseline_runs_in_the_checkpoints_own_precision(make_target, checkpoint, baseline) -> None:
+    """What transformers 5 loads unless told otherwise; fp32 where the config names no dtype."""
+    cfg = SpaceConfig(baseline=BaselineConfig(precision="auto"))
+    assert baseline_candidate(cfg, make_target(), "fp32", checkpoint).settings.precision == baseline
+    cfg.baseline.precision = "fp32"  # a stated precision is kept
+    assert baseline_candidate(cfg, make_target(), "fp32", checkpoint).settings.precision == "fp32"
+    assert baseline_candidate(cfg, make_target(), "bf16", checkpoint).settings.precision == "bf16"
+
+
 def test_reference_settings_are_fp32_eager() -> None:
     ref = reference_settings()
     assert (ref.precision, ref.quantization, ref.kv_cache, ref.compile) == ("fp32", "none", "dynamic", False)

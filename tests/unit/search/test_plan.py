@@ -286,3 +286,16 @@ def test_a_checkpoint_whose_fp32_copy_cannot_fit_is_pointed_to_its_bf16_referenc
     assert info.value.fix.endswith("quality.reference=bf16")
     planned = plan.plan_search(compose_run_config(["workload=batch", "quality.reference=bf16"]), setup)
     assert planned.baseline.settings.precision == "bf16"  # an fp32 baseline would not fit either
+
+
+@pytest.mark.parametrize("preset", ["cpu-default", "cpu-batch", "cpu-full", "cpu-ort", "cpu-llamacpp"])
+def test_a_cpu_presets_baseline_runs_a_bf16_checkpoint_in_bf16(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, preset: str
+) -> None:
+    """As transformers 5 loads it by default: an fp32 copy would inflate every ratio to it."""
+    monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([], []))
+    setup = planned_setup(fake_setup(tmp_path), "hf-dir")
+    cfg = compose_run_config(["workload=batch", f"space={preset}"])
+    assert plan.plan_search(cfg, setup).baseline.settings.precision == "fp32"  # SmolLM2's conversion
+    setup.model.shape = replace(SMOLLM2_SHAPE, checkpoint_precision="bf16")
+    assert plan.plan_search(cfg, setup).baseline.settings.precision == "bf16"
