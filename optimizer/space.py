@@ -22,7 +22,7 @@ from optimizer.backends.base import ModelRules
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
 from optimizer.backends.registry import SPECS_BY_NAME, BackendSettings, serves_gguf, spec_for
 from optimizer.backends.torch.settings import TorchSettings
-from optimizer.config import SpaceConfig
+from optimizer.config import HALF_REFERENCES, SpaceConfig
 from optimizer.errors import UserError
 from optimizer.model import ModelShape
 from optimizer.target import TargetSpec
@@ -148,7 +148,7 @@ def baseline_candidate(
     base = space.baseline
     if reference == "gguf":
         return Candidate(LlamaCppSettings(), batch_size=base.batch_size, threads=_all_cores(target))
-    if reference != "fp32":
+    if reference in HALF_REFERENCES:
         precision = reference
     elif base.precision == "auto":
         precision = checkpoint_precision or "fp32"

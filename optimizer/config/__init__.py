@@ -31,7 +31,7 @@ from optimizer.config.presets import (
     group_options,
     presets,
 )
-from optimizer.config.quality import QUALITY_REFERENCES, QualityConfig
+from optimizer.config.quality import HALF_REFERENCES, QUALITY_REFERENCES, QualityConfig
 from optimizer.config.run import RunConfig
 from optimizer.config.search import OPTUNA_ALGORITHMS, SAMPLERS, OptunaConfig, SearchConfig
 from optimizer.config.space import (
@@ -91,6 +91,7 @@ __all__ = [
     "GENAI_PRECISIONS",
     "GENAI_PROVIDERS",
     "GROUPS",
+    "HALF_REFERENCES",
     "LAUNCHERS",
     "LENGTH_KINDS",
     "LLAMACPP_KV_TYPES",

@@ -16,6 +16,7 @@ QUALITY_REFERENCES = {
     "fp16": "fp16 eager",
     "gguf": "the GGUF as shipped (llama.cpp)",
 }
+HALF_REFERENCES = ("bf16", "fp16")
 
 
 @dataclass

@@ -4,11 +4,12 @@ measurement setup (the candidates, the baseline, and the store context they are 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from optimizer.config import QUALITY_REFERENCES, RunConfig
+from optimizer.config import HALF_REFERENCES, QUALITY_REFERENCES, RunConfig
 from optimizer.errors import UserError
 from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import estimate_coefficients
@@ -24,6 +25,8 @@ from optimizer.space import (
     searched_backends,
 )
 from optimizer.store import STORE_SCHEMA, context_key
+
+log = logging.getLogger(__name__)
 
 # An offline measurement depends on these workload fields only (serving fields are not read).
 OFFLINE_FIELDS = ("prompt_tokens", "max_new_tokens", "min_window_seconds", "repeats", "warmup_batches", "slo")
@@ -177,6 +180,7 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
     reference = reference_candidate(cfg.quality.reference, setup.target)
     _check_reference_runs(reference, cfg, setup)
     _check_reference_fits(reference, cfg, setup)
+    _warn_of_a_rounded_reference(cfg, setup)
     return SearchPlan(fits, pruned, excluded, baseline, context, quality_context(cfg, setup))
 
 
@@ -210,17 +214,33 @@ def _check_reference_fits(reference: Candidate, cfg: RunConfig, setup: Measureme
 
 def _smaller_reference(cfg: RunConfig, setup: MeasurementSetup) -> str:
     """The way out of a reference too large for the device: a GGUF searched in llama.cpp against
-    itself, a checkpoint compared with itself in bf16 where that fits, else another machine."""
+    itself, a checkpoint compared with itself in its own half precision (or bf16) where that runs
+    and fits, else another machine."""
     if setup.model.format == "gguf" and cfg.quality.reference != "gguf":
         return "search the GGUF in llama.cpp against itself: space=cpu-llamacpp quality.reference=gguf"
-    half = reference_candidate("bf16", setup.target)
-    if (
-        cfg.quality.reference == "fp32"
-        and exclusion_reason(half, setup.target) is None
-        and reference_fit_reason(half, setup.model.shape, setup.target, cfg.workload) is None
-    ):
-        return "compare with the checkpoint in bf16, half of fp32's memory: quality.reference=bf16"
+    shipped = setup.model.shape.checkpoint_precision
+    for half in dict.fromkeys([shipped if shipped in HALF_REFERENCES else "bf16", "bf16"]):
+        candidate = reference_candidate(half, setup.target)
+        if (
+            cfg.quality.reference == "fp32"
+            and exclusion_reason(candidate, setup.target) is None
+            and reference_fit_reason(candidate, setup.model.shape, setup.target, cfg.workload) is None
+        ):
+            return f"compare with the checkpoint in {half}, half of fp32's memory: quality.reference={half}"
     return (
         "measure on a machine with more memory (a GGUF of the model can be searched in llama.cpp "
         "against itself: quality.reference=gguf)"
     )
+
+
+def _warn_of_a_rounded_reference(cfg: RunConfig, setup: MeasurementSetup) -> None:
+    """A half-precision reference of a checkpoint shipped in another precision rounds its weights:
+    candidates are then judged against a copy less exact than the model itself."""
+    shipped = setup.model.shape.checkpoint_precision
+    if cfg.quality.reference in HALF_REFERENCES and shipped not in (None, cfg.quality.reference):
+        log.warning(
+            "quality.reference=%s rounds this %s checkpoint's weights: candidates are judged against a "
+            "copy less exact than the model (quality.reference=fp32 where it fits)",
+            cfg.quality.reference,
+            shipped,
+        )

@@ -273,19 +273,52 @@ def test_a_reference_the_device_cannot_hold_is_refused_before_any_candidate(
     plan.plan_search(compose_run_config(["workload=batch"]), stand_in)  # SmolLM2's 0.5 GB fp32 fits
 
 
-def test_a_checkpoint_whose_fp32_copy_cannot_fit_is_pointed_to_its_bf16_reference(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("fp16_target", "shipped", "suggested"),
+    [(True, "bf16", "bf16"), (True, "fp16", "fp16"), (False, "fp16", "bf16"), (True, None, "bf16")],
+)
+def test_a_checkpoint_whose_fp32_copy_cannot_fit_is_pointed_to_its_own_half_precision(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, fp16_target: bool, shipped: str | None, suggested: str
 ) -> None:
-    """25 B parameters on an 80 GB GPU: 100 GB in fp32, 50 GB in bf16."""
+    """25 B parameters on an 80 GB GPU: 100 GB in fp32, 50 GB in half precision: the checkpoint's
+    own where the target runs it, else bf16."""
     monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([], []))
-    setup = planned_setup(fake_setup(tmp_path, target=target_spec(kind="cuda")), "hf-dir")
-    setup.model.shape = replace(SMOLLM2_SHAPE, num_parameters=25 * 10**9)
+    setup = planned_setup(fake_setup(tmp_path, target=target_spec(kind="cuda", fp16=fp16_target)), "hf-dir")
+    setup.model.shape = replace(SMOLLM2_SHAPE, num_parameters=25 * 10**9, checkpoint_precision=shipped)
     with pytest.raises(UserError) as info:
         plan.plan_search(compose_run_config(["workload=batch"]), setup)
     assert "fp32 eager reference of this 25.0 B-parameter model needs" in info.value.problem
-    assert info.value.fix.endswith("quality.reference=bf16")
-    planned = plan.plan_search(compose_run_config(["workload=batch", "quality.reference=bf16"]), setup)
-    assert planned.baseline.settings.precision == "bf16"  # an fp32 baseline would not fit either
+    assert info.value.fix.endswith(f"quality.reference={suggested}")
+    planned = plan.plan_search(
+        compose_run_config(["workload=batch", f"quality.reference={suggested}"]), setup
+    )
+    assert planned.baseline.settings.precision == suggested  # an fp32 baseline would not fit either
+
+
+@pytest.mark.parametrize(
+    ("reference", "shipped", "warned"),
+    [
+        ("bf16", "fp32", True),
+        ("bf16", "fp16", True),
+        ("bf16", "bf16", False),
+        ("fp32", "bf16", False),
+        ("bf16", None, False),
+    ],
+)
+def test_a_half_precision_reference_that_rounds_the_checkpoint_is_warned_of(
+    tmp_path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    reference: str,
+    shipped: str | None,
+    warned: bool,
+) -> None:
+    monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([], []))
+    setup = planned_setup(fake_setup(tmp_path), "hf-dir")
+    setup.model.shape = replace(SMOLLM2_SHAPE, checkpoint_precision=shipped)
+    with caplog.at_level("WARNING", logger="optimizer.search.plan"):
+        plan.plan_search(compose_run_config(["workload=batch", f"quality.reference={reference}"]), setup)
+    assert (f"rounds this {shipped} checkpoint's weights" in caplog.text) is warned
 
 
 @pytest.mark.parametrize("preset", ["cpu-default", "cpu-batch", "cpu-full", "cpu-ort", "cpu-llamacpp"])
