@@ -4,8 +4,8 @@ Phase 1 searches a space with several backends (`optimize`, resumable through it
 takes the best feasible candidate of each backend. Phase 2 re-measures those winners and the
 default (HF eager in the checkpoint's dtype, batch 1, all cores) in this one process, interleaved
 round by round (D A B C, D A B C, ...) so that machine drift hits all alike, and prints tokens/J,
-tokens/s, quality and the ratios to the default. The torch row's ratio is the torch-only gain; the best
-row's ratio is the gain with ONNX Runtime and llama.cpp in the space. With llama.cpp installed,
+tokens/s, quality and the ratios to the default. The torch row's ratio is the torch-only gain; the
+best row's ratio is the gain with ONNX Runtime and llama.cpp in the space. With llama.cpp installed,
 phase 2 also measures llama.cpp out of the box (`llamacpp-oob`: the GGUF as shipped, the
 library's default threads and batch sizes, one sequence at a time, f16 KV) and the last lines
 compare the selected candidate with it and the best llama.cpp candidate with the best torch one.

@@ -3,8 +3,8 @@
 All run the recipe's own workload under the same energy meter, interleaved, in alternating order
 (D M R, R M D, ...) so that machine drift and warm caches favour neither side. D is the default (HF
 eager in the checkpoint's dtype, batch 1); M the default's numerics at the recipe's batch, which
-splits the gain into what batching bought and what the rest bought; R the recipe. Prints tokens per joule of each,
-round by round, and the ratios. Under the CPU-time estimate every side draws about the same power
+splits the gain into what batching bought and what the rest bought; R the recipe. Prints tokens
+per joule of each, round by round, and the ratios. Under the CPU-time estimate every side draws about the same power
 (all cores busy), so the tokens/J ratio is essentially a throughput ratio: the output says so.
 
     python evals/cpu_gain.py                                   # recipes/smollm2-135m/recipe.yaml

@@ -3,7 +3,8 @@
 Phase 1 runs `optimize` on the chat stream (default space, resumable through its store) and takes
 the selected serving candidate. Phase 2 offers the same chat stream at the same rate, interleaved
 round by round, to
-  hf-default    HF generate, the checkpoint's dtype, one request at a time (requests queue): the careless default
+  hf-default    HF generate in the checkpoint's dtype, one request at a time (requests queue): the
+                careless default
   static-batch  the offline recipe wattsmith selected before serving existed (HF bf16, static
                 batches of up to 64 from the queue)
   selected      the serving candidate of phase 1

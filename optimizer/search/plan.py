@@ -219,11 +219,11 @@ def _smaller_reference(cfg: RunConfig, setup: MeasurementSetup) -> str:
     if setup.model.format == "gguf" and cfg.quality.reference != "gguf":
         return "search the GGUF in llama.cpp against itself: space=cpu-llamacpp quality.reference=gguf"
     shipped = setup.model.shape.checkpoint_precision
-    for half in dict.fromkeys([shipped if shipped in HALF_REFERENCES else "bf16", "bf16"]):
+    halves = dict.fromkeys([shipped if shipped in HALF_REFERENCES else "bf16", "bf16"])
+    for half in halves if cfg.quality.reference == "fp32" else ():
         candidate = reference_candidate(half, setup.target)
         if (
-            cfg.quality.reference == "fp32"
-            and exclusion_reason(candidate, setup.target) is None
+            exclusion_reason(candidate, setup.target) is None
             and reference_fit_reason(candidate, setup.model.shape, setup.target, cfg.workload) is None
         ):
             return f"compare with the checkpoint in {half}, half of fp32's memory: quality.reference={half}"
