@@ -21,7 +21,8 @@ LFS_POINTER = b"version https://git-lfs"
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the memory and roofline arithmetic needs: from config.json and the weights, or a GGUF."""
+    """What the memory and roofline arithmetic needs, and the precision the checkpoint ships in:
+    from config.json and the weights, or a GGUF."""
 
     num_layers: int
     hidden_size: int

@@ -218,15 +218,18 @@ def _smaller_reference(cfg: RunConfig, setup: MeasurementSetup) -> str:
     and fits, else another machine."""
     if setup.model.format == "gguf" and cfg.quality.reference != "gguf":
         return "search the GGUF in llama.cpp against itself: space=cpu-llamacpp quality.reference=gguf"
-    shipped = setup.model.shape.checkpoint_precision
-    halves = dict.fromkeys([shipped if shipped in HALF_REFERENCES else "bf16", "bf16"])
-    for half in halves if cfg.quality.reference == "fp32" else ():
-        candidate = reference_candidate(half, setup.target)
-        if (
-            exclusion_reason(candidate, setup.target) is None
-            and reference_fit_reason(candidate, setup.model.shape, setup.target, cfg.workload) is None
-        ):
-            return f"compare with the checkpoint in {half}, half of fp32's memory: quality.reference={half}"
+    if cfg.quality.reference == "fp32":
+        shipped = setup.model.shape.checkpoint_precision
+        own = shipped if shipped in HALF_REFERENCES else "bf16"
+        for half in dict.fromkeys([own, "bf16"]):  # an fp16 checkpoint on a target without fp16: bf16
+            candidate = reference_candidate(half, setup.target)
+            if (
+                exclusion_reason(candidate, setup.target) is None
+                and reference_fit_reason(candidate, setup.model.shape, setup.target, cfg.workload) is None
+            ):
+                return (
+                    f"compare with the checkpoint in {half}, half of fp32's memory: quality.reference={half}"
+                )
     return (
         "measure on a machine with more memory (a GGUF of the model can be searched in llama.cpp "
         "against itself: quality.reference=gguf)"
