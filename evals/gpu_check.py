@@ -8,8 +8,9 @@ process, so that a CUDA error or a hang in one (the shell script times each out)
 others measurable. Sections:
 
   env       GPU, driver, library versions, target fingerprint
-  profile   kernel-time tables of the captured decode step (Qwen2-0.5B shape, batch 512 and 1024;
-            SDPA with repeated K/V vs sdpa_gqa) and of one prefill
+  profile   kernel-time tables of the captured decode step (Qwen2-0.5B shape, sdpa_gqa, batch 1024
+            then 512) and of one prefill, compiled and eager side by side (SDPA with repeated K/V:
+            evals/results/2026-12-04-h200-gpu-check/profile.md)
   qwen      `optimize` on the Qwen2-0.5B shape (random weights, quality bound off): the plain-HF
             plateau, the captured loop with each decode fix, static fp8, continuous batching
   llama8b   a Llama-3.1-8B-shaped model (random weights) built in memory: plain HF static cache
@@ -140,20 +141,26 @@ def shape_dir(work: Path, name: str, shape: dict[str, Any], tokenizer_dir: Path 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = work / (f"{name}-tiny" if tiny else name)
-    if (path / "config.json").is_file():
-        return path
-    kind = "qwen2" if "qwen" in name else "llama"
-    config = AutoConfig.for_model(kind, **(shape | TINY if tiny else shape))
-    torch.manual_seed(0)
-    with torch.device("cpu" if tiny else "cuda"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(path)
+    if not (path / "config.json").is_file():
+        kind = "qwen2" if "qwen" in name else "llama"
+        config = AutoConfig.for_model(kind, **(shape | TINY if tiny else shape))
+        torch.manual_seed(0)
+        with torch.device("cpu" if tiny else "cuda"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model.save_pretrained(path)
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     if tokenizer_dir is not None:
-        for file in tokenizer_dir.glob("tokenizer*"):
-            shutil.copy(file, path / file.name)
-    del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        # a model saved without them yields no prompt tokens in every later section (2026-12-04)
+        files = sorted(tokenizer_dir.glob("tokenizer*"))
+        if not files:
+            raise SystemExit(
+                f"{tokenizer_dir}: no tokenizer files (carry .gpu/a; its install step copies them)"
+            )
+        for file in files:
+            if not (path / file.name).is_file():
+                shutil.copy(file, path / file.name)
     return path
 
 
@@ -335,7 +342,7 @@ def profile_section(args: argparse.Namespace) -> dict[str, Any]:
     )
     target = detect_target(TargetConfig(kind="cpu" if args.cpu_smoke else "auto"))
     device = torch.device(target.device)
-    configs = [("sdpa", 1024), ("sdpa_gqa", 1024), ("sdpa_gqa", 512)]
+    configs = [("sdpa_gqa", 1024), ("sdpa_gqa", 512)]
     if args.cpu_smoke:
         configs = [("sdpa", 4), ("sdpa_gqa", 4)]
     results: dict[str, Any] = {"model": "qwen2-0.5b shape", "tables": {}}
@@ -371,10 +378,14 @@ def profile_section(args: argparse.Namespace) -> dict[str, Any]:
                     assert decoder.graph is not None
                     replay = profile_steps(decoder.graph.replay, 8, device)
                     prefill = profile_steps(functools.partial(decoder.prefill, ids), 2, device)
+                    eager_prefill = profile_steps(
+                        functools.partial(decoder.prefill, ids, eager=True), 2, device
+                    )
                     entry |= {
                         "eager_step": eager.to_dict(),
                         "captured_step": replay.to_dict(),
                         "prefill": prefill.to_dict(),
+                        "eager_prefill": eager_prefill.to_dict(),
                     }
                     markdown += [
                         f"## {key}: captured decode step (CUDA graph replays)\n",
@@ -383,8 +394,10 @@ def profile_section(args: argparse.Namespace) -> dict[str, Any]:
                         replay.markdown(),
                         f"\n## {key}: the same step launched eagerly (host gaps visible)\n",
                         eager.markdown(),
-                        f"\n## {key}: prefill of {batch} x {PROMPT_TOKENS} tokens (eager)\n",
+                        f"\n## {key}: prefill of {batch} x {PROMPT_TOKENS} tokens (compiled)\n",
                         prefill.markdown(),
+                        f"\n## {key}: the same prefill, eager (as before 2026-12-04)\n",
+                        eager_prefill.markdown(),
                         "",
                     ]
         except KeyboardInterrupt:  # the section's time limit: keep the tables made so far

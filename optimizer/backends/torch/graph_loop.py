@@ -5,7 +5,10 @@ processors, full-vocabulary float32 logits and a host sync for the stopping chec
 is `forward(last token) -> argmax -> write token -> advance position`, all on the device with a
 static KV cache, captured once per shape and replayed `new_tokens - 1` times with no host
 synchronization in between. With `compiled`, the decode forward is first compiled by inductor
-(fused kernels, no cudagraph trees of its own) and then captured the same way.
+(fused kernels, no cudagraph trees of its own) and then captured the same way, and the prefill
+runs compiled too (one static shape per decoder): on the H200 at batch 1024 the eager prefill took
+as long as the 63 decode steps after it, 57% of it unfused norm/RoPE/SiLU work and copies
+(evals/results/2026-12-04-h200-gpu-check/profile.md).
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ class GraphDecoder:
         self.output = torch.zeros(batch_size, room, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self._cache_argument = cache_argument(model)
-        self._decode = torch.compile(self._forward, dynamic=False) if compiled else self._forward
+        # compiled: one function whose prefill shape is a second static entry beside the step
+        self._run_forward = torch.compile(self._forward, dynamic=False) if compiled else self._forward
 
     def _forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
         out = self.model(
@@ -64,10 +68,12 @@ class GraphDecoder:
         )
         return out.logits[:, -1].argmax(-1, keepdim=True)
 
-    def prefill(self, prompt_ids: torch.Tensor) -> None:
+    def prefill(self, prompt_ids: torch.Tensor, eager: bool = False) -> None:
+        """Fill the cache with the prompts and write the first token. `eager`: skip the compiled
+        forward (a profile's side-by-side)."""
         self.cache.reset()
         positions = torch.arange(self.prompt_tokens, device=prompt_ids.device)
-        first = self._forward(prompt_ids, positions)  # eager: one prefill shape is not worth a compile
+        first = (self._forward if eager else self._run_forward)(prompt_ids, positions)
         self.tokens.copy_(first)
         self.output[:, :1].copy_(first)
         self.position.fill_(self.prompt_tokens)
@@ -75,7 +81,7 @@ class GraphDecoder:
 
     def step(self) -> None:
         """One decode step, launched eagerly (the captured graph replays exactly this)."""
-        token = self._decode(self.tokens, self.position)
+        token = self._run_forward(self.tokens, self.position)
         self.output.index_copy_(1, self.step_index, token)
         self.tokens.copy_(token)
         self.position.add_(1)
