@@ -34,6 +34,8 @@ export TORCHINDUCTOR_CACHE_DIR=$WORK/inductor TOKENIZERS_PARALLELISM=false
 for part in .gpu/*/*.part* .gpu/*/*.tar.xz.*; do [ -f "$part" ] && cp -f "$part" "$STASH/"; done
 
 SMOKE=()
+# each section's time limit, in seconds (SECONDS_<SECTION> overrides one)
+declare -A LIMIT=([env]=15 [profile]=70 [qwen]=170 [llama8b]=165 [serving]=140)
 [ -n "${CPU_SMOKE:-}" ] && SMOKE=(--cpu-smoke)
 
 install() {  # the carried wheels and text into $SITE, once per machine
@@ -83,16 +85,18 @@ all)
     2>&1 | tee -a "$OUT/gpu_tests.txt"
   T=(--tokenizer "$STASH/tokenizer")
   trap summary EXIT  # a call cut short still prints the table of the sections that finished
-  section env 15 "${T[@]}"
-  section profile 70 "${T[@]}"  # sdpa_gqa b1024: two compiles (step, prefill), then the tables
-  section qwen 170 "${T[@]}"  # baseline, plateau, bf16 loop, then static fp8 (~20 s of setup first)
-  section llama8b 165 "${T[@]}"  # baseline, bf16 loop, static fp8: ~20 + ~55 + ~60 s with compiles
+  section env "${LIMIT[env]}" "${T[@]}"
+  # profile: sdpa_gqa b1024, two compiles (step, prefill), then the tables
+  section profile "${LIMIT[profile]}" "${T[@]}"
+  # qwen: baseline, plateau, bf16 loop, then static fp8 (~20 s of setup first)
+  section qwen "${LIMIT[qwen]}" "${T[@]}"
+  # llama8b: baseline, bf16 loop, static fp8: ~20 + ~55 + ~60 s with compiles
+  section llama8b "${LIMIT[llama8b]}" "${T[@]}"
   # serving ran as a follow-up on 2026-12-04 (every engine host-bound): `one serving` when time is left
   ;;
 one)
-  install || exit 1
-  declare -A LIMIT=([env]=15 [profile]=70 [qwen]=170 [llama8b]=165 [serving]=140)
   [ -n "${LIMIT[${2:-}]:-}" ] || { echo "usage: $0 one env|profile|qwen|llama8b|serving" >&2; exit 2; }
+  install || exit 1
   section "$2" "${LIMIT[$2]}" --tokenizer "$STASH/tokenizer"
   summary
   ;;
