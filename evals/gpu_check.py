@@ -758,6 +758,9 @@ def print_summary(sections: dict[str, Any]) -> None:
         cats = captured.get("by_category_ms_per_step", {})
         top = ", ".join(f"{c} {v:.2f}" for c, v in sorted(cats.items(), key=lambda kv: -kv[1])[:4])
         print(f"profile {key}: TPOT {entry.get('tpot_ms')} ms; per step ms: {top}")
+        if "prefill" in entry and "eager_prefill" in entry:
+            walls = [entry[k].get("unprofiled_wall_ms_per_step") for k in ("prefill", "eager_prefill")]
+            print(f"  prefill ms: compiled {_fmt(walls[0], '.1f')}, eager {_fmt(walls[1], '.1f')}")
 
 
 def main() -> None:
