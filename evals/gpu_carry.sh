@@ -14,9 +14,9 @@ grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/ex
 PY=.venv/bin/python
 SITE=$($PY -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 rm -rf .gpu && mkdir -p .gpu/a/tokenizer .gpu/g1 .gpu/g2
-# pins: what the tests here ran with (transformers 5.24 replaces the image's 5.17). transformers
-# 5.24 checks huggingface-hub>=1.31 at import; the image's 5.17 asks only >=1.5, so the last 1.x hub
-# travels too (2.x would need httpx2, which the image lacks; 1.x's httpx is there)
+# pins: transformers 5.24 replaces the image's 5.17. It is the newest the image can run: 5.24
+# checks huggingface-hub>=1.31 at import, so the last 1.x hub travels too, while 5.25 (what a fresh
+# venv here resolves) needs hub>=2.4, and hub 2.x needs httpx2, which the image lacks
 pip_download() {
   $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
