@@ -33,9 +33,9 @@ export PYTHONPATH="$PWD:$SITE:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 ORT_DISABLE_TE
 export TORCHINDUCTOR_CACHE_DIR=$WORK/inductor TOKENIZERS_PARALLELISM=false
 for part in .gpu/*/*.part* .gpu/*/*.tar.xz.*; do [ -f "$part" ] && cp -f "$part" "$STASH/"; done
 
-SMOKE=()
 # each section's time limit, in seconds (SECONDS_<SECTION> overrides one)
 declare -A LIMIT=([env]=15 [profile]=70 [qwen]=175 [llama8b]=190 [serving]=140)
+SMOKE=()
 [ -n "${CPU_SMOKE:-}" ] && SMOKE=(--cpu-smoke)
 
 install() {  # the carried wheels and text into $SITE, once per machine

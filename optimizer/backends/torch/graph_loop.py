@@ -7,8 +7,8 @@ static KV cache, captured once per shape and replayed `new_tokens - 1` times wit
 synchronization in between. With `compiled`, the decode forward is first compiled by inductor
 (fused kernels, no cudagraph trees of its own) and then captured the same way, and the prefill
 runs compiled too (one static shape per decoder): on the H200 at batch 1024 the eager prefill took
-as long as the 63 decode steps after it, 57% of it unfused norm/RoPE/SiLU work and copies
-(evals/results/2026-12-04-h200-gpu-check/profile.md).
+as long as the 63 decode steps after it, 55% of its kernel time unfused norm/RoPE/SiLU work and
+copies (evals/results/2026-12-04-h200-gpu-check/profile.md).
 """
 
 from __future__ import annotations
