@@ -631,7 +631,13 @@ def ort_section(args: argparse.Namespace) -> dict[str, Any]:
         *common_overrides(args),
         *([] if args.gguf else NO_QUALITY_BOUND),
         "space=gpu-ort",
+        # the two ORT paths on CUDA, one candidate each: the device time left after `all` fits
+        # about two ONNX builds (export or genai builder) on top of the baseline
+        "space.backends=[ort-genai,ort-onnx]",
         "space.batch_sizes=[64]",
+        "space.ort_genai.precisions=[fp16]",
+        "space.ort_onnx.providers=[cuda]",
+        "space.ort_onnx.quantizations=[none]",
         f"search.budget_minutes={max(0.5, args.budget_seconds / 2 / 60):.2f}",
     ]
     data["search"] = run_optimize("ort", overrides, work, args.out)

@@ -134,8 +134,15 @@ def make_session(model_file: Path, providers: list[Any], threads: int) -> Any:
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model_file), options, providers=providers)
     wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    if wanted != "CPUExecutionProvider" and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu links CUDA/cuDNN by soname; from pip's nvidia-* wheels (or the ones
+        # torch already loaded) they are found only when preloaded. A no-op where they are loaded.
+        try:
+            ort.preload_dlls()
+        except OSError as exc:  # the session below then fails with ProviderUnavailable and the reason
+            log.warning("onnxruntime.preload_dlls: %s", exc)
+    session = ort.InferenceSession(str(model_file), options, providers=providers)
     if session.get_providers()[0] != wanted:
         raise ProviderUnavailable(
             f"ONNX Runtime could not use {wanted} (it fell back to {session.get_providers()}; "
