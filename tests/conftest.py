@@ -47,9 +47,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    gguf_dir = smollm2_gguf_dir()
     out = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF)
+    # the lent GPU machine has SmolLM2's tokenizer files (evals/gpu_check.sh) but not its package
+    if folder := os.environ.get("WATTSMITH_TEST_TOKENIZER"):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(smollm2_gguf_dir()), gguf_file=SMOLLM2_GGUF)
     config = LlamaConfig(
         **TINY_LLAMA,
         pad_token_id=tokenizer.pad_token_id,

@@ -1,4 +1,5 @@
-"""The GPU check rehearsed on this CPU (`CPU_SMOKE=1 evals/gpu_check.sh all`, then `one serving`).
+"""The GPU check rehearsed on this CPU (`CPU_SMOKE=1 evals/gpu_check.sh all`, then `one serving`
+and `one profile`).
 
 A session with a GPU has 15 device minutes for the one call that script makes: a section broken
 by a change made in a session without one would spend them on a traceback. Here every section
@@ -39,7 +40,8 @@ def test_every_section_of_the_one_call_runs(tmp_path: Path, cache_dir: Path) -> 
         "SECONDS_QWEN": "240",
         "SECONDS_SERVING": "240",
     }
-    for args in (["all"], ["one", "serving"]):  # the one call, then a follow-up on the same machine
+    # the one call, then follow-ups on the same machine
+    for args in (["all"], ["one", "serving"], ["one", "profile"]):
         run = subprocess.run(
             ["bash", str(REPO / "evals" / "gpu_check.sh"), *args],
             env=env,
@@ -50,6 +52,9 @@ def test_every_section_of_the_one_call_runs(tmp_path: Path, cache_dir: Path) -> 
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         if args == ["all"]:  # the install step's check of the carried wheels, once per machine
             assert "imports ok: transformers" in run.stdout
+            # the device returns 8 files of $OUT at most: the rest travels in one archive
+            files = sorted(path.name for path in out.iterdir())
+            assert len(files) <= 8 and any(name.endswith(".tar.gz") for name in files), files
     sections = {name: json.loads((out / f"{name}.json").read_text()) for name in SECTIONS}
     errors = {name: data["error"] for name, data in sections.items() if "error" in data}
     assert not errors, errors
@@ -59,7 +64,8 @@ def test_every_section_of_the_one_call_runs(tmp_path: Path, cache_dir: Path) -> 
     assert set(sections["profile"]["tables"]) == {"sdpa b4", "sdpa_gqa b4"}
     llama = sections["llama8b"]["rows"]
     assert [row["status"] for row in llama] == ["measured"] * 3, llama
-    assert "fp8" in llama[2] and "Linear layers in fp8" in llama[2]["fp8"]
+    fp8 = [row for row in llama if "fp8" in row]
+    assert len(fp8) == 1 and "Linear layers in fp8" in fp8[0]["fp8"]
     for name in ("qwen", "serving"):
         rows = sections[name]["rows"]
         assert sections[name]["best"] is not None, name

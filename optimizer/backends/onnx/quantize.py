@@ -128,9 +128,11 @@ def fp16(fp32_dir: Path) -> Path:
         with sys_path_kept():
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        proto = onnx.load(str(fp32_dir / MODEL_FILE))
+        # Given a path, the converter infers shapes file to file (onnx's infer_shapes_path); given
+        # a loaded proto it serializes the whole model in memory, which protobuf refuses past 2 GB
+        # (EncodeError on the H200 for the Qwen2-0.5B shape, 2026-12-04).
         # keep_io_types: logits and the KV cache stay float32 at the boundary, as the loop expects
-        converted = convert_float_to_float16(proto, keep_io_types=True)
+        converted = convert_float_to_float16(str(fp32_dir / MODEL_FILE), keep_io_types=True)
         onnx.save(converted, str(tmp / MODEL_FILE), save_as_external_data=True, location=f"{MODEL_FILE}.data")
         return {"source": str(fp32_dir)}
 

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 # (every build here): a constant of its static batch scheduler (0.18; the config's
 # engine.static_batching.max_batch_size does not change it).
 ENGINE_STATIC_BATCH = 4
+# The most sequences one Generator takes (kMaxBatchSize in 0.18's generators.cpp): a larger batch
+# is refused when the Generator starts, after the build (found on the H200, 2026-12-04, at b64).
+GENERATOR_MAX_BATCH = 32
 
 
 class OrtGenaiSpec:
@@ -57,6 +60,11 @@ class OrtGenaiSpec:
     def workload_reason(self, settings: OrtGenaiSettings, batch_size: int, serving: bool) -> str | None:
         """A stream goes to genai's Engine API, `batch_size` requests at most at once; without it
         (onnxruntime-genai < 0.18) the Generator pads no prompts: one request at a time."""
+        if batch_size > GENERATOR_MAX_BATCH:
+            return (
+                f"onnxruntime-genai's Generator runs at most {GENERATOR_MAX_BATCH} sequences at once: "
+                f"it refuses batch {batch_size}"
+            )
         if not serving or batch_size == 1:
             return None
         if (missing := missing_genai_engine()) is not None:

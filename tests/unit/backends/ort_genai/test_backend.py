@@ -88,6 +88,18 @@ def test_log_tail_prefers_the_error_line() -> None:
     assert log_tail("") == "(no output)"
 
 
+def test_the_generator_refuses_more_sequences_than_the_rule_allows(fp32_engine: OrtGenaiEngine) -> None:
+    """The library limit behind GENERATOR_MAX_BATCH: if a release lifts it, this says so."""
+    from optimizer.backends.ort_genai.spec import GENERATOR_MAX_BATCH
+
+    prompts = torch.randint(
+        0, VOCAB, (GENERATOR_MAX_BATCH + 1, 3), generator=torch.Generator().manual_seed(0)
+    )
+    with pytest.raises(RuntimeError, match=rf"batch_size \({GENERATOR_MAX_BATCH + 1}\) must be in \[1, 32\]"):
+        fp32_engine.generate(prompts, 2)
+    assert fp32_engine.generate(prompts[:GENERATOR_MAX_BATCH], 2).batch_size == GENERATOR_MAX_BATCH
+
+
 @pytest.mark.slow
 def test_fp32_build_generates_exactly_and_scores_like_torch(
     fp32_engine: OrtGenaiEngine, tiny_spec: ModelSpec
