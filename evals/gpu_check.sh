@@ -37,7 +37,7 @@ export WATTSMITH_TEST_TOKENIZER=$STASH/tokenizer
 for part in .gpu/*/*.part* .gpu/*/*.tar.xz.*; do [ -f "$part" ] && cp -f "$part" "$STASH/"; done
 
 # each section's time limit, in seconds (SECONDS_<SECTION> overrides one)
-declare -A LIMIT=([env]=15 [profile]=120 [qwen]=175 [llama8b]=250 [serving]=140 [ort]=240)
+declare -A LIMIT=([env]=15 [profile]=120 [qwen]=175 [llama8b]=250 [serving]=140 [ort]=270)
 SMOKE=()
 [ -n "${CPU_SMOKE:-}" ] && SMOKE=(--cpu-smoke)
 
