@@ -30,7 +30,7 @@ CARRIED=${CARRIED:-.gpu/a}  # what gpu_carry.sh put in .gpu/a (the CPU rehearsal
 GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 mkdir -p "$OUT" "$STASH" "$SITE" "$WORK"
 export PYTHONPATH="$PWD:$SITE:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 ORT_DISABLE_TELEMETRY=1
-# one inductor cache for every section: the profile's compiled steps are reused by the searches
+# one inductor cache for every section: a shape compiled by one is reused by the next
 export TORCHINDUCTOR_CACHE_DIR=$WORK/inductor TOKENIZERS_PARALLELISM=false
 # the tests' tiny model borrows SmolLM2's tokenizer: from the carried files (its package is not here)
 export WATTSMITH_TEST_TOKENIZER=$STASH/tokenizer

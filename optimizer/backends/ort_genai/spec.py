@@ -59,13 +59,16 @@ class OrtGenaiSpec:
 
     def workload_reason(self, settings: OrtGenaiSettings, batch_size: int, serving: bool) -> str | None:
         """A stream goes to genai's Engine API, `batch_size` requests at most at once; without it
-        (onnxruntime-genai < 0.18) the Generator pads no prompts: one request at a time."""
-        if batch_size > GENERATOR_MAX_BATCH:
-            return (
-                f"onnxruntime-genai's Generator runs at most {GENERATOR_MAX_BATCH} sequences at once: "
-                f"it refuses batch {batch_size}"
-            )
-        if not serving or batch_size == 1:
+        (onnxruntime-genai < 0.18) the Generator pads no prompts: one request at a time. Offline
+        batches go to one Generator, at most GENERATOR_MAX_BATCH sequences."""
+        if not serving:
+            if batch_size > GENERATOR_MAX_BATCH:
+                return (
+                    f"onnxruntime-genai's Generator runs at most {GENERATOR_MAX_BATCH} sequences at "
+                    f"once: it refuses batch {batch_size}"
+                )
+            return None
+        if batch_size == 1:
             return None
         if (missing := missing_genai_engine()) is not None:
             return f"{missing}: {unpadded_stream_reason(batch_size, serving)}"

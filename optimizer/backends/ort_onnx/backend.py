@@ -136,8 +136,8 @@ def make_session(model_file: Path, providers: list[Any], threads: int) -> Any:
         options.inter_op_num_threads = 1
     wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
     if wanted != "CPUExecutionProvider" and hasattr(ort, "preload_dlls"):
-        # onnxruntime-gpu links CUDA/cuDNN by soname; from pip's nvidia-* wheels (or the ones
-        # torch already loaded) they are found only when preloaded. A no-op where they are loaded.
+        # onnxruntime-gpu's providers link CUDA and cuDNN by soname: installed as pip's nvidia-*
+        # wheels (as on the lent H200) they are not on the loader's path until preloaded
         try:
             ort.preload_dlls()
         except OSError as exc:  # the session below then fails with ProviderUnavailable and the reason
