@@ -53,9 +53,18 @@ def sys_path_kept() -> Iterator[None]:
     `onnxruntime.quantization` imports) appends its own folder to sys.path, and that folder holds
     an `optimizer.py`: processes spawned afterwards copy our sys.path and, under an editable
     install, import that file instead of this package. Its modules import their siblings at load
-    time, so restoring sys.path afterwards is safe."""
+    time, so restoring sys.path afterwards is safe.
+
+    The folder is put back for the block: the package appends it only when first imported, and a
+    sibling first imported later (`onnx_utils`, by `onnxruntime.quantization`, after `float16` was
+    imported for an fp16 conversion) still needs it: `No module named 'fusion_utils'` otherwise."""
     saved = list(sys.path)
     try:
+        import onnxruntime.transformers as ort_transformers
+
+        folder = str(Path(ort_transformers.__file__).parent)
+        if folder not in sys.path:
+            sys.path.append(folder)
         yield
     finally:
         sys.path[:] = saved

@@ -20,10 +20,12 @@ def child_imports_the_package() -> str:
 
 if __name__ == "__main__":
     before = list(sys.path)
+    import onnxruntime.transformers  # noqa: F401  (unguarded: does ORT still grow sys.path?)
+    grown = len(sys.path) > len(before)
+    assert grown, "onnxruntime.transformers no longer touches sys.path: the guard may go"
+    sys.path[:] = before
     with sys_path_kept():
         import onnxruntime.quantization  # noqa: F401
-        grown = len(sys.path) > len(before)
-    assert grown, "onnxruntime.quantization no longer touches sys.path: the guard may go"
     assert sys.path == before, sys.path
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         print(pool.apply(child_imports_the_package))
@@ -41,3 +43,31 @@ def test_ort_quantization_import_leaves_sys_path_and_spawned_children_alone(tmp_
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "optimizer.config"
+
+
+ORDER_PROBE = """
+import sys
+from optimizer.backends.onnx.quantize import sys_path_kept
+
+before = list(sys.path)
+with sys_path_kept():  # an fp16 conversion first imports only this sibling
+    from onnxruntime.transformers.float16 import convert_float_to_float16  # noqa: F401
+with sys_path_kept():  # then a quantization, whose import needs the folder's other siblings
+    from onnxruntime.quantization import quantize_dynamic  # noqa: F401
+assert sys.path == before, sys.path
+print("imported in both orders")
+"""
+
+
+def test_fp16_then_quantization_imports_in_one_process(tmp_path: Path) -> None:
+    """A search that converts to fp16 and then quantizes in one process (found by the suite's
+    order: `No module named 'fusion_utils'` when the folder was not put back)."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("needs onnxruntime (pip install 'wattsmith[ort]')")
+    script = tmp_path / "order.py"
+    script.write_text(ORDER_PROBE)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "imported in both orders"
