@@ -762,8 +762,7 @@ def print_summary(sections: dict[str, Any]) -> None:
     data = sections.get("profile") or {}
     if "error" in data:
         print(f"profile: {data['error']}")
-    profile = (sections.get("profile") or {}).get("tables", {})
-    for key, entry in profile.items():
+    for key, entry in data.get("tables", {}).items():
         if not entry:
             print(f"profile {key}: interrupted at the section's time limit, no table")
             continue

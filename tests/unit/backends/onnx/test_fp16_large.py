@@ -1,6 +1,6 @@
 """fp16 conversion of a model past protobuf's 2 GB limit (its weights in external data).
 
-Qwen2-0.5B exported in fp32 is 2.0 GB: on the H200 (2026-12-04) its conversion failed with
+The Qwen2-0.5B shape exported in fp32 (~0.5B parameters x 4 bytes, or more): on the H200 (2026-12-04) its conversion failed with
 `EncodeError: Failed to serialize proto`, because ORT's converter, given a loaded model, runs shape
 inference on the serialized proto. A graph of three 0.72 GB initializers reproduces it in ~1 minute.
 """

@@ -33,16 +33,21 @@ if __name__ == "__main__":
 
 
 def test_ort_quantization_import_leaves_sys_path_and_spawned_children_alone(tmp_path: Path) -> None:
+    assert _last_line_printed_by(PROBE, tmp_path) == "optimizer.config"
+
+
+def _last_line_printed_by(probe: str, tmp_path: Path) -> str:
+    """Runs `probe` in a fresh interpreter (ORT's imports change process-wide state)."""
     # find_spec, not importorskip: importing it here would append that folder to *our* sys.path
     if importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("needs onnxruntime (pip install 'wattsmith[ort]')")
     script = tmp_path / "probe.py"
-    script.write_text(PROBE)
+    script.write_text(probe)
     out = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "optimizer.config"
+    return out.stdout.strip().splitlines()[-1]
 
 
 ORDER_PROBE = """
@@ -62,12 +67,4 @@ print("imported in both orders")
 def test_fp16_then_quantization_imports_in_one_process(tmp_path: Path) -> None:
     """A search that converts to fp16 and then quantizes in one process (found by the suite's
     order: `No module named 'fusion_utils'` when the folder was not put back)."""
-    if importlib.util.find_spec("onnxruntime") is None:
-        pytest.skip("needs onnxruntime (pip install 'wattsmith[ort]')")
-    script = tmp_path / "order.py"
-    script.write_text(ORDER_PROBE)
-    out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "imported in both orders"
+    assert _last_line_printed_by(ORDER_PROBE, tmp_path) == "imported in both orders"
