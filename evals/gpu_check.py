@@ -18,8 +18,9 @@ others measurable. Sections:
   smollm2   `optimize` on SmolLM2-135M (real weights): the quality bound on static/dynamic fp8,
             bf16 and the continuous-batching engine
   serving   `optimize` with the GPU defaults (space=gpu-default, workload=gpu-chat: a request
-            stream) on the Qwen2-0.5B shape: transformers' continuous batching vs static batching
-            behind a queue, so that the GPU recipe is a serving recipe
+            stream) on the Qwen2-0.5B shape: the slot loop (captured step, continuous admission)
+            and transformers' continuous batching vs the baseline, so that the GPU recipe is a
+            serving recipe
   ort       onnxruntime-gpu (CUDA EP) and onnxruntime-genai-cuda candidates, when installed
 
 `summary` merges the sections into gpu_check.json and prints the table (goodput tokens/J, ratio to
@@ -130,6 +131,12 @@ def smollm2_candidates(small: bool) -> list[str]:
 
 
 PLATEAU = dict(precision="bf16", kv_cache="static", compile=True)
+# the serving candidate: the captured, compiled step over 64 slots with continuous admission (the
+# chat stream at 50 requests/s keeps ~40 requests in flight at a 5-10 ms step)
+SLOTS = dict(PLATEAU, attention="sdpa_gqa", loop="slots")
+# the same, paced: a step every 20 ms at most (TPOT p90 <= 50 ms allows it), so each step carries
+# ~4x the requests at the same rate; 256 slots hold them (~130 in flight at 50 requests/s)
+PACED_SLOTS = dict(SLOTS, step_interval_ms=20)
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -454,10 +461,11 @@ def smollm2_section(args: argparse.Namespace) -> dict[str, Any]:
 
 def serving_section(args: argparse.Namespace) -> dict[str, Any]:
     """The request stream on the GPU, as `optimize` measures it by default there (space=gpu-default,
-    workload=gpu-chat: continuous batching at two concurrency limits and chunk sizes, and the
-    baseline one request at a time; the default's static-batch candidate is left out), on the
-    Qwen2-0.5B shape.
-    CPU smoke: the chat stream, one continuous-batching candidate beside static batches."""
+    workload=gpu-chat: the slot loop, continuous batching at two concurrency limits and chunk
+    sizes, and the baseline one request at a time; the default's static-batch candidate is left
+    out), on the Qwen2-0.5B shape.
+    CPU smoke: the chat stream, the slot loop and one continuous-batching candidate beside static
+    batches."""
     work = args.work
     path = shape_dir(work, "qwen2-0.5b", QWEN2_05B_SHAPE, tokenizer_source(args, work), args.cpu_smoke)
     overrides = [
@@ -476,8 +484,8 @@ def serving_section(args: argparse.Namespace) -> dict[str, Any]:
             "workload.drain_requests=25",
             "workload.repeats=1",
             # static batching behind a queue was measured on 2026-12-04 (0.12 tok/J, 41 s of the
-            # section's time): the budget goes to the continuous-batching variants instead
-            "space.extra=[]",
+            # section's time): the budget goes to the slot loop and continuous batching instead
+            f"space.extra=[{extra(64, **SLOTS)},{extra(256, **PACED_SLOTS)}]",
         ]
     else:
         overrides += [
@@ -487,7 +495,9 @@ def serving_section(args: argparse.Namespace) -> dict[str, Any]:
             "space.backends=[torch-cb]",
             "space.batch_sizes=[4]",
             "space.torch_cb.max_batch_tokens=[256]",
-            f"space.extra=[{extra(4, precision='bf16')}]",
+            # the GPU's two slot candidates, uncompiled (a CPU compile costs more than it saves here)
+            f"space.extra=[{extra(4, **SLOTS | {'compile': False})},{extra(4, **PACED_SLOTS | {'compile': False})},"
+            f"{extra(4, precision='bf16')}]",
             "space.baseline.precision=bf16",
             "workload.requests=12",
             "workload.warmup_requests=2",

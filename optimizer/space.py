@@ -67,7 +67,8 @@ class Candidate:
 
     def axes(self) -> dict[str, Any]:
         """Every axis value, the layout's included even at 1 (a sampler's view of the candidate)."""
-        return self.to_dict() | {name: getattr(self, name) for name in LAYOUT_FIELDS}
+        layout = {name: getattr(self, name) for name in LAYOUT_FIELDS}
+        return self.to_dict() | asdict(self.settings) | layout
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:
@@ -124,6 +125,10 @@ def _settings_dict(settings: BackendSettings) -> dict[str, Any]:
     for name in _float_fields(settings_type):
         if type(values[name]) is int:
             values[name] = float(values[name])
+    defaults = {f.name: f.default for f in fields(settings_type)}
+    for name in getattr(settings_type, "KEYED_WHEN_SET", ()):
+        if values[name] == defaults[name]:
+            del values[name]  # a field added later: candidates written before keep their keys
     return values
 
 
@@ -329,6 +334,8 @@ def _parallel_reason(candidate: Candidate, target: TargetSpec) -> str | None:
     settings = candidate.settings
     if not isinstance(settings, TorchSettings):
         return "replicas and tensor parallelism are built for the torch backend only"
+    if settings.loop == "slots":
+        return "loop=slots serves from one process: replicas and tensor parallelism are not built for it"
     if candidate.batch_size < candidate.replicas:
         return f"batch {candidate.batch_size} gives fewer requests than {candidate.replicas} replicas"
     if not target.is_cuda and candidate.processes * candidate.threads > target.cores:

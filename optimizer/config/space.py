@@ -26,8 +26,9 @@ TORCH_KV_CACHES = (
 # are never repeated in memory, also under torch.compile (transformers repeats them there)
 TORCH_ATTENTION = ("sdpa", "sdpa_gqa", "eager", "flash_attention_2", "flash_attention_3")
 # hf: transformers' generate loop; graph: our greedy loop whose decode step (forward + argmax on
-# the device) is one captured CUDA graph, replayed without host synchronization.
-TORCH_LOOPS = ("hf", "graph")
+# the device) is one captured CUDA graph, replayed without host synchronization; slots: that step
+# over per-request slots that requests join and leave between steps (continuous admission).
+TORCH_LOOPS = ("hf", "graph", "slots")
 # torch-cb: transformers' continuous batching (paged KV; requests join and leave between steps)
 BACKENDS = ("torch", "torch-cb", "ort-genai", "ort-onnx", "tensorrt", "llamacpp")
 CB_PRECISIONS = TORCH_PRECISIONS
@@ -83,8 +84,16 @@ class TorchAxes:
     compile: list[bool] = field(default_factory=lambda: [False])
     attention: list[str] = field(default_factory=lambda: ["sdpa"])
     loops: list[str] = field(default_factory=lambda: ["hf"])
+    # loop=slots only: the least ms from one decode step's start to the next (0: back to back)
+    step_intervals_ms: list[float] = field(default_factory=lambda: [0.0])
 
     def __post_init__(self) -> None:
+        require(
+            bool(self.step_intervals_ms) and all(v >= 0 for v in self.step_intervals_ms),
+            "space.torch.step_intervals_ms",
+            f"must be a non-empty list of milliseconds >= 0, got {self.step_intervals_ms}",
+            "e.g. space.torch.step_intervals_ms=[0,20]",
+        )
         require_subset(self.precisions, TORCH_PRECISIONS, "space.torch.precisions")
         require_subset(self.quantizations, TORCH_QUANTIZATIONS, "space.torch.quantizations")
         require_subset(self.kv_caches, TORCH_KV_CACHES, "space.torch.kv_caches")

@@ -195,6 +195,11 @@ class Evaluator:
         batch is also their warm-up (compilation, capture) before any window."""
         settings = candidate.settings
         if getattr(settings, "generate_only_paths", False):
+            reserve = getattr(engine, "reserve", None)
+            if self.streams and reserve is not None:
+                # sized for the stream first, so that the check's compile and capture are the
+                # ones the stream runs with (loop=slots rebuilds them when it grows)
+                reserve(max(s.longest_request_tokens for s in self.streams.values()))
             prompts = self.workload.batch(0, candidate.batch_size)
             check_greedy_parity(
                 engine, prompts, self.workload.max_new_tokens, getattr(settings, "precision", "fp32")

@@ -1,4 +1,4 @@
-"""The GPU check rehearsed on this CPU (`CPU_SMOKE=1 evals/gpu_check.sh all`, then `one serving`
+"""The GPU check rehearsed on this CPU (`CPU_SMOKE=1 evals/gpu_check.sh all`, then `one qwen`
 and `one profile`).
 
 A session with a GPU has 15 device minutes for the one call that script makes: a section broken
@@ -41,7 +41,7 @@ def test_every_section_of_the_one_call_runs(tmp_path: Path, cache_dir: Path) -> 
         "SECONDS_SERVING": "240",
     }
     # the one call, then follow-ups on the same machine
-    for args in (["all"], ["one", "serving"], ["one", "profile"]):
+    for args in (["all"], ["one", "qwen"], ["one", "profile"]):
         run = subprocess.run(
             ["bash", str(REPO / "evals" / "gpu_check.sh"), *args],
             env=env,
@@ -71,5 +71,8 @@ def test_every_section_of_the_one_call_runs(tmp_path: Path, cache_dir: Path) -> 
         assert sections[name]["best"] is not None, name
         backends = {row["settings"]["backend"] for row in rows if row["status"] in ("feasible", "measured")}
         assert backends == {"torch", "torch-cb"}, (name, rows)
+    served = [row for row in sections["serving"]["rows"] if row["settings"].get("loop") == "slots"]
+    assert [row["settings"].get("step_interval_ms", 0.0) for row in served] == [0.0, 20.0], served
+    assert all(row["status"] in ("feasible", "measured") for row in served), served
     summary = (out / "summary.txt").read_text()
     assert "qwen: best =" in summary and "serving: best =" in summary and "llama8b" in summary

@@ -17,7 +17,13 @@ def _target():  # type: ignore[no-untyped-def]
     return detect_target(TargetConfig(kind="cuda"))
 
 
-def _engine(model_dir: Path, tmp_path: Path, settings_type: type | None = None, **settings: object):  # type: ignore[no-untyped-def]
+def _engine(  # type: ignore[no-untyped-def]
+    model_dir: Path,
+    tmp_path: Path,
+    settings_type: type | None = None,
+    batch_size: int = 2,
+    **settings: object,
+):
     """An engine built as a search builds it; TorchSettings unless another settings type is named."""
     from optimizer.backends.registry import build_engine
     from optimizer.config import ModelConfig
@@ -25,7 +31,7 @@ def _engine(model_dir: Path, tmp_path: Path, settings_type: type | None = None, 
     from optimizer.space import Candidate, TorchSettings
 
     model = resolve_model(ModelConfig(source=str(model_dir)), tmp_path)
-    candidate = Candidate((settings_type or TorchSettings)(**settings), batch_size=2, threads=0)  # type: ignore[arg-type]
+    candidate = Candidate((settings_type or TorchSettings)(**settings), batch_size=batch_size, threads=0)  # type: ignore[arg-type]
     return build_engine(model, candidate, _target(), tmp_path)
 
 
@@ -158,3 +164,42 @@ def test_continuous_engine_matches_hf_greedy_on_cuda(tiny_cuda_model_dir: Path, 
             assert all(ttft > 0 and tpot >= 0 for ttft, tpot in generation.request_latencies)
     finally:
         continuous.close()
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_slot_engine_matches_hf_greedy_on_cuda(
+    compile: bool, tiny_cuda_model_dir: Path, tmp_path: Path
+) -> None:
+    """loop=slots captures its step as CUDA graphs (one per step size: 8 and 10 rows for 10 slots;
+    compiled first with `compile`, then 10 rows only): an offline batch on every slot, then a
+    stream of mixed lengths on the front slots, each request as HF decodes it alone."""
+    import torch
+
+    hf = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32")
+    slots = _engine(
+        tiny_cuda_model_dir,
+        tmp_path,
+        batch_size=10,
+        precision="fp32",
+        kv_cache="static",
+        loop="slots",
+        attention="sdpa_gqa",
+        compile=compile,
+    )
+    try:
+        prompts = torch.randint(0, 2048, (10, 16))
+        assert torch.equal(slots.generate(prompts, 8).token_ids, hf.generate(prompts, 8).token_ids)
+        assert sorted(slots.decoder.graphs) == ([10] if compile else [8, 10])
+        asked = [
+            (torch.randint(0, 2048, (n,)).tolist(), new) for n, new in ((5, 9), (40, 3), (11, 1), (23, 12))
+        ]
+        ids = {slots.submit(prompt, new): (prompt, new) for prompt, new in asked}
+        done: dict[str, object] = {}
+        deadline = time.monotonic() + 60
+        while len(done) < len(ids) and time.monotonic() < deadline:
+            done.update({c.request_id: c for c in slots.collect(1.0)})
+        for request_id, (prompt, new) in ids.items():
+            want = hf.generate(torch.tensor([prompt]), new).token_ids
+            assert list(done[request_id].token_ids) == want[0].tolist()  # type: ignore[attr-defined]
+    finally:
+        slots.close()

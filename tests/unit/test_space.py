@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
@@ -394,6 +396,27 @@ def test_serving_needs_engines_that_take_mixed_lengths(make_target, make_candida
     assert SPECS_BY_NAME["ort-genai"].workload_reason(OrtGenaiSettings(), 1, True) is None
 
 
+def test_the_slot_loop_serves_streams_on_a_static_cache_with_a_masking_attention(
+    make_target, make_candidate
+) -> None:
+    cpu, gpu = make_target(), make_target(kind="cuda")
+    slots = {"batch_size": 8, "threads": 0, "precision": "bf16", "kv_cache": "static", "loop": "slots"}
+    for target in (cpu, gpu):  # eager on a CPU, captured on a GPU
+        assert exclusion_reason(make_candidate(**slots), target, serving=True) is None
+        assert exclusion_reason(make_candidate(**slots), target, serving=False) is None
+    assert "static KV cache" in str(exclusion_reason(make_candidate(**slots | {"kv_cache": "dynamic"}), gpu))
+    flash = make_candidate(**slots | {"attention": "flash_attention_3"})
+    assert "4D mask" in str(exclusion_reason(flash, gpu))
+    int8 = make_candidate(**slots | {"precision": "fp32", "quantization": "int8-dynamic"})
+    assert exclusion_reason(int8, cpu) is None
+    assert "not capturable" in str(exclusion_reason(int8, gpu))
+    paced = make_candidate(**slots | {"step_interval_ms": 20.0})
+    assert exclusion_reason(paced, gpu, serving=True) is None
+    assert "loop=slots only" in str(exclusion_reason(make_candidate(step_interval_ms=20.0), gpu))
+    replicas = dataclasses.replace(make_candidate(**slots), replicas=2)
+    assert "one process" in str(exclusion_reason(replicas, make_target(cores=8)))
+
+
 def test_static_fp8_needs_an_fp8_gpu_and_bf16(make_target) -> None:
     def reason(target: object, **settings: object) -> str | None:
         settings = {"precision": "bf16", "quantization": "fp8-static", "kv_cache": "static"} | settings
@@ -404,3 +427,25 @@ def test_static_fp8_needs_an_fp8_gpu_and_bf16(make_target) -> None:
     assert reason(make_target(kind="cuda"), loop="graph", compile=True, attention="sdpa_gqa") is None
     assert "compute capability" in str(reason(make_target(kind="cuda", fp8=False)))
     assert "bf16 activations" in str(reason(make_target(kind="cuda"), precision="fp16"))
+
+
+def test_a_setting_added_later_keeps_the_keys_written_before_it() -> None:
+    """step_interval_ms came after stores and recipes held torch candidates: at its default it is
+    left out of the dict and the key (these digests are the ones written before it existed), set
+    it is in both, and every form reads back; a sampler still sees every axis."""
+    plain = Candidate(TorchSettings(), 64, 0)
+    slots = Candidate(
+        TorchSettings(precision="bf16", kv_cache="static", compile=True, attention="sdpa_gqa", loop="slots"),
+        64,
+        0,
+    )
+    assert (plain.key(), slots.key()) == ("a7752a231a342687", "3e0af25f1cb8f2a2")
+    assert "step_interval_ms" not in slots.to_dict()
+    paced = Candidate(dataclasses.replace(slots.settings, step_interval_ms=20), 64, 0)
+    assert paced.to_dict()["step_interval_ms"] == 20.0 and paced.key() != slots.key()
+    assert paced.settings.label().endswith("loop=slots pace=20ms")
+    for candidate in (plain, slots, paced):
+        assert Candidate.from_dict(candidate.to_dict()) == candidate
+    assert slots.axes()["step_interval_ms"] == 0.0
+    with pytest.raises(ValueError, match="step_interval_ms"):
+        TorchSettings(step_interval_ms=-1.0)

@@ -77,8 +77,8 @@ def test_show_config_prints_the_gpu_defaults(capsys: pytest.CaptureFixture[str])
 
 
 def test_the_gpu_default_space_on_a_gpu(make_target) -> None:
-    """Continuous batching at 2 concurrency limits x 2 chunk sizes, static batches behind a queue;
-    FlashAttention 2 / 3 only where installed."""
+    """The slot loop first, then continuous batching at 2 concurrency limits x 2 chunk sizes,
+    static batches behind a queue; FlashAttention 2 / 3 only where installed."""
     space = compose_run_config(["space=gpu-default"]).space
     valid, excluded = enumerate_candidates(space, make_target(kind="cuda"), serving=True)
     cb = [c for c in valid if isinstance(c.settings, ContinuousBatchingSettings)]
@@ -91,9 +91,16 @@ def test_the_gpu_default_space_on_a_gpu(make_target) -> None:
         (256, 1024),
         (256, 4096),
     }
+    slots = TorchSettings(
+        precision="bf16", kv_cache="static", compile=True, attention="sdpa_gqa", loop="slots"
+    )
+    paced = dataclasses.replace(slots, step_interval_ms=20.0)
     assert [(c.settings, c.batch_size) for c in valid if isinstance(c.settings, TorchSettings)] == [
-        (TorchSettings(precision="bf16"), 64)
+        (slots, 64),
+        (paced, 256),
+        (TorchSettings(precision="bf16"), 64),
     ]
+    assert valid[0].settings == slots  # extra candidates are measured first
     if not (flash or flash3):
         assert len(excluded) == 8
         assert all("flash-attn" in reason for _, reason in excluded)

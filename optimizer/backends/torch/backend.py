@@ -18,6 +18,7 @@ from optimizer.backends.torch import decode_attention
 from optimizer.backends.torch.fp8_static import quantize_fp8_static
 from optimizer.backends.torch.graph_loop import GraphDecoder, cache_argument
 from optimizer.backends.torch.settings import TorchSettings
+from optimizer.backends.torch.slot_server import SlotEngine
 from optimizer.measure.text import calibration_windows
 from optimizer.model import ModelSpec
 from optimizer.target import TargetSpec
@@ -39,7 +40,9 @@ FP8_CALIBRATION_TOKENS = 128
 
 
 class TorchBackend:
-    def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> TorchEngine:
+    def build(
+        self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path
+    ) -> TorchEngine | SlotEngine:
         settings = candidate.settings
         assert isinstance(settings, TorchSettings)
         if not target.is_cuda and candidate.threads:
@@ -49,6 +52,14 @@ class TorchBackend:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
         hf_model = load_hf_model(model, settings.precision, settings.attention, target.device)
         quantize_weights(hf_model, settings, model)
+        if settings.loop == "slots":
+            return SlotEngine(
+                hf_model,
+                candidate.batch_size,
+                target.device,
+                compiled=settings.compile,
+                step_interval_seconds=settings.step_interval_ms / 1000,
+            )
         return TorchEngine(hf_model, settings, target.device)
 
 

@@ -20,6 +20,9 @@ class TorchSettings:
     """PyTorch + HF generate: dtype, weight quantization, KV cache, compile, attention kernel."""
 
     BACKEND: ClassVar[str] = "torch"
+    # added after stores and recipes were written: left out of keys and dicts at their default,
+    # so that every candidate written before keeps its key
+    KEYED_WHEN_SET: ClassVar[tuple[str, ...]] = ("step_interval_ms",)
 
     precision: str = "fp32"
     quantization: str = "none"
@@ -27,6 +30,9 @@ class TorchSettings:
     compile: bool = False
     attention: str = "sdpa"
     loop: str = "hf"
+    # loop=slots: the least time from one decode step's start to the next (0: back to back). While
+    # the SLO's TPOT allows, a paced loop steps less often with more requests in each step
+    step_interval_ms: float = 0.0
 
     def __post_init__(self) -> None:
         check_choices(
@@ -40,6 +46,8 @@ class TorchSettings:
                 "loop": TORCH_LOOPS,
             },
         )
+        if not self.step_interval_ms >= 0:
+            raise ValueError(f"step_interval_ms must be >= 0, got {self.step_interval_ms}")
 
     def probe_settings(self) -> dict[str, Any]:
         """The settings the quality probe's numbers depend on. The probe scores a forward pass
@@ -73,4 +81,6 @@ class TorchSettings:
             parts.append(self.attention)
         if self.loop != "hf":
             parts.append(f"loop={self.loop}")
+        if self.step_interval_ms:
+            parts.append(f"pace={self.step_interval_ms:g}ms")
         return " ".join(parts)

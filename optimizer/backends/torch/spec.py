@@ -30,7 +30,7 @@ class TorchSpec:
     def settings_for(self, space: SpaceConfig) -> Iterator[TorchSettings]:
         t = space.torch
         for values in itertools.product(
-            t.precisions, t.quantizations, t.kv_caches, t.compile, t.attention, t.loops
+            t.precisions, t.quantizations, t.kv_caches, t.compile, t.attention, t.loops, t.step_intervals_ms
         ):
             yield TorchSettings(*values)
 
@@ -111,12 +111,16 @@ def torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:
             return "quantized KV caches do not compile"
     if s.compile and s.kv_cache not in ("static", "offloaded_static"):
         return "torch.compile needs a static KV cache (fixed shapes)"
-    if s.loop == "graph":
-        if not cuda:
-            return "the captured decode loop needs CUDA graphs (a GPU target)"
+    if s.step_interval_ms and s.loop != "slots":
+        return "step_interval_ms paces loop=slots only"
+    if s.loop == "graph" and not cuda:
+        return "the captured decode loop needs CUDA graphs (a GPU target)"
+    if s.loop != "hf":
         if s.kv_cache != "static":
-            return "the captured decode loop runs on a static KV cache"
-        if s.quantization == "int8-dynamic":
+            return f"loop={s.loop} runs on a static KV cache (kv_cache: static)"
+        if s.loop == "slots" and s.attention.startswith("flash"):
+            return "loop=slots masks each slot's keys with a 4D mask: sdpa, sdpa_gqa or eager attention"
+        if s.quantization == "int8-dynamic" and cuda:
             return "torchao int8-dynamic syncs the host inside its matmul: not capturable in a CUDA graph"
     if s.attention == "flash_attention_2" and (not cuda or importlib.util.find_spec("flash_attn") is None):
         return "flash_attention_2 needs a CUDA GPU with flash-attn installed"

@@ -6,6 +6,7 @@ import hashlib
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -255,6 +256,26 @@ def test_generate_only_paths_are_checked_against_the_probed_forward_before_any_w
 
     plain = make_evaluator().evaluate(make_candidate(batch_size=2, precision="bf16"))
     assert plain.status == MEASURED  # nothing generate-only: no check, no extra batch
+
+
+def test_a_stream_engine_is_sized_for_the_stream_before_the_check_compiles_it(
+    log, make_evaluator, make_candidate
+) -> None:
+    """loop=slots compiles and captures at its slots' size: the check's batch must run at the size
+    the stream will use, or the stream pays a second build."""
+
+    class SizedEngine(FakeEngine):
+        def reserve(self, sequence_tokens: int) -> None:
+            self.log.append(("reserve", sequence_tokens))
+
+    evaluator = make_evaluator()
+    candidate = make_candidate(batch_size=2, compile=True)
+    evaluator.streams = {
+        2.0: SimpleNamespace(longest_request_tokens=300),
+        4.0: SimpleNamespace(longest_request_tokens=420),
+    }
+    evaluator._check_generate_paths(SizedEngine(candidate.settings, log), candidate)
+    assert log[:2] == [("reserve", 420), ("generate", candidate.settings.label())]
 
 
 def test_the_artifact_an_engine_serves_is_in_its_result_and_survives_the_store(

@@ -211,6 +211,7 @@ def test_quantized_kv_scoring_holds_the_context_quantized(
     [
         pytest.param({"kv_cache": "static"}, id="static-cache"),
         pytest.param({"attention": "sdpa_gqa"}, id="sdpa_gqa"),
+        pytest.param({"kv_cache": "static", "loop": "slots"}, id="slots"),
     ],
 )
 def test_generate_only_paths_decode_what_the_plain_forward_decodes(
@@ -219,9 +220,9 @@ def test_generate_only_paths_decode_what_the_plain_forward_decodes(
     """On this CPU; the captured loop (CUDA graphs) is checked the same way on a GPU by the evaluator."""
     from optimizer.backends.parity import check_greedy_parity
 
+    assert TorchSettings(**settings).generate_only_paths
     engine = build(tiny_spec, tmp_path, make_target, **settings)
     try:
-        assert engine.settings.generate_only_paths
         check_greedy_parity(engine, prompts, 8, "fp32")
     finally:
         engine.close()

@@ -1,0 +1,239 @@
+"""A decode step over a fixed set of slots, each holding one request at its own position.
+
+The captured loop (`graph_loop.py`) decodes lockstep batches of equal prompts: every row shares one
+cache position. Serving needs requests that join and leave between steps, so here every slot has a
+static KV region of its own ([slots, kv_heads, max_len, head_dim] per layer), its own position, and
+a mask row that lets it see its own keys only. The step's shapes never change, so it compiles and
+captures like the lockstep loop's; admitting a request is a prefill that writes its prompt's K/V
+into its slot and sets the slot's position and first token. Busy slots are kept at the front (a
+finished request's slot takes the last busy one's), and a step runs the smallest of a few sizes
+that holds them (one captured graph each): the free slots inside that size step too, as wasted
+rows with their positions pinned inside their regions.
+
+The model runs through transformers' own forward with a 4D additive mask (used as given, so
+attention kernels that take no mask, FlashAttention's, cannot run it) and a cache
+object whose `update` writes each row at its own position. The first token of a prefill is the
+decoder's hidden state at each prompt's last token through the output embedding, so models whose
+logits are more than that (soft-capped or scaled) are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from optimizer.backends.torch.graph_loop import WARMUP_STEPS, cache_argument
+
+# Prompts admitted together are padded to a multiple of this, which bounds the number of prefill
+# shapes a compiled or captured run meets.
+PREFILL_WIDTH_MULTIPLE = 16
+
+
+class SlotCache:
+    """Per-slot static K/V for every layer, written at per-row positions.
+
+    Decoding `n` rows: row i is slot i and writes at `positions[i]`; attention sees slots 0..n-1's
+    whole regions (the mask picks each slot's own keys). Prefilling `rows`: the prompts' K/V are
+    written at 0..width-1 of those slots and the prompts attend only to themselves. All layers
+    live in one tensor per K and V, so that moving a slot is one copy each.
+    """
+
+    def __init__(
+        self, config: Any, slots: int, max_len: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        heads = int(config.num_attention_heads)
+        kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+        shape = (int(config.num_hidden_layers), slots, kv_heads, max_len, head_dim)
+        self.all_keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.all_values = torch.zeros(shape, dtype=dtype, device=device)
+        self.keys = list(self.all_keys.unbind(0))  # views, one per layer
+        self.values = list(self.all_values.unbind(0))
+        self.slot_rows = torch.arange(slots, device=device)
+        self.positions = torch.zeros(slots, dtype=torch.long, device=device)
+        self.prefill_rows: torch.Tensor | None = None
+
+    # transformers 5.x calls update(key, value, layer_idx, cache_kwargs) or (..., kwargs=...)
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        rows = self.prefill_rows
+        if rows is not None:
+            width = key_states.shape[2]
+            keys[rows, :, :width] = key_states
+            values[rows, :, :width] = value_states
+            return key_states, value_states
+        n = key_states.shape[0]  # the step's rows: slots 0..n-1
+        keys, values = keys[:n], values[:n]
+        keys[self.slot_rows[:n], :, self.positions[:n]] = key_states[:, :, 0]
+        values[self.slot_rows[:n], :, self.positions[:n]] = value_states[:, :, 0]
+        return keys, values
+
+    def move(self, source: int, target: int) -> None:
+        """Slot `source`'s keys, values and position into slot `target` (every layer)."""
+        self.all_keys[:, target].copy_(self.all_keys[:, source])
+        self.all_values[:, target].copy_(self.all_values[:, source])
+        self.positions[target] = self.positions[source]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # positions are always passed explicitly; nothing may infer them from the cache
+
+
+def step_sizes(slots: int, compiled: bool) -> list[int]:
+    """The row counts a step runs with: powers of two from 8, and all slots. Busy slots are kept at
+    the front (`SlotDecoder.move`), so a step runs the smallest size that holds them. Compiled:
+    all slots only (each size would be one more compile)."""
+    if compiled:
+        return [slots]
+    sizes = [8]
+    while sizes[-1] * 2 < slots:
+        sizes.append(sizes[-1] * 2)
+    return sorted({size for size in sizes if size < slots} | {slots})
+
+
+def check_supported(model: Any) -> None:
+    """The prefill's first token is lm_head(hidden state): refuse models whose logits differ."""
+    config = model.config
+    for field in ("final_logit_softcapping", "logit_scale"):
+        if getattr(config, field, None) not in (None, 1.0):
+            raise ValueError(
+                f"loop=slots: {config.model_type} sets {field}; its logits are not lm_head(hidden)"
+            )
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
+        raise ValueError(
+            f"loop=slots: {config.model_type} has sliding-window layers; the slot mask is full attention"
+        )
+
+
+class SlotDecoder:
+    """`slots` requests of at most `max_sequence_tokens` (prompt + new tokens) each."""
+
+    def __init__(
+        self,
+        model: Any,
+        slots: int,
+        max_sequence_tokens: int,
+        device: torch.device,
+        compiled: bool = False,
+    ) -> None:
+        check_supported(model)
+        self.model = model
+        self.slots = slots
+        self.max_sequence_tokens = max_sequence_tokens
+        # one spare column: a finished request's slot may run a step past its answer
+        self.max_len = max_sequence_tokens + 1
+        self.device = device
+        dtype = model.get_input_embeddings().weight.dtype  # the activations' (fp8 layers keep bf16 here)
+        self.cache = SlotCache(model.config, slots, self.max_len, dtype, device)
+        self.tokens = torch.zeros(slots, 1, dtype=torch.long, device=device)
+        self.key_range = torch.arange(self.max_len, device=device)
+        self.dtype = dtype
+        self.decoder = model.base_model
+        self.head = model.get_output_embeddings()
+        self._cache_argument = cache_argument(model)
+        self._decoder_cache_argument = cache_argument(self.decoder)
+        self._run_decode = torch.compile(self._decode, dynamic=False) if compiled else self._decode
+        self.sizes = step_sizes(slots, compiled)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}  # step size -> captured step
+
+    def _decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        mask = self._additive((self.key_range[None, :] <= positions[:, None])[:, None, None, :])
+        out = self.model(
+            input_ids=tokens,
+            position_ids=positions[:, None],
+            attention_mask=mask,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_argument: self.cache},
+        )
+        return out.logits[:, -1].argmax(-1, keepdim=True)
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        """0 where a key may be seen, the dtype's lowest value elsewhere: eager attention adds the
+        mask to its scores (a boolean one would be added as 0/1), SDPA takes either."""
+        return torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(self.dtype).min
+        )
+
+    def step(self, rows: int | None = None) -> None:
+        """The next token of slots 0..rows-1 (all by default), written to `tokens`; their positions
+        advance, kept inside the region (a slot without a request steps too)."""
+        n = self.slots if rows is None else rows
+        positions = self.cache.positions[:n]
+        self.tokens[:n].copy_(self._run_decode(self.tokens[:n], positions))
+        positions.add_(1).clamp_(max=self.max_len - 1)
+
+    def rows_for(self, busy: int) -> int:
+        """The smallest step size that holds slots 0..busy-1."""
+        return next(size for size in self.sizes if size >= busy)
+
+    def move(self, source: int, target: int) -> None:
+        """Slot `source`'s request (cache, position, next token) into slot `target`."""
+        self.cache.move(source, target)
+        self.tokens[target] = self.tokens[source]
+
+    def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Write the prompts' K/V into their slots and each first token into `tokens`; returns the
+        first tokens [len(slots)] (on the device)."""
+        longest = max(len(p) for p in prompts)
+        if longest < 1 or longest >= self.max_sequence_tokens:
+            raise ValueError(
+                f"prompts of 1..{self.max_sequence_tokens - 1} tokens fit these slots, got {longest}"
+            )
+        width = min(-(-longest // PREFILL_WIDTH_MULTIPLE) * PREFILL_WIDTH_MULTIPLE, self.max_len)
+        ids = torch.zeros(len(prompts), width, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = torch.tensor(prompt)
+        ids = ids.to(self.device)
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        rows = torch.tensor(list(slots), device=self.device)
+        span = torch.arange(width, device=self.device)
+        causal = span[None, :] <= span[:, None]
+        mask = self._additive(causal[None, None] & (span[None, :] < lengths[:, None])[:, None, None, :])
+        self.cache.prefill_rows = rows
+        try:
+            hidden = self.decoder(
+                input_ids=ids,
+                position_ids=span[None].expand(len(prompts), -1),
+                attention_mask=mask,
+                use_cache=True,
+                **{self._decoder_cache_argument: self.cache},
+            ).last_hidden_state
+        finally:
+            self.cache.prefill_rows = None
+        last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
+        first = self.head(last).argmax(-1)
+        self.tokens[rows, 0] = first
+        self.cache.positions[rows] = lengths
+        return first
+
+    def capture(self) -> None:
+        """Capture a step of each size as a CUDA graph (CUDA only), largest first, sharing one
+        memory pool. Runs before any request is admitted: the warm-up steps write only into slots
+        that hold nothing yet, whose positions are then reset."""
+        pool = torch.cuda.graph_pool_handle()
+        for rows in sorted(self.sizes, reverse=True):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    self.step(rows)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.step(rows)
+            self.graphs[rows] = graph
+        self.cache.positions.zero_()
+
+    def run_step(self, busy: int) -> None:
+        """One step of the smallest size holding slots 0..busy-1: its captured graph when there is
+        one, else launched eagerly."""
+        rows = self.rows_for(busy)
+        graph = self.graphs.get(rows)
+        if graph is not None:
+            graph.replay()
+        else:
+            self.step(rows)

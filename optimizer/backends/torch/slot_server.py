@@ -1,0 +1,358 @@
+"""loop=slots: continuous admission over the slot decoder, as an `Engine` and a `ServingEngine`.
+
+A loop thread owns the device. Between decode steps it admits waiting requests into free slots (one
+prefill for those that arrived together, at most `max_prefill_tokens` of padded prompt), then runs
+one step of the busy slots (kept at the front; the smallest step size that holds them, a captured
+CUDA graph on a GPU), reads the step's tokens and retires the requests that have all of theirs,
+freeing their slots at once. A request never waits for another's answer to end (static batching
+behind a queue does), and a step costs what a lockstep step of that many rows costs:
+transformers' paged continuous batching instead runs eager Python per step and packs every
+request's keys into one masked product.
+
+The slots' regions are sized for the longest request announced (`reserve`, or a longer request
+when it arrives): growing waits for the requests in flight to finish, then rebuilds (and
+re-captures) the decoder, so a stream is reserved for before it starts.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from optimizer.backends.base import Generation
+from optimizer.backends.completions import take_completions
+from optimizer.backends.openmp import release_openmp_threads
+from optimizer.backends.torch.slot_decoder import PREFILL_WIDTH_MULTIPLE, SlotDecoder
+from optimizer.measure.serving import Completion
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SEQUENCE_TOKENS = 256  # the least prompt + new tokens a slot is built for
+SEQUENCE_TOKENS_STEP = 256  # a region grows in these steps, so that a stream rebuilds it rarely
+DEFAULT_MAX_PREFILL_TOKENS = 4096  # padded prompt tokens admitted in one prefill
+RESULT_TIMEOUT_SECONDS = 600.0  # generate() fails when no request finishes for this long
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def sequence_tokens(self) -> int:
+        return len(self.prompt_ids) + self.max_new_tokens
+
+    def completion(self, error: str | None = None) -> Completion:
+        return Completion(self.request_id, tuple(self.tokens), tuple(self.times), error)
+
+
+def _slot_size(tokens: int) -> int:
+    """The region for requests of `tokens` (prompt + new): a multiple of the growth step, and
+    never below the default."""
+    return max(DEFAULT_MAX_SEQUENCE_TOKENS, -(-tokens // SEQUENCE_TOKENS_STEP) * SEQUENCE_TOKENS_STEP)
+
+
+class SlotEngine:
+    """Args:
+    hf_model: A loaded HF causal LM on `device`.
+    slots: Requests decoded together (the candidate's batch size); more wait for a free slot.
+    device: Where the model lives; on CUDA the step is captured as a graph.
+    compiled: Compile the step with inductor first.
+    max_prefill_tokens: Padded prompt tokens admitted in one prefill (at least one request).
+    step_interval_seconds: The least time from one step's start to the next (0: back to back).
+        A decode step reads every weight whatever its rows, so at a given arrival rate fewer,
+        fuller steps spend less energy per token, paid for in TPOT (and in slots: requests stay
+        in flight longer).
+    """
+
+    def __init__(
+        self,
+        hf_model: Any,
+        slots: int,
+        device: torch.device | str,
+        *,
+        compiled: bool = False,
+        max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
+        step_interval_seconds: float = 0.0,
+    ) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.step_interval_seconds = step_interval_seconds
+        self._next_step_at = 0.0
+        self.model: Any = hf_model
+        self.slots = slots
+        self.device = torch.device(device)
+        self.compiled = compiled
+        self.max_prefill_tokens = max_prefill_tokens
+        self.decoder: SlotDecoder | None = None
+        self._wanted_tokens = 0  # nothing is built before a request or a reserve() asks for a size
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._running: dict[int, _Request] = {}  # slot -> request
+        self._done: collections.deque[Completion] = collections.deque()
+        self._cond = threading.Condition()
+        self._device_lock = threading.Lock()  # the loop's device work, and score() between steps
+        self._stopped = False
+        self._cancel = False
+        self._build_error: BaseException | None = None
+        self._failed_tokens = 0  # the size whose build failed: not retried until asked again
+        self._counter = 0
+        release_openmp_threads()  # the loop thread computes: the caller's idle team must not hold cores
+        self._thread = threading.Thread(target=self._serve, name="wattsmith-slot-server", daemon=True)
+        self._thread.start()
+
+    # -- ServingEngine -------------------------------------------------------------------------
+
+    def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
+        if max_new_tokens < 1 or not prompt_ids:
+            raise ValueError(
+                f"a request needs a prompt and max_new_tokens >= 1, got {len(prompt_ids)}, {max_new_tokens}"
+            )
+        with self._cond:
+            if self._stopped:
+                raise RuntimeError("the slot engine is closed")
+            self._counter += 1
+            request = _Request(f"s{self._counter}", tuple(prompt_ids), max_new_tokens)
+            self._wanted_tokens = max(self._wanted_tokens, _slot_size(request.sequence_tokens))
+            self._failed_tokens = 0  # a new request retries a build that failed
+            self._waiting.append(request)
+            self._cond.notify_all()
+        return request.request_id
+
+    def collect(self, timeout_seconds: float) -> list[Completion]:
+        with self._cond:
+            return take_completions(self._cond, self._done, lambda: self._stopped, timeout_seconds)
+
+    def cancel_all(self) -> None:
+        with self._cond:
+            self._cancel = True
+            self._cond.notify_all()
+            while self._cancel and not self._stopped:
+                self._cond.wait(0.1)
+            self._done.clear()
+
+    def reserve(self, sequence_tokens: int) -> SlotEngine:
+        """Slots with room for requests of `sequence_tokens` (prompt + new) tokens, built now."""
+        with self._cond:
+            self._wanted_tokens = max(self._wanted_tokens, _slot_size(sequence_tokens))
+            self._failed_tokens = 0
+            self._build_error = None
+            self._cond.notify_all()
+            while not self._stopped and (
+                self.decoder is None or self.decoder.max_sequence_tokens < self._wanted_tokens
+            ):
+                if self._build_error is not None:
+                    error = self._build_error
+                    raise RuntimeError(f"building the slot decoder failed: {error}") from error
+                self._cond.wait(0.1)
+        return self
+
+    # -- Engine --------------------------------------------------------------------------------
+
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        """Each row one request, all submitted together (TTFT from submission, queueing included)."""
+        if prompt_ids.dim() != 2 or prompt_ids.shape[0] < 1 or prompt_ids.shape[1] < 1:
+            raise ValueError(f"prompt_ids must be [batch, tokens], got shape {tuple(prompt_ids.shape)}")
+        self.reserve(prompt_ids.shape[1] + max_new_tokens)
+        start = time.perf_counter()
+        ids = [self.submit(row, max_new_tokens) for row in prompt_ids.tolist()]
+        finished: dict[str, Completion] = {}
+        last_progress = time.perf_counter()
+        while len(finished) < len(ids):
+            taken = self.collect(1.0)
+            for completion in taken:
+                if completion.error is not None:
+                    raise RuntimeError(f"request {completion.request_id} failed: {completion.error}")
+                finished[completion.request_id] = completion
+            if taken:
+                last_progress = time.perf_counter()
+            elif self._stopped or time.perf_counter() - last_progress > RESULT_TIMEOUT_SECONDS:
+                raise RuntimeError(f"the slot engine finished {len(finished)} of {len(ids)} requests")
+        total = time.perf_counter() - start
+        rows = [finished[i] for i in ids]
+        latencies = tuple(
+            (
+                c.token_times[0] - start,
+                (c.token_times[-1] - c.token_times[0]) / max(len(c.token_times) - 1, 1),
+            )
+            for c in rows
+        )
+        return Generation(
+            batch_size=len(rows),
+            new_tokens=max_new_tokens,
+            ttft_seconds=max(ttft for ttft, _ in latencies),  # every request's first token is out
+            total_seconds=total,
+            token_ids=torch.tensor([c.token_ids for c in rows], dtype=torch.int64),
+            request_latencies=latencies,
+        )
+
+    @torch.inference_mode()
+    def score(self, token_ids: torch.Tensor) -> torch.Tensor:
+        if self.model is None:
+            raise RuntimeError("the slot engine is closed")
+        with self._device_lock:
+            return self.model(input_ids=token_ids.to(self.device)).logits.float().cpu()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._waiting.clear()
+            self._cond.notify_all()
+        self._thread.join(timeout=60)
+        self.decoder = None
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- the loop thread -----------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            self._serve_requests()
+        except BaseException as exc:  # noqa: BLE001 - a dead loop must fail its requests, not hang them
+            log.exception("the slot engine's loop thread stopped")
+            with self._cond:
+                self._stopped = True
+                error = f"the slot engine's loop thread stopped: {type(exc).__name__}: {exc}"
+                requests = [*self._running.values(), *self._waiting]
+                self._done.extend(r.completion(error) for r in requests)
+                self._running.clear()
+                self._waiting.clear()
+                self._cond.notify_all()
+
+    def _serve_requests(self) -> None:
+        with torch.inference_mode():
+            while True:
+                self._pace()
+                with self._cond:
+                    while not (
+                        self._stopped or self._cancel or self._waiting or self._running or self._needs_build()
+                    ):
+                        self._cond.wait()
+                    if self._stopped:
+                        return
+                    if self._cancel:
+                        self._waiting.clear()
+                        self._running.clear()
+                        self._cancel = False
+                        self._cond.notify_all()
+                        continue
+                    build = self._needs_build() and not self._running
+                    admitted = [] if build or self._needs_build() else self._admit()
+                try:
+                    with self._device_lock:
+                        if build:
+                            self._build()
+                        if admitted:
+                            self._prefill(admitted)
+                        if self._running:
+                            self._step()
+                except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, not the loop
+                    log.exception("slot engine step failed")
+                    self._fail_running(f"{type(exc).__name__}: {exc}", admitted)
+
+    def _pace(self) -> None:
+        """Wait until the next step is due (step_interval_seconds); requests that arrive meanwhile
+        are admitted before it. Only a stop or a cancel ends the wait early."""
+        wait = self._next_step_at - time.perf_counter()
+        if self._running and wait > 0:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stopped or self._cancel, wait)
+
+    def _needs_build(self) -> bool:
+        small = self.decoder is None or self.decoder.max_sequence_tokens < self._wanted_tokens
+        return small and self._wanted_tokens > 0 and self._failed_tokens != self._wanted_tokens
+
+    def _admit(self) -> list[tuple[int, _Request]]:
+        """Waiting requests for the free slots, first come first served, within the prefill budget.
+        Called under the lock."""
+        free = [s for s in range(self.slots) if s not in self._running]
+        admitted: list[tuple[int, _Request]] = []
+        longest = 0
+        while self._waiting and len(admitted) < len(free):
+            longest = max(longest, len(self._waiting[0].prompt_ids))
+            width = -(-longest // PREFILL_WIDTH_MULTIPLE) * PREFILL_WIDTH_MULTIPLE
+            if admitted and width * (len(admitted) + 1) > self.max_prefill_tokens:
+                break
+            admitted.append((free[len(admitted)], self._waiting.popleft()))
+        return admitted
+
+    def _build(self) -> None:
+        wanted = self._wanted_tokens
+        self.decoder = None  # the old regions go before the new ones are allocated
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            decoder = SlotDecoder(self.model, self.slots, wanted, self.device, compiled=self.compiled)
+            if self.device.type == "cuda":
+                decoder.capture()
+        except Exception as exc:  # noqa: BLE001 - reported to reserve() and to the waiting requests
+            with self._cond:
+                self._build_error = exc
+                self._failed_tokens = wanted
+                for request in self._waiting:
+                    self._done.append(request.completion(f"building the slot decoder failed: {exc}"))
+                self._waiting.clear()
+                self._cond.notify_all()
+            return
+        log.info("slot decoder: %d slots of %d tokens", self.slots, wanted)
+        with self._cond:
+            self.decoder = decoder
+            self._cond.notify_all()
+
+    def _prefill(self, admitted: list[tuple[int, _Request]]) -> None:
+        assert self.decoder is not None
+        with self._cond:
+            self._running.update(admitted)
+        first = self.decoder.prefill([s for s, _ in admitted], [r.prompt_ids for _, r in admitted]).tolist()
+        self._record({slot: token for (slot, _), token in zip(admitted, first, strict=True)})
+
+    def _step(self) -> None:
+        assert self.decoder is not None
+        busy = len(self._running)  # slots 0..busy-1 (kept at the front)
+        self._next_step_at = time.perf_counter() + self.step_interval_seconds
+        self.decoder.run_step(busy)
+        tokens = self.decoder.tokens[:busy, 0].tolist()  # waits for the step
+        self._record({slot: tokens[slot] for slot in self._running})
+
+    def _record(self, tokens: dict[int, int]) -> None:
+        """Append each slot's new token (stamped now); retire the requests that are complete."""
+        now = time.perf_counter()
+        with self._cond:
+            for slot, token in tokens.items():
+                request = self._running.get(slot)
+                if request is None:  # cancelled meanwhile
+                    continue
+                request.tokens.append(token)
+                request.times.append(now)
+                if len(request.tokens) >= request.max_new_tokens:
+                    del self._running[slot]
+                    self._done.append(request.completion())
+            self._compact()
+            self._cond.notify_all()
+
+    def _compact(self) -> None:
+        """Keep the busy slots at the front, so that a step runs only as many rows as are busy: the
+        highest busy slot moves into each free one below the count. Called under the lock."""
+        assert self.decoder is not None
+        count = len(self._running)
+        for hole in [s for s in range(count) if s not in self._running]:
+            top = max(self._running)
+            self.decoder.move(top, hole)
+            self._running[hole] = self._running.pop(top)
+
+    def _fail_running(self, error: str, admitted: list[tuple[int, _Request]]) -> None:
+        with self._cond:
+            failed = {id(r): r for r in [*self._running.values(), *(r for _, r in admitted)]}
+            self._running.clear()
+            self._done.extend(r.completion(error) for r in failed.values())
+            self._cond.notify_all()
