@@ -131,11 +131,11 @@ def smollm2_candidates(small: bool) -> list[str]:
 
 
 PLATEAU = dict(precision="bf16", kv_cache="static", compile=True)
-# the serving candidate: the captured, compiled step over 64 slots with continuous admission (the
-# chat stream at 50 requests/s keeps ~40 requests in flight at a 5-10 ms step)
+# the serving candidate: the captured, compiled step over 64 slots with continuous admission (by
+# arithmetic: 50 requests/s x 128 tokens x a 5-10 ms step is ~30-60 in flight)
 SLOTS = dict(PLATEAU, attention="sdpa_gqa", loop="slots")
 # the same, paced: a step every 20 ms at most (TPOT p90 <= 50 ms allows it), so each step carries
-# ~4x the requests at the same rate; 256 slots hold them (~130 in flight at 50 requests/s)
+# more requests at the same rate; 256 slots hold them (by arithmetic: 50 x 128 x 20 ms = 128)
 PACED_SLOTS = dict(SLOTS, step_interval_ms=20)
 
 

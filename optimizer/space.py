@@ -68,7 +68,7 @@ class Candidate:
     def axes(self) -> dict[str, Any]:
         """Every axis value, the layout's included even at 1 (a sampler's view of the candidate)."""
         layout = {name: getattr(self, name) for name in LAYOUT_FIELDS}
-        return self.to_dict() | asdict(self.settings) | layout
+        return self.to_dict() | _settings_dict(self.settings, every_field=True) | layout
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:
@@ -116,20 +116,29 @@ class Candidate:
         return f"{self.backend} {self.settings.label()} b{self.batch_size}{threads}{replicas}{tp}"
 
 
-def _settings_dict(settings: BackendSettings) -> dict[str, Any]:
+def _settings_dict(settings: BackendSettings, every_field: bool = False) -> dict[str, Any]:
     """The settings as dicts and keys write them: a whole number given for a float field (YAML's
     `2`) as the float the grid gives (2.0), so that equal settings get one key; a value already
-    of its field's type is written as it was, and keeps its key."""
+    of its field's type is written as it was, and keeps its key. A field added after candidates
+    were written (`KEYED_WHEN_SET`) is left out at its default, so that they keep their keys;
+    `every_field` keeps it (a sampler's view)."""
     values = asdict(settings)
     settings_type: type = type(settings)
     for name in _float_fields(settings_type):
         if type(values[name]) is int:
             values[name] = float(values[name])
-    defaults = {f.name: f.default for f in fields(settings_type)}
-    for name in getattr(settings_type, "KEYED_WHEN_SET", ()):
-        if values[name] == defaults[name]:
-            del values[name]  # a field added later: candidates written before keep their keys
+    if not every_field:
+        for name, default in _keyed_when_set(settings_type).items():
+            if values[name] == default:
+                del values[name]
     return values
+
+
+@cache
+def _keyed_when_set(settings_type: type) -> dict[str, Any]:
+    """The settings type's fields left out of keys at their default, with those defaults."""
+    names = getattr(settings_type, "KEYED_WHEN_SET", ())
+    return {f.name: f.default for f in fields(settings_type) if f.name in names}
 
 
 @cache

@@ -1,13 +1,15 @@
-"""`ServingEngine.collect` for engines that run their own loop thread (the queue in front of
-lockstep engines, llama.cpp's batch, genai's Engine): one way to wait for finished requests."""
+"""For engines that run their own loop thread (the queue in front of lockstep engines, llama.cpp's
+batch, genai's Engine, the slot loop): one way to wait for finished requests, and one way to report
+an offline batch they served as requests."""
 
 from __future__ import annotations
 
 import collections
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from optimizer.backends.base import Generation
 from optimizer.measure.serving import Completion
 
 
@@ -26,3 +28,28 @@ def take_completions(
     taken = list(done)
     done.clear()
     return taken
+
+
+def requests_generation(
+    token_ids: Sequence[Sequence[int]], token_times: Sequence[Sequence[float]], start: float, total: float
+) -> Generation:
+    """An offline batch served as requests submitted together at `start` (perf_counter): each
+    request's TTFT runs from `start` to its first token, its TPOT is the mean gap between its
+    tokens; the batch's TTFT is the latest first token (as a lockstep prefill's), and each step's
+    time the moment every request had that token."""
+    import torch
+
+    latencies = tuple(
+        (times[0] - start, (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0)
+        for times in token_times
+    )
+    new_tokens = len(token_ids[0])
+    return Generation(
+        batch_size=len(token_ids),
+        new_tokens=new_tokens,
+        ttft_seconds=max(ttft for ttft, _ in latencies),
+        total_seconds=total,
+        token_ids=torch.tensor([list(row) for row in token_ids], dtype=torch.int64),
+        request_latencies=latencies,
+        token_times=tuple(max(times[k] for times in token_times) for k in range(new_tokens)),
+    )

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from optimizer.backends.base import Generation
-from optimizer.backends.completions import take_completions
+from optimizer.backends.completions import requests_generation, take_completions
 from optimizer.backends.llamacpp import native
 from optimizer.backends.llamacpp.errors import LlamaCppError
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
@@ -128,17 +128,7 @@ class LlamaCppEngine:
         ids = [self._submit(row, max_new_tokens, own=True) for row in rows]
         requests = self._wait_own(ids)
         total = time.perf_counter() - start
-        latencies = tuple((r.times[0] - start, _tpot(r.times)) for r in requests)
-        steps = tuple(max(r.times[k] for r in requests) for k in range(max_new_tokens))
-        return Generation(
-            batch_size=len(rows),
-            new_tokens=max_new_tokens,
-            ttft_seconds=max(ttft for ttft, _ in latencies),
-            total_seconds=total,
-            token_ids=torch.tensor([r.tokens for r in requests], dtype=torch.int64),
-            request_latencies=latencies,
-            token_times=steps,
-        )
+        return requests_generation([r.tokens for r in requests], [r.times for r in requests], start, total)
 
     def _wait_own(self, ids: list[str]) -> list[Request]:
         deadline = time.monotonic() + self.result_timeout_seconds
@@ -286,7 +276,3 @@ class LlamaCppEngine:
 
 def _granule(tokens: int) -> int:
     return max(1, math.ceil(tokens / CONTEXT_GRANULE)) * CONTEXT_GRANULE
-
-
-def _tpot(times: list[float]) -> float:
-    return (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0

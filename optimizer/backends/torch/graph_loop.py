@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,6 +26,21 @@ WARMUP_STEPS = 3  # steps on a side stream before capture (allocator, cuBLAS han
 def cache_argument(model: Any) -> str:
     """The forward() keyword for the KV cache: transformers 5.x renames `past_key_values` to `cache`."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def capture_step(step: Callable[[], None], pool: Any = None) -> torch.cuda.CUDAGraph:
+    """`step` captured as a CUDA graph, after WARMUP_STEPS runs of it on a side stream (allocator,
+    cuBLAS handles, compile); `pool`: a memory pool shared with other graphs."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_STEPS):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        step()
+    return graph
 
 
 class GraphDecoder:
@@ -89,16 +105,7 @@ class GraphDecoder:
 
     def _capture(self, prompt_ids: torch.Tensor) -> torch.cuda.CUDAGraph:
         self.prefill(prompt_ids)  # allocates the static cache before capture
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                self.step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.step()
-        return graph
+        return capture_step(self.step)
 
     def generate(self, prompt_ids: torch.Tensor) -> tuple[torch.Tensor, float, float]:
         """Returns (new token ids [batch, new_tokens], seconds to first token, total seconds)."""

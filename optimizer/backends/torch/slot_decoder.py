@@ -19,12 +19,13 @@ logits are more than that (soft-capped or scaled) are refused.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from optimizer.backends.torch.graph_loop import WARMUP_STEPS, cache_argument
+from optimizer.backends.torch.graph_loop import cache_argument, capture_step
 
 # Prompts admitted together are padded to a multiple of this, which bounds the number of prefill
 # shapes a compiled or captured run meets.
@@ -216,16 +217,7 @@ class SlotDecoder:
         that hold nothing yet, whose positions are then reset."""
         pool = torch.cuda.graph_pool_handle()
         for rows in sorted(self.sizes, reverse=True):
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_STEPS):
-                    self.step(rows)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.step(rows)
-            self.graphs[rows] = graph
+            self.graphs[rows] = capture_step(functools.partial(self.step, rows), pool)
         self.cache.positions.zero_()
 
     def run_step(self, busy: int) -> None:

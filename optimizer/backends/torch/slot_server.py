@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from optimizer.backends.base import Generation
-from optimizer.backends.completions import take_completions
+from optimizer.backends.completions import requests_generation, take_completions
 from optimizer.backends.openmp import release_openmp_threads
 from optimizer.backends.torch.slot_decoder import PREFILL_WIDTH_MULTIPLE, SlotDecoder
 from optimizer.measure.serving import Completion
@@ -179,21 +179,7 @@ class SlotEngine:
                 raise RuntimeError(f"the slot engine finished {len(finished)} of {len(ids)} requests")
         total = time.perf_counter() - start
         rows = [finished[i] for i in ids]
-        latencies = tuple(
-            (
-                c.token_times[0] - start,
-                (c.token_times[-1] - c.token_times[0]) / max(len(c.token_times) - 1, 1),
-            )
-            for c in rows
-        )
-        return Generation(
-            batch_size=len(rows),
-            new_tokens=max_new_tokens,
-            ttft_seconds=max(ttft for ttft, _ in latencies),  # every request's first token is out
-            total_seconds=total,
-            token_ids=torch.tensor([c.token_ids for c in rows], dtype=torch.int64),
-            request_latencies=latencies,
-        )
+        return requests_generation([c.token_ids for c in rows], [c.token_times for c in rows], start, total)
 
     @torch.inference_mode()
     def score(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -246,8 +232,9 @@ class SlotEngine:
                         self._cancel = False
                         self._cond.notify_all()
                         continue
-                    build = self._needs_build() and not self._running
-                    admitted = [] if build or self._needs_build() else self._admit()
+                    needs_build = self._needs_build()  # first the requests in flight finish
+                    build = needs_build and not self._running
+                    admitted = [] if needs_build else self._admit()
                 try:
                     with self._device_lock:
                         if build:
@@ -258,7 +245,7 @@ class SlotEngine:
                             self._step()
                 except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, not the loop
                     log.exception("slot engine step failed")
-                    self._fail_running(f"{type(exc).__name__}: {exc}", admitted)
+                    self._fail_running(f"{type(exc).__name__}: {exc}")
 
     def _pace(self) -> None:
         """Wait until the next step is due (step_interval_seconds); requests that arrive meanwhile
@@ -329,9 +316,7 @@ class SlotEngine:
         now = time.perf_counter()
         with self._cond:
             for slot, token in tokens.items():
-                request = self._running.get(slot)
-                if request is None:  # cancelled meanwhile
-                    continue
+                request = self._running[slot]  # only this thread changes the running set
                 request.tokens.append(token)
                 request.times.append(now)
                 if len(request.tokens) >= request.max_new_tokens:
@@ -350,9 +335,9 @@ class SlotEngine:
             self.decoder.move(top, hole)
             self._running[hole] = self._running.pop(top)
 
-    def _fail_running(self, error: str, admitted: list[tuple[int, _Request]]) -> None:
+    def _fail_running(self, error: str) -> None:
+        """Fail the requests in flight (admitted ones included: `_prefill` runs them first)."""
         with self._cond:
-            failed = {id(r): r for r in [*self._running.values(), *(r for _, r in admitted)]}
+            self._done.extend(r.completion(error) for r in self._running.values())
             self._running.clear()
-            self._done.extend(r.completion(error) for r in failed.values())
             self._cond.notify_all()
