@@ -73,6 +73,8 @@ class SlotEngine:
         A decode step reads every weight whatever its rows, so at a given arrival rate fewer,
         fuller steps spend less energy per token, paid for in TPOT (and in slots: requests stay
         in flight longer).
+    key_span_step: The granularity of the key spans a step attends (the decoder's default per
+        device; 0: every step attends to the whole region, as before spans).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class SlotEngine:
         compiled: bool = False,
         max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
         step_interval_seconds: float = 0.0,
+        key_span_step: int | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
@@ -94,6 +97,7 @@ class SlotEngine:
         self.device = torch.device(device)
         self.compiled = compiled
         self.max_prefill_tokens = max_prefill_tokens
+        self.key_span_step = key_span_step
         self.decoder: SlotDecoder | None = None
         self._wanted_tokens = 0  # nothing is built before a request or a reserve() asks for a size
         self._waiting: collections.deque[_Request] = collections.deque()
@@ -279,7 +283,9 @@ class SlotEngine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         try:
-            decoder = SlotDecoder(self.model, self.slots, wanted, self.device, compiled=self.compiled)
+            decoder = SlotDecoder(
+                self.model, self.slots, wanted, self.device, self.compiled, self.key_span_step
+            )
             if self.device.type == "cuda":
                 decoder.capture()
         except Exception as exc:  # noqa: BLE001 - reported to reserve() and to the waiting requests
@@ -306,8 +312,10 @@ class SlotEngine:
     def _step(self) -> None:
         assert self.decoder is not None
         busy = len(self._running)  # slots 0..busy-1 (kept at the front)
+        # the step writes each request's newest token at position len(prompt) + len(tokens) - 1
+        columns = max(len(r.prompt_ids) + len(r.tokens) for r in self._running.values())
         self._next_step_at = time.perf_counter() + self.step_interval_seconds
-        self.decoder.run_step(busy)
+        self.decoder.run_step(busy, columns)
         tokens = self.decoder.tokens[:busy, 0].tolist()  # waits for the step
         self._record({slot: tokens[slot] for slot in self._running})
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from optimizer.backends.torch import decode_attention
-from optimizer.backends.torch.slot_decoder import SlotDecoder, step_sizes
+from optimizer.backends.torch.slot_decoder import SlotDecoder, key_spans, step_sizes
 from optimizer.backends.torch.slot_server import SlotEngine
 
 VOCAB = 300
@@ -127,6 +127,86 @@ def test_a_compiled_step_keeps_greedy_tokens() -> None:
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
+def decode_with_spans(decoder: SlotDecoder, model: Any, p: list[list[int]], new: int) -> list[list[int]]:
+    """Slot 0 decodes p[0] alone, then slot 1 joins with p[1]; every step attends only to the
+    span the longer of them has reached (run_step, as the engine calls it)."""
+    got: list[list[int]] = [[], []]
+    with torch.no_grad():
+        got[0].append(int(decoder.prefill([0], [p[0]])[0]))
+        for _ in range(3):
+            decoder.run_step(1, len(p[0]) + len(got[0]))
+            got[0].append(int(decoder.tokens[0]))
+        got[1].append(int(decoder.prefill([1], [p[1]])[0]))
+        while len(got[1]) < new:
+            decoder.run_step(2, max(len(p[i]) + len(got[i]) for i in (0, 1)))
+            for slot in (0, 1):
+                got[slot].append(int(decoder.tokens[slot]))
+    return got
+
+
+def test_a_step_attends_only_to_the_span_its_longest_request_reached() -> None:
+    """Spans of 8 columns for requests of up to 32 tokens: the requests cross several spans (and
+    the idle slot 2, past them all at the region's spare column 32, writes there unseen) and still
+    decode as alone; more columns than any request reaches are refused."""
+    model = tiny_llama()
+    p = prompts(6, 3, seed=4)
+    decoder = SlotDecoder(model, 3, 32, torch.device("cpu"), key_span_step=8)
+    assert decoder.spans == [8, 16, 24, 32]
+    with torch.no_grad():
+        for _ in range(40):  # slot 2 (never given a request) ends pinned at column 32
+            decoder.step()
+    spans_run: list[int] = []
+    step = decoder.step
+
+    def counted(rows: int | None = None, span: int | None = None) -> None:
+        spans_run.append(span or decoder.max_len)
+        step(rows, span)
+
+    decoder.step = counted  # type: ignore[method-assign]
+    got = decode_with_spans(decoder, model, p, 14)
+    assert got[0] == greedy(model, p[0], 17)
+    assert got[1] == greedy(model, p[1], 14)
+    assert spans_run[0] == 8 and spans_run[-1] == 24 and 16 in spans_run
+    with pytest.raises(ValueError, match=r"1\.\.32 key columns"):
+        decoder.span_for(33)
+
+
+def test_a_compiled_step_is_one_graph_for_every_size_and_span() -> None:
+    """Compiled first where a GPU's capture starts (all 10 slots, the longest span), then 10
+    slots step at 8 rows (slot 0 alone, then slots 0-1) and at 10 after eight more requests
+    join; the spans go 8, 16, 24: one compile."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = tiny_llama("sdpa_gqa")
+    p = prompts(7, 4, *range(3, 11), seed=5)
+    decoder = SlotDecoder(model, 10, 32, torch.device("cpu"), compiled=True, key_span_step=8)
+    assert decoder.sizes == [8, 10]
+    with torch.no_grad():
+        decoder.step()  # no request yet: the idle slots' writes are overwritten by prefills
+    got = decode_with_spans(decoder, model, p, 12)
+    assert got[0] == greedy(model, p[0], 15)
+    assert got[1] == greedy(model, p[1], 12)
+    rest = list(range(2, 10))
+    with torch.no_grad():
+        later = [[int(t)] for t in decoder.prefill(rest, p[2:])]
+        for _ in range(2):
+            decoder.run_step(10, 24)
+            for answer, slot in zip(later, rest, strict=True):
+                answer.append(int(decoder.tokens[slot]))
+    for answer, prompt in zip(later, p[2:], strict=True):
+        assert answer == greedy(model, prompt, 3)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_key_spans_are_multiples_of_the_step_up_to_the_longest_request() -> None:
+    assert key_spans(2560, 256) == [256 * k for k in range(1, 11)]
+    assert key_spans(700, 256) == [256, 512, 700]
+    assert key_spans(200, 256) == [200]
+    assert key_spans(768, 0) == [768]
+    whole = SlotDecoder(tiny_llama(), 1, 32, torch.device("cpu"), key_span_step=0)
+    assert whole.spans == [33]  # spans off: every step attends to the whole region, as before
+
+
 @pytest.fixture
 def engine() -> Any:
     model = tiny_llama()
@@ -188,7 +268,7 @@ def test_a_failed_step_fails_its_requests_not_the_engine(
     assert engine.decoder is not None
     broken = threading.Event()
 
-    def fail_once(busy: int) -> None:
+    def fail_once(busy: int, columns: int | None = None) -> None:
         broken.set()
         raise RuntimeError("device lost")
 
@@ -238,11 +318,10 @@ def test_a_compiled_engine_serves_from_its_loop_thread() -> None:
 
 
 def test_step_sizes_are_powers_of_two_from_eight_and_all_slots() -> None:
-    assert step_sizes(64, compiled=False) == [8, 16, 32, 64]
-    assert step_sizes(100, compiled=False) == [8, 16, 32, 64, 100]
-    assert step_sizes(10, compiled=False) == [8, 10]
-    assert step_sizes(2, compiled=False) == [2]
-    assert step_sizes(64, compiled=True) == [64]  # one compile
+    assert step_sizes(64) == [8, 16, 32, 64]
+    assert step_sizes(100) == [8, 16, 32, 64, 100]
+    assert step_sizes(10) == [8, 10]
+    assert step_sizes(2) == [2]
 
 
 def test_busy_slots_stay_at_the_front_and_a_step_runs_only_the_rows_they_need() -> None:
@@ -255,11 +334,13 @@ def test_busy_slots_stay_at_the_front_and_a_step_runs_only_the_rows_they_need() 
         decoder = engine.decoder
         assert decoder is not None and decoder.sizes == [8, 16]
         rows_run: list[int] = []
+        spans_run: list[int] = []
         step = decoder.step
 
-        def counted(rows: int | None = None) -> None:
+        def counted(rows: int | None = None, span: int | None = None) -> None:
             rows_run.append(rows or decoder.slots)
-            step(rows)
+            spans_run.append(span or decoder.max_len)
+            step(rows, span)
 
         decoder.step = counted  # type: ignore[method-assign]
         asked = list(zip(prompts(6, 13, 9, seed=8), (2, 12, 7), strict=True))
@@ -269,6 +350,7 @@ def test_busy_slots_stay_at_the_front_and_a_step_runs_only_the_rows_they_need() 
         while len(done) < len(ids) and time.monotonic() < deadline:
             done.update({c.request_id: c for c in engine.collect(1.0)})
         assert rows_run and set(rows_run) == {8}
+        assert set(spans_run) == {64}  # of a 257-column region: the requests reach 25 columns
         for request_id, (prompt, new) in zip(ids, asked, strict=True):
             assert list(done[request_id].token_ids) == greedy(model, prompt, new)
     finally:
@@ -325,9 +407,9 @@ def test_a_paced_loop_steps_no_more_often_than_its_interval_and_admits_meanwhile
         starts: list[float] = []
         step = decoder.step
 
-        def stamped(rows: int | None = None) -> None:
+        def stamped(rows: int | None = None, span: int | None = None) -> None:
             starts.append(time.perf_counter())
-            step(rows)
+            step(rows, span)
 
         decoder.step = stamped  # type: ignore[method-assign]
         first, second = prompts(6, 9, seed=10)
