@@ -171,10 +171,10 @@ def test_slot_engine_matches_hf_greedy_on_cuda(
     compile: bool, tiny_cuda_model_dir: Path, tmp_path: Path
 ) -> None:
     """loop=slots captures its step as CUDA graphs, one per step size (8 and 10 rows for 10
-    slots) and key span (256 columns; 256 and 512 once a stream's longest request grows the
-    regions); with `compile` the step is first compiled once for all (rows and span dynamic): an
-    offline batch on every slot, then a stream of mixed lengths on the front slots (one crossing
-    from span 256 to 512), each request as HF decodes it alone."""
+    slots) and key span (256 and 512 columns for requests of up to 512 tokens); with `compile`
+    the step is first compiled once for all four (rows and span dynamic): an offline batch on
+    every slot, then a stream of mixed lengths on the front slots (one crossing from span 256 to
+    512), each request as HF decodes it alone."""
     import torch
 
     hf = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32")
@@ -189,12 +189,13 @@ def test_slot_engine_matches_hf_greedy_on_cuda(
         compile=compile,
     )
     try:
+        slots.reserve(512)  # one build (one compile) for the whole test
         prompts = torch.randint(0, 2048, (10, 16))
         assert torch.equal(slots.generate(prompts, 8).token_ids, hf.generate(prompts, 8).token_ids)
-        assert sorted(slots.decoder.graphs) == [(8, 256), (10, 256)]
+        assert sorted(slots.decoder.graphs) == [(n, span) for n in (8, 10) for span in (256, 512)]
         asked = [
             (torch.randint(0, 2048, (n,)).tolist(), new)
-            for n, new in ((5, 9), (40, 3), (11, 1), (23, 12), (250, 12))  # the last: span 256, then 512
+            for n, new in ((5, 9), (40, 3), (11, 1), (23, 12), (250, 12))  # the last: spans 256, 512
         ]
         ids = {slots.submit(prompt, new): (prompt, new) for prompt, new in asked}
         done: dict[str, object] = {}
@@ -204,6 +205,6 @@ def test_slot_engine_matches_hf_greedy_on_cuda(
         for request_id, (prompt, new) in ids.items():
             want = hf.generate(torch.tensor([prompt]), new).token_ids
             assert list(done[request_id].token_ids) == want[0].tolist()  # type: ignore[attr-defined]
-        assert sorted(slots.decoder.graphs) == [(n, span) for n in (8, 10) for span in (256, 512)]
+        assert slots.decoder.max_sequence_tokens == 512  # not rebuilt
     finally:
         slots.close()
