@@ -91,7 +91,8 @@ def test_first_run_writes_recipe_report_plot_results(first: RunResult, run) -> N
     assert first.baseline.status == MEASURED
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     searched = [r for r in rows if r["role"] != "finalist"]
-    assert len(searched) == len(first.results) == 4  # {fp32, bf16} x batch {1, 2}; the baseline is one
+    # cpu-default's: the baseline, torch-cb at batch 1 and 2, the extra torch b8 and slot loop b16
+    assert len(searched) == len(first.results) == 5
     assert all(not r.reused for r in first.results)
     # the best three feasible, re-measured in two interleaved rounds, are in the file too
     finalists = [r for r in rows if r["role"] == "finalist"]
