@@ -9,7 +9,8 @@ the front (a finished request's slot takes the last busy one's), and a step runs
 few sizes that holds them: the free slots inside that size step too, as wasted rows with their
 positions pinned inside their regions. A step attends only to the key columns its longest request
 has reached (the smallest of a few spans), not to every slot's whole region: on the CPU a step of
-16 SmolLM2 slots took 90 ms over a 769-column region and 71 ms over 256 columns. Each size and
+16 SmolLM2 slots took 108 ms over 1,024 columns and 78 ms over 256
+(evals/results/2026-12-04-cpu-slot-spans/chat/log.txt). Each size and
 span is one captured CUDA graph; compiled, the step is one compile whose row count and span are
 dynamic (every other shape static), captured at each.
 
@@ -44,10 +45,10 @@ class SlotCache:
     """Per-slot static K/V for every layer, written at per-row positions.
 
     Decoding `n` rows: row i is slot i and writes at `positions[i]`; attention sees the first
-    `len(key_columns)` columns of slots 0..n-1's regions (the whole regions when unset; the mask
-    picks each slot's own keys). Prefilling `rows`: the prompts' K/V are
-    written at 0..width-1 of those slots and the prompts attend only to themselves. All layers
-    live in one tensor per K and V, so that moving a slot is one copy each.
+    `len(key_columns)` columns of slots 0..n-1's regions (the mask picks each slot's own keys).
+    Prefilling `rows`: the prompts' K/V are written at 0..width-1 of those slots and the prompts
+    attend only to themselves. All layers live in one tensor per K and V, so that moving a slot is
+    one copy each.
     """
 
     def __init__(
@@ -84,7 +85,8 @@ class SlotCache:
         # written in the whole region: an idle row's pinned position may lie past the span
         keys[self.slot_rows[:n], :, self.positions[:n]] = key_states[:, :, 0]
         values[self.slot_rows[:n], :, self.positions[:n]] = value_states[:, :, 0]
-        span = keys.shape[2] if self.key_columns is None else self.key_columns.shape[0]
+        assert self.key_columns is not None, "SlotDecoder.step() sets the span"
+        span = self.key_columns.shape[0]
         return keys[:, :, :span], values[:, :, :span]
 
     def move(self, source: int, target: int) -> None:
@@ -272,12 +274,12 @@ class SlotDecoder:
                 self.graphs[rows, span] = capture_step(functools.partial(self.step, rows, span), pool)
         self.cache.positions.zero_()
 
-    def run_step(self, busy: int, columns: int | None = None) -> None:
+    def run_step(self, busy: int, columns: int) -> None:
         """One step of the smallest size holding slots 0..busy-1 and the smallest span holding key
-        columns 0..columns-1 (the longest busy request's prompt and tokens so far; the longest
-        span by default): its captured graph when there is one, else launched eagerly."""
+        columns 0..columns-1 (the longest busy request's prompt and tokens so far): its captured
+        graph when there is one, else launched eagerly."""
         rows = self.rows_for(busy)
-        span = self.spans[-1] if columns is None else self.span_for(columns)
+        span = self.span_for(columns)
         graph = self.graphs.get((rows, span))
         if graph is not None:
             graph.replay()
