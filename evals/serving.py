@@ -10,7 +10,8 @@ round by round, to
   selected      the serving candidate of phase 1
   llama.cpp     the llamacpp backend on the same GGUF with the same threads (when installed)
 Phase 3 offers the agent stream (multi-turn conversations resending their history) to the
-selected candidate with prefix sharing on and off, interleaved.
+selected candidate with prefix sharing on and off, interleaved, and likewise to transformers'
+continuous batching and to wattsmith's slot loop (where the selected candidate is neither).
 
 Prints a table and, last, the RATIO lines; --out writes every request's timings as JSON.
 
@@ -51,6 +52,14 @@ STATIC_BATCH = {"backend": "torch", "batch_size": 64, "precision": "bf16"}
 LLAMACPP_PEER = {"backend": "llamacpp", "batch_size": 16}
 # the agent phase measures prefix sharing on transformers' continuous batching too (cpu-default's)
 TORCH_CB_PAIR = {"backend": "torch-cb", "batch_size": 16, "precision": "bf16", "page_size": 64}
+# and on the slot loop (cpu-default's extra candidate)
+SLOTS_PAIR = {
+    "backend": "torch",
+    "batch_size": 16,
+    "precision": "bf16",
+    "kv_cache": "static",
+    "loop": "slots",
+}
 
 
 def main() -> None:
@@ -70,7 +79,7 @@ def main() -> None:
     parser.add_argument(
         "--agent-only",
         action="store_true",
-        help="measure the agent phase only; chat rows from --out/serving.json",
+        help="measure the agent phase only; chat rows from --out/serving.json where it exists",
     )
     parser.add_argument("--agent", action="append", default=[], help="a Hydra override for the agent phase")
     parser.add_argument(
@@ -111,7 +120,8 @@ def main() -> None:
     if peer is not None:
         contenders["llama.cpp"] = peer
     if args.agent_only:
-        chat_rows = json.loads((args.out / "serving.json").read_text())["chat"]
+        earlier = args.out / "serving.json" if args.out else None
+        chat_rows = json.loads(earlier.read_text())["chat"] if earlier and earlier.exists() else {}
     else:
         chat_rows = side_by_side(contenders, chat, args.rounds, "chat")
 
@@ -122,6 +132,8 @@ def main() -> None:
     pairs = {"": selected}
     if not isinstance(selected.settings, ContinuousBatchingSettings):  # transformers' engine too
         pairs["torch-cb "] = Candidate.from_dict({**TORCH_CB_PAIR, "threads": threads})
+    if getattr(selected.settings, "loop", None) != "slots":  # and the slot loop
+        pairs["slots "] = Candidate.from_dict({**SLOTS_PAIR, "threads": threads})
     sharing = {
         f"{name}prefix {state}": dataclasses.replace(
             candidate, settings=with_prefix_sharing(candidate.settings, state == "on")
@@ -151,7 +163,7 @@ def main() -> None:
 
 
 def with_prefix_sharing(settings: Any, on: bool) -> Any:
-    """The same settings with prefix sharing on or off (torch-cb, llamacpp)."""
+    """The same settings with prefix sharing on or off (torch-cb, llamacpp, torch loop=slots)."""
     return dataclasses.replace(settings, prefix_sharing=on)
 
 
@@ -276,7 +288,7 @@ def print_table(
         f"model {setup.model.name} on {target.cpu_model} ({target.cores} cores); idle {idle:.1f} W; "
         f"phase 1 search {search_seconds:.0f} s"
     )
-    print(energy_source_line(next(iter(chat.values()))["source"]))
+    print(energy_source_line(next(iter({**chat, **agent}.values()))["source"]))
     print(
         f"chat stream: {cfg.requests} requests at {cfg.rate:g} req/s ({cfg.arrivals}); SLO p{cfg.slo.percentile} "
         f"TTFT {cfg.slo.ttft_ms} ms, TPOT {cfg.slo.tpot_ms} ms"
@@ -299,7 +311,7 @@ def print_table(
         if name in chat:
             tokens = ratio(chat, name, "tokens_per_joule")
             print(f"(all tokens/J, SLO or not: selected vs {name} {tokens})")
-    for name in ("hf-default", "static-batch", "llama.cpp"):
+    for name in ("hf-default", "static-batch", "llama.cpp") if chat else ():
         figure = ratio(chat, name) if name in chat else "n/a (not measured)"
         print(f"RATIO serving goodput tok/J vs {name}: {figure}")
     if agent:

@@ -89,6 +89,7 @@ class Footprint:
     kv_on_device_fraction: float = 1.0
     kv_cache_tokens: int = 0  # a KV cache of this many tokens whatever the batch; 0: sized by the batch
     embedding_bytes: float | None = None  # per embedding parameter where a scheme leaves it alone
+    kv_copies: int = 1  # the batch's KV held this many times over (a prefix store as large as it)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ class TorchAxes:
     loops: list[str] = field(default_factory=lambda: ["hf"])
     # loop=slots only: the least ms from one decode step's start to the next (0: back to back)
     step_intervals_ms: list[float] = field(default_factory=lambda: [0.0])
+    # loop=slots only: keep finished requests' K/V and reuse a shared prompt prefix (serving)
+    prefix_sharing: list[bool] = field(default_factory=lambda: [False])
 
     def __post_init__(self) -> None:
         require(
@@ -100,6 +102,7 @@ class TorchAxes:
         require_subset(self.compile, (True, False), "space.torch.compile")
         require_subset(self.attention, TORCH_ATTENTION, "space.torch.attention")
         require_subset(self.loops, TORCH_LOOPS, "space.torch.loops")
+        require_subset(self.prefix_sharing, (True, False), "space.torch.prefix_sharing")
 
 
 @dataclass

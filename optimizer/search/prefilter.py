@@ -38,7 +38,7 @@ def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: Wor
     # fields'), or the candidate's fixed cache, which must still hold one such request
     sequence = workload.longest_request_tokens()
     tokens = max(fp.kv_cache_tokens, sequence) if fp.kv_cache_tokens else batch * sequence
-    kv = tokens * shape.kv_bytes_per_token(fp.kv_bytes) * fp.kv_on_device_fraction / degree
+    kv = tokens * shape.kv_bytes_per_token(fp.kv_bytes) * fp.kv_on_device_fraction * fp.kv_copies / degree
     # Prefill activations (a few hidden-size buffers per token) and the float32 logits.
     prefill = batch * prompt * shape.hidden_size * fp.activation_bytes * 8
     logits = batch * (prompt if fp.prompt_logits else 1) * shape.vocab_size * 4

@@ -31,6 +31,9 @@ SHORT = [
 ]
 
 
+SLOTS = "backend:torch,batch_size:4,precision:bf16,kv_cache:static,loop:slots"
+
+
 def test_chat_stream_writes_a_serving_recipe_and_a_load_curve(tmp_path: Path, cache_dir: Path) -> None:
     run = tmp_path / "chat"
     args = [*SHORT, "workload=chat", "workload.rate=2", "workload.rates=[1,2]", "space.extra=[]"]
@@ -66,15 +69,17 @@ def test_agent_stream_measures_prefix_reuse_side_by_side(tmp_path: Path, cache_d
         "workload.rate=1.5",
         "space.torch_cb.prefix_sharing=[true,false]",
         "space.torch_cb.page_sizes=[16]",
-        "space.extra=[]",
+        # and the slot loop's prefix store, on and off
+        "space.extra=[" + ",".join(f"{{{SLOTS},prefix_sharing:{on}}}" for on in ("true", "false")) + "]",
     ]
     proc = optimize(*args, f"output_dir={run}", f"store_path={tmp_path / 'trials.db'}", cache=cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (run / "report.md").read_text()
     assert "### Prefix KV reuse" in report
     reuse_table = report.split("### Prefix KV reuse", 1)[1]  # other tables also list the candidate
-    row = next(line for line in reuse_table.splitlines() if line.startswith("| torch-cb"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    hits, lookups = (float(x) for x in cells[7].split("/"))
-    assert hits > 0 and lookups >= hits
-    assert cells[6] != "0%"  # prompt tokens reused
+    for engine in ("| torch-cb", "| torch bf16 kv=static loop=slots prefix"):
+        row = next(line for line in reuse_table.splitlines() if line.startswith(engine))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        hits, lookups = (float(x) for x in cells[7].split("/"))
+        assert hits > 0 and lookups >= hits, row
+        assert cells[6] != "0%", row  # prompt tokens reused

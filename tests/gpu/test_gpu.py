@@ -166,6 +166,35 @@ def test_continuous_engine_matches_hf_greedy_on_cuda(tiny_cuda_model_dir: Path, 
         continuous.close()
 
 
+def test_slot_engine_reuses_prefixes_on_cuda(tiny_cuda_model_dir: Path, tmp_path: Path) -> None:
+    """prefix_sharing on CUDA (captured steps; the store rows lie past the captured ones): a
+    conversation's second turn copies its first turn, another conversation the shared system
+    prompt; each answer as HF decodes it alone."""
+    import torch
+
+    hf = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32")
+    slots = _engine(
+        tiny_cuda_model_dir,
+        tmp_path,
+        batch_size=4,
+        precision="fp32",
+        kv_cache="static",
+        loop="slots",
+        attention="sdpa_gqa",
+        prefix_sharing=True,
+    )
+    try:
+        system, first, second, other = (torch.randint(0, 2048, (n,)).tolist() for n in (48, 10, 20, 12))
+        turns = [system + first, system + first + second, system + other]
+        for prompt in turns:
+            (done,) = slots.generate(torch.tensor([prompt]), 6).token_ids.tolist()
+            assert done == hf.generate(torch.tensor([prompt]), 6).token_ids[0].tolist()
+        counters = slots.prefix_counters()
+        assert counters["hits"] == 2 and counters["reused_prompt_tokens"] >= 58 + 48, counters
+    finally:
+        slots.close()
+
+
 @pytest.mark.parametrize("compile", [False, True])
 def test_slot_engine_matches_hf_greedy_on_cuda(
     compile: bool, tiny_cuda_model_dir: Path, tmp_path: Path

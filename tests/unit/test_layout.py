@@ -26,6 +26,7 @@ def test_one_process_keeps_the_key_and_dict_of_before() -> None:
     candidate = torch_candidate(batch_size=8, threads=2, precision="bf16")
     settings = asdict(candidate.settings)
     del settings["step_interval_ms"]  # added later still, and left out at its default likewise
+    del settings["prefix_sharing"]
     before = {"backend": "torch", "batch_size": 8, "threads": 2} | settings
     assert candidate.to_dict() == before
     assert candidate.key() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
@@ -128,6 +129,15 @@ def test_memory_per_device_divides_sharded_weights_and_kv() -> None:
     replicas = replace(single, replicas=2)
     assert estimate_memory_bytes(replicas, EVEN, WORKLOAD) == estimate_memory_bytes(
         replace(single, batch_size=4), EVEN, WORKLOAD
+    )
+
+
+def test_the_slot_loops_prefix_store_doubles_the_kv_it_holds() -> None:
+    slots = Candidate(TorchSettings(kv_cache="static", loop="slots"), batch_size=8, threads=0)
+    sharing = replace(slots, settings=replace(slots.settings, prefix_sharing=True))
+    kv = 8 * (64 + 32) * EVEN.kv_bytes_per_token(4)
+    assert estimate_memory_bytes(sharing, EVEN, WORKLOAD) - estimate_memory_bytes(slots, EVEN, WORKLOAD) == (
+        pytest.approx(kv, abs=2)
     )
 
 

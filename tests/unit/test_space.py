@@ -413,6 +413,11 @@ def test_the_slot_loop_serves_streams_on_a_static_cache_with_a_masking_attention
     paced = make_candidate(**slots | {"step_interval_ms": 20.0})
     assert exclusion_reason(paced, gpu, serving=True) is None
     assert "loop=slots only" in str(exclusion_reason(make_candidate(step_interval_ms=20.0), gpu))
+    sharing = make_candidate(**slots | {"prefix_sharing": True})
+    assert exclusion_reason(sharing, cpu, serving=True) is None
+    assert "serving only" in str(exclusion_reason(sharing, cpu, serving=False))
+    hf_sharing = make_candidate(precision="bf16", kv_cache="static", prefix_sharing=True)
+    assert "loop=slots only" in str(exclusion_reason(hf_sharing, cpu))
     replicas = dataclasses.replace(make_candidate(**slots), replicas=2)
     assert "one process" in str(exclusion_reason(replicas, make_target(cores=8)))
 
@@ -449,3 +454,19 @@ def test_a_setting_added_later_keeps_the_keys_written_before_it() -> None:
     assert slots.axes()["step_interval_ms"] == 0.0
     with pytest.raises(ValueError, match="step_interval_ms"):
         TorchSettings(step_interval_ms=-1.0)
+    # prefix_sharing came later still: the same holds
+    assert "prefix_sharing" not in paced.to_dict()
+    sharing = Candidate(dataclasses.replace(slots.settings, prefix_sharing=True), 64, 0)
+    assert sharing.to_dict()["prefix_sharing"] is True and sharing.key() not in (slots.key(), paced.key())
+    assert sharing.settings.label().endswith("loop=slots prefix")
+    assert Candidate.from_dict(sharing.to_dict()) == sharing
+
+
+def test_the_prefix_sharing_axis_reaches_the_slot_loop_only(make_target) -> None:
+    cfg = space(batch_sizes=[16], kv_caches=["static"], loops=["hf", "slots"], prefix_sharing=[False, True])
+    valid, excluded = enumerate_candidates(cfg, make_target())
+    sharing = {(c.settings.loop, c.settings.prefix_sharing) for c in valid}  # type: ignore[attr-defined]
+    assert sharing == {("hf", False), ("slots", False), ("slots", True)}
+    assert any("loop=slots only" in reason for _, reason in excluded)
+    with pytest.raises(UserError, match="space.torch.prefix_sharing"):
+        TorchAxes(prefix_sharing=["yes"])  # type: ignore[list-item]

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from optimizer.backends.prefixes import PrefixCounts, common_prefix_length
+
 # decode(tokens, positions, sequence ids, outputs) -> logits [outputs, vocab]
 Decode = Callable[[Sequence[int], Sequence[int], Sequence[int], Sequence[bool]], np.ndarray]
 
@@ -37,26 +39,6 @@ class Request:
     @property
     def done(self) -> bool:
         return len(self.tokens) >= self.max_new_tokens
-
-
-@dataclass
-class PrefixCounts:
-    """What prefix reuse found, in the keys of the report's prefix table."""
-
-    prompt_tokens: int = 0
-    lookups: int = 0
-    hits: int = 0
-    reused_prompt_tokens: int = 0
-
-    def as_dict(self) -> dict[str, float]:
-        saved = self.reused_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
-        return {
-            "prompt_tokens": float(self.prompt_tokens),
-            "lookups": float(self.lookups),
-            "hits": float(self.hits),
-            "reused_prompt_tokens": float(self.reused_prompt_tokens),
-            "prefill_saved_fraction": saved,
-        }
 
 
 class Slots:
@@ -86,12 +68,11 @@ class Slots:
             request = self.waiting.popleft()
             slot, keep = free[0], 0
             if self.reuse_prefix:
-                slot = max(free, key=lambda s: _common(self.cached.get(s, ()), request.prompt))
-                keep = min(_common(self.cached.get(slot, ()), request.prompt), len(request.prompt) - 1)
-                self.prefix.prompt_tokens += len(request.prompt)
-                self.prefix.lookups += 1
-                self.prefix.hits += keep > 0
-                self.prefix.reused_prompt_tokens += keep
+                slot = max(free, key=lambda s: common_prefix_length(self.cached.get(s, ()), request.prompt))
+                keep = min(
+                    common_prefix_length(self.cached.get(slot, ()), request.prompt), len(request.prompt) - 1
+                )
+                self.prefix.count(len(request.prompt), keep)
             free.remove(slot)
             self.cached.pop(slot, None)
             trim(slot, keep)
@@ -153,13 +134,3 @@ class Slots:
         self.active.clear()
         self.cached.clear()
         return dropped
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    """The length of the common prefix of two token sequences."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

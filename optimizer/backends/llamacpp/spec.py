@@ -12,6 +12,7 @@ from optimizer.backends import installed
 from optimizer.backends.base import Engine, Footprint, MovedBytes
 from optimizer.backends.llamacpp.settings import AS_SHIPPED, LlamaCppSettings
 from optimizer.backends.llamacpp.weights import CONVERTER_ENV, hf_converter
+from optimizer.backends.prefixes import OFFLINE_REASON
 
 if TYPE_CHECKING:
     from optimizer.config import SpaceConfig
@@ -78,9 +79,7 @@ class LlamaCppSpec:
         if batch_size > MAX_SEQUENCES:
             return f"llama.cpp decodes at most {MAX_SEQUENCES} sequences at once (batch {batch_size})"
         if settings.prefix_sharing and not serving:
-            return (
-                "prefix sharing would skip the prefill of the offline pool's repeated prompts: serving only"
-            )
+            return OFFLINE_REASON
         return None
 
     def footprint(self, settings: LlamaCppSettings, num_layers: int) -> Footprint:

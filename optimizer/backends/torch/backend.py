@@ -59,6 +59,7 @@ class TorchBackend:
                 target.device,
                 compiled=settings.compile,
                 step_interval_seconds=settings.step_interval_ms / 1000,
+                prefix_sharing=settings.prefix_sharing,
             )
         return TorchEngine(hf_model, settings, target.device)
 

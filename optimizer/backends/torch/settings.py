@@ -22,7 +22,7 @@ class TorchSettings:
     BACKEND: ClassVar[str] = "torch"
     # added after stores and recipes were written: left out of keys and dicts at their default,
     # so that every candidate written before keeps its key
-    KEYED_WHEN_SET: ClassVar[tuple[str, ...]] = ("step_interval_ms",)
+    KEYED_WHEN_SET: ClassVar[tuple[str, ...]] = ("step_interval_ms", "prefix_sharing")
 
     precision: str = "fp32"
     quantization: str = "none"
@@ -33,6 +33,9 @@ class TorchSettings:
     # loop=slots: the least time from one decode step's start to the next (0: back to back). While
     # the SLO's TPOT allows, a paced loop steps less often with more requests in each step
     step_interval_ms: float = 0.0
+    # loop=slots: keep finished requests' K/V and prefill only what a new prompt does not share
+    # with them (or with a running request)
+    prefix_sharing: bool = False
 
     def __post_init__(self) -> None:
         check_choices(
@@ -44,6 +47,7 @@ class TorchSettings:
                 "compile": (True, False),
                 "attention": TORCH_ATTENTION,
                 "loop": TORCH_LOOPS,
+                "prefix_sharing": (True, False),
             },
         )
         if not self.step_interval_ms >= 0:
@@ -83,4 +87,6 @@ class TorchSettings:
             parts.append(f"loop={self.loop}")
         if self.step_interval_ms:
             parts.append(f"pace={self.step_interval_ms:g}ms")
+        if self.prefix_sharing:
+            parts.append("prefix")
         return " ".join(parts)

@@ -47,17 +47,25 @@ class SlotCache:
     Decoding `n` rows: row i is slot i and writes at `positions[i]`; attention sees the first
     `len(key_columns)` columns of slots 0..n-1's regions (the mask picks each slot's own keys).
     Prefilling `rows`: the prompts' K/V are written at 0..width-1 of those slots and the prompts
-    attend only to themselves. All layers live in one tensor per K and V, so that moving a slot is
-    one copy each.
+    attend only to themselves; or, where a prefix of a prompt is already in its slot, at
+    `prefill_positions` (per row), attending to the first `prefill_span` columns of their slots.
+    All layers live in one tensor per K and V, so that moving a slot is one copy each. Rows past
+    the slots (`stored`) are a prefix store no step reads (slot_prefixes.py).
     """
 
     def __init__(
-        self, config: Any, slots: int, max_len: int, dtype: torch.dtype, device: torch.device
+        self,
+        config: Any,
+        slots: int,
+        max_len: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        stored: int = 0,
     ) -> None:
         heads = int(config.num_attention_heads)
         kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
         head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-        shape = (int(config.num_hidden_layers), slots, kv_heads, max_len, head_dim)
+        shape = (int(config.num_hidden_layers), slots + stored, kv_heads, max_len, head_dim)
         self.all_keys = torch.zeros(shape, dtype=dtype, device=device)
         self.all_values = torch.zeros(shape, dtype=dtype, device=device)
         self.keys = list(self.all_keys.unbind(0))  # views, one per layer
@@ -65,6 +73,10 @@ class SlotCache:
         self.slot_rows = torch.arange(slots, device=device)
         self.positions = torch.zeros(slots, dtype=torch.long, device=device)
         self.prefill_rows: torch.Tensor | None = None
+        # a prefill after a copied prefix: each row's positions [rows, width], and the key columns
+        # its prompts attend (their prefixes and themselves)
+        self.prefill_positions: torch.Tensor | None = None
+        self.prefill_span = 0
         # decode: the key columns a step attends, 0..span-1 (a view, so a compiled step reads the
         # span from its shape: one graph for every span)
         self.key_columns: torch.Tensor | None = None
@@ -76,10 +88,16 @@ class SlotCache:
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         rows = self.prefill_rows
         if rows is not None:
-            width = key_states.shape[2]
-            keys[rows, :, :width] = key_states
-            values[rows, :, :width] = value_states
-            return key_states, value_states
+            positions = self.prefill_positions
+            if positions is None:
+                width = key_states.shape[2]
+                keys[rows, :, :width] = key_states
+                values[rows, :, :width] = value_states
+                return key_states, value_states
+            # [rows, heads, width, dim] written at [rows, width] positions, the heads kept
+            keys[rows[:, None], :, positions] = key_states.transpose(1, 2)
+            values[rows[:, None], :, positions] = value_states.transpose(1, 2)
+            return keys[rows, :, : self.prefill_span], values[rows, :, : self.prefill_span]
         n = key_states.shape[0]  # the step's rows: slots 0..n-1
         keys, values = keys[:n], values[:n]
         # written in the whole region: an idle row's pinned position may lie past the span
@@ -94,6 +112,11 @@ class SlotCache:
         self.all_keys[:, target].copy_(self.all_keys[:, source])
         self.all_values[:, target].copy_(self.all_values[:, source])
         self.positions[target] = self.positions[source]
+
+    def copy_columns(self, source: int, target: int, columns: int) -> None:
+        """Row `source`'s first `columns` keys and values into row `target` (every layer)."""
+        self.all_keys[:, target, :, :columns].copy_(self.all_keys[:, source, :, :columns])
+        self.all_values[:, target, :, :columns].copy_(self.all_values[:, source, :, :columns])
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # positions are always passed explicitly; nothing may infer them from the cache
@@ -141,9 +164,11 @@ class SlotDecoder:
         device: torch.device,
         compiled: bool = False,
         key_span_step: int | None = None,
+        stored: int = 0,
     ) -> None:
         """`key_span_step`: the granularity of the spans a step attends (default per device; 0:
-        always the whole region)."""
+        always the whole region). `stored`: cache rows past the slots, for prefixes kept for
+        reuse (no step reads them)."""
         check_supported(model)
         self.model = model
         self.slots = slots
@@ -152,7 +177,7 @@ class SlotDecoder:
         self.max_len = max_sequence_tokens + 1
         self.device = device
         dtype = model.get_input_embeddings().weight.dtype  # the activations' (fp8 layers keep bf16 here)
-        self.cache = SlotCache(model.config, slots, self.max_len, dtype, device)
+        self.cache = SlotCache(model.config, slots, self.max_len, dtype, device, stored)
         self.tokens = torch.zeros(slots, 1, dtype=torch.long, device=device)
         self.key_range = torch.arange(self.max_len, device=device)
         self.dtype = dtype
@@ -229,39 +254,64 @@ class SlotDecoder:
         self.cache.move(source, target)
         self.tokens[target] = self.tokens[source]
 
-    def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+    def prefill(
+        self,
+        slots: Sequence[int],
+        prompts: Sequence[Sequence[int]],
+        cached: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """Write the prompts' K/V into their slots and each first token into `tokens`; returns the
-        first tokens [len(slots)] (on the device)."""
+        first tokens [len(slots)] (on the device). `cached[i]`: the first tokens of prompt i whose
+        K/V is already in its slot (copied from a prefix kept for reuse): only the rest of the
+        prompt is computed, attending to them."""
         longest = max(len(p) for p in prompts)
         if longest < 1 or longest >= self.max_sequence_tokens:
             raise ValueError(
                 f"prompts of 1..{self.max_sequence_tokens - 1} tokens fit these slots, got {longest}"
             )
-        width = min(-(-longest // PREFILL_WIDTH_MULTIPLE) * PREFILL_WIDTH_MULTIPLE, self.max_len)
+        starts = list(cached) if cached is not None else [0] * len(prompts)
+        if any(not 0 <= start < len(p) for start, p in zip(starts, prompts, strict=True)):
+            raise ValueError(f"cached prefixes must leave a prompt token to compute, got {starts}")
+        rests = [p[start:] for start, p in zip(starts, prompts, strict=True)]
+        width = min(-(-max(map(len, rests)) // PREFILL_WIDTH_MULTIPLE) * PREFILL_WIDTH_MULTIPLE, self.max_len)
         ids = torch.zeros(len(prompts), width, dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, : len(prompt)] = torch.tensor(prompt)
+        for row, rest in enumerate(rests):
+            ids[row, : len(rest)] = torch.tensor(rest)
         ids = ids.to(self.device)
-        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        lengths = torch.tensor([len(r) for r in rests], device=self.device)
         rows = torch.tensor(list(slots), device=self.device)
         offsets = torch.arange(width, device=self.device)
-        causal = offsets[None, :] <= offsets[:, None]
-        mask = self._additive(causal[None, None] & (offsets[None, :] < lengths[:, None])[:, None, None, :])
+        if any(starts):
+            # a row's padding lies past its prompt: written at the spare column at the latest
+            positions = (torch.tensor(starts, device=self.device)[:, None] + offsets).clamp(
+                max=self.max_len - 1
+            )
+            span = min(max(starts) + width, self.max_len)
+            columns = torch.arange(span, device=self.device)
+            # each query sees its slot's keys up to its own position: the cached prefix, then itself
+            mask = self._additive((columns[None, None, :] <= positions[:, :, None])[:, None])
+            self.cache.prefill_positions, self.cache.prefill_span = positions, span
+        else:
+            positions = offsets[None].expand(len(prompts), -1)
+            causal = offsets[None, :] <= offsets[:, None]
+            mask = self._additive(
+                causal[None, None] & (offsets[None, :] < lengths[:, None])[:, None, None, :]
+            )
         self.cache.prefill_rows = rows
         try:
             hidden = self.decoder(
                 input_ids=ids,
-                position_ids=offsets[None].expand(len(prompts), -1),
+                position_ids=positions,
                 attention_mask=mask,
                 use_cache=True,
                 **{self._decoder_cache_argument: self.cache},
             ).last_hidden_state
         finally:
-            self.cache.prefill_rows = None
+            self.cache.prefill_rows = self.cache.prefill_positions = None
         last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
         first = self.head(last).argmax(-1)
         self.tokens[rows, 0] = first
-        self.cache.positions[rows] = lengths
+        self.cache.positions[rows] = torch.tensor([len(p) for p in prompts], device=self.device)
         return first
 
     def capture(self) -> None:

@@ -9,6 +9,11 @@ behind a queue does), and a step costs what a lockstep step of that many rows co
 transformers' paged continuous batching instead runs eager Python per step and packs every
 request's keys into one masked product.
 
+With prefix sharing, a finished request's K/V (prompt and outputs) is copied into a store of as
+many regions again as there are slots, and a new request's prompt is matched against the store and
+the running slots: the longest cached prefix is copied into its slot and only the rest of the
+prompt is prefilled (slot_prefixes.py).
+
 The slots' regions are sized for the longest request announced (`reserve`, or a longer request
 when it arrives): growing waits for the requests in flight to finish, then rebuilds (and
 re-captures) the decoder, so a stream is reserved for before it starts.
@@ -29,7 +34,9 @@ import torch
 from optimizer.backends.base import Generation
 from optimizer.backends.completions import requests_generation, take_completions
 from optimizer.backends.openmp import release_openmp_threads
+from optimizer.backends.prefixes import PrefixCounts
 from optimizer.backends.torch.slot_decoder import PREFILL_WIDTH_MULTIPLE, SlotDecoder
+from optimizer.backends.torch.slot_prefixes import CachedPrefixes
 from optimizer.measure.serving import Completion
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,14 @@ class _Request:
         return Completion(self.request_id, tuple(self.tokens), tuple(self.times), error)
 
 
+@dataclass(frozen=True)
+class _Admission:
+    slot: int
+    request: _Request
+    source: int = -1  # the cache row whose first `cached` columns hold a prefix of the prompt
+    cached: int = 0
+
+
 def _slot_size(tokens: int) -> int:
     """The region for requests of `tokens` (prompt + new): a multiple of the growth step, and
     never below the default."""
@@ -75,6 +90,8 @@ class SlotEngine:
         in flight longer).
     key_span_step: The granularity of the key spans a step attends (the decoder's default per
         device; 0: every step attends to the whole region, as before spans).
+    prefix_sharing: Keep finished requests' K/V (a store of `slots` more regions) and prefill
+        only what a new prompt does not share with them or with a running request.
     """
 
     def __init__(
@@ -87,6 +104,7 @@ class SlotEngine:
         max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
         step_interval_seconds: float = 0.0,
         key_span_step: int | None = None,
+        prefix_sharing: bool = False,
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
@@ -98,7 +116,10 @@ class SlotEngine:
         self.compiled = compiled
         self.max_prefill_tokens = max_prefill_tokens
         self.key_span_step = key_span_step
+        self.prefix_sharing = prefix_sharing
         self.decoder: SlotDecoder | None = None
+        self.prefixes: CachedPrefixes | None = None  # with prefix sharing: what each cache row holds
+        self._prefix_counts = PrefixCounts()  # over the engine's life, rebuilds included
         self._wanted_tokens = 0  # nothing is built before a request or a reserve() asks for a size
         self._waiting: collections.deque[_Request] = collections.deque()
         self._running: dict[int, _Request] = {}  # slot -> request
@@ -159,6 +180,19 @@ class SlotEngine:
                     raise RuntimeError(f"building the slot decoder failed: {error}") from error
                 self._cond.wait(0.1)
         return self
+
+    def forget_cached_prefixes(self) -> None:
+        """Start the next run of a stream with no prefix cached: a repeated run would otherwise
+        find its own prompts from the run before, a reuse no fresh deployment sees. Only while
+        idle (between runs); the counters go on."""
+        with self._cond:
+            if self.prefixes is not None and not (self._running or self._waiting):
+                self.prefixes.forget()
+
+    def prefix_counters(self) -> dict[str, float]:
+        """Prefix reuse so far (prefix_sharing): prompt tokens admitted, and those found cached."""
+        with self._cond:
+            return self._prefix_counts.as_dict() if self.prefix_sharing else {}
 
     # -- Engine --------------------------------------------------------------------------------
 
@@ -232,7 +266,7 @@ class SlotEngine:
                         return
                     if self._cancel:
                         self._waiting.clear()
-                        self._running.clear()
+                        self._drop_running()
                         self._cancel = False
                         self._cond.notify_all()
                         continue
@@ -263,28 +297,37 @@ class SlotEngine:
         small = self.decoder is None or self.decoder.max_sequence_tokens < self._wanted_tokens
         return small and self._wanted_tokens > 0 and self._failed_tokens != self._wanted_tokens
 
-    def _admit(self) -> list[tuple[int, _Request]]:
-        """Waiting requests for the free slots, first come first served, within the prefill budget.
-        Called under the lock."""
+    def _admit(self) -> list[_Admission]:
+        """Waiting requests for the free slots, first come first served, within the prefill budget
+        (padded prompt tokens to compute: a cached prefix is not). Called under the lock."""
         free = [s for s in range(self.slots) if s not in self._running]
-        admitted: list[tuple[int, _Request]] = []
+        prefixes = self.prefixes
+        admitted: list[_Admission] = []
         longest = 0
         while self._waiting and len(admitted) < len(free):
-            longest = max(longest, len(self._waiting[0].prompt_ids))
+            prompt = self._waiting[0].prompt_ids
+            source, cached = prefixes.match(prompt) if prefixes is not None else (-1, 0)
+            longest = max(longest, len(prompt) - cached)
             width = -(-longest // PREFILL_WIDTH_MULTIPLE) * PREFILL_WIDTH_MULTIPLE
             if admitted and width * (len(admitted) + 1) > self.max_prefill_tokens:
                 break
-            admitted.append((free[len(admitted)], self._waiting.popleft()))
+            if prefixes is not None:
+                self._prefix_counts.count(len(prompt), cached)
+                if cached:
+                    prefixes.used(source)
+            admitted.append(_Admission(free[len(admitted)], self._waiting.popleft(), source, cached))
         return admitted
 
     def _build(self) -> None:
         wanted = self._wanted_tokens
         self.decoder = None  # the old regions go before the new ones are allocated
+        self.prefixes = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         try:
+            stored = self.slots if self.prefix_sharing else 0
             decoder = SlotDecoder(
-                self.model, self.slots, wanted, self.device, self.compiled, self.key_span_step
+                self.model, self.slots, wanted, self.device, self.compiled, self.key_span_step, stored
             )
             if self.device.type == "cuda":
                 decoder.capture()
@@ -300,14 +343,25 @@ class SlotEngine:
         log.info("slot decoder: %d slots of %d tokens", self.slots, wanted)
         with self._cond:
             self.decoder = decoder
+            if self.prefix_sharing:  # the new regions hold nothing yet
+                self.prefixes = CachedPrefixes(self.slots, self.slots, decoder.max_len)
             self._cond.notify_all()
 
-    def _prefill(self, admitted: list[tuple[int, _Request]]) -> None:
-        assert self.decoder is not None
+    def _prefill(self, admitted: list[_Admission]) -> None:
+        decoder = self.decoder
+        assert decoder is not None
         with self._cond:
-            self._running.update(admitted)
-        first = self.decoder.prefill([s for s, _ in admitted], [r.prompt_ids for _, r in admitted]).tolist()
-        self._record({slot: token for (slot, _), token in zip(admitted, first, strict=True)})
+            self._running.update((a.slot, a.request) for a in admitted)
+        for a in admitted:  # every copy before the prefill writes any slot
+            if a.cached:
+                decoder.cache.copy_columns(a.source, a.slot, a.cached)
+        prompts = [a.request.prompt_ids for a in admitted]
+        first = decoder.prefill([a.slot for a in admitted], prompts, [a.cached for a in admitted]).tolist()
+        if self.prefixes is not None:
+            with self._cond:
+                for a in admitted:
+                    self.prefixes.hold(a.slot, a.request.prompt_ids)
+        self._record({a.slot: token for a, token in zip(admitted, first, strict=True)})
 
     def _step(self) -> None:
         assert self.decoder is not None
@@ -330,6 +384,7 @@ class SlotEngine:
                 if len(request.tokens) >= request.max_new_tokens:
                     del self._running[slot]
                     self._done.append(request.completion())
+                    self._keep_prefix(slot, request)
             self._compact()
             self._cond.notify_all()
 
@@ -341,11 +396,34 @@ class SlotEngine:
         for hole in [s for s in range(count) if s not in self._running]:
             top = max(self._running)
             self.decoder.move(top, hole)
+            if self.prefixes is not None:
+                self.prefixes.move(top, hole)
             self._running[hole] = self._running.pop(top)
+
+    def _drop_running(self) -> None:
+        """Forget the requests in flight. Their slots are free, and a free slot's row matches
+        nothing: it may be written (an admission's copy or prefill) before a copy out of it."""
+        if self.prefixes is not None:
+            for slot in self._running:
+                self.prefixes.release(slot)
+        self._running.clear()
+
+    def _keep_prefix(self, slot: int, request: _Request) -> None:
+        """With prefix sharing, a finished request's K/V (its prompt and every output but the
+        last, whose K/V no step wrote) into the store, before its slot is reused. Under the lock."""
+        if self.prefixes is None:
+            return
+        assert self.decoder is not None
+        sequence = request.prompt_ids + tuple(request.tokens[:-1])
+        row = self.prefixes.store_row(sequence)
+        if row is not None:
+            self.decoder.cache.copy_columns(slot, row, min(len(sequence), self.decoder.max_len))
+            self.prefixes.hold(row, sequence)
+        self.prefixes.release(slot)
 
     def _fail_running(self, error: str) -> None:
         """Fail the requests in flight (admitted ones included: `_prefill` runs them first)."""
         with self._cond:
             self._done.extend(r.completion(error) for r in self._running.values())
-            self._running.clear()
+            self._drop_running()
             self._cond.notify_all()

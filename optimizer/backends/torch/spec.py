@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, MovedBytes, precision_kind
+from optimizer.backends.prefixes import OFFLINE_REASON
 from optimizer.backends.torch.settings import TorchSettings
 
 if TYPE_CHECKING:
@@ -30,7 +31,14 @@ class TorchSpec:
     def settings_for(self, space: SpaceConfig) -> Iterator[TorchSettings]:
         t = space.torch
         for values in itertools.product(
-            t.precisions, t.quantizations, t.kv_caches, t.compile, t.attention, t.loops, t.step_intervals_ms
+            t.precisions,
+            t.quantizations,
+            t.kv_caches,
+            t.compile,
+            t.attention,
+            t.loops,
+            t.step_intervals_ms,
+            t.prefix_sharing,
         ):
             yield TorchSettings(*values)
 
@@ -41,6 +49,8 @@ class TorchSpec:
         # HF generate pads a batch of mixed-length prompts; the captured loop does not
         if serving and settings.loop == "graph":
             return "the captured decode loop runs lockstep batches of equal prompts: offline workloads only"
+        if settings.prefix_sharing and not serving:
+            return OFFLINE_REASON
         return None
 
     def footprint(self, settings: TorchSettings, num_layers: int) -> Footprint:
@@ -51,7 +61,13 @@ class TorchSpec:
         # quantization replaces Linear layers: the embedding (tied to lm_head) keeps its precision
         embedding = act if settings.quantization != "none" else None
         return Footprint(
-            WEIGHT_BYTES.get(settings.quantization, act), act, kv, False, on_device, embedding_bytes=embedding
+            WEIGHT_BYTES.get(settings.quantization, act),
+            act,
+            kv,
+            False,
+            on_device,
+            embedding_bytes=embedding,
+            kv_copies=2 if settings.prefix_sharing else 1,  # the slot loop's prefix store
         )
 
     def moved_bytes(self, settings: TorchSettings, num_layers: int) -> MovedBytes:
@@ -113,6 +129,8 @@ def torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:
         return "torch.compile needs a static KV cache (fixed shapes)"
     if s.step_interval_ms and s.loop != "slots":
         return "step_interval_ms paces loop=slots only"
+    if s.prefix_sharing and s.loop != "slots":
+        return "prefix_sharing keeps prefixes for loop=slots only (backend torch-cb has its own)"
     if s.loop == "graph" and not cuda:
         return "the captured decode loop needs CUDA graphs (a GPU target)"
     if s.loop != "hf":

@@ -27,6 +27,7 @@ import torch
 
 from optimizer.backends.base import Generation
 from optimizer.backends.openmp import release_openmp_threads
+from optimizer.backends.prefixes import PrefixCounts
 from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
 from optimizer.measure.serving import Completion
 
@@ -352,15 +353,12 @@ def _idle(manager: Any) -> bool:
     return manager.input_queue.empty() and not scheduler.active_requests and not scheduler.waiting_requests
 
 
-class PrefixCounters:
+class PrefixCounters(PrefixCounts):
     """Counts what prefix sharing found, by wrapping the paged cache's prefix search (transformers
-    reports no counters of its own)."""
+    reports no counters of its own). Prompt tokens are counted at submission."""
 
     def __init__(self) -> None:
-        self.prompt_tokens = 0
-        self.lookups = 0
-        self.hits = 0
-        self.reused_tokens = 0
+        super().__init__()
         self._cache: Any = None
 
     def attach(self, manager: Any) -> None:
@@ -379,16 +377,7 @@ class PrefixCounters:
             matched = int(search(request_id, prompt_ids))
             self.lookups += 1
             self.hits += matched > 0
-            self.reused_tokens += matched
+            self.reused_prompt_tokens += matched
             return matched
 
         cache_.search_prefix_match = counted
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "prompt_tokens": float(self.prompt_tokens),
-            "lookups": float(self.lookups),
-            "hits": float(self.hits),
-            "reused_prompt_tokens": float(self.reused_tokens),
-            "prefill_saved_fraction": self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0,
-        }

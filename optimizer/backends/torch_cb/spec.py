@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, MovedBytes
+from optimizer.backends.prefixes import OFFLINE_REASON
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch.spec import SPEC as TORCH
 from optimizer.backends.torch.spec import WEIGHT_BYTES, torch_rule
@@ -54,9 +55,7 @@ class ContinuousBatchingSpec:
         self, settings: ContinuousBatchingSettings, batch_size: int, serving: bool
     ) -> str | None:
         if settings.prefix_sharing and not serving:
-            return (
-                "prefix sharing would skip the prefill of the offline pool's repeated prompts: serving only"
-            )
+            return OFFLINE_REASON
         return None
 
     def footprint(self, settings: ContinuousBatchingSettings, num_layers: int) -> Footprint:
