@@ -464,9 +464,11 @@ def test_a_setting_added_later_keeps_the_keys_written_before_it() -> None:
 
 def test_the_prefix_sharing_axis_reaches_the_slot_loop_only(make_target) -> None:
     cfg = space(batch_sizes=[16], kv_caches=["static"], loops=["hf", "slots"], prefix_sharing=[False, True])
-    valid, excluded = enumerate_candidates(cfg, make_target())
+    valid, excluded = enumerate_candidates(cfg, make_target(), serving=True)
     sharing = {(c.settings.loop, c.settings.prefix_sharing) for c in valid}  # type: ignore[attr-defined]
     assert sharing == {("hf", False), ("slots", False), ("slots", True)}
     assert any("loop=slots only" in reason for _, reason in excluded)
+    offline, _ = enumerate_candidates(cfg, make_target())
+    assert not any(c.settings.prefix_sharing for c in offline)  # type: ignore[attr-defined]
     with pytest.raises(UserError, match="space.torch.prefix_sharing"):
         TorchAxes(prefix_sharing=["yes"])  # type: ignore[list-item]

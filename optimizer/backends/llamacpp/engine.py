@@ -210,7 +210,7 @@ class LlamaCppEngine:
                     return
                 ctx = self._ctx
                 assert ctx is not None
-                self._slots.admit(ctx.trim)
+                self._slots.admit(ctx.trim, ctx.copy)
                 self._stepping = True
             error = None
             try:

@@ -147,6 +147,12 @@ class Context:
         """Forget a sequence's cells from position `keep` on (0: all of them)."""
         self._c.llama_memory_seq_rm(self.memory, sequence, keep, -1)
 
+    def copy(self, source: int, target: int) -> None:
+        """Replace sequence `target`'s cells with all of `source`'s. Across KV streams (one per
+        sequence unless unified) llama.cpp copies only whole sequences; the caller trims after."""
+        self.trim(target)
+        self._c.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+
     def decode(
         self,
         tokens: Sequence[int],

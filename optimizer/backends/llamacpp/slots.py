@@ -9,7 +9,9 @@ running batch as soon as one leaves it.
 With prefix reuse (llama.cpp server's prompt cache, per sequence id) a finished request's cells
 stay in its slot; a new request takes the free slot whose cached tokens share the longest prefix
 with its prompt, keeps those cells and prefills only the rest (at least its last prompt token,
-whose logits give the first output).
+whose logits give the first output). Where a running request's cells share a longer prefix (a
+system prompt in use by another conversation), they are copied into a free slot instead
+(`copy`, llama.cpp's sequence copy), when that saves at least COPY_MIN_TOKENS more.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from optimizer.backends.prefixes import PrefixCounts, common_prefix_length
+
+# A copy moves every cell of the source sequence (a cross-stream sequence copy is whole), so it
+# must save more prefill than a few tokens: a guess at the break-even, not a measured one.
+COPY_MIN_TOKENS = 32
 
 # decode(tokens, positions, sequence ids, outputs) -> logits [outputs, vocab]
 Decode = Callable[[Sequence[int], Sequence[int], Sequence[int], Sequence[bool]], np.ndarray]
@@ -39,6 +45,14 @@ class Request:
     @property
     def done(self) -> bool:
         return len(self.tokens) >= self.max_new_tokens
+
+    @property
+    def cells(self) -> tuple[int, ...]:
+        """The tokens whose cells the request's sequence holds: its prompt fed so far, then every
+        output but the last (which the next step feeds)."""
+        if self.fed < len(self.prompt):
+            return self.prompt[: self.fed]
+        return self.prompt + tuple(self.tokens[:-1])
 
 
 class Slots:
@@ -60,24 +74,44 @@ class Slots:
     def busy(self) -> bool:
         return bool(self.waiting or self.active)
 
-    def admit(self, trim: Callable[[int, int], None]) -> None:
+    def admit(self, trim: Callable[[int, int], None], copy: Callable[[int, int], None] | None = None) -> None:
         """Move waiting requests into free slots; `trim(slot, keep)` drops the slot's cells from
-        position `keep` on (0: all of them) before the request uses it."""
+        position `keep` on (0: all of them) before the request uses it; `copy(source, slot)`
+        (with prefix reuse) replaces the slot's cells with a running request's, before the trim."""
         free = [slot for slot in range(self.slots) if slot not in self.active]
+        running = {slot: r.cells for slot, r in self.active.items()}  # not those admitted below
         while self.waiting and free:
             request = self.waiting.popleft()
             slot, keep = free[0], 0
             if self.reuse_prefix:
-                slot = max(free, key=lambda s: common_prefix_length(self.cached.get(s, ()), request.prompt))
-                keep = min(
-                    common_prefix_length(self.cached.get(slot, ()), request.prompt), len(request.prompt) - 1
-                )
+                slot, keep = self._reuse(request.prompt, free, running, copy)
                 self.prefix.count(len(request.prompt), keep)
             free.remove(slot)
             self.cached.pop(slot, None)
             trim(slot, keep)
             request.slot, request.fed = slot, keep
             self.active[slot] = request
+
+    def _reuse(
+        self,
+        prompt: tuple[int, ...],
+        free: list[int],
+        running: dict[int, tuple[int, ...]],
+        copy: Callable[[int, int], None] | None,
+    ) -> tuple[int, int]:
+        """The free slot for `prompt` and how many of its cells to keep: the free slot with the
+        longest cached prefix, or a running request's cells copied into the emptiest free slot."""
+        most = len(prompt) - 1  # the last prompt token is fed for the first output's logits
+        slot = max(free, key=lambda s: common_prefix_length(self.cached.get(s, ()), prompt))
+        keep = min(common_prefix_length(self.cached.get(slot, ()), prompt), most)
+        if copy is not None and running:
+            source = max(running, key=lambda s: common_prefix_length(running[s], prompt))
+            shared = min(common_prefix_length(running[source], prompt), most)
+            if shared >= keep + COPY_MIN_TOKENS:
+                slot = min(free, key=lambda s: len(self.cached.get(s, ())))
+                copy(source, slot)
+                keep = shared
+        return slot, keep
 
     def step(self, decode: Decode, clock: Callable[[], float]) -> list[Request]:
         """One batch through `decode`; returns the requests that finished (their slots are free)."""
@@ -123,8 +157,8 @@ class Slots:
             if r.done:
                 finished.append(r)
                 del self.active[r.slot]
-                if self.reuse_prefix:  # in its cells: the prompt and every output but the last
-                    self.cached[r.slot] = r.prompt + tuple(r.tokens[:-1])
+                if self.reuse_prefix:
+                    self.cached[r.slot] = r.cells
         return finished
 
     def drop_all(self) -> list[Request]:

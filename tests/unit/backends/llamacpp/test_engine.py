@@ -231,6 +231,43 @@ def test_prefix_sharing_reuses_a_conversations_cells_with_the_same_tokens(gguf: 
         plain.close()
 
 
+def test_a_new_conversation_copies_the_system_prompt_of_a_running_one(gguf: Path) -> None:
+    """Two conversations behind one system prompt, the second arriving while the first decodes:
+    llama.cpp copies the first one's cells into a free sequence (a copy across KV streams), and
+    both answer as without sharing."""
+    system, first, second = (p.tolist() for p in prompts(3, 48, seed=11))
+    asked = [(system + first[:8], 24), (system + second[:6], 6)]
+
+    def serve(engine: LlamaCppEngine) -> list[tuple[int, ...]]:
+        ids = [engine.submit(*asked[0])]
+        deadline = time.monotonic() + 30
+        while not engine._slots.active or next(iter(engine._slots.active.values())).fed < 56:
+            assert time.monotonic() < deadline, "the first request was never prefilled"
+            time.sleep(0.001)
+        ids.append(engine.submit(*asked[1]))
+        done: dict[str, tuple[int, ...]] = {}
+        while len(done) < 2:
+            for c in engine.collect(30.0):
+                assert c.error is None, c.error
+                done[c.request_id] = c.token_ids
+        return [done[i] for i in ids]
+
+    sharing = LlamaCppEngine(gguf, LlamaCppSettings(prefix_sharing=True), threads=1, sequences=2)
+    plain = LlamaCppEngine(gguf, LlamaCppSettings(), threads=1, sequences=2)
+    try:
+        sharing.reserve(128)
+        assert sharing._ctx is not None
+        copy, copies = sharing._ctx.copy, []
+        sharing._ctx.copy = lambda source, target: (copies.append((source, target)), copy(source, target))  # type: ignore[method-assign]
+        assert serve(sharing) == serve(plain)
+        counts = sharing.prefix_counters()
+        assert copies == [(0, 1)]  # out of the running sequence, not a finished one's cache
+        assert counts["hits"] == 1 and counts["reused_prompt_tokens"] == 48, counts
+    finally:
+        sharing.close()
+        plain.close()
+
+
 def test_a_new_run_or_a_re_made_context_matches_no_earlier_prompt(gguf: Path) -> None:
     """A run of a stream starts cold (forget_cached_prefixes), and a context re-made for longer
     requests holds no cells: an old match there would decode from cells that are gone."""

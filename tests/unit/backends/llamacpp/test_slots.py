@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from optimizer.backends.llamacpp.slots import Request, Slots
+from optimizer.backends.llamacpp.slots import COPY_MIN_TOKENS, Request, Slots
 
 VOCAB = 50
 
@@ -114,3 +114,55 @@ def test_prefix_reuse_keeps_the_longest_shared_prefix_of_a_free_slot() -> None:
     counts = slots.prefix.as_dict()
     assert counts["lookups"] == 4 and counts["hits"] == 2 and counts["reused_prompt_tokens"] == 8
     assert counts["prefill_saved_fraction"] == pytest.approx(8 / (6 + 2 + 9 + 2))
+
+
+def test_a_running_requests_cells_are_copied_when_they_share_a_longer_prefix() -> None:
+    """New conversations behind the system prompt a running request uses: its cells are copied
+    into the emptiest free slots and only the rest of each prompt is fed."""
+    system = tuple(range(1, COPY_MIN_TOKENS + 9))  # 40 tokens
+    slots, decode = Slots(slots=3, batch_tokens=256, reuse_prefix=True), FakeDecode()
+    slots.waiting.append(Request("old", (1, 2, 3, 4, 5), 2))
+    run(slots, decode)  # slot 0 keeps (1..5, 6): 6 tokens shared with the system prompt
+    slots.waiting.append(Request("a", (*system, 90), 8))
+    slots.admit(lambda slot, keep: None)
+    assert slots.active[0].fed == 6  # the free slot with the longest match
+    slots.step(decode, lambda: 0.0)  # "a" is prefilled and decoding
+    assert slots.active[0].cells == (*system, 90)
+    copies: list[tuple[int, int]] = []
+    trims: list[tuple[int, int]] = []
+    slots.waiting.extend([Request("b", (*system, 91, 92), 2), Request("c", (*system, 93), 2)])
+    slots.admit(
+        lambda slot, keep: trims.append((slot, keep)), lambda source, slot: copies.append((source, slot))
+    )
+    assert copies == [(0, 1), (0, 2)] and trims == [(1, 40), (2, 40)]
+    decode.batches.clear()
+    slots.step(decode, lambda: 0.0)
+    fed = [(t, p, s) for t, p, s, _ in decode.batches[0] if s > 0]
+    assert fed == [(91, 40, 1), (92, 41, 1), (93, 40, 2)]
+
+
+def test_no_copy_where_a_free_slot_holds_nearly_as_much_or_no_copy_is_offered() -> None:
+    system = tuple(range(1, 41))
+    for copy_offered in (True, False):
+        slots, decode = Slots(slots=2, batch_tokens=256, reuse_prefix=True), FakeDecode()
+        slots.waiting.append(Request("turn1", (*system, 50), 1))
+        run(slots, decode)  # slot 0 caches the system prompt and 50
+        slots.waiting.append(Request("a", (*system, 60, 61), 8))
+        slots.admit(lambda slot, keep: None)
+        copies: list[tuple[int, int]] = []
+        slots.waiting.append(Request("b", (*system, 60, 62), 1))
+        record = (lambda s, t, found=copies: found.append((s, t))) if copy_offered else None
+        slots.admit(lambda slot, keep: None, record)
+        # "a" (in slot 0, which held turn1) holds the 40 system tokens it kept, slot 1 nothing:
+        # a copy saves 40 >= COPY_MIN_TOKENS when offered
+        assert copies == ([(0, 1)] if copy_offered else [])
+        assert slots.active[1].fed == (40 if copy_offered else 0)
+    slots, decode = Slots(slots=2, batch_tokens=256, reuse_prefix=True), FakeDecode()
+    slots.waiting.extend([Request("x", (*system, 1), 1), Request("y", (*system[:30], 2), 1)])
+    run(slots, decode)  # slot 0: system + 1, slot 1: 30 system tokens + 2
+    slots.waiting.append(Request("a", (*system, 3), 8))
+    slots.admit(lambda slot, keep: None)  # takes slot 0 (40 shared)
+    copies = []
+    slots.waiting.append(Request("b", (*system, 4), 1))
+    slots.admit(lambda slot, keep: None, lambda s, t: copies.append((s, t)))
+    assert copies == [] and slots.active[1].fed == 30  # 40 - 30 < COPY_MIN_TOKENS: slot 1's cache
