@@ -166,6 +166,15 @@ def test_continuous_engine_matches_hf_greedy_on_cuda(tiny_cuda_model_dir: Path, 
         continuous.close()
 
 
+# the slot loop's settings in the GPU tests (fp32: token for token against HF greedy)
+SLOT_LOOP: dict[str, object] = {
+    "precision": "fp32",
+    "kv_cache": "static",
+    "loop": "slots",
+    "attention": "sdpa_gqa",
+}
+
+
 def test_slot_engine_reuses_prefixes_on_cuda(tiny_cuda_model_dir: Path, tmp_path: Path) -> None:
     """prefix_sharing on CUDA (captured steps; the store rows lie past the captured ones): a
     conversation's second turn copies its first turn, another conversation the shared system
@@ -173,16 +182,7 @@ def test_slot_engine_reuses_prefixes_on_cuda(tiny_cuda_model_dir: Path, tmp_path
     import torch
 
     hf = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32")
-    slots = _engine(
-        tiny_cuda_model_dir,
-        tmp_path,
-        batch_size=4,
-        precision="fp32",
-        kv_cache="static",
-        loop="slots",
-        attention="sdpa_gqa",
-        prefix_sharing=True,
-    )
+    slots = _engine(tiny_cuda_model_dir, tmp_path, batch_size=4, **SLOT_LOOP, prefix_sharing=True)
     try:
         system, first, second, other = (torch.randint(0, 2048, (n,)).tolist() for n in (48, 10, 20, 12))
         turns = [system + first, system + first + second, system + other]
@@ -207,16 +207,7 @@ def test_slot_engine_matches_hf_greedy_on_cuda(
     import torch
 
     hf = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32")
-    slots = _engine(
-        tiny_cuda_model_dir,
-        tmp_path,
-        batch_size=10,
-        precision="fp32",
-        kv_cache="static",
-        loop="slots",
-        attention="sdpa_gqa",
-        compile=compile,
-    )
+    slots = _engine(tiny_cuda_model_dir, tmp_path, batch_size=10, **SLOT_LOOP, compile=compile)
     try:
         slots.reserve(512)  # one build (one compile) for the whole test
         prompts = torch.randint(0, 2048, (10, 16))
