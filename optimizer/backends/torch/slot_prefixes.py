@@ -41,12 +41,16 @@ class CachedPrefixes:
         width = min(len(prompt) - 1, self.tokens.shape[1])
         if width < PREFIX_MIN_TOKENS:
             return -1, 0
-        same = self.tokens[:, :width] == np.asarray(prompt[:width], dtype=np.int64)
-        # the first mismatch of each row; a row equal throughout matches all `width` tokens
+        wanted = np.asarray(prompt[:width], dtype=np.int64)
+        # first the rows that hold the prompt's first PREFIX_MIN_TOKENS (usually few or none),
+        # then their first mismatch (a row equal throughout matches all `width` tokens)
+        rows = np.flatnonzero((self.tokens[:, :PREFIX_MIN_TOKENS] == wanted[:PREFIX_MIN_TOKENS]).all(axis=1))
+        if not rows.size:
+            return -1, 0
+        same = self.tokens[rows, :width] == wanted
         lengths = np.where(same.all(axis=1), width, same.argmin(axis=1))
-        row = int(lengths.argmax())
-        length = int(lengths[row])
-        return (row, length) if length >= PREFIX_MIN_TOKENS else (-1, 0)
+        best = int(lengths.argmax())
+        return int(rows[best]), int(lengths[best])
 
     def used(self, row: int) -> None:
         """A match in `row` was copied: a store row is kept longer."""
