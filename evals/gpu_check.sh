@@ -86,7 +86,8 @@ case "${1:-all}" in
 all)
   install || exit 1
   nvidia-smi --query-gpu=name,driver_version,power.draw,temperature.gpu --format=csv
-  # first the tests that have not passed on a GPU yet (the slot loop, 2026-12-04), then the ones
+  # first the tests that have not passed on a GPU yet (the slot loop, 2026-12-04, and its prefix
+  # store, 2026-12-05: the eager prefix test runs before the compiled slot test), then the ones
   # that passed there
   # -k: a pytest that ignores SIGINT (a hung CUDA call) is killed, not left to eat the call
   NEW="slot"
