@@ -62,6 +62,39 @@ def test_field_overrides_apply_on_top_of_the_gpu_preset() -> None:
     assert cfg.workload.slo == compose_run_config(["workload=gpu-chat"]).workload.slo
 
 
+def test_a_stream_sharing_prefixes_takes_cpu_defaults_candidates_with_prefix_reuse(make_target) -> None:
+    """workload=agent on a CPU: cpu-agent, the same engines and sizes as cpu-default, each with
+    prefix reuse on where it has it; a named space, or a stream sharing nothing, keeps its own."""
+    agent = compose_for_target(["target=cpu", "workload=agent"])
+    assert agent.space == compose_run_config(["space=cpu-agent"]).space
+    default = compose_run_config(["space=cpu-default"]).space
+    valid = {
+        name: enumerate_candidates(space, make_target(), serving=True)[0]
+        for name, space in (("agent", agent.space), ("default", default))
+    }
+
+    def without_sharing(candidates: list) -> list:
+        return sorted(
+            (c.backend, c.batch_size, {**c.to_dict(), "prefix_sharing": False}.__repr__()) for c in candidates
+        )
+
+    assert without_sharing(valid["agent"]) == without_sharing(valid["default"])
+    # every engine but HF generate behind a queue (which has no prefix reuse) keeps prefixes
+    kept = {c.label(): c.settings.prefix_sharing for c in valid["agent"]}  # type: ignore[union-attr]
+    assert [label for label, on in kept.items() if not on] == [
+        c.label() for c in valid["agent"] if getattr(c.settings, "loop", None) == "hf"
+    ], kept
+    named = compose_for_target(["target=cpu", "workload=agent", "space=cpu-default"])
+    assert named.space == default
+    # field overrides apply on top; a stream of single turns with no system prompt shares nothing
+    assert compose_for_target(
+        ["target=cpu", "workload=agent", "space.batch_sizes=[4]"]
+    ).space.batch_sizes == [4]
+    single = ["target=cpu", "workload=agent", "workload.turns=1", "workload.shared_prefix_tokens=0"]
+    assert compose_for_target(single).space == default
+    assert compose_for_target(["target=cpu"]).space == default
+
+
 def test_target_auto_is_detected(monkeypatch: pytest.MonkeyPatch, make_target) -> None:
     monkeypatch.setattr("optimizer.target.detect_target", lambda cfg: make_target(kind="cuda"))
     assert compose_for_target().space == compose_run_config(["space=gpu-default"]).space

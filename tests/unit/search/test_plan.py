@@ -321,7 +321,9 @@ def test_a_half_precision_reference_that_rounds_the_checkpoint_is_warned_of(
     assert (f"rounds this {shipped} checkpoint's weights" in caplog.text) is warned
 
 
-@pytest.mark.parametrize("preset", ["cpu-default", "cpu-batch", "cpu-full", "cpu-ort", "cpu-llamacpp"])
+@pytest.mark.parametrize(
+    "preset", ["cpu-default", "cpu-agent", "cpu-batch", "cpu-full", "cpu-ort", "cpu-llamacpp"]
+)
 def test_a_cpu_presets_baseline_runs_a_bf16_checkpoint_in_bf16(
     tmp_path, monkeypatch: pytest.MonkeyPatch, preset: str
 ) -> None:
