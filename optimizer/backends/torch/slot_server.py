@@ -26,7 +26,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,44 +36,13 @@ from optimizer.backends.openmp import release_openmp_threads
 from optimizer.backends.prefixes import PrefixCounts
 from optimizer.backends.torch.slot_decoder import PREFILL_WIDTH_MULTIPLE, SlotDecoder
 from optimizer.backends.torch.slot_prefixes import CachedPrefixes
+from optimizer.backends.torch.slot_requests import Admission, SlotRequest, slot_size
 from optimizer.measure.serving import Completion
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_SEQUENCE_TOKENS = 256  # the least prompt + new tokens a slot is built for
-SEQUENCE_TOKENS_STEP = 256  # a region grows in these steps, so that a stream rebuilds it rarely
 DEFAULT_MAX_PREFILL_TOKENS = 4096  # padded prompt tokens admitted in one prefill
 RESULT_TIMEOUT_SECONDS = 600.0  # generate() fails when no request finishes for this long
-
-
-@dataclass
-class _Request:
-    request_id: str
-    prompt_ids: tuple[int, ...]
-    max_new_tokens: int
-    tokens: list[int] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-
-    @property
-    def sequence_tokens(self) -> int:
-        return len(self.prompt_ids) + self.max_new_tokens
-
-    def completion(self, error: str | None = None) -> Completion:
-        return Completion(self.request_id, tuple(self.tokens), tuple(self.times), error)
-
-
-@dataclass(frozen=True)
-class _Admission:
-    slot: int
-    request: _Request
-    source: int = -1  # the cache row whose first `cached` columns hold a prefix of the prompt
-    cached: int = 0
-
-
-def _slot_size(tokens: int) -> int:
-    """The region for requests of `tokens` (prompt + new): a multiple of the growth step, and
-    never below the default."""
-    return max(DEFAULT_MAX_SEQUENCE_TOKENS, -(-tokens // SEQUENCE_TOKENS_STEP) * SEQUENCE_TOKENS_STEP)
 
 
 class SlotEngine:
@@ -121,8 +89,8 @@ class SlotEngine:
         self.prefixes: CachedPrefixes | None = None  # with prefix sharing: what each cache row holds
         self._prefix_counts = PrefixCounts()  # over the engine's life, rebuilds included
         self._wanted_tokens = 0  # nothing is built before a request or a reserve() asks for a size
-        self._waiting: collections.deque[_Request] = collections.deque()
-        self._running: dict[int, _Request] = {}  # slot -> request
+        self._waiting: collections.deque[SlotRequest] = collections.deque()
+        self._running: dict[int, SlotRequest] = {}  # slot -> request
         self._done: collections.deque[Completion] = collections.deque()
         self._cond = threading.Condition()
         self._device_lock = threading.Lock()  # the loop's device work, and score() between steps
@@ -146,8 +114,8 @@ class SlotEngine:
             if self._stopped:
                 raise RuntimeError("the slot engine is closed")
             self._counter += 1
-            request = _Request(f"s{self._counter}", tuple(prompt_ids), max_new_tokens)
-            self._wanted_tokens = max(self._wanted_tokens, _slot_size(request.sequence_tokens))
+            request = SlotRequest(f"s{self._counter}", tuple(prompt_ids), max_new_tokens)
+            self._wanted_tokens = max(self._wanted_tokens, slot_size(request.sequence_tokens))
             self._failed_tokens = 0  # a new request retries a build that failed
             self._waiting.append(request)
             self._cond.notify_all()
@@ -168,7 +136,7 @@ class SlotEngine:
     def reserve(self, sequence_tokens: int) -> SlotEngine:
         """Slots with room for requests of `sequence_tokens` (prompt + new) tokens, built now."""
         with self._cond:
-            self._wanted_tokens = max(self._wanted_tokens, _slot_size(sequence_tokens))
+            self._wanted_tokens = max(self._wanted_tokens, slot_size(sequence_tokens))
             self._failed_tokens = 0
             self._build_error = None
             self._cond.notify_all()
@@ -297,12 +265,12 @@ class SlotEngine:
         small = self.decoder is None or self.decoder.max_sequence_tokens < self._wanted_tokens
         return small and self._wanted_tokens > 0 and self._failed_tokens != self._wanted_tokens
 
-    def _admit(self) -> list[_Admission]:
+    def _admit(self) -> list[Admission]:
         """Waiting requests for the free slots, first come first served, within the prefill budget
         (padded prompt tokens to compute: a cached prefix is not). Called under the lock."""
         free = [s for s in range(self.slots) if s not in self._running]
         prefixes = self.prefixes
-        admitted: list[_Admission] = []
+        admitted: list[Admission] = []
         longest = 0
         while self._waiting and len(admitted) < len(free):
             prompt = self._waiting[0].prompt_ids
@@ -315,7 +283,7 @@ class SlotEngine:
                 self._prefix_counts.count(len(prompt), cached)
                 if cached:
                     prefixes.used(source)
-            admitted.append(_Admission(free[len(admitted)], self._waiting.popleft(), source, cached))
+            admitted.append(Admission(free[len(admitted)], self._waiting.popleft(), source, cached))
         return admitted
 
     def _build(self) -> None:
@@ -347,7 +315,7 @@ class SlotEngine:
                 self.prefixes = CachedPrefixes(self.slots, self.slots, decoder.max_len)
             self._cond.notify_all()
 
-    def _prefill(self, admitted: list[_Admission]) -> None:
+    def _prefill(self, admitted: list[Admission]) -> None:
         decoder = self.decoder
         assert decoder is not None
         with self._cond:
@@ -408,7 +376,7 @@ class SlotEngine:
                 self.prefixes.release(slot)
         self._running.clear()
 
-    def _keep_prefix(self, slot: int, request: _Request) -> None:
+    def _keep_prefix(self, slot: int, request: SlotRequest) -> None:
         """With prefix sharing, a finished request's K/V (its prompt and every output but the
         last, whose K/V no step wrote) into the store, before its slot is reused. Under the lock."""
         if self.prefixes is None:
