@@ -6,13 +6,16 @@ before anything is detected. A CPU search does not fit a GPU (llama.cpp's CPU bu
 stream of 2 requests/s, batches of 8), so on a GPU target each group the user left to its
 default is composed again from its GPU preset. On a CPU, a stream whose prompts share prefixes
 (conversations resending their history, a system prompt) takes cpu-agent: cpu-default with prefix
-reuse on in every engine that has it. Overrides of single fields (`space.batch_sizes=`) still
+reuse on in every engine that has it; so does a trace whose requests do (several turns of one
+conversation, or prompts that begin alike). Overrides of single fields (`space.batch_sizes=`) still
 apply, on top of whichever preset was taken.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,5 +64,53 @@ def compose_for_target(overrides: Sequence[str] = (), config_dir: str | Path | N
 
 
 def shares_prefixes(workload: WorkloadConfig) -> bool:
-    """A generated stream of conversations or behind a system prompt (a trace is not read here)."""
-    return workload.serving and (workload.turns > 1 or workload.shared_prefix_tokens > 0)
+    """A generated stream of conversations or behind a system prompt, or a trace whose requests
+    share prefixes (`trace_shares_prefixes`)."""
+    if not workload.serving:
+        return False
+    if workload.trace:
+        return trace_shares_prefixes(Path(workload.trace).expanduser())
+    return workload.turns > 1 or workload.shared_prefix_tokens > 0
+
+
+# A trace shares prefixes where a conversation has several requests, or where this share of its
+# prompts begins with the same TRACE_PREFIX_CHARACTERS (about 64 tokens of English) as another
+# prompt: a system prompt, or a history resent without conversation ids.
+TRACE_PREFIX_CHARACTERS = 256
+TRACE_SHARING_FRACTION = 0.25
+
+
+def trace_shares_prefixes(path: Path) -> bool:
+    """Whether a JSONL trace's requests share prefixes, from its text (no tokenizer: this runs
+    while the config is composed). A file or line that cannot be read counts as sharing nothing:
+    reading the trace for the run reports it, naming the line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    prompts: list[str] = []
+    turns: dict[str, int] = {}
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(item, dict):
+            continue
+        if item.get("conversation") is not None:
+            key = str(item["conversation"])
+            turns[key] = turns.get(key, 0) + 1
+            if turns[key] > 1:
+                return True
+        if isinstance(item.get("prompt"), str):
+            prompts.append(item["prompt"])
+    # each prompt's longest prefix shared with any other is the longer of those it shares with
+    # its neighbours in sorted order
+    ordered = sorted(prompts)
+    shared = [0] * len(ordered)
+    for index in range(len(ordered) - 1):
+        length = len(os.path.commonprefix(ordered[index : index + 2]))
+        shared[index] = max(shared[index], length)
+        shared[index + 1] = length
+    sharing = sum(length >= TRACE_PREFIX_CHARACTERS for length in shared)
+    return bool(ordered) and sharing >= TRACE_SHARING_FRACTION * len(ordered)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,7 +15,7 @@ from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
 from optimizer.config import RunConfig, compose_run_config
 from optimizer.space import enumerate_candidates
-from optimizer.target_defaults import chosen_groups, compose_for_target
+from optimizer.target_defaults import chosen_groups, compose_for_target, trace_shares_prefixes
 
 
 def without_time(cfg: RunConfig) -> RunConfig:
@@ -93,6 +95,43 @@ def test_a_stream_sharing_prefixes_takes_cpu_defaults_candidates_with_prefix_reu
     single = ["target=cpu", "workload=agent", "workload.turns=1", "workload.shared_prefix_tokens=0"]
     assert compose_for_target(single).space == default
     assert compose_for_target(["target=cpu"]).space == default
+
+
+def write_trace(path: Path, prompts: list[str], conversations: list[str | None] | None = None) -> str:
+    ids = conversations or [None] * len(prompts)
+    lines = [
+        json.dumps({"arrival": i * 0.5, "prompt": text, "output_tokens": 8, "conversation": conversation})
+        for i, (text, conversation) in enumerate(zip(prompts, ids, strict=True))
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_a_trace_whose_requests_share_prefixes_takes_cpu_agent(tmp_path: Path) -> None:
+    """Read as text while composing: turns of one conversation, or a quarter of the prompts
+    beginning with the same 256 characters as another, take cpu-agent; distinct prompts, or a
+    trace that cannot be read yet (reading it for the run names the problem), keep cpu-default."""
+    system = "You are a careful assistant. " * 10  # 290 characters
+    questions = [f"Question {i}: what is {i} squared?" for i in range(8)]
+    agent = compose_run_config(["space=cpu-agent"]).space
+    default = compose_run_config(["space=cpu-default"]).space
+
+    def space_for(trace: str) -> object:
+        return compose_for_target(["target=cpu", "workload=chat", f"workload.trace={trace}"]).space
+
+    behind_a_system_prompt = write_trace(tmp_path / "system.jsonl", [system + q for q in questions])
+    assert space_for(behind_a_system_prompt) == agent
+    turns = write_trace(tmp_path / "turns.jsonl", questions[:3], ["a", "b", "a"])
+    assert space_for(turns) == agent
+    assert space_for(write_trace(tmp_path / "distinct.jsonl", questions)) == default
+    assert space_for(str(tmp_path / "missing.jsonl")) == default
+    # 2 of 8 prompts (each shares with the other) is a quarter; 2 of 10 is not
+    two_alike = [system + "x", system + "y"]
+    assert trace_shares_prefixes(Path(write_trace(tmp_path / "8.jsonl", two_alike + questions[:6])))
+    assert not trace_shares_prefixes(Path(write_trace(tmp_path / "10.jsonl", two_alike + questions)))
+    # the shared part must reach 256 characters: these share 209
+    short = [system[:200] + q for q in questions]
+    assert not trace_shares_prefixes(Path(write_trace(tmp_path / "short.jsonl", short)))
 
 
 def test_target_auto_is_detected(monkeypatch: pytest.MonkeyPatch, make_target) -> None:
