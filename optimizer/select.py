@@ -128,6 +128,12 @@ def _next_above(values: dict[str, float], q: float) -> float:
     return above[0][1] if above else max(values.values(), default=0.0)
 
 
+# Latency headroom breaks a tie on energy only where it is larger by more than this: percentile
+# latencies move by a few points from run to run (the demo of 2026-12-05 chose llama.cpp over the
+# slot loop, whose mean was higher, on "58% latency headroom to 58%")
+HEADROOM_TIE_MARGIN = 0.05
+
+
 def select_finalist(
     pool: Sequence[CandidateResult], runs: dict[str, list[CandidateResult]], slo: SloConfig, margin: float
 ) -> Selection:
@@ -172,7 +178,7 @@ def select_finalist(
     # (an infeasible winner means none is feasible: it stays, alone)
     tied = [winner, *(f for f in ranked[1:] if f.feasible and f.mean >= winner.low)]
     roomiest = max(tied, key=lambda f: f.headroom if f.headroom is not None else -math.inf)
-    if roomiest is not winner and (roomiest.headroom or 0.0) > (winner.headroom or 0.0):
+    if roomiest is not winner and (roomiest.headroom or 0.0) > (winner.headroom or 0.0) + HEADROOM_TIE_MARGIN:
         reason = (
             f"{roomiest.label} over {winner.label}: indistinguishable on energy "
             f"([{roomiest.low:.3g}, {roomiest.high:.3g}] vs [{winner.low:.3g}, {winner.high:.3g}] goodput tok/J), "

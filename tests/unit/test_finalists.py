@@ -89,6 +89,19 @@ def test_more_headroom_wins_a_tie_even_far_from_the_slo() -> None:
     assert [f.label for f in selection.finalists][0] == b.candidate.label()
 
 
+def test_headroom_within_a_few_points_leaves_the_tie_to_energy() -> None:
+    """42% against 40% headroom is the same headroom run to run: the higher mean stays."""
+    a, b = measured(8, [10.0]), measured(16, [9.9])
+    runs = {
+        a.candidate.key(): [measured(8, [9.8, 9.6], tpot_s=0.150), measured(8, [9.7, 9.7], tpot_s=0.150)],
+        b.candidate.key(): [measured(16, [9.5, 9.9], tpot_s=0.145), measured(16, [9.4, 9.8], tpot_s=0.145)],
+    }
+    selection = select_finalist([a, b], runs, SLO, 0.1)
+    assert selection.winner == a.candidate.key() and not selection.distinguishable
+    assert "not distinguishable from" in selection.reason and "headroom" not in selection.reason
+    assert [f.headroom for f in selection.finalists] == [pytest.approx(0.40), pytest.approx(0.42)]
+
+
 def test_a_winner_at_the_slos_edge_is_flagged() -> None:
     a, b = measured(8, [10.0]), measured(4, [8.0])
     runs = {
