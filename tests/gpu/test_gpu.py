@@ -201,11 +201,16 @@ def test_slot_engine_matches_hf_greedy_on_cuda(
 ) -> None:
     """loop=slots captures its step as CUDA graphs, one per step size (8 and 10 rows for 10
     slots) and key span (256 and 512 columns for requests of up to 512 tokens); with `compile`
-    the step is first compiled once for all four (rows and span dynamic): an offline batch on
-    every slot, then a stream of mixed lengths on the front slots (one crossing from span 256 to
-    512), each request as HF decodes it alone."""
+    the step is first compiled once for all four (rows and span dynamic), and the prefill at the
+    build, once for one row and once for more: an offline batch on every slot, then a stream of
+    mixed lengths on the front slots (one crossing from span 256 to 512), each request as HF
+    decodes it alone, and no prefill compiled while serving."""
     import torch
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
+    from optimizer.backends.torch.slot_decoder import SlotDecoder
+
+    torch._dynamo.reset()
     hf = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32")
     slots = _engine(tiny_cuda_model_dir, tmp_path, batch_size=10, **SLOT_LOOP, compile=compile)
     try:
@@ -226,5 +231,7 @@ def test_slot_engine_matches_hf_greedy_on_cuda(
             want = hf.generate(torch.tensor([prompt]), new).token_ids
             assert list(done[request_id].token_ids) == want[0].tolist()  # type: ignore[attr-defined]
         assert slots.decoder.max_sequence_tokens == 512  # not rebuilt
+        prefill_graphs = len(_debug_get_cache_entry_list(SlotDecoder._prefill.__code__))
+        assert prefill_graphs == (2 if compile else 0)
     finally:
         slots.close()

@@ -12,7 +12,9 @@ has reached (the smallest of a few spans), not to every slot's whole region: on 
 16 SmolLM2 slots took 108 ms over 1,024 columns and 78 ms over 256
 (evals/results/2026-12-04-cpu-slot-spans/chat/log.txt). Each size and
 span is one captured CUDA graph; compiled, the step is one compile whose row count and span are
-dynamic (every other shape static), captured at each.
+dynamic (every other shape static), captured at each. Compiled, the prefill is compiled too (not
+captured: its shapes vary), with its rows, width and span dynamic: a compiled prefill on the H200
+cut the captured loop's TTFT by a third (evals/results/2026-12-04-h200-compiled-prefill/).
 
 The model runs through transformers' own forward with a 4D additive mask (used as given, so
 attention kernels that take no mask, FlashAttention's, cannot run it) and a cache
@@ -48,7 +50,7 @@ class SlotCache:
     `len(key_columns)` columns of slots 0..n-1's regions (the mask picks each slot's own keys).
     Prefilling `rows`: the prompts' K/V are written at 0..width-1 of those slots and the prompts
     attend only to themselves; or, where a prefix of a prompt is already in its slot, at
-    `prefill_positions` (per row), attending to the first `prefill_span` columns of their slots.
+    `prefill_positions` (per row), attending to the `prefill_columns` first columns of their slots.
     All layers live in one tensor per K and V, so that moving a slot is one copy each. Rows past
     the slots (`stored`) are a prefix store no step reads (slot_prefixes.py).
     """
@@ -74,9 +76,10 @@ class SlotCache:
         self.positions = torch.zeros(slots, dtype=torch.long, device=device)
         self.prefill_rows: torch.Tensor | None = None
         # a prefill after a copied prefix: each row's positions [rows, width], and the key columns
-        # its prompts attend (their prefixes and themselves)
+        # its prompts attend (their prefixes and themselves: 0..span-1, a tensor so that a
+        # compiled prefill reads the span from its shape)
         self.prefill_positions: torch.Tensor | None = None
-        self.prefill_span = 0
+        self.prefill_columns: torch.Tensor | None = None
         # decode: the key columns a step attends, 0..span-1 (a view, so a compiled step reads the
         # span from its shape: one graph for every span)
         self.key_columns: torch.Tensor | None = None
@@ -97,7 +100,9 @@ class SlotCache:
             # [rows, heads, width, dim] written at [rows, width] positions, the heads kept
             keys[rows[:, None], :, positions] = key_states.transpose(1, 2)
             values[rows[:, None], :, positions] = value_states.transpose(1, 2)
-            return keys[rows, :, : self.prefill_span], values[rows, :, : self.prefill_span]
+            assert self.prefill_columns is not None, "SlotDecoder.prefill() sets the span"
+            span = self.prefill_columns.shape[0]
+            return keys[rows, :, :span], values[rows, :, :span]
         n = key_states.shape[0]  # the step's rows: slots 0..n-1
         keys, values = keys[:n], values[:n]
         # written in the whole region: an idle row's pinned position may lie past the span
@@ -178,6 +183,7 @@ class SlotDecoder:
         self.device = device
         dtype = model.get_input_embeddings().weight.dtype  # the activations' (fp8 layers keep bf16 here)
         self.cache = SlotCache(model.config, slots, self.max_len, dtype, device, stored)
+        self.stored = stored
         self.tokens = torch.zeros(slots, 1, dtype=torch.long, device=device)
         self.key_range = torch.arange(self.max_len, device=device)
         self.dtype = dtype
@@ -185,7 +191,9 @@ class SlotDecoder:
         self.head = model.get_output_embeddings()
         self._cache_argument = cache_argument(model)
         self._decoder_cache_argument = cache_argument(self.decoder)
+        self._compiled = compiled
         self._run_decode = torch.compile(self._decode, dynamic=False) if compiled else self._decode
+        self._run_prefill = torch.compile(self._prefill, dynamic=False) if compiled else self._prefill
         self.sizes = step_sizes(slots)
         if key_span_step is None:
             key_span_step = KEY_SPAN_STEP_CUDA if device.type == "cuda" else KEY_SPAN_STEP_CPU
@@ -273,7 +281,10 @@ class SlotDecoder:
         if any(not 0 <= start < len(p) for start, p in zip(starts, prompts, strict=True)):
             raise ValueError(f"cached prefixes must leave a prompt token to compute, got {starts}")
         rests = [p[start:] for start, p in zip(starts, prompts, strict=True)]
-        width = min(-(-max(map(len, rests)) // PREFILL_WIDTH_MULTIPLE) * PREFILL_WIDTH_MULTIPLE, self.max_len)
+        # width and span stop short of the spare column (a prompt's last token lies before it): a
+        # compiled slice of a region's whole length would specialize them
+        edge = self.max_len - 1
+        width = min(-(-max(map(len, rests)) // PREFILL_WIDTH_MULTIPLE) * PREFILL_WIDTH_MULTIPLE, edge)
         ids = torch.zeros(len(prompts), width, dtype=torch.long)
         for row, rest in enumerate(rests):
             ids[row, : len(rest)] = torch.tensor(rest)
@@ -286,33 +297,74 @@ class SlotDecoder:
             positions = (torch.tensor(starts, device=self.device)[:, None] + offsets).clamp(
                 max=self.max_len - 1
             )
-            span = min(max(starts) + width, self.max_len)
-            columns = torch.arange(span, device=self.device)
+            columns = torch.arange(min(max(starts) + width, edge), device=self.device)
             # each query sees its slot's keys up to its own position: the cached prefix, then itself
             mask = self._additive((columns[None, None, :] <= positions[:, :, None])[:, None])
-            self.cache.prefill_positions, self.cache.prefill_span = positions, span
+            self.cache.prefill_positions, self.cache.prefill_columns = positions, columns
         else:
-            positions = offsets[None].expand(len(prompts), -1)
+            positions = offsets[None].repeat(len(prompts), 1)  # not a view: one stride for every prefill
             causal = offsets[None, :] <= offsets[:, None]
             mask = self._additive(
                 causal[None, None] & (offsets[None, :] < lengths[:, None])[:, None, None, :]
             )
         self.cache.prefill_rows = rows
+        if self._compiled:
+            self._mark_prefill_dynamic(ids, positions, mask, lengths)
         try:
-            hidden = self.decoder(
-                input_ids=ids,
-                position_ids=positions,
-                attention_mask=mask,
-                use_cache=True,
-                **{self._decoder_cache_argument: self.cache},
-            ).last_hidden_state
+            first = self._run_prefill(ids, positions, mask, lengths)
         finally:
-            self.cache.prefill_rows = self.cache.prefill_positions = None
-        last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
-        first = self.head(last).argmax(-1)
+            self.cache.prefill_rows = self.cache.prefill_positions = self.cache.prefill_columns = None
         self.tokens[rows, 0] = first
         self.cache.positions[rows] = torch.tensor([len(p) for p in prompts], device=self.device)
         return first
+
+    def _prefill(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """The prompts' K/V into the cache rows set on it; the first token of each [rows]."""
+        hidden = self.decoder(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=mask,
+            use_cache=True,
+            **{self._decoder_cache_argument: self.cache},
+        ).last_hidden_state
+        last = hidden[torch.arange(ids.shape[0], device=ids.device), lengths - 1]
+        return self.head(last).argmax(-1)
+
+    def _mark_prefill_dynamic(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor
+    ) -> None:
+        """Rows, width and span vary from one admission to the next: marked dynamic, they make one
+        compile per kind of prefill (with or without a copied prefix; one row, or more: dynamo
+        specializes a size of 1, which broadcasting needs to know), not one per shape."""
+        cache = self.cache
+        dims: list[tuple[torch.Tensor | None, tuple[int, ...]]] = [
+            (ids, (0, 1)),
+            (positions, (0, 1)),
+            (mask, (0, 2, 3)),
+            (lengths, (0,)),
+            (cache.prefill_rows, (0,)),
+            (cache.prefill_positions, (0, 1)),
+            (cache.prefill_columns, (0,)),
+        ]
+        for tensor, variable in dims:
+            if tensor is not None:
+                torch._dynamo.mark_dynamic(tensor, list(variable))
+
+    def compile_prefills(self) -> None:
+        """Compile (when compiled) every kind of prefill a stream will meet, before any request is
+        admitted: one row and more, and after a copied prefix where rows are stored. Writes only
+        slots that hold nothing yet, whose positions are then reset."""
+        if not self._compiled or self.max_sequence_tokens < 3:
+            return
+        for rows in sorted({1, min(2, self.slots)}):
+            prompts = [[0, 0]] * rows
+            self.prefill(range(rows), prompts)
+            if self.stored:
+                self.prefill(range(rows), prompts, cached=[1] * rows)
+        self.cache.positions.zero_()
+        self.tokens.zero_()
 
     def capture(self) -> None:
         """Capture a step of each size and span as a CUDA graph (CUDA only), largest first,

@@ -50,7 +50,7 @@ class SlotEngine:
     hf_model: A loaded HF causal LM on `device`.
     slots: Requests decoded together (the candidate's batch size); more wait for a free slot.
     device: Where the model lives; on CUDA the step is captured as a graph.
-    compiled: Compile the step with inductor first.
+    compiled: Compile the step and the prefills with inductor first.
     max_prefill_tokens: Padded prompt tokens admitted in one prefill (at least one request).
     step_interval_seconds: The least time from one step's start to the next (0: back to back).
         A decode step reads every weight whatever its rows, so at a given arrival rate fewer,
@@ -297,6 +297,7 @@ class SlotEngine:
             decoder = SlotDecoder(
                 self.model, self.slots, wanted, self.device, self.compiled, self.key_span_step, stored
             )
+            decoder.compile_prefills()
             if self.device.type == "cuda":
                 decoder.capture()
         except Exception as exc:  # noqa: BLE001 - reported to reserve() and to the waiting requests

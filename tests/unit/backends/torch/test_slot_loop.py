@@ -36,6 +36,13 @@ def tiny_llama(attention: str = "sdpa") -> Any:
     return LlamaForCausalLM._from_config(config, attn_implementation=attention).eval()
 
 
+def compiled_graphs(function: Any) -> int:
+    """The graphs dynamo holds for `function`'s code (each compile of it, whatever the instance)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    return len(_debug_get_cache_entry_list(function.__code__))
+
+
 def prompts(*lengths: int, seed: int = 0) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randint(0, VOCAB, (n,), generator=generator).tolist() for n in lengths]
@@ -108,7 +115,6 @@ def test_a_compiled_step_keeps_greedy_tokens() -> None:
     """compiled=True runs the step through inductor (what is captured on a GPU): one graph for
     every step, whatever the slots' positions."""
     torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
     model = tiny_llama("sdpa_gqa")
     p = prompts(6, 11, seed=1)
     decoder = SlotDecoder(model, 2, 32, torch.device("cpu"), compiled=True)
@@ -124,7 +130,8 @@ def test_a_compiled_step_keeps_greedy_tokens() -> None:
                 got[slot].append(int(decoder.tokens[slot]))
     assert got[0] == greedy(model, p[0], 6)
     assert got[1] == greedy(model, p[1], 5)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert compiled_graphs(SlotDecoder._decode) == 1
+    assert compiled_graphs(SlotDecoder._prefill) == 1  # one-row prefills of 6 and 11 tokens
 
 
 def decode_with_spans(decoder: SlotDecoder, model: Any, p: list[list[int]], new: int) -> list[list[int]]:
@@ -176,7 +183,6 @@ def test_a_compiled_step_is_one_graph_for_every_size_and_span() -> None:
     slots step at 8 rows (slot 0 alone, then slots 0-1) and at 10 after eight more requests
     join; the spans go 8, 16, 24: one compile."""
     torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
     model = tiny_llama("sdpa_gqa")
     p = prompts(7, 4, *range(3, 11), seed=5)
     decoder = SlotDecoder(model, 10, 32, torch.device("cpu"), compiled=True, key_span_step=8)
@@ -195,7 +201,32 @@ def test_a_compiled_step_is_one_graph_for_every_size_and_span() -> None:
                 answer.append(int(decoder.tokens[slot]))
     for answer, prompt in zip(later, p[2:], strict=True):
         assert answer == greedy(model, prompt, 3)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert compiled_graphs(SlotDecoder._decode) == 1
+
+
+def test_compiled_prefills_are_compiled_before_any_request_and_once_per_kind() -> None:
+    """compile_prefills (the engine's build) compiles a one-row and a many-row prefill, each with
+    and without a copied prefix; admissions of other row counts, widths and spans then compile
+    nothing more, and decode as HF greedy."""
+    torch._dynamo.reset()
+    model = tiny_llama("sdpa_gqa")
+    decoder = SlotDecoder(model, 4, 96, torch.device("cpu"), compiled=True, stored=4)
+    with torch.no_grad():
+        decoder.compile_prefills()
+        assert compiled_graphs(SlotDecoder._prefill) == 4
+        assert int(decoder.cache.positions.abs().sum()) == 0  # the warm-up leaves every slot free
+        p = prompts(40, 30, 25, 50, 3, seed=1)
+        firsts = decoder.prefill([0, 1, 2], p[:3]).tolist()  # 3 rows, width 48
+        decoder.cache.copy_columns(0, 4, 40)  # slot 0's K/V into the store
+        shared = p[0][:35] + p[3]
+        decoder.cache.copy_columns(4, 3, 35)
+        firsts += decoder.prefill([3], [shared], [35]).tolist()  # span 35 + 64
+        decoder.cache.copy_columns(4, 0, 20)
+        decoder.cache.copy_columns(4, 1, 30)
+        both = [p[0][:20] + p[4], p[0][:30] + p[2]]
+        firsts += decoder.prefill([0, 1], both, [20, 30]).tolist()
+    assert compiled_graphs(SlotDecoder._prefill) == 4
+    assert firsts == [greedy(model, q, 1)[0] for q in (*p[:3], shared, *both)]
 
 
 def test_key_spans_are_multiples_of_the_step_up_to_the_longest_request() -> None:
@@ -304,15 +335,19 @@ def test_nothing_is_built_before_a_size_is_asked_for() -> None:
 
 
 def test_a_compiled_engine_serves_from_its_loop_thread() -> None:
-    """The GPU candidate's path short of the capture: the step compiles on the loop thread."""
+    """The GPU candidate's path short of the capture: the step compiles on the loop thread, and
+    the build compiles the prefills (one row, two) before the first request is admitted."""
     torch._dynamo.reset()
     model = tiny_llama("sdpa_gqa")
     engine = SlotEngine(model, 2, "cpu", compiled=True)
     try:
+        engine.reserve(64)
+        assert compiled_graphs(SlotDecoder._prefill) == 2
         rows = prompts(8, 8, seed=7)
         generation = engine.generate(torch.tensor(rows), 4)
         assert generation.token_ids is not None
         assert generation.token_ids.tolist() == [greedy(model, r, 4) for r in rows]
+        assert compiled_graphs(SlotDecoder._prefill) == 2
     finally:
         engine.close()
 
