@@ -220,7 +220,7 @@ def test_compiled_prefills_are_compiled_before_any_request_and_once_per_kind() -
         decoder.cache.copy_columns(0, 4, 40)  # slot 0's K/V into the store
         shared = p[0][:35] + p[3]
         decoder.cache.copy_columns(4, 3, 35)
-        firsts += decoder.prefill([3], [shared], [35]).tolist()  # span 35 + 64
+        firsts += decoder.prefill([3], [shared], [35]).tolist()  # width 64: span 35 + 64, cut to 96
         decoder.cache.copy_columns(4, 0, 20)
         decoder.cache.copy_columns(4, 1, 30)
         both = [p[0][:20] + p[4], p[0][:30] + p[2]]
