@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from optimizer.results import CandidateResult
+
+if TYPE_CHECKING:
+    from optimizer.backends.torch.slot_server import SlotEngine
+    from optimizer.measure.setup import MeasurementSetup
+    from optimizer.space import Candidate
 
 
 def measured_row(result: CandidateResult) -> dict[str, Any]:
@@ -37,3 +43,27 @@ def energy_source_line(source: str) -> str:
     return f"energy source: {source}" + (
         " (an ESTIMATE from CPU time, not a measurement)" if source == "estimate" else ""
     )
+
+
+def slot_engine(
+    setup: MeasurementSetup, slots: int, precision: str, cache_dir: Path
+) -> tuple[Candidate, SlotEngine]:
+    """The slot loop (`loop=slots`, uncompiled) at `slots`, built as `optimize` builds it."""
+    from optimizer.backends.registry import build_engine
+    from optimizer.backends.torch.slot_server import SlotEngine
+    from optimizer.space import Candidate
+
+    target = setup.target
+    candidate = Candidate.from_dict(
+        {
+            "backend": "torch",
+            "batch_size": slots,
+            "precision": precision,
+            "kv_cache": "static",
+            "loop": "slots",
+            "threads": None if target.is_cuda else target.cores,
+        }
+    )
+    engine = build_engine(setup.model, candidate, target, cache_dir)
+    assert isinstance(engine, SlotEngine), candidate.label()
+    return candidate, engine

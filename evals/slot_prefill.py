@@ -55,29 +55,17 @@ def main() -> None:
         raise SystemExit(f"--rows up to --slots ({args.slots}), got {max(args.rows)}")
 
     import torch
+    from _common import slot_engine
     from serving import setup_for
 
-    from optimizer.backends.registry import build_engine
     from optimizer.backends.torch.slot_decoder import SlotDecoder
-    from optimizer.backends.torch.slot_server import SlotEngine
     from optimizer.config import compose_run_config
-    from optimizer.space import Candidate
 
     cfg = compose_run_config(["workload=chat", *args.overrides])
     setup = setup_for(cfg, 64)
     target = setup.target
-    candidate = Candidate.from_dict(
-        {
-            "backend": "torch",
-            "batch_size": args.slots,
-            "precision": args.precision,
-            "kv_cache": "static",
-            "loop": "slots",
-            "threads": None if target.is_cuda else target.cores,
-        }
-    )
-    engine = build_engine(setup.model, candidate, target, Path(cfg.cache_dir).expanduser())
-    assert isinstance(engine, SlotEngine), candidate.label()
+    # the weights as the slot loop loads them; the two decoders below are built over them
+    candidate, engine = slot_engine(setup, args.slots, args.precision, Path(cfg.cache_dir).expanduser())
     model = engine.model
     device = torch.device(target.device)
     region = max(args.tokens) + 16

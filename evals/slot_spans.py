@@ -30,16 +30,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import energy_source_line  # noqa: E402
+from _common import energy_source_line, slot_engine  # noqa: E402
 from serving import row, setup_for  # noqa: E402
 
-from optimizer.backends.registry import build_engine  # noqa: E402
 from optimizer.backends.torch.slot_decoder import SlotDecoder  # noqa: E402
 from optimizer.backends.torch.slot_server import SlotEngine  # noqa: E402
 from optimizer.config import compose_run_config  # noqa: E402
 from optimizer.measure.energy import measure_idle_watts  # noqa: E402
 from optimizer.measure.serving import Completion, ServingRun, serve_stream  # noqa: E402
-from optimizer.space import Candidate  # noqa: E402
 
 PARITY_REQUESTS = 16
 PARITY_TIMEOUT_SECONDS = 600.0
@@ -139,18 +137,7 @@ def main() -> None:
     if stream is None:
         raise SystemExit("a serving workload is needed (workload=chat or agent)")
     target = setup.target
-    candidate = Candidate.from_dict(
-        {
-            "backend": "torch",
-            "batch_size": args.batch,
-            "precision": args.precision,
-            "kv_cache": "static",
-            "loop": "slots",
-            "threads": None if target.is_cuda else target.cores,
-        }
-    )
-    spans = build_engine(setup.model, candidate, target, Path(cfg.cache_dir).expanduser())
-    assert isinstance(spans, SlotEngine), candidate.label()
+    candidate, spans = slot_engine(setup, args.batch, args.precision, Path(cfg.cache_dir).expanduser())
     whole = SlotEngine(spans.model, args.batch, target.device, compiled=spans.compiled, key_span_step=0)
     servers = {"spans": spans, "whole region": whole}
     longest_prompts = sorted(stream.requests, key=lambda r: -len(r.prompt_ids))[: args.offline_requests]
