@@ -13,6 +13,7 @@ copies (evals/results/2026-12-04-h200-gpu-check/profile.md).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Callable
@@ -21,6 +22,23 @@ from typing import Any
 import torch
 
 WARMUP_STEPS = 3  # steps on a side stream before capture (allocator, cuBLAS handles, compile)
+# Every decoder shape adds its graphs to the same code objects (here a step and a prefill per batch
+# shape; the slot loop's step and two or four prefills per slot shape). At dynamo's default limit
+# of 8 per code object, a search process's later shapes would silently run eager.
+RECOMPILE_LIMIT = 64
+
+
+def compiled_with_room(function: Any) -> Any:
+    """`function` compiled (static shapes unless marked dynamic), allowed RECOMPILE_LIMIT graphs."""
+    compiled = torch.compile(function, dynamic=False)
+
+    @functools.wraps(function)
+    def run(*args: torch.Tensor) -> torch.Tensor:
+        limit = max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            return compiled(*args)
+
+    return run
 
 
 def cache_argument(model: Any) -> str:
@@ -72,7 +90,7 @@ class GraphDecoder:
         self.graph: torch.cuda.CUDAGraph | None = None
         self._cache_argument = cache_argument(model)
         # compiled: one function whose prefill shape is a second static entry beside the step
-        self._run_forward = torch.compile(self._forward, dynamic=False) if compiled else self._forward
+        self._run_forward = compiled_with_room(self._forward) if compiled else self._forward
 
     def _forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
         out = self.model(

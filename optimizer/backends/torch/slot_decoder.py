@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from optimizer.backends.torch.graph_loop import cache_argument, capture_step
+from optimizer.backends.torch.graph_loop import cache_argument, capture_step, compiled_with_room
 
 # Prompts admitted together are padded to a multiple of this, which bounds the number of prefill
 # shapes a compiled or captured run meets.
@@ -192,8 +192,8 @@ class SlotDecoder:
         self._cache_argument = cache_argument(model)
         self._decoder_cache_argument = cache_argument(self.decoder)
         self._compiled = compiled
-        self._run_decode = torch.compile(self._decode, dynamic=False) if compiled else self._decode
-        self._run_prefill = torch.compile(self._prefill, dynamic=False) if compiled else self._prefill
+        self._run_decode = compiled_with_room(self._decode) if compiled else self._decode
+        self._run_prefill = compiled_with_room(self._prefill) if compiled else self._prefill
         self.sizes = step_sizes(slots)
         if key_span_step is None:
             key_span_step = KEY_SPAN_STEP_CUDA if device.type == "cuda" else KEY_SPAN_STEP_CPU

@@ -229,6 +229,19 @@ def test_compiled_prefills_are_compiled_before_any_request_and_once_per_kind() -
     assert firsts == [greedy(model, q, 1)[0] for q in (*p[:3], shared, *both)]
 
 
+def test_each_decoder_shape_compiles_past_dynamos_default_limit() -> None:
+    """Each slot shape of a search process adds its own graphs: with dynamo's limit at 1 here (8
+    by default), a second shape still compiles, not silently eager."""
+    torch._dynamo.reset()
+    model = tiny_llama("sdpa_gqa")
+    p = prompts(6, seed=2)
+    with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=1):
+        for slots in (2, 3):
+            decoder = SlotDecoder(model, slots, 32, torch.device("cpu"), compiled=True)
+            assert int(decoder.prefill([0], p)[0]) == greedy(model, p[0], 1)[0]
+    assert compiled_graphs(SlotDecoder._prefill) == 2
+
+
 def test_key_spans_are_multiples_of_the_step_up_to_the_longest_request() -> None:
     assert key_spans(2560, 256) == [256 * k for k in range(1, 11)]
     assert key_spans(700, 256) == [256, 512, 700]
