@@ -88,6 +88,8 @@ class TorchAxes:
     step_intervals_ms: list[float] = field(default_factory=lambda: [0.0])
     # loop=slots only: keep finished requests' K/V and reuse a shared prompt prefix (serving)
     prefix_sharing: list[bool] = field(default_factory=lambda: [False])
+    # with compile, loop=graph or slots: one compiled decoder layer serves every layer
+    compile_layers: list[bool] = field(default_factory=lambda: [False])
 
     def __post_init__(self) -> None:
         require(
@@ -103,6 +105,7 @@ class TorchAxes:
         require_subset(self.attention, TORCH_ATTENTION, "space.torch.attention")
         require_subset(self.loops, TORCH_LOOPS, "space.torch.loops")
         require_subset(self.prefix_sharing, (True, False), "space.torch.prefix_sharing")
+        require_subset(self.compile_layers, (True, False), "space.torch.compile_layers")
 
 
 @dataclass

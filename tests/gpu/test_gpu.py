@@ -123,11 +123,10 @@ def test_hf_generate_with_compile_runs(tiny_cuda_model_dir: Path, tmp_path: Path
     assert second.total_seconds < first.total_seconds  # the first call compiled
 
 
-@pytest.mark.parametrize("compile", [False, True])
-def test_sdpa_gqa_graph_loop_matches_hf_sdpa(
-    compile: bool, tiny_cuda_model_dir: Path, tmp_path: Path
-) -> None:
-    """Packing the decode queries per KV head changes no token, eager or compiled, in a CUDA graph."""
+@pytest.mark.parametrize("compile", ["none", "model", "layers"])
+def test_sdpa_gqa_graph_loop_matches_hf_sdpa(compile: str, tiny_cuda_model_dir: Path, tmp_path: Path) -> None:
+    """Packing the decode queries per KV head changes no token, eager or compiled (the whole model,
+    or its layers one by one: compile_layers), in a CUDA graph."""
     import torch
 
     prompts = torch.randint(0, 2048, (3, 16))
@@ -139,7 +138,8 @@ def test_sdpa_gqa_graph_loop_matches_hf_sdpa(
         kv_cache="static",
         loop="graph",
         attention="sdpa_gqa",
-        compile=compile,
+        compile=compile != "none",
+        compile_layers=compile == "layers",
     )
     expected = hf.generate(prompts, 8).token_ids
     assert packed.model.config._attn_implementation == "sdpa_gqa"
@@ -195,24 +195,33 @@ def test_slot_engine_reuses_prefixes_on_cuda(tiny_cuda_model_dir: Path, tmp_path
         slots.close()
 
 
-@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("compile", ["none", "model", "layers"])
 def test_slot_engine_matches_hf_greedy_on_cuda(
-    compile: bool, tiny_cuda_model_dir: Path, tmp_path: Path
+    compile: str, tiny_cuda_model_dir: Path, tmp_path: Path
 ) -> None:
     """loop=slots captures its step as CUDA graphs, one per step size (8 and 10 rows for 10
     slots) and key span (256 and 512 columns for requests of up to 512 tokens); with `compile`
     the step is first compiled once for all four (rows and span dynamic), and the prefill at the
     build, once for one row and once for more: an offline batch on every slot, then a stream of
     mixed lengths on the front slots (one crossing from span 256 to 512), each request as HF
-    decodes it alone, and no prefill compiled while serving."""
+    decodes it alone, and no prefill compiled while serving. With compile_layers, the same three
+    graphs (step, one-row and many-row prefill) serve every layer."""
     import torch
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
+    from optimizer.backends.torch import compiling
     from optimizer.backends.torch.slot_decoder import SlotDecoder
 
     torch._dynamo.reset()
     hf = _engine(tiny_cuda_model_dir, tmp_path, precision="fp32")
-    slots = _engine(tiny_cuda_model_dir, tmp_path, batch_size=10, **SLOT_LOOP, compile=compile)
+    slots = _engine(
+        tiny_cuda_model_dir,
+        tmp_path,
+        batch_size=10,
+        **SLOT_LOOP,
+        compile=compile != "none",
+        compile_layers=compile == "layers",
+    )
     try:
         slots.reserve(512)  # one build (one compile) for the whole test
         prompts = torch.randint(0, 2048, (10, 16))
@@ -232,6 +241,8 @@ def test_slot_engine_matches_hf_greedy_on_cuda(
             assert list(done[request_id].token_ids) == want[0].tolist()  # type: ignore[attr-defined]
         assert slots.decoder.max_sequence_tokens == 512  # not rebuilt
         prefill_graphs = len(_debug_get_cache_entry_list(SlotDecoder._prefill.__code__))
-        assert prefill_graphs == (2 if compile else 0)
+        assert prefill_graphs == (2 if compile == "model" else 0)
+        layer_graphs = len(_debug_get_cache_entry_list(compiling.run_layer.__code__))
+        assert layer_graphs == (3 if compile == "layers" else 0)
     finally:
         slots.close()

@@ -420,6 +420,13 @@ def test_the_slot_loop_serves_streams_on_a_static_cache_with_a_masking_attention
     assert "loop=slots only" in str(exclusion_reason(hf_sharing, cpu))
     replicas = dataclasses.replace(make_candidate(**slots), replicas=2)
     assert "one process" in str(exclusion_reason(replicas, make_target(cores=8)))
+    by_layer = make_candidate(**slots | {"compile": True, "compile_layers": True})
+    assert exclusion_reason(by_layer, gpu, serving=True) is None
+    assert by_layer.settings.label().startswith("bf16 kv=static compiled=layers")
+    eager_layers = make_candidate(**slots | {"compile_layers": True})
+    assert "set compile=true" in str(exclusion_reason(eager_layers, gpu))
+    hf_layers = make_candidate(precision="bf16", kv_cache="static", compile=True, compile_layers=True)
+    assert "loop=graph or loop=slots" in str(exclusion_reason(hf_layers, gpu))
 
 
 def test_static_fp8_needs_an_fp8_gpu_and_bf16(make_target) -> None:
@@ -458,6 +465,11 @@ def test_a_setting_added_later_keeps_the_keys_written_before_it() -> None:
     assert "prefix_sharing" not in paced.to_dict()
     sharing = Candidate(dataclasses.replace(slots.settings, prefix_sharing=True), 64, 0)
     assert sharing.to_dict()["prefix_sharing"] is True and sharing.key() not in (slots.key(), paced.key())
+    # and compile_layers
+    assert "compile_layers" not in sharing.to_dict()
+    by_layer = Candidate(dataclasses.replace(slots.settings, compile_layers=True), 64, 0)
+    assert by_layer.to_dict()["compile_layers"] is True and by_layer.key() != slots.key()
+    assert Candidate.from_dict(by_layer.to_dict()) == by_layer
     assert sharing.settings.label().endswith("loop=slots prefix")
     assert Candidate.from_dict(sharing.to_dict()) == sharing
 
@@ -472,3 +484,16 @@ def test_the_prefix_sharing_axis_reaches_the_slot_loop_only(make_target) -> None
     assert not any(c.settings.prefix_sharing for c in offline)  # type: ignore[attr-defined]
     with pytest.raises(UserError, match="space.torch.prefix_sharing"):
         TorchAxes(prefix_sharing=["yes"])  # type: ignore[list-item]
+
+
+def test_the_compile_layers_axis_reaches_compiled_loops_only(make_target) -> None:
+    cfg = space(
+        batch_sizes=[16],
+        kv_caches=["static"],
+        compile=[False, True],
+        loops=["hf", "slots"],
+        compile_layers=[False, True],
+    )
+    valid, _ = enumerate_candidates(cfg, make_target(), serving=True)
+    by_layer = {(c.settings.loop, c.settings.compile) for c in valid if c.settings.compile_layers}  # type: ignore[attr-defined]
+    assert by_layer == {("slots", True)}

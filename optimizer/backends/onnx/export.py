@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from optimizer.backends.artifacts import artifact_key, cached_artifact
-from optimizer.backends.torch.graph_loop import cache_argument
+from optimizer.backends.torch.compiling import cache_argument
 from optimizer.model import ModelSpec
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,9 @@ import torch
 
 from optimizer.backends.base import Generation
 from optimizer.backends.torch import decode_attention
+from optimizer.backends.torch.compiling import cache_argument
 from optimizer.backends.torch.fp8_static import quantize_fp8_static
-from optimizer.backends.torch.graph_loop import GraphDecoder, cache_argument
+from optimizer.backends.torch.graph_loop import GraphDecoder
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch.slot_server import SlotEngine
 from optimizer.measure.text import calibration_windows
@@ -58,6 +59,7 @@ class TorchBackend:
                 candidate.batch_size,
                 target.device,
                 compiled=settings.compile,
+                compile_layers=settings.compile_layers,
                 step_interval_seconds=settings.step_interval_ms / 1000,
                 prefix_sharing=settings.prefix_sharing,
             )
@@ -224,8 +226,9 @@ class TorchEngine:
             max_new_tokens,
         ):
             self._decoder = None  # free the previous shape's cache and graph first
+            s = self.settings
             decoder = self._decoder = GraphDecoder(
-                self.model, batch, prompt, max_new_tokens, self.device, compiled=self.settings.compile
+                self.model, batch, prompt, max_new_tokens, self.device, s.compile, s.compile_layers
             )
         return decoder
 

@@ -13,37 +13,20 @@ copies (evals/results/2026-12-04-h200-gpu-check/profile.md).
 
 from __future__ import annotations
 
-import functools
-import inspect
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from optimizer.backends.torch.compiling import (
+    LayerwiseForward,
+    additive_mask,
+    cache_argument,
+    compiled_with_room,
+)
+
 WARMUP_STEPS = 3  # steps on a side stream before capture (allocator, cuBLAS handles, compile)
-# Every decoder shape adds its graphs to the same code objects (here a step and a prefill per batch
-# shape; the slot loop's step and two or four prefills per slot shape). At dynamo's default limit
-# of 8 per code object, a search process's later shapes would silently run eager.
-RECOMPILE_LIMIT = 64
-
-
-def compiled_with_room(function: Any) -> Any:
-    """`function` compiled (static shapes unless marked dynamic), allowed RECOMPILE_LIMIT graphs."""
-    compiled = torch.compile(function, dynamic=False)
-
-    @functools.wraps(function)
-    def run(*args: torch.Tensor) -> torch.Tensor:
-        limit = max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
-        with torch._dynamo.config.patch(recompile_limit=limit):
-            return compiled(*args)
-
-    return run
-
-
-def cache_argument(model: Any) -> str:
-    """The forward() keyword for the KV cache: transformers 5.x renames `past_key_values` to `cache`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def capture_step(step: Callable[[], None], pool: Any = None) -> torch.cuda.CUDAGraph:
@@ -61,6 +44,19 @@ def capture_step(step: Callable[[], None], pool: Any = None) -> torch.cuda.CUDAG
     return graph
 
 
+class StaticLayerView:
+    """One layer of a transformers StaticCache, whose `update` ignores the layer index the
+    attention passes: a compiled layer then holds no guard on it (compiling.py)."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layer.update(key_states, value_states)
+
+
 class GraphDecoder:
     """One batch shape: `batch_size` prompts of `prompt_tokens`, `new_tokens` generated."""
 
@@ -72,7 +68,10 @@ class GraphDecoder:
         new_tokens: int,
         device: torch.device,
         compiled: bool = False,
+        compile_layers: bool = False,
     ) -> None:
+        """`compile_layers`: run the layers one by one, compiled as one graph that serves them
+        all (compiling.py), not the whole model as one graph."""
         from transformers import StaticCache
 
         self.model = model
@@ -89,10 +88,19 @@ class GraphDecoder:
         self.output = torch.zeros(batch_size, room, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self._cache_argument = cache_argument(model)
+        self._layerwise = LayerwiseForward(model, compiled) if compile_layers else None
+        self._layer_views = [StaticLayerView(layer) for layer in self.cache.layers]
+        self.key_range = torch.arange(prompt_tokens + room, device=device)
         # compiled: one function whose prefill shape is a second static entry beside the step
-        self._run_forward = compiled_with_room(self._forward) if compiled else self._forward
+        whole = compiled and not compile_layers
+        self._run_forward = compiled_with_room(self._forward) if whole else self._forward
 
     def _forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+        if self._layerwise is not None:  # every row at the same positions: one mask row each
+            dtype = self._layerwise.base.embed_tokens.weight.dtype
+            mask = additive_mask((self.key_range[None, :] <= cache_position[:, None])[None, None], dtype)
+            hidden = self._layerwise(input_ids, cache_position[None], mask, self._layer_views)
+            return self._layerwise.head(hidden[:, -1]).argmax(-1, keepdim=True)
         out = self.model(
             input_ids=input_ids,
             cache_position=cache_position,

@@ -22,7 +22,7 @@ class TorchSettings:
     BACKEND: ClassVar[str] = "torch"
     # added after stores and recipes were written: left out of keys and dicts at their default,
     # so that every candidate written before keeps its key
-    KEYED_WHEN_SET: ClassVar[tuple[str, ...]] = ("step_interval_ms", "prefix_sharing")
+    KEYED_WHEN_SET: ClassVar[tuple[str, ...]] = ("step_interval_ms", "prefix_sharing", "compile_layers")
 
     precision: str = "fp32"
     quantization: str = "none"
@@ -36,6 +36,9 @@ class TorchSettings:
     # loop=slots: keep finished requests' K/V and prefill only what a new prompt does not share
     # with them (or with a running request)
     prefix_sharing: bool = False
+    # with compile, loop=graph or slots: compile one decoder layer and run every layer through its
+    # graph (compile time that does not grow with depth), not the whole model as one graph
+    compile_layers: bool = False
 
     def __post_init__(self) -> None:
         check_choices(
@@ -48,6 +51,7 @@ class TorchSettings:
                 "attention": TORCH_ATTENTION,
                 "loop": TORCH_LOOPS,
                 "prefix_sharing": (True, False),
+                "compile_layers": (True, False),
             },
         )
         if not self.step_interval_ms >= 0:
@@ -80,7 +84,7 @@ class TorchSettings:
             parts.append(self.quantization)
         parts.append(f"kv={self.kv_cache}")
         if self.compile:
-            parts.append("compiled")
+            parts.append("compiled=layers" if self.compile_layers else "compiled")
         if self.attention != "sdpa":
             parts.append(self.attention)
         if self.loop != "hf":

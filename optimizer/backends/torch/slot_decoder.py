@@ -32,7 +32,14 @@ from typing import Any
 
 import torch
 
-from optimizer.backends.torch.graph_loop import cache_argument, capture_step, compiled_with_room
+from optimizer.backends.torch.compiling import (
+    LayerwiseForward,
+    additive_mask,
+    cache_argument,
+    compiled_with_room,
+)
+from optimizer.backends.torch.graph_loop import capture_step
+from optimizer.backends.torch.slot_cache import SlotCache
 
 # Prompts admitted together are padded to a multiple of this, which bounds the number of prefill
 # shapes a compiled or captured run meets.
@@ -41,90 +48,6 @@ PREFILL_WIDTH_MULTIPLE = 16
 # can reach). On CUDA each span is one captured graph per step size, so coarser there.
 KEY_SPAN_STEP_CUDA = 256
 KEY_SPAN_STEP_CPU = 64
-
-
-class SlotCache:
-    """Per-slot static K/V for every layer, written at per-row positions.
-
-    Decoding `n` rows: row i is slot i and writes at `positions[i]`; attention sees the first
-    `len(key_columns)` columns of slots 0..n-1's regions (the mask picks each slot's own keys).
-    Prefilling `rows`: the prompts' K/V are written at 0..width-1 of those slots and the prompts
-    attend only to themselves; or, where a prefix of a prompt is already in its slot, at
-    `prefill_positions` (per row), attending to the `prefill_columns` first columns of their slots.
-    All layers live in one tensor per K and V, so that moving a slot is one copy each. Rows past
-    the slots (`stored`) are a prefix store no step reads (slot_prefixes.py).
-    """
-
-    def __init__(
-        self,
-        config: Any,
-        slots: int,
-        max_len: int,
-        dtype: torch.dtype,
-        device: torch.device,
-        stored: int = 0,
-    ) -> None:
-        heads = int(config.num_attention_heads)
-        kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-        shape = (int(config.num_hidden_layers), slots + stored, kv_heads, max_len, head_dim)
-        self.all_keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.all_values = torch.zeros(shape, dtype=dtype, device=device)
-        self.keys = list(self.all_keys.unbind(0))  # views, one per layer
-        self.values = list(self.all_values.unbind(0))
-        self.slot_rows = torch.arange(slots, device=device)
-        self.positions = torch.zeros(slots, dtype=torch.long, device=device)
-        self.prefill_rows: torch.Tensor | None = None
-        # a prefill after a copied prefix: each row's positions [rows, width], and the key columns
-        # its prompts attend (their prefixes and themselves: 0..span-1, a tensor so that a
-        # compiled prefill reads the span from its shape)
-        self.prefill_positions: torch.Tensor | None = None
-        self.prefill_columns: torch.Tensor | None = None
-        # decode: the key columns a step attends, 0..span-1 (a view, so a compiled step reads the
-        # span from its shape: one graph for every span)
-        self.key_columns: torch.Tensor | None = None
-
-    # transformers 5.x calls update(key, value, layer_idx, cache_kwargs) or (..., kwargs=...)
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        rows = self.prefill_rows
-        if rows is not None:
-            positions = self.prefill_positions
-            if positions is None:
-                width = key_states.shape[2]
-                keys[rows, :, :width] = key_states
-                values[rows, :, :width] = value_states
-                return key_states, value_states
-            # [rows, heads, width, dim] written at [rows, width] positions, the heads kept
-            keys[rows[:, None], :, positions] = key_states.transpose(1, 2)
-            values[rows[:, None], :, positions] = value_states.transpose(1, 2)
-            assert self.prefill_columns is not None, "SlotDecoder.prefill() sets the span"
-            span = self.prefill_columns.shape[0]
-            return keys[rows, :, :span], values[rows, :, :span]
-        n = key_states.shape[0]  # the step's rows: slots 0..n-1
-        keys, values = keys[:n], values[:n]
-        # written in the whole region: an idle row's pinned position may lie past the span
-        keys[self.slot_rows[:n], :, self.positions[:n]] = key_states[:, :, 0]
-        values[self.slot_rows[:n], :, self.positions[:n]] = value_states[:, :, 0]
-        assert self.key_columns is not None, "SlotDecoder.step() sets the span"
-        span = self.key_columns.shape[0]
-        return keys[:, :, :span], values[:, :, :span]
-
-    def move(self, source: int, target: int) -> None:
-        """Slot `source`'s keys, values and position into slot `target` (every layer)."""
-        self.all_keys[:, target].copy_(self.all_keys[:, source])
-        self.all_values[:, target].copy_(self.all_values[:, source])
-        self.positions[target] = self.positions[source]
-
-    def copy_columns(self, source: int, target: int, columns: int) -> None:
-        """Row `source`'s first `columns` keys and values into row `target` (every layer)."""
-        self.all_keys[:, target, :, :columns].copy_(self.all_keys[:, source, :, :columns])
-        self.all_values[:, target, :, :columns].copy_(self.all_values[:, source, :, :columns])
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0  # positions are always passed explicitly; nothing may infer them from the cache
 
 
 def step_sizes(slots: int) -> list[int]:
@@ -170,10 +93,12 @@ class SlotDecoder:
         compiled: bool = False,
         key_span_step: int | None = None,
         stored: int = 0,
+        compile_layers: bool = False,
     ) -> None:
         """`key_span_step`: the granularity of the spans a step attends (default per device; 0:
         always the whole region). `stored`: cache rows past the slots, for prefixes kept for
-        reuse (no step reads them)."""
+        reuse (no step reads them). `compile_layers`: run the layers one by one, compiled as one
+        graph that serves them all (compiling.py), not the whole model as one graph."""
         check_supported(model)
         self.model = model
         self.slots = slots
@@ -189,11 +114,12 @@ class SlotDecoder:
         self.dtype = dtype
         self.decoder = model.base_model
         self.head = model.get_output_embeddings()
-        self._cache_argument = cache_argument(model)
-        self._decoder_cache_argument = cache_argument(self.decoder)
+        self._cache_argument = cache_argument(self.decoder)
         self._compiled = compiled
-        self._run_decode = compiled_with_room(self._decode) if compiled else self._decode
-        self._run_prefill = compiled_with_room(self._prefill) if compiled else self._prefill
+        self._layerwise = LayerwiseForward(model, compiled) if compile_layers else None
+        whole = compiled and not compile_layers
+        self._run_decode = compiled_with_room(self._decode) if whole else self._decode
+        self._run_prefill = compiled_with_room(self._prefill) if whole else self._prefill
         self.sizes = step_sizes(slots)
         if key_span_step is None:
             key_span_step = KEY_SPAN_STEP_CUDA if device.type == "cuda" else KEY_SPAN_STEP_CPU
@@ -215,23 +141,31 @@ class SlotDecoder:
     def _decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         columns = self.cache.key_columns
         assert columns is not None, "step() sets the span"
-        mask = self._additive((columns[None, :] <= positions[:, None])[:, None, None, :])
-        out = self.model(
-            input_ids=tokens,
-            position_ids=positions[:, None],
+        mask = additive_mask((columns[None, :] <= positions[:, None])[:, None, None, :], self.dtype)
+        # compiled layer by layer, the row count and span vary on the layers' inputs
+        rows = (0,) if len(self.sizes) > 1 else ()
+        span = (3,) if len(self.spans) > 1 else ()
+        hidden = self._hidden(tokens, positions[:, None], mask, rows, (*rows, *span))
+        return self.head(hidden[:, -1]).argmax(-1, keepdim=True)
+
+    def _hidden(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        varying: tuple[int, ...],
+        mask_varying: tuple[int, ...],
+    ) -> torch.Tensor:
+        """The decoder's last hidden states, writing the K/V into the cache as it is set up."""
+        if self._layerwise is not None:
+            return self._layerwise(ids, positions, mask, self.cache.layer_views, varying, mask_varying)
+        return self.decoder(
+            input_ids=ids,
+            position_ids=positions,
             attention_mask=mask,
             use_cache=True,
-            logits_to_keep=1,
             **{self._cache_argument: self.cache},
-        )
-        return out.logits[:, -1].argmax(-1, keepdim=True)
-
-    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
-        """0 where a key may be seen, the dtype's lowest value elsewhere: eager attention adds the
-        mask to its scores (a boolean one would be added as 0/1), SDPA takes either."""
-        return torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device).masked_fill(
-            ~allowed, torch.finfo(self.dtype).min
-        )
+        ).last_hidden_state
 
     def step(self, rows: int | None = None, span: int | None = None) -> None:
         """The next token of slots 0..rows-1 (all by default), written to `tokens`, attending to
@@ -299,13 +233,13 @@ class SlotDecoder:
             )
             columns = torch.arange(min(max(starts) + width, edge), device=self.device)
             # each query sees its slot's keys up to its own position: the cached prefix, then itself
-            mask = self._additive((columns[None, None, :] <= positions[:, :, None])[:, None])
+            mask = additive_mask((columns[None, None, :] <= positions[:, :, None])[:, None], self.dtype)
             self.cache.prefill_positions, self.cache.prefill_columns = positions, columns
         else:
             positions = offsets[None].repeat(len(prompts), 1)  # not a view: one stride for every prefill
             causal = offsets[None, :] <= offsets[:, None]
-            mask = self._additive(
-                causal[None, None] & (offsets[None, :] < lengths[:, None])[:, None, None, :]
+            mask = additive_mask(
+                causal[None, None] & (offsets[None, :] < lengths[:, None])[:, None, None, :], self.dtype
             )
         self.cache.prefill_rows = rows
         if self._compiled:
@@ -322,13 +256,7 @@ class SlotDecoder:
         self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
         """The prompts' K/V into the cache rows set on it; the first token of each [rows]."""
-        hidden = self.decoder(
-            input_ids=ids,
-            position_ids=positions,
-            attention_mask=mask,
-            use_cache=True,
-            **{self._decoder_cache_argument: self.cache},
-        ).last_hidden_state
+        hidden = self._hidden(ids, positions, mask, (0, 1), (0, 2, 3))
         last = hidden[torch.arange(ids.shape[0], device=ids.device), lengths - 1]
         return self.head(last).argmax(-1)
 

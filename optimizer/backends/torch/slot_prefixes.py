@@ -10,7 +10,7 @@ host bookkeeping only (numpy, no torch): the engine does the copies.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -94,6 +94,15 @@ class CachedPrefixes:
         entry = int(prefix_of.argmax()) if prefix_of.any() else int(self._last_used.argmin())
         self._touch(self.slots + entry)
         return self.slots + entry
+
+    def keep(self, slot: int, tokens: Sequence[int], copy: Callable[[int, int, int], None]) -> None:
+        """A finished request's `tokens` from `slot` into a store row, if one may take them
+        (`copy(slot, row, columns)` moves their K/V); `slot` then holds nothing."""
+        row = self.store_row(tokens)
+        if row is not None:
+            copy(slot, row, min(len(tokens), self.tokens.shape[1]))
+            self.hold(row, tokens)
+        self.release(slot)
 
     def forget(self) -> None:
         """Nothing is cached any more (the engine is idle): every row is empty."""

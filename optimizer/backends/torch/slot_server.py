@@ -51,6 +51,7 @@ class SlotEngine:
     slots: Requests decoded together (the candidate's batch size); more wait for a free slot.
     device: Where the model lives; on CUDA the step is captured as a graph.
     compiled: Compile the step and the prefills with inductor first.
+    compile_layers: With `compiled`, compile one decoder layer for all (compiling.py).
     max_prefill_tokens: Padded prompt tokens admitted in one prefill (at least one request).
     step_interval_seconds: The least time from one step's start to the next (0: back to back).
         A decode step reads every weight whatever its rows, so at a given arrival rate fewer,
@@ -69,6 +70,7 @@ class SlotEngine:
         device: torch.device | str,
         *,
         compiled: bool = False,
+        compile_layers: bool = False,
         max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
         step_interval_seconds: float = 0.0,
         key_span_step: int | None = None,
@@ -81,9 +83,13 @@ class SlotEngine:
         self.model: Any = hf_model
         self.slots = slots
         self.device = torch.device(device)
-        self.compiled = compiled
+        # how each decoder (one per region size) is built
+        self._decoder_options: dict[str, Any] = {
+            "compiled": compiled,
+            "key_span_step": key_span_step,
+            "compile_layers": compile_layers,
+        }
         self.max_prefill_tokens = max_prefill_tokens
-        self.key_span_step = key_span_step
         self.prefix_sharing = prefix_sharing
         self.decoder: SlotDecoder | None = None
         self.prefixes: CachedPrefixes | None = None  # with prefix sharing: what each cache row holds
@@ -294,9 +300,8 @@ class SlotEngine:
             torch.cuda.empty_cache()
         try:
             stored = self.slots if self.prefix_sharing else 0
-            decoder = SlotDecoder(
-                self.model, self.slots, wanted, self.device, self.compiled, self.key_span_step, stored
-            )
+            options = self._decoder_options
+            decoder = SlotDecoder(self.model, self.slots, wanted, self.device, stored=stored, **options)
             decoder.compile_prefills()
             if self.device.type == "cuda":
                 decoder.capture()
@@ -380,15 +385,9 @@ class SlotEngine:
     def _keep_prefix(self, slot: int, request: SlotRequest) -> None:
         """With prefix sharing, a finished request's K/V (its prompt and every output but the
         last, whose K/V no step wrote) into the store, before its slot is reused. Under the lock."""
-        if self.prefixes is None:
-            return
-        assert self.decoder is not None
-        sequence = request.prompt_ids + tuple(request.tokens[:-1])
-        row = self.prefixes.store_row(sequence)
-        if row is not None:
-            self.decoder.cache.copy_columns(slot, row, min(len(sequence), self.decoder.max_len))
-            self.prefixes.hold(row, sequence)
-        self.prefixes.release(slot)
+        if self.prefixes is not None and self.decoder is not None:
+            sequence = request.prompt_ids + tuple(request.tokens[:-1])
+            self.prefixes.keep(slot, sequence, self.decoder.cache.copy_columns)
 
     def _fail_running(self, error: str) -> None:
         """Fail the requests in flight (admitted ones included: `_prefill` runs them first)."""

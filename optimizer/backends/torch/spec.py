@@ -39,6 +39,7 @@ class TorchSpec:
             t.loops,
             t.step_intervals_ms,
             t.prefix_sharing,
+            t.compile_layers,
         ):
             yield TorchSettings(*values)
 
@@ -131,6 +132,8 @@ def torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:
         return "step_interval_ms paces loop=slots only"
     if s.prefix_sharing and s.loop != "slots":
         return "prefix_sharing keeps prefixes for loop=slots only (backend torch-cb has its own)"
+    if s.compile_layers and not (s.compile and s.loop in ("graph", "slots")):
+        return "compile_layers compiles the layers of loop=graph or loop=slots: set compile=true there"
     if s.loop == "graph" and not cuda:
         return "the captured decode loop needs CUDA graphs (a GPU target)"
     if s.loop != "hf":

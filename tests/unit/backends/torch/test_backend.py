@@ -181,7 +181,7 @@ def test_quantized_kv_scoring_holds_the_context_quantized(
     from transformers import AutoModelForCausalLM
 
     from optimizer.backends.torch.backend import scoring_cache
-    from optimizer.backends.torch.graph_loop import cache_argument
+    from optimizer.backends.torch.compiling import cache_argument
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_spec.path)).eval()
     generator = torch.Generator().manual_seed(0)

@@ -43,7 +43,7 @@ def _load(path: Path, attention: str):  # type: ignore[no-untyped-def]
 def test_the_packed_decode_step_matches_repeated_kv_eager_and_compiled(tiny_gqa_dir: Path) -> None:
     from transformers import StaticCache
 
-    from optimizer.backends.torch.graph_loop import cache_argument
+    from optimizer.backends.torch.compiling import cache_argument
 
     ids = torch.randint(0, 256, (3, 10))
     logits = {}

@@ -18,7 +18,7 @@ from optimizer.backends.torch.slot_server import SlotEngine
 VOCAB = 300
 
 
-def tiny_llama(attention: str = "sdpa") -> Any:
+def tiny_llama(attention: str = "sdpa", layers: int = 2) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if attention == decode_attention.NAME:
@@ -27,7 +27,7 @@ def tiny_llama(attention: str = "sdpa") -> Any:
         vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
