@@ -86,8 +86,10 @@ NO_QUALITY_BOUND = ["quality.max_ppl_increase=1e9", "quality.min_top1_agreement=
 SECTIONS = ("env", "profile", "qwen", "llama8b", "smollm2", "serving", "ort")
 
 
-def graph_settings(attention: str = "sdpa_gqa", quantization: str = "none") -> dict[str, Any]:
-    return dict(
+def graph_settings(
+    attention: str = "sdpa_gqa", quantization: str = "none", compile_layers: bool = False
+) -> dict[str, Any]:
+    settings: dict[str, Any] = dict(
         precision="bf16",
         quantization=quantization,
         kv_cache="static",
@@ -95,6 +97,7 @@ def graph_settings(attention: str = "sdpa_gqa", quantization: str = "none") -> d
         attention=attention,
         loop="graph",
     )
+    return settings | ({"compile_layers": True} if compile_layers else {})
 
 
 def extra(batch: int, **settings: Any) -> str:
@@ -137,6 +140,9 @@ SLOTS = dict(PLATEAU, attention="sdpa_gqa", loop="slots")
 # the same, paced: a step every 20 ms at most (TPOT p90 <= 50 ms allows it), so each step carries
 # more requests at the same rate; 256 slots hold them (by arithmetic: 50 x 128 x 20 ms = 128)
 PACED_SLOTS = dict(SLOTS, step_interval_ms=20)
+# the 64 slots again, one decoder layer compiled for all: a fraction of the compile time, and what
+# it costs at run time beside the whole-model compile
+SLOTS_BY_LAYER = dict(SLOTS, compile_layers=True)
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -485,7 +491,7 @@ def serving_section(args: argparse.Namespace) -> dict[str, Any]:
             "workload.repeats=1",
             # static batching behind a queue was measured on 2026-12-04 (0.12 tok/J, 41 s of the
             # section's time): the budget goes to the slot loop and continuous batching instead
-            f"space.extra=[{extra(64, **SLOTS)},{extra(256, **PACED_SLOTS)}]",
+            f"space.extra=[{extra(64, **SLOTS_BY_LAYER)},{extra(64, **SLOTS)},{extra(256, **PACED_SLOTS)}]",
         ]
     else:
         overrides += [
@@ -545,11 +551,18 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
     shape = _shape_of_model(hf_model)
     plan: list[tuple[str, TorchSettings, int]] = [
         ("plain HF static cache (baseline)", TorchSettings(precision="bf16", kv_cache="static"), 256),
-        # fp8 first: the bf16 loop row has been measured with the compiled prefill (2026-12-04,
-        # 16.62 tok/J), and each loop row's two compiles at this size take ~2 minutes
+        # The loop rows compile one decoder layer for all 32 (compile_layers): compiling the whole
+        # model twice (step, prefill) took most of the bf16 row's 140 s on 2026-12-04, and the fp8
+        # row was never reached. fp8 first; last, the bf16 row compiled whole as on 2026-12-04,
+        # what compiling by layer costs at run time, measured in the same call if time is left
         (
-            "captured loop, sdpa_gqa, fp8-static",
-            TorchSettings(**graph_settings(quantization="fp8-static")),
+            "captured loop by layer, sdpa_gqa, fp8-static",
+            TorchSettings(**graph_settings(quantization="fp8-static", compile_layers=True)),
+            512,
+        ),
+        (
+            "captured loop by layer, sdpa_gqa",
+            TorchSettings(**graph_settings(compile_layers=True)),
             512,
         ),
         ("captured loop + compiled step, sdpa_gqa", TorchSettings(**graph_settings()), 512),
@@ -763,7 +776,8 @@ def print_summary(sections: dict[str, Any]) -> None:
             print(
                 f"  {r['name'][:44]:<44} b{r['batch']:<5} {r['status'][:9]:<9} {_fmt(r.get('tok_per_s'), '.0f'):>7} tok/s "
                 f"{_fmt(tpj, '.2f'):>6} tok/J {_fmt(r.get('watts'), '.0f'):>4} W TPOT90 {_fmt(r.get('tpot_p90_ms'), '.1f'):>6} "
-                f"x {_ratio(tpj, base and base.get('goodput_tok_per_J')):>5} roof {f'{tpj / roof:.0%}' if tpj and roof else '-'}"
+                f"x {_ratio(tpj, base and base.get('goodput_tok_per_J')):>5} roof {f'{tpj / roof:.0%}' if tpj and roof else '-'} "
+                f"{_fmt(r.get('seconds'), '.0f'):>4} s"  # build (compiles) and measurement
             )
             if r["status"] == "failed":
                 print(f"      {r['reason'][:150]}")

@@ -88,9 +88,10 @@ all)
   nvidia-smi --query-gpu=name,driver_version,power.draw,temperature.gpu --format=csv
   # first the tests that have not passed on a GPU yet (the slot loop, 2026-12-04, its prefix
   # store and its compiled prefill, 2026-12-05: the eager prefix test runs before the compiled
-  # slot test, which compiles a step and two prefills), then the ones that passed there
+  # slot test, which compiles a step and two prefills; compile_layers, 2026-12-05: the `layers`
+  # cases), then the ones that passed there
   # -k: a pytest that ignores SIGINT (a hung CUDA call) is killed, not left to eat the call
-  NEW="slot"
+  NEW="slot or layers"
   timeout -s INT -k 10 "${SECONDS_TESTS:-60}" python3 -m pytest -q -rs -p no:cacheprovider \
     tests/gpu/test_fp8_static_gpu.py tests/gpu/test_gpu.py -k "$NEW" 2>&1 | tee "$OUT/gpu_tests.txt"
   timeout -s INT -k 10 "${SECONDS_TESTS_PASSED:-25}" python3 -m pytest -q -rs -p no:cacheprovider \
@@ -103,8 +104,9 @@ all)
   # their target twice on 2026-12-04 and moved to `one qwen`); each slot candidate's build
   # compiles its step and, since 2026-12-05, two prefills (one row, more): never timed on a GPU
   section serving "${LIMIT[serving]}" "${T[@]}"
-  # llama8b: baseline (~35 s with the build), static fp8 loop, bf16 loop: on 2026-12-04 the bf16
-  # loop row took 140 s with its two compiles (step, prefill), so 190 s reached two rows of three
+  # llama8b: baseline (~35 s with the build), static fp8 and bf16 loops compiled by layer, then the
+  # bf16 loop compiled whole: on 2026-12-04 that row took 140 s with its two compiles (step,
+  # prefill), so 190 s reached two rows of three
   section llama8b "${LIMIT[llama8b]}" "${T[@]}"
   # The profile left `all` when its 65-70 s twice ended inside its compiles: `one profile`, 120 s
   ;;
