@@ -11,8 +11,7 @@ import torch
 from optimizer.backends.torch import compiling
 from optimizer.backends.torch.graph_loop import GraphDecoder
 from optimizer.backends.torch.slot_decoder import SlotDecoder
-
-from .test_slot_loop import VOCAB, greedy, tiny_llama
+from unit.backends.torch.test_slot_loop import VOCAB, greedy, tiny_llama
 
 
 def layer_graphs() -> int:

@@ -50,6 +50,19 @@ def test_a_finished_sequence_extends_its_earlier_turn_or_takes_the_least_recentl
     assert table.store_row(list(range(5))) is None  # too short to be worth keeping
 
 
+def test_keeping_a_finished_request_copies_it_into_a_store_row_and_frees_its_slot() -> None:
+    table = CachedPrefixes(slots=2, entries=1, columns=64)
+    copies: list[tuple[int, int, int]] = []
+    sequence = list(range(1, 81))  # longer than a row: its first 64 tokens are kept
+    table.hold(1, sequence[:20])
+    table.keep(1, sequence, lambda *args: copies.append(args))
+    assert copies == [(1, 2, 64)]
+    assert table.match(sequence[:70]) == (2, 64)
+    table.hold(0, sequence[:20])
+    table.keep(0, list(range(5)), lambda *args: copies.append(args))  # too short to store
+    assert len(copies) == 1 and table.match(sequence[:20] + [0]) == (2, 20)  # slot 0 freed
+
+
 def test_moving_a_slot_moves_what_it_holds_and_forget_empties_every_row() -> None:
     table = CachedPrefixes(slots=3, entries=1, columns=64)
     sequence = list(range(1, 33))
