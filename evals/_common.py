@@ -67,3 +67,11 @@ def slot_engine(
     engine = build_engine(setup.model, candidate, target, cache_dir)
     assert isinstance(engine, SlotEngine), candidate.label()
     return candidate, engine
+
+
+def workload_text(setup: MeasurementSetup, tokens: int) -> list[int]:
+    """At least `tokens` of real text: the stream's prompts and the quality text, end to end,
+    repeated as often as needed."""
+    text = [token for r in setup.stream.requests for token in r.prompt_ids] if setup.stream else []
+    text += setup.quality_tokens.flatten().tolist()
+    return text * -(-tokens // len(text))

@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_intermixed_args()
 
     import torch
-    from _common import slot_engine
+    from _common import slot_engine, workload_text
     from serving import setup_for
 
     from optimizer.backends.torch.slot_decoder import SlotDecoder
@@ -63,9 +63,7 @@ def main() -> None:
     model = engine.model
     device = torch.device(target.device)
     region = args.prompt_tokens + args.steps + STEPS_PER_ROUND + 16
-    text = [token for r in setup.stream.requests for token in r.prompt_ids] if setup.stream else []
-    text += setup.quality_tokens.flatten().tolist()
-    text *= -(-args.slots * args.prompt_tokens // len(text))
+    text = workload_text(setup, args.slots * args.prompt_tokens)
     prompts = [text[i * args.prompt_tokens : (i + 1) * args.prompt_tokens] for i in range(args.slots)]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     clock = "wall" if device.type == "cuda" else "CPU"

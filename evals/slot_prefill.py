@@ -55,7 +55,7 @@ def main() -> None:
         raise SystemExit(f"--rows up to --slots ({args.slots}), got {max(args.rows)}")
 
     import torch
-    from _common import slot_engine
+    from _common import slot_engine, workload_text
     from serving import setup_for
 
     from optimizer.backends.torch.slot_decoder import SlotDecoder
@@ -69,10 +69,7 @@ def main() -> None:
     model = engine.model
     device = torch.device(target.device)
     region = max(args.tokens) + 16
-    # the stream's prompts and the quality text, end to end (repeated where the table needs more)
-    text = [token for r in setup.stream.requests for token in r.prompt_ids] if setup.stream else []
-    text += setup.quality_tokens.flatten().tolist()
-    text *= -(-max(args.rows) * max(args.tokens) // len(text))
+    text = workload_text(setup, max(args.rows) * max(args.tokens))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def prompts(rows: int, tokens: int) -> list[list[int]]:
