@@ -75,3 +75,18 @@ def workload_text(setup: MeasurementSetup, tokens: int) -> list[int]:
     text = [token for r in setup.stream.requests for token in r.prompt_ids] if setup.stream else []
     text += setup.quality_tokens.flatten().tolist()
     return text * -(-tokens // len(text))
+
+
+def chat_slot_weights(
+    overrides: list[str], slots: int, precision: str
+) -> tuple[MeasurementSetup, Candidate, SlotEngine]:
+    """The chat workload's setup (Hydra `overrides` on top) and the slot loop's weights, loaded as
+    `optimize` loads them: for benchmarks that build their own slot decoders over them."""
+    from serving import setup_for
+
+    from optimizer.config import compose_run_config
+
+    cfg = compose_run_config(["workload=chat", *overrides])
+    setup = setup_for(cfg, 64)
+    candidate, engine = slot_engine(setup, slots, precision, Path(cfg.cache_dir).expanduser())
+    return setup, candidate, engine

@@ -55,17 +55,13 @@ def main() -> None:
         raise SystemExit(f"--rows up to --slots ({args.slots}), got {max(args.rows)}")
 
     import torch
-    from _common import slot_engine, workload_text
-    from serving import setup_for
+    from _common import chat_slot_weights, workload_text
 
     from optimizer.backends.torch.slot_decoder import SlotDecoder
-    from optimizer.config import compose_run_config
 
-    cfg = compose_run_config(["workload=chat", *args.overrides])
-    setup = setup_for(cfg, 64)
+    # the weights as the slot loop loads them; the decoders below are built over them
+    setup, candidate, engine = chat_slot_weights(args.overrides, args.slots, args.precision)
     target = setup.target
-    # the weights as the slot loop loads them; the two decoders below are built over them
-    candidate, engine = slot_engine(setup, args.slots, args.precision, Path(cfg.cache_dir).expanduser())
     model = engine.model
     device = torch.device(target.device)
     region = max(args.tokens) + 16
