@@ -13,8 +13,8 @@ it, so nothing in the graph depends on which layer runs: one graph serves every 
 (transformers' caches select a layer's tensors by that index, and dynamo guards on it: a graph per
 layer, then eager past the recompile limit.) Given up: fusion across the layers' boundaries, and
 the model's own forward. A model whose forward does more than embedding, layers, norm and output
-embedding (scaled embeddings, soft-capped logits) is refused when built: both must give the same
-logits.
+embedding (Granite's embedding multiplier, soft-capped logits) is refused when built: both must
+give the same logits. (Gemma passes: its embedding module scales itself.)
 """
 
 from __future__ import annotations
