@@ -14,7 +14,8 @@ others measurable. Sections:
   qwen      `optimize` on the Qwen2-0.5B shape (random weights, quality bound off): the plain-HF
             plateau, the captured loop with each decode fix, static fp8, continuous batching
   llama8b   a Llama-3.1-8B-shaped model (random weights) built in memory: plain HF static cache
-            (the baseline) vs the captured loop in bf16 and static fp8, measured by the same code
+            (the baseline) vs the captured loop in bf16 and static fp8, measured by the same code;
+            each loop row's captured step and prefill profiled after it (profile-llama8b.md)
   smollm2   `optimize` on SmolLM2-135M (real weights): the quality bound on static/dynamic fp8,
             bf16 and the continuous-batching engine
   serving   `optimize` with the GPU defaults (space=gpu-default, workload=gpu-chat: a request
@@ -567,6 +568,7 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
         ),
         ("captured loop + compiled step, sdpa_gqa", TorchSettings(**graph_settings()), 512),
     ]
+    loop_rows = {name for name, settings, _ in plan if settings.loop == "graph"}  # profiled when measured
     if args.cpu_smoke:  # every row's numerics and attention, eager (CUDA graphs need a GPU)
         plan = [
             (
@@ -601,31 +603,77 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.perf_counter()
             try:
                 perf = measure_performance(engine, workload, batch, meter, cfg)
+                numerics = "fp8" if settings.quantization == "fp8-static" else "bf16"
+                row |= {
+                    "status": "measured",
+                    "goodput_tok_per_J": perf.goodput_tokens_per_joule.mean,
+                    "tok_per_J": perf.tokens_per_joule.mean,
+                    "tok_per_J_std": perf.tokens_per_joule.std,
+                    "tok_per_s": perf.tokens_per_second.mean,
+                    "watts": perf.watts.mean,
+                    "tpot_p90_ms": perf.latency.tpot_ms["p90"],
+                    "ttft_p90_ms": perf.latency.ttft_ms["p90"],
+                    "source": perf.source,
+                    "roofline_tok_per_J": energy_roofline(shape, numerics, prompt, new),
+                    "seconds": time.perf_counter() - t0,  # build, compiles, measurement: no profile
+                }
+                if name in loop_rows:  # the decoder just measured, before close() frees it
+                    ids = pool[torch.arange(batch) % len(pool)].to(target.device)
+                    profile_loop_row(row, engine, ids, new, args.out, args.cpu_smoke)
             finally:
                 engine.close()  # frees this shape's static cache and graph; hf_model stays here
-            numerics = "fp8" if settings.quantization == "fp8-static" else "bf16"
-            row |= {
-                "status": "measured",
-                "goodput_tok_per_J": perf.goodput_tokens_per_joule.mean,
-                "tok_per_J": perf.tokens_per_joule.mean,
-                "tok_per_J_std": perf.tokens_per_joule.std,
-                "tok_per_s": perf.tokens_per_second.mean,
-                "watts": perf.watts.mean,
-                "tpot_p90_ms": perf.latency.tpot_ms["p90"],
-                "ttft_p90_ms": perf.latency.ttft_ms["p90"],
-                "source": perf.source,
-                "roofline_tok_per_J": energy_roofline(shape, numerics, prompt, new),
-                "seconds": time.perf_counter() - t0,
-            }
         except KeyboardInterrupt:  # the section's time limit: keep the rows measured so far
-            rows.append(row | {"status": "interrupted: section time limit"})
+            if row.get("status") != "measured":  # a measured row interrupted in its profile stays
+                row["status"] = "interrupted: section time limit"
+            rows.append(row)
             break
         except Exception as exc:  # noqa: BLE001 - one failed candidate is a row, the next one runs
             row |= {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
             traceback.print_exc()
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "fp8"}, default=str), flush=True)
+        print(
+            json.dumps({k: v for k, v in row.items() if k not in ("fp8", "profile")}, default=str), flush=True
+        )
     return {"model": "llama-3.1-8b shape", "idle_watts": idle, "build_seconds": built, "rows": rows}
+
+
+def profile_loop_row(
+    row: dict[str, Any], engine: Any, ids: Any, new: int, out: Path, cpu_smoke: bool
+) -> None:
+    """Kernel-time tables of a measured loop row: its captured decode step and its prefill, into
+    row["profile"] and profile-llama8b.md. The 8B class was never profiled: where its TPOT (21 ms
+    at b512 against ~11 ms of FLOPs and K/V bytes) and its TTFT go decides the next fix. A few
+    seconds: the decoder measured is reused, compiled and captured. A failure is noted, not fatal."""
+    import torch
+
+    from optimizer.measure.kernels import profile_steps
+
+    batch, prompt = ids.shape
+    try:
+        decoder = engine.graph_decoder(batch, prompt, new)
+        # profile_steps runs 1 + 2 * steps steps after one prefill: within the output's room
+        steps = 4 if not cpu_smoke else 1
+        with torch.inference_mode():
+            decoder.prefill(ids)
+            step = decoder.step if cpu_smoke else decoder.graph.replay  # eager on a CPU rehearsal
+            captured = profile_steps(step, steps, engine.device)
+            prefill = profile_steps(functools.partial(decoder.prefill, ids), 1, engine.device)
+    except Exception as exc:  # noqa: BLE001 - the row's measurement stands without its profile
+        row["profile_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        traceback.print_exc()
+        return
+    row["profile"] = {"captured_step": captured.to_dict(), "prefill": prefill.to_dict()}
+    for part, table in row["profile"].items():
+        cats = ", ".join(f"{c} {v:.2f}" for c, v in table["by_category_ms_per_step"].items())
+        print(f"   {part} ms: {cats}", flush=True)
+    text = (
+        f"## llama8b {row['name']}, b{batch}: captured decode step\n\n"
+        f"TPOT p90 {row['tpot_p90_ms']:.1f} ms, TTFT p90 {row['ttft_p90_ms']:.0f} ms (the measured windows)\n\n"
+        f"{captured.markdown()}\n\n## llama8b {row['name']}, b{batch}: prefill of {batch} x {prompt}\n\n"
+        f"{prefill.markdown()}\n\n"
+    )
+    with (out / "profile-llama8b.md").open("a") as file:
+        file.write(text)
 
 
 def ort_section(args: argparse.Namespace) -> dict[str, Any]:
@@ -781,6 +829,12 @@ def print_summary(sections: dict[str, Any]) -> None:
             )
             if r["status"] == "failed":
                 print(f"      {r['reason'][:150]}")
+            for part, table in (r.get("profile") or {}).items():  # the top categories, ms per call
+                cats = sorted(table["by_category_ms_per_step"].items(), key=lambda kv: -kv[1])[:4]
+                print(
+                    f"      {part} {_fmt(table['unprofiled_wall_ms_per_step'], '.1f')} ms: "
+                    + ", ".join(f"{c} {v:.1f}" for c, v in cats)
+                )
     elif data:
         print(f"llama8b: {data.get('error', 'not run')}")
     data = sections.get("profile") or {}

@@ -66,6 +66,11 @@ def test_every_section_of_the_one_call_runs(tmp_path: Path, cache_dir: Path) -> 
     assert [row["status"] for row in llama] == ["measured"] * 4, llama
     fp8 = [row for row in llama if "fp8" in row]
     assert len(fp8) == 1 and "Linear layers in fp8" in fp8[0]["fp8"]
+    # the three loop rows (not the baseline) profiled after their measurement: step and prefill
+    profiled = [row for row in llama if "profile" in row]
+    assert [row["name"] for row in profiled] == [row["name"] for row in llama[1:]], llama
+    for row in profiled:
+        assert all(table["rows"] for table in row["profile"].values()), row["profile"]
     for name in ("qwen", "serving"):
         rows = sections[name]["rows"]
         assert sections[name]["best"] is not None, name
@@ -76,3 +81,4 @@ def test_every_section_of_the_one_call_runs(tmp_path: Path, cache_dir: Path) -> 
     assert all(row["status"] in ("feasible", "measured") for row in served), served
     summary = (out / "summary.txt").read_text()
     assert "qwen: best =" in summary and "serving: best =" in summary and "llama8b" in summary
+    assert summary.count("captured_step") == 3 and summary.count("      prefill") == 3, summary

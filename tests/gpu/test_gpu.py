@@ -195,7 +195,9 @@ def test_slot_engine_reuses_prefixes_on_cuda(tiny_cuda_model_dir: Path, tmp_path
         slots.close()
 
 
-@pytest.mark.parametrize("compile", ["none", "model", "layers"])
+# compile_layers before the whole compile: the one call gives these tests 60 s (gpu_check.sh), and
+# the serving section compiles a whole slot model anyway
+@pytest.mark.parametrize("compile", ["none", "layers", "model"])
 def test_slot_engine_matches_hf_greedy_on_cuda(
     compile: str, tiny_cuda_model_dir: Path, tmp_path: Path
 ) -> None:
