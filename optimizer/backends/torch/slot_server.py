@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from optimizer.backends.base import Generation
@@ -36,7 +37,7 @@ from optimizer.backends.openmp import release_openmp_threads
 from optimizer.backends.prefixes import PrefixCounts
 from optimizer.backends.torch.slot_decoder import PREFILL_WIDTH_MULTIPLE, SlotDecoder
 from optimizer.backends.torch.slot_prefixes import CachedPrefixes
-from optimizer.backends.torch.slot_requests import Admission, SlotRequest, slot_size
+from optimizer.backends.torch.slot_requests import Admission, SlotRequest, SlotTable, slot_size
 from optimizer.measure.serving import Completion
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class SlotEngine:
         self._wanted_tokens = 0  # nothing is built before a request or a reserve() asks for a size
         self._waiting: collections.deque[SlotRequest] = collections.deque()
         self._running: dict[int, SlotRequest] = {}  # slot -> request
+        self._table = SlotTable(slots)  # what the running requests have produced
         self._done: collections.deque[Completion] = collections.deque()
         self._cond = threading.Condition()
         self._device_lock = threading.Lock()  # the loop's device work, and score() between steps
@@ -246,7 +248,7 @@ class SlotEngine:
                         continue
                     needs_build = self._needs_build()  # first the requests in flight finish
                     build = needs_build and not self._running
-                    admitted = [] if needs_build else self._admit()
+                    admitted = self._admit() if self._waiting and not needs_build else []
                 try:
                     with self._device_lock:
                         if build:
@@ -325,7 +327,9 @@ class SlotEngine:
         decoder = self.decoder
         assert decoder is not None
         with self._cond:
-            self._running.update((a.slot, a.request) for a in admitted)
+            for a in admitted:
+                self._running[a.slot] = a.request
+                self._table.admit(a.slot, a.request)
         for a in admitted:  # every copy before the prefill writes any slot
             if a.cached:
                 decoder.cache.copy_columns(a.source, a.slot, a.cached)
@@ -335,31 +339,29 @@ class SlotEngine:
             with self._cond:
                 for a in admitted:
                     self.prefixes.hold(a.slot, a.request.prompt_ids)
-        self._record({a.slot: token for a, token in zip(admitted, first, strict=True)})
+        self._record(np.array([a.slot for a in admitted]), first)
 
     def _step(self) -> None:
         assert self.decoder is not None
         busy = len(self._running)  # slots 0..busy-1 (kept at the front)
         # the step writes each request's newest token at position len(prompt) + len(tokens) - 1
-        columns = max(len(r.prompt_ids) + len(r.tokens) for r in self._running.values())
+        columns = self._table.columns(busy)
         self._next_step_at = time.perf_counter() + self.step_interval_seconds
         self.decoder.run_step(busy, columns)
-        tokens = self.decoder.tokens[:busy, 0].tolist()  # waits for the step
-        self._record({slot: tokens[slot] for slot in self._running})
+        tokens = self.decoder.tokens[:busy, 0].cpu().numpy()  # waits for the step
+        self._record(self._table.front[:busy], tokens)
 
-    def _record(self, tokens: dict[int, int]) -> None:
-        """Append each slot's new token (stamped now); retire the requests that are complete."""
+    def _record(self, slots: np.ndarray, tokens: Sequence[int] | np.ndarray) -> None:
+        """Each slot's new token (stamped now); retire the requests that are complete."""
         now = time.perf_counter()
         with self._cond:
-            for slot, token in tokens.items():
-                request = self._running[slot]  # only this thread changes the running set
-                request.tokens.append(token)
-                request.times.append(now)
-                if len(request.tokens) >= request.max_new_tokens:
-                    del self._running[slot]
-                    self._done.append(request.completion())
-                    self._keep_prefix(slot, request)
-            self._compact()
+            finished = self._table.record(slots, tokens, now).tolist()
+            for slot in finished:
+                request = self._table.fill(slot, self._running.pop(slot))  # only this thread changes it
+                self._done.append(request.completion())
+                self._keep_prefix(slot, request)
+            if finished:  # admissions take the lowest free slots: only a retirement leaves a hole
+                self._compact()
             self._cond.notify_all()
 
     def _compact(self) -> None:
@@ -370,6 +372,7 @@ class SlotEngine:
         for hole in [s for s in range(count) if s not in self._running]:
             top = max(self._running)
             self.decoder.move(top, hole)
+            self._table.move(top, hole)
             if self.prefixes is not None:
                 self.prefixes.move(top, hole)
             self._running[hole] = self._running.pop(top)
@@ -392,6 +395,6 @@ class SlotEngine:
     def _fail_running(self, error: str) -> None:
         """Fail the requests in flight (admitted ones included: `_prefill` runs them first)."""
         with self._cond:
-            self._done.extend(r.completion(error) for r in self._running.values())
+            self._done.extend(self._table.fill(s, r).completion(error) for s, r in self._running.items())
             self._drop_running()
             self._cond.notify_all()
