@@ -17,7 +17,8 @@
 #   evals/gpu_check.sh ort       # carry the last ORT part: install ORT CUDA, run the ort section
 #
 # Each section runs in its own process with its own time limit (SIGINT first, so that it still
-# writes its JSON); SECONDS_<SECTION> overrides a limit, e.g. SECONDS_QWEN=150.
+# writes its JSON); SECONDS_<SECTION> overrides a limit, e.g. SECONDS_QWEN=150. A limit is cut to
+# what is left of the call's CALL_SECONDS (585: run it with timeout_s=600).
 # CPU_SMOKE=1 runs the same script on a CPU machine with tiny shapes and the environment's own
 # packages (PATH=.venv/bin:$PATH CPU_SMOKE=1 bash evals/gpu_check.sh all): a rehearsal, no numbers.
 set -uo pipefail
@@ -56,9 +57,22 @@ print('imports ok: transformers', tf.__version__, 'hub', h.__version__, 'tokeniz
   touch "$SITE/.installed"
 }
 
+# The whole call's limit (the device's timeout_s, 600 at most, less a margin): a section never
+# runs past it, since one killed by the device's timeout writes no JSON. `all` sets the start.
+CALL_SECONDS=${CALL_SECONDS:-585}
+CALL_START=$SECONDS
+
 section() {  # section NAME SECONDS [ARGS...]: one process, interrupted after SECONDS
   local name=$1 seconds=$2 var="SECONDS_${1^^}"
   seconds=${!var:-$seconds}
+  local left=$((CALL_SECONDS - (SECONDS - CALL_START) - 25))  # 25: the kill's grace and the table
+  if [ "$left" -lt 10 ]; then
+    echo "== $name: not run, the call's ${CALL_SECONDS} s are spent" | tee -a "$OUT/log.txt"
+    return 0
+  elif [ "$left" -lt "$seconds" ]; then
+    echo "== $name: ${left} s left of the call's ${CALL_SECONDS} s, not ${seconds}" | tee -a "$OUT/log.txt"
+    seconds=$left
+  fi
   shift 2
   # a search starts no candidate past its budget; the rest of the limit covers the imports, the
   # candidate in flight (~35 s on an H200 with its compile) and the JSON
