@@ -641,9 +641,10 @@ def profile_loop_row(
     row: dict[str, Any], engine: Any, ids: Any, new: int, out: Path, cpu_smoke: bool
 ) -> None:
     """Kernel-time tables of a measured loop row: its captured decode step and its prefill, into
-    row["profile"] and profile-llama8b.md. The 8B class was never profiled: where its TPOT (21 ms
-    at b512 against ~11 ms of FLOPs and K/V bytes) and its TTFT go decides the next fix. A few
-    seconds: the decoder measured is reused, compiled and captured. A failure is noted, not fatal."""
+    row["profile"] and profile-llama8b.md. The 8B class was never profiled: where its TPOT goes
+    (bf16 21 ms at b512 on the H200, against ~11 ms for its FLOPs and K/V bytes at peak rates) and
+    where its TTFT goes decides the next fix. A few seconds: the decoder measured is reused,
+    compiled and captured. A failure is noted, not fatal."""
     import torch
 
     from optimizer.measure.kernels import profile_steps
