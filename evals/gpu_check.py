@@ -618,7 +618,7 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
                     "seconds": time.perf_counter() - t0,  # build, compiles, measurement: no profile
                 }
                 if name in loop_rows:  # the decoder just measured, before close() frees it
-                    ids = pool[torch.arange(batch) % len(pool)].to(target.device)
+                    ids = workload.batch(0, batch).to(target.device)  # the measured prompts
                     profile_loop_row(row, engine, ids, new, args.out, args.cpu_smoke)
             finally:
                 engine.close()  # frees this shape's static cache and graph; hf_model stays here

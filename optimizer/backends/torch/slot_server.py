@@ -223,11 +223,9 @@ class SlotEngine:
             with self._cond:
                 self._stopped = True
                 error = f"the slot engine's loop thread stopped: {type(exc).__name__}: {exc}"
-                requests = [*self._running.values(), *self._waiting]
-                self._done.extend(r.completion(error) for r in requests)
-                self._running.clear()
+                self._fail_running(error)  # the lock is reentrant; their tokens so far from the table
+                self._done.extend(r.completion(error) for r in self._waiting)
                 self._waiting.clear()
-                self._cond.notify_all()
 
     def _serve_requests(self) -> None:
         with torch.inference_mode():
