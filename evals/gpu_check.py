@@ -582,17 +582,22 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
         ]
     rows = []
     deadline = time.perf_counter() + args.budget_seconds
-    for name, settings, batch in plan:
+    queue = list(plan)
+    while queue:
+        name, settings, batch = queue.pop(0)
         if time.perf_counter() > deadline:
             rows.append({"name": name, "batch": batch, "status": "not run: section budget spent"})
             continue
         print(f"-- llama8b {name} b{batch}", flush=True)
         row: dict[str, Any] = {"name": name, "batch": batch, "settings": settings.label()}
+        quantized = True  # false while a failure could leave the model half converted
         try:
             if settings.quantization == "fp8-static" and not getattr(hf_model, "_fp8_static", None):
+                quantized = False
                 calibration = torch.randint(0, config.vocab_size, (16, prompt), device=target.device)
                 hf_model._fp8_static = quantize_fp8_static(hf_model, calibration)
                 row["fp8"] = str(hf_model._fp8_static)
+                quantized = True
             if settings.attention != hf_model.config._attn_implementation:
                 if settings.attention == "sdpa_gqa":
                     from optimizer.backends.torch import decode_attention
@@ -617,7 +622,8 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
                     "roofline_tok_per_J": energy_roofline(shape, numerics, prompt, new),
                     "seconds": time.perf_counter() - t0,  # build, compiles, measurement: no profile
                 }
-                if name in loop_rows:  # the decoder just measured, before close() frees it
+                # the decoder just measured, before close() frees it (a CPU rehearsal's rows are eager)
+                if name in loop_rows or settings.loop == "graph":
                     ids = workload.batch(0, batch).to(target.device)  # the measured prompts
                     profile_loop_row(row, engine, ids, new, args.out, args.cpu_smoke)
             finally:
@@ -630,11 +636,33 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - one failed candidate is a row, the next one runs
             row |= {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
             traceback.print_exc()
+            if settings.compile_layers and quantized:
+                queue = compiled_whole_instead((name, settings, batch), queue)
+                row["then"] = [queued[0] for queued in queue]
         rows.append(row)
         print(
             json.dumps({k: v for k, v in row.items() if k not in ("fp8", "profile")}, default=str), flush=True
         )
     return {"model": "llama-3.1-8b shape", "idle_watts": idle, "build_seconds": built, "rows": rows}
+
+
+PlanRow = tuple[str, Any, int]  # (name, TorchSettings, batch)
+
+
+def compiled_whole_instead(failed: PlanRow, rest: list[PlanRow]) -> list[PlanRow]:
+    """The plan after a row compiled by layer failed: compile_layers has never run on a GPU, and
+    the rows behind it (fp8 first) are the 8B target's, so the failed row runs again compiled
+    whole, then the rest with each by-layer row compiled whole, each settings and batch once."""
+    import dataclasses
+
+    plan: list[PlanRow] = []
+    for name, settings, batch in [failed, *rest]:
+        if settings.compile_layers:
+            settings = dataclasses.replace(settings, compile_layers=False)
+            name = f"{name.replace(' by layer', ' compiled whole')} (by layer failed)"
+        if all((settings, batch) != (s, b) for _, s, b in plan):
+            plan.append((name, settings, batch))
+    return plan
 
 
 def profile_loop_row(
@@ -823,7 +851,7 @@ def print_summary(sections: dict[str, Any]) -> None:
             tpj = r.get("goodput_tok_per_J")
             roof = r.get("roofline_tok_per_J")
             print(
-                f"  {r['name'][:44]:<44} b{r['batch']:<5} {r['status'][:9]:<9} {_fmt(r.get('tok_per_s'), '.0f'):>7} tok/s "
+                f"  {r['name'][:64]:<64} b{r['batch']:<5} {r['status'][:9]:<9} {_fmt(r.get('tok_per_s'), '.0f'):>7} tok/s "
                 f"{_fmt(tpj, '.2f'):>6} tok/J {_fmt(r.get('watts'), '.0f'):>4} W TPOT90 {_fmt(r.get('tpot_p90_ms'), '.1f'):>6} "
                 f"x {_ratio(tpj, base and base.get('goodput_tok_per_J')):>5} roof {f'{tpj / roof:.0%}' if tpj and roof else '-'} "
                 f"{_fmt(r.get('seconds'), '.0f'):>4} s"  # build (compiles) and measurement

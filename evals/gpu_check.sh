@@ -120,7 +120,8 @@ all)
   section serving "${LIMIT[serving]}" "${T[@]}"
   # llama8b: baseline (~35 s with the build), static fp8 and bf16 loops compiled by layer, then the
   # bf16 loop compiled whole: on 2026-12-04 that row took 140 s with its two compiles (step,
-  # prefill), so 190 s reached two rows of three
+  # prefill), so 190 s reached two rows of three. A row compiled by layer that fails (never run on
+  # a GPU yet) runs again compiled whole, and so do the by-layer rows behind it
   section llama8b "${LIMIT[llama8b]}" "${T[@]}"
   # The profile left `all` when its 65-70 s twice ended inside its compiles: `one profile`, 120 s
   ;;
