@@ -32,6 +32,7 @@ each section's plain-HF reference measured in the same call, fraction of the ene
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import shutil
@@ -590,14 +591,11 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
             continue
         print(f"-- llama8b {name} b{batch}", flush=True)
         row: dict[str, Any] = {"name": name, "batch": batch, "settings": settings.label()}
-        quantized = True  # false while a failure could leave the model half converted
         try:
             if settings.quantization == "fp8-static" and not getattr(hf_model, "_fp8_static", None):
-                quantized = False
                 calibration = torch.randint(0, config.vocab_size, (16, prompt), device=target.device)
                 hf_model._fp8_static = quantize_fp8_static(hf_model, calibration)
                 row["fp8"] = str(hf_model._fp8_static)
-                quantized = True
             if settings.attention != hf_model.config._attn_implementation:
                 if settings.attention == "sdpa_gqa":
                     from optimizer.backends.torch import decode_attention
@@ -636,6 +634,8 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - one failed candidate is a row, the next one runs
             row |= {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
             traceback.print_exc()
+            # not after a failed quantization: it may have left the model half converted
+            quantized = settings.quantization != "fp8-static" or getattr(hf_model, "_fp8_static", None)
             if settings.compile_layers and quantized:
                 queue = compiled_whole_instead((name, settings, batch), queue)
                 row["then"] = [queued[0] for queued in queue]
@@ -653,8 +653,6 @@ def compiled_whole_instead(failed: PlanRow, rest: list[PlanRow]) -> list[PlanRow
     """The plan after a row compiled by layer failed: compile_layers has never run on a GPU, and
     the rows behind it (fp8 first) are the 8B target's, so the failed row runs again compiled
     whole, then the rest with each by-layer row compiled whole, each settings and batch once."""
-    import dataclasses
-
     plan: list[PlanRow] = []
     for name, settings, batch in [failed, *rest]:
         if settings.compile_layers:

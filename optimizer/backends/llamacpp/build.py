@@ -1,10 +1,10 @@
 """Compile llama-cpp-python for this CPU, without AMX, into a wheel cache keyed by its flags.
 
 PyPI has only llama-cpp-python's source, and llama.cpp's default build (`-march=native`) compiles
-in every extension the CPU reports, AMX included. On this project's Intel VMs (Sapphire Rapids
-under Firecracker: `amx_tile` in /proc/cpuinfo, the kernel grants the tile state) llama.cpp's AMX
+in every extension the CPU reports, AMX included. On this project's Intel VMs (KVM guests with
+Sapphire Rapids flags, `amx_tile` among them; the kernel grants the tile state) llama.cpp's AMX
 matmul then dies with SIGILL on `tilezero` in an OpenMP worker, and takes the whole process with
-it. So the build names the CPU's vector extensions one by one (`GGML_NATIVE=OFF`), AMX never.
+it (a small AMX program runs there: the cause was not pinned down, this build avoids it). So the build names the CPU's vector extensions one by one (`GGML_NATIVE=OFF`), AMX never.
 
 pip's own wheel cache is keyed by the source's URL, not by CMAKE_ARGS, so a wheel it cached from an
 earlier build would bring that build's flags back: the wheel is built without pip's cache into
