@@ -1,10 +1,19 @@
-"""Compile llama-cpp-python for this CPU, without AMX, into a wheel cache keyed by its flags.
+"""Compile llama-cpp-python for this CPU into a wheel cache keyed by its flags; AMX where it works.
 
 PyPI has only llama-cpp-python's source, and llama.cpp's default build (`-march=native`) compiles
-in every extension the CPU reports, AMX included. On this project's Intel VMs (KVM guests with
-Sapphire Rapids flags, `amx_tile` among them; the kernel grants the tile state) llama.cpp's AMX
-matmul then dies with SIGILL on `tilezero` in an OpenMP worker, and takes the whole process with
-it (a small AMX program runs there: the cause was not pinned down, this build avoids it). So the build names the CPU's vector extensions one by one (`GGML_NATIVE=OFF`), AMX never.
+in every extension the CPU reports. So the build names the CPU's vector extensions one by one
+(`GGML_NATIVE=OFF`), and AMX only where a probe shows it runs.
+
+Why the probe: on this project's Intel VMs (Sapphire Rapids flags) the native build's AMX matmul
+died with SIGILL on `tilezero`, taking the whole process with it. The cause is GCC 12's
+`_tile_loadconfig`: its asm names an 8-byte memory operand (`*(const void **)config`), so the
+compiler drops ggml's stores of the tile rows and columns as dead, `ldtilecfg` loads a config with
+no tiles, and the first tile instruction is undefined. Built with `amx_tile_config.h` force-included
+(the same `ldtilecfg` naming all 64 bytes), ggml's AMX kernels run and process prompts ~2.9x faster
+on those VMs (evals/results/2026-12-06-cpu-llamacpp-amx/). The probe compiles a tile config the way
+ggml writes it, with that header, and runs an int8 tile product: AMX is built in only when it
+exits cleanly with the right answer (a compiler, kernel or VM that refuses turns AMX off, with the
+reason printed).
 
 pip's own wheel cache is keyed by the source's URL, not by CMAKE_ARGS, so a wheel it cached from an
 earlier build would bring that build's flags back: the wheel is built without pip's cache into
@@ -22,8 +31,11 @@ import hashlib
 import os
 import platform
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # llama.cpp's CMake option for each x86 extension, by its /proc/cpuinfo flag (AVX512 needs all five
@@ -41,8 +53,64 @@ X86_OPTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("GGML_AVX512_VNNI", ("avx512_vnni",)),
     ("GGML_AVX512_BF16", ("avx512_bf16",)),
 )
-NO_AMX = ("GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16")
+# ggml's AMX kernels are compiled only with AMX_INT8 and AVX512_VNNI (and AVX512 for the rest)
+AMX_NEEDS = ("amx_tile", "amx_int8", "avx512_vnni", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")
 PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
+
+# Force-included into every llama.cpp source: under GCC with AMX enabled, `_tile_loadconfig` becomes
+# an `ldtilecfg` whose memory operand is the whole 64-byte config, so its stores stay.
+AMX_TILE_CONFIG_H = """/* wattsmith: GCC 12's _tile_loadconfig names an 8-byte operand and the compiler drops the
+   stores that fill the tile config; this one names all 64 bytes. */
+#if defined(__AMX_TILE__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+static inline __attribute__((always_inline)) void wattsmith_tile_loadconfig(const void *config) {
+    __asm__ volatile("ldtilecfg %0" ::"m"(*(const unsigned char(*)[64])config));
+}
+#define _tile_loadconfig(config) wattsmith_tile_loadconfig(config)
+#endif
+"""
+
+# ggml's tile config, written field by field as ggml-cpu/amx/mmq.cpp writes it, then an int8 tile
+# product checked against its known value. Exit 0 only when AMX really computes here.
+AMX_PROBE_CPP = r"""
+#include <immintrin.h>
+#include <cstdint>
+#include <cstdio>
+#include <sys/syscall.h>
+#include <unistd.h>
+struct tile_config_t { uint8_t palette_id; uint8_t start_row; uint8_t reserved[14];
+                       uint16_t colsb[16]; uint8_t rows[16]; };
+__attribute__((noinline)) static void configure() {
+    alignas(64) tile_config_t tc = {};
+    tc.palette_id = 1;
+    tc.rows[0] = 16; tc.colsb[0] = 64;  // C: 16 x 16 int32
+    tc.rows[1] = 16; tc.colsb[1] = 64;  // A: 16 x 64 int8
+    tc.rows[2] = 16; tc.colsb[2] = 64;  // B: 16 x (16 x 4) int8, VNNI layout
+    _tile_loadconfig(&tc);
+}
+int main() {
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0) {
+        std::puts("the kernel refused the AMX tile state");
+        return 2;
+    }
+    alignas(64) static int8_t a[16][64], b[16][64];
+    alignas(64) static int32_t c[16][16];
+    for (int i = 0; i < 16; i++)
+        for (int k = 0; k < 64; k++) { a[i][k] = 1; b[i][k] = 2; }
+    configure();
+    _tile_zero(0);
+    _tile_loadd(1, a, 64);
+    _tile_loadd(2, b, 64);
+    _tile_dpbssd(0, 1, 2);
+    _tile_stored(0, c, 64);
+    _tile_release();
+    if (c[0][0] != 128 || c[15][15] != 128) {
+        std::printf("wrong int8 tile product: %d\n", c[0][0]);
+        return 3;
+    }
+    return 0;
+}
+"""
 
 
 def cpu_flags(cpuinfo: str) -> set[str]:
@@ -51,23 +119,80 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return set(match.group(1).split()) if match else set()
 
 
-def cmake_args(machine: str, flags: set[str]) -> str:
-    """CMAKE_ARGS for llama.cpp on this CPU: on x86-64 each extension it has, AMX never; elsewhere
-    nothing (llama.cpp's native default: no AMX there)."""
+def cmake_args(machine: str, flags: set[str], amx_header: Path | None = None) -> str:
+    """CMAKE_ARGS for llama.cpp on this CPU: on x86-64 each extension it has, and AMX where the CPU
+    has what ggml's AMX kernels need and `amx_header` is given (the tile-config header the probe
+    ran with: force-included into the build); elsewhere nothing (llama.cpp's native default)."""
     if machine not in ("x86_64", "AMD64") or not flags:
         return ""
     options = [
         f"-D{option}={'ON' if all(f in flags for f in needs) else 'OFF'}" for option, needs in X86_OPTIONS
     ]
-    return " ".join(["-DGGML_NATIVE=OFF", *options, *(f"-D{option}=OFF" for option in NO_AMX)])
+    amx = amx_header is not None and all(f in flags for f in AMX_NEEDS)
+    amx_options = {"GGML_AMX_TILE": amx, "GGML_AMX_INT8": amx, "GGML_AMX_BF16": amx and "amx_bf16" in flags}
+    args = [
+        "-DGGML_NATIVE=OFF",
+        *options,
+        *(f"-D{k}={'ON' if on else 'OFF'}" for k, on in amx_options.items()),
+    ]
+    if amx:
+        args += [f"-DCMAKE_C_FLAGS=-include{amx_header}", f"-DCMAKE_CXX_FLAGS=-include{amx_header}"]
+    return " ".join(args)
 
 
-def this_machine_cmake_args() -> str:
+def write_amx_header(cache: Path) -> Path:
+    """AMX_TILE_CONFIG_H under the cache, named by its content (the wheel's key changes with it)."""
+    digest = hashlib.sha256(AMX_TILE_CONFIG_H.encode()).hexdigest()[:8]
+    path = cache / "llamacpp-build" / f"amx_tile_config-{digest}.h"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(AMX_TILE_CONFIG_H)
+    return path
+
+
+def amx_probe(cxx: str, header: Path) -> str | None:
+    """None when an AMX program compiled by `cxx` with `header` force-included computes right on
+    this machine; otherwise why not, in words."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source, program = Path(tmp) / "amx_probe.cpp", Path(tmp) / "amx_probe"
+        source.write_text(AMX_PROBE_CPP)
+        compile_flags = ["-O3", "-mamx-tile", "-mamx-int8", f"-include{header}"]
+        try:
+            built = subprocess.run(
+                [cxx, *compile_flags, str(source), "-o", str(program)], capture_output=True, text=True
+            )
+        except OSError as error:
+            return f"no C++ compiler to probe AMX with ({cxx}: {error.strerror})"
+        if built.returncode != 0:
+            return (
+                f"{cxx} could not compile an AMX program: {(built.stderr.strip().splitlines() or ['?'])[-1]}"
+            )
+        ran = subprocess.run([str(program)], capture_output=True, text=True, timeout=60)
+    if ran.returncode < 0:
+        return f"an AMX program died with {signal.Signals(-ran.returncode).name} here"
+    if ran.returncode != 0:
+        return ran.stdout.strip() or f"an AMX program exited with {ran.returncode}"
+    return None
+
+
+def this_machine_cmake_args(cache: Path) -> tuple[str, str]:
+    """This machine's CMAKE_ARGS, and a line on AMX ('' where the CPU has none)."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
         cpuinfo = ""
-    return cmake_args(platform.machine(), cpu_flags(cpuinfo))
+    machine, flags = platform.machine(), cpu_flags(cpuinfo)
+    if not (cmake_args(machine, flags) and all(f in flags for f in AMX_NEEDS)):
+        return cmake_args(machine, flags), ""
+    header = write_amx_header(cache)
+    cxx = os.environ.get("CXX") or shutil.which("c++") or "c++"  # the compiler CMake will take
+    if " " in str(header):
+        reason: str | None = f"the cache path has a space ({header}), which CMAKE_ARGS cannot carry"
+    else:
+        reason = amx_probe(cxx, header)
+    if reason:
+        return cmake_args(machine, flags), f"AMX off: {reason}"
+    return cmake_args(machine, flags, header), f"AMX on: {cxx} with {header.name} ran an int8 tile product"
 
 
 def pinned_requirement(pyproject: Path = PYPROJECT) -> str:
@@ -84,12 +209,19 @@ def wheel_dir(requirement: str, args: str, cache: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    args = os.environ.get("LLAMACPP_CMAKE_ARGS", this_machine_cmake_args())
+    cache = Path(os.environ.get("WATTSMITH_CACHE") or Path.home() / ".cache" / "wattsmith")
+    if "LLAMACPP_CMAKE_ARGS" in os.environ:
+        args, amx_line = os.environ["LLAMACPP_CMAKE_ARGS"], "CMAKE_ARGS from LLAMACPP_CMAKE_ARGS"
+    else:
+        args, amx_line = this_machine_cmake_args(cache)
     if argv[1:] == ["--cmake-args"]:
+        if amx_line:
+            print(amx_line, file=sys.stderr)
         print(args)
         return 0
+    if amx_line:
+        print(f"llama.cpp build: {amx_line}", flush=True)
     requirement = pinned_requirement()
-    cache = Path(os.environ.get("WATTSMITH_CACHE") or Path.home() / ".cache" / "wattsmith")
     wheels = wheel_dir(requirement, args, cache)
     if not list(wheels.glob("llama_cpp_python-*.whl")):
         print(f"compiling {requirement} (CMAKE_ARGS={args or 'none'}) into {wheels}", flush=True)

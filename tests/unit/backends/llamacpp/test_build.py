@@ -1,11 +1,25 @@
-"""The llama.cpp build flags `make install` compiles with: this CPU's extensions by name, never AMX
-(llama.cpp's AMX kernels die with SIGILL on this project's Intel VMs, taking the process along)."""
+"""The llama.cpp build flags `make install` compiles with: this CPU's extensions by name, and AMX
+only where a probe shows it computes (under GCC 12 ggml's AMX tile config is compiled away unless
+the build force-includes our `ldtilecfg`, and the AMX matmul dies with SIGILL)."""
 
 from __future__ import annotations
 
+import platform
+import shutil
+import subprocess
 from pathlib import Path
 
-from optimizer.backends.llamacpp.build import cmake_args, cpu_flags, pinned_requirement, wheel_dir
+import pytest
+
+from optimizer.backends.llamacpp.build import (
+    AMX_NEEDS,
+    amx_probe,
+    cmake_args,
+    cpu_flags,
+    pinned_requirement,
+    wheel_dir,
+    write_amx_header,
+)
 
 SAPPHIRE_RAPIDS_VM = (
     "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
@@ -17,10 +31,10 @@ ZEN3 = "flags\t\t: fpu sse4_2 avx f16c fma bmi2 avx2\n"
 
 
 def options(args: str) -> dict[str, str]:
-    return dict(arg.removeprefix("-D").split("=") for arg in args.split())
+    return dict(arg.removeprefix("-D").split("=", 1) for arg in args.split())
 
 
-def test_every_extension_the_cpu_has_and_never_amx() -> None:
+def test_every_extension_the_cpu_has_and_amx_only_with_the_probed_header() -> None:
     flags = cpu_flags(SAPPHIRE_RAPIDS_VM)
     assert "amx_tile" in flags and "avx512f" in flags  # the first processor's line
     spr = options(cmake_args("x86_64", flags))
@@ -36,6 +50,16 @@ def test_every_extension_the_cpu_has_and_never_amx() -> None:
     assert (
         options(cmake_args("x86_64", cpu_flags(ZEN3.replace("avx2", "avx2 avx512f"))))["GGML_AVX512"] == "OFF"
     )
+    header = Path("/cache/llamacpp-build/amx_tile_config-0.h")
+    amx = options(cmake_args("x86_64", flags, header))
+    assert amx["GGML_AMX_TILE"] == amx["GGML_AMX_INT8"] == amx["GGML_AMX_BF16"] == "ON"
+    assert amx["CMAKE_C_FLAGS"] == amx["CMAKE_CXX_FLAGS"] == f"-include{header}"
+    no_bf16 = options(cmake_args("x86_64", flags - {"amx_bf16"}, header))
+    assert no_bf16["GGML_AMX_INT8"] == "ON" and no_bf16["GGML_AMX_BF16"] == "OFF"
+    # ggml's AMX kernels need AVX512 VNNI: without it, no AMX and no forced header
+    no_vnni = options(cmake_args("x86_64", flags - {"avx512_vnni"}, header))
+    assert no_vnni["GGML_AMX_INT8"] == "OFF" and "CMAKE_CXX_FLAGS" not in no_vnni
+    assert "CMAKE_CXX_FLAGS" not in options(cmake_args("x86_64", cpu_flags(ZEN3), header))
 
 
 def test_no_flags_where_llama_cpp_native_default_has_no_amx() -> None:
@@ -52,3 +76,57 @@ def test_the_wheel_cache_is_keyed_by_version_and_flags(tmp_path: Path) -> None:
     assert one == wheel_dir(pin, "-DGGML_NATIVE=OFF", tmp_path)
     assert one != wheel_dir(pin, "", tmp_path) and one.parent == tmp_path / "wheels"
     assert one != wheel_dir("llama-cpp-python==0.0.1", "-DGGML_NATIVE=OFF", tmp_path)
+
+
+def fake_compiler(tmp_path: Path, program: str) -> str:
+    """A 'compiler' that writes `program` (a shell script) to its -o argument."""
+    compiler = tmp_path / "fake-c++"
+    compiler.write_text(
+        '#!/bin/sh\nwhile [ $# -gt 0 ]; do if [ "$1" = -o ]; then out=$2; fi; shift; done\n'
+        f"printf '%s\\n' '#!/bin/sh' '{program}' > \"$out\"; chmod +x \"$out\"\n"
+    )
+    compiler.chmod(0o755)
+    return str(compiler)
+
+
+def test_the_probe_says_why_amx_stays_off(tmp_path: Path) -> None:
+    header = write_amx_header(tmp_path)
+    assert header.read_text().startswith("/* wattsmith") and header.parent == tmp_path / "llamacpp-build"
+    assert write_amx_header(tmp_path) == header  # named by its content: the same file again
+    assert "died with SIGILL" in str(amx_probe(fake_compiler(tmp_path, "kill -ILL $$"), header))
+    assert (
+        amx_probe(fake_compiler(tmp_path, "echo the kernel refused; exit 2"), header) == "the kernel refused"
+    )
+    assert amx_probe(fake_compiler(tmp_path, "exit 0"), header) is None
+    assert "no C++ compiler" in str(amx_probe(str(tmp_path / "absent-c++"), header))
+
+
+CXX = shutil.which("c++")
+ON_X86 = platform.machine() in ("x86_64", "AMD64")
+
+
+@pytest.mark.skipif(not (CXX and ON_X86), reason="needs an x86-64 C++ compiler")
+def test_the_forced_header_keeps_the_tile_config_stores(tmp_path: Path) -> None:
+    """ggml's way of filling the tile config, compiled (not run: any x86 CPU will do): with the
+    header, the store of a tile's 16 rows reaches the code before `ldtilecfg`."""
+    source = tmp_path / "config.cpp"
+    source.write_text(
+        "#include <immintrin.h>\n#include <cstdint>\n"
+        "struct tile_config_t { uint8_t palette_id, start_row, reserved[14]; uint16_t colsb[16];"
+        " uint8_t rows[16]; };\n"
+        "void configure() { alignas(64) tile_config_t tc = {}; tc.palette_id = 1; tc.rows[4] = 16;"
+        " tc.colsb[4] = 64; _tile_loadconfig(&tc); }\n"
+    )
+    header = write_amx_header(tmp_path)
+    compile_to_assembly = [str(CXX), "-O3", "-mamx-tile", "-S", "-o", "-", f"-include{header}", str(source)]
+    assembly = subprocess.run(compile_to_assembly, capture_output=True, text=True, check=True).stdout
+    body = assembly[: assembly.index("ldtilecfg")]
+    assert "$16," in body and "$64," in body, body
+
+
+HAS_AMX = ON_X86 and all(f in cpu_flags(Path("/proc/cpuinfo").read_text()) for f in AMX_NEEDS)
+
+
+@pytest.mark.skipif(not (CXX and HAS_AMX), reason="needs a CPU with AMX and a C++ compiler")
+def test_amx_computes_here_with_the_header(tmp_path: Path) -> None:
+    assert amx_probe(str(CXX), write_amx_header(tmp_path)) is None
