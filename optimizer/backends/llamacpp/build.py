@@ -9,8 +9,8 @@ died with SIGILL on `tilezero`, taking the whole process with it. The cause is G
 `_tile_loadconfig`: its asm names an 8-byte memory operand (`*(const void **)config`), so the
 compiler drops ggml's stores of the tile rows and columns as dead, `ldtilecfg` loads a config with
 no tiles, and the first tile instruction is undefined. Built with `amx_tile_config.h` force-included
-(the same `ldtilecfg` naming all 64 bytes), ggml's AMX kernels run and process prompts ~2.9x faster
-on those VMs (evals/results/2026-12-06-cpu-llamacpp-amx/). The probe compiles a tile config the way
+(the same `ldtilecfg` naming all 64 bytes), ggml's AMX kernels run: on those VMs llama.cpp then
+processes prompts 2.2x and a batch of 16 requests 2.8x faster (evals/results/2026-12-06-cpu-llamacpp-amx/). The probe compiles a tile config the way
 ggml writes it, with that header, and runs an int8 tile product: AMX is built in only when it
 exits cleanly with the right answer (a compiler, kernel or VM that refuses turns AMX off, with the
 reason printed).
@@ -143,7 +143,7 @@ def cmake_args(machine: str, flags: set[str], amx_header: Path | None = None) ->
 def write_amx_header(cache: Path) -> Path:
     """AMX_TILE_CONFIG_H under the cache, named by its content (the wheel's key changes with it)."""
     digest = hashlib.sha256(AMX_TILE_CONFIG_H.encode()).hexdigest()[:8]
-    path = cache / "llamacpp-build" / f"amx_tile_config-{digest}.h"
+    path = cache.resolve() / "llamacpp-build" / f"amx_tile_config-{digest}.h"  # CMake builds elsewhere
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(AMX_TILE_CONFIG_H)
@@ -167,7 +167,10 @@ def amx_probe(cxx: str, header: Path) -> str | None:
             return (
                 f"{cxx} could not compile an AMX program: {(built.stderr.strip().splitlines() or ['?'])[-1]}"
             )
-        ran = subprocess.run([str(program)], capture_output=True, text=True, timeout=60)
+        try:
+            ran = subprocess.run([str(program)], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"an AMX program could not run here ({error})"
     if ran.returncode < 0:
         return f"an AMX program died with {signal.Signals(-ran.returncode).name} here"
     if ran.returncode != 0:
