@@ -1,7 +1,7 @@
 # One venv, CPU torch by default. On a GPU machine, install the CUDA torch you use first and
 # run `make install TORCH_SPEC=` (empty: keep the installed torch). The venv gets the `ort` extra
 # (CPU ONNX Runtime and onnxruntime-genai) and the `llamacpp` extra (llama-cpp-python, compiled
-# for this CPU by optimizer/backends/llamacpp/build.py, AMX where it probes: the first install compiles
+# for this CPU without AMX by optimizer/backends/llamacpp/build.py: the first install compiles
 # llama.cpp, 5-10 minutes on 2 cores, then ~/.cache/wattsmith/wheels has it) so that CI tests
 # those backends; GPU extras: docs/backends.md.
 VENV ?= .venv

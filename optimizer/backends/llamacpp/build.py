@@ -1,19 +1,23 @@
-"""Compile llama-cpp-python for this CPU into a wheel cache keyed by its flags; AMX where it works.
+"""Compile llama-cpp-python for this CPU into a wheel cache keyed by its flags; AMX only on request.
 
 PyPI has only llama-cpp-python's source, and llama.cpp's default build (`-march=native`) compiles
 in every extension the CPU reports. So the build names the CPU's vector extensions one by one
-(`GGML_NATIVE=OFF`), and AMX only where a probe shows it runs.
+(`GGML_NATIVE=OFF`). AMX stays off in the wheel `make install` builds, for two reasons found on
+this project's Intel VMs (Sapphire Rapids flags), where ggml's AMX matmul died with SIGILL:
 
-Why the probe: on this project's Intel VMs (Sapphire Rapids flags) the native build's AMX matmul
-died with SIGILL on `tilezero`, taking the whole process with it. The cause is GCC 12's
-`_tile_loadconfig`: its asm names an 8-byte memory operand (`*(const void **)config`), so the
-compiler drops ggml's stores of the tile rows and columns as dead, `ldtilecfg` loads a config with
-no tiles, and the first tile instruction is undefined. Built with `amx_tile_config.h` force-included
-(the same `ldtilecfg` naming all 64 bytes), ggml's AMX kernels run: on those VMs llama.cpp then
-processes prompts 2.2x and a batch of 16 requests 2.8x faster (evals/results/2026-12-06-cpu-llamacpp-amx/). The probe compiles a tile config the way
-ggml writes it, with that header, and runs an int8 tile product: AMX is built in only when it
-exits cleanly with the right answer (a compiler, kernel or VM that refuses turns AMX off, with the
-reason printed).
+1. GCC 12's `_tile_loadconfig` names an 8-byte memory operand (`*(const void **)config`), so the
+   compiler drops ggml's stores of the tile rows and columns as dead, `ldtilecfg` loads a config
+   with no tiles, and the first tile instruction is undefined. Force-including
+   `amx_tile_config.h` (an `ldtilecfg` naming all 64 bytes) fixes that: llama.cpp alone then
+   processes prompts 2.2x and a batch of 16 requests 2.8x faster (evals/results/2026-12-06-cpu-llamacpp-amx/).
+2. ggml loads its tile config once per thread (a thread_local flag). torch's bf16 matmuls (oneDNN's
+   AMX kernels) run on the same threads (one libgomp for both, and the caller's thread) and leave
+   the tiles without ggml's config, so the next llama.cpp matmul on such a thread is SIGILL again. wattsmith runs torch and llama.cpp candidates
+   in one process (finalists are re-measured side by side), so its own venv cannot have AMX.
+
+`--cmake-args --amx` prints AMX flags for a llama.cpp-only deployment (no torch bf16 in the
+process), after a probe: it compiles a tile config the way ggml writes it, with that header, and
+runs an int8 tile product; the flags carry AMX only when it exits cleanly with the right answer.
 
 pip's own wheel cache is keyed by the source's URL, not by CMAKE_ARGS, so a wheel it cached from an
 earlier build would bring that build's flags back: the wheel is built without pip's cache into
@@ -21,8 +25,9 @@ earlier build would bring that build's flags back: the wheel is built without pi
 
 Standard library only: `make install` runs this file before wattsmith is installed.
 
-    python optimizer/backends/llamacpp/build.py              # build (once per flags) and install
-    python optimizer/backends/llamacpp/build.py --cmake-args # print the flags, for a build of your own
+    python optimizer/backends/llamacpp/build.py                    # build (once per flags), install
+    python optimizer/backends/llamacpp/build.py --cmake-args       # the flags it builds with
+    python optimizer/backends/llamacpp/build.py --cmake-args --amx # with AMX, for llama.cpp alone
 """
 
 from __future__ import annotations
@@ -178,8 +183,9 @@ def amx_probe(cxx: str, header: Path) -> str | None:
     return None
 
 
-def this_machine_cmake_args(cache: Path) -> tuple[str, str]:
-    """This machine's CMAKE_ARGS, and a line on AMX ('' where the CPU has none)."""
+def this_machine_cmake_args(cache: Path, amx: bool = False) -> tuple[str, str]:
+    """This machine's CMAKE_ARGS, and a line on AMX ('' where the CPU has none). AMX only with
+    `amx` (a llama.cpp-only deployment) and a probe that computes."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -187,6 +193,11 @@ def this_machine_cmake_args(cache: Path) -> tuple[str, str]:
     machine, flags = platform.machine(), cpu_flags(cpuinfo)
     if not (cmake_args(machine, flags) and all(f in flags for f in AMX_NEEDS)):
         return cmake_args(machine, flags), ""
+    if not amx:
+        return cmake_args(machine, flags), (
+            "AMX off: torch's bf16 matmuls in the same process undo the tile config ggml loads "
+            "once per thread (SIGILL); `--cmake-args --amx` gives AMX flags for llama.cpp alone"
+        )
     header = write_amx_header(cache)
     cxx = os.environ.get("CXX") or shutil.which("c++") or "c++"  # the compiler CMake will take
     if " " in str(header):
@@ -216,8 +227,10 @@ def main(argv: list[str]) -> int:
     if "LLAMACPP_CMAKE_ARGS" in os.environ:
         args, amx_line = os.environ["LLAMACPP_CMAKE_ARGS"], "CMAKE_ARGS from LLAMACPP_CMAKE_ARGS"
     else:
-        args, amx_line = this_machine_cmake_args(cache)
-    if argv[1:] == ["--cmake-args"]:
+        args, amx_line = this_machine_cmake_args(cache, amx="--amx" in argv[1:])
+    if "--amx" in argv[1:] and "--cmake-args" not in argv[1:]:
+        raise SystemExit("--amx only prints flags (with --cmake-args): wattsmith's own venv runs torch too")
+    if "--cmake-args" in argv[1:]:
         if amx_line:
             print(amx_line, file=sys.stderr)
         print(args)

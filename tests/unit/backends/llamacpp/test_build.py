@@ -1,6 +1,7 @@
-"""The llama.cpp build flags `make install` compiles with: this CPU's extensions by name, and AMX
-only where a probe shows it computes (under GCC 12 ggml's AMX tile config is compiled away unless
-the build force-includes our `ldtilecfg`, and the AMX matmul dies with SIGILL)."""
+"""The llama.cpp build flags: this CPU's extensions by name, never AMX in the wheel `make install`
+builds (torch's bf16 matmuls in the same process undo ggml's once-per-thread tile config: SIGILL),
+and AMX flags on request for llama.cpp alone, only where a probe computes (under GCC 12 ggml's tile
+config is compiled away unless the build force-includes our `ldtilecfg`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from optimizer.backends.llamacpp.build import (
     cmake_args,
     cpu_flags,
     pinned_requirement,
+    this_machine_cmake_args,
     wheel_dir,
     write_amx_header,
 )
@@ -134,3 +136,17 @@ HAS_AMX = ON_X86 and CPUINFO.exists() and all(f in cpu_flags(CPUINFO.read_text()
 @pytest.mark.skipif(not (CXX and HAS_AMX), reason="needs a CPU with AMX and a C++ compiler")
 def test_amx_computes_here_with_the_header(tmp_path: Path) -> None:
     assert amx_probe(str(CXX), write_amx_header(tmp_path)) is None
+
+
+def test_make_install_never_builds_amx_in(tmp_path: Path) -> None:
+    """wattsmith's venv runs torch and llama.cpp in one process: whatever this machine is, the
+    default flags have no AMX and force-include nothing."""
+    args, _ = this_machine_cmake_args(tmp_path)
+    assert "GGML_AMX_INT8=ON" not in args and "-include" not in args
+    assert not (tmp_path / "llamacpp-build").exists()  # no probe ran
+
+
+@pytest.mark.skipif(not (CXX and HAS_AMX), reason="needs a CPU with AMX and a C++ compiler")
+def test_amx_flags_on_request_where_the_probe_computes(tmp_path: Path) -> None:
+    args, line = this_machine_cmake_args(tmp_path, amx=True)
+    assert line.startswith("AMX on:") and "GGML_AMX_INT8=ON" in args and "-include" in args
