@@ -7,13 +7,14 @@ this project's Intel VMs (Sapphire Rapids flags), where ggml's AMX matmul died w
 
 1. GCC 12's `_tile_loadconfig` names an 8-byte memory operand (`*(const void **)config`), so the
    compiler drops ggml's stores of the tile rows and columns as dead, `ldtilecfg` loads a config
-   with no tiles, and the first tile instruction is undefined. Force-including
-   `amx_tile_config.h` (an `ldtilecfg` naming all 64 bytes) fixes that: llama.cpp alone then
-   processes prompts 2.2x and a batch of 16 requests 2.8x faster (evals/results/2026-12-06-cpu-llamacpp-amx/).
+   with no tiles, and the first tile instruction is undefined. Force-including the header below
+   (an `ldtilecfg` naming all 64 bytes) fixes that: llama.cpp alone then processes prompts 2.2x
+   and a batch of 16 requests 2.8x faster (evals/results/2026-12-06-cpu-llamacpp-amx/).
 2. ggml loads its tile config once per thread (a thread_local flag). torch's bf16 matmuls (oneDNN's
    AMX kernels) run on the same threads (one libgomp for both, and the caller's thread) and leave
-   the tiles without ggml's config, so the next llama.cpp matmul on such a thread is SIGILL again. wattsmith runs torch and llama.cpp candidates
-   in one process (finalists are re-measured side by side), so its own venv cannot have AMX.
+   the tiles without ggml's config, so the next llama.cpp matmul on such a thread is SIGILL again.
+   wattsmith runs torch and llama.cpp candidates in one process (finalists are re-measured side by
+   side), so its own venv cannot have AMX.
 
 `--cmake-args --amx` prints AMX flags for a llama.cpp-only deployment (no torch bf16 in the
 process), after a probe: it compiles a tile config the way ggml writes it, with that header, and
@@ -223,13 +224,13 @@ def wheel_dir(requirement: str, args: str, cache: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    if "--amx" in argv[1:] and "--cmake-args" not in argv[1:]:
+        raise SystemExit("--amx only prints flags (with --cmake-args): wattsmith's own venv runs torch too")
     cache = Path(os.environ.get("WATTSMITH_CACHE") or Path.home() / ".cache" / "wattsmith")
     if "LLAMACPP_CMAKE_ARGS" in os.environ:
         args, amx_line = os.environ["LLAMACPP_CMAKE_ARGS"], "CMAKE_ARGS from LLAMACPP_CMAKE_ARGS"
     else:
         args, amx_line = this_machine_cmake_args(cache, amx="--amx" in argv[1:])
-    if "--amx" in argv[1:] and "--cmake-args" not in argv[1:]:
-        raise SystemExit("--amx only prints flags (with --cmake-args): wattsmith's own venv runs torch too")
     if "--cmake-args" in argv[1:]:
         if amx_line:
             print(amx_line, file=sys.stderr)
