@@ -125,6 +125,11 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return set(match.group(1).split()) if match else set()
 
 
+def has_ggml_amx(flags: set[str]) -> bool:
+    """The CPU has what ggml's AMX kernels are compiled with."""
+    return all(f in flags for f in AMX_NEEDS)
+
+
 def cmake_args(machine: str, flags: set[str], amx_header: Path | None = None) -> str:
     """CMAKE_ARGS for llama.cpp on this CPU: on x86-64 each extension it has, and AMX where the CPU
     has what ggml's AMX kernels need and `amx_header` is given (the tile-config header the probe
@@ -134,7 +139,7 @@ def cmake_args(machine: str, flags: set[str], amx_header: Path | None = None) ->
     options = [
         f"-D{option}={'ON' if all(f in flags for f in needs) else 'OFF'}" for option, needs in X86_OPTIONS
     ]
-    amx = amx_header is not None and all(f in flags for f in AMX_NEEDS)
+    amx = amx_header is not None and has_ggml_amx(flags)
     amx_options = {"GGML_AMX_TILE": amx, "GGML_AMX_INT8": amx, "GGML_AMX_BF16": amx and "amx_bf16" in flags}
     args = [
         "-DGGML_NATIVE=OFF",
@@ -192,10 +197,11 @@ def this_machine_cmake_args(cache: Path, amx: bool = False) -> tuple[str, str]:
     except OSError:
         cpuinfo = ""
     machine, flags = platform.machine(), cpu_flags(cpuinfo)
-    if not (cmake_args(machine, flags) and all(f in flags for f in AMX_NEEDS)):
-        return cmake_args(machine, flags), ""
+    plain = cmake_args(machine, flags)
+    if not (plain and has_ggml_amx(flags)):
+        return plain, ""
     if not amx:
-        return cmake_args(machine, flags), (
+        return plain, (
             "AMX off: torch's bf16 matmuls in the same process undo the tile config ggml loads "
             "once per thread (SIGILL); `--cmake-args --amx` gives AMX flags for llama.cpp alone"
         )
@@ -206,7 +212,7 @@ def this_machine_cmake_args(cache: Path, amx: bool = False) -> tuple[str, str]:
     else:
         reason = amx_probe(cxx, header)
     if reason:
-        return cmake_args(machine, flags), f"AMX off: {reason}"
+        return plain, f"AMX off: {reason}"
     return cmake_args(machine, flags, header), f"AMX on: {cxx} with {header.name} ran an int8 tile product"
 
 
