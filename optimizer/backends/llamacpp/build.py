@@ -1,34 +1,35 @@
-"""Compile llama-cpp-python for this CPU into a wheel cache keyed by its flags; AMX only on request.
+"""Compile llama-cpp-python for this CPU into a wheel cache keyed by its flags, with ggml's AMX
+matmul where the CPU has it and a probe says it computes.
 
 PyPI has only llama-cpp-python's source, and llama.cpp's default build (`-march=native`) compiles
 in every extension the CPU reports. So the build names the CPU's vector extensions one by one
-(`GGML_NATIVE=OFF`). AMX stays off in the wheel `make install` builds, for two reasons found on
-this project's Intel VMs (Sapphire Rapids flags), where ggml's AMX matmul died with SIGILL:
+(`GGML_NATIVE=OFF`). ggml's AMX matmul died with SIGILL on this project's Intel VMs (Sapphire
+Rapids flags) for two reasons, and the AMX build fixes both
+(evals/results/2026-12-06-cpu-llamacpp-amx/):
 
 1. GCC 12's `_tile_loadconfig` names an 8-byte memory operand (`*(const void **)config`), so the
    compiler drops ggml's stores of the tile rows and columns as dead, `ldtilecfg` loads a config
-   with no tiles, and the first tile instruction is undefined. Force-including the header below
-   (an `ldtilecfg` naming all 64 bytes) fixes that: llama.cpp alone then processes prompts 2.2x
-   and a batch of 16 requests 2.8x faster (evals/results/2026-12-06-cpu-llamacpp-amx/).
+   with no tiles, and the first tile instruction is undefined. A force-included header (an
+   `ldtilecfg` naming all 64 bytes) fixes that; a probe compiles a tile config the way ggml writes
+   it, with that header, and runs an int8 tile product: AMX only when it exits cleanly with the
+   right answer.
 2. ggml loads its tile config once per thread (a thread_local flag). torch's bf16 matmuls (oneDNN's
    AMX kernels) run on the same threads (one libgomp for both, and the caller's thread) and leave
-   the tiles without ggml's config, so the next llama.cpp matmul on such a thread is SIGILL again.
-   wattsmith runs torch and llama.cpp candidates in one process (finalists are re-measured side by
-   side), so its own venv cannot have AMX.
+   the tiles without ggml's config, so the next llama.cpp matmul on such a thread is SIGILL again;
+   wattsmith runs torch and llama.cpp candidates in one process. The AMX wheel is built from the
+   sdist with that flag made local (GGML_TILE_CONFIG_PATCH): one `ldtilecfg` per matmul and thread.
 
-`--cmake-args --amx` prints AMX flags for a llama.cpp-only deployment (no torch bf16 in the
-process), after a probe: it compiles a tile config the way ggml writes it, with that header, and
-runs an int8 tile product; the flags carry AMX only when it exits cleanly with the right answer.
+With both, llama.cpp processes prompts 2.2x and a batch of 16 requests 2.8x faster on those VMs.
+`LLAMACPP_AMX=0` builds without AMX.
 
 pip's own wheel cache is keyed by the source's URL, not by CMAKE_ARGS, so a wheel it cached from an
 earlier build would bring that build's flags back: the wheel is built without pip's cache into
-`<cache>/wheels/<key of version and flags>/` and installed from there.
+`<cache>/wheels/<key of version, flags and patch>/` and installed from there.
 
 Standard library only: `make install` runs this file before wattsmith is installed.
 
-    python optimizer/backends/llamacpp/build.py                    # build (once per flags), install
-    python optimizer/backends/llamacpp/build.py --cmake-args       # the flags it builds with
-    python optimizer/backends/llamacpp/build.py --cmake-args --amx # with AMX, for llama.cpp alone
+    python optimizer/backends/llamacpp/build.py               # build (once per flags), install
+    python optimizer/backends/llamacpp/build.py --cmake-args  # the flags it builds with
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 # llama.cpp's CMake option for each x86 extension, by its /proc/cpuinfo flag (AVX512 needs all five
@@ -119,6 +122,35 @@ int main() {
 """
 
 
+@dataclass(frozen=True)
+class SourcePatch:
+    """One edit to the sdist: `old` must occur exactly once in `path`, or the build stops."""
+
+    path: str
+    old: str
+    new: str
+
+    def apply(self, root: Path, requirement: str) -> None:
+        file = root / self.path
+        text = file.read_text() if file.exists() else ""
+        if text.count(self.old) != 1:
+            raise SystemExit(
+                f"{requirement}: {self.path} does not have {self.old!r} exactly once, so the AMX "
+                "patch (build.py's GGML_TILE_CONFIG_PATCH) does not fit this version: update it, "
+                "or build without AMX (LLAMACPP_AMX=0 make install)"
+            )
+        file.write_text(text.replace(self.old, self.new))
+
+
+# ggml_tile_config_init returns early once a thread has loaded the config; made a plain local, the
+# flag never skips the load, so every AMX matmul loads ggml's config on each of its threads.
+GGML_TILE_CONFIG_PATCH = SourcePatch(
+    path="vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp",
+    old="    static thread_local bool done = false;\n",
+    new="    bool done = false;  // wattsmith: load every time; torch's oneDNN AMX replaces it on the thread\n",
+)
+
+
 def cpu_flags(cpuinfo: str) -> set[str]:
     """The first processor's feature flags in /proc/cpuinfo's text."""
     match = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
@@ -189,9 +221,9 @@ def amx_probe(cxx: str, header: Path) -> str | None:
     return None
 
 
-def this_machine_cmake_args(cache: Path, amx: bool = False) -> tuple[str, str]:
-    """This machine's CMAKE_ARGS, and a line on AMX ('' where the CPU has none). AMX only with
-    `amx` (a llama.cpp-only deployment) and a probe that computes."""
+def this_machine_cmake_args(cache: Path, amx: bool = True) -> tuple[str, str]:
+    """This machine's CMAKE_ARGS, and a line on AMX ('' where the CPU has none). AMX unless `amx`
+    is False, and only where the probe computes."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -201,10 +233,7 @@ def this_machine_cmake_args(cache: Path, amx: bool = False) -> tuple[str, str]:
     if not (plain and has_ggml_amx(flags)):
         return plain, ""
     if not amx:
-        return plain, (
-            "AMX off: torch's bf16 matmuls in the same process undo the tile config ggml loads "
-            "once per thread (SIGILL); `--cmake-args --amx` gives AMX flags for llama.cpp alone"
-        )
+        return plain, "AMX off: LLAMACPP_AMX=0"
     header = write_amx_header(cache)
     cxx = os.environ.get("CXX") or shutil.which("c++") or "c++"  # the compiler CMake will take
     if " " in str(header):
@@ -224,19 +253,35 @@ def pinned_requirement(pyproject: Path = PYPROJECT) -> str:
     return match.group(1)
 
 
-def wheel_dir(requirement: str, args: str, cache: Path) -> Path:
-    key = hashlib.sha256(f"{requirement}\n{args}".encode()).hexdigest()[:16]
-    return cache / "wheels" / f"llama-cpp-python-{key}"
+def source_patch(args: str) -> SourcePatch | None:
+    """The patch a build with these flags needs: ggml's AMX kernels are in it (named, or by
+    llama.cpp's native default on a CPU with AMX)."""
+    return GGML_TILE_CONFIG_PATCH if "GGML_AMX_INT8=ON" in args or "GGML_NATIVE=OFF" not in args else None
+
+
+def wheel_dir(requirement: str, args: str, cache: Path, patch: SourcePatch | None = None) -> Path:
+    key_text = f"{requirement}\n{args}" + (f"\n{patch}" if patch else "")  # unpatched: the old keys
+    return cache / "wheels" / f"llama-cpp-python-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}"
+
+
+def patched_sdist(requirement: str, patch: SourcePatch, into: Path) -> Path:
+    """`requirement`'s sdist from the package index, unpacked under `into`, `patch` applied."""
+    pip_download = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
+    subprocess.run([*pip_download, "-d", str(into), requirement], check=True)
+    (sdist,) = into.glob("*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        archive.extractall(into / "source", filter="data")
+    (root,) = (into / "source").iterdir()
+    patch.apply(root, requirement)
+    return root
 
 
 def main(argv: list[str]) -> int:
-    if "--amx" in argv[1:] and "--cmake-args" not in argv[1:]:
-        raise SystemExit("--amx only prints flags (with --cmake-args): wattsmith's own venv runs torch too")
     cache = Path(os.environ.get("WATTSMITH_CACHE") or Path.home() / ".cache" / "wattsmith")
     if "LLAMACPP_CMAKE_ARGS" in os.environ:
         args, amx_line = os.environ["LLAMACPP_CMAKE_ARGS"], "CMAKE_ARGS from LLAMACPP_CMAKE_ARGS"
     else:
-        args, amx_line = this_machine_cmake_args(cache, amx="--amx" in argv[1:])
+        args, amx_line = this_machine_cmake_args(cache, amx=os.environ.get("LLAMACPP_AMX", "1") != "0")
     if "--cmake-args" in argv[1:]:
         if amx_line:
             print(amx_line, file=sys.stderr)
@@ -244,18 +289,17 @@ def main(argv: list[str]) -> int:
         return 0
     if amx_line:
         print(f"llama.cpp build: {amx_line}", flush=True)
-    requirement = pinned_requirement()
-    wheels = wheel_dir(requirement, args, cache)
+    requirement, patch = pinned_requirement(), source_patch(args)
+    wheels = wheel_dir(requirement, args, cache, patch)
     if not list(wheels.glob("llama_cpp_python-*.whl")):
         print(f"compiling {requirement} (CMAKE_ARGS={args or 'none'}) into {wheels}", flush=True)
         building = wheels.with_name(wheels.name + ".partial")
-        pip = [sys.executable, "-m", "pip"]
-        env = os.environ | {"CMAKE_ARGS": args}
-        subprocess.run(
-            [*pip, "wheel", "-q", "--no-deps", "--no-cache-dir", "-w", str(building), requirement],
-            env=env,
-            check=True,
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            source = str(patched_sdist(requirement, patch, Path(tmp))) if patch else requirement
+            pip_wheel = ["wheel", "-q", "--no-deps", "--no-cache-dir", "-w", str(building), source]
+            subprocess.run(
+                [sys.executable, "-m", "pip", *pip_wheel], env=os.environ | {"CMAKE_ARGS": args}, check=True
+            )
         building.rename(wheels)
     wheel = next(wheels.glob("llama_cpp_python-*.whl"))
     subprocess.run(

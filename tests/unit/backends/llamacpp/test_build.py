@@ -1,7 +1,7 @@
-"""The llama.cpp build flags: this CPU's extensions by name, never AMX in the wheel `make install`
-builds (torch's bf16 matmuls in the same process undo ggml's once-per-thread tile config: SIGILL),
-and AMX flags on request for llama.cpp alone, only where a probe computes (under GCC 12 ggml's tile
-config is compiled away unless the build force-includes our `ldtilecfg`)."""
+"""The llama.cpp build: this CPU's extensions by name, and AMX only where a probe computes (under
+GCC 12 ggml's tile config is compiled away unless the build force-includes our `ldtilecfg`), from
+an sdist patched so that ggml loads its tile config on every matmul (torch's bf16 matmuls in the
+same process replace it: SIGILL)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 
 from optimizer.backends.llamacpp.build import (
+    GGML_TILE_CONFIG_PATCH,
+    SourcePatch,
     amx_probe,
     cmake_args,
     cpu_flags,
     has_ggml_amx,
     pinned_requirement,
+    source_patch,
     this_machine_cmake_args,
     wheel_dir,
     write_amx_header,
@@ -78,6 +81,39 @@ def test_the_wheel_cache_is_keyed_by_version_and_flags(tmp_path: Path) -> None:
     assert one == wheel_dir(pin, "-DGGML_NATIVE=OFF", tmp_path)
     assert one != wheel_dir(pin, "", tmp_path) and one.parent == tmp_path / "wheels"
     assert one != wheel_dir("llama-cpp-python==0.0.1", "-DGGML_NATIVE=OFF", tmp_path)
+    patched = wheel_dir(pin, "-DGGML_NATIVE=OFF", tmp_path, GGML_TILE_CONFIG_PATCH)
+    other_patch = SourcePatch(GGML_TILE_CONFIG_PATCH.path, GGML_TILE_CONFIG_PATCH.old, "")
+    assert len({one, patched, wheel_dir(pin, "-DGGML_NATIVE=OFF", tmp_path, other_patch)}) == 3
+
+
+def test_only_builds_with_ggml_amx_kernels_are_patched() -> None:
+    spr = cpu_flags(SAPPHIRE_RAPIDS_VM)
+    assert source_patch(cmake_args("x86_64", spr, Path("/cache/h.h"))) is GGML_TILE_CONFIG_PATCH
+    assert source_patch(cmake_args("x86_64", spr)) is None  # LLAMACPP_AMX=0: PyPI's source as it is
+    assert source_patch(cmake_args("x86_64", cpu_flags(ZEN3))) is None
+    assert source_patch("") is GGML_TILE_CONFIG_PATCH  # llama.cpp's native default compiles AMX in
+
+
+def test_the_patch_applies_once_or_stops_the_build(tmp_path: Path) -> None:
+    mmq = tmp_path / GGML_TILE_CONFIG_PATCH.path
+    mmq.parent.mkdir(parents=True)
+    ggml = (
+        "inline void ggml_tile_config_init(void) {\n    static thread_local bool done = false;\n\n"
+        "    if (done) {\n        return;\n    }\n"
+    )
+    mmq.write_text(ggml)
+    GGML_TILE_CONFIG_PATCH.apply(tmp_path, "llama-cpp-python==0.3.36")
+    patched = mmq.read_text()
+    assert "thread_local" not in patched and "    bool done = false;  // wattsmith" in patched
+    with pytest.raises(
+        SystemExit, match=r"ggml-cpu/amx/mmq.cpp does not have .* exactly once.*LLAMACPP_AMX=0"
+    ):
+        GGML_TILE_CONFIG_PATCH.apply(tmp_path, "llama-cpp-python==0.3.36")  # already patched: no match
+    mmq.write_text(ggml + ggml)
+    with pytest.raises(SystemExit, match="exactly once"):
+        GGML_TILE_CONFIG_PATCH.apply(tmp_path, "llama-cpp-python==0.3.36")
+    with pytest.raises(SystemExit, match="exactly once"):
+        GGML_TILE_CONFIG_PATCH.apply(tmp_path / "absent", "llama-cpp-python==0.3.36")
 
 
 def fake_compiler(tmp_path: Path, program: str) -> str:
@@ -133,16 +169,15 @@ CPUINFO = Path("/proc/cpuinfo")
 HAS_AMX = ON_X86 and CPUINFO.exists() and has_ggml_amx(cpu_flags(CPUINFO.read_text()))
 
 
-def test_make_install_never_builds_amx_in(tmp_path: Path) -> None:
-    """wattsmith's venv runs torch and llama.cpp in one process: whatever this machine is, the
-    default flags have no AMX and force-include nothing."""
-    args, _ = this_machine_cmake_args(tmp_path)
+def test_llamacpp_amx_0_builds_without_amx_and_probes_nothing(tmp_path: Path) -> None:
+    args, line = this_machine_cmake_args(tmp_path, amx=False)
     assert "GGML_AMX_INT8=ON" not in args and "-include" not in args
     assert not (tmp_path / "llamacpp-build").exists()  # no probe ran
+    assert line in ("", "AMX off: LLAMACPP_AMX=0")  # '' on a CPU without AMX
 
 
 @pytest.mark.skipif(not (CXX and HAS_AMX), reason="needs a CPU with AMX and a C++ compiler")
-def test_amx_flags_on_request_where_the_probe_computes(tmp_path: Path) -> None:
+def test_amx_flags_by_default_where_the_probe_computes(tmp_path: Path) -> None:
     assert amx_probe(str(CXX), write_amx_header(tmp_path)) is None  # AMX computes here with the header
-    args, line = this_machine_cmake_args(tmp_path, amx=True)
+    args, line = this_machine_cmake_args(tmp_path)
     assert line.startswith("AMX on:") and "GGML_AMX_INT8=ON" in args and "-include" in args
