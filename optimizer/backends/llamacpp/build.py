@@ -254,8 +254,8 @@ def pinned_requirement(pyproject: Path = PYPROJECT) -> str:
 
 
 def source_patch(args: str) -> SourcePatch | None:
-    """The patch a build with these flags needs: ggml's AMX kernels are in it (named, or by
-    llama.cpp's native default on a CPU with AMX)."""
+    """The patch a build with these flags needs: one that names ggml's AMX kernels, or llama.cpp's
+    native default (which compiles them in wherever the CPU has AMX; patched on any CPU)."""
     return GGML_TILE_CONFIG_PATCH if "GGML_AMX_INT8=ON" in args or "GGML_NATIVE=OFF" not in args else None
 
 

