@@ -27,7 +27,7 @@ from optimizer.search.launchers import launch_search
 from optimizer.search.plan import SearchPlan, plan_search, prepare_run_measurement
 from optimizer.search.roofline import Roofline, rates_for
 from optimizer.search.runner import collect_outcome, run_search
-from optimizer.select import Selection, pareto_front, select_best
+from optimizer.select import Selection, pareto_front, select_best, with_selected
 from optimizer.store import TrialStore, open_database
 from optimizer.target import TargetSpec
 
@@ -108,7 +108,6 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
             plan.candidates, plan.pruned, plan.baseline, store, cfg.quality, roofline, launched.reports
         )
     best = select_best(outcome.selectable)
-    front = pareto_front(outcome.selectable)
     selection: Selection | None = None
     remeasured: list[CandidateResult] = []
     if best is not None and cfg.launcher.kind == "local":  # finalists are measured on this host
@@ -120,6 +119,7 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
             log.info("%s: %s", "selected" if selection.feasible else "nothing selected", selection.reason)
             if not selection.feasible:  # the search's feasible runs were luck at the SLO's edge
                 best = None
+    front = pareto_front(with_selected(outcome.selectable, best))
     recipe_path = None
     infeasible = None
     if best is not None:

@@ -206,6 +206,7 @@ def _selection_evidence(selection: Selection) -> dict[str, Any]:
                 "windows": len(f.samples),
                 "latency_headroom": None if f.headroom is None else round(f.headroom, 3),
                 "feasible": f.feasible,
+                "near_miss": f.near_miss,
             }
             for f in selection.finalists
         ],

@@ -27,6 +27,18 @@ def select_best(results: Sequence[CandidateResult]) -> CandidateResult | None:
     )
 
 
+def with_selected(
+    results: Sequence[CandidateResult], selected: CandidateResult | None
+) -> list[CandidateResult]:
+    """`results` with the selected candidate's search row replaced by its re-measurement where that
+    row missed the SLO (a near miss that won as a finalist): the search's figures would otherwise
+    call the selected candidate infeasible in the per-backend table and leave it off the front."""
+    if selected is None or not selected.feasible:
+        return list(results)
+    key = selected.candidate.key()
+    return [selected if r.candidate.key() == key and not r.feasible else r for r in results]
+
+
 def pareto_front(results: Sequence[CandidateResult]) -> list[CandidateResult]:
     """Measured, SLO-meeting candidates not dominated in (goodput tokens/J up, mean KL down).
 
@@ -71,7 +83,8 @@ def t95(df: int) -> float:
 @dataclass(frozen=True)
 class Finalist:
     """One finalist's re-measured figures. `headroom`: the least of 1 - p/SLO over the latency
-    targets (None without any); `feasible`: every re-measurement met the SLO."""
+    targets (None without any); `feasible`: every re-measurement met the SLO; `near_miss`: the
+    search's run missed the SLO, by at most search.near_miss (see `near_misses`)."""
 
     label: str
     key: str
@@ -81,6 +94,7 @@ class Finalist:
     high: float
     headroom: float | None
     feasible: bool
+    near_miss: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,26 @@ def latency_headroom(result: CandidateResult, slo: SloConfig) -> float | None:
     return min(margins) if margins else None
 
 
+def near_misses(
+    results: Sequence[CandidateResult], slo: SloConfig, near_miss: float | None
+) -> list[CandidateResult]:
+    """Measured candidates (so inside the quality bound) whose only fault is a latency percentile
+    at most `near_miss` over its target, with more goodput tokens/J than every feasible one: one
+    run's percentile over a few dozen requests is too noisy to rule them out unmeasured again."""
+    if near_miss is None:
+        return []
+    best_feasible = max((r.objective for r in feasible(results)), default=0.0)
+    return [
+        r
+        for r in results
+        if r.status == MEASURED
+        and not r.feasible
+        and r.objective > best_feasible
+        and (headroom := latency_headroom(r, slo)) is not None
+        and headroom >= -near_miss
+    ]
+
+
 def _next_above(values: dict[str, float], q: float) -> float:
     """The summary's value at the smallest percentile above q (p99 for p95): never optimistic."""
     above = sorted((float(k[1:]), v) for k, v in values.items() if float(k[1:]) >= q)
@@ -155,6 +189,7 @@ def select_finalist(
                 high=high,
                 headroom=min(headrooms) if headrooms else None,
                 feasible=bool(samples) and all(r.feasible for r in runs[key]),
+                near_miss=not first.feasible,
             )
         )
     ranked = sorted(finalists, key=lambda f: (f.feasible, f.mean), reverse=True)
@@ -188,6 +223,8 @@ def select_finalist(
         ranked.remove(roomiest)
         ranked.insert(0, roomiest)
         winner = roomiest
+    if winner.feasible and winner.near_miss:
+        reason += "; it missed the SLO in the search's run and met it in every re-measurement"
     if _at_edge(winner, margin):
         reason += f"; its latency is within {margin:.0%} of the SLO"
     return Selection(finalists=ranked, winner=winner.key, distinguishable=distinguishable, reason=reason)

@@ -60,6 +60,10 @@ class SearchConfig:
     # in `finalist_rounds` interleaved rounds and selected on those figures with an interval (0 or
     # 1: the search's best as measured); among those tied on energy (a mean inside the winner's
     # interval), the most latency headroom wins. A winner whose latency is within `slo_margin` of the SLO is flagged at its edge.
+    # A candidate that missed the SLO in the search by at most `near_miss` (its latency percentile
+    # up to 1 + near_miss times the target) with more goodput tokens/J than the best feasible one
+    # is a finalist too: a percentile over a few dozen requests moves by more than that from run
+    # to run, and one run's miss would otherwise decide against it (null: feasible ones only).
     # Stop once this many candidates in a row were measured without beating the best so far
     # (null: search until the budget or the space runs out). With best-bound-first order the
     # candidates that can still win come first, so a run of losers means the rest lose too.
@@ -70,6 +74,7 @@ class SearchConfig:
     finalists: int = 3
     finalist_rounds: int = 2
     slo_margin: float = 0.1
+    near_miss: float | None = 0.25
     optuna: OptunaConfig = field(default_factory=OptunaConfig)
 
     def __post_init__(self) -> None:
@@ -92,6 +97,8 @@ class SearchConfig:
         )
         require(self.finalist_rounds >= 1, "search.finalist_rounds", "must be >= 1", "e.g. 2")
         require(0 <= self.slo_margin < 1, "search.slo_margin", "must be in [0, 1)", "e.g. 0.1")
+        if self.near_miss is not None:
+            require(self.near_miss >= 0, "search.near_miss", "must be >= 0", "e.g. 0.25, or null")
         require(self.lease_seconds >= 10, "search.lease_seconds", "must be >= 10", "e.g. 120")
         require(
             self.roofline_headroom >= 1,

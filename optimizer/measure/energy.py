@@ -27,6 +27,11 @@ from optimizer.target import TargetSpec
 log = logging.getLogger(__name__)
 
 POWERCAP = Path("/sys/class/powercap")
+PROC_STAT = Path("/proc/stat")
+# A CPU window in which the hypervisor ran something else for this share of the VM's CPU time is
+# flagged: the candidate ran slowed, so its latency and energy figures are not this machine's own.
+# (Quiet windows on the project's 2-vCPU VMs: 0-3%.)
+STEAL_FLAG = 0.05
 NVML_UPDATE_SECONDS = 0.1  # the counter advances about every 100 ms
 NVML_MIN_PERIODS = 20  # windows shorter than 20 counter periods are flagged
 
@@ -98,11 +103,12 @@ class EstimateMeter:
     @contextmanager
     def window(self) -> Iterator[Measurement]:
         measurement = Measurement(source=self.source, idle_watts=self.idle_watts)
-        cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+        cpu0, wall0, steal0 = _cpu_seconds(), time.perf_counter(), cpu_steal()
         yield measurement
         cpu, wall = _cpu_seconds() - cpu0, time.perf_counter() - wall0
         measurement.seconds = wall
         measurement.joules = cpu * self.active_watts_per_core + wall * self.static_watts
+        _flag_steal(measurement, steal0, cpu_steal())
 
 
 def estimate_coefficients(target: TargetSpec | TargetConfig) -> dict[str, float]:
@@ -129,6 +135,34 @@ def process_cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime: fields 14 and 15
+
+
+def cpu_steal() -> tuple[int, int] | None:
+    """(steal, all) jiffies of every CPU since boot, from /proc/stat's first line; None where it
+    cannot be read or has no steal column (not Linux, or a kernel before 2.6.11)."""
+    try:
+        first = PROC_STAT.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if len(first) < 9 or first[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    jiffies = [int(v) for v in first[1:9]]
+    return jiffies[7], sum(jiffies)
+
+
+def _flag_steal(
+    measurement: Measurement, before: tuple[int, int] | None, after: tuple[int, int] | None
+) -> None:
+    """Warn on a window in which the hypervisor took at least STEAL_FLAG of the VM's CPU time."""
+    if before is None or after is None or after[1] <= before[1]:
+        return
+    share = (after[0] - before[0]) / (after[1] - before[1])
+    if share >= STEAL_FLAG:
+        measurement.warnings.append(
+            f"the hypervisor took {share:.0%} of this VM's CPU time during the window (steal, /proc/stat): "
+            "the candidate ran slowed"
+        )
 
 
 class RaplMeter:
@@ -163,12 +197,13 @@ class RaplMeter:
     @contextmanager
     def window(self) -> Iterator[Measurement]:
         measurement = Measurement(source=self.source, idle_watts=self.idle_watts)
-        start, wall0 = self._read(), time.perf_counter()
+        start, wall0, steal0 = self._read(), time.perf_counter(), cpu_steal()
         yield measurement
         end, wall = self._read(), time.perf_counter() - wall0
         micro = sum((e - s) % r for s, e, r in zip(start, end, self.ranges, strict=True))  # counters wrap
         measurement.seconds = wall
         measurement.joules = micro / 1e6
+        _flag_steal(measurement, steal0, cpu_steal())
 
 
 class NvmlMeter:

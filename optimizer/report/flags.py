@@ -1,9 +1,10 @@
 """The report's measurement flags: what each candidate's energy windows warned about.
 
 A window records its meter's warnings (an NVML window shorter than 20 counter periods, a serving
-queue that kept growing), the polled-power integral beside the NVML counter, and the GPU's
-temperature and SM clock at its end. Here they are shown per candidate, with the checks that
-need the figures: counter vs polled power, heat and clock changes between windows.
+queue that kept growing, a CPU window in which a VM's hypervisor took CPU time: steal), the
+polled-power integral beside the NVML counter, and the GPU's temperature and SM clock at its end.
+Here they are shown per candidate, with the checks that need the figures: counter vs polled
+power, heat and clock changes between windows.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def flags_section(results: Sequence[CandidateResult]) -> list[str]:
     return [
         *lines,
         "What the energy windows flagged (short NVML windows, counter vs polled power, heat, clock "
-        "changes, a growing queue); GPU temperature and SM clock are read at each window's end.",
+        "changes, a growing queue, CPU time a VM's hypervisor took); GPU temperature and SM clock "
+        "are read at each window's end.",
         "",
         "| candidate | windows | GPU temperature | SM clock | flags |",
         "|---|---|---|---|---|",

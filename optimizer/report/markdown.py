@@ -14,13 +14,13 @@ from optimizer.files import write_atomically
 from optimizer.measure.quality import QualityResult
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import Spread
-from optimizer.report.backend_table import backends_section
+from optimizer.report.backend_table import backends_section, remeasured_label
 from optimizer.report.flags import flags_section
 from optimizer.report.plots import plot_pareto
 from optimizer.report.selection import selection_section
 from optimizer.report.serving import serving_section, workload_line
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
-from optimizer.select import Selection
+from optimizer.select import Selection, with_selected
 from optimizer.space import Candidate, layout_record
 from optimizer.version import tool_version
 
@@ -116,13 +116,14 @@ def write_report(
         lines += [f"- selected layout: {', '.join(f'{k} {v}' for k, v in layout.items())}", ""]
     lines += selection_section(selection, estimate_mark(source))
     lines += _search_section(outcome, excluded, cfg)
-    lines += backends_section(outcome.selectable, excluded, outcome.baseline, estimate_mark(source))
+    shown = with_selected(outcome.selectable, best)
+    lines += backends_section(shown, excluded, outcome.baseline, estimate_mark(source))
     mark = estimate_mark(source)
     lines += serving_section(outcome.results, output_dir, mark)
     lines += ["## Energy-quality trade-off", "", "![Pareto plot](pareto.png)", ""]
     if front:
         lines += [f"{mark}Pareto front (goodput tokens/J up, KL down):", ""]
-        lines += [f"- {r.candidate.label()}: {r.objective:.3f} tok/J, KL {_kl(r)}" for r in front]
+        lines += [f"- {remeasured_label(r)}: {r.objective:.3f} tok/J, KL {_kl(r)}" for r in front]
         lines.append("")
     lines += _candidates_table(outcome.results, mark)
     lines += flags_section(outcome.results)

@@ -16,7 +16,8 @@ def selection_section(selection: Selection | None, estimate_mark: str) -> list[s
         "",
         f"{estimate_mark}The search's best feasible candidates, re-measured side by side in interleaved "
         "rounds; the winner is chosen on these figures, not on the search's (the best of noisy means "
-        "runs high).",
+        "runs high). A *near miss* missed the latency SLO in the search by at most search.near_miss "
+        "with more goodput: it can win only by meeting the SLO in every re-measurement.",
         "",
         "| finalist | goodput tok/J | 95% interval | windows | latency headroom | feasible |",
         "|---|---|---|---|---|---|",
@@ -25,7 +26,7 @@ def selection_section(selection: Selection | None, estimate_mark: str) -> list[s
         span = f"{f.low:.3f} – {f.high:.3f}" if math.isfinite(f.low) and math.isfinite(f.high) else "n/a"
         headroom = "-" if f.headroom is None else f"{f.headroom:.0%}"
         lines.append(
-            f"| {f.label} | {f.mean:.3f} | {span} | {len(f.samples)} | {headroom} | {'yes' if f.feasible else 'no'} |"
+            f"| {f.label}{' (near miss)' if f.near_miss else ''} | {f.mean:.3f} | {span} | {len(f.samples)} | {headroom} | {'yes' if f.feasible else 'no'} |"
         )
     verdict = "distinguishable from" if selection.distinguishable else "**not distinguishable** from"
     lines += ["", f"The winner is {verdict} the runner-up: {selection.reason}.", ""]

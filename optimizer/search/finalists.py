@@ -3,7 +3,9 @@
 The search keeps the maximum of noisy means, so the figure it keeps for its winner is biased upward
 (the winner's curse; CPU windows vary by ~14% here) and a winner can sit at the SLO's edge. The top
 `search.finalists` feasible candidates are measured again in `search.finalist_rounds` interleaved
-rounds (A B C, C B A, ...), and selection uses only those figures: the mean goodput tokens/J and a
+rounds (A B C, C B A, ...), and with them any near miss (a latency percentile at most
+`search.near_miss` over its target, with more goodput): the SLO's edge is as noisy on the other
+side. Selection uses only the re-measured figures: the mean goodput tokens/J and a
 95% interval of it per finalist. When the winner's interval overlaps the runner-up's, they are not
 distinguishable on energy; then, among the finalists whose mean lies inside the winner's interval,
 the one with the most latency headroom is chosen (a stream near an engine's capacity queues far
@@ -19,12 +21,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
-from optimizer.config import SearchConfig
+from optimizer.config import SearchConfig, SloConfig
 from optimizer.measure.workload import PerformanceResult
 from optimizer.results import FAILED, CandidateResult
 from optimizer.search.evaluate import Evaluator
 from optimizer.search.runner import DEATHS_BEFORE_FAILING, died_measuring, rough_duration
-from optimizer.select import Selection, feasible, select_finalist
+from optimizer.select import Selection, feasible, near_misses, select_finalist
 from optimizer.space import Candidate
 from optimizer.store import TrialStore, context_key, leases_kept
 
@@ -34,14 +36,14 @@ log = logging.getLogger(__name__)
 def remeasure(
     evaluator: Evaluator, results: Sequence[CandidateResult], search: SearchConfig
 ) -> tuple[list[CandidateResult], Selection] | None:
-    """Re-measure the best feasible candidates side by side and select among them. Returns every
-    re-measurement and the selection, or None when fewer than two candidates are feasible."""
-    pool = sorted(feasible(results), key=lambda r: r.objective, reverse=True)[: search.finalists]
+    """Re-measure the best candidates side by side and select among them. Returns every
+    re-measurement and the selection, or None without a feasible candidate and a second one."""
+    pool = finalist_pool(results, search, evaluator.workload_cfg.slo)
     if search.finalists < 2 or len(pool) < 2:
         return None
     log.info(
         "finalists: re-measuring %s in %d interleaved rounds (%s, as long as the search took them)",
-        ", ".join(r.candidate.label() for r in pool),
+        ", ".join(r.candidate.label() + ("" if r.feasible else " (near miss)") for r in pool),
         search.finalist_rounds,
         rough_duration(search.finalist_rounds * sum(r.seconds for r in pool)),
     )
@@ -61,6 +63,20 @@ def remeasure(
                 )
     remeasured = [r for rs in runs.values() for r in rs]
     return remeasured, select_finalist(pool, runs, evaluator.workload_cfg.slo, search.slo_margin)
+
+
+def finalist_pool(
+    results: Sequence[CandidateResult], search: SearchConfig, slo: SloConfig
+) -> list[CandidateResult]:
+    """The best `search.finalists` feasible candidates, best first, where near misses with more
+    goodput tokens/J (`near_misses`) take all places but one: the best feasible candidate always
+    stays, so a run whose near misses all miss again still selects what it found feasible."""
+    ranked = sorted(feasible(results), key=lambda r: r.objective, reverse=True)
+    if not ranked:
+        return []
+    near = sorted(near_misses(results, slo, search.near_miss), key=lambda r: r.objective, reverse=True)
+    near = near[: max(search.finalists - 1, 0)]
+    return [*near, *ranked[: search.finalists - len(near)]]
 
 
 def _round_store(store: TrialStore | None, pool: Sequence[CandidateResult], index: int) -> TrialStore | None:

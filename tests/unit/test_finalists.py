@@ -16,7 +16,7 @@ from optimizer.config import SearchConfig, SloConfig
 from optimizer.measure.latency import LatencySummary
 from optimizer.pipeline import unreliable_finalists
 from optimizer.results import FAILED, CandidateResult
-from optimizer.search.finalists import _round_store, remeasure
+from optimizer.search.finalists import _round_store, finalist_pool, remeasure
 from optimizer.select import interval, select_finalist, t95
 from optimizer.store import TrialStore
 from optimizer.store.leases import _host
@@ -261,3 +261,71 @@ def test_the_winners_evidence_is_every_round_it_was_selected_on() -> None:
     late = ("TPOT p90 300 ms > 250",)
     flaky = merged([measured(8, [10.0], violations=late), measured(8, [9.0])])
     assert flaky.performance is not None and flaky.performance.slo_violations == list(late)
+
+
+LATE = ("TPOT p90 270 ms > workload.slo.tpot_ms 250",)
+
+
+def test_a_near_miss_with_more_goodput_joins_the_finalists() -> None:
+    """The demo's case of 2026-12-06: llama.cpp at 9.48 goodput tok/J missed TTFT p90 by 19% in the
+    search, and the finalists were two torch-cb candidates at 7.1 and 6.9 tok/J: one noisy
+    percentile decided against the most efficient candidate unmeasured again."""
+    near = measured(16, [9.5], tpot_s=0.270, violations=LATE)  # 8% over the target
+    far = measured(32, [12.0], tpot_s=0.400, violations=("TPOT p90 400 ms > 250",))  # 60% over
+    below = measured(2, [5.0], tpot_s=0.260, violations=LATE)  # near, but less goodput than a feasible one
+    feasible_ones = [measured(b, [float(b)]) for b in (7, 6, 5)]
+    search = SearchConfig(finalists=3)
+    pool = finalist_pool([*feasible_ones, near, far, below], search, SLO)
+    assert [r.candidate.batch_size for r in pool] == [16, 7, 6]
+    assert (
+        finalist_pool([*feasible_ones, near], SearchConfig(finalists=3, near_miss=None), SLO) == feasible_ones
+    )
+    # the threshold is the overshoot: 8% over is outside near_miss=0.05
+    assert [
+        r.candidate.batch_size
+        for r in finalist_pool([*feasible_ones, near], SearchConfig(near_miss=0.05), SLO)
+    ] == [7, 6, 5]
+    # the best feasible candidate always keeps its place, and a near miss alone is no finalist
+    two_near = [near, measured(24, [11.0], tpot_s=0.270, violations=LATE)]
+    assert [
+        r.candidate.batch_size
+        for r in finalist_pool([*feasible_ones, *two_near], SearchConfig(finalists=2), SLO)
+    ] == [24, 7]
+    assert finalist_pool([near, far], search, SLO) == []
+
+
+def test_a_near_miss_wins_only_by_meeting_the_slo_in_every_re_measurement() -> None:
+    near, ok = measured(16, [9.5], tpot_s=0.270, violations=LATE), measured(8, [7.0])
+    met = {
+        near.candidate.key(): [
+            measured(16, [9.4, 9.6], tpot_s=0.200),
+            measured(16, [9.5, 9.7], tpot_s=0.210),
+        ],
+        ok.candidate.key(): [measured(8, [7.0, 7.1]), measured(8, [6.9, 7.2])],
+    }
+    selection = select_finalist([near, ok], met, SLO, 0.1)
+    assert selection.winner == near.candidate.key() and selection.feasible
+    assert [f.near_miss for f in selection.finalists] == [True, False]
+    assert "missed the SLO in the search's run and met it in every re-measurement" in selection.reason
+    missed_again = {
+        **met,
+        near.candidate.key(): [
+            measured(16, [9.4, 9.6], tpot_s=0.200),
+            measured(16, [9.5], tpot_s=0.270, violations=LATE),
+        ],
+    }
+    selection = select_finalist([near, ok], missed_again, SLO, 0.1)
+    assert selection.winner == ok.candidate.key() and selection.feasible
+    assert "missed the SLO when re-measured" in selection.reason
+
+
+def test_remeasure_takes_the_near_miss_into_its_rounds() -> None:
+    evaluator = FakeEvaluator()  # re-measures every candidate inside the SLO
+    pool = [measured(b, [float(b)]) for b in (4, 8)] + [measured(16, [16.0], tpot_s=0.270, violations=LATE)]
+    picked = remeasure(evaluator, pool, SearchConfig(finalists=3, finalist_rounds=1))  # type: ignore[arg-type]
+    assert evaluator.order == [16, 8, 4]
+    assert picked is not None and picked[1].winner == torch_candidate(batch_size=16).key()
+    assert picked[1].finalists[0].near_miss
+    # one feasible candidate and a near miss are two finalists; a near miss and nothing feasible none
+    assert remeasure(FakeEvaluator(), pool[1:], SearchConfig()) is not None  # type: ignore[arg-type]
+    assert remeasure(FakeEvaluator(), pool[2:], SearchConfig()) is None  # type: ignore[arg-type]

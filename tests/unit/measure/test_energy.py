@@ -223,3 +223,40 @@ def test_measure_idle_watts_on_the_estimate_is_static_power(monkeypatch: pytest.
     watts = measure_idle_watts(meter, 0.05)
     assert meter.idle_watts == watts
     assert watts == pytest.approx(2.0)
+
+
+def _stat_line(steal: int, idle: int) -> str:
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    return f"cpu  1000 0 100 {idle} 0 0 0 {steal} 0 0\ncpu0 500 0 50 {idle // 2} 0 0 0 {steal // 2} 0 0\n"
+
+
+@pytest.mark.parametrize("meter_kind", ["estimate", "rapl"])
+def test_a_window_the_hypervisor_slowed_is_flagged(tmp_path: Path, monkeypatch, meter_kind: str) -> None:
+    """Steal time (/proc/stat) is CPU time the VM's vCPUs waited for the host: 20% of a window's
+    jiffies is flagged with its share, 1% is not, and a machine without the column flags nothing."""
+    stat = tmp_path / "stat"
+    monkeypatch.setattr(energy, "PROC_STAT", stat)
+    if meter_kind == "rapl":
+        domain = tmp_path / "intel-rapl:0"
+        domain.mkdir()
+        (domain / "energy_uj").write_text("0")
+        (domain / "max_energy_range_uj").write_text("1000000000")
+        meter: EstimateMeter | RaplMeter = RaplMeter([domain])
+    else:
+        meter = EstimateMeter(cores=2, active_watts_per_core=5.0, idle_watts_per_core=1.5)
+
+    def window(steal_after: int) -> list[str]:
+        stat.write_text(_stat_line(steal=100, idle=8900))  # 10,000 jiffies so far
+        with meter.window() as measurement:
+            stat.write_text(_stat_line(steal=steal_after, idle=8900 + 1000))  # 1,000 more idle ones
+        return measurement.warnings
+
+    (flag,) = window(steal_after=100 + 250)  # 250 of 1,250 jiffies: 20%
+    assert "the hypervisor took 20% of this VM's CPU time" in flag
+    assert window(steal_after=100 + 10) == []  # 1%
+    stat.write_text("intr 0\n")  # not a /proc/stat this meter can read
+    with meter.window() as measurement:
+        pass
+    assert measurement.warnings == []
+    stat.unlink()
+    assert energy.cpu_steal() is None

@@ -85,3 +85,41 @@ def test_ratio_falls_back_to_all_tokens_when_the_baseline_misses_the_slo(
     text = "\n".join(backends_section([base, genai], [], base))
     assert "(all tokens: baseline misses the SLO)" in text
     assert "none feasible: misses the SLO (e.g. torch fp32 kv=dynamic b1 t4: TPOT p90 351 ms > x)" in text
+
+
+def test_a_near_miss_that_won_shows_its_re_measurement(
+    make_result, make_candidate, make_quality, make_performance
+) -> None:
+    """The search measured the winner outside the SLO and its finalist rounds inside: the table and
+    the Pareto front take the re-measurement, marked, instead of calling the selection infeasible."""
+    from dataclasses import replace
+
+    from optimizer.select import pareto_front, with_selected
+
+    base = make_result(
+        candidate=make_candidate(batch_size=1),
+        role="baseline",
+        quality=make_quality(),
+        performance=make_performance(goodput_tokens_per_joule=2.0),
+    )
+    late = ["TTFT p90 2375 ms > workload.slo.ttft_ms 2000"]
+    searched = make_result(
+        candidate=Candidate(OrtGenaiSettings(), 16, 2),
+        quality=make_quality(),
+        performance=make_performance(9.5, slo_violations=late),
+    )
+    remeasured = replace(searched, role="finalist", performance=make_performance(10.2))
+    results = [base, searched]
+    assert with_selected(results, None) == results
+    assert (
+        with_selected(results, replace(remeasured, performance=make_performance(9.0, slo_violations=late)))
+        == results
+    )
+    shown = with_selected(results, remeasured)
+    assert shown == [base, remeasured]
+    assert pareto_front(results) == [base] and remeasured in pareto_front(shown)
+    rows = [line for line in backends_section(shown, [], base) if line.startswith("| ort-genai")]
+    assert rows and "ort-genai fp32 b16 t2 (finalist re-measurement) | 10.200 | 5.10×" in rows[0]
+    # a feasible search row stays as the search measured it, even when its finalist rounds differ
+    feasible = replace(searched, performance=make_performance(9.5))
+    assert with_selected([base, feasible], remeasured) == [base, feasible]
