@@ -27,7 +27,7 @@ from optimizer.search.launchers import launch_search
 from optimizer.search.plan import SearchPlan, plan_search, prepare_run_measurement
 from optimizer.search.roofline import Roofline, rates_for
 from optimizer.search.runner import collect_outcome, run_search
-from optimizer.select import Selection, pareto_front, select_best, with_selected
+from optimizer.select import Selection, select_best
 from optimizer.store import TrialStore, open_database
 from optimizer.target import TargetSpec
 
@@ -119,7 +119,6 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
             log.info("%s: %s", "selected" if selection.feasible else "nothing selected", selection.reason)
             if not selection.feasible:  # the search's feasible runs were luck at the SLO's edge
                 best = None
-    front = pareto_front(with_selected(outcome.selectable, best))
     recipe_path = None
     infeasible = None
     if best is not None:
@@ -134,9 +133,7 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         )
     _write_results(output_dir, [*outcome.results, *(replace(r, role="finalist") for r in remeasured)])
     _write_config(output_dir, cfg)
-    write_report(
-        output_dir, cfg, setup, outcome, plan.excluded, best, front, idle_watts, infeasible, selection
-    )
+    write_report(output_dir, cfg, setup, outcome, plan.excluded, best, idle_watts, infeasible, selection)
     log.info("wrote %s in %.0f s", output_dir, time.perf_counter() - started)
     return RunResult(output_dir, recipe_path, best, outcome.baseline, outcome.results, infeasible)
 

@@ -30,7 +30,7 @@ POWERCAP = Path("/sys/class/powercap")
 PROC_STAT = Path("/proc/stat")
 # A CPU window in which the hypervisor ran something else for this share of the VM's CPU time is
 # flagged: the candidate ran slowed, so its latency and energy figures are not this machine's own.
-# (Quiet windows on the project's 2-vCPU VMs: 0-3%.)
+# (Quiet stream runs on the 2-vCPU Intel VM, 2026-12-06: 0.0-2.7%.)
 STEAL_FLAG = 0.05
 NVML_UPDATE_SECONDS = 0.1  # the counter advances about every 100 ms
 NVML_MIN_PERIODS = 20  # windows shorter than 20 counter periods are flagged

@@ -20,7 +20,7 @@ from optimizer.report.plots import plot_pareto
 from optimizer.report.selection import selection_section
 from optimizer.report.serving import serving_section, workload_line
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
-from optimizer.select import Selection, with_selected
+from optimizer.select import Selection, pareto_front, with_selected
 from optimizer.space import Candidate, layout_record
 from optimizer.version import tool_version
 
@@ -79,12 +79,13 @@ def write_report(
     outcome: SearchOutcome,
     excluded: Sequence[tuple[Candidate, str]],
     best: CandidateResult | None,
-    front: Sequence[CandidateResult],
     idle_watts: float,
     infeasible: UserError | None,
     selection: Selection | None = None,
 ) -> Path:
     source = setup.meter.source
+    shown = with_selected(outcome.selectable, best)  # the search's rows, a near miss's that won re-measured
+    front = pareto_front(shown)
     plot_pareto(
         output_dir / "pareto.png", outcome.results, front, best, outcome.baseline, cfg.quality.max_kl, source
     )
@@ -116,7 +117,6 @@ def write_report(
         lines += [f"- selected layout: {', '.join(f'{k} {v}' for k, v in layout.items())}", ""]
     lines += selection_section(selection, estimate_mark(source))
     lines += _search_section(outcome, excluded, cfg)
-    shown = with_selected(outcome.selectable, best)
     lines += backends_section(shown, excluded, outcome.baseline, estimate_mark(source))
     mark = estimate_mark(source)
     lines += serving_section(outcome.results, output_dir, mark)

@@ -73,13 +73,12 @@ def outcome(make_result, make_candidate, make_quality, make_performance) -> Sear
 
 
 def test_report_with_a_selection(tmp_path: Path, setup, outcome: SearchOutcome, make_candidate) -> None:
-    from optimizer.select import pareto_front, select_best
+    from optimizer.select import select_best
 
     best = select_best(outcome.selectable)
     assert best is not None and best.candidate.batch_size == 8
-    front = pareto_front(outcome.selectable)
     excluded = [(make_candidate(precision="fp16"), "fp16 has no fast kernels on this target")]
-    path = write_report(tmp_path, RunConfig(), setup, outcome, excluded, best, front, 12.5, None)
+    path = write_report(tmp_path, RunConfig(), setup, outcome, excluded, best, 12.5, None)
     text = path.read_text()
     assert path == tmp_path / "report.md"
     assert (tmp_path / "pareto.png").read_bytes().startswith(b"\x89PNG")
@@ -106,7 +105,7 @@ def test_the_selected_row_says_it_is_a_finalists_re_measurement(outcome: SearchO
 
 def test_report_when_nothing_is_feasible(tmp_path: Path, setup, outcome: SearchOutcome) -> None:
     error = UserError("workload.slo", "all candidates miss the latency SLO", "raise workload.slo.tpot_ms")
-    text = write_report(tmp_path, RunConfig(), setup, outcome, [], None, [], 12.5, error).read_text()
+    text = write_report(tmp_path, RunConfig(), setup, outcome, [], None, 12.5, error).read_text()
     assert "**Nothing feasible.** workload.slo: all candidates miss the latency SLO" in text
 
 
@@ -132,14 +131,12 @@ def test_every_energy_source_is_labelled_by_its_name(setup) -> None:
 
 def _report(tmp_path: Path, setup, outcome: SearchOutcome, make_candidate) -> str:
     from optimizer.backends.ort_genai.settings import OrtGenaiSettings
-    from optimizer.select import pareto_front, select_best
+    from optimizer.select import select_best
     from optimizer.space import Candidate
 
     best = select_best(outcome.selectable)
     excluded = [(Candidate(OrtGenaiSettings(), 1, 2), "no onnxruntime-genai here")]  # a second backend
-    return write_report(
-        tmp_path, RunConfig(), setup, outcome, excluded, best, pareto_front(outcome.selectable), 12.5, None
-    ).read_text()
+    return write_report(tmp_path, RunConfig(), setup, outcome, excluded, best, 12.5, None).read_text()
 
 
 ESTIMATE_MARK = "**ESTIMATE**"
