@@ -131,9 +131,12 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         infeasible = unreliable_finalists(selection) or diagnose_infeasible(
             outcome.selectable, len(outcome.not_reached), capped
         )
-    _write_results(output_dir, [*outcome.results, *(replace(r, role="finalist") for r in remeasured)])
+    rounds = [replace(r, role="finalist") for r in remeasured]
+    _write_results(output_dir, [*outcome.results, *rounds])
     _write_config(output_dir, cfg)
-    write_report(output_dir, cfg, setup, outcome, plan.excluded, best, idle_watts, infeasible, selection)
+    write_report(
+        output_dir, cfg, setup, outcome, plan.excluded, best, idle_watts, infeasible, selection, rounds
+    )
     log.info("wrote %s in %.0f s", output_dir, time.perf_counter() - started)
     return RunResult(output_dir, recipe_path, best, outcome.baseline, outcome.results, infeasible)
 

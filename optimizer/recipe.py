@@ -67,6 +67,10 @@ def _evidence_of(result: CandidateResult) -> dict[str, Any]:
             "windows": len(perf.windows),  # a finalist's: every round it was selected on
             "window_seconds": [round(w.seconds, 3) for w in perf.windows],
             "window_joules": [round(w.joules, 3) for w in perf.windows],
+            # the cores' speed before each window (measure/speed.py): verify compares its own
+            "window_cpu_probe_mibps": [
+                round(w.cpu_probe_mibps, 1) for w in perf.windows if w.cpu_probe_mibps
+            ],
             "goodput_tokens_per_joule": _rounded(asdict(perf.goodput_tokens_per_joule)),
             "tokens_per_joule": _rounded(asdict(perf.tokens_per_joule)),
             "active_tokens_per_joule": _rounded(asdict(perf.active_tokens_per_joule)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from optimizer.errors import UserError
 from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import measure_idle_watts
 from optimizer.measure.setup import prepare_measurement
+from optimizer.measure.speed import SLOW_PROBE
 from optimizer.measure.workload import PerformanceResult
 from optimizer.recipe import check_weights, default_cache_dir, model_config_for, read_recipe
 from optimizer.recipe_checks import artifact_change
@@ -153,6 +155,9 @@ def verify_recipe(
     changed = artifact_change(recipe.data.get("artifact"), result.artifact)
     if changed:  # not a failure by itself: the re-measurement below judges the artifact built here
         notes.append(changed)
+    speed = speed_note(energy.get("window_cpu_probe_mibps"), result.performance)
+    if speed:
+        notes.append(speed)
     q, perf = result.quality, result.performance
     broken = q.violations(recipe.quality)
     recorded_q = evidence["quality"] or {}
@@ -191,6 +196,25 @@ def _package_notes(recorded: object, here: object) -> list[str]:
         for name in sorted(set(recorded) | set(here))
         if recorded.get(name) != here.get(name)
     ]
+
+
+def speed_note(recorded: object, perf: PerformanceResult) -> str | None:
+    """Where this machine's cores ran the CPU probe (measure/speed.py) outside SLOW_PROBE of the
+    recipe's windows, in either direction: a figure that moved may be the machine, not the recipe."""
+    if not isinstance(recorded, list) or not recorded:
+        return None
+    here = [w.cpu_probe_mibps for w in perf.windows if w.cpu_probe_mibps]
+    if not here:
+        return None
+    then, now = statistics.median(float(v) for v in recorded), statistics.median(here)
+    ratio = now / then
+    if SLOW_PROBE <= ratio <= 1 / SLOW_PROBE:
+        return None
+    return (
+        f"the CPU probe hashed {now:.0f} MiB per CPU second here before the windows against {then:.0f} "
+        f"recorded ({ratio:.2f}x): this machine's cores run {'slower' if ratio < 1 else 'faster'} than the "
+        "recipe's did (another CPU, or a host's clock), so latency and energy figures may move with them"
+    )
 
 
 def slo_check(recorded: dict[str, Any], perf: PerformanceResult, slo: SloConfig) -> Check:

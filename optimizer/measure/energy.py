@@ -8,8 +8,6 @@ carries its `source`; an estimate is never reported as a measurement.
 from __future__ import annotations
 
 import logging
-import os
-import resource
 import sys
 import threading
 import time
@@ -21,17 +19,13 @@ from typing import Any, Protocol
 
 from optimizer.config import TargetConfig
 from optimizer.errors import UserError
+from optimizer.measure.cpu_time import cpu_times, own_cpu_seconds, shared_cpu_warnings
 from optimizer.measure.nvml_device import nvml_handle, torch_cuda_uuid
 from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
 
 POWERCAP = Path("/sys/class/powercap")
-PROC_STAT = Path("/proc/stat")
-# A CPU window in which the hypervisor ran something else for this share of the VM's CPU time is
-# flagged: the candidate ran slowed, so its latency and energy figures are not this machine's own.
-# (Quiet stream runs on the 2-vCPU Intel VM, 2026-12-06: 0.0-2.7%.)
-STEAL_FLAG = 0.05
 NVML_UPDATE_SECONDS = 0.1  # the counter advances about every 100 ms
 NVML_MIN_PERIODS = 20  # windows shorter than 20 counter periods are flagged
 
@@ -73,21 +67,6 @@ class EnergyMeter(Protocol):
         ...
 
 
-# Live processes whose work belongs to this one's candidate (a layout's ranks): the estimate counts
-# their CPU time too. Finished children are in RUSAGE_CHILDREN already.
-_TRACKED: set[int] = set()
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def track_processes(pids: list[int]) -> None:
-    """Count these live processes' CPU time in every estimate window until untracked."""
-    _TRACKED.update(pids)
-
-
-def untrack_processes(pids: list[int]) -> None:
-    _TRACKED.difference_update(pids)
-
-
 class EstimateMeter:
     """Labelled estimate: CPU seconds of this process, its finished children and the tracked live
     processes (a layout's ranks) x active watts/core + wall x cores x idle watts/core."""
@@ -103,12 +82,19 @@ class EstimateMeter:
     @contextmanager
     def window(self) -> Iterator[Measurement]:
         measurement = Measurement(source=self.source, idle_watts=self.idle_watts)
-        cpu0, wall0, steal0 = _cpu_seconds(), time.perf_counter(), cpu_steal()
+        cpu0, wall0, times0 = own_cpu_seconds(), time.perf_counter(), cpu_times()
         yield measurement
-        cpu, wall = _cpu_seconds() - cpu0, time.perf_counter() - wall0
+        cpu, wall = own_cpu_seconds() - cpu0, time.perf_counter() - wall0
         measurement.seconds = wall
         measurement.joules = cpu * self.active_watts_per_core + wall * self.static_watts
-        _flag_steal(measurement, steal0, cpu_steal())
+        _flag_shared_cpu(measurement, shared_cpu_warnings(times0, cpu_times(), cpu))
+
+
+def _flag_shared_cpu(measurement: Measurement, warnings: list[str]) -> None:
+    """Keep a CPU window's shared-CPU warnings with it, and log them as they happen."""
+    measurement.warnings.extend(warnings)
+    for warning in warnings:
+        log.warning("%s", warning)
 
 
 def estimate_coefficients(target: TargetSpec | TargetConfig) -> dict[str, float]:
@@ -117,52 +103,6 @@ def estimate_coefficients(target: TargetSpec | TargetConfig) -> dict[str, float]
         "cpu_active_watts_per_core": float(target.cpu_active_watts_per_core),
         "cpu_idle_watts_per_core": float(target.cpu_idle_watts_per_core),
     }
-
-
-def _cpu_seconds() -> float:
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total + sum(process_cpu_seconds(pid) for pid in sorted(_TRACKED))
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (0 once it is gone), from /proc/<pid>/stat."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime: fields 14 and 15
-
-
-def cpu_steal() -> tuple[int, int] | None:
-    """(steal, all) jiffies of every CPU since boot, from /proc/stat's first line; None where it
-    cannot be read or has no steal column (not Linux, or a kernel before 2.6.11)."""
-    try:
-        first = PROC_STAT.read_text().split("\n", 1)[0].split()
-    except OSError:
-        return None
-    if len(first) < 9 or first[0] != "cpu":
-        return None
-    # user nice system idle iowait irq softirq steal (guest time is inside user already)
-    jiffies = [int(v) for v in first[1:9]]
-    return jiffies[7], sum(jiffies)
-
-
-def _flag_steal(
-    measurement: Measurement, before: tuple[int, int] | None, after: tuple[int, int] | None
-) -> None:
-    """Warn on a window in which the hypervisor took at least STEAL_FLAG of the VM's CPU time."""
-    if before is None or after is None or after[1] <= before[1]:
-        return
-    share = (after[0] - before[0]) / (after[1] - before[1])
-    if share >= STEAL_FLAG:
-        measurement.warnings.append(
-            f"the hypervisor took {share:.0%} of this VM's CPU time during the window (steal, /proc/stat): "
-            "the candidate ran slowed"
-        )
 
 
 class RaplMeter:
@@ -197,13 +137,13 @@ class RaplMeter:
     @contextmanager
     def window(self) -> Iterator[Measurement]:
         measurement = Measurement(source=self.source, idle_watts=self.idle_watts)
-        start, wall0, steal0 = self._read(), time.perf_counter(), cpu_steal()
+        start, wall0, times0, cpu0 = self._read(), time.perf_counter(), cpu_times(), own_cpu_seconds()
         yield measurement
         end, wall = self._read(), time.perf_counter() - wall0
         micro = sum((e - s) % r for s, e, r in zip(start, end, self.ranges, strict=True))  # counters wrap
         measurement.seconds = wall
         measurement.joules = micro / 1e6
-        _flag_steal(measurement, steal0, cpu_steal())
+        _flag_shared_cpu(measurement, shared_cpu_warnings(times0, cpu_times(), own_cpu_seconds() - cpu0))
 
 
 class NvmlMeter:

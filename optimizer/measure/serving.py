@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from optimizer.config import SloConfig
 from optimizer.measure.latency import LatencySummary, percentile, request_meets_slo, slo_violations
+from optimizer.measure.speed import cpu_probe_mibps, warn_if_slow
 from optimizer.measure.workload import PerformanceResult, ServingSummary, WindowResult, screened_out
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class ServingRun:
     window: ServingWindow
     measurement: Measurement
     lateness_seconds: float  # the most any submission lagged its arrival (the generator's own delay)
+    cpu_probe_mibps: float | None = None  # the cores' speed before the run (measure/speed.py)
 
 
 def serve_stream(
@@ -130,6 +132,7 @@ def serve_stream(
     drain_requests: int,
     drain_timeout_seconds: float = DRAIN_TIMEOUT_SECONDS,
     clock: Callable[[], float] = time.perf_counter,
+    probe: Callable[[], float] = cpu_probe_mibps,
 ) -> ServingRun:
     """Offer `stream` to `engine` in real time and measure its steady state.
 
@@ -138,10 +141,13 @@ def serve_stream(
     and never longer than `drain_timeout_seconds`: an engine far over its capacity would otherwise
     take minutes to empty its queue, and no verdict would change. What is left then is cancelled
     and misses the SLO (tokens it produced are not counted: engines return finished requests).
+    `probe` times the cores' speed before the first request (measure/speed.py).
     """
     forget = getattr(engine, "forget_cached_prefixes", None)
     if forget is not None:  # every run starts cold: no prefixes cached by the run before
         forget()
+    speed = probe()  # before any request: the engine is idle, and nothing is timed yet
+    warn_if_slow(speed)
     count = len(stream.requests)
     first, last = _window_bounds(count, warmup_requests, drain_requests)
     ids: dict[str, int] = {}
@@ -200,7 +206,7 @@ def serve_stream(
         for r in stream.requests
     ]
     window = _window(records, window_times[0], window_times[1])
-    return ServingRun(records, window, measurement, lateness)
+    return ServingRun(records, window, measurement, lateness, speed)
 
 
 def _slo_seconds(slo: SloConfig, new_tokens: int) -> float:
@@ -353,20 +359,7 @@ def measure_serving(
                 f"requests in flight kept growing ({w.mean_in_flight:.1f} on average): "
                 f"{stream.offered_rate:.2f} req/s is above this candidate's capacity"
             )
-        windows.append(
-            WindowResult(
-                source=m.source,
-                joules=m.joules,
-                active_joules=m.active_joules,
-                seconds=m.seconds,
-                output_tokens=w.output_tokens,
-                goodput_tokens=w.goodput_tokens,
-                polled_joules=m.polled_joules,
-                temperature_c=m.temperature_c,
-                sm_clock_mhz=m.sm_clock_mhz,
-                warnings=warnings,
-            )
-        )
+        windows.append(WindowResult.of(m, w.output_tokens, w.goodput_tokens, warnings, run.cpu_probe_mibps))
         if screened_out(windows, repeats, stop_below):
             break
     judged = [r for run in runs for r in run.requests if run.window.start <= r.arrival <= run.window.end]

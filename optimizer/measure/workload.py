@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from optimizer.config import WorkloadConfig
 from optimizer.measure.latency import LatencySummary, request_meets_slo, slo_violations
+from optimizer.measure.speed import cpu_probe_mibps, warn_if_slow
 
 if TYPE_CHECKING:
     import torch
 
     from optimizer.backends.base import Engine, Generation
-    from optimizer.measure.energy import EnergyMeter
+    from optimizer.measure.energy import EnergyMeter, Measurement
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,33 @@ class WindowResult:
     temperature_c: float | None = None
     sm_clock_mhz: float | None = None
     warnings: list[str] = field(default_factory=list)
+    # the cores' speed just before the window, MiB hashed per CPU second (measure/speed.py; None:
+    # not probed, a result stored before the probe existed)
+    cpu_probe_mibps: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        measurement: Measurement,
+        output_tokens: int,
+        goodput_tokens: int,
+        warnings: list[str],
+        cpu_probe_mibps: float | None,
+    ) -> WindowResult:
+        """A closed meter window with the tokens it produced."""
+        return cls(
+            source=measurement.source,
+            joules=measurement.joules,
+            active_joules=measurement.active_joules,
+            seconds=measurement.seconds,
+            output_tokens=output_tokens,
+            goodput_tokens=goodput_tokens,
+            polled_joules=measurement.polled_joules,
+            temperature_c=measurement.temperature_c,
+            sm_clock_mhz=measurement.sm_clock_mhz,
+            warnings=warnings,
+            cpu_probe_mibps=cpu_probe_mibps,
+        )
 
     @property
     def tokens_per_joule(self) -> float:
@@ -228,7 +257,11 @@ def measure_performance(
     cfg: WorkloadConfig,
     deadline: float | None = None,
     stop_below: float | None = None,
+    probe: Callable[[], float] = cpu_probe_mibps,
 ) -> PerformanceResult:
+    """Warm-up batches, then `cfg.repeats` windows (fewer when screened out below `stop_below`),
+    each preceded by the cores' speed probe (`probe`)."""
+
     def check_deadline() -> None:
         if deadline is not None and time.perf_counter() > deadline:
             raise CandidateTimeout("ran past search.candidate_timeout_minutes")
@@ -242,6 +275,8 @@ def measure_performance(
     batch_index = cfg.warmup_batches
     for _ in range(cfg.repeats):
         generations: list[Generation] = []
+        speed = probe()  # between batches: the engine is idle
+        warn_if_slow(speed)
         with meter.window() as measurement:
             start = time.perf_counter()
             while not generations or time.perf_counter() - start < cfg.min_window_seconds:
@@ -257,20 +292,8 @@ def measure_performance(
                 tpots.append(tpot)
                 if request_meets_slo(ttft, tpot, cfg.slo):
                     goodput += gen.new_tokens
-        windows.append(
-            WindowResult(
-                source=measurement.source,
-                joules=measurement.joules,
-                active_joules=measurement.active_joules,
-                seconds=measurement.seconds,
-                output_tokens=sum(g.output_tokens for g in generations),
-                goodput_tokens=goodput,
-                polled_joules=measurement.polled_joules,
-                temperature_c=measurement.temperature_c,
-                sm_clock_mhz=measurement.sm_clock_mhz,
-                warnings=list(measurement.warnings),
-            )
-        )
+        output = sum(g.output_tokens for g in generations)
+        windows.append(WindowResult.of(measurement, output, goodput, list(measurement.warnings), speed))
         if screened_out(windows, cfg.repeats, stop_below):
             break
     return PerformanceResult.of_windows(

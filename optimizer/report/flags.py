@@ -1,17 +1,21 @@
 """The report's measurement flags: what each candidate's energy windows warned about.
 
 A window records its meter's warnings (an NVML window shorter than 20 counter periods, a serving
-queue that kept growing, a CPU window in which a VM's hypervisor took CPU time: steal), the
-polled-power integral beside the NVML counter, and the GPU's temperature and SM clock at its end.
-Here they are shown per candidate, with the checks that need the figures: counter vs polled
-power, heat and clock changes between windows.
+queue that kept growing, a CPU window whose CPU time a VM's hypervisor or other processes took), the
+polled-power integral beside the NVML counter, the GPU's temperature and SM clock at its end, and
+the cores' speed just before it (a fixed CPU probe, measure/speed.py). Here they are shown per
+candidate, with the checks that need the figures: counter vs polled power, heat, clock changes
+between windows, and cores running slower than their median in the run.
 """
 
 from __future__ import annotations
 
 import re
+import statistics
+from collections import Counter
 from collections.abc import Sequence
 
+from optimizer.measure.speed import SLOW_PROBE
 from optimizer.measure.workload import PerformanceResult
 from optimizer.results import CandidateResult
 
@@ -20,8 +24,9 @@ HOT_C = 85.0  # GPU temperature at which clocks are likely held back
 CLOCK_DROP = 0.90  # an SM clock below this fraction of the candidate's highest: throttled or boosted
 
 
-def window_flags(perf: PerformanceResult) -> list[str]:
-    """What a candidate's windows flagged, each with the number of windows it applies to."""
+def window_flags(perf: PerformanceResult, usual_probe: float | None = None) -> list[str]:
+    """What a candidate's windows flagged, each with the number of windows it applies to;
+    `usual_probe` is the run's median CPU probe, which the windows' probes are held to."""
     windows = perf.windows
     of = f"of {len(windows)} windows"
     # one flag per kind of warning: a window's text carries its own figures ("kept growing (14.7)")
@@ -52,31 +57,67 @@ def window_flags(perf: PerformanceResult) -> list[str]:
     clocks = [w.sm_clock_mhz for w in windows if w.sm_clock_mhz is not None]
     if clocks and min(clocks) < CLOCK_DROP * max(clocks):
         flags.append(f"SM clock varied {min(clocks):.0f}–{max(clocks):.0f} MHz between windows")
+    if usual_probe:
+        speeds = [w.cpu_probe_mibps / usual_probe for w in windows if w.cpu_probe_mibps is not None]
+        slow = [speed for speed in speeds if speed < SLOW_PROBE]
+        if slow:
+            flags.append(
+                f"the cores ran a fixed CPU probe at {min(slow):.2f}x its median in this run before the "
+                f"window (< {SLOW_PROBE:.2f}x per CPU second: a host's clock, a busy sibling thread): "
+                f"these figures are slowed too ({len(slow)} {of})"
+            )
     return flags
 
 
-def flags_section(results: Sequence[CandidateResult]) -> list[str]:
-    """Per measured candidate: its windows' GPU temperature and clock (NVML) and their flags."""
-    measured = [r for r in results if r.performance is not None and r.performance.windows]
+def median_probe(results: Sequence[CandidateResult]) -> float | None:
+    """The median CPU probe of every window in these results: the cores' usual speed in the run.
+    None: no window was probed."""
+    probes = [
+        w.cpu_probe_mibps
+        for r in results
+        if r.performance is not None
+        for w in r.performance.windows
+        if w.cpu_probe_mibps is not None
+    ]
+    return statistics.median(probes) if probes else None
+
+
+def flags_section(
+    results: Sequence[CandidateResult], finalist_rounds: Sequence[CandidateResult] = ()
+) -> list[str]:
+    """Per measured candidate, then per finalist round (a result each, in round order per
+    candidate): its windows' GPU temperature and clock (NVML) and their flags."""
+    measured = [
+        r for r in [*results, *finalist_rounds] if r.performance is not None and r.performance.windows
+    ]
     if not measured:
         return []
     lines = ["## Measurement flags", ""]
     rows = []
+    usual = median_probe(measured)
+    rounds: Counter[str] = Counter()
     for r in measured:
         perf = r.performance
         assert perf is not None
-        flags = window_flags(perf)
+        label = r.candidate.label()
+        if r.role == "finalist":
+            rounds[label] += 1
+            label += f" (finalist round {rounds[label]})"
+        flags = window_flags(perf, usual)
         heat = _span([w.temperature_c for w in perf.windows], "°C")
         clock = _span([w.sm_clock_mhz for w in perf.windows], "MHz")
         if flags or heat or clock:
             text = "; ".join(flags).replace("|", "/") or "none"
-            rows.append(f"| {r.candidate.label()} | {len(perf.windows)} | {heat} | {clock} | {text} |")
+            rows.append(f"| {label} | {len(perf.windows)} | {heat} | {clock} | {text} |")
     if not rows:
-        return [*lines, f"No energy window of the {len(measured)} measured candidates was flagged.", ""]
+        candidates = len(measured) - sum(r.role == "finalist" for r in measured)
+        also = f" and {len(measured) - candidates} finalist rounds" if candidates < len(measured) else ""
+        return [*lines, f"No energy window of the {candidates} measured candidates{also} was flagged.", ""]
     return [
         *lines,
         "What the energy windows flagged (short NVML windows, counter vs polled power, heat, clock "
-        "changes, a growing queue, CPU time a VM's hypervisor took); GPU temperature and SM clock "
+        "changes, a growing queue, CPU time a VM's hypervisor or other processes took, cores slower "
+        "than usual in the run by a CPU probe timed before the window); GPU temperature and SM clock "
         "are read at each window's end.",
         "",
         "| candidate | windows | GPU temperature | SM clock | flags |",

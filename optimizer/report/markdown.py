@@ -82,7 +82,10 @@ def write_report(
     idle_watts: float,
     infeasible: UserError | None,
     selection: Selection | None = None,
+    finalist_rounds: Sequence[CandidateResult] = (),
 ) -> Path:
+    """report.md (and pareto.png) of a run; `finalist_rounds` are the finalists' re-measurements,
+    one result per candidate and round, whose windows the measurement flags show too."""
     source = setup.meter.source
     shown = with_selected(outcome.selectable, best)  # the search's rows, a near miss's that won re-measured
     front = pareto_front(shown)
@@ -126,7 +129,7 @@ def write_report(
         lines += [f"- {remeasured_label(r)}: {r.objective:.3f} tok/J, KL {_kl(r)}" for r in front]
         lines.append("")
     lines += _candidates_table(outcome.results, mark)
-    lines += flags_section(outcome.results)
+    lines += flags_section(outcome.results, finalist_rounds)
     if excluded:
         lines += ["## Excluded by rules", ""]
         for reason, count in Counter(reason for _, reason in excluded).most_common():

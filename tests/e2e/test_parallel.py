@@ -19,7 +19,8 @@ import torch
 from optimizer.backends.registry import build_engine
 from optimizer.backends.torch_parallel.engine import ParallelEngine, RankFailed
 from optimizer.config import ModelConfig, TargetConfig, WorkloadConfig
-from optimizer.measure.energy import EstimateMeter, process_cpu_seconds
+from optimizer.measure.cpu_time import process_cpu_seconds
+from optimizer.measure.energy import EstimateMeter
 from optimizer.measure.workload import Workload, measure_performance
 from optimizer.model import ModelSpec, resolve_model
 from optimizer.space import Candidate, TorchSettings, exclusion_reason

@@ -22,7 +22,8 @@ from optimizer.backends.torch_parallel import RANKS_ENV
 from optimizer.backends.torch_parallel.engine import group_plans
 from optimizer.backends.torch_parallel.layout import RankFailed
 from optimizer.config import ModelConfig, TargetConfig
-from optimizer.measure.energy import EstimateMeter, process_cpu_seconds
+from optimizer.measure.cpu_time import process_cpu_seconds
+from optimizer.measure.energy import EstimateMeter
 from optimizer.model import ModelSpec, resolve_model
 from optimizer.space import Candidate, TorchSettings
 from optimizer.target import TargetSpec, detect_target

@@ -112,6 +112,8 @@ def test_recipe_names_the_estimate_and_the_selection(first: RunResult, tiny_mode
     # the winner's windows of both finalist rounds (workload.repeats=2 each): what it was selected on
     assert recipe["evidence"]["energy"]["windows"] == 4 == len(recipe["evidence"]["energy"]["window_seconds"])
     assert all(s >= 0.2 for s in recipe["evidence"]["energy"]["window_seconds"])
+    probes = recipe["evidence"]["energy"]["window_cpu_probe_mibps"]  # the real probe, before each window
+    assert len(probes) == 4 and all(p > 0 for p in probes)
     assert first.best is not None
     assert recipe["settings"] == first.best.candidate.to_dict()
     weights = (tiny_model_dir / "model.safetensors").read_bytes()

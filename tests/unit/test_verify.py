@@ -4,6 +4,7 @@ is covered end to end in e2e)."""
 from __future__ import annotations
 
 import fcntl
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -54,6 +55,24 @@ def test_the_slo_is_labelled_with_its_configured_percentile(make_performance) ->
     assert check.measured.startswith(f"TTFT p99 {perf.latency.ttft_ms['p99']:.0f} ms")
     assert "p90" not in check.recorded + check.measured
     assert verify.slo_check(recorded, perf, SloConfig(percentile=95)).recorded == "TTFT p95 n/a, TPOT p95 n/a"
+
+
+def test_a_machine_slower_or_faster_than_the_recipes_gets_a_note(make_performance) -> None:
+    def probed(*speeds: float):  # type: ignore[no-untyped-def]
+        perf = make_performance()
+        return replace(perf, windows=[replace(perf.windows[0], cpu_probe_mibps=s) for s in speeds])
+
+    slower = verify.speed_note([2000.0, 2100.0, 1900.0], probed(1000.0, 1100.0))
+    assert slower is not None
+    assert slower.startswith(
+        "the CPU probe hashed 1050 MiB per CPU second here before the windows against 2000 recorded (0.53x)"
+    )
+    assert "cores run slower" in slower
+    faster = verify.speed_note([1000.0], probed(2000.0))
+    assert faster is not None and "(2.00x)" in faster and "cores run faster" in faster
+    assert verify.speed_note([2000.0], probed(1900.0)) is None  # within the probe's noise
+    assert verify.speed_note(None, probed(1000.0)) is None  # a recipe from before the probe
+    assert verify.speed_note([2000.0], make_performance()) is None  # windows without a probe
 
 
 class _Stop(Exception):

@@ -23,7 +23,7 @@ from optimizer.backends.torch_parallel.layout import (
     free_port,
 )
 from optimizer.backends.torch_parallel.ranks import GroupPlan, rank_main
-from optimizer.measure.energy import track_processes, untrack_processes
+from optimizer.measure.cpu_time import track_processes, untrack_processes
 from optimizer.model import ModelSpec
 from optimizer.target import TargetSpec
 

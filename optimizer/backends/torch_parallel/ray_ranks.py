@@ -20,7 +20,7 @@ from typing import Any
 
 from optimizer.backends.torch_parallel.layout import START_TIMEOUT_SECONDS, LayoutEngine, RankFailed
 from optimizer.backends.torch_parallel.ranks import GroupPlan, ready_info, start_rank
-from optimizer.measure.energy import track_processes, untrack_processes
+from optimizer.measure.cpu_time import track_processes, untrack_processes
 
 log = logging.getLogger(__name__)
 

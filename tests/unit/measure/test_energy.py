@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import resource
 import time
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from optimizer.errors import UserError
-from optimizer.measure import energy
+from optimizer.measure import cpu_time, energy
 from optimizer.measure.energy import (
     EstimateMeter,
     Measurement,
@@ -75,7 +76,7 @@ def test_estimate_meter_counts_cpu_time_and_static_power() -> None:
 def test_estimate_meter_arithmetic_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = iter([100.0, 103.0])
     wall = iter([50.0, 54.0])
-    monkeypatch.setattr(energy, "_cpu_seconds", lambda: next(cpu))
+    monkeypatch.setattr(energy, "own_cpu_seconds", lambda: next(cpu))
     monkeypatch.setattr(energy.time, "perf_counter", lambda: next(wall))
     meter = EstimateMeter(cores=4, active_watts_per_core=5.0, idle_watts_per_core=1.5)
     with meter.window() as m:
@@ -86,7 +87,7 @@ def test_estimate_meter_arithmetic_is_exact(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_estimate_meter_without_cpu_time_is_static_power(monkeypatch: pytest.MonkeyPatch) -> None:
     # process CPU time frozen: other threads of the test process (torch's pool) cannot leak in
-    monkeypatch.setattr(energy, "_cpu_seconds", lambda: 12.0)
+    monkeypatch.setattr(energy, "own_cpu_seconds", lambda: 12.0)
     meter = EstimateMeter(cores=2, active_watts_per_core=10.0, idle_watts_per_core=1.0)
     with meter.window() as m:
         time.sleep(0.05)
@@ -217,7 +218,7 @@ def test_measure_idle_watts_zero_seconds_keeps_the_baseline() -> None:
 
 
 def test_measure_idle_watts_on_the_estimate_is_static_power(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(energy, "_cpu_seconds", lambda: 12.0)
+    monkeypatch.setattr(energy, "own_cpu_seconds", lambda: 12.0)
     meter = EstimateMeter(cores=2, active_watts_per_core=10.0, idle_watts_per_core=1.0)
     meter.idle_watts = 0.0
     watts = measure_idle_watts(meter, 0.05)
@@ -225,38 +226,71 @@ def test_measure_idle_watts_on_the_estimate_is_static_power(monkeypatch: pytest.
     assert watts == pytest.approx(2.0)
 
 
-def _stat_line(steal: int, idle: int) -> str:
+def _stat_line(steal: int, idle: int, user: int = 1000) -> str:
     # user nice system idle iowait irq softirq steal guest guest_nice
-    return f"cpu  1000 0 100 {idle} 0 0 0 {steal} 0 0\ncpu0 500 0 50 {idle // 2} 0 0 0 {steal // 2} 0 0\n"
+    return f"cpu  {user} 0 100 {idle} 0 0 0 {steal} 0 0\ncpu0 500 0 50 {idle // 2} 0 0 0 {steal // 2} 0 0\n"
 
 
-@pytest.mark.parametrize("meter_kind", ["estimate", "rapl"])
-def test_a_window_the_hypervisor_slowed_is_flagged(tmp_path: Path, monkeypatch, meter_kind: str) -> None:
-    """Steal time (/proc/stat) is CPU time the VM's vCPUs waited for the host: 20% of a window's
-    jiffies is flagged with its share, 1% is not, and a machine without the column flags nothing."""
-    stat = tmp_path / "stat"
-    monkeypatch.setattr(energy, "PROC_STAT", stat)
-    if meter_kind == "rapl":
+def _cpu_meter(kind: str, tmp_path: Path) -> EstimateMeter | RaplMeter:
+    if kind == "rapl":
         domain = tmp_path / "intel-rapl:0"
         domain.mkdir()
         (domain / "energy_uj").write_text("0")
         (domain / "max_energy_range_uj").write_text("1000000000")
-        meter: EstimateMeter | RaplMeter = RaplMeter([domain])
-    else:
-        meter = EstimateMeter(cores=2, active_watts_per_core=5.0, idle_watts_per_core=1.5)
+        return RaplMeter([domain])
+    return EstimateMeter(cores=2, active_watts_per_core=5.0, idle_watts_per_core=1.5)
+
+
+@pytest.mark.parametrize("meter_kind", ["estimate", "rapl"])
+def test_a_window_the_hypervisor_slowed_is_flagged(tmp_path: Path, monkeypatch, meter_kind: str) -> None:
+    """Steal time (/proc/stat) is CPU time the VM's vCPUs waited for the host: 20% of the time they
+    wanted (busy + steal) is flagged with its share, 1% is not, and a machine without the column
+    flags nothing. Idle time does not dilute it: the window below is mostly idle."""
+    stat = tmp_path / "stat"
+    monkeypatch.setattr(cpu_time, "PROC_STAT", stat)
+    meter = _cpu_meter(meter_kind, tmp_path)
+
+    tick = cpu_time.CLOCK_TICKS
+    # the candidate's own CPU seconds: all of the window's busy time, so no other process competed
+    own = itertools.cycle([0.0, 1000 / tick])  # a window's start and end
+    monkeypatch.setattr(energy, "own_cpu_seconds", lambda: next(own))
 
     def window(steal_after: int) -> list[str]:
-        stat.write_text(_stat_line(steal=100, idle=8900))  # 10,000 jiffies so far
-        with meter.window() as measurement:
-            stat.write_text(_stat_line(steal=steal_after, idle=8900 + 1000))  # 1,000 more idle ones
+        stat.write_text(_stat_line(steal=100, idle=8900))
+        with meter.window() as measurement:  # 1,000 busy jiffies, 8,000 idle ones
+            stat.write_text(_stat_line(steal=steal_after, idle=8900 + 8000, user=1000 + 1000))
         return measurement.warnings
 
-    (flag,) = window(steal_after=100 + 250)  # 250 of 1,250 jiffies: 20%
-    assert "the hypervisor took 20% of this VM's CPU time" in flag
+    (flag,) = window(steal_after=100 + 250)  # 250 of the 1,250 wanted: 20%
+    assert "the hypervisor took 20% of the CPU time this VM wanted during the window" in flag
     assert window(steal_after=100 + 10) == []  # 1%
     stat.write_text("intr 0\n")  # not a /proc/stat this meter can read
     with meter.window() as measurement:
         pass
     assert measurement.warnings == []
     stat.unlink()
-    assert energy.cpu_steal() is None
+    assert cpu_time.cpu_times() is None
+
+
+@pytest.mark.parametrize("meter_kind", ["estimate", "rapl"])
+def test_a_window_other_processes_competed_in_is_flagged(
+    tmp_path: Path, monkeypatch, meter_kind: str
+) -> None:
+    """Busy jiffies beyond the candidate's own CPU seconds are other processes' work: 3 of 10 CPU
+    seconds is flagged with its share; the same busy time when it was the candidate's own is not."""
+    stat = tmp_path / "stat"
+    monkeypatch.setattr(cpu_time, "PROC_STAT", stat)
+    meter = _cpu_meter(meter_kind, tmp_path)
+    tick = cpu_time.CLOCK_TICKS
+
+    def window(own_seconds: float) -> list[str]:
+        own = iter([100.0, 100.0 + own_seconds])
+        monkeypatch.setattr(energy, "own_cpu_seconds", lambda: next(own))
+        stat.write_text(_stat_line(steal=0, idle=50 * tick, user=10 * tick))
+        with meter.window() as measurement:  # 10 s of the machine's CPU time, 3 s of them busy
+            stat.write_text(_stat_line(steal=0, idle=57 * tick, user=13 * tick))
+        return measurement.warnings
+
+    (flag,) = window(own_seconds=0.0)
+    assert flag.startswith("other processes used 30% of this machine's CPU time during the window")
+    assert window(own_seconds=2.9) == []  # 0.1 of 10 s: 1%

@@ -11,14 +11,8 @@ from typing import Any
 
 import pytest
 
-from optimizer.measure.energy import (
-    EstimateMeter,
-    NvmlMeter,
-    meter_for_engine,
-    process_cpu_seconds,
-    track_processes,
-    untrack_processes,
-)
+from optimizer.measure.cpu_time import process_cpu_seconds, track_processes, untrack_processes
+from optimizer.measure.energy import EstimateMeter, NvmlMeter, meter_for_engine
 
 BOARDS = {"00000000:18:00.0": 0, "00000000:3B:00.0": 1}
 

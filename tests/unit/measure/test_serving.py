@@ -217,3 +217,20 @@ def test_a_stream_run_below_the_screen_is_not_repeated() -> None:
         FifoServer(), stream(requests=6), WattMeter(), SloConfig(), 2, 1, 1, 100.0, stop_below=0.0
     )
     assert len(full.windows) == 2
+
+
+def test_a_run_probes_the_machine_before_its_first_request_and_its_window_keeps_the_speed() -> None:
+    server = FifoServer()
+    submitted_before: list[int] = []
+
+    def probe() -> float:
+        submitted_before.append(len(server.submitted))
+        return 1234.0
+
+    run = serve_stream(server, stream(requests=10), WattMeter(), SloConfig(), 2, 2, probe=probe)
+    assert submitted_before == [0] and run.cpu_probe_mibps == 1234.0
+    perf = measure_serving(FifoServer(), stream(requests=10), WattMeter(), SloConfig(), 2, 2, 2, 100.0)
+    assert len(perf.windows) == 2
+    assert all(
+        w.cpu_probe_mibps is not None and w.cpu_probe_mibps > 0 for w in perf.windows
+    )  # the real probe

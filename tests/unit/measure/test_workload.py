@@ -304,3 +304,32 @@ def test_a_candidate_below_the_screen_gets_no_further_windows() -> None:
     assert any("screened out after 1 of 3 windows" in w for w in screened.windows[0].warnings)
     full = measure_performance(SleepyEngine(), workload(), 2, WattMeter(), cfg(repeats=3), stop_below=1e-9)
     assert len(full.windows) == 3 and not any("screened" in w for x in full.windows for w in x.warnings)
+
+
+def test_every_window_records_the_machine_speed_probed_before_it() -> None:
+    """The probe runs between batches (the engine idle), outside the energy window it describes."""
+    engine, meter = SleepyEngine(sleep=0.0), WattMeter()
+    events: list[str] = []
+    speeds = iter([900.0, 450.0, 880.0])
+
+    def probe() -> float:
+        events.append(f"probe with {len(engine.calls)} batches run, {len(meter.measurements)} windows closed")
+        return next(speeds)
+
+    perf = measure_performance(
+        engine, workload(), 1, meter, cfg(min_window_seconds=1e-9, repeats=3), probe=probe
+    )
+    assert [w.cpu_probe_mibps for w in perf.windows] == [900.0, 450.0, 880.0]
+    # warm-up (2 batches) first; then each probe after the window before it closed, one batch each
+    assert events == [f"probe with {2 + i} batches run, {i} windows closed" for i in range(3)]
+    assert PerformanceResult.from_dict(json.loads(json.dumps(perf.to_dict()))) == perf
+
+
+def test_windows_stored_before_the_probe_load_without_it() -> None:
+    perf = measure_performance(
+        SleepyEngine(sleep=0.0), workload(), 1, WattMeter(), cfg(repeats=1), probe=lambda: 1.0
+    )
+    data = perf.to_dict()
+    for window in data["windows"]:
+        del window["cpu_probe_mibps"]
+    assert PerformanceResult.from_dict(data).windows[0].cpu_probe_mibps is None

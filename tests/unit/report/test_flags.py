@@ -66,3 +66,53 @@ def test_a_warning_with_its_own_figures_counts_every_window_it_came_from(make_pe
     ]
     flags = window_flags(replace(make_performance(source="nvml"), windows=windows))
     assert flags == [growing.format(14.7) + ", varying by window (2 of 2 windows)"]
+
+
+def cpu_window(probe: float | None) -> WindowResult:
+    return WindowResult(
+        source="estimate",
+        joules=100.0,
+        active_joules=50.0,
+        seconds=5.0,
+        output_tokens=500,
+        goodput_tokens=500,
+        cpu_probe_mibps=probe,
+    )
+
+
+def test_a_window_after_a_slow_cpu_probe_is_flagged_against_the_runs_median(make_performance) -> None:
+    perf = replace(make_performance(), windows=[cpu_window(2000.0), cpu_window(1800.0), cpu_window(990.0)])
+    flags = window_flags(perf, usual_probe=2200.0)
+    assert flags == [
+        "the cores ran a fixed CPU probe at 0.45x its median in this run before the window "
+        "(< 0.80x per CPU second: a host's clock, a busy sibling thread): these figures are slowed too "
+        "(1 of 3 windows)"
+    ]
+    assert window_flags(perf, usual_probe=None) == []  # nothing to hold the probes to
+    unprobed = replace(perf, windows=[cpu_window(None), cpu_window(None)])
+    assert window_flags(unprobed, usual_probe=2200.0) == []
+
+
+def test_finalist_rounds_are_flagged_by_round_against_the_whole_runs_median(
+    make_result, make_performance
+) -> None:
+    """The search ran at full speed and a finalist's second round slowed: the flag names that round."""
+    quiet = replace(make_performance(), windows=[cpu_window(2100.0), cpu_window(2100.0)])
+    slow = replace(make_performance(), windows=[cpu_window(900.0), cpu_window(950.0)])
+    searched = make_result(performance=quiet)
+    rounds = [
+        replace(searched, role="finalist"),
+        replace(searched, role="finalist", performance=slow),
+        replace(searched, role="finalist"),
+    ]
+    lines = flags_section([searched], rounds)
+    flagged = [line for line in lines if line.startswith("| torch")]
+    assert len(flagged) == 1
+    assert "(finalist round 2) | 2 |" in flagged[0] and "0.43x its median" in flagged[0]
+    assert "(2 of 2 windows)" in flagged[0]
+    assert flags_section([searched], rounds[:1]) == [
+        "## Measurement flags",
+        "",
+        "No energy window of the 1 measured candidates and 1 finalist rounds was flagged.",
+        "",
+    ]

@@ -1,0 +1,102 @@
+"""CPU time: this candidate's (its process, finished children and tracked live processes), and
+the whole machine's by kind (/proc/stat), which tells whether a CPU window had the cores to itself.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC_STAT = Path("/proc/stat")
+# A CPU window in which the hypervisor ran something else for this share of the CPU time the VM
+# wanted (busy + steal) is flagged: the candidate ran slowed, so its latency and energy figures are
+# not this machine's own. (Quiet stream runs on the 2-vCPU Intel VM, 2026-12-06: 0.0-2.7% of all
+# CPU time, the share this flag used to take.)
+STEAL_FLAG = 0.05
+# Likewise a window in which other processes of this machine used this share of its CPU time: they
+# competed with the candidate for the cores (and RAPL counts their energy as its own).
+OTHERS_FLAG = 0.10
+
+# Live processes whose work belongs to this one's candidate (a layout's ranks): the estimate counts
+# their CPU time too. Finished children are in RUSAGE_CHILDREN already.
+_TRACKED: set[int] = set()
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def track_processes(pids: list[int]) -> None:
+    """Count these live processes' CPU time in every estimate window until untracked."""
+    _TRACKED.update(pids)
+
+
+def untrack_processes(pids: list[int]) -> None:
+    _TRACKED.difference_update(pids)
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process, its finished children and the tracked live processes."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total + sum(process_cpu_seconds(pid) for pid in sorted(_TRACKED))
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 once it is gone), from /proc/<pid>/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14 and 15
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """Jiffies (1/USER_HZ s) of every CPU since boot, from /proc/stat's first line."""
+
+    steal: int  # the VM's vCPUs waited while the hypervisor ran something else
+    busy: int  # user, nice, system, irq, softirq: work of any process here (guests inside user)
+    total: int
+
+
+def cpu_times() -> CpuTimes | None:
+    """This machine's CPU time by kind; None where /proc/stat cannot be read or has no steal
+    column (not Linux, or a kernel before 2.6.11)."""
+    try:
+        first = PROC_STAT.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if len(first) < 9 or first[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    busy = user + nice + system + irq + softirq
+    return CpuTimes(steal=steal, busy=busy, total=busy + idle + iowait + steal)
+
+
+def shared_cpu_warnings(before: CpuTimes | None, after: CpuTimes | None, own_cpu_seconds: float) -> list[str]:
+    """What a CPU window between two readings says about the candidate not having the CPU to itself:
+    the hypervisor took at least STEAL_FLAG of the CPU time this VM's processes wanted (ran, or
+    waited for as steal: a window that is half idle would otherwise halve the share), or other
+    processes used at least OTHERS_FLAG of the machine's CPU time."""
+    if before is None or after is None or after.total <= before.total:
+        return []
+    warnings = []
+    total = after.total - before.total
+    stolen, busy = after.steal - before.steal, after.busy - before.busy
+    steal = stolen / (busy + stolen) if busy + stolen > 0 else 0.0
+    if steal >= STEAL_FLAG:
+        warnings.append(
+            f"the hypervisor took {steal:.0%} of the CPU time this VM wanted during the window (steal, "
+            "/proc/stat): the candidate ran slowed"
+        )
+    others = max(busy / CLOCK_TICKS - own_cpu_seconds, 0.0) / (total / CLOCK_TICKS)
+    if others >= OTHERS_FLAG:
+        warnings.append(
+            f"other processes used {others:.0%} of this machine's CPU time during the window (/proc/stat "
+            "less the candidate's own): they competed with it for the cores"
+        )
+    return warnings
