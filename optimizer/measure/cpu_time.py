@@ -15,6 +15,9 @@ PROC_STAT = Path("/proc/stat")
 # not this machine's own. (Quiet stream runs on the 2-vCPU Intel VM, 2026-12-06: 0.0-2.7% of all
 # CPU time, the share this flag used to take.)
 STEAL_FLAG = 0.05
+# ... once the stolen time is at least this share of all CPU time in the window: a window in which
+# the VM hardly ran (idle power is measured asleep) has a few jiffies of each, so any share.
+STEAL_FLOOR = 0.01
 # Likewise a window in which other processes of this machine used this share of its CPU time: they
 # competed with the candidate for the cores (and RAPL counts their energy as its own).
 OTHERS_FLAG = 0.10
@@ -80,15 +83,15 @@ def cpu_times() -> CpuTimes | None:
 def shared_cpu_warnings(before: CpuTimes | None, after: CpuTimes | None, own_cpu_seconds: float) -> list[str]:
     """What a CPU window between two readings says about the candidate not having the CPU to itself:
     the hypervisor took at least STEAL_FLAG of the CPU time this VM's processes wanted (ran, or
-    waited for as steal: a window that is half idle would otherwise halve the share), or other
-    processes used at least OTHERS_FLAG of the machine's CPU time."""
+    waited for as steal: a window that is half idle would otherwise halve the share) and at least
+    STEAL_FLOOR of all of it, or other processes used at least OTHERS_FLAG of the machine's CPU time."""
     if before is None or after is None or after.total <= before.total:
         return []
     warnings = []
     total = after.total - before.total
     stolen, busy = after.steal - before.steal, after.busy - before.busy
     steal = stolen / (busy + stolen) if busy + stolen > 0 else 0.0
-    if steal >= STEAL_FLAG:
+    if steal >= STEAL_FLAG and stolen >= STEAL_FLOOR * total:
         warnings.append(
             f"the hypervisor took {steal:.0%} of the CPU time this VM wanted during the window (steal, "
             "/proc/stat): the candidate ran slowed"

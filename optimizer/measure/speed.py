@@ -3,7 +3,7 @@
 A candidate measured on slowed cores gets slower latencies and fewer tokens per joule that are not
 its own. Cores can be slowed in two ways. Time-sharing (the hypervisor running another VM, other
 processes here) is measured over the whole window by the CPU meters, from /proc/stat (steal, and
-busy time that is not the candidate's: energy.py). A core that runs slower while it runs (a host
+busy time that is not the candidate's: cpu_time.py). A core that runs slower while it runs (a host
 lowering its clock, a busy hyperthread sibling, shared caches) shows in neither. This probe times
 that: before each window (the engine idle between batches or runs of a stream) every core this
 process may use hashes the same in-cache buffer, and the rate is taken per second of each
@@ -11,9 +11,9 @@ thread's own CPU time, so a thread waiting for a core does not lower it. The rep
 window's rate to the run's median.
 
 On the project's 2-vCPU VM (2026-12-06), one thread's hashes timed by the wall clock fell below
-0.8x of their median in 34% of 362 samples over 40 s (down to 0.14x): the host preempted the vCPUs,
-and only 1.8% of the time showed as steal. Per CPU second the same hashes fell below 0.8x in 1%
-(down to 0.64x) (evals/results/2026-12-06-cpu-speed-probe/).
+0.8x of their median in 34% of 362 samples over 40 s (down to 0.14x): the host preempted the vCPUs
+(steal was 1.8% of all CPU time, with the VM busy ~3.5% of it). Per CPU second the same hashes fell
+below 0.8x in 1% (down to 0.64x) (evals/results/2026-12-06-cpu-speed-probe/).
 
 What it cannot see: contention for memory bandwidth (the buffer stays in the core's cache), which
 slows a bandwidth-bound decode step without slowing the probe.

@@ -264,6 +264,12 @@ def test_a_window_the_hypervisor_slowed_is_flagged(tmp_path: Path, monkeypatch, 
     (flag,) = window(steal_after=100 + 250)  # 250 of the 1,250 wanted: 20%
     assert "the hypervisor took 20% of the CPU time this VM wanted during the window" in flag
     assert window(steal_after=100 + 10) == []  # 1%
+    # a window in which the VM hardly ran: 7 of 12 jiffies wanted were stolen, 7 of 9,012 in all
+    own = itertools.cycle([0.0, 5 / tick])
+    stat.write_text(_stat_line(steal=100, idle=8900))
+    with meter.window() as measurement:
+        stat.write_text(_stat_line(steal=107, idle=8900 + 9000, user=1000 + 5))
+    assert measurement.warnings == []
     stat.write_text("intr 0\n")  # not a /proc/stat this meter can read
     with meter.window() as measurement:
         pass
