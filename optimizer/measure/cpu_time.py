@@ -66,18 +66,34 @@ class CpuTimes:
 
 
 def cpu_times() -> CpuTimes | None:
-    """This machine's CPU time by kind; None where /proc/stat cannot be read or has no steal
-    column (not Linux, or a kernel before 2.6.11)."""
+    """The CPU time by kind of the CPUs this process may run on (its affinity: in a container
+    pinned to a few of a host's cores, the others' work is not competition); all CPUs together
+    where the affinity is unknown or /proc/stat lacks one of its lines. None where /proc/stat
+    cannot be read or has no steal column (not Linux, or a kernel before 2.6.11)."""
     try:
-        first = PROC_STAT.read_text().split("\n", 1)[0].split()
+        lines = PROC_STAT.read_text().splitlines()
     except OSError:
         return None
-    if len(first) < 9 or first[0] != "cpu":
+    rows = {line.split(maxsplit=1)[0]: line.split() for line in lines if line.startswith("cpu")}
+    wanted = [f"cpu{index}" for index in sorted(allowed_cpus() or ())]
+    picked = [rows[name] for name in wanted if name in rows]
+    if not wanted or len(picked) < len(wanted):
+        picked = [rows["cpu"]] if "cpu" in rows else []
+    if not picked or any(len(row) < 9 for row in picked):
         return None
     # user nice system idle iowait irq softirq steal (guest time is inside user already)
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    sums = [sum(int(row[column]) for row in picked) for column in range(1, 9)]
+    user, nice, system, idle, iowait, irq, softirq, steal = sums
     busy = user + nice + system + irq + softirq
     return CpuTimes(steal=steal, busy=busy, total=busy + idle + iowait + steal)
+
+
+def allowed_cpus() -> set[int] | None:
+    """The CPUs this process may run on; None where the platform does not say."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
 
 
 def shared_cpu_warnings(before: CpuTimes | None, after: CpuTimes | None, own_cpu_seconds: float) -> list[str]:

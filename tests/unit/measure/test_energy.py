@@ -248,6 +248,7 @@ def test_a_window_the_hypervisor_slowed_is_flagged(tmp_path: Path, monkeypatch, 
     flags nothing. Idle time does not dilute it: the window below is mostly idle."""
     stat = tmp_path / "stat"
     monkeypatch.setattr(cpu_time, "PROC_STAT", stat)
+    monkeypatch.setattr(cpu_time, "allowed_cpus", lambda: None)  # all CPUs: the first line
     meter = _cpu_meter(meter_kind, tmp_path)
 
     tick = cpu_time.CLOCK_TICKS
@@ -286,6 +287,7 @@ def test_a_window_other_processes_competed_in_is_flagged(
     seconds is flagged with its share; the same busy time when it was the candidate's own is not."""
     stat = tmp_path / "stat"
     monkeypatch.setattr(cpu_time, "PROC_STAT", stat)
+    monkeypatch.setattr(cpu_time, "allowed_cpus", lambda: None)  # all CPUs: the first line
     meter = _cpu_meter(meter_kind, tmp_path)
     tick = cpu_time.CLOCK_TICKS
 
@@ -300,3 +302,21 @@ def test_a_window_other_processes_competed_in_is_flagged(
     (flag,) = window(own_seconds=0.0)
     assert flag.startswith("other processes used 30% of this machine's CPU time during the window")
     assert window(own_seconds=2.9) == []  # 0.1 of 10 s: 1%
+
+
+def test_only_the_cpus_this_process_may_run_on_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinned to cpu0 and cpu1 of a four-CPU host, the work on cpu2 and cpu3 is not competition;
+    an affinity naming a CPU the file lacks falls back to all CPUs together."""
+    stat = tmp_path / "stat"
+    monkeypatch.setattr(cpu_time, "PROC_STAT", stat)
+    stat.write_text(
+        "cpu  4000 0 0 6000 0 0 0 40 0 0\n"
+        "cpu0 100 0 0 2400 0 0 0 10 0 0\n"
+        "cpu1 200 0 0 2300 0 0 0 10 0 0\n"
+        "cpu2 1800 0 0 700 0 0 0 10 0 0\n"
+        "cpu3 1900 0 0 600 0 0 0 10 0 0\n"
+    )
+    monkeypatch.setattr(cpu_time, "allowed_cpus", lambda: {0, 1})
+    assert cpu_time.cpu_times() == cpu_time.CpuTimes(steal=20, busy=300, total=5020)
+    monkeypatch.setattr(cpu_time, "allowed_cpus", lambda: {0, 7})
+    assert cpu_time.cpu_times() == cpu_time.CpuTimes(steal=40, busy=4000, total=10040)
