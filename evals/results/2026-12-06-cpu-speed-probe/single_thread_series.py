@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from optimizer.measure import speed  # noqa: E402
-from optimizer.measure.energy import cpu_times  # noqa: E402
+from optimizer.measure.cpu_time import cpu_times  # noqa: E402
 
 
 def one(passes: int = 8) -> tuple[float, float]:
