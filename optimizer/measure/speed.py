@@ -12,7 +12,8 @@ window's rate to the run's median.
 
 On the project's 2-vCPU VM (2026-12-06), one thread's hashes timed by the wall clock fell below
 0.8x of their median in 34% of 362 samples over 40 s (down to 0.14x): the host preempted the vCPUs
-(steal was 1.8% of all CPU time, with the VM busy ~3.5% of it). Per CPU second the same hashes fell
+(steal was 1.8% of all CPU time, with the VM busy roughly 3.5% of it: estimated from the
+hashing's size, not read). Per CPU second the same hashes fell
 below 0.8x in 1% (down to 0.64x) (evals/results/2026-12-06-cpu-speed-probe/).
 
 What it cannot see: contention for memory bandwidth (the buffer stays in the core's cache), which
@@ -30,6 +31,8 @@ import statistics
 import threading
 import time
 
+from optimizer.measure.cpu_time import allowed_cpus
+
 log = logging.getLogger(__name__)
 
 PROBE_BUFFER_BYTES = 1 << 20  # 1 MiB: inside one core's L2, so the probe times the core, not DRAM
@@ -42,10 +45,7 @@ SLOW_PROBE = 0.80
 
 def probe_threads() -> int:
     """The cores this process may run on (its affinity, which a container or `taskset` narrows)."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not Linux
-        return max(os.cpu_count() or 1, 1)
+    return max(len(allowed_cpus() or ()) or os.cpu_count() or 1, 1)
 
 
 def cpu_probe_mibps(threads: int | None = None) -> float:
