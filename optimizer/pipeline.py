@@ -110,15 +110,20 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     best = select_best(outcome.selectable)
     selection: Selection | None = None
     remeasured: list[CandidateResult] = []
-    if best is not None and cfg.launcher.kind == "local":  # finalists are measured on this host
+    # finalists are measured on this host; with nothing feasible, the near misses are (if any)
+    if cfg.launcher.kind == "local":
         evaluator = Evaluator.for_setup(setup, cfg.search, store, device)
         picked = remeasure(evaluator, outcome.selectable, cfg.search)
         if picked is not None:
             remeasured, selection = picked
-            best = merged([r for r in remeasured if r.candidate.key() == selection.winner])
             log.info("%s: %s", "selected" if selection.feasible else "nothing selected", selection.reason)
-            if not selection.feasible:  # the search's feasible runs were luck at the SLO's edge
-                best = None
+            # not feasible: the search's feasible runs were luck at the SLO's edge, or its near
+            # misses missed again
+            best = (
+                merged([r for r in remeasured if r.candidate.key() == selection.winner])
+                if selection.feasible
+                else None
+            )
     recipe_path = None
     infeasible = None
     if best is not None:
@@ -154,8 +159,10 @@ def _warn_if_busy(target: TargetSpec) -> None:
 
 
 def unreliable_finalists(selection: Selection | None) -> UserError | None:
-    """The error of a run whose finalists all missed the SLO when measured again, if it is one."""
-    if selection is None or selection.feasible:
+    """The error of a run whose finalists all missed the SLO when measured again, if it is one. A
+    run that found nothing feasible and whose near misses missed again gets `diagnose_infeasible`'s
+    error, which names the constraint (and, on a request stream, the capacity measured)."""
+    if selection is None or selection.feasible or all(f.near_miss for f in selection.finalists):
         return None
     return UserError(
         "workload.slo",

@@ -101,7 +101,7 @@ class Finalist:
 class Selection:
     finalists: list[Finalist]  # best first
     winner: str  # candidate key
-    distinguishable: bool  # the winner's interval lies above the runner-up's
+    distinguishable: bool  # the winner's interval lies above the runner-up's (False without one)
     reason: str
 
     def to_dict(self) -> dict[str, object]:
@@ -140,8 +140,9 @@ def near_misses(
     results: Sequence[CandidateResult], slo: SloConfig, near_miss: float | None
 ) -> list[CandidateResult]:
     """Measured candidates (so inside the quality bound) whose only fault is a latency percentile
-    at most `near_miss` over its target, with more goodput tokens/J than every feasible one: one
-    run's percentile over a few dozen requests is too noisy to rule them out unmeasured again."""
+    at most `near_miss` over its target, and whose tokens/J (`potential`) is above every feasible
+    one's goodput tokens/J: one run's percentile over a few dozen requests is too noisy to rule
+    them out unmeasured again."""
     if near_miss is None:
         return []
     best_feasible = max((r.objective for r in feasible(results)), default=0.0)
@@ -150,10 +151,17 @@ def near_misses(
         for r in results
         if r.status == MEASURED
         and not r.feasible
-        and r.objective > best_feasible
+        and potential(r) > best_feasible
         and (headroom := latency_headroom(r, slo)) is not None
         and headroom >= -near_miss
     ]
+
+
+def potential(result: CandidateResult) -> float:
+    """A near miss's worth if it met the SLO: its tokens/J counting every token. Its goodput can be
+    nearly 0 however close it came: in a static batch every request shares one TPOT, and 8% over
+    the target puts every request of the batch over it."""
+    return result.performance.tokens_per_joule.mean if result.performance else 0.0
 
 
 def _next_above(values: dict[str, float], q: float) -> float:
@@ -193,19 +201,18 @@ def select_finalist(
             )
         )
     ranked = sorted(finalists, key=lambda f: (f.feasible, f.mean), reverse=True)
-    winner, runner_up = ranked[0], ranked[1]
+    winner = ranked[0]
+    runner_up = ranked[1] if len(ranked) > 1 else None  # (a lone near miss has none)
     # an infeasible winner means none stayed feasible: no finalist is ahead of another then
-    distinguishable = winner.feasible and (runner_up.feasible is False or winner.low > runner_up.high)
+    distinguishable = (
+        winner.feasible
+        and runner_up is not None
+        and (runner_up.feasible is False or winner.low > runner_up.high)
+    )
     reason = (
         ("no finalist met the SLO in every re-measurement; the best, " if not winner.feasible else "")
         + f"{winner.label}: {winner.mean:.3g} goodput tok/J [{winner.low:.3g}, {winner.high:.3g}] re-measured"
-        + (
-            f"; {runner_up.label} ({runner_up.mean:.3g}) missed the SLO when re-measured"
-            if winner.feasible and not runner_up.feasible
-            else f", above {runner_up.label}'s [{runner_up.low:.3g}, {runner_up.high:.3g}]"
-            if distinguishable
-            else f", not distinguishable from {runner_up.label}'s [{runner_up.low:.3g}, {runner_up.high:.3g}]"
-        )
+        + _against_runner_up(winner, runner_up, distinguishable)
     )
     # a tie on energy (a mean inside the winner's interval): the most latency headroom wins, the
     # same energy with more room for load and noise (a stream near an engine's capacity queues far
@@ -225,9 +232,18 @@ def select_finalist(
         winner = roomiest
     if winner.feasible and winner.near_miss:
         reason += "; it missed the SLO in the search's run and met it in every re-measurement"
-    if _at_edge(winner, margin):
+    if winner.feasible and _at_edge(winner, margin):  # (an infeasible one is past the edge)
         reason += f"; its latency is within {margin:.0%} of the SLO"
     return Selection(finalists=ranked, winner=winner.key, distinguishable=distinguishable, reason=reason)
+
+
+def _against_runner_up(winner: Finalist, runner_up: Finalist | None, distinguishable: bool) -> str:
+    if runner_up is None:
+        return ", the only finalist"
+    if winner.feasible and not runner_up.feasible:
+        return f"; {runner_up.label} ({runner_up.mean:.3g}) missed the SLO when re-measured"
+    span = f"{runner_up.label}'s [{runner_up.low:.3g}, {runner_up.high:.3g}]"
+    return f", above {span}" if distinguishable else f", not distinguishable from {span}"
 
 
 def _at_edge(finalist: Finalist, margin: float) -> bool:

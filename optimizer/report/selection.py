@@ -11,13 +11,21 @@ from optimizer.select import Selection
 def selection_section(selection: Selection | None, estimate_mark: str) -> list[str]:
     if selection is None:
         return []
+    only_near_misses = all(f.near_miss for f in selection.finalists)
     lines = [
         "## Selection among finalists",
         "",
-        f"{estimate_mark}The search's best feasible candidates, re-measured side by side in interleaved "
-        "rounds; the winner is chosen on these figures, not on the search's (the best of noisy means "
-        "runs high). A *near miss* missed the latency SLO in the search by at most search.near_miss "
-        "with more goodput: it can win only by meeting the SLO in every re-measurement.",
+        f"{estimate_mark}"
+        + (
+            "No candidate met the latency SLO in the search; those that missed it by at most "
+            "search.near_miss (*near misses*) were re-measured in interleaved rounds, and one can be "
+            "selected only by meeting the SLO in every re-measurement."
+            if only_near_misses
+            else "The search's best feasible candidates, re-measured side by side in interleaved "
+            "rounds; the winner is chosen on these figures, not on the search's (the best of noisy means "
+            "runs high). A *near miss* missed the latency SLO in the search by at most search.near_miss "
+            "with more goodput: it can win only by meeting the SLO in every re-measurement."
+        ),
         "",
         "| finalist | goodput tok/J | 95% interval | windows | latency headroom | feasible |",
         "|---|---|---|---|---|---|",
@@ -28,6 +36,15 @@ def selection_section(selection: Selection | None, estimate_mark: str) -> list[s
         lines.append(
             f"| {f.label}{' (near miss)' if f.near_miss else ''} | {f.mean:.3f} | {span} | {len(f.samples)} | {headroom} | {'yes' if f.feasible else 'no'} |"
         )
-    verdict = "distinguishable from" if selection.distinguishable else "**not distinguishable** from"
-    lines += ["", f"The winner is {verdict} the runner-up: {selection.reason}.", ""]
+    if not selection.feasible:
+        verdict = "Nothing selected"
+    elif len(selection.finalists) == 1:
+        verdict = "The only finalist"
+    else:
+        verdict = (
+            "The winner is "
+            + ("distinguishable from" if selection.distinguishable else "**not distinguishable** from")
+            + " the runner-up"
+        )
+    lines += ["", f"{verdict}: {selection.reason}.", ""]
     return lines

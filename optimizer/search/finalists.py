@@ -4,8 +4,8 @@ The search keeps the maximum of noisy means, so the figure it keeps for its winn
 (the winner's curse; CPU windows vary by ~14% here) and a winner can sit at the SLO's edge. The top
 `search.finalists` feasible candidates are measured again in `search.finalist_rounds` interleaved
 rounds (A B C, C B A, ...), and with them any near miss (a latency percentile at most
-`search.near_miss` over its target, with more goodput): the SLO's edge is as noisy on the other
-side. Selection uses only the re-measured figures: the mean goodput tokens/J and a
+`search.near_miss` over its target, with more goodput; with nothing feasible, the near misses
+alone): the SLO's edge is as noisy on the other side. Selection uses only the re-measured figures: the mean goodput tokens/J and a
 95% interval of it per finalist. When the winner's interval overlaps the runner-up's, they are not
 distinguishable on energy; then, among the finalists whose mean lies inside the winner's interval,
 the one with the most latency headroom is chosen (a stream near an engine's capacity queues far
@@ -26,7 +26,7 @@ from optimizer.measure.workload import PerformanceResult
 from optimizer.results import FAILED, CandidateResult
 from optimizer.search.evaluate import Evaluator
 from optimizer.search.runner import DEATHS_BEFORE_FAILING, died_measuring, rough_duration
-from optimizer.select import Selection, feasible, near_misses, select_finalist
+from optimizer.select import Selection, feasible, near_misses, potential, select_finalist
 from optimizer.space import Candidate
 from optimizer.store import TrialStore, context_key, leases_kept
 
@@ -37,9 +37,11 @@ def remeasure(
     evaluator: Evaluator, results: Sequence[CandidateResult], search: SearchConfig
 ) -> tuple[list[CandidateResult], Selection] | None:
     """Re-measure the best candidates side by side and select among them. Returns every
-    re-measurement and the selection, or None without a feasible candidate and a second one."""
+    re-measurement and the selection, or None when nothing is in question: with
+    search.finalists < 2, without finalists, or with one feasible finalist and nothing beside it
+    (a lone near miss is re-measured: whether it meets the SLO is the question)."""
     pool = finalist_pool(results, search, evaluator.workload_cfg.slo)
-    if search.finalists < 2 or len(pool) < 2:
+    if search.finalists < 2 or not pool or (len(pool) == 1 and pool[0].feasible):
         return None
     log.info(
         "finalists: re-measuring %s in %d interleaved rounds (%s, as long as the search took them)",
@@ -70,11 +72,13 @@ def finalist_pool(
 ) -> list[CandidateResult]:
     """The best `search.finalists` feasible candidates, best first, where near misses with more
     goodput tokens/J (`near_misses`) take all places but one: the best feasible candidate always
-    stays, so a run whose near misses all miss again still selects what it found feasible."""
+    stays, so a run whose near misses all miss again still selects what it found feasible. With
+    nothing feasible, the near misses take every place: a run that would otherwise end with no
+    recipe selects one that meets the SLO in every re-measurement."""
     ranked = sorted(feasible(results), key=lambda r: r.objective, reverse=True)
+    near = sorted(near_misses(results, slo, search.near_miss), key=potential, reverse=True)
     if not ranked:
-        return []
-    near = sorted(near_misses(results, slo, search.near_miss), key=lambda r: r.objective, reverse=True)
+        return near[: search.finalists]
     near = near[: max(search.finalists - 1, 0)]
     return [*near, *ranked[: search.finalists - len(near)]]
 

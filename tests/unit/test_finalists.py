@@ -14,6 +14,7 @@ import pytest
 
 from optimizer.config import SearchConfig, SloConfig
 from optimizer.measure.latency import LatencySummary
+from optimizer.measure.workload import Spread
 from optimizer.pipeline import unreliable_finalists
 from optimizer.results import FAILED, CandidateResult
 from optimizer.search.finalists import _round_store, finalist_pool, remeasure
@@ -280,6 +281,16 @@ def test_a_near_miss_with_more_goodput_joins_the_finalists() -> None:
     assert (
         finalist_pool([*feasible_ones, near], SearchConfig(finalists=3, near_miss=None), SLO) == feasible_ones
     )
+    # a static batch 8% over its TPOT target has no goodput at all: what it is worth if it meets
+    # the SLO when measured again is its tokens/J, every token counted
+    offline = measured(12, [0.0], tpot_s=0.270, violations=LATE)
+    assert offline.objective == 0.0 and offline.performance is not None
+    offline = replace(offline, performance=replace(offline.performance, tokens_per_joule=Spread.of([12.0])))
+    assert [r.candidate.batch_size for r in finalist_pool([*feasible_ones, offline], search, SLO)] == [
+        12,
+        7,
+        6,
+    ]
     # the threshold is the overshoot: 8% over is outside near_miss=0.05
     assert [
         r.candidate.batch_size
@@ -291,7 +302,10 @@ def test_a_near_miss_with_more_goodput_joins_the_finalists() -> None:
         r.candidate.batch_size
         for r in finalist_pool([*feasible_ones, *two_near], SearchConfig(finalists=2), SLO)
     ] == [24, 7]
-    assert finalist_pool([near, far], search, SLO) == []
+    # with nothing feasible, the near misses take every place, the most goodput first
+    assert finalist_pool([near, far], search, SLO) == [near]
+    assert finalist_pool([*two_near, far], search, SLO) == [two_near[1], near]
+    assert finalist_pool([*two_near, far], SearchConfig(finalists=3, near_miss=None), SLO) == []
 
 
 def test_a_near_miss_wins_only_by_meeting_the_slo_in_every_re_measurement() -> None:
@@ -326,6 +340,57 @@ def test_remeasure_takes_the_near_miss_into_its_rounds() -> None:
     assert evaluator.order == [16, 8, 4]
     assert picked is not None and picked[1].winner == torch_candidate(batch_size=16).key()
     assert picked[1].finalists[0].near_miss
-    # one feasible candidate and a near miss are two finalists; a near miss and nothing feasible none
+    # one feasible candidate and a near miss are two finalists
     assert remeasure(FakeEvaluator(), pool[1:], SearchConfig()) is not None  # type: ignore[arg-type]
-    assert remeasure(FakeEvaluator(), pool[2:], SearchConfig()) is None  # type: ignore[arg-type]
+
+
+def test_with_nothing_feasible_a_lone_near_miss_is_re_measured_and_can_be_selected() -> None:
+    """A run whose every candidate missed the SLO, one of them by a few percent, ended with no recipe
+    on one noisy percentile; it is measured again, and selected if it meets the SLO every time."""
+    near = measured(16, [16.0], tpot_s=0.270, violations=LATE)
+    far = measured(32, [20.0], tpot_s=0.400, violations=("TPOT p90 400 ms > 250",))
+    evaluator = FakeEvaluator()  # re-measures every candidate inside the SLO
+    picked = remeasure(evaluator, [near, far], SearchConfig(finalists=3, finalist_rounds=2))  # type: ignore[arg-type]
+    assert evaluator.order == [16, 16]  # the near miss in both rounds; the far miss not at all
+    assert picked is not None
+    remeasured, selection = picked
+    assert len(remeasured) == 2 and all(r.role == "finalist" for r in remeasured)
+    assert selection.winner == near.candidate.key() and selection.feasible
+    assert [f.near_miss for f in selection.finalists] == [True] and not selection.distinguishable
+    assert selection.reason == (
+        f"{near.candidate.label()}: 16.1 goodput tok/J [16, 16.1] re-measured, the only finalist"
+        "; it missed the SLO in the search's run and met it in every re-measurement"
+    )
+    # a lone feasible candidate has nothing to be compared with, and is not measured again
+    assert remeasure(FakeEvaluator(), [measured(8, [8.0]), far], SearchConfig()) is None  # type: ignore[arg-type]
+    # search.finalists < 2 keeps the search's figures, near misses or not
+    assert remeasure(FakeEvaluator(), [near], SearchConfig(finalists=1)) is None  # type: ignore[arg-type]
+
+
+def test_near_misses_that_miss_again_leave_the_diagnosis_to_the_constraint() -> None:
+    near = measured(16, [16.0], tpot_s=0.270, violations=LATE)
+    again = {near.candidate.key(): [measured(16, [15.0, 15.5], tpot_s=0.280, violations=LATE)]}
+    selection = select_finalist([near], again, SLO, 0.1)
+    assert not selection.feasible and not selection.distinguishable
+    assert selection.reason.startswith("no finalist met the SLO in every re-measurement; the best, ")
+    assert selection.reason.endswith(", the only finalist")
+    # not "the search's runs met the SLO once": they never did; diagnose_infeasible names the SLO
+    assert unreliable_finalists(selection) is None
+
+
+def test_the_report_says_when_the_finalists_are_near_misses_alone() -> None:
+    from optimizer.report.selection import selection_section
+
+    near = measured(16, [16.0], tpot_s=0.270, violations=LATE)
+    met = {near.candidate.key(): [measured(16, [15.0, 15.5], tpot_s=0.200)]}
+    text = "\n".join(selection_section(select_finalist([near], met, SLO, 0.1), ""))
+    assert "No candidate met the latency SLO in the search" in text
+    assert f"| {near.candidate.label()} (near miss) | 15.250 |" in text
+    assert "The only finalist: " in text and "runner-up" not in text
+    ok = measured(8, [7.0])
+    both = {**met, ok.candidate.key(): [measured(8, [7.0, 7.1])]}
+    text = "\n".join(selection_section(select_finalist([near, ok], both, SLO, 0.1), ""))
+    assert "The search's best feasible candidates" in text and "The winner is distinguishable from" in text
+    late = {near.candidate.key(): [measured(16, [15.0, 15.5], tpot_s=0.280, violations=LATE)]}
+    text = "\n".join(selection_section(select_finalist([near], late, SLO, 0.1), ""))
+    assert "Nothing selected: no finalist met the SLO in every re-measurement; the best, " in text

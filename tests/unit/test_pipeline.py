@@ -10,6 +10,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,78 @@ def test_impossible_slo_is_reported_not_recipe(first: RunResult, run) -> None:
     assert measured and all(not r.feasible for r in measured)
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert all(r["performance"]["slo_violations"] for r in results if r["status"] == MEASURED)
+
+
+def test_with_nothing_feasible_the_near_misses_are_re_measured(first: RunResult, run) -> None:
+    root, optimize = run
+    # search.near_miss so wide that every candidate missing an impossible SLO is a near miss: they
+    # are measured again (and miss again), and the error still names the SLO
+    result = optimize(
+        "near-misses", "workload.slo.tpot_ms=0.05", "search.near_miss=1e9", "search.finalist_rounds=1"
+    )
+    assert result.infeasible is not None and result.infeasible.field == "workload.slo"
+    assert "measured candidates miss the latency SLO" in result.infeasible.problem
+    assert result.best is None and result.recipe_path is None
+    out = root / "near-misses"
+    measured = [r for r in result.results if r.status == MEASURED]
+    finalists = [r for r in results_of(out) if r["role"] == "finalist"]
+    assert len(finalists) == min(3, len(measured)) >= 1
+    assert all(r["performance"]["slo_violations"] for r in finalists)
+    report = (out / "report.md").read_text()
+    assert "No candidate met the latency SLO in the search" in report
+    assert "no finalist met the SLO in every re-measurement" in report
+
+
+def test_a_near_miss_that_meets_the_slo_when_re_measured_gets_the_recipe(
+    first: RunResult, run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing met the SLO in the search; its best near miss met it in every re-measurement (here
+    by making the re-measurements fast: the tiny model cannot be slowed in the search alone)."""
+    from optimizer import pipeline
+    from optimizer.measure.latency import LatencySummary
+    from optimizer.measure.workload import PerformanceResult
+    from optimizer.search.evaluate import Evaluator
+
+    evaluate, remeasure = Evaluator.evaluate, pipeline.remeasure
+
+    def on_time(self: Evaluator, candidate: Candidate, role: str = "candidate") -> Any:
+        result = evaluate(self, candidate, role)
+        performance = result.performance
+        assert performance is not None
+        windows = [replace(w, goodput_tokens=w.output_tokens) for w in performance.windows]
+        fast = LatencySummary.of([1e-6] * 4, [1e-6] * 4)
+        return replace(
+            result, performance=PerformanceResult.of_windows(windows, performance.idle_watts, fast, [])
+        )
+
+    def fast_rounds(*args: Any) -> Any:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Evaluator, "evaluate", on_time)
+            return remeasure(*args)
+
+    monkeypatch.setattr(pipeline, "remeasure", fast_rounds)
+    root, optimize = run
+    result = optimize(
+        "near-miss-selected",
+        "workload.slo.tpot_ms=0.05",
+        "search.near_miss=1e9",
+        "search.finalists=2",  # (a pool of its own: the rounds of the test above are not reused)
+        "search.finalist_rounds=1",
+    )
+    assert not any(r.feasible for r in result.results)
+    assert result.infeasible is None and result.best is not None and result.best.feasible
+    assert result.recipe_path is not None
+    recipe = yaml.safe_load(result.recipe_path.read_text())
+    finalists = recipe["evidence"]["selection"]["finalists"]
+    assert len(finalists) == 2 and all(f["near_miss"] for f in finalists)
+    assert finalists[0]["label"] == result.best.candidate.label()
+    assert "the only finalist" not in recipe["evidence"]["selection"]["reason"]
+    assert (
+        "missed the SLO in the search's run and met it in every re-measurement"
+        in (recipe["evidence"]["selection"]["reason"])
+    )
+    report = (root / "near-miss-selected" / "report.md").read_text()
+    assert "No candidate met the latency SLO in the search" in report
 
 
 def test_diagnose_names_the_slo_when_measured_candidates_miss_it(make_result, make_performance) -> None:
