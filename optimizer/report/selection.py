@@ -24,7 +24,8 @@ def selection_section(selection: Selection | None, estimate_mark: str) -> list[s
             else "The search's best feasible candidates, re-measured side by side in interleaved "
             "rounds; the winner is chosen on these figures, not on the search's (the best of noisy means "
             "runs high). A *near miss* missed the latency SLO in the search by at most search.near_miss "
-            "with more goodput: it can win only by meeting the SLO in every re-measurement."
+            "with more tokens/J (every token counted) than the best feasible goodput: it can win only "
+            "by meeting the SLO in every re-measurement."
         ),
         "",
         "| finalist | goodput tok/J | 95% interval | windows | latency headroom | feasible |",

@@ -4,9 +4,9 @@ The search keeps the maximum of noisy means, so the figure it keeps for its winn
 (the winner's curse; CPU windows vary by ~14% here) and a winner can sit at the SLO's edge. The top
 `search.finalists` feasible candidates are measured again in `search.finalist_rounds` interleaved
 rounds (A B C, C B A, ...), and with them any near miss (a latency percentile at most
-`search.near_miss` over its target, with more goodput; with nothing feasible, the near misses
-alone): the SLO's edge is as noisy on the other side. Selection uses only the re-measured figures: the mean goodput tokens/J and a
-95% interval of it per finalist. When the winner's interval overlaps the runner-up's, they are not
+`search.near_miss` over its target, with more tokens/J; with nothing feasible, the near misses
+alone): the SLO's edge is as noisy on the other side. Selection uses only the re-measured
+figures: the mean goodput tokens/J and a 95% interval of it per finalist. When the winner's interval overlaps the runner-up's, they are not
 distinguishable on energy; then, among the finalists whose mean lies inside the winner's interval,
 the one with the most latency headroom is chosen (a stream near an engine's capacity queues far
 past the percentile one run measured), and a winner within `search.slo_margin` of the SLO is
@@ -71,7 +71,7 @@ def finalist_pool(
     results: Sequence[CandidateResult], search: SearchConfig, slo: SloConfig
 ) -> list[CandidateResult]:
     """The best `search.finalists` feasible candidates, best first, where near misses with more
-    goodput tokens/J (`near_misses`) take all places but one: the best feasible candidate always
+    tokens/J (`near_misses`) take all places but one: the best feasible candidate always
     stays, so a run whose near misses all miss again still selects what it found feasible. With
     nothing feasible, the near misses take every place: a run that would otherwise end with no
     recipe selects one that meets the SLO in every re-measurement."""
