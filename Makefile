@@ -40,8 +40,9 @@ unit: install
 e2e: install
 	$(BIN)/pytest tests/e2e -q
 
+# --durations: the slowest tests last, what keeps the suite inside CI's 90 minutes
 test: lint
-	$(BIN)/pytest -q --durations=15  # the slowest tests last: what keeps the suite inside CI's limit
+	$(BIN)/pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .mypy_cache .ruff_cache
