@@ -267,7 +267,7 @@ def test_the_winners_evidence_is_every_round_it_was_selected_on() -> None:
 LATE = ("TPOT p90 270 ms > workload.slo.tpot_ms 250",)
 
 
-def test_a_near_miss_with_more_goodput_joins_the_finalists() -> None:
+def test_a_near_miss_with_more_tokens_per_joule_joins_the_finalists() -> None:
     """The demo's case of 2026-12-06: llama.cpp at 9.48 goodput tok/J missed TTFT p90 by 19% in the
     search, and the finalists were two torch-cb candidates at 7.1 and 6.9 tok/J: one noisy
     percentile decided against the most efficient candidate unmeasured again."""
@@ -302,7 +302,7 @@ def test_a_near_miss_with_more_goodput_joins_the_finalists() -> None:
         r.candidate.batch_size
         for r in finalist_pool([*feasible_ones, *two_near], SearchConfig(finalists=2), SLO)
     ] == [24, 7]
-    # with nothing feasible, the near misses take every place, the most goodput first
+    # with nothing feasible, the near misses take every place, the most tokens/J first
     assert finalist_pool([near, far], search, SLO) == [near]
     assert finalist_pool([*two_near, far], search, SLO) == [two_near[1], near]
     assert finalist_pool([*two_near, far], SearchConfig(finalists=3, near_miss=None), SLO) == []

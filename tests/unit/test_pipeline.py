@@ -212,8 +212,9 @@ def test_impossible_slo_is_reported_not_recipe(first: RunResult, run) -> None:
 
 def test_with_nothing_feasible_the_near_misses_are_re_measured(first: RunResult, run) -> None:
     root, optimize = run
-    # search.near_miss so wide that every candidate missing an impossible SLO is a near miss: they
-    # are measured again (and miss again), and the error still names the SLO
+    # a TPOT target no measurement meets (0.0001 ms would be pruned by the roofline unmeasured),
+    # and search.near_miss so wide that every candidate is a near miss: they are measured again,
+    # miss again, and the error still names the SLO
     result = optimize(
         "near-misses", "workload.slo.tpot_ms=0.05", "search.near_miss=1e9", "search.finalist_rounds=1"
     )
