@@ -162,7 +162,7 @@ def unreliable_finalists(selection: Selection | None) -> UserError | None:
     """The error of a run whose finalists all missed the SLO when measured again, if it is one. A
     run that found nothing feasible and whose near misses missed again gets `diagnose_infeasible`'s
     error, which names the constraint (and, on a request stream, the capacity measured)."""
-    if selection is None or selection.feasible or all(f.near_miss for f in selection.finalists):
+    if selection is None or selection.feasible or selection.only_near_misses:
         return None
     return UserError(
         "workload.slo",

@@ -112,6 +112,11 @@ class Selection:
         """Whether the winner met the SLO in every re-measurement (else none of them did)."""
         return next(f.feasible for f in self.finalists if f.key == self.winner)
 
+    @property
+    def only_near_misses(self) -> bool:
+        """Whether nothing was feasible in the search, so every finalist is a near miss."""
+        return all(f.near_miss for f in self.finalists)
+
 
 def interval(samples: Sequence[float]) -> tuple[float, float, float]:
     """Mean and a 95% interval of the mean (Student t); one sample has an unbounded interval."""

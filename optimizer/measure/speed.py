@@ -45,7 +45,7 @@ SLOW_PROBE = 0.80
 
 def probe_threads() -> int:
     """The cores this process may run on (its affinity, which a container or `taskset` narrows)."""
-    return max(len(allowed_cpus() or ()) or os.cpu_count() or 1, 1)
+    return len(allowed_cpus() or ()) or os.cpu_count() or 1
 
 
 def cpu_probe_mibps(threads: int | None = None) -> float:

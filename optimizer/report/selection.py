@@ -11,7 +11,6 @@ from optimizer.select import Selection
 def selection_section(selection: Selection | None, estimate_mark: str) -> list[str]:
     if selection is None:
         return []
-    only_near_misses = all(f.near_miss for f in selection.finalists)
     lines = [
         "## Selection among finalists",
         "",
@@ -20,7 +19,7 @@ def selection_section(selection: Selection | None, estimate_mark: str) -> list[s
             "No candidate met the latency SLO in the search; those that missed it by at most "
             "search.near_miss (*near misses*) were re-measured in interleaved rounds, and one can be "
             "selected only by meeting the SLO in every re-measurement."
-            if only_near_misses
+            if selection.only_near_misses
             else "The search's best feasible candidates, re-measured side by side in interleaved "
             "rounds; the winner is chosen on these figures, not on the search's (the best of noisy means "
             "runs high). A *near miss* missed the latency SLO in the search by at most search.near_miss "

@@ -6,11 +6,11 @@ The search keeps the maximum of noisy means, so the figure it keeps for its winn
 rounds (A B C, C B A, ...), and with them any near miss (a latency percentile at most
 `search.near_miss` over its target, with more tokens/J; with nothing feasible, the near misses
 alone): the SLO's edge is as noisy on the other side. Selection uses only the re-measured
-figures: the mean goodput tokens/J and a 95% interval of it per finalist. When the winner's interval overlaps the runner-up's, they are not
-distinguishable on energy; then, among the finalists whose mean lies inside the winner's interval,
-the one with the most latency headroom is chosen (a stream near an engine's capacity queues far
-past the percentile one run measured), and a winner within `search.slo_margin` of the SLO is
-flagged in the reason. Each round's results are kept in the store, so a resumed run measures only
+figures: the mean goodput tokens/J and a 95% interval of it per finalist. When the winner's
+interval overlaps the runner-up's, they are not distinguishable on energy; then, among the
+finalists whose mean lies inside the winner's interval, the one with the most latency headroom is
+chosen (a stream near an engine's capacity queues far past the percentile one run measured), and a
+winner within `search.slo_margin` of the SLO is flagged in the reason. Each round's results are kept in the store, so a resumed run measures only
 the rounds it lacks.
 """
 
