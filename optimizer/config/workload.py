@@ -97,6 +97,10 @@ class WorkloadConfig:
     trace: str | None = None  # a JSONL trace replaces the generated stream
     warmup_requests: int = 4
     drain_requests: int = 4
+    # A window (offline) or run of the stream (serving) during which the hypervisor or other
+    # processes took the CPU from the candidate (/proc/stat; measure/cpu_time.py) is measured
+    # again, up to this many times; the last attempt counts, flagged if it was disturbed too.
+    disturbed_retries: int = 1
 
     def __post_init__(self) -> None:
         require_subset([self.kind], WORKLOAD_KINDS, "workload.kind")
@@ -106,6 +110,12 @@ class WorkloadConfig:
         require(self.repeats >= 1, "workload.repeats", "must be >= 1", "use >= 3 for a spread")
         require(self.warmup_batches >= 0, "workload.warmup_batches", "must be >= 0", "e.g. 1")
         require(self.idle_seconds >= 0, "workload.idle_seconds", "must be >= 0", "e.g. 5")
+        require(
+            self.disturbed_retries >= 0,
+            "workload.disturbed_retries",
+            f"is {self.disturbed_retries}",
+            "0 keeps every window as measured; e.g. 1",
+        )
         require(
             self.rate > 0,
             "workload.rate",

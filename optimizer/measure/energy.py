@@ -43,6 +43,9 @@ class Measurement:
     temperature_c: float | None = None
     sm_clock_mhz: float | None = None
     warnings: list[str] = field(default_factory=list)
+    # What took CPU time from the candidate during the window (the hypervisor, other processes;
+    # also in `warnings`): its figures are not this machine's own, so it may be measured again.
+    shared_cpu: list[str] = field(default_factory=list)
 
     @property
     def watts(self) -> float:
@@ -93,6 +96,7 @@ class EstimateMeter:
 def _flag_shared_cpu(measurement: Measurement, warnings: list[str]) -> None:
     """Keep a CPU window's shared-CPU warnings with it, and log them as they happen."""
     measurement.warnings.extend(warnings)
+    measurement.shared_cpu.extend(warnings)
     for warning in warnings:
         log.warning("%s", warning)
 

@@ -76,6 +76,7 @@ def _measure(
         cfg.drain_requests,
         rate,
         stop_below=stop_below,
+        disturbed_retries=cfg.disturbed_retries,
     )
 
 

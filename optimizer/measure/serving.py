@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Protocol
 from optimizer.config import SloConfig
 from optimizer.measure.latency import LatencySummary, percentile, request_meets_slo, slo_violations
 from optimizer.measure.speed import cpu_probe_mibps, warn_if_slow
-from optimizer.measure.workload import PerformanceResult, ServingSummary, WindowResult, screened_out
+from optimizer.measure.workload import (
+    PerformanceResult,
+    ServingSummary,
+    WindowResult,
+    screened_out,
+    undisturbed,
+)
 
 if TYPE_CHECKING:
     from optimizer.measure.energy import EnergyMeter, Measurement
@@ -343,17 +349,26 @@ def measure_serving(
     rate: float,
     drain_timeout_seconds: float = DRAIN_TIMEOUT_SECONDS,
     stop_below: float | None = None,
+    disturbed_retries: int = 0,
 ) -> PerformanceResult:
     """`repeats` runs of the stream offered at `rate`, each one energy window over its steady
     state, fewer when the runs so far are screened out below `stop_below` (see
-    `workload.screened_out`). The caller adds prefix counters and the load curve to `serving`."""
+    `workload.screened_out`); a run whose CPU time was taken from it is run again up to
+    `disturbed_retries` times (`workload.undisturbed`). The caller adds prefix counters and the
+    load curve to `serving`."""
     runs: list[ServingRun] = []
     windows: list[WindowResult] = []
     for _ in range(repeats):
-        run = serve_stream(engine, stream, meter, slo, warmup_requests, drain_requests, drain_timeout_seconds)
+        run, notes = undisturbed(
+            lambda: serve_stream(
+                engine, stream, meter, slo, warmup_requests, drain_requests, drain_timeout_seconds
+            ),
+            lambda kept: kept.measurement,
+            disturbed_retries,
+        )
         runs.append(run)
         m, w = run.measurement, run.window
-        warnings = list(m.warnings)
+        warnings = [*notes, *m.warnings]
         if w.growing:
             warnings.append(
                 f"requests in flight kept growing ({w.mean_in_flight:.1f} on average): "

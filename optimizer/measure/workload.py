@@ -7,11 +7,12 @@ counts every output token; goodput only the tokens of requests that met the SLO.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from optimizer.config import WorkloadConfig
 from optimizer.measure.latency import LatencySummary, request_meets_slo, slo_violations
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 
     from optimizer.backends.base import Engine, Generation
     from optimizer.measure.energy import EnergyMeter, Measurement
+
+log = logging.getLogger(__name__)
+Attempt = TypeVar("Attempt")
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,22 @@ def screened_out(windows: list[WindowResult], repeats: int, stop_below: float | 
     return True
 
 
+def undisturbed(
+    attempt: Callable[[], Attempt], measurement_of: Callable[[Attempt], Measurement], retries: int
+) -> tuple[Attempt, list[str]]:
+    """`attempt()` (one energy window), again while its window's CPU time was taken by the
+    hypervisor or other processes (`Measurement.shared_cpu`), at most `retries` more times. Returns
+    the attempt kept and, for its window's warnings, a note on each attempt it replaced."""
+    notes: list[str] = []
+    while True:
+        result = attempt()
+        shared = measurement_of(result).shared_cpu
+        if not shared or len(notes) >= retries:
+            return result, notes
+        notes.append(f"measured again after a window in which {shared[0]}")
+        log.info("measuring the window again (workload.disturbed_retries=%d)", retries)
+
+
 def measure_performance(
     engine: Engine,
     workload: Workload,
@@ -273,7 +293,9 @@ def measure_performance(
     ttfts: list[float] = []
     tpots: list[float] = []
     batch_index = cfg.warmup_batches
-    for _ in range(cfg.repeats):
+
+    def window() -> tuple[Measurement, list[Generation], float]:
+        nonlocal batch_index
         generations: list[Generation] = []
         speed = probe()  # between batches: the engine is idle
         warn_if_slow(speed)
@@ -285,6 +307,12 @@ def measure_performance(
                 )
                 batch_index += 1
                 check_deadline()
+        return measurement, generations, speed
+
+    for _ in range(cfg.repeats):
+        (measurement, generations, speed), notes = undisturbed(
+            window, lambda kept: kept[0], cfg.disturbed_retries
+        )
         goodput = 0
         for gen in generations:
             for ttft, tpot in gen.latencies():
@@ -293,7 +321,7 @@ def measure_performance(
                 if request_meets_slo(ttft, tpot, cfg.slo):
                     goodput += gen.new_tokens
         output = sum(g.output_tokens for g in generations)
-        windows.append(WindowResult.of(measurement, output, goodput, list(measurement.warnings), speed))
+        windows.append(WindowResult.of(measurement, output, goodput, [*notes, *measurement.warnings], speed))
         if screened_out(windows, cfg.repeats, stop_below):
             break
     return PerformanceResult.of_windows(

@@ -116,9 +116,10 @@ def flags_section(
     return [
         *lines,
         "What the energy windows flagged (short NVML windows, counter vs polled power, heat, clock "
-        "changes, a growing queue, CPU time a VM's hypervisor or other processes took, cores slower "
-        "than usual in the run by a CPU probe timed before the window); GPU temperature and SM clock "
-        "are read at each window's end.",
+        "changes, a growing queue, CPU time a VM's hypervisor or other processes took, and a window "
+        "measured again after such a one (workload.disturbed_retries), cores slower than usual in "
+        "the run by a CPU probe timed before the window); GPU temperature and SM clock are read at "
+        "each window's end.",
         "",
         "| candidate | windows | GPU temperature | SM clock | flags |",
         "|---|---|---|---|---|",

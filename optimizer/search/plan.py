@@ -33,6 +33,9 @@ OFFLINE_FIELDS = ("prompt_tokens", "max_new_tokens", "min_window_seconds", "repe
 # A stream's windows are its requests: these offline fields change nothing it measures (the
 # prompt pool's length and new tokens still drive the greedy-parity check at build).
 NOT_SERVING_FIELDS = ("idle_seconds", "min_window_seconds", "warmup_batches")
+# Which windows a measurement keeps, not what a window measures: a result measured with other
+# retries is comparable (not in the offline fields above either).
+KEEPING_FIELDS = ("disturbed_retries",)
 MIN_PROMPTS = 16
 
 
@@ -68,7 +71,7 @@ def protocol(
     if not cfg.workload.serving:
         workload = {k: workload[k] for k in OFFLINE_FIELDS}
     else:
-        workload = {k: v for k, v in workload.items() if k not in NOT_SERVING_FIELDS}
+        workload = {k: v for k, v in workload.items() if k not in (*NOT_SERVING_FIELDS, *KEEPING_FIELDS)}
         if stream_sha256 is not None:
             workload["stream_sha256"] = stream_sha256
             if workload.get("trace"):  # a trace by its content: the same file moved is the same stream

@@ -108,6 +108,7 @@ def test_group_options_lists_presets() -> None:
         ("space.batch_sizes=[0]", "space.batch_sizes"),
         ("target.kind=gpu", "target.kind"),
         ("workload.slo.tpot_ms=0", "workload.slo.tpot_ms"),
+        ("workload.disturbed_retries=-1", "workload.disturbed_retries"),
         ("search.workers=0", "search.workers"),
         ("search.optuna.algorithm=cmaes", "search.optuna.algorithm"),
         ("search.roofline_headroom=0.5", "search.roofline_headroom"),

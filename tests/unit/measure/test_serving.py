@@ -234,3 +234,41 @@ def test_a_run_probes_the_machine_before_its_first_request_and_its_window_keeps_
     assert all(
         w.cpu_probe_mibps is not None and w.cpu_probe_mibps > 0 for w in perf.windows
     )  # the real probe
+
+
+class SharedCpuMeter(WattMeter):
+    """Its first `disturbed` windows had their CPU time taken (the CPU meters' flag)."""
+
+    def __init__(self, disturbed: int) -> None:
+        super().__init__()
+        self.disturbed, self.opened = disturbed, 0
+
+    @contextmanager
+    def window(self) -> Iterator[Measurement]:
+        self.opened += 1
+        with super().window() as measurement:
+            yield measurement
+        if self.opened <= self.disturbed:
+            text = f"other processes used 3{self.opened}% of this machine's CPU time during the window"
+            measurement.warnings.append(text)
+            measurement.shared_cpu.append(text)
+
+
+def test_a_run_whose_cpu_time_was_taken_is_run_again_up_to_the_retries() -> None:
+    server, meter = FifoServer(), SharedCpuMeter(disturbed=1)
+    perf = measure_serving(
+        server, stream(requests=6), meter, SloConfig(), 1, 1, 1, 100.0, disturbed_retries=1
+    )
+    assert meter.opened == 2 and len(server.submitted) == 12  # the whole stream again
+    assert len(perf.windows) == 1 and perf.windows[0].warnings == [
+        "measured again after a window in which other processes used 31% of this machine's CPU time "
+        "during the window"
+    ]
+    meter = SharedCpuMeter(disturbed=1)
+    kept = measure_serving(FifoServer(), stream(requests=6), meter, SloConfig(), 1, 1, 1, 100.0)
+    assert meter.opened == 1 and kept.windows[0].warnings == [
+        "other processes used 31% of this machine's CPU time during the window"
+    ]
+    assert perf.serving is not None and kept.serving is not None
+    # the replaced run's requests are not judged: one run's window holds at most 4 of the 6
+    assert perf.serving.window_requests == kept.serving.window_requests <= 4

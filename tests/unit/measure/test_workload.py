@@ -333,3 +333,64 @@ def test_windows_stored_before_the_probe_load_without_it() -> None:
     for window in data["windows"]:
         del window["cpu_probe_mibps"]
     assert PerformanceResult.from_dict(data).windows[0].cpu_probe_mibps is None
+
+
+class SharedCpuMeter(WattMeter):
+    """A WattMeter whose windows numbered in `disturbed` (0-based, in the order they open) had their
+    CPU time taken, as the CPU meters flag it (measure/cpu_time.py)."""
+
+    def __init__(self, disturbed: set[int], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.disturbed = disturbed
+
+    @contextmanager
+    def window(self):
+        index = len(self.measurements)
+        with super().window() as m:
+            yield m
+        if index in self.disturbed:
+            text = f"the hypervisor took 4{index}% of the CPU time this VM wanted during the window"
+            m.warnings.append(text)
+            m.shared_cpu.append(text)
+
+
+def test_a_window_whose_cpu_time_was_taken_is_measured_again(clock: FakeClock) -> None:
+    """The disturbed window is replaced, its batches' latencies with it; the one kept says so."""
+    meter = SharedCpuMeter({1}, clock=clock)
+    engine = SleepyEngine(clock=clock)
+    perf = measure_performance(engine, workload(), 2, meter, cfg(repeats=2, disturbed_retries=1))
+    assert len(meter.measurements) == 3 and len(perf.windows) == 2
+    assert perf.windows[0].warnings == []
+    assert perf.windows[1].warnings == [
+        "measured again after a window in which the hypervisor took 41% of the CPU time this VM "
+        "wanted during the window"
+    ]
+    assert perf.windows[1].joules == pytest.approx(meter.measurements[2].joules)
+    kept_batches = sum(w.output_tokens for w in perf.windows) // (2 * NEW_TOKENS)
+    assert perf.latency.requests == 2 * kept_batches  # the replaced window's requests are not judged
+    assert len(engine.calls) > 2 + kept_batches  # though its batches ran (after the 2 warm-up ones)
+
+
+def test_without_retries_or_when_every_attempt_is_disturbed_the_last_is_kept_flagged(
+    clock: FakeClock,
+) -> None:
+    kept = measure_performance(
+        SleepyEngine(clock=clock),
+        workload(),
+        2,
+        SharedCpuMeter({0}, clock=clock),
+        cfg(repeats=1, disturbed_retries=0),
+    )
+    assert kept.windows[0].warnings == [
+        "the hypervisor took 40% of the CPU time this VM wanted during the window"
+    ]
+    meter = SharedCpuMeter({0, 1, 2}, clock=clock)
+    last = measure_performance(
+        SleepyEngine(clock=clock), workload(), 2, meter, cfg(repeats=1, disturbed_retries=1)
+    )
+    assert len(meter.measurements) == 2  # one retry, then the second disturbed attempt is kept
+    assert last.windows[0].warnings == [
+        "measured again after a window in which the hypervisor took 40% of the CPU time this VM wanted "
+        "during the window",
+        "the hypervisor took 41% of the CPU time this VM wanted during the window",
+    ]

@@ -58,6 +58,7 @@ def test_the_estimates_coefficients_key_estimated_results_only(override: str) ->
         ("workload.max_new_tokens=48", False, False),  # the greedy-parity check at build reads it
         ("workload.rate=3", False, True),
         ("workload.output_lengths.max=128", False, True),
+        ("workload.disturbed_retries=0", True, True),  # which windows are kept, not what they measure
     ],
 )
 def test_each_kind_of_workload_is_keyed_by_the_fields_it_measures_with(
