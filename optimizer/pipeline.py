@@ -89,7 +89,9 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     log.info("store %s (context %s, run %s)", store.describe(), plan.context, store.run_id)
     device = DeviceLock.for_target(target)
     with device.exclusive():  # idle means idle: no other worker builds or measures meanwhile
-        idle_watts = measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
+        idle_watts = measure_idle_watts(
+            setup.meter, cfg.workload.idle_seconds, cfg.workload.disturbed_retries
+        )
         rates = rates_for(target, idle_watts, cfg.search.roofline_headroom) if cfg.search.roofline else None
     log.info("idle power %.1f W (%s)", idle_watts, setup.meter.source)
     roofline = Roofline(model.shape, cfg.workload, rates, target.is_cuda) if rates is not None else None

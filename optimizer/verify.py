@@ -146,7 +146,7 @@ def verify_recipe(
         )
     device = DeviceLock.for_target(setup.target)
     with device.exclusive():  # idle means idle: no search builds or measures on the device meanwhile
-        measure_idle_watts(setup.meter, recipe.workload.idle_seconds)
+        measure_idle_watts(setup.meter, recipe.workload.idle_seconds, recipe.workload.disturbed_retries)
     # measured even if quality broke: show both
     result = Evaluator.for_setup(setup, device=device).evaluate(cand, role="baseline")
     if result.quality is None or result.performance is None:

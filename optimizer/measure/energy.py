@@ -21,6 +21,7 @@ from optimizer.config import TargetConfig
 from optimizer.errors import UserError
 from optimizer.measure.cpu_time import cpu_times, own_cpu_seconds, shared_cpu_warnings
 from optimizer.measure.nvml_device import nvml_handle, torch_cuda_uuid
+from optimizer.measure.workload import undisturbed
 from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -332,11 +333,20 @@ def meter_for_engine(meter: EnergyMeter, engine: object) -> EnergyMeter:
     return meter
 
 
-def measure_idle_watts(meter: EnergyMeter, seconds: float) -> float:
-    """Average power while this process sleeps; becomes the meter's idle baseline."""
+def measure_idle_watts(meter: EnergyMeter, seconds: float, disturbed_retries: int = 0) -> float:
+    """Average power while this process sleeps; becomes the meter's idle baseline. A window in which
+    other processes or the hypervisor took the CPU is measured again up to `disturbed_retries`
+    times (RAPL counts their energy as idle; the estimate's idle figure is its coefficients alone,
+    so it is never measured again)."""
     if seconds <= 0:
         return meter.idle_watts
-    with meter.window() as measurement:
-        time.sleep(seconds)
+
+    def window() -> Measurement:
+        with meter.window() as measurement:
+            time.sleep(seconds)
+        return measurement
+
+    retries = 0 if meter.source == "estimate" else disturbed_retries
+    measurement, _ = undisturbed(window, lambda kept: kept, retries)
     meter.idle_watts = measurement.watts
     return meter.idle_watts

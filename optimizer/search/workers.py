@@ -136,7 +136,7 @@ def run_worker(spec: WorkerSpec) -> WorkerReport:
         setup.meter.idle_watts = spec.idle_watts  # the same CPU the coordinator measured idle
     else:
         with device.exclusive():
-            measure_idle_watts(setup.meter, cfg.workload.idle_seconds)
+            measure_idle_watts(setup.meter, cfg.workload.idle_seconds, cfg.workload.disturbed_retries)
     log.info(
         "worker %d on %s, store %s, idle %.1f W", spec.index, host, store.describe(), setup.meter.idle_watts
     )

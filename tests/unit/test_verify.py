@@ -118,7 +118,7 @@ def measured_here(
         target = make_target(cores=cores)
         return SimpleNamespace(model=model, target=target, meter=meter, text_sha256=text_sha256, stream=None)
 
-    def idle(meter: Any, seconds: float) -> float:
+    def idle(meter: Any, seconds: float, disturbed_retries: int = 0) -> float:
         with lock_path.open("a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

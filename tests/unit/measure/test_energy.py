@@ -210,6 +210,30 @@ def test_measure_idle_watts_sets_the_meters_baseline() -> None:
     assert meter.windows == 1
 
 
+class _SharedIdleMeter(_FixedMeter):
+    """Its first window had its CPU taken by another process: 45 W, then the quiet 15 W."""
+
+    @contextmanager
+    def window(self):
+        with super().window() as m:
+            yield m
+        if self.windows == 1:
+            m.joules = 90.0
+            m.shared_cpu.append("other processes used 40% of this machine's CPU time")
+
+
+def test_an_idle_window_whose_cpu_was_taken_is_measured_again_except_by_the_estimate() -> None:
+    meter = _SharedIdleMeter()
+    assert measure_idle_watts(meter, 0.01, disturbed_retries=1) == pytest.approx(15.0)
+    assert meter.windows == 2
+    meter = _SharedIdleMeter()
+    assert measure_idle_watts(meter, 0.01) == pytest.approx(45.0)  # no retries: kept as measured
+    meter = _SharedIdleMeter()
+    meter.source = "estimate"  # the estimate's idle power is its coefficients: nothing to retry
+    assert measure_idle_watts(meter, 0.01, disturbed_retries=1) == pytest.approx(45.0)
+    assert meter.windows == 1
+
+
 def test_measure_idle_watts_zero_seconds_keeps_the_baseline() -> None:
     meter = _FixedMeter()
     meter.idle_watts = 4.0
