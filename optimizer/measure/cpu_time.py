@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import resource
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,11 @@ STEAL_FLOOR = 0.01
 # Likewise a window in which other processes of this machine used this share of its CPU time: they
 # competed with the candidate for the cores (and RAPL counts their energy as its own).
 OTHERS_FLAG = 0.10
+# Before a disturbed window is measured again, the CPU is sampled for this long at a time, up to
+# QUIET_WAIT_SECONDS, until a sample is quiet: a retry started at once ran inside the same
+# disturbance (a 3 s on / 3 s off competing process: 5 of 5 immediate retries flagged again).
+QUIET_SAMPLE_SECONDS = 0.5
+QUIET_WAIT_SECONDS = 10.0
 
 # Live processes whose work belongs to this one's candidate (a layout's ranks): the estimate counts
 # their CPU time too. Finished children are in RUSAGE_CHILDREN already.
@@ -119,3 +126,25 @@ def shared_cpu_warnings(before: CpuTimes | None, after: CpuTimes | None, own_cpu
             "less the candidate's own): they competed with it for the cores"
         )
     return warnings
+
+
+def wait_for_quiet_cpu(
+    limit_seconds: float = QUIET_WAIT_SECONDS,
+    sample_seconds: float = QUIET_SAMPLE_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float | None:
+    """Sample the CPU while this process waits until a sample of `sample_seconds` is unflagged by
+    `shared_cpu_warnings`, at most `limit_seconds`. Returns the seconds waited, or None when it
+    stayed busy (or /proc/stat cannot tell). While the VM idles the hypervisor takes little it
+    wanted, so this waits out other processes; a steal episode gets the time to pass."""
+    waited = 0.0
+    while waited < limit_seconds:
+        before, own = cpu_times(), own_cpu_seconds()
+        sleep(sample_seconds)
+        after = cpu_times()
+        if before is None or after is None:
+            return None
+        waited += sample_seconds
+        if not shared_cpu_warnings(before, after, own_cpu_seconds() - own):
+            return waited
+    return None

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from optimizer.config import WorkloadConfig
+from optimizer.measure.cpu_time import wait_for_quiet_cpu
 from optimizer.measure.latency import LatencySummary, request_meets_slo, slo_violations
 from optimizer.measure.speed import cpu_probe_mibps, warn_if_slow
 
@@ -254,11 +255,16 @@ def screened_out(windows: list[WindowResult], repeats: int, stop_below: float | 
 
 
 def undisturbed(
-    attempt: Callable[[], Attempt], measurement_of: Callable[[Attempt], Measurement], retries: int
+    attempt: Callable[[], Attempt],
+    measurement_of: Callable[[Attempt], Measurement],
+    retries: int,
+    settle: Callable[[], float | None] | None = None,
 ) -> tuple[Attempt, list[str]]:
     """`attempt()` (one energy window), again while its window's CPU time was taken by the
-    hypervisor or other processes (`Measurement.shared_cpu`), at most `retries` more times. Returns
-    the attempt kept and, for its window's warnings, a note on each attempt it replaced."""
+    hypervisor or other processes (`Measurement.shared_cpu`), at most `retries` more times, each
+    after `settle()` (default: `wait_for_quiet_cpu`) waited for a quiet CPU. Returns the attempt
+    kept and, for its window's warnings, a note on each attempt it replaced."""
+    settle = settle or wait_for_quiet_cpu
     notes: list[str] = []
     while True:
         result = attempt()
@@ -266,7 +272,9 @@ def undisturbed(
         if not shared or len(notes) >= retries:
             return result, notes
         notes.append(f"measured again after a window in which {shared[0]}")
-        log.info("measuring the window again (workload.disturbed_retries=%d)", retries)
+        waited = settle()
+        quiet = f"quiet after {waited:.1f} s" if waited is not None else "still busy after the wait"
+        log.info("measuring the window again, the CPU %s (workload.disturbed_retries=%d)", quiet, retries)
 
 
 def measure_performance(

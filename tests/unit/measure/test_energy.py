@@ -12,6 +12,7 @@ import pytest
 
 from optimizer.errors import UserError
 from optimizer.measure import cpu_time, energy
+from optimizer.measure import workload as workload_module
 from optimizer.measure.energy import (
     EstimateMeter,
     Measurement,
@@ -222,7 +223,10 @@ class _SharedIdleMeter(_FixedMeter):
             m.shared_cpu.append("other processes used 40% of this machine's CPU time")
 
 
-def test_an_idle_window_whose_cpu_was_taken_is_measured_again_except_by_the_estimate() -> None:
+def test_an_idle_window_whose_cpu_was_taken_is_measured_again_except_by_the_estimate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workload_module, "wait_for_quiet_cpu", lambda: 0.5)
     meter = _SharedIdleMeter()
     assert measure_idle_watts(meter, 0.01, disturbed_retries=1) == pytest.approx(15.0)
     assert meter.windows == 2
@@ -344,3 +348,31 @@ def test_only_the_cpus_this_process_may_run_on_count(tmp_path: Path, monkeypatch
     assert cpu_time.cpu_times() == cpu_time.CpuTimes(steal=20, busy=300, total=5020)
     monkeypatch.setattr(cpu_time, "allowed_cpus", lambda: {0, 7})
     assert cpu_time.cpu_times() == cpu_time.CpuTimes(steal=40, busy=4000, total=10040)
+
+
+def test_waiting_for_a_quiet_cpu_samples_until_other_processes_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readings 0.5 s apart: another process busy for 25% of the CPU time, then quiet (1%)."""
+    busy = iter([0, 50, 50, 52])  # jiffies of busy time at each reading: the deltas 50, then 2
+    readings = iter(range(0, 2000, 200))  # 200 jiffies of all CPU time per sample
+    monkeypatch.setattr(
+        cpu_time, "cpu_times", lambda: cpu_time.CpuTimes(steal=0, busy=next(busy), total=next(readings))
+    )
+    monkeypatch.setattr(cpu_time, "own_cpu_seconds", lambda: 0.0)
+    slept: list[float] = []
+    assert cpu_time.wait_for_quiet_cpu(10.0, 0.5, slept.append) == 1.0
+    assert slept == [0.5, 0.5]
+
+
+def test_waiting_for_a_quiet_cpu_gives_up_at_its_limit_or_without_proc_stat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ticks = itertools.count(0, 100)
+    monkeypatch.setattr(
+        cpu_time, "cpu_times", lambda: cpu_time.CpuTimes(steal=0, busy=next(ticks), total=2 * next(ticks))
+    )
+    monkeypatch.setattr(cpu_time, "own_cpu_seconds", lambda: 0.0)
+    slept: list[float] = []
+    assert cpu_time.wait_for_quiet_cpu(2.0, 0.5, slept.append) is None
+    assert slept == [0.5] * 4
+    monkeypatch.setattr(cpu_time, "cpu_times", lambda: None)
+    assert cpu_time.wait_for_quiet_cpu(2.0, 0.5, slept.append) is None

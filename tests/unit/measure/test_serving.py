@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import pytest
 
 from optimizer.config import LengthConfig, SloConfig, WorkloadConfig
+from optimizer.measure import workload as workload_module
 from optimizer.measure.energy import Measurement
 from optimizer.measure.serving import Completion, ServingRun, measure_serving, serve_stream
 from optimizer.measure.stream import TextTokens, generate_stream
@@ -254,12 +255,17 @@ class SharedCpuMeter(WattMeter):
             measurement.shared_cpu.append(text)
 
 
-def test_a_run_whose_cpu_time_was_taken_is_run_again_up_to_the_retries() -> None:
+def test_a_run_whose_cpu_time_was_taken_is_run_again_up_to_the_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waits: list[int] = []
+    monkeypatch.setattr(workload_module, "wait_for_quiet_cpu", lambda: waits.append(len(server.submitted)))
     server, meter = FifoServer(), SharedCpuMeter(disturbed=1)
     perf = measure_serving(
         server, stream(requests=6), meter, SloConfig(), 1, 1, 1, 100.0, disturbed_retries=1
     )
     assert meter.opened == 2 and len(server.submitted) == 12  # the whole stream again
+    assert waits == [6]  # a wait for a quiet CPU between the runs
     assert len(perf.windows) == 1 and perf.windows[0].warnings == [
         "measured again after a window in which other processes used 31% of this machine's CPU time "
         "during the window"

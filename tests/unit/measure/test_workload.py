@@ -354,8 +354,22 @@ class SharedCpuMeter(WattMeter):
             m.shared_cpu.append(text)
 
 
-def test_a_window_whose_cpu_time_was_taken_is_measured_again(clock: FakeClock) -> None:
-    """The disturbed window is replaced, its batches' latencies with it; the one kept says so."""
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each wait for a quiet CPU before a retry (none really waits), in order."""
+    waits: list[str] = []
+
+    def wait() -> float:
+        waits.append("waited")
+        return 1.5
+
+    monkeypatch.setattr(workload_module, "wait_for_quiet_cpu", wait)
+    return waits
+
+
+def test_a_window_whose_cpu_time_was_taken_is_measured_again(clock: FakeClock, settled: list[str]) -> None:
+    """The disturbed window is replaced, its batches' latencies with it, after a wait for a quiet
+    CPU; the one kept says so."""
     meter = SharedCpuMeter({1}, clock=clock)
     engine = SleepyEngine(clock=clock)
     perf = measure_performance(engine, workload(), 2, meter, cfg(repeats=2, disturbed_retries=1))
@@ -369,10 +383,11 @@ def test_a_window_whose_cpu_time_was_taken_is_measured_again(clock: FakeClock) -
     kept_batches = sum(w.output_tokens for w in perf.windows) // (2 * NEW_TOKENS)
     assert perf.latency.requests == 2 * kept_batches  # the replaced window's requests are not judged
     assert len(engine.calls) > 2 + kept_batches  # though its batches ran (after the 2 warm-up ones)
+    assert settled == ["waited"]
 
 
 def test_without_retries_or_when_every_attempt_is_disturbed_the_last_is_kept_flagged(
-    clock: FakeClock,
+    clock: FakeClock, settled: list[str]
 ) -> None:
     kept = measure_performance(
         SleepyEngine(clock=clock),
@@ -389,6 +404,7 @@ def test_without_retries_or_when_every_attempt_is_disturbed_the_last_is_kept_fla
         SleepyEngine(clock=clock), workload(), 2, meter, cfg(repeats=1, disturbed_retries=1)
     )
     assert len(meter.measurements) == 2  # one retry, then the second disturbed attempt is kept
+    assert settled == ["waited"]  # before the retry only
     assert last.windows[0].warnings == [
         "measured again after a window in which the hypervisor took 40% of the CPU time this VM wanted "
         "during the window",
