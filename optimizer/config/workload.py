@@ -97,9 +97,10 @@ class WorkloadConfig:
     trace: str | None = None  # a JSONL trace replaces the generated stream
     warmup_requests: int = 4
     drain_requests: int = 4
-    # A window (offline) or run of the stream (serving) during which the hypervisor or other
-    # processes took the CPU from the candidate (/proc/stat; measure/cpu_time.py) is measured
-    # again, up to this many times; the last attempt counts, flagged if it was disturbed too.
+    # A window (offline), a run of the stream (serving) or RAPL's idle window during which the
+    # hypervisor or other processes took the CPU (/proc/stat; measure/cpu_time.py) is measured
+    # again, up to this many times, after a wait for a quiet CPU; the last attempt counts, flagged
+    # if it was disturbed too. Not in the store key: it picks windows, not how they are measured.
     disturbed_retries: int = 1
 
     def __post_init__(self) -> None:
