@@ -15,13 +15,12 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from optimizer.config import TargetConfig
 from optimizer.errors import UserError
-from optimizer.measure.cpu_time import cpu_times, own_cpu_seconds, shared_cpu_warnings
+from optimizer.measure.cpu_time import cpu_times, own_cpu_seconds, shared_cpu_warnings, wait_for_quiet_cpu
 from optimizer.measure.nvml_device import nvml_handle, torch_cuda_uuid
-from optimizer.measure.workload import undisturbed
 from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -29,6 +28,7 @@ log = logging.getLogger(__name__)
 POWERCAP = Path("/sys/class/powercap")
 NVML_UPDATE_SECONDS = 0.1  # the counter advances about every 100 ms
 NVML_MIN_PERIODS = 20  # windows shorter than 20 counter periods are flagged
+Attempt = TypeVar("Attempt")
 
 
 @dataclass
@@ -100,6 +100,27 @@ def _flag_shared_cpu(measurement: Measurement, warnings: list[str]) -> None:
     measurement.shared_cpu.extend(warnings)
     for warning in warnings:
         log.warning("%s", warning)
+
+
+def undisturbed(
+    attempt: Callable[[], Attempt],
+    measurement_of: Callable[[Attempt], Measurement],
+    retries: int,
+) -> tuple[Attempt, list[str]]:
+    """`attempt()` (one energy window), again while its window's CPU time was taken by the
+    hypervisor or other processes (`Measurement.shared_cpu`), at most `retries` more times, each
+    after `wait_for_quiet_cpu`. Returns the attempt kept and, for its window's warnings, a note on
+    each attempt it replaced."""
+    notes: list[str] = []
+    while True:
+        result = attempt()
+        shared = measurement_of(result).shared_cpu
+        if not shared or len(notes) >= retries:
+            return result, notes
+        notes.append(f"measured again after a window in which {shared[0]}")
+        waited = wait_for_quiet_cpu()
+        quiet = f"quiet after {waited:.1f} s" if waited is not None else "still busy after the wait"
+        log.info("measuring the window again, the CPU %s (workload.disturbed_retries=%d)", quiet, retries)
 
 
 def estimate_coefficients(target: TargetSpec | TargetConfig) -> dict[str, float]:

@@ -20,15 +20,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from optimizer.config import SloConfig
+from optimizer.measure.energy import undisturbed
 from optimizer.measure.latency import LatencySummary, percentile, request_meets_slo, slo_violations
 from optimizer.measure.speed import cpu_probe_mibps, warn_if_slow
-from optimizer.measure.workload import (
-    PerformanceResult,
-    ServingSummary,
-    WindowResult,
-    screened_out,
-    undisturbed,
-)
+from optimizer.measure.workload import PerformanceResult, ServingSummary, WindowResult, screened_out
 
 if TYPE_CHECKING:
     from optimizer.measure.energy import EnergyMeter, Measurement
@@ -354,7 +349,7 @@ def measure_serving(
     """`repeats` runs of the stream offered at `rate`, each one energy window over its steady
     state, fewer when the runs so far are screened out below `stop_below` (see
     `workload.screened_out`); a run whose CPU time was taken from it is run again up to
-    `disturbed_retries` times (`workload.undisturbed`). The caller adds prefix counters and the
+    `disturbed_retries` times (`energy.undisturbed`). The caller adds prefix counters and the
     load curve to `serving`."""
     runs: list[ServingRun] = []
     windows: list[WindowResult] = []

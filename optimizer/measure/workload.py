@@ -7,15 +7,14 @@ counts every output token; goodput only the tokens of requests that met the SLO.
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from optimizer.config import WorkloadConfig
-from optimizer.measure.cpu_time import wait_for_quiet_cpu
+from optimizer.measure.energy import undisturbed
 from optimizer.measure.latency import LatencySummary, request_meets_slo, slo_violations
 from optimizer.measure.speed import cpu_probe_mibps, warn_if_slow
 
@@ -24,9 +23,6 @@ if TYPE_CHECKING:
 
     from optimizer.backends.base import Engine, Generation
     from optimizer.measure.energy import EnergyMeter, Measurement
-
-log = logging.getLogger(__name__)
-Attempt = TypeVar("Attempt")
 
 
 @dataclass(frozen=True)
@@ -252,29 +248,6 @@ def screened_out(windows: list[WindowResult], repeats: int, stop_below: float | 
         f"< {stop_below:.3g} (the best so far less search.screen_margin)"
     )
     return True
-
-
-def undisturbed(
-    attempt: Callable[[], Attempt],
-    measurement_of: Callable[[Attempt], Measurement],
-    retries: int,
-    settle: Callable[[], float | None] | None = None,
-) -> tuple[Attempt, list[str]]:
-    """`attempt()` (one energy window), again while its window's CPU time was taken by the
-    hypervisor or other processes (`Measurement.shared_cpu`), at most `retries` more times, each
-    after `settle()` (default: `wait_for_quiet_cpu`) waited for a quiet CPU. Returns the attempt
-    kept and, for its window's warnings, a note on each attempt it replaced."""
-    settle = settle or wait_for_quiet_cpu
-    notes: list[str] = []
-    while True:
-        result = attempt()
-        shared = measurement_of(result).shared_cpu
-        if not shared or len(notes) >= retries:
-            return result, notes
-        notes.append(f"measured again after a window in which {shared[0]}")
-        waited = settle()
-        quiet = f"quiet after {waited:.1f} s" if waited is not None else "still busy after the wait"
-        log.info("measuring the window again, the CPU %s (workload.disturbed_retries=%d)", quiet, retries)
 
 
 def measure_performance(

@@ -10,8 +10,8 @@ figures: the mean goodput tokens/J and a 95% interval of it per finalist. When t
 interval overlaps the runner-up's, they are not distinguishable on energy; then, among the
 finalists whose mean lies inside the winner's interval, the one with the most latency headroom is
 chosen (a stream near an engine's capacity queues far past the percentile one run measured), and a
-winner within `search.slo_margin` of the SLO is flagged in the reason. Each round's results are kept in the store, so a resumed run measures only
-the rounds it lacks.
+winner within `search.slo_margin` of the SLO is flagged in the reason. Each round's results are
+kept in the store, so a resumed run measures only the rounds it lacks.
 """
 
 from __future__ import annotations

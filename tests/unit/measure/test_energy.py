@@ -12,7 +12,6 @@ import pytest
 
 from optimizer.errors import UserError
 from optimizer.measure import cpu_time, energy
-from optimizer.measure import workload as workload_module
 from optimizer.measure.energy import (
     EstimateMeter,
     Measurement,
@@ -226,7 +225,7 @@ class _SharedIdleMeter(_FixedMeter):
 def test_an_idle_window_whose_cpu_was_taken_is_measured_again_except_by_the_estimate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(workload_module, "wait_for_quiet_cpu", lambda: 0.5)
+    monkeypatch.setattr(energy, "wait_for_quiet_cpu", lambda: 0.5)
     meter = _SharedIdleMeter()
     assert measure_idle_watts(meter, 0.01, disturbed_retries=1) == pytest.approx(15.0)
     assert meter.windows == 2

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 
 from optimizer.config import LengthConfig, SloConfig, WorkloadConfig
-from optimizer.measure import workload as workload_module
+from optimizer.measure import energy
 from optimizer.measure.energy import Measurement
 from optimizer.measure.serving import Completion, ServingRun, measure_serving, serve_stream
 from optimizer.measure.stream import TextTokens, generate_stream
@@ -259,7 +259,7 @@ def test_a_run_whose_cpu_time_was_taken_is_run_again_up_to_the_retries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     waits: list[int] = []
-    monkeypatch.setattr(workload_module, "wait_for_quiet_cpu", lambda: waits.append(len(server.submitted)))
+    monkeypatch.setattr(energy, "wait_for_quiet_cpu", lambda: waits.append(len(server.submitted)))
     server, meter = FifoServer(), SharedCpuMeter(disturbed=1)
     perf = measure_serving(
         server, stream(requests=6), meter, SloConfig(), 1, 1, 1, 100.0, disturbed_retries=1

@@ -13,6 +13,7 @@ import torch
 
 from optimizer.backends.base import Generation
 from optimizer.config import SloConfig, WorkloadConfig
+from optimizer.measure import energy
 from optimizer.measure import workload as workload_module
 from optimizer.measure.energy import Measurement
 from optimizer.measure.workload import (
@@ -363,7 +364,7 @@ def settled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         waits.append("waited")
         return 1.5
 
-    monkeypatch.setattr(workload_module, "wait_for_quiet_cpu", wait)
+    monkeypatch.setattr(energy, "wait_for_quiet_cpu", wait)
     return waits
 
 
