@@ -180,7 +180,7 @@ def _selected_section(
             lines.append(f"| {name} | {r.candidate.label()} | {r.status}: {r.reason} |||||||||")
             continue
         lines.append(
-            f"| {name} | {r.candidate.label()} | {_spread(p.goodput_tokens_per_joule)} | {p.tokens_per_joule.mean:.3f} "
+            f"| {name} | {r.candidate.label()} | {_spread(p.goodput_tokens_per_joule, len(p.windows))} | {p.tokens_per_joule.mean:.3f} "
             f"| {p.active_tokens_per_joule.mean:.3f} | {p.tokens_per_second.mean:.1f} | {p.watts.mean:.1f} "
             f"| {p.latency.tpot_ms['p90']:.0f} | {_q(q)} |"
         )
@@ -275,7 +275,7 @@ def _candidates_table(results: Sequence[CandidateResult], estimate_mark: str = "
         if r.role == "baseline":
             note = ("baseline. " + note).strip()
         perf = (
-            f"{p.tokens_per_second.mean:.1f} | {p.tokens_per_joule.mean:.3f} | {_spread(p.goodput_tokens_per_joule)} "
+            f"{p.tokens_per_second.mean:.1f} | {p.tokens_per_joule.mean:.3f} | {_spread(p.goodput_tokens_per_joule, len(p.windows))} "
             f"| {p.latency.tpot_ms['p90']:.0f} | {p.latency.ttft_ms['p90']:.0f}"
             if p
             else " | | | | "
@@ -286,7 +286,10 @@ def _candidates_table(results: Sequence[CandidateResult], estimate_mark: str = "
     return lines + [""]
 
 
-def _spread(spread: Spread) -> str:
+def _spread(spread: Spread, windows: int) -> str:
+    """Mean ± sd over the windows; one window has no spread to show (its sd is stored as 0)."""
+    if windows < 2:
+        return f"{spread.mean:.3f} (1 window)"
     return f"{spread.mean:.3f} ± {spread.std:.3f}"
 
 

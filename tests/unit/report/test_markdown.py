@@ -103,6 +103,21 @@ def test_the_selected_row_says_it_is_a_finalists_re_measurement(outcome: SearchO
     assert "goodput tok/J (mean ± sd)" in plain
 
 
+def test_a_single_window_shows_no_spread(outcome: SearchOutcome) -> None:
+    """A candidate screened out after one window has no sd: the table says so, not "± 0.000"."""
+    import dataclasses
+
+    from optimizer.report.markdown import _candidates_table
+
+    screened = outcome.results[1]
+    assert screened.performance is not None
+    one = dataclasses.replace(screened.performance, windows=screened.performance.windows[:1])
+    rows = "\n".join(_candidates_table([dataclasses.replace(screened, performance=one)]))
+    assert "4.000 (1 window)" in rows and "±" not in rows.split("\n", 3)[3]
+    two = "\n".join(_candidates_table([screened]))
+    assert "4.000 ± 0.000" in two  # two windows that agree: a spread of 0 is a measurement
+
+
 def test_report_when_nothing_is_feasible(tmp_path: Path, setup, outcome: SearchOutcome) -> None:
     error = UserError("workload.slo", "all candidates miss the latency SLO", "raise workload.slo.tpot_ms")
     text = write_report(tmp_path, RunConfig(), setup, outcome, [], None, 12.5, error).read_text()
