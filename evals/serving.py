@@ -237,7 +237,7 @@ def row(
     stream = setup.stream
     assert stream is not None
     summary = summarize(runs, stream, setup.workload_cfg.rate, prefix)
-    judged = [r for run in runs for r in run.requests if run.window.start <= r.arrival <= run.window.end]
+    judged = [r for run in runs for r in run.requests if run.window.judges(r)]
     rounds: list[dict[str, Any]] = [
         {
             "goodput_tokens_per_joule": run.window.goodput_tokens / run.measurement.joules,

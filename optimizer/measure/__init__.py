@@ -9,4 +9,7 @@
 #   2: serving (request streams; goodput judged per request at its arrival, queueing included).
 #   3: a served request with fewer than two tokens (given up on, or asked for one) has no TPOT
 #      (it counted as 0 ms, pulling an overloaded run's TPOT percentiles down).
-PROTOCOL_VERSION = 3
+#   4: a stream's window judges its requests by index, from the one whose arrival opened it (left
+#      out before, as were requests arriving with it); a TPOT target is broken by unfinished
+#      requests at its percentile; RAPL leaves out the `psys` zone (the packages counted twice).
+PROTOCOL_VERSION = 4

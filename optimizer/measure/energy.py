@@ -143,12 +143,16 @@ class RaplMeter:
 
     @staticmethod
     def package_domains() -> list[Path]:
-        """Top-level package domains that this process may read (often root-only)."""
+        """Top-level package domains that this process may read (often root-only). Not `psys`: on
+        Intel client CPUs that top-level zone is the whole platform, the packages included, and
+        adding it would count their energy twice."""
         if not POWERCAP.is_dir():
             return []
         readable = []
         for domain in sorted(POWERCAP.glob("intel-rapl:*")):
             if domain.name.count(":") != 1:  # sub-domains (core, uncore, dram) are inside packages
+                continue
+            if _zone_name(domain) == "psys":
                 continue
             try:
                 int((domain / "energy_uj").read_text())
@@ -170,6 +174,13 @@ class RaplMeter:
         measurement.seconds = wall
         measurement.joules = micro / 1e6
         _flag_shared_cpu(measurement, shared_cpu_warnings(times0, cpu_times(), own_cpu_seconds() - cpu0))
+
+
+def _zone_name(domain: Path) -> str | None:
+    try:
+        return (domain / "name").read_text().strip()
+    except OSError:
+        return None
 
 
 class NvmlMeter:

@@ -65,3 +65,21 @@ def slo_violations(ttft_seconds: Sequence[float], tpot_seconds: Sequence[float],
     if slo.tpot_ms is not None and (value := 1000 * percentile(tpot_seconds, q)) > slo.tpot_ms:
         broken.append(f"TPOT p{q:g} {value:.0f} ms > workload.slo.tpot_ms {slo.tpot_ms:g}")
     return broken
+
+
+def unfinished_violation(timed: int, unfinished: int, slo: SloConfig) -> list[str]:
+    """The TPOT target broken by requests given up unfinished: left out of the TPOT percentile
+    (they have no time per token), they still never finished, so with them counted as unbounded
+    the percentile is unbounded once they reach its rank. Without it, a TPOT-only SLO would hold
+    for a run that served none of its window's requests (the TTFT target catches them otherwise)."""
+    if slo.tpot_ms is None or not unfinished:
+        return []
+    count = timed + unfinished
+    rank = (count - 1) * slo.percentile / 100
+    low = int(rank)  # the sorted values' index at the percentile (and the next, interpolated)
+    if low < timed and (rank == low or low + 1 < timed):
+        return []
+    return [
+        f"TPOT p{slo.percentile:g} unbounded: {unfinished} of {count} requests in the windows were given up "
+        f"unfinished > workload.slo.tpot_ms {slo.tpot_ms:g}"
+    ]

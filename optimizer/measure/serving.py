@@ -21,8 +21,15 @@ from typing import TYPE_CHECKING, Protocol
 
 from optimizer.config import SloConfig
 from optimizer.measure.energy import undisturbed
-from optimizer.measure.latency import LatencySummary, percentile, request_meets_slo, slo_violations
+from optimizer.measure.latency import (
+    LatencySummary,
+    percentile,
+    request_meets_slo,
+    slo_violations,
+    unfinished_violation,
+)
 from optimizer.measure.speed import cpu_probe_mibps, warn_if_slow
+from optimizer.measure.stream import window_bounds
 from optimizer.measure.workload import PerformanceResult, ServingSummary, WindowResult, screened_out
 
 if TYPE_CHECKING:
@@ -103,6 +110,8 @@ class ServingWindow:
 
     start: float
     end: float
+    first: int  # index of the request whose arrival opened the window
+    last: int  # index of the request whose arrival closed it
     output_tokens: int
     goodput_tokens: int
     requests_completed: int
@@ -113,6 +122,12 @@ class ServingWindow:
     @property
     def seconds(self) -> float:
         return self.end - self.start
+
+    def judges(self, record: RequestRecord) -> bool:
+        """Whether a request is judged in this window: it arrived from the opening request to the
+        closing one. By index, not by time: the window opens just after its first request's
+        arrival (the meter starts first), and requests sharing an arrival time all count."""
+        return self.first <= record.index <= self.last
 
 
 @dataclass(frozen=True)
@@ -150,7 +165,7 @@ def serve_stream(
     speed = probe()  # before any request: the engine is idle, and nothing is timed yet
     warn_if_slow(speed)
     count = len(stream.requests)
-    first, last = _window_bounds(count, warmup_requests, drain_requests)
+    first, last = window_bounds(count, warmup_requests, drain_requests)
     ids: dict[str, int] = {}
     submitted: dict[int, float] = {}
     done: dict[int, Completion] = {}
@@ -206,7 +221,7 @@ def serve_stream(
         )
         for r in stream.requests
     ]
-    window = _window(records, window_times[0], window_times[1])
+    window = _window(records, window_times[0], window_times[1], first, last)
     return ServingRun(records, window, measurement, lateness, speed)
 
 
@@ -216,13 +231,6 @@ def _slo_seconds(slo: SloConfig, new_tokens: int) -> float:
     if slo.ttft_ms is None or slo.tpot_ms is None:
         return DRAIN_TIMEOUT_SECONDS
     return (slo.ttft_ms + slo.tpot_ms * max(new_tokens - 1, 0)) / 1000
-
-
-def _window_bounds(count: int, warmup: int, drain: int) -> tuple[int, int]:
-    """Indexes of the requests whose arrivals open and close the window."""
-    first = min(max(warmup, 0), count - 1)
-    last = max(count - 1 - max(drain, 0), first)
-    return first, last
 
 
 def _take(completions: list[Completion], ids: dict[str, int], done: dict[int, Completion]) -> None:
@@ -255,16 +263,17 @@ def _record(
     return RequestRecord(index, arrival, submitted[index], times, prompt_tokens, asked, met)
 
 
-def _window(records: list[RequestRecord], start: float, end: float) -> ServingWindow:
+def _window(records: list[RequestRecord], start: float, end: float, first: int, last: int) -> ServingWindow:
     """Tokens by their timestamps inside [start, end]. Goodput is that output times the share of
-    the tokens asked by the requests *arriving* in the window that went to SLO-meeting requests:
+    the tokens asked by the requests judged in the window (`ServingWindow.judges`: those arriving
+    from request `first` to request `last`) that went to SLO-meeting requests:
     in a steady state that equals counting the window's tokens of SLO-meeting requests, and over
     capacity it does not credit the window with early requests while later ones queue past it."""
     output = completed = 0
     for r in records:
         output += sum(start <= t <= end for t in r.token_times)
         completed += bool(r.token_times) and start <= r.token_times[-1] <= end
-    judged = [r for r in records if start <= r.arrival <= end] or records
+    judged = [r for r in records if first <= r.index <= last]
     asked = sum(r.asked_tokens for r in judged)
     attained = sum(r.asked_tokens for r in judged if r.met_slo) / asked if asked else 0.0
     goodput = round(output * attained)
@@ -272,6 +281,8 @@ def _window(records: list[RequestRecord], start: float, end: float) -> ServingWi
     return ServingWindow(
         start=start,
         end=end,
+        first=first,
+        last=last,
         output_tokens=output,
         goodput_tokens=goodput,
         requests_completed=completed,
@@ -310,8 +321,7 @@ def _in_flight(records: list[RequestRecord], start: float, end: float) -> tuple[
 def summarize(
     runs: list[ServingRun], stream: RequestStream, rate: float, prefix: dict[str, float] | None = None
 ) -> ServingSummary:
-    windowed = [r for run in runs for r in run.requests if run.window.start <= r.arrival <= run.window.end]
-    judged = windowed or [r for run in runs for r in run.requests]
+    judged = [r for run in runs for r in run.requests if run.window.judges(r)]
     completed = sum(run.window.requests_completed for run in runs)
     joules = sum(run.measurement.joules for run in runs)
     return ServingSummary(
@@ -320,7 +330,7 @@ def summarize(
         rate=rate,
         offered_rate=stream.offered_rate,
         requests=len(stream.requests),
-        window_requests=len(windowed),
+        window_requests=len(judged),
         met_slo_fraction=sum(r.met_slo for r in judged) / len(judged),
         joules_per_request=joules / completed if completed else None,
         idle_fraction=statistics.fmean(run.window.idle_fraction for run in runs),
@@ -372,17 +382,17 @@ def measure_serving(
         windows.append(WindowResult.of(m, w.output_tokens, w.goodput_tokens, warnings, run.cpu_probe_mibps))
         if screened_out(windows, repeats, stop_below):
             break
-    judged = [r for run in runs for r in run.requests if run.window.start <= r.arrival <= run.window.end]
-    judged = judged or [r for run in runs for r in run.requests]
+    judged = [r for run in runs for r in run.requests if run.window.judges(r)]
     ttfts = [r.ttft for r in judged]
     # a request that got fewer than two tokens (given up on, or asked for one) has no time per
     # output token: counted as 0 ms it would pull the TPOT percentiles of an overloaded run down
     timed = [r.tpot for r in judged if r.output_tokens > 1]
     tpots = timed or [r.tpot for run in runs for r in run.requests if r.output_tokens > 1] or [0.0]
+    unfinished = sum(not r.token_times for r in judged)
     return PerformanceResult.of_windows(
         windows,
         idle_watts=meter.idle_watts,
         latency=LatencySummary.of(ttfts, tpots, slo.percentile),
-        slo_violations=slo_violations(ttfts, tpots, slo),
+        slo_violations=slo_violations(ttfts, tpots, slo) + unfinished_violation(len(timed), unfinished, slo),
         serving=summarize(runs, stream, rate),
     )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from optimizer.config import ModelConfig, QualityConfig, TargetConfig, WorkloadConfig
 from optimizer.errors import UserError
 from optimizer.measure.energy import EnergyMeter, make_meter
-from optimizer.measure.stream import RequestStream, TextTokens, generate_stream, read_trace
+from optimizer.measure.stream import RequestStream, TextTokens, generate_stream, read_trace, window_bounds
 from optimizer.measure.text import load_text, sequence_start, token_windows
 from optimizer.measure.workload import Workload
 from optimizer.model import ModelSpec, resolve_model
@@ -125,20 +125,32 @@ def _streams(
                 "workload.rates", "a trace is replayed at its own arrival times", "drop workload.rates"
             )
         trace = read_trace(Path(cfg.trace).expanduser(), tokenizer, text, context)
-        _check_steady_state(len(trace.requests), cfg)
+        _check_steady_state(trace, cfg)
         return {cfg.rate: trace}
     return {rate: generate_stream(cfg, text, rate) for rate in cfg.load_rates()}
 
 
-def _check_steady_state(requests: int, cfg: WorkloadConfig) -> None:
+def _check_steady_state(trace: RequestStream, cfg: WorkloadConfig) -> None:
     """A trace must leave requests between its warm-up and its drain (the workload's own count is
-    checked with the config): with none, the energy window would open and close at once."""
+    checked with the config), arriving over some time: otherwise the energy window, which opens
+    and closes at arrivals, would open and close at once."""
+    requests = len(trace.requests)
     if not cfg.leaves_steady_state(requests):
         raise UserError(
             "workload.trace",
             f"has {requests} requests: none left for a steady state after {cfg.warmup_requests} warm-up "
             f"and {cfg.drain_requests} drain requests",
             "record a longer trace, or lower workload.warmup_requests / workload.drain_requests",
+        )
+    first, last = window_bounds(requests, cfg.warmup_requests, cfg.drain_requests)
+    opens, closes = trace.requests[first].arrival_seconds, trace.requests[last].arrival_seconds
+    if closes <= opens:
+        raise UserError(
+            "workload.trace",
+            f"requests {first} to {last} (after the warm-up, before the drain) all arrive at {opens:g} s: "
+            "the energy window, from the first of them to the last, would last no time",
+            "record a trace whose requests arrive over time, or lower workload.warmup_requests / "
+            "workload.drain_requests",
         )
 
 

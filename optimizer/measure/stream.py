@@ -81,6 +81,13 @@ class RequestStream:
         return (len(self.requests) - 1) / span if span > 0 else float("inf")
 
 
+def window_bounds(count: int, warmup: int, drain: int) -> tuple[int, int]:
+    """Indexes of the requests whose arrivals open and close a run's energy window."""
+    first = min(max(warmup, 0), count - 1)
+    last = max(count - 1 - max(drain, 0), first)
+    return first, last
+
+
 class TextTokens:
     """Consecutive real-text tokens (the evaluation text's workload split), handed out in order."""
 
@@ -239,8 +246,10 @@ def _number(item: dict[str, Any], key: str, where: str) -> float:
 
 def _prompt(item: dict[str, Any], where: str, tokenizer: Any, text: TextTokens) -> tuple[int, ...]:
     if isinstance(item.get("prompt"), str):
-        ids = tokenizer(item["prompt"], add_special_tokens=False)["input_ids"]
-        return text.start_ids + tuple(ids)
+        ids = text.start_ids + tuple(tokenizer(item["prompt"], add_special_tokens=False)["input_ids"])
+        if not ids:  # an engine cannot start a request from no token: found here, not mid-run
+            raise UserError(f"{where}: prompt", "is empty (no tokens)", "give a prompt with some text")
+        return ids
     if "prompt_tokens" in item:
         count = int(_number(item, "prompt_tokens", where))
         if count < 1:

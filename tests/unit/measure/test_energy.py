@@ -96,12 +96,14 @@ def test_estimate_meter_without_cpu_time_is_static_power(monkeypatch: pytest.Mon
     assert m.active_joules == pytest.approx(0.0, abs=1e-9)
 
 
-def _domain(root: Path, name: str, energy_uj: int | str, max_range: int = 1_000_000_000) -> Path:
+def _domain(
+    root: Path, name: str, energy_uj: int | str, max_range: int = 1_000_000_000, zone: str = "package-0"
+) -> Path:
     d = root / name
     d.mkdir()
     (d / "energy_uj").write_text(f"{energy_uj}\n")
     (d / "max_energy_range_uj").write_text(f"{max_range}\n")
-    (d / "name").write_text(name)
+    (d / "name").write_text(f"{zone}\n")
     return d
 
 
@@ -120,6 +122,14 @@ def test_rapl_package_domains_skip_subdomains_and_unreadable(powercap: Path) -> 
     _domain(powercap, "intel-rapl:2", "not a number")
     _domain(powercap, "intel-rapl-mmio:0", 9)
     assert [d.name for d in RaplMeter.package_domains()] == ["intel-rapl:0", "intel-rapl:1"]
+
+
+def test_rapl_leaves_out_the_platform_zone(powercap: Path) -> None:
+    """psys (Intel client CPUs) holds the packages' energy too: summed with them it counts twice."""
+    _domain(powercap, "intel-rapl:0", 5)
+    _domain(powercap, "intel-rapl:1", 7, zone="psys")
+    _domain(powercap, "intel-rapl:2", 9, zone="package-1")
+    assert [d.name for d in RaplMeter.package_domains()] == ["intel-rapl:0", "intel-rapl:2"]
 
 
 def test_rapl_without_powercap_has_no_domains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -147,6 +147,50 @@ def test_measure_serving_reports_goodput_joules_per_request_and_the_stream() -> 
     assert again.serving == perf.serving
 
 
+def test_the_request_that_opens_the_window_is_judged() -> None:
+    """The meter opens just after the opening request arrives: judged by time, that request (and
+    any arriving at the same instant) was left out although its arrival opened the window."""
+
+    class SlowOpener(FifoServer):
+        def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
+            self.ttft = 0.2 if len(self.submitted) == 2 else 0.01  # the third, index 2
+            return super().submit(prompt_ids, max_new_tokens)
+
+    s = stream(requests=12)
+    perf = measure_serving(SlowOpener(), s, WattMeter(), SloConfig(ttft_ms=100), 1, 2, 2, 100.0)
+    assert perf.serving is not None
+    assert perf.serving.window_requests == 8  # indexes 2 to 9
+    assert perf.serving.met_slo_fraction == pytest.approx(7 / 8)
+    assert perf.goodput_tokens_per_joule.mean < perf.tokens_per_joule.mean
+
+
+def test_a_tpot_only_slo_is_broken_by_requests_never_finished() -> None:
+    """A request given up has no time per token; with no TTFT target nothing else would count it,
+    and a run that finished none of its window's requests would meet the SLO."""
+    stuck = FifoServer(slots=1, ttft=0.01, tpot=0.1)  # 410 ms per request of 5 tokens
+    slo = SloConfig(tpot_ms=500)  # every request served meets it
+    perf = measure_serving(stuck, stream(requests=12, rate=20), WattMeter(), slo, 1, 0, 0, 20.0, 0.3)
+    assert stuck.cancelled > 6
+    assert not perf.slo_met
+    assert any(v.startswith("TPOT p90 unbounded:") for v in perf.slo_violations), perf.slo_violations
+
+
+@pytest.mark.parametrize(
+    ("timed", "unfinished", "broken"),
+    [(9, 1, True), (10, 1, False), (0, 3, True), (10, 0, False), (19, 1, False), (18, 2, True)],
+)
+def test_unfinished_requests_break_the_tpot_target_once_they_reach_its_percentile(
+    timed: int, unfinished: int, broken: bool
+) -> None:
+    from optimizer.measure.latency import unfinished_violation
+
+    # p90 of 10 values interpolates between indexes 8 and 9 (rank 8.1): one unbounded value is
+    # index 9; of 11, rank 9.0 is index 9 exactly; of 20, rank 17.1 touches indexes 17 and 18
+    violation = unfinished_violation(timed, unfinished, SloConfig(tpot_ms=100))
+    assert bool(violation) == broken
+    assert not unfinished_violation(timed, unfinished, SloConfig(ttft_ms=100, tpot_ms=None))
+
+
 def test_a_failed_request_fails_the_run() -> None:
     class Failing(FifoServer):
         def collect(self, timeout_seconds: float) -> list[Completion]:

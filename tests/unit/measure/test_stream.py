@@ -10,7 +10,7 @@ import pytest
 
 from optimizer.config import LengthConfig, WorkloadConfig
 from optimizer.errors import UserError
-from optimizer.measure.stream import TextTokens, generate_stream, read_trace
+from optimizer.measure.stream import RequestStream, StreamRequest, TextTokens, generate_stream, read_trace
 
 TEXT = list(range(1000, 1997))  # stand-in token ids of a text
 
@@ -160,6 +160,16 @@ def test_bad_trace_lines_are_one_clear_error(tmp_path: Path, row: object, needle
     assert error.value.field.startswith("workload.trace line 2")
 
 
+def test_an_empty_prompt_is_an_error_without_a_start_token(tmp_path: Path) -> None:
+    """Without a start token (Qwen, GPT-2 style) an empty prompt is no token at all: an engine
+    would fail on it mid-run. With one, the prompt is that token, as for the model's own chat."""
+    trace = write(tmp_path / "t.jsonl", [{"arrival": 0.0, "prompt": " ", "output_tokens": 2}])
+    with pytest.raises(UserError) as error:
+        read_trace(trace, WordTokenizer(), text(start=()))
+    assert error.value.field == "workload.trace line 1: prompt" and "empty" in error.value.problem
+    assert read_trace(trace, WordTokenizer(), text(start=(1,))).requests[0].prompt_ids == (1,)
+
+
 def test_decreasing_arrivals_and_missing_files_are_errors(tmp_path: Path) -> None:
     trace = write(
         tmp_path / "t.jsonl",
@@ -186,6 +196,24 @@ def test_a_trace_too_short_for_a_steady_state_is_refused() -> None:
 
     cfg = WorkloadConfig(kind="serving", trace="t.jsonl", warmup_requests=4, drain_requests=4)
     with pytest.raises(UserError) as error:
-        _check_steady_state(9, cfg)  # 4 + 4 + 1: the window would hold no request's span
+        _check_steady_state(trace_of([0.1 * i for i in range(9)]), cfg)  # 4 + 4 + 1: no span
     assert error.value.field == "workload.trace" and "has 9 requests" in error.value.problem
-    _check_steady_state(10, cfg)
+    _check_steady_state(trace_of([0.1 * i for i in range(10)]), cfg)
+
+
+def test_a_trace_whose_window_requests_arrive_at_once_is_refused() -> None:
+    """A burst from the window's first request to its last: the energy window, opened and closed at
+    those arrivals, would last no time and count no token."""
+    from optimizer.measure.setup import _check_steady_state
+
+    cfg = WorkloadConfig(kind="serving", trace="t.jsonl", warmup_requests=2, drain_requests=2)
+    with pytest.raises(UserError) as error:
+        _check_steady_state(trace_of([0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 2.0]), cfg)
+    assert error.value.field == "workload.trace" and "requests 2 to 4" in error.value.problem
+    _check_steady_state(trace_of([0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5]), cfg)  # bursts elsewhere are fine
+
+
+def trace_of(arrivals: list[float]) -> RequestStream:
+    return RequestStream(
+        tuple(StreamRequest(i, t, (1, 2), 2) for i, t in enumerate(arrivals)), "trace t.jsonl"
+    )
