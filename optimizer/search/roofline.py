@@ -10,12 +10,17 @@ Every term is chosen so that the bound stays an *upper* bound: weights and FLOPs
 vocabulary matrix (an embedding table is gathered, not read whole), weights that fit in cache move
 no DRAM bytes, reduced-precision matmuls get the fastest ratio any kernel of the kind reaches, and
 measured rates and the idle floor get `search.roofline_headroom` of slack.
+
+On a request stream the batch size only caps how many requests run at once, so the bound there is
+per step (`_stream_bound`). On a GPU, each process of a replicas x tensor-parallel layout is
+bounded on a device of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,24 +197,32 @@ class Roofline:
 def roofline_bound(
     candidate: Candidate, shape: ModelShape, workload: WorkloadConfig, rates: RooflineRates, cuda: bool
 ) -> RooflineBound:
+    """The bound of one batch (or, on a GPU layout, of one replica's share of it, on devices of its
+    own); on a request stream, see `_stream_bound`."""
     settings = candidate.settings
     spec = spec_for(settings)
     fp = spec.moved_bytes(settings, shape.num_layers)
-    batch, prompt, new = candidate.batch_size, workload.prompt_tokens, workload.max_new_tokens
+    # on a GPU each process has a device of its own: a rank moves and multiplies 1/tensor_parallel
+    # of the layers' weights, a replica serves its share of the batch (on a CPU, the processes
+    # share the cores and the memory bus that the rates describe)
+    ranks, replicas = (candidate.tensor_parallel, candidate.replicas) if cuda else (1, 1)
+    batch, prompt, new = -(-candidate.batch_size // replicas), workload.prompt_tokens, workload.max_new_tokens
     # one vocabulary x hidden matrix is left out: the embedding lookup gathers rows
-    body = max(shape.num_parameters - shape.vocab_size * shape.hidden_size, 0)
+    body = max(shape.num_parameters - shape.vocab_size * shape.hidden_size, 0) / ranks
     weight_bytes = body * fp.weight_bytes
     weight_bytes = 0.0 if weight_bytes <= rates.cache_bytes else weight_bytes
-    kv_token_bytes = shape.kv_bytes_per_token(fp.kv_bytes)
+    kv_token_bytes = shape.kv_bytes_per_token(fp.kv_bytes) / ranks
     if fp.kv_on_device_fraction < 1:
         kv_token_bytes = 0.0  # read from host memory over a link we have no rate for
-    attention_width = shape.num_layers * shape.num_attention_heads * shape.head_dim
+    attention_width = shape.num_layers * shape.num_attention_heads * shape.head_dim / ranks
     speedup = (GPU_SPEEDUP if cuda else CPU_SPEEDUP).get(spec.matmul_kind(settings), 1.0)
     flops_rate = rates.flops_per_second * speedup
 
     def seconds(bytes_moved: float, flops: float) -> float:
         return max(bytes_moved / rates.bytes_per_second, flops / flops_rate)
 
+    if workload.serving:
+        return _stream_bound(batch, ranks, weight_bytes, body, rates, seconds)
     prefill = seconds(weight_bytes, 2 * body * batch * prompt)
     first_step = seconds(
         weight_bytes + batch * prompt * kv_token_bytes,
@@ -222,10 +235,32 @@ def roofline_bound(
         2 * body * batch * new + 4 * attention_width * context_sum * batch,
     )
     batch_seconds = max(prefill + decode, 1e-12)
+    # every rank draws the floor (the replicas' tokens and devices cancel out)
     tokens_per_joule = (
-        batch * new / (rates.floor_watts * batch_seconds) if rates.floor_watts > 0 else float("inf")
+        batch * new / (rates.floor_watts * ranks * batch_seconds) if rates.floor_watts > 0 else float("inf")
     )
     return RooflineBound(tokens_per_joule=tokens_per_joule, prefill_seconds=prefill, step_seconds=first_step)
+
+
+def _stream_bound(
+    batch: int,
+    ranks: int,
+    weight_bytes: float,
+    body: float,
+    rates: RooflineRates,
+    seconds: Callable[[float, float], float],
+) -> RooflineBound:
+    """On a request stream the batch size is only the most requests an engine runs at once: at a
+    low load a request is prefilled and decoded alone, its prompt may be short or mostly cached,
+    and the stream's lengths are not the offline fields. What still bounds it: a first token
+    needs one pass over the weights, a decode step at least that, and no step yields more than
+    `batch` tokens (prefills and KV reads only add time)."""
+    one_pass = seconds(weight_bytes, 2 * body)
+    full_step = max(seconds(weight_bytes, 2 * body * batch), 1e-12)
+    tokens_per_joule = (
+        batch / (rates.floor_watts * ranks * full_step) if rates.floor_watts > 0 else float("inf")
+    )
+    return RooflineBound(tokens_per_joule=tokens_per_joule, prefill_seconds=one_pass, step_seconds=one_pass)
 
 
 def prune_reason(bound: RooflineBound, best: CandidateResult | None, slo: SloConfig) -> str | None:

@@ -76,6 +76,38 @@ def test_reasons_to_prune(make_candidate, make_result, make_performance) -> None
     )
 
 
+def test_on_a_stream_the_batch_size_bounds_no_latency(make_candidate) -> None:
+    """A stream's engine admits up to `batch_size` requests: at a low load one runs alone, so a
+    batch's prefill is no lower bound of TTFT (b16 and b64 were pruned for SLOs they could meet)."""
+    stream = WorkloadConfig(kind="serving", prompt_tokens=64, max_new_tokens=32)
+    one_pass = 4e-3  # the fp32 body, 4 MB at 1 GB/s
+    for batch in (1, 16, 64):
+        bound = roofline_bound(make_candidate(batch_size=batch), SHAPE, stream, RATES, cuda=False)
+        assert bound.prefill_seconds == bound.step_seconds == pytest.approx(one_pass)
+        assert prune_reason(bound, None, SloConfig(ttft_ms=5, tpot_ms=5)) is None
+        # at most `batch` tokens per step: a bound for any lengths, cached prefixes included
+        assert bound.tokens_per_joule == pytest.approx(batch / (10.0 * one_pass))
+        offline = roofline_bound(make_candidate(batch_size=batch), SHAPE, WORKLOAD, RATES, cuda=False)
+        assert bound.tokens_per_joule > offline.tokens_per_joule
+
+
+def test_on_a_gpu_each_process_of_a_layout_has_its_own_device(make_candidate) -> None:
+    """tp2: each rank moves half the weights (a step bound half as long), on twice the devices
+    (the same tokens/J); r2: each replica runs half the batch. On a CPU they share one machine."""
+    model = WorkloadConfig(prompt_tokens=4, max_new_tokens=2)
+
+    def bound(cuda: bool, **layout: int):  # type: ignore[no-untyped-def]
+        candidate = replace(make_candidate(batch_size=8), **layout)
+        return roofline_bound(candidate, SHAPE, model, RATES, cuda=cuda)
+
+    one, tp2, r2 = bound(True), bound(True, tensor_parallel=2), bound(True, replicas=2)
+    assert tp2.step_seconds == pytest.approx(one.step_seconds / 2)
+    assert tp2.tokens_per_joule == pytest.approx(one.tokens_per_joule)
+    assert r2.prefill_seconds == pytest.approx(one.prefill_seconds)  # weight-bound: 4 or 8 prompts
+    assert r2.step_seconds < one.step_seconds  # 4 requests' KV, not 8
+    assert bound(False, tensor_parallel=2) == bound(False)
+
+
 def test_rates_from_a_preset_or_measured_with_headroom(make_target, monkeypatch: pytest.MonkeyPatch) -> None:
     gpu = make_target(kind="cuda", memory_bandwidth_gb_per_s=3350, peak_bf16_tflops=989)
     rates = rates_for(gpu, idle_watts=100.0, headroom=2.0)
