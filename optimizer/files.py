@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 
 def write_atomically(path: Path, text: str) -> Path:
@@ -15,3 +17,8 @@ def write_atomically(path: Path, text: str) -> Path:
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def tensor_sha256(tensor: Any) -> str:
+    """A tensor's values by content (token ids measured: the store's context, a recipe's record)."""
+    return hashlib.sha256(tensor.contiguous().cpu().numpy().tobytes()).hexdigest()

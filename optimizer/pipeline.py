@@ -166,6 +166,13 @@ def unreliable_finalists(selection: Selection | None) -> UserError | None:
     error, which names the constraint (and, on a request stream, the capacity measured)."""
     if selection is None or selection.feasible or selection.only_near_misses:
         return None
+    if selection.all_failed:  # not the SLO's doing: no re-measurement ran to the end
+        return UserError(
+            "search.finalists",
+            selection.reason,
+            "fix what failed (report.md and the log name it), or set search.finalists=0 to select "
+            "on the search's own measurements",
+        )
     return UserError(
         "workload.slo",
         f"{selection.reason}: the search's runs met the SLO once, near its edge",

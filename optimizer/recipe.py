@@ -18,16 +18,14 @@ import yaml
 from optimizer.backends.artifacts import artifacts_used, served_artifact
 from optimizer.config import (
     ENERGY_SOURCES,
-    LengthConfig,
     ModelConfig,
     QualityConfig,
     RunConfig,
-    SloConfig,
     TargetConfig,
     WorkloadConfig,
 )
 from optimizer.errors import UserError
-from optimizer.files import write_atomically
+from optimizer.files import tensor_sha256, write_atomically
 from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import estimate_coefficients
 from optimizer.measure.setup import MeasurementSetup
@@ -40,6 +38,7 @@ from optimizer.recipe_checks import (
     check_evidence,
     check_known_keys,
     constraints_of,
+    measured_configs,
 )
 from optimizer.results import CandidateResult
 from optimizer.select import Selection
@@ -178,6 +177,9 @@ def build_recipe(
             "workload": asdict(cfg.workload),
             "quality": asdict(cfg.quality),
             "quality_text_sha256": setup.text_sha256,
+            # the prompts batches cycle through (plan.prompt_pool): verify re-makes and compares them
+            "prompt_pool": int(setup.workload.prompts.shape[0]),
+            "prompt_tokens_sha256": tensor_sha256(setup.workload.prompts),
             # what a serving engine was sized for (a trace's longest line, not the config's bound)
             "longest_request_tokens": _longest_request(setup),
             "idle_watts": round(idle_watts, 3),
@@ -204,8 +206,9 @@ def _selection_evidence(selection: Selection) -> dict[str, Any]:
             {
                 "label": f.label,
                 "goodput_tokens_per_joule": {
-                    "mean": round(f.mean, 4),
-                    "ci95": [round(f.low, 4), round(f.high, 4)],
+                    "mean": round(f.mean, 4) if f.samples else None,  # (failed: no figure, not 0)
+                    # fewer than two windows bound nothing: no interval rather than [-.inf, .inf]
+                    "ci95": [round(f.low, 4), round(f.high, 4)] if len(f.samples) > 1 else None,
                 },
                 "windows": len(f.samples),
                 "latency_headroom": None if f.headroom is None else round(f.headroom, 3),
@@ -283,18 +286,10 @@ def read_recipe(path: Path | str) -> Recipe:
     check_evidence(data, path)
     try:
         measurement = data["measurement"]
-        if not isinstance(measurement.get("workload"), dict) or not isinstance(
-            measurement.get("quality"), dict
-        ):
-            raise UserError("measurement", "workload and quality must be mappings", "restore it from git")
-        workload = dict(measurement["workload"])
-        workload["slo"] = SloConfig(**workload["slo"])
-        quality = QualityConfig(**measurement["quality"])
+        workload, quality = measured_configs(measurement)
         if "constraints" in data:  # what verify enforces: the search's bounds, or a reader's edit
-            workload["slo"], quality = constraints_of(data["constraints"], workload["slo"], quality)
-        for lengths in ("prompt_lengths", "output_lengths"):
-            if isinstance(workload.get(lengths), dict):
-                workload[lengths] = LengthConfig(**workload[lengths])
+            slo, quality = constraints_of(data["constraints"], workload.slo, quality)
+            workload = replace(workload, slo=slo)
         model = data["model"]
         return Recipe(
             path=path,
@@ -306,7 +301,7 @@ def read_recipe(path: Path | str) -> Recipe:
                 trust_remote_code=bool(model.get("trust_remote_code", False)),
             ),
             target=_target_of(str(data["target"]["kind"]), measurement, data["evidence"]["energy"]["source"]),
-            workload=WorkloadConfig(**workload),
+            workload=workload,
             quality=quality,
         )
     except UserError as exc:

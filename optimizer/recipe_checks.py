@@ -1,14 +1,14 @@
 """What a recipe read from a file must hold: its keys (a hand edit's typo fails naming it), the
-evidence verify compares with, the bounds of its `constraints`, its recorded build artifact, and
-whether the one built here is that artifact."""
+evidence and prompts verify compares with, the configs it was measured with, the bounds of its
+`constraints`, its recorded build artifact, and whether the one built here is that artifact."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from optimizer.config import QualityConfig, SloConfig, WorkloadConfig
+from optimizer.config import LengthConfig, QualityConfig, SloConfig, WorkloadConfig
 from optimizer.errors import UserError
 
 RECIPE_KEYS = (
@@ -25,7 +25,14 @@ RECIPE_KEYS = (
     "evidence",
 )
 MODEL_KEYS = ("name", "source", "format", "weight_sha256", "revision", "trust_remote_code", "num_parameters")
-QUALITY_BOUND_KEYS = ("max_ppl_increase", "min_top1_agreement", "max_kl")
+_Bounds = TypeVar("_Bounds", SloConfig, QualityConfig)
+# the keys `constraints` may set, each with the example its fix gives
+QUALITY_BOUND_EXAMPLES: dict[str, float] = {
+    "max_ppl_increase": 0.03,
+    "min_top1_agreement": 0.95,
+    "max_kl": 0.05,
+}
+SLO_EXAMPLES: dict[str, float] = {"percentile": 90, "ttft_ms": 2000, "tpot_ms": 250}  # every SloConfig field
 
 
 def check_known_keys(block: dict[str, Any], known: tuple[str, ...], where: str) -> None:
@@ -49,16 +56,48 @@ def constraints_of(
     bound, limits = constraints.get("quality", {}), constraints.get("slo", {})
     if not isinstance(bound, dict) or not isinstance(limits, dict):
         raise UserError("constraints", "quality and slo must be mappings", "restore it from git")
-    check_known_keys(bound, QUALITY_BOUND_KEYS, "constraints.quality")
+    tightened = _bounded(slo, limits, SLO_EXAMPLES, "slo")
+    return tightened, _bounded(quality, bound, QUALITY_BOUND_EXAMPLES, "quality")
+
+
+def _bounded(config: _Bounds, edits: dict[str, Any], examples: dict[str, float], part: str) -> _Bounds:
+    """`config` with the keys of `constraints.<part>`, each named by its own key when wrong."""
+    where = f"constraints.{part}"
+    check_known_keys(edits, tuple(examples), where)
+    for key, value in edits.items():  # a null latency limit is no limit; the percentile is needed
+        _require_number(
+            value, f"{where}.{key}", examples[key], nullable=part == "slo" and key != "percentile"
+        )
     try:
-        tightened = replace(slo, **limits), replace(quality, **bound)
-        WorkloadConfig(slo=tightened[0])  # validates the SLO as a workload does
-    except TypeError as exc:  # an unknown SLO field
-        raise UserError("constraints.slo", str(exc), "fix its spelling or remove it") from None
+        return replace(config, **edits)
     except UserError as exc:  # named where the value was written, not where it is used
-        field = exc.field.removeprefix("workload.")
-        raise UserError(f"constraints.{field}", exc.problem, exc.fix) from None
-    return tightened
+        raise UserError(f"constraints.{exc.field.removeprefix('workload.')}", exc.problem, exc.fix) from None
+
+
+def _require_number(value: Any, field: str, example: float, nullable: bool) -> None:
+    """YAML reads `0.05` as a number but `"0.05"`, `95%` or `yes` as a string or a bool: refused
+    here, naming the key, before a comparison with the bound fails somewhere else."""
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fix = f"a number, e.g. {example}" + (", or null for no limit" if nullable else "")
+        raise UserError(field, f"is {value!r}, not a number", fix)
+
+
+def measured_configs(measurement: dict[str, Any]) -> tuple[WorkloadConfig, QualityConfig]:
+    """The workload and quality config a recipe's evidence was measured with; an error names its
+    key under `measurement` (where it was written), not the run config's `workload.`/`quality.`."""
+    if not isinstance(measurement.get("workload"), dict) or not isinstance(measurement.get("quality"), dict):
+        raise UserError("measurement", "workload and quality must be mappings", "restore it from git")
+    workload = dict(measurement["workload"])
+    try:
+        workload["slo"] = SloConfig(**workload["slo"])
+        for lengths in ("prompt_lengths", "output_lengths"):
+            if isinstance(workload.get(lengths), dict):
+                workload[lengths] = LengthConfig(**workload[lengths])
+        return WorkloadConfig(**workload), QualityConfig(**measurement["quality"])
+    except UserError as exc:
+        raise UserError(f"measurement.{exc.field}", exc.problem, exc.fix) from None
 
 
 # what verify compares with, by dotted path: found missing only after a re-measurement otherwise
@@ -80,6 +119,23 @@ def check_evidence(data: dict[str, Any], path: Path) -> None:
             raise UserError(f"recipe.{dotted}", f"{path}: is missing or malformed", "restore it from git")
     if "quality" not in data["evidence"]:
         raise UserError("recipe.evidence.quality", f"{path}: is missing", "restore it from git")
+    _check_prompts(data["measurement"], path)
+
+
+def _check_prompts(measurement: dict[str, Any], path: Path) -> None:
+    """The prompt pool verify tokenizes and the hash it compares, when recorded (a recipe from
+    before they were has neither: verify sizes the pool as it did then)."""
+    pool, sha = measurement.get("prompt_pool"), measurement.get("prompt_tokens_sha256")
+    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 1):
+        raise UserError(
+            "recipe.measurement.prompt_pool",
+            f"{path}: is {pool!r}",
+            "a count of prompts; restore it from git",
+        )
+    if sha is not None and not isinstance(sha, str):
+        raise UserError(
+            "recipe.measurement.prompt_tokens_sha256", f"{path}: is {sha!r}", "restore it from git"
+        )
 
 
 def check_artifact(artifact: Any, path: Path) -> None:

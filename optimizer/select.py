@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from optimizer.config import SloConfig
 from optimizer.measure.latency import percentile_key
-from optimizer.results import MEASURED, CandidateResult
+from optimizer.results import FAILED, MEASURED, CandidateResult
 
 
 def feasible(results: Sequence[CandidateResult]) -> list[CandidateResult]:
@@ -113,6 +113,11 @@ class Selection:
         return next(f.feasible for f in self.finalists if f.key == self.winner)
 
     @property
+    def all_failed(self) -> bool:
+        """Whether no finalist's re-measurement gave a window (each crashed, ran out of memory...)."""
+        return not any(f.samples for f in self.finalists)
+
+    @property
     def only_near_misses(self) -> bool:
         """Whether nothing was feasible in the search, so every finalist is a near miss."""
         return all(f.near_miss for f in self.finalists)
@@ -190,7 +195,8 @@ def select_finalist(
         samples = [
             w.goodput_tokens_per_joule for r in runs[key] if r.performance for w in r.performance.windows
         ]
-        mean, low, high = interval(samples) if samples else (0.0, 0.0, 0.0)
+        # no window re-measured (every round failed): nothing bounds it, as with one window
+        mean, low, high = interval(samples) if samples else (0.0, -math.inf, math.inf)
         headrooms = [h for r in runs[key] if (h := latency_headroom(r, slo)) is not None]
         finalists.append(
             Finalist(
@@ -214,16 +220,21 @@ def select_finalist(
         and runner_up is not None
         and (runner_up.feasible is False or winner.low > runner_up.high)
     )
+    failures = [r.reason for rs in runs.values() for r in rs if r.status == FAILED and r.reason]
+    if not any(f.samples for f in finalists):  # no latency was measured to miss the SLO with
+        reason = "every finalist failed when re-measured" + (f" (first: {failures[0]})" if failures else "")
+        return Selection(finalists=ranked, winner=winner.key, distinguishable=False, reason=reason)
     reason = (
         ("no finalist met the SLO in every re-measurement; the best, " if not winner.feasible else "")
-        + f"{winner.label}: {winner.mean:.3g} goodput tok/J [{winner.low:.3g}, {winner.high:.3g}] re-measured"
+        + f"{winner.label}: {winner.mean:.3g} goodput tok/J {_bounds(winner)} re-measured"
         + _against_runner_up(winner, runner_up, distinguishable)
     )
     # a tie on energy (a mean inside the winner's interval): the most latency headroom wins, the
     # same energy with more room for load and noise (a stream near an engine's capacity queues far
     # past the percentile one run measured)
-    # (an infeasible winner means none is feasible: it stays, alone)
-    tied = [winner, *(f for f in ranked[1:] if f.feasible and f.mean >= winner.low)]
+    # (an infeasible winner means none is feasible: it stays, alone; so does one re-measured in a
+    # single window: with no interval every mean would be "inside" it, half its tokens/J included)
+    tied = [winner, *(f for f in ranked[1:] if f.feasible and f.mean >= winner.low > -math.inf)]
     roomiest = max(tied, key=lambda f: f.headroom if f.headroom is not None else -math.inf)
     if roomiest is not winner and (roomiest.headroom or 0.0) > (winner.headroom or 0.0) + HEADROOM_TIE_MARGIN:
         reason = (
@@ -245,10 +256,19 @@ def select_finalist(
 def _against_runner_up(winner: Finalist, runner_up: Finalist | None, distinguishable: bool) -> str:
     if runner_up is None:
         return ", the only finalist"
+    if winner.feasible and not runner_up.samples:
+        return f"; {runner_up.label} failed when re-measured"
     if winner.feasible and not runner_up.feasible:
         return f"; {runner_up.label} ({runner_up.mean:.3g}) missed the SLO when re-measured"
-    span = f"{runner_up.label}'s [{runner_up.low:.3g}, {runner_up.high:.3g}]"
+    span = f"{runner_up.label}'s {_bounds(runner_up)}"
     return f", above {span}" if distinguishable else f", not distinguishable from {span}"
+
+
+def _bounds(finalist: Finalist) -> str:
+    """Its 95% interval, or why it has none (its figure is then taken as it is)."""
+    if len(finalist.samples) < 2:
+        return f"(no interval from {len(finalist.samples)} window{'s' if not finalist.samples else ''})"
+    return f"[{finalist.low:.3g}, {finalist.high:.3g}]"
 
 
 def _at_edge(finalist: Finalist, margin: float) -> bool:

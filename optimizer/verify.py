@@ -12,15 +12,17 @@ from typing import Any
 
 from optimizer.config import SloConfig
 from optimizer.errors import UserError
+from optimizer.files import tensor_sha256
 from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import measure_idle_watts
-from optimizer.measure.setup import prepare_measurement
+from optimizer.measure.setup import MeasurementSetup, prepare_measurement
 from optimizer.measure.speed import SLOW_PROBE
 from optimizer.measure.workload import PerformanceResult
-from optimizer.recipe import check_weights, default_cache_dir, model_config_for, read_recipe
+from optimizer.recipe import Recipe, check_weights, default_cache_dir, model_config_for, read_recipe
 from optimizer.recipe_checks import artifact_change
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
+from optimizer.search.plan import MIN_PROMPTS
 from optimizer.space import dequantized_model_needed, exclusion_reason
 
 log = logging.getLogger(__name__)
@@ -73,10 +75,11 @@ def verify_recipe(
 ) -> VerifyReport:
     """Rebuild the recipe's engine, re-run its quality probe and workload, compare.
 
-    Passes when the weights, the quality text and the request stream hash as recorded, the target
-    and energy source are the recorded ones, quality is inside the recipe's bound, the SLO holds,
-    and goodput tokens/J is within `tolerance` (a fraction) below the recorded mean and within
-    its reciprocal above it (far above the record is as suspect as far below: a broken meter).
+    Passes when the weights, the quality text, the request stream (serving) or the prompts' token
+    ids (offline, when recorded) hash as recorded, the target and energy source are the recorded
+    ones, quality is inside the recipe's bound, the SLO holds, and goodput tokens/J is within
+    `tolerance` (a fraction) below the recorded mean and within its reciprocal above it (far above
+    the record is as suspect as far below: a broken meter). The prompts are the recorded pool.
     An estimate is re-made with the recipe's coefficients. Like a search's worker, verify holds
     the device lock: its idle power and windows never overlap a search measuring on the device.
     """
@@ -92,7 +95,7 @@ def verify_recipe(
             recipe.workload,
             recipe.quality,
             cache,
-            max(cand.batch_size, 16),
+            _prompt_pool(recipe),
             dequantized_model_needed([cand.backend], recipe.quality.reference),
         )
     check_weights(recipe, setup.model.weight_sha256)
@@ -134,6 +137,7 @@ def verify_recipe(
                 recorded_stream == here_stream,
             )
         )
+    checks.extend(_prompts_check(recipe, setup))
     notes = _package_notes(recorded_target.get("packages"), here.get("packages"))
     if not all(c.passed for c in checks):  # the conditions so far: re-measuring here says nothing
         return VerifyReport(recipe.path, checks, notes, measured=False)
@@ -184,6 +188,25 @@ def verify_recipe(
 
 
 _FIX_CANNOT_RUN = "install the package it names, or verify on a machine like the recipe's target"
+
+
+def _prompt_pool(recipe: Recipe) -> int:
+    """The prompts the recipe's batches cycled through (the search's plan.prompt_pool, recorded):
+    another pool is other prompts in the same batches. A recipe from before it was recorded gets the
+    pool verify made then, its batch size and at least MIN_PROMPTS."""
+    recorded = recipe.data["measurement"].get("prompt_pool")  # an int >= 1 (recipe_checks)
+    return int(recorded) if recorded is not None else max(recipe.candidate.batch_size, MIN_PROMPTS)
+
+
+def _prompts_check(recipe: Recipe, setup: MeasurementSetup) -> list[Check]:
+    """The offline prompts' token ids against the recorded ones: another tokenizer changes them while
+    the weights and the quality text hash the same. A serving recipe's stream hash covers what it
+    measures; a recipe from before the hash has nothing to compare."""
+    recorded = recipe.data["measurement"].get("prompt_tokens_sha256")
+    if recorded is None or recipe.workload.serving:
+        return []
+    here = tensor_sha256(setup.workload.prompts)
+    return [Check("prompt tokens sha256", recorded[:16], here[:16], recorded == here)]
 
 
 def _package_notes(recorded: object, here: object) -> list[str]:
@@ -241,8 +264,13 @@ def goodput_check(
     far above the record fails too (a meter that lost energy would pass a one-sided check)."""
     low, high = 1 - tolerance, 1 / (1 - tolerance)
     name = f"goodput tok/J ({low:.2f}x-{high:.2f}x of recorded)"
-    if recorded <= 0:
-        return Check(name, f"{recorded:.3f} ({recorded_source})", f"{measured:.3f} ({measured_source})", True)
+    if not recorded > 0:  # nothing to be within a fraction of: no figure passes against it
+        return Check(
+            name,
+            f"{recorded:.3f} ({recorded_source})",
+            f"{measured:.3f} ({measured_source}): the recipe records no goodput to compare with",
+            False,
+        )
     ratio = measured / recorded
     note = ""
     if ratio > high:

@@ -57,8 +57,14 @@ class TargetConfig:
                     f"e.g. target.{name}={example}, or null to detect it",
                 )
         require(
-            self.cpu_active_watts_per_core > 0 and self.cpu_idle_watts_per_core >= 0,
+            self.cpu_active_watts_per_core > 0,
             "target.cpu_active_watts_per_core",
-            "estimate watts must be positive",
+            f"is {self.cpu_active_watts_per_core}: a busy core's estimated watts must be > 0",
             "use the CPU's TDP divided by its cores",
+        )
+        require(
+            self.cpu_idle_watts_per_core >= 0,
+            "target.cpu_idle_watts_per_core",
+            f"is {self.cpu_idle_watts_per_core}: an idle core's estimated watts must be >= 0",
+            "e.g. 1.5 (its static power per core), or 0 to charge busy time only",
         )

@@ -158,12 +158,9 @@ class WorkloadConfig:
             "1 for single requests, > 1 for conversations",
         )
         require(self.turn_gap_seconds >= 0, "workload.turn_gap_seconds", "is negative", "seconds >= 0")
-        require(
-            self.warmup_requests >= 0 and self.drain_requests >= 0,
-            "workload.warmup_requests",
-            "warm-up and drain counts must be >= 0",
-            "e.g. 4",
-        )
+        for name in ("warmup_requests", "drain_requests"):
+            count = getattr(self, name)
+            require(count >= 0, f"workload.{name}", f"is {count}: a count of requests must be >= 0", "e.g. 4")
         require(
             self.leaves_steady_state(self.requests),
             "workload.requests",

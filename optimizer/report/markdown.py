@@ -106,8 +106,9 @@ def write_report(
         workload_line(cfg.workload, setup.stream.source if setup.stream else None),
         f"- SLO: {_slo_text(cfg)}; **goodput** counts only output tokens of requests that met it, "
         "**throughput** counts all",
-        f"- quality bound: perplexity ≤ +{cfg.quality.max_ppl_increase:.1%}, top-1 agreement ≥ "
-        f"{cfg.quality.min_top1_agreement:.0%}, mean KL ≤ {cfg.quality.max_kl:g} nats, "
+        # the bound as set, not rounded: 97.5% shown as 98% would seem broken by a 97.7% candidate
+        f"- quality bound: perplexity ≤ +{_percent(cfg.quality.max_ppl_increase)}, top-1 agreement ≥ "
+        f"{_percent(cfg.quality.min_top1_agreement)}, mean KL ≤ {cfg.quality.max_kl:g} nats, "
         f"vs {QUALITY_REFERENCES[cfg.quality.reference]} on "
         f"{cfg.quality.num_sequences}×{cfg.quality.seq_tokens} held-out tokens of `{cfg.quality.text}`",
         "",
@@ -284,6 +285,10 @@ def _candidates_table(results: Sequence[CandidateResult], estimate_mark: str = "
             f"| {r.candidate.label()} | {status} | {_q(r.quality)} | {perf} | {note.replace('|', '/')} |"
         )
     return lines + [""]
+
+
+def _percent(fraction: float) -> str:
+    return f"{round(fraction * 100, 6):g}%"  # (rounded past float noise: 0.0025 * 100 is 0.25000000000000006)
 
 
 def _spread(spread: Spread, windows: int) -> str:

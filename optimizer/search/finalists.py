@@ -54,8 +54,19 @@ def remeasure(
         rounds = _round_store(evaluator.store, pool, index)
         with leases_kept(rounds, search.lease_seconds) if rounds else contextlib.nullcontext():
             for previous in pool if index % 2 == 0 else reversed(pool):
+                earlier = runs[previous.candidate.key()]
+                if earlier and earlier[-1].status == FAILED:
+                    # it can no longer be selected (that takes every round), and a candidate that
+                    # kills its process would cost every later round two more deaths
+                    earlier.append(earlier[-1])
+                    log.info(
+                        "finalist round %d: %s not measured again: it failed",
+                        index + 1,
+                        previous.candidate.label(),
+                    )
+                    continue
                 result, stored = _measured_round(evaluator, rounds, previous.candidate, search)
-                runs[previous.candidate.key()].append(result)
+                earlier.append(result)
                 log.info(
                     "finalist round %d: %s %.3f goodput tok/J%s",
                     index + 1,

@@ -11,6 +11,7 @@ from typing import Any
 
 from optimizer.config import HALF_REFERENCES, QUALITY_REFERENCES, RunConfig
 from optimizer.errors import UserError
+from optimizer.files import tensor_sha256
 from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import estimate_coefficients
 from optimizer.measure.setup import MeasurementSetup, prepare_measurement
@@ -105,8 +106,8 @@ def measured_inputs(setup: MeasurementSetup) -> dict[str, str | None]:
     config = setup.model.path / "config.json"
     inputs = {
         "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None,
-        "quality_tokens_sha256": _tensor_sha256(setup.quality_tokens),
-        "prompt_tokens_sha256": _tensor_sha256(setup.workload.prompts),
+        "quality_tokens_sha256": tensor_sha256(setup.quality_tokens),
+        "prompt_tokens_sha256": tensor_sha256(setup.workload.prompts),
     }
     if setup.model.trust_remote_code:  # only then: other models' stores keep their contexts
         inputs["remote_code_sha256"] = _code_sha256(setup.model.path)
@@ -129,10 +130,6 @@ def quality_context(cfg: RunConfig, setup: MeasurementSetup) -> str:
             "store_schema": STORE_SCHEMA,
         }
     )
-
-
-def _tensor_sha256(tensor: Any) -> str:
-    return hashlib.sha256(tensor.contiguous().cpu().numpy().tobytes()).hexdigest()
 
 
 def _code_sha256(folder: Path) -> str:

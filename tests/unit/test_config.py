@@ -109,6 +109,10 @@ def test_group_options_lists_presets() -> None:
         ("target.kind=gpu", "target.kind"),
         ("workload.slo.tpot_ms=0", "workload.slo.tpot_ms"),
         ("workload.disturbed_retries=-1", "workload.disturbed_retries"),
+        ("workload.warmup_requests=-1", "workload.warmup_requests"),
+        ("workload.drain_requests=-1", "workload.drain_requests"),
+        ("target.cpu_active_watts_per_core=0", "target.cpu_active_watts_per_core"),
+        ("target.cpu_idle_watts_per_core=-1", "target.cpu_idle_watts_per_core"),
         ("search.workers=0", "search.workers"),
         ("search.optuna.algorithm=cmaes", "search.optuna.algorithm"),
         ("search.roofline_headroom=0.5", "search.roofline_headroom"),
@@ -206,6 +210,17 @@ def test_dataclasses_validate_themselves(make, field: str) -> None:
         make()
     assert info.value.field == field
     assert info.value.fix
+
+
+def test_an_idle_core_may_be_charged_nothing_a_busy_one_may_not() -> None:
+    """The estimate's idle watts may be 0 (charge busy time only); each bound names its own field."""
+    assert TargetConfig(cpu_idle_watts_per_core=0).cpu_idle_watts_per_core == 0
+    with pytest.raises(UserError) as info:
+        TargetConfig(cpu_idle_watts_per_core=-1)
+    assert info.value.field == "target.cpu_idle_watts_per_core" and ">= 0" in info.value.problem
+    with pytest.raises(UserError) as info:
+        TargetConfig(cpu_active_watts_per_core=0)
+    assert info.value.field == "target.cpu_active_watts_per_core" and "> 0" in info.value.problem
 
 
 @pytest.mark.parametrize(

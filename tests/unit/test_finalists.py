@@ -127,6 +127,31 @@ def test_a_finalist_that_missed_the_slo_when_remeasured_cannot_win() -> None:
     assert selection.reason.endswith(f"; {a.candidate.label()} (12) missed the SLO when re-measured")
 
 
+def test_one_window_each_leaves_no_tie_for_headroom_to_break() -> None:
+    """workload.repeats=1 and one finalist round: no interval, so every mean would be inside the
+    winner's (-inf, inf) and half its tokens/J could win on latency headroom."""
+    a, b = measured(32, [10.0]), measured(1, [5.0])
+    runs = {
+        a.candidate.key(): [measured(32, [10.0], tpot_s=0.200)],  # 20% headroom
+        b.candidate.key(): [measured(1, [5.0], tpot_s=0.050)],  # 80%
+    }
+    selection = select_finalist([a, b], runs, SLO, 0.1)
+    assert selection.winner == a.candidate.key() and not selection.distinguishable
+    assert "10 goodput tok/J (no interval from 1 window) re-measured" in selection.reason
+    assert "headroom" not in selection.reason
+
+
+def test_a_finalist_whose_rounds_all_failed_is_said_to_have_failed() -> None:
+    a, b = measured(8, [10.0]), measured(16, [9.0])
+    failed = candidate_result(torch_candidate(batch_size=16), status=FAILED, reason="out of memory")
+    runs = {a.candidate.key(): [measured(8, [10.0, 10.2])], b.candidate.key(): [failed, failed]}
+    selection = select_finalist([a, b], runs, SLO, 0.1)
+    assert selection.winner == a.candidate.key()
+    assert selection.reason.endswith(f"; {b.candidate.label()} failed when re-measured")
+    lost = selection.finalists[1]
+    assert lost.samples == [] and not lost.feasible and (lost.low, lost.high) == (-math.inf, math.inf)
+
+
 class FakeEvaluator:
     workload_cfg = type("W", (), {"slo": SLO})()
 
@@ -199,11 +224,14 @@ def test_a_finalist_that_killed_its_process_twice_fails_its_round(tmp_path: Path
         rounds.release(crasher.key())
     evaluator = FakeEvaluator(store)
     picked = remeasure(evaluator, pool, SearchConfig(finalists=3, finalist_rounds=2))  # type: ignore[arg-type]
-    assert evaluator.order == [8, 4, 4, 8, 16]  # its first round is not measured a third time
+    # its first round is not measured a third time, nor its second round at all: failed once, it
+    # cannot be selected (that takes every round), and another round would cost two more deaths
+    assert evaluator.order == [8, 4, 4, 8]
     assert picked is not None
     remeasured, selection = picked
-    (failed,) = [r for r in remeasured if r.status == FAILED]
+    failed, carried = [r for r in remeasured if r.status == FAILED]
     assert failed.candidate == crasher and "2 processes died" in (failed.reason or "")
+    assert carried is failed
     assert selection.winner == pool[1].candidate.key()
 
 
@@ -226,6 +254,20 @@ def test_when_no_finalist_stays_feasible_the_selection_still_answers() -> None:
         unreliable_finalists(select_finalist([a, b], {k: [measured(4, [8.0, 8.1])] for k in runs}, SLO, 0.1))
         is None
     )
+
+
+def test_when_every_finalist_failed_the_error_names_the_failure_not_the_slo() -> None:
+    a, b = measured(8, [10.0]), measured(4, [8.0])
+    oom = candidate_result(a.candidate, status=FAILED, reason="OutOfMemoryError: CUDA out of memory")
+    runs = {a.candidate.key(): [oom, oom], b.candidate.key(): [replace(oom, candidate=b.candidate)] * 2}
+    selection = select_finalist([a, b], runs, SLO, 0.1)
+    assert selection.all_failed and not selection.feasible
+    assert (
+        selection.reason
+        == "every finalist failed when re-measured (first: OutOfMemoryError: CUDA out of memory)"
+    )
+    error = unreliable_finalists(selection)
+    assert error is not None and error.field == "search.finalists" and "SLO" not in str(error)
 
 
 def test_headroom_is_read_at_the_slos_own_percentile() -> None:

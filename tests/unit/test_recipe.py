@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from optimizer.config import ModelConfig, QualityConfig, WorkloadConfig
@@ -153,16 +154,29 @@ def test_missing_fields(tmp_path: Path, recipe_dict: dict[str, Any], path: tuple
     [
         (lambda d: d["settings"].update(backend="tensorflow"), "recipe.settings.backend"),
         (lambda d: d["settings"].update(turbo=True), "recipe.settings"),
-        (lambda d: d["measurement"]["workload"].update(repeats=0), "recipe.workload.repeats"),
-        (lambda d: d["measurement"]["quality"].update(max_kl=-1), "recipe.quality.max_kl"),
-        (lambda d: d["measurement"]["workload"]["slo"].update(tpot_ms=-5), "recipe.workload.slo.tpot_ms"),
+        # named by the recipe's own path, not the run config's workload.* / quality.*
+        (lambda d: d["measurement"]["workload"].update(repeats=0), "recipe.measurement.workload.repeats"),
+        (lambda d: d["measurement"]["workload"].update(kind="online"), "recipe.measurement.workload.kind"),
+        (lambda d: d["measurement"]["quality"].update(max_kl=-1), "recipe.measurement.quality.max_kl"),
+        (
+            lambda d: d["measurement"]["workload"]["slo"].update(tpot_ms=-5),
+            "recipe.measurement.workload.slo.tpot_ms",
+        ),
+        (lambda d: d["measurement"].update(workload=[1]), "recipe.measurement"),
+        (lambda d: d["measurement"].update(prompt_pool=0), "recipe.measurement.prompt_pool"),
+        (lambda d: d["measurement"].update(prompt_pool="64"), "recipe.measurement.prompt_pool"),
+        (lambda d: d["measurement"].update(prompt_pool=True), "recipe.measurement.prompt_pool"),
+        (
+            lambda d: d["measurement"].update(prompt_tokens_sha256=5),
+            "recipe.measurement.prompt_tokens_sha256",
+        ),
         (lambda d: d["measurement"]["workload"].update(warp=9), "recipe"),
         (lambda d: d.update(model="just a string"), "recipe.model"),
         (lambda d: d.update(settings=5), "recipe.settings"),
         (lambda d: d["model"].update(revison="abc123"), "recipe.model.revison"),
         (lambda d: d.update(evidense={}), "recipe.evidense"),
         (lambda d: d["constraints"]["quality"].update(max_kll=0.01), "recipe.constraints.quality.max_kll"),
-        (lambda d: d["constraints"]["slo"].update(tpot=50), "recipe.constraints.slo"),
+        (lambda d: d["constraints"]["slo"].update(tpot=50), "recipe.constraints.slo.tpot"),
         (lambda d: d["constraints"]["slo"].update(tpot_ms=-5), "recipe.constraints.slo.tpot_ms"),
         (lambda d: d["constraints"]["quality"].update(max_kl=-1), "recipe.constraints.quality.max_kl"),
         (lambda d: d["constraints"].update(latency={}), "recipe.constraints.latency"),
@@ -177,6 +191,51 @@ def test_invalid_values_name_the_recipe_field(
     with pytest.raises(UserError) as info:
         read_recipe(_write(tmp_path / "recipe.yaml", data))
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("part", "key", "value", "fix"),
+    [
+        ("quality", "max_kl", None, "a number, e.g. 0.05"),
+        ("quality", "max_kl", "0.05", "a number, e.g. 0.05"),
+        ("quality", "max_kl", True, "a number, e.g. 0.05"),
+        ("quality", "min_top1_agreement", "95%", "a number, e.g. 0.95"),
+        ("quality", "max_ppl_increase", [0.03], "a number, e.g. 0.03"),
+        ("slo", "tpot_ms", "fast", "a number, e.g. 250, or null for no limit"),
+        ("slo", "ttft_ms", False, "a number, e.g. 2000, or null for no limit"),
+        ("slo", "percentile", None, "a number, e.g. 90"),
+    ],
+)
+def test_a_constraint_of_the_wrong_type_names_its_key(
+    tmp_path: Path, recipe_dict: dict[str, Any], part: str, key: str, value: Any, fix: str
+) -> None:
+    """A hand edit's null or string is refused naming the key it was written under, with the number
+    it wants (not as an SLO field misspelt, from a comparison that failed on it)."""
+    data = copy.deepcopy(recipe_dict)
+    data["constraints"][part][key] = value
+    with pytest.raises(UserError) as info:
+        read_recipe(write_recipe(tmp_path / "recipe.yaml", data))
+    assert info.value.field == f"recipe.constraints.{part}.{key}"
+    assert info.value.problem == f"is {value!r}, not a number" and info.value.fix == fix
+
+
+def test_a_null_latency_limit_is_no_limit(tmp_path: Path, recipe_dict: dict[str, Any]) -> None:
+    data = copy.deepcopy(recipe_dict)
+    data["constraints"]["slo"].update(ttft_ms=None, tpot_ms=None)
+    data["constraints"]["quality"]["max_kl"] = 0  # an int is a number too
+    recipe = read_recipe(write_recipe(tmp_path / "recipe.yaml", data))
+    assert (recipe.workload.slo.ttft_ms, recipe.workload.slo.tpot_ms) == (None, None)
+    assert recipe.quality.max_kl == 0
+
+
+def test_the_constraint_examples_cover_every_bound() -> None:
+    from dataclasses import fields
+
+    from optimizer.config import SloConfig
+    from optimizer.recipe_checks import QUALITY_BOUND_EXAMPLES, SLO_EXAMPLES
+
+    assert set(SLO_EXAMPLES) == {f.name for f in fields(SloConfig)}
+    assert set(QUALITY_BOUND_EXAMPLES) <= {f.name for f in fields(QualityConfig)}
 
 
 def test_verify_enforces_the_constraints_a_reader_tightened(
@@ -247,6 +306,7 @@ def test_build_recipe_records_the_protocol_and_the_estimates_coefficients(
     from optimizer.config import compose_run_config
     from optimizer.measure import PROTOCOL_VERSION
     from optimizer.recipe import build_recipe
+    from optimizer.search.plan import measured_inputs, prompt_pool
     from optimizer.search.runner import SearchOutcome
     from optimizer.select import Selection
 
@@ -256,10 +316,20 @@ def test_build_recipe_records_the_protocol_and_the_estimates_coefficients(
     )
     target = make_target(cpu_active_watts_per_core=7.0, cpu_idle_watts_per_core=0.5)
     model = SimpleNamespace(identity=lambda: {"source": "/m", "weight_sha256": SHA})
-    setup = SimpleNamespace(model=model, target=target, text_sha256="cd" * 32, streams=None)
+    pool = prompt_pool(compose_run_config([]))  # what the search tokenizes: the space's largest batch
+    prompts = SimpleNamespace(prompts=torch.arange(pool * 4).reshape(pool, 4))
+    setup = SimpleNamespace(model=model, target=target, text_sha256="cd" * 32, streams=None, workload=prompts)
     recipe = build_recipe(compose_run_config([]), setup, best, outcome, [], "ctx", 3.0)
     measurement = recipe["measurement"]
     assert measurement["protocol_version"] == PROTOCOL_VERSION
+    # the pool verify tokenizes again, and the token ids hashed as the store's key hashes them
+    assert measurement["prompt_pool"] == pool
+    inputs_setup: Any = SimpleNamespace(
+        model=SimpleNamespace(path=Path("/nonexistent"), trust_remote_code=False),
+        quality_tokens=prompts.prompts,
+        workload=prompts,
+    )
+    assert measurement["prompt_tokens_sha256"] == measured_inputs(inputs_setup)["prompt_tokens_sha256"]
     assert measurement["energy_estimate"] == {
         "cpu_active_watts_per_core": 7.0,
         "cpu_idle_watts_per_core": 0.5,
@@ -314,7 +384,7 @@ def test_a_recipe_names_its_layout_and_rebuilds_it(
     monkeypatch.setattr(
         parallel, "build_parallel_engine", lambda model, cand, target, workdir: built.append(cand)
     )
-    build_engine(None, recipe.candidate, None, tmp_path)  # type: ignore[arg-type]
+    build_engine(None, recipe.candidate, None, tmp_path)
     assert built == [candidate]  # load_recipe and verify build through here: the layout is rebuilt
 
 
@@ -430,3 +500,35 @@ def test_a_recipes_artifact_is_read_checked_and_compared_with_the_rebuild(
         with pytest.raises(UserError) as info:
             read_recipe(write_recipe(tmp_path / "bad.yaml", data))
         assert info.value.field == field
+
+
+def test_the_selection_evidence_has_no_interval_without_two_windows() -> None:
+    """One window bounds nothing and a failed finalist has no figure: the recipe says so (null),
+    not [-.inf, .inf] or a mean of 0."""
+    import math
+
+    from optimizer.recipe import _selection_evidence
+    from optimizer.select import Finalist, Selection
+
+    def finalist(samples: list[float], low: float, high: float) -> Finalist:
+        mean = sum(samples) / len(samples) if samples else 0.0
+        return Finalist("x", "k", samples, mean, low, high, None, bool(samples))
+
+    rows = _selection_evidence(
+        Selection(
+            [
+                finalist([9.0, 11.0], 8.0, 12.0),
+                finalist([7.0], -math.inf, math.inf),
+                finalist([], -math.inf, math.inf),
+            ],
+            "k",
+            False,
+            "r",
+        )
+    )["finalists"]
+    assert [r["goodput_tokens_per_joule"] for r in rows] == [
+        {"mean": 10.0, "ci95": [8.0, 12.0]},
+        {"mean": 7.0, "ci95": None},
+        {"mean": None, "ci95": None},
+    ]
+    assert yaml.safe_load(yaml.safe_dump(rows)) == rows

@@ -10,14 +10,18 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 
 from optimizer import verify
 from optimizer.config import SloConfig, TargetConfig
 from optimizer.errors import UserError
-from optimizer.recipe import write_recipe
+from optimizer.files import tensor_sha256
+from optimizer.recipe import read_recipe, write_recipe
 from optimizer.search.device_lock import DeviceLock
 from optimizer.verify import Check, VerifyReport
 from unit.factories import WEIGHT_SHA, recipe_data
+
+PROMPTS = torch.arange(64 * 4).reshape(64, 4)  # the fake setup's tokenized prompt pool
 
 
 def test_report_passes_only_when_every_check_passes() -> None:
@@ -44,6 +48,14 @@ def test_goodput_far_above_the_record_fails_too() -> None:
     assert not low.passed and not high.passed
     assert "2.00x" in high.measured and "meter" in high.measured
     assert high.name == "goodput tok/J (0.75x-1.33x of recorded)"
+
+
+@pytest.mark.parametrize("recorded", [0.0, -1.0, float("nan")])
+def test_a_recipe_recording_no_goodput_fails_the_goodput_check(recorded: float) -> None:
+    """Nothing is within a fraction of no figure: whatever is measured fails, saying why."""
+    check = verify.goodput_check(recorded, "rapl", 123.0, "rapl", 0.25)
+    assert not check.passed
+    assert check.measured == "123.000 (rapl): the recipe records no goodput to compare with"
 
 
 def test_the_slo_is_labelled_with_its_configured_percentile(make_performance) -> None:
@@ -116,7 +128,14 @@ def measured_here(
         model = SimpleNamespace(weight_sha256=WEIGHT_SHA, shape=None, format="hf-dir")
         meter = SimpleNamespace(source="estimate")
         target = make_target(cores=cores)
-        return SimpleNamespace(model=model, target=target, meter=meter, text_sha256=text_sha256, stream=None)
+        workload = SimpleNamespace(prompts=PROMPTS)
+        return SimpleNamespace(
+            model=model, target=target, meter=meter, text_sha256=text_sha256, stream=None, workload=workload
+        )
+
+    def prepare(text_sha256: str, cores: int, *args: Any) -> SimpleNamespace:
+        seen["prompt_pool"] = args[5]  # prepare_measurement's pool: what the recipe was measured on
+        return setup(text_sha256, cores)
 
     def idle(meter: Any, seconds: float, disturbed_retries: int = 0) -> float:
         with lock_path.open("a") as handle:
@@ -146,7 +165,7 @@ def measured_here(
         artifact: dict[str, Any] | None = None,
         **measurement: Any,
     ) -> verify.VerifyReport:
-        monkeypatch.setattr(verify, "prepare_measurement", lambda *a: setup(text_sha256, cores))
+        monkeypatch.setattr(verify, "prepare_measurement", lambda *a: prepare(text_sha256, cores, *a))
         return verify.verify_recipe(_recipe(tmp_path, artifact, **measurement))
 
     monkeypatch.setattr(verify, "measure_idle_watts", idle)
@@ -235,3 +254,35 @@ def test_verify_notes_an_artifact_built_here_that_differs_from_the_measured_one(
         "not deterministic"
     ]
     assert run().notes == []  # a recipe that records none (its engine served the model's weights)
+
+
+def test_verify_tokenizes_the_prompt_pool_the_recipe_was_measured_on(measured_here) -> None:
+    """Batches cycle through the pool: the search's (the space's largest batch) is the recipe's, not
+    its own batch size; a recipe from before the pool was recorded gets the one verify made then."""
+    run, seen, _lock = measured_here
+    assert run(prompt_pool=64).passed and seen["prompt_pool"] == 64
+    assert run().passed and seen["prompt_pool"] == 16  # max(batch 8, 16), as before
+
+
+def test_verify_compares_the_offline_prompts_token_ids(measured_here) -> None:
+    """Other token ids (another tokenizer, the same text) stop verify before it measures, as another
+    quality text does; the same ones pass; a recipe that records none has nothing to compare."""
+    run, seen, _lock = measured_here
+    same = run(prompt_tokens_sha256=tensor_sha256(PROMPTS))
+    assert same.passed and {c.name: c for c in same.checks}["prompt tokens sha256"].passed
+    other = run(prompt_tokens_sha256="ef" * 32)
+    check = {c.name: c for c in other.checks}["prompt tokens sha256"]
+    assert not check.passed and check.recorded == "ef" * 8
+    assert check.measured == tensor_sha256(PROMPTS)[:16]
+    assert not other.measured and other.render().splitlines()[-1].startswith("NOT VERIFIED")
+    assert seen["evaluated"] == 1  # the matching run only
+    assert "prompt tokens sha256" not in {c.name for c in run().checks}
+
+
+def test_a_serving_recipe_is_judged_by_its_stream_not_its_prompts(tmp_path: Path) -> None:
+    data = recipe_data()
+    data["measurement"]["workload"].update(kind="serving")
+    data["measurement"]["prompt_tokens_sha256"] = "ef" * 32
+    recipe = read_recipe(write_recipe(tmp_path / "recipe.yaml", data))
+    setup: Any = SimpleNamespace(workload=SimpleNamespace(prompts=PROMPTS))
+    assert verify._prompts_check(recipe, setup) == []

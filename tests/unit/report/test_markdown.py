@@ -118,6 +118,15 @@ def test_a_single_window_shows_no_spread(outcome: SearchOutcome) -> None:
     assert "4.000 ± 0.000" in two  # two windows that agree: a spread of 0 is a measurement
 
 
+def test_the_quality_bound_is_shown_as_set(tmp_path: Path, setup, outcome: SearchOutcome) -> None:
+    """Rounded, 97.5% read 98%, and a candidate at 97.7% top-1 seemed to break the bound."""
+    from optimizer.config import QualityConfig
+
+    cfg = RunConfig(quality=QualityConfig(max_ppl_increase=0.0025, min_top1_agreement=0.975))
+    text = write_report(tmp_path, cfg, setup, outcome, [], outcome.results[1], 1.0, None).read_text()
+    assert "perplexity ≤ +0.25%, top-1 agreement ≥ 97.5%," in text
+
+
 def test_report_when_nothing_is_feasible(tmp_path: Path, setup, outcome: SearchOutcome) -> None:
     error = UserError("workload.slo", "all candidates miss the latency SLO", "raise workload.slo.tpot_ms")
     text = write_report(tmp_path, RunConfig(), setup, outcome, [], None, 12.5, error).read_text()
