@@ -77,6 +77,7 @@ class LlamaCppEngine:
         self._slots = Slots(sequences, settings.n_batch, reuse_prefix=settings.prefix_sharing)
         self._cond = threading.Condition()
         self._stepping = False
+        self._cancelling = False  # cancel_all waits for the step in flight; no next step starts
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._counter = 0
@@ -151,6 +152,10 @@ class LlamaCppEngine:
         return self._submit(prompt_ids, max_new_tokens, own=False)
 
     def _submit(self, prompt_ids: Sequence[int], max_new_tokens: int, own: bool) -> str:
+        if not prompt_ids or max_new_tokens < 1:  # (it would never finish, its slot never freed)
+            raise ValueError(
+                f"a request needs >= 1 prompt token and >= 1 new token, got {len(prompt_ids)}, {max_new_tokens}"
+            )
         if len(prompt_ids) + max_new_tokens > self.sequence_tokens or self._ctx is None:
             self.reserve(len(prompt_ids) + max_new_tokens)  # raises while requests run
         with self._cond:
@@ -172,12 +177,21 @@ class LlamaCppEngine:
     def cancel_all(self) -> None:
         with self._cond:
             self._slots.waiting.clear()
-            while self._stepping:  # the step in flight finishes; its results are dropped
-                self._cond.wait(0.1)
-            self._slots.drop_all()
-            self._done.clear()
-            if self._ctx is not None:
-                self._ctx.clear()
+            # the step in flight finishes (its results are dropped) and no next one starts: the
+            # loop thread took the lock back before this one woke, so waiting on `_stepping` alone
+            # let the running requests decode to their last token (a stream's give-up time, and so
+            # its given-up requests' TTFT, then counted all of that)
+            self._cancelling = True
+            try:
+                while self._stepping:
+                    self._cond.wait(0.1)
+                self._slots.drop_all()
+                self._done.clear()
+                if self._ctx is not None:
+                    self._ctx.clear()
+            finally:
+                self._cancelling = False
+                self._cond.notify_all()
 
     def forget_cached_prefixes(self) -> None:
         """Start the next run of a stream with no prefix cached: a free slot keeps its cells for
@@ -204,7 +218,7 @@ class LlamaCppEngine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopped and not self._slots.busy:
+                while not self._stopped and (self._cancelling or not self._slots.busy):
                     self._cond.wait()
                 if self._stopped:
                     return
@@ -217,9 +231,10 @@ class LlamaCppEngine:
                 finished = self._slots.step(ctx.decode, time.perf_counter)
             except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, not the thread
                 error = f"{type(exc).__name__}: {exc}"
-                finished = self._slots.drop_all()
-                ctx.clear()
             with self._cond:
+                if error is not None:  # under the lock: a request submitted meanwhile is failed too
+                    finished = self._slots.drop_all()
+                    ctx.clear()
                 self._stepping = False
                 for r in finished:
                     self._finish(r, error)

@@ -232,6 +232,8 @@ class ContinuousBatchingEngine:
         if self.model is None:
             raise RuntimeError("the engine is closed")
         if self._manager is not None and sequence_tokens > self.sequence_tokens:
+            if self._pending:  # a new manager would lose them, and count request ids from 0 again
+                raise RuntimeError("cannot re-create the paged cache while requests run")
             log.info("re-creating the paged cache for %d tokens per request", sequence_tokens)
             self._manager, manager = None, self._manager
             _stop(manager)
@@ -360,6 +362,7 @@ class PrefixCounters(PrefixCounts):
     def __init__(self) -> None:
         super().__init__()
         self._cache: Any = None
+        self._looked_up: set[str] = set()  # transformers searches a waiting request at every schedule
 
     def attach(self, manager: Any) -> None:
         """Wrap the manager's cache once its loop thread has made it."""
@@ -375,7 +378,9 @@ class PrefixCounters(PrefixCounts):
 
         def counted(request_id: str, prompt_ids: list[int]) -> int:
             matched = int(search(request_id, prompt_ids))
-            self.lookups += 1
+            if request_id not in self._looked_up:  # one lookup per request (a hit admits it)
+                self._looked_up.add(request_id)
+                self.lookups += 1
             self.hits += matched > 0
             self.reused_prompt_tokens += matched
             return matched

@@ -289,3 +289,30 @@ def test_the_engine_decodes_what_the_plain_forward_decodes(engine) -> None:
 
     generation = check_greedy_parity(engine, random_prompts(VOCAB), 8, "fp32")
     assert generation.token_ids is not None and generation.token_ids.shape == (2, 8)
+
+
+def test_a_longer_request_while_others_run_is_refused(engine, prompts) -> None:
+    """A new paged cache means a new manager: the running requests would be lost in the old one,
+    and the new one counts request ids from req_0 again (two requests under one id)."""
+    running = engine.submit(prompts[0].tolist(), 40)
+    with pytest.raises(RuntimeError, match="while requests run"):
+        engine.submit(list(range(100, 200)), 4)  # 104 tokens do not fit in 64
+    engine.cancel_all()
+    assert running not in [c.request_id for c in engine.collect(0.2)]
+
+
+def test_a_request_waiting_for_cache_room_is_one_lookup() -> None:
+    """transformers searches a waiting request's prefix again at every schedule while it does not
+    fit: each search counted, the report's hits / lookups had many times more lookups than requests."""
+    from types import SimpleNamespace
+
+    from optimizer.backends.torch_cb.engine import PrefixCounters
+
+    cache = SimpleNamespace(search_prefix_match=lambda request_id, prompt_ids: 0)
+    manager = SimpleNamespace(batch_processor=SimpleNamespace(cache=cache), is_running=lambda: True)
+    counters = PrefixCounters()
+    counters.attach(manager)
+    for _ in range(5):
+        cache.search_prefix_match("req_0", [1, 2, 3])
+    cache.search_prefix_match("req_1", [1, 2, 3])
+    assert counters.lookups == 2 and counters.hits == 0

@@ -1,0 +1,112 @@
+"""The llama.cpp engine's threads over a fake native layer (no llama.cpp): cancelling a stream,
+a failed step, requests that could never finish."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from optimizer.backends.llamacpp import native
+from optimizer.backends.llamacpp.engine import LlamaCppEngine
+from optimizer.backends.llamacpp.settings import LlamaCppSettings
+from optimizer.measure.serving import Completion
+
+STEP_SECONDS = 0.02  # each fake llama_decode, run without the GIL as the real one is
+
+
+class FakeContext:
+    fail_next = False
+
+    def __init__(self, model: object, vocab: int, params: native.ContextParams) -> None:
+        self.params, self.vocab = params, vocab
+
+    def decode(self, tokens: list[int], positions: Any, sequences: Any, outputs: list[bool]) -> np.ndarray:
+        time.sleep(STEP_SECONDS)
+        if FakeContext.fail_next:
+            FakeContext.fail_next = False
+            raise RuntimeError("llama_decode returned -3")
+        return np.zeros((sum(outputs), self.vocab), dtype=np.float32)
+
+    def clear(self) -> None: ...
+    def trim(self, sequence: int, keep: int = 0) -> None: ...
+    def copy(self, source: int, target: int) -> None: ...
+    def close(self) -> None: ...
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[LlamaCppEngine]:
+    monkeypatch.setattr(native, "load_model", lambda path, gpu_layers: object())
+    monkeypatch.setattr(native, "free_model", lambda model: None)
+    monkeypatch.setattr(native, "n_vocab", lambda model: 16)
+    monkeypatch.setattr(native, "Context", FakeContext)
+    FakeContext.fail_next = False
+    engine = LlamaCppEngine(Path("fake.gguf"), LlamaCppSettings(), threads=1, sequences=4)
+    engine.reserve(512)
+    yield engine
+    engine.close()
+
+
+def collected(engine: LlamaCppEngine, count: int, seconds: float = 5.0) -> dict[str, Completion]:
+    done: dict[str, Completion] = {}
+    deadline = time.monotonic() + seconds
+    while len(done) < count and time.monotonic() < deadline:
+        done.update({c.request_id: c for c in engine.collect(0.1)})
+    return done
+
+
+def test_cancel_all_stops_the_running_requests_within_a_step(engine: LlamaCppEngine) -> None:
+    """The loop thread took the lock back before cancel_all woke, so cancel_all waited for 4
+    requests of 300 tokens to decode to their end (~6 s here): a stream's give-up time, and so
+    its given-up requests' TTFT, counted all of it."""
+    for i in range(4):
+        engine.submit([1, 2, 3, i], 300)
+    time.sleep(0.2)
+    start = time.perf_counter()
+    engine.cancel_all()
+    assert time.perf_counter() - start < 0.5  # a few steps at most, not ~290
+    assert engine.collect(0.1) == []
+    rid = engine.submit([1, 2], 2)  # and it serves again
+    assert list(collected(engine, 1)) == [rid]
+
+
+def test_a_request_submitted_while_a_failed_step_is_handled_is_not_lost(engine: LlamaCppEngine) -> None:
+    """The failed step's requests were dropped outside the lock: a submit between the copy of the
+    waiting queue and its clearing was neither failed nor served."""
+    handling, submitted = threading.Event(), threading.Event()
+
+    class Waiting(collections.deque):  # type: ignore[type-arg]
+        armed = True
+
+        def __iter__(self) -> Iterator[Any]:  # drop_all's copy of the queue
+            items = list(collections.deque.__iter__(self))
+            if Waiting.armed and threading.current_thread().name == "wattsmith-llamacpp":
+                Waiting.armed = False
+                handling.set()
+                submitted.wait(0.5)  # a submit would run here if the lock were free
+            return iter(items)
+
+    engine._slots.waiting = Waiting()
+    FakeContext.fail_next = True
+    first = engine.submit([1, 2, 3], 4)
+    assert handling.wait(5)
+    second = engine.submit([4, 5, 6], 4)  # blocks until the failure is handled, then is served
+    submitted.set()
+    done = collected(engine, 2)
+    assert done[first].error == "RuntimeError: llama_decode returned -3"
+    assert second in done and done[second].error is None and len(done[second].token_ids) == 4
+
+
+@pytest.mark.parametrize(("prompt", "new"), [([], 4), ([1, 2], 0)])
+def test_a_request_that_could_never_finish_is_refused(
+    engine: LlamaCppEngine, prompt: list[int], new: int
+) -> None:
+    """No prompt token: never a first token, its slot busy and the loop thread spinning."""
+    with pytest.raises(ValueError, match=">= 1 prompt token and >= 1 new token"):
+        engine.submit(prompt, new)
