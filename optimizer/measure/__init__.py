@@ -11,5 +11,7 @@
 #      (it counted as 0 ms, pulling an overloaded run's TPOT percentiles down).
 #   4: a stream's window judges its requests by index, from the one whose arrival opened it (left
 #      out before, as were requests arriving with it); a TPOT target is broken by unfinished
-#      requests at its percentile; RAPL leaves out the `psys` zone (the packages counted twice).
+#      requests at its percentile; RAPL leaves out the `psys` zone (the packages counted twice);
+#      llama.cpp's cancel stops its running requests at once (a stream's give-up time, and so its
+#      given-up requests' TTFT, waited for them to finish).
 PROTOCOL_VERSION = 4
