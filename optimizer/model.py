@@ -168,11 +168,25 @@ def check_room_to_dequantize(gguf: Path, shape: ModelShape, cache_dir: Path) -> 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     """De-quantize a GGUF into a safetensors directory (written aside, then renamed)."""
+    # the store package imports `space`, which imports this module: not at module level
+    from optimizer.store.leases import host_tag
+
+    _remove_stale_conversions(out_dir)
+    log.info("converting %s to safetensors once (cached in %s)", gguf.name, out_dir)
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}-{host_tag()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:  # a failed or interrupted conversion must not leave its fp32 copy (tens of GB) behind
+        _write_converted(gguf, tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_converted(gguf: Path, tmp: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s to safetensors once (cached in %s)", gguf.name, out_dir)
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # A GGUF-loaded model keeps its quantizer and quantization_config; save_pretrained would
@@ -182,9 +196,19 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    del model
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+
+
+def _remove_stale_conversions(out_dir: Path) -> None:
+    """Remove the half-written copies of conversions killed outright (SIGKILL, the out-of-memory
+    killer), which clean nothing up: those of processes of this host that are gone. Another host's
+    (a cache on a shared filesystem) may still be written; a name without a host predates them."""
+    from optimizer.store.leases import host_tag, process_alive
+
+    for tmp in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):
+        pid_text, _, host = tmp.name.rpartition(".tmp-")[2].partition("-")
+        if pid_text.isdigit() and host in ("", host_tag()) and not process_alive(int(pid_text)):
+            log.info("removing %s, left by a conversion that did not finish", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _from_hub(repo_id: str, cfg: ModelConfig, cache_dir: Path) -> ModelSpec:

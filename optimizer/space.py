@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from functools import cache
@@ -234,13 +235,16 @@ def _extra_candidate(
     item: dict[str, Any], index: int, target: TargetSpec, shape: ModelShape | None
 ) -> Candidate:
     values = {"backend": EXTRA_BACKEND, "threads": 0, **item}
-    processes = int(values.get("replicas", 1)) * int(values.get("tensor_parallel", 1))
+    # a count that is not a whole number is from_dict's to refuse, naming it: 1 until then
+    counts = [values.get(name, 1) for name in ("replicas", "tensor_parallel")]
+    processes = math.prod(count if type(count) is int and count > 0 else 1 for count in counts)
     if not target.is_cuda and not values["threads"]:
-        values["threads"] = max(target.cores // max(processes, 1), 1)
+        values["threads"] = max(target.cores // processes, 1)
     try:
         candidate = Candidate.from_dict(values)
     except UserError as exc:
-        raise UserError(f"space.extra[{index}]", exc.problem, exc.fix) from None
+        setting = exc.field.removeprefix("settings")  # ".replicas" for a field, "" for the settings
+        raise UserError(f"space.extra[{index}]{setting}", exc.problem, exc.fix) from None
     except (TypeError, ValueError) as exc:
         raise UserError(
             f"space.extra[{index}]", str(exc), "give backend settings, batch_size and threads"

@@ -17,6 +17,7 @@ import shlex
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,12 +27,16 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import exc
+
 from optimizer.backends.torch_parallel import RANKS_ENV
 from optimizer.config import RayConfig, RunConfig, SlurmConfig
+from optimizer.errors import UserError
 from optimizer.interrupts import sigterm_interrupts
 from optimizer.search.roofline import RooflineRates
 from optimizer.search.runner import WorkerReport
 from optimizer.search.workers import WorkerSpec, check_workers, local_gpus, run_worker
+from optimizer.store import open_database, release_process_leases
 from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -100,21 +105,38 @@ def local_processes(
             started.append((process, receiver))
         return _gather([functools.partial(_report_of, process, receiver) for process, receiver in started])
     finally:
-        _stop([process for process, _ in started])
+        killed = _stop([process for process, _ in started])
+        if killed:
+            _release_leases(specs[0].cfg.store_path, killed)
 
 
-def _stop(processes: Sequence[BaseProcess], grace_seconds: float = 30.0) -> None:
+def _stop(processes: Sequence[BaseProcess], grace_seconds: float = 30.0) -> list[int]:
     """Stop workers still running when the coordinator leaves early (Ctrl-C, SIGTERM): they give
-    their leases up as an interrupted run does; one that does not stop in time is killed."""
+    their leases up as an interrupted run does; one that does not stop in time (inside a long
+    native call) is killed. Returns the pids of those killed."""
     running = [p for p in processes if p.is_alive()]
     for process in running:
         process.terminate()  # SIGTERM: a KeyboardInterrupt inside the worker
     deadline = time.monotonic() + grace_seconds
+    killed: list[int] = []
     for process in running:
         process.join(max(deadline - time.monotonic(), 0.0))
-        if process.is_alive():
+        if process.is_alive() and process.pid is not None:
             process.kill()
             process.join()
+            killed.append(process.pid)
+    return killed
+
+
+def _release_leases(store_path: str, pids: Sequence[int]) -> None:
+    """Give up the leases of workers killed by `_stop`, which could not: the next run must not
+    count their candidates' deaths (two fail a candidate)."""
+    try:
+        engine = open_database(store_path)
+        for pid in pids:
+            release_process_leases(engine, pid)
+    except (exc.SQLAlchemyError, UserError) as error:  # they lapse instead, each counted as a death
+        log.warning("could not give up the leases of killed workers %s: %s", pids, error)
 
 
 def _report_through(work: Callable[[WorkerSpec], WorkerReport], spec: WorkerSpec, sender: Connection) -> None:
@@ -127,6 +149,9 @@ def _report_through(work: Callable[[WorkerSpec], WorkerReport], spec: WorkerSpec
     except KeyboardInterrupt:
         sender.send(("error", "interrupted"))
         sys.exit(130)  # the coordinator says so once; no traceback per worker
+    except UserError as error:  # bad input (a context that differs): the coordinator raises it again
+        sender.send(("user_error", (error.field, error.problem, error.fix)))
+        sys.exit(2)
     except BaseException as error:
         sender.send(("error", f"{type(error).__name__}: {error}"))
         raise
@@ -141,6 +166,8 @@ def _report_of(process: BaseProcess, receiver: Connection) -> WorkerReport:
     process.join()
     if kind == "report":
         return payload
+    if kind == "user_error":  # one message and exit 2 from the CLI, as for the coordinator's own
+        raise UserError(*payload)
     raise WorkerDied(payload or f"the process ended with exit code {process.exitcode} and no report")
 
 
@@ -167,7 +194,11 @@ def on_ray(cfg: RayConfig, specs: Sequence[WorkerSpec], gpu: bool) -> list[Worke
         def waiter(ref: Any) -> Callable[[], WorkerReport]:
             return lambda: ray.get(ref)
 
-        return _gather([waiter(ref) for ref in refs])
+        def cancel() -> None:
+            for ref in refs:
+                ray.cancel(ref)  # a KeyboardInterrupt in the task: it gives its leases up
+
+        return _gather_or_cancel([waiter(ref) for ref in refs], cancel)
 
 
 @contextmanager
@@ -192,7 +223,12 @@ def ray_instance(cfg: RayConfig, workers: int) -> Iterator[None]:
         os.environ.setdefault("RAY_worker_niceness", "0")
     else:
         options["address"] = cfg.address
+    sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(**options)
+    # ray.init installs its own SIGTERM handler, which exits without a KeyboardInterrupt: the
+    # workers would not be stopped and the run not end as interrupted (interrupts.py)
+    if sigterm is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm)
     try:
         yield
     finally:
@@ -234,7 +270,12 @@ def on_slurm(cfg: SlurmConfig, specs: Sequence[WorkerSpec]) -> list[WorkerReport
         executor.update_parameters(timeout_min=cfg.timeout_min, gpus_per_node=cfg.gpus_per_node)
     jobs = executor.map_array(run_worker, list(specs))
     log.info("submitted %s", ", ".join(str(job.job_id) for job in jobs))
-    return _gather([job.result for job in jobs])
+
+    def cancel() -> None:
+        for job in jobs:
+            job.cancel(check=False)  # one already ended: nothing to cancel, no error
+
+    return _gather_or_cancel([job.result for job in jobs], cancel)
 
 
 def slurm_dry_run(cfg: SlurmConfig, specs: Sequence[WorkerSpec]) -> Path:
@@ -257,6 +298,19 @@ def slurm_dry_run(cfg: SlurmConfig, specs: Sequence[WorkerSpec]) -> Path:
         DelayedSubmission(run_worker, spec).dump(folder / f"worker-{spec.index}.pkl")
     log.info("dry run: wrote %s and %d pickled worker jobs", folder / "submission.sh", len(specs))
     return folder
+
+
+def _gather_or_cancel(
+    waits: Sequence[Callable[[], WorkerReport]], cancel: Callable[[], None]
+) -> list[WorkerReport]:
+    """`_gather`, cancelling the workers when the coordinator leaves early (Ctrl-C, SIGTERM): jobs
+    of a cluster outlive it, measuring and renewing their leases, and a resumed run would find them
+    still holding candidates."""
+    try:
+        return _gather(waits)
+    except BaseException:
+        cancel()
+        raise
 
 
 def _gather(waits: Sequence[Callable[[], WorkerReport]]) -> list[WorkerReport]:

@@ -55,12 +55,15 @@ def check_workers(cfg: RunConfig, target: TargetSpec) -> None:
     """Refuse a worker layout that cannot work or cannot measure honestly, naming the field."""
     # (a store other nodes cannot reach is refused when the config is composed: RunConfig)
     if cfg.launcher.kind == "local" and target.is_cuda:
-        available = len(visible_gpus())
+        first = _first_gpu(target)
+        available = max(len(visible_gpus()) - first, 0)
         if cfg.search.workers > available:
+            since = f" from target.device_index={first} on" if first else ""
+            lower = ", a lower target.device_index" if first else ""
             raise UserError(
                 "search.workers",
-                f"{cfg.search.workers} workers but {available} GPU(s) here: a trial needs a whole GPU",
-                f"use search.workers<={available}, or launcher=ray / launcher=slurm for more GPUs",
+                f"{cfg.search.workers} workers but {available} GPU(s) here{since}: a trial needs a whole GPU",
+                f"use search.workers<={available}{lower}, or launcher=ray / launcher=slurm for more GPUs",
             )
     if not target.is_cuda and cfg.search.workers > 1:
         log.warning(
@@ -82,8 +85,13 @@ def visible_gpus() -> list[str]:
 def local_gpus(cfg: RunConfig, target: TargetSpec) -> list[str | None]:
     """One GPU per local worker, from the target's device index on."""
     gpus = visible_gpus()
-    first = target.gpu.index if target.gpu is not None else 0
-    return [gpus[(first + i) % len(gpus)] for i in range(cfg.search.workers)]
+    first = _first_gpu(target)
+    return [gpus[first + i] for i in range(cfg.search.workers)]  # as many: check_workers
+
+
+def _first_gpu(target: TargetSpec) -> int:
+    """target.device_index: the user keeps the GPUs below it for other work."""
+    return target.gpu.index if target.gpu is not None else 0
 
 
 def warn_if_deprioritized(index: int) -> None:

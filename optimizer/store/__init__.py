@@ -11,7 +11,7 @@ measures what, renewed while a worker lives.
 
 from __future__ import annotations
 
-from optimizer.store.leases import Leases, leases_kept, worker_identity
+from optimizer.store.leases import Leases, leases_kept, release_process_leases, worker_identity
 from optimizer.store.tables import (
     QUALITY_CLAIM_PREFIX,
     STORE_SCHEMA,
@@ -40,6 +40,7 @@ __all__ = [
     "metadata_create",
     "open_database",
     "quality_table",
+    "release_process_leases",
     "store_url",
     "trials_table",
     "worker_identity",

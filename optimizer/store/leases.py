@@ -45,13 +45,31 @@ def _alive_here(owner: str) -> bool | None:
     pid_text = rest.partition(":")[0]
     if host != _host() or not pid_text.isdigit():
         return None  # another machine: only its lease's expiry tells
+    return process_alive(int(pid_text))
+
+
+def host_tag() -> str:
+    """This host as `_host` names it, in a form a file name can carry."""
+    return _host().replace("/", "_")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host (this PID namespace) still runs."""
     try:
-        os.kill(int(pid_text), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # another user's: alive
         return True
-    return not _is_zombie(int(pid_text))
+    return not _is_zombie(pid)
+
+
+def release_process_leases(engine: Engine, pid: int) -> int:
+    """Give up every lease that process `pid` of this host holds, in any context: its coordinator
+    killed it when it would not stop, which is no death of its candidate. Returns how many."""
+    owned = claims_table.c.owner.startswith(f"{_host()}:{pid}:", autoescape=True)  # worker_identity
+    with engine.begin() as connection:
+        return int(connection.execute(delete(claims_table).where(owned)).rowcount)
 
 
 def _is_zombie(pid: int) -> bool:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import types
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +16,14 @@ import pytest
 
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
-from optimizer.model import check_gguf, check_room_to_dequantize, file_sha256, read_shape, resolve_model
+from optimizer.model import (
+    _convert_gguf,
+    check_gguf,
+    check_room_to_dequantize,
+    file_sha256,
+    read_shape,
+    resolve_model,
+)
 from unit.factories import SMOLLM2_SHAPE
 
 
@@ -360,3 +371,74 @@ def test_a_dequantization_this_machine_cannot_hold_is_refused_before_it_starts(t
     assert "100000.0 B parameters" in info.value.problem and "GiB of memory" in info.value.problem
     assert "GiB are free in cache_dir" in info.value.problem
     assert "quality.reference=gguf" in info.value.fix
+
+
+def _fake_transformers(monkeypatch: pytest.MonkeyPatch, save: Callable[[Path], None]) -> None:
+    """transformers whose GGUF 'model' saves with `save` (no model is loaded)."""
+
+    class Model:
+        config = types.SimpleNamespace()
+
+        def save_pretrained(self, out: str | Path) -> None:
+            save(Path(out))
+
+    class Auto:
+        @staticmethod
+        def from_pretrained(*_args: object, **_kwargs: object) -> Model:
+            return Model()
+
+    fake = types.ModuleType("transformers")
+    fake.AutoModelForCausalLM = Auto  # type: ignore[attr-defined]
+    fake.AutoTokenizer = Auto  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "transformers", fake)
+
+
+def _dead_pid() -> int:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(gone.stdout)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_an_interrupted_conversion_leaves_no_copy_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
+) -> None:
+    """A Ctrl-C or a full disk while de-quantizing removes the half-written fp32 copy (~30 GiB for
+    an 8B model) and is raised as it was."""
+
+    def save(out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "model.safetensors").write_bytes(b"\0" * 1024)
+        raise error
+
+    _fake_transformers(monkeypatch, save)
+    models = tmp_path / "models"
+    models.mkdir()
+    with pytest.raises(error):
+        _convert_gguf(tmp_path / "m.gguf", models / "gguf-0123456789abcdef")
+    assert list(models.iterdir()) == []
+
+
+def test_a_conversion_removes_copies_left_by_killed_conversions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGKILLed conversion cleans nothing up: the next one removes the copies of this host's
+    processes that are gone, and keeps a live process's and another host's."""
+    from optimizer.store.leases import host_tag
+
+    def save(out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text("{}")
+
+    _fake_transformers(monkeypatch, save)
+    models = tmp_path / "models"
+    out = models / "gguf-0123456789abcdef"
+    dead, live = _dead_pid(), os.getppid()
+    kept = [f"{out.name}.tmp-{live}-{host_tag()}", f"{out.name}.tmp-{dead}-other-host", "gguf-ffff.tmp-1"]
+    removed = [f"{out.name}.tmp-{dead}-{host_tag()}", f"{out.name}.tmp-{dead}"]  # the last: no host
+    for name in kept + removed:
+        (models / name).mkdir(parents=True)
+    _convert_gguf(tmp_path / "m.gguf", out)
+    assert sorted(p.name for p in models.iterdir()) == sorted([out.name, *kept])
+    assert (out / "config.json").is_file()

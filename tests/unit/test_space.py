@@ -324,6 +324,26 @@ def test_a_bad_extra_candidate_names_its_index(make_target) -> None:
     assert info.value.field == "space.extra[1]"
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("replicas", "two"),
+        ("replicas", None),
+        ("tensor_parallel", [2]),
+        ("tensor_parallel", 0),
+        ("batch_size", "x"),
+    ],
+)
+def test_a_bad_count_in_an_extra_candidate_names_its_field(make_target, name: str, value: object) -> None:
+    """Refused as any bad value is (exit 2, one message), not a ValueError or TypeError traceback."""
+    cfg = space()
+    cfg.extra = [{"batch_size": 1, "precision": "fp32", name: value}]
+    with pytest.raises(UserError) as info:
+        enumerate_candidates(cfg, make_target(cores=4))
+    assert info.value.field == f"space.extra[0].{name}"
+    assert info.value.problem == f"must be an integer >= 1, got {value!r}"
+
+
 @pytest.mark.parametrize("bad", [{"precision": "fp64"}, {"kv_cache": "quanto-3"}, {"compile": "false"}])
 def test_from_dict_rejects_unknown_setting_values(make_candidate, bad) -> None:
     with pytest.raises(UserError):

@@ -270,6 +270,24 @@ def test_a_worker_in_another_pid_namespace_is_on_another_host() -> None:
         assert _alive_here(f"{socket.gethostname()}/1:{dead_pid}:t") is None  # another namespace
 
 
+def test_the_leases_of_a_killed_worker_process_are_released_in_every_context(tmp_path: Path) -> None:
+    """What a coordinator does for a worker it killed: that process's leases go, in its results'
+    and its quality context, and no other process's (pid 12 is not pid 123)."""
+    from optimizer.store import open_database, release_process_leases
+    from optimizer.store.leases import worker_identity
+
+    host = worker_identity().rsplit(":", 2)[0]
+    stores = {
+        owner: TrialStore(tmp_path / "t.db", context, worker=owner)
+        for owner, context in [(f"{host}:12:a", "ctx"), (f"{host}:12:b", "q"), (f"{host}:123:c", "ctx")]
+    }
+    for index, store in enumerate(stores.values()):
+        assert store.claim(f"key{index}", 600)
+    assert release_process_leases(open_database(tmp_path / "t.db"), 12) == 2
+    assert [store.claims_held() for store in stores.values()] == [0, 0, 1]
+    assert stores[f"{host}:123:c"].deaths_since("key0", 0.0) == 0
+
+
 def test_a_dead_worker_not_yet_reaped_is_dead(tmp_path: Path) -> None:
     """A local worker that died while the coordinator waits on another is a zombie: it still
     answers kill(pid, 0), and its lease is taken over at once all the same."""

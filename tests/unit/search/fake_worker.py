@@ -4,10 +4,12 @@ shared-store tests (spawned children import it by this module's name)."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 
 from optimizer.config import QualityConfig, SearchConfig, WorkloadConfig
+from optimizer.errors import UserError
 from optimizer.results import MEASURED, CandidateResult
 from optimizer.search.runner import WorkerReport, search_worker
 from optimizer.search.workers import WorkerSpec
@@ -92,3 +94,15 @@ def hold_a_lease(spec: WorkerSpec) -> WorkerReport:
         assert store.claim("cand", 600)
         time.sleep(600)
     return WorkerReport()
+
+
+def hold_a_lease_deaf(spec: WorkerSpec) -> WorkerReport:
+    """`hold_a_lease` inside a long native call (an engine build), which SIGTERM cannot interrupt:
+    blocking the signal stands in for it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    return hold_a_lease(spec)
+
+
+def refuse_the_context(spec: WorkerSpec) -> WorkerReport:
+    """A worker that measures in another context than its coordinator's, as run_worker says it."""
+    raise UserError("target", f"worker {spec.index} measures in another context", "use the same versions")

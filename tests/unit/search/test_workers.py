@@ -97,6 +97,28 @@ def test_a_local_worker_that_dies_ends_alone(caplog: pytest.LogCaptureFixture) -
         local_processes(both[:1], fake_worker.report_or_die)  # type: ignore[arg-type]
 
 
+def test_bad_input_found_by_local_workers_is_a_user_error_of_the_coordinator(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The CLI's one message and exit 2, not a WorkerDied traceback and exit 1."""
+    from types import SimpleNamespace
+
+    from optimizer.search.launchers import local_processes
+
+    from . import fake_worker
+
+    both = [SimpleNamespace(index=0), SimpleNamespace(index=1)]
+    with pytest.raises(UserError) as info:
+        local_processes(both, fake_worker.refuse_the_context)  # type: ignore[arg-type]
+    error = info.value
+    assert (error.field, error.problem, error.fix) == (
+        "target",
+        "worker 0 measures in another context",
+        "use the same versions",
+    )
+    assert "worker 1 failed: UserError: target: worker 1 measures in another context" in caplog.text
+
+
 def test_workers_left_running_by_a_coordinator_that_stops_give_their_leases_up(tmp_path: Path) -> None:
     import multiprocessing
     import os
@@ -128,6 +150,41 @@ def test_workers_left_running_by_a_coordinator_that_stops_give_their_leases_up(t
     assert worker.exitcode == 130  # interrupted, not killed
     assert receiver.recv() == ("error", "interrupted")
     assert store.claim_owner("cand") is None  # nothing for a resumed run to take over
+    assert store.claim("cand", 60) and store.deaths_since("cand", 0.0) == 0
+
+
+def test_a_worker_killed_by_a_coordinator_that_stops_leaves_no_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker inside a long native call ignores SIGTERM and is killed after the grace period:
+    its leases_kept never gives its lease up, so the coordinator does, or the next run would count
+    a death of its candidate (two fail it)."""
+    import functools
+    from types import SimpleNamespace
+
+    from optimizer.search import launchers
+    from optimizer.store import TrialStore
+
+    from . import fake_worker
+
+    url = str(tmp_path / "t.db")
+    store = TrialStore(url, "ctx")
+    store.claim("other", 600)  # this process's lease: not the killed worker's
+
+    def interrupted(_waits: object) -> list[object]:  # Ctrl-C while the worker measures
+        deadline = time.time() + 120
+        while store.claim_owner("cand") is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert store.claim_owner("cand") is not None
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launchers, "_gather", interrupted)
+    monkeypatch.setattr(launchers, "_stop", functools.partial(launchers._stop, grace_seconds=1.0))
+    spec = SimpleNamespace(index=0, cfg=SimpleNamespace(store_path=url))
+    with pytest.raises(KeyboardInterrupt):
+        launchers.local_processes([spec], fake_worker.hold_a_lease_deaf)  # type: ignore[list-item]
+    assert store.claim_owner("cand") is None
+    assert store.claim_owner("other") == store.worker
     assert store.claim("cand", 60) and store.deaths_since("cand", 0.0) == 0
 
 
@@ -194,6 +251,27 @@ def test_worker_layouts_that_cannot_work_are_refused(make_target, monkeypatch: p
     check_workers(two, make_target(kind="cuda"))
     # the accepted layout gives each worker a whole GPU, named by its physical id
     assert local_gpus(two, make_target(kind="cuda")) == ["2", "5"]
+
+
+def test_local_gpu_workers_start_at_the_target_device_index(
+    make_target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPUs below target.device_index are the user's: no worker wraps around onto them."""
+    from optimizer.target import GIB, GpuInfo
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
+    gpu = GpuInfo("NVIDIA H100 80GB HBM3", 1, 80 * GIB, "550.54", (9, 0), 700.0)
+    target = make_target(kind="cuda", device="cuda:1", gpu=gpu)
+    two = compose_run_config(["search.workers=2", "target.device_index=1"])
+    check_workers(two, target)
+    assert local_gpus(two, target) == ["5", "7"]
+    with pytest.raises(UserError) as refused:
+        check_workers(compose_run_config(["search.workers=3", "target.device_index=1"]), target)
+    assert refused.value.field == "search.workers"
+    assert refused.value.problem == (
+        "3 workers but 2 GPU(s) here from target.device_index=1 on: a trial needs a whole GPU"
+    )
+    assert refused.value.fix.startswith("use search.workers<=2, a lower target.device_index,")
 
 
 def test_a_local_ray_instance_runs_its_workers_at_our_priority(monkeypatch: pytest.MonkeyPatch) -> None:
