@@ -109,6 +109,12 @@ def test_group_options_lists_presets() -> None:
         ("target.kind=gpu", "target.kind"),
         ("workload.slo.tpot_ms=0", "workload.slo.tpot_ms"),
         ("workload.disturbed_retries=-1", "workload.disturbed_retries"),
+        # inf passes a comparison with 0: an endless idle wait or window, every arrival at 0 s
+        ("workload.idle_seconds=inf", "workload.idle_seconds"),
+        ("workload.min_window_seconds=inf", "workload.min_window_seconds"),
+        ("workload.rate=inf", "workload.rate"),
+        ("workload.rates=[1,inf]", "workload.rates"),
+        ("accounting.pue=inf", "accounting.pue"),
         ("workload.warmup_requests=-1", "workload.warmup_requests"),
         ("workload.drain_requests=-1", "workload.drain_requests"),
         ("target.cpu_active_watts_per_core=0", "target.cpu_active_watts_per_core"),
