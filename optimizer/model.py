@@ -21,6 +21,7 @@ from typing import Any
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
 from optimizer.model_files import ModelShape, check_gguf, check_not_lfs_pointer, file_sha256, gguf_shape
+from optimizer.processes import host_name, process_alive
 from optimizer.target import host_memory_bytes
 
 log = logging.getLogger(__name__)
@@ -168,12 +169,9 @@ def check_room_to_dequantize(gguf: Path, shape: ModelShape, cache_dir: Path) -> 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     """De-quantize a GGUF into a safetensors directory (written aside, then renamed)."""
-    # the store package imports `space`, which imports this module: not at module level
-    from optimizer.store.leases import host_tag
-
     _remove_stale_conversions(out_dir)
     log.info("converting %s to safetensors once (cached in %s)", gguf.name, out_dir)
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}-{host_tag()}")
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}-{_host_tag()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:  # a failed or interrupted conversion must not leave its fp32 copy (tens of GB) behind
         _write_converted(gguf, tmp)
@@ -198,15 +196,18 @@ def _write_converted(gguf: Path, tmp: Path) -> None:
     tokenizer.save_pretrained(tmp)
 
 
+def _host_tag() -> str:
+    """This host as the store's leases name it, in a form a file name can carry."""
+    return host_name().replace("/", "_")
+
+
 def _remove_stale_conversions(out_dir: Path) -> None:
     """Remove the half-written copies of conversions killed outright (SIGKILL, the out-of-memory
     killer), which clean nothing up: those of processes of this host that are gone. Another host's
     (a cache on a shared filesystem) may still be written; a name without a host predates them."""
-    from optimizer.store.leases import host_tag, process_alive
-
     for tmp in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):
         pid_text, _, host = tmp.name.rpartition(".tmp-")[2].partition("-")
-        if pid_text.isdigit() and host in ("", host_tag()) and not process_alive(int(pid_text)):
+        if pid_text.isdigit() and host in ("", _host_tag()) and not process_alive(int(pid_text)):
             log.info("removing %s, left by a conversion that did not finish", tmp)
             shutil.rmtree(tmp, ignore_errors=True)
 

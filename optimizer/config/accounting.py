@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from optimizer.config.checks import require
+from optimizer.config.checks import require, require_finite
 
 
 @dataclass
@@ -18,16 +17,7 @@ class AccountingConfig:
     currency: str = "USD"
 
     def __post_init__(self) -> None:
-        require(1.0 <= self.pue < math.inf, "accounting.pue", f"is {self.pue}", "a finite PUE >= 1, e.g. 1.2")
-        require(
-            0 <= self.grid_gco2_per_kwh < math.inf,
-            "accounting.grid_gco2_per_kwh",
-            f"is {self.grid_gco2_per_kwh}",
-            "a finite figure >= 0, e.g. 400",
-        )
-        require(
-            0 <= self.price_per_kwh < math.inf,
-            "accounting.price_per_kwh",
-            f"is {self.price_per_kwh}",
-            "a finite price >= 0, e.g. 0.15",
-        )
+        require_finite(self, "accounting")
+        require(self.pue >= 1.0, "accounting.pue", f"is {self.pue} < 1", "a PUE is >= 1, e.g. 1.2")
+        require(self.grid_gco2_per_kwh >= 0, "accounting.grid_gco2_per_kwh", "is negative", "e.g. 400")
+        require(self.price_per_kwh >= 0, "accounting.price_per_kwh", "is negative", "e.g. 0.15")

@@ -7,10 +7,9 @@ measures the steady state; see optimizer/measure/stream.py and serving.py.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from optimizer.config.checks import require, require_subset
+from optimizer.config.checks import require, require_finite, require_subset
 
 WORKLOAD_KINDS = ("offline", "serving")
 ARRIVALS = ("poisson", "constant", "gamma")
@@ -106,23 +105,13 @@ class WorkloadConfig:
 
     def __post_init__(self) -> None:
         require_subset([self.kind], WORKLOAD_KINDS, "workload.kind")
+        require_finite(self, "workload")
         require(self.prompt_tokens >= 1, "workload.prompt_tokens", "must be >= 1", "e.g. 64")
         require(self.max_new_tokens >= 2, "workload.max_new_tokens", "must be >= 2", "e.g. 32")
-        # (inf passes a comparison with 0: an endless window, an endless wait, arrivals all at 0 s)
-        require(
-            0 < self.min_window_seconds < math.inf,
-            "workload.min_window_seconds",
-            f"is {self.min_window_seconds}",
-            "finite seconds > 0, e.g. 5",
-        )
+        require(self.min_window_seconds > 0, "workload.min_window_seconds", "must be > 0", "e.g. 5")
         require(self.repeats >= 1, "workload.repeats", "must be >= 1", "use >= 3 for a spread")
         require(self.warmup_batches >= 0, "workload.warmup_batches", "must be >= 0", "e.g. 1")
-        require(
-            0 <= self.idle_seconds < math.inf,
-            "workload.idle_seconds",
-            f"is {self.idle_seconds}",
-            "finite seconds >= 0, e.g. 5",
-        )
+        require(self.idle_seconds >= 0, "workload.idle_seconds", "must be >= 0", "e.g. 5")
         require(
             self.disturbed_retries >= 0,
             "workload.disturbed_retries",
@@ -130,15 +119,15 @@ class WorkloadConfig:
             "0 keeps every window as measured; e.g. 1",
         )
         require(
-            0 < self.rate < math.inf,
+            self.rate > 0,
             "workload.rate",
-            f"is {self.rate}: a stream needs a finite rate > 0 requests/s",
+            f"is {self.rate}: a stream needs a rate > 0 requests/s",
             "e.g. 1.0",
         )
         require(
-            all(0 < r < math.inf for r in self.rates),
+            all(r > 0 for r in self.rates),
             "workload.rates",
-            f"has a rate <= 0 or infinite: {self.rates}",
+            f"has a rate <= 0: {self.rates}",
             "offered loads in requests/s, e.g. [0.5,1,2]",
         )
         require(
@@ -169,12 +158,7 @@ class WorkloadConfig:
             f"is {self.turns}",
             "1 for single requests, > 1 for conversations",
         )
-        require(
-            0 <= self.turn_gap_seconds < math.inf,
-            "workload.turn_gap_seconds",
-            f"is {self.turn_gap_seconds}",
-            "finite seconds >= 0",
-        )
+        require(self.turn_gap_seconds >= 0, "workload.turn_gap_seconds", "is negative", "seconds >= 0")
         for name in ("warmup_requests", "drain_requests"):
             count = getattr(self, name)
             require(count >= 0, f"workload.{name}", f"is {count}: a count of requests must be >= 0", "e.g. 4")

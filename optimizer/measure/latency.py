@@ -74,12 +74,11 @@ def unfinished_violation(timed: int, unfinished: int, slo: SloConfig) -> list[st
     for a run that served none of its window's requests (the TTFT target catches them otherwise)."""
     if slo.tpot_ms is None or not unfinished:
         return []
-    count = timed + unfinished
-    rank = (count - 1) * slo.percentile / 100
-    low = int(rank)  # the sorted values' index at the percentile (and the next, interpolated)
-    if low < timed and (rank == low or low + 1 < timed):
+    # the percentile of 0 for each timed request and 1 for each unfinished one is above 0 exactly
+    # when an unbounded value enters it (`inf` itself would interpolate to nan at an exact rank)
+    if percentile([0.0] * timed + [1.0] * unfinished, slo.percentile) == 0:
         return []
     return [
-        f"TPOT p{slo.percentile:g} unbounded: {unfinished} of {count} requests in the windows were given up "
-        f"unfinished > workload.slo.tpot_ms {slo.tpot_ms:g}"
+        f"TPOT p{slo.percentile:g} unbounded: {unfinished} of {timed + unfinished} requests in the windows "
+        f"were given up unfinished > workload.slo.tpot_ms {slo.tpot_ms:g}"
     ]

@@ -234,12 +234,14 @@ def roofline_bound(
         new * weight_bytes + batch * context_sum * kv_token_bytes,
         2 * body * batch * new + 4 * attention_width * context_sum * batch,
     )
-    batch_seconds = max(prefill + decode, 1e-12)
-    # every rank draws the floor (the replicas' tokens and devices cancel out)
-    tokens_per_joule = (
-        batch * new / (rates.floor_watts * ranks * batch_seconds) if rates.floor_watts > 0 else float("inf")
-    )
+    tokens_per_joule = _per_joule(batch * new, prefill + decode, rates.floor_watts * ranks)
     return RooflineBound(tokens_per_joule=tokens_per_joule, prefill_seconds=prefill, step_seconds=first_step)
+
+
+def _per_joule(tokens: float, seconds: float, floor_watts: float) -> float:
+    """Tokens per joule at no less than `floor_watts` (every rank of a process draws the floor; a
+    replica's tokens and devices cancel out)."""
+    return tokens / (floor_watts * max(seconds, 1e-12)) if floor_watts > 0 else float("inf")
 
 
 def _stream_bound(
@@ -256,10 +258,7 @@ def _stream_bound(
     needs one pass over the weights, a decode step at least that, and no step yields more than
     `batch` tokens (prefills and KV reads only add time)."""
     one_pass = seconds(weight_bytes, 2 * body)
-    full_step = max(seconds(weight_bytes, 2 * body * batch), 1e-12)
-    tokens_per_joule = (
-        batch / (rates.floor_watts * ranks * full_step) if rates.floor_watts > 0 else float("inf")
-    )
+    tokens_per_joule = _per_joule(batch, seconds(weight_bytes, 2 * body * batch), rates.floor_watts * ranks)
     return RooflineBound(tokens_per_joule=tokens_per_joule, prefill_seconds=one_pass, step_seconds=one_pass)
 
 

@@ -8,30 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, delete, exc, func, insert, select, update
 
+from optimizer.processes import host_name as _host
+from optimizer.processes import process_alive
 from optimizer.store.tables import claims_table, deaths_table
 
 log = logging.getLogger(__name__)
-
-
-def _host() -> str:
-    """This host as leases name it: the hostname, and the PID namespace where Linux has one
-    (containers sharing a hostname see different processes under the same pids)."""
-    try:
-        namespace = f"/{os.stat('/proc/self/ns/pid').st_ino}"
-    except OSError:
-        namespace = ""
-    return socket.gethostname() + namespace
 
 
 def worker_identity() -> str:
@@ -48,38 +38,12 @@ def _alive_here(owner: str) -> bool | None:
     return process_alive(int(pid_text))
 
 
-def host_tag() -> str:
-    """This host as `_host` names it, in a form a file name can carry."""
-    return _host().replace("/", "_")
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` of this host (this PID namespace) still runs."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: alive
-        return True
-    return not _is_zombie(pid)
-
-
 def release_process_leases(engine: Engine, pid: int) -> int:
     """Give up every lease that process `pid` of this host holds, in any context: its coordinator
     killed it when it would not stop, which is no death of its candidate. Returns how many."""
     owned = claims_table.c.owner.startswith(f"{_host()}:{pid}:", autoescape=True)  # worker_identity
     with engine.begin() as connection:
         return int(connection.execute(delete(claims_table).where(owned)).rowcount)
-
-
-def _is_zombie(pid: int) -> bool:
-    """A process that ended but was not yet reaped by its parent (a coordinator still waiting on
-    another worker) still answers kill(pid, 0)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 class Leases:
