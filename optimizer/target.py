@@ -1,13 +1,13 @@
 """TargetSpec: the device a deployment runs on, detected here and completed by a preset.
 
-Detection reads /proc (CPU) and NVML (NVIDIA GPUs). NVML comes from `nvidia-ml-py` and is
-imported only here, when a target is detected, so `import optimizer` never touches a GPU.
+Detection reads /proc and the cgroup limits (the CPU, in optimizer.host_cpu) and NVML (NVIDIA
+GPUs). NVML comes from `nvidia-ml-py` and is imported only here, when a target is detected, so
+`import optimizer` never touches a GPU.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import re
 from dataclasses import asdict, dataclass, replace
@@ -17,7 +17,8 @@ from typing import Any
 
 from optimizer.config import TargetConfig
 from optimizer.errors import UserError
-from optimizer.measure.nvml_device import nvml_handle
+from optimizer.host_cpu import ROOT, cpu_identity, read_or_empty, usable_cores, usable_memory_bytes
+from optimizer.measure.nvml_device import cuda_visible_devices, nvml_handle
 
 log = logging.getLogger(__name__)
 
@@ -216,20 +217,11 @@ def _fill_from_preset(spec: TargetSpec) -> TargetSpec:
     )
 
 
-def _detect_cpu() -> tuple[str, int, int, bool]:
-    model = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    memory = host_memory_bytes() or 8 * GIB
-    return model, cores, memory, bool(flags & {"avx512_bf16", "amx_bf16"})
+def _detect_cpu(root: Path = ROOT) -> tuple[str, int, int, bool]:
+    """The CPU's name, the cores and memory this process may use, and whether it has bf16."""
+    model, bf16 = cpu_identity(read_or_empty(root / "proc/cpuinfo"))
+    memory = host_memory_bytes(root) or 8 * GIB
+    return model or platform.processor() or platform.machine(), usable_cores(root), memory, bf16
 
 
 def physical_memory_bytes(target: TargetSpec) -> int:
@@ -240,19 +232,11 @@ def physical_memory_bytes(target: TargetSpec) -> int:
     return host_memory_bytes() or target.memory_bytes
 
 
-def host_memory_bytes() -> int | None:
-    """The host's total memory (MemTotal), or None where /proc/meminfo is absent."""
-    return _meminfo_bytes("MemTotal")
-
-
-def _meminfo_bytes(key: str) -> int | None:
-    meminfo = Path("/proc/meminfo")
-    if not meminfo.is_file():
-        return None
-    for line in meminfo.read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return None
+def host_memory_bytes(root: Path = ROOT) -> int | None:
+    """The memory this process may use: the host's MemTotal, or a container's cgroup limit where
+    that is lower (a candidate that fits the host but not the container is OOM-killed); None
+    where neither is known."""
+    return usable_memory_bytes(root)
 
 
 def _detect_gpu(index: int) -> GpuInfo | None:
@@ -265,7 +249,9 @@ def _detect_gpu(index: int) -> GpuInfo | None:
     except pynvml.NVMLError:
         return None
     try:
-        if index >= pynvml.nvmlDeviceGetCount():
+        count = int(pynvml.nvmlDeviceGetCount())
+        _check_device_index(index, count)
+        if index >= count:  # NVML sees no GPU: a CPU host
             return None
         try:  # the board behind cuda:<index>, as CUDA_VISIBLE_DEVICES numbers devices
             handle = nvml_handle(pynvml, index)
@@ -282,6 +268,20 @@ def _detect_gpu(index: int) -> GpuInfo | None:
         )
     finally:
         pynvml.nvmlShutdown()
+
+
+def _check_device_index(index: int, nvml_count: int) -> None:
+    """On a host with GPUs an index past them is a typo, not a CPU host: refuse it rather than
+    let target=auto quietly search the CPU."""
+    visible = cuda_visible_devices()
+    count = min(nvml_count, len(visible)) if visible else nvml_count
+    if nvml_count and index >= count:
+        where = f" (CUDA_VISIBLE_DEVICES={','.join(visible)})" if visible else ""
+        raise UserError(
+            "target.device_index",
+            f"is {index}, but CUDA can use only {count} GPU(s) here{where}",
+            f"use a target.device_index from 0 to {count - 1}, or target=cpu",
+        )
 
 
 def _gpu_count() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import types
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -127,8 +128,8 @@ def test_nvml_gpu_is_mapped(with_gpu) -> None:
 
 
 def test_nvml_missing_device_or_driver_gives_none(with_gpu, monkeypatch: pytest.MonkeyPatch) -> None:
-    with_gpu(count=1)
-    assert target_module._detect_gpu(1) is None
+    with_gpu(count=0)
+    assert target_module._detect_gpu(0) is None
     with_gpu(init_fails=True)
     assert target_module._detect_gpu(0) is None
     monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: import fails
@@ -227,7 +228,8 @@ def test_nvml_detects_the_board_behind_cuda_visible_devices(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
     gpu = target_module._detect_gpu(0)
     assert gpu is not None and gpu.name == "NVIDIA L4" and gpu.index == 0
-    assert target_module._detect_gpu(1) is None  # only one device is visible
+    with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES=2"):
+        target_module._detect_gpu(1)  # only one device is visible
 
 
 def test_a_gpu_target_counts_the_gpus_cuda_lets_it_use(with_gpu, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,3 +264,98 @@ def test_the_fingerprint_names_the_flash_attention_kernels(
 
     monkeypatch.setattr(target_module.metadata, "version", version)
     assert target_module.package_versions()[distribution] == "2.8.3"
+
+
+@pytest.mark.parametrize("kind", ["auto", "cuda"])
+def test_a_device_index_past_the_gpus_is_a_user_error(with_gpu, kind: str) -> None:
+    """target.device_index=3 on a 1-GPU host is a typo: target=auto must not search the CPU."""
+    with_gpu(count=1)
+    with pytest.raises(UserError) as info:
+        detect_target(TargetConfig(kind=kind, device_index=3))
+    assert info.value.field == "target.device_index"
+    assert "only 1 GPU" in info.value.problem
+    assert "from 0 to 0" in info.value.fix
+
+
+def test_a_device_index_past_cuda_visible_devices_is_a_user_error(
+    with_gpu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_gpu(count=4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    with pytest.raises(UserError, match="CUDA_VISIBLE_DEVICES=2") as info:
+        detect_target(TargetConfig(kind="auto", device_index=1))
+    assert info.value.field == "target.device_index"
+
+
+@pytest.mark.parametrize("device_index", [0, 3])
+def test_auto_on_a_host_without_gpus_is_still_the_cpu(with_gpu, device_index: int) -> None:
+    with_gpu(count=0)
+    assert detect_target(TargetConfig(kind="auto", device_index=device_index)).kind == "cpu"
+    with_gpu(init_fails=True)  # no driver
+    assert detect_target(TargetConfig(kind="auto", device_index=device_index)).kind == "cpu"
+
+
+def test_gpus_hidden_by_cuda_visible_devices_leave_auto_on_the_cpu(
+    with_gpu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA_VISIBLE_DEVICES=-1 hides the GPUs: not an index error."""
+    nvml = with_gpu(count=1)
+
+    def no_such_uuid(name: str) -> None:
+        raise nvml.NVMLError(name)
+
+    nvml.nvmlDeviceGetHandleByUUID = no_such_uuid
+    nvml.nvmlDeviceGetUUID = lambda h: "GPU-0123"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert detect_target(TargetConfig(kind="auto")).kind == "cpu"
+
+
+def _host(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("part", "features", "model", "bf16"),
+    [
+        ("0xd0c", "fp asimd atomics", "Arm Neoverse-N1", False),
+        ("0xd40", "fp asimd sve bf16", "Arm Neoverse-V1", True),
+    ],
+)
+def test_aarch64_cpus_are_told_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, part: str, features: str, model: str, bf16: bool
+) -> None:
+    """Graviton2 (Neoverse-N1) and Graviton3 (Neoverse-V1): /proc/cpuinfo has no "model name"."""
+    cpuinfo = f"processor\t: 0\nFeatures\t: {features}\nCPU implementer\t: 0x41\nCPU part\t: {part}\n"
+    root = _host(tmp_path, {"proc/cpuinfo": cpuinfo})
+    monkeypatch.setattr(target_module.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(target_module.platform, "processor", lambda: "aarch64")
+    detect_cpu = target_module._detect_cpu
+    monkeypatch.setattr(target_module, "_detect_cpu", lambda: detect_cpu(root))
+    spec = detect_target(TargetConfig(kind="cpu"))
+    assert (spec.cpu_model, spec.bf16) == (model, bf16)
+    assert spec.fingerprint()["cpu_model"] == model
+
+
+def test_a_containers_limits_bound_the_cpu_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container of 2 CPUs and 4 GiB (cgroup v2) on a 64-core, 64 GiB host: the search must not
+    try 64 threads, nor budget 64 GiB."""
+    root = _host(
+        tmp_path,
+        {
+            "proc/meminfo": f"MemTotal:       {64 * GIB // 1024} kB\n",
+            "proc/self/cgroup": "0::/\n",
+            "sys/fs/cgroup/cpu.max": "200000 100000\n",
+            "sys/fs/cgroup/memory.max": f"{4 * GIB}\n",
+        },
+    )
+    monkeypatch.setattr(target_module.platform, "processor", lambda: "x86_64")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    detect_cpu = target_module._detect_cpu
+    monkeypatch.setattr(target_module, "_detect_cpu", lambda: detect_cpu(root))
+    spec = detect_target(TargetConfig(kind="cpu"))
+    assert (spec.cores, spec.memory_bytes) == (2, 4 * GIB)
+    assert spec.cpu_model == "x86_64"  # no /proc/cpuinfo under the root: the platform's name
+    assert target_module.host_memory_bytes(root) == 4 * GIB
