@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import struct
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
 from optimizer.model_files import ModelShape, check_gguf, check_not_lfs_pointer, file_sha256, gguf_shape
-from optimizer.processes import host_name, process_alive
+from optimizer.processes import remove_stale_temps, temp_path
 from optimizer.target import host_memory_bytes
 
 log = logging.getLogger(__name__)
@@ -169,9 +168,9 @@ def check_room_to_dequantize(gguf: Path, shape: ModelShape, cache_dir: Path) -> 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     """De-quantize a GGUF into a safetensors directory (written aside, then renamed)."""
-    _remove_stale_conversions(out_dir)
+    remove_stale_temps(out_dir)  # those of conversions killed outright
     log.info("converting %s to safetensors once (cached in %s)", gguf.name, out_dir)
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}-{_host_tag()}")
+    tmp = temp_path(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     try:  # a failed or interrupted conversion must not leave its fp32 copy (tens of GB) behind
         _write_converted(gguf, tmp)
@@ -194,22 +193,6 @@ def _write_converted(gguf: Path, tmp: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-
-
-def _host_tag() -> str:
-    """This host as the store's leases name it, in a form a file name can carry."""
-    return host_name().replace("/", "_")
-
-
-def _remove_stale_conversions(out_dir: Path) -> None:
-    """Remove the half-written copies of conversions killed outright (SIGKILL, the out-of-memory
-    killer), which clean nothing up: those of processes of this host that are gone. Another host's
-    (a cache on a shared filesystem) may still be written; a name without a host predates them."""
-    for tmp in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):
-        pid_text, _, host = tmp.name.rpartition(".tmp-")[2].partition("-")
-        if pid_text.isdigit() and host in ("", _host_tag()) and not process_alive(int(pid_text)):
-            log.info("removing %s, left by a conversion that did not finish", tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _from_hub(repo_id: str, cfg: ModelConfig, cache_dir: Path) -> ModelSpec:

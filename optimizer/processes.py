@@ -1,11 +1,17 @@
-"""This host's processes as the store's leases and the model cache name them: which host (and PID
-namespace) a pid belongs to, and whether it still runs."""
+"""This host's processes as the store's leases and the caches name them: which host (and PID
+namespace) a pid belongs to, whether it still runs, and the temporary copies (written aside, then
+renamed into place) that a process killed outright left behind."""
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
+import shutil
 import socket
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def host_name() -> str:
@@ -37,3 +43,27 @@ def _is_zombie(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def host_tag() -> str:
+    """This host (`host_name`) in a form a file name can carry."""
+    return host_name().replace("/", "_")
+
+
+def temp_path(path: Path) -> Path:
+    """This process's copy of `path` to write aside and rename into place: `<name>.tmp-<pid>-<host
+    tag>`, so that `remove_stale_temps` can tell whose it is (and two hosts sharing a cache never
+    write, or clear, the same one)."""
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}-{host_tag()}")
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the copies of `path` left by processes of this host that are gone: one killed outright
+    (SIGKILL, the out-of-memory killer) cleans nothing up, and its copy may be GBs. Another host's
+    (a cache on a shared filesystem) may still be written; a name without a host predates them."""
+    prefix = f"{path.name}.tmp-"
+    for tmp in path.parent.glob(glob.escape(prefix) + "*"):
+        pid_text, _, host = tmp.name[len(prefix) :].partition("-")
+        if pid_text.isdigit() and host in ("", host_tag()) and not process_alive(int(pid_text)):
+            log.info("removing %s, left by a process that did not finish", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from typing import Any
 
 from optimizer.files import write_atomically
 from optimizer.model_files import file_sha256
+from optimizer.processes import remove_stale_temps, temp_path
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,16 @@ def cached_artifact(out: Path, build: Callable[[Path], dict[str, Any]], what: st
 
 
 def _built_or_reused(out: Path, what: str, build: Callable[[Path], dict[str, Any]]) -> None:
+    # before the reuse too: a build killed outright while another process completed the artifact
+    # would otherwise leave its copy for good
+    remove_stale_temps(out)
     if (out / PROVENANCE).is_file():
         return
     if out.exists():  # not ours: renames put the provenance in place with the rest
         log.warning("%s is not a complete build; building it again", out)
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp = temp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     log.info("building %s into %s", what, out)

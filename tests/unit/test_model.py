@@ -425,7 +425,7 @@ def test_a_conversion_removes_copies_left_by_killed_conversions(
 ) -> None:
     """A SIGKILLed conversion cleans nothing up: the next one removes the copies of this host's
     processes that are gone, and keeps a live process's and another host's."""
-    from optimizer.model import _host_tag as host_tag
+    from optimizer.processes import host_tag
 
     def save(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)

@@ -84,6 +84,7 @@ class LlamaCppEngine:
         self._done: collections.deque[Completion] = collections.deque()  # for collect()
         self._own: dict[str, Request | str] = {}  # generate()'s requests: finished, or an error
         self._own_ids: set[str] = set()
+        self._cancelled: set[str] = set()  # a timed-out generate()'s running requests, to drop
 
     def _params(self, sequences: int, sequence_tokens: int, n_batch: int) -> native.ContextParams:
         s = self.settings
@@ -134,17 +135,45 @@ class LlamaCppEngine:
     def _wait_own(self, ids: list[str]) -> list[Request]:
         deadline = time.monotonic() + self.result_timeout_seconds
         with self._cond:
-            while not all(i in self._own for i in ids):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"llama.cpp returned no result for {self.result_timeout_seconds} s")
-                self._cond.wait(left)
+            try:
+                while not all(i in self._own for i in ids):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(
+                            f"llama.cpp returned no result for {self.result_timeout_seconds} s"
+                        )
+                    self._cond.wait(left)
+            except BaseException:  # (a timeout, a Ctrl-C) nobody collects these results
+                self._forget(ids)
+                raise
             results = [self._own.pop(i) for i in ids]
             self._own_ids.difference_update(ids)
         for result in results:
             if isinstance(result, str):
                 raise LlamaCppError(result)
         return [r for r in results if isinstance(r, Request)]
+
+    def _forget(self, ids: list[str]) -> None:
+        """Cancel requests of a generate() that gave up (under the lock): left running, they held
+        their slots (a later call timed out behind them, reserve() refused) and piled their results
+        up in `_own`. A running one may be in the step in flight: the loop thread drops it."""
+        gone = set(ids)
+        self._own_ids -= gone
+        for request_id in gone:
+            self._own.pop(request_id, None)
+        kept = [r for r in self._slots.waiting if r.request_id not in gone]
+        self._slots.waiting.clear()
+        self._slots.waiting.extend(kept)
+        self._cancelled.update(r.request_id for r in self._slots.active.values() if r.request_id in gone)
+        self._cond.notify_all()
+
+    def _drop_cancelled(self) -> None:
+        """Free the slots of cancelled requests (between steps, under the lock); admitting into a
+        slot with no cached prefix trims all its cells."""
+        for slot, r in list(self._slots.active.items()):
+            if r.request_id in self._cancelled:
+                del self._slots.active[slot]
+        self._cancelled.clear()  # the rest finished in the last step: `_finish` dropped them
 
     # -- ServingEngine: requests of a stream ------------------------------------------------------
 
@@ -224,6 +253,7 @@ class LlamaCppEngine:
                     return
                 ctx = self._ctx
                 assert ctx is not None
+                self._drop_cancelled()
                 self._slots.admit(ctx.trim, ctx.copy)
                 self._stepping = True
             error = None
@@ -241,6 +271,8 @@ class LlamaCppEngine:
                 self._cond.notify_all()
 
     def _finish(self, r: Request, error: str | None) -> None:
+        if r.request_id in self._cancelled:
+            return  # its generate() gave up; not a stream's either
         if r.request_id in self._own_ids:
             self._own[r.request_id] = error if error is not None else r
         else:

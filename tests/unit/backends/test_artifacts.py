@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from optimizer.backends.artifacts import (
     cached_artifact,
     served_artifact,
 )
+from optimizer.processes import host_tag
 
 
 def _writer(calls: list[Path], content: str = "model"):
@@ -116,3 +120,37 @@ def test_the_served_artifact_is_the_last_one_an_engine_build_used(tmp_path: Path
     with artifacts_used() as none:
         pass
     assert served_artifact(none) is None  # an engine on the model's own weights
+
+
+_KILLED_BUILD = """
+import os, signal, sys
+from pathlib import Path
+from optimizer.backends.artifacts import cached_artifact
+
+def build(tmp):
+    (tmp / "model.onnx").write_bytes(b"half-written")
+    os.kill(os.getpid(), signal.SIGKILL)  # the out-of-memory killer: no except, no finally
+
+cached_artifact(Path(sys.argv[1]), build, "export")
+"""
+
+
+@pytest.mark.parametrize("complete", [False, True])
+def test_a_build_killed_outright_leaves_no_copy_for_good(tmp_path: Path, complete: bool) -> None:
+    """A SIGKILLed build cleans nothing up: its `<out>.tmp-<pid>` (an export, a quantized model:
+    GBs) stayed forever. The next use of the artifact, a build or a reuse, removes the copies of
+    this host's processes that are gone, and keeps a live process's and another host's."""
+    out = tmp_path / "onnx" / "fp32"
+    killed = subprocess.Popen([sys.executable, "-c", _KILLED_BUILD, str(out)], cwd=Path(__file__).parents[3])
+    assert killed.wait() == -9
+    (dead,) = out.parent.iterdir()
+    if complete:  # another process completed it meanwhile: a reuse must remove the copy too
+        cached_artifact(out, _writer([]), "export")
+        dead.mkdir(exist_ok=True)
+    kept = [f"fp32.tmp-{os.getppid()}-{host_tag()}", f"fp32.tmp-{killed.pid}-other-host", "fp16.tmp-1"]
+    old = f"fp32.tmp-{killed.pid}"  # named before names carried a host: taken as this host's
+    for name in [*kept, old]:
+        (out.parent / name).mkdir(exist_ok=True)
+    cached_artifact(out, _writer([]), "export")
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["fp32", *kept])
+    assert dead.name == f"fp32.tmp-{killed.pid}-{host_tag()}"  # two hosts sharing a cache: two names

@@ -1,5 +1,5 @@
 """The llama.cpp engine's threads over a fake native layer (no llama.cpp): cancelling a stream,
-a failed step, requests that could never finish."""
+a failed step, requests that could never finish, a generate() that timed out."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from optimizer.backends.llamacpp import native
 from optimizer.backends.llamacpp.engine import LlamaCppEngine
@@ -110,3 +111,21 @@ def test_a_request_that_could_never_finish_is_refused(
     """No prompt token: never a first token, its slot busy and the loop thread spinning."""
     with pytest.raises(ValueError, match=">= 1 prompt token and >= 1 new token"):
         engine.submit(prompt, new)
+
+
+def test_a_timed_out_generate_cancels_its_own_requests_only(engine: LlamaCppEngine) -> None:
+    """A generate() that timed out left its requests decoding and their ids in `_own_ids`: they
+    held the slots (the next generate() timed out behind them) and their results piled up in
+    `_own`, read by nobody. Another caller's request must go on."""
+    engine.result_timeout_seconds = 0.2
+    stream = engine.submit([9, 9], 20)
+    with pytest.raises(TimeoutError):
+        engine.generate(torch.tensor([[1, 2, 3]] * 6), 300)  # 3 of them in the free slots, 3 wait
+    engine.result_timeout_seconds = 2.0
+    start = time.perf_counter()
+    assert engine.generate(torch.tensor([[5, 6]]), 2).batch_size == 1
+    assert time.perf_counter() - start < 1.0  # a few steps, not behind 300-token requests (~6 s)
+    done = collected(engine, 1)
+    assert list(done) == [stream] and len(done[stream].token_ids) == 20
+    with engine._cond:
+        assert not engine._own and not engine._own_ids and not engine._slots.busy
