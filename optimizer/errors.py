@@ -18,3 +18,7 @@ class UserError(ValueError):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.problem}\n  fix: {self.fix}"
+
+    def __reduce__(self) -> tuple[type[UserError], tuple[str, str, str]]:
+        # the default pickles only the message: unpickling (a worker's error sent back) would fail
+        return (UserError, (self.field, self.problem, self.fix))

@@ -269,6 +269,26 @@ def _writable_dir(path: Path, field_name: str) -> Path:
     return path
 
 
+def claim_new_dir(path: Path, field_name: str = "output_dir") -> Path:
+    """`path`, created here, or `path-2`, `path-3`... when it exists: the default output_dir names
+    the second a run starts, and a second run started in it must not overwrite the first's files."""
+    path = path.expanduser()
+    suffix = 1
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            claimed = path if suffix == 1 else path.with_name(f"{path.name}-{suffix}")
+            try:
+                claimed.mkdir()  # atomic: of two runs after one name, one gets it
+                return claimed
+            except FileExistsError:
+                suffix += 1
+    except OSError as exc:
+        raise UserError(
+            field_name, f"cannot write to {path} ({exc.strerror})", f"pass a writable {field_name}=<dir>"
+        ) from None
+
+
 def _write_results(output_dir: Path, results: list[CandidateResult]) -> None:
     rows = "".join(json.dumps(result.to_dict(), sort_keys=True) + "\n" for result in results)
     write_atomically(output_dir / "results.jsonl", rows)

@@ -188,11 +188,11 @@ def on_ray(cfg: RayConfig, specs: Sequence[WorkerSpec], gpu: bool) -> list[Worke
             max_retries=0,
             # a candidate's replicas and tensor-parallel ranks: Ray actors in a placement group
             runtime_env={"env_vars": {RANKS_ENV: "ray"}},
-        )(run_worker)
-        refs = [task.remote(spec) for spec in specs]
+        )(_refusal_returned)
+        refs = [task.remote(run_worker, spec) for spec in specs]
 
         def waiter(ref: Any) -> Callable[[], WorkerReport]:
-            return lambda: ray.get(ref)
+            return lambda: _refusal_raised(ray.get(ref))
 
         def cancel() -> None:
             for ref in refs:
@@ -268,14 +268,45 @@ def on_slurm(cfg: SlurmConfig, specs: Sequence[WorkerSpec]) -> list[WorkerReport
     else:
         executor = submitit.AutoExecutor(folder=cfg.folder, cluster=cfg.cluster)
         executor.update_parameters(timeout_min=cfg.timeout_min, gpus_per_node=cfg.gpus_per_node)
-    jobs = executor.map_array(run_worker, list(specs))
+    jobs = executor.map_array(_refusal_returned, [run_worker] * len(specs), list(specs))
     log.info("submitted %s", ", ".join(str(job.job_id) for job in jobs))
+
+    def waiter(job: Any) -> Callable[[], WorkerReport]:
+        return lambda: _refusal_raised(job.result())
 
     def cancel() -> None:
         for job in jobs:
             job.cancel(check=False)  # one already ended: nothing to cancel, no error
 
-    return _gather_or_cancel([job.result for job in jobs], cancel)
+    return _gather_or_cancel([waiter(job) for job in jobs], cancel)
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A Ray task's or SLURM job's UserError, returned as a value: raised, it would reach the
+    coordinator as a traceback (submitit keeps only its text; Ray cannot unpickle it, UserError
+    taking three arguments), where a local worker's is raised again as the same UserError."""
+
+    field: str
+    problem: str
+    fix: str
+
+
+def _refusal_returned(
+    work: Callable[[WorkerSpec], WorkerReport], spec: WorkerSpec
+) -> WorkerReport | _Refusal:
+    """`work(spec)` inside a Ray task or SLURM job (`work` travels with it: run_worker)."""
+    try:
+        return work(spec)
+    except UserError as error:
+        return _Refusal(error.field, error.problem, error.fix)
+
+
+def _refusal_raised(outcome: WorkerReport | _Refusal) -> WorkerReport:
+    """The coordinator's side of `_refusal_returned`: the CLI's one message and exit 2."""
+    if isinstance(outcome, _Refusal):
+        raise UserError(outcome.field, outcome.problem, outcome.fix)
+    return outcome
 
 
 def slurm_dry_run(cfg: SlurmConfig, specs: Sequence[WorkerSpec]) -> Path:

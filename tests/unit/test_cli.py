@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from optimizer import cli
+from optimizer.config import RunConfig
 
 
 @pytest.fixture(autouse=True)
@@ -217,3 +218,48 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_giving_its_leases_up(tmp_path) -> No
     before = signal.getsignal(signal.SIGTERM)
     assert cli.main(["--help"]) == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.fixture
+def started_runs(tmp_path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The output_dir of each run `cli.main` starts (pipeline.optimize faked: nothing measured),
+    each run started in the same second, in tmp_path."""
+    import datetime as dt
+    from pathlib import Path
+
+    import hydra.core.utils
+
+    from optimizer import pipeline
+
+    class OneSecond(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> OneSecond:
+            return cls(2025, 1, 2, 3, 4, 5, tzinfo=tz)
+
+    started: list[str] = []
+
+    def optimize(cfg: RunConfig) -> pipeline.RunResult:
+        started.append(cfg.output_dir)
+        return pipeline.RunResult(Path(cfg.output_dir), None, None, None, [], None, dry_run=tmp_path)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", OneSecond)  # `${now:...}`, the default's name
+    monkeypatch.setattr(pipeline, "optimize", optimize)
+    monkeypatch.chdir(tmp_path)
+    return started
+
+
+def test_runs_started_in_one_second_get_a_directory_each(tmp_path, started_runs: list[str]) -> None:
+    """The default output_dir names the second a run starts: a second run in it would overwrite
+    the first's recipe, report and results."""
+    assert cli.main(["target=cpu"]) == 0
+    assert cli.main(["target=cpu"]) == 0
+    assert started_runs == ["outputs/2025-01-02_03-04-05", "outputs/2025-01-02_03-04-05-2"]
+    assert all((tmp_path / d).is_dir() for d in started_runs)
+
+
+def test_an_existing_output_dir_given_is_written_into(tmp_path, started_runs: list[str]) -> None:
+    """The user named it: a re-run there replaces its outputs (a stale recipe is removed)."""
+    (tmp_path / "mine").mkdir()
+    assert cli.main(["target=cpu", "output_dir=mine"]) == 0
+    assert cli.main(["target=cpu", "output_dir=mine"]) == 0
+    assert started_runs == ["mine", "mine"]
