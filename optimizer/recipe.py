@@ -208,7 +208,7 @@ def _selection_evidence(selection: Selection) -> dict[str, Any]:
                 "goodput_tokens_per_joule": {
                     "mean": round(f.mean, 4) if f.samples else None,  # (failed: no figure, not 0)
                     # fewer than two windows bound nothing: no interval rather than [-.inf, .inf]
-                    "ci95": [round(f.low, 4), round(f.high, 4)] if len(f.samples) > 1 else None,
+                    "ci95": [round(f.shown_low, 4), round(f.high, 4)] if len(f.samples) > 1 else None,
                 },
                 "windows": len(f.samples),
                 "latency_headroom": None if f.headroom is None else round(f.headroom, 3),

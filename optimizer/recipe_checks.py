@@ -33,6 +33,8 @@ QUALITY_BOUND_EXAMPLES: dict[str, float] = {
     "max_kl": 0.05,
 }
 SLO_EXAMPLES: dict[str, float] = {"percentile": 90, "ttft_ms": 2000, "tpot_ms": 250}  # every SloConfig field
+# the bounds a larger value tightens; the others a smaller one does (any number, where the search set none)
+AT_LEAST = ("min_top1_agreement", "percentile")
 
 
 def check_known_keys(block: dict[str, Any], known: tuple[str, ...], where: str) -> None:
@@ -49,7 +51,8 @@ def check_known_keys(block: dict[str, Any], known: tuple[str, ...], where: str) 
 def constraints_of(
     constraints: Any, slo: SloConfig, quality: QualityConfig
 ) -> tuple[SloConfig, QualityConfig]:
-    """The SLO and quality bound `constraints` states, over the ones the search measured with."""
+    """The SLO and quality bound `constraints` states, over the ones the search measured with; each
+    at most as loose as the search's (README: tighten only), or verify would pass what it rejected."""
     if not isinstance(constraints, dict):
         raise UserError("constraints", "is not a mapping", "restore it from git")
     check_known_keys(constraints, ("quality", "slo"), "constraints")
@@ -68,10 +71,24 @@ def _bounded(config: _Bounds, edits: dict[str, Any], examples: dict[str, float],
         _require_number(
             value, f"{where}.{key}", examples[key], nullable=part == "slo" and key != "percentile"
         )
+        _require_no_looser(getattr(config, key), value, f"{where}.{key}")
     try:
         return replace(config, **edits)
     except UserError as exc:  # named where the value was written, not where it is used
         raise UserError(f"constraints.{exc.field.removeprefix('workload.')}", exc.problem, exc.fix) from None
+
+
+def _require_no_looser(searched: float | None, value: float | None, field: str) -> None:
+    """`value` (a checked number, or null for no limit) as tight as the search's bound or tighter."""
+    at_least = field.rpartition(".")[2] in AT_LEAST
+    if searched is None or (value is not None and (value >= searched if at_least else value <= searched)):
+        return
+    raise UserError(
+        field,
+        f"is {'null (no limit)' if value is None else repr(value)}, looser than the search's {searched!r}",
+        f"constraints can only tighten the search's bounds: {'at least' if at_least else 'at most'} "
+        f"{searched:g}, or remove the key",
+    )
 
 
 def _require_number(value: Any, field: str, example: float, nullable: bool) -> None:

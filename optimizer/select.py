@@ -96,6 +96,13 @@ class Finalist:
     feasible: bool
     near_miss: bool = False
 
+    @property
+    def shown_low(self) -> float:
+        """`low` as printed and recorded: a t interval over few, spread windows reaches below 0
+        tok/J, which nothing has. Selection compares `low` itself (-inf: no interval); with every
+        mean and high >= 0, clamping it would decide nothing differently."""
+        return max(self.low, 0.0)
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -239,7 +246,7 @@ def select_finalist(
     if roomiest is not winner and (roomiest.headroom or 0.0) > (winner.headroom or 0.0) + HEADROOM_TIE_MARGIN:
         reason = (
             f"{roomiest.label} over {winner.label}: indistinguishable on energy "
-            f"([{roomiest.low:.3g}, {roomiest.high:.3g}] vs [{winner.low:.3g}, {winner.high:.3g}] goodput tok/J), "
+            f"({_bounds(roomiest)} vs {_bounds(winner)} goodput tok/J), "
             f"and {roomiest.label} has {roomiest.headroom:.0%} latency headroom to {winner.label}'s "
             + (f"{winner.headroom:.0%}" if winner.headroom is not None else "none")
         )
@@ -268,7 +275,7 @@ def _bounds(finalist: Finalist) -> str:
     """Its 95% interval, or why it has none (its figure is then taken as it is)."""
     if len(finalist.samples) < 2:
         return f"(no interval from {len(finalist.samples)} window{'s' if not finalist.samples else ''})"
-    return f"[{finalist.low:.3g}, {finalist.high:.3g}]"
+    return f"[{finalist.shown_low:.3g}, {finalist.high:.3g}]"
 
 
 def _at_edge(finalist: Finalist, margin: float) -> bool:

@@ -31,7 +31,9 @@ def selection_section(selection: Selection | None, estimate_mark: str) -> list[s
         "|---|---|---|---|---|---|",
     ]
     for f in selection.finalists:
-        span = f"{f.low:.3f} – {f.high:.3f}" if math.isfinite(f.low) and math.isfinite(f.high) else "n/a"
+        span = (
+            f"{f.shown_low:.3f} – {f.high:.3f}" if math.isfinite(f.low) and math.isfinite(f.high) else "n/a"
+        )
         headroom = "-" if f.headroom is None else f"{f.headroom:.0%}"
         mean = f"{f.mean:.3f}" if f.samples else "failed"  # (no window: not 0 tok/J)
         lines.append(

@@ -436,3 +436,24 @@ def test_the_report_says_when_the_finalists_are_near_misses_alone() -> None:
     late = {near.candidate.key(): [measured(16, [15.0, 15.5], tpot_s=0.280, violations=LATE)]}
     text = "\n".join(selection_section(select_finalist([near], late, SLO, 0.1), ""))
     assert "Nothing selected: no finalist met the SLO in every re-measurement; the best, " in text
+
+
+def test_an_interval_below_zero_is_shown_from_zero() -> None:
+    """Few, spread windows (goodput swings when requests sit at the SLO's edge) give a t interval
+    reaching below 0 tok/J, which no candidate can have: the reason, the recipe's evidence and the
+    report show it from 0; selection compares the interval as computed."""
+    from optimizer.recipe import _selection_evidence
+    from optimizer.report.selection import selection_section
+
+    a, b = measured(8, [1.0]), measured(4, [0.8])
+    runs = {
+        a.candidate.key(): [measured(8, [2.0, 0.1]), measured(8, [1.9, 0.2])],
+        b.candidate.key(): [measured(4, [0.8, 0.7]), measured(4, [0.9, 0.8])],
+    }
+    selection = select_finalist([a, b], runs, SLO, 0.1)
+    winner = selection.finalists[0]
+    assert winner.key == a.candidate.key() and winner.low == pytest.approx(-0.605, abs=1e-3)
+    assert "[0, 2.7]" in selection.reason and "-0." not in selection.reason
+    assert _selection_evidence(selection)["finalists"][0]["goodput_tokens_per_joule"]["ci95"] == [0.0, 2.7049]
+    row = next(line for line in selection_section(selection, "") if line.startswith(f"| {winner.label} "))
+    assert "| 0.000 – 2.705 |" in row

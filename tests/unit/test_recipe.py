@@ -220,7 +220,9 @@ def test_a_constraint_of_the_wrong_type_names_its_key(
 
 
 def test_a_null_latency_limit_is_no_limit(tmp_path: Path, recipe_dict: dict[str, Any]) -> None:
+    """Null is no limit, where the search set none either (else it loosens the search's)."""
     data = copy.deepcopy(recipe_dict)
+    data["measurement"]["workload"]["slo"]["tpot_ms"] = None
     data["constraints"]["slo"].update(ttft_ms=None, tpot_ms=None)
     data["constraints"]["quality"]["max_kl"] = 0  # an int is a number too
     recipe = read_recipe(write_recipe(tmp_path / "recipe.yaml", data))
@@ -252,6 +254,30 @@ def test_verify_enforces_the_constraints_a_reader_tightened(
     assert tightened.workload.slo.tpot_ms == 50 and tightened.workload.prompt_tokens == 32
     del data["constraints"]
     assert read_recipe(write_recipe(tmp_path / "none.yaml", data)).quality.max_kl == 0.1
+
+
+@pytest.mark.parametrize(
+    ("part", "key", "value", "fix"),
+    [
+        ("quality", "max_kl", 5.0, "at most 0.1"),
+        ("quality", "max_ppl_increase", 0.5, "at most 0.03"),
+        ("quality", "min_top1_agreement", 0.5, "at least 0.95"),
+        ("slo", "tpot_ms", 1000, "at most 250"),
+        ("slo", "tpot_ms", None, "at most 250"),
+        ("slo", "percentile", 50, "at least 90"),
+    ],
+)
+def test_a_constraint_looser_than_the_search_is_refused(
+    tmp_path: Path, recipe_dict: dict[str, Any], part: str, key: str, value: Any, fix: str
+) -> None:
+    """`constraints` can only tighten the bounds the search selected under (README): a looser
+    quality bound or SLO would let verify pass what the search rejected."""
+    data = copy.deepcopy(recipe_dict)
+    data["constraints"][part][key] = value
+    with pytest.raises(UserError) as info:
+        read_recipe(write_recipe(tmp_path / "recipe.yaml", data))
+    assert info.value.field == f"recipe.constraints.{part}.{key}"
+    assert "looser than the search's" in info.value.problem and fix in info.value.fix
 
 
 @pytest.mark.parametrize("where", ["settings", "workload"])
