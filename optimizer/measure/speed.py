@@ -25,13 +25,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import random
 import statistics
 import threading
 import time
 
-from optimizer.measure.cpu_time import allowed_cpus
+from optimizer.host_cpu import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,9 @@ SLOW_PROBE = 0.80
 
 
 def probe_threads() -> int:
-    """The cores this process may run on (its affinity, which a container or `taskset` narrows)."""
-    return len(allowed_cpus() or ()) or os.cpu_count() or 1
+    """The cores this process may use: its affinity (which `taskset` or a cpuset narrows), no more
+    than a container's CPU quota (one thread per host core would time the quota, not the cores)."""
+    return usable_cores()
 
 
 def cpu_probe_mibps(threads: int | None = None) -> float:

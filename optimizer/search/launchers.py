@@ -32,6 +32,7 @@ from sqlalchemy import exc
 from optimizer.backends.torch_parallel import RANKS_ENV
 from optimizer.config import RayConfig, RunConfig, SlurmConfig
 from optimizer.errors import UserError
+from optimizer.host_cpu import usable_cores
 from optimizer.interrupts import sigterm_interrupts
 from optimizer.search.roofline import RooflineRates
 from optimizer.search.runner import WorkerReport
@@ -215,7 +216,7 @@ def ray_instance(cfg: RayConfig, workers: int) -> Iterator[None]:
     if cfg.address is None:
         # a worker waits while its candidate's ranks run: its reservation comes on top of the
         # cores that a layout's placement group takes (one bundle per rank)
-        cpus = (os.cpu_count() or 1) + math.ceil(workers * cfg.cpus_per_worker)
+        cpus = usable_cores() + math.ceil(workers * cfg.cpus_per_worker)
         options |= {"_node_ip_address": "127.0.0.1", "num_cpus": cpus}
         # Ray starts its workers at nice 15: beside any other load, a candidate would be measured
         # starved of CPU (slower, and its energy spread over a longer window). The raylet started

@@ -64,3 +64,14 @@ def test_a_probe_below_the_median_so_far_is_logged_as_it_happens(
         speed.warn_if_slow(rate)
     slow = [r.getMessage() for r in caplog.records if "CPU probe" in r.getMessage()]
     assert len(slow) == 1 and slow[0].startswith("the CPU probe ran at 0.70x its median so far")
+
+
+def test_the_probe_runs_no_more_threads_than_a_containers_cpu_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a 1-CPU container on a bigger host, a thread per host core would time the quota."""
+    from optimizer import host_cpu
+
+    monkeypatch.setattr(host_cpu.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(host_cpu, "cgroup_cpus", lambda root=host_cpu.ROOT: 1)
+    assert speed.probe_threads() == 1
+    monkeypatch.setattr(host_cpu, "cgroup_cpus", lambda root=host_cpu.ROOT: None)
+    assert speed.probe_threads() == 4
