@@ -8,7 +8,6 @@ gets a queue in front of it (static batching, `backends/queued.py`).
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 from optimizer.backends.base import Engine
@@ -17,7 +16,7 @@ from optimizer.config import WorkloadConfig
 from optimizer.measure.energy import EnergyMeter
 from optimizer.measure.serving import measure_serving
 from optimizer.measure.stream import RequestStream
-from optimizer.measure.workload import CandidateTimeout, PerformanceResult
+from optimizer.measure.workload import PerformanceResult, check_deadline
 
 CAPACITY_SLO_FRACTION = 0.9  # capacity: the highest offered load at which this share meets the SLO
 
@@ -43,10 +42,9 @@ def measure_load(
                 continue
             point = _measure(server, streams[rate], meter, cfg, rate, 1)
             curve.append(curve_point(point))
-            if deadline is not None and time.perf_counter() > deadline:
-                raise CandidateTimeout("ran past search.candidate_timeout_minutes")
+            check_deadline(deadline)
         before = counters() if counters else {}
-        result = _measure(server, streams[cfg.rate], meter, cfg, cfg.rate, cfg.repeats, stop_below)
+        result = _measure(server, streams[cfg.rate], meter, cfg, cfg.rate, cfg.repeats, stop_below, deadline)
         prefix = _difference(counters(), before) if counters else {}
     finally:
         if isinstance(server, QueuedServer):
@@ -65,6 +63,7 @@ def _measure(
     rate: float,
     repeats: int,
     stop_below: float | None = None,
+    deadline: float | None = None,
 ) -> PerformanceResult:
     return measure_serving(
         server,
@@ -77,6 +76,7 @@ def _measure(
         rate,
         stop_below=stop_below,
         disturbed_retries=cfg.disturbed_retries,
+        deadline=deadline,
     )
 
 

@@ -30,7 +30,13 @@ from optimizer.measure.latency import (
 )
 from optimizer.measure.speed import cpu_probe_mibps, warn_if_slow
 from optimizer.measure.stream import window_bounds
-from optimizer.measure.workload import PerformanceResult, ServingSummary, WindowResult, screened_out
+from optimizer.measure.workload import (
+    PerformanceResult,
+    ServingSummary,
+    WindowResult,
+    check_deadline,
+    screened_out,
+)
 
 if TYPE_CHECKING:
     from optimizer.measure.energy import EnergyMeter, Measurement
@@ -355,15 +361,19 @@ def measure_serving(
     drain_timeout_seconds: float = DRAIN_TIMEOUT_SECONDS,
     stop_below: float | None = None,
     disturbed_retries: int = 0,
+    deadline: float | None = None,
 ) -> PerformanceResult:
     """`repeats` runs of the stream offered at `rate`, each one energy window over its steady
     state, fewer when the runs so far are screened out below `stop_below` (see
     `workload.screened_out`); a run whose CPU time was taken from it is run again up to
-    `disturbed_retries` times (`energy.undisturbed`). The caller adds prefix counters and the
-    load curve to `serving`."""
+    `disturbed_retries` times (`energy.undisturbed`). Past `deadline` (time.perf_counter) no
+    further run starts: CandidateTimeout. The caller adds prefix counters and the load curve to
+    `serving`."""
     runs: list[ServingRun] = []
     windows: list[WindowResult] = []
-    for _ in range(repeats):
+    for index in range(repeats):
+        if index:  # a stalled engine's run lasts until the drain gives up (up to 2 minutes)
+            check_deadline(deadline)
         run, notes = undisturbed(
             lambda: serve_stream(
                 engine, stream, meter, slo, warmup_requests, drain_requests, drain_timeout_seconds

@@ -231,7 +231,14 @@ class PerformanceResult:
 
 
 class CandidateTimeout(TimeoutError):
-    """The candidate ran past search.candidate_timeout_minutes (checked between batches)."""
+    """The candidate ran past search.candidate_timeout_minutes (checked between batches and
+    between a stream's runs)."""
+
+
+def check_deadline(deadline: float | None) -> None:
+    """CandidateTimeout once time.perf_counter() is past `deadline` (None: no limit)."""
+    if deadline is not None and time.perf_counter() > deadline:
+        raise CandidateTimeout("ran past search.candidate_timeout_minutes")
 
 
 def screened_out(windows: list[WindowResult], repeats: int, stop_below: float | None) -> bool:
@@ -262,14 +269,9 @@ def measure_performance(
 ) -> PerformanceResult:
     """Warm-up batches, then `cfg.repeats` windows (fewer when screened out below `stop_below`),
     each preceded by the cores' speed probe (`probe`)."""
-
-    def check_deadline() -> None:
-        if deadline is not None and time.perf_counter() > deadline:
-            raise CandidateTimeout("ran past search.candidate_timeout_minutes")
-
     for index in range(cfg.warmup_batches):
         engine.generate(workload.batch(index, batch_size), workload.max_new_tokens)
-        check_deadline()
+        check_deadline(deadline)
     windows: list[WindowResult] = []
     ttfts: list[float] = []
     tpots: list[float] = []
@@ -287,7 +289,7 @@ def measure_performance(
                     engine.generate(workload.batch(batch_index, batch_size), workload.max_new_tokens)
                 )
                 batch_index += 1
-                check_deadline()
+                check_deadline(deadline)
         return measurement, generations, speed
 
     for _ in range(cfg.repeats):

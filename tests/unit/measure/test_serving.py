@@ -322,3 +322,16 @@ def test_a_run_whose_cpu_time_was_taken_is_run_again_up_to_the_retries(
     assert perf.serving is not None and kept.serving is not None
     # the replaced run's requests are not judged: one run's window holds at most 4 of the 6
     assert perf.serving.window_requests == kept.serving.window_requests <= 4
+
+
+def test_no_run_starts_past_the_candidates_deadline() -> None:
+    """A stalled engine's run lasts until the drain gives up: the candidate's timeout must stop its
+    repeats, not only the load curve's points."""
+    from optimizer.measure.workload import CandidateTimeout
+
+    engine = FifoServer()
+    with pytest.raises(CandidateTimeout):
+        measure_serving(
+            engine, stream(requests=6), WattMeter(), SloConfig(), 3, 1, 1, 100.0, deadline=time.perf_counter()
+        )
+    assert len(engine.submitted) == 6  # one run of the three
