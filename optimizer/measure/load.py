@@ -1,5 +1,6 @@
-"""A candidate under offered load: its serving measurement at the selection rate, and its load
-curve and capacity over `workload.rates`.
+"""A candidate under offered load: its serving measurement at the selection rate (`measure_serving`:
+the repeated runs of `serving.serve_stream` at one rate, summed up), and its load curve and capacity
+over `workload.rates`.
 
 The engine serves the stream itself when it can (continuous batching, a server); any other engine
 gets a queue in front of it (static batching, `backends/queued.py`).
@@ -12,11 +13,18 @@ from typing import Any
 
 from optimizer.backends.base import Engine
 from optimizer.backends.queued import QueuedServer, serving_engine
-from optimizer.config import WorkloadConfig
-from optimizer.measure.energy import EnergyMeter
-from optimizer.measure.serving import measure_serving
+from optimizer.config import SloConfig, WorkloadConfig
+from optimizer.measure.energy import EnergyMeter, undisturbed
+from optimizer.measure.latency import LatencySummary, slo_violations, unfinished_violation
+from optimizer.measure.serving import (
+    DRAIN_TIMEOUT_SECONDS,
+    ServingEngine,
+    ServingRun,
+    serve_stream,
+    summarize,
+)
 from optimizer.measure.stream import RequestStream
-from optimizer.measure.workload import PerformanceResult, check_deadline
+from optimizer.measure.workload import PerformanceResult, WindowResult, check_deadline, screened_out
 
 CAPACITY_SLO_FRACTION = 0.9  # capacity: the highest offered load at which this share meets the SLO
 
@@ -107,3 +115,62 @@ def _difference(after: dict[str, float], before: dict[str, float]) -> dict[str, 
         prompt = delta["prompt_tokens"]
         delta["prefill_saved_fraction"] = delta["reused_prompt_tokens"] / prompt if prompt else 0.0
     return delta
+
+
+def measure_serving(
+    engine: ServingEngine,
+    stream: RequestStream,
+    meter: EnergyMeter,
+    slo: SloConfig,
+    repeats: int,
+    warmup_requests: int,
+    drain_requests: int,
+    rate: float,
+    drain_timeout_seconds: float = DRAIN_TIMEOUT_SECONDS,
+    stop_below: float | None = None,
+    disturbed_retries: int = 0,
+    deadline: float | None = None,
+) -> PerformanceResult:
+    """`repeats` runs of the stream offered at `rate`, each one energy window over its steady
+    state, fewer when the runs so far are screened out below `stop_below` (see
+    `workload.screened_out`); a run whose CPU time was taken from it is run again up to
+    `disturbed_retries` times (`energy.undisturbed`). Past `deadline` (time.perf_counter) no
+    further run starts: CandidateTimeout. The caller adds prefix counters and the load curve to
+    `serving`."""
+    runs: list[ServingRun] = []
+    windows: list[WindowResult] = []
+    for index in range(repeats):
+        if index:  # a stalled engine's run lasts until the drain gives up (up to 2 minutes)
+            check_deadline(deadline)
+        run, notes = undisturbed(
+            lambda: serve_stream(
+                engine, stream, meter, slo, warmup_requests, drain_requests, drain_timeout_seconds
+            ),
+            lambda kept: kept.measurement,
+            disturbed_retries,
+        )
+        runs.append(run)
+        m, w = run.measurement, run.window
+        warnings = [*notes, *m.warnings]
+        if w.growing:
+            warnings.append(
+                f"requests in flight kept growing ({w.mean_in_flight:.1f} on average): "
+                f"{stream.offered_rate:.2f} req/s is above this candidate's capacity"
+            )
+        windows.append(WindowResult.of(m, w.output_tokens, w.goodput_tokens, warnings, run.cpu_probe_mibps))
+        if screened_out(windows, repeats, stop_below):
+            break
+    judged = [r for run in runs for r in run.requests if run.window.judges(r)]
+    ttfts = [r.ttft for r in judged]
+    # a request that got fewer than two tokens (given up on, or asked for one) has no time per
+    # output token: counted as 0 ms it would pull the TPOT percentiles of an overloaded run down
+    timed = [r.tpot for r in judged if r.output_tokens > 1]
+    tpots = timed or [r.tpot for run in runs for r in run.requests if r.output_tokens > 1] or [0.0]
+    unfinished = sum(not r.token_times for r in judged)
+    return PerformanceResult.of_windows(
+        windows,
+        idle_watts=meter.idle_watts,
+        latency=LatencySummary.of(ttfts, tpots, slo.percentile),
+        slo_violations=slo_violations(ttfts, tpots, slo) + unfinished_violation(len(timed), unfinished, slo),
+        serving=summarize(runs, stream, rate),
+    )

@@ -20,22 +20,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from optimizer.config import SloConfig
-from optimizer.measure.energy import undisturbed
 from optimizer.measure.latency import (
-    LatencySummary,
     percentile,
     request_meets_slo,
-    slo_violations,
-    unfinished_violation,
 )
 from optimizer.measure.speed import cpu_probe_mibps, warn_if_slow
 from optimizer.measure.stream import window_bounds
 from optimizer.measure.workload import (
-    PerformanceResult,
     ServingSummary,
-    WindowResult,
-    check_deadline,
-    screened_out,
 )
 
 if TYPE_CHECKING:
@@ -346,63 +338,4 @@ def summarize(
         e2e_p90_ms=1000 * percentile([r.e2e for r in judged], 90),
         max_lateness_ms=1000 * max(run.lateness_seconds for run in runs),
         prefix=dict(prefix or {}),
-    )
-
-
-def measure_serving(
-    engine: ServingEngine,
-    stream: RequestStream,
-    meter: EnergyMeter,
-    slo: SloConfig,
-    repeats: int,
-    warmup_requests: int,
-    drain_requests: int,
-    rate: float,
-    drain_timeout_seconds: float = DRAIN_TIMEOUT_SECONDS,
-    stop_below: float | None = None,
-    disturbed_retries: int = 0,
-    deadline: float | None = None,
-) -> PerformanceResult:
-    """`repeats` runs of the stream offered at `rate`, each one energy window over its steady
-    state, fewer when the runs so far are screened out below `stop_below` (see
-    `workload.screened_out`); a run whose CPU time was taken from it is run again up to
-    `disturbed_retries` times (`energy.undisturbed`). Past `deadline` (time.perf_counter) no
-    further run starts: CandidateTimeout. The caller adds prefix counters and the load curve to
-    `serving`."""
-    runs: list[ServingRun] = []
-    windows: list[WindowResult] = []
-    for index in range(repeats):
-        if index:  # a stalled engine's run lasts until the drain gives up (up to 2 minutes)
-            check_deadline(deadline)
-        run, notes = undisturbed(
-            lambda: serve_stream(
-                engine, stream, meter, slo, warmup_requests, drain_requests, drain_timeout_seconds
-            ),
-            lambda kept: kept.measurement,
-            disturbed_retries,
-        )
-        runs.append(run)
-        m, w = run.measurement, run.window
-        warnings = [*notes, *m.warnings]
-        if w.growing:
-            warnings.append(
-                f"requests in flight kept growing ({w.mean_in_flight:.1f} on average): "
-                f"{stream.offered_rate:.2f} req/s is above this candidate's capacity"
-            )
-        windows.append(WindowResult.of(m, w.output_tokens, w.goodput_tokens, warnings, run.cpu_probe_mibps))
-        if screened_out(windows, repeats, stop_below):
-            break
-    judged = [r for run in runs for r in run.requests if run.window.judges(r)]
-    ttfts = [r.ttft for r in judged]
-    # a request that got fewer than two tokens (given up on, or asked for one) has no time per
-    # output token: counted as 0 ms it would pull the TPOT percentiles of an overloaded run down
-    timed = [r.tpot for r in judged if r.output_tokens > 1]
-    tpots = timed or [r.tpot for run in runs for r in run.requests if r.output_tokens > 1] or [0.0]
-    unfinished = sum(not r.token_times for r in judged)
-    return PerformanceResult.of_windows(
-        windows,
-        idle_watts=meter.idle_watts,
-        latency=LatencySummary.of(ttfts, tpots, slo.percentile),
-        slo_violations=slo_violations(ttfts, tpots, slo) + unfinished_violation(len(timed), unfinished, slo),
-        serving=summarize(runs, stream, rate),
     )

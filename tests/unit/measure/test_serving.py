@@ -11,7 +11,8 @@ import pytest
 from optimizer.config import LengthConfig, SloConfig, WorkloadConfig
 from optimizer.measure import energy
 from optimizer.measure.energy import Measurement
-from optimizer.measure.serving import Completion, ServingRun, measure_serving, serve_stream
+from optimizer.measure.load import measure_serving
+from optimizer.measure.serving import Completion, ServingRun, serve_stream
 from optimizer.measure.stream import TextTokens, generate_stream
 
 
