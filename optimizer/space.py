@@ -219,10 +219,14 @@ def enumerate_candidates(
     check_layout_axes(space, target, shape)
     valid: list[Candidate] = []
     excluded: list[tuple[Candidate, str]] = []
-    # Explicit extra candidates come first: they are asked for by name (often a reference).
-    extra = [_extra_candidate(item, index, target, shape) for index, item in enumerate(space.extra)]
-    grid = [c for c in _combinations(space, target) if c not in extra]
-    for candidate in extra + grid:
+    # Explicit extra candidates come first: they are asked for by name (often a reference). Two
+    # entries may spell one deployment (threads left to the default or given): the first is kept.
+    extra: dict[str, Candidate] = {}
+    for index, item in enumerate(space.extra):
+        candidate = _extra_candidate(item, index, target, shape)
+        extra.setdefault(candidate.key(), candidate)
+    grid = [c for c in _combinations(space, target) if c.key() not in extra]
+    for candidate in [*extra.values(), *grid]:
         reason = exclusion_reason(candidate, target, serving, shape, model_format)
         if reason is None:
             valid.append(candidate)

@@ -64,9 +64,10 @@ class SearchConfig:
     # up to 1 + near_miss times the target) with more goodput tokens/J than the best feasible one
     # is a finalist too: a percentile over a few dozen requests moves by more than that from run
     # to run, and one run's miss would otherwise decide against it (null: feasible ones only).
-    # Stop once this many candidates in a row were measured without beating the best so far
-    # (null: search until the budget or the space runs out). With best-bound-first order the
-    # candidates that can still win come first, so a run of losers means the rest lose too.
+    # Stop once this many feasible candidates in a row were measured without beating the best so
+    # far (null: search until the budget or the space runs out). With best-bound-first order the
+    # candidates that can still win come first, so a run of losers means the rest lose too; an
+    # infeasible one (a large batch over the SLO) says nothing of those after it and is not counted.
     patience: int | None = None
     # Multi-fidelity: a candidate whose first windows' goodput tokens/J is below the best so far
     # divided by (1 + screen_margin) gets no further windows (null: every candidate gets all).

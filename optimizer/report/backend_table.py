@@ -80,7 +80,7 @@ def _why_none(results: Sequence[CandidateResult], excluded_reasons: Counter[str]
             else:
                 what, reason = status, example.reason or "see below"
             return f"{what} (e.g. {example.candidate.label()}: {reason})".replace("|", "/")
-    return "not reached within the budget"
+    return "not reached (budget, candidate cap or patience)"
 
 
 def _ratio_to_baseline(result: CandidateResult, baseline: CandidateResult) -> str:

@@ -231,7 +231,7 @@ def _search_section(
         + (f" / {search.max_candidates} candidates" if search.max_candidates else ""),
         f"- measured {counts[MEASURED]} (feasible {feasible}), rejected by the quality bound {counts[REJECTED]}, "
         f"failed {counts[FAILED]}, pruned {counts[PRUNED]}, excluded by rules {len(excluded)}, "
-        f"not reached within the budget {len(outcome.not_reached)}",
+        f"not reached (budget, search.max_candidates or search.patience) {len(outcome.not_reached)}",
         f"- {reused} results reused from the store; {outcome.measuring_seconds:.0f} s spent evaluating"
         " in this run (summed over workers)",
     ]

@@ -29,14 +29,36 @@ from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
 from optimizer.search.device_lock import DeviceLock
 from optimizer.space import Candidate, reference_candidate
 from optimizer.store import QUALITY_CLAIM_PREFIX, TrialStore
+from optimizer.store.trials import PROBE_CLAIM_PREFIX
 from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
 QUALITY_POLL_SECONDS = 1.0
+# A candidate (or a numerics' quality probe) that killed this many processes, each found dead
+# holding its lease by the next worker or resumed run, is failed: one death may be a kill, two are it.
+DEATHS_BEFORE_FAILING = 2
+DEATH_CAUSES = "without a result (a native crash, the out-of-memory killer or a kill: see their logs)"
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def died_measuring(candidate: Candidate, deaths: int, role: str = "candidate") -> CandidateResult:
+    """The failure recorded for a candidate whose measuring killed its process `deaths` times."""
+    reason = (
+        f"{deaths} processes died measuring it, {DEATH_CAUSES}; search.retry_failed=true measures it again"
+    )
+    return CandidateResult(candidate, FAILED, reason=reason, role=role, finished_at=now_iso())
+
+
+def died_probing(candidate: Candidate, deaths: int, role: str = "candidate") -> CandidateResult:
+    """The failure recorded for a candidate whose numerics' quality probe killed `deaths` processes."""
+    reason = (
+        f"{deaths} processes died in the quality probe of its numerics, {DEATH_CAUSES}; every batch "
+        "size and thread count of them fails alike; search.retry_failed=true probes it again"
+    )
+    return CandidateResult(candidate, FAILED, reason=reason, role=role, finished_at=now_iso())
 
 
 @dataclass
@@ -128,6 +150,16 @@ class Evaluator:
                 return None  # measure it here rather than wait forever
             time.sleep(QUALITY_POLL_SECONDS)
 
+    def _probe_deaths(self, candidate: Candidate) -> int:
+        """Processes that died in this numerics' quality probe. Taking the probe's lease over from a
+        holder that died records its death first; the lease is given up again until the probe."""
+        if self.store is None:
+            return 0
+        probe = PROBE_CLAIM_PREFIX + candidate.numerics_key()
+        if self.store.claim(probe, self.search_cfg.lease_seconds):
+            self.store.release(probe)
+        return self.store.deaths_probing(candidate)
+
     def _device(self, exclusive: bool) -> AbstractContextManager[None]:
         if self.device is None:
             return nullcontext()
@@ -147,6 +179,8 @@ class Evaluator:
         try:
             quality = self._shared_quality(candidate, deadline)
             if quality is None:
+                if (deaths := self._probe_deaths(candidate)) >= DEATHS_BEFORE_FAILING:
+                    return died_probing(candidate, deaths, role)
                 self.reference()  # before this candidate's engine: never two models in memory at once
             elif (broken := quality.violations(self.quality_cfg)) and role != "baseline":
                 return self._result(candidate, REJECTED, "; ".join(broken), quality, None, role, start, 0.0)
@@ -225,11 +259,20 @@ class Evaluator:
         )
 
     def _measure_quality(self, engine: Engine, numerics: str) -> QualityResult:
+        # The probe's own lease, held around the probe alone: a death in it is the numerics' (every
+        # batch size probes alike), one in a build or an energy window the candidate's alone. Held
+        # by a live worker, it is measured here all the same (the quality lease's wait ran out).
+        probe = PROBE_CLAIM_PREFIX + numerics
+        if self.store is not None:
+            self.store.claim(probe, self.search_cfg.lease_seconds)
         try:
             quality = evaluate_quality(engine, self.reference())
         except BaseException:
             engine.close()
             raise
+        finally:
+            if self.store is not None:
+                self.store.release(probe)
         self._quality[numerics] = quality
         if self.store is not None:
             self.store.put_quality(numerics, quality.to_dict())

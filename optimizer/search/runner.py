@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 
 from optimizer.config import QualityConfig, SearchConfig
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
-from optimizer.search.evaluate import Evaluator, now_iso
+from optimizer.search.evaluate import DEATHS_BEFORE_FAILING, Evaluator, died_measuring, now_iso
+from optimizer.search.progress import progress_line, rough_duration
 from optimizer.search.roofline import Roofline
 from optimizer.search.samplers import GridSampler, make_sampler
 from optimizer.select import select_best
@@ -26,9 +27,6 @@ from optimizer.store import TrialStore, leases_kept
 
 log = logging.getLogger(__name__)
 BUSY_POLL_SECONDS = 2.0
-# A candidate whose measurement killed this many processes (each found dead holding its lease by
-# the next worker or resumed run) is failed: one death may be a kill, two are the candidate.
-DEATHS_BEFORE_FAILING = 2
 
 
 @dataclass(frozen=True)
@@ -110,9 +108,14 @@ def search_worker(
         # a grid measures every candidate: patience applies to an order that puts winners first
         grid = type(loop.sampler) is GridSampler
         if search.patience is not None and not grid and loop.since_best >= search.patience:
-            progress(f"stopping: {loop.since_best} candidates in a row measured without beating the best")
+            progress(
+                f"stopping: {loop.since_best} feasible candidates in a row did not beat the best "
+                "(search.patience)"
+            )
             return True
-        return search.max_candidates is not None and store.run_count() >= search.max_candidates
+        return loop.capped or (
+            search.max_candidates is not None and store.run_count() >= search.max_candidates
+        )
 
     with leases_kept(store, search.lease_seconds):
         loop.sync()
@@ -175,7 +178,10 @@ class _WorkerLoop:
         self.mine: set[str] = set()
         self.evaluated = 0
         self.roofline_pruned = 0
-        self.since_best = 0  # candidates measured here since the best improved
+        # feasible candidates since the best improved: rebuilt from the store at the first sync,
+        # then counted as this worker measures them
+        self.since_best = 0
+        self.capped = False  # the candidate cap is reached, counting other workers' evaluations
         self._synced = False  # the first sync reads every candidate, later ones what changed
         self.deadline, self.clock = deadline, clock  # the search's: bound the time-left estimate
 
@@ -185,12 +191,19 @@ class _WorkerLoop:
     def sync(self) -> None:
         """Take in every stored result not seen yet: earlier runs' and other workers'."""
         changed = self.store.refresh()
-        keys = self.space.keys() if not self._synced else [k for k in changed if k in self.space]
+        first = not self._synced
+        keys = self.space.keys() if first else [k for k in changed if k in self.space]
         self._synced = True
         for key in list(keys):
             candidate = self.space[key]
             if key not in self.known and (result := self.reusable(candidate)) is not None:
                 self.record(candidate, result)
+        if first:  # a rerun goes on from where the stored results leave patience, not afresh
+            self.since_best, best = 0, None
+            for key in self.store.commit_order():
+                if (result := self.known.get(key)) is not None and self.selectable(result):
+                    self.since_best = patience_after(self.since_best, result, best)
+                    best = select_best([result] if best is None else [best, result])
 
     def reusable(self, candidate: Candidate) -> CandidateResult | None:
         """A stored result that still holds under this run's bound, or None: must be evaluated."""
@@ -209,7 +222,7 @@ class _WorkerLoop:
         self.busy = [c for c in self.busy if c != candidate]
         if candidate != self.baseline or self.baseline_in_space:
             self.sampler.observe(candidate, result)
-        line = _progress_line(len(self.known), len(self.space), result, candidate.key() in self.mine)
+        line = progress_line(len(self.known), len(self.space), result, candidate.key() in self.mine)
         left = self.seconds_left()
         self.progress(f"{line}; search: up to {rough_duration(left)} left" if left else line)
 
@@ -233,9 +246,11 @@ class _WorkerLoop:
         spent = sorted(r.seconds for k, r in self.known.items() if k in self.mine and r.status == MEASURED)
         return spent[len(spent) // 2] if spent else 0.0
 
+    def selectable(self, result: CandidateResult) -> bool:
+        return result.role != "baseline" or self.baseline_in_space
+
     def best(self) -> CandidateResult | None:
-        selectable = [r for r in self.known.values() if r.role != "baseline" or self.baseline_in_space]
-        return select_best(selectable)
+        return select_best([r for r in self.known.values() if self.selectable(r)])
 
     def pruned_by_roofline(self, candidate: Candidate) -> bool:
         if self.roofline is None:
@@ -254,6 +269,11 @@ class _WorkerLoop:
             if candidate not in self.busy:
                 self.busy.append(candidate)
             return
+        role = self.role(candidate)
+        cap = self.search.max_candidates if role != "baseline" else None  # a baseline is always measured
+        # Other workers' evaluations under way, read before the results: one that ends in between
+        # is then among the results, never in neither.
+        elsewhere = len(self.store.candidates_held_elsewhere()) if cap is not None else 0
         # Another worker may have finished it between our read and our claim. A full sync, not a
         # bare refresh: refresh() advances the store's read position, so the other results it
         # returns would otherwise never reach `known`, the sampler or the roofline.
@@ -261,7 +281,12 @@ class _WorkerLoop:
         if key in self.known:
             self.store.release(key)
             return
-        role = self.role(candidate)
+        if cap is not None and self.store.run_count() + elsewhere >= cap:
+            # The cap would be passed once the others finish. Of two claims at the same moment, the
+            # later one always sees the earlier: the cap is never passed, though both may yield.
+            self.store.release(key)
+            self.capped = True
+            return
         if (deaths := self.store.deaths_measuring(candidate)) >= DEATHS_BEFORE_FAILING:
             failed = died_measuring(candidate, deaths, role)
             self.store.append(failed)  # also gives up the lease
@@ -280,18 +305,18 @@ class _WorkerLoop:
         self.evaluated += 1
         self.mine.add(key)
         self.record(candidate, replace(result, role=role))
-        if result.status == MEASURED:
-            improved = result.feasible and (before is None or result.objective > before.objective)
-            self.since_best = 0 if improved else self.since_best + 1
+        if self.selectable(result):
+            self.since_best = patience_after(self.since_best, result, before)
 
 
-def died_measuring(candidate: Candidate, deaths: int, role: str = "candidate") -> CandidateResult:
-    """The failure recorded for a candidate whose measuring killed its process `deaths` times."""
-    reason = (
-        f"{deaths} processes died measuring it, without a result (a native crash, the "
-        "out-of-memory killer or a kill: see their logs); search.retry_failed=true measures it again"
-    )
-    return CandidateResult(candidate, FAILED, reason=reason, role=role, finished_at=now_iso())
+def patience_after(since: int, result: CandidateResult, best: CandidateResult | None) -> int:
+    """Feasible candidates in a row without beating the best, once `result` is known (`best` the
+    best before it): a new best resets the count, a feasible loser adds one, and an infeasible
+    result neither: best-bound order puts the large batches first, and one that misses the SLO or
+    the quality bound says nothing about the candidates after it. Nothing feasible, no stop."""
+    if not result.feasible:
+        return since
+    return 0 if best is None or result.objective > best.objective else since + 1
 
 
 def stored_result(
@@ -352,34 +377,3 @@ def collect_outcome(
         workers=list(reports),
         roofline=roofline.rates.describe() if roofline is not None else None,
     )
-
-
-def rough_duration(seconds: float) -> str:
-    """`~40 s`, `~7 min`: an estimate's resolution."""
-    return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min"
-
-
-def _progress_line(index: int, total: int, result: CandidateResult, mine: bool) -> str:
-    head = f"[{index}/{total}] {result.candidate.label():<40}"
-    if result.reused:
-        tag = " (stored)"
-    elif result.status == PRUNED:
-        tag = ""
-    else:
-        tag = f" ({result.seconds:.0f} s{'' if mine else ', another worker'})"
-    if result.status == FAILED:
-        return f"{head} FAILED {result.reason}{tag}"
-    parts = []
-    if result.quality is not None:
-        q = result.quality
-        parts.append(f"ppl {q.ppl_increase:+.2%} top1 {q.top1_agreement:.1%} KL {q.mean_kl:.4f}")
-    if result.status != MEASURED and result.performance is None:
-        parts.append(f"{result.status.upper()}: {result.reason}")
-    if result.performance is not None:
-        p = result.performance
-        slo = "SLO ok" if p.slo_met else "SLO missed"
-        parts.append(
-            f"{p.tokens_per_second.mean:.1f} tok/s | {p.tokens_per_joule.mean:.2f} tok/J "
-            f"(goodput {p.goodput_tokens_per_joule.mean:.2f}, {p.source}) | {slo}"
-        )
-    return f"{head} {' | '.join(parts)}{tag}"

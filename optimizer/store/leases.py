@@ -115,6 +115,21 @@ class Leases:
         with self._engine.connect() as connection:
             return int(connection.execute(query).scalar() or 0)
 
+    def held_by_others(self) -> list[str]:
+        """Keys other workers hold in this context and may still be using: a live worker's on this
+        host (lapsed or not: one that stalled did not die), another host's until it lapses."""
+        query = select(claims_table.c.key, claims_table.c.owner, claims_table.c.expires_at).where(
+            claims_table.c.context == self.context, claims_table.c.owner != self.worker
+        )
+        now = time.time()
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [
+            key
+            for key, owner, expires in rows
+            if (alive := _alive_here(owner)) or (alive is None and expires >= now)
+        ]
+
     def claim_owner(self, key: str) -> str | None:
         query = select(claims_table.c.owner).where(
             claims_table.c.context == self.context, claims_table.c.key == key

@@ -34,6 +34,9 @@ from optimizer.store.tables import (
 log = logging.getLogger(__name__)
 
 GAP_LOOKBACK_ROWS = 64  # rows numbered but not yet committed when read: a few per worker
+# The lease on running a numerics key's quality probe, held around the probe alone (the quality
+# lease is also held through a build): deaths under it are the numerics', not one batch size's.
+PROBE_CLAIM_PREFIX = QUALITY_CLAIM_PREFIX + "probe/"
 
 
 class TrialStore(Leases):
@@ -134,6 +137,10 @@ class TrialStore(Leases):
         )
         return [CandidateResult.from_dict(r["result"]) for r in mine]
 
+    def commit_order(self) -> list[str]:
+        """Candidate keys in the order their latest stored results were committed (all runs)."""
+        return sorted(self._records, key=lambda key: self._records[key].get("seq") or 0)
+
     def run_count(self) -> int:
         """Evaluations of this run that built something: a rejection by known quality is free."""
         return sum(
@@ -166,9 +173,22 @@ class TrialStore(Leases):
         """Workers that died holding the candidate's lease since its latest stored result. Only its
         own: a quality lease is held through a build that depends on the batch size, so its deaths
         would charge every batch size of the numerics with one size's crash."""
+        return self.deaths_since(candidate.key(), self._result_time(candidate))
+
+    def deaths_probing(self, candidate: Candidate) -> int:
+        """Workers that died in the quality probe of the candidate's numerics since the candidate's
+        latest stored result (so that search.retry_failed probes again). Every batch size and thread
+        count of the numerics runs the same probe: its deaths are charged to all of them."""
+        return self.deaths_since(PROBE_CLAIM_PREFIX + candidate.numerics_key(), self._result_time(candidate))
+
+    def _result_time(self, candidate: Candidate) -> float:
         record = self._records.get(candidate.key())
-        since = float(record["created_at"]) if record is not None else 0.0
-        return self.deaths_since(candidate.key(), since)
+        return float(record["created_at"]) if record is not None else 0.0
+
+    def candidates_held_elsewhere(self) -> list[str]:
+        """Candidates other live workers of this context hold: evaluations under way (a quality
+        lease is none)."""
+        return [key for key in self.held_by_others() if not key.startswith(QUALITY_CLAIM_PREFIX)]
 
     # --- quality per numerics ------------------------------------------------------------------
 

@@ -246,7 +246,7 @@ def test_optuna_search_finds_a_feasible_best_within_its_budget(tmp_path: Path, c
     assert "sampler optuna (tpe), 1 worker(s) (local)" in report
     counts = re.search(
         r"measured (\d+) \(feasible (\d+)\), rejected by the quality bound (\d+), failed (\d+), pruned (\d+), "
-        r"excluded by rules (\d+), not reached within the budget (\d+)",
+        r"excluded by rules (\d+), not reached \(budget, search.max_candidates or search.patience\) (\d+)",
         report,
     )
     assert counts is not None, report

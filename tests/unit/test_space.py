@@ -316,6 +316,21 @@ def test_extra_candidates_come_first_and_are_not_repeated(make_target) -> None:
     assert excluded == []
 
 
+def test_extra_entries_that_spell_one_deployment_are_one_candidate(make_target) -> None:
+    """Threads left to their default on a CPU are all cores: the second entry says the same."""
+    cfg = space(batch_sizes=[1])
+    cfg.extra = [
+        {"batch_size": 512, "precision": "bf16"},
+        {"batch_size": 512, "precision": "bf16", "threads": 4},
+        {"batch_size": 1, "precision": "fp32"},  # the grid's own
+    ]
+    valid, _ = enumerate_candidates(cfg, make_target(cores=4))
+    assert [(c.batch_size, c.settings.precision, c.threads) for c in valid] == [
+        (512, "bf16", 4),
+        (1, "fp32", 4),
+    ]
+
+
 def test_a_bad_extra_candidate_names_its_index(make_target) -> None:
     cfg = space()
     cfg.extra = [{"batch_size": 1}, {"batch_size": 1, "turbo": True}]

@@ -395,3 +395,44 @@ def test_a_row_committed_after_a_later_numbered_one_is_still_read(
     commit(stale, 4)  # an older row of a candidate already read at 5 must not replace it
     assert reader.refresh() == []
     assert reader.get(late.candidate) == late
+
+
+def exited_worker(path: Path, context: str = "ctx") -> TrialStore:
+    """A store as a worker of this host that has since exited would have used it."""
+    from optimizer.store.leases import worker_identity
+
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    return TrialStore(path, context, worker=f"{worker_identity().rsplit(':', 2)[0]}:{exited.pid}:gone")
+
+
+def test_deaths_in_a_quality_probe_count_for_every_candidate_of_its_numerics(
+    tmp_path: Path, make_result
+) -> None:
+    path = tmp_path / "t.db"
+    store = TrialStore(path, "ctx")
+    result = make_result()
+    candidate = result.candidate
+    sibling = replace(candidate, batch_size=candidate.batch_size * 2)
+    probe = "quality/probe/" + candidate.numerics_key()
+    for _ in range(2):
+        assert exited_worker(path).claim(probe, 3600) and store.claim(probe, 60)
+        store.release(probe)
+    assert store.deaths_probing(candidate) == 2 and store.deaths_probing(sibling) == 2
+    assert store.deaths_measuring(sibling) == 0  # the candidates' own leases saw no death
+    store.append(result)  # a result written since (retry_failed's) starts its count afresh
+    assert store.deaths_probing(candidate) == 0 and store.deaths_probing(sibling) == 2
+
+
+def test_candidates_other_live_workers_hold(tmp_path: Path) -> None:
+    """What other workers are measuring now: their leases on candidates, not on quality probes,
+    not a dead worker's and not a lapsed one elsewhere."""
+    path = tmp_path / "t.db"
+    store, other = TrialStore(path, "ctx"), TrialStore(path, "ctx")
+    assert store.claim("mine", 60) and other.claim("theirs", 60) and other.claim("quality/n", 60)
+    assert exited_worker(path).claim("dead", 3600)
+    assert TrialStore(path, "ctx", worker="elsewhere:1:x").claim("lapsed", 0.01)
+    assert TrialStore(path, "ctx", worker="elsewhere:2:x").claim("remote", 60)
+    assert exited_worker(path, "other context").claim("there", 3600)
+    time.sleep(0.05)
+    assert sorted(store.candidates_held_elsewhere()) == ["remote", "theirs"]

@@ -307,3 +307,61 @@ def test_the_artifact_an_engine_serves_is_in_its_result_and_survives_the_store(
     assert CandidateResult.from_dict(result.to_dict()).artifact == result.artifact  # as stored
     plain = make_evaluator().evaluate(make_candidate(batch_size=2))
     assert plain.status == MEASURED and plain.artifact is None
+
+
+def dead_worker(path: Path) -> TrialStore:
+    """A store as a worker of this host that has since died would have used it."""
+    import subprocess
+
+    from optimizer.store.leases import worker_identity
+
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    return TrialStore(path, "ctx", worker=f"{worker_identity().rsplit(':', 2)[0]}:{exited.pid}:dead")
+
+
+def test_numerics_whose_quality_probe_killed_two_processes_fail_unbuilt(
+    log, make_evaluator, make_candidate, tmp_path
+) -> None:
+    """The probe does not depend on the batch size: once two processes died in a numerics' probe,
+    its other batch sizes fail at once instead of each killing two more."""
+    path = tmp_path / "t.db"
+    probe = "quality/probe/" + make_candidate(precision="bf16").numerics_key()
+    assert dead_worker(path).claim(probe, 3600)  # died probing bf16
+    taker = TrialStore(path, "ctx")
+    assert taker.claim(probe, 60)  # taken over by the next: the first death
+    taker.release(probe)
+    assert dead_worker(path).claim(probe, 3600)  # which died probing it too
+    evaluator = make_evaluator(store=TrialStore(path, "ctx"))
+    for batch_size in (4, 8):
+        failed = evaluator.evaluate(make_candidate(batch_size=batch_size, precision="bf16"))
+        assert failed.status == FAILED
+        assert failed.reason is not None and failed.reason.startswith("2 processes died in the quality probe")
+    assert ("build", "bf16 kv=dynamic") not in log
+    assert evaluator.evaluate(make_candidate(batch_size=4)).status == MEASURED  # other numerics
+    assert evaluator.store is not None and evaluator.store.claims_held() == 0
+
+
+def test_the_probe_lease_is_held_around_the_probe_only(
+    log, make_evaluator, make_candidate, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A death in a build depends on its batch size: only one in the probe is the numerics'."""
+    store = TrialStore(tmp_path / "t.db", "ctx")
+    candidate = make_candidate(batch_size=2, precision="bf16")
+    probe = "quality/probe/" + candidate.numerics_key()
+    holders: list = []
+    build, probe_quality = evaluate_module.build_engine, evaluate_module.evaluate_quality
+
+    def building(model, cand, target, workdir):
+        holders.append(("build", store.claim_owner(probe)))
+        return build(model, cand, target, workdir)
+
+    def probing(engine, reference):
+        holders.append(("probe", store.claim_owner(probe)))
+        return probe_quality(engine, reference)
+
+    monkeypatch.setattr(evaluate_module, "build_engine", building)
+    monkeypatch.setattr(evaluate_module, "evaluate_quality", probing)
+    assert make_evaluator(store=store).evaluate(candidate).status == MEASURED
+    assert holders[1:] == [("build", None), ("probe", store.worker)]  # [0]: the reference's build
+    assert store.claims_held() == 0

@@ -323,3 +323,115 @@ def test_progress_says_how_long_the_search_can_still_take(
     run_search(cands, [], cands[0], ev, search, BOUND, progress=lines.append, clock=lambda: 0.0)
     assert lines[0].endswith(f"(60 s); search: up to {after_first} left")
     assert "left" not in lines[-1]  # nothing is left after the last
+
+
+def in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The candidates in the given order, by a sampler that is not a grid (a grid ignores patience)."""
+    from optimizer.search import runner as runner_module
+    from optimizer.search.samplers import GridSampler
+
+    class InOrder(GridSampler):
+        pass
+
+    monkeypatch.setattr(runner_module, "make_sampler", lambda cfg, candidates, *_: InOrder(candidates))
+
+
+def test_patience_counts_only_candidates_that_meet_the_slo(
+    evaluator, make_candidate, make_performance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Best-bound order puts the large batches first, and those miss the SLO: a result that is not
+    feasible says nothing about the order finding winners, so it neither counts nor resets."""
+    in_order(monkeypatch)
+    ev = evaluator()
+    measure = ev.evaluate
+
+    def large_batches_miss_the_slo(candidate, role="candidate", stop_below=None):
+        result = measure(candidate, role, stop_below)
+        if candidate.batch_size < 16:
+            return result
+        late = make_performance(goodput_tokens_per_joule=candidate.batch_size, slo_violations=["TPOT"])
+        return replace(result, performance=late)
+
+    ev.evaluate = large_batches_miss_the_slo
+    candidates = [make_candidate(batch_size=b) for b in (64, 32, 16, 8, 1, 48, 2, 4)]
+    outcome = run_search(
+        candidates, [], candidates[0], ev, SearchConfig(patience=2), BOUND, progress=lambda _: None
+    )
+    # 8 is the first feasible best; 1 and 2 lose (48 between them misses the SLO): stop
+    assert [c.batch_size for c, _ in ev.asked] == [64, 32, 16, 8, 1, 48, 2]
+    assert outcome.not_reached == [candidates[-1]]
+
+
+def test_a_rerun_picks_patience_up_where_the_stored_results_leave_it(
+    evaluator, make_candidate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_order(monkeypatch)
+    candidates = [make_candidate(batch_size=b) for b in (64, 1, 2, 4, 8, 16)]
+    first = evaluator()
+    run_search(candidates, [], candidates[0], first, SearchConfig(patience=2), BOUND, progress=lambda _: None)
+    assert [c.batch_size for c, _ in first.asked] == [64, 1, 2]
+    again = evaluator()  # the same search again: its patience ran out already
+    outcome = run_search(
+        candidates, [], candidates[0], again, SearchConfig(patience=2), BOUND, progress=lambda _: None
+    )
+    assert again.asked == [] and outcome.not_reached == candidates[3:]
+    longer = evaluator()  # one more loser allowed: one more measured
+    run_search(
+        candidates, [], candidates[0], longer, SearchConfig(patience=3), BOUND, progress=lambda _: None
+    )
+    assert [c.batch_size for c, _ in longer.asked] == [4]
+
+
+def test_the_candidate_cap_counts_what_other_workers_are_measuring(
+    evaluator, make_candidate, tmp_path: Path
+) -> None:
+    candidates = [make_candidate(batch_size=b) for b in (1, 2, 4, 8)]
+    ev = evaluator()
+    other = TrialStore(tmp_path / "trials.db", "ctx", run_id=ev.store.run_id)  # a live worker
+    assert other.claim(candidates[3].key(), 60)  # measuring batch 8
+    assert other.claim("quality/" + candidates[3].numerics_key(), 60)  # a probe is no evaluation
+    outcome = run_search(
+        candidates, [], candidates[0], ev, SearchConfig(max_candidates=3), BOUND, progress=lambda _: None
+    )
+    # batch 1 and 2 here and batch 8 there fill the cap of three: batch 4 is not started
+    assert [c.batch_size for c, _ in ev.asked] == [1, 2]
+    assert outcome.not_reached == candidates[2:]
+    assert ev.store.claims_held() == 0
+
+
+def test_workers_together_stay_within_the_candidate_cap(evaluator, make_candidate) -> None:
+    import threading
+    import time
+
+    from optimizer.search.runner import search_worker
+
+    candidates = [make_candidate(batch_size=b, threads=t) for t in (1, 2, 4) for b in (1, 2, 4, 8)]
+    search = SearchConfig(sampler="random", max_candidates=4, workers=3)
+    workers = [evaluator() for _ in range(3)]
+    for ev in workers:
+        ev.store.run_id = "one-run"
+        measure = ev.evaluate
+        ev.evaluate = lambda c, role="candidate", stop_below=None, m=measure: time.sleep(0.3) or m(c, role)
+    threads = [
+        threading.Thread(
+            target=search_worker, args=(candidates, candidates[0], ev, search, BOUND, lambda _: None)
+        )
+        for ev in workers
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    workers[0].store.refresh()
+    assert 1 <= workers[0].store.run_count() <= 4
+    assert sum(len(ev.asked) for ev in workers) == workers[0].store.run_count()
+
+
+def test_progress_shows_a_stored_result_rejected_under_this_runs_bound(evaluator, make_candidate) -> None:
+    candidates = [make_candidate(batch_size=b) for b in (1, 2)]
+    loose, strict = QualityConfig(max_kl=0.1), QualityConfig(max_kl=0.0005)  # the fake's KL: 0.001
+    run_search(candidates, [], candidates[0], evaluator(), SearchConfig(), loose, progress=lambda _: None)
+    lines: list[str] = []
+    run_search(candidates, [], candidates[0], evaluator(), SearchConfig(), strict, progress=lines.append)
+    assert len(lines) == 2
+    assert all("REJECTED: KL 0.0010 > quality.max_kl 0.0005" in line for line in lines)

@@ -1,0 +1,36 @@
+"""The search's progress lines: one per candidate as its result becomes known."""
+
+from __future__ import annotations
+
+from optimizer.results import FAILED, MEASURED, PRUNED, CandidateResult
+
+
+def rough_duration(seconds: float) -> str:
+    """`~40 s`, `~7 min`: an estimate's resolution."""
+    return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min"
+
+
+def progress_line(index: int, total: int, result: CandidateResult, mine: bool) -> str:
+    head = f"[{index}/{total}] {result.candidate.label():<40}"
+    if result.reused:
+        tag = " (stored)"
+    elif result.status == PRUNED:
+        tag = ""
+    else:
+        tag = f" ({result.seconds:.0f} s{'' if mine else ', another worker'})"
+    if result.status == FAILED:
+        return f"{head} FAILED {result.reason}{tag}"
+    parts = []
+    if result.quality is not None:
+        q = result.quality
+        parts.append(f"ppl {q.ppl_increase:+.2%} top1 {q.top1_agreement:.1%} KL {q.mean_kl:.4f}")
+    if result.status != MEASURED:  # a stored measurement may be rejected under this run's bound
+        parts.append(f"{result.status.upper()}: {result.reason}")
+    if result.performance is not None:
+        p = result.performance
+        slo = "SLO ok" if p.slo_met else "SLO missed"
+        parts.append(
+            f"{p.tokens_per_second.mean:.1f} tok/s | {p.tokens_per_joule.mean:.2f} tok/J "
+            f"(goodput {p.goodput_tokens_per_joule.mean:.2f}, {p.source}) | {slo}"
+        )
+    return f"{head} {' | '.join(parts)}{tag}"
