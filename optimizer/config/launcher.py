@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from optimizer.config.checks import require, require_subset
+from optimizer.config.checks import require, require_finite, require_subset
 
 LAUNCHERS = ("local", "ray", "slurm")
 SUBMITIT_CLUSTERS = ("slurm", "local", "debug")
@@ -21,6 +21,7 @@ class RayConfig:
     cpus_per_worker: float = 1.0
 
     def __post_init__(self) -> None:
+        require_finite(self, "launcher.ray")
         require(self.cpus_per_worker > 0, "launcher.ray.cpus_per_worker", "must be > 0", "e.g. 1")
 
 
@@ -44,6 +45,7 @@ class SlurmConfig:
     dry_run: bool = False
 
     def __post_init__(self) -> None:
+        require_finite(self, "launcher.slurm")
         require_subset([self.cluster], SUBMITIT_CLUSTERS, "launcher.slurm.cluster")
         require(self.timeout_min >= 1, "launcher.slurm.timeout_min", "must be >= 1", "e.g. 240")
         require(self.gpus_per_node >= 0, "launcher.slurm.gpus_per_node", "must be >= 0", "e.g. 1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimizer.config.checks import require, require_subset
+from optimizer.config.checks import require, require_finite, require_subset
 
 # What candidates are compared with, and how reports name it: the model run eagerly by torch in a
 # precision (fp32, the default, de-quantizes a GGUF; bf16 and fp16 hold half as much, for a
@@ -44,6 +44,7 @@ class QualityConfig:
     reference: str = "fp32"
 
     def __post_init__(self) -> None:
+        require_finite(self, "quality")
         require_subset([self.reference], list(QUALITY_REFERENCES), "quality.reference")
         require(self.num_sequences >= 1, "quality.num_sequences", "must be >= 1", "e.g. 16")
         require(self.seq_tokens >= 8, "quality.seq_tokens", "must be >= 8", "e.g. 128")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from optimizer.config.checks import require, require_subset
+from optimizer.config.checks import require, require_finite, require_subset
 
 SAMPLERS = ("grid", "random", "optuna", "bound", "auto")
 OPTUNA_ALGORITHMS = ("tpe", "nsga2")
@@ -79,6 +79,7 @@ class SearchConfig:
     optuna: OptunaConfig = field(default_factory=OptunaConfig)
 
     def __post_init__(self) -> None:
+        require_finite(self, "search")
         require_subset([self.sampler], SAMPLERS, "search.sampler")
         require(
             self.candidate_timeout_minutes > 0, "search.candidate_timeout_minutes", "must be > 0", "e.g. 15"

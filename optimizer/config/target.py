@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimizer.config.checks import require, require_subset
+from optimizer.config.checks import require, require_finite, require_subset
 
 TARGET_KINDS = ("auto", "cpu", "cuda")
 ENERGY_SOURCES = ("auto", "nvml", "rapl", "estimate")
@@ -43,6 +43,7 @@ class TargetConfig:
     cpu_idle_watts_per_core: float = 1.5
 
     def __post_init__(self) -> None:
+        require_finite(self, "target")
         require_subset([self.kind], TARGET_KINDS, "target.kind")
         require_subset([self.energy_source], ENERGY_SOURCES, "target.energy_source")
         require(self.device_index >= 0, "target.device_index", "is negative", "use 0 for the first GPU")

@@ -25,6 +25,7 @@ class SloConfig:
     tpot_ms: float | None = 250.0
 
     def __post_init__(self) -> None:
+        require_finite(self, "workload.slo")
         require(0 < self.percentile <= 100, "workload.slo.percentile", "must be in (0, 100]", "e.g. 90")
         for name in ("ttft_ms", "tpot_ms"):
             value = getattr(self, name)
@@ -49,6 +50,7 @@ class LengthConfig:
 
     def check(self, field_name: str) -> None:
         require_subset([self.kind], LENGTH_KINDS, f"{field_name}.kind")
+        require_finite(self, field_name)
         require(
             1 <= self.min <= self.max,
             field_name,
