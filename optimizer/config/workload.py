@@ -7,13 +7,29 @@ measures the steady state; see optimizer/measure/stream.py and serving.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 from optimizer.config.checks import require, require_finite, require_subset
 
 WORKLOAD_KINDS = ("offline", "serving")
 ARRIVALS = ("poisson", "constant", "gamma")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal")
+# What only a request stream reads: set on an offline workload, each would be ignored without a word
+SERVING_FIELDS = (
+    "rate",
+    "rates",
+    "requests",
+    "arrivals",
+    "arrival_cv",
+    "prompt_lengths",
+    "output_lengths",
+    "shared_prefix_tokens",
+    "turns",
+    "turn_gap_seconds",
+    "trace",
+    "warmup_requests",
+    "drain_requests",
+)
 
 
 @dataclass
@@ -139,11 +155,14 @@ class WorkloadConfig:
             "a stream needs >= 2 requests, e.g. 40",
         )
         require_subset([self.arrivals], ARRIVALS, "workload.arrivals")
+        ignored = [] if self.serving else self._serving_fields_set()
         require(
-            not self.trace or self.serving,
-            "workload.trace",
-            "is replayed only by a serving workload; this one is kind=offline (closed batches)",
-            "add workload.kind=serving, or start from a serving preset: workload=chat workload.trace=FILE",
+            not ignored,
+            f"workload.{ignored[0] if ignored else ''}",
+            "is read only by a serving workload (a request stream); this one is kind=offline "
+            "(closed batches), which would ignore it",
+            "add workload.kind=serving (`kind: serving` in your own preset), or start from a serving "
+            "preset: workload=chat",
         )
         require(
             self.arrivals != "gamma" or self.arrival_cv > 0,
@@ -175,6 +194,15 @@ class WorkloadConfig:
     @property
     def serving(self) -> bool:
         return self.kind == "serving"
+
+    def _serving_fields_set(self) -> list[str]:
+        """The serving-only fields that differ from their defaults."""
+        changed = []
+        for item in fields(self):
+            default = item.default_factory() if item.default_factory is not MISSING else item.default
+            if item.name in SERVING_FIELDS and getattr(self, item.name) != default:
+                changed.append(item.name)
+        return changed
 
     def leaves_steady_state(self, requests: int) -> bool:
         """Whether a stream of `requests` keeps some between its warm-up and its drain."""

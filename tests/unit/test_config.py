@@ -361,3 +361,11 @@ def test_a_bare_model_directory_suggests_model(tmp_path) -> None:
     with pytest.raises(UserError) as info:
         compose_run_config([str(tmp_path)])
     assert info.value.fix.endswith(f"model={tmp_path}")
+
+
+@pytest.mark.parametrize("override", ["workload.rate=4", "workload.turns=4", "workload.trace=t.jsonl"])
+def test_a_streams_setting_on_closed_batches_is_refused(override: str) -> None:
+    """An offline workload reads none of them: each was ignored without a word."""
+    with pytest.raises(UserError) as info:
+        compose_run_config(["workload=batch", override])
+    assert info.value.field == override.partition("=")[0] and "kind=offline" in info.value.problem
