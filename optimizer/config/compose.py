@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from optimizer.config.presets import CONF_DIR, check_config_dir, expand_model_shorthand, group_options
+from optimizer.config.presets import CONF_DIR, GROUPS, check_config_dir, expand_model_shorthand, group_options
 from optimizer.config.run import RunConfig
 from optimizer.errors import UserError
 
@@ -103,13 +103,23 @@ def _check_override_syntax(overrides: Sequence[str]) -> None:
             )
         if "=" not in item and not item.startswith("~"):  # `~key` is Hydra's deletion: its error
             raise _bare_word(item, overrides)
+        key, _, value = item.partition("=")
+        key = key.lstrip("+~") or "overrides"
         try:
-            parser.parse_overrides([item])
+            (parsed,) = parser.parse_overrides([item])
         except (HydraException, ValueError) as exc:
-            key = item.partition("=")[0].lstrip("+~") or "overrides"
             raise UserError(
                 key, f"cannot parse '{item}': {_first_line(exc)}", "check brackets and quotes"
             ) from None
+        if parsed.is_sweep_override():  # Hydra reads `a,b` as a sweep; optimize runs no sweeps
+            preset = key in GROUPS and key != "model"  # (a model path may hold a comma)
+            raise UserError(
+                key,
+                f"'{value}' is read as several values (a comma outside quotes or brackets)",
+                f"one preset per run: {key}={value.split(',')[0]}"
+                if preset
+                else f"quote it: \"{key}='{value}'\" (a list is [a,b])",
+            )
         _check_key(item)
 
 

@@ -369,3 +369,18 @@ def test_a_streams_setting_on_closed_batches_is_refused(override: str) -> None:
     with pytest.raises(UserError) as info:
         compose_run_config(["workload=batch", override])
     assert info.value.field == override.partition("=")[0] and "kind=offline" in info.value.problem
+
+
+@pytest.mark.parametrize(
+    ("override", "fix"),
+    [
+        ("quality.text=/tmp/my,text.txt", "quote it: \"quality.text='/tmp/my,text.txt'\""),
+        ("workload=chat,batch", "one preset per run: workload=chat"),
+    ],
+)
+def test_a_comma_outside_quotes_names_its_key_and_a_fix_that_works(override: str, fix: str) -> None:
+    """Hydra reads `a,b` as a sweep: the error named `overrides` and suggested --multirun, refused."""
+    with pytest.raises(UserError) as info:
+        compose_run_config([override])
+    assert info.value.field == override.partition("=")[0] and info.value.fix.startswith(fix)
+    assert compose_run_config(["quality.text='/tmp/my,text.txt'"]).quality.text == "/tmp/my,text.txt"
