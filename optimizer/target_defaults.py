@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from optimizer.config import RunConfig, TargetConfig, WorkloadConfig, compose_run_config
+from optimizer.config.space import BACKENDS
+from optimizer.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,12 @@ def targets_a_gpu(target: TargetConfig) -> bool:
 def compose_for_target(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> RunConfig:
     """compose_run_config, with the GPU presets for the groups the user left to their default
     when the target is a GPU."""
+    cfg = _target_presets(overrides, config_dir)
+    _check_axes_searched(cfg, overrides)
+    return cfg
+
+
+def _target_presets(overrides: Sequence[str], config_dir: str | Path | None) -> RunConfig:
     cfg = compose_run_config(overrides, config_dir)
     chosen = chosen_groups(overrides)
     defaults = {g: p for g, p in GPU_PRESETS.items() if g not in chosen}
@@ -61,6 +69,22 @@ def compose_for_target(overrides: Sequence[str] = (), config_dir: str | Path | N
         )
         return compose_run_config([f"space={SHARED_PREFIX_SPACE}", *overrides], config_dir)
     return cfg
+
+
+def _check_axes_searched(cfg: RunConfig, overrides: Sequence[str]) -> None:
+    """An axis set for a backend the space does not search (`space.llamacpp.prefix_sharing=...`
+    where llama.cpp comes only from `space.extra`, whose entries carry their own settings) would
+    change nothing: refused, naming the key."""
+    for key in sorted(chosen_groups(overrides)):
+        group, _, axis = key.removeprefix("space.").partition(".")
+        backend = group.replace("_", "-")
+        if key.startswith("space.") and axis and backend in BACKENDS and backend not in cfg.space.backends:
+            raise UserError(
+                key,
+                f"sets an axis of {backend}, which this space does not search (space.backends="
+                f"{cfg.space.backends}; an entry of space.extra carries its own settings)",
+                f"search it too: space.backends=[{','.join([*cfg.space.backends, backend])}]",
+            )
 
 
 def shares_prefixes(workload: WorkloadConfig) -> bool:

@@ -14,6 +14,7 @@ from optimizer import cli
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
 from optimizer.config import RunConfig, compose_run_config
+from optimizer.errors import UserError
 from optimizer.space import enumerate_candidates
 from optimizer.target_defaults import chosen_groups, compose_for_target, trace_shares_prefixes
 
@@ -176,3 +177,15 @@ def test_the_gpu_default_space_on_a_gpu(make_target) -> None:
     if not (flash or flash3):
         assert len(excluded) == 8
         assert all("flash-attn" in reason for _, reason in excluded)
+
+
+def test_an_axis_of_a_backend_the_space_does_not_search_is_refused() -> None:
+    """cpu-agent serves llama.cpp only from space.extra, whose entries carry their own settings: the
+    axis changed nothing, and the README's comparison measured one variant."""
+    args = ["target=cpu", "workload=agent", "space.llamacpp.prefix_sharing=[true,false]"]
+    with pytest.raises(UserError) as info:
+        compose_for_target(args)
+    assert info.value.field == "space.llamacpp.prefix_sharing"
+    assert info.value.fix == "search it too: space.backends=[torch-cb,llamacpp]"
+    searched = compose_for_target([*args, "space.backends=[torch-cb,llamacpp]"]).space
+    assert searched.llamacpp.prefix_sharing == [True, False]
