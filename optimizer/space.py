@@ -22,7 +22,7 @@ from typing import Any, get_type_hints
 from optimizer.backends.base import ModelRules
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
 from optimizer.backends.registry import SPECS_BY_NAME, BackendSettings, serves_gguf, spec_for
-from optimizer.backends.torch.settings import TorchSettings
+from optimizer.backends.torch.settings import TorchSettings, build_key_tag
 from optimizer.config import HALF_REFERENCES, SpaceConfig
 from optimizer.errors import UserError
 from optimizer.model import ModelShape
@@ -101,14 +101,15 @@ class Candidate:
         return cls(settings=settings_type(**values), **counts)
 
     def key(self) -> str:
-        return _digest(self.to_dict())
+        return _digest(self.to_dict() | build_key_tag(self.settings))
 
     def numerics_key(self) -> str:
         """What the quality probe's numbers depend on: candidates sharing it share one probe.
         Batch size, threads and replicas never change them; a tensor-parallel degree sums partial
         products in another order."""
         tp = {"tensor_parallel": self.tensor_parallel} if self.tensor_parallel != 1 else {}
-        return _digest({"backend": self.backend} | self.settings.probe_settings() | tp)
+        tag = build_key_tag(self.settings)
+        return _digest({"backend": self.backend} | self.settings.probe_settings() | tp | tag)
 
     def label(self) -> str:
         threads = f" t{self.threads}" if self.threads else ""

@@ -7,16 +7,18 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from optimizer.backends.base import Generation
 from optimizer.backends.torch import decode_attention
 from optimizer.backends.torch.compiling import cache_argument
-from optimizer.backends.torch.fp8_static import quantize_fp8_static
+from optimizer.backends.torch.fp8_static import excluded_weights, quantize_fp8_static
 from optimizer.backends.torch.graph_loop import GraphDecoder
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch.slot_server import SlotEngine
@@ -110,7 +112,14 @@ def quantize_weights(hf_model: Any, settings: TorchSettings, model: ModelSpec) -
         "int4-weight": Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"),
         "fp8": Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
     }
-    quantize_(hf_model, configs[settings.quantization])
+    # torchao's default filter takes every Linear, lm_head too: that would untie it from the
+    # embedding (a quantized copy beside the 16-bit one) and quantize the output projection
+    kept = excluded_weights(hf_model)
+    quantize_(
+        hf_model,
+        configs[settings.quantization],
+        filter_fn=lambda module, _name: isinstance(module, nn.Linear) and id(module.weight) not in kept,
+    )
 
 
 class _TokenClock:
@@ -138,12 +147,45 @@ def scoring_cache(kv_cache: str, config: Any) -> Any:
     )
 
 
+@contextmanager
+def _checkpoint_defaults_left_out(hf_model: Any) -> Iterator[None]:
+    """generate() fills each field its config leaves unset from `hf_model.generation_config`, the
+    checkpoint's generation_config.json (Qwen2.5-Instruct: repetition_penalty 1.1; others
+    no_repeat_ngram_size, suppress_tokens, eos_token_id, ...). An empty one in its place for the
+    call leaves transformers' neutral defaults instead."""
+    from transformers import GenerationConfig
+
+    kept = hf_model.generation_config
+    hf_model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        hf_model.generation_config = kept
+
+
+def check_plain_greedy(hf_model: Any, config: Any, ids: torch.Tensor) -> None:
+    """Raise unless generate() would decode `config` as plain greedy: no logits processor (it would
+    move the argmax) and no EOS (it would end rows early). Builds what generate() builds from it,
+    with the same (private) transformers steps, and runs no forward."""
+    prepared, _ = hf_model._prepare_generation_config(config)
+    hf_model._prepare_special_tokens(prepared, True, device=ids.device)
+    processors = hf_model._get_logits_processor(
+        prepared, input_ids_seq_length=ids.shape[1], device=ids.device
+    )
+    if len(processors):
+        names = ", ".join(type(p).__name__ for p in processors)
+        raise RuntimeError(f"generate would process logits ({names}); greedy decoding must not")
+    if prepared._eos_token_tensor is not None:
+        raise RuntimeError(f"generate would stop at EOS {prepared.eos_token_id}; rows must not end early")
+
+
 class TorchEngine:
     def __init__(self, hf_model: Any, settings: TorchSettings, device: str) -> None:
         self.model = hf_model
         self.settings = settings
         self.device = torch.device(device)
         self._decoder: GraphDecoder | None = None  # loop=graph: one captured shape at a time
+        self._checked_plain_greedy = False  # loop=hf: check_plain_greedy, on the first generate
 
     def _generation_config(self, max_new_tokens: int) -> Any:
         from transformers import CompileConfig, GenerationConfig
@@ -162,11 +204,14 @@ class TorchEngine:
             kwargs["compile_config"]._compile_all_devices = True  # HF compiles only on accelerators otherwise
         else:
             kwargs["disable_compile"] = True  # HF would silently compile a static cache on CUDA
+        # Plain greedy, as the other loops and the parity reference decode: no processing field
+        # and no EOS (nor the checkpoint's: see _checkpoint_defaults_left_out), so every step
+        # takes the raw argmax and every row runs exactly max_new_tokens (fixed work per request).
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens,  # fixed work per request: EOS is suppressed
             do_sample=False,
-            pad_token_id=self._pad_token_id(),
+            num_beams=1,
+            pad_token_id=self._pad_token_id(),  # fills generate_padded's left padding
             **kwargs,
         )
 
@@ -194,17 +239,19 @@ class TorchEngine:
         return self._hf_generate(ids, mask, max_new_tokens)
 
     def _hf_generate(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> Generation:
+        config = self._generation_config(max_new_tokens)
         clock = _TokenClock()
-        self._sync()
-        start = time.perf_counter()
-        output = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            generation_config=self._generation_config(max_new_tokens),
-            streamer=clock,
-        )
-        self._sync()
-        end = time.perf_counter()
+        with _checkpoint_defaults_left_out(self.model):
+            if not self._checked_plain_greedy:
+                check_plain_greedy(self.model, config, ids)
+                self._checked_plain_greedy = True
+            self._sync()
+            start = time.perf_counter()
+            output = self.model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=config, streamer=clock
+            )
+            self._sync()
+            end = time.perf_counter()
         new_tokens = output.shape[1] - ids.shape[1]
         # stamps: [prompt, token 1, ..., token n, end]; the first token is ready at stamps[1]
         first_token = clock.stamps[1] if len(clock.stamps) > 2 else end

@@ -129,8 +129,9 @@ class Fp8StaticReport:
         )
 
 
-def _excluded_weights(model: nn.Module) -> set[int]:
-    """ids of the output projection's weight and the input embedding's (lm_head may be tied to it)."""
+def excluded_weights(model: nn.Module) -> set[int]:
+    """ids of the weights every weight quantization keeps in 16-bit (fp8-static here, torchao in
+    backend.py): the output projection's and the input embedding's (lm_head may be tied to it)."""
     excluded: set[int] = set()
     for getter in ("get_output_embeddings", "get_input_embeddings"):
         get: Callable[[], Any] | None = getattr(model, getter, None)
@@ -143,7 +144,7 @@ def _excluded_weights(model: nn.Module) -> set[int]:
 
 def _classify(model: nn.Module) -> tuple[dict[str, nn.Linear], list[tuple[str, str]]]:
     """Every nn.Linear of `model`: the eligible ones by name, and the others with the reason."""
-    excluded = _excluded_weights(model)
+    excluded = excluded_weights(model)
     eligible: dict[str, nn.Linear] = {}
     skipped: list[tuple[str, str]] = []
     for name, module in model.named_modules():

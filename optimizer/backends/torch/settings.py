@@ -14,6 +14,22 @@ from optimizer.config import (
     TORCH_QUANTIZATIONS,
 )
 
+# What quantize_weights builds for a torchao quantization (torch and torch-cb candidates, by their
+# backend's name); bump when it changes. It goes into those candidates' store keys and numerics
+# keys, not their dicts or recipes, so that their stored results and quality probes are measured
+# again while no other candidate's key changes. 1 (no tag): every Linear; 2: not lm_head.
+TORCHAO_BUILD = 2
+TORCHAO_QUANTIZATIONS = frozenset({"int8-dynamic", "int8-weight", "int4-weight", "fp8"})
+TORCHAO_BACKENDS = frozenset({"torch", "torch-cb"})
+
+
+def build_key_tag(settings: object) -> dict[str, int]:
+    """Keyed beside `settings` where what they build changed after stores were written."""
+    backend, quantization = getattr(settings, "BACKEND", None), getattr(settings, "quantization", None)
+    if backend in TORCHAO_BACKENDS and quantization in TORCHAO_QUANTIZATIONS:
+        return {"torchao_build": TORCHAO_BUILD}
+    return {}
+
 
 @dataclass(frozen=True)
 class TorchSettings:

@@ -235,3 +235,21 @@ def test_every_static_cache_is_checked_for_greedy_parity() -> None:
     assert TorchSettings(kv_cache="offloaded_static").generate_only_paths
     assert TorchSettings(kv_cache="static").generate_only_paths
     assert not TorchSettings(kv_cache="offloaded").generate_only_paths
+
+
+@pytest.mark.parametrize("quantization", ["int8-weight", "int8-dynamic"])
+def test_torchao_quantization_keeps_the_output_projection_tied_and_16_bit(
+    tiny_spec: ModelSpec, quantization: str
+) -> None:
+    """As fp8-static does (and as the footprint assumes): a quantized lm_head would be a copy beside
+    the 16-bit embedding it was tied to, and the output projection stays 16-bit for quality."""
+    from optimizer.backends.torch.backend import load_hf_model, quantize_weights
+
+    model = load_hf_model(tiny_spec, "bf16", "sdpa", "cpu")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    quantize_weights(model, TorchSettings(precision="bf16", quantization=quantization), tiny_spec)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied: one tensor
+    assert type(model.lm_head.weight) is torch.nn.Parameter
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    quantized = type(model.model.layers[0].self_attn.q_proj.weight)
+    assert quantized is not torch.nn.Parameter  # the other Linears are quantized
