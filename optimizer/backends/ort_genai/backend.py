@@ -2,7 +2,8 @@
 (fp32/fp16/bf16/int8/int4), and onnxruntime-genai runs it with the candidate's batch and threads.
 
 Builds run as a subprocess (the builder holds the whole model in memory and prints progress bars)
-into the run's cache, keyed by (weights sha256, builder options, genai version), and are reused.
+into the run's cache, keyed by (weights sha256, builder options, the config and tokenizer files it
+reads, the versions of genai and the packages its builder runs on), and are reused.
 Some option sets exit 0 yet write a model that does not load, so every build is load-checked.
 """
 
@@ -18,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,8 @@ import torch
 
 from optimizer.backends.artifacts import artifact_key, cached_artifact
 from optimizer.backends.base import Generation, load_check
+from optimizer.backends.installed import ONNX_RUNTIME, distribution_version
+from optimizer.backends.onnx.export import model_files_sha256
 from optimizer.backends.ort_genai.serving import GenaiEngineServer
 from optimizer.backends.ort_genai.settings import OrtGenaiSettings
 from optimizer.backends.parity import (
@@ -70,19 +72,46 @@ class OrtGenaiBackend:
         return engine
 
 
+# What the builder reads beside the weights: the config, and the generation config and tokenizer
+# files its genai_config's EOS ids come from (it also copies the tokenizer into the build)
+BUILDER_READS = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+)
+# The builder runs genai's own code on transformers (the model) and torch, writes with onnx-ir and
+# onnx, and quantizes with ONNX Runtime's MatMulNBits quantizer
+BUILDER_PACKAGES = (
+    ("onnxruntime-genai", "onnxruntime-genai-cuda"),
+    ONNX_RUNTIME,
+    ("transformers",),
+    ("torch",),
+    ("onnx",),
+    ("onnx-ir",),
+)
+
+
 def build_options(settings: OrtGenaiSettings) -> dict[str, Any]:
-    """Everything that decides the builder's output, apart from the weights."""
+    """Everything that decides the builder's output, apart from the model's files."""
     return {
         "format": BUILD_FORMAT,
         "precision": settings.precision,
         "execution_provider": settings.provider,
         "extra_options": settings.builder_extra_options(),
-        "onnxruntime_genai": _version("onnxruntime-genai"),
+        "packages": [distribution_version(*names) for names in BUILDER_PACKAGES],
     }
 
 
+def build_identity(model: ModelSpec, settings: OrtGenaiSettings) -> dict[str, Any]:
+    """The build's options and the model files it reads besides the weights (in the dir name)."""
+    return {**build_options(settings), "model_files": model_files_sha256(model.path, BUILDER_READS)}
+
+
 def build_dir_for(model: ModelSpec, settings: OrtGenaiSettings, workdir: Path) -> Path:
-    return workdir / "ort-genai" / f"{model.weight_sha256[:16]}-{artifact_key(build_options(settings))}"
+    key = artifact_key(build_identity(model, settings))
+    return workdir / "ort-genai" / f"{model.weight_sha256[:16]}-{key}"
 
 
 def builder_command(model_dir: Path, out_dir: Path, settings: OrtGenaiSettings) -> list[str]:
@@ -135,7 +164,7 @@ def ensure_build(model: ModelSpec, settings: OrtGenaiSettings, workdir: Path) ->
                 f"{log_tail(log_path.read_text(errors='replace'))} (log: {log_path})"
             )
         shutil.rmtree(tmp / "builder-cache", ignore_errors=True)
-        return {"command": command[1:], "options": build_options(settings)}
+        return {"command": command[1:], "options": build_identity(model, settings)}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     return cached_artifact(out, run_builder, f"onnxruntime-genai {settings.label()} model")
@@ -247,9 +276,15 @@ class OrtGenaiEngine:
 
     def _check_engine_parity(self, server: GenaiEngineServer) -> None:
         """The Engine's scheduler, batching and padding act only on streams: its greedy tokens for
-        two prompts of different lengths, batched together, must be what plain forwards decode."""
-        vocab = int(json.loads((self.build_dir / "genai_config.json").read_text())["model"]["vocab_size"])
-        rows = random_prompts(vocab, rows=2, tokens=16)
+        two prompts of different lengths, batched together, must be what plain forwards decode
+        with the build's EOS ids masked, as the Engine masks them. genai 0.18 cannot be made to
+        take the raw argmax and go on past EOS: its eos_token_id must be a vocabulary id, and
+        an EOS ends the sequence unless masked (min_length / set_min_generated_tokens)."""
+        config = json.loads((self.build_dir / "genai_config.json").read_text())["model"]
+        rows = random_prompts(int(config["vocab_size"]), rows=2, tokens=16)
+        # the Engine masks these (exactly CHECKED_TOKENS each): the reference must mask them too
+        eos = config.get("eos_token_id", [])
+        eos_ids = [int(i) for i in eos] if isinstance(eos, list) else [int(eos)]
         prompts = [rows[0].tolist(), rows[1, :11].tolist()]
         ids = [server.submit(prompt, CHECKED_TOKENS) for prompt in prompts]
         done: dict[str, Completion] = {}
@@ -261,7 +296,7 @@ class OrtGenaiEngine:
             if completion is None or completion.error is not None:
                 why = "no result" if completion is None else completion.error
                 raise RuntimeError(f"the onnxruntime-genai Engine did not serve its parity check: {why}")
-            tokens, logits = reference_greedy(self, torch.tensor([prompt]), CHECKED_TOKENS)
+            tokens, logits = reference_greedy(self, torch.tensor([prompt]), CHECKED_TOKENS, eos_ids)
             got = torch.tensor([completion.token_ids])
             error = parity_error(got, tokens, logits, TIE_TOLERANCE[self._activations()])
             if error is not None:
@@ -296,12 +331,3 @@ class OrtGenaiEngine:
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:400] or type(exc).__name__
-
-
-def _version(distribution: str) -> str | None:
-    for name in (distribution, f"{distribution}-cuda"):
-        try:
-            return f"{name} {metadata.version(name)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from optimizer.backends.base import Engine, Footprint, MovedBytes, precision_kind, unpadded_stream_reason
-from optimizer.backends.installed import missing_onnx_runtime, missing_tensorrt
+from optimizer.backends.installed import missing_tensorrt
 from optimizer.backends.tensorrt.settings import TensorRTSettings
 
 if TYPE_CHECKING:
@@ -60,9 +60,5 @@ def tensorrt_rule(s: TensorRTSettings, target: TargetSpec) -> str | None:
         return "TensorRT engines need an NVIDIA GPU target"
     if s.precision == "fp16" and not target.fp16:
         return "target has no fp16"
-    if s.precision == "int8":
-        # the QDQ model is calibrated with ONNX Runtime before TensorRT parses it
-        reason = missing_onnx_runtime("cpu")
-        if reason:
-            return reason
+    # every precision: the export (and int8's calibrated QDQ model) runs ONNX Runtime on the CPU
     return missing_tensorrt()

@@ -70,7 +70,8 @@ def key_spans(max_sequence_tokens: int, step: int) -> list[int]:
 def check_supported(model: Any) -> None:
     """The prefill's first token is lm_head(hidden state): refuse models whose logits differ."""
     config = model.config
-    for field in ("final_logit_softcapping", "logit_scale"):
+    # Granite's logits_scaling divides (HyperCLOVA X's multiplies); Cohere's logit_scale multiplies
+    for field in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
         if getattr(config, field, None) not in (None, 1.0):
             raise ValueError(
                 f"loop=slots: {config.model_type} sets {field}; its logits are not lm_head(hidden)"

@@ -23,4 +23,4 @@ def installed(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 @pytest.fixture
 def cpu_ort() -> frozenset[str]:
     """The modules of the CPU ONNX Runtime extra (`wattsmith[ort]`)."""
-    return frozenset({"onnxruntime", "onnxruntime_genai", "onnx", "onnxscript"})
+    return frozenset({"onnxruntime", "onnxruntime_genai", "onnx", "onnx_ir", "onnxscript"})

@@ -45,6 +45,13 @@ def test_reference_greedy_decodes_by_plain_forwards() -> None:
     assert logits.shape == (3, 3, VOCAB)
 
 
+def test_reference_greedy_never_picks_suppressed_tokens() -> None:
+    """An engine that masks EOS (onnxruntime-genai) is compared with a reference that does too."""
+    tokens, logits = reference_greedy(CountingEngine(), PROMPTS[:1], 3, suppressed=(7,))
+    assert tokens.tolist() == [[6, 8, 9]]  # 7 was the best after 6: the runner-up 8 instead
+    assert logits[0, 1, 7] == float("-inf")  # a masked token the engine picks is never a tie
+
+
 def test_a_matching_engine_passes_and_its_generation_is_returned() -> None:
     generation = check_greedy_parity(CountingEngine(), PROMPTS, 12, "fp32")
     assert generation.token_ids is not None and generation.token_ids.shape == (3, 12)

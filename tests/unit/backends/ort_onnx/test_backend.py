@@ -207,3 +207,30 @@ def test_tensorrt_provider_options(fp32_dir: Path, workdir: Path) -> None:
     assert cache.is_dir() and workdir in cache.parents and options["trt_timing_cache_path"] == str(cache)
     assert options["trt_profile_max_shapes"].startswith("input_ids:8x1024,")
     assert "past.1.value:1x2x0x16" in options["trt_profile_min_shapes"]  # 2 kv heads x head dim 16
+
+
+def test_a_granite_exports_its_scaled_logits(tmp_path: Path, workdir: Path) -> None:
+    """Granite divides its logits by `logits_scaling`: the export computes what its forward does."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    config = GraniteConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=128,
+        logits_scaling=8.0,
+    )
+    torch.manual_seed(0)
+    model = GraniteForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "granite", safe_serialization=True)
+    spec = resolve_model(ModelConfig(source=str(tmp_path / "granite")), workdir)
+    ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model(input_ids=ids).logits
+    engine = StepEngine(steps_for(exported_decoder(spec, workdir)))
+    logits = engine.score(ids)
+    engine.close()
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
