@@ -90,6 +90,7 @@ class Footprint:
     kv_cache_tokens: int = 0  # a KV cache of this many tokens whatever the batch; 0: sized by the batch
     embedding_bytes: float | None = None  # per embedding parameter where a scheme leaves it alone
     kv_copies: int = 1  # the batch's KV held this many times over (a prefix store as large as it)
+    kv_token_granule: int = 1  # each sequence's KV cells come in multiples of this many tokens
 
 
 @dataclass(frozen=True)

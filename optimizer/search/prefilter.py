@@ -35,8 +35,9 @@ def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: Wor
     embedding_bytes = fp.weight_bytes if fp.embedding_bytes is None else fp.embedding_bytes
     weights = embedding * embedding_bytes + (shape.num_parameters - embedding) / degree * fp.weight_bytes
     # every sequence of the batch at the workload's longest request (a stream's, not the offline
-    # fields'), or the candidate's fixed cache, which must still hold one such request
-    sequence = workload.longest_request_tokens()
+    # fields') in the cells the backend allocates for it, or the candidate's fixed cache, which
+    # must still hold one such request
+    sequence = math.ceil(workload.longest_request_tokens() / fp.kv_token_granule) * fp.kv_token_granule
     tokens = max(fp.kv_cache_tokens, sequence) if fp.kv_cache_tokens else batch * sequence
     kv = tokens * shape.kv_bytes_per_token(fp.kv_bytes) * fp.kv_on_device_fraction * fp.kv_copies / degree
     # Prefill activations (a few hidden-size buffers per token) and the float32 logits.

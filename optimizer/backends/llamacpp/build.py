@@ -296,7 +296,10 @@ def main(argv: list[str]) -> int:
         building = wheels.with_name(wheels.name + ".partial")
         with tempfile.TemporaryDirectory() as tmp:
             source = str(patched_sdist(requirement, patch, Path(tmp))) if patch else requirement
-            pip_wheel = ["wheel", "-q", "--no-deps", "--no-cache-dir", "-w", str(building), source]
+            # compile, always: a prebuilt wheel pip can reach (an extra index, find-links) has
+            # other flags, yet would be cached and installed under these flags' key
+            pip_wheel = ["wheel", "-q", "--no-deps", "--no-cache-dir", "--no-binary", "llama-cpp-python"]
+            pip_wheel += ["-w", str(building), source]
             subprocess.run(
                 [sys.executable, "-m", "pip", *pip_wheel], env=os.environ | {"CMAKE_ARGS": args}, check=True
             )

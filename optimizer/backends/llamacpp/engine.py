@@ -26,7 +26,7 @@ from optimizer.backends.base import Generation
 from optimizer.backends.completions import requests_generation, take_completions
 from optimizer.backends.llamacpp import native
 from optimizer.backends.llamacpp.errors import LlamaCppError
-from optimizer.backends.llamacpp.settings import LlamaCppSettings
+from optimizer.backends.llamacpp.settings import CONTEXT_GRANULE, LlamaCppSettings
 from optimizer.backends.llamacpp.slots import Request, Slots
 from optimizer.backends.openmp import release_openmp_threads
 from optimizer.measure.serving import Completion
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 # Tokens per sequence the context is first made for; a longer request re-makes it (when idle).
 DEFAULT_SEQUENCE_TOKENS = 256
-CONTEXT_GRANULE = 256  # llama.cpp pads a sequence's cells to this
 DEFAULT_RESULT_TIMEOUT_SECONDS = 600.0
 _JOIN_SECONDS = 60.0
 
@@ -69,12 +68,13 @@ class LlamaCppEngine:
         self.threads = threads
         self.sequences = sequences
         self.result_timeout_seconds = result_timeout_seconds
+        # before the model loads: more sequences than n_batch raise here, not abort llama.cpp
+        self._slots = Slots(sequences, settings.n_batch, reuse_prefix=settings.prefix_sharing)
         self.model: Any = native.load_model(path, gpu_layers)
         self.vocab = native.n_vocab(self.model)
         self.sequence_tokens = _granule(sequence_tokens)
         self._ctx: native.Context | None = None
         self._score_ctx: native.Context | None = None
-        self._slots = Slots(sequences, settings.n_batch, reuse_prefix=settings.prefix_sharing)
         self._cond = threading.Condition()
         self._stepping = False
         self._cancelling = False  # cancel_all waits for the step in flight; no next step starts

@@ -11,6 +11,9 @@ from optimizer.config import LLAMACPP_KV_TYPES, LLAMACPP_WEIGHT_TYPES
 from optimizer.errors import UserError
 
 AS_SHIPPED = "gguf"  # the weight type of the model's own GGUF
+# llama.cpp pads a sequence's KV cells to this many tokens: the engine sizes its context in these,
+# and the memory check counts them
+CONTEXT_GRANULE = 256
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ class Slots:
     def __init__(self, slots: int, batch_tokens: int, reuse_prefix: bool = False) -> None:
         if slots < 1 or batch_tokens < 1:
             raise ValueError(f"need >= 1 slot and batch token, got {slots} and {batch_tokens}")
+        if slots > batch_tokens:  # a step holds one token of every decoding slot
+            raise ValueError(f"{slots} slots cannot decode in a batch of {batch_tokens} tokens (n_batch)")
         self.slots = slots
         self.batch_tokens = batch_tokens
         self.reuse_prefix = reuse_prefix

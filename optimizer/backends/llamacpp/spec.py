@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from optimizer.backends import installed
 from optimizer.backends.base import Engine, Footprint, MovedBytes
-from optimizer.backends.llamacpp.settings import AS_SHIPPED, LlamaCppSettings
+from optimizer.backends.llamacpp.settings import AS_SHIPPED, CONTEXT_GRANULE, LlamaCppSettings
 from optimizer.backends.llamacpp.weights import CONVERTER_ENV, hf_converter
 from optimizer.backends.prefixes import OFFLINE_REASON
 
@@ -78,13 +78,23 @@ class LlamaCppSpec:
     def workload_reason(self, settings: LlamaCppSettings, batch_size: int, serving: bool) -> str | None:
         if batch_size > MAX_SEQUENCES:
             return f"llama.cpp decodes at most {MAX_SEQUENCES} sequences at once (batch {batch_size})"
+        if batch_size > settings.n_batch:
+            # every step decodes one token per sequence in one llama_decode of <= n_batch tokens;
+            # a context with more sequences aborts the process (GGML_ASSERT n_outputs_max)
+            return (
+                f"batch {batch_size} > n_batch {settings.n_batch}: llama.cpp decodes one token of every "
+                f"sequence in one batch of at most n_batch tokens (raise space.llamacpp.n_batch to >= "
+                f"{batch_size}, or drop batch size {batch_size})"
+            )
         if settings.prefix_sharing and not serving:
             return OFFLINE_REASON
         return None
 
     def footprint(self, settings: LlamaCppSettings, num_layers: int) -> Footprint:
-        # activations in fp32; only the last prompt token's logits come back from a prefill
-        return Footprint(FOOTPRINT_BITS[settings.weight_type] / 8, 4.0, KV_BYTES[settings.kv_type])
+        # activations in fp32; only the last prompt token's logits come back from a prefill; each
+        # sequence's cells are a whole number of granules (the engine's context)
+        bits = FOOTPRINT_BITS[settings.weight_type]
+        return Footprint(bits / 8, 4.0, KV_BYTES[settings.kv_type], kv_token_granule=CONTEXT_GRANULE)
 
     def moved_bytes(self, settings: LlamaCppSettings, num_layers: int) -> MovedBytes:
         return MovedBytes(MOVED_BITS[settings.weight_type] / 8, KV_BYTES[settings.kv_type])

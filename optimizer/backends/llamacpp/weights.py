@@ -1,6 +1,7 @@
 """The GGUF a llama.cpp candidate loads: the model's own file, a Hugging Face directory converted
 by llama.cpp's converter, or either requantized by llama.cpp's own quantizer. Conversions and
-requantized files are build artifacts in the run's cache, keyed by the source weights' hash."""
+requantized files are build artifacts in the run's cache, keyed by the source weights' hash and,
+for a conversion, by what else the converter reads (config, tokenizer files, the converter)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from optimizer.backends.artifacts import artifact_key, cached_artifact
 from optimizer.backends.llamacpp.errors import LlamaCppBuildError
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
 from optimizer.model import gguf_file
+from optimizer.model_files import file_sha256
 
 if TYPE_CHECKING:
     from optimizer.model import ModelSpec
@@ -23,6 +25,21 @@ if TYPE_CHECKING:
 CONVERTER_ENV = "WATTSMITH_HF_TO_GGUF"
 CONVERT_TIMEOUT_SECONDS = 3600
 WEIGHTS_FILE = "model.gguf"
+# What convert_hf_to_gguf.py reads beside the weights and writes into the GGUF: the hparams (RoPE,
+# context length, ...), the vocabulary, special token ids and the chat template
+CONVERTER_READS = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 def hf_converter() -> Path | None:
@@ -45,6 +62,8 @@ def prepared_gguf(model: ModelSpec, settings: LlamaCppSettings, workdir: Path, t
     if not settings.requantized:
         return source
     options = {"weight_type": settings.weight_type, "llama_cpp_python": llama_cpp_version()}
+    if gguf_file(model) is None:  # made from a conversion: keyed by it too (its dir name has its key)
+        options["converted"] = source.parent.name
     out = workdir / "llamacpp" / f"{model.weight_sha256[:16]}-{artifact_key(options)}"
 
     def quantize(tmp: Path) -> dict[str, Any]:
@@ -69,7 +88,8 @@ def source_gguf(model: ModelSpec, workdir: Path) -> Path:
         raise LlamaCppBuildError(
             f"{model.path} is not a GGUF file and no converter is available (set {CONVERTER_ENV})"
         )
-    out = workdir / "llamacpp" / f"{model.weight_sha256[:16]}-hf-f16"
+    inputs = conversion_inputs(model.path, converter)
+    out = workdir / "llamacpp" / f"{model.weight_sha256[:16]}-hf-f16-{artifact_key(inputs)}"
 
     def convert(tmp: Path) -> dict[str, Any]:
         log_path = tmp.with_name(f"{out.name}.convert.log")
@@ -82,6 +102,13 @@ def source_gguf(model: ModelSpec, workdir: Path) -> Path:
         if proc.returncode != 0 or not (tmp / WEIGHTS_FILE).is_file():
             tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
             raise LlamaCppBuildError(f"{converter.name} exited {proc.returncode}: {tail} (log: {log_path})")
-        return {"command": command[1:], "source_sha256": model.weight_sha256}
+        return {"command": command[1:], "source_sha256": model.weight_sha256, "inputs": inputs}
 
     return cached_artifact(out, convert, "GGUF conversion (llama.cpp's converter)") / WEIGHTS_FILE
+
+
+def conversion_inputs(model_dir: Path, converter: Path) -> dict[str, str | None]:
+    """sha256 of the files the converter reads beside the weights (None: absent) and of the
+    converter itself: the same weights with another config or tokenizer make another GGUF."""
+    files = {name: file_sha256(f) if (f := model_dir / name).is_file() else None for name in CONVERTER_READS}
+    return {**files, "converter": file_sha256(converter)}

@@ -56,16 +56,20 @@ def test_the_estimates_coefficients_key_estimated_results_only(override: str) ->
         ("workload.warmup_batches=3", True, False),
         ("workload.idle_seconds=1", True, True),
         ("workload.max_new_tokens=48", False, False),  # the greedy-parity check at build reads it
-        ("workload.rate=3", False, True),
-        ("workload.output_lengths.max=128", False, True),
+        ("workload.rate=3", False, None),  # None: a stream's setting, refused on closed batches
+        ("workload.output_lengths.max=128", False, None),
         ("workload.disturbed_retries=0", True, True),  # which windows are kept, not what they measure
     ],
 )
 def test_each_kind_of_workload_is_keyed_by_the_fields_it_measures_with(
-    override: str, same_stream: bool, same_batch: bool
+    override: str, same_stream: bool, same_batch: bool | None
 ) -> None:
     assert (key("workload=chat", override) == key("workload=chat")) is same_stream
-    assert (key("workload=batch", override) == key("workload=batch")) is same_batch
+    if same_batch is None:
+        with pytest.raises(UserError):
+            key("workload=batch", override)
+    else:
+        assert (key("workload=batch", override) == key("workload=batch")) is same_batch
 
 
 def test_a_trace_is_keyed_by_its_content_not_its_path() -> None:

@@ -119,3 +119,20 @@ def test_a_stream_sizes_the_cache_for_its_longest_request(make_candidate, make_t
         ContinuousBatchingSettings(precision="bf16", kv_cache_tokens=65536), batch_size=256, threads=0
     )
     assert memory_fit_reason(fixed, llama8b, h100, stream) is None  # 8 GiB of pages, shared by all slots
+
+
+def test_llamacpp_kv_is_counted_in_whole_context_granules() -> None:
+    """llama.cpp's engine gives every sequence a whole number of 256-cell granules: 96 tokens
+    per request hold 256 cells each (the check counted 96: 135 MiB of 360 MiB at batch 64)."""
+    from optimizer.backends.llamacpp.settings import LlamaCppSettings
+    from optimizer.space import Candidate
+
+    def need(max_new_tokens: int) -> int:
+        workload = WorkloadConfig(prompt_tokens=64, max_new_tokens=max_new_tokens)
+        return estimate_memory_bytes(Candidate(LlamaCppSettings(), 64, 1), SHAPE, workload)
+
+    kv = 64 * 256 * SHAPE.kv_bytes_per_token(2.0)  # f16 cache, 256 cells per sequence
+    rest = SHAPE.num_parameters * 2 + 64 * 64 * 576 * 4 * 8 + 64 * 49152 * 4 + RUNTIME_OVERHEAD_BYTES
+    assert need(32) == int(rest + kv)
+    assert need(192) == need(32)  # 256 tokens: the same granule
+    assert need(193) == int(rest + 2 * kv)  # 257 tokens: two granules

@@ -181,3 +181,31 @@ def test_amx_flags_by_default_where_the_probe_computes(tmp_path: Path) -> None:
     assert amx_probe(str(CXX), write_amx_header(tmp_path)) is None  # AMX computes here with the header
     args, line = this_machine_cmake_args(tmp_path)
     assert line.startswith("AMX on:") and "GGML_AMX_INT8=ON" in args and "-include" in args
+
+
+@pytest.mark.parametrize("args", ["-DGGML_NATIVE=OFF -DGGML_AVX2=ON", ""])  # from PyPI; a patched sdist
+def test_the_wheel_is_compiled_never_a_prebuilt_one_taken(
+    args: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pip wheel llama-cpp-python==X` took any binary wheel pip could reach (an extra index of
+    prebuilt wheels, find-links) and build.py cached it under these flags' key."""
+    from optimizer.backends.llamacpp import build
+
+    commands: list[list[str]] = []
+
+    def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        commands.append(command)
+        if "wheel" in command:  # what pip wheel leaves: one wheel in the -w folder
+            out = Path(command[command.index("-w") + 1])
+            out.mkdir(parents=True)
+            (out / "llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl").write_text("")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(build.subprocess, "run", run)
+    monkeypatch.setattr(build, "patched_sdist", lambda requirement, patch, into: into / "source")
+    monkeypatch.setenv("WATTSMITH_CACHE", str(tmp_path))
+    monkeypatch.setenv("LLAMACPP_CMAKE_ARGS", args)
+    assert build.main(["build.py"]) == 0
+    (wheel,) = [c for c in commands if "wheel" in c]
+    assert wheel[wheel.index("--no-binary") + 1] == "llama-cpp-python"
+    assert "install" in commands[-1] and commands[-1][-1].endswith(".whl")

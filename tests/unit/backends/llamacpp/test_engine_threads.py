@@ -129,3 +129,15 @@ def test_a_timed_out_generate_cancels_its_own_requests_only(engine: LlamaCppEngi
     assert list(done) == [stream] and len(done[stream].token_ids) == 20
     with engine._cond:
         assert not engine._own and not engine._own_ids and not engine._slots.busy
+
+
+def test_more_sequences_than_n_batch_raise_before_the_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp aborted the whole process (GGML_ASSERT n_outputs_max) making a context of more
+    sequences than n_batch: the engine refuses them before it loads anything."""
+
+    def load_model(path: Path, gpu_layers: int) -> object:
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(native, "load_model", load_model)
+    with pytest.raises(ValueError, match="48 slots cannot decode in a batch of 32 tokens"):
+        LlamaCppEngine(Path("fake.gguf"), LlamaCppSettings(n_batch=32, n_ubatch=32), threads=1, sequences=48)

@@ -91,6 +91,10 @@ def test_drop_all_forgets_everything() -> None:
 def test_invalid_sizes() -> None:
     with pytest.raises(ValueError):
         Slots(0, 8)
+    # a step holds one token of every decoding slot: more slots than batch tokens cannot decode
+    with pytest.raises(ValueError, match="n_batch"):
+        Slots(9, 8)
+    Slots(8, 8)
 
 
 def test_prefix_reuse_keeps_the_longest_shared_prefix_of_a_free_slot() -> None:

@@ -162,6 +162,21 @@ def test_footprint_and_matmul_kind() -> None:
     assert SPEC.workload_reason(sharing, 8, True) is None and sharing.label() == "gguf prefix"
 
 
+@pytest.mark.usefixtures("llamacpp_installed")
+def test_more_sequences_than_n_batch_are_excluded_with_the_fix(make_target) -> None:  # type: ignore[no-untyped-def]
+    """Every step decodes one token per sequence in one llama_decode of <= n_batch tokens; a
+    context with more sequences than n_batch aborted the process (GGML_ASSERT n_outputs_max)."""
+    small = LlamaCppSettings(n_batch=32, n_ubatch=32)
+    reason = SPEC.workload_reason(small, 48, serving=False) or ""
+    assert "batch 48 > n_batch 32" in reason and "space.llamacpp.n_batch" in reason
+    assert SPEC.workload_reason(small, 32, serving=False) is None  # as many as n_batch: fine
+    axes = LlamaCppAxes(n_batch=[32, 64], n_ubatch=[32])
+    space = SpaceConfig(backends=["llamacpp"], batch_sizes=[16, 48], threads=[1], llamacpp=axes)
+    valid, excluded = enumerate_candidates(space, make_target(), serving=False, model_format="gguf")
+    assert {(c.batch_size, c.settings.n_batch) for c in valid} == {(16, 32), (16, 64), (48, 64)}
+    assert [(c.batch_size, c.settings.n_batch) for c, _ in excluded] == [(48, 32)]
+
+
 def test_the_presets_name_llamacpp_candidates() -> None:
     preset = compose_run_config(["space=cpu-llamacpp"]).space
     assert preset.backends == ["llamacpp"] and "Q8_0" in preset.llamacpp.weight_types
