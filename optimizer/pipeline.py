@@ -135,7 +135,7 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         (output_dir / "recipe.yaml").unlink(missing_ok=True)
         evaluated = sum(not r.reused for r in outcome.results if r.status != PRUNED)
         capped = cfg.search.max_candidates is not None and evaluated >= cfg.search.max_candidates
-        infeasible = unreliable_finalists(selection) or diagnose_infeasible(
+        infeasible = unreliable_finalists(selection, bool(cfg.workload.trace)) or diagnose_infeasible(
             outcome.selectable, len(outcome.not_reached), capped
         )
     rounds = [replace(r, role="finalist") for r in remeasured]
@@ -160,7 +160,7 @@ def _warn_if_busy(target: TargetSpec) -> None:
         )
 
 
-def unreliable_finalists(selection: Selection | None) -> UserError | None:
+def unreliable_finalists(selection: Selection | None, trace: bool = False) -> UserError | None:
     """The error of a run whose finalists all missed the SLO when measured again, if it is one. A
     run that found nothing feasible and whose near misses missed again gets `diagnose_infeasible`'s
     error, which names the constraint (and, on a request stream, the capacity measured)."""
@@ -176,8 +176,9 @@ def unreliable_finalists(selection: Selection | None) -> UserError | None:
     return UserError(
         "workload.slo",
         f"{selection.reason}: the search's runs met the SLO once, near its edge",
-        "loosen workload.slo or lower workload.rate (report.md has every run's latency), "
-        "or raise search.finalist_rounds to see how often each candidate meets it",
+        f"loosen workload.slo or {'replay a slower trace' if trace else 'lower workload.rate'} "
+        "(report.md has every run's latency), or raise search.finalist_rounds to see how often each "
+        "candidate meets it",
     )
 
 
@@ -208,6 +209,14 @@ def diagnose_infeasible(
     failed = [r for r in results if r.status == FAILED]
     if measured:
         served = [r.performance.serving for r in measured if r.performance and r.performance.serving]
+        # a trace (RequestStream.source "trace <file>") is replayed at its own rate (served[0].rate):
+        # workload.rate changes nothing and workload.rates is refused
+        if served and served[0].stream.startswith("trace "):
+            return UserError(
+                "workload.trace",
+                f"no candidate holds the trace's {served[0].rate:g} req/s inside the SLO (latencies in report.md)",
+                "loosen workload.slo, or replay a slower trace (its requests spread over a longer time)",
+            )
         if served:  # a request stream: say what rate the best candidate could hold
             capacities = [s.capacity_rate for s in served if s.capacity_rate is not None]
             best = (

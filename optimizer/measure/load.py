@@ -23,6 +23,7 @@ from optimizer.measure.serving import (
     serve_stream,
     summarize,
 )
+from optimizer.measure.setup import selection_rate
 from optimizer.measure.stream import RequestStream
 from optimizer.measure.workload import PerformanceResult, WindowResult, check_deadline, screened_out
 
@@ -38,21 +39,23 @@ def measure_load(
     deadline: float | None = None,
     stop_below: float | None = None,
 ) -> PerformanceResult:
-    """The serving measurement at `cfg.rate` (`cfg.repeats` runs), after one run at each other
-    load of `cfg.rates`; the result's `serving` carries the whole curve and the capacity."""
+    """The serving measurement at the selection rate (`cfg.rate`, or a trace's own; `cfg.repeats`
+    runs), after one run at each other load of `cfg.rates`; the result's `serving` carries the
+    whole curve and the capacity."""
+    selected = selection_rate(cfg, streams)
     longest = max(s.longest_request_tokens for s in streams.values())
     server: Any = serving_engine(engine, batch_size, longest)
     counters = getattr(server, "prefix_counters", None)
     try:
         curve: list[dict[str, float]] = []
         for rate in sorted(streams):
-            if rate == cfg.rate:
+            if rate == selected:
                 continue
             point = _measure(server, streams[rate], meter, cfg, rate, 1)
             curve.append(curve_point(point))
             check_deadline(deadline)
         before = counters() if counters else {}
-        result = _measure(server, streams[cfg.rate], meter, cfg, cfg.rate, cfg.repeats, stop_below, deadline)
+        result = _measure(server, streams[selected], meter, cfg, selected, cfg.repeats, stop_below, deadline)
         prefix = _difference(counters(), before) if counters else {}
     finally:
         if isinstance(server, QueuedServer):

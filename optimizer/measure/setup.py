@@ -47,7 +47,13 @@ class MeasurementSetup:
     @property
     def stream(self) -> RequestStream | None:
         """The stream at the rate the recipe is selected for; None for offline workloads."""
-        return self.streams[self.workload_cfg.rate] if self.streams else None
+        return self.streams[selection_rate(self.workload_cfg, self.streams)] if self.streams else None
+
+
+def selection_rate(cfg: WorkloadConfig, streams: dict[float, RequestStream]) -> float:
+    """The offered load (requests/s) selection happens at: `workload.rate`, or a trace's own rate
+    (its one stream's), since a trace is replayed at its own times whatever `workload.rate` says."""
+    return next(iter(streams)) if cfg.trace else cfg.rate
 
 
 def prepare_measurement(
@@ -126,7 +132,8 @@ def _streams(
             )
         trace = read_trace(Path(cfg.trace).expanduser(), tokenizer, text, context)
         _check_steady_state(trace, cfg)
-        return {cfg.rate: trace}
+        # keyed (and so measured and recorded) at its own offered rate, to 6 digits like the recipe's
+        return {float(f"{trace.offered_rate:.6g}"): trace}
     return {rate: generate_stream(cfg, text, rate) for rate in cfg.load_rates()}
 
 

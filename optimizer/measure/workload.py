@@ -129,7 +129,7 @@ class ServingSummary:
 
     stream: str
     stream_sha256: str
-    rate: float  # the offered load this result is for (requests/s, as configured)
+    rate: float  # the offered load this result is for (requests/s: workload.rate, or a trace's own)
     offered_rate: float  # requests/s between the stream's first and last arrival
     requests: int
     window_requests: int

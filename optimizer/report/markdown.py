@@ -103,7 +103,7 @@ def write_report(
         f"- energy source: {energy_source_note(source, setup)}",
         f"- idle power before the search: {idle_watts:.1f} W ({source}); *total* energy is reported, "
         "*active* = total − idle × seconds",
-        workload_line(cfg.workload, setup.stream.source if setup.stream else None),
+        workload_line(cfg.workload, setup.stream),
         f"- SLO: {_slo_text(cfg)}; **goodput** counts only output tokens of requests that met it, "
         "**throughput** counts all",
         # the bound as set, not rounded: 97.5% shown as 98% would seem broken by a 97.7% candidate
@@ -206,9 +206,10 @@ def _selected_section(
             continue
         ru = rollup(r.objective, accounting)
         if ru:
+            # significant digits: at GPU-scale tokens/J fixed decimals read 0.0000
             lines.append(
-                f"| {name} | {ru['device_kwh']:.4f} | {ru['facility_kwh']:.4f} | {ru['gco2']:.1f} "
-                f"| {ru['cost']:.4f} {accounting.currency} |"
+                f"| {name} | {ru['device_kwh']:.3g} | {ru['facility_kwh']:.3g} | {ru['gco2']:.3g} "
+                f"| {ru['cost']:.3g} {accounting.currency} |"
             )
         else:  # no goodput: every joule went to requests that missed the SLO
             lines.append(f"| {name} | no request met the SLO: unbounded per goodput token | | | |")

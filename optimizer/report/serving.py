@@ -6,12 +6,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from optimizer.config import WorkloadConfig
 from optimizer.results import CandidateResult
 
+if TYPE_CHECKING:
+    from optimizer.measure.stream import RequestStream
 
-def workload_line(workload: WorkloadConfig, stream: str | None) -> str:
+
+def workload_line(workload: WorkloadConfig, stream: RequestStream | None) -> str:
     if not workload.serving:
         return (
             f"- workload (offline batches): {workload.prompt_tokens}-token prompts, "
@@ -19,8 +23,11 @@ def workload_line(workload: WorkloadConfig, stream: str | None) -> str:
             f"× {workload.repeats} after {workload.warmup_batches} warm-up batch(es)"
         )
     curve = f"; load curve at {workload.load_rates()} req/s" if len(workload.load_rates()) > 1 else ""
+    # a trace is replayed at its own times: selected at its own rate, not workload.rate
+    rate = stream.offered_rate if workload.trace and stream else workload.rate
     return (
-        f"- workload (serving): request stream `{stream}`, selected at {workload.rate:g} req/s{curve}; "
+        f"- workload (serving): request stream `{stream.source if stream else None}`, "
+        f"selected at {rate:g} req/s{curve}; "
         f"each run offers the whole stream, its energy window spans the arrivals from request "
         f"{workload.warmup_requests + 1} to the {workload.drain_requests + 1}th from last; "
         f"{workload.repeats} run(s); TTFT counts from each request's arrival (queueing included)"

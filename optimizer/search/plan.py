@@ -77,6 +77,9 @@ def protocol(
             workload["stream_sha256"] = stream_sha256
             if workload.get("trace"):  # a trace by its content: the same file moved is the same stream
                 workload["trace"] = "(by content)"
+                # replayed at its own times (and recorded at its own rate): workload.rate plays no
+                # part (in the key, stores from before recorded that rate as the trace's)
+                del workload["rate"]
     parts = quality_protocol(cfg, text_sha256) | {"workload": workload, "energy_source": energy_source}
     if energy_source == "estimate":  # joules are arithmetic on these: other values, other joules
         parts["estimate_coefficients"] = estimate_coefficients(cfg.target)

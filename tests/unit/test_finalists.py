@@ -249,7 +249,10 @@ def test_when_no_finalist_stays_feasible_the_selection_still_answers() -> None:
     assert not selection.feasible and not selection.distinguishable
     assert selection.reason.startswith("no finalist met the SLO in every re-measurement; the best, ")
     error = unreliable_finalists(selection)
-    assert error is not None and error.field == "workload.slo"
+    assert error is not None and error.field == "workload.slo" and "lower workload.rate" in error.fix
+    # a trace is replayed at its own times: workload.rate changes nothing
+    traced = unreliable_finalists(selection, trace=True)
+    assert traced is not None and "replay a slower trace" in traced.fix and "workload.rate" not in traced.fix
     assert (
         unreliable_finalists(select_finalist([a, b], {k: [measured(4, [8.0, 8.1])] for k in runs}, SLO, 0.1))
         is None

@@ -294,6 +294,41 @@ def test_diagnose_names_the_slo_when_measured_candidates_miss_it(make_result, ma
     assert "TPOT p90 900 ms" in error.problem
 
 
+def test_diagnose_names_a_traces_own_rate_and_the_fixes_that_change_it(make_result, make_performance) -> None:
+    """A trace is replayed at its own times: a lower workload.rate changes nothing and
+    workload.rates is refused, so the error says the trace's rate and what does apply."""
+    from optimizer.measure.workload import ServingSummary
+    from optimizer.pipeline import diagnose_infeasible
+
+    def missed(stream: str) -> Any:
+        serving = ServingSummary(
+            stream=stream,
+            stream_sha256="ab" * 32,
+            rate=10.0,
+            offered_rate=10.0,
+            requests=40,
+            window_requests=30,
+            met_slo_fraction=0.5,
+            joules_per_request=1.0,
+            idle_fraction=0.0,
+            mean_in_flight=3.0,
+            growing_windows=1,
+            ttft_p90_ms=9000.0,
+            e2e_p90_ms=9000.0,
+            max_lateness_ms=0.0,
+            curve=[{"rate": 10.0, "met_slo_fraction": 0.5}],
+        )
+        perf = make_performance(slo_violations=["TTFT p90 9000 ms > workload.slo.ttft_ms 2000"])
+        return make_result(performance=replace(perf, serving=serving))
+
+    error = diagnose_infeasible([missed("trace requests.jsonl")])
+    assert error.field == "workload.trace" and "the trace's 10 req/s" in error.problem
+    assert "workload.slo" in error.fix and "slower trace" in error.fix and "workload.rate" not in error.fix
+    generated = diagnose_infeasible([missed("chat: poisson 10 req/s, seed 0")])
+    assert generated.field == "workload.rate" and "no candidate holds 10 req/s" in generated.problem
+    assert "lower workload.rate" in generated.fix
+
+
 def test_diagnose_names_quality_and_failures(make_result, make_quality) -> None:
     from optimizer.pipeline import diagnose_infeasible
     from optimizer.results import FAILED, REJECTED

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -336,3 +338,28 @@ def test_no_run_starts_past_the_candidates_deadline() -> None:
             engine, stream(requests=6), WattMeter(), SloConfig(), 3, 1, 1, 100.0, deadline=time.perf_counter()
         )
     assert len(engine.submitted) == 6  # one run of the three
+
+
+class WordTokens:
+    """One token per word: enough for a trace's counted prompts."""
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": [100 + len(word) for word in text.split()]}
+
+
+def test_a_trace_is_measured_and_recorded_at_its_own_rate_not_workload_rate(tmp_path: Path) -> None:
+    """A trace is replayed at its own times (here 100 req/s): its serving rate, load curve and
+    capacity are that rate, not the 2 req/s of workload.rate, which a trace does not follow."""
+    from optimizer.measure.load import measure_load
+    from optimizer.measure.setup import _streams
+
+    trace = tmp_path / "t.jsonl"
+    rows = [{"arrival": i / 100, "prompt_tokens": 8, "output_tokens": 5} for i in range(30)]
+    trace.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    slo = SloConfig(ttft_ms=500, tpot_ms=100)
+    cfg = WorkloadConfig(kind="serving", trace=str(trace), rate=2.0, repeats=1, slo=slo)
+    streams = _streams(cfg, WordTokens(), ["word " * 70_000], None)
+    perf = measure_load(FifoServer(), 1, streams, WattMeter(), cfg)  # type: ignore[arg-type]
+    assert perf.serving is not None and perf.serving.offered_rate == pytest.approx(100.0)
+    assert perf.serving.rate == 100.0 == perf.serving.capacity_rate
+    assert [point["rate"] for point in perf.serving.curve] == [100.0]

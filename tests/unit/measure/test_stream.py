@@ -217,3 +217,20 @@ def trace_of(arrivals: list[float]) -> RequestStream:
     return RequestStream(
         tuple(StreamRequest(i, t, (1, 2), 2) for i, t in enumerate(arrivals)), "trace t.jsonl"
     )
+
+
+def test_a_trace_is_keyed_at_its_own_offered_rate_and_a_generated_stream_at_workload_rate(
+    tmp_path: Path,
+) -> None:
+    """A trace is replayed at its own times: selected (and recorded) at its own rate, to 6
+    significant digits, whatever workload.rate says."""
+    from optimizer.measure import setup
+
+    rows = [{"arrival": 0.1 * i, "prompt_tokens": 8, "output_tokens": 2} for i in range(13)]  # 10 req/s
+    cfg = stream_cfg(trace=str(write(tmp_path / "t.jsonl", rows)), rate=2.0)
+    paragraphs = ["word " * 70_000]
+    streams = setup._streams(cfg, WordTokenizer(), paragraphs, None)
+    assert list(streams) == [10.0] and setup.selection_rate(cfg, streams) == 10.0
+    generated = stream_cfg(rate=2.0, rates=[1.0, 4.0])
+    streams = setup._streams(generated, WordTokenizer(), paragraphs, None)
+    assert list(streams) == [1.0, 2.0, 4.0] and setup.selection_rate(generated, streams) == 2.0

@@ -25,6 +25,23 @@ def test_rollup_arithmetic() -> None:
     assert rollup(0.0, acc) == {}
 
 
+@pytest.mark.parametrize("goodput", [2.0, 190.7, 1000.0, 2000.0])
+def test_the_rollup_keeps_its_figures_at_gpu_scale(make_result, make_performance, goodput: float) -> None:
+    """Fixed decimals read 0.0000 USD (or 15% off) at hundreds of tokens/J: the table keeps three
+    significant digits of every figure."""
+    from optimizer.report.markdown import _selected_section
+
+    acc = AccountingConfig()
+    best = make_result(performance=make_performance(goodput_tokens_per_joule=goodput))
+    lines = _selected_section(best, best, acc, None, "nvml")
+    table = next(i for i, line in enumerate(lines) if "device kWh" in line)
+    row = next(line for line in lines[table:] if line.startswith("| selected |"))
+    cells = [cell.split()[0] for cell in row.strip("|").split("|")[1:]]
+    ru = rollup(goodput, acc)
+    shown = dict(zip(("device_kwh", "facility_kwh", "gco2", "cost"), map(float, cells), strict=True))
+    assert shown == pytest.approx(ru, rel=0.01)
+
+
 @pytest.fixture
 def setup(make_target):
     shape = SimpleNamespace(num_parameters=3_000_000)
@@ -189,3 +206,21 @@ def test_window_flags_are_shown(tmp_path: Path, setup, outcome: SearchOutcome, m
     text = _report(tmp_path, setup, outcome, make_candidate)
     assert "## Measurement flags" in text
     assert "| a warning (2 of 2 windows) |" in text  # the factory's windows each carry one
+
+
+def test_the_workload_line_names_a_traces_own_rate() -> None:
+    """A trace is replayed at its own times: the report says its rate, not workload.rate's."""
+    from optimizer.config import WorkloadConfig
+    from optimizer.measure.stream import RequestStream, StreamRequest
+    from optimizer.report.serving import workload_line
+
+    requests = tuple(StreamRequest(i, i / 10, (1, 2), 2) for i in range(13))  # 10 req/s
+    trace = workload_line(
+        WorkloadConfig(kind="serving", trace="t.jsonl", rate=2.0), RequestStream(requests, "trace t.jsonl")
+    )
+    assert "request stream `trace t.jsonl`, selected at 10 req/s;" in trace
+    generated = RequestStream(requests, "chat: poisson 2 req/s, seed 0")
+    line = workload_line(WorkloadConfig(kind="serving", rate=2.0, rates=[1.0, 2.0]), generated)
+    assert (
+        "stream `chat: poisson 2 req/s, seed 0`, selected at 2 req/s; load curve at [1.0, 2.0] req/s;" in line
+    )

@@ -83,6 +83,16 @@ def test_a_trace_is_keyed_by_its_content_not_its_path() -> None:
     assert generated["workload"]["trace"] is None  # a generated stream's key is what it was
 
 
+def test_a_trace_is_keyed_without_workload_rate() -> None:
+    """A trace is replayed, and recorded, at its own rate: workload.rate changes nothing measured."""
+
+    def trace_key(*overrides: str) -> str:
+        cfg = compose_run_config(["workload=chat", "workload.trace=t.jsonl", *overrides])
+        return context_key({"protocol": plan.protocol(cfg, TEXT, "estimate", "ab" * 32)})
+
+    assert trace_key("workload.rate=0.5") == trace_key("workload.rate=2")
+
+
 def test_the_config_and_the_measured_token_ids_key_the_results(tmp_path) -> None:
     """The weights' hash misses a fixed config.json or tokenizer: both change what is measured."""
     (tmp_path / "config.json").write_text('{"rope_theta": 10000.0}')
