@@ -21,7 +21,6 @@ from pathlib import Path
 
 from optimizer.config import RunConfig, TargetConfig, WorkloadConfig, compose_run_config
 from optimizer.config.space import BACKENDS
-from optimizer.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +72,17 @@ def _target_presets(overrides: Sequence[str], config_dir: str | Path | None) -> 
 
 def _check_axes_searched(cfg: RunConfig, overrides: Sequence[str]) -> None:
     """An axis set for a backend the space does not search (`space.llamacpp.prefix_sharing=...`
-    where llama.cpp comes only from `space.extra`, whose entries carry their own settings) would
-    change nothing: refused, naming the key."""
+    where llama.cpp comes only from `space.extra`, whose entries carry their own settings) changes
+    nothing: said, naming the key and the fix. A warning, not an error: an argument list reused
+    with fewer backends (a rerun restricted to one, on the same store) is not a mistake."""
     for key in sorted(chosen_groups(overrides)):
         group, _, axis = key.removeprefix("space.").partition(".")
         backend = group.replace("_", "-")
         if key.startswith("space.") and axis and backend in BACKENDS and backend not in cfg.space.backends:
-            raise UserError(
-                key,
-                f"sets an axis of {backend}, which this space does not search (space.backends="
-                f"{cfg.space.backends}; an entry of space.extra carries its own settings)",
-                f"search it too: space.backends=[{','.join([*cfg.space.backends, backend])}]",
+            log.warning(
+                f"{key} changes nothing: {backend} is not searched (space.backends={cfg.space.backends}; "
+                f"an entry of space.extra carries its own settings); to search it too: "
+                f"space.backends=[{','.join([*cfg.space.backends, backend])}]"
             )
 
 
