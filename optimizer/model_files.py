@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,3 +143,9 @@ def file_sha256(path: Path, cache_dir: Path | None = None) -> str:
         known[memo_key] = value
         write_atomically(memo, json.dumps(known, indent=0))  # workers hash at once
     return value
+
+
+def model_files_sha256(model_dir: Path, names: Sequence[str]) -> dict[str, str | None]:
+    """sha256 of the named files of a model directory (None: absent): what a builder reads beside
+    the weights. Two checkpoints with the same weights and another config must not share a build."""
+    return {name: file_sha256(f) if (f := model_dir / name).is_file() else None for name in names}

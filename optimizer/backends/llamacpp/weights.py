@@ -16,7 +16,7 @@ from optimizer.backends.artifacts import artifact_key, cached_artifact
 from optimizer.backends.llamacpp.errors import LlamaCppBuildError
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
 from optimizer.model import gguf_file
-from optimizer.model_files import file_sha256
+from optimizer.model_files import file_sha256, model_files_sha256
 
 if TYPE_CHECKING:
     from optimizer.model import ModelSpec
@@ -110,5 +110,4 @@ def source_gguf(model: ModelSpec, workdir: Path) -> Path:
 def conversion_inputs(model_dir: Path, converter: Path) -> dict[str, str | None]:
     """sha256 of the files the converter reads beside the weights (None: absent) and of the
     converter itself: the same weights with another config or tokenizer make another GGUF."""
-    files = {name: file_sha256(f) if (f := model_dir / name).is_file() else None for name in CONVERTER_READS}
-    return {**files, "converter": file_sha256(converter)}
+    return {**model_files_sha256(model_dir, CONVERTER_READS), "converter": file_sha256(converter)}

@@ -21,7 +21,6 @@ import io
 import logging
 import shutil
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from optimizer.backends.artifacts import artifact_key, cached_artifact
 from optimizer.backends.installed import ONNX_RUNTIME, distribution_version
 from optimizer.backends.torch.compiling import cache_argument
 from optimizer.model import ModelSpec
-from optimizer.model_files import file_sha256
+from optimizer.model_files import model_files_sha256
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +103,6 @@ def export_identity(model: ModelSpec) -> dict[str, Any]:
         "model_files": model_files_sha256(model.path, EXPORT_READS),
         **{names[0]: distribution_version(*names) for names in EXPORT_PACKAGES},
     }
-
-
-def model_files_sha256(model_dir: Path, names: Sequence[str]) -> dict[str, str | None]:
-    """sha256 of the named files of a model directory (None: absent). Two checkpoints with the
-    same weights and another config must not share an artifact."""
-    return {name: file_sha256(f) if (f := model_dir / name).is_file() else None for name in names}
 
 
 def exported_decoder(model: ModelSpec, workdir: Path) -> Path:

@@ -28,7 +28,6 @@ import torch
 from optimizer.backends.artifacts import artifact_key, cached_artifact
 from optimizer.backends.base import Generation, load_check
 from optimizer.backends.installed import ONNX_RUNTIME, distribution_version
-from optimizer.backends.onnx.export import model_files_sha256
 from optimizer.backends.ort_genai.serving import GenaiEngineServer
 from optimizer.backends.ort_genai.settings import OrtGenaiSettings
 from optimizer.backends.parity import (
@@ -40,6 +39,7 @@ from optimizer.backends.parity import (
 )
 from optimizer.measure.serving import Completion
 from optimizer.model import ModelSpec
+from optimizer.model_files import model_files_sha256
 from optimizer.target import TargetSpec
 
 if TYPE_CHECKING:
