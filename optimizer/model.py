@@ -250,6 +250,9 @@ def read_shape(path: Path) -> ModelShape:
         head_dim = int(text.get("head_dim") or hidden // heads)
         context = text.get("max_position_embeddings")
         dtype = next((c[k] for c in (text, config) for k in ("dtype", "torch_dtype") if c.get(k)), None)
+        # the top-level config ties (transformers' get_expanded_tied_weights_keys); absent, it is
+        # tied: transformers 4 left out the default (True), transformers 5 always writes it
+        tied = next((c["tie_word_embeddings"] for c in (config, text) if "tie_word_embeddings" in c), True)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
         problem = f"lacks {exc}" if isinstance(exc, KeyError) else f"cannot be read ({exc})"
         raise UserError(
@@ -267,6 +270,7 @@ def read_shape(path: Path) -> ModelShape:
         num_parameters=_count_parameters(path),
         context_length=context if isinstance(context, int) else None,
         checkpoint_precision=CHECKPOINT_PRECISIONS.get(dtype) if isinstance(dtype, str) else None,
+        tied_embeddings=tied is not False,
     )
 
 

@@ -36,6 +36,9 @@ class ModelShape:
     # the precision transformers loads the checkpoint in by default (its config's dtype): fp32,
     # bf16 or fp16; None for a GGUF file or a dtype that is none of them
     checkpoint_precision: str | None = None
+    # lm_head is the input embedding (tie_word_embeddings); an untied one is a second vocab x hidden
+    # matrix in num_parameters, which quantization may keep at another precision
+    tied_embeddings: bool = True
 
     def kv_bytes_per_token(self, bytes_per_element: float) -> float:
         """Bytes of K and V cache one token occupies across all layers."""
@@ -67,6 +70,8 @@ def gguf_shape(path: Path, reader: GGUFReader) -> ModelShape:
             vocab_size=int(vocab),
             num_parameters=sum(int(t.n_elements) for t in reader.tensors),
             context_length=int(context) if context else None,
+            # llama.cpp writes an output tensor only when the model has its own lm_head
+            tied_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
         )
     except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise UserError(

@@ -89,6 +89,9 @@ class Footprint:
     kv_on_device_fraction: float = 1.0
     kv_cache_tokens: int = 0  # a KV cache of this many tokens whatever the batch; 0: sized by the batch
     embedding_bytes: float | None = None  # per embedding parameter where a scheme leaves it alone
+    # per parameter of an untied lm_head where a scheme leaves it alone (None: weight_bytes); an
+    # ONNX quantizer keeps the embedding (a Gather) but quantizes lm_head (a MatMul)
+    output_bytes: float | None = None
     kv_copies: int = 1  # the batch's KV held this many times over (a prefix store as large as it)
     kv_token_granule: int = 1  # each sequence's KV cells come in multiples of this many tokens
 

@@ -30,10 +30,14 @@ def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: Wor
     fp = spec_for(candidate.settings).footprint(candidate.settings, shape.num_layers)
     degree = candidate.tensor_parallel
     batch, prompt = math.ceil(candidate.batch_size / candidate.replicas), workload.prompt_tokens
-    # The embedding (tied with the LM head here) is replicated; the layers are sharded.
+    # The embedding is replicated; the layers are sharded, and so is an untied lm_head (a second
+    # vocab x hidden matrix: tp_plan "colwise_gather_output"), at the precision its scheme keeps.
     embedding = shape.vocab_size * shape.hidden_size
+    head = 0 if shape.tied_embeddings else embedding
     embedding_bytes = fp.weight_bytes if fp.embedding_bytes is None else fp.embedding_bytes
-    weights = embedding * embedding_bytes + (shape.num_parameters - embedding) / degree * fp.weight_bytes
+    head_bytes = fp.weight_bytes if fp.output_bytes is None else fp.output_bytes
+    layers = (shape.num_parameters - embedding - head) / degree * fp.weight_bytes
+    weights = embedding * embedding_bytes + layers + head / degree * head_bytes
     # every sequence of the batch at the workload's longest request (a stream's, not the offline
     # fields') in the cells the backend allocates for it, or the candidate's fixed cache, which
     # must still hold one such request

@@ -59,15 +59,17 @@ class TorchSpec:
         kv = kv_element_bytes(settings.kv_cache, act)
         # an offloaded cache keeps only the layers in flight on the device
         on_device = 2 / num_layers if settings.kv_cache.startswith("offloaded") else 1.0
-        # quantization replaces Linear layers: the embedding (tied to lm_head) keeps its precision
-        embedding = act if settings.quantization != "none" else None
+        # quantization replaces Linear layers but the output projection (excluded_weights): the
+        # embedding and an untied lm_head keep their precision
+        kept = act if settings.quantization != "none" else None
         return Footprint(
             WEIGHT_BYTES.get(settings.quantization, act),
             act,
             kv,
             False,
             on_device,
-            embedding_bytes=embedding,
+            embedding_bytes=kept,
+            output_bytes=kept,
             kv_copies=2 if settings.prefix_sharing else 1,  # the slot loop's prefix store
         )
 

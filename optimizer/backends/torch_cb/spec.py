@@ -61,7 +61,13 @@ class ContinuousBatchingSpec:
     def footprint(self, settings: ContinuousBatchingSettings, num_layers: int) -> Footprint:
         act = PRECISION_BYTES[settings.precision]
         return Footprint(
-            WEIGHT_BYTES.get(settings.quantization, act), act, act, kv_cache_tokens=settings.kv_cache_tokens
+            WEIGHT_BYTES.get(settings.quantization, act),
+            act,
+            act,
+            kv_cache_tokens=settings.kv_cache_tokens,
+            # the torch backend's quantize_weights keeps the embedding and lm_head 16-bit
+            embedding_bytes=act,
+            output_bytes=act,
         )
 
     def moved_bytes(self, settings: ContinuousBatchingSettings, num_layers: int) -> MovedBytes:
