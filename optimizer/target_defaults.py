@@ -17,9 +17,10 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from optimizer.config import RunConfig, TargetConfig, WorkloadConfig, compose_run_config
+from optimizer.config import RunConfig, TargetConfig, WorkloadConfig, check_config_dir, compose_run_config
 from optimizer.config.space import BACKENDS
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,37 @@ def compose_for_target(overrides: Sequence[str] = (), config_dir: str | Path | N
     when the target is a GPU."""
     cfg = _target_presets(overrides, config_dir)
     _check_axes_searched(cfg, overrides)
-    return cfg
+    return _user_gpu_figures(cfg, config_dir)
+
+
+def _user_gpu_figures(cfg: RunConfig, config_dir: str | Path | None) -> RunConfig:
+    """target=auto on a known GPU takes its bandwidth and FLOP/s from the preset of its name,
+    which detection reads from the packaged conf/ (it has no config directory). A preset of that
+    name in the user's directory wins, as it does for target=<name>: its figures are set here, in
+    the config the coordinator and every worker detect from; values given as overrides stay."""
+    target = cfg.target
+    if config_dir is None or target.name != "auto" or target.kind == "cpu":
+        return cfg
+    folder = check_config_dir(config_dir) / "target"
+    if not folder.is_dir():
+        return cfg
+    from optimizer.target import detect_target
+
+    detected = detect_target(target)
+    if not detected.is_cuda or not (folder / f"{detected.name}.yaml").is_file():
+        return cfg
+    preset = compose_run_config([f"target={detected.name}"], config_dir).target
+    log.info(
+        "target=auto on a %s: bandwidth and FLOP/s from %s", detected.name, folder / f"{detected.name}.yaml"
+    )
+    return replace(
+        cfg,
+        target=replace(
+            target,
+            memory_bandwidth_gb_per_s=target.memory_bandwidth_gb_per_s or preset.memory_bandwidth_gb_per_s,
+            peak_bf16_tflops=target.peak_bf16_tflops or preset.peak_bf16_tflops,
+        ),
+    )
 
 
 def _target_presets(overrides: Sequence[str], config_dir: str | Path | None) -> RunConfig:
