@@ -3,7 +3,8 @@
 # (CPU ONNX Runtime and onnxruntime-genai) and the `llamacpp` extra (llama-cpp-python, compiled
 # for this CPU by optimizer/backends/llamacpp/build.py, AMX where a probe computes, LLAMACPP_AMX=0
 # for none: the first install compiles llama.cpp, 5-10 minutes on 2 cores, then
-# ~/.cache/wattsmith/wheels has it) so that CI tests those backends; GPU extras: docs/backends.md.
+# ~/.cache/wattsmith/wheels has it) so that CI tests those backends; an installed GPU (CUDA) build of
+# the pinned llama-cpp-python stays, as TORCH_SPEC= keeps torch; GPU extras: docs/backends.md.
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0

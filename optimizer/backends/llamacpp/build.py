@@ -24,9 +24,15 @@ With both, llama.cpp processes prompts 2.2x and a batch of 16 requests 2.8x fast
 
 pip's own wheel cache is keyed by the source's URL, not by CMAKE_ARGS, so a wheel it cached from an
 earlier build would bring that build's flags back: the wheel is built without pip's cache into
-`<cache>/wheels/<key of version, flags and patch>/` and installed from there.
+`<cache>/wheels/<key of version, flags and patch>/` and installed from there. It is compiled into a
+copy named for its process and renamed into place: what a failed or killed build left is never
+taken in, and two builds at once (two venvs, one cache) keep out of each other's way.
 
-Standard library only: `make install` runs this file before wattsmith is installed.
+An installed llama-cpp-python of the pinned version that offloads to a GPU (the CUDA build that
+docs/backends.md has GPU targets install) stays: this CPU build would replace it.
+
+Standard library only (and optimizer/processes.py, which is): `make install` runs this file before
+wattsmith is installed.
 
     python optimizer/backends/llamacpp/build.py               # build (once per flags), install
     python optimizer/backends/llamacpp/build.py --cmake-args  # the flags it builds with
@@ -35,6 +41,7 @@ Standard library only: `make install` runs this file before wattsmith is install
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import platform
 import re
@@ -46,6 +53,10 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+if not __package__:  # run as a script: the checkout's optimizer, installed or not
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from optimizer.processes import remove_stale_temps, temp_path  # noqa: E402
 
 # llama.cpp's CMake option for each x86 extension, by its /proc/cpuinfo flag (AVX512 needs all five
 # of F, CD, VL, DQ, BW: ggml's GGML_AVX512 passes those five to the compiler)
@@ -276,6 +287,73 @@ def patched_sdist(requirement: str, patch: SourcePatch, into: Path) -> Path:
     return root
 
 
+# run apart: a CUDA build initializes CUDA as it loads, and a broken one may abort
+GPU_OFFLOAD_PROBE = "import llama_cpp.llama_cpp as c; print('gpu_offload', c.llama_supports_gpu_offload())"
+
+
+def installed_llamacpp() -> tuple[str | None, bool]:
+    """The installed llama-cpp-python's version (None: none), and whether it loads and offloads
+    to a GPU (llama_supports_gpu_offload: a CUDA, ROCm, Vulkan or Metal build)."""
+    try:
+        version = importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        return None, False
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", GPU_OFFLOAD_PROBE], capture_output=True, text=True, timeout=300
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return version, False
+    return version, probe.returncode == 0 and "gpu_offload True" in (probe.stdout or "")
+
+
+def keep_installed(requirement: str, version: str | None, gpu_offload: bool) -> tuple[bool, str]:
+    """Whether to keep the installed llama-cpp-python rather than install this CPU build, and a
+    line saying what happens to a GPU build ('' for none or a CPU build: ours replaces it)."""
+    if version is None or not gpu_offload:
+        return False, ""
+    pinned = requirement.partition("==")[2]
+    if version == pinned:
+        return True, (
+            f"keeping the installed llama-cpp-python {version}: it offloads to a GPU, and this CPU "
+            "build would replace it (to build ours: pip uninstall llama-cpp-python, then make install)"
+        )
+    return False, (
+        f"replacing the installed llama-cpp-python {version}, a GPU build, with {requirement} compiled "
+        f"for this CPU: wattsmith needs {pinned}. For a GPU target, install its GPU build afterwards: "
+        f"CMAKE_ARGS=-DGGML_CUDA=on pip install --force-reinstall --no-cache-dir {requirement}"
+    )
+
+
+def build_wheel(requirement: str, args: str, patch: SourcePatch | None, wheels: Path) -> None:
+    """Compile `requirement` with CMAKE_ARGS `args` into the cache entry `wheels`, by way of this
+    process's copy beside it (`processes.temp_path`)."""
+    print(f"compiling {requirement} (CMAKE_ARGS={args or 'none'}) into {wheels}", flush=True)
+    remove_stale_temps(wheels)  # copies of builds killed outright (a live build's stay)
+    # the one copy all builds shared before they were named for their process: it cannot tell a
+    # live build from a dead one, and none of this version writes it
+    shutil.rmtree(wheels.with_name(wheels.name + ".partial"), ignore_errors=True)
+    building = temp_path(wheels)
+    shutil.rmtree(building, ignore_errors=True)  # a dead process's, with this pid
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = str(patched_sdist(requirement, patch, Path(tmp))) if patch else requirement
+            # compile, always: a prebuilt wheel pip can reach (an extra index, find-links) has
+            # other flags, yet would be cached and installed under these flags' key
+            pip_wheel = ["wheel", "-q", "--no-deps", "--no-cache-dir", "--no-binary", "llama-cpp-python"]
+            pip_wheel += ["-w", str(building), source]
+            subprocess.run(
+                [sys.executable, "-m", "pip", *pip_wheel], env=os.environ | {"CMAKE_ARGS": args}, check=True
+            )
+        try:
+            building.rename(wheels)
+        except OSError:  # another build of the same key finished first: install theirs
+            if not list(wheels.glob("llama_cpp_python-*.whl")):
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+
+
 def main(argv: list[str]) -> int:
     cache = Path(os.environ.get("WATTSMITH_CACHE") or Path.home() / ".cache" / "wattsmith")
     if "LLAMACPP_CMAKE_ARGS" in os.environ:
@@ -290,20 +368,15 @@ def main(argv: list[str]) -> int:
     if amx_line:
         print(f"llama.cpp build: {amx_line}", flush=True)
     requirement, patch = pinned_requirement(), source_patch(args)
+    if "LLAMACPP_CMAKE_ARGS" not in os.environ:  # (flags named: build what they say)
+        keep, line = keep_installed(requirement, *installed_llamacpp())
+        if line:
+            print(f"llama.cpp build: {line}", flush=True)
+        if keep:
+            return 0
     wheels = wheel_dir(requirement, args, cache, patch)
     if not list(wheels.glob("llama_cpp_python-*.whl")):
-        print(f"compiling {requirement} (CMAKE_ARGS={args or 'none'}) into {wheels}", flush=True)
-        building = wheels.with_name(wheels.name + ".partial")
-        with tempfile.TemporaryDirectory() as tmp:
-            source = str(patched_sdist(requirement, patch, Path(tmp))) if patch else requirement
-            # compile, always: a prebuilt wheel pip can reach (an extra index, find-links) has
-            # other flags, yet would be cached and installed under these flags' key
-            pip_wheel = ["wheel", "-q", "--no-deps", "--no-cache-dir", "--no-binary", "llama-cpp-python"]
-            pip_wheel += ["-w", str(building), source]
-            subprocess.run(
-                [sys.executable, "-m", "pip", *pip_wheel], env=os.environ | {"CMAKE_ARGS": args}, check=True
-            )
-        building.rename(wheels)
+        build_wheel(requirement, args, patch, wheels)
     wheel = next(wheels.glob("llama_cpp_python-*.whl"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],

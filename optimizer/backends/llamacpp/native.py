@@ -138,14 +138,31 @@ class Context:
             )
         self.memory = c.llama_get_memory(self.ctx)
         self.batch = c.llama_batch_init(params.n_batch, 0, 1)
+        # positions a token attends back over in a sliding-window layer (1: none of them sliding)
+        self.window = max(1, int(c.llama_model_n_swa(model)))
 
     def clear(self) -> None:
         """Forget every sequence's cells."""
         self._c.llama_memory_clear(self.memory, True)
 
-    def trim(self, sequence: int, keep: int = 0) -> None:
-        """Forget a sequence's cells from position `keep` on (0: all of them)."""
-        self._c.llama_memory_seq_rm(self.memory, sequence, keep, -1)
+    def trim(self, sequence: int, keep: int = 0) -> bool:
+        """Forget a sequence's cells from position `keep` on (0: all of them). False when the
+        sequence cannot keep exactly its first `keep` positions: then it holds none, and the
+        caller prefills from position 0.
+
+        A recurrent state (Mamba, RWKV, a hybrid's recurrent layers) holds only its last
+        position, so llama.cpp refuses to cut it short (seq_rm returns false, the cells stay); a
+        sliding-window cache may have overwritten positions the next token still attends to.
+        Decoding on from `keep` over either fails the step or reads the wrong state."""
+        c, memory = self._c, self.memory
+        if keep > 0 and c.llama_memory_seq_rm(memory, sequence, keep, -1):
+            # llama.cpp server's test: positions keep - window .. keep - 1 there, none after
+            low = c.llama_memory_seq_pos_min(memory, sequence)
+            high = c.llama_memory_seq_pos_max(memory, sequence)
+            if 0 <= low <= max(0, keep - self.window) and high == keep - 1:
+                return True
+        c.llama_memory_seq_rm(memory, sequence, -1, -1)  # removing a whole sequence never fails
+        return keep == 0
 
     def copy(self, source: int, target: int) -> None:
         """Replace sequence `target`'s cells with all of `source`'s. Across KV streams (one per

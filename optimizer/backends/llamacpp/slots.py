@@ -9,9 +9,10 @@ running batch as soon as one leaves it.
 With prefix reuse (llama.cpp server's prompt cache, per sequence id) a finished request's cells
 stay in its slot; a new request takes the free slot whose cached tokens share the longest prefix
 with its prompt, keeps those cells and prefills only the rest (at least its last prompt token,
-whose logits give the first output). Where a running request's cells share a longer prefix (a
-system prompt in use by another conversation), they are copied into a free slot instead
-(`copy`, llama.cpp's sequence copy), when that saves at least COPY_MIN_TOKENS more.
+whose logits give the first output), or all of it where llama.cpp cannot drop the rest of the
+cells (a recurrent state holds only its last position). Where a running request's cells share a
+longer prefix (a system prompt in use by another conversation), they are copied into a free slot
+instead (`copy`, llama.cpp's sequence copy), when that saves at least COPY_MIN_TOKENS more.
 """
 
 from __future__ import annotations
@@ -76,10 +77,14 @@ class Slots:
     def busy(self) -> bool:
         return bool(self.waiting or self.active)
 
-    def admit(self, trim: Callable[[int, int], None], copy: Callable[[int, int], None] | None = None) -> None:
+    def admit(
+        self, trim: Callable[[int, int], bool | None], copy: Callable[[int, int], None] | None = None
+    ) -> None:
         """Move waiting requests into free slots; `trim(slot, keep)` drops the slot's cells from
-        position `keep` on (0: all of them) before the request uses it; `copy(source, slot)`
-        (with prefix reuse) replaces the slot's cells with a running request's, before the trim."""
+        position `keep` on (0: all of them) before the request uses it, and returns False when it
+        could not keep those `keep` (a recurrent state cannot be cut short) but dropped them all:
+        the request then prefills from position 0. `copy(source, slot)` (with prefix reuse)
+        replaces the slot's cells with a running request's, before the trim."""
         free = [slot for slot in range(self.slots) if slot not in self.active]
         running = {slot: r.cells for slot, r in self.active.items()}  # not those admitted below
         while self.waiting and free:
@@ -87,10 +92,12 @@ class Slots:
             slot, keep = free[0], 0
             if self.reuse_prefix:
                 slot, keep = self._reuse(request.prompt, free, running, copy)
-                self.prefix.count(len(request.prompt), keep)
             free.remove(slot)
             self.cached.pop(slot, None)
-            trim(slot, keep)
+            if trim(slot, keep) is False:
+                keep = 0
+            if self.reuse_prefix:
+                self.prefix.count(len(request.prompt), keep)  # what was reused, not what matched
             request.slot, request.fed = slot, keep
             self.active[slot] = request
 
