@@ -127,6 +127,11 @@ def cgroup_memory_bytes(root: Path = ROOT) -> int | None:
     return min(known) if known else None
 
 
+def cgroup_v2_files(name: str, root: Path = ROOT) -> list[Path]:
+    """`name` in this process's cgroup v2 and in each ancestor that has it, its own cgroup first."""
+    return _cgroup_files(root, "", name)
+
+
 def _cgroup_files(root: Path, controller: str, name: str) -> list[Path]:
     """`name` in this process's cgroup and in each of its ancestors (a parent's limit binds its
     children), under v2's single hierarchy (controller "") or a v1 controller's. Inside a container

@@ -118,7 +118,8 @@ def undisturbed(
         if not shared or len(notes) >= retries:
             return result, notes
         notes.append(f"measured again after a window in which {shared[0]}")
-        waited = wait_for_quiet_cpu()
+        rapl = measurement_of(result).source == RaplMeter.source  # its figure holds the whole host's work
+        waited = wait_for_quiet_cpu(package_energy=True) if rapl else wait_for_quiet_cpu()
         quiet = f"quiet after {waited:.1f} s" if waited is not None else "still busy after the wait"
         log.info("measuring the window again, the CPU %s (workload.disturbed_retries=%d)", quiet, retries)
 
@@ -173,7 +174,8 @@ class RaplMeter:
         micro = sum((e - s) % r for s, e, r in zip(start, end, self.ranges, strict=True))  # counters wrap
         measurement.seconds = wall
         measurement.joules = micro / 1e6
-        _flag_shared_cpu(measurement, shared_cpu_warnings(times0, cpu_times(), own_cpu_seconds() - cpu0))
+        times, cpu = cpu_times(), own_cpu_seconds() - cpu0
+        _flag_shared_cpu(measurement, shared_cpu_warnings(times0, times, cpu, package_energy=True))
 
 
 def _zone_name(domain: Path) -> str | None:
