@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from optimizer.config import QualityConfig, SearchConfig
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 from optimizer.search.evaluate import DEATHS_BEFORE_FAILING, Evaluator, died_measuring, now_iso
+from optimizer.search.patience import Patience
 from optimizer.search.progress import progress_line, rough_duration
 from optimizer.search.roofline import Roofline
 from optimizer.search.samplers import GridSampler, make_sampler
@@ -107,10 +108,10 @@ def search_worker(
             return True
         # a grid measures every candidate: patience applies to an order that puts winners first
         grid = type(loop.sampler) is GridSampler
-        if search.patience is not None and not grid and loop.since_best >= search.patience:
+        since_best = loop.patience.since_best
+        if search.patience is not None and not grid and since_best >= search.patience:
             progress(
-                f"stopping: {loop.since_best} feasible candidates in a row did not beat the best "
-                "(search.patience)"
+                f"stopping: {since_best} feasible candidates in a row did not beat the best (search.patience)"
             )
             return True
         return loop.capped or (
@@ -121,12 +122,14 @@ def search_worker(
         loop.sync()
         if baseline.key() not in loop.known:
             loop.try_evaluate(baseline)  # always, whatever the budget: the ratios need it
+        loop.patience.reach(baseline.key(), loop.known)  # a stored one counts first, as measured
         while not over_budget():
             loop.sync()
             candidate = loop.sampler.suggest()
             if candidate is None:
                 break
             if candidate.key() in loop.known:
+                loop.patience.reach(candidate.key(), loop.known)
                 continue
             if not loop.pruned_by_roofline(candidate):
                 loop.try_evaluate(candidate)
@@ -178,9 +181,7 @@ class _WorkerLoop:
         self.mine: set[str] = set()
         self.evaluated = 0
         self.roofline_pruned = 0
-        # feasible candidates since the best improved: rebuilt from the store at the first sync,
-        # then counted as this worker measures them
-        self.since_best = 0
+        self.patience = Patience(isinstance(self.sampler, GridSampler), self.selectable)
         self.capped = False  # the candidate cap is reached, counting other workers' evaluations
         self._synced = False  # the first sync reads every candidate, later ones what changed
         self.deadline, self.clock = deadline, clock  # the search's: bound the time-left estimate
@@ -199,11 +200,7 @@ class _WorkerLoop:
             if key not in self.known and (result := self.reusable(candidate)) is not None:
                 self.record(candidate, result)
         if first:  # a rerun goes on from where the stored results leave patience, not afresh
-            self.since_best, best = 0, None
-            for key in self.store.commit_order():
-                if (result := self.known.get(key)) is not None and self.selectable(result):
-                    self.since_best = patience_after(self.since_best, result, best)
-                    best = select_best([result] if best is None else [best, result])
+            self.patience.rebuild(self.known, self.store.commit_order())
 
     def reusable(self, candidate: Candidate) -> CandidateResult | None:
         """A stored result that still holds under this run's bound, or None: must be evaluated."""
@@ -293,7 +290,7 @@ class _WorkerLoop:
             self.mine.add(key)
             self.record(candidate, failed)
             return
-        before = self.best()
+        before, to_beat = self.best(), self.patience.best(self.known)
         margin = self.search.screen_margin
         stop_below = (
             before.objective / (1 + margin)
@@ -305,18 +302,7 @@ class _WorkerLoop:
         self.evaluated += 1
         self.mine.add(key)
         self.record(candidate, replace(result, role=role))
-        if self.selectable(result):
-            self.since_best = patience_after(self.since_best, result, before)
-
-
-def patience_after(since: int, result: CandidateResult, best: CandidateResult | None) -> int:
-    """Feasible candidates in a row without beating the best, once `result` is known (`best` the
-    best before it): a new best resets the count, a feasible loser adds one, and an infeasible
-    result neither: best-bound order puts the large batches first, and one that misses the SLO or
-    the quality bound says nothing about the candidates after it. Nothing feasible, no stop."""
-    if not result.feasible:
-        return since
-    return 0 if best is None or result.objective > best.objective else since + 1
+        self.patience.count(result, to_beat)
 
 
 def stored_result(
