@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, replace
 from pathlib import Path
 
 from optimizer.errors import UserError
@@ -110,20 +109,18 @@ def _take_config_dir(args: list[str]) -> tuple[list[str], Path | None]:
 
 
 def _optimize(args: list[str], config_dir: Path | None) -> int:
-    from optimizer.target_defaults import chosen_groups, compose_for_target
+    from optimizer.target_defaults import compose_for_target
 
     show = "--show-config" in args
     cfg = compose_for_target([a for a in args if a != "--show-config"], config_dir=config_dir)
     if show:
         import yaml
 
-        print(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        print(yaml.safe_dump(cfg.settings(), sort_keys=False))
         return 0
-    from optimizer.pipeline import claim_new_dir, optimize
+    from optimizer.pipeline import claim_output_dir, optimize
 
-    if "output_dir" not in chosen_groups(args):  # the default, outputs/<second>: this run's alone
-        cfg = replace(cfg, output_dir=str(claim_new_dir(Path(cfg.output_dir))))
-    result = optimize(cfg)
+    result = optimize(claim_output_dir(cfg))  # optimize() claims too: a claimed dir is kept as is
     if result.dry_run is not None:
         print(
             f"dry run: nothing was submitted; the sbatch file and the workers' jobs are in {result.dry_run}"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -45,14 +44,19 @@ class RunResult:
     dry_run: Path | None = None  # launcher.slurm.dry_run: where the unsubmitted jobs are
 
 
+# Directories this process made for an output_dir (absolute): a run that fails before writing
+# removes them again, while empty; one it found, even empty, stays.
+_made_for_output: set[Path] = set()
+
+
 def optimize(cfg: RunConfig) -> RunResult:
     """Search the space, measure, select, and write recipe.yaml, report.md, pareto.png, results.jsonl."""
-    output_dir = _writable_dir(Path(cfg.output_dir).expanduser(), "output_dir")
+    cfg = claim_output_dir(cfg)
+    output_dir = Path(cfg.output_dir)
     try:
         return _optimize(cfg, output_dir)
     except BaseException:
-        with contextlib.suppress(OSError):
-            output_dir.rmdir()  # only when empty: a run that failed early leaves no husk behind
+        _remove_made_while_empty(output_dir)  # a run that failed early leaves no husk behind
         raise
 
 
@@ -265,9 +269,9 @@ def diagnose_infeasible(
     )
 
 
-def _writable_dir(path: Path, field_name: str) -> Path:
+def _writable_dir(path: Path, field_name: str, remember: bool = False) -> Path:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        _make_dirs(path, remember)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
@@ -278,17 +282,55 @@ def _writable_dir(path: Path, field_name: str) -> Path:
     return path
 
 
+def _make_dirs(path: Path, remember: bool) -> None:
+    """`mkdir -p path`; `remember`: note the directories it made in `_made_for_output`."""
+    missing = []
+    for folder in (path.absolute(), *path.absolute().parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    if remember:
+        _made_for_output.update(missing)
+
+
+def _remove_made_while_empty(path: Path) -> None:
+    """Remove `path`, then its parents, while this process made them for an output_dir and they
+    are empty (rmdir refuses the others)."""
+    for folder in (path.absolute(), *path.absolute().parents):
+        if folder not in _made_for_output:
+            return
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: the run wrote into it, or something else lies in it
+            return
+        _made_for_output.discard(folder)
+
+
+def claim_output_dir(cfg: RunConfig) -> RunConfig:
+    """`cfg` with its output_dir made (a Python caller's run and the command's alike). The composed
+    default names the second the run was composed: while output_dir is still it, the run gets a
+    directory of its own (`-2`, `-3`... when another run took the name). A directory the caller
+    chose is used as it is, existing or not: a re-run there replaces its outputs."""
+    path = Path(cfg.output_dir).expanduser()
+    if cfg.output_dir == cfg.composed_output_dir:
+        path = claim_new_dir(path)
+    path = _writable_dir(path, "output_dir", remember=True)
+    return replace(cfg, output_dir=str(path), composed_output_dir="")  # claimed: now the caller's
+
+
 def claim_new_dir(path: Path, field_name: str = "output_dir") -> Path:
     """`path`, created here, or `path-2`, `path-3`... when it exists: the default output_dir names
     the second a run starts, and a second run started in it must not overwrite the first's files."""
     path = path.expanduser()
     suffix = 1
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(path.parent, remember=True)
         while True:
             claimed = path if suffix == 1 else path.with_name(f"{path.name}-{suffix}")
             try:
                 claimed.mkdir()  # atomic: of two runs after one name, one gets it
+                _made_for_output.add(claimed.absolute())
                 return claimed
             except FileExistsError:
                 suffix += 1
@@ -304,4 +346,4 @@ def _write_results(output_dir: Path, results: list[CandidateResult]) -> None:
 
 
 def _write_config(output_dir: Path, cfg: RunConfig) -> None:
-    write_atomically(output_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    write_atomically(output_dir / "config.yaml", yaml.safe_dump(cfg.settings(), sort_keys=False))

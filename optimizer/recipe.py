@@ -23,6 +23,7 @@ from optimizer.config import (
     RunConfig,
     TargetConfig,
     WorkloadConfig,
+    cache_dir_from,
 )
 from optimizer.errors import UserError
 from optimizer.files import tensor_sha256, write_atomically
@@ -334,7 +335,7 @@ def _target_of(kind: str, measurement: dict[str, Any], source: str) -> TargetCon
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("WATTSMITH_CACHE", "~/.cache/wattsmith")).expanduser()
+    return Path(cache_dir_from(os.environ)).expanduser()
 
 
 def load_recipe(

@@ -32,7 +32,7 @@ from optimizer.config.presets import (
     presets,
 )
 from optimizer.config.quality import HALF_REFERENCES, QUALITY_REFERENCES, QualityConfig
-from optimizer.config.run import RunConfig
+from optimizer.config.run import CACHE_ENV, RunConfig, cache_dir_from
 from optimizer.config.search import OPTUNA_ALGORITHMS, SAMPLERS, OptunaConfig, SearchConfig
 from optimizer.config.space import (
     BACKENDS,
@@ -78,6 +78,7 @@ from optimizer.config.workload import (
 __all__ = [
     "ARRIVALS",
     "BACKENDS",
+    "CACHE_ENV",
     "CB_ATTENTION",
     "CB_PAGE_SIZES",
     "CB_PRECISIONS",
@@ -133,6 +134,7 @@ __all__ = [
     "TorchAxes",
     "TorchCbAxes",
     "WorkloadConfig",
+    "cache_dir_from",
     "check_config_dir",
     "compose_run_config",
     "config_dir_from",

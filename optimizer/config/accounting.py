@@ -20,4 +20,14 @@ class AccountingConfig:
         require_finite(self, "accounting")
         require(self.pue >= 1.0, "accounting.pue", f"is {self.pue} < 1", "a PUE is >= 1, e.g. 1.2")
         require(self.grid_gco2_per_kwh >= 0, "accounting.grid_gco2_per_kwh", "is negative", "e.g. 400")
+        # grids run from ~1.5 (hydro: Quebec) to ~1100 g/kWh (lignite); below 1 is kg/kWh given
+        # for g/kWh. 0 stays: a carbon-free supply. The price has no such floor or ceiling: 150
+        # per kWh is a slip in USD (per MWh) and a tariff in KRW.
+        grid = self.grid_gco2_per_kwh
+        require(
+            not 0 < grid < 1,
+            "accounting.grid_gco2_per_kwh",
+            f"is {grid:g} g/kWh, below any grid's (about 10-1000 g/kWh)",
+            f"give grams per kWh: {grid:g} kg/kWh is {grid * 1000:g} g/kWh (0 for a carbon-free supply)",
+        )
         require(self.price_per_kwh >= 0, "accounting.price_per_kwh", "is negative", "e.g. 0.15")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import typing
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.config.presets import CONF_DIR, GROUPS, check_config_dir, expand_model_shorthand, group_options
-from optimizer.config.run import RunConfig
+from optimizer.config.run import RunConfig, cache_dir_from
 from optimizer.errors import UserError
 
 PRIMARY = "wattsmith"
@@ -56,6 +57,9 @@ def compose_run_config(overrides: Sequence[str] = (), config_dir: str | Path | N
 
     register_configs()
     _check_override_syntax(overrides)
+    given = {item.partition("=")[0].lstrip("+~") for item in overrides}
+    if "cache_dir" not in given:  # conf/config.yaml reads WATTSMITH_CACHE: name it when it is empty
+        cache_dir_from(os.environ)
     user_dir = check_config_dir(config_dir) if config_dir is not None else None
     main, search = (CONF_DIR, []) if user_dir is None else (user_dir, [_searchpath(CONF_DIR)])
     GlobalHydra.instance().clear()
@@ -79,6 +83,8 @@ def compose_run_config(overrides: Sequence[str] = (), config_dir: str | Path | N
     finally:
         GlobalHydra.instance().clear()
     assert isinstance(run, RunConfig)
+    if "output_dir" not in given:
+        run.composed_output_dir = run.output_dir
     return run
 
 
@@ -175,7 +181,11 @@ def _schema_entry(key: str) -> tuple[Any, Any] | None:
     kind: Any = RunConfig
     default: Any = None
     for name in key.split("."):
-        fields = {f.name: f for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) else {}
+        fields = {
+            f.name: f
+            for f in (dataclasses.fields(kind) if dataclasses.is_dataclass(kind) else ())
+            if not f.metadata.get("omegaconf_ignore")  # Hydra's schema leaves it out: no setting
+        }
         if name not in fields:
             return None
         found = fields[name]

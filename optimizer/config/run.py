@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from optimizer.config.accounting import AccountingConfig
 from optimizer.config.checks import require
@@ -13,6 +15,10 @@ from optimizer.config.search import SearchConfig
 from optimizer.config.space import SpaceConfig
 from optimizer.config.target import TargetConfig
 from optimizer.config.workload import WorkloadConfig
+from optimizer.errors import UserError
+
+CACHE_ENV = "WATTSMITH_CACHE"
+DEFAULT_CACHE_DIR = "~/.cache/wattsmith"
 
 
 @dataclass
@@ -31,7 +37,11 @@ class RunConfig:
     output_dir: str = "outputs/run"
     # An SQLite file (default) or a database URL: sqlite:///path or postgresql://user@host/db.
     store_path: str = "outputs/trials.db"
-    cache_dir: str = "~/.cache/wattsmith"
+    cache_dir: str = DEFAULT_CACHE_DIR
+    # Not a setting (Hydra never sees it): the output_dir conf/config.yaml composed, naming the
+    # second the run was composed, "" when the caller gave one. While output_dir is still it,
+    # optimize() claims a directory of the run's own (a second run in that second gets `-2`).
+    composed_output_dir: str = field(default="", compare=False, metadata={"omegaconf_ignore": True})
 
     def __post_init__(self) -> None:
         for name in ("output_dir", "store_path", "cache_dir"):
@@ -43,3 +53,25 @@ class RunConfig:
             f"workers on other nodes cannot share the SQLite file {self.store_path}",
             "use a PostgreSQL URL that every node reaches, e.g. store_path=postgresql://user@db-host/wattsmith",
         )
+
+    def settings(self) -> dict[str, Any]:
+        """The settings, as `--show-config` prints them and a run's config.yaml records them."""
+        data = asdict(self)
+        del data["composed_output_dir"]
+        return data
+
+
+def cache_dir_from(environ: Mapping[str, str]) -> str:
+    """cache_dir's default: WATTSMITH_CACHE, else ~/.cache/wattsmith. Set but empty is refused, not
+    read as unset: a variable meant to hold a path and left empty would put the caches elsewhere."""
+    value = environ.get(CACHE_ENV)
+    if value is None:
+        return DEFAULT_CACHE_DIR
+    if not value.strip():
+        raise UserError(
+            CACHE_ENV,
+            "is set but empty",
+            f"unset it (unset {CACHE_ENV}: caches go to {DEFAULT_CACHE_DIR}), give it a path, "
+            "or pass cache_dir=DIR",
+        )
+    return value
