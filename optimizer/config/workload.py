@@ -116,9 +116,10 @@ class WorkloadConfig:
     warmup_requests: int = 4
     drain_requests: int = 4
     # A window (offline), a run of the stream (serving) or RAPL's idle window during which the
-    # hypervisor or other processes took the CPU (/proc/stat; measure/cpu_time.py) is measured
-    # again, up to this many times, after a wait for a quiet CPU; the last attempt counts, flagged
-    # if it was disturbed too. Not in the store key: it picks windows, not how they are measured.
+    # hypervisor or other processes took the CPU (/proc/stat, or a CPU quota's cgroup counters;
+    # measure/cpu_time.py) is measured again, up to this many times, after a wait for a quiet CPU;
+    # the last attempt counts, flagged if it was disturbed too. Not in the store key: it picks
+    # windows, not how they are measured.
     disturbed_retries: int = 1
 
     def __post_init__(self) -> None:
