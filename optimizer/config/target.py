@@ -8,6 +8,7 @@ from optimizer.config.checks import require, require_finite, require_subset
 
 TARGET_KINDS = ("auto", "cpu", "cuda")
 ENERGY_SOURCES = ("auto", "nvml", "rapl", "estimate")
+CPU_ONLY_SOURCES = ("rapl", "estimate")  # never a GPU's energy
 # The optional numeric capabilities, each with a plausible value for a fix (an H100's)
 CAPABILITY_EXAMPLES = {
     "memory_gib": 24,
@@ -46,6 +47,14 @@ class TargetConfig:
         require_finite(self, "target")
         require_subset([self.kind], TARGET_KINDS, "target.kind")
         require_subset([self.energy_source], ENERGY_SOURCES, "target.energy_source")
+        # found before the model loads; target=auto resolved to a GPU is refused by make_meter
+        require(
+            not (self.kind == "cuda" and self.energy_source in CPU_ONLY_SOURCES),
+            "target.energy_source",
+            f"is {self.energy_source}, which meters the CPU alone, but the target is a GPU: "
+            "its energy would not be counted",
+            "use target.energy_source=auto or nvml to measure the GPU, or target=cpu to optimize for the CPU",
+        )
         require(self.device_index >= 0, "target.device_index", "is negative", "use 0 for the first GPU")
         # a capability <= 0 would make the roofline bounds and the memory budget meaningless
         for name, example in CAPABILITY_EXAMPLES.items():

@@ -336,8 +336,15 @@ def integrate_power(samples: list[tuple[float, float]], start: float, end: float
 def make_meter(target: TargetSpec) -> EnergyMeter:
     """The best energy source available for the target, honouring `target.energy_source`."""
     wanted = target.energy_source
-    if wanted in ("auto", "nvml") and target.is_cuda:
-        assert target.gpu is not None
+    if target.is_cuda:
+        assert target.gpu is not None  # a CUDA target is one NVML detected: NVML can meter it
+        if wanted in ("rapl", "estimate"):  # (target=auto resolves to the GPU only here)
+            raise UserError(
+                "target.energy_source",
+                f"is {wanted}, which meters the CPU alone, but the target is the GPU {target.gpu.name}: "
+                "its energy would not be counted",
+                "use target.energy_source=auto or nvml to measure the GPU, or target=cpu to optimize for the CPU",
+            )
         return NvmlMeter([target.gpu.index])
     if wanted == "nvml":
         raise UserError(
@@ -353,7 +360,8 @@ def make_meter(target: TargetSpec) -> EnergyMeter:
                 "RAPL is not readable here (/sys/class/powercap missing or root-only)",
                 "run as a user who can read energy_uj, or use target.energy_source=estimate",
             )
-    log.warning("no energy counter here: energy is an ESTIMATE from CPU time (labelled 'estimate')")
+    why = "asked for by target.energy_source" if wanted == "estimate" else "no energy counter here"
+    log.warning("%s: energy is an ESTIMATE from CPU time (labelled 'estimate')", why)
     return EstimateMeter(target.cores, target.cpu_active_watts_per_core, target.cpu_idle_watts_per_core)
 
 

@@ -33,9 +33,15 @@ JOULES_PER_KWH = 3.6e6
 def energy_source_note(source: str, setup: MeasurementSetup) -> str:
     if source == "estimate":
         t = setup.target
+        # a CPU target either way (make_meter refuses the estimate on a GPU): why it was not measured
+        why = (
+            "asked for by target.energy_source=estimate (a RAPL counter, if readable, is not used)"
+            if t.energy_source == "estimate"
+            else "no energy counter is readable for this CPU target (RAPL's /sys/class/powercap missing or root-only)"
+        )
         return (
-            "**ESTIMATE** — no energy counter is readable here (no NVML GPU, no RAPL). Joules = process CPU "
-            f"seconds × {t.cpu_active_watts_per_core:g} W/core + wall seconds × {t.cores} cores × "
+            f"**ESTIMATE** — {why}. Joules = process CPU "
+            f"seconds × {t.cpu_active_watts_per_core:g} W/core + wall seconds × {_cores(t.cores)} × "
             f"{t.cpu_idle_watts_per_core:g} W/core (target.cpu_*_watts_per_core). Ratios between candidates "
             "are meaningful; absolute joules are not a measurement."
         )
@@ -93,7 +99,7 @@ def write_report(
         output_dir / "pareto.png", outcome.results, front, best, outcome.baseline, cfg.quality.max_kl, source
     )
     model, target = setup.model, setup.target
-    device = target.gpu.name if target.gpu else f"{target.cpu_model} ({target.cores} cores)"
+    device = target.gpu.name if target.gpu else f"{target.cpu_model} ({_cores(target.cores)})"
     lines = [
         f"# wattsmith report: {model.name} on {device}",
         "",
@@ -178,7 +184,7 @@ def _selected_section(
     for name, r in rows:
         p, q = r.performance, r.quality
         if p is None:
-            lines.append(f"| {name} | {r.candidate.label()} | {r.status}: {r.reason} |||||||||")
+            lines.append(f"| {name} | {r.candidate.label()} | {_cell(f'{r.status}: {r.reason}')} |||||||||")
             continue
         lines.append(
             f"| {name} | {r.candidate.label()} | {_spread(p.goodput_tokens_per_joule, len(p.windows))} | {p.tokens_per_joule.mean:.3f} "
@@ -282,10 +288,17 @@ def _candidates_table(results: Sequence[CandidateResult], estimate_mark: str = "
             if p
             else " | | | | "
         )
-        lines.append(
-            f"| {r.candidate.label()} | {status} | {_q(r.quality)} | {perf} | {note.replace('|', '/')} |"
-        )
+        lines.append(f"| {r.candidate.label()} | {status} | {_q(r.quality)} | {perf} | {_cell(note)} |")
     return lines + [""]
+
+
+def _cores(count: int) -> str:
+    return f"{count} core" if count == 1 else f"{count} cores"
+
+
+def _cell(text: str) -> str:
+    """Free text (a failure's reason) in a table cell: a pipe would end the cell."""
+    return text.replace("|", "/")
 
 
 def _percent(fraction: float) -> str:

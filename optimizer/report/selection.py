@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from optimizer.select import Selection
+from optimizer.select import Selection, percent_down
 
 
 def selection_section(selection: Selection | None, estimate_mark: str) -> list[str]:
@@ -34,7 +34,7 @@ def selection_section(selection: Selection | None, estimate_mark: str) -> list[s
         span = (
             f"{f.shown_low:.3f} – {f.high:.3f}" if math.isfinite(f.low) and math.isfinite(f.high) else "n/a"
         )
-        headroom = "-" if f.headroom is None else f"{f.headroom:.0%}"
+        headroom = "-" if f.headroom is None else percent_down(f.headroom)
         mean = f"{f.mean:.3f}" if f.samples else "failed"  # (no window: not 0 tok/J)
         lines.append(
             f"| {f.label}{' (near miss)' if f.near_miss else ''} | {mean} | {span} | {len(f.samples)} | {headroom} | {'yes' if f.feasible else 'no'} |"
