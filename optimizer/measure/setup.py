@@ -124,7 +124,8 @@ def _streams(
     """The serving stream at every offered load: generated (same seed, arrivals scaled to each
     rate) or a trace, replayed at its own times (a trace has one rate: its own)."""
     (ids,) = token_windows(tokenizer, paragraphs, STREAM_TEXT_TOKENS, 1, "quality.text")
-    text = TextTokens(ids, sequence_start(tokenizer), seed=cfg.seed)
+    start = sequence_start(tokenizer)
+    text = TextTokens(ids, start, seed=cfg.seed)
     if cfg.trace:
         if cfg.rates:
             raise UserError(
@@ -134,7 +135,11 @@ def _streams(
         _check_steady_state(trace, cfg)
         # keyed (and so measured and recorded) at its own offered rate, to 6 digits like the recipe's
         return {float(f"{trace.offered_rate:.6g}"): trace}
-    return {rate: generate_stream(cfg, text, rate) for rate in cfg.load_rates()}
+    # a text cursor of its own per rate: the same prompts at every load, and the stream at
+    # workload.rate (whose hash keys the results) whatever other rates are listed
+    return {
+        rate: generate_stream(cfg, TextTokens(ids, start, seed=cfg.seed), rate) for rate in cfg.load_rates()
+    }
 
 
 def _check_steady_state(trace: RequestStream, cfg: WorkloadConfig) -> None:

@@ -234,3 +234,17 @@ def test_a_trace_is_keyed_at_its_own_offered_rate_and_a_generated_stream_at_work
     generated = stream_cfg(rate=2.0, rates=[1.0, 4.0])
     streams = setup._streams(generated, WordTokenizer(), paragraphs, None)
     assert list(streams) == [1.0, 2.0, 4.0] and setup.selection_rate(generated, streams) == 2.0
+
+
+def test_every_offered_load_gets_the_same_prompts_and_the_selection_stream_ignores_rates() -> None:
+    """The load curve measures the same requests at scaled arrivals, and the stream at
+    workload.rate (its hash keys the results and the recipe) does not depend on which other rates
+    are listed. One text cursor shared across rates gave each rate other text."""
+    from optimizer.measure import setup
+
+    paragraphs = [" ".join(f"w{i}" for i in range(70_000))]
+    alone = setup._streams(stream_cfg(rate=2.0), WordTokenizer(), paragraphs, None)[2.0]
+    curve = setup._streams(stream_cfg(rate=2.0, rates=[0.5, 1.0]), WordTokenizer(), paragraphs, None)
+    assert curve[2.0].sha256 == alone.sha256
+    prompts = {rate: [r.prompt_ids for r in stream.requests] for rate, stream in curve.items()}
+    assert prompts[0.5] == prompts[1.0] == prompts[2.0]
