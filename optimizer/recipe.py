@@ -32,7 +32,7 @@ from optimizer.measure.energy import estimate_coefficients
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import ServingSummary
 from optimizer.recipe_checks import (
-    MODEL_KEYS,
+    BLOCK_KEYS,
     RECIPE_KEYS,
     artifact_change,
     check_artifact,
@@ -282,7 +282,8 @@ def read_recipe(path: Path | str) -> Recipe:
         if not isinstance(data.get(part), dict):
             raise UserError(f"recipe.{part}", f"{path}: is missing or not a mapping", "restore it from git")
     check_known_keys(data, RECIPE_KEYS, "recipe")
-    check_known_keys(data["model"], MODEL_KEYS, "recipe.model")  # a misspelt revision is `main`
+    for part, keys in BLOCK_KEYS.items():
+        check_known_keys(data[part], keys, f"recipe.{part}")
     check_artifact(data.get("artifact"), path)
     check_evidence(data, path)
     try:

@@ -1,6 +1,7 @@
 """What a recipe read from a file must hold: its keys (a hand edit's typo fails naming it), the
 evidence and prompts verify compares with, the configs it was measured with, the bounds of its
-`constraints`, its recorded build artifact, and whether the one built here is that artifact."""
+`constraints`, its recorded build artifact, whether the one built here is that artifact, and where
+its recorded input files are here."""
 
 from __future__ import annotations
 
@@ -25,6 +26,36 @@ RECIPE_KEYS = (
     "evidence",
 )
 MODEL_KEYS = ("name", "source", "format", "weight_sha256", "revision", "trust_remote_code", "num_parameters")
+# the blocks' keys as build_recipe writes them (TargetSpec.fingerprint for `target`). Open below
+# them: target.packages and target.gpu (whatever is tracked and detected), the evidence's parts
+# (records for the reader; what verify needs of them check_evidence requires)
+BLOCK_KEYS: dict[str, tuple[str, ...]] = {
+    "model": MODEL_KEYS,  # a misspelt revision is `main`
+    "target": ("kind", "name", "cpu_model", "cores", "memory_gib", "gpu", "python", "platform", "packages"),
+    # a misspelt energy_estimate would re-estimate with the default coefficients
+    "measurement": (
+        "workload",
+        "quality",
+        "quality_text_sha256",
+        "prompt_pool",
+        "prompt_tokens_sha256",
+        "longest_request_tokens",
+        "idle_watts",
+        "protocol_version",
+        "energy_estimate",
+    ),
+    "evidence": (
+        "energy",
+        "throughput",
+        "latency",
+        "quality",
+        "serving",
+        "selection",
+        "baseline",
+        "gain_vs_baseline",
+        "search",
+    ),
+}
 _Bounds = TypeVar("_Bounds", SloConfig, QualityConfig)
 # the keys `constraints` may set, each with the example its fix gives
 QUALITY_BOUND_EXAMPLES: dict[str, float] = {
@@ -179,4 +210,36 @@ def artifact_change(recorded: dict[str, Any] | None, built: dict[str, Any] | Non
         f"the build artifact made here ({recorded.get('what') or 'unnamed'}) is not the one the recipe "
         f"measured, {listed} differing: another version of the package that builds it, or a builder "
         "that is not deterministic"
+    )
+
+
+def inputs_here(
+    recipe: Path, workload: WorkloadConfig, quality: QualityConfig
+) -> tuple[WorkloadConfig, QualityConfig]:
+    """The configs with the trace and quality text the recipe records found on this machine. A
+    path is recorded as optimize was given it: a relative one is looked up next to the recipe
+    first (a recipe checked into a model's repository with its inputs), then in the current
+    directory (where optimize ran: its recipe is in outputs/<run>/). Any copy will do: verify
+    compares their hashes with the recorded ones."""
+    trace = workload.trace and _found(workload.trace, recipe, "measurement.workload.trace", "trace")
+    text = quality.text
+    if text != "wiki":  # the packaged text, not a path
+        text = _found(text, recipe, "measurement.quality.text", "quality text")
+    return replace(workload, trace=trace), replace(quality, text=text)
+
+
+def _found(recorded: str, recipe: Path, field: str, what: str) -> str:
+    given = Path(recorded).expanduser()
+    places = [given] if given.is_absolute() else [recipe.parent.absolute() / given, Path.cwd() / given]
+    found = next((place for place in places if place.is_file()), None)
+    if found is not None:
+        return str(found)
+    copy = f"the {what} the recipe was measured with (a copy will do: its hash is compared)"
+    edit = f"set the recipe's {field} to where it is"
+    if given.is_absolute():
+        raise UserError(f"recipe.{field}", f"{recorded} does not exist", f"put {copy} there, or {edit}")
+    raise UserError(
+        f"recipe.{field}",
+        f"{recorded} is neither next to the recipe ({places[0]}) nor in the current directory ({places[1]})",
+        f"put {copy} at {places[0]}, run verify in the directory optimize ran in, or {edit}",
     )

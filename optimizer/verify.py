@@ -14,16 +14,18 @@ from optimizer.config import SloConfig
 from optimizer.errors import UserError
 from optimizer.files import tensor_sha256
 from optimizer.measure import PROTOCOL_VERSION
-from optimizer.measure.energy import measure_idle_watts
+from optimizer.measure.energy import make_meter, measure_idle_watts
 from optimizer.measure.setup import MeasurementSetup, prepare_measurement
 from optimizer.measure.speed import SLOW_PROBE
 from optimizer.measure.workload import PerformanceResult
+from optimizer.model import resolve_model
 from optimizer.recipe import Recipe, check_weights, default_cache_dir, model_config_for, read_recipe
-from optimizer.recipe_checks import artifact_change
+from optimizer.recipe_checks import artifact_change, inputs_here
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
 from optimizer.search.plan import MIN_PROMPTS
 from optimizer.space import dequantized_model_needed, exclusion_reason
+from optimizer.target import detect_target
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ def verify_recipe(
     ones, quality is inside the recipe's bound, the SLO holds, and goodput tokens/J is within
     `tolerance` (a fraction) below the recorded mean and within its reciprocal above it (far above
     the record is as suspect as far below: a broken meter). The prompts are the recorded pool.
+    The protocol and whether the recorded device and energy source exist here are checked before
+    anything is prepared; a relative trace or quality text is found by `inputs_here`.
     An estimate is re-made with the recipe's coefficients. Like a search's worker, verify holds
     the device lock: its idle power and windows never overlap a search measuring on the device.
     """
@@ -88,15 +92,17 @@ def verify_recipe(
     cand = recipe.candidate
     if "energy_estimate" not in recipe.data["measurement"]:
         log.warning("the recipe does not record the estimate's watts per core: an estimate uses the defaults")
+    conditions = _conditions_here(recipe)
+    if not all(c.passed for c in conditions):  # decided before anything is prepared
+        return VerifyReport(recipe.path, conditions, measured=False)
+    workload, quality = inputs_here(recipe.path, recipe.workload, recipe.quality)
+    model_cfg = model_config_for(recipe, model_source)
+    convert = dequantized_model_needed([cand.backend], recipe.quality.reference)
     with _model_errors_name_the_flag(model_source):
+        if convert and recipe.data["model"].get("format") == "gguf":  # hashed before it is de-quantized
+            check_weights(recipe, resolve_model(model_cfg, cache, convert_gguf=False).weight_sha256)
         setup = prepare_measurement(
-            model_config_for(recipe, model_source),
-            recipe.target,
-            recipe.workload,
-            recipe.quality,
-            cache,
-            _prompt_pool(recipe),
-            dequantized_model_needed([cand.backend], recipe.quality.reference),
+            model_cfg, recipe.target, workload, quality, cache, _prompt_pool(recipe), convert
         )
     check_weights(recipe, setup.model.weight_sha256)
     recorded_target = recipe.data["target"]
@@ -118,12 +124,7 @@ def verify_recipe(
             recorded_text == setup.text_sha256,
         ),
         Check("device", recorded_device, here_device, recorded_device == here_device),
-        Check(
-            "measurement protocol",
-            str(recipe.data["measurement"].get("protocol_version")),
-            str(PROTOCOL_VERSION),
-            recipe.data["measurement"].get("protocol_version") == PROTOCOL_VERSION,
-        ),
+        _protocol_check(recipe),
         Check("energy source", energy["source"], setup.meter.source, energy["source"] == setup.meter.source),
     ]
     recorded_stream = (evidence.get("serving") or {}).get("stream_sha256")
@@ -188,6 +189,32 @@ def verify_recipe(
 
 
 _FIX_CANNOT_RUN = "install the package it names, or verify on a machine like the recipe's target"
+
+
+def _conditions_here(recipe: Recipe) -> list[Check]:
+    """What rules a recipe out before anything is prepared (a GGUF de-quantized, texts tokenized):
+    another measurement protocol, or no recorded device or energy source here at all. As a FAIL
+    check, not the run config's error: its fix (`target=cpu`) is not one verify can take."""
+    checks = [_protocol_check(recipe)]
+    try:
+        target = detect_target(recipe.target)
+    except UserError as error:
+        key = "gpu" if recipe.target.kind == "cuda" else "cpu_model"
+        recorded_device = _device_name(recipe.data["target"], key)
+        return [*checks, Check("device", recorded_device, f"unavailable: {error.problem}", False)]
+    recorded = str(recipe.evidence["energy"]["source"])
+    if recipe.target.energy_source == "estimate":  # always here (and a meter made now warns twice)
+        return checks
+    try:
+        here = make_meter(target).source
+    except UserError as error:
+        here = f"unavailable: {error.problem}"
+    return [*checks, Check("energy source", recorded, here, here == recorded)]
+
+
+def _protocol_check(recipe: Recipe) -> Check:
+    recorded = recipe.data["measurement"].get("protocol_version")
+    return Check("measurement protocol", str(recorded), str(PROTOCOL_VERSION), recorded == PROTOCOL_VERSION)
 
 
 def _prompt_pool(recipe: Recipe) -> int:
