@@ -7,13 +7,19 @@ measures the steady state; see optimizer/measure/stream.py and serving.py.
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import MISSING, dataclass, field, fields
 
 from optimizer.config.checks import require, require_finite, require_subset
 
+log = logging.getLogger(__name__)
+
 WORKLOAD_KINDS = ("offline", "serving")
 ARRIVALS = ("poisson", "constant", "gamma")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal")
+ARRIVAL_CV_DEFAULT = 1.0
+TURN_GAP_DEFAULT = 5.0
 # What only a request stream reads: set on an offline workload, each would be ignored without a word
 SERVING_FIELDS = (
     "rate",
@@ -30,6 +36,16 @@ SERVING_FIELDS = (
     "warmup_requests",
     "drain_requests",
 )
+
+
+@functools.cache
+def warn_unused_turn_gap(gap: float) -> None:
+    """Once per value: a run composes its config more than once."""
+    log.warning(
+        "workload.turn_gap_seconds=%g is ignored: workload.turns=1 sends single requests "
+        "(set workload.turns>1 for conversations whose turns are that far apart)",
+        gap,
+    )
 
 
 @dataclass
@@ -105,12 +121,12 @@ class WorkloadConfig:
     rates: list[float] = field(default_factory=list)
     requests: int = 40
     arrivals: str = "poisson"
-    arrival_cv: float = 1.0  # gamma arrivals: > 1 is bursty
+    arrival_cv: float = ARRIVAL_CV_DEFAULT  # gamma arrivals: > 1 is bursty
     prompt_lengths: LengthConfig = field(default_factory=LengthConfig)
     output_lengths: LengthConfig = field(default_factory=lambda: LengthConfig("lognormal", 64, 8, 256, 0.5))
     shared_prefix_tokens: int = 0  # a system prompt every request starts with
     turns: int = 1  # > 1: conversations that resend their whole history every turn
-    turn_gap_seconds: float = 5.0
+    turn_gap_seconds: float = TURN_GAP_DEFAULT
     seed: int = 0
     trace: str | None = None  # a JSONL trace replaces the generated stream
     warmup_requests: int = 4
@@ -171,6 +187,12 @@ class WorkloadConfig:
             f"is {self.arrival_cv}",
             "gamma arrivals need a cv > 0 (1 is Poisson, 2 is bursty)",
         )
+        require(
+            self.arrivals == "gamma" or self.arrival_cv == ARRIVAL_CV_DEFAULT,
+            "workload.arrival_cv",
+            f"is {self.arrival_cv}, read only by gamma arrivals; {self.arrivals} arrivals would ignore it",
+            "add workload.arrivals=gamma for bursty arrivals, or drop workload.arrival_cv",
+        )
         self.prompt_lengths.check("workload.prompt_lengths")
         self.output_lengths.check("workload.output_lengths")
         require(self.shared_prefix_tokens >= 0, "workload.shared_prefix_tokens", "is negative", "e.g. 0")
@@ -181,11 +203,16 @@ class WorkloadConfig:
             "1 for single requests, > 1 for conversations",
         )
         require(self.turn_gap_seconds >= 0, "workload.turn_gap_seconds", "is negative", "seconds >= 0")
+        if self.turns == 1 and self.turn_gap_seconds != TURN_GAP_DEFAULT:
+            # a warning, not a refusal: `workload=agent workload.turns=1` keeps the preset's gap,
+            # and this level cannot tell a preset's value from one the user gave
+            warn_unused_turn_gap(self.turn_gap_seconds)
         for name in ("warmup_requests", "drain_requests"):
             count = getattr(self, name)
             require(count >= 0, f"workload.{name}", f"is {count}: a count of requests must be >= 0", "e.g. 4")
+        # a trace ignores `requests`: its own length is checked when it is read (measure/setup.py)
         require(
-            self.leaves_steady_state(self.requests),
+            bool(self.trace) or self.leaves_steady_state(self.requests),
             "workload.requests",
             f"{self.requests} requests leave no steady state after {self.warmup_requests} warm-up and "
             f"{self.drain_requests} drain requests",

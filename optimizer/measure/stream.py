@@ -26,6 +26,9 @@ from typing import Any
 from optimizer.config import LengthConfig, WorkloadConfig
 from optimizer.errors import UserError
 
+# A first arrival later than this is a clock time, not seconds from the trace's start
+FIRST_ARRIVAL_LIMIT_SECONDS = 3600.0
+
 
 def draw_length(lengths: LengthConfig, rng: random.Random) -> int:
     """One token count from `lengths` (validated by the config)."""
@@ -203,8 +206,16 @@ def read_trace(path: Path, tokenizer: Any, text: TextTokens, max_context: int | 
                 f"{arrival} is negative or earlier than the line before ({previous})",
                 "arrival times are seconds from the trace's start, non-decreasing",
             )
+        if not requests and arrival > FIRST_ARRIVAL_LIMIT_SECONDS:
+            # a clock time (epoch seconds), most likely: the replay would wait that long before
+            # request 0. Refused rather than shifted, so every trace read before keeps its hash.
+            raise UserError(
+                f"{where}: arrival",
+                f"is {arrival} s: the replay would wait that long before the first request",
+                f"give seconds from the trace's start: subtract {arrival} from every arrival",
+            )
         previous = arrival
-        output = int(_number(item, "output_tokens", where))
+        output = _count(item, "output_tokens", where)
         if output < 1:
             raise UserError(f"{where}: output_tokens", f"is {output}", "ask for >= 1 token")
         prompt = _prompt(item, where, tokenizer, text)
@@ -216,7 +227,7 @@ def read_trace(path: Path, tokenizer: Any, text: TextTokens, max_context: int | 
             )
         conversation = item.get("conversation")
         turn = item.get("turn")
-        if turn is not None and not isinstance(turn, int):
+        if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int)):
             raise UserError(f"{where}: turn", f"is {turn!r}", "a turn number is an integer")
         requests.append(
             StreamRequest(
@@ -244,6 +255,14 @@ def _number(item: dict[str, Any], key: str, where: str) -> float:
     return float(value)
 
 
+def _count(item: dict[str, Any], key: str, where: str) -> int:
+    """A token count: a whole number (64.0 is 64), never silently truncated."""
+    value = _number(item, key, where)
+    if not value.is_integer():
+        raise UserError(f"{where}: {key}", f"is {value}, not a whole number", f"give {key} as an integer")
+    return int(value)
+
+
 def _prompt(item: dict[str, Any], where: str, tokenizer: Any, text: TextTokens) -> tuple[int, ...]:
     if isinstance(item.get("prompt"), str):
         ids = text.start_ids + tuple(tokenizer(item["prompt"], add_special_tokens=False)["input_ids"])
@@ -251,7 +270,7 @@ def _prompt(item: dict[str, Any], where: str, tokenizer: Any, text: TextTokens) 
             raise UserError(f"{where}: prompt", "is empty (no tokens)", "give a prompt with some text")
         return ids
     if "prompt_tokens" in item:
-        count = int(_number(item, "prompt_tokens", where))
+        count = _count(item, "prompt_tokens", where)
         if count < 1:
             raise UserError(f"{where}: prompt_tokens", f"is {count}", "a prompt has >= 1 token")
         return text.prompt(count)
@@ -259,10 +278,10 @@ def _prompt(item: dict[str, Any], where: str, tokenizer: Any, text: TextTokens) 
 
 
 TRACE_FORMAT = """One JSON object per line:
-  arrival        seconds from the trace's start (number, >= 0, non-decreasing)
+  arrival        seconds from the trace's start (number, >= 0, non-decreasing; the first <= 3600)
   prompt         the prompt text, or
-  prompt_tokens  a prompt length in tokens (real text of that length is used)
+  prompt_tokens  a prompt length in tokens, an integer (real text of that length is used)
   output_tokens  tokens to generate (integer >= 1)
   conversation   optional: an id shared by the turns of one conversation
-  turn           optional: the turn's number within its conversation
+  turn           optional: the turn's number (an integer) within its conversation
 """
