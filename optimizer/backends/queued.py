@@ -62,6 +62,12 @@ class QueuedServer:
         with self._lock:
             return take_completions(self._lock, self._done, lambda: self._stopped, timeout_seconds)
 
+    def first_token_times(self) -> dict[str, float | None]:
+        """The queued requests, which have no token yet (the batch in flight stamps its tokens
+        only when it returns: its requests are not told)."""
+        with self._lock:
+            return {r.request_id: None for r in self._queue}
+
     def cancel_all(self) -> None:
         with self._lock:
             self._queue.clear()

@@ -15,13 +15,15 @@ from optimizer.backends.base import Engine
 from optimizer.backends.queued import QueuedServer, serving_engine
 from optimizer.config import SloConfig, WorkloadConfig
 from optimizer.measure.energy import EnergyMeter, undisturbed
-from optimizer.measure.latency import LatencySummary, slo_violations, unfinished_violation
+from optimizer.measure.latency import LatencySummary, percentile, slo_violations, unfinished_violation
 from optimizer.measure.serving import (
     DRAIN_TIMEOUT_SECONDS,
+    RequestRecord,
     ServingEngine,
     ServingRun,
     serve_stream,
     summarize,
+    ttft_seconds,
 )
 from optimizer.measure.setup import selection_rate
 from optimizer.measure.stream import RequestStream
@@ -88,6 +90,7 @@ def _measure(
         stop_below=stop_below,
         disturbed_retries=cfg.disturbed_retries,
         deadline=deadline,
+        min_window_seconds=cfg.min_window_seconds,
     )
 
 
@@ -133,13 +136,15 @@ def measure_serving(
     stop_below: float | None = None,
     disturbed_retries: int = 0,
     deadline: float | None = None,
+    min_window_seconds: float = 0.0,
 ) -> PerformanceResult:
     """`repeats` runs of the stream offered at `rate`, each one energy window over its steady
     state, fewer when the runs so far are screened out below `stop_below` (see
     `workload.screened_out`); a run whose CPU time was taken from it is run again up to
     `disturbed_retries` times (`energy.undisturbed`). Past `deadline` (time.perf_counter) no
-    further run starts: CandidateTimeout. The caller adds prefix counters and the load curve to
-    `serving`."""
+    further run starts: CandidateTimeout. A window shorter than `min_window_seconds` is flagged,
+    not lengthened: repeating requests would change the stream measured. The caller adds prefix
+    counters and the load curve to `serving`."""
     runs: list[ServingRun] = []
     windows: list[WindowResult] = []
     for index in range(repeats):
@@ -160,20 +165,57 @@ def measure_serving(
                 f"requests in flight kept growing ({w.mean_in_flight:.1f} on average): "
                 f"{stream.offered_rate:.2f} req/s is above this candidate's capacity"
             )
+        if w.seconds < min_window_seconds:
+            warnings.append(
+                f"window {w.seconds:.2f} s < workload.min_window_seconds {min_window_seconds:g} s: "
+                "more workload.requests (a trace: a longer one) or a lower workload.rate lengthen it"
+            )
+        unknown = sum(not r.ttft_known for r in run.requests if w.judges(r))
+        if unknown:
+            warnings.append(
+                f"{unknown} request(s) given up unfinished with no first-token time told by the engine: "
+                "TTFT unknown"
+            )
         windows.append(WindowResult.of(m, w.output_tokens, w.goodput_tokens, warnings, run.cpu_probe_mibps))
         if screened_out(windows, repeats, stop_below):
             break
     judged = [r for run in runs for r in run.requests if run.window.judges(r)]
-    ttfts = [r.ttft for r in judged]
+    # a request given up with no first-token time told is left out (its time to the give-up would
+    # count a first token that may have come long before); the verdict still counts it as a miss
+    # (`unfinished_violation`, or else `unknown_ttft_violation`)
+    ttfts = ttft_seconds(judged)
     # a request that got fewer than two tokens (given up on, or asked for one) has no time per
     # output token: counted as 0 ms it would pull the TPOT percentiles of an overloaded run down
     timed = [r.tpot for r in judged if r.output_tokens > 1]
     tpots = timed or [r.tpot for run in runs for r in run.requests if r.output_tokens > 1] or [0.0]
     unfinished = sum(not r.token_times for r in judged)
+    violations = slo_violations(ttfts, tpots, slo) + unfinished_violation(len(timed), unfinished, slo)
     return PerformanceResult.of_windows(
         windows,
         idle_watts=meter.idle_watts,
         latency=LatencySummary.of(ttfts, tpots, slo.percentile),
-        slo_violations=slo_violations(ttfts, tpots, slo) + unfinished_violation(len(timed), unfinished, slo),
+        slo_violations=violations or unknown_ttft_violation(judged, slo),
         serving=summarize(runs, stream, rate),
     )
+
+
+def unknown_ttft_violation(judged: list[RequestRecord], slo: SloConfig) -> list[str]:
+    """The TTFT target broken once the requests with no TTFT known count as missing it, for a run
+    nothing else failed: left out of the TTFT percentile, they must not pass a TTFT-only SLO that
+    counting them (as before they were left out, at their time to the give-up) would break."""
+    known = sorted(r.ttft for r in judged if r.ttft_known)
+    unknown = len(judged) - len(known)
+    if slo.ttft_ms is None or not unknown or not known:  # none known: the percentile took them all
+        return []
+    # the percentile with each unknown one unbounded, so above every known one
+    rank = (len(judged) - 1) * slo.percentile / 100
+    low = int(rank)
+    if (
+        low + (rank > low) < len(known)
+        and 1000 * percentile(known[low : low + 2], 100 * (rank - low)) <= slo.ttft_ms
+    ):
+        return []
+    return [
+        f"TTFT p{slo.percentile:g} unknown: {unknown} of {len(judged)} requests in the windows were given up "
+        f"unfinished with no first-token time told, counted as missing workload.slo.ttft_ms {slo.ttft_ms:g}"
+    ]

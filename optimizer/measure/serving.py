@@ -68,12 +68,19 @@ class ServingEngine(Protocol):
 
     # Optional: `forget_cached_prefixes()`, called before each run of a stream by an engine whose
     # prefix cache outlives requests, so that one run's prompts are not found cached by the next.
+    # Optional: `first_token_times() -> dict[str, float | None]`, called when a run gives up on its
+    # last requests, before `cancel_all`: for each unfinished request whose state the engine
+    # knows, its first token's time (perf_counter), or None while it has none (still queued). A
+    # request left out has no TTFT known: `collect` reports finished requests only.
 
 
 @dataclass(frozen=True)
 class RequestRecord:
     """One served request. Times in seconds from the run's start (t0). A request still unfinished
-    when the run gave up has no token times: its TTFT is at least `gave_up_at - arrival`."""
+    when the run gave up (at `gave_up_at`) has no token times, and its TTFT is what the engine
+    told (`ServingEngine.first_token_times`): exact with its `first_token` time, at least
+    `gave_up_at - arrival` when it had no token then (`no_first_token`: still queued), unknown
+    otherwise (`ttft_known` False)."""
 
     index: int
     arrival: float
@@ -83,14 +90,27 @@ class RequestRecord:
     asked_tokens: int
     met_slo: bool
     gave_up_at: float | None = None
+    first_token: float | None = None
+    no_first_token: bool = False
 
     @property
     def output_tokens(self) -> int:
         return len(self.token_times)
 
     @property
+    def ttft_known(self) -> bool:
+        """Whether `ttft` is the TTFT or (`no_first_token`) a lower bound of it. False: given up on
+        with no first-token time told, its `ttft` is the time to the give-up and bounds nothing
+        (its first token may have come long before)."""
+        return bool(self.token_times) or self.first_token is not None or self.no_first_token
+
+    @property
     def ttft(self) -> float:
-        return (self.token_times[0] if self.token_times else float(self.gave_up_at or 0.0)) - self.arrival
+        if self.token_times:
+            return self.token_times[0] - self.arrival
+        if self.first_token is not None:
+            return self.first_token - self.arrival
+        return float(self.gave_up_at or 0.0) - self.arrival
 
     @property
     def tpot(self) -> float:
@@ -154,7 +174,8 @@ def serve_stream(
     them could still meet the SLO (its arrival + TTFT target + a TPOT target per further token),
     and never longer than `drain_timeout_seconds`: an engine far over its capacity would otherwise
     take minutes to empty its queue, and no verdict would change. What is left then is cancelled
-    and misses the SLO (tokens it produced are not counted: engines return finished requests).
+    and misses the SLO (tokens it produced are not counted: engines return finished requests);
+    its first-token times, where the engine tells them, give its TTFT (`RequestRecord`).
     `probe` times the cores' speed before the first request (measure/speed.py).
     """
     forget = getattr(engine, "forget_cached_prefixes", None)
@@ -201,9 +222,14 @@ def serve_stream(
         )
         give_up = min(give_up, last_chance)
     gave_up_at = None
+    told: dict[str, float | None] = {}
     if len(done) < count:
-        engine.cancel_all()
+        # before asking: a request told to have no token had none at `gave_up_at`
         gave_up_at = clock() - t0
+        first_token_times = getattr(engine, "first_token_times", None)
+        told = first_token_times() if first_token_times is not None else {}
+        engine.cancel_all()
+    started = {ids[i]: t if t is None else t - t0 for i, t in told.items() if i in ids}
     assert measurement is not None and len(window_times) == 2
     records = [
         _record(
@@ -216,6 +242,7 @@ def serve_stream(
             r.max_new_tokens,
             slo,
             gave_up_at,
+            started,
         )
         for r in stream.requests
     ]
@@ -249,9 +276,13 @@ def _record(
     asked: int,
     slo: SloConfig,
     gave_up_at: float | None,
+    started: dict[int, float | None],
 ) -> RequestRecord:
     if completion is None:  # still queued or running when the run gave up
-        return RequestRecord(index, arrival, submitted[index], (), prompt_tokens, asked, False, gave_up_at)
+        first, none = started.get(index), index in started and started[index] is None
+        return RequestRecord(
+            index, arrival, submitted[index], (), prompt_tokens, asked, False, gave_up_at, first, none
+        )
     if not completion.token_times:
         raise RuntimeError(f"request {completion.request_id} finished without tokens")
     times = tuple(t - t0 for t in completion.token_times)
@@ -334,8 +365,15 @@ def summarize(
         idle_fraction=statistics.fmean(run.window.idle_fraction for run in runs),
         mean_in_flight=statistics.fmean(run.window.mean_in_flight for run in runs),
         growing_windows=sum(run.window.growing for run in runs),
-        ttft_p90_ms=1000 * percentile([r.ttft for r in judged], 90),
+        ttft_p90_ms=1000 * percentile(ttft_seconds(judged), 90),
         e2e_p90_ms=1000 * percentile([r.e2e for r in judged], 90),
         max_lateness_ms=1000 * max(run.lateness_seconds for run in runs),
         prefix=dict(prefix or {}),
     )
+
+
+def ttft_seconds(judged: Sequence[RequestRecord]) -> list[float]:
+    """The TTFTs the percentiles take: of the judged requests whose TTFT is known (`ttft_known`).
+    None known (all given up on, none told): the times to the give-up, as nothing better is."""
+    known = [r.ttft for r in judged if r.ttft_known]
+    return known or [r.ttft for r in judged]

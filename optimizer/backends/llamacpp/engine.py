@@ -222,6 +222,19 @@ class LlamaCppEngine:
                 self._cancelling = False
                 self._cond.notify_all()
 
+    def first_token_times(self) -> dict[str, float | None]:
+        """Each unfinished stream request's first token time, None while it has none (waiting,
+        or its prompt still being fed)."""
+        with self._cond:
+            # the step in flight runs without the lock: it appends to `times` and drops finished
+            # requests from `active`, each an atomic operation under the GIL, as is this copy
+            requests = [*self._slots.waiting, *self._slots.active.values()]
+            return {
+                r.request_id: r.times[0] if r.times else None
+                for r in requests
+                if r.request_id not in self._own_ids
+            }
+
     def forget_cached_prefixes(self) -> None:
         """Start the next run of a stream with no prefix cached: a free slot keeps its cells for
         later matches, so a repeated run would find its own prompts from the run before and

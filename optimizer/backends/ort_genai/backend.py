@@ -316,6 +316,9 @@ class OrtGenaiEngine:
             return []
         return self._server.collect(timeout_seconds)
 
+    def first_token_times(self) -> dict[str, float | None]:
+        return self._server.first_token_times() if self._server is not None else {}
+
     def cancel_all(self) -> None:
         if self._server is not None:
             self._server.cancel_all()

@@ -117,6 +117,12 @@ class GenaiEngineServer:
                 self._raise_if_down()
         return done
 
+    def first_token_times(self) -> dict[str, float | None]:
+        """The requests waiting here, which have no token yet (those handed to genai are not told:
+        the loop thread alone holds their state)."""
+        with self._lock:
+            return {q.request_id: None for q in self._inbox}
+
     def cancel_all(self) -> None:
         """Cancel every queued and running request; returns once genai has none left."""
         deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS

@@ -3,7 +3,7 @@ table of what the running requests have produced."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,6 +83,16 @@ class SlotTable:
     def move(self, source: int, target: int) -> None:
         for array in (self.produced, self.wanted, self.prompt, self.tokens, self.times):
             array[target] = array[source]
+
+    def first_times(
+        self, running: dict[int, SlotRequest], waiting: Iterable[SlotRequest]
+    ) -> dict[str, float | None]:
+        """`ServingEngine.first_token_times`: each running request's first token time, None for
+        the waiting ones and for one whose prefill has not returned."""
+        told: dict[str, float | None] = {r.request_id: None for r in waiting}
+        for slot, request in running.items():
+            told[request.request_id] = float(self.times[slot, 0]) if self.produced[slot] else None
+        return told
 
     def fill(self, slot: int, request: SlotRequest) -> SlotRequest:
         """The slot's tokens and times so far into the request's lists."""

@@ -112,7 +112,6 @@ class SlotEngine:
         self._thread.start()
 
     # -- ServingEngine -------------------------------------------------------------------------
-
     def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
         if max_new_tokens < 1 or not prompt_ids:
             raise ValueError(
@@ -140,6 +139,11 @@ class SlotEngine:
             while self._cancel and not self._stopped:
                 self._cond.wait(0.1)
             self._done.clear()
+
+    def first_token_times(self) -> dict[str, float | None]:
+        """Each unfinished request's first token time (None: no token yet), read between steps."""
+        with self._cond:
+            return self._table.first_times(self._running, self._waiting)
 
     def reserve(self, sequence_tokens: int) -> SlotEngine:
         """Slots with room for requests of `sequence_tokens` (prompt + new) tokens, built now."""
@@ -171,7 +175,6 @@ class SlotEngine:
             return self._prefix_counts.as_dict() if self.prefix_sharing else {}
 
     # -- Engine --------------------------------------------------------------------------------
-
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
         """Each row one request, all submitted together (TTFT from submission, queueing included)."""
         if prompt_ids.dim() != 2 or prompt_ids.shape[0] < 1 or prompt_ids.shape[1] < 1:
@@ -214,7 +217,6 @@ class SlotEngine:
             torch.cuda.empty_cache()
 
     # -- the loop thread -----------------------------------------------------------------------
-
     def _serve(self) -> None:
         try:
             self._serve_requests()
