@@ -101,6 +101,8 @@ def search_worker(
         candidates, baseline, evaluator, store, search, bound, progress, roofline, deadline, clock
     )
 
+    stop_said: list[bool] = []
+
     def over_budget() -> bool:
         # a candidate is not started when the time left is less than a typical measurement:
         # it would most likely run past the budget
@@ -110,9 +112,11 @@ def search_worker(
         grid = type(loop.sampler) is GridSampler
         since_best = loop.patience.since_best
         if search.patience is not None and not grid and since_best >= search.patience:
-            progress(
-                f"stopping: {since_best} feasible candidates in a row did not beat the best (search.patience)"
-            )
+            if not stop_said:  # asked again while waiting for other workers' results
+                progress(
+                    f"stopping: {since_best} feasible candidates in a row did not beat the best (search.patience)"
+                )
+                stop_said.append(True)
             return True
         return loop.capped or (
             search.max_candidates is not None and store.run_count() >= search.max_candidates

@@ -32,24 +32,27 @@ class _LogCapture:
     """llama.cpp's recent warnings and errors, for the messages of failures."""
 
     def __init__(self) -> None:
-        self.lines: collections.deque[str] = collections.deque(maxlen=20)
+        self.lines: collections.deque[tuple[int, str]] = collections.deque(maxlen=20)  # (level, text)
         self._level = 0
 
     def __call__(self, level: int, text: bytes, _user_data: Any) -> None:
-        level = self._level if level == _LOG_CONT else level
+        if level == _LOG_CONT:
+            level = self._level
         self._level = level
         if level in (_LOG_WARN, _LOG_ERROR):
             message = text.decode("utf-8", errors="replace").strip()
             if message:
-                self.lines.append(message)
+                self.lines.append((level, message))
                 log.debug("llama.cpp: %s", message)
 
     def reason(self, default: str) -> str:
-        """The latest errors llama.cpp logged (errors before warnings), or `default`."""
-        lines = list(self.lines)
-        errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
-        chosen = (errors or lines)[-2:]
-        return "; ".join(chosen)[:500] if chosen else default
+        """The latest errors llama.cpp logged (errors before warnings), or `default`. By level, not
+        by wording, and five of them: a refused batch explains itself in three error lines ("the
+        tokens of sequence 1 ... have inconsistent sequence positions", X, Y) before the two
+        "failed to initialize batch" / "failed to decode" lines."""
+        errors = [text for level, text in self.lines if level == _LOG_ERROR]
+        chosen = (errors or [text for _, text in self.lines])[-5:]
+        return "; ".join(chosen)[:800] if chosen else default
 
 
 _CAPTURE = _LogCapture()

@@ -435,3 +435,24 @@ def test_progress_shows_a_stored_result_rejected_under_this_runs_bound(evaluator
     run_search(candidates, [], candidates[0], evaluator(), SearchConfig(), strict, progress=lines.append)
     assert len(lines) == 2
     assert all("REJECTED: KL 0.0010 > quality.max_kl 0.0005" in line for line in lines)
+
+
+def test_the_patience_stop_is_said_once_while_other_workers_measure(
+    evaluator, make_candidate, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The wait for other workers' results asks again whether to stop: the line printed twice."""
+    from optimizer.search import runner as runner_module
+    from optimizer.search.samplers import GridSampler
+
+    class InOrder(GridSampler):  # an ordered sampler that is not a grid (a grid ignores patience)
+        pass
+
+    monkeypatch.setattr(runner_module, "make_sampler", lambda cfg, candidates, *_: InOrder(candidates))
+    candidates = [make_candidate(batch_size=b) for b in (64, 1, 8, 2, 4)]
+    ev = evaluator()
+    other = TrialStore(tmp_path / "trials.db", "ctx", run_id=ev.store.run_id)  # a live worker
+    assert other.claim(candidates[2].key(), 60)  # measuring batch 8: this worker waits for it
+    said: list[str] = []
+    run_search(candidates, [], candidates[0], ev, SearchConfig(patience=2), BOUND, progress=said.append)
+    assert [c.batch_size for c, _ in ev.asked] == [64, 1, 2]
+    assert sum(line.startswith("stopping:") for line in said) == 1

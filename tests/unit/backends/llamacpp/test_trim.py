@@ -308,3 +308,33 @@ def test_prefix_sharing_on_a_real_recurrent_model_answers_as_without_it(tmp_path
         finally:
             engine.close()
     assert results[True] == results[False]
+
+
+def test_a_failure_names_llama_cpps_errors_by_level_not_by_wording() -> None:
+    """A decode refused over a cut that did not happen logs its cause as an error without the word
+    "error" or "failed"; the message kept only the "failed to initialize batch" line after it."""
+    from optimizer.backends.llamacpp.native import _LOG_CONT, _LOG_ERROR, _LOG_WARN, _LogCapture
+
+    capture = _LogCapture()
+    capture(_LOG_WARN, b"some warning about the failed cache", None)
+    # llama_batch_allocr::init's lines, then llama_context::decode's and llama_decode's
+    capture(
+        _LOG_ERROR,
+        b"init: the tokens of sequence 1 in the input batch have inconsistent sequence positions:",
+        None,
+    )
+    capture(_LOG_ERROR, b" - the last position stored in the memory module ... is X = 27", None)
+    capture(
+        _LOG_ERROR,
+        b" - the tokens for sequence 1 in the input batch have a starting position of Y = 20",
+        None,
+    )
+    capture(_LOG_CONT, b"", None)
+    capture(_LOG_ERROR, b"decode: failed to initialize batch", None)
+    capture(_LOG_ERROR, b"llama_decode: failed to decode, ret = -1", None)
+    reason = capture.reason("none")
+    assert "inconsistent sequence positions" in reason and "Y = 20" in reason
+    assert "failed to decode" in reason and "warning" not in reason
+    capture.lines.clear()
+    capture(_LOG_WARN, b"only a warning", None)
+    assert capture.reason("none") == "only a warning"
