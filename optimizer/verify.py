@@ -82,7 +82,7 @@ def verify_recipe(
     ones, quality is inside the recipe's bound, the SLO holds, and goodput tokens/J is within
     `tolerance` (a fraction) below the recorded mean and within its reciprocal above it (far above
     the record is as suspect as far below: a broken meter). The prompts are the recorded pool.
-    The protocol and whether the recorded device and energy source exist here are checked before
+    The protocol, the device and whether the recorded energy source exists here are checked before
     anything is prepared; a relative trace or quality text is found by `inputs_here`.
     An estimate is re-made with the recipe's coefficients. Like a search's worker, verify holds
     the device lock: its idle power and windows never overlap a search measuring on the device.
@@ -90,7 +90,8 @@ def verify_recipe(
     recipe = read_recipe(path)
     cache = cache_dir or default_cache_dir()
     cand = recipe.candidate
-    if "energy_estimate" not in recipe.data["measurement"]:
+    estimated = recipe.evidence["energy"]["source"] == "estimate"  # (a meter's recipe needs none)
+    if estimated and "energy_estimate" not in recipe.data["measurement"]:
         log.warning("the recipe does not record the estimate's watts per core: an estimate uses the defaults")
     conditions = _conditions_here(recipe)
     if not all(c.passed for c in conditions):  # decided before anything is prepared
@@ -107,9 +108,6 @@ def verify_recipe(
     check_weights(recipe, setup.model.weight_sha256)
     recorded_target = recipe.data["target"]
     here = setup.target.fingerprint()
-    device_key = "gpu" if setup.target.is_cuda else "cpu_model"
-    recorded_device = _device_name(recorded_target, device_key)
-    here_device = _device_name(here, device_key)
     evidence = recipe.evidence
     energy = evidence["energy"]
     recorded_text = recipe.data["measurement"].get("quality_text_sha256")
@@ -123,7 +121,7 @@ def verify_recipe(
             setup.text_sha256[:16],
             recorded_text == setup.text_sha256,
         ),
-        Check("device", recorded_device, here_device, recorded_device == here_device),
+        next(c for c in conditions if c.name == "device"),  # compared before preparing, shown here
         _protocol_check(recipe),
         Check("energy source", energy["source"], setup.meter.source, energy["source"] == setup.meter.source),
     ]
@@ -193,8 +191,9 @@ _FIX_CANNOT_RUN = "install the package it names, or verify on a machine like the
 
 def _conditions_here(recipe: Recipe) -> list[Check]:
     """What rules a recipe out before anything is prepared (a GGUF de-quantized, texts tokenized):
-    another measurement protocol, or no recorded device or energy source here at all. As a FAIL
-    check, not the run config's error: its fix (`target=cpu`) is not one verify can take."""
+    another measurement protocol, another device (or none of its kind) or no recorded energy source
+    here. As a FAIL check, not the run config's error: its fix (`target=cpu`) is not one verify can
+    take. prepare_measurement detects the same target from the same config: its device is this one."""
     checks = [_protocol_check(recipe)]
     try:
         target = detect_target(recipe.target)
@@ -202,6 +201,10 @@ def _conditions_here(recipe: Recipe) -> list[Check]:
         key = "gpu" if recipe.target.kind == "cuda" else "cpu_model"
         recorded_device = _device_name(recipe.data["target"], key)
         return [*checks, Check("device", recorded_device, f"unavailable: {error.problem}", False)]
+    key = "gpu" if target.is_cuda else "cpu_model"
+    recorded_device = _device_name(recipe.data["target"], key)
+    here_device = _device_name(target.fingerprint(), key)
+    checks.append(Check("device", recorded_device, here_device, recorded_device == here_device))
     recorded = str(recipe.evidence["energy"]["source"])
     if recipe.target.energy_source == "estimate":  # always here (and a meter made now warns twice)
         return checks

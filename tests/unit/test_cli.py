@@ -78,11 +78,13 @@ def test_a_misplaced_word_exits_2_with_the_command_meant(
 
 @pytest.mark.parametrize("given", [True, False])
 def test_verify_names_its_model_flag_when_the_weights_are_not_found(
-    tmp_path, given: bool, capsys: pytest.CaptureFixture[str]
+    tmp_path, given: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from optimizer import verify
     from optimizer.recipe import write_recipe
-    from unit.factories import recipe_data
+    from unit.factories import recipe_data, target_spec
 
+    monkeypatch.setattr(verify, "detect_target", lambda cfg: target_spec(cores=2))  # the recipe's CPU
     data = recipe_data()
     data["model"]["source"] = str(tmp_path / "moved-away")
     recipe = write_recipe(tmp_path / "recipe.yaml", data)

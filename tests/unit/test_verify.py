@@ -100,9 +100,10 @@ def _recipe(tmp_path: Path, artifact: dict[str, Any] | None = None, **measuremen
 
 
 def test_verify_estimates_with_the_recipes_coefficients(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_target
 ) -> None:
     seen: list[TargetConfig] = []
+    monkeypatch.setattr(verify, "detect_target", lambda cfg: make_target(cores=2))  # the recipe's CPU
 
     def prepare(model_cfg: Any, target_cfg: TargetConfig, *args: Any) -> None:
         seen.append(target_cfg)
@@ -166,6 +167,8 @@ def measured_here(
         **measurement: Any,
     ) -> verify.VerifyReport:
         monkeypatch.setattr(verify, "prepare_measurement", lambda *a: prepare(text_sha256, cores, *a))
+        # the device verify compares before preparing: the one the fake setup measures on
+        monkeypatch.setattr(verify, "detect_target", lambda cfg: make_target(cores=cores))
         return verify.verify_recipe(_recipe(tmp_path, artifact, **measurement))
 
     monkeypatch.setattr(verify, "measure_idle_watts", idle)

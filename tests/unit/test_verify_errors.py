@@ -4,6 +4,7 @@ files found from anywhere, and misspelt keys of the recipe's blocks."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,8 +17,8 @@ from optimizer.config import QualityConfig, TargetConfig, WorkloadConfig
 from optimizer.errors import UserError
 from optimizer.measure.energy import RaplMeter, make_meter
 from optimizer.recipe import read_recipe, write_recipe
-from optimizer.target import detect_target
-from unit.factories import recipe_data
+from optimizer.target import GIB, GpuInfo, TargetSpec, detect_target
+from unit.factories import recipe_data, target_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,6 +39,13 @@ def prepared(monkeypatch: pytest.MonkeyPatch) -> list[tuple[TargetConfig, Worklo
         raise _Stop
 
     monkeypatch.setattr(verify, "prepare_measurement", prepare)
+
+    def here(cfg: TargetConfig) -> TargetSpec:
+        """This host's detection (and its errors) as the recipe's CPU: the device compared before
+        preparing passes, and what a test checks is what comes after it."""
+        return replace(detect_target(cfg), cpu_model="Test CPU", cores=2)
+
+    monkeypatch.setattr(verify, "detect_target", here)
     return calls
 
 
@@ -100,6 +108,47 @@ def test_another_protocol_stops_verify_before_anything_is_prepared(
     protocol = {c.name: c for c in report.checks}["measurement protocol"]
     assert not protocol.passed and protocol.recorded == "1"
     assert not report.measured and prepared == []
+
+
+def _prepare_must_not_run(*args: Any) -> None:
+    raise AssertionError("prepare_measurement ran: a GGUF would be de-quantized for nothing")
+
+
+@pytest.mark.parametrize(
+    ("here", "measured"),
+    [
+        (target_spec(cores=8), "Test CPU, 8 cores"),
+        (target_spec(cpu_model="Other CPU", cores=2), "Other CPU, 2 cores"),
+    ],
+)
+def test_another_cpu_stops_verify_before_anything_is_prepared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, here: Any, measured: str
+) -> None:
+    """Another CPU model or core count is another energy figure: FAIL device and NOT VERIFIED
+    before preparing (a GGUF on a GPU de-quantizes tens of GiB first), one device line as ever."""
+    monkeypatch.setattr(verify, "detect_target", lambda cfg: here)
+    monkeypatch.setattr(verify, "prepare_measurement", _prepare_must_not_run)
+    report = verify.verify_recipe(_write(tmp_path / "recipe.yaml", recipe_data()))
+    devices = [c for c in report.checks if c.name == "device"]
+    assert len(devices) == 1 and not devices[0].passed
+    assert (devices[0].recorded, devices[0].measured) == ("Test CPU, 2 cores", measured)
+    assert not report.measured and report.render().splitlines()[-1].startswith("NOT VERIFIED")
+    assert any(line.startswith("  FAIL device ") for line in report.render().splitlines())
+
+
+def test_another_gpu_stops_verify_before_anything_is_prepared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a100 = GpuInfo("NVIDIA A100-SXM4-80GB", 0, 80 * GIB, "550.54", (8, 0), 400.0)
+    monkeypatch.setattr(verify, "detect_target", lambda cfg: target_spec(kind="cuda", gpu=a100, cores=16))
+    monkeypatch.setattr(verify, "make_meter", lambda target: SimpleNamespace(source="nvml"))
+    monkeypatch.setattr(verify, "prepare_measurement", _prepare_must_not_run)
+    report = verify.verify_recipe(_gpu_recipe(tmp_path))
+    checks = {c.name: c for c in report.checks}
+    assert [c.name for c in report.checks].count("device") == 1
+    assert not checks["device"].passed and checks["device"].recorded == "NVIDIA H100 80GB HBM3"
+    assert checks["device"].measured == "NVIDIA A100-SXM4-80GB"
+    assert checks["energy source"].passed and not report.measured
 
 
 def test_a_gguf_is_hashed_before_it_is_de_quantized(
