@@ -83,12 +83,17 @@ class OrtGenaiSpec:
     def footprint(self, settings: OrtGenaiSettings, num_layers: int) -> Footprint:
         # the builder keeps fp32 activations and KV for int4/int8 on CPU, fp16 on CUDA
         act = 4.0 if settings.precision == "fp32" or settings.provider == "cpu" else 2.0
-        if settings.precision in WEIGHT_QUANTIZED:
-            bits = 4 if settings.precision == "int4" and not settings.int8_lm_head else 8
-            weight = bits / 8 + 4 / settings.block_size  # plus one fp32 scale per block
-        else:
-            weight = PRECISION_BYTES[settings.precision]
-        return Footprint(weight, act, act, prompt_logits=True)
+        if settings.precision not in WEIGHT_QUANTIZED:
+            return Footprint(PRECISION_BYTES[settings.precision], act, act, prompt_logits=True)
+        scale = 4 / settings.block_size  # one fp32 scale per block (fp16 on CUDA: counted at fp32)
+        weight = (0.5 if settings.precision == "int4" else 1.0) + scale
+        head = 1.0 + scale if settings.int8_lm_head else weight
+        # MatMulNBits takes lm_head, not the embedding's Gather, which keeps the activation dtype;
+        # except that a tied int4 build's GatherBlockQuantized reads lm_head's int4 matrix. The
+        # footprint cannot tell tied from untied: an untied int4 build is under by (act - weight)
+        # per embedding parameter. (A tied int4 + int8 lm_head build does not load in genai 0.18.)
+        embedding = weight if settings.precision == "int4" and not settings.int8_lm_head else act
+        return Footprint(weight, act, act, prompt_logits=True, embedding_bytes=embedding, output_bytes=head)
 
     def moved_bytes(self, settings: OrtGenaiSettings, num_layers: int) -> MovedBytes:
         """Every weight at the body's bits (an int8 lm_head and the block scales only add), and the

@@ -46,8 +46,10 @@ class OrtOnnxSpec:
     def footprint(self, settings: OrtOnnxSettings, num_layers: int) -> Footprint:
         act = PRECISION_BYTES[settings.precision] if settings.provider == "cuda" else 4.0
         weight = 1.0 if settings.quantization != "none" else act
-        # the KV cache crosses the graph's boundary, which stays float32 (keep_io_types)
-        return Footprint(weight, act, 4.0)
+        # The KV cache crosses the graph's boundary, which stays float32 (keep_io_types). The
+        # quantizers take weight MatMuls (lm_head among them), not the embedding's Gather: it keeps
+        # the model's float (fp32 in the int8 builds).
+        return Footprint(weight, act, 4.0, embedding_bytes=act)
 
     def moved_bytes(self, settings: OrtOnnxSettings, num_layers: int) -> MovedBytes:
         """The precision's own bytes on every provider (TensorRT's EP runs fp16 weights as fp16 even
