@@ -127,6 +127,18 @@ def cgroup_memory_bytes(root: Path = ROOT) -> int | None:
     return min(known) if known else None
 
 
+def cgroup_v2_quota(root: Path = ROOT) -> tuple[float, Path] | None:
+    """The tightest cgroup v2 CPU quota in CPUs (1.5 for "150000 100000") and the cgroup folder
+    that sets it; None without one."""
+    quotas = []
+    for path in _cgroup_files(root, "", "cpu.max"):
+        quota, _, period = read_or_empty(path).partition(" ")
+        q, p = _positive_int(quota), _positive_int(period)
+        if q is not None and p is not None:
+            quotas.append((q / p, path.parent))
+    return min(quotas, key=lambda quota: quota[0]) if quotas else None
+
+
 def cgroup_v2_files(name: str, root: Path = ROOT) -> list[Path]:
     """`name` in this process's cgroup v2 and in each ancestor that has it, its own cgroup first."""
     return _cgroup_files(root, "", name)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from optimizer import host_cpu
-from optimizer.host_cpu import cgroup_v2_files, read_or_empty
+from optimizer.host_cpu import cgroup_v2_files, cgroup_v2_quota, read_or_empty
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,10 @@ def quota_cpu(allowed_cpus: int, clock: Callable[[], float]) -> QuotaCpu | None:
     compete with it. None without such a quota, or where the counters cannot be read (cgroup v1;
     pressure stall information off, which fails the read): /proc/stat decides then, as before."""
     root = host_cpu.ROOT  # read at each call: tests lay out a fake root
-    quotas = []
-    for path in cgroup_v2_files("cpu.max", root):
-        quota, _, period = read_or_empty(path).partition(" ")
-        q, p = _count(quota), _count(period)
-        if q and p:
-            quotas.append((q / p, path.parent))
-    if not quotas:
+    quota = cgroup_v2_quota(root)
+    if quota is None:
         return None
-    cpus, folder = min(quotas, key=lambda quota: quota[0])
+    cpus, folder = quota
     if cpus >= allowed_cpus:  # the cores bind first: /proc/stat over them is right
         return None
     stat = _keyed(read_or_empty(folder / "cpu.stat"))
