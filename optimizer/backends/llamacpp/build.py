@@ -1,38 +1,33 @@
-"""Compile llama-cpp-python for this CPU into a wheel cache keyed by its flags, with ggml's AMX
-matmul where the CPU has it and a probe says it computes.
+"""Compile llama-cpp-python for this CPU into a wheel cache keyed by its flags, with ggml's AMX matmul where
+the CPU has it and a probe says it computes.
 
-PyPI has only llama-cpp-python's source, and llama.cpp's default build (`-march=native`) compiles
-in every extension the CPU reports. So the build names the CPU's vector extensions one by one
-(`GGML_NATIVE=OFF`). ggml's AMX matmul died with SIGILL on this project's Intel VMs (Sapphire
-Rapids flags) for two reasons, and the AMX build fixes both
-(evals/results/2026-12-06-cpu-llamacpp-amx/):
+PyPI has only llama-cpp-python's source, and llama.cpp's default build (`-march=native`) compiles in every
+extension the CPU reports. So the build names the CPU's vector extensions one by one (`GGML_NATIVE=OFF`).
+ggml's AMX matmul died with SIGILL on this project's Intel VMs (Sapphire Rapids flags) for two reasons, and
+the AMX build fixes both (evals/results/2026-12-06-cpu-llamacpp-amx/):
 
-1. GCC 12's `_tile_loadconfig` names an 8-byte memory operand (`*(const void **)config`), so the
-   compiler drops ggml's stores of the tile rows and columns as dead, `ldtilecfg` loads a config
-   with no tiles, and the first tile instruction is undefined. A force-included header (an
-   `ldtilecfg` naming all 64 bytes) fixes that; a probe compiles a tile config the way ggml writes
-   it, with that header, and runs an int8 tile product: AMX only when it exits cleanly with the
-   right answer.
-2. ggml loads its tile config once per thread (a thread_local flag). torch's bf16 matmuls (oneDNN's
-   AMX kernels) run on the same threads (one libgomp for both, and the caller's thread) and leave
-   the tiles without ggml's config, so the next llama.cpp matmul on such a thread is SIGILL again;
-   wattsmith runs torch and llama.cpp candidates in one process. The AMX wheel is built from the
-   sdist with that flag made local (GGML_TILE_CONFIG_PATCH): one `ldtilecfg` per matmul and thread.
+1. GCC 12's `_tile_loadconfig` names an 8-byte memory operand (`*(const void **)config`), so the compiler
+   drops ggml's stores of the tile rows and columns as dead, `ldtilecfg` loads a config with no tiles, and
+   the first tile instruction is undefined. A force-included header (an `ldtilecfg` naming all 64 bytes)
+   fixes that; a probe compiles a tile config the way ggml writes it, with that header, and runs an int8
+   tile product: AMX only when it exits cleanly with the right answer.
+2. ggml loads its tile config once per thread (a thread_local flag). torch's bf16 matmuls (oneDNN's AMX
+   kernels) run on the same threads (one libgomp for both, and the caller's thread) and leave the tiles
+   without ggml's config, so the next llama.cpp matmul on such a thread is SIGILL again; wattsmith runs
+   torch and llama.cpp candidates in one process. The AMX wheel is built from the sdist with that flag made
+   local (GGML_TILE_CONFIG_PATCH): one `ldtilecfg` per matmul and thread.
 
 With both, llama.cpp processes prompts 2.2x and a batch of 16 requests 2.8x faster on those VMs.
 `LLAMACPP_AMX=0` builds without AMX.
 
-pip's own wheel cache is keyed by the source's URL, not by CMAKE_ARGS, so a wheel it cached from an
-earlier build would bring that build's flags back: the wheel is built without pip's cache into
-`<cache>/wheels/<key of version, flags and patch>/` and installed from there. It is compiled into a
-copy named for its process and renamed into place: what a failed or killed build left is never
-taken in, and two builds at once (two venvs, one cache) keep out of each other's way.
+pip's own wheel cache is keyed by the source's URL, not by CMAKE_ARGS (its wheel would bring an earlier
+build's flags back): the wheel is built without it into `<cache>/wheels/<key of version, flags, patch and
+platform>/`, by way of a copy named for its process renamed into place (what a failed or killed build left
+is never taken in; two builds at once keep out of each other's way). An installed GPU build of the pinned
+version (docs/backends.md's CUDA build) stays.
 
-An installed llama-cpp-python of the pinned version that offloads to a GPU (the CUDA build that
-docs/backends.md has GPU targets install) stays: this CPU build would replace it.
-
-Standard library only (and optimizer/processes.py, which is): `make install` runs this file before
-wattsmith is installed.
+Standard library only (and optimizer.processes and optimizer.config, which are): `make install` runs this
+file before wattsmith or its dependencies are installed.
 
     python optimizer/backends/llamacpp/build.py               # build (once per flags), install
     python optimizer/backends/llamacpp/build.py --cmake-args  # the flags it builds with
@@ -40,6 +35,7 @@ wattsmith is installed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import os
@@ -49,6 +45,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -56,6 +53,8 @@ from pathlib import Path
 
 if not __package__:  # run as a script: the checkout's optimizer, installed or not
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from optimizer.config.run import cache_dir_from  # noqa: E402
+from optimizer.errors import UserError  # noqa: E402
 from optimizer.processes import remove_stale_temps, temp_path  # noqa: E402
 
 # llama.cpp's CMake option for each x86 extension, by its /proc/cpuinfo flag (AVX512 needs all five
@@ -184,11 +183,8 @@ def cmake_args(machine: str, flags: set[str], amx_header: Path | None = None) ->
     ]
     amx = amx_header is not None and has_ggml_amx(flags)
     amx_options = {"GGML_AMX_TILE": amx, "GGML_AMX_INT8": amx, "GGML_AMX_BF16": amx and "amx_bf16" in flags}
-    args = [
-        "-DGGML_NATIVE=OFF",
-        *options,
-        *(f"-D{k}={'ON' if on else 'OFF'}" for k, on in amx_options.items()),
-    ]
+    amx_args = (f"-D{k}={'ON' if on else 'OFF'}" for k, on in amx_options.items())
+    args = ["-DGGML_NATIVE=OFF", *options, *amx_args]
     if amx:
         args += [f"-DCMAKE_C_FLAGS=-include{amx_header}", f"-DCMAKE_CXX_FLAGS=-include{amx_header}"]
     return " ".join(args)
@@ -271,7 +267,11 @@ def source_patch(args: str) -> SourcePatch | None:
 
 
 def wheel_dir(requirement: str, args: str, cache: Path, patch: SourcePatch | None = None) -> Path:
-    key_text = f"{requirement}\n{args}" + (f"\n{patch}" if patch else "")  # unpatched: the old keys
+    # and what the wheel's binaries depend on beside their flags: OS and architecture (its tag names
+    # them: py3-none-linux_x86_64, ctypes bindings for any Python) and libc (glibc 2.39's fails on 2.31,
+    # and on musl). Keys from before are left: a shared cache cannot tell which machine built them.
+    plat = f"{sysconfig.get_platform()} {'-'.join(platform.libc_ver())}"
+    key_text = f"{requirement}\n{args}" + (f"\n{patch}" if patch else "") + f"\n{plat}"
     return cache / "wheels" / f"llama-cpp-python-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}"
 
 
@@ -289,15 +289,22 @@ def patched_sdist(requirement: str, patch: SourcePatch, into: Path) -> Path:
 
 # run apart: a CUDA build initializes CUDA as it loads, and a broken one may abort
 GPU_OFFLOAD_PROBE = "import llama_cpp.llama_cpp as c; print('gpu_offload', c.llama_supports_gpu_offload())"
+# ggml's backends are libraries of their own (llama_cpp/lib/libggml-cuda.so; all builds have ggml-cuda.h)
+GPU_LIBRARY = re.compile(r"/(lib)?ggml-(cuda|hip|musa|vulkan|metal|sycl|opencl|webgpu)\.(so|dylib|dll)")
 
 
 def installed_llamacpp() -> tuple[str | None, bool]:
-    """The installed llama-cpp-python's version (None: none), and whether it loads and offloads
-    to a GPU (llama_supports_gpu_offload: a CUDA, ROCm, Vulkan or Metal build)."""
+    """The installed llama-cpp-python's version (None: none), and whether it is a GPU build: a GPU
+    backend's library among its files, else a probe's llama_supports_gpu_offload(), which is false
+    wherever ggml finds no device (a CUDA build in an image built without a GPU, or with none visible)."""
+    name = "llama-cpp-python"
     try:
-        version = importlib.metadata.version("llama-cpp-python")
+        version = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None, False
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        if any(GPU_LIBRARY.search(str(f)) for f in importlib.metadata.files(name) or []):
+            return version, True
     try:
         probe = subprocess.run(
             [sys.executable, "-c", GPU_OFFLOAD_PROBE], capture_output=True, text=True, timeout=300
@@ -355,7 +362,7 @@ def build_wheel(requirement: str, args: str, patch: SourcePatch | None, wheels: 
 
 
 def main(argv: list[str]) -> int:
-    cache = Path(os.environ.get("WATTSMITH_CACHE") or Path.home() / ".cache" / "wattsmith")
+    cache = Path(cache_dir_from(os.environ)).expanduser()  # the run config's rule: set but empty is refused
     if "LLAMACPP_CMAKE_ARGS" in os.environ:
         args, amx_line = os.environ["LLAMACPP_CMAKE_ARGS"], "CMAKE_ARGS from LLAMACPP_CMAKE_ARGS"
     else:
@@ -386,4 +393,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv))
+    try:
+        raise SystemExit(main(sys.argv))
+    except UserError as error:  # make install says what to fix, not a traceback
+        raise SystemExit(f"{Path(__file__).name}: {error}") from None
