@@ -26,7 +26,7 @@ from optimizer.search.launchers import launch_search
 from optimizer.search.plan import SearchPlan, plan_search, prepare_run_measurement
 from optimizer.search.roofline import Roofline, rates_for
 from optimizer.search.runner import collect_outcome, run_search
-from optimizer.select import Selection, select_best
+from optimizer.select import Selection, lone_edge_reason, select_best
 from optimizer.store import TrialStore, open_database
 from optimizer.target import TargetSpec
 
@@ -130,6 +130,10 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
                 if selection.feasible
                 else None
             )
+    if selection is None and best is not None:
+        lone = lone_edge_reason(best, cfg.workload.slo, cfg.search.slo_margin)
+        if lone is not None:
+            log.info("selected: %s", lone)
     recipe_path = None
     infeasible = None
     if best is not None:

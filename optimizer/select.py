@@ -255,8 +255,8 @@ def select_finalist(
         winner = roomiest
     if winner.feasible and winner.near_miss:
         reason += "; it missed the SLO in the search's run and met it in every re-measurement"
-    if winner.feasible and _at_edge(winner, margin):  # (an infeasible one is past the edge)
-        reason += f"; its latency is within {margin:.0%} of the SLO"
+    if winner.feasible and (flag := edge_flag(winner.headroom, margin)):  # (an infeasible one is past it)
+        reason += f"; {flag}"
     return Selection(finalists=ranked, winner=winner.key, distinguishable=distinguishable, reason=reason)
 
 
@@ -278,8 +278,22 @@ def _bounds(finalist: Finalist) -> str:
     return f"[{finalist.shown_low:.3g}, {finalist.high:.3g}]"
 
 
-def _at_edge(finalist: Finalist, margin: float) -> bool:
-    return finalist.headroom is not None and finalist.headroom < margin
+def edge_flag(headroom: float | None, margin: float) -> str | None:
+    """What a selected candidate within `margin` (search.slo_margin) of the SLO is flagged with;
+    None: not at its edge, or no latency target to be at the edge of."""
+    if headroom is None or headroom >= margin:
+        return None
+    return f"its latency is within {margin:.0%} of the SLO"
+
+
+def lone_edge_reason(best: CandidateResult, slo: SloConfig, margin: float) -> str | None:
+    """The selection reason of a candidate selected on the search's run alone (the only feasible
+    one, or search.finalists < 2: `remeasure` returns no Selection then) at the SLO's edge, flagged
+    as a finalist is: with nothing compared, the edge is all there is to say (None otherwise)."""
+    flag = edge_flag(latency_headroom(best, slo), margin) if best.feasible else None
+    if flag is None:
+        return None
+    return f"{best.candidate.label()}: {best.objective:.3g} goodput tok/J in the search's run, not re-measured; {flag}"
 
 
 def percent_down(fraction: float) -> str:

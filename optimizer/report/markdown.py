@@ -20,7 +20,7 @@ from optimizer.report.plots import plot_pareto
 from optimizer.report.selection import selection_section
 from optimizer.report.serving import serving_section, workload_line
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
-from optimizer.select import Selection, pareto_front, with_selected
+from optimizer.select import Selection, lone_edge_reason, pareto_front, with_selected
 from optimizer.space import Candidate, layout_record
 from optimizer.version import tool_version
 
@@ -125,7 +125,9 @@ def write_report(
     layout = layout_record(best.candidate, target) if best else None
     if layout:  # several processes: say where they ran
         lines += [f"- selected layout: {', '.join(f'{k} {v}' for k, v in layout.items())}", ""]
-    lines += selection_section(selection, estimate_mark(source))
+    # no finalists re-measured: a best at the SLO's edge is flagged as a finalist winner is
+    lone = lone_edge_reason(best, cfg.workload.slo, cfg.search.slo_margin) if best and not selection else None
+    lines += selection_section(selection, estimate_mark(source), lone)
     lines += _search_section(outcome, excluded, cfg)
     lines += backends_section(shown, excluded, outcome.baseline, estimate_mark(source))
     mark = estimate_mark(source)

@@ -8,9 +8,21 @@ import math
 from optimizer.select import Selection, percent_down
 
 
-def selection_section(selection: Selection | None, estimate_mark: str) -> list[str]:
+def selection_section(
+    selection: Selection | None, estimate_mark: str, lone_reason: str | None = None
+) -> list[str]:
+    """`lone_reason`: `lone_edge_reason` of a candidate selected without finalists (no Selection),
+    so its edge of the SLO is flagged as a finalist winner's is."""
     if selection is None:
-        return []
+        if lone_reason is None:
+            return []
+        return [
+            "## Selection",
+            "",
+            f"{estimate_mark}No finalists were compared (one feasible candidate, search.finalists "
+            f"< 2, or a remote launcher): {lone_reason}.",
+            "",
+        ]
     lines = [
         "## Selection among finalists",
         "",
