@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from optimizer.errors import UserError
 
@@ -89,9 +89,13 @@ class Footprint:
     kv_on_device_fraction: float = 1.0
     kv_cache_tokens: int = 0  # a KV cache of this many tokens whatever the batch; 0: sized by the batch
     embedding_bytes: float | None = None  # per embedding parameter where a scheme leaves it alone
-    # per parameter of an untied lm_head where a scheme leaves it alone (None: weight_bytes); an
-    # ONNX quantizer keeps the embedding (a Gather) but quantizes lm_head (a MatMul)
+    # per parameter of an lm_head held apart from the embedding where a scheme leaves it alone
+    # (None: weight_bytes); an ONNX quantizer keeps the embedding (a Gather) but quantizes lm_head
     output_bytes: float | None = None
+    # what a build holds of a tied embedding and lm_head (untied: both, at their own widths): one
+    # matrix at embedding_bytes; one at output_bytes (an embedding read from the quantized lm_head);
+    # or both (an export whose constant folding turns lm_head's Transpose into an initializer)
+    tied_holds: Literal["embedding", "lm_head", "both"] = "embedding"
     kv_copies: int = 1  # the batch's KV held this many times over (a prefix store as large as it)
     kv_token_granule: int = 1  # each sequence's KV cells come in multiples of this many tokens
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from optimizer.backends.base import Footprint
 from optimizer.backends.registry import spec_for
 from optimizer.config import WorkloadConfig
 from optimizer.model import ModelShape
@@ -30,14 +31,11 @@ def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: Wor
     fp = spec_for(candidate.settings).footprint(candidate.settings, shape.num_layers)
     degree = candidate.tensor_parallel
     batch, prompt = math.ceil(candidate.batch_size / candidate.replicas), workload.prompt_tokens
-    # The embedding is replicated; the layers are sharded, and so is an untied lm_head (a second
-    # vocab x hidden matrix: tp_plan "colwise_gather_output"), at the precision its scheme keeps.
-    embedding = shape.vocab_size * shape.hidden_size
-    head = 0 if shape.tied_embeddings else embedding
-    embedding_bytes = fp.weight_bytes if fp.embedding_bytes is None else fp.embedding_bytes
-    head_bytes = fp.weight_bytes if fp.output_bytes is None else fp.output_bytes
-    layers = (shape.num_parameters - embedding - head) / degree * fp.weight_bytes
-    weights = embedding * embedding_bytes + layers + head / degree * head_bytes
+    # num_parameters counts an untied lm_head, a second vocab x hidden matrix, but not a tied one
+    matrix = shape.vocab_size * shape.hidden_size
+    own_head = 0 if shape.tied_embeddings else matrix
+    layers = (shape.num_parameters - matrix - own_head) / degree * fp.weight_bytes
+    weights = vocab_matrices_bytes(fp, shape, degree) + layers
     # every sequence of the batch at the workload's longest request (a stream's, not the offline
     # fields') in the cells the backend allocates for it, or the candidate's fixed cache, which
     # must still hold one such request
@@ -48,6 +46,21 @@ def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: Wor
     prefill = batch * prompt * shape.hidden_size * fp.activation_bytes * 8
     logits = batch * (prompt if fp.prompt_logits else 1) * shape.vocab_size * 4
     return int(weights + kv + prefill + logits + RUNTIME_OVERHEAD_BYTES)
+
+
+def vocab_matrices_bytes(fp: Footprint, shape: ModelShape, degree: int) -> float:
+    """Bytes of the embedding and lm_head as a build holds them on one rank: the embedding
+    replicated and an lm_head of its own sharded (tp_plan "colwise_gather_output"), each at the
+    precision its scheme keeps; a tied pair as `fp.tied_holds` says."""
+    matrix = shape.vocab_size * shape.hidden_size
+    embedding = fp.weight_bytes if fp.embedding_bytes is None else fp.embedding_bytes
+    head = fp.weight_bytes if fp.output_bytes is None else fp.output_bytes
+    held = fp.tied_holds if shape.tied_embeddings else "both"
+    if held == "embedding":
+        return matrix * embedding
+    if held == "lm_head":
+        return matrix * head
+    return matrix * embedding + matrix / degree * head
 
 
 def memory_fit_reason(

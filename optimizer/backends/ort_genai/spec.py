@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from optimizer.backends.base import (
     PRECISION_BYTES,
@@ -88,12 +88,14 @@ class OrtGenaiSpec:
         scale = 4 / settings.block_size  # one fp32 scale per block (fp16 on CUDA: counted at fp32)
         weight = (0.5 if settings.precision == "int4" else 1.0) + scale
         head = 1.0 + scale if settings.int8_lm_head else weight
-        # MatMulNBits takes lm_head, not the embedding's Gather, which keeps the activation dtype;
-        # except that a tied int4 build's GatherBlockQuantized reads lm_head's int4 matrix. The
-        # footprint cannot tell tied from untied: an untied int4 build is under by (act - weight)
-        # per embedding parameter. (A tied int4 + int8 lm_head build does not load in genai 0.18.)
-        embedding = weight if settings.precision == "int4" and not settings.int8_lm_head else act
-        return Footprint(weight, act, act, prompt_logits=True, embedding_bytes=embedding, output_bytes=head)
+        # MatMulNBits takes lm_head, not the embedding's Gather, which keeps the activation dtype:
+        # a tied int8 build holds both matrices. A tied int4 build's GatherBlockQuantized reads
+        # lm_head's quantized matrix instead (a tied int4 + int8 lm_head build reads one it lacks
+        # and does not load in genai 0.18).
+        tied: Literal["lm_head", "both"] = "lm_head" if settings.precision == "int4" else "both"
+        return Footprint(
+            weight, act, act, prompt_logits=True, embedding_bytes=act, output_bytes=head, tied_holds=tied
+        )
 
     def moved_bytes(self, settings: OrtGenaiSettings, num_layers: int) -> MovedBytes:
         """Every weight at the body's bits (an int8 lm_head and the block scales only add), and the

@@ -48,8 +48,9 @@ class OrtOnnxSpec:
         weight = 1.0 if settings.quantization != "none" else act
         # The KV cache crosses the graph's boundary, which stays float32 (keep_io_types). The
         # quantizers take weight MatMuls (lm_head among them), not the embedding's Gather: it keeps
-        # the model's float (fp32 in the int8 builds).
-        return Footprint(weight, act, 4.0, embedding_bytes=act)
+        # the model's float (fp32 in the int8 builds). A tied lm_head is a second matrix: the
+        # export's constant folding turns its Transpose of the embedding into an initializer.
+        return Footprint(weight, act, 4.0, embedding_bytes=act, tied_holds="both")
 
     def moved_bytes(self, settings: OrtOnnxSettings, num_layers: int) -> MovedBytes:
         """The precision's own bytes on every provider (TensorRT's EP runs fp16 weights as fp16 even
