@@ -19,9 +19,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from optimizer.config import RunConfig, TargetConfig, WorkloadConfig, check_config_dir, compose_run_config
+from optimizer.config import RunConfig, TargetConfig, WorkloadConfig, check_config_dir
+from optimizer.config.compose import compose_settings, run_config_from, validated
 from optimizer.config.space import BACKENDS
+from optimizer.errors import UserError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +52,26 @@ def targets_a_gpu(target: TargetConfig) -> bool:
 
 def compose_for_target(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> RunConfig:
     """compose_run_config, with the GPU presets for the groups the user left to their default
-    when the target is a GPU."""
-    cfg = _target_presets(overrides, config_dir)
+    when the target is a GPU. The presets are chosen from the settings as composed, before
+    validation, and only the last composition is validated: each config warning is said once."""
+    settings = compose_settings(overrides, config_dir)
+    presets = _target_presets(settings, overrides)
+    if presets:
+        settings = compose_settings([*presets, *overrides], config_dir)
+    cfg = run_config_from(settings, overrides)
     _check_axes_searched(cfg, overrides)
     return _user_gpu_figures(cfg, config_dir)
+
+
+def _target_of(settings: DictConfig) -> TargetConfig | None:
+    """The composed target, validated alone; None when it is invalid: validating the whole
+    config then says so, in the order it checks its fields."""
+    try:
+        target = validated(settings.target)
+    except UserError:
+        return None
+    assert isinstance(target, TargetConfig)
+    return target
 
 
 def _user_gpu_figures(cfg: RunConfig, config_dir: str | Path | None) -> RunConfig:
@@ -68,7 +90,8 @@ def _user_gpu_figures(cfg: RunConfig, config_dir: str | Path | None) -> RunConfi
     detected = detect_target(target)
     if not detected.is_cuda or not (folder / f"{detected.name}.yaml").is_file():
         return cfg
-    preset = compose_run_config([f"target={detected.name}"], config_dir).target
+    # its target group alone: the rest of that composition is not the run's (nor its warnings)
+    preset = validated(compose_settings([f"target={detected.name}"], config_dir).target)
     log.info(
         "target=auto on a %s: bandwidth and FLOP/s from %s", detected.name, folder / f"{detected.name}.yaml"
     )
@@ -82,23 +105,25 @@ def _user_gpu_figures(cfg: RunConfig, config_dir: str | Path | None) -> RunConfi
     )
 
 
-def _target_presets(overrides: Sequence[str], config_dir: str | Path | None) -> RunConfig:
-    cfg = compose_run_config(overrides, config_dir)
+def _target_presets(settings: DictConfig, overrides: Sequence[str]) -> list[str]:
+    """The presets composed before `overrides` for the groups the user left to their default:
+    the GPU ones on a GPU target, cpu-agent for a stream sharing prefixes; none otherwise."""
     chosen = chosen_groups(overrides)
     defaults = {g: p for g, p in GPU_PRESETS.items() if g not in chosen}
-    if defaults and targets_a_gpu(cfg.target):
+    target = _target_of(settings) if defaults else None
+    if target is not None and targets_a_gpu(target):
         log.info(
             "GPU target: %s (the GPU defaults; name a preset to choose another)",
             " ".join(f"{g}={p}" for g, p in defaults.items()),
         )
-        return compose_run_config([*(f"{g}={p}" for g, p in defaults.items()), *overrides], config_dir)
-    if "space" not in chosen and shares_prefixes(cfg.workload):
+        return [f"{g}={p}" for g, p in defaults.items()]
+    if "space" not in chosen and shares_prefixes(settings.workload):
         log.info(
             "the stream's prompts share prefixes: space=%s (prefix reuse on; name a space to choose another)",
             SHARED_PREFIX_SPACE,
         )
-        return compose_run_config([f"space={SHARED_PREFIX_SPACE}", *overrides], config_dir)
-    return cfg
+        return [f"space={SHARED_PREFIX_SPACE}"]
+    return []
 
 
 def _check_axes_searched(cfg: RunConfig, overrides: Sequence[str]) -> None:
@@ -117,10 +142,10 @@ def _check_axes_searched(cfg: RunConfig, overrides: Sequence[str]) -> None:
             )
 
 
-def shares_prefixes(workload: WorkloadConfig) -> bool:
+def shares_prefixes(workload: WorkloadConfig | DictConfig) -> bool:
     """A generated stream of conversations or behind a system prompt, or a trace whose requests
-    share prefixes (`trace_shares_prefixes`)."""
-    if not workload.serving:
+    share prefixes (`trace_shares_prefixes`). `workload` validated, or as composed."""
+    if workload.kind != "serving":
         return False
     if workload.trace:
         return trace_shares_prefixes(Path(workload.trace).expanduser())

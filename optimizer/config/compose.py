@@ -11,18 +11,22 @@ the primary config is wattsmith's own whatever the user's directory holds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optimizer.config.presets import CONF_DIR, GROUPS, check_config_dir, expand_model_shorthand, group_options
 from optimizer.config.run import RunConfig, cache_dir_from
 from optimizer.errors import UserError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 PRIMARY = "wattsmith"
 SPELLING = "check the spelling; `optimize --show-config` prints every setting"
@@ -48,25 +52,64 @@ def compose_run_config(overrides: Sequence[str] = (), config_dir: str | Path | N
     replaces a packaged one of the same name). Every composition or validation problem is raised
     as a UserError naming the field.
     """
-    import yaml
+    return run_config_from(compose_settings(overrides, config_dir), overrides)
+
+
+def compose_settings(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:
+    """Hydra's composition of conf/ with `overrides`, not yet validated: typed by the schema, but
+    no config class has checked (or warned about) its values. A caller that composes again after
+    reading it (optimizer/target_defaults.py) validates only the last composition, so each
+    warning is said once; `run_config_from` validates it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     register_configs()
     _check_override_syntax(overrides)
-    given = {item.partition("=")[0].lstrip("+~") for item in overrides}
-    if "cache_dir" not in given:  # conf/config.yaml reads WATTSMITH_CACHE: name it when it is empty
+    # conf/config.yaml reads WATTSMITH_CACHE: name it when it is empty
+    if "cache_dir" not in _given(overrides):
         cache_dir_from(os.environ)
     user_dir = check_config_dir(config_dir) if config_dir is not None else None
     main, search = (CONF_DIR, []) if user_dir is None else (user_dir, [_searchpath(CONF_DIR)])
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(main), version_base=None):
-            composed = compose(PRIMARY, overrides=[*expand_model_shorthand(overrides, user_dir), *search])
-        run = OmegaConf.to_object(composed)
+        with _translated(user_dir), initialize_config_dir(config_dir=str(main), version_base=None):
+            return compose(PRIMARY, overrides=[*expand_model_shorthand(overrides, user_dir), *search])
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def run_config_from(settings: DictConfig, overrides: Sequence[str] = ()) -> RunConfig:
+    """The RunConfig of composed settings: each config class validates its fields here.
+    `overrides`: those the settings were composed with (an output_dir among them is kept as given)."""
+    run = validated(settings)
+    assert isinstance(run, RunConfig)
+    if "output_dir" not in _given(overrides):
+        run.composed_output_dir = run.output_dir
+    return run
+
+
+def validated(node: DictConfig) -> Any:
+    """Composed settings, or one group of them (`settings.target`, validated alone), as their
+    config class: validation errors raised as UserErrors naming the field."""
+    from omegaconf import OmegaConf
+
+    with _translated(None):
+        return OmegaConf.to_object(node)
+
+
+def _given(overrides: Sequence[str]) -> set[str]:
+    return {item.partition("=")[0].lstrip("+~") for item in overrides}
+
+
+@contextlib.contextmanager
+def _translated(user_dir: Path | None) -> Iterator[None]:
+    """Hydra's, YAML's and OmegaConf's errors as UserErrors naming the field."""
+    import yaml
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        yield
     except UserError:
         raise
     except HydraException as exc:
@@ -80,12 +123,6 @@ def compose_run_config(overrides: Sequence[str] = (), config_dir: str | Path | N
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "overrides"
         raise UserError(str(key), _first_line(exc), "check the value's type and spelling") from None
-    finally:
-        GlobalHydra.instance().clear()
-    assert isinstance(run, RunConfig)
-    if "output_dir" not in given:
-        run.composed_output_dir = run.output_dir
-    return run
 
 
 def _searchpath(folder: Path) -> str:
