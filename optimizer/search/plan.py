@@ -161,8 +161,10 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
     )
     fits: list[Candidate] = []
     pruned: list[tuple[Candidate, str]] = []
+    # a stream's own longest request (a trace's is not bounded by the workload's length fields)
+    longest = max(s.longest_request_tokens for s in setup.streams.values()) if setup.streams else None
     for candidate in valid:
-        reason = memory_fit_reason(candidate, setup.model.shape, setup.target, cfg.workload)
+        reason = memory_fit_reason(candidate, setup.model.shape, setup.target, cfg.workload, longest)
         if reason:
             pruned.append((candidate, reason))
         else:

@@ -25,9 +25,13 @@ RUNTIME_OVERHEAD_BYTES = GIB // 2  # allocator slack, CUDA context, framework bu
 USABLE_FRACTION = 0.9
 
 
-def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: WorkloadConfig) -> int:
+def estimate_memory_bytes(
+    candidate: Candidate, shape: ModelShape, workload: WorkloadConfig, longest: int | None = None
+) -> int:
     """Peak bytes of one of the candidate's processes (on its device): weights + KV cache +
-    activations + overhead. One process holds everything; see the module's note for layouts."""
+    activations + overhead. One process holds everything; see the module's note for layouts.
+    `longest`: the longest request of the stream measured (a trace's own; what a serving engine
+    reserves), else the longest the workload's fields allow."""
     fp = spec_for(candidate.settings).footprint(candidate.settings, shape.num_layers)
     degree = candidate.tensor_parallel
     batch, prompt = math.ceil(candidate.batch_size / candidate.replicas), workload.prompt_tokens
@@ -39,7 +43,8 @@ def estimate_memory_bytes(candidate: Candidate, shape: ModelShape, workload: Wor
     # every sequence of the batch at the workload's longest request (a stream's, not the offline
     # fields') in the cells the backend allocates for it, or the candidate's fixed cache, which
     # must still hold one such request
-    sequence = math.ceil(workload.longest_request_tokens() / fp.kv_token_granule) * fp.kv_token_granule
+    longest = workload.longest_request_tokens() if longest is None else longest
+    sequence = math.ceil(longest / fp.kv_token_granule) * fp.kv_token_granule
     tokens = max(fp.kv_cache_tokens, sequence) if fp.kv_cache_tokens else batch * sequence
     kv = tokens * shape.kv_bytes_per_token(fp.kv_bytes) * fp.kv_on_device_fraction * fp.kv_copies / degree
     # Prefill activations (a few hidden-size buffers per token) and the float32 logits.
@@ -64,11 +69,15 @@ def vocab_matrices_bytes(fp: Footprint, shape: ModelShape, degree: int) -> float
 
 
 def memory_fit_reason(
-    candidate: Candidate, shape: ModelShape, target: TargetSpec, workload: WorkloadConfig
+    candidate: Candidate,
+    shape: ModelShape,
+    target: TargetSpec,
+    workload: WorkloadConfig,
+    longest: int | None = None,
 ) -> str | None:
     """Why the candidate cannot fit the target's memory budget, or None when it fits. The reason
     says when a larger tensor-parallel degree would fit the same batch."""
-    per_process = estimate_memory_bytes(candidate, shape, workload)
+    per_process = estimate_memory_bytes(candidate, shape, workload, longest)
     shared = not target.is_cuda  # CPU processes share one memory
     need = per_process * candidate.processes if shared else per_process
     budget = target.memory_bytes * USABLE_FRACTION
@@ -76,14 +85,18 @@ def memory_fit_reason(
         return None
     where = "of the memory budget" if shared else "per device of the memory budget"
     reason = f"needs ~{need / GIB:.1f} GiB > {budget / GIB:.1f} GiB usable {where} (target.memory_gib)"
-    unlock = unlocking_degree(candidate, shape, target, workload)
+    unlock = unlocking_degree(candidate, shape, target, workload, longest)
     if unlock is not None:
         reason += f"; tensor_parallel={unlock} would fit it"
     return reason
 
 
 def unlocking_degree(
-    candidate: Candidate, shape: ModelShape, target: TargetSpec, workload: WorkloadConfig
+    candidate: Candidate,
+    shape: ModelShape,
+    target: TargetSpec,
+    workload: WorkloadConfig,
+    longest: int | None = None,
 ) -> int | None:
     """The smallest tensor-parallel degree above the candidate's that fits this batch in the
     per-device budget (GPU targets: each rank has its own device), or None."""
@@ -94,7 +107,7 @@ def unlocking_degree(
         if shape.num_attention_heads % degree or shape.num_kv_heads % degree:
             continue
         sharded = replace(candidate, tensor_parallel=degree)
-        if estimate_memory_bytes(sharded, shape, workload) <= target.memory_bytes * USABLE_FRACTION:
+        if estimate_memory_bytes(sharded, shape, workload, longest) <= target.memory_bytes * USABLE_FRACTION:
             return degree
     return None
 

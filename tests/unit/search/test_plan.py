@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -128,7 +129,7 @@ def fake_setup(folder, prompts: int = 16, trust_remote_code: bool = False, **mod
 def planned_setup(setup: Any, model_format: str) -> Any:
     """A fake setup with what plan_search reads beside it: the meter's source, the stream, the
     model's shape (SmolLM2's) and format."""
-    setup.meter, setup.stream = SimpleNamespace(source="estimate"), None
+    setup.meter, setup.stream, setup.streams = SimpleNamespace(source="estimate"), None, None
     setup.model.shape, setup.model.format = SMOLLM2_SHAPE, model_format
     return setup
 
@@ -207,6 +208,31 @@ def test_a_run_under_a_smaller_memory_budget_reuses_what_the_full_one_measured(
     assert context(target_spec(memory_bytes=4 * GIB, name="stand-in")) == full
     assert context(target_spec(cores=8)) != full  # another machine measures otherwise
     assert context(target_spec(cpu_model="Other CPU")) != full
+
+
+def test_a_streams_own_longest_request_sizes_the_memory_check(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trace's requests are not bounded by the workload's length fields: the memory check sizes
+    each sequence for the longest request the measured streams hold, as the serving engine does."""
+    candidate = SimpleNamespace(label=lambda: "c")
+    monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([candidate], []))
+    monkeypatch.setattr(plan, "baseline_candidate", lambda *a, **k: candidate)
+    seen: list[Any] = []
+    monkeypatch.setattr(plan, "memory_fit_reason", lambda *args: seen.append(args[-1]) or "too big")
+    setup = planned_setup(fake_setup(tmp_path), "hf-dir")
+    setup.streams = {
+        1.0: SimpleNamespace(longest_request_tokens=900),
+        2.0: SimpleNamespace(longest_request_tokens=4000),
+    }
+    with contextlib.suppress(Exception):  # what follows the memory check is not this test's
+        plan.plan_search(compose_run_config(["workload=batch"]), setup)
+    assert seen == [4000]
+    seen.clear()
+    setup.streams = None  # offline: the workload's own bound
+    with contextlib.suppress(Exception):
+        plan.plan_search(compose_run_config(["workload=batch"]), setup)
+    assert seen == [None]
 
 
 def test_the_fp32_reference_leaves_the_quality_protocol_as_stores_before_the_choice_keyed_it() -> None:
