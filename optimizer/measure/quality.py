@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from optimizer.config import QualityConfig
+from optimizer.config import QUALITY_REFERENCES, QualityConfig
+from optimizer.errors import UserError
 
 if TYPE_CHECKING:
     from optimizer.backends.base import Engine
@@ -64,7 +65,7 @@ class QualityReference:
         for batch in batches:
             nll += _nll_sum(batch[:, :-1], token_ids[row : row + batch.shape[0], 1:])
             row += batch.shape[0]
-        self.perplexity = math.exp(nll / token_ids[:, 1:].numel())
+        self.perplexity = _perplexity(nll / token_ids[:, 1:].numel())
 
 
 def evaluate_quality(engine: Engine, reference: QualityReference) -> QualityResult:
@@ -81,7 +82,7 @@ def evaluate_quality(engine: Engine, reference: QualityReference) -> QualityResu
         nll_sum += _nll_sum(cand, targets)
         count += targets.numel()
         row += logits.shape[0]
-    perplexity = math.exp(nll_sum / count)
+    perplexity = _perplexity(nll_sum / count)
     return QualityResult(
         perplexity=perplexity,
         reference_perplexity=reference.perplexity,
@@ -91,6 +92,37 @@ def evaluate_quality(engine: Engine, reference: QualityReference) -> QualityResu
         tokens=count,
         seconds=time.perf_counter() - start,
     )
+
+
+class ReferenceNotFinite(UserError):
+    """The reference itself overflowed: a run-level error, not one candidate's failure."""
+
+
+def require_finite_reference(reference: QualityReference, name: str) -> None:
+    """Raise ReferenceNotFinite when the `quality.reference` named `name` gave NaN or infinite
+    log-probabilities or perplexity: every candidate, the exact model included, would be judged
+    against NaN and rejected as 'not finite'."""
+    if math.isfinite(reference.perplexity) and bool(reference.log_probs.isfinite().all()):
+        return
+    fix = {
+        "fp16": "quality.reference=bf16 (fp32's range in half the memory) or quality.reference=fp32",
+        "bf16": "quality.reference=fp32",
+        "gguf": "quality.reference=fp32 (the GGUF de-quantized, run in fp32)",
+    }.get(name, "check the model: its own fp32 outputs are not finite")
+    raise ReferenceNotFinite(
+        "quality.reference",
+        f"the {QUALITY_REFERENCES[name]} reference itself is not finite on the held-out text "
+        f"(perplexity {reference.perplexity}; its activations overflow in this precision?)",
+        fix,
+    )
+
+
+def _perplexity(mean_nll: float) -> float:
+    # math.exp raises past ~709 nats (huge finite logits): inf, which the bound then rejects
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return math.inf
 
 
 def _scored(engine: Any, ids: torch.Tensor, batch_size: int) -> Any:

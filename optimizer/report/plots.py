@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,11 +41,15 @@ def pareto_figure(
     max_kl: float,
     energy_source: str,
 ) -> Figure:
-    """The trade-off plot as a matplotlib Figure (the caller saves and closes it)."""
+    """The trade-off plot as a matplotlib Figure (the caller saves and closes it). A result whose
+    KL is not finite has no place on the KL axis: it is left out (the report lists it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    results, front = _drawable(results), _drawable(front)
+    best = best if best is not None and _drawable([best]) else None
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     groups = {
@@ -84,7 +89,7 @@ def pareto_figure(
             color="tab:green",
             label="Pareto front",
         )
-    if baseline.performance is not None:
+    if baseline.performance is not None and _drawable([baseline]):
         ax.scatter(
             [_kl(baseline)],
             [baseline.objective],
@@ -124,3 +129,8 @@ def pareto_figure(
 def _kl(result: CandidateResult) -> float:
     # a measured KL a rounding error below 0 is 0
     return max(0.0, result.quality.mean_kl) if result.quality else 0.0
+
+
+def _drawable(results: Sequence[CandidateResult]) -> list[CandidateResult]:
+    # max(0.0, nan) is 0.0: a NaN KL would be drawn where a lossless candidate sits
+    return [r for r in results if r.quality is None or math.isfinite(r.quality.mean_kl)]

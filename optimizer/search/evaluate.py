@@ -20,7 +20,13 @@ from optimizer.backends.registry import build_engine
 from optimizer.config import QUALITY_REFERENCES, QualityConfig, SearchConfig, WorkloadConfig
 from optimizer.measure.energy import EnergyMeter, meter_for_engine
 from optimizer.measure.load import measure_load
-from optimizer.measure.quality import QualityReference, QualityResult, evaluate_quality
+from optimizer.measure.quality import (
+    QualityReference,
+    QualityResult,
+    ReferenceNotFinite,
+    evaluate_quality,
+    require_finite_reference,
+)
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.stream import RequestStream
 from optimizer.measure.workload import PerformanceResult, Workload, measure_performance
@@ -118,11 +124,11 @@ class Evaluator:
             with self._device(exclusive=False):
                 engine = build_engine(self.model, ref_candidate, self.target, self.workdir)
                 try:
-                    self._reference = QualityReference(
-                        self.quality_tokens, engine, self.quality_cfg.batch_size
-                    )
+                    reference = QualityReference(self.quality_tokens, engine, self.quality_cfg.batch_size)
                 finally:
                     engine.close()
+            require_finite_reference(reference, self.quality_cfg.reference)
+            self._reference = reference
             log.info(
                 "quality reference: %s perplexity %.3f",
                 QUALITY_REFERENCES[self.quality_cfg.reference],
@@ -214,6 +220,8 @@ class Evaluator:
             return self._result(
                 candidate, status, reason, quality, performance, role, start, build_seconds, artifact
             )
+        except ReferenceNotFinite:
+            raise  # the run's configuration, not this candidate: it stops the run
         except Exception as exc:  # noqa: BLE001 - any candidate failure is data, the search goes on
             log.debug("candidate %s failed:\n%s", candidate.label(), traceback.format_exc())
             _release_device_memory()

@@ -137,3 +137,43 @@ def test_non_finite_quality_is_a_violation() -> None:
     result = QualityResult(nan, 10.0, nan, 0.0, nan, 100, 0.1)
     broken = result.violations(QualityConfig(max_ppl_increase=1e9, min_top1_agreement=0, max_kl=1e9))
     assert broken and "not finite" in broken[0]
+
+
+@pytest.mark.parametrize("scale", [300.0, -3000.0])
+def test_huge_finite_logits_give_an_infinite_perplexity_that_is_rejected(
+    tokens: torch.Tensor, scale: float
+) -> None:
+    """A mean NLL past ~709 nats overflows math.exp: inf, judged by the bound, not an OverflowError."""
+    ref = QualityReference(tokens, RandomLogitsEngine(), batch_size=2)
+    result = evaluate_quality(RandomLogitsEngine(scale=scale), ref)
+    assert result.perplexity == math.inf and result.ppl_increase == math.inf
+    assert "not finite" in result.violations(QualityConfig())[0]
+
+
+def test_a_reference_with_huge_finite_logits_has_an_infinite_perplexity(tokens: torch.Tensor) -> None:
+    ref = QualityReference(tokens, RandomLogitsEngine(scale=300.0), batch_size=2)
+    assert ref.perplexity == math.inf
+
+
+class NanLogitsEngine(RandomLogitsEngine):
+    """An fp16 model whose activations pass 65504: some logits come back NaN."""
+
+    def score(self, token_ids: torch.Tensor) -> torch.Tensor:
+        logits = super().score(token_ids)
+        logits[0, 0, 0] = float("nan")
+        return logits
+
+
+@pytest.mark.parametrize(
+    ("name", "fix"), [("fp16", "quality.reference=bf16"), ("bf16", "quality.reference=fp32")]
+)
+def test_a_reference_that_is_not_finite_is_a_user_error(tokens: torch.Tensor, name: str, fix: str) -> None:
+    from optimizer.errors import UserError
+    from optimizer.measure.quality import require_finite_reference
+
+    require_finite_reference(QualityReference(tokens, RandomLogitsEngine(), batch_size=2), name)
+    for engine in (NanLogitsEngine(), RandomLogitsEngine(scale=300.0)):  # NaN, then an inf perplexity
+        with pytest.raises(UserError) as raised:
+            require_finite_reference(QualityReference(tokens, engine, batch_size=2), name)
+        assert raised.value.field == "quality.reference"
+        assert "not finite" in raised.value.problem and fix in raised.value.fix
