@@ -253,6 +253,7 @@ def read_shape(path: Path) -> ModelShape:
         # the top-level config ties (transformers' get_expanded_tied_weights_keys); absent, it is
         # tied: transformers 4 left out the default (True), transformers 5 always writes it
         tied = next((c["tie_word_embeddings"] for c in (config, text) if "tie_word_embeddings" in c), True)
+        planned = _has_tensor_parallel_plan(config, text)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
         problem = f"lacks {exc}" if isinstance(exc, KeyError) else f"cannot be read ({exc})"
         raise UserError(
@@ -271,7 +272,27 @@ def read_shape(path: Path) -> ModelShape:
         context_length=context if isinstance(context, int) else None,
         checkpoint_precision=CHECKPOINT_PRECISIONS.get(dtype) if isinstance(dtype, str) else None,
         tied_embeddings=tied is not False,
+        tensor_parallel_plan=planned,
     )
+
+
+def _has_tensor_parallel_plan(*configs: dict[str, Any]) -> bool:
+    """Whether from_pretrained(tp_size > 1) can shard the model: its config (or text config) names a
+    base_model_tp_plan, or transformers' config class for its model_type has one. Read from the
+    config classes alone, no model is built. Remote code (auto_map) or a type transformers does not
+    know decides for itself: not refused."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if any(c.get("base_model_tp_plan") or c.get("auto_map") for c in configs):
+        return True
+    for config in configs:
+        try:
+            plan = CONFIG_MAPPING[config["model_type"]].base_model_tp_plan
+        except Exception:  # noqa: BLE001 - no model_type, unknown to transformers, or not importable
+            return True
+        if plan:
+            return True
+    return False
 
 
 def _weight_files(path: Path) -> list[Path]:

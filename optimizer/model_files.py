@@ -39,6 +39,9 @@ class ModelShape:
     # lm_head is the input embedding (tie_word_embeddings); an untied one is a second vocab x hidden
     # matrix in num_parameters, which quantization may keep at another precision
     tied_embeddings: bool = True
+    # transformers has a tensor-parallel plan for the architecture (what tp_size > 1 needs); False
+    # only when it is known to have none (OPT, Falcon, GPT-2...)
+    tensor_parallel_plan: bool = True
 
     def kv_bytes_per_token(self, bytes_per_element: float) -> float:
         """Bytes of K and V cache one token occupies across all layers."""

@@ -273,7 +273,10 @@ def check_layout_axes(space: SpaceConfig, target: TargetSpec, shape: ModelShape 
             f"{space.threads}: every value is above this CPU's {target.cores} cores",
             f"use values <= {target.cores}, or 0 for all cores",
         )
-    for replicas, degree in itertools.product(space.replicas, space.tensor_parallel):
+    # A value is refused when it cannot run even beside the other axis at 1; a combination of
+    # values that run alone (2 replicas x 2 ranks on 2 cores) is excluded with its reason.
+    layouts = [*((r, 1) for r in space.replicas), *((1, d) for d in space.tensor_parallel)]
+    for replicas, degree in layouts:
         problem = layout_reason(replicas, degree, target, shape)
         if problem is not None:
             name, reason = problem
@@ -284,7 +287,13 @@ def layout_reason(
     replicas: int, degree: int, target: TargetSpec, shape: ModelShape | None
 ) -> tuple[str, str] | None:
     """(the layout field at fault, why) when no candidate of this layout can run on the target
-    (cores, GPUs) or shard the model (heads divisible by the degree); None when it can."""
+    (cores, GPUs) or shard the model (a tensor-parallel plan, heads divisible by the degree);
+    None when it can."""
+    if degree > 1 and shape is not None and not shape.tensor_parallel_plan:
+        return "tensor_parallel", (
+            f"{degree} needs a tensor-parallel plan (base_model_tp_plan), and transformers has none "
+            "for this model's architecture"
+        )
     if degree > 1 and shape is not None:
         for what, heads in (("attention", shape.num_attention_heads), ("key-value", shape.num_kv_heads)):
             if heads % degree:

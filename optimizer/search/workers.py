@@ -12,7 +12,9 @@ where the coordinator never looks.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
 import socket
 import time
@@ -20,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from optimizer.backends.torch_parallel import RANKS_ENV
-from optimizer.config import RunConfig
+from optimizer.config import RunConfig, SpaceConfig
 from optimizer.errors import UserError
 from optimizer.logs import setup_logging
 from optimizer.measure.energy import measure_idle_watts
@@ -30,6 +32,7 @@ from optimizer.search.evaluate import Evaluator
 from optimizer.search.plan import plan_search, prepare_run_measurement
 from optimizer.search.roofline import Roofline, RooflineRates
 from optimizer.search.runner import WorkerReport, search_worker
+from optimizer.space import LAYOUT_FIELDS
 from optimizer.store import TrialStore
 from optimizer.target import TargetSpec
 
@@ -65,11 +68,31 @@ def check_workers(cfg: RunConfig, target: TargetSpec) -> None:
                 f"{cfg.search.workers} workers but {available} GPU(s) here{since}: a trial needs a whole GPU",
                 f"use search.workers<={available}{lower}, or launcher=ray / launcher=slurm for more GPUs",
             )
+        processes = _most_processes(cfg.space)
+        if cfg.search.workers > 1 and processes > 1:
+            # each local worker is shown its own GPU only (CUDA_VISIBLE_DEVICES): no layout fits
+            raise UserError(
+                "search.workers",
+                f"is {cfg.search.workers}, and each local worker sees one GPU, but the space asks for "
+                f"layouts of up to {processes} processes (space.replicas x space.tensor_parallel, space.extra)",
+                "use search.workers=1 (one worker sees every GPU) for multi-GPU layouts, "
+                "or launcher=ray, which gives a layout's ranks GPUs of their own",
+            )
     if not target.is_cuda and cfg.search.workers > 1:
         log.warning(
             "%d workers on one CPU: their builds and quality probes overlap, their energy windows take turns",
             cfg.search.workers,
         )
+
+
+def _most_processes(space: SpaceConfig) -> int:
+    """The most processes (GPUs) a candidate of the space asks for: its axes' or an extra's layout."""
+    counts = [r * d for r, d in itertools.product(space.replicas, space.tensor_parallel)]
+    for extra in space.extra:
+        layout = (extra.get(name, 1) for name in LAYOUT_FIELDS)
+        # a count that is not a positive integer is the space's to refuse, naming it
+        counts.append(math.prod(n if type(n) is int and n > 0 else 1 for n in layout))
+    return max(counts, default=1)
 
 
 def visible_gpus() -> list[str]:
