@@ -5,6 +5,8 @@ its recorded input files are here."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -243,3 +245,15 @@ def _found(recorded: str, recipe: Path, field: str, what: str) -> str:
         f"{recorded} is neither next to the recipe ({places[0]}) nor in the current directory ({places[1]})",
         f"put {copy} at {places[0]}, run verify in the directory optimize ran in, or {edit}",
     )
+
+
+@contextmanager
+def trace_errors_name_the_recipe() -> Iterator[None]:
+    """A trace's errors in verify's terms (read_trace names `workload.trace`, a line of it and a
+    field): the trace is the recipe's, so is the field to fix, as `inputs_here` names a missing one."""
+    try:
+        yield
+    except UserError as error:
+        if error.field != "workload.trace" and not error.field.startswith("workload.trace "):
+            raise
+        raise UserError(f"recipe.measurement.{error.field}", error.problem, error.fix) from None

@@ -20,7 +20,7 @@ from optimizer.measure.speed import SLOW_PROBE
 from optimizer.measure.workload import PerformanceResult
 from optimizer.model import resolve_model
 from optimizer.recipe import Recipe, check_weights, default_cache_dir, model_config_for, read_recipe
-from optimizer.recipe_checks import artifact_change, inputs_here
+from optimizer.recipe_checks import artifact_change, inputs_here, trace_errors_name_the_recipe
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
 from optimizer.search.plan import MIN_PROMPTS
@@ -99,7 +99,7 @@ def verify_recipe(
     workload, quality = inputs_here(recipe.path, recipe.workload, recipe.quality)
     model_cfg = model_config_for(recipe, model_source)
     convert = dequantized_model_needed([cand.backend], recipe.quality.reference)
-    with _model_errors_name_the_flag(model_source):
+    with _model_errors_name_the_flag(model_source), trace_errors_name_the_recipe():
         if convert and recipe.data["model"].get("format") == "gguf":  # hashed before it is de-quantized
             check_weights(recipe, resolve_model(model_cfg, cache, convert_gguf=False).weight_sha256)
         setup = prepare_measurement(
@@ -345,4 +345,5 @@ def _device_name(fingerprint: dict[str, object], key: str) -> str:
     value = fingerprint.get(key)
     if isinstance(value, dict):
         return str(value.get("name"))
-    return f"{value}, {fingerprint.get('cores')} cores"
+    cores = fingerprint.get("cores")
+    return f"{value}, {cores} core{'' if cores == 1 else 's'}"

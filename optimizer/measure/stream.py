@@ -226,9 +226,18 @@ def read_trace(path: Path, tokenizer: Any, text: TextTokens, max_context: int | 
                 "shorten the prompt or the output",
             )
         conversation = item.get("conversation")
+        # kept as str(): a list, a dict or 1.0 (not the id 1) would become an id no one wrote
+        if conversation is not None and (
+            isinstance(conversation, bool) or not isinstance(conversation, (str, int))
+        ):
+            raise UserError(
+                f"{where}: conversation",
+                f"is {conversation!r}",
+                'a conversation id is a string or an integer, e.g. "c1"',
+            )
         turn = item.get("turn")
-        if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int)):
-            raise UserError(f"{where}: turn", f"is {turn!r}", "a turn number is an integer")
+        if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int) or turn < 0):
+            raise UserError(f"{where}: turn", f"is {turn!r}", "a turn number is an integer >= 0")
         requests.append(
             StreamRequest(
                 len(requests),
@@ -282,6 +291,6 @@ TRACE_FORMAT = """One JSON object per line:
   prompt         the prompt text, or
   prompt_tokens  a prompt length in tokens, an integer (real text of that length is used)
   output_tokens  tokens to generate (integer >= 1)
-  conversation   optional: an id shared by the turns of one conversation
-  turn           optional: the turn's number (an integer) within its conversation
+  conversation   optional: an id (a string or an integer) shared by the turns of one conversation
+  turn           optional: the turn's number (an integer >= 0) within its conversation
 """
