@@ -173,7 +173,7 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
         gpu=gpu,
         device_count=_gpu_count(),
     )
-    return _fill_from_preset(spec) if cfg.name == "auto" else spec
+    return _fill_from_preset(spec, cfg.config_dir) if cfg.name == "auto" else spec
 
 
 _WARNED: set[str] = set()
@@ -200,10 +200,19 @@ def _preset_name(gpu_name: str) -> str:
     return "-".join(t for t in tokens if t != "nvidia")
 
 
-def _fill_from_preset(spec: TargetSpec) -> TargetSpec:
-    """With target=auto on a known GPU, take bandwidth/FLOP/s from conf/target/<preset>.yaml."""
+def _fill_from_preset(spec: TargetSpec, config_dir: str | None) -> TargetSpec:
+    """With target=auto on a known GPU, take the bandwidth and FLOP/s the config leaves out from
+    the user's preset of its name (`user_preset`), then from conf/target/<preset>.yaml."""
     from optimizer.config import CONF_DIR
 
+    if spec.memory_bandwidth_gb_per_s is None or spec.peak_bf16_tflops is None:
+        user = user_preset(config_dir, spec.name)
+        if user is not None:
+            spec = replace(
+                spec,
+                memory_bandwidth_gb_per_s=spec.memory_bandwidth_gb_per_s or user.memory_bandwidth_gb_per_s,
+                peak_bf16_tflops=spec.peak_bf16_tflops or user.peak_bf16_tflops,
+            )
     preset = CONF_DIR / "target" / f"{spec.name}.yaml"
     if not preset.is_file():
         return spec
@@ -215,6 +224,27 @@ def _fill_from_preset(spec: TargetSpec) -> TargetSpec:
         memory_bandwidth_gb_per_s=spec.memory_bandwidth_gb_per_s or values.get("memory_bandwidth_gb_per_s"),
         peak_bf16_tflops=spec.peak_bf16_tflops or values.get("peak_bf16_tflops"),
     )
+
+
+def user_preset(config_dir: str | None, name: str) -> TargetConfig | None:
+    """The target preset `name` of the user's config directory, validated as target=<name> reads
+    it; None where there is none (nor a directory: a worker on a node without it keeps the
+    figures the config carries, then the packaged preset's)."""
+    path = Path(config_dir) / "target" / f"{name}.yaml" if config_dir else None
+    if path is None or not path.is_file():
+        return None
+    from optimizer.config.compose import compose_settings, validated
+
+    # its target group alone: the rest of that composition is not the run's (nor its warnings)
+    preset = validated(compose_settings([f"target={name}"], config_dir).target)
+    assert isinstance(preset, TargetConfig)
+    if path not in _READ:
+        _READ.add(path)
+        log.info("target=auto on a %s: bandwidth and FLOP/s from %s", name, path)
+    return preset
+
+
+_READ: set[Path] = set()  # the user presets said: a run detects its target more than once
 
 
 def _detect_cpu(root: Path = ROOT) -> tuple[str, int, int, bool]:

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optimizer.config import RunConfig, TargetConfig, WorkloadConfig, check_config_dir
+from optimizer.config import RunConfig, TargetConfig, WorkloadConfig
 from optimizer.config.compose import compose_settings, run_config_from, validated
 from optimizer.config.space import BACKENDS
 from optimizer.errors import UserError
@@ -58,9 +58,9 @@ def compose_for_target(overrides: Sequence[str] = (), config_dir: str | Path | N
     presets = _target_presets(settings, overrides)
     if presets:
         settings = compose_settings([*presets, *overrides], config_dir)
-    cfg = run_config_from(settings, overrides)
+    cfg = run_config_from(settings, overrides, config_dir)
     _check_axes_searched(cfg, overrides)
-    return _user_gpu_figures(cfg, config_dir)
+    return _user_gpu_figures(cfg)
 
 
 def _target_of(settings: DictConfig) -> TargetConfig | None:
@@ -74,27 +74,22 @@ def _target_of(settings: DictConfig) -> TargetConfig | None:
     return target
 
 
-def _user_gpu_figures(cfg: RunConfig, config_dir: str | Path | None) -> RunConfig:
-    """target=auto on a known GPU takes its bandwidth and FLOP/s from the preset of its name,
-    which detection reads from the packaged conf/ (it has no config directory). A preset of that
-    name in the user's directory wins, as it does for target=<name>: its figures are set here, in
-    the config the coordinator and every worker detect from; values given as overrides stay."""
+def _user_gpu_figures(cfg: RunConfig) -> RunConfig:
+    """target=auto on a known GPU: the figures of the user's preset of its name, which detection
+    reads from `target.config_dir`, set in the config the coordinator and every worker detect
+    from (a worker on another node may not see that directory) and --show-config prints; values
+    given as overrides stay. What the preset leaves out, detection fills from the packaged one."""
     target = cfg.target
-    if config_dir is None or target.name != "auto" or target.kind == "cpu":
+    if target.config_dir is None or target.name != "auto" or target.kind == "cpu":
         return cfg
-    folder = check_config_dir(config_dir) / "target"
-    if not folder.is_dir():
+    if not (Path(target.config_dir) / "target").is_dir():
         return cfg
-    from optimizer.target import detect_target
+    from optimizer.target import detect_target, user_preset
 
-    detected = detect_target(target)
-    if not detected.is_cuda or not (folder / f"{detected.name}.yaml").is_file():
+    detected = detect_target(replace(target, config_dir=None))  # its name: the preset is read below
+    preset = user_preset(target.config_dir, detected.name) if detected.is_cuda else None
+    if preset is None:
         return cfg
-    # its target group alone: the rest of that composition is not the run's (nor its warnings)
-    preset = validated(compose_settings([f"target={detected.name}"], config_dir).target)
-    log.info(
-        "target=auto on a %s: bandwidth and FLOP/s from %s", detected.name, folder / f"{detected.name}.yaml"
-    )
     return replace(
         cfg,
         target=replace(

@@ -52,7 +52,7 @@ def compose_run_config(overrides: Sequence[str] = (), config_dir: str | Path | N
     replaces a packaged one of the same name). Every composition or validation problem is raised
     as a UserError naming the field.
     """
-    return run_config_from(compose_settings(overrides, config_dir), overrides)
+    return run_config_from(compose_settings(overrides, config_dir), overrides, config_dir)
 
 
 def compose_settings(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:
@@ -78,13 +78,19 @@ def compose_settings(overrides: Sequence[str] = (), config_dir: str | Path | Non
         GlobalHydra.instance().clear()
 
 
-def run_config_from(settings: DictConfig, overrides: Sequence[str] = ()) -> RunConfig:
+def run_config_from(
+    settings: DictConfig, overrides: Sequence[str] = (), config_dir: str | Path | None = None
+) -> RunConfig:
     """The RunConfig of composed settings: each config class validates its fields here.
-    `overrides`: those the settings were composed with (an output_dir among them is kept as given)."""
+    `overrides` and `config_dir`: those the settings were composed with (an output_dir among the
+    overrides is kept as given; the directory goes with the target, whose detection reads the
+    preset of a detected GPU's name from it)."""
     run = validated(settings)
     assert isinstance(run, RunConfig)
     if "output_dir" not in _given(overrides):
         run.composed_output_dir = run.output_dir
+    if config_dir is not None:
+        run.target.config_dir = str(check_config_dir(config_dir))
     return run
 
 

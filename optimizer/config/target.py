@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
+from typing import TYPE_CHECKING
 
 from optimizer.config.checks import require, require_finite, require_subset
 
@@ -42,8 +43,17 @@ class TargetConfig:
     # (process CPU seconds x this) plus static watts per core over wall time.
     cpu_active_watts_per_core: float = 5.0
     cpu_idle_watts_per_core: float = 1.5
+    # Not a setting: the user's config directory it was composed from (compose.run_config_from),
+    # whose preset of the GPU target=auto detects gives that GPU's figures (optimizer/target.py).
+    # An InitVar, so neither Hydra's schema, asdict (--show-config, a run's config.yaml) nor
+    # equality sees it, while dataclasses.replace carries it over (it reads the attribute).
+    if TYPE_CHECKING:  # for mypy, the attribute __post_init__ sets
+        config_dir: str | None = None
+    else:
+        config_dir: InitVar[str | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, config_dir: str | None = None) -> None:
+        self.config_dir = config_dir
         require_finite(self, "target")
         require_subset([self.kind], TARGET_KINDS, "target.kind")
         require_subset([self.energy_source], ENERGY_SOURCES, "target.energy_source")
