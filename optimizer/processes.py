@@ -1,17 +1,23 @@
 """This host's processes as the store's leases and the caches name them: which host (and PID
 namespace) a pid belongs to, whether it still runs, and the temporary copies (written aside, then
-renamed into place) that a process killed outright left behind."""
+renamed into place) that a process killed outright left behind; and a child that ends with its
+parent."""
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import logging
+import multiprocessing
 import os
 import shutil
+import signal
 import socket
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
 
 
 def host_name() -> str:
@@ -67,3 +73,19 @@ def remove_stale_temps(path: Path) -> None:
         if pid_text.isdigit() and host in ("", host_tag()) and not process_alive(int(pid_text)):
             log.info("removing %s, left by a process that did not finish", tmp)
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def die_with_parent(signum: signal.Signals) -> None:
+    """Have the kernel send `signum` to this process (a multiprocessing child) when its parent dies.
+    A parent that died before this call (the child was still starting: importing its main module,
+    torch) sends nothing: then this process sends it to itself now, as the kernel would have."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return  # not Linux: the parent's own clean-up still ends its children
+    if libc.prctl(PR_SET_PDEATHSIG, int(signum)) != 0:
+        return
+    parent = multiprocessing.parent_process()
+    # checked after prctl: a parent that dies from here on is the kernel's to report
+    if parent is not None and os.getppid() != parent.pid:
+        os.kill(os.getpid(), signum)

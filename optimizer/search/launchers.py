@@ -8,6 +8,7 @@ they finished is in the store either way.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -34,6 +35,7 @@ from optimizer.config import RayConfig, RunConfig, SlurmConfig
 from optimizer.errors import UserError
 from optimizer.host_cpu import usable_cores
 from optimizer.interrupts import sigterm_interrupts
+from optimizer.processes import die_with_parent
 from optimizer.search.roofline import RooflineRates
 from optimizer.search.runner import WorkerReport
 from optimizer.search.workers import WorkerSpec, check_workers, local_gpus, run_worker
@@ -146,17 +148,26 @@ def _report_through(work: Callable[[WorkerSpec], WorkerReport], spec: WorkerSpec
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with sigterm_interrupts():
+            # a coordinator killed outright (SIGKILL, the out-of-memory killer) stops its workers
+            # as `_stop` would have: they give their leases up, and a resumed run finds none busy
+            die_with_parent(signal.SIGTERM)
             report = work(spec)
     except KeyboardInterrupt:
-        sender.send(("error", "interrupted"))
+        _tell(sender, ("error", "interrupted"))
         sys.exit(130)  # the coordinator says so once; no traceback per worker
     except UserError as error:  # bad input (a context that differs): the coordinator raises it again
-        sender.send(("user_error", (error.field, error.problem, error.fix)))
+        _tell(sender, ("user_error", (error.field, error.problem, error.fix)))
         sys.exit(2)
     except BaseException as error:
-        sender.send(("error", f"{type(error).__name__}: {error}"))
+        _tell(sender, ("error", f"{type(error).__name__}: {error}"))
         raise
-    sender.send(("report", report))
+    _tell(sender, ("report", report))
+
+
+def _tell(sender: Connection, message: tuple[str, Any]) -> None:
+    """Send the coordinator this worker's outcome, unless it is gone (it died: nobody reads)."""
+    with contextlib.suppress(BrokenPipeError):
+        sender.send(message)
 
 
 def _report_of(process: BaseProcess, receiver: Connection) -> WorkerReport:

@@ -7,7 +7,7 @@ error and exits non-zero; the parent then tears the whole candidate down.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import os
 import signal
 import traceback
@@ -17,8 +17,7 @@ from typing import Any
 
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.model import ModelSpec
-
-PR_SET_PDEATHSIG = 1
+from optimizer.processes import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class GroupPlan:
 
 def rank_main(local_rank: int, plan: GroupPlan, commands: list[Any], results: Any) -> None:
     """The entry point `torch.multiprocessing.start_processes` runs in each spawned rank."""
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)  # no orphaned rank, however early its parent dies
     try:
         engine = start_rank(local_rank, plan)
         results.put(("ready", plan.replica, local_rank, ready_info(engine)))
@@ -75,7 +74,7 @@ def _serve(local_rank: int, plan: GroupPlan, engine: Any, commands: Any, results
 def start_rank(local_rank: int, plan: GroupPlan) -> Any:
     """Pin, join the group (a tensor-parallel degree > 1), load: the rank's engine."""
     if plan.cores and plan.cores[local_rank]:
-        os.sched_setaffinity(0, plan.cores[local_rank])
+        pin_process(plan.cores[local_rank])
     if plan.devices:
         # Before CUDA starts: this group's GPUs, in rank order, so that cuda:<local rank> is ours
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -109,6 +108,21 @@ def start_rank(local_rank: int, plan: GroupPlan) -> Any:
             timeout=timedelta(seconds=plan.timeout_seconds),
         )
     return _load(plan, device)
+
+
+def pin_process(cores: tuple[int, ...]) -> None:
+    """Pin every thread of this process to `cores` (a Ray actor has its own threads already; the
+    ones started later inherit it). Cores this process may not use fail the rank: the kernel would
+    pin it to the rest, or refuse, and the candidate be measured on other cores than it records."""
+    allowed = os.sched_getaffinity(0)
+    if not set(cores) <= allowed:
+        raise RuntimeError(
+            f"cannot pin this rank to cores {sorted(cores)}: this process may use only "
+            f"{sorted(allowed)}, not the cores its worker chose them from"
+        )
+    for thread in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.sched_setaffinity(int(thread), cores)
 
 
 def _load(plan: GroupPlan, device: str) -> Any:
@@ -147,12 +161,3 @@ def pci_bus_id(device: Any) -> str:
 
     props: Any = torch.cuda.get_device_properties(device)  # pci_* are missing from the stubs
     return f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
-
-
-def _die_with_parent() -> None:
-    """The kernel kills this rank when the process that started it dies (no orphaned ranks)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass  # not Linux: close() and the parent's finalizer still end the ranks

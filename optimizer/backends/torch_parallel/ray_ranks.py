@@ -63,6 +63,13 @@ def rank_bundles(plans: list[GroupPlan], gpu: bool) -> list[dict[str, float]]:
     ]
 
 
+def ray_plan(plan: GroupPlan, gpu: bool) -> GroupPlan:
+    """A group's plan as its Ray ranks start it. Ray gives each rank its GPU (its only visible
+    device), but CPUs only as a count: the ranks pin themselves to the plan's cores, as local ranks
+    do. Those cores are ids of this worker's node, and the ranks run on it (`_check_node`)."""
+    return replace(plan, devices=(), assigned_gpu=gpu)
+
+
 class RayLayoutEngine(LayoutEngine):
     """`replicas` groups of `degree` Ray actors, driven in lockstep from this process."""
 
@@ -103,8 +110,7 @@ class RayLayoutEngine(LayoutEngine):
                     bundle += 1
                 self.actors.append(ranks)
             self._check_node(here)
-            # Ray gives each rank its GPU and its CPUs: nothing to pin; the ranks share this node
-            started = [replace(plan, cores=(), devices=(), assigned_gpu=gpu) for plan in plans]
+            started = [ray_plan(plan, gpu) for plan in plans]
             ready = self._gather(
                 [
                     (replica, rank, actor.start.remote(rank, started[replica]))
