@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from optimizer.config.presets import CONF_DIR, GROUPS, check_config_dir, expand_model_shorthand, group_options
 from optimizer.config.run import RunConfig, cache_dir_from
+from optimizer.config.workload import warn_overrides_a_trace_ignores
 from optimizer.errors import UserError
 
 if TYPE_CHECKING:
@@ -87,8 +88,10 @@ def run_config_from(
     preset of a detected GPU's name from it)."""
     run = validated(settings)
     assert isinstance(run, RunConfig)
-    if "output_dir" not in _given(overrides):
+    given = _given(overrides)
+    if "output_dir" not in given:
         run.composed_output_dir = run.output_dir
+    warn_overrides_a_trace_ignores(run.workload, given)
     if config_dir is not None:
         run.target.config_dir = str(check_config_dir(config_dir))
     return run

@@ -48,6 +48,37 @@ def warn_unused_turn_gap(gap: float) -> None:
     )
 
 
+# What only a generated stream reads: a trace brings its own requests, arrivals and lengths
+# (`rates` is refused beside a trace when the stream is made: measure/setup.py)
+TRACE_IGNORES = (
+    "rate",
+    "requests",
+    "arrivals",
+    "arrival_cv",
+    "prompt_lengths",
+    "output_lengths",
+    "shared_prefix_tokens",
+    "turns",
+    "turn_gap_seconds",
+)
+
+
+def warn_overrides_a_trace_ignores(workload: WorkloadConfig, given: set[str]) -> None:
+    """Say which of the overrides `given` (the keys a run was composed with) a trace ignores.
+    Only overrides: a preset's values (workload=chat's rate and lengths) beside a trace are not
+    the user's doing, and a recipe's recorded ones are not the verifier's."""
+    if not workload.trace:
+        return
+    ignored = sorted(
+        key for key in given if key.split(".")[:2] in (["workload", name] for name in TRACE_IGNORES)
+    )
+    if ignored:
+        log.warning(
+            "%s ignored: workload.trace sets the requests, their arrivals and lengths (replayed at its own times)",
+            ", ".join(ignored),
+        )
+
+
 @dataclass
 class SloConfig:
     """Latency SLO per request, checked at `percentile` over all requests. null disables one."""
@@ -203,7 +234,7 @@ class WorkloadConfig:
             "1 for single requests, > 1 for conversations",
         )
         require(self.turn_gap_seconds >= 0, "workload.turn_gap_seconds", "is negative", "seconds >= 0")
-        if self.turns == 1 and self.turn_gap_seconds != TURN_GAP_DEFAULT:
+        if not self.trace and self.turns == 1 and self.turn_gap_seconds != TURN_GAP_DEFAULT:
             # a warning, not a refusal: `workload=agent workload.turns=1` keeps the preset's gap,
             # and this level cannot tell a preset's value from one the user gave
             warn_unused_turn_gap(self.turn_gap_seconds)
