@@ -50,16 +50,8 @@ def warn_unused_turn_gap(gap: float) -> None:
 
 # What only a generated stream reads: a trace brings its own requests, arrivals and lengths
 # (`rates` is refused beside a trace when the stream is made: measure/setup.py)
-TRACE_IGNORES = (
-    "rate",
-    "requests",
-    "arrivals",
-    "arrival_cv",
-    "prompt_lengths",
-    "output_lengths",
-    "shared_prefix_tokens",
-    "turns",
-    "turn_gap_seconds",
+TRACE_IGNORES = tuple(
+    f for f in SERVING_FIELDS if f not in ("rates", "trace", "warmup_requests", "drain_requests")
 )
 
 
