@@ -272,7 +272,8 @@ class TorchEngine:
             prompt,
             max_new_tokens,
         ):
-            self._decoder = None  # free the previous shape's cache and graph first
+            # free the previous shape's cache and graph first (the local held them too)
+            decoder = self._decoder = None
             s = self.settings
             decoder = self._decoder = GraphDecoder(
                 self.model, batch, prompt, max_new_tokens, self.device, s.compile, s.compile_layers

@@ -93,7 +93,10 @@ class GraphDecoder:
         self.key_range = torch.arange(prompt_tokens + room, device=device)
         # compiled: one function whose prefill shape is a second static entry beside the step
         whole = compiled and not compile_layers
-        self._run_forward = compiled_with_room(self._forward) if whole else self._forward
+        # called with the decoder, not bound to it: a decoder holding its own bound method is a
+        # reference cycle, its static cache freed only by the cyclic GC, not when it is dropped
+        forward = GraphDecoder._forward
+        self._run_forward = compiled_with_room(forward) if whole else forward
 
     def _forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
         if self._layerwise is not None:  # every row at the same positions: one mask row each
@@ -115,7 +118,7 @@ class GraphDecoder:
         forward (a profile's side-by-side)."""
         self.cache.reset()
         positions = torch.arange(self.prompt_tokens, device=prompt_ids.device)
-        first = (self._forward if eager else self._run_forward)(prompt_ids, positions)
+        first = (GraphDecoder._forward if eager else self._run_forward)(self, prompt_ids, positions)
         self.tokens.copy_(first)
         self.output[:, :1].copy_(first)
         self.position.fill_(self.prompt_tokens)
@@ -123,7 +126,7 @@ class GraphDecoder:
 
     def step(self) -> None:
         """One decode step, launched eagerly (the captured graph replays exactly this)."""
-        token = self._run_forward(self.tokens, self.position)
+        token = self._run_forward(self, self.tokens, self.position)
         self.output.index_copy_(1, self.step_index, token)
         self.tokens.copy_(token)
         self.position.add_(1)

@@ -48,9 +48,6 @@ class SlotCache:
         # span from its shape: one graph for every span)
         self.key_columns: torch.Tensor | None = None
 
-        # each layer's own view, for layers that run one by one (compiling.py)
-        self.layer_views = [SlotLayerView(self, k, v) for k, v in zip(self.keys, self.values, strict=True)]
-
     # transformers 5.x calls update(key, value, layer_idx, cache_kwargs) or (..., kwargs=...)
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
@@ -97,6 +94,12 @@ class SlotCache:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # positions are always passed explicitly; nothing may infer them from the cache
+
+    def layer_views(self) -> list[SlotLayerView]:
+        """Each layer's own view, for layers that run one by one (compiling.py). Kept by the
+        caller, not here: views kept on the cache would be a reference cycle, its regions freed
+        only by the cyclic GC, not when the decoder goes."""
+        return [SlotLayerView(self, k, v) for k, v in zip(self.keys, self.values, strict=True)]
 
 
 class SlotLayerView:

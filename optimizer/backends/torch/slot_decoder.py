@@ -118,9 +118,13 @@ class SlotDecoder:
         self._cache_argument = cache_argument(self.decoder)
         self._compiled = compiled
         self._layerwise = LayerwiseForward(model, compiled) if compile_layers else None
+        self._layer_views = self.cache.layer_views()
         whole = compiled and not compile_layers
-        self._run_decode = compiled_with_room(self._decode) if whole else self._decode
-        self._run_prefill = compiled_with_room(self._prefill) if whole else self._prefill
+        # functions called with the decoder, not its bound methods: a decoder holding those is a
+        # reference cycle, its regions freed only by the cyclic GC, not when the engine drops it
+        decode, prefill = SlotDecoder._decode, SlotDecoder._prefill
+        self._run_decode = compiled_with_room(decode) if whole else decode
+        self._run_prefill = compiled_with_room(prefill) if whole else prefill
         self.sizes = step_sizes(slots)
         if key_span_step is None:
             key_span_step = KEY_SPAN_STEP_CUDA if device.type == "cuda" else KEY_SPAN_STEP_CPU
@@ -159,7 +163,7 @@ class SlotDecoder:
     ) -> torch.Tensor:
         """The decoder's last hidden states, writing the K/V into the cache as it is set up."""
         if self._layerwise is not None:
-            return self._layerwise(ids, positions, mask, self.cache.layer_views, varying, mask_varying)
+            return self._layerwise(ids, positions, mask, self._layer_views, varying, mask_varying)
         return self.decoder(
             input_ids=ids,
             position_ids=positions,
@@ -177,7 +181,7 @@ class SlotDecoder:
         tokens, positions = self._rows.get(n) or (self.tokens[:n], self.cache.positions[:n])
         self.cache.key_columns = self._key_columns[self.spans[-1] if span is None else span]
         try:
-            tokens.copy_(self._run_decode(tokens, positions))
+            tokens.copy_(self._run_decode(self, tokens, positions))
         finally:
             self.cache.key_columns = None
         positions.add_(1).clamp_(max=self.max_len - 1)
@@ -246,7 +250,7 @@ class SlotDecoder:
         if self._compiled:
             self._mark_prefill_dynamic(ids, positions, mask, lengths)
         try:
-            first = self._run_prefill(ids, positions, mask, lengths)
+            first = self._run_prefill(self, ids, positions, mask, lengths)
         finally:
             self.cache.prefill_rows = self.cache.prefill_positions = self.cache.prefill_columns = None
         self.tokens[rows, 0] = first
