@@ -1,7 +1,7 @@
 """This host's processes as the store's leases and the caches name them: which host (and PID
 namespace) a pid belongs to, whether it still runs, and the temporary copies (written aside, then
-renamed into place) that a process killed outright left behind; and a child that ends with its
-parent."""
+renamed into place) that a process killed outright left behind; and a child (a multiprocessing
+child, or a subprocess) that ends with its parent."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,8 @@ def die_with_parent(signum: signal.Signals) -> None:
     """Have the kernel send `signum` to this process (a multiprocessing child) when its parent dies.
     A parent that died before this call (the child was still starting: importing its main module,
     torch) sends nothing: then this process sends it to itself now, as the kernel would have."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
+    libc = _libc()
+    if libc is None:
         return  # not Linux: the parent's own clean-up still ends its children
     if libc.prctl(PR_SET_PDEATHSIG, int(signum)) != 0:
         return
@@ -89,3 +89,31 @@ def die_with_parent(signum: signal.Signals) -> None:
     # checked after prctl: a parent that dies from here on is the kernel's to report
     if parent is not None and os.getppid() != parent.pid:
         os.kill(os.getpid(), signum)
+
+
+def killed_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` for subprocess.run/Popen: the kernel SIGKILLs the child when this process
+    dies, even killed outright (the out-of-memory killer, a launcher's kill), instead of leaving it
+    to run on, holding its memory and CPUs beside the next run. None (no preexec_fn) where there
+    is no prctl. The kernel sends the signal when the forking *thread* ends: call subprocess.run,
+    or wait on the Popen, from the thread that outlives the child."""
+    libc = _libc()
+    if libc is None:
+        return None
+    # looked up before the fork: the child, between fork and exec, only calls prctl and getppid
+    prctl = libc.prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        # a parent that died before prctl sends nothing: the child then ends itself
+        if prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL)) == 0 and os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None  # not Linux (glibc)

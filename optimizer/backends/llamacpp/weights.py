@@ -17,6 +17,7 @@ from optimizer.backends.llamacpp.errors import LlamaCppBuildError
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
 from optimizer.model import gguf_file
 from optimizer.model_files import file_sha256, model_files_sha256
+from optimizer.processes import killed_with_parent
 
 if TYPE_CHECKING:
     from optimizer.model import ModelSpec
@@ -97,7 +98,12 @@ def source_gguf(model: ModelSpec, workdir: Path) -> Path:
         command += ["--outtype", "f16"]
         with log_path.open("w", encoding="utf-8") as handle:
             proc = subprocess.run(
-                command, stdout=handle, stderr=subprocess.STDOUT, timeout=CONVERT_TIMEOUT_SECONDS, check=False
+                command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                timeout=CONVERT_TIMEOUT_SECONDS,
+                check=False,
+                preexec_fn=killed_with_parent(),  # a run killed outright must not leave it converting on
             )
         if proc.returncode != 0 or not (tmp / WEIGHTS_FILE).is_file():
             tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])

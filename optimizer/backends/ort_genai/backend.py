@@ -29,7 +29,7 @@ from optimizer.backends.artifacts import artifact_key, cached_artifact
 from optimizer.backends.base import Generation, load_check
 from optimizer.backends.installed import ONNX_RUNTIME, distribution_version
 from optimizer.backends.ort_genai.serving import GenaiEngineServer
-from optimizer.backends.ort_genai.settings import OrtGenaiSettings
+from optimizer.backends.ort_genai.settings import GENERATOR_MAX_BATCH, OrtGenaiSettings
 from optimizer.backends.parity import (
     CHECKED_TOKENS,
     TIE_TOLERANCE,
@@ -40,6 +40,7 @@ from optimizer.backends.parity import (
 from optimizer.measure.serving import Completion
 from optimizer.model import ModelSpec
 from optimizer.model_files import model_files_sha256
+from optimizer.processes import killed_with_parent
 from optimizer.target import TargetSpec
 
 if TYPE_CHECKING:
@@ -153,6 +154,8 @@ def ensure_build(model: ModelSpec, settings: OrtGenaiSettings, workdir: Path) ->
                     timeout=BUILD_TIMEOUT_SECONDS,
                     env=os.environ | {"PYTHONUNBUFFERED": "1"},
                     check=False,
+                    # a run killed outright must not leave it building on (up to the timeout)
+                    preexec_fn=killed_with_parent(),
                 )
         except subprocess.TimeoutExpired:
             raise GenaiBuildError(
@@ -245,12 +248,21 @@ class OrtGenaiEngine:
         return Generation(batch, max_new_tokens, first - start, end - start, token_ids=token_ids)
 
     def score(self, token_ids: torch.Tensor) -> torch.Tensor:
-        batch, length = token_ids.shape
-        generator = self._generator(batch, length + 1, 0)
-        generator.append_tokens(token_ids.numpy().astype(np.int32))
+        ids = token_ids.numpy().astype(np.int32)
+        chunks = [
+            self._score(ids[i : i + GENERATOR_MAX_BATCH]) for i in range(0, len(ids), GENERATOR_MAX_BATCH)
+        ]
+        return torch.from_numpy(np.concatenate(chunks))
+
+    def _score(self, ids: np.ndarray) -> np.ndarray:
+        batch, length = ids.shape
+        # max_length = the window: no token is generated, and a window of the model's whole
+        # context (which the quality check allows) must fit its context_length
+        generator = self._generator(batch, length, 0)
+        generator.append_tokens(ids)
         logits = np.asarray(generator.get_output("logits"), dtype=np.float32)
         del generator
-        return torch.from_numpy(logits.reshape(batch, length, -1))
+        return logits.reshape(batch, length, -1)
 
     # -- ServingEngine: requests of a stream, scheduled by genai's Engine --------------------
 

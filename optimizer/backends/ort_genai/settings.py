@@ -19,6 +19,9 @@ from optimizer.config import (
 )
 from optimizer.errors import UserError
 
+# The most sequences one Generator takes (kMaxBatchSize in 0.18's generators.cpp): a larger batch
+# is refused when the Generator starts, after the build (found on the H200, 2026-12-04, at b64).
+GENERATOR_MAX_BATCH = 32
 WEIGHT_QUANTIZED = ("int4", "int8")
 # (algorithm, block_size, accuracy_level, int8_lm_head) of a build without weight quantization
 NO_WEIGHT_OPTIONS = ("default", 32, 0, False)

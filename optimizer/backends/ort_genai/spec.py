@@ -17,7 +17,12 @@ from optimizer.backends.base import (
     unpadded_stream_reason,
 )
 from optimizer.backends.installed import missing_genai, missing_genai_engine
-from optimizer.backends.ort_genai.settings import NO_WEIGHT_OPTIONS, WEIGHT_QUANTIZED, OrtGenaiSettings
+from optimizer.backends.ort_genai.settings import (
+    GENERATOR_MAX_BATCH,
+    NO_WEIGHT_OPTIONS,
+    WEIGHT_QUANTIZED,
+    OrtGenaiSettings,
+)
 
 if TYPE_CHECKING:
     from optimizer.config import SpaceConfig
@@ -30,9 +35,6 @@ if TYPE_CHECKING:
 # (every build here): a constant of its static batch scheduler (0.18; the config's
 # engine.static_batching.max_batch_size does not change it).
 ENGINE_STATIC_BATCH = 4
-# The most sequences one Generator takes (kMaxBatchSize in 0.18's generators.cpp): a larger batch
-# is refused when the Generator starts, after the build (found on the H200, 2026-12-04, at b64).
-GENERATOR_MAX_BATCH = 32
 
 
 class OrtGenaiSpec:
