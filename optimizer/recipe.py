@@ -354,6 +354,9 @@ def load_recipe(
     its stream made: an engine that gives each request a fixed slot (llama.cpp's context, a paged
     cache) is sized for it now, since it cannot grow while requests run.
     """
+    # before any backend imports onnxruntime, whose import alone starts its telemetry (a device id
+    # under ~/.cache/Microsoft); optimize and verify set it in measure.setup; a user's own value is kept
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     from optimizer.backends.registry import build_engine, serves_gguf
     from optimizer.model import resolve_model
     from optimizer.target import detect_target

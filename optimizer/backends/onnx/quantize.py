@@ -10,11 +10,15 @@ lm_head) are quantized; the attention MatMuls multiply two activations and stay 
 - fp16: `onnxruntime.transformers.float16` conversion, for GPU execution providers.
 
 A variant's directory is keyed by the export's key, ONNX Runtime's version and, for int8-static,
-the calibration (text sha256, sequences, tokens): an upgrade or another text builds it again.
+the calibration (text sha256, sequences, tokens and the sha256 of the calibration windows' token
+ids): an upgrade, another text or another tokenizer (which the export's key does not cover)
+builds it again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -83,9 +87,11 @@ def variant_dir(fp32_dir: Path, name: str, identity: dict[str, Any] | None = Non
     return fp32_dir.parent / f"{name}-{key}"
 
 
-def variant_identity(name: str) -> dict[str, Any]:
+def variant_identity(name: str, windows: list[list[int]] | None = None) -> dict[str, Any]:
     """ONNX Runtime writes every variant (its quantizers, its fp16 converter); the static one also
-    depends on its calibration."""
+    depends on its calibration. `windows`: the static one's calibration token ids, which
+    `static_int8_qdq` always passes: the export's key covers the weights and config.json, not the
+    tokenizer that makes them."""
     identity: dict[str, Any] = {"format": VARIANT_FORMAT, "onnxruntime": distribution_version(*ONNX_RUNTIME)}
     if name == "int8-static":
         identity["calibration"] = {
@@ -95,12 +101,24 @@ def variant_identity(name: str) -> dict[str, Any]:
             "sequences": CALIBRATION_SEQUENCES,
             "tokens": CALIBRATION_TOKENS,
         }
+        if windows is not None:
+            identity["calibration"]["windows_sha256"] = windows_sha256(windows)
     return identity
 
 
-def cached_variant(fp32_dir: Path, name: str, convert: Callable[[Path], dict[str, Any]], what: str) -> Path:
+def windows_sha256(windows: list[list[int]]) -> str:
+    return hashlib.sha256(json.dumps(windows, separators=(",", ":")).encode()).hexdigest()
+
+
+def cached_variant(
+    fp32_dir: Path,
+    name: str,
+    convert: Callable[[Path], dict[str, Any]],
+    what: str,
+    windows: list[list[int]] | None = None,
+) -> Path:
     """The variant `name` of the export, made by `convert(tmp_dir) -> provenance` unless cached."""
-    identity = variant_identity(name)  # before any work: the calibration text may be missing
+    identity = variant_identity(name, windows)  # before any work: the calibration text may be missing
 
     def build(tmp: Path) -> dict[str, Any]:
         return {"source": str(fp32_dir), **convert(tmp), **identity}
@@ -129,6 +147,11 @@ def dynamic_int8(fp32_dir: Path) -> Path:
 
 
 def static_int8_qdq(fp32_dir: Path, model: ModelSpec) -> Path:
+    # tokenized on every call, cache hit or not: the windows key the variant
+    windows = calibration_windows(
+        model.path, model.trust_remote_code, CALIBRATION_TOKENS + 1, CALIBRATION_SEQUENCES, STATIC_INT8_FIELD
+    )
+
     def convert(tmp: Path) -> dict[str, Any]:
         with sys_path_kept():
             from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -137,7 +160,7 @@ def static_int8_qdq(fp32_dir: Path, model: ModelSpec) -> Path:
         quantize_static(
             fp32_dir / MODEL_FILE,
             tmp / MODEL_FILE,
-            FeedReader(calibration_feeds(fp32_dir / MODEL_FILE, model)),
+            FeedReader(calibration_feeds(fp32_dir / MODEL_FILE, windows)),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul"],
             nodes_to_quantize=nodes,
@@ -150,7 +173,7 @@ def static_int8_qdq(fp32_dir: Path, model: ModelSpec) -> Path:
         )
         return {"quantized_matmuls": len(nodes)}
 
-    return cached_variant(fp32_dir, "int8-static", convert, "ONNX int8 static QDQ quantization")
+    return cached_variant(fp32_dir, "int8-static", convert, "ONNX int8 static QDQ quantization", windows)
 
 
 def fp16(fp32_dir: Path) -> Path:
@@ -181,14 +204,11 @@ class FeedReader:
         return next(self._feeds, None)
 
 
-def calibration_feeds(model_file: Path, model: ModelSpec) -> list[dict[str, np.ndarray]]:
-    """Prefill feeds of the workload text plus one decode step each (with the prefill's cache),
-    so both shapes the generation loop runs are calibrated."""
+def calibration_feeds(model_file: Path, windows: list[list[int]]) -> list[dict[str, np.ndarray]]:
+    """Prefill feeds of the workload text's `windows` plus one decode step each (with the
+    prefill's cache), so both shapes the generation loop runs are calibrated."""
     import onnxruntime as ort
 
-    windows = calibration_windows(
-        model.path, model.trust_remote_code, CALIBRATION_TOKENS + 1, CALIBRATION_SEQUENCES, STATIC_INT8_FIELD
-    )
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     layout = layout_of([(i.name, i.shape) for i in session.get_inputs()])
     feeds = []
