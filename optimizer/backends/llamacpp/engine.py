@@ -185,6 +185,9 @@ class LlamaCppEngine:
             raise ValueError(
                 f"a request needs >= 1 prompt token and >= 1 new token, got {len(prompt_ids)}, {max_new_tokens}"
             )
+        if any(not 0 <= t < self.vocab for t in prompt_ids):  # llama_decode would fail its whole step
+            bad = next(t for t in prompt_ids if not 0 <= t < self.vocab)
+            raise ValueError(f"token id {bad} is outside the model's vocabulary of {self.vocab}")
         if len(prompt_ids) + max_new_tokens > self.sequence_tokens or self._ctx is None:
             self.reserve(len(prompt_ids) + max_new_tokens)  # raises while requests run
         with self._cond:

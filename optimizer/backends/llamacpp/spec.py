@@ -40,7 +40,7 @@ MOVED_BITS = {
     "IQ4_NL": 4.5,
     "IQ4_XS": 4.25,
     "Q3_K_M": 3.4375,
-    "Q2_K": 2.5625,
+    "Q2_K": 2.625,  # 2 fp16 scales + 16 + 64 bytes per 256 weights
 }
 # The most bits per weight a build holds (the memory check's upper bound): a quantized type's
 # mixes and fallbacks stay at or below Q8_0 (8.5); a GGUF as shipped is taken as f16 (an F32 GGUF,

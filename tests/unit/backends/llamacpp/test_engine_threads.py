@@ -113,6 +113,14 @@ def test_a_request_that_could_never_finish_is_refused(
         engine.submit(prompt, new)
 
 
+def test_a_token_outside_the_vocabulary_is_refused_at_submit(engine: LlamaCppEngine) -> None:
+    """In a step, llama_decode would fail it and every other request running beside it."""
+    with pytest.raises(ValueError, match="token id 16 is outside the model's vocabulary of 16"):
+        engine.submit([1, 16, 2], 4)
+    with pytest.raises(ValueError, match="token id -1"):
+        engine.submit([-1], 4)
+
+
 def test_a_timed_out_generate_cancels_its_own_requests_only(engine: LlamaCppEngine) -> None:
     """A generate() that timed out left its requests decoding and their ids in `_own_ids`: they
     held the slots (the next generate() timed out behind them) and their results piled up in
