@@ -277,13 +277,12 @@ def _hydra_error(exc: Exception, config_dir: Path | None = None) -> UserError:
         causes.append(str(current).strip())
         current = current.__cause__
     text = " ".join(c for c in causes if c)
-    missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    missing = re.search(r"Could not find '([^/']+)/([^']*)'", text)  # `group=`: an empty name
     if missing:
         group, name = missing.groups()
         where = f" (packaged, and yours in {config_dir})" if config_dir is not None else ""
-        return UserError(
-            group, f"no preset named '{name}'", f"use one of {group_options(group, config_dir)}{where}"
-        )
+        problem = f"no preset named '{name}'" if name.strip() else "needs a preset name"
+        return UserError(group, problem, f"use one of {group_options(group, config_dir)}{where}")
     override = re.search(r"Could not (?:override|append to) '([^']+)'", text)
     key = re.search(r"full_key: (\S+)", text) or override
     preset = re.search(r"^In '([^']+)': ConfigKeyError", text)

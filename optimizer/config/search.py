@@ -86,7 +86,12 @@ class SearchConfig:
         )
         require(self.budget_minutes > 0, "search.budget_minutes", "must be > 0", "e.g. 20")
         if self.max_candidates is not None:
-            require(self.max_candidates >= 1, "search.max_candidates", "must be >= 1", "or null")
+            require(
+                self.max_candidates >= 1,
+                "search.max_candidates",
+                "must be >= 1",
+                "e.g. 20, or null for no cap",
+            )
         # numpy's generators (optuna's samplers) take only unsigned 32-bit seeds
         require(0 <= self.seed < 2**32, "search.seed", f"is {self.seed}, outside [0, 2**32)", "e.g. 0")
         require(self.workers >= 1, "search.workers", "must be >= 1", "one worker per device, e.g. 1")

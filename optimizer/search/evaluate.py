@@ -150,7 +150,8 @@ class Evaluator:
             quality = self._cached_quality(candidate)
             if quality is not None or self.store is None:
                 return quality
-            if self.store.claim(QUALITY_CLAIM_PREFIX + key, self.search_cfg.lease_seconds):
+            label = f"the quality of {candidate.label()}'s numerics"
+            if self.store.claim(QUALITY_CLAIM_PREFIX + key, self.search_cfg.lease_seconds, label):
                 return None
             if time.perf_counter() > deadline:
                 return None  # measure it here rather than wait forever
@@ -162,7 +163,9 @@ class Evaluator:
         if self.store is None:
             return 0
         probe = PROBE_CLAIM_PREFIX + candidate.numerics_key()
-        if self.store.claim(probe, self.search_cfg.lease_seconds):
+        if self.store.claim(
+            probe, self.search_cfg.lease_seconds, f"the quality probe of {candidate.label()}'s numerics"
+        ):
             self.store.release(probe)
         return self.store.deaths_probing(candidate)
 
@@ -195,7 +198,7 @@ class Evaluator:
                 build_seconds = time.perf_counter() - start
                 artifact = served_artifact(used)
                 if quality is None:
-                    quality = self._measure_quality(engine, numerics)
+                    quality = self._measure_quality(engine, numerics, candidate.label())
             try:
                 broken = quality.violations(self.quality_cfg)
                 if broken and role != "baseline":
@@ -266,13 +269,13 @@ class Evaluator:
             engine, self.workload, candidate.batch_size, meter, self.workload_cfg, deadline, stop_below
         )
 
-    def _measure_quality(self, engine: Engine, numerics: str) -> QualityResult:
+    def _measure_quality(self, engine: Engine, numerics: str, label: str) -> QualityResult:
         # The probe's own lease, held around the probe alone: a death in it is the numerics' (every
         # batch size probes alike), one in a build or an energy window the candidate's alone. Held
         # by a live worker, it is measured here all the same (the quality lease's wait ran out).
         probe = PROBE_CLAIM_PREFIX + numerics
         if self.store is not None:
-            self.store.claim(probe, self.search_cfg.lease_seconds)
+            self.store.claim(probe, self.search_cfg.lease_seconds, f"the quality probe of {label}'s numerics")
         try:
             quality = evaluate_quality(engine, self.reference())
         except BaseException:

@@ -58,10 +58,11 @@ class Leases:
         """The store for logs, without a password."""
         return self._engine.url.render_as_string(hide_password=True)
 
-    def claim(self, key: str, lease_seconds: float) -> bool:
+    def claim(self, key: str, lease_seconds: float, label: str | None = None) -> bool:
         """Take the lease on `key` when nobody holds it, its holder's lease lapsed, or its holder
         died on this host. Atomic: of two workers claiming at once, exactly one succeeds. Taking it
-        from a holder that is gone records a death of `key` (see `deaths_since`)."""
+        from a holder that is gone records a death of `key` (see `deaths_since`). `label`: what
+        the key stands for (a candidate's label), as logs name it; the key is a bare hash."""
         for _ in range(3):  # a lease released between two statements: try again
             now = time.time()
             expires = now + lease_seconds
@@ -87,7 +88,7 @@ class Leases:
                 return False
             if alive is not True:  # a live worker here that stalled past its lease did not die
                 self._record_death(key, owner)
-                log.warning("took over %s from %s, which died holding it", key, owner)
+                log.warning("took over %s from %s, which died holding it", label or key, owner)
             return True
         return False
 
