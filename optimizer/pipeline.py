@@ -16,6 +16,7 @@ from optimizer.config import RunConfig
 from optimizer.errors import UserError
 from optimizer.files import write_atomically
 from optimizer.measure.energy import measure_idle_watts
+from optimizer.measure.setup import MeasurementSetup
 from optimizer.recipe import build_recipe, write_recipe
 from optimizer.report.markdown import write_report
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
@@ -27,6 +28,7 @@ from optimizer.search.plan import SearchPlan, plan_search, prepare_run_measureme
 from optimizer.search.roofline import Roofline, rates_for
 from optimizer.search.runner import collect_outcome, run_search
 from optimizer.select import Selection, lone_edge_reason, select_best
+from optimizer.space import enumerate_candidates
 from optimizer.store import TrialStore, open_database
 from optimizer.target import TargetSpec
 
@@ -81,10 +83,7 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         len(plan.excluded),
         len(plan.pruned),
         plan.baseline.label(),
-        # a preset's extras are outside its axes: narrowing space.backends leaves them in
-        f"; space.extra adds {len(cfg.space.extra)} (space.extra=[] leaves them out)"
-        if cfg.space.extra
-        else "",
+        extras_note(cfg, plan, setup),
     )
     if not plan.candidates:  # known from the rules and the budget alone: say so before measuring
         raise nothing_to_search(plan, cfg)
@@ -188,6 +187,23 @@ def unreliable_finalists(selection: Selection | None, trace: bool = False) -> Us
         "(report.md has every run's latency), or raise search.finalist_rounds to see how often each "
         "candidate meets it",
     )
+
+
+def extras_note(cfg: RunConfig, plan: SearchPlan, setup: MeasurementSetup) -> str:
+    """How many of the plan's candidates space.extra adds (those not on the axes' grid): a preset's
+    extras are outside its axes, so narrowing space.backends leaves them in."""
+    if not cfg.space.extra:
+        return ""
+    shape, model_format = setup.model.shape, setup.model.format
+    grid_valid, grid_excluded = enumerate_candidates(
+        replace(cfg.space, extra=[]), setup.target, cfg.workload.serving, shape, model_format
+    )
+    grid = {c.key() for c in [*grid_valid, *(c for c, _ in grid_excluded)]}
+    added = sum(c.key() not in grid for c in plan.candidates)
+    # an extra this target cannot run, or too big for the memory budget, adds nothing
+    dropped = sum(c.key() not in grid for c, _ in [*plan.excluded, *plan.pruned])
+    left_out = f" and {dropped} of those excluded or pruned" if dropped else ""
+    return f"; space.extra adds {added} of them{left_out} (space.extra=[] leaves them out)"
 
 
 def nothing_to_search(plan: SearchPlan, cfg: RunConfig) -> UserError:
