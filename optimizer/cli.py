@@ -33,7 +33,8 @@ Examples:
   optimize verify outputs/<run>/recipe.yaml
 
 Exit codes: 0 ok, 1 verify failed, 2 bad input, nothing feasible, or a recipe measured under
-other conditions (device, protocol, inputs) than verify finds here.
+other conditions (device, protocol, inputs) than verify finds here, 130 interrupted (Ctrl-C,
+SIGTERM).
 """
 
 
@@ -70,10 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "interrupted: finished candidates are in the store; run the same command to resume",
-            file=sys.stderr,
-        )
+        if args[:1] == ["verify"]:  # verify keeps nothing: a re-run measures from the start
+            print("interrupted: nothing was verified; run the same command again", file=sys.stderr)
+        else:
+            print(
+                "interrupted: finished candidates are in the store; run the same command to resume",
+                file=sys.stderr,
+            )
         return 130
 
 

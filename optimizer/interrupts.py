@@ -1,36 +1,74 @@
 """SIGTERM as Ctrl-C: `kill`, a scheduler's stop or a container's shutdown end a run the way an
 interrupt does (finally blocks run: leases are given up, child workers stopped), so a resumed run
-neither waits for anything nor counts a death."""
+neither waits for anything nor counts a death.
+
+An interrupt is recorded as well as raised: Python swallows an exception raised inside a finalizer
+("Exception ignored in ...": a __del__ that calls gc.collect(), as transformers'
+ContinuousBatchProcessor does), and the run would go on to its end. The search calls
+`raise_if_interrupted()` between candidates and rounds, so a swallowed interrupt stops it there."""
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+_interrupted = False  # a signal came inside sigterm_interrupts() (main thread only)
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if an interrupt came inside `sigterm_interrupts()`: one swallowed
+    where it landed is not lost."""
+    if _interrupted:
+        raise KeyboardInterrupt
+
+
+def _cleaning_up() -> bool:
+    """Whether a KeyboardInterrupt is being handled (an except, finally or __exit__ runs for it):
+    an interrupt is on its way out, its clean-up under way."""
+    error = sys.exc_info()[1]
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__context__
+    return False
+
 
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt inside the block. The previous handler comes back after,
-    unless a SIGTERM came: then the process is on its way out, and further ones stay ignored."""
+    """SIGTERM, and SIGINT where Python's own handler has it (a local worker ignores SIGINT: its
+    coordinator stops it), raise KeyboardInterrupt inside the block; one swallowed before the block
+    ends is raised at its end. The previous handlers come back after, except SIGTERM's once an
+    interrupt came: the process is on its way out, and a late SIGTERM (a process-group kill after
+    the clean-up) must not kill it with -15 where the interrupted run reports 130."""
+    global _interrupted
     if threading.current_thread() is not threading.main_thread():
         yield  # signals reach the main thread only
         return
-    terminated = False
 
     def interrupt(_signum: int, _frame: object) -> None:
-        nonlocal terminated
-        terminated = True
-        # one interrupt: a second SIGTERM (a process-group kill, then the coordinator's own) must
-        # not land inside the clean-up the first one started, nor kill the process after it
-        # (exit -15 where the interrupted run reports 130)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
+        global _interrupted
+        _interrupted = True
+        # one interrupt: a second one (a process-group kill, then the coordinator's own) must not
+        # land inside the clean-up the first one started. One after a swallowed raise interrupts.
+        if not _cleaning_up():
+            raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    caught = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        caught.append(signal.SIGINT)
+    previous = {signum: signal.signal(signum, interrupt) for signum in caught}
+    outer, _interrupted = _interrupted, False
     try:
         yield
+        raise_if_interrupted()  # swallowed after the last boundary: the block still ends interrupted
     finally:
-        if not terminated:
-            signal.signal(signal.SIGTERM, previous)
+        came = _interrupted
+        for signum, handler in previous.items():
+            keep_ignored = came and signum == signal.SIGTERM
+            signal.signal(signum, signal.SIG_IGN if keep_ignored else handler)
+        _interrupted = outer  # after the handlers: a late signal cannot set it again

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from optimizer.config import SearchConfig, SloConfig
+from optimizer.interrupts import raise_if_interrupted
 from optimizer.measure.workload import PerformanceResult
 from optimizer.results import FAILED, CandidateResult
 from optimizer.search.evaluate import Evaluator
@@ -43,17 +44,15 @@ def remeasure(
     pool = finalist_pool(results, search, evaluator.workload_cfg.slo)
     if search.finalists < 2 or not pool or (len(pool) == 1 and pool[0].feasible):
         return None
-    log.info(
-        "finalists: re-measuring %s in %d interleaved rounds (%s, as long as the search took them)",
-        ", ".join(r.candidate.label() + ("" if r.feasible else " (near miss)") for r in pool),
-        search.finalist_rounds,
-        rough_duration(search.finalist_rounds * sum(r.seconds for r in pool)),
-    )
+    rounds = [_round_store(evaluator.store, pool, index) for index in range(search.finalist_rounds)]
+    _say_plan(pool, rounds, search)
     runs: dict[str, list[CandidateResult]] = {r.candidate.key(): [] for r in pool}
-    for index in range(search.finalist_rounds):
-        rounds = _round_store(evaluator.store, pool, index)
-        with leases_kept(rounds, search.lease_seconds) if rounds else contextlib.nullcontext():
+    for index, store in enumerate(rounds):
+        if store is not None:
+            store.refresh()  # rows another run of this search wrote since the plan was read
+        with leases_kept(store, search.lease_seconds) if store else contextlib.nullcontext():
             for previous in pool if index % 2 == 0 else reversed(pool):
+                raise_if_interrupted()  # an interrupt swallowed in the last measurement stops here
                 earlier = runs[previous.candidate.key()]
                 if earlier and earlier[-1].status == FAILED:
                     # it can no longer be selected (that takes every round), and a candidate that
@@ -65,7 +64,7 @@ def remeasure(
                         previous.candidate.label(),
                     )
                     continue
-                result, stored = _measured_round(evaluator, rounds, previous.candidate, search)
+                result, stored = _measured_round(evaluator, store, previous.candidate, search)
                 earlier.append(result)
                 log.info(
                     "finalist round %d: %s %.3f goodput tok/J%s",
@@ -105,19 +104,46 @@ def _round_store(store: TrialStore | None, pool: Sequence[CandidateResult], inde
     return TrialStore(store.url, context, run_id=store.run_id, worker=store.worker)
 
 
+def _say_plan(
+    pool: Sequence[CandidateResult], rounds: Sequence[TrialStore | None], search: SearchConfig
+) -> None:
+    """Log what the finalists' rounds will do: the time of those left to measure, each as long as
+    the search took it; rounds an earlier run stored are reused and take none."""
+    names = ", ".join(r.candidate.label() + ("" if r.feasible else " (near miss)") for r in pool)
+    left = [r.seconds for s in rounds for r in pool if s is None or _stored(s, r.candidate, search) is None]
+    stored = len(rounds) * len(pool) - len(left)
+    if not left:
+        log.info("finalists: %s: all %d rounds are stored, reused (nothing to measure)", names, len(rounds))
+        return
+    log.info(
+        "finalists: re-measuring %s in %d interleaved rounds (%s, as long as the search took them)",
+        names,
+        len(rounds),
+        f"{stored} stored measurements reused, {rough_duration(sum(left))} for the {len(left)} left"
+        if stored
+        else rough_duration(sum(left)),
+    )
+
+
+def _stored(rounds: TrialStore, candidate: Candidate, search: SearchConfig) -> CandidateResult | None:
+    """The candidate's result in this round as an earlier run stored it, unless it is measured
+    again (a failure is, once per run, with search.retry_failed)."""
+    stored = rounds.get(candidate)
+    retry = stored is not None and stored.status == FAILED and search.retry_failed
+    return None if retry and not rounds.measured_in_run(candidate) else stored
+
+
 def _measured_round(
     evaluator: Evaluator, rounds: TrialStore | None, candidate: Candidate, search: SearchConfig
 ) -> tuple[CandidateResult, bool]:
     """The candidate's result in this round, and whether it was stored by an earlier run."""
     if rounds is None:
         return evaluator.evaluate(candidate, "finalist"), False
-    stored = rounds.get(candidate)
-    retry = stored is not None and stored.status == FAILED and search.retry_failed
-    if stored is not None and not (retry and not rounds.measured_in_run(candidate)):
-        return stored, True  # (a failure is measured again once per run with search.retry_failed)
+    if (stored := _stored(rounds, candidate, search)) is not None:
+        return stored, True
     # a lease taken from a process that died measuring this round is counted, as in the search;
     # one held by a live run (the same search, started twice) is not waited for
-    rounds.claim(candidate.key(), search.lease_seconds)
+    rounds.claim(candidate.key(), search.lease_seconds, candidate.label())
     deaths = rounds.deaths_measuring(candidate)
     result = (
         died_measuring(candidate, deaths, "finalist")

@@ -1,13 +1,20 @@
-"""The search's progress lines: one per candidate as its result becomes known."""
+"""The search's progress lines: one per candidate as its result becomes known, and one as its
+measurement starts."""
 
 from __future__ import annotations
 
 from optimizer.results import FAILED, MEASURED, PRUNED, CandidateResult
+from optimizer.space import Candidate
 
 
 def rough_duration(seconds: float) -> str:
     """`~40 s`, `~7 min`: an estimate's resolution."""
     return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min"
+
+
+def measuring_line(index: int, total: int, candidate: Candidate, role: str) -> str:
+    """The line that says a measurement starts; its result's line follows when it ends."""
+    return f"[{index}/{total}] measuring {candidate.label()}{' (baseline)' if role == 'baseline' else ''} ..."
 
 
 def progress_line(index: int, total: int, result: CandidateResult, mine: bool) -> str:

@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from optimizer.config import QualityConfig, SearchConfig
+from optimizer.interrupts import raise_if_interrupted
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 from optimizer.search.evaluate import DEATHS_BEFORE_FAILING, Evaluator, died_measuring, now_iso
 from optimizer.search.patience import Patience
-from optimizer.search.progress import progress_line, rough_duration
+from optimizer.search.progress import measuring_line, progress_line, rough_duration
 from optimizer.search.roofline import Roofline
 from optimizer.search.samplers import GridSampler, make_sampler
 from optimizer.select import select_best
@@ -225,12 +226,13 @@ class _WorkerLoop:
             self.sampler.observe(candidate, result)
         line = progress_line(len(self.known), len(self.space), result, candidate.key() in self.mine)
         left = self.seconds_left()
-        self.progress(f"{line}; search: up to {rough_duration(left)} left" if left else line)
+        self.progress(f"{line}; search: {rough_duration(left)} left (estimate)" if left else line)
 
     def seconds_left(self) -> float | None:
-        """The most the search can still take: the candidates not yet known at this worker's median
-        time each, shared by the workers, within the candidate cap and the budget (patience and the
-        roofline can end it sooner). None before this worker has measured one."""
+        """An estimate of the time the search still takes: the candidates not yet known at this
+        worker's median time each, shared by the workers, within the candidate cap and the budget
+        (slower candidates make it longer; patience and the roofline can end it sooner). None
+        before this worker has measured one."""
         typical = self.typical_seconds()
         if not typical:
             return None
@@ -265,8 +267,9 @@ class _WorkerLoop:
 
     def try_evaluate(self, candidate: Candidate) -> None:
         """Evaluate under a lease; leave the candidate to the worker that holds it."""
+        raise_if_interrupted()  # an interrupt swallowed during the last candidate (a __del__) stops here
         key = candidate.key()
-        if not self.store.claim(key, self.search.lease_seconds):
+        if not self.store.claim(key, self.search.lease_seconds, candidate.label()):
             if candidate not in self.busy:
                 self.busy.append(candidate)
             return
@@ -301,6 +304,8 @@ class _WorkerLoop:
             if before is not None and margin is not None and role != "baseline"
             else None
         )
+        # a measurement takes minutes (an engine build longer): say which one is under way
+        log.info(measuring_line(len(self.known) + 1, len(self.space), candidate, role))
         result = self.evaluator.evaluate(candidate, role, stop_below=stop_below)
         self.store.append(result)  # also gives up the lease
         self.evaluated += 1

@@ -321,7 +321,7 @@ def test_progress_says_how_long_the_search_can_still_take(
     )
     lines: list[str] = []
     run_search(cands, [], cands[0], ev, search, BOUND, progress=lines.append, clock=lambda: 0.0)
-    assert lines[0].endswith(f"(60 s); search: up to {after_first} left")
+    assert lines[0].endswith(f"(60 s); search: {after_first} left (estimate)")
     assert "left" not in lines[-1]  # nothing is left after the last
 
 
