@@ -123,6 +123,7 @@ def _optimize(args: list[str], config_dir: Path | None) -> int:
         print(yaml.safe_dump(cfg.settings(), sort_keys=False))
         return 0
     from optimizer.pipeline import claim_output_dir, optimize
+    from optimizer.results import sig3
 
     result = optimize(claim_output_dir(cfg))  # optimize() claims too: a claimed dir is kept as is
     if result.dry_run is not None:
@@ -137,11 +138,12 @@ def _optimize(args: list[str], config_dir: Path | None) -> int:
     assert result.best is not None and result.recipe_path is not None and result.baseline is not None
     gain = ""
     if result.baseline.objective > 0:
-        gain = f" ({result.best.objective / result.baseline.objective:.1f}x the baseline)"
+        ratio = round(result.best.objective / result.baseline.objective, 2)
+        gain = f" ({ratio:.2f}x the baseline{': below it' if ratio < 1 else ''})"
     source = result.best.performance.source if result.best.performance else "?"
     print(f"recipe:  {result.recipe_path}")
     print(
-        f"best:    {result.best.candidate.label()}: {result.best.objective:.3f} goodput tok/J [{source}]{gain}"
+        f"best:    {result.best.candidate.label()}: {sig3(result.best.objective)} goodput tok/J [{source}]{gain}"
     )
     return 0
 

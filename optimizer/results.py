@@ -5,6 +5,7 @@ Failure is data: a candidate that crashes or breaks the quality bound is a resul
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,6 +19,23 @@ REJECTED = "rejected"  # broke the quality bound: no energy window was spent on 
 FAILED = "failed"  # build or run raised (export error, out of memory, timeout)
 PRUNED = "pruned"  # skipped before building (does not fit memory, ...)
 STATUSES = (MEASURED, REJECTED, FAILED, PRUNED)
+
+
+def sig3_decimals(value: float) -> int:
+    """Decimals that show `value` to three significant digits (none past the units: 1234, not 1230).
+    The report's tokens/J run from ~0.01 (a billions-parameter model on a CPU) to thousands: fixed
+    decimals print two candidates 8% apart alike at one end."""
+    if value == 0 or not math.isfinite(value):
+        return 0
+    decimals = max(0, 2 - math.floor(math.log10(abs(value))))
+    rounded = round(abs(value), decimals)  # 9.996 rounds up to 10.0: one decimal less
+    return max(0, decimals - 1) if rounded and math.floor(math.log10(rounded)) > 2 - decimals else decimals
+
+
+def sig3(value: float, decimals: int | None = None) -> str:
+    """`value` (tokens/J, a roll-up's kWh) in fixed notation to three significant digits (11.5,
+    0.0104, 1234: no 1.23e+03), or to `decimals` (an sd beside its mean)."""
+    return f"{value:.{sig3_decimals(value) if decimals is None else decimals}f}"
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def pareto_front(results: Sequence[CandidateResult]) -> list[CandidateResult]:
 
 # -- noise-aware selection among re-measured finalists (search/finalists.py measures them) ----
 
-# two-sided 95% Student t quantiles by degrees of freedom; 2.0 beyond the table
+# two-sided 95% Student t quantiles by degrees of freedom; beyond the table, t95's series
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
 
 

@@ -165,6 +165,10 @@ class PerformanceResult:
     slo_violations: list[str]
     goodput_fraction: float
     serving: ServingSummary | None = None  # a request stream's steady state; None: closed batches
+    # every window's goodput tokens over all their joules: energy per token for the roll-up, where a
+    # mean of per-window ratios runs high when windows differ (1/mean(x) <= mean(1/x)); None: built
+    # by hand without windows' totals, and `pooled_goodput` falls back to the mean
+    pooled_goodput_tokens_per_joule: float | None = None
 
     @classmethod
     def of_windows(
@@ -178,24 +182,34 @@ class PerformanceResult:
         """The per-window figures as spreads, and the goodput share of every output token: the one
         summary that offline batches, a stream's runs and a finalist's pooled rounds all use."""
         output = sum(w.output_tokens for w in windows)
+        # a window at or below the idle baseline has no active energy to divide by (idle was
+        # overestimated; flagged by report/flags.py): left out rather than averaged in as 0 tok/J
+        above_idle = [w.active_tokens_per_joule for w in windows if w.active_joules > 0]
         return cls(
             source=windows[0].source,
             idle_watts=idle_watts,
             windows=windows,
             tokens_per_joule=Spread.of([w.tokens_per_joule for w in windows]),
             goodput_tokens_per_joule=Spread.of([w.goodput_tokens_per_joule for w in windows]),
-            active_tokens_per_joule=Spread.of([w.active_tokens_per_joule for w in windows]),
+            active_tokens_per_joule=Spread.of(above_idle or [0.0]),  # 0: none above idle
             tokens_per_second=Spread.of([w.tokens_per_second for w in windows]),
             watts=Spread.of([w.watts for w in windows]),
             latency=latency,
             slo_violations=slo_violations,
             goodput_fraction=sum(w.goodput_tokens for w in windows) / output if output else 0.0,
             serving=serving,
+            pooled_goodput_tokens_per_joule=pooled_goodput_of(windows),
         )
 
     @property
     def slo_met(self) -> bool:
         return not self.slo_violations
+
+    @property
+    def pooled_goodput(self) -> float:
+        """Goodput tokens per joule over all windows together (the mean where not recorded)."""
+        pooled = self.pooled_goodput_tokens_per_joule
+        return self.goodput_tokens_per_joule.mean if pooled is None else pooled
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -226,8 +240,18 @@ class PerformanceResult:
             slo_violations=list(data["slo_violations"]),
             goodput_fraction=data["goodput_fraction"],
             serving=ServingSummary(**serving) if serving else None,
+            # a result stored before the field existed still has every window's joules and tokens
+            pooled_goodput_tokens_per_joule=data.get(
+                "pooled_goodput_tokens_per_joule", pooled_goodput_of(windows)
+            ),
             **spreads,
         )
+
+
+def pooled_goodput_of(windows: list[WindowResult]) -> float | None:
+    """Goodput tokens over joules, summed over `windows`; None without a joule to divide by."""
+    joules = sum(w.joules for w in windows)
+    return sum(w.goodput_tokens for w in windows) / joules if joules > 0 else None
 
 
 class CandidateTimeout(TimeoutError):

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from optimizer.backends.registry import SPECS_BY_NAME
-from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
+from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult, sig3
 from optimizer.select import select_best
 from optimizer.space import Candidate
 
@@ -57,7 +57,7 @@ def backends_section(
         p, q = winner.performance, winner.quality
         ratio = _ratio_to_baseline(winner, baseline)
         lines.append(
-            f"| {backend} | {remeasured_label(winner)} | {winner.objective:.3f} | {ratio} | {p.tokens_per_second.mean:.1f} "
+            f"| {backend} | {remeasured_label(winner)} | {sig3(winner.objective)} | {ratio} | {p.tokens_per_second.mean:.1f} "
             f"| {p.latency.tpot_ms['p90']:.0f} | {q.ppl_increase:+.2%} | {q.top1_agreement:.1%} | {q.mean_kl:.4f} | {tally} |"
         )
     return [*lines, ""]

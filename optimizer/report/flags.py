@@ -5,7 +5,8 @@ queue that kept growing, a CPU window whose CPU time a VM's hypervisor or other 
 polled-power integral beside the NVML counter, the GPU's temperature and SM clock at its end, and
 the cores' speed just before it (a fixed CPU probe, measure/speed.py). Here they are shown per
 candidate, with the checks that need the figures: counter vs polled power, heat, clock changes
-between windows, and cores running slower than their median in the run.
+between windows, energy at or below the idle baseline, and cores running slower than their median
+in the run.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def window_flags(perf: PerformanceResult, usual_probe: float | None = None) -> l
         for w in windows
         if w.polled_joules is not None and w.joules > 0 and w.source == "nvml"
     ]
+    # active energy is clamped at 0 (measure/energy.py): such a window is left out of active tok/J
+    at_idle = sum(w.joules > 0 and w.active_joules <= 0 for w in windows)
+    if at_idle:
+        flags.append(f"at or below the idle baseline: idle overestimated? ({at_idle} {of})")
     mismatched = [gap for gap in gaps if gap > POLLED_MISMATCH]
     if mismatched:
         flags.append(
@@ -116,10 +121,10 @@ def flags_section(
     return [
         *lines,
         "What the energy windows flagged (short NVML windows, counter vs polled power, heat, clock "
-        "changes, a growing queue, CPU time a VM's hypervisor or other processes took, and a window "
-        "measured again after such a one (workload.disturbed_retries), cores slower than usual in "
-        "the run by a CPU probe timed before the window); GPU temperature and SM clock are read at "
-        "each window's end.",
+        "changes, a window at or below the idle baseline, a growing queue, CPU time a VM's "
+        "hypervisor or other processes took, and a window measured again after such a one "
+        "(workload.disturbed_retries), cores slower than usual in the run by a CPU probe timed "
+        "before the window); GPU temperature and SM clock are read at each window's end.",
         "",
         "| candidate | windows | GPU temperature | SM clock | flags |",
         "|---|---|---|---|---|",

@@ -19,7 +19,7 @@ from optimizer.report.flags import flags_section
 from optimizer.report.plots import plot_pareto
 from optimizer.report.selection import selection_section
 from optimizer.report.serving import serving_section, workload_line
-from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
+from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult, sig3, sig3_decimals
 from optimizer.select import Selection, lone_edge_reason, pareto_front, with_selected
 from optimizer.space import Candidate, layout_record
 from optimizer.version import tool_version
@@ -56,6 +56,13 @@ SOURCE_NOTES = {
     "rapl": "**measured**: Linux RAPL package energy counters (/sys/class/powercap).",
 }
 ESTIMATE_MARK = "**ESTIMATE** (CPU-time energy estimate, not a measurement)"
+# whose energy a source's joules are: the roll-up's kWh leave out the rest of the host
+METERED_DEVICE = {
+    "nvml": "the GPU boards' (NVML)",
+    "nvml-power-poll": "the GPU boards' (NVML power polled)",
+    "rapl": "the CPU package's (RAPL)",
+    "estimate": "the CPU's (the estimate)",
+}
 
 
 def estimate_mark(source: str) -> str:
@@ -135,7 +142,7 @@ def write_report(
     lines += ["## Energy-quality trade-off", "", "![Pareto plot](pareto.png)", ""]
     if front:
         lines += [f"{mark}Pareto front (goodput tokens/J up, KL down):", ""]
-        lines += [f"- {remeasured_label(r)}: {r.objective:.3f} tok/J, KL {_kl(r)}" for r in front]
+        lines += [f"- {remeasured_label(r)}: {sig3(r.objective)} tok/J, KL {_kl(r)}" for r in front]
         lines.append("")
     lines += _candidates_table(outcome.results, mark)
     lines += flags_section(outcome.results, finalist_rounds)
@@ -189,22 +196,29 @@ def _selected_section(
             lines.append(f"| {name} | {r.candidate.label()} | {_cell(f'{r.status}: {r.reason}')} |||||||||")
             continue
         lines.append(
-            f"| {name} | {r.candidate.label()} | {_spread(p.goodput_tokens_per_joule, len(p.windows))} | {p.tokens_per_joule.mean:.3f} "
-            f"| {p.active_tokens_per_joule.mean:.3f} | {p.tokens_per_second.mean:.1f} | {p.watts.mean:.1f} "
+            f"| {name} | {r.candidate.label()} | {_spread(p.goodput_tokens_per_joule, len(p.windows))} | {sig3(p.tokens_per_joule.mean)} "
+            f"| {_active(p.active_tokens_per_joule.mean)} | {p.tokens_per_second.mean:.1f} | {p.watts.mean:.1f} "
             f"| {p.latency.tpot_ms['p90']:.0f} | {_q(q)} |"
         )
     lines.append("")
     if baseline.objective > 0:
+        # two decimals, as the backends table: 0.96x and 1.04x both read 1.0x at one
+        gain = round(best.objective / baseline.objective, 2)
+        label = baseline.candidate.label()
         lines.append(
-            f"**{best.objective / baseline.objective:.1f}×** goodput tokens per joule over the baseline "
-            f"({baseline.candidate.label()}), same energy source, same workload."
+            f"**{gain:.2f}×** the baseline's goodput tokens per joule ({label}): **below the baseline**"
+            if gain < 1
+            else f"**{gain:.2f}×** goodput tokens per joule over the baseline ({label})"
         )
+        lines[-1] += ", same energy source, same workload."
         lines.append("")
+    device = METERED_DEVICE.get(source, f"the metered device's (`{source}`)")
     lines += [
         f"{estimate_mark(source)}Facility roll-up per million goodput tokens (output tokens of requests "
-        f"that met the SLO; PUE {accounting.pue:g}, "
-        f"{accounting.grid_gco2_per_kwh:g} gCO2/kWh, {accounting.price_per_kwh:g} {accounting.currency}/kWh; "
-        "arithmetic on the energy above):",
+        f"that met the SLO): device kWh are {device} energy only, not the rest of the host's; facility "
+        f"kWh = device kWh × PUE {accounting.pue:g}; {accounting.grid_gco2_per_kwh:g} gCO2/kWh, "
+        f"{accounting.price_per_kwh:g} {accounting.currency}/kWh. Arithmetic on the energy above: every "
+        "window's joules over all their goodput tokens.",
         "",
         "| | device kWh | facility kWh | gCO2 | cost |",
         "|---|---|---|---|---|",
@@ -212,12 +226,13 @@ def _selected_section(
     for name, r in rows:
         if r.performance is None:
             continue
-        ru = rollup(r.objective, accounting)
+        ru = rollup(r.performance.pooled_goodput, accounting)
         if ru:
-            # significant digits: at GPU-scale tokens/J fixed decimals read 0.0000
+            # significant digits: at GPU-scale tokens/J fixed decimals read 0.0000; fixed notation:
+            # a CPU's grams per million tokens run into thousands (6.67e+03)
             lines.append(
-                f"| {name} | {ru['device_kwh']:.3g} | {ru['facility_kwh']:.3g} | {ru['gco2']:.3g} "
-                f"| {ru['cost']:.3g} {accounting.currency} |"
+                f"| {name} | {sig3(ru['device_kwh'])} | {sig3(ru['facility_kwh'])} | {sig3(ru['gco2'])} "
+                f"| {sig3(ru['cost'])} {accounting.currency} |"
             )
         else:  # no goodput: every joule went to requests that missed the SLO
             lines.append(f"| {name} | no request met the SLO: unbounded per goodput token | | | |")
@@ -285,7 +300,7 @@ def _candidates_table(results: Sequence[CandidateResult], estimate_mark: str = "
         if r.role == "baseline":
             note = ("baseline. " + note).strip()
         perf = (
-            f"{p.tokens_per_second.mean:.1f} | {p.tokens_per_joule.mean:.3f} | {_spread(p.goodput_tokens_per_joule, len(p.windows))} "
+            f"{p.tokens_per_second.mean:.1f} | {sig3(p.tokens_per_joule.mean)} | {_spread(p.goodput_tokens_per_joule, len(p.windows))} "
             f"| {p.latency.tpot_ms['p90']:.0f} | {p.latency.ttft_ms['p90']:.0f}"
             if p
             else " | | | | "
@@ -310,8 +325,14 @@ def _percent(fraction: float) -> str:
 def _spread(spread: Spread, windows: int) -> str:
     """Mean ± sd over the windows; one window has no spread to show (its sd is stored as 0)."""
     if windows < 2:
-        return f"{spread.mean:.3f} (1 window)"
-    return f"{spread.mean:.3f} ± {spread.std:.3f}"
+        return f"{sig3(spread.mean)} (1 window)"
+    decimals = sig3_decimals(spread.mean)  # the sd to the mean's last digit
+    return f"{sig3(spread.mean)} ± {sig3(spread.std, decimals)}"
+
+
+def _active(mean: float) -> str:
+    """Active tokens/J; 0 only when every window was at or below idle (flagged), with nothing left."""
+    return sig3(mean) if mean > 0 else "n/a (≤ idle)"
 
 
 def _q(quality: QualityResult | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from optimizer.results import sig3
 from optimizer.select import Selection, percent_down
 
 
@@ -44,10 +45,12 @@ def selection_section(
     ]
     for f in selection.finalists:
         span = (
-            f"{f.shown_low:.3f} – {f.high:.3f}" if math.isfinite(f.low) and math.isfinite(f.high) else "n/a"
+            f"{sig3(f.shown_low)} – {sig3(f.high)}"
+            if math.isfinite(f.low) and math.isfinite(f.high)
+            else "n/a"
         )
         headroom = "-" if f.headroom is None else percent_down(f.headroom)
-        mean = f"{f.mean:.3f}" if f.samples else "failed"  # (no window: not 0 tok/J)
+        mean = sig3(f.mean) if f.samples else "failed"  # (no window: not 0 tok/J)
         lines.append(
             f"| {f.label}{' (near miss)' if f.near_miss else ''} | {mean} | {span} | {len(f.samples)} | {headroom} | {'yes' if f.feasible else 'no'} |"
         )

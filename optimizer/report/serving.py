@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from optimizer.config import WorkloadConfig
-from optimizer.results import CandidateResult
+from optimizer.results import CandidateResult, sig3
 
 if TYPE_CHECKING:
     from optimizer.measure.stream import RequestStream
@@ -62,7 +62,7 @@ def serving_section(
         unknown = s.window_requests - perf.latency.requests  # left out of the TTFT percentiles
         ttft = f"{perf.latency.ttft_ms['p90']:.0f}" + (f" ({unknown} unknown)" if unknown > 0 else "")
         lines.append(
-            f"| {r.candidate.label()} | {perf.goodput_tokens_per_joule.mean:.3f} | {s.met_slo_fraction:.0%} | "
+            f"| {r.candidate.label()} | {sig3(perf.goodput_tokens_per_joule.mean)} | {s.met_slo_fraction:.0%} | "
             f"{_number(s.joules_per_request)} | {ttft} | "
             f"{perf.latency.tpot_ms['p90']:.0f} | {s.e2e_p90_ms:.0f} | {s.idle_fraction:.0%} | "
             f"{s.mean_in_flight:.1f} | {_number(s.capacity_rate)} | {note} |"

@@ -430,7 +430,7 @@ def test_the_report_says_when_the_finalists_are_near_misses_alone() -> None:
     met = {near.candidate.key(): [measured(16, [15.0, 15.5], tpot_s=0.200)]}
     text = "\n".join(selection_section(select_finalist([near], met, SLO, 0.1), ""))
     assert "No candidate met the latency SLO in the search" in text
-    assert f"| {near.candidate.label()} (near miss) | 15.250 |" in text
+    assert f"| {near.candidate.label()} (near miss) | 15.2 |" in text
     assert "The only finalist: " in text and "runner-up" not in text
     ok = measured(8, [7.0])
     both = {**met, ok.candidate.key(): [measured(8, [7.0, 7.1])]}
@@ -459,4 +459,4 @@ def test_an_interval_below_zero_is_shown_from_zero() -> None:
     assert "[0, 2.7]" in selection.reason and "-0." not in selection.reason
     assert _selection_evidence(selection)["finalists"][0]["goodput_tokens_per_joule"]["ci95"] == [0.0, 2.7049]
     row = next(line for line in selection_section(selection, "") if line.startswith(f"| {winner.label} "))
-    assert "| 0.000 – 2.705 |" in row
+    assert "| 0 – 2.70 |" in row

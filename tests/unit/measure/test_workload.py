@@ -250,8 +250,9 @@ def test_a_results_spreads_and_goodput_share_come_from_its_windows() -> None:
     assert perf.source == "rapl" and perf.idle_watts == 1.5 and perf.slo_violations == ["ttft"]
     assert perf.tokens_per_joule.mean == pytest.approx(10.0)
     assert (perf.goodput_tokens_per_joule.min, perf.goodput_tokens_per_joule.max) == (0.0, 10.0)
-    # a window without active joules or seconds reads 0, never a division by zero
-    assert (perf.active_tokens_per_joule.max, perf.active_tokens_per_joule.min) == (20.0, 0.0)
+    # a window without active joules (at or below idle) is left out of active tok/J, not read as 0;
+    # one without seconds reads 0 tok/s, never a division by zero
+    assert (perf.active_tokens_per_joule.max, perf.active_tokens_per_joule.min) == (20.0, 20.0)
     assert (perf.tokens_per_second.max, perf.watts.max) == (50.0, 5.0)
     # the goodput share weighs every token, not every window alike (which would read 0.5)
     assert perf.goodput_fraction == pytest.approx(0.25)

@@ -56,7 +56,7 @@ def test_one_row_per_backend_with_its_best(
     text = "\n".join(backends_section(results, excluded, base))
     assert "## Backends side by side" in text
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    assert "ort-genai int8 default g32 acc4 b8 t2 | 8.000 | 4.00× | 52.0" in rows["ort-genai"]
+    assert "ort-genai int8 default g32 acc4 b8 t2 | 8.00 | 4.00× | 52.0" in rows["ort-genai"]
     assert "+0.90% | 96.7% | 0.0040 | 3 / 1 / 0 / 0 / 0" in rows["ort-genai"]
     assert "none feasible: failed (e.g. ort-onnx fp32 int8-static b1 t2: boom / bang)" in rows["ort-onnx"]
     assert "none feasible: TensorRT engines need an NVIDIA GPU target" in rows["tensorrt"]
@@ -119,7 +119,7 @@ def test_a_near_miss_that_won_shows_its_re_measurement(
     assert shown == [base, remeasured]
     assert pareto_front(results) == [base] and remeasured in pareto_front(shown)
     rows = [line for line in backends_section(shown, [], base) if line.startswith("| ort-genai")]
-    assert rows and "ort-genai fp32 b16 t2 (finalist re-measurement) | 10.200 | 5.10×" in rows[0]
+    assert rows and "ort-genai fp32 b16 t2 (finalist re-measurement) | 10.2 | 5.10×" in rows[0]
     # a feasible search row stays as the search measured it, even when its finalist rounds differ
     feasible = replace(searched, performance=make_performance(9.5))
     assert with_selected([base, feasible], remeasured) == [base, feasible]

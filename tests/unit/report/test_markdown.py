@@ -100,7 +100,7 @@ def test_report_with_a_selection(tmp_path: Path, setup, outcome: SearchOutcome, 
     assert path == tmp_path / "report.md"
     assert (tmp_path / "pareto.png").read_bytes().startswith(b"\x89PNG")
     assert "ESTIMATE" in text
-    assert "**4.0×** goodput tokens per joule over the baseline" in text
+    assert "**4.00×** goodput tokens per joule over the baseline" in text
     assert best.candidate.label() in text
     assert "1 × fp16 has no fast kernels on this target" in text
     assert "KL / too high" in text  # a pipe in a reason does not break the table
@@ -121,7 +121,7 @@ def test_the_selected_row_says_it_is_a_finalists_re_measurement(outcome: SearchO
 
 
 def test_a_single_window_shows_no_spread(outcome: SearchOutcome) -> None:
-    """A candidate screened out after one window has no sd: the table says so, not "± 0.000"."""
+    """A candidate screened out after one window has no sd: the table says so, not "± 0.00"."""
     import dataclasses
 
     from optimizer.report.markdown import _candidates_table
@@ -130,9 +130,9 @@ def test_a_single_window_shows_no_spread(outcome: SearchOutcome) -> None:
     assert screened.performance is not None
     one = dataclasses.replace(screened.performance, windows=screened.performance.windows[:1])
     rows = "\n".join(_candidates_table([dataclasses.replace(screened, performance=one)]))
-    assert "4.000 (1 window)" in rows and "±" not in rows.split("\n", 3)[3]
+    assert "4.00 (1 window)" in rows and "±" not in rows.split("\n", 3)[3]
     two = "\n".join(_candidates_table([screened]))
-    assert "4.000 ± 0.000" in two  # two windows that agree: a spread of 0 is a measurement
+    assert "4.00 ± 0.00" in two  # two windows that agree: a spread of 0 is a measurement
 
 
 def test_the_quality_bound_is_shown_as_set(tmp_path: Path, setup, outcome: SearchOutcome) -> None:
