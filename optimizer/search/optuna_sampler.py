@@ -114,8 +114,7 @@ class OptunaSampler:
 
     def _enqueued(self, candidate: Candidate) -> Candidate:
         """Ask Optuna for exactly this candidate, as a trial it learns from like any other."""
-        self.study.enqueue_trial(self._param_dict(candidate))
-        self._pending[candidate.key()] = self._ask()
+        self._pending[candidate.key()] = self._ask_fixed(self._param_dict(candidate))
         return candidate
 
     def observe(self, candidate: Candidate, result: CandidateResult) -> None:
@@ -130,6 +129,9 @@ class OptunaSampler:
             return
         if self._key(self._param_dict(candidate)) not in self._by_params:
             return  # not a candidate of this space
+        if self._multi_objective:  # an added trial has no generation: NSGA-II would never see it
+            self._tell(self._ask_fixed(self._param_dict(candidate)), state, values, constraints)
+            return
         self.study.add_trial(
             create_trial(
                 state=state,
@@ -139,6 +141,17 @@ class OptunaSampler:
                 constraints=constraints,
             )
         )
+
+    def _ask_fixed(self, params: dict[str, Any]) -> Trial:
+        """A trial of exactly these params. NSGA-II tags a trial's generation only when it samples a
+        parameter, and builds its populations from tagged trials alone: a fixed trial is tagged
+        here, in the order it is asked, as if sampled."""
+        self.study.enqueue_trial(params)
+        trial = self._ask()
+        sampler = self.study.sampler
+        if isinstance(sampler, optuna.samplers.NSGAIISampler):
+            sampler.get_trial_generation(self.study, self.study.get_trials(deepcopy=False)[trial.number])
+        return trial
 
     def _ask(self) -> Trial:
         with warnings.catch_warnings():

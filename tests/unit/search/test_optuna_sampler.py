@@ -210,3 +210,41 @@ def test_backends_with_different_settings_share_one_space(make_candidate, landsc
     sampler.observe(plain[0], landscape(plain[0]))  # a stored result, told before any suggestion
     seen = [plain[0], *drain(sampler, landscape)]
     assert sorted(c.key() for c in seen) == sorted(c.key() for c in space)
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_nsga2_results_it_never_asked_for_form_its_generations(space, landscape, warm: bool) -> None:
+    """A resumed search (or a worker reading the others' results) gets its results from the store:
+    NSGA-II must place them in generations as the run that measured them did, or it restarts at
+    random. Warm-start trials, asked with fixed params, must be in a generation too."""
+    cfg = config("nsga2", population_size=4)
+    prior = (lambda c: c.batch_size) if warm else None
+    uninterrupted = make_sampler(cfg, space, prior=prior)
+    measured = []
+    for _ in range(12):
+        measured.append(candidate := uninterrupted.suggest())
+        uninterrupted.observe(candidate, landscape(candidate))
+    generation_key = uninterrupted.study.sampler._get_generation_key()
+
+    def generations(sampler) -> list:
+        return [
+            t.system_attrs.get(generation_key) for t in sampler.study.trials if t.state == TrialState.COMPLETE
+        ]
+
+    def resumed():
+        sampler = make_sampler(cfg, space, prior=prior)
+        for candidate in measured:
+            sampler.observe(candidate, landscape(candidate))
+        return sampler
+
+    first, second = resumed(), resumed()
+    assert generations(uninterrupted) == generations(first) == [0] * 4 + [1] * 4 + [2] * 4
+    following = first.suggest()
+    assert first.study.trials[-1].system_attrs[generation_key] == 3
+    assert second.suggest().key() == following.key()  # same seed, same results: same proposal
+
+    def parents(sampler) -> list:
+        return sorted(str(t.params) for t in sampler.study.sampler.get_parent_population(sampler.study, 3))
+
+    uninterrupted.suggest()
+    assert parents(first) == parents(uninterrupted)  # its RNG differs, so the child may differ
