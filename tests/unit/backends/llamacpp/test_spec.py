@@ -209,27 +209,9 @@ def test_every_weight_type_has_its_bits() -> None:
     assert set(spec_module.MOVED_BITS) == set(spec_module.FOOTPRINT_BITS) == set(LLAMACPP_WEIGHT_TYPES)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "Q8_0",
-        "Q6_K",
-        "Q5_K_M",
-        "Q5_K_S",
-        "Q5_0",
-        "Q5_1",
-        "Q4_K_M",
-        "Q4_K_S",
-        "Q4_0",
-        "Q4_1",
-        "IQ4_NL",
-        "IQ4_XS",
-        "Q3_K_M",
-        "Q2_K",
-    ],
-)
+@pytest.mark.parametrize("name", [t for t in LLAMACPP_WEIGHT_TYPES if t not in ("gguf", "F16", "BF16")])
 def test_a_weight_types_bits_are_its_ggml_block_layout(name: str) -> None:
-    """A mix (_M, _S) is taken at its base type's block: the layout gguf records for ggml."""
+    """Every quantized type (a mix, _M or _S, at its base type's block): the layout gguf records."""
     constants = pytest.importorskip("gguf.constants")
     base = name.removesuffix("_M").removesuffix("_S")
     weights, size = constants.GGML_QUANT_SIZES[constants.GGMLQuantizationType[base]]
