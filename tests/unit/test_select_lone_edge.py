@@ -3,30 +3,13 @@ flagged at the SLO's edge as a finalist winner is: `remeasure` gives no Selectio
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from optimizer.config import SearchConfig, SloConfig
-from optimizer.measure.latency import LatencySummary
 from optimizer.report.selection import selection_section
-from optimizer.results import CandidateResult
 from optimizer.search.finalists import remeasure
 from optimizer.select import lone_edge_reason, select_best, select_finalist
+from unit.test_finalists import SLO, measured
 
-from .factories import candidate_result, performance_result, torch_candidate
-
-SLO = SloConfig(tpot_ms=250)
 FLAG = "its latency is within 10% of the SLO"
-
-
-def measured(
-    batch: int, goodputs: list[float], tpot_s: float, violations: tuple[str, ...] = ()
-) -> CandidateResult:
-    base = performance_result(
-        goodput_tokens_per_joule=sum(goodputs) / len(goodputs), slo_violations=violations
-    )
-    windows = [replace(base.windows[0], joules=100.0, goodput_tokens=round(g * 100)) for g in goodputs]
-    performance = replace(base, windows=windows, latency=LatencySummary.of([0.5] * 3, [tpot_s] * 3))
-    return candidate_result(torch_candidate(batch_size=batch), performance=performance)
 
 
 class NeverMeasures:

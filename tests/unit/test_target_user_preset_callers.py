@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import pickle
-import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -15,28 +14,16 @@ import pytest
 import yaml
 
 from optimizer import cli
-from optimizer import target as target_module
 from optimizer.config import TargetConfig, compose_run_config
 from optimizer.errors import UserError
 from optimizer.target import detect_target
 from optimizer.target_defaults import compose_for_target
-from unit.test_target import fake_pynvml
-
-# an H100 PCIe: less bandwidth and FLOP/s than the packaged (SXM) h100.yaml's 3350 and 989
-PCIE = "kind: cuda\nname: h100\nmemory_bandwidth_gb_per_s: 2000\npeak_bf16_tflops: 756\n"
+from unit.test_target_user_preset import PCIE, h100  # noqa: F401 (a fixture)
 
 
-@pytest.fixture
-def h100(monkeypatch: pytest.MonkeyPatch) -> None:
-    """NVML sees an H100 and torch can use CUDA."""
-    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml())
-    monkeypatch.setattr(target_module, "_torch_cuda_usable", lambda: True)
-    monkeypatch.setattr(target_module, "_gpu_count", lambda: 1)
-
-
-def _user_dir(tmp_path: Path, h100: str = PCIE) -> Path:
+def _user_dir(tmp_path: Path, preset: str = PCIE) -> Path:
     (tmp_path / "target").mkdir()
-    (tmp_path / "target" / "h100.yaml").write_text(h100)
+    (tmp_path / "target" / "h100.yaml").write_text(preset)
     return tmp_path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -10,18 +9,7 @@ import pytest
 
 from optimizer.config import compose_run_config
 from optimizer.errors import UserError
-from optimizer.measure.stream import TextTokens, read_trace
-
-
-class WordTokenizer:
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        return {"input_ids": [100 + len(word) for word in text.split()]}
-
-
-def read(tmp_path: Path, rows: list[dict[str, object]]) -> str:
-    path = tmp_path / "trace.jsonl"
-    path.write_text("\n".join(json.dumps(row) for row in rows), encoding="utf-8")
-    return read_trace(path, WordTokenizer(), TextTokens(list(range(1000, 1997)), (1,), seed=3)).sha256
+from unit.test_workload_refusals import read
 
 
 def rows_with(extra: dict[str, object]) -> list[dict[str, object]]:
