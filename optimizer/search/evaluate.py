@@ -199,6 +199,7 @@ class Evaluator:
                 artifact = served_artifact(used)
                 if quality is None:
                     quality = self._measure_quality(engine, numerics, candidate.label())
+            closed = False
             try:
                 broken = quality.violations(self.quality_cfg)
                 if broken and role != "baseline":
@@ -214,10 +215,18 @@ class Evaluator:
                         artifact,
                     )
                 with self._device(exclusive=True):
-                    self._check_generate_paths(engine, candidate)
-                    performance = self._measure(engine, candidate, deadline, stop_below)
+                    try:
+                        self._check_generate_paths(engine, candidate)
+                        performance = self._measure(engine, candidate, deadline, stop_below)
+                    finally:
+                        # still holding the device: a multi-process engine's ranks exit (and free
+                        # their memory) before another worker's windows start
+                        closed = True
+                        engine.close()
             finally:
-                engine.close()
+                if not closed:
+                    with self._device(exclusive=False):  # never during another worker's windows
+                        engine.close()
             status = REJECTED if broken else MEASURED  # only the baseline is measured despite a broken bound
             reason = "; ".join(broken) or None
             return self._result(
