@@ -41,7 +41,7 @@ from optimizer.recipe_checks import (
     constraints_of,
     measured_configs,
 )
-from optimizer.results import CandidateResult
+from optimizer.results import CandidateResult, sig3_decimals
 from optimizer.select import Selection
 from optimizer.space import Candidate, layout_record
 from optimizer.target import TargetSpec
@@ -63,10 +63,10 @@ def _evidence_of(result: CandidateResult) -> dict[str, Any]:
         "energy": {
             "source": perf.source,
             "is_estimate": perf.source == "estimate",
-            "idle_watts": round(perf.idle_watts, 3),
+            "idle_watts": _kept(perf.idle_watts, 3),
             "windows": len(perf.windows),  # a finalist's: every round it was selected on
             "window_seconds": [round(w.seconds, 3) for w in perf.windows],
-            "window_joules": [round(w.joules, 3) for w in perf.windows],
+            "window_joules": [_kept(w.joules, 3) for w in perf.windows],
             # the cores' speed before each window (measure/speed.py): verify compares its own
             "window_cpu_probe_mibps": [
                 round(w.cpu_probe_mibps, 1) for w in perf.windows if w.cpu_probe_mibps
@@ -98,7 +98,7 @@ def _serving_evidence(serving: ServingSummary) -> dict[str, Any]:
         "met_slo_fraction": round(serving.met_slo_fraction, 4),
         "joules_per_request": None
         if serving.joules_per_request is None
-        else round(serving.joules_per_request, 4),
+        else _kept(serving.joules_per_request, 4),
         "ttft_p90_ms": round(serving.ttft_p90_ms, 1),
         "e2e_p90_ms": round(serving.e2e_p90_ms, 1),
         "idle_fraction": round(serving.idle_fraction, 4),
@@ -109,7 +109,12 @@ def _serving_evidence(serving: ServingSummary) -> dict[str, Any]:
 
 
 def _rounded(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()}
+    return {k: _kept(v, 6) if isinstance(v, float) else v for k, v in values.items()}
+
+
+def _kept(value: float, decimals: int) -> float:
+    """To `decimals` or, where more, five significant digits: a CPU's 0.00012 tok/J is no 0.0001."""
+    return round(value, max(decimals, sig3_decimals(value) + 2))
 
 
 def build_recipe(
@@ -183,7 +188,7 @@ def build_recipe(
             "prompt_tokens_sha256": tensor_sha256(setup.workload.prompts),
             # what a serving engine was sized for (a trace's longest line, not the config's bound)
             "longest_request_tokens": _longest_request(setup),
-            "idle_watts": round(idle_watts, 3),
+            "idle_watts": _kept(idle_watts, 3),
             "protocol_version": PROTOCOL_VERSION,
             # what the labelled CPU-time estimate multiplies by; `verify` re-estimates with these
             "energy_estimate": estimate_coefficients(setup.target),
@@ -207,9 +212,9 @@ def _selection_evidence(selection: Selection) -> dict[str, Any]:
             {
                 "label": f.label,
                 "goodput_tokens_per_joule": {
-                    "mean": round(f.mean, 4) if f.samples else None,  # (failed: no figure, not 0)
+                    "mean": _kept(f.mean, 4) if f.samples else None,  # (failed: no figure, not 0)
                     # fewer than two windows bound nothing: no interval rather than [-.inf, .inf]
-                    "ci95": [round(f.shown_low, 4), round(f.high, 4)] if len(f.samples) > 1 else None,
+                    "ci95": [_kept(f.shown_low, 4), _kept(f.high, 4)] if len(f.samples) > 1 else None,
                 },
                 "windows": len(f.samples),
                 "latency_headroom": None if f.headroom is None else round(f.headroom, 3),

@@ -55,7 +55,7 @@ def test_a_recipe_recording_no_goodput_fails_the_goodput_check(recorded: float) 
     """Nothing is within a fraction of no figure: whatever is measured fails, saying why."""
     check = verify.goodput_check(recorded, "rapl", 123.0, "rapl", 0.25)
     assert not check.passed
-    assert check.measured == "123.000 (rapl): the recipe records no goodput to compare with"
+    assert check.measured == "123 (rapl): the recipe records no goodput to compare with"
 
 
 def test_the_slo_is_labelled_with_its_configured_percentile(make_performance) -> None:
