@@ -70,6 +70,7 @@ def compose_settings(overrides: Sequence[str] = (), config_dir: str | Path | Non
     if "cache_dir" not in _given(overrides):
         cache_dir_from(os.environ)
     user_dir = check_config_dir(config_dir) if config_dir is not None else None
+    _check_null_groups(overrides, user_dir)
     main, search = (CONF_DIR, []) if user_dir is None else (user_dir, [_searchpath(CONF_DIR)])
     GlobalHydra.instance().clear()
     try:
@@ -173,6 +174,23 @@ def _check_override_syntax(overrides: Sequence[str]) -> None:
                 else f"quote it: \"{key}='{value}'\" (a list is [a,b])",
             )
         _check_key(item)
+
+
+def _check_null_groups(overrides: Sequence[str], user_dir: Path | None) -> None:
+    """`space=null` names no preset: Hydra's own error names neither the group nor its presets."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for item in overrides:
+        group = item.partition("=")[0]
+        if group in GROUPS and parser.parse_overrides([item])[0].value() is None:
+            path = " or a path: model=/path/to/hf-dir" if group == "model" else ""
+            raise UserError(group, "is null: it needs a preset name", _use_a_preset(group, user_dir) + path)
+
+
+def _use_a_preset(group: str, config_dir: Path | None) -> str:
+    where = f" (packaged, and yours in {config_dir})" if config_dir is not None else ""
+    return f"use one of {group_options(group, config_dir)}{where}"
 
 
 def _bare_word(word: str, overrides: Sequence[str]) -> UserError:
@@ -280,9 +298,8 @@ def _hydra_error(exc: Exception, config_dir: Path | None = None) -> UserError:
     missing = re.search(r"Could not find '([^/']+)/([^']*)'", text)  # `group=`: an empty name
     if missing:
         group, name = missing.groups()
-        where = f" (packaged, and yours in {config_dir})" if config_dir is not None else ""
         problem = f"no preset named '{name}'" if name.strip() else "needs a preset name"
-        return UserError(group, problem, f"use one of {group_options(group, config_dir)}{where}")
+        return UserError(group, problem, _use_a_preset(group, config_dir))
     override = re.search(r"Could not (?:override|append to) '([^']+)'", text)
     key = re.search(r"full_key: (\S+)", text) or override
     preset = re.search(r"^In '([^']+)': ConfigKeyError", text)

@@ -271,8 +271,8 @@ def _search_section(
     mapped = sum(w.mapped_proposals for w in reports)
     if invalid or mapped:
         lines.append(
-            f"- Optuna proposed {invalid} combination(s) outside the valid set (told as infeasible, never "
-            f"measured); {mapped} suggestion(s) were mapped onto the nearest unevaluated candidate"
+            f"- Optuna proposed {invalid} combination(s) outside the valid set (never measured: told as "
+            f"infeasible to TPE, as failed to NSGA-II); {mapped} suggestion(s) were mapped onto the nearest unevaluated candidate"
         )
     if len(reports) > 1:
         lines.append("- evaluated per worker: " + ", ".join(str(w.evaluated) for w in reports))

@@ -3,7 +3,8 @@ down), with the quality bound, the SLO and validity as Optuna constraints.
 
 Each axis of the space with more than one value is a categorical distribution. Optuna may propose
 a combination outside the valid set (a rule or the memory budget excludes it): that proposal is
-told to Optuna as infeasible and never measured. A proposal that repeats a known candidate is
+never measured, and told to TPE as infeasible; NSGA-II is told it failed, so that only candidates
+form its populations (see `_tell_invalid`). A proposal that repeats a known candidate is
 dropped; after `max_proposals` such proposals in a row the sampler maps the last one onto the
 nearest unevaluated valid candidate (fewest differing axes), so a small space is never stuck.
 
@@ -99,7 +100,7 @@ class OptunaSampler:
             candidate = self._by_params.get(self._key(trial.params))
             if candidate is None:
                 self.invalid_proposals += 1
-                self._tell(trial, *self._infeasible())
+                self._tell_invalid(trial)
                 continue
             if candidate.key() in self._seen or candidate.key() in self._pending:
                 self.study.tell(trial, state=TrialState.FAIL)  # a repeat: nothing to learn from it
@@ -164,6 +165,16 @@ class OptunaSampler:
         for name, value in constraints.items():
             trial.set_constraint(name, value)
         self.study.tell(trial, values, state=state)
+
+    def _tell_invalid(self, trial: Trial) -> None:
+        """NSGA-II counts every complete trial of a generation toward its population: invalid
+        proposals told complete would fill generations, leaving few real parents (and a resumed
+        search, whose store never holds them, would place its results in other generations). A
+        failed trial is not counted: the next ask breeds again from the same parents."""
+        if self._multi_objective:
+            self.study.tell(trial, state=TrialState.FAIL)
+            return
+        self._tell(trial, *self._infeasible())
 
     def _outcome(self, result: CandidateResult) -> tuple[TrialState, list[float] | None, dict[str, float]]:
         """Optuna's view of a result: feasible iff every constraint is <= 0."""

@@ -37,7 +37,7 @@ class WorkerReport:
 
     evaluated: int = 0
     pruned_by_roofline: int = 0
-    invalid_proposals: int = 0  # Optuna proposals outside the valid set, told as infeasible
+    invalid_proposals: int = 0  # Optuna proposals outside the valid set, never measured
     mapped_proposals: int = 0  # Optuna suggestions mapped onto the nearest unevaluated candidate
 
 
