@@ -47,6 +47,19 @@ def distribution_version(*names: str) -> str | None:
 
 
 ONNX_RUNTIME = ("onnxruntime", "onnxruntime-gpu")
+# modules whose distributions version TensorRT: pip's wheels put the libraries an engine must
+# match in tensorrt_libs; a system install has only the module, from the same release
+TENSORRT_MODULES = ("tensorrt_libs", "tensorrt")
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT ("tensorrt-cu12-libs 10.9.0.34"), or None, read from distribution
+    metadata: its libraries are not loaded. Not cached, as distribution_version."""
+    provided = metadata.packages_distributions()
+    for module in TENSORRT_MODULES:
+        if names := provided.get(module):
+            return distribution_version(*names)
+    return None
 
 
 # (module, distribution) that genai's model builder imports beyond onnxruntime-genai's own pip

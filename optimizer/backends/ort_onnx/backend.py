@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from optimizer.backends.artifacts import artifact_key
 from optimizer.backends.base import load_check
+from optimizer.backends.installed import ONNX_RUNTIME, distribution_version, tensorrt_version
 from optimizer.backends.onnx.export import (
     INPUT_IDS,
     LOGITS,
@@ -30,7 +32,7 @@ from optimizer.backends.onnx.quantize import dynamic_int8, fp16, static_int8_qdq
 from optimizer.backends.onnx.trt_profile import TRT_MAX_TOKENS, check_context, profile_batch, profile_shapes
 from optimizer.backends.ort_onnx.settings import OrtOnnxSettings
 from optimizer.model import ModelSpec
-from optimizer.target import TargetSpec
+from optimizer.target import GpuInfo, TargetSpec
 
 if TYPE_CHECKING:
     from optimizer.space import Candidate
@@ -57,7 +59,7 @@ class OrtOnnxBackend:
         threads = candidate.threads or (0 if target.is_cuda else target.cores)
         device_id = target.gpu.index if target.gpu else 0
         max_batch = profile_batch(candidate.batch_size)
-        providers = provider_list(settings, device_id, model_dir, max_batch, workdir)
+        providers = provider_list(settings, device_id, model_dir, max_batch, workdir, target.gpu)
         session = make_session(model_dir / MODEL_FILE, providers, threads)
         device = "cpu" if settings.provider == "cpu" else "cuda"
         on_trt = settings.provider == "tensorrt"
@@ -82,7 +84,12 @@ def onnx_model_for(settings: OrtOnnxSettings, model: ModelSpec, workdir: Path) -
 
 
 def provider_list(
-    settings: OrtOnnxSettings, device_id: int, model_dir: Path, max_batch: int, workdir: Path
+    settings: OrtOnnxSettings,
+    device_id: int,
+    model_dir: Path,
+    max_batch: int,
+    workdir: Path,
+    gpu: GpuInfo | None,
 ) -> list[Any]:
     """Execution providers with their options, the candidate's own first."""
     cpu = PROVIDER_NAMES["cpu"]
@@ -92,23 +99,32 @@ def provider_list(
     if settings.provider == "cuda":
         return [cuda, cpu]
     return [
-        (PROVIDER_NAMES["tensorrt"], tensorrt_options(settings, device_id, model_dir, max_batch, workdir)),
+        (
+            PROVIDER_NAMES["tensorrt"],
+            tensorrt_options(settings, device_id, model_dir, max_batch, workdir, gpu),
+        ),
         cuda,
     ]
 
 
 def tensorrt_options(
-    settings: OrtOnnxSettings, device_id: int, model_dir: Path, max_batch: int, workdir: Path
+    settings: OrtOnnxSettings,
+    device_id: int,
+    model_dir: Path,
+    max_batch: int,
+    workdir: Path,
+    gpu: GpuInfo | None = None,
 ) -> dict[str, Any]:
-    """TensorRT EP options: precision flags, engine and timing caches in the run's cache, and
-    explicit profiles (without them the EP rebuilds its engine whenever the past grows)."""
+    """TensorRT EP options: precision flags, engine and timing caches in the run's cache (keyed
+    by `tensorrt_ep_cache`; `gpu`: the one at `device_id`), and explicit profiles (without them
+    the EP rebuilds its engine whenever the past grows)."""
     import onnx
 
     graph = onnx.load(str(model_dir / MODEL_FILE), load_external_data=False).graph
     layout = layout_of(
         [(i.name, [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim]) for i in graph.input]
     )
-    cache = workdir / "tensorrt-ep" / model_dir.parent.name / model_dir.name
+    cache = tensorrt_ep_cache(model_dir, workdir, gpu)
     cache.mkdir(parents=True, exist_ok=True)
     shapes = profile_shapes(layout, max_batch)
     return {
@@ -123,6 +139,21 @@ def tensorrt_options(
         "trt_profile_opt_shapes": shapes["opt"],
         "trt_profile_max_shapes": shapes["max"],
     }
+
+
+def tensorrt_ep_cache(model_dir: Path, workdir: Path, gpu: GpuInfo | None) -> Path:
+    """The TensorRT EP's engine and timing cache directory for `model_dir` on `gpu`.
+
+    Keyed by what an engine must match beyond the model: the EP names its files by the compute
+    capability and the TensorRT version ORT was built against, not the TensorRT libraries it loads
+    nor the GPU model, and fails the session on an engine it cannot deserialize (no rebuild)."""
+    identity = {
+        "tensorrt": tensorrt_version(),
+        "onnxruntime": distribution_version(*ONNX_RUNTIME),
+        "gpu": gpu.name if gpu else None,
+        "compute_capability": gpu.compute_capability if gpu else None,
+    }
+    return workdir / "tensorrt-ep" / model_dir.parent.name / model_dir.name / artifact_key(identity)
 
 
 def make_session(model_file: Path, providers: list[Any], threads: int) -> Any:
