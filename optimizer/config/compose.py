@@ -70,7 +70,7 @@ def compose_settings(overrides: Sequence[str] = (), config_dir: str | Path | Non
     if "cache_dir" not in _given(overrides):
         cache_dir_from(os.environ)
     user_dir = check_config_dir(config_dir) if config_dir is not None else None
-    _check_null_groups(overrides, user_dir)
+    _check_group_values(overrides, user_dir)
     main, search = (CONF_DIR, []) if user_dir is None else (user_dir, [_searchpath(CONF_DIR)])
     GlobalHydra.instance().clear()
     try:
@@ -176,16 +176,27 @@ def _check_override_syntax(overrides: Sequence[str]) -> None:
         _check_key(item)
 
 
-def _check_null_groups(overrides: Sequence[str], user_dir: Path | None) -> None:
-    """`space=null` names no preset: Hydra's own error names neither the group nor its presets."""
+def _check_group_values(overrides: Sequence[str], user_dir: Path | None) -> None:
+    """`space=null` names no preset: Hydra's own error names neither the group nor its presets.
+    `space=[]` or `space=[a]` Hydra accepts as selecting no or several presets, and the run
+    quietly measures the schema's bare defaults: one name is what a group takes."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
     for item in overrides:
-        group = item.partition("=")[0]
-        if group in GROUPS and parser.parse_overrides([item])[0].value() is None:
-            path = " or a path: model=/path/to/hf-dir" if group == "model" else ""
+        group, _, text = item.partition("=")
+        if group not in GROUPS:
+            continue
+        value = parser.parse_overrides([item])[0].value()
+        path = " or a path: model=/path/to/hf-dir" if group == "model" else ""
+        if value is None:
             raise UserError(group, "is null: it needs a preset name", _use_a_preset(group, user_dir) + path)
+        if isinstance(value, list):
+            raise UserError(
+                group,
+                f"'{text}' is a list: it takes one preset name",
+                f"{_use_a_preset(group, user_dir)}{path} (one name, no brackets)",
+            )
 
 
 def _use_a_preset(group: str, config_dir: Path | None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,12 +111,28 @@ def _parse(text: str, path: Path, first_line: int, shape: str) -> Any:
 
 def _text_of(item: Any, where: str, shape: str) -> str:
     if isinstance(item, str):
-        return item
+        return _encodable(item, where)
     if isinstance(item, dict):
         for key in ("text", "extract", "content"):
             if isinstance(item.get(key), str):
-                return str(item[key])
+                return _encodable(str(item[key]), where)
     raise UserError("quality.text", f"{where}: an entry has no 'text' field", shape)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(text: str, where: str) -> str:
+    """JSON decodes a lone surrogate escape (`\\ud800`) to a str that no UTF-8 encoder (the text's
+    sha256, a tokenizer) accepts: refused here, where the file and line are known."""
+    lone = _SURROGATE.search(text)
+    if lone is not None:
+        raise UserError(
+            "quality.text",
+            f"{where}: an entry holds the lone surrogate escape \\u{ord(lone.group()):04x}, which is no character",
+            "write the character itself, or escape it as a complete surrogate pair",
+        )
+    return text
 
 
 def sequence_start(tokenizer: Any) -> tuple[int, ...]:
