@@ -168,8 +168,8 @@ def verify_recipe(
     checks.append(
         Check(
             "quality (ppl / top-1 / KL)",
-            f"{recorded_q.get('ppl_increase', 0):+.2%} / {recorded_q.get('top1_agreement', 0):.1%} / {recorded_q.get('mean_kl', 0):.4f}",
-            f"{q.ppl_increase:+.2%} / {q.top1_agreement:.1%} / {q.mean_kl:.4f}"
+            f"{recorded_q.get('ppl_increase', 0):+.2%} / {recorded_q.get('top1_agreement', 0):.1%} / {sig3(recorded_q.get('mean_kl', 0))}",
+            f"{q.ppl_increase:+.2%} / {q.top1_agreement:.1%} / {sig3(q.mean_kl)}"
             + (f"  ({'; '.join(broken)})" if broken else ""),
             not broken,
         )

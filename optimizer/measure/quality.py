@@ -47,7 +47,7 @@ class QualityResult:
                 f"top-1 {self.top1_agreement:.2%} < quality.min_top1_agreement {bound.min_top1_agreement:.2%}"
             )
         if self.mean_kl > bound.max_kl:
-            broken.append(f"KL {self.mean_kl:.4f} > quality.max_kl {bound.max_kl}")
+            broken.append(f"KL {self.mean_kl:.3g} > quality.max_kl {bound.max_kl}")
         return broken
 
 

@@ -58,7 +58,7 @@ def backends_section(
         ratio = _ratio_to_baseline(winner, baseline)
         lines.append(
             f"| {backend} | {remeasured_label(winner)} | {sig3(winner.objective)} | {ratio} | {p.tokens_per_second.mean:.1f} "
-            f"| {p.latency.tpot_ms['p90']:.0f} | {q.ppl_increase:+.2%} | {q.top1_agreement:.1%} | {q.mean_kl:.4f} | {tally} |"
+            f"| {p.latency.tpot_ms['p90']:.0f} | {q.ppl_increase:+.2%} | {q.top1_agreement:.1%} | {sig3(q.mean_kl)} | {tally} |"
         )
     return [*lines, ""]
 

@@ -338,8 +338,8 @@ def _active(mean: float) -> str:
 def _q(quality: QualityResult | None) -> str:
     if quality is None:
         return " | | "
-    return f"{quality.ppl_increase:+.2%} | {quality.top1_agreement:.1%} | {quality.mean_kl:.4f}"
+    return f"{quality.ppl_increase:+.2%} | {quality.top1_agreement:.1%} | {sig3(quality.mean_kl)}"
 
 
 def _kl(result: CandidateResult) -> str:
-    return f"{result.quality.mean_kl:.4f}" if result.quality else "n/a"
+    return sig3(result.quality.mean_kl) if result.quality else "n/a"

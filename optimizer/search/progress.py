@@ -3,7 +3,7 @@ measurement starts."""
 
 from __future__ import annotations
 
-from optimizer.results import FAILED, MEASURED, PRUNED, CandidateResult
+from optimizer.results import FAILED, MEASURED, PRUNED, CandidateResult, sig3
 from optimizer.space import Candidate
 
 
@@ -30,14 +30,14 @@ def progress_line(index: int, total: int, result: CandidateResult, mine: bool) -
     parts = []
     if result.quality is not None:
         q = result.quality
-        parts.append(f"ppl {q.ppl_increase:+.2%} top1 {q.top1_agreement:.1%} KL {q.mean_kl:.4f}")
+        parts.append(f"ppl {q.ppl_increase:+.2%} top1 {q.top1_agreement:.1%} KL {sig3(q.mean_kl)}")
     if result.status != MEASURED:  # a stored measurement may be rejected under this run's bound
         parts.append(f"{result.status.upper()}: {result.reason}")
     if result.performance is not None:
         p = result.performance
         slo = "SLO ok" if p.slo_met else "SLO missed"
         parts.append(
-            f"{p.tokens_per_second.mean:.1f} tok/s | {p.tokens_per_joule.mean:.2f} tok/J "
-            f"(goodput {p.goodput_tokens_per_joule.mean:.2f}, {p.source}) | {slo}"
+            f"{p.tokens_per_second.mean:.1f} tok/s | {sig3(p.tokens_per_joule.mean)} tok/J "
+            f"(goodput {sig3(p.goodput_tokens_per_joule.mean)}, {p.source}) | {slo}"
         )
     return f"{head} {' | '.join(parts)}{tag}"

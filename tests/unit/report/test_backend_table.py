@@ -57,7 +57,7 @@ def test_one_row_per_backend_with_its_best(
     assert "## Backends side by side" in text
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "ort-genai int8 default g32 acc4 b8 t2 | 8.00 | 4.00× | 52.0" in rows["ort-genai"]
-    assert "+0.90% | 96.7% | 0.0040 | 3 / 1 / 0 / 0 / 0" in rows["ort-genai"]
+    assert "+0.90% | 96.7% | 0.00400 | 3 / 1 / 0 / 0 / 0" in rows["ort-genai"]
     assert "none feasible: failed (e.g. ort-onnx fp32 int8-static b1 t2: boom / bang)" in rows["ort-onnx"]
     assert "none feasible: TensorRT engines need an NVIDIA GPU target" in rows["tensorrt"]
     assert "0 / 0 / 0 / 0 / 1" in rows["tensorrt"]

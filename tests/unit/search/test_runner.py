@@ -434,7 +434,7 @@ def test_progress_shows_a_stored_result_rejected_under_this_runs_bound(evaluator
     lines: list[str] = []
     run_search(candidates, [], candidates[0], evaluator(), SearchConfig(), strict, progress=lines.append)
     assert len(lines) == 2
-    assert all("REJECTED: KL 0.0010 > quality.max_kl 0.0005" in line for line in lines)
+    assert all("REJECTED: KL 0.001 > quality.max_kl 0.0005" in line for line in lines)
 
 
 def test_the_patience_stop_is_said_once_while_other_workers_measure(
