@@ -19,7 +19,14 @@ from typing import Any
 
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
-from optimizer.model_files import ModelShape, check_gguf, check_not_lfs_pointer, file_sha256, gguf_shape
+from optimizer.model_files import (
+    ModelShape,
+    check_gguf,
+    check_not_lfs_pointer,
+    file_sha256,
+    gguf_shape,
+    transformers_names,
+)
 from optimizer.processes import remove_stale_temps, temp_path
 from optimizer.target import host_memory_bytes
 
@@ -242,7 +249,8 @@ def read_shape(path: Path) -> ModelShape:
     """Shape facts from config.json; the parameter count from the safetensors headers."""
     try:
         config = json.loads((path / "config.json").read_text())
-        text = config.get("text_config", config)
+        # by transformers' names: GPT-2 writes n_head for num_attention_heads, MPT d_model...
+        text = transformers_names(config.get("text_config", config))
         heads = int(text["num_attention_heads"])
         hidden = int(text["hidden_size"])
         layers, vocab = int(text["num_hidden_layers"]), int(text["vocab_size"])

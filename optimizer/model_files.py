@@ -48,6 +48,49 @@ class ModelShape:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * bytes_per_element
 
 
+# Renamed keywords that transformers' config classes still take in __post_init__, not in their
+# attribute_map: BLOOM's and Falcon's checkpoints (bigscience/bloom-560m) write n_embed.
+LEGACY_NAMES = {"bloom": {"hidden_size": "n_embed"}, "falcon": {"hidden_size": "n_embed"}}
+
+
+def transformers_names(section: dict[str, Any]) -> dict[str, Any]:
+    """A config.json section with the names transformers reads it by added: GPT-2's n_head as
+    num_attention_heads, MPT's d_model as hidden_size... from the attribute_map of the config class
+    for its model_type (a class attribute: no config or model is built), and the key-value heads
+    the classes of multi-query families derive. A name the section has itself wins, as it does in
+    transformers; a model_type it does not know (remote code) keeps its keys as they are."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = section.get("model_type")
+    model_type = model_type if isinstance(model_type, str) else ""
+    try:
+        config_class: Any = CONFIG_MAPPING[model_type]
+    except Exception:  # noqa: BLE001 - no model_type, or one this transformers does not know
+        config_class = None
+    names = {**(getattr(config_class, "attribute_map", None) or {}), **LEGACY_NAMES.get(model_type, {})}
+    resolved = dict(section)
+    for name, stored in names.items():
+        if name not in resolved and stored in section:
+            resolved[name] = section[stored]
+    if "num_key_value_heads" not in resolved:
+        resolved["num_key_value_heads"] = _derived_kv_heads(section, model_type, config_class)
+    return resolved
+
+
+def _derived_kv_heads(section: dict[str, Any], model_type: str, config_class: Any) -> Any:
+    """The key-value heads that Falcon's, GPT-BigCode's and DBRX's config classes derive in
+    __post_init__ (their config.json has no num_key_value_heads), else None: as many as heads."""
+    if model_type in ("falcon", "gpt_bigcode"):
+        # one shared K/V head unless multi_query is off (absent: the class default, True)
+        if section.get("multi_query", getattr(config_class, "multi_query", False)) and not (
+            section.get("new_decoder_architecture")
+        ):
+            return 1
+        return section.get("num_kv_heads")  # Falcon's name; None for GPT-BigCode
+    attn = section.get("attn_config")
+    return attn.get("kv_n_heads") if model_type == "dbrx" and isinstance(attn, dict) else None
+
+
 def gguf_shape(path: Path, reader: GGUFReader) -> ModelShape:
     """Shape facts from a GGUF file's metadata (llama.cpp's keys, under its architecture's name),
     read by the reader `check_gguf` returned for it."""
