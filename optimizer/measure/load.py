@@ -105,12 +105,22 @@ def curve_point(result: PerformanceResult) -> dict[str, float]:
         "tpot_p90_ms": result.latency.tpot_ms["p90"],
         "met_slo_fraction": serving.met_slo_fraction,
         "growing": float(serving.growing_windows > 0),
+        "slo_met": float(result.slo_met),
     }
 
 
 def capacity(curve: list[dict[str, float]]) -> float | None:
-    """The highest offered load at which >= 90% of requests met the SLO, or None."""
-    held = [p["rate"] for p in curve if p["met_slo_fraction"] >= CAPACITY_SLO_FRACTION]
+    """The highest offered load at which >= 90% of requests met the SLO, or None. A load whose
+    queue grew is over capacity whatever the share (a short stream ends before it fails), and one
+    whose SLO verdict failed is not held: the infeasible-rate error would name it as the capacity
+    (exactly 90% met leaves p90 interpolated towards the misses, and given-up requests count)."""
+    held = [
+        p["rate"]
+        for p in curve
+        if p["met_slo_fraction"] >= CAPACITY_SLO_FRACTION
+        and not p.get("growing", 0.0)
+        and p.get("slo_met", 1.0)
+    ]
     return max(held) if held else None
 
 

@@ -50,7 +50,8 @@ def serving_section(
         "divides them (the other tables' mean of per-window figures parts from it when windows differ), "
         "the share of requests that met them, energy per completed request, the share of the window "
         "with no request in flight (idle), and the capacity: the highest offered load measured at "
-        "which >= 90% of requests met the SLO. TTFT p90 leaves out requests "
+        "which >= 90% of requests met the SLO, its p90 verdict held and the queue did not grow. "
+        "TTFT p90 leaves out requests "
         "given up unfinished with no first-token time told by the engine (their count in brackets).",
         "",
         "| candidate | goodput tok/J (pooled) | met SLO | J/request | TTFT p90 ms | TPOT p90 ms | E2E p90 ms | idle | in flight | capacity req/s | note |",
