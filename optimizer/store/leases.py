@@ -19,7 +19,7 @@ from sqlalchemy import Engine, delete, exc, func, insert, select, update
 
 from optimizer.processes import host_name as _host
 from optimizer.processes import process_alive
-from optimizer.store.tables import claims_table, deaths_table
+from optimizer.store.tables import claims_table, deaths_table, writing
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Leases:
             now = time.time()
             expires = now + lease_seconds
             try:
-                with self._engine.begin() as connection:
+                with writing(self._engine) as connection:
                     connection.execute(
                         insert(claims_table).values(
                             context=self.context, key=key, owner=self.worker, expires_at=expires
@@ -93,7 +93,7 @@ class Leases:
         return False
 
     def _take(self, key: str, condition: Any, expires: float) -> bool:
-        with self._engine.begin() as connection:
+        with writing(self._engine) as connection:
             taken = connection.execute(
                 update(claims_table)
                 .where(claims_table.c.context == self.context, claims_table.c.key == key, condition)
@@ -103,7 +103,7 @@ class Leases:
 
     def _record_death(self, key: str, owner: str) -> None:
         row = {"context": self.context, "key": key, "owner": owner, "found_at": time.time()}
-        with self._engine.begin() as connection:
+        with writing(self._engine) as connection:
             connection.execute(insert(deaths_table).values(**row))
 
     def deaths_since(self, key: str, since: float) -> int:
@@ -141,7 +141,7 @@ class Leases:
 
     def renew(self, lease_seconds: float) -> int:
         """Extend every lease this worker holds; returns how many it still holds."""
-        with self._engine.begin() as connection:
+        with self._engine.begin() as connection:  # not writing(): leases_kept logs its errors
             return int(
                 connection.execute(
                     update(claims_table)
@@ -151,12 +151,12 @@ class Leases:
             )
 
     def release(self, key: str) -> None:
-        with self._engine.begin() as connection:
+        with writing(self._engine) as connection:
             connection.execute(self._mine(delete(claims_table), key))
 
     def release_all(self) -> None:
         """Give up every lease this worker holds: it stops without dying (an interrupt)."""
-        with self._engine.begin() as connection:
+        with self._engine.begin() as connection:  # not writing(): leases_kept logs its errors
             connection.execute(
                 delete(claims_table).where(
                     claims_table.c.context == self.context, claims_table.c.owner == self.worker

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    URL,
     Column,
+    Connection,
     Engine,
     Float,
     Integer,
@@ -30,8 +35,10 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
     exc,
+    false,
     make_url,
 )
 
@@ -111,7 +118,9 @@ def store_url(location: str | Path) -> str:
                 f"cannot create the directory {path.parent} ({error.strerror or error})",
                 "point store_path at a file in a writable directory",
             ) from None
-        return f"sqlite:///{path.resolve()}"
+        # quoted: a '?' or '%' in a folder's name would otherwise be read as URL syntax (the
+        # database lands in another file)
+        return URL.create("sqlite", database=str(path.resolve())).render_as_string()
     if scheme in ("postgresql", "postgres"):
         return f"postgresql+psycopg://{rest}"
     if scheme == "sqlite":
@@ -158,13 +167,17 @@ def engine_for(url: str) -> Engine:
             engine = create_engine(url, pool_pre_ping=True)
         try:
             metadata_create(engine)
+            _check_usable(engine)
         except exc.DBAPIError as error:  # not a database, no permission, a server not answering
             engine.dispose()
-            raise UserError(
+            raise _refusal(engine, error) or UserError(
                 "store_path",
-                f"cannot open {engine.url.render_as_string(hide_password=True)} ({error.orig})",
+                f"cannot open {_shown(engine)} ({error.orig})",
                 "give a new .db file, an SQLite file wattsmith wrote, or a reachable postgresql:// URL",
             ) from None
+        except UserError:
+            engine.dispose()
+            raise
         _ENGINES[url] = engine
     return engine
 
@@ -173,6 +186,71 @@ def open_database(location: str | Path) -> Engine:
     """The store's database, opened (and its tables made) now: a bad `store_path` fails before
     minutes of model loading, not after."""
     return engine_for(store_url(location))
+
+
+def _shown(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def _check_usable(engine: Engine) -> None:
+    """Tables that open may still sit in a file damaged past its first pages (copied mid-write, a
+    failing disk) or one this process may not write: found now, not as a traceback at the first
+    read or write after minutes of model loading."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            found = [str(row[0]) for row in connection.exec_driver_sql("PRAGMA quick_check")]
+        if found != ["ok"]:
+            raise _damaged(engine, found[0] if found else "no answer")
+    with engine.begin() as connection:  # a write that changes nothing: SQLite checks the file then
+        connection.execute(delete(claims_table).where(false()))
+
+
+def _damaged(engine: Engine, finding: str) -> UserError:
+    path = shlex.quote(engine.url.database or "")
+    return UserError(
+        "store_path",
+        f"{_shown(engine)} is damaged (SQLite's check: {finding})",
+        f"move it aside and run again (its candidates are measured afresh), or salvage its rows: "
+        f"sqlite3 {path} .recover | sqlite3 recovered.db, then store_path=recovered.db",
+    )
+
+
+def _refusal(engine: Engine, error: exc.DBAPIError) -> UserError | None:
+    """The UserError for a store that is damaged or refuses writes (what the user fixes on the
+    disk or the server, not in wattsmith); None for any other error."""
+    text = str(error.orig)
+    # PostgreSQL's SQLSTATEs: disk_full; read_only_sql_transaction (a standby), insufficient_privilege
+    state = str(getattr(error.orig, "sqlstate", "") or "")
+    sqlite = engine.dialect.name == "sqlite"
+    if sqlite and "malformed" in text:
+        return _damaged(engine, text)
+    if "database or disk is full" in text or state == "53100":
+        fix = "free space on its disk, or point store_path at a copy of it on another disk"
+    elif "readonly database" in text or state in ("25006", "42501"):
+        fix = (
+            "make it writable (SQLite also writes its -wal and -shm files beside it: its folder too), "
+            "or point store_path at a copy of it in a writable place"
+            if sqlite
+            else "connect to the primary server as a role that may create, insert, update and delete "
+            "in the wattsmith_* tables"
+        )
+    else:
+        return None
+    return UserError("store_path", f"cannot write to {_shown(engine)} ({text})", fix)
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction. A store that filled its disk, turned read-only or was damaged since it
+    was opened raises a UserError; any other error (a lost race, a lock) reaches the caller."""
+    try:
+        with engine.begin() as connection:
+            yield connection
+    except exc.DBAPIError as error:
+        refusal = _refusal(engine, error)
+        if refusal is None:
+            raise
+        raise refusal from None
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

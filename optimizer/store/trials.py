@@ -29,6 +29,7 @@ from optimizer.store.tables import (
     quality_table,
     store_url,
     trials_table,
+    writing,
 )
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class TrialStore(Leases):
             "created_at": time.time(),
             "result": json.dumps(result.to_dict(), sort_keys=True),
         }
-        with self._engine.begin() as connection:
+        with writing(self._engine) as connection:
             seq = connection.execute(insert(trials_table).values(**row)).inserted_primary_key
             connection.execute(self._mine(delete(claims_table), key))
         self._records[key] = row | {"seq": seq[0] if seq else None, "result": result.to_dict()}
@@ -215,7 +216,7 @@ class TrialStore(Leases):
             "quality": json.dumps(quality, sort_keys=True),
         }
         try:
-            with self._engine.begin() as connection:
+            with writing(self._engine) as connection:
                 connection.execute(insert(quality_table).values(**row))
         except exc.IntegrityError:
             pass  # another worker stored it first: the same numerics give the same numbers
