@@ -38,6 +38,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -249,12 +250,15 @@ def run_optimize(name: str, overrides: list[str], work: Path, out: Path) -> dict
         ]
     )
     started = time.time()
+    stop_partial = write_partial_rows(out / f"{name}.json", overrides, work / "trials.db", started)
     try:
         result = optimize(cfg)
     except KeyboardInterrupt:  # the section's time limit: the finished candidates are in the store
         rows = rows_since(work / "trials.db", started)
         print(f"interrupted at the section's time limit; {len(rows)} rows from the store", flush=True)
         return {"overrides": overrides, "best": None, "baseline": None, "interrupted": True, "rows": rows}
+    finally:
+        stop_partial()
     for file in ("recipe.yaml", "report.md"):
         if (run_dir / file).is_file():
             shutil.copy(run_dir / file, out / f"{name}-{file}")
@@ -265,6 +269,41 @@ def run_optimize(name: str, overrides: list[str], work: Path, out: Path) -> dict
         "infeasible": str(result.infeasible) if result.infeasible else None,
         "rows": [row_of(r) for r in result.results],
     }
+
+
+def write_partial_rows(
+    file: Path, overrides: list[str], store_path: Path, since: float, every_seconds: float = 10.0
+) -> Callable[[], None]:
+    """Every few seconds, the section's JSON as the store holds it so far: a section killed after
+    its time limit's grace (an engine's close() waits for a compile in flight, up to 60 s) left no
+    JSON, and the summary said "not run" of rows that were measured. Returns the stop function;
+    the section's own JSON replaces the file after it."""
+    stopped = threading.Event()
+
+    def keep_writing() -> None:
+        while not stopped.wait(every_seconds):
+            try:
+                rows = rows_since(store_path, since)
+            except Exception:  # noqa: BLE001 - no store yet, or busy: the next round
+                continue
+            data = {
+                "overrides": overrides,
+                "best": None,
+                "baseline": None,
+                "interrupted": "killed",
+                "rows": rows,
+            }
+            if not stopped.is_set():
+                file.write_text(json.dumps(data, indent=1, default=str))
+
+    thread = threading.Thread(target=keep_writing, name="partial-json", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopped.set()
+        thread.join()
+
+    return stop
 
 
 def rows_since(store_path: Path, since: float) -> list[dict[str, Any]]:
@@ -584,6 +623,7 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     deadline = time.perf_counter() + args.budget_seconds
     queue = list(plan)
+    bf16_linears: dict[str, Any] = {}
     while queue:
         name, settings, batch = queue.pop(0)
         if time.perf_counter() > deadline:
@@ -593,9 +633,13 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
         row: dict[str, Any] = {"name": name, "batch": batch, "settings": settings.label()}
         try:
             if settings.quantization == "fp8-static" and not getattr(hf_model, "_fp8_static", None):
+                # its Linear layers are replaced in place: kept to put back after the row, or
+                # the bf16 rows after it would measure the fp8 model under a bf16 label
+                bf16_linears = linear_modules(hf_model)
                 calibration = torch.randint(0, config.vocab_size, (16, prompt), device=target.device)
                 hf_model._fp8_static = quantize_fp8_static(hf_model, calibration)
                 row["fp8"] = str(hf_model._fp8_static)
+            row["fp8_linears"] = fp8_linear_count(hf_model)
             if settings.attention != hf_model.config._attn_implementation:
                 if settings.attention == "sdpa_gqa":
                     from optimizer.backends.torch import decode_attention
@@ -634,16 +678,37 @@ def llama8b_section(args: argparse.Namespace) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - one failed candidate is a row, the next one runs
             row |= {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
             traceback.print_exc()
-            # not after a failed quantization: it may have left the model half converted
+            # not after a failed quantization: compiling whole would fail it again
             quantized = settings.quantization != "fp8-static" or getattr(hf_model, "_fp8_static", None)
             if settings.compile_layers and quantized:
                 queue = compiled_whole_instead((name, settings, batch), queue)
                 row["then"] = [queued[0] for queued in queue]
+        if bf16_linears:  # after an fp8 row, measured or failed (a half-converted model too)
+            put_back_modules(hf_model, bf16_linears)
+            bf16_linears, hf_model._fp8_static = {}, None
         rows.append(row)
         print(
             json.dumps({k: v for k, v in row.items() if k not in ("fp8", "profile")}, default=str), flush=True
         )
     return {"model": "llama-3.1-8b shape", "idle_watts": idle, "build_seconds": built, "rows": rows}
+
+
+def linear_modules(model: Any) -> dict[str, Any]:
+    import torch
+
+    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def put_back_modules(model: Any, modules: dict[str, Any]) -> None:
+    for name, module in modules.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, module)
+
+
+def fp8_linear_count(model: Any) -> int:
+    from optimizer.backends.torch.fp8_static import Float8StaticLinear
+
+    return sum(isinstance(m, Float8StaticLinear) for m in model.modules())
 
 
 PlanRow = tuple[str, Any, int]  # (name, TorchSettings, batch)

@@ -106,9 +106,9 @@ all)
   # cases), then the ones that passed there
   # -k: a pytest that ignores SIGINT (a hung CUDA call) is killed, not left to eat the call
   NEW="slot or layers"
-  timeout -s INT -k 10 "${SECONDS_TESTS:-60}" python3 -m pytest -q -rs -p no:cacheprovider \
+  timeout -s INT -k 10 "${SECONDS_TESTS:-60}" python3 -m pytest -q -rs -p no:cacheprovider -p evals.instant_failures \
     tests/gpu/test_fp8_static_gpu.py tests/gpu/test_gpu.py -k "$NEW" 2>&1 | tee "$OUT/gpu_tests.txt"
-  timeout -s INT -k 10 "${SECONDS_TESTS_PASSED:-25}" python3 -m pytest -q -rs -p no:cacheprovider \
+  timeout -s INT -k 10 "${SECONDS_TESTS_PASSED:-25}" python3 -m pytest -q -rs -p no:cacheprovider -p evals.instant_failures \
     tests/gpu/test_gpu.py tests/gpu/test_fp8_static_gpu.py tests/gpu/test_kernels_gpu.py tests/gpu/test_parallel_gpu.py -k "not ($NEW)" \
     2>&1 | tee -a "$OUT/gpu_tests.txt"
   T=(--tokenizer "$STASH/tokenizer")

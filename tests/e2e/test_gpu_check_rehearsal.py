@@ -66,6 +66,8 @@ def test_every_section_of_the_one_call_runs(tmp_path: Path, cache_dir: Path) -> 
     assert [row["status"] for row in llama] == ["measured"] * 4, llama
     fp8 = [row for row in llama if "fp8" in row]
     assert len(fp8) == 1 and "Linear layers in fp8" in fp8[0]["fp8"]
+    # the fp8 row quantizes the shared model in place: the bf16 rows after it get its Linears back
+    assert [row["fp8_linears"] > 0 for row in llama] == [("fp8" in row) for row in llama], llama
     # the three loop rows (not the baseline) profiled after their measurement: step and prefill
     profiled = [row for row in llama if "profile" in row]
     assert [row["name"] for row in profiled] == [row["name"] for row in llama[1:]], llama
