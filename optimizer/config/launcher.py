@@ -50,6 +50,14 @@ class SlurmConfig:
         require(self.timeout_min >= 1, "launcher.slurm.timeout_min", "must be >= 1", "e.g. 240")
         require(self.gpus_per_node >= 0, "launcher.slurm.gpus_per_node", "must be >= 0", "e.g. 1")
         require(self.cpus_per_task >= 1, "launcher.slurm.cpus_per_task", "must be >= 1", "e.g. 8")
+        # sbatch gets whole GB (search/launchers.py): below 1 is --mem=0, SLURM's "all the node's
+        # memory", and 0 itself would be dropped, leaving the partition's default
+        require(
+            self.mem_gb is None or self.mem_gb >= 1,
+            "launcher.slurm.mem_gb",
+            f"is {self.mem_gb} < 1: sbatch gets whole GB, and --mem=0 is all of a node's memory",
+            "give GB per node, e.g. launcher.slurm.mem_gb=64, or null for the partition's default",
+        )
 
 
 @dataclass

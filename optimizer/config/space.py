@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from optimizer.config.checks import require, require_subset
+from optimizer.config.checks import require, require_finite, require_subset
 
 TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
 # fp8: torchao, activations scaled per row at run time; fp8-static: activation scales calibrated
@@ -92,6 +92,8 @@ class TorchAxes:
     compile_layers: list[bool] = field(default_factory=lambda: [False])
 
     def __post_init__(self) -> None:
+        # `inf` passes `>= 0`: the slots loop's wait for the next step would overflow
+        require_finite(self, "space.torch")
         require(
             bool(self.step_intervals_ms) and all(v >= 0 for v in self.step_intervals_ms),
             "space.torch.step_intervals_ms",
@@ -134,6 +136,8 @@ class TorchCbAxes:
         require_subset(self.compile, (True, False), "space.torch_cb.compile")
         require_subset(self.prefix_sharing, (True, False), "space.torch_cb.prefix_sharing")
         require_subset(self.page_sizes, CB_PAGE_SIZES, "space.torch_cb.page_sizes")
+        # `inf` passes `>= 0`: transformers converts the offload GiB to a whole number of bytes
+        require_finite(self, "space.torch_cb")
         for name, low in (("max_batch_tokens", 16), ("kv_cache_tokens", 0), ("kv_offload_gib", 0)):
             values = getattr(self, name)
             require(
