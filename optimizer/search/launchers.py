@@ -265,7 +265,9 @@ def _slurm_parameters(cfg: SlurmConfig, count: int) -> dict[str, Any]:
     if cfg.account:
         parameters["account"] = cfg.account
     if cfg.mem_gb:
-        parameters["mem"] = f"{int(cfg.mem_gb)}GB"
+        # a fraction in MB, rounded up: int() gave 7.5 GB as 7GB, less than was asked for
+        gb = float(cfg.mem_gb)
+        parameters["mem"] = f"{int(gb)}GB" if gb.is_integer() else f"{math.ceil(gb * 1024)}MB"
     return parameters
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -70,8 +71,8 @@ class TorchSettings:
                 "compile_layers": (True, False),
             },
         )
-        if not self.step_interval_ms >= 0:
-            raise ValueError(f"step_interval_ms must be >= 0, got {self.step_interval_ms}")
+        if not 0 <= self.step_interval_ms < math.inf:  # inf: the slot loop's wait overflows
+            raise ValueError(f"step_interval_ms must be finite and >= 0, got {self.step_interval_ms}")
 
     def probe_settings(self) -> dict[str, Any]:
         """The settings the quality probe's numbers depend on. The probe scores a forward pass
