@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from optimizer.config import RunConfig
+from optimizer.config import RunConfig, SloConfig
 from optimizer.errors import UserError
 from optimizer.files import write_atomically
 from optimizer.measure.energy import measure_idle_watts
@@ -143,7 +143,7 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         evaluated = sum(not r.reused for r in outcome.results if r.status != PRUNED)
         capped = cfg.search.max_candidates is not None and evaluated >= cfg.search.max_candidates
         infeasible = unreliable_finalists(selection, bool(cfg.workload.trace)) or diagnose_infeasible(
-            outcome.selectable, len(outcome.not_reached), capped
+            outcome.selectable, len(outcome.not_reached), capped, cfg.workload.slo
         )
     rounds = [replace(r, role="finalist") for r in remeasured]
     _write_results(output_dir, [*outcome.results, *rounds])
@@ -173,10 +173,13 @@ def unreliable_finalists(selection: Selection | None, trace: bool = False) -> Us
     error, which names the constraint (and, on a request stream, the capacity measured)."""
     if selection is None or selection.feasible or selection.only_near_misses:
         return None
-    if selection.all_failed:  # not the SLO's doing: no re-measurement ran to the end
+    # not the SLO's doing: no re-measurement of a finalist that met it in the search ran to the end
+    if not any(f.samples for f in selection.finalists if not f.near_miss):
         return UserError(
             "search.finalists",
-            selection.reason,
+            selection.reason
+            if selection.all_failed
+            else f"{selection.reason}: every finalist that met the SLO in the search failed when re-measured",
             "fix what failed (report.md and the log name it), or set search.finalists=0 to select "
             "on the search's own measurements",
         )
@@ -225,9 +228,13 @@ def nothing_to_search(plan: SearchPlan, cfg: RunConfig) -> UserError:
 
 
 def diagnose_infeasible(
-    results: list[CandidateResult], not_reached: int = 0, capped: bool = False
+    results: list[CandidateResult], not_reached: int = 0, capped: bool = False, slo: SloConfig | None = None
 ) -> UserError:
-    """Name the constraint that left nothing feasible."""
+    """Name the constraint that left nothing feasible; `slo`: the run's, whose targets set are
+    the ones to raise (None: both named)."""
+    both = ("tpot_ms", "ttft_ms")  # a target left null is no limit to raise
+    targets = [n for n in both if slo is None or getattr(slo, n) is not None] or list(both)
+    raise_slo = f"raise workload.slo.{' / '.join(targets)}, or add smaller batch sizes to space.batch_sizes"
     rejected = [r for r in results if r.status == REJECTED]
     measured = [r for r in results if r.status == MEASURED and not r.feasible]
     failed = [r for r in results if r.status == FAILED]
@@ -257,14 +264,14 @@ def diagnose_infeasible(
         return UserError(
             "workload.slo",
             f"all {len(measured)} measured candidates miss the latency SLO (e.g. {'; '.join(example) or 'see report'})",
-            "raise workload.slo.tpot_ms / ttft_ms, or add smaller batch sizes to space.batch_sizes",
+            raise_slo,
         )
     slo_pruned = [r for r in results if r.status == PRUNED and "workload.slo" in (r.reason or "")]
     if slo_pruned:  # the roofline proved no candidate can meet the SLO: nothing was worth measuring
         return UserError(
             "workload.slo",
             f"no candidate can meet the latency SLO (e.g. {slo_pruned[0].reason})",
-            "raise workload.slo.tpot_ms / ttft_ms, or add smaller batch sizes to space.batch_sizes",
+            raise_slo,
         )
     if rejected:
         return UserError(

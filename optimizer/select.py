@@ -170,7 +170,9 @@ def near_misses(
         and not r.feasible
         and potential(r) > best_feasible
         and (headroom := latency_headroom(r, slo)) is not None
-        and headroom >= -near_miss
+        # >= 0: every percentile inside its target, so it missed by requests given up unfinished
+        # (TPOT unbounded, TTFT unknown): an overload, not a noisy percentile near its target
+        and -near_miss <= headroom < 0
     ]
 
 
@@ -263,7 +265,7 @@ def select_finalist(
 def _against_runner_up(winner: Finalist, runner_up: Finalist | None, distinguishable: bool) -> str:
     if runner_up is None:
         return ", the only finalist"
-    if winner.feasible and not runner_up.samples:
+    if not runner_up.samples:  # (a crash has no interval to be distinguished from)
         return f"; {runner_up.label} failed when re-measured"
     if winner.feasible and not runner_up.feasible:
         return f"; {runner_up.label} ({runner_up.mean:.3g}) missed the SLO when re-measured"
