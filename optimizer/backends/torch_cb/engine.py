@@ -27,8 +27,9 @@ import torch
 
 from optimizer.backends.base import Generation
 from optimizer.backends.openmp import release_openmp_threads
-from optimizer.backends.prefixes import PrefixCounts
+from optimizer.backends.torch_cb.prefix import PrefixCounters
 from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+from optimizer.errors import UserError
 from optimizer.measure.serving import Completion
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,8 @@ class ContinuousBatchingEngine:
                 )
             # the loop thread runs in the caller's inference mode, and so do its cache tensors
             with torch.inference_mode():
-                manager.warmup()  # CUDA graphs and compiled kernels; nothing on an eager CPU
+                manager.warmup()  # makes the cache; CUDA graphs and compiled kernels on a GPU
+                _check_prefix_sharing(manager, self.settings.prefix_sharing)
                 manager.start()
         except BaseException:
             _stop(manager)
@@ -260,12 +262,13 @@ class ContinuousBatchingEngine:
 
     def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
         manager = self.reserve(len(prompt_ids) + max_new_tokens)
-        self._prefix.attach(manager)
+        if self.settings.prefix_sharing:
+            self._prefix.attach(manager)
         request_id = manager.add_request(
             list(prompt_ids), max_new_tokens=max_new_tokens, record_timestamps=True
         )
         if request_id is None or not manager.is_running():
-            raise RuntimeError("the continuous-batching thread is not running")
+            raise RuntimeError("the continuous-batching thread is not running" + _thread_error(manager))
         self._pending.add(request_id)
         self._prefix.prompt_tokens += len(prompt_ids)
         return str(request_id)
@@ -281,7 +284,10 @@ class ContinuousBatchingEngine:
             result = manager.get_result(timeout=timeout)
             if result is None:
                 if not manager.is_running():
-                    raise RuntimeError("the continuous-batching thread stopped with requests unfinished")
+                    raise RuntimeError(
+                        "the continuous-batching thread stopped with requests unfinished"
+                        + _thread_error(manager)
+                    )
                 break
             timeout = 0.0  # take what else is ready, without waiting
             if result.request_id not in self._pending or not result.is_finished():
@@ -311,8 +317,9 @@ class ContinuousBatchingEngine:
                 pass
 
     def prefix_counters(self) -> dict[str, float]:
-        """Prefix sharing so far: prompt tokens submitted, and those found in the cache."""
-        return self._prefix.as_dict()
+        """Prefix sharing so far (prefix_sharing): prompt tokens submitted, and those found in the
+        cache. Empty without sharing, as the torch slot loop: no prefix cache was measured."""
+        return self._prefix.as_dict() if self.settings.prefix_sharing else {}
 
     @torch.inference_mode()
     def score(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -339,10 +346,35 @@ class ContinuousBatchingEngine:
 
 def _stop(manager: Any) -> None:
     """Stop a manager's loop thread and free its cache (it restores the model's attention too)."""
-    manager.stop(block=True, timeout=_STOP_TIMEOUT_SECONDS)
-    manager.destroy()
+    # a hard stop fails the requests still queued or running: the default stop decoded every one
+    # of them to its last token before close() returned
+    manager.stop(block=True, timeout=_STOP_TIMEOUT_SECONDS, hard_stop=True)
     if manager.is_running():
+        # destroy() would wait for it without a timeout
         log.warning("the continuous-batching thread did not stop within %s s", _STOP_TIMEOUT_SECONDS)
+        return
+    manager.destroy()
+
+
+def _thread_error(manager: Any) -> str:
+    """Why the loop thread died, for the candidate's failure reason ('' when it just stopped)."""
+    error = getattr(getattr(manager, "background_thread_status", None), "fatal_error", None)
+    return "" if error is None else f": {error!r}"
+
+
+def _check_prefix_sharing(manager: Any, wanted: bool) -> None:
+    """transformers turns block sharing off, silently, for a model with sliding-window layers:
+    a prefix-sharing candidate would be measured without it."""
+    cache = manager.batch_processor.cache
+    # (getattr: a transformers without the flag is not refused for its absence)
+    if wanted and not getattr(cache, "use_prefix_sharing", True):
+        layers = ", ".join(getattr(cache, "cache_allocators", None) or ["?"])
+        raise UserError(
+            "space.torch_cb.prefix_sharing",
+            "is true, but transformers' paged cache shares no prefix blocks for this model "
+            f"(attention layers: {layers}; sliding-window layers cannot share)",
+            "use prefix_sharing: [false] for this model",
+        )
 
 
 def _idle(manager: Any) -> bool:
@@ -353,36 +385,3 @@ def _idle(manager: Any) -> bool:
     if scheduler is None:
         return True
     return manager.input_queue.empty() and not scheduler.active_requests and not scheduler.waiting_requests
-
-
-class PrefixCounters(PrefixCounts):
-    """Counts what prefix sharing found, by wrapping the paged cache's prefix search (transformers
-    reports no counters of its own). Prompt tokens are counted at submission."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache: Any = None
-        self._looked_up: set[str] = set()  # transformers searches a waiting request at every schedule
-
-    def attach(self, manager: Any) -> None:
-        """Wrap the manager's cache once its loop thread has made it."""
-        deadline = time.monotonic() + 10.0
-        while (cache_ := getattr(getattr(manager, "batch_processor", None), "cache", None)) is None:
-            if time.monotonic() > deadline or not manager.is_running():
-                return
-            time.sleep(0.01)
-        if cache_ is self._cache:
-            return
-        self._cache = cache_
-        search = cache_.search_prefix_match
-
-        def counted(request_id: str, prompt_ids: list[int]) -> int:
-            matched = int(search(request_id, prompt_ids))
-            if request_id not in self._looked_up:  # one lookup per request (a hit admits it)
-                self._looked_up.add(request_id)
-                self.lookups += 1
-            self.hits += matched > 0
-            self.reused_prompt_tokens += matched
-            return matched
-
-        cache_.search_prefix_match = counted
