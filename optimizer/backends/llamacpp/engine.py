@@ -250,8 +250,9 @@ class LlamaCppEngine:
                 self._ctx.clear()
 
     def prefix_counters(self) -> dict[str, float]:
-        """Prefix reuse so far (prefix_sharing): prompt tokens submitted, and those found cached."""
-        return self._slots.prefix.as_dict()
+        """Prefix reuse so far (prefix_sharing): prompt tokens submitted, and those found cached.
+        Empty without sharing, as the torch backends: no prefix cache was measured."""
+        return self._slots.prefix.as_dict() if self.settings.prefix_sharing else {}
 
     def _start_thread(self) -> None:
         if self._thread is None:

@@ -215,7 +215,7 @@ def test_prefix_sharing_reuses_a_conversations_cells_with_the_same_tokens(gguf: 
         assert serve(sharing, second_turn, 6) == serve(plain, second_turn, 6)
         counts = sharing.prefix_counters()
         assert counts["hits"] == 1 and counts["reused_prompt_tokens"] == 48 + 5  # all but the last output
-        assert plain.prefix_counters()["lookups"] == 0
+        assert plain.prefix_counters() == {}  # no prefix cache measured: none recorded
     finally:
         sharing.close()
         plain.close()
