@@ -76,7 +76,8 @@ class GenaiEngineServer:
         self._inbox: collections.deque[_Queued] = collections.deque()
         self._done: collections.deque[Completion] = collections.deque()
         self._lock = threading.Condition()
-        self._in_engine = 0  # requests begun in genai and not finished
+        # requests handed to genai and not finished: their first token's time, None before it
+        self._handed: dict[str, float | None] = {}
         self._cancel = False
         self._stopped = False
         self._counter = 0
@@ -118,10 +119,9 @@ class GenaiEngineServer:
         return done
 
     def first_token_times(self) -> dict[str, float | None]:
-        """The requests waiting here, which have no token yet (those handed to genai are not told:
-        the loop thread alone holds their state)."""
+        """Every unfinished request: its first token's time, or None (waiting here or in genai)."""
         with self._lock:
-            return {q.request_id: None for q in self._inbox}
+            return {q.request_id: None for q in self._inbox} | self._handed
 
     def cancel_all(self) -> None:
         """Cancel every queued and running request; returns once genai has none left."""
@@ -152,7 +152,7 @@ class GenaiEngineServer:
     @property
     def idle(self) -> bool:
         with self._lock:
-            return not self._inbox and self._in_engine == 0
+            return not self._inbox and not self._handed
 
     def _raise_if_down(self) -> None:
         if self._failure is not None:
@@ -202,6 +202,7 @@ class GenaiEngineServer:
                     admitted: list[_Queued] = []
                     while self._inbox and len(running) + len(admitted) < self.max_requests:
                         admitted.append(self._inbox.popleft())
+                        self._handed[admitted[-1].request_id] = None
                 refused = []
                 for queued in admitted:
                     try:
@@ -210,9 +211,10 @@ class GenaiEngineServer:
                         refused.append(Completion(queued.request_id, (), (), f"{type(exc).__name__}: {exc}"))
                         continue
                     running[id(state.request)] = state
-                with self._lock:
-                    self._in_engine = len(running)
-                    if refused:
+                if refused:
+                    with self._lock:
+                        for completion in refused:
+                            del self._handed[completion.request_id]
                         self._done.extend(refused)
                         self._lock.notify_all()
                 if engine.has_pending_requests():
@@ -246,7 +248,16 @@ class GenaiEngineServer:
 
     def _step(self, engine: Any, buffer: Any, running: dict[int, _Running]) -> None:
         events = engine.run(buffer)
-        now = time.perf_counter()
+        # stamped under the lock that first_token_times takes: a request it tells has no token
+        # had none when it asked
+        with self._lock:
+            ended = self._take_events(events, running, time.perf_counter())
+        for state in ended:
+            state.request.close()
+
+    def _take_events(self, events: Any, running: dict[int, _Running], now: float) -> list[_Running]:
+        """Publish the step's tokens and finished requests (lock held); returns the finished."""
+        ended: list[_Running] = []
         finished: list[Completion] = []
         producing = 0
         for index in range(len(events)):
@@ -255,20 +266,22 @@ class GenaiEngineServer:
             if state is None or state.request is not event.request:
                 continue
             flags = int(event.flags.value)
+            request_id = state.queued.request_id
             if flags & _TOKEN:
                 state.tokens.append(int(event.token))
                 state.times.append(now)
+                self._handed[request_id] = state.times[0]
                 producing += 1
             if flags & (_TURN_FINISHED | _FAILED):
                 finished.append(_completion(state, event, flags))
                 del running[id(state.request)]
-                state.request.close()
-        with self._lock:
-            self.most_running = max(self.most_running, producing)
-            self._in_engine = len(running)
-            if finished:
-                self._done.extend(finished)
-                self._lock.notify_all()
+                del self._handed[request_id]
+                ended.append(state)
+        self.most_running = max(self.most_running, producing)
+        if finished:
+            self._done.extend(finished)
+            self._lock.notify_all()
+        return ended
 
     def _drop(self, engine: Any, buffer: Any, running: dict[int, _Running]) -> None:
         """Cancel every running request and run the engine until it has none (lock held: the
@@ -281,7 +294,7 @@ class GenaiEngineServer:
         for state in running.values():
             state.request.close()
         running.clear()
-        self._in_engine = 0
+        self._handed.clear()
 
 
 def _completion(state: _Running, event: Any, flags: int) -> Completion:
