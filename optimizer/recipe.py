@@ -6,7 +6,6 @@ it says; `verify_recipe` re-measures here and compares with the evidence.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -15,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from optimizer.backends.artifacts import artifacts_used, served_artifact
 from optimizer.config import (
     ENERGY_SOURCES,
     ModelConfig,
@@ -34,13 +32,16 @@ from optimizer.measure.workload import ServingSummary
 from optimizer.recipe_checks import (
     BLOCK_KEYS,
     RECIPE_KEYS,
-    artifact_change,
     check_artifact,
     check_evidence,
     check_known_keys,
     constraints_of,
     measured_configs,
+    model_config_of,
+    newer_writer,
+    source_here,
 )
+from optimizer.recipe_load import build_here, model_errors_name, target_here
 from optimizer.results import CandidateResult, sig3_decimals
 from optimizer.select import Selection
 from optimizer.space import Candidate, layout_record
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
     from optimizer.backends.base import Engine
     from optimizer.search.runner import SearchOutcome
 
-log = logging.getLogger(__name__)
 RECIPE_SCHEMA = "wattsmith.recipe/v1"
 SUPPORTED_SCHEMAS = (RECIPE_SCHEMA,)
 
@@ -278,6 +278,17 @@ def read_recipe(path: Path | str) -> Recipe:
         ) from None
     if data is None:
         raise UserError("recipe", f"{path} is empty", "restore it from git, or run optimize to write one")
+    try:
+        return _parsed(data, path)
+    except UserError as exc:  # a field this version does not know is no typo: the fix is an upgrade
+        newer = newer_writer(data) if isinstance(data, dict) else None
+        if newer is None:
+            raise
+        fix = f"upgrade wattsmith to read it (pip install -U wattsmith), or {exc.fix}"
+        raise UserError(exc.field, f"{exc.problem} ({newer})", fix) from None
+
+
+def _parsed(data: Any, path: Path) -> Recipe:
     if not isinstance(data, dict) or data.get("schema") not in SUPPORTED_SCHEMAS:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise UserError(
@@ -297,16 +308,11 @@ def read_recipe(path: Path | str) -> Recipe:
         if "constraints" in data:  # what verify enforces: the search's bounds, or a reader's edit
             slo, quality = constraints_of(data["constraints"], workload.slo, quality)
             workload = replace(workload, slo=slo)
-        model = data["model"]
         return Recipe(
             path=path,
             data=data,
             candidate=Candidate.from_dict(data["settings"]),
-            model=ModelConfig(
-                source=str(model["source"]),
-                revision=model.get("revision"),
-                trust_remote_code=bool(model.get("trust_remote_code", False)),
-            ),
+            model=model_config_of(data["model"]),
             target=_target_of(str(data["target"]["kind"]), measurement, data["evidence"]["energy"]["source"]),
             workload=workload,
             quality=quality,
@@ -354,40 +360,30 @@ def load_recipe(
     serves requests itself).
 
     `model_source` replaces the recipe's model source (e.g. the same weights at another path);
-    the weights must still hash to the recipe's `weight_sha256`. `request_tokens` is the longest
-    request (prompt and output tokens) to be served, for a serving recipe by default the longest
-    its stream made: an engine that gives each request a fixed slot (llama.cpp's context, a paged
-    cache) is sized for it now, since it cannot grow while requests run.
+    the weights must still hash to the recipe's `weight_sha256`. A relative recorded source is
+    found from the current directory or from the recipe's (`source_here`). `request_tokens` is the
+    longest request (prompt and output tokens) to be served, for a serving recipe by default the
+    longest its stream made: an engine that gives each request a fixed slot (llama.cpp's context,
+    a paged cache) is sized for it now, since it cannot grow while requests run.
     """
     # before any backend imports onnxruntime, whose import alone starts its telemetry (a device id
     # under ~/.cache/Microsoft); optimize and verify set it in measure.setup; a user's own value is kept
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    from optimizer.backends.registry import build_engine, serves_gguf
+    from optimizer.backends.registry import serves_gguf
     from optimizer.model import resolve_model
-    from optimizer.target import detect_target
 
     recipe = read_recipe(path)
     cache = cache_dir or default_cache_dir()
+    target = target_here(recipe)  # before the weights are hashed or de-quantized: a GPU's recipe fails now
     convert = not serves_gguf(recipe.candidate.backend)
-    model = resolve_model(model_config_for(recipe, model_source), cache, convert_gguf=convert)
+    with model_errors_name(model_source):
+        model = resolve_model(model_config_for(recipe, model_source), cache, convert_gguf=convert)
     check_weights(recipe, model.weight_sha256)
-    target = detect_target(recipe.target)
-    with artifacts_used() as used:
-        engine = build_engine(model, recipe.candidate, target, cache)
-    changed = artifact_change(recipe.data.get("artifact"), served_artifact(used))
-    if changed:
-        log.warning("%s: `optimize verify` re-measures it here", changed)
-    if request_tokens is None and recipe.workload.serving:  # as the measurement sized it
-        recorded = recipe.data["measurement"].get("longest_request_tokens")
-        request_tokens = recorded if isinstance(recorded, int) else recipe.workload.longest_request_tokens()
-    reserve = getattr(engine, "reserve", None)
-    if request_tokens is not None and reserve is not None and hasattr(engine, "submit"):
-        reserve(request_tokens)
-    return engine
+    return build_here(recipe, model, target, cache, request_tokens)
 
 
 def model_config_for(recipe: Recipe, model_source: str | None) -> ModelConfig:
-    return replace(recipe.model, source=model_source or recipe.model.source)
+    return replace(recipe.model, source=model_source or source_here(recipe.model.source, recipe.path))
 
 
 def check_weights(recipe: Recipe, weight_sha256: str) -> None:

@@ -1,18 +1,20 @@
 """What a recipe read from a file must hold: its keys (a hand edit's typo fails naming it), the
 evidence and prompts verify compares with, the configs it was measured with, the bounds of its
 `constraints`, its recorded build artifact, whether the one built here is that artifact, and where
-its recorded input files are here."""
+its recorded input files (the model's weights among them) are here."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from optimizer.config import LengthConfig, QualityConfig, SloConfig, WorkloadConfig
+from optimizer.config import LengthConfig, ModelConfig, QualityConfig, SloConfig, WorkloadConfig
 from optimizer.errors import UserError
+from optimizer.version import tool_version
 
 RECIPE_KEYS = (
     "schema",
@@ -79,6 +81,42 @@ def check_known_keys(block: dict[str, Any], known: tuple[str, ...], where: str) 
             "is not a field of a recipe",
             f"fix its spelling or remove it; fields: {', '.join(known)}",
         )
+
+
+def newer_writer(data: dict[str, Any]) -> str | None:
+    """Said where a recipe that does not read was written by a newer wattsmith than this one: its
+    schema, keys, settings or backend may be ones this version does not know yet."""
+    written, here = _release(data.get("wattsmith_version")), _release(tool_version())
+    if written is None or here is None or written <= here:
+        return None
+    return f"written by wattsmith {data['wattsmith_version']}, newer than this {tool_version()}"
+
+
+def _release(version: object) -> tuple[int, ...] | None:
+    """A version's leading release numbers (0.10.1rc1: (0, 10, 1)); None for no version, or an
+    installation that does not know its own (0+unknown)."""
+    found = re.match(r"\d+(\.\d+)*", version) if isinstance(version, str) else None
+    if found is None or "+unknown" in str(version):
+        return None
+    return tuple(int(part) for part in found.group().split("."))
+
+
+def model_config_of(model: dict[str, Any]) -> ModelConfig:
+    """The recipe's model block as a config. Checked, not coerced: bool("false") is True, and a
+    quoted `false` would run the repository's own code; YAML reads an all-digit revision as a number."""
+    source, revision, remote = model.get("source"), model.get("revision"), model.get("trust_remote_code")
+    if not isinstance(source, str) or not source.strip():
+        problem = "is missing" if source is None else f"is {source!r}"
+        raise UserError("model.source", problem, "the path, packaged name or hub id of the weights")
+    if revision is not None and not isinstance(revision, str):
+        raise UserError(
+            "model.revision", f"is {revision!r}, not a string", "quote it, e.g. revision: '0123abc'"
+        )
+    if remote is not None and not isinstance(remote, bool):
+        raise UserError(
+            "model.trust_remote_code", f"is {remote!r}, not true or false", "true or false, unquoted"
+        )
+    return ModelConfig(source=source, revision=revision, trust_remote_code=bool(remote))
 
 
 def constraints_of(
@@ -245,6 +283,23 @@ def _found(recorded: str, recipe: Path, field: str, what: str) -> str:
         f"{recorded} is neither next to the recipe ({places[0]}) nor in the current directory ({places[1]})",
         f"put {copy} at {places[0]}, run verify in the directory optimize ran in, or {edit}",
     )
+
+
+def source_here(recorded: str, recipe: Path) -> str:
+    """The recorded model source as found here. optimize records a path as it was given, relative
+    to where it ran: that directory may be the current one (the recipe in its outputs/<run>/), or
+    the repository the recipe was committed into (README: recipes/<model>/recipe.yaml beside
+    ./weights), so a relative path is looked up from the current directory, then from the recipe's
+    directory and each above it. Anything else (a packaged name, a hub id, a path found nowhere)
+    is left for resolve_model; check_weights catches weights that are not the recorded ones."""
+    from optimizer.model import PACKAGED_MODELS
+
+    given = Path(recorded.strip()).expanduser()
+    if recorded.strip() in PACKAGED_MODELS or given.is_absolute() or given.exists():
+        return recorded
+    folder = recipe.absolute().parent
+    found = next((place / given for place in (folder, *folder.parents) if (place / given).exists()), None)
+    return recorded if found is None else str(found)
 
 
 @contextmanager

@@ -1,0 +1,114 @@
+"""load_recipe's build: the engine a recipe names, on this machine. What keeps it from being built
+here is said in a deployment's terms: the recipe's fields and `model_source=`, not optimize's
+`target=` and `model=` (a fix load_recipe cannot take), nor a backend's own traceback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from optimizer.backends.artifacts import artifacts_used, served_artifact
+from optimizer.errors import UserError
+from optimizer.recipe_checks import artifact_change
+from optimizer.space import exclusion_reason
+
+if TYPE_CHECKING:
+    from optimizer.backends.base import Engine
+    from optimizer.model import ModelSpec
+    from optimizer.recipe import Recipe
+    from optimizer.target import TargetSpec
+
+log = logging.getLogger("optimizer.recipe")  # the name load_recipe's warnings have always had
+_ELSEWHERE = "or run optimize here for a recipe of this machine"
+
+
+def build_here(
+    recipe: Recipe, model: ModelSpec, target: TargetSpec, cache: Path, request_tokens: int | None
+) -> Engine:
+    """`load_recipe` once the weights are the recorded ones: the engine, sized for serving."""
+    from optimizer.backends.registry import build_engine
+
+    with _cannot_run_here(recipe, target, model), artifacts_used() as used:
+        engine = build_engine(model, recipe.candidate, target, cache)
+    changed = artifact_change(recipe.data.get("artifact"), served_artifact(used))
+    if changed:
+        log.warning("%s: `optimize verify` re-measures it here", changed)
+    if request_tokens is None and recipe.workload.serving:  # as the measurement sized it
+        recorded = recipe.data["measurement"].get("longest_request_tokens")
+        request_tokens = recorded if isinstance(recorded, int) else recipe.workload.longest_request_tokens()
+    reserve = getattr(engine, "reserve", None)
+    if request_tokens is not None and reserve is not None and hasattr(engine, "submit"):
+        reserve(request_tokens)
+    return engine
+
+
+def target_here(recipe: Recipe) -> TargetSpec:
+    """This machine as the recipe's target kind; a GPU recipe where no GPU is usable names the
+    recipe's device (detect_target's own fix, `target=cpu`, is optimize's)."""
+    from optimizer.target import detect_target
+
+    try:
+        return detect_target(recipe.target)
+    except UserError as error:
+        if error.field != "target":
+            raise
+        gpu = recipe.data["target"].get("gpu")
+        name = str(gpu["name"]) if isinstance(gpu, dict) and gpu.get("name") else None
+        measured = f" (measured on {name})" if name else ""
+        raise UserError(
+            "recipe.target.kind",
+            f"is {recipe.target.kind}{measured}, but no CUDA GPU is usable here (NVML or torch.cuda)",
+            f"load it on a machine with {name or 'a CUDA GPU'}, {_ELSEWHERE}",
+        ) from None
+
+
+@contextmanager
+def model_errors_name(model_source: str | None) -> Iterator[None]:
+    """The weights' errors name `model_source=` when given, else the recipe's model.source; a fix
+    in optimize's syntax (`model=`) points at `model_source=`."""
+    try:
+        yield
+    except UserError as error:
+        if error.field != "model.source":
+            raise
+        fix = error.fix
+        if "model=" in fix:
+            fix = "pass model_source=<path>: the weights the recipe was measured on"
+        raise UserError(
+            "model_source" if model_source else "recipe.model.source", error.problem, fix
+        ) from None
+
+
+@contextmanager
+def _cannot_run_here(recipe: Recipe, target: TargetSpec, model: ModelSpec) -> Iterator[None]:
+    """A build that fails where the search's rules would have excluded the candidate (its package
+    missing, a GPU-only kernel on a CPU) says why, as verify does, instead of the backend's error.
+    Rules alone refuse nothing: a build they would exclude but that works is left to work."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        candidate = recipe.candidate
+        cannot = exclusion_reason(candidate, target, recipe.workload.serving, model.shape, model.format)
+        if cannot is None:
+            raise
+        raise UserError(
+            "recipe.settings",
+            f"this machine cannot run {candidate.label()}: {cannot}",
+            f"install the package it names, load it on a machine like the recipe's ({_recorded_device(recipe)}), "
+            + _ELSEWHERE,
+        ) from error
+
+
+def _recorded_device(recipe: Recipe) -> str:
+    """The GPU, or the CPU and its cores, the recipe was measured on."""
+    recorded = recipe.data["target"]
+    gpu = recorded.get("gpu")
+    if isinstance(gpu, dict) and gpu.get("name"):
+        return str(gpu["name"])
+    cores = recorded.get("cores")
+    return f"{recorded.get('cpu_model') or 'a CPU'}" + (f", {cores} cores" if cores else "")
