@@ -36,9 +36,13 @@ class TensorRTSpec:
     def footprint(self, settings: TensorRTSettings, num_layers: int) -> Footprint:
         # the engine's inputs and outputs (KV cache included) stay fp32; fp16/int8 are inside it.
         # int8: the QDQ model's embedding (a Gather) has no Q/DQ nodes, so it is not int8 but runs
-        # under the FP16 flag the int8 engine also sets (the engine itself is unmeasured)
+        # under the FP16 flag the int8 engine also sets (the engine itself is unmeasured). A tied
+        # lm_head is a second matrix: the ONNX it is built from holds lm_head's folded Transpose of
+        # the embedding as an initializer of its own (as ort-onnx's footprint says), int8 in the QDQ
         embedding = WEIGHT_BYTES["fp16"] if settings.precision == "int8" else None
-        return Footprint(WEIGHT_BYTES[settings.precision], 4.0, 4.0, embedding_bytes=embedding)
+        return Footprint(
+            WEIGHT_BYTES[settings.precision], 4.0, 4.0, embedding_bytes=embedding, tied_holds="both"
+        )
 
     def moved_bytes(self, settings: TensorRTSettings, num_layers: int) -> MovedBytes:
         """Weights at the engine's precision; the KV at no more than that either (its fp32 I/O
