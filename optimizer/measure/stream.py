@@ -39,6 +39,8 @@ def draw_length(lengths: LengthConfig, rng: random.Random) -> int:
     else:  # lognormal with the given mean and coefficient of variation
         sigma = math.sqrt(math.log1p(lengths.cv**2))
         value = rng.lognormvariate(math.log(lengths.mean) - sigma**2 / 2, sigma)
+        if sigma == 0:  # exp(log(mean)) falls just short of many means, which int() made mean - 1
+            value = float(lengths.mean)  # drawn all the same: the next draws stay as they were
     return int(min(max(value, lengths.min), lengths.max))
 
 
@@ -274,7 +276,11 @@ def _count(item: dict[str, Any], key: str, where: str) -> int:
 
 def _prompt(item: dict[str, Any], where: str, tokenizer: Any, text: TextTokens) -> tuple[int, ...]:
     if isinstance(item.get("prompt"), str):
-        ids = text.start_ids + tuple(tokenizer(item["prompt"], add_special_tokens=False)["input_ids"])
+        body = tuple(tokenizer(item["prompt"], add_special_tokens=False)["input_ids"])
+        # a prompt rendered by a chat template may start with the BOS text itself (Llama 2's
+        # "<s>[INST]"), which the tokenizer reads as the start: a second one would precede it
+        start = () if body[: len(text.start_ids)] == text.start_ids else text.start_ids
+        ids = start + body
         if not ids:  # an engine cannot start a request from no token: found here, not mid-run
             raise UserError(f"{where}: prompt", "is empty (no tokens)", "give a prompt with some text")
         return ids
