@@ -112,8 +112,8 @@ class LengthConfig:
             f"needs 1 <= min <= max, got min {self.min}, max {self.max}",
             "e.g. min: 16, max: 512",
         )
-        require(
-            self.min <= self.mean <= self.max,
+        require(  # uniform draws from min..max alone: its (default) mean must not refuse them
+            self.kind == "uniform" or self.min <= self.mean <= self.max,
             f"{field_name}.mean",
             f"{self.mean} is outside [min {self.min}, max {self.max}]",
             "put the mean inside min..max",
