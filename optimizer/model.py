@@ -12,7 +12,6 @@ import importlib.util
 import json
 import logging
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,10 @@ from optimizer.model_files import (
     ModelShape,
     check_gguf,
     check_not_lfs_pointer,
+    count_parameters,
     file_sha256,
     gguf_shape,
+    gguf_splits,
     transformers_names,
 )
 from optimizer.processes import remove_stale_temps, temp_path
@@ -129,9 +130,17 @@ def _packaged_gguf(alias: str) -> tuple[Path, str]:
 def _from_gguf(
     gguf: Path, source: str, name: str, cfg: ModelConfig, cache_dir: Path, convert: bool = True
 ) -> ModelSpec:
-    digest = file_sha256(gguf, cache_dir)
+    splits = gguf_splits(gguf)
+    if convert and len(splits) > 1:  # transformers reads the first file alone: the rest left random
+        raise UserError(
+            "model.source",
+            f"{gguf} is the first of {len(splits)} files of a split GGUF, which transformers cannot load",
+            f"merge them (llama-gguf-split --merge {gguf} merged.gguf) and point model= at the merged file, "
+            "or search it with llama.cpp as shipped: space=cpu-llamacpp quality.reference=gguf",
+        )
+    digest = _files_sha256(splits, cache_dir)  # a whole file: its own sha256
     if not convert:  # the file even when a conversion is cached: one model identity either way
-        reader = check_gguf(gguf)
+        reader, *rest = (check_gguf(split, len(splits) > 1) for split in splits)
         return ModelSpec(
             name=name,
             source=source,
@@ -140,7 +149,7 @@ def _from_gguf(
             weight_sha256=digest,
             trust_remote_code=cfg.trust_remote_code,
             revision=cfg.revision,
-            shape=gguf_shape(gguf, reader),
+            shape=gguf_shape(gguf, reader, *rest),
         )
     converted = cache_dir / "models" / f"gguf-{digest[:16]}"
     if not (converted / "config.json").is_file():
@@ -276,7 +285,7 @@ def read_shape(path: Path) -> ModelShape:
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         vocab_size=vocab,
-        num_parameters=_count_parameters(path),
+        num_parameters=count_parameters(path),
         context_length=context if isinstance(context, int) else None,
         checkpoint_precision=CHECKPOINT_PRECISIONS.get(dtype) if isinstance(dtype, str) else None,
         tied_embeddings=tied is not False,
@@ -301,76 +310,6 @@ def _has_tensor_parallel_plan(*configs: dict[str, Any]) -> bool:
         if plan:
             return True
     return False
-
-
-def _weight_files(path: Path) -> list[Path]:
-    """The safetensors files transformers loads: the index's shards, else model.safetensors, else
-    every one but a `consolidated` copy (repositories that ship both would count twice)."""
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(
-                "model.source", f"{index} cannot be read ({exc})", "re-save the model with save_pretrained"
-            ) from None
-        return [path / shard for shard in shards]
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
-    return sorted(f for f in path.glob("*.safetensors") if not f.name.startswith("consolidated"))
-
-
-def _count_bin_parameters(path: Path) -> int:
-    """Parameters of PyTorch .bin checkpoints, read onto the meta device (no weights in memory)."""
-    import torch
-
-    total = 0
-    for file in sorted(path.glob("pytorch_model*.bin")):  # not training_args.bin and the like
-        try:
-            try:
-                state = torch.load(file, map_location="meta", weights_only=True, mmap=True)
-            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-                state = torch.load(file, map_location="meta", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user error
-            raise UserError(
-                "model.source", f"{file} is not a readable PyTorch checkpoint ({exc})", "re-save the model"
-            ) from None
-        total += sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
-    return total
-
-
-def _safetensors_header(file: Path) -> Any:
-    """The JSON header of a safetensors file. Its length is checked against the file's size before
-    reading: the first 8 bytes of another kind of file can ask for exabytes."""
-    size = file.stat().st_size
-    with file.open("rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        if header_len > size - 8:
-            raise ValueError(f"it announces a {header_len} bytes header, the file has {size} bytes")
-        return json.loads(handle.read(header_len))
-
-
-def _count_parameters(path: Path) -> int:
-    files = _weight_files(path)
-    if not files:  # a .bin-only directory
-        return _count_bin_parameters(path)
-    total = 0
-    for file in files:
-        try:
-            header = _safetensors_header(file)
-            shapes = [meta["shape"] for key, meta in header.items() if key != "__metadata__"]
-        except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(
-                "model.source",
-                f"{file} is not a safetensors file (its header cannot be read: {exc})",
-                "re-save the model with save_pretrained (an interrupted copy leaves such files)",
-            ) from None
-        for shape in shapes:
-            count = 1
-            for dim in shape:
-                count *= dim
-            total += count
-    return total
 
 
 def _looks_like_hub_id(source: str) -> bool:

@@ -1,10 +1,12 @@
-"""What a model's files say by themselves: their sha256, whether they are whole, and a GGUF's
-shape. Nothing here converts or loads a model (model.py does)."""
+"""What a model's files say by themselves: their sha256, whether they are whole, their parameter
+count and a GGUF's shape. Nothing here converts or loads a model (model.py does)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,17 @@ if TYPE_CHECKING:
 
 # How a Git LFS pointer file begins: what a clone without git-lfs holds instead of the weights
 LFS_POINTER = b"version https://git-lfs"
+# llama.cpp's names for the files of a split GGUF (gguf-split, convert_hf_to_gguf --split-max-size)
+SPLIT_GGUF = re.compile(r"(.+)-(\d{5})-of-(\d{5})\.gguf")
+# The files a tokenizer's vocabulary is saved in (fast, sentencepiece, BPE, WordPiece)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 @dataclass(frozen=True)
@@ -91,9 +104,11 @@ def _derived_kv_heads(section: dict[str, Any], model_type: str, config_class: An
     return attn.get("kv_n_heads") if model_type == "dbrx" and isinstance(attn, dict) else None
 
 
-def gguf_shape(path: Path, reader: GGUFReader) -> ModelShape:
+def gguf_shape(path: Path, reader: GGUFReader, *rest: GGUFReader) -> ModelShape:
     """Shape facts from a GGUF file's metadata (llama.cpp's keys, under its architecture's name),
-    read by the reader `check_gguf` returned for it."""
+    read by the reader `check_gguf` returned for it; a split GGUF's tensors from all its files
+    (`rest`: the readers of the splits after the first, which holds the metadata)."""
+    tensors = [t for r in (reader, *rest) for t in r.tensors]
 
     def value(key: str) -> Any:
         field = reader.fields.get(key)
@@ -114,10 +129,10 @@ def gguf_shape(path: Path, reader: GGUFReader) -> ModelShape:
             num_kv_heads=int(kv_heads) if kv_heads else heads,
             head_dim=int(head_dim) if head_dim else hidden // heads,
             vocab_size=int(vocab),
-            num_parameters=sum(int(t.n_elements) for t in reader.tensors),
+            num_parameters=sum(int(t.n_elements) for t in tensors),
             context_length=int(context) if context else None,
             # llama.cpp writes an output tensor only when the model has its own lm_head
-            tied_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
+            tied_embeddings=not any(t.name == "output.weight" for t in tensors),
         )
     except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise UserError(
@@ -127,10 +142,11 @@ def gguf_shape(path: Path, reader: GGUFReader) -> ModelShape:
         ) from None
 
 
-def check_gguf(path: Path) -> GGUFReader:
+def check_gguf(path: Path, split: bool = False) -> GGUFReader:
     """Raise a UserError naming model.source unless `path` is a whole GGUF file: not empty, with a
     readable header, and long enough for every tensor it lists (a cut-off download is not). The
-    reader that parsed it is returned for what else the file says (`gguf_shape`)."""
+    reader that parsed it is returned for what else the file says (`gguf_shape`). One `split` of
+    a split GGUF may hold no tensors (llama.cpp can write the metadata alone in the first)."""
     from gguf import GGUFReader
 
     fix = "download the file again, or point model= at another .gguf file or a model directory"
@@ -144,9 +160,9 @@ def check_gguf(path: Path) -> GGUFReader:
     except Exception as exc:  # any failure to parse: a truncated or foreign file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError("model.source", f"{path} is truncated or not a GGUF file ({reason})", fix) from None
-    if not tensors:
+    if not tensors and not split:
         raise UserError("model.source", f"{path} holds no tensors", fix)
-    needed = max(t.data_offset + t.n_bytes for t in tensors)
+    needed = max((t.data_offset + t.n_bytes for t in tensors), default=0)
     if needed > size:
         raise UserError(
             "model.source",
@@ -156,8 +172,58 @@ def check_gguf(path: Path) -> GGUFReader:
     return reader
 
 
-def check_not_lfs_pointer(path: Path) -> None:
-    """Raise a UserError naming model.source when `path` is a Git LFS pointer, not weights."""
+def gguf_splits(path: Path) -> list[Path]:
+    """The files of the GGUF model at `path`: itself, or every file of a split one named by
+    llama.cpp's convention (llama.cpp loads the others from the first's name; each holds part of
+    the weights, so the model's hash and parameter count cover them all)."""
+    match = SPLIT_GGUF.fullmatch(path.name)
+    if match is None or int(match[3]) < 2:
+        return [path]
+    prefix, number, count = match[1], int(match[2]), int(match[3])
+    files = [path.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    if number != 1:
+        raise UserError(
+            "model.source",
+            f"{path} is file {number} of a GGUF split in {count}",
+            f"point model= at its first file, {files[0]}, which llama.cpp loads the others from",
+        )
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise UserError(
+            "model.source",
+            f"{path} is the first of {count} files of a split GGUF; {', '.join(missing)} missing beside it",
+            "download every file of the split into the same folder",
+        )
+    return files
+
+
+def check_tokenizer(path: Path) -> None:
+    """Raise a UserError naming model.source unless the model directory holds a tokenizer, for
+    what loads one from it (a measurement): without one transformers fails with an error about
+    sentencepiece, a Git LFS pointer in its place on JSON. Not in resolve_model: a recipe's engine
+    can be built and served token ids from weights alone."""
+    found = [path / n for n in TOKENIZER_FILES if (path / n).is_file()] + sorted(path.glob("*.tiktoken"))
+    for file in found:
+        check_not_lfs_pointer(file, "the tokenizer")
+    if found or _remote_tokenizer(path):
+        return
+    raise UserError(
+        "model.source",
+        f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)} or a .tiktoken file)",
+        "save the model's tokenizer into it: AutoTokenizer.from_pretrained(ORIGIN).save_pretrained(DIR)",
+    )
+
+
+def _remote_tokenizer(path: Path) -> bool:
+    """Whether tokenizer_config.json names its own code (auto_map): which files it reads is its own."""
+    try:
+        return "auto_map" in json.loads((path / "tokenizer_config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_not_lfs_pointer(path: Path, what: str = "the weights") -> None:
+    """Raise a UserError naming model.source when `path` is a Git LFS pointer, not `what`."""
     try:
         with path.open("rb") as handle:
             start = handle.read(len(LFS_POINTER))
@@ -166,7 +232,7 @@ def check_not_lfs_pointer(path: Path) -> None:
     if start == LFS_POINTER:
         raise UserError(
             "model.source",
-            f"{path} is a Git LFS pointer, not the weights (the repository was cloned without git-lfs)",
+            f"{path} is a Git LFS pointer, not {what} (the repository was cloned without git-lfs)",
             "run `git lfs pull` in the model's repository (install git-lfs first), then run again",
         )
 
@@ -200,3 +266,77 @@ def model_files_sha256(model_dir: Path, names: Sequence[str]) -> dict[str, str |
     """sha256 of the named files of a model directory (None: absent): what a builder reads beside
     the weights. Two checkpoints with the same weights and another config must not share a build."""
     return {name: file_sha256(f) if (f := model_dir / name).is_file() else None for name in names}
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The safetensors files transformers loads: model.safetensors, else the index's shards, else
+    every one but a `consolidated` copy (repositories that ship both would count twice). In
+    transformers' order: save_pretrained re-saving a sharded model whole removes the old shards, not
+    their index."""
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(
+                "model.source", f"{index} cannot be read ({exc})", "re-save the model with save_pretrained"
+            ) from None
+        return [path / shard for shard in shards]
+    return sorted(f for f in path.glob("*.safetensors") if not f.name.startswith("consolidated"))
+
+
+def _count_bin_parameters(path: Path) -> int:
+    """Parameters of PyTorch .bin checkpoints, read onto the meta device (no weights in memory)."""
+    import torch
+
+    total = 0
+    for file in sorted(path.glob("pytorch_model*.bin")):  # not training_args.bin and the like
+        try:
+            try:
+                state = torch.load(file, map_location="meta", weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                state = torch.load(file, map_location="meta", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user error
+            raise UserError(
+                "model.source", f"{file} is not a readable PyTorch checkpoint ({exc})", "re-save the model"
+            ) from None
+        total += sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+    return total
+
+
+def _safetensors_header(file: Path) -> Any:
+    """The JSON header of a safetensors file. Its length is checked against the file's size before
+    reading: the first 8 bytes of another kind of file can ask for exabytes."""
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        if header_len > size - 8:
+            raise ValueError(f"it announces a {header_len} bytes header, the file has {size} bytes")
+        return json.loads(handle.read(header_len))
+
+
+def count_parameters(path: Path) -> int:
+    """Parameters of the checkpoint transformers loads from a model directory, read from the
+    safetensors headers (or a .bin checkpoint on the meta device): no weights in memory."""
+    files = _weight_files(path)
+    if not files:  # a .bin-only directory
+        return _count_bin_parameters(path)
+    total = 0
+    for file in files:
+        try:
+            header = _safetensors_header(file)
+            shapes = [meta["shape"] for key, meta in header.items() if key != "__metadata__"]
+        except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(
+                "model.source",
+                f"{file} is not a safetensors file (its header cannot be read: {exc})",
+                "re-save the model with save_pretrained (an interrupted copy leaves such files)",
+            ) from None
+        for shape in shapes:
+            count = 1
+            for dim in shape:
+                count *= dim
+            total += count
+    return total

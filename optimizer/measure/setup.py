@@ -113,8 +113,11 @@ def _tokenizer(model: ModelSpec) -> Any:
     """The model's tokenizer: from its Hugging Face directory, or from a GGUF file's own metadata."""
     from transformers import AutoTokenizer
 
+    from optimizer.model_files import check_tokenizer
+
     if model.path.is_file():  # a GGUF left as it is
         return AutoTokenizer.from_pretrained(str(model.path.parent), gguf_file=model.path.name)
+    check_tokenizer(model.path)  # transformers' own error for none is about sentencepiece
     return AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=model.trust_remote_code)
 
 

@@ -187,6 +187,10 @@ def calibration_windows(
     asked for the calibration, which a UserError names."""
     from transformers import AutoTokenizer
 
+    from optimizer.model_files import check_tokenizer
+
     text = load_text(CALIBRATION_TEXT, field)  # before the tokenizer: its error is the cheap one
+    if Path(model_path).is_dir():
+        check_tokenizer(Path(model_path))
     tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
     return token_windows(tokenizer, text.workload, length, count, field, sequence_start(tokenizer))
