@@ -159,6 +159,9 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
     valid, excluded = enumerate_candidates(
         cfg.space, setup.target, cfg.workload.serving, setup.model.shape, setup.model.format
     )
+    baseline = baseline_candidate(
+        cfg.space, setup.target, cfg.quality.reference, setup.model.shape.checkpoint_precision
+    )
     fits: list[Candidate] = []
     pruned: list[tuple[Candidate, str]] = []
     # a stream's own longest request (a trace's is not bounded by the workload's length fields)
@@ -169,6 +172,8 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
             pruned.append((candidate, reason))
         else:
             fits.append(candidate)
+    if fits:  # a search runs (else the pruned say why not): it measures the baseline whatever the budget
+        pruned = _measured_baseline(pruned, baseline)
     context = context_key(
         {
             "model": setup.model.weight_sha256,
@@ -179,14 +184,27 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
             ),
         }
     )
-    baseline = baseline_candidate(
-        cfg.space, setup.target, cfg.quality.reference, setup.model.shape.checkpoint_precision
-    )
     reference = reference_candidate(cfg.quality.reference, setup.target)
     _check_reference_runs(reference, cfg, setup)
     _check_reference_fits(reference, cfg, setup)
     _warn_of_a_rounded_reference(cfg, setup)
     return SearchPlan(fits, pruned, excluded, baseline, context, quality_context(cfg, setup))
+
+
+def _measured_baseline(
+    pruned: list[tuple[Candidate, str]], baseline: Candidate
+) -> list[tuple[Candidate, str]]:
+    """The pruned without the baseline: it is measured whatever the budget (the ratios need it),
+    so it is never pruned. Over the budget it is no choice to deploy either: left out of the
+    space's candidates, it is measured for the ratios only, as a baseline outside the space."""
+    for candidate, reason in pruned:
+        if candidate == baseline:
+            log.warning(
+                "the baseline %s %s: measured for the ratios only, it cannot be selected (space.baseline)",
+                baseline.label(),
+                reason,
+            )
+    return [(c, why) for c, why in pruned if c != baseline]
 
 
 def _check_reference_runs(reference: Candidate, cfg: RunConfig, setup: MeasurementSetup) -> None:

@@ -18,7 +18,7 @@ from optimizer.backends.base import Footprint
 from optimizer.backends.registry import spec_for
 from optimizer.config import WorkloadConfig
 from optimizer.model import ModelShape
-from optimizer.space import Candidate
+from optimizer.space import Candidate, exclusion_reason
 from optimizer.target import GIB, TargetSpec, physical_memory_bytes
 
 RUNTIME_OVERHEAD_BYTES = GIB // 2  # allocator slack, CUDA context, framework buffers
@@ -99,14 +99,17 @@ def unlocking_degree(
     longest: int | None = None,
 ) -> int | None:
     """The smallest tensor-parallel degree above the candidate's that fits this batch in the
-    per-device budget (GPU targets: each rank has its own device), or None."""
+    per-device budget (GPU targets: each rank has its own device) and that the rules let this
+    candidate shard to, or None."""
     if not target.is_cuda:
         return None  # on one host memory, sharding saves no bytes
     free = target.device_count - (target.gpu.index if target.gpu else 0)
     for degree in range(candidate.tensor_parallel + 1, free // candidate.replicas + 1):
-        if shape.num_attention_heads % degree or shape.num_kv_heads % degree:
-            continue
         sharded = replace(candidate, tensor_parallel=degree)
+        # a degree the rules exclude (quantized, compiled, loop=slots, not torch, heads it does not
+        # divide) is no way out: the hint would lead to an excluded candidate
+        if exclusion_reason(sharded, target, workload.serving, shape) is not None:
+            continue
         if estimate_memory_bytes(sharded, shape, workload, longest) <= target.memory_bytes * USABLE_FRACTION:
             return degree
     return None
