@@ -35,8 +35,9 @@ from optimizer.model_files import model_files_sha256
 
 log = logging.getLogger(__name__)
 
-# bump when the wrapper or its inputs/outputs change; 2: the model's own (post-processed) logits
-EXPORT_FORMAT = 2
+# bump when the wrapper or its inputs/outputs change; 2: the model's own (post-processed) logits;
+# 3: sliding-window layers keep their whole past (the cropped one decoded wrong past the window)
+EXPORT_FORMAT = 3
 MODEL_FILE = "model.onnx"
 MAX_DIM = 1 << 16  # upper bound of the dynamic dimensions: batch, sequence, past sequence
 INPUT_IDS, LOGITS_POSITIONS, LOGITS, NEXT_TOKEN = "input_ids", "logits_positions", "logits", "next_token"
@@ -197,7 +198,6 @@ class FlatCacheDecoder(torch.nn.Module):
     def __init__(self, hf_model: Any) -> None:
         super().__init__()
         self.model = hf_model
-        self.config = hf_model.config
         self.cache_argument = cache_argument(hf_model)
         self.keeps_logits = "logits_to_keep" in inspect.signature(hf_model.forward).parameters
 
@@ -205,7 +205,10 @@ class FlatCacheDecoder(torch.nn.Module):
         from transformers import DynamicCache
 
         pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
-        cache = DynamicCache(ddp_cache_data=pairs, config=self.config)
+        # Full layers, not the config's sliding ones: those crop the present to the window, and a
+        # cropped past fed back loses the count of tokens before it (RoPE positions and the mask
+        # shift). The model's sliding mask still keeps attention inside the window.
+        cache = DynamicCache(ddp_cache_data=pairs)
         kwargs = {self.cache_argument: cache}
         if self.keeps_logits:
             kwargs["logits_to_keep"] = logits_positions
