@@ -228,11 +228,13 @@ def roofline_bound(
         weight_bytes + batch * prompt * kv_token_bytes,
         2 * body * batch + 4 * attention_width * prompt * batch,
     )
-    # all decode steps: contexts prompt .. prompt + new - 1 tokens
-    context_sum = new * prompt + new * (new - 1) / 2
+    # the prefill yields the first token: new - 1 decode steps, over contexts prompt + 1 ..
+    # prompt + new - 1 (charging `new` steps made the bound lower than the work, which may prune)
+    steps = max(new - 1, 0)
+    context_sum = steps * prompt + steps * (steps + 1) / 2
     decode = seconds(
-        new * weight_bytes + batch * context_sum * kv_token_bytes,
-        2 * body * batch * new + 4 * attention_width * context_sum * batch,
+        steps * weight_bytes + batch * context_sum * kv_token_bytes,
+        2 * body * batch * steps + 4 * attention_width * context_sum * batch,
     )
     tokens_per_joule = _per_joule(batch * new, prefill + decode, rates.floor_watts * ranks)
     return RooflineBound(tokens_per_joule=tokens_per_joule, prefill_seconds=prefill, step_seconds=first_step)

@@ -31,7 +31,8 @@ def test_the_bound_by_hand(make_candidate) -> None:
     # fp32 body weights 4 MB per forward at 1 GB/s; KV 2 layers x 2 heads x 16 x 4 B x (K, V) = 512 B/token
     assert bound.prefill_seconds == pytest.approx(4e-3)
     assert bound.step_seconds == pytest.approx((4e6 + 4 * 512) / 1e9)
-    decode = (2 * 4e6 + (2 * 4 + 1) * 512) / 1e9  # two steps over contexts of 4 and 5 tokens
+    # the prefill yields the first token; one decode step yields the second, over 5 tokens
+    decode = (1 * 4e6 + 5 * 512) / 1e9
     assert bound.tokens_per_joule == pytest.approx(2 / (10.0 * (4e-3 + decode)))
 
 
