@@ -88,10 +88,11 @@ def median_probe(results: Sequence[CandidateResult]) -> float | None:
 
 
 def flags_section(
-    results: Sequence[CandidateResult], finalist_rounds: Sequence[CandidateResult] = ()
+    results: Sequence[CandidateResult], finalist_rounds: Sequence[CandidateResult] = (), mark: str = ""
 ) -> list[str]:
     """Per measured candidate, then per finalist round (a result each, in round order per
-    candidate): its windows' GPU temperature and clock (NVML) and their flags."""
+    candidate): its windows' GPU temperature and clock (NVML) and their flags. `mark` leads the
+    caption (the report's ESTIMATE label: a screened-out window's flag quotes its tokens/J)."""
     measured = [
         r for r in [*results, *finalist_rounds] if r.performance is not None and r.performance.windows
     ]
@@ -120,7 +121,7 @@ def flags_section(
         return [*lines, f"No energy window of the {candidates} measured candidates{also} was flagged.", ""]
     return [
         *lines,
-        "What the energy windows flagged (short NVML windows, counter vs polled power, heat, clock "
+        f"{mark}What the energy windows flagged (short NVML windows, counter vs polled power, heat, clock "
         "changes, a window at or below the idle baseline, a growing queue, CPU time a VM's "
         "hypervisor or other processes took, and a window measured again after such a one "
         "(workload.disturbed_retries), cores slower than usual in the run by a CPU probe timed "

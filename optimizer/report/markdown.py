@@ -144,8 +144,8 @@ def write_report(
         lines += [f"{mark}Pareto front (goodput tokens/J up, KL down):", ""]
         lines += [f"- {remeasured_label(r)}: {sig3(r.objective)} tok/J, KL {_kl(r)}" for r in front]
         lines.append("")
-    lines += _candidates_table(outcome.results, mark)
-    lines += flags_section(outcome.results, finalist_rounds)
+    lines += _candidates_table(outcome.results, mark, outcome.baseline_in_space)
+    lines += flags_section(outcome.results, finalist_rounds, mark)
     if excluded:
         lines += ["## Excluded by rules", ""]
         for reason, count in Counter(reason for _, reason in excluded).most_common():
@@ -253,7 +253,7 @@ def _search_section(
         f"- sampler {sampler}, {search.workers} worker(s) ({cfg.launcher.kind}), budget "
         f"{search.budget_minutes:g} min"
         + (f" / {search.max_candidates} candidates" if search.max_candidates else ""),
-        f"- measured {counts[MEASURED]} (feasible {feasible}), rejected by the quality bound {counts[REJECTED]}, "
+        f"- measured {counts[MEASURED]} (feasible {feasible}{_outside(outcome)}), rejected by the quality bound {counts[REJECTED]}, "
         f"failed {counts[FAILED]}, pruned {counts[PRUNED]}, excluded by rules {len(excluded)}, "
         f"not reached (budget, search.max_candidates or search.patience) {len(outcome.not_reached)}",
         f"- {reused} results reused from the store; {outcome.measuring_seconds:.0f} s spent evaluating"
@@ -279,12 +279,25 @@ def _search_section(
     return lines + [""]
 
 
+def _outside(outcome: SearchOutcome) -> str:
+    """A baseline outside the space counts as measured (and feasible) but is never selected: say so,
+    or "Nothing feasible" reads beside "feasible 1"."""
+    if outcome.baseline_in_space or outcome.baseline.status != MEASURED:
+        return ""
+    return f"; counting the baseline: {OUTSIDE_SPACE}"
+
+
+OUTSIDE_SPACE = "outside the space, measured for the ratios only, not selectable"
+
+
 def _reason_kind(reason: str | None) -> str:
     """`roofline` or `memory`: what a pruning reason is about."""
     return "roofline" if reason and reason.startswith("roofline") else "memory"
 
 
-def _candidates_table(results: Sequence[CandidateResult], estimate_mark: str = "") -> list[str]:
+def _candidates_table(
+    results: Sequence[CandidateResult], estimate_mark: str = "", baseline_in_space: bool = True
+) -> list[str]:
     lines = [
         "## All candidates",
         "",
@@ -298,7 +311,8 @@ def _candidates_table(results: Sequence[CandidateResult], estimate_mark: str = "
         status = "feasible" if r.feasible else r.status
         note = r.reason or ("; ".join(p.slo_violations) if p else "")
         if r.role == "baseline":
-            note = ("baseline. " + note).strip()
+            baseline = "baseline." if baseline_in_space else f"baseline ({OUTSIDE_SPACE})."
+            note = f"{baseline} {note}".strip()
         perf = (
             f"{p.tokens_per_second.mean:.1f} | {sig3(p.tokens_per_joule.mean)} | {_spread(p.goodput_tokens_per_joule, len(p.windows))} "
             f"| {p.latency.tpot_ms['p90']:.0f} | {p.latency.ttft_ms['p90']:.0f}"

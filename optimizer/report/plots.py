@@ -82,11 +82,15 @@ def pareto_figure(
             zorder=2,
         )
     if front:
+        # ringed points: a front of one point is no line, and a bare dashed line would draw nothing
         ax.plot(
             [_kl(r) for r in front],
             [r.objective for r in front],
             "--",
             color="tab:green",
+            marker="o",
+            markersize=12,
+            markerfacecolor="none",
             label="Pareto front",
         )
     if baseline.performance is not None and _drawable([baseline]):
@@ -114,8 +118,10 @@ def pareto_figure(
     ax.axvline(max_kl, color="tab:red", linestyle=":", label=f"quality.max_kl = {max_kl:g}")
     ax.set_xscale("symlog", linthresh=KL_LINEAR_BELOW)
     # KL is never negative: start just left of 0, inside the linear part, so that points at 0
-    # show whole and no negative tick appears
-    ax.set_xlim(left=-KL_LINEAR_BELOW / 2)
+    # show whole and no negative tick appears; end a decade past the linear part at least, else
+    # KLs of ~1e-7 with quality.max_kl=0 sat on the right edge beside a -5e-05 tick
+    right = max(ax.get_xlim()[1], 10 * KL_LINEAR_BELOW)
+    ax.set_xlim(-KL_LINEAR_BELOW / 2, right)
     ax.set_xlabel("quality loss: mean KL(reference || candidate), nats")
     unit = "tokens/J (ESTIMATE)" if energy_source == "estimate" else f"tokens/J ({energy_source})"
     ax.set_ylabel(f"goodput {unit}")

@@ -29,7 +29,7 @@ def workload_line(workload: WorkloadConfig, stream: RequestStream | None) -> str
         f"- workload (serving): request stream `{stream.source if stream else None}`, "
         f"selected at {rate:g} req/s{curve}; "
         f"each run offers the whole stream, its energy window spans the arrivals from request "
-        f"{workload.warmup_requests + 1} to the {workload.drain_requests + 1}th from last; "
+        f"{workload.warmup_requests + 1} to {_from_last(workload.drain_requests + 1)}; "
         f"{workload.repeats} run(s); TTFT counts from each request's arrival (queueing included)"
     )
 
@@ -150,6 +150,14 @@ def plot_load(path: Path, served: Sequence[CandidateResult], estimated: bool = F
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _from_last(place: int) -> str:
+    """`the 3rd from last` (a fixed "th" read "the 3th"), `the last` for 1."""
+    if place == 1:
+        return "the last"
+    suffix = "th" if place % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(place % 10, "th")
+    return f"the {place}{suffix} from last"
 
 
 def _number(value: float | None) -> str:
