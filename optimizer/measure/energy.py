@@ -19,8 +19,9 @@ from typing import Any, Protocol, TypeVar
 
 from optimizer.config import TargetConfig
 from optimizer.errors import UserError
+from optimizer.host_cpu import read_or_empty
 from optimizer.measure.cpu_time import cpu_times, own_cpu_seconds, shared_cpu_warnings, wait_for_quiet_cpu
-from optimizer.measure.nvml_device import nvml_handle, torch_cuda_uuid
+from optimizer.measure.nvml_device import boards_power_mw, integrate_power, nvml_handle, torch_cuda_uuid
 from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 POWERCAP = Path("/sys/class/powercap")
 NVML_UPDATE_SECONDS = 0.1  # the counter advances about every 100 ms
 NVML_MIN_PERIODS = 20  # windows shorter than 20 counter periods are flagged
+NVML_STUCK_SECONDS = 1.0  # ten periods unchanged while the board draws power: it is not counting
+# RAPL counters wrap at max_energy_range_uj: AMD's 32 bits of 15.3 uJ (65.7 kJ) every 219 s at 300 W,
+# so a longer window is read in steps; 10 s steps stay within one wrap up to 6.5 kW a package.
+RAPL_POLL_SECONDS = 10.0
 Attempt = TypeVar("Attempt")
 
 
@@ -137,10 +142,11 @@ class RaplMeter:
 
     source = "rapl"
 
-    def __init__(self, domains: list[Path]) -> None:
+    def __init__(self, domains: list[Path], poll_seconds: float = RAPL_POLL_SECONDS) -> None:
         self.domains = domains
         self.idle_watts = 0.0
         self.ranges = [int((d / "max_energy_range_uj").read_text()) for d in domains]
+        self.poll_seconds = poll_seconds
 
     @staticmethod
     def package_domains() -> list[Path]:
@@ -153,7 +159,7 @@ class RaplMeter:
         for domain in sorted(POWERCAP.glob("intel-rapl:*")):
             if domain.name.count(":") != 1:  # sub-domains (core, uncore, dram) are inside packages
                 continue
-            if _zone_name(domain) == "psys":
+            if read_or_empty(domain / "name").strip() == "psys":
                 continue
             try:
                 int((domain / "energy_uj").read_text())
@@ -168,21 +174,31 @@ class RaplMeter:
     @contextmanager
     def window(self) -> Iterator[Measurement]:
         measurement = Measurement(source=self.source, idle_watts=self.idle_watts)
-        start, wall0, times0, cpu0 = self._read(), time.perf_counter(), cpu_times(), own_cpu_seconds()
-        yield measurement
-        end, wall = self._read(), time.perf_counter() - wall0
-        micro = sum((e - s) % r for s, e, r in zip(start, end, self.ranges, strict=True))  # counters wrap
-        measurement.seconds = wall
+        last, micro, stop = self._read(), 0, threading.Event()
+
+        def advance() -> None:  # counters wrap: read within one wrap, each step is below a range
+            nonlocal last, micro
+            now = self._read()
+            micro += sum((e - s) % r for s, e, r in zip(last, now, self.ranges, strict=True))
+            last = now
+
+        def poll() -> None:
+            while not stop.wait(self.poll_seconds):
+                advance()
+
+        wall0, times0, cpu0 = time.perf_counter(), cpu_times(), own_cpu_seconds()
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        try:
+            yield measurement
+        finally:
+            stop.set()
+            poller.join()
+        advance()
+        measurement.seconds = time.perf_counter() - wall0
         measurement.joules = micro / 1e6
         times, cpu = cpu_times(), own_cpu_seconds() - cpu0
         _flag_shared_cpu(measurement, shared_cpu_warnings(times0, times, cpu, package_energy=True))
-
-
-def _zone_name(domain: Path) -> str | None:
-    try:
-        return (domain / "name").read_text().strip()
-    except OSError:
-        return None
 
 
 class NvmlMeter:
@@ -250,21 +266,20 @@ class NvmlMeter:
         return sum(int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h)) for h in self.handles)
 
     def _power_watts(self) -> float:
-        """Instantaneous power where NVML has the field; nvmlDeviceGetPowerUsage is a 1 s average
-        on recent GPUs and lags a window's start (read 18% low over 2.5 s on an H200)."""
-        return sum(self._instant_mw(h) for h in self.handles) / 1000.0
+        milliwatts, self._instant_ok = boards_power_mw(self._nvml, self.handles, self._instant_ok)
+        return milliwatts / 1000.0
 
-    def _instant_mw(self, handle: Any) -> int:
-        field = getattr(self._nvml, "NVML_FI_DEV_POWER_INSTANT", None)
-        if field is not None and self._instant_ok:
-            try:
-                value = self._nvml.nvmlDeviceGetFieldValues(handle, [field])[0]
-                if value.nvmlReturn == 0:
-                    return int(value.value.uiVal)
-            except self._nvml.NVMLError:
-                pass
-            self._instant_ok = False
-        return int(self._nvml.nvmlDeviceGetPowerUsage(handle))
+    def _drop_counter(self, measurement: Measurement, advanced_mj: int) -> None:
+        """A counter that did not advance (or went back: a driver reload) while the board drew power
+        would read <= 0 J in every window: polled power from now on (the idle window finds it first)."""
+        self.has_counter = False
+        self.source = measurement.source = "nvml-power-poll"
+        measurement.joules = measurement.polled_joules or 0.0
+        measurement.warnings.append(
+            f"the NVML energy counter advanced {advanced_mj} mJ in {measurement.seconds:.1f} s at "
+            f"{measurement.watts:.0f} W polled: integrating polled power instead (nvml-power-poll)"
+        )
+        log.warning("%s", measurement.warnings[-1])
 
     def _sync(self) -> None:
         torch = sys.modules.get("torch")
@@ -308,10 +323,12 @@ class NvmlMeter:
         samples.append((t1, self._power_watts()))
         measurement.seconds = t1 - t0
         measurement.polled_joules = integrate_power(samples, t0, t1)
-        if self.has_counter:
-            measurement.joules = (end_mj - start_mj) / 1000.0
-        else:
-            measurement.joules = measurement.polled_joules or 0.0
+        measurement.joules = (
+            (end_mj - start_mj) / 1000.0 if self.has_counter else measurement.polled_joules or 0.0
+        )
+        stuck = measurement.seconds >= NVML_STUCK_SECONDS and end_mj <= start_mj
+        if self.has_counter and stuck and measurement.polled_joules:
+            self._drop_counter(measurement, end_mj - start_mj)
         handle = self.handles[0]
         nvml = self._nvml
         measurement.temperature_c = float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
@@ -320,17 +337,6 @@ class NvmlMeter:
             measurement.warnings.append(
                 f"window {measurement.seconds:.2f} s < {NVML_MIN_PERIODS} NVML counter periods: error may be tens of %"
             )
-
-
-def integrate_power(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
-    """Trapezoid integral (joules) of (time, watts) samples, clipped to [start, end]."""
-    inside = [(t, w) for t, w in samples if start <= t <= end]
-    if len(inside) < 2:
-        return None
-    joules = sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(inside, inside[1:], strict=False))
-    # extend the first and last readings to the window's edges
-    joules += (inside[0][0] - start) * inside[0][1] + (end - inside[-1][0]) * inside[-1][1]
-    return joules
 
 
 def make_meter(target: TargetSpec) -> EnergyMeter:

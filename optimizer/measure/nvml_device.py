@@ -3,7 +3,8 @@
 CUDA numbers the devices a process sees after `CUDA_VISIBLE_DEVICES` (a worker given GPU 3 sees it
 as `cuda:0`); NVML numbers every board on the host and ignores the variable. Opening the NVML
 handle by the CUDA index would meter the wrong board, so the handle is opened by the device's UUID
-(from torch, when CUDA is up), else by the variable's entry for that index.
+(from torch, when CUDA is up), else by the variable's entry for that index. Also how a board's
+power is read and integrated (the meter's cross-check, and its reading without an energy counter).
 """
 
 from __future__ import annotations
@@ -77,3 +78,34 @@ def _by_uuid(nvml: Any, names: list[str]) -> Any:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def boards_power_mw(nvml: Any, handles: list[Any], instant: bool) -> tuple[int, bool]:
+    """The boards' power in milliwatts, and whether to ask for the instantaneous field next time.
+    Instantaneous where NVML has the field (`instant` until it failed once): nvmlDeviceGetPowerUsage
+    is a 1 s average on recent GPUs and lags a window's start (read 18% low over 2.5 s on an H200)."""
+    field = getattr(nvml, "NVML_FI_DEV_POWER_INSTANT", None)
+    milliwatts = 0
+    for handle in handles:
+        if field is not None and instant:
+            try:
+                value = nvml.nvmlDeviceGetFieldValues(handle, [field])[0]
+                if value.nvmlReturn == 0:
+                    milliwatts += int(value.value.uiVal)
+                    continue
+            except nvml.NVMLError:
+                pass
+            instant = False
+        milliwatts += int(nvml.nvmlDeviceGetPowerUsage(handle))
+    return milliwatts, instant
+
+
+def integrate_power(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
+    """Trapezoid integral (joules) of (time, watts) samples, clipped to [start, end]."""
+    inside = [(t, w) for t, w in samples if start <= t <= end]
+    if len(inside) < 2:
+        return None
+    joules = sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(inside, inside[1:], strict=False))
+    # extend the first and last readings to the window's edges
+    joules += (inside[0][0] - start) * inside[0][1] + (end - inside[-1][0]) * inside[-1][1]
+    return joules
