@@ -35,7 +35,8 @@ def _need(settings: object, shape: ModelShape, tensor_parallel: int = 1) -> int:
 
 
 @pytest.mark.parametrize(
-    ("quantization", "weight_bytes"), [("int8-weight", 1.0), ("fp8-static", 1.0), ("int4-weight", 0.5 + 4 / 128)]
+    ("quantization", "weight_bytes"),
+    [("int8-weight", 1.0), ("fp8-static", 1.0), ("int4-weight", 0.5 + 4 / 128)],
 )
 def test_an_untied_lm_head_torch_keeps_in_bf16_is_counted_in_bf16(
     quantization: str, weight_bytes: float
