@@ -55,7 +55,11 @@ def test_footprints_count_bytes_per_element() -> None:
         return spec_for(settings).footprint(settings, 30)
 
     int4 = footprint(TorchSettings("bf16", "int4-weight"))
-    assert (int4.weight_bytes, int4.activation_bytes, int4.kv_bytes) == (0.5, 2.0, 2.0)
+    assert (int4.weight_bytes, int4.activation_bytes, int4.kv_bytes) == (
+        0.5 + 4 / 128,
+        2.0,
+        2.0,
+    )  # group scales
     assert footprint(TorchSettings(kv_cache="quanto-4")).kv_bytes == 0.5
     assert footprint(TorchSettings(kv_cache="offloaded")).kv_on_device_fraction == pytest.approx(2 / 30)
     assert footprint(TensorRTSettings("int8")).weight_bytes == 1.0
