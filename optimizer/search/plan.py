@@ -159,13 +159,16 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
     valid, excluded = enumerate_candidates(
         cfg.space, setup.target, cfg.workload.serving, setup.model.shape, setup.model.format
     )
+    # a stream's own longest request (a trace's is not bounded by the workload's length fields)
+    longest = max(s.longest_request_tokens for s in setup.streams.values()) if setup.streams else None
+    rows = longest if longest is not None else cfg.workload.longest_request_tokens()
+    valid, beyond = _within_tensorrt_profile(valid, rows, cfg)
+    excluded = [*excluded, *beyond]
     baseline = baseline_candidate(
         cfg.space, setup.target, cfg.quality.reference, setup.model.shape.checkpoint_precision
     )
     fits: list[Candidate] = []
     pruned: list[tuple[Candidate, str]] = []
-    # a stream's own longest request (a trace's is not bounded by the workload's length fields)
-    longest = max(s.longest_request_tokens for s in setup.streams.values()) if setup.streams else None
     for candidate in valid:
         reason = memory_fit_reason(candidate, setup.model.shape, setup.target, cfg.workload, longest)
         if reason:
@@ -189,6 +192,28 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
     _check_reference_fits(reference, cfg, setup)
     _warn_of_a_rounded_reference(cfg, setup)
     return SearchPlan(fits, pruned, excluded, baseline, context, quality_context(cfg, setup))
+
+
+def _within_tensorrt_profile(
+    valid: list[Candidate], longest: int, cfg: RunConfig
+) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
+    """TensorRT engines (native, or ONNX Runtime's TensorRT provider) are built for rows of at most
+    TRT_MAX_TOKENS: a run with longer requests or quality windows is excluded now, not exported,
+    calibrated and built first, then failed."""
+    from optimizer.backends.onnx.trt_profile import TRT_MAX_TOKENS
+
+    need = max(longest, cfg.quality.seq_tokens)
+    if need <= TRT_MAX_TOKENS:
+        return valid, []
+    what = "quality.seq_tokens" if cfg.quality.seq_tokens == need else "the longest request"
+    reason = f"TensorRT engines are built for rows of at most {TRT_MAX_TOKENS} tokens: {what} is {need}"
+    on_tensorrt = [c for c in valid if _on_tensorrt(c)]
+    return [c for c in valid if not _on_tensorrt(c)], [(c, reason) for c in on_tensorrt]
+
+
+def _on_tensorrt(candidate: Candidate) -> bool:
+    provider = getattr(candidate.settings, "provider", None)
+    return candidate.backend == "tensorrt" or (candidate.backend == "ort-onnx" and provider == "tensorrt")
 
 
 def _measured_baseline(
