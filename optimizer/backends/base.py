@@ -98,6 +98,11 @@ class Footprint:
     tied_holds: Literal["embedding", "lm_head", "both"] = "embedding"
     kv_copies: int = 1  # the batch's KV held this many times over (a prefix store as large as it)
     kv_token_granule: int = 1  # each sequence's KV cells come in multiples of this many tokens
+    # per sequence, the newest tokens a quantized cache keeps at activation_bytes, not kv_bytes
+    kv_full_tokens: int = 0
+    # per parameter while a build loads the model, where it quantizes only after loading it all
+    # (None: as held); the device holds every weight at this width first
+    load_weight_bytes: float | None = None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Each backend's spec gives the bytes per weight, activation and KV element of its
 layout divides them: a tensor-parallel rank holds 1/degree of the sharded weights and of the KV
 heads; a replica holds all the weights and the KV of its share of the batch. On a GPU every
 process has a device of its own, so the budget is per device; on a CPU the processes share the
-host's memory, so the budget is for all of them together.
+host's memory, so the budget is for all of them together. A process needs the more of what it
+holds running and of its load peak: a backend that quantizes after loading (torch, torch-cb)
+first holds every weight unquantized.
 
 The second check, a roofline bound of tokens/J against the best measured so far, is in roofline.py.
 """
@@ -28,29 +30,56 @@ USABLE_FRACTION = 0.9
 def estimate_memory_bytes(
     candidate: Candidate, shape: ModelShape, workload: WorkloadConfig, longest: int | None = None
 ) -> int:
-    """Peak bytes of one of the candidate's processes (on its device): weights + KV cache +
-    activations + overhead. One process holds everything; see the module's note for layouts.
+    """Peak bytes one of the candidate's processes holds running (on its device): weights + KV
+    cache + activations + overhead; its build's own peak is `load_peak_bytes`. One process holds
+    everything; see the module's note for layouts.
     `longest`: the longest request of the stream measured (a trace's own; what a serving engine
     reserves), else the longest the workload's fields allow."""
     fp = spec_for(candidate.settings).footprint(candidate.settings, shape.num_layers)
     degree = candidate.tensor_parallel
     batch, prompt = math.ceil(candidate.batch_size / candidate.replicas), workload.prompt_tokens
-    # num_parameters counts an untied lm_head, a second vocab x hidden matrix, but not a tied one
-    matrix = shape.vocab_size * shape.hidden_size
-    own_head = 0 if shape.tied_embeddings else matrix
-    layers = (shape.num_parameters - matrix - own_head) / degree * fp.weight_bytes
-    weights = vocab_matrices_bytes(fp, shape, degree) + layers
+    weights = weights_bytes(fp, shape, degree)
     # every sequence of the batch at the workload's longest request (a stream's, not the offline
     # fields') in the cells the backend allocates for it, or the candidate's fixed cache, which
     # must still hold one such request
     longest = workload.longest_request_tokens() if longest is None else longest
     sequence = math.ceil(longest / fp.kv_token_granule) * fp.kv_token_granule
     tokens = max(fp.kv_cache_tokens, sequence) if fp.kv_cache_tokens else batch * sequence
-    kv = tokens * shape.kv_bytes_per_token(fp.kv_bytes) * fp.kv_on_device_fraction * fp.kv_copies / degree
+    # a quantized cache's residual window: each sequence's newest tokens at the activation width
+    full = min(tokens, batch * min(fp.kv_full_tokens, sequence))
+    per_token = shape.kv_bytes_per_token(fp.kv_bytes) * (tokens - full)
+    per_token += shape.kv_bytes_per_token(fp.activation_bytes) * full
+    kv = per_token * fp.kv_on_device_fraction * fp.kv_copies / degree
     # Prefill activations (a few hidden-size buffers per token) and the float32 logits.
     prefill = batch * prompt * shape.hidden_size * fp.activation_bytes * 8
     logits = batch * (prompt if fp.prompt_logits else 1) * shape.vocab_size * 4
     return int(weights + kv + prefill + logits + RUNTIME_OVERHEAD_BYTES)
+
+
+def load_peak_bytes(candidate: Candidate, shape: ModelShape) -> int:
+    """Peak bytes of one of the candidate's processes while it builds: for a backend that quantizes
+    after loading, every weight at `load_weight_bytes` (no KV cache yet); else the held weights."""
+    fp = spec_for(candidate.settings).footprint(candidate.settings, shape.num_layers)
+    if fp.load_weight_bytes is not None:
+        width = fp.load_weight_bytes
+        fp = replace(fp, weight_bytes=width, embedding_bytes=width, output_bytes=width)
+    return int(weights_bytes(fp, shape, candidate.tensor_parallel) + RUNTIME_OVERHEAD_BYTES)
+
+
+def memory_need_bytes(
+    candidate: Candidate, shape: ModelShape, workload: WorkloadConfig, longest: int | None = None
+) -> int:
+    """What one process needs: the more of its running footprint and its load peak."""
+    return max(estimate_memory_bytes(candidate, shape, workload, longest), load_peak_bytes(candidate, shape))
+
+
+def weights_bytes(fp: Footprint, shape: ModelShape, degree: int) -> float:
+    """Bytes of the weights one tensor-parallel rank holds at the footprint's widths."""
+    # num_parameters counts an untied lm_head, a second vocab x hidden matrix, but not a tied one
+    matrix = shape.vocab_size * shape.hidden_size
+    own_head = 0 if shape.tied_embeddings else matrix
+    layers = (shape.num_parameters - matrix - own_head) / degree * fp.weight_bytes
+    return vocab_matrices_bytes(fp, shape, degree) + layers
 
 
 def vocab_matrices_bytes(fp: Footprint, shape: ModelShape, degree: int) -> float:
@@ -77,14 +106,20 @@ def memory_fit_reason(
 ) -> str | None:
     """Why the candidate cannot fit the target's memory budget, or None when it fits. The reason
     says when a larger tensor-parallel degree would fit the same batch."""
-    per_process = estimate_memory_bytes(candidate, shape, workload, longest)
-    shared = not target.is_cuda  # CPU processes share one memory
-    need = per_process * candidate.processes if shared else per_process
+    running = estimate_memory_bytes(candidate, shape, workload, longest)
+    load = load_peak_bytes(candidate, shape)
+    shared = not target.is_cuda  # CPU processes share one memory (and may all load at once)
+    need = max(running, load) * (candidate.processes if shared else 1)
     budget = target.memory_bytes * USABLE_FRACTION
     if need <= budget:
         return None
     where = "of the memory budget" if shared else "per device of the memory budget"
-    reason = f"needs ~{need / GIB:.1f} GiB > {budget / GIB:.1f} GiB usable {where} (target.memory_gib)"
+    # said apart: a smaller batch or KV cache does not lower a load peak
+    when = ""
+    if load > running:
+        held = running * (candidate.processes if shared else 1)
+        when = f" while loading (all weights unquantized before it quantizes them; ~{held / GIB:.1f} GiB running)"
+    reason = f"needs ~{need / GIB:.1f} GiB{when} > {budget / GIB:.1f} GiB usable {where} (target.memory_gib)"
     unlock = unlocking_degree(candidate, shape, target, workload, longest)
     if unlock is not None:
         reason += f"; tensor_parallel={unlock} would fit it"
@@ -110,7 +145,7 @@ def unlocking_degree(
         # divide) is no way out: the hint would lead to an excluded candidate
         if exclusion_reason(sharded, target, workload.serving, shape) is not None:
             continue
-        if estimate_memory_bytes(sharded, shape, workload, longest) <= target.memory_bytes * USABLE_FRACTION:
+        if memory_need_bytes(sharded, shape, workload, longest) <= target.memory_bytes * USABLE_FRACTION:
             return degree
     return None
 
@@ -120,7 +155,7 @@ def reference_fit_reason(
 ) -> str | None:
     """Why the quality reference cannot fit the target's device, or None when it fits. Against the
     device's memory, not the candidates' budget: the reference is measured with, never deployed."""
-    need = estimate_memory_bytes(reference, shape, workload)
+    need = memory_need_bytes(reference, shape, workload)
     usable = physical_memory_bytes(target) * USABLE_FRACTION
     if need <= usable:
         return None

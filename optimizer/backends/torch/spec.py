@@ -31,6 +31,11 @@ WEIGHT_BYTES = {
     "fp8": 1.0,
     "fp8-static": 1.0,
 }
+# transformers' QuantizedLayer defaults (generate's cache_config, as TorchEngine passes it, sets
+# neither): its newest tokens stay unquantized, and each group of elements has a scale and a zero
+# point; a test holds them to the installed transformers' signature
+QUANTIZED_RESIDUAL_TOKENS = 128
+QUANTIZED_GROUP_SIZE = 64
 
 
 class TorchSpec:
@@ -66,6 +71,9 @@ class TorchSpec:
     def footprint(self, settings: TorchSettings, num_layers: int) -> Footprint:
         act = PRECISION_BYTES[settings.precision]
         kv = kv_element_bytes(settings.kv_cache, act)
+        # a quantized cache holds its newest tokens unquantized until they fill a residual window
+        quantized_kv = quantized_kv_bits(settings.kv_cache) is not None
+        residual = QUANTIZED_RESIDUAL_TOKENS if quantized_kv else 0
         # an offloaded cache keeps only the layers in flight on the device
         on_device = 2 / num_layers if settings.kv_cache.startswith("offloaded") else 1.0
         # quantization replaces Linear layers but the output projection (excluded_weights): the
@@ -80,12 +88,18 @@ class TorchSpec:
             embedding_bytes=kept,
             output_bytes=kept,
             kv_copies=2 if settings.prefix_sharing else 1,  # the slot loop's prefix store
+            kv_full_tokens=residual,
+            # load_hf_model puts the whole model on the device before quantize_weights
+            load_weight_bytes=kept,
         )
 
     def moved_bytes(self, settings: TorchSettings, num_layers: int) -> MovedBytes:
-        """The footprint counts no scales or buffers: the same numbers bound what moves."""
+        """The footprint's weights (which count no scales or buffers) and a quantized cache's bits
+        alone (not its group scales nor its residual window) bound what moves."""
         fp = self.footprint(settings, num_layers)
-        return MovedBytes(fp.weight_bytes, fp.kv_bytes, fp.kv_on_device_fraction)
+        bits = quantized_kv_bits(settings.kv_cache)
+        kv = fp.kv_bytes if bits is None else bits / 8
+        return MovedBytes(fp.weight_bytes, kv, fp.kv_on_device_fraction)
 
     def matmul_kind(self, settings: TorchSettings) -> str:
         """int8-dynamic and fp8 compute in int8 / fp8; weight-only int8/int4 in the activation dtype."""
@@ -107,11 +121,18 @@ SPEC = TorchSpec()
 
 
 def kv_element_bytes(kv_cache: str, act_bytes: float) -> float:
-    """Bytes per cached K or V element: the activation dtype, or the quantized cache's bits."""
+    """Bytes per cached K or V element: the activation dtype, or the quantized cache's bits plus
+    the scale and zero point (at the activation dtype) of each group of q_group_size elements."""
+    bits = quantized_kv_bits(kv_cache)
+    if bits is None:
+        return act_bytes
+    return bits / 8 + 2 * act_bytes / QUANTIZED_GROUP_SIZE
+
+
+def quantized_kv_bits(kv_cache: str) -> int | None:
+    """The bits of a quanto-N / hqq-N cache, or None for an unquantized one."""
     backend, _, bits = kv_cache.partition("-")
-    if backend in ("quanto", "hqq") and bits.isdigit():
-        return int(bits) / 8
-    return act_bytes
+    return int(bits) if backend in ("quanto", "hqq") and bits.isdigit() else None
 
 
 def torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:

@@ -68,6 +68,8 @@ class ContinuousBatchingSpec:
             # the torch backend's quantize_weights keeps the embedding and lm_head 16-bit
             embedding_bytes=act,
             output_bytes=act,
+            # build() loads the whole model on the device before quantize_weights, as torch does
+            load_weight_bytes=act if settings.quantization != "none" else None,
         )
 
     def moved_bytes(self, settings: ContinuousBatchingSettings, num_layers: int) -> MovedBytes:

@@ -60,6 +60,8 @@ def test_footprints_count_bytes_per_element() -> None:
         2.0,
         2.0,
     )  # group scales
-    assert footprint(TorchSettings(kv_cache="quanto-4")).kv_bytes == 0.5
+    # 4 bits and a scale and zero point (fp32 activations) per 64 elements; the roofline's bits alone
+    assert footprint(TorchSettings(kv_cache="quanto-4")).kv_bytes == 0.5 + 2 * 4.0 / 64
+    assert spec_for(TorchSettings()).moved_bytes(TorchSettings(kv_cache="quanto-4"), 30).kv_bytes == 0.5
     assert footprint(TorchSettings(kv_cache="offloaded")).kv_on_device_fraction == pytest.approx(2 / 30)
     assert footprint(TensorRTSettings("int8")).weight_bytes == 1.0
