@@ -35,13 +35,14 @@ from optimizer.recipe_checks import (
     check_artifact,
     check_evidence,
     check_known_keys,
+    checked_settings,
     constraints_of,
     measured_configs,
     model_config_of,
     newer_writer,
     source_here,
 )
-from optimizer.recipe_load import build_here, model_errors_name, target_here
+from optimizer.recipe_load import build_here, model_errors_name, refuse_excluded_here, target_here
 from optimizer.results import CandidateResult, sig3_decimals
 from optimizer.select import Selection
 from optimizer.space import Candidate, layout_record
@@ -311,7 +312,7 @@ def _parsed(data: Any, path: Path) -> Recipe:
         return Recipe(
             path=path,
             data=data,
-            candidate=Candidate.from_dict(data["settings"]),
+            candidate=Candidate.from_dict(checked_settings(data["settings"])),
             model=model_config_of(data["model"]),
             target=_target_of(str(data["target"]["kind"]), measurement, data["evidence"]["energy"]["source"]),
             workload=workload,
@@ -375,6 +376,7 @@ def load_recipe(
     recipe = read_recipe(path)
     cache = cache_dir or default_cache_dir()
     target = target_here(recipe)  # before the weights are hashed or de-quantized: a GPU's recipe fails now
+    refuse_excluded_here(recipe, target)
     convert = not serves_gguf(recipe.candidate.backend)
     with model_errors_name(model_source):
         model = resolve_model(model_config_for(recipe, model_source), cache, convert_gguf=convert)

@@ -5,13 +5,16 @@ its recorded input files (the model's weights among them) are here."""
 
 from __future__ import annotations
 
+import math
 import re
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import MISSING, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from optimizer.backends.registry import SPECS_BY_NAME
 from optimizer.config import LengthConfig, ModelConfig, QualityConfig, SloConfig, WorkloadConfig
 from optimizer.errors import UserError
 from optimizer.version import tool_version
@@ -179,6 +182,8 @@ def measured_configs(measurement: dict[str, Any]) -> tuple[WorkloadConfig, Quali
         raise UserError("measurement", "workload and quality must be mappings", "restore it from git")
     workload = dict(measurement["workload"])
     try:
+        check_types(workload, WorkloadConfig, "workload")
+        check_types(measurement["quality"], QualityConfig, "quality")
         workload["slo"] = SloConfig(**workload["slo"])
         for lengths in ("prompt_lengths", "output_lengths"):
             if isinstance(workload.get(lengths), dict):
@@ -186,6 +191,71 @@ def measured_configs(measurement: dict[str, Any]) -> tuple[WorkloadConfig, Quali
         return WorkloadConfig(**workload), QualityConfig(**measurement["quality"])
     except UserError as exc:
         raise UserError(f"measurement.{exc.field}", exc.problem, exc.fix) from None
+
+
+def checked_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's settings, each of its backend's type (an unknown backend is from_dict's to name)."""
+    spec = SPECS_BY_NAME.get(str(settings.get("backend")))
+    if spec is not None:
+        check_types(settings, spec.settings_type, "settings")
+    return settings
+
+
+def check_types(values: dict[str, Any], config: type, where: str) -> None:
+    """A hand edit's quoted number ("5"), bool or fraction for a count fails here naming its key,
+    not later in a comparison that names nothing. Numbers are checked (nested configs too); a
+    string or bool field is left to its config's own checks of the values it allows."""
+    hints = get_type_hints(config)
+    for known in fields(config):
+        if known.name not in values:
+            continue
+        value, hint, field = values[known.name], hints[known.name], f"{where}.{known.name}"
+        if isinstance(hint, type) and is_dataclass(hint) and isinstance(value, dict):
+            check_types(value, hint, field)
+            continue
+        kind = _number_kind(hint)
+        if kind is None or _fits(value, hint):
+            continue
+        given = _unquoted(value)
+        default = known.default_factory() if known.default_factory is not MISSING else known.default
+        example = given if _fits(given, hint) else default
+        shown = f"e.g. {known.name}: {example}" if example is not MISSING else "restore it from git"
+        raise UserError(field, f"is {value!r}, not {kind}", f"{kind}, unquoted: {shown}")
+
+
+def _number_kind(hint: Any) -> str | None:
+    """How the type a numeric field needs is said; None for a field that holds no number."""
+    args = [arg for arg in get_args(hint) if arg is not type(None)]
+    if get_origin(hint) is list:
+        return "a list of numbers" if args and _number_kind(args[0]) else None
+    if get_origin(hint) in (Union, types.UnionType) and len(args) == 1:
+        inner = _number_kind(args[0])
+        return inner and f"{inner} or null"
+    return {int: "an integer", float: "a number"}.get(hint)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    if isinstance(value, bool):  # an int to Python, never a count or a number in a recipe
+        return False
+    if get_origin(hint) is list:
+        return isinstance(value, list) and all(_fits(item, get_args(hint)[0]) for item in value)
+    if get_origin(hint) in (Union, types.UnionType):
+        return any(value is None if arg is type(None) else _fits(value, arg) for arg in get_args(hint))
+    return type(value) is int if hint is int else isinstance(value, (int, float))
+
+
+def _unquoted(value: Any) -> Any:
+    """`value` with its quoted numbers as numbers: the fix shows what was meant, when it can."""
+    if isinstance(value, list):
+        return [_unquoted(item) for item in value]
+    if isinstance(value, str):
+        for parse in (int, float):
+            try:
+                number = parse(value)
+            except ValueError:
+                continue
+            return number if math.isfinite(number) else value  # "nan" unquoted is still no number
+    return value
 
 
 # what verify compares with, by dotted path: found missing only after a re-measurement otherwise
@@ -208,6 +278,7 @@ def check_evidence(data: dict[str, Any], path: Path) -> None:
     if "quality" not in data["evidence"]:
         raise UserError("recipe.evidence.quality", f"{path}: is missing", "restore it from git")
     _check_prompts(data["measurement"], path)
+    _check_longest_request(data["measurement"], path)
 
 
 def _check_prompts(measurement: dict[str, Any], path: Path) -> None:
@@ -223,6 +294,18 @@ def _check_prompts(measurement: dict[str, Any], path: Path) -> None:
     if sha is not None and not isinstance(sha, str):
         raise UserError(
             "recipe.measurement.prompt_tokens_sha256", f"{path}: is {sha!r}", "restore it from git"
+        )
+
+
+def _check_longest_request(measurement: dict[str, Any], path: Path) -> None:
+    """What load_recipe sizes a serving engine for (null in older and offline recipes): a string
+    was ignored for the workload's bound, a negative count passed to the engine's reserve()."""
+    longest = measurement.get("longest_request_tokens")
+    if longest is not None and (type(longest) is not int or longest < 1):
+        raise UserError(
+            "recipe.measurement.longest_request_tokens",
+            f"{path}: is {longest!r}, not a count of tokens",
+            "a whole number > 0, unquoted, or null to size for the workload's bound; restore it from git",
         )
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from optimizer.backends.artifacts import artifacts_used, served_artifact
+from optimizer.backends.registry import spec_for
 from optimizer.errors import UserError
 from optimizer.recipe_checks import artifact_change
 from optimizer.space import exclusion_reason
@@ -82,11 +84,34 @@ def model_errors_name(model_source: str | None) -> Iterator[None]:
         ) from None
 
 
+def refuse_excluded_here(recipe: Recipe, target: TargetSpec) -> None:
+    """Settings whose backend rules exclude them on this device are refused before the weights
+    are hashed or built, as verify refuses them: some build and then fail (an offloaded KV cache
+    builds on a CPU; transformers' cache update asserts CUDA at the first generate). A precision
+    without native kernels here (bf16 on most CPUs) and more threads than cores run correctly,
+    only slower: those load, and a build they fail is named by `_cannot_run_here`."""
+    settings = recipe.candidate.settings
+    native = replace(target, bf16=True, fp16=True)  # those flags say a kernel is fast, not that it runs
+    cannot = spec_for(settings).exclusion_reason(settings, native)
+    if cannot is not None:
+        raise _cannot_run(recipe, cannot)
+
+
+def _cannot_run(recipe: Recipe, cannot: str) -> UserError:
+    return UserError(
+        "recipe.settings",
+        f"this machine cannot run {recipe.candidate.label()}: {cannot}",
+        f"install the package it names, load it on a machine like the recipe's ({_recorded_device(recipe)}), "
+        + _ELSEWHERE,
+    )
+
+
 @contextmanager
 def _cannot_run_here(recipe: Recipe, target: TargetSpec, model: ModelSpec) -> Iterator[None]:
     """A build that fails where the search's rules would have excluded the candidate (its package
     missing, a GPU-only kernel on a CPU) says why, as verify does, instead of the backend's error.
-    Rules alone refuse nothing: a build they would exclude but that works is left to work."""
+    The rules `refuse_excluded_here` leaves to the build (more threads than cores, a precision
+    without native kernels) refuse nothing: a build they would exclude that works is left to work."""
     try:
         yield
     except UserError:
@@ -96,12 +121,7 @@ def _cannot_run_here(recipe: Recipe, target: TargetSpec, model: ModelSpec) -> It
         cannot = exclusion_reason(candidate, target, recipe.workload.serving, model.shape, model.format)
         if cannot is None:
             raise
-        raise UserError(
-            "recipe.settings",
-            f"this machine cannot run {candidate.label()}: {cannot}",
-            f"install the package it names, load it on a machine like the recipe's ({_recorded_device(recipe)}), "
-            + _ELSEWHERE,
-        ) from error
+        raise _cannot_run(recipe, cannot) from error
 
 
 def _recorded_device(recipe: Recipe) -> str:

@@ -23,7 +23,7 @@ from optimizer.recipe import (
 )
 from optimizer.space import Candidate, TorchSettings
 from unit.factories import WEIGHT_SHA as SHA
-from unit.factories import recipe_data
+from unit.factories import recipe_data, target_spec
 
 
 @pytest.fixture
@@ -435,7 +435,7 @@ def test_a_serving_engine_is_sized_for_the_recipes_longest_request(
     monkeypatch.setattr(
         model_module, "resolve_model", lambda cfg, cache, **_: SimpleNamespace(weight_sha256=SHA)
     )
-    monkeypatch.setattr(target_module, "detect_target", lambda cfg: None)
+    monkeypatch.setattr(target_module, "detect_target", lambda cfg: target_spec())
     monkeypatch.setattr(registry, "build_engine", lambda *a: Served())
     offline = write_recipe(tmp_path / "offline.yaml", recipe_dict)
     load_recipe(offline, cache_dir=tmp_path)  # an offline recipe's engine is left as built
@@ -501,7 +501,7 @@ def test_a_recipes_artifact_is_read_checked_and_compared_with_the_rebuild(
     monkeypatch.setattr(
         model_module, "resolve_model", lambda cfg, cache, **_: SimpleNamespace(weight_sha256=SHA)
     )
-    monkeypatch.setattr(target_module, "detect_target", lambda cfg: None)
+    monkeypatch.setattr(target_module, "detect_target", lambda cfg: target_spec())
     monkeypatch.setattr(registry, "build_engine", build_engine)
     measured = {"model.gguf": hashlib.sha256(b"Q4_K_M").hexdigest()}
     data = copy.deepcopy(recipe_dict) | {"artifact": {"what": "llama.cpp Q4_K_M weights", "files": measured}}

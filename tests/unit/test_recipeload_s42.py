@@ -163,7 +163,6 @@ def test_a_build_the_rules_exclude_here_says_why(
         load_recipe(path, cache_dir=tmp_path)
     assert info.value.field == "recipe.settings"
     assert "int4-weight kernels need a CUDA GPU" in info.value.problem
-    assert isinstance(info.value.__cause__, AssertionError)  # the backend's own error stays attached
 
 
 def test_a_failed_build_the_rules_allow_and_a_working_one_they_exclude_are_as_before(
