@@ -378,7 +378,7 @@ def load_recipe(
     target = target_here(recipe)  # before the weights are hashed or de-quantized: a GPU's recipe fails now
     refuse_excluded_here(recipe, target)
     convert = not serves_gguf(recipe.candidate.backend)
-    with model_errors_name(model_source):
+    with model_errors_name(bool(model_source)):
         model = resolve_model(model_config_for(recipe, model_source), cache, convert_gguf=convert)
     check_weights(recipe, model.weight_sha256)
     return build_here(recipe, model, target, cache, request_tokens)

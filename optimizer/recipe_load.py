@@ -68,19 +68,21 @@ def target_here(recipe: Recipe) -> TargetSpec:
 
 
 @contextmanager
-def model_errors_name(model_source: str | None) -> Iterator[None]:
-    """The weights' errors name `model_source=` when given, else the recipe's model.source; a fix
-    in optimize's syntax (`model=`) points at `model_source=`."""
+def model_errors_name(
+    given: bool,
+    flag: str = "model_source",
+    recorded: str = "recipe.model.source",
+    fix: str = "pass model_source=<path>: the weights the recipe was measured on",
+) -> Iterator[None]:
+    """The weights' errors in the caller's terms: the field is `flag` when a source was given
+    (else the recipe's `recorded` field), and a fix in optimize's syntax (`model=`) is `fix`."""
     try:
         yield
     except UserError as error:
         if error.field != "model.source":
             raise
-        fix = error.fix
-        if "model=" in fix:
-            fix = "pass model_source=<path>: the weights the recipe was measured on"
         raise UserError(
-            "model_source" if model_source else "recipe.model.source", error.problem, fix
+            flag if given else recorded, error.problem, fix if "model=" in error.fix else error.fix
         ) from None
 
 

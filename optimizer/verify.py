@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from optimizer.measure.workload import PerformanceResult
 from optimizer.model import resolve_model
 from optimizer.recipe import Recipe, check_weights, default_cache_dir, model_config_for, read_recipe
 from optimizer.recipe_checks import artifact_change, inputs_here, trace_errors_name_the_recipe
+from optimizer.recipe_load import model_errors_name
 from optimizer.results import sig3
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
@@ -100,7 +99,13 @@ def verify_recipe(
     workload, quality = inputs_here(recipe.path, recipe.workload, recipe.quality)
     model_cfg = model_config_for(recipe, model_source)
     convert = dequantized_model_needed([cand.backend], recipe.quality.reference)
-    with _model_errors_name_the_flag(model_source), trace_errors_name_the_recipe():
+    flag = model_errors_name(
+        bool(model_source),
+        "--model",
+        "model.source",
+        "pass --model <path or packaged name>: the weights the recipe was measured on",
+    )
+    with flag, trace_errors_name_the_recipe():
         if convert and recipe.data["model"].get("format") == "gguf":  # hashed before it is de-quantized
             check_weights(recipe, resolve_model(model_cfg, cache, convert_gguf=False).weight_sha256)
         setup = prepare_measurement(
@@ -324,21 +329,6 @@ def _latency_text(ttft_ms: dict[str, float], tpot_ms: dict[str, float], percenti
         return f"{ms[key]:.0f} ms" if key in ms else "n/a"
 
     return f"TTFT {key} {value(ttft_ms)}, TPOT {key} {value(tpot_ms)}"
-
-
-@contextmanager
-def _model_errors_name_the_flag(model_source: str | None) -> Iterator[None]:
-    """The weights' errors in verify's terms: the field is --model when given (else the recipe's
-    model.source), and a fix pointing at `model=` (optimize's syntax) points at --model."""
-    try:
-        yield
-    except UserError as error:
-        if error.field != "model.source":
-            raise
-        fix = error.fix
-        if "model=" in fix:
-            fix = "pass --model <path or packaged name>: the weights the recipe was measured on"
-        raise UserError("--model" if model_source else "model.source", error.problem, fix) from None
 
 
 def _device_name(fingerprint: dict[str, object], key: str) -> str:
