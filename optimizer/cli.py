@@ -13,7 +13,7 @@ from optimizer.interrupts import sigterm_interrupts
 
 HELP = """\
 usage: optimize [--config-dir DIR] [GROUP=PRESET | KEY=VALUE ...]   search, measure, write recipe + report
-       optimize verify RECIPE [--tolerance F] [--model SOURCE]
+       optimize verify RECIPE [--tolerance F] [--model SOURCE] [--cache-dir DIR]
        optimize [--config-dir DIR] --show-config [OVERRIDES ...]    print the composed configuration
 
 --config-dir DIR: a folder of your own presets, one folder per group (DIR/space/mymodel.yaml,
@@ -160,15 +160,25 @@ def _verify(args: list[str]) -> int:
         help="allowed drop in goodput tok/J (fraction); a rise above 1/(1 - tolerance) fails too",
     )
     parser.add_argument("--model", default=None, help="the recipe's weights at another path")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="the cache optimize's cache_dir names: converted models, built engines, file hashes "
+        "(default: $WATTSMITH_CACHE, else ~/.cache/wattsmith)",
+    )
     try:
         ns = parser.parse_args(args)
     except SystemExit as exc:
         return 2 if exc.code else 0
     if not 0 <= ns.tolerance < 1:
         raise UserError("--tolerance", f"is {ns.tolerance}", "give a fraction in [0, 1), e.g. 0.25")
+    if ns.cache_dir is not None and not ns.cache_dir.strip():  # as an empty cache_dir is refused
+        raise UserError("--cache-dir", "is empty", "give a directory, e.g. --cache-dir ~/.cache/wattsmith")
     from optimizer.verify import verify_recipe
 
-    report = verify_recipe(ns.recipe, tolerance=ns.tolerance, model_source=ns.model)
+    cache_dir = Path(ns.cache_dir).expanduser() if ns.cache_dir is not None else None
+    report = verify_recipe(ns.recipe, tolerance=ns.tolerance, model_source=ns.model, cache_dir=cache_dir)
     print(report.render())
     if not report.measured:
         return 2

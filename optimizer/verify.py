@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.config import SloConfig
+from optimizer.config.run import CACHE_ENV, DEFAULT_CACHE_DIR
 from optimizer.errors import UserError
 from optimizer.files import tensor_sha256
 from optimizer.measure import PROTOCOL_VERSION
@@ -84,11 +85,13 @@ def verify_recipe(
     the record is as suspect as far below: a broken meter). The prompts are the recorded pool.
     The protocol, the device and whether the recorded energy source exists here are checked before
     anything is prepared; a relative trace or quality text is found by `inputs_here`.
-    An estimate is re-made with the recipe's coefficients. Like a search's worker, verify holds
-    the device lock: its idle power and windows never overlap a search measuring on the device.
+    `cache_dir` (`--cache-dir`) holds converted models, built engines and file hashes, as a
+    search's; without it WATTSMITH_CACHE's, else ~/.cache/wattsmith. An estimate is re-made with
+    the recipe's coefficients. Like a search's worker, verify holds the device lock: its idle power
+    and windows never overlap a search measuring on the device.
     """
     recipe = read_recipe(path)
-    cache = cache_dir or default_cache_dir()
+    cache = cache_dir or _default_cache()
     cand = recipe.candidate
     estimated = recipe.evidence["energy"]["source"] == "estimate"  # (a meter's recipe needs none)
     if estimated and "energy_estimate" not in recipe.data["measurement"]:
@@ -129,7 +132,7 @@ def verify_recipe(
         ),
         next(c for c in conditions if c.name == "device"),  # compared before preparing, shown here
         _protocol_check(recipe),
-        Check("energy source", energy["source"], setup.meter.source, energy["source"] == setup.meter.source),
+        source_check(str(energy["source"]), setup.meter.source),
     ]
     recorded_stream = (evidence.get("serving") or {}).get("stream_sha256")
     if recorded_stream or setup.stream:
@@ -218,7 +221,36 @@ def _conditions_here(recipe: Recipe) -> list[Check]:
         here = make_meter(target).source
     except UserError as error:
         here = f"unavailable: {error.problem}"
-    return [*checks, Check("energy source", recorded, here, here == recorded)]
+    return [*checks, source_check(recorded, here)]
+
+
+# How each source reads the boards it meters. The NVML meter falls back from the energy counter to
+# polled power on a board whose counter is stuck (energy.py), which a fresh meter finds only in its
+# first window: a recipe made on that board records the fallback and verify's new meter the counter.
+_NVML_READINGS = {"nvml": "the energy counter", "nvml-power-poll": "polled power"}
+
+
+def source_check(recorded: str, here: str) -> Check:
+    """The energy source here against the recipe's: the same, or the same NVML boards read the other
+    way (labelled); any other difference (rapl against estimate, a meter unavailable) fails."""
+    if here == recorded or not (recorded in _NVML_READINGS and here in _NVML_READINGS):
+        return Check("energy source", recorded, here, here == recorded)
+    how = f"{_NVML_READINGS[here]} here, {_NVML_READINGS[recorded]} recorded"
+    return Check("energy source", recorded, f"{here} (same NVML meter: {how})", True)
+
+
+def _default_cache() -> Path:
+    """WATTSMITH_CACHE's cache, else the default; its error names the flag verify takes (the
+    config's text names optimize's `cache_dir=DIR`)."""
+    try:
+        return default_cache_dir()
+    except UserError as error:
+        raise UserError(
+            error.field,
+            error.problem,
+            f"unset it (unset {CACHE_ENV}: caches go to {DEFAULT_CACHE_DIR}), give it a path "
+            f"({CACHE_ENV}=DIR), or pass the cache to verify: optimize verify RECIPE --cache-dir DIR",
+        ) from None
 
 
 def _protocol_check(recipe: Recipe) -> Check:

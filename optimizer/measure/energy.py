@@ -22,6 +22,7 @@ from optimizer.errors import UserError
 from optimizer.host_cpu import read_or_empty
 from optimizer.measure.cpu_time import cpu_times, own_cpu_seconds, shared_cpu_warnings, wait_for_quiet_cpu
 from optimizer.measure.nvml_device import boards_power_mw, integrate_power, nvml_handle, torch_cuda_uuid
+from optimizer.measure.rapl_poll import CounterPoll
 from optimizer.target import TargetSpec
 
 log = logging.getLogger(__name__)
@@ -174,29 +175,16 @@ class RaplMeter:
     @contextmanager
     def window(self) -> Iterator[Measurement]:
         measurement = Measurement(source=self.source, idle_watts=self.idle_watts)
-        last, micro, stop = self._read(), 0, threading.Event()
-
-        def advance() -> None:  # counters wrap: read within one wrap, each step is below a range
-            nonlocal last, micro
-            now = self._read()
-            micro += sum((e - s) % r for s, e, r in zip(last, now, self.ranges, strict=True))
-            last = now
-
-        def poll() -> None:
-            while not stop.wait(self.poll_seconds):
-                advance()
-
+        counters = CounterPoll(self._read, self.ranges, self.poll_seconds)
         wall0, times0, cpu0 = time.perf_counter(), cpu_times(), own_cpu_seconds()
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        try:
+        with counters:
             yield measurement
-        finally:
-            stop.set()
-            poller.join()
-        advance()
+        measurement.joules = counters.finish() / 1e6
         measurement.seconds = time.perf_counter() - wall0
-        measurement.joules = micro / 1e6
+        unread = counters.warning(measurement.seconds)
+        if unread:
+            measurement.warnings.append(unread)
+            log.warning("%s", unread)
         times, cpu = cpu_times(), own_cpu_seconds() - cpu0
         _flag_shared_cpu(measurement, shared_cpu_warnings(times0, times, cpu, package_energy=True))
 
