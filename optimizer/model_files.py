@@ -268,6 +268,13 @@ def model_files_sha256(model_dir: Path, names: Sequence[str]) -> dict[str, str |
     return {name: file_sha256(f) if (f := model_dir / name).is_file() else None for name in names}
 
 
+def remote_code_sha256(model_dir: Path) -> dict[str, str]:
+    """sha256 of the Python files of a model directory, by name: the modeling code that
+    trust_remote_code runs (config.json's auto_map names them, and their relative imports are
+    files beside them). Not weights: two checkpoints with other code must not share a build."""
+    return {f.name: file_sha256(f) for f in sorted(model_dir.glob("*.py")) if f.is_file()}
+
+
 def _weight_files(path: Path) -> list[Path]:
     """The safetensors files transformers loads: model.safetensors, else the index's shards, else
     every one but a `consolidated` copy (repositories that ship both would count twice). In

@@ -1,7 +1,8 @@
 """The GGUF a llama.cpp candidate loads: the model's own file, a Hugging Face directory converted
 by llama.cpp's converter, or either requantized by llama.cpp's own quantizer. Conversions and
 requantized files are build artifacts in the run's cache, keyed by the source weights' hash and,
-for a conversion, by what else the converter reads (config, tokenizer files, the converter)."""
+for a conversion, by what else the converter reads (config, tokenizer files, the converter) and
+the packages it imports (gguf, transformers...)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optimizer.backends.artifacts import artifact_key, cached_artifact
+from optimizer.backends.installed import distribution_version
 from optimizer.backends.llamacpp.errors import LlamaCppBuildError
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
 from optimizer.model import gguf_file
@@ -41,6 +43,11 @@ CONVERTER_READS = (
     "chat_template.jinja",
     "chat_template.json",
 )
+# What the converter imports and writes the GGUF with (gguf: when its checkout has no gguf-py):
+# transformers and tokenizers read the vocabulary, torch and numpy the tensors
+CONVERTER_PACKAGES = ("gguf", "transformers", "tokenizers", "sentencepiece", "torch", "numpy")
+# llama.cpp's converter imports its checkout's gguf-py (beside it) unless this variable is set
+NO_LOCAL_GGUF = "NO_LOCAL_GGUF"
 
 
 def hf_converter() -> Path | None:
@@ -113,7 +120,22 @@ def source_gguf(model: ModelSpec, workdir: Path) -> Path:
     return cached_artifact(out, convert, "GGUF conversion (llama.cpp's converter)") / WEIGHTS_FILE
 
 
-def conversion_inputs(model_dir: Path, converter: Path) -> dict[str, str | None]:
+def conversion_inputs(model_dir: Path, converter: Path) -> dict[str, Any]:
     """sha256 of the files the converter reads beside the weights (None: absent) and of the
-    converter itself: the same weights with another config or tokenizer make another GGUF."""
-    return {**model_files_sha256(model_dir, CONVERTER_READS), "converter": file_sha256(converter)}
+    converter itself, and the versions of what it imports: the same weights with another config,
+    tokenizer, gguf or transformers make another GGUF."""
+    return {
+        **model_files_sha256(model_dir, CONVERTER_READS),
+        "converter": file_sha256(converter),
+        "packages": {name: distribution_version(name) for name in CONVERTER_PACKAGES},
+        "gguf_py": local_gguf_sha256(converter),
+    }
+
+
+def local_gguf_sha256(converter: Path) -> dict[str, str] | None:
+    """sha256 of the checkout's gguf-py the converter imports ahead of the installed gguf, by path
+    (its version is not bumped with every commit), or None when it imports the installed one."""
+    local = converter.parent / "gguf-py"
+    if NO_LOCAL_GGUF in os.environ or not (local / "gguf").is_dir():
+        return None
+    return {f.relative_to(local).as_posix(): file_sha256(f) for f in sorted((local / "gguf").rglob("*.py"))}

@@ -10,7 +10,8 @@ the last one while generating, all of them when scoring.
 Named dimensions shared by every layer keep the exporter's symbolic shape work small (SmolLM2:
 ~40 s on 2 cores instead of ~100 s with one free symbol per tensor). The export is then saved
 through ONNX Runtime's basic optimizations (constant folding). Exports are cached by
-(weights sha256, config.json sha256, versions of the exporter's packages and ONNX Runtime).
+(weights sha256, config.json sha256, the model's own code when trusted to run, versions of the
+exporter's packages and ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from optimizer.backends.artifacts import artifact_key, cached_artifact
 from optimizer.backends.installed import ONNX_RUNTIME, distribution_version
 from optimizer.backends.torch.compiling import cache_argument
 from optimizer.model import ModelSpec
-from optimizer.model_files import model_files_sha256
+from optimizer.model_files import model_files_sha256, remote_code_sha256
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,14 @@ def export_dir(model: ModelSpec, workdir: Path) -> Path:
 
 def export_identity(model: ModelSpec) -> dict[str, Any]:
     """Everything but the weights that decides the export (the variants beside it inherit it)."""
-    return {
+    identity: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "model_files": model_files_sha256(model.path, EXPORT_READS),
         **{names[0]: distribution_version(*names) for names in EXPORT_PACKAGES},
     }
+    if model.trust_remote_code:  # only then: the exports of other models keep their keys
+        identity["remote_code"] = remote_code_sha256(model.path)
+    return identity
 
 
 def exported_decoder(model: ModelSpec, workdir: Path) -> Path:

@@ -2,8 +2,9 @@
 
 The engine is built from the same ONNX as the ort-onnx backend (the QDQ model for int8: explicit
 quantization with the calibrated scales), with one optimization profile for batch, sequence and
-past length, and the fp16/int8 builder flags. Serialized engines and the timing cache live in the
-run's cache, keyed by (ONNX model, precision, profile, TensorRT version, GPU). The decode loop
+past length, and the fp16/int8 builder flags (TF32 cleared: fp32 is IEEE fp32). Serialized engines
+and the timing cache live in the run's cache, keyed by (ONNX model, precision, builder flags,
+profile, TensorRT version, GPU). The decode loop
 keeps every tensor on the GPU (torch CUDA buffers); only the next token ids come back.
 
 Needs an NVIDIA GPU, CUDA torch and `pip install 'wattsmith[tensorrt]'`.
@@ -76,12 +77,20 @@ def engine_identity(
     return {
         "onnx": f"{onnx_dir.parent.name}/{onnx_dir.name}",
         "precision": settings.precision,
+        "flags": list(builder_flags(settings.precision, target.fp16)),
         "max_batch": max_batch,
         "max_tokens": TRT_MAX_TOKENS,
         "tensorrt": trt.__version__,
         "gpu": target.gpu.name,
         "compute_capability": target.gpu.compute_capability,
     }
+
+
+def builder_flags(precision: str, fp16: bool) -> tuple[str, ...]:
+    """The trt.BuilderFlag names an engine is built with. int8: the layers without Q/DQ run in fp16
+    where the target has it (target.fp16), else in fp32."""
+    flags = ("FP16",) if precision == "fp16" or (precision == "int8" and fp16) else ()
+    return (*flags, "INT8") if precision == "int8" else flags
 
 
 def ensure_engine(
@@ -94,17 +103,17 @@ def ensure_engine(
     )
 
     def build(tmp: Path) -> dict[str, Any]:
-        build_engine_file(
-            onnx_dir / MODEL_FILE, tmp / ENGINE_FILE, settings.precision, max_batch, timing_cache
-        )
+        flags = builder_flags(settings.precision, target.fp16)
+        build_engine_file(onnx_dir / MODEL_FILE, tmp / ENGINE_FILE, flags, max_batch, timing_cache)
         return identity
 
     return cached_artifact(out, build, f"TensorRT {settings.precision} engine (max batch {max_batch})")
 
 
 def build_engine_file(
-    onnx_file: Path, engine_file: Path, precision: str, max_batch: int, timing_cache: Path
+    onnx_file: Path, engine_file: Path, flags: tuple[str, ...], max_batch: int, timing_cache: Path
 ) -> None:
+    """Build an engine with these builder flags (`builder_flags`) and no other precision."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -116,9 +125,11 @@ def build_engine_file(
         raise TensorRTBuildError(f"TensorRT cannot parse {onnx_file}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)  # int8: the layers without Q/DQ run in fp16, not fp32
-    if precision == "int8" and hasattr(trt.BuilderFlag, "INT8"):
+    if hasattr(trt.BuilderFlag, "TF32"):  # on by default: fp32 matmuls would round to 10 bits
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if "FP16" in flags:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if "INT8" in flags and hasattr(trt.BuilderFlag, "INT8"):
         config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: the QDQ nodes carry the scales
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     layout = layout_of([(t.name, list(t.shape)) for t in inputs])
@@ -131,7 +142,8 @@ def build_engine_file(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TensorRTBuildError(
-            f"TensorRT could not build a {precision} engine from {onnx_file} (see its log above)"
+            f"TensorRT could not build an engine ({'+'.join(flags) or 'fp32'}) from {onnx_file} "
+            "(see its log above)"
         )
     engine_file.write_bytes(bytes(serialized))
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
