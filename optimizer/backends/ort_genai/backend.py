@@ -323,6 +323,8 @@ class OrtGenaiEngine:
         return self.server().submit(prompt_ids, max_new_tokens)
 
     def collect(self, timeout_seconds: float) -> list[Completion]:
+        if self.model is None:  # closed: nothing will ever finish, so waiting would only stall
+            raise RuntimeError("the engine is closed")
         if self._server is None:
             time.sleep(max(timeout_seconds, 0.0))
             return []

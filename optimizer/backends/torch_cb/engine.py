@@ -28,6 +28,7 @@ import torch
 from optimizer.backends.base import Generation
 from optimizer.backends.openmp import release_openmp_threads
 from optimizer.backends.torch_cb.prefix import PrefixCounters
+from optimizer.backends.torch_cb.progress import first_token_times
 from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
 from optimizer.errors import UserError
 from optimizer.measure.serving import Completion
@@ -302,6 +303,12 @@ class ContinuousBatchingEngine:
         if not self._pending and not done:
             time.sleep(timeout)
         return done
+
+    def first_token_times(self) -> dict[str, float | None]:
+        """Each unfinished stream request's first token time, None while it has none."""
+        if self._manager is None:
+            return {}
+        return first_token_times(self._manager, self._pending)
 
     def cancel_all(self) -> None:
         manager = self._manager
