@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from optimizer.config import (
-    ENERGY_SOURCES,
     ModelConfig,
     QualityConfig,
     RunConfig,
@@ -37,12 +36,18 @@ from optimizer.recipe_checks import (
     check_known_keys,
     checked_settings,
     constraints_of,
-    measured_configs,
     model_config_of,
     newer_writer,
     source_here,
 )
-from optimizer.recipe_load import build_here, model_errors_name, refuse_excluded_here, target_here
+from optimizer.recipe_fields import check_request_tokens, measured_configs, target_of
+from optimizer.recipe_load import (
+    build_here,
+    model_errors_name,
+    refuse_excluded_here,
+    refuse_source_nowhere,
+    target_here,
+)
 from optimizer.results import CandidateResult, sig3_decimals
 from optimizer.select import Selection
 from optimizer.space import Candidate, layout_record
@@ -314,7 +319,7 @@ def _parsed(data: Any, path: Path) -> Recipe:
             data=data,
             candidate=Candidate.from_dict(checked_settings(data["settings"])),
             model=model_config_of(data["model"]),
-            target=_target_of(str(data["target"]["kind"]), measurement, data["evidence"]["energy"]["source"]),
+            target=target_of(data["target"], measurement, data["evidence"]["energy"]["source"]),
             workload=workload,
             quality=quality,
         )
@@ -324,27 +329,6 @@ def _parsed(data: Any, path: Path) -> Recipe:
         raise UserError(
             "recipe", f"{path} is missing or has a malformed field ({exc})", "restore it from git"
         ) from None
-
-
-def _target_of(kind: str, measurement: dict[str, Any], source: str) -> TargetConfig:
-    """The target kind, the energy source and the estimate's coefficients a recipe was measured
-    with (the default coefficients for a recipe written before they were recorded). The source is
-    asked for by name: an estimated recipe re-checked on a host with RAPL is estimated again."""
-    target = TargetConfig(kind=kind, energy_source=source if source in ENERGY_SOURCES else "auto")
-    recorded = measurement.get("energy_estimate")
-    if recorded is None:
-        return target
-    if not isinstance(recorded, dict) or set(recorded) != set(estimate_coefficients(target)):
-        raise UserError(
-            "measurement.energy_estimate",
-            f"is {recorded!r}",
-            "a mapping of cpu_active_watts_per_core and cpu_idle_watts_per_core; restore it from git",
-        )
-    return replace(
-        target,
-        cpu_active_watts_per_core=float(recorded["cpu_active_watts_per_core"]),
-        cpu_idle_watts_per_core=float(recorded["cpu_idle_watts_per_core"]),
-    )
 
 
 def default_cache_dir() -> Path:
@@ -362,7 +346,8 @@ def load_recipe(
 
     `model_source` replaces the recipe's model source (e.g. the same weights at another path);
     the weights must still hash to the recipe's `weight_sha256`. A relative recorded source is
-    found from the current directory or from the recipe's (`source_here`). `request_tokens` is the
+    found from the current directory or from the recipe's (`source_here`); a local one found
+    nowhere is refused, not tried as a hub id. `request_tokens` (a count > 0) is the
     longest request (prompt and output tokens) to be served, for a serving recipe by default the
     longest its stream made: an engine that gives each request a fixed slot (llama.cpp's context,
     a paged cache) is sized for it now, since it cannot grow while requests run.
@@ -373,13 +358,17 @@ def load_recipe(
     from optimizer.backends.registry import serves_gguf
     from optimizer.model import resolve_model
 
+    check_request_tokens(request_tokens)
     recipe = read_recipe(path)
     cache = cache_dir or default_cache_dir()
     target = target_here(recipe)  # before the weights are hashed or de-quantized: a GPU's recipe fails now
     refuse_excluded_here(recipe, target)
     convert = not serves_gguf(recipe.candidate.backend)
+    model_cfg = model_config_for(recipe, model_source)
+    if not model_source:
+        refuse_source_nowhere(recipe, model_cfg.source)
     with model_errors_name(bool(model_source)):
-        model = resolve_model(model_config_for(recipe, model_source), cache, convert_gguf=convert)
+        model = resolve_model(model_cfg, cache, convert_gguf=convert)
     check_weights(recipe, model.weight_sha256)
     return build_here(recipe, model, target, cache, request_tokens)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from optimizer.backends.registry import SPECS_BY_NAME
-from optimizer.config import LengthConfig, ModelConfig, QualityConfig, SloConfig, WorkloadConfig
+from optimizer.config import ModelConfig, QualityConfig, SloConfig, WorkloadConfig
 from optimizer.errors import UserError
 from optimizer.version import tool_version
 
@@ -173,24 +173,6 @@ def _require_number(value: Any, field: str, example: float, nullable: bool) -> N
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         fix = f"a number, e.g. {example}" + (", or null for no limit" if nullable else "")
         raise UserError(field, f"is {value!r}, not a number", fix)
-
-
-def measured_configs(measurement: dict[str, Any]) -> tuple[WorkloadConfig, QualityConfig]:
-    """The workload and quality config a recipe's evidence was measured with; an error names its
-    key under `measurement` (where it was written), not the run config's `workload.`/`quality.`."""
-    if not isinstance(measurement.get("workload"), dict) or not isinstance(measurement.get("quality"), dict):
-        raise UserError("measurement", "workload and quality must be mappings", "restore it from git")
-    workload = dict(measurement["workload"])
-    try:
-        check_types(workload, WorkloadConfig, "workload")
-        check_types(measurement["quality"], QualityConfig, "quality")
-        workload["slo"] = SloConfig(**workload["slo"])
-        for lengths in ("prompt_lengths", "output_lengths"):
-            if isinstance(workload.get(lengths), dict):
-                workload[lengths] = LengthConfig(**workload[lengths])
-        return WorkloadConfig(**workload), QualityConfig(**measurement["quality"])
-    except UserError as exc:
-        raise UserError(f"measurement.{exc.field}", exc.problem, exc.fix) from None
 
 
 def checked_settings(settings: dict[str, Any]) -> dict[str, Any]:

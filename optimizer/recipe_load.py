@@ -91,12 +91,32 @@ def refuse_excluded_here(recipe: Recipe, target: TargetSpec) -> None:
     are hashed or built, as verify refuses them: some build and then fail (an offloaded KV cache
     builds on a CPU; transformers' cache update asserts CUDA at the first generate). A precision
     without native kernels here (bf16 on most CPUs) and more threads than cores run correctly,
-    only slower: those load, and a build they fail is named by `_cannot_run_here`."""
+    only slower: those load, and a build they fail is named by `_cannot_run_here`. Verify refuses
+    more threads than cores (the evidence cannot be re-measured with them): a warning says so."""
+    _warn_oversubscribed(recipe, target)
     settings = recipe.candidate.settings
     native = replace(target, bf16=True, fp16=True)  # those flags say a kernel is fast, not that it runs
     cannot = spec_for(settings).exclusion_reason(settings, native)
     if cannot is not None:
         raise _cannot_run(recipe, cannot)
+
+
+def _warn_oversubscribed(recipe: Recipe, target: TargetSpec) -> None:
+    """Loaded, not refused: a deployment in a container with fewer cores than the machine the
+    recipe was selected on still serves, only slower (the threads contend for the cores:
+    backends/openmp.py), so its tokens/J and latency are not the recipe's evidence."""
+    threads, cores = recipe.candidate.threads, target.cores
+    if threads > cores:  # space.exclusion_reason's rule and words, which verify refuses with
+        log.warning(
+            "recipe.settings.threads: threads %d > %d cores here (optimize verify refuses it): loaded, "
+            "but oversubscribed threads run slower than the recipe's evidence (measured on %s); "
+            "set settings.threads to at most %d, %s",
+            threads,
+            cores,
+            _recorded_device(recipe),
+            cores,
+            _ELSEWHERE,
+        )
 
 
 def _cannot_run(recipe: Recipe, cannot: str) -> UserError:
@@ -134,3 +154,23 @@ def _recorded_device(recipe: Recipe) -> str:
         return str(gpu["name"])
     cores = recorded.get("cores")
     return f"{recorded.get('cpu_model') or 'a CPU'}" + (f", {cores} cores" if cores else "")
+
+
+def refuse_source_nowhere(recipe: Recipe, source: str) -> None:
+    """A recorded relative path to local weights (format hf-dir or gguf) that `source_here` found
+    nowhere is refused naming where it looked: resolve_model would try `weights/model.gguf` as a
+    hub id and fail on that. A hub id (format hub), a packaged name or a found path goes on."""
+    from optimizer.model import PACKAGED_MODELS
+
+    recorded, fmt = source.strip(), recipe.data["model"].get("format")
+    given = Path(recorded).expanduser()
+    if fmt not in ("hf-dir", "gguf") or recorded in PACKAGED_MODELS or given.is_absolute() or given.exists():
+        return
+    folder = recipe.path.absolute().parent
+    raise UserError(
+        "recipe.model.source",
+        f"{recorded} (local {fmt} weights when measured) is neither in the current directory "
+        f"({Path.cwd()}) nor in the recipe's directory ({folder}) or one above it",
+        f"put the weights the recipe was measured on at {folder / given}, load it from the directory "
+        "optimize ran in, or pass model_source=<path to them>",
+    )

@@ -170,7 +170,7 @@ def test_missing_fields(tmp_path: Path, recipe_dict: dict[str, Any], path: tuple
             lambda d: d["measurement"].update(prompt_tokens_sha256=5),
             "recipe.measurement.prompt_tokens_sha256",
         ),
-        (lambda d: d["measurement"]["workload"].update(warp=9), "recipe"),
+        (lambda d: d["measurement"]["workload"].update(warp=9), "recipe.measurement.workload.warp"),
         (lambda d: d.update(model="just a string"), "recipe.model"),
         (lambda d: d.update(settings=5), "recipe.settings"),
         (lambda d: d["model"].update(revison="abc123"), "recipe.model.revison"),
