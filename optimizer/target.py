@@ -233,10 +233,10 @@ def user_preset(config_dir: str | None, name: str) -> TargetConfig | None:
     path = Path(config_dir) / "target" / f"{name}.yaml" if config_dir else None
     if path is None or not path.is_file():
         return None
-    from optimizer.config.compose import compose_settings, validated
+    from optimizer.config.compose import compose_preset, validated
 
-    # its target group alone: the rest of that composition is not the run's (nor its warnings)
-    preset = validated(compose_settings([f"target={name}"], config_dir).target)
+    # the preset alone: the run's other groups and overrides are not known where a worker detects
+    preset = validated(compose_preset("target", name, config_dir).target)
     assert isinstance(preset, TargetConfig)
     if path not in _READ:
         _READ.add(path)

@@ -1,5 +1,5 @@
-"""Hydra composition of conf/ into a validated RunConfig, and Hydra's errors translated into
-UserErrors that name the field and the fix.
+"""Hydra composition of conf/ into a validated RunConfig; the overrides Hydra would misread are
+refused here, naming the field and the fix, and Hydra's own errors in config/hydra_errors.py.
 
 Search path: the user's config directory, when given, is Hydra's main directory and the packaged
 conf/ is appended to it through `hydra.searchpath`. Hydra takes a preset from the first
@@ -11,17 +11,23 @@ the primary config is wattsmith's own whatever the user's directory holds.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import os
 import re
-import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optimizer.config.presets import CONF_DIR, GROUPS, check_config_dir, expand_model_shorthand, group_options
+from optimizer.config.hydra_errors import (
+    SPELLING,
+    first_line,
+    literal,
+    schema_entry,
+    translated,
+    use_a_preset,
+)
+from optimizer.config.presets import CONF_DIR, GROUPS, check_config_dir, expand_model_shorthand
 from optimizer.config.run import RunConfig, cache_dir_from
 from optimizer.config.workload import warn_overrides_a_trace_ignores
 from optimizer.errors import UserError
@@ -30,9 +36,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 PRIMARY = "wattsmith"
-SPELLING = "check the spelling; `optimize --show-config` prints every setting"
-# space.extra's entries are candidates' settings (optimizer/space.py): backend and batch size at least
-EXTRA_EXAMPLE = "space.extra=[{backend: torch, batch_size: 8}]"
+SCHEMA_ALONE = "wattsmith_schema"  # the primary of compose_preset: the schema, no group's preset
 
 
 def register_configs() -> None:
@@ -44,6 +48,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(name=PRIMARY, node=OmegaConf.load(CONF_DIR / "config.yaml"))
+    store.store(name=SCHEMA_ALONE, node={"defaults": ["run_schema", "_self_"]})
 
 
 def compose_run_config(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> RunConfig:
@@ -61,21 +66,34 @@ def compose_settings(overrides: Sequence[str] = (), config_dir: str | Path | Non
     no config class has checked (or warned about) its values. A caller that composes again after
     reading it (optimizer/target_defaults.py) validates only the last composition, so each
     warning is said once; `run_config_from` validates it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_configs()
     _check_override_syntax(overrides)
     # conf/config.yaml reads WATTSMITH_CACHE: name it when it is empty
     if "cache_dir" not in _given(overrides):
         cache_dir_from(os.environ)
     user_dir = check_config_dir(config_dir) if config_dir is not None else None
     _check_group_values(overrides, user_dir)
+    return _compose(PRIMARY, expand_model_shorthand(overrides, user_dir), user_dir)
+
+
+def compose_preset(group: str, name: str, config_dir: str | Path | None = None) -> DictConfig:
+    """The preset `name` of `group` composed alone over the schema (the user's first, as for a
+    run), not yet validated. No other group's default preset, nor cache_dir's WATTSMITH_CACHE, is
+    read: a preset read during detection (optimizer/target.py user_preset) does not depend on
+    them, nor on the run's overrides, which a worker detecting its target does not have."""
+    user_dir = check_config_dir(config_dir) if config_dir is not None else None
+    return _compose(SCHEMA_ALONE, [f"+{group}={name}"], user_dir)
+
+
+def _compose(primary: str, overrides: Sequence[str], user_dir: Path | None) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
     main, search = (CONF_DIR, []) if user_dir is None else (user_dir, [_searchpath(CONF_DIR)])
     GlobalHydra.instance().clear()
     try:
-        with _translated(user_dir), initialize_config_dir(config_dir=str(main), version_base=None):
-            return compose(PRIMARY, overrides=[*expand_model_shorthand(overrides, user_dir), *search])
+        with translated(user_dir), initialize_config_dir(config_dir=str(main), version_base=None):
+            return compose(primary, overrides=[*overrides, *search])
     finally:
         GlobalHydra.instance().clear()
 
@@ -103,36 +121,12 @@ def validated(node: DictConfig) -> Any:
     config class: validation errors raised as UserErrors naming the field."""
     from omegaconf import OmegaConf
 
-    with _translated(None):
+    with translated(None):
         return OmegaConf.to_object(node)
 
 
 def _given(overrides: Sequence[str]) -> set[str]:
     return {item.partition("=")[0].lstrip("+~") for item in overrides}
-
-
-@contextlib.contextmanager
-def _translated(user_dir: Path | None) -> Iterator[None]:
-    """Hydra's, YAML's and OmegaConf's errors as UserErrors naming the field."""
-    import yaml
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        yield
-    except UserError:
-        raise
-    except HydraException as exc:
-        raise _hydra_error(exc, user_dir) from None
-    except yaml.YAMLError as exc:  # a preset file that is not YAML
-        raise _yaml_error(exc) from None
-    except ValueError as exc:  # Hydra raises some override errors outside HydraException
-        raise UserError(
-            "overrides", _first_line(exc), "overrides look like group=preset or a.b=value"
-        ) from None
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "overrides"
-        raise UserError(str(key), _first_line(exc), "check the value's type and spelling") from None
 
 
 def _searchpath(folder: Path) -> str:
@@ -162,7 +156,7 @@ def _check_override_syntax(overrides: Sequence[str]) -> None:
             (parsed,) = parser.parse_overrides([item])
         except (HydraException, ValueError) as exc:
             raise UserError(
-                key, f"cannot parse '{item}': {_first_line(exc)}", "check brackets and quotes"
+                key, f"cannot parse '{item}': {first_line(exc)}", "check brackets and quotes"
             ) from None
         if parsed.is_sweep_override():  # Hydra reads `a,b` as a sweep; optimize runs no sweeps
             preset = key in GROUPS and key != "model"  # (a model path may hold a comma)
@@ -179,7 +173,9 @@ def _check_override_syntax(overrides: Sequence[str]) -> None:
 def _check_group_values(overrides: Sequence[str], user_dir: Path | None) -> None:
     """`space=null` names no preset: Hydra's own error names neither the group nor its presets.
     `space=[]` or `space=[a]` Hydra accepts as selecting no or several presets, and the run
-    quietly measures the schema's bare defaults: one name is what a group takes."""
+    quietly measures the schema's bare defaults: one name is what a group takes. `space={...}`
+    Hydra merges into the default preset, which is then no longer chosen for the target (a GPU's
+    gpu-default): refused, with the fields it sets as the overrides that set them over a preset."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
@@ -190,18 +186,41 @@ def _check_group_values(overrides: Sequence[str], user_dir: Path | None) -> None
         value = parser.parse_overrides([item])[0].value()
         path = " or a path: model=/path/to/hf-dir" if group == "model" else ""
         if value is None:
-            raise UserError(group, "is null: it needs a preset name", _use_a_preset(group, user_dir) + path)
+            raise UserError(group, "is null: it needs a preset name", use_a_preset(group, user_dir) + path)
         if isinstance(value, list):
             raise UserError(
                 group,
                 f"'{text}' is a list: it takes one preset name",
-                f"{_use_a_preset(group, user_dir)}{path} (one name, no brackets)",
+                f"{use_a_preset(group, user_dir)}{path} (one name, no brackets)",
+            )
+        if isinstance(value, dict):
+            fields = " ".join(_dotted(group, value)) or f"{group}.<field>=value"
+            raise UserError(
+                group,
+                f"'{text}' is a mapping: a group takes one preset name, and its fields are set one by one",
+                f"set them over the group's preset: {fields} (`optimize --show-config` lists the fields), "
+                f"or a preset instead: {use_a_preset(group, user_dir)}{path}",
             )
 
 
-def _use_a_preset(group: str, config_dir: Path | None) -> str:
-    where = f" (packaged, and yours in {config_dir})" if config_dir is not None else ""
-    return f"use one of {group_options(group, config_dir)}{where}"
+def _dotted(key: str, value: Any) -> list[str]:
+    """`key={a: 1, b: {c: x}}` as the overrides setting each field: key.a=1 key.b.c=x."""
+    if isinstance(value, dict):
+        return [item for name, inner in value.items() for item in _dotted(f"{key}.{name}", inner)]
+    return [f"{key}={_override_value(value)}"]
+
+
+def _override_value(value: Any) -> str:
+    """A parsed override value written back in Hydra's syntax."""
+    if isinstance(value, list):
+        return f"[{','.join(_override_value(v) for v in value)}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_override_value(v)}" for k, v in value.items()) + "}"
+    if value is None:
+        return "null"
+    if isinstance(value, str) and not re.fullmatch(r"[\w./:~+-]+", value):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return literal(value)
 
 
 def _bare_word(word: str, overrides: Sequence[str]) -> UserError:
@@ -230,7 +249,7 @@ def _check_key(item: str) -> None:
             "is Hydra's own setting, which wattsmith does not use",
             "outputs go to output_dir: set output_dir=DIR (and --config-dir DIR for your presets)",
         )
-    entry = _schema_entry(name)
+    entry = schema_entry(name)
     if key.startswith("~") and entry is not None and dataclasses.is_dataclass(entry[0]):
         # Hydra accepts it, and the run quietly measures the schema's defaults (e.g. offline batches
         # for `~workload`, where the default is a serving stream): no preset says what they are
@@ -248,136 +267,4 @@ def _check_key(item: str) -> None:
         name,
         f"exists already: '{plus}' (Hydra's add) has nothing to add",
         f"drop the '{plus}': {name}={value}",
-    )
-
-
-def _schema_entry(key: str) -> tuple[Any, Any] | None:
-    """The type and the default of a dotted setting (or group) of RunConfig; None when there is none."""
-    kind: Any = RunConfig
-    default: Any = None
-    for name in key.split("."):
-        fields = {
-            f.name: f
-            for f in (dataclasses.fields(kind) if dataclasses.is_dataclass(kind) else ())
-            if not f.metadata.get("omegaconf_ignore")  # Hydra's schema leaves it out: no setting
-        }
-        if name not in fields:
-            return None
-        found = fields[name]
-        kind = typing.get_type_hints(kind)[name]
-        factory = found.default_factory
-        default = factory() if factory is not dataclasses.MISSING else found.default
-    return kind, default
-
-
-def _list_entries(key: str) -> Any:
-    """The entry type of a list setting, else None."""
-    entry = _schema_entry(key)
-    if entry is None or typing.get_origin(entry[0]) is not list:
-        return None
-    return typing.get_args(entry[0])[0]
-
-
-def _list_example(key: str) -> str:
-    """An override giving the list setting `key` valid entries: its default's first two, else
-    sample values of its entry type."""
-    kind = _list_entries(key)
-    if typing.get_origin(kind) is dict:
-        return EXTRA_EXAMPLE
-    entry = _schema_entry(key)
-    default: list[Any] = entry[1] if entry and entry[1] else []
-    samples: dict[Any, list[Any]] = {int: [1, 2], float: [1.0, 2.0]}
-    values = default[:2] or samples.get(kind, ["a", "b"])
-    return f"{key}=[{','.join(_literal(v) for v in values)}]"
-
-
-def _literal(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _hydra_error(exc: Exception, config_dir: Path | None = None) -> UserError:
-    causes = []
-    current: BaseException | None = exc
-    while current is not None:
-        causes.append(str(current).strip())
-        current = current.__cause__
-    text = " ".join(c for c in causes if c)
-    missing = re.search(r"Could not find '([^/']+)/([^']*)'", text)  # `group=`: an empty name
-    if missing:
-        group, name = missing.groups()
-        problem = f"no preset named '{name}'" if name.strip() else "needs a preset name"
-        return UserError(group, problem, _use_a_preset(group, config_dir))
-    override = re.search(r"Could not (?:override|append to) '([^']+)'", text)
-    key = re.search(r"full_key: (\S+)", text) or override
-    preset = re.search(r"^In '([^']+)': ConfigKeyError", text)
-    named = override or (key if preset else None)
-    if named and "not in" in text:
-        return UserError(
-            named.group(1),
-            "is not a setting" + (f" (set by the preset {preset.group(1)})" if preset else ""),
-            SPELLING,
-        )
-    field = key.group(1) if key else "overrides"
-    merging = re.search(r"Error merging override ([^=\s]+)=", text)
-    if merging and _schema_entry(field) is None:  # full_key can be a list index (`0`, `a.b[0]`)
-        field = merging.group(1).lstrip("+~")
-    not_bool = re.search(r"Value '(.*)' is not a valid bool", text)
-    if not_bool:
-        example = "[true,false]" if _list_entries(field) is bool else "true"
-        return UserError(
-            field, f"'{not_bool.group(1)}' is not a valid bool", f"use true or false, e.g. {field}={example}"
-        )
-    converted = re.search(r"(Value '.*' of type '\w+' could not be converted to \w+)", text)
-    if converted:
-        return UserError(
-            field,
-            converted.group(1),
-            "give a value of that type; `optimize --show-config` shows the current one",
-        )
-    if typing.get_origin(_list_entries(field)) is dict:
-        return UserError(
-            field,
-            "is a list of mappings, each one candidate's settings",
-            f"e.g. '{EXTRA_EXAMPLE}' (quoted in a shell)",
-        )
-    if re.search(r"Invalid value assigned: \w+ is not a ListConfig", text):
-        return UserError(
-            field, "is a list", f"give one in brackets, e.g. {_list_example(field)} (quote it in a shell)"
-        )
-    mapping = re.search(r"(?:Invalid type assigned|Merge error): (\w+) is not a subclass of (\w+)", text)
-    in_preset = re.search(r"^In '([^'/]+)/([^']+)'", text)
-    if mapping and in_preset:
-        group, name = in_preset.groups()
-        return UserError(
-            group,
-            f"the preset {group}/{name} is a {mapping.group(1)}, not a mapping of settings",
-            "write it as `field: value` lines, like the packaged presets in optimizer/conf/",
-        )
-    if mapping:
-        return UserError(
-            field,
-            f"is a group of settings ({mapping.group(2)}), not a single value",
-            f"set its fields, e.g. {field}.<field>=value; `optimize --show-config` lists them",
-        )
-    return UserError(
-        field,
-        " ".join(text.split())[:300],
-        "overrides look like group=preset or a.b=value; `optimize --help` lists the groups",
-    )
-
-
-def _yaml_error(exc: Exception) -> UserError:
-    mark = getattr(exc, "problem_mark", None)
-    if mark is None:
-        return UserError("config_dir", f"a preset is not valid YAML: {_first_line(exc)}", "fix its syntax")
-    file = Path(mark.name)
-    problem = getattr(exc, "problem", None) or _first_line(exc)
-    return UserError(
-        file.parent.name,
-        f"the preset {file} is not valid YAML: {problem} (line {mark.line + 1})",
-        "fix the YAML syntax of that file",
     )

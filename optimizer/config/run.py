@@ -71,8 +71,8 @@ def cache_dir_from(environ: Mapping[str, str]) -> str:
         raise UserError(
             CACHE_ENV,
             "is set but empty",
-            # `optimize verify` and the llama.cpp build script read only the variable
+            # the llama.cpp build script reads only the variable
             f"unset it (unset {CACHE_ENV}: caches go to {DEFAULT_CACHE_DIR}) or give it a path "
-            f"({CACHE_ENV}=DIR); a search also takes `optimize cache_dir=DIR`, `optimize verify` does not",
+            f"({CACHE_ENV}=DIR); a search also takes `optimize cache_dir=DIR`, verify `--cache-dir DIR`",
         )
     return value

@@ -226,6 +226,14 @@ class WorkloadConfig:
             "1 for single requests, > 1 for conversations",
         )
         require(self.turn_gap_seconds >= 0, "workload.turn_gap_seconds", "is negative", "seconds >= 0")
+        # random.Random (measure/stream.py) seeds with the absolute value: -3 repeats seed 3's draws
+        require(
+            self.seed >= 0,
+            "workload.seed",
+            f"is {self.seed}: a seed must be >= 0 (Python's random seeds with its absolute value, so "
+            f"it would repeat seed {abs(self.seed)}'s draws)",
+            "e.g. workload.seed=0",
+        )
         if not self.trace and self.turns == 1 and self.turn_gap_seconds != TURN_GAP_DEFAULT:
             # a warning, not a refusal: `workload=agent workload.turns=1` keeps the preset's gap,
             # and this level cannot tell a preset's value from one the user gave

@@ -171,7 +171,7 @@ def test_the_empty_cache_variable_names_a_fix_that_optimize_and_verify_both_take
         default_cache_dir()  # what `optimize verify` reads
     fix = info.value.fix
     assert "WATTSMITH_CACHE=DIR" in fix  # verify's way: the variable
-    assert "or pass cache_dir=DIR" not in fix and "`optimize verify` does not" in fix
+    assert "or pass cache_dir=DIR" not in fix and "verify `--cache-dir DIR`" in fix
     assert cli._verify(["recipe.yaml", f"cache_dir={tmp_path}"]) == 2  # indeed
     assert "unrecognized arguments: cache_dir=" in capsys.readouterr().err
     # a search's way, as the fix spells it
