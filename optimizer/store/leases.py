@@ -19,7 +19,7 @@ from sqlalchemy import Engine, delete, exc, func, insert, select, update
 
 from optimizer.processes import host_name as _host
 from optimizer.processes import process_alive
-from optimizer.store.tables import claims_table, deaths_table, writing
+from optimizer.store.tables import claims_table, deaths_table, reading, writing
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +113,28 @@ class Leases:
             deaths_table.c.key == key,
             deaths_table.c.found_at > since,
         )
-        with self._engine.connect() as connection:
+        with reading(self._engine) as connection:
             return int(connection.execute(query).scalar() or 0)
 
     def held_by_others(self) -> list[str]:
-        """Keys other workers hold in this context and may still be using: a live worker's on this
-        host (lapsed or not: one that stalled did not die), another host's until it lapses."""
+        """Keys other workers hold in this context and may still be using: exactly the leases
+        `claim` would not take. A lease lapses for a live worker on this host too: renewal (every
+        quarter lease) is the only sign that a worker still measures; a stopped one, or a process
+        whose renewals ended but that lives on (its release_all failed), would otherwise keep its
+        keys from every other worker for as long as it runs."""
         query = select(claims_table.c.key, claims_table.c.owner, claims_table.c.expires_at).where(
             claims_table.c.context == self.context, claims_table.c.owner != self.worker
         )
         now = time.time()
-        with self._engine.connect() as connection:
+        with reading(self._engine) as connection:
             rows = connection.execute(query).all()
-        return [
-            key
-            for key, owner, expires in rows
-            if (alive := _alive_here(owner)) or (alive is None and expires >= now)
-        ]
+        return [key for key, owner, expires in rows if expires >= now and _alive_here(owner) is not False]
 
     def claim_owner(self, key: str) -> str | None:
         query = select(claims_table.c.owner).where(
             claims_table.c.context == self.context, claims_table.c.key == key
         )
-        with self._engine.connect() as connection:
+        with reading(self._engine) as connection:
             owner = connection.execute(query).scalar()
         return str(owner) if owner is not None else None
 
@@ -167,7 +166,7 @@ class Leases:
         query = select(func.count()).where(
             claims_table.c.context == self.context, claims_table.c.owner == self.worker
         )
-        with self._engine.connect() as connection:
+        with reading(self._engine) as connection:
             return int(connection.execute(query).scalar() or 0)
 
     def _mine(self, statement: Any, key: str) -> Any:

@@ -215,14 +215,16 @@ def _damaged(engine: Engine, finding: str) -> UserError:
     )
 
 
-def _refusal(engine: Engine, error: exc.DBAPIError) -> UserError | None:
+def _refusal(engine: Engine, error: exc.DBAPIError, opened: bool = False) -> UserError | None:
     """The UserError for a store that is damaged or refuses writes (what the user fixes on the
-    disk or the server, not in wattsmith); None for any other error."""
+    disk or the server, not in wattsmith); None for any other error. `opened`: the file passed the
+    checks at open, so one that no longer reads as a database was damaged since (at open it may
+    be any file the user named)."""
     text = str(error.orig)
     # PostgreSQL's SQLSTATEs: disk_full; read_only_sql_transaction (a standby), insufficient_privilege
     state = str(getattr(error.orig, "sqlstate", "") or "")
     sqlite = engine.dialect.name == "sqlite"
-    if sqlite and "malformed" in text:
+    if sqlite and ("malformed" in text or (opened and "file is not a database" in text)):
         return _damaged(engine, text)
     if "database or disk is full" in text or state == "53100":
         fix = "free space on its disk, or point store_path at a copy of it on another disk"
@@ -240,17 +242,31 @@ def _refusal(engine: Engine, error: exc.DBAPIError) -> UserError | None:
 
 
 @contextmanager
-def writing(engine: Engine) -> Iterator[Connection]:
-    """A write transaction. A store that filled its disk, turned read-only or was damaged since it
-    was opened raises a UserError; any other error (a lost race, a lock) reaches the caller."""
+def _refusing(engine: Engine) -> Iterator[None]:
+    """A store that filled its disk, turned read-only or was damaged since it was opened raises a
+    UserError; any other error (a lost race, a lock, a bug) reaches the caller as it was."""
     try:
-        with engine.begin() as connection:
-            yield connection
+        yield
     except exc.DBAPIError as error:
-        refusal = _refusal(engine, error)
+        refusal = _refusal(engine, error, opened=True)
         if refusal is None:
             raise
         raise refusal from None
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction, its refusals UserErrors (`_refusing`)."""
+    with _refusing(engine), engine.begin() as connection:
+        yield connection
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads: a file damaged since it was opened fails the first read after,
+    often long before the next write."""
+    with _refusing(engine), engine.connect() as connection:
+        yield connection
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

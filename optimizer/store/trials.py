@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +28,7 @@ from optimizer.store.tables import (
     claims_table,
     engine_for,
     quality_table,
+    reading,
     store_url,
     trials_table,
     writing,
@@ -38,6 +40,38 @@ GAP_LOOKBACK_ROWS = 64  # rows numbered but not yet committed when read: a few p
 # The lease on running a numerics key's quality probe, held around the probe alone (the quality
 # lease is also held through a build): deaths under it are the numerics', not one batch size's.
 PROBE_CLAIM_PREFIX = QUALITY_CLAIM_PREFIX + "probe/"
+# JSON has no NaN or infinity: Python's bare NaN/Infinity tokens make SQLite's json functions
+# refuse the row. Such a float (an fp16 overflow's perplexity and KL) is stored as this tagged
+# object and read back as it was. Not null: null already means "none" in these rows
+# (capacity_rate, joules_per_request), and an infinite perplexity must not come back as NaN.
+NON_FINITE_TAG = "$float"
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def dump_json(value: Any) -> str:
+    """`value` as valid JSON (allow_nan=False: a non-finite float missed is an error, not a row
+    that other readers refuse)."""
+    return json.dumps(_tagged(value), sort_keys=True, allow_nan=False)
+
+
+def load_json(text: str) -> Any:
+    """What `dump_json` wrote; rows of earlier versions with bare NaN/Infinity tokens read too."""
+    return json.loads(text, object_hook=_untagged)
+
+
+def _tagged(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return {NON_FINITE_TAG: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, dict):
+        return {key: _tagged(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tagged(item) for item in value]
+    return value
+
+
+def _untagged(obj: dict[str, Any]) -> Any:
+    tag = obj.get(NON_FINITE_TAG)
+    return _NON_FINITE[tag] if len(obj) == 1 and isinstance(tag, str) and tag in _NON_FINITE else obj
 
 
 class TrialStore(Leases):
@@ -87,7 +121,7 @@ class TrialStore(Leases):
             .order_by(trials_table.c.seq)
         )
         changed = []
-        with self._engine.connect() as connection:
+        with reading(self._engine) as connection:
             rows = connection.execute(query).mappings().all()
         for row in rows:
             seq = row["seq"]
@@ -97,7 +131,7 @@ class TrialStore(Leases):
             if row["schema"] != STORE_SCHEMA:
                 continue
             try:
-                result = json.loads(row["result"])
+                result = load_json(row["result"])
             except json.JSONDecodeError:
                 log.warning("store row %s is not valid JSON; skipped", seq)
                 continue
@@ -163,7 +197,7 @@ class TrialStore(Leases):
             "run_id": self.run_id,
             "worker": self.worker,
             "created_at": time.time(),
-            "result": json.dumps(result.to_dict(), sort_keys=True),
+            "result": dump_json(result.to_dict()),
         }
         with writing(self._engine) as connection:
             seq = connection.execute(insert(trials_table).values(**row)).inserted_primary_key
@@ -198,10 +232,10 @@ class TrialStore(Leases):
         query = select(quality_table.c.quality).where(
             quality_table.c.context == self.quality_context, quality_table.c.numerics_key == numerics_key
         )
-        with self._engine.connect() as connection:
+        with reading(self._engine) as connection:
             stored = connection.execute(query).scalar()
         if stored is not None:
-            return dict(json.loads(stored))
+            return dict(load_json(stored))
         for record in self._records.values():
             if record.get("numerics_key") == numerics_key and record["result"].get("quality"):
                 return dict(record["result"]["quality"])
@@ -213,7 +247,7 @@ class TrialStore(Leases):
             "context": self.quality_context,
             "numerics_key": numerics_key,
             "created_at": time.time(),
-            "quality": json.dumps(quality, sort_keys=True),
+            "quality": dump_json(quality),
         }
         try:
             with writing(self._engine) as connection:
