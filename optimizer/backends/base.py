@@ -165,6 +165,15 @@ class ModelRules(Protocol):
         ...
 
 
+@runtime_checkable
+class RowRules(Protocol):
+    """A spec whose engines bound a row's tokens (TensorRT's optimization profiles)."""
+
+    def row_reason(self, settings: Any, tokens: int) -> str | None:
+        """Why these settings cannot run rows of `tokens` tokens (prompt + generated), or None."""
+        ...
+
+
 PRECISION_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0}
 
 

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from optimizer.backends.base import RowRules
+from optimizer.backends.registry import spec_for
 from optimizer.config import HALF_REFERENCES, QUALITY_REFERENCES, RunConfig
 from optimizer.errors import UserError
 from optimizer.files import tensor_sha256
@@ -197,23 +199,21 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
 def _within_tensorrt_profile(
     valid: list[Candidate], longest: int, cfg: RunConfig
 ) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
-    """TensorRT engines (native, or ONNX Runtime's TensorRT provider) are built for rows of at most
-    TRT_MAX_TOKENS: a run with longer requests or quality windows is excluded now, not exported,
-    calibrated and built first, then failed."""
-    from optimizer.backends.onnx.trt_profile import TRT_MAX_TOKENS
-
+    """Candidates whose backend bounds a row's tokens (RowRules: TensorRT's profiles, native or
+    ONNX Runtime's provider) are excluded now when the run's longest request or quality window
+    is longer, not exported, calibrated and built first, then failed."""
     need = max(longest, cfg.quality.seq_tokens)
-    if need <= TRT_MAX_TOKENS:
-        return valid, []
     what = "quality.seq_tokens" if cfg.quality.seq_tokens == need else "the longest request"
-    reason = f"TensorRT engines are built for rows of at most {TRT_MAX_TOKENS} tokens: {what} is {need}"
-    on_tensorrt = [c for c in valid if _on_tensorrt(c)]
-    return [c for c in valid if not _on_tensorrt(c)], [(c, reason) for c in on_tensorrt]
-
-
-def _on_tensorrt(candidate: Candidate) -> bool:
-    provider = getattr(candidate.settings, "provider", None)
-    return candidate.backend == "tensorrt" or (candidate.backend == "ort-onnx" and provider == "tensorrt")
+    kept: list[Candidate] = []
+    beyond: list[tuple[Candidate, str]] = []
+    for candidate in valid:
+        spec = spec_for(candidate.settings)
+        reason = spec.row_reason(candidate.settings, need) if isinstance(spec, RowRules) else None
+        if reason is None:
+            kept.append(candidate)
+        else:
+            beyond.append((candidate, f"{reason}: {what} is {need}"))
+    return kept, beyond
 
 
 def _measured_baseline(

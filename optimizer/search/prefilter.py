@@ -6,7 +6,8 @@ heads; a replica holds all the weights and the KV of its share of the batch. On 
 process has a device of its own, so the budget is per device; on a CPU the processes share the
 host's memory, so the budget is for all of them together. A process needs the more of what it
 holds running and of its load peak: a backend that quantizes after loading (torch, torch-cb)
-first holds every weight unquantized.
+first holds every weight unquantized. On a GPU target a torch build's host holds the weights too
+while it loads (`host_load_bytes`), checked against this machine's memory.
 
 The second check, a roofline bound of tokens/J against the best measured so far, is in roofline.py.
 """
@@ -16,15 +17,17 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from optimizer.backends.base import Footprint
+from optimizer.backends.base import PRECISION_BYTES, Footprint
 from optimizer.backends.registry import spec_for
 from optimizer.config import WorkloadConfig
 from optimizer.model import ModelShape
 from optimizer.space import Candidate, exclusion_reason
-from optimizer.target import GIB, TargetSpec, physical_memory_bytes
+from optimizer.target import GIB, TargetSpec, host_memory_bytes, physical_memory_bytes
 
 RUNTIME_OVERHEAD_BYTES = GIB // 2  # allocator slack, CUDA context, framework buffers
 USABLE_FRACTION = 0.9
+# backends that build with torch's load_hf_model: from_pretrained on the host, then .to(device)
+HOST_LOADERS = ("torch", "torch-cb")
 
 
 def estimate_memory_bytes(
@@ -104,15 +107,16 @@ def memory_fit_reason(
     workload: WorkloadConfig,
     longest: int | None = None,
 ) -> str | None:
-    """Why the candidate cannot fit the target's memory budget, or None when it fits. The reason
-    says when a larger tensor-parallel degree would fit the same batch."""
+    """Why the candidate cannot fit the target's memory budget (or, on a GPU target, its host's
+    memory while it loads), or None when it fits. The reason says when a larger tensor-parallel
+    degree would fit the same batch."""
     running = estimate_memory_bytes(candidate, shape, workload, longest)
     load = load_peak_bytes(candidate, shape)
     shared = not target.is_cuda  # CPU processes share one memory (and may all load at once)
     need = max(running, load) * (candidate.processes if shared else 1)
     budget = target.memory_bytes * USABLE_FRACTION
     if need <= budget:
-        return None
+        return host_load_reason(candidate, shape) if target.is_cuda else None
     where = "of the memory budget" if shared else "per device of the memory budget"
     # said apart: a smaller batch or KV cache does not lower a load peak
     when = ""
@@ -124,6 +128,38 @@ def memory_fit_reason(
     if unlock is not None:
         reason += f"; tensor_parallel={unlock} would fit it"
     return reason
+
+
+def host_load_bytes(candidate: Candidate, shape: ModelShape) -> int:
+    """Host bytes a GPU candidate's torch build holds at once while loading: from_pretrained maps
+    a checkpoint of the load precision (its weights are views of the safetensors file: page cache,
+    shared and reclaimable) but casts one of another precision into host memory whole, before
+    .to(device). Every replica loads at once (torch_parallel spawns them together). 0 where
+    nothing is cast, or for tensor-parallel ranks (each loads its shard by the tp_plan)."""
+    if candidate.backend not in HOST_LOADERS or candidate.tensor_parallel > 1:
+        return 0
+    precision = getattr(candidate.settings, "precision", None)
+    if precision is None or shape.checkpoint_precision in (None, precision):
+        return 0
+    return int(shape.num_parameters * PRECISION_BYTES[precision]) * candidate.replicas
+
+
+def host_load_reason(candidate: Candidate, shape: ModelShape) -> str | None:
+    """Why this machine's memory cannot hold what a GPU candidate's build casts on the host, or None."""
+    need = host_load_bytes(candidate, shape)
+    memory = host_memory_bytes() if need else None
+    if memory is None or need <= memory * USABLE_FRACTION:
+        return None
+    precision = getattr(candidate.settings, "precision", "")
+    copies = f"{candidate.replicas} replicas loading at once" if candidate.replicas > 1 else "while loading"
+    fix = f"save the checkpoint in {precision} (from_pretrained then maps it, casting nothing)"
+    if candidate.replicas > 1:
+        fix += " or use fewer space.replicas"
+    return (
+        f"casts the {shape.checkpoint_precision} checkpoint to {precision} in host memory before moving "
+        f"it to the GPU: ~{need / GIB:.1f} GiB ({copies}) > {memory * USABLE_FRACTION / GIB:.1f} GiB "
+        f"usable of this machine's memory; {fix}"
+    )
 
 
 def unlocking_degree(

@@ -8,7 +8,10 @@ An engine serves the shapes inside its profile only, so the profile bounds a row
 
 from __future__ import annotations
 
-from optimizer.backends.onnx.export import INPUT_IDS, LOGITS_POSITIONS, DecoderLayout
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from optimizer.backends.onnx.export import DecoderLayout
 
 TRT_MAX_TOKENS = 1024
 TRT_MIN_PROFILE_BATCH = 4
@@ -22,6 +25,9 @@ def profile_batch(batch_size: int) -> int:
 
 def profile_dims(layout: DecoderLayout, max_batch: int, max_tokens: int = TRT_MAX_TOKENS) -> dict[str, Dims]:
     """min/opt/max shape of every input; opt is the common case: a one-token decode step at full batch."""
+    # here, not above: the specs import this module's bound (row_reason), and export imports torch
+    from optimizer.backends.onnx.export import INPUT_IDS, LOGITS_POSITIONS
+
     kv, hd = layout.kv_heads, layout.head_dim
     dims: dict[str, Dims] = {
         INPUT_IDS: {"min": (1, 1), "opt": (max_batch, 1), "max": (max_batch, max_tokens)},
@@ -53,3 +59,10 @@ def check_context(past_tokens: int, new_tokens: int, max_tokens: int = TRT_MAX_T
             f"{past_tokens + new_tokens} tokens per row exceed the TensorRT profile's {max_tokens} "
             "(optimizer.backends.onnx.trt_profile.TRT_MAX_TOKENS): use shorter prompts or fewer new tokens"
         )
+
+
+def row_reason(tokens: int, max_tokens: int = TRT_MAX_TOKENS) -> str | None:
+    """Why an engine of this profile cannot take rows of `tokens` tokens (prompt + generated), or None."""
+    if tokens <= max_tokens:
+        return None
+    return f"TensorRT engines are built for rows of at most {max_tokens} tokens"

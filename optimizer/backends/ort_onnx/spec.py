@@ -17,6 +17,7 @@ from optimizer.backends.base import (
     unpadded_stream_reason,
 )
 from optimizer.backends.installed import missing_onnx_runtime
+from optimizer.backends.onnx.trt_profile import row_reason
 from optimizer.backends.ort_onnx.settings import OrtOnnxSettings
 
 if TYPE_CHECKING:
@@ -43,6 +44,10 @@ class OrtOnnxSpec:
     def workload_reason(self, settings: OrtOnnxSettings, batch_size: int, serving: bool) -> str | None:
         return unpadded_stream_reason(batch_size, serving)
 
+    def row_reason(self, settings: OrtOnnxSettings, tokens: int) -> str | None:
+        # the TensorRT provider's profile bounds a row (OrtSteps checks it); other providers do not
+        return row_reason(tokens) if settings.provider == "tensorrt" else None
+
     def footprint(self, settings: OrtOnnxSettings, num_layers: int) -> Footprint:
         act = PRECISION_BYTES[settings.precision] if settings.provider == "cuda" else 4.0
         weight = 1.0 if settings.quantization != "none" else act
@@ -50,7 +55,9 @@ class OrtOnnxSpec:
         # quantizers take weight MatMuls (lm_head among them), not the embedding's Gather: it keeps
         # the model's float (fp32 in the int8 builds). A tied lm_head is a second matrix: the
         # export's constant folding turns its Transpose of the embedding into an initializer.
-        return Footprint(weight, act, 4.0, embedding_bytes=act, tied_holds="both")
+        # OrtSteps.step binds the held past as input and a new present as output: both are alive
+        # through the last decode step.
+        return Footprint(weight, act, 4.0, embedding_bytes=act, tied_holds="both", kv_copies=2)
 
     def moved_bytes(self, settings: OrtOnnxSettings, num_layers: int) -> MovedBytes:
         """The precision's own bytes on every provider (TensorRT's EP runs fp16 weights as fp16 even

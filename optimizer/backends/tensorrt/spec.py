@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from optimizer.backends.base import Engine, Footprint, MovedBytes, precision_kind, unpadded_stream_reason
 from optimizer.backends.installed import missing_tensorrt
+from optimizer.backends.onnx.trt_profile import row_reason
 from optimizer.backends.tensorrt.settings import TensorRTSettings
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ class TensorRTSpec:
     def workload_reason(self, settings: TensorRTSettings, batch_size: int, serving: bool) -> str | None:
         return unpadded_stream_reason(batch_size, serving)
 
+    def row_reason(self, settings: TensorRTSettings, tokens: int) -> str | None:
+        return row_reason(tokens)
+
     def footprint(self, settings: TensorRTSettings, num_layers: int) -> Footprint:
         # the engine's inputs and outputs (KV cache included) stay fp32; fp16/int8 are inside it.
         # int8: the QDQ model's embedding (a Gather) has no Q/DQ nodes, so it is not int8 but runs
@@ -40,8 +44,14 @@ class TensorRTSpec:
         # lm_head is a second matrix: the ONNX it is built from holds lm_head's folded Transpose of
         # the embedding as an initializer of its own (as ort-onnx's footprint says), int8 in the QDQ
         embedding = WEIGHT_BYTES["fp16"] if settings.precision == "int8" else None
+        # TensorRTSteps.step allocates the present outputs while the past inputs are held: two KVs
         return Footprint(
-            WEIGHT_BYTES[settings.precision], 4.0, 4.0, embedding_bytes=embedding, tied_holds="both"
+            WEIGHT_BYTES[settings.precision],
+            4.0,
+            4.0,
+            embedding_bytes=embedding,
+            tied_holds="both",
+            kv_copies=2,
         )
 
     def moved_bytes(self, settings: TensorRTSettings, num_layers: int) -> MovedBytes:
