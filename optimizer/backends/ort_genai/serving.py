@@ -113,7 +113,8 @@ class GenaiEngineServer:
 
     def collect(self, timeout_seconds: float) -> list[Completion]:
         with self._lock:
-            done = take_completions(self._lock, self._done, lambda: self._stopped, timeout_seconds)
+            # a failed loop finishes nothing more either: its failure is raised at once
+            done = take_completions(self._lock, self._done, self._down, timeout_seconds)
             if not done:
                 self._raise_if_down()
         return done
@@ -153,6 +154,9 @@ class GenaiEngineServer:
     def idle(self) -> bool:
         with self._lock:
             return not self._inbox and not self._handed
+
+    def _down(self) -> bool:
+        return self._stopped or self._failure is not None
 
     def _raise_if_down(self) -> None:
         if self._failure is not None:

@@ -275,6 +275,8 @@ class ContinuousBatchingEngine:
         return str(request_id)
 
     def collect(self, timeout_seconds: float) -> list[Completion]:
+        if self.model is None:  # closed: nothing will ever finish, so waiting would only stall
+            raise RuntimeError("the engine is closed")
         manager = self._manager
         if manager is None:
             time.sleep(max(timeout_seconds, 0.0))
