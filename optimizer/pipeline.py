@@ -133,19 +133,23 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
         lone = lone_edge_reason(best, cfg.workload.slo, cfg.search.slo_margin)
         if lone is not None:
             log.info("selected: %s", lone)
-    recipe_path = None
+    recipe = None
     infeasible = None
     if best is not None:
         recipe = build_recipe(cfg, setup, best, outcome, plan.excluded, plan.context, idle_watts, selection)
-        recipe_path = write_recipe(output_dir / "recipe.yaml", recipe)
-    else:  # no recipe beside this report, not even an earlier run's (output_dir may be reused)
-        (output_dir / "recipe.yaml").unlink(missing_ok=True)
+    else:
         evaluated = sum(not r.reused for r in outcome.results if r.status != PRUNED)
         capped = cfg.search.max_candidates is not None and evaluated >= cfg.search.max_candidates
         infeasible = unreliable_finalists(selection, bool(cfg.workload.trace)) or diagnose_infeasible(
             outcome.selectable, len(outcome.not_reached), capped, cfg.workload.slo
         )
     rounds = [replace(r, role="finalist") for r in remeasured]
+    # output_dir may be reused: an interrupt (or a failing plot) among these writes must not leave
+    # an earlier run's report beside this run's recipe, nor its recipe beside this report. The
+    # earlier pair goes first; the recipe, the product, is written before anything that may fail.
+    for earlier in ("recipe.yaml", "report.md"):
+        (output_dir / earlier).unlink(missing_ok=True)
+    recipe_path = write_recipe(output_dir / "recipe.yaml", recipe) if recipe is not None else None
     _write_results(output_dir, [*outcome.results, *rounds])
     _write_config(output_dir, cfg)
     write_report(

@@ -39,6 +39,19 @@ def with_selected(
     return [selected if r.candidate.key() == key and not r.feasible else r for r in results]
 
 
+def as_selected(
+    results: Sequence[CandidateResult], selected: CandidateResult | None
+) -> list[CandidateResult]:
+    """`results` with the selected candidate's search row replaced by the figures it was selected
+    on (its finalist re-measurement), met the SLO in the search or not: the report's Pareto front
+    then lists the figure the plot's star marks (unlike `with_selected`'s tables, which keep what
+    the search measured wherever it is feasible)."""
+    if selected is None or not selected.feasible:
+        return list(results)
+    key = selected.candidate.key()
+    return [selected if r.candidate.key() == key else r for r in results]
+
+
 def pareto_front(results: Sequence[CandidateResult]) -> list[CandidateResult]:
     """Measured, SLO-meeting candidates not dominated in (goodput tokens/J up, mean KL down).
 
@@ -173,7 +186,15 @@ def near_misses(
         # >= 0: every percentile inside its target, so it missed by requests given up unfinished
         # (TPOT unbounded, TTFT unknown): an overload, not a noisy percentile near its target
         and -near_miss <= headroom < 0
+        and not gave_up(r)  # (a percentile near its target as well does not make it less overloaded)
     ]
+
+
+def gave_up(result: CandidateResult) -> bool:
+    """Whether the run missed the SLO by requests given up unfinished (measure/latency.py's
+    `unfinished_violation`, measure/load.py's `unknown_ttft_violation`): an overload."""
+    violations = result.performance.slo_violations if result.performance else []
+    return any("given up unfinished" in v for v in violations)
 
 
 def potential(result: CandidateResult) -> float:

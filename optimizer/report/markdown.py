@@ -20,7 +20,7 @@ from optimizer.report.plots import plot_pareto
 from optimizer.report.selection import selection_section
 from optimizer.report.serving import serving_section, workload_line
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult, sig3, sig3_decimals
-from optimizer.select import Selection, lone_edge_reason, pareto_front, with_selected
+from optimizer.select import Selection, as_selected, lone_edge_reason, pareto_front, with_selected
 from optimizer.space import Candidate, layout_record
 from optimizer.version import tool_version
 
@@ -101,7 +101,8 @@ def write_report(
     one result per candidate and round, whose windows the measurement flags show too."""
     source = setup.meter.source
     shown = with_selected(outcome.selectable, best)  # the search's rows, a near miss's that won re-measured
-    front = pareto_front(shown)
+    # the selected one at the figures it was selected on, where the plot's star is
+    front = pareto_front(as_selected(outcome.selectable, best))
     plot_pareto(
         output_dir / "pareto.png", outcome.results, front, best, outcome.baseline, cfg.quality.max_kl, source
     )
@@ -141,7 +142,13 @@ def write_report(
     lines += serving_section(outcome.results, output_dir, mark)
     lines += ["## Energy-quality trade-off", "", "![Pareto plot](pareto.png)", ""]
     if front:
-        lines += [f"{mark}Pareto front (goodput tokens/J up, KL down):", ""]
+        which = (  # two figures for the selected candidate: say which one is listed
+            "; the selected candidate at its finalist re-measurement, as the plot's star, "
+            "the others as the search measured them"
+            if any(r.role == "finalist" for r in front)
+            else ""
+        )
+        lines += [f"{mark}Pareto front (goodput tokens/J up, KL down{which}):", ""]
         lines += [f"- {remeasured_label(r)}: {sig3(r.objective)} tok/J, KL {_kl(r)}" for r in front]
         lines.append("")
     lines += _candidates_table(outcome.results, mark, outcome.baseline_in_space)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from optimizer.report.backend_table import remeasured_label
 from optimizer.results import MEASURED, REJECTED, CandidateResult
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def pareto_figure(
             s=260,
             color="gold",
             edgecolors="black",
-            label=f"selected: {best.candidate.label()}",
+            label=f"selected: {remeasured_label(best)}",
             zorder=5,
         )
     ax.axvline(max_kl, color="tab:red", linestyle=":", label=f"quality.max_kl = {max_kl:g}")

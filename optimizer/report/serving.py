@@ -13,6 +13,7 @@ from optimizer.results import CandidateResult, sig3
 
 if TYPE_CHECKING:
     from optimizer.measure.stream import RequestStream
+    from optimizer.measure.workload import PerformanceResult
 
 
 def workload_line(workload: WorkloadConfig, stream: RequestStream | None) -> str:
@@ -76,7 +77,15 @@ def serving_section(
     lines += _prefix_lines(served)
     if any(len(r.performance.serving.curve) > 1 for r in served if r.performance and r.performance.serving):
         plot_load(output_dir / "load.png", served, estimated=bool(estimate_mark))
-        lines += ["### Load curves", "", "![Load curves](load.png)", ""]
+        lines += [
+            "### Load curves",
+            "",
+            "Goodput tokens/J pooled at each offered load (all its tokens over all its joules), "
+            "as in the table.",
+            "",
+            "![Load curves](load.png)",
+            "",
+        ]
     return lines
 
 
@@ -136,10 +145,11 @@ def plot_load(path: Path, served: Sequence[CandidateResult], estimated: bool = F
             continue
         rates = [p["rate"] for p in curve]
         label = r.candidate.label()
-        axes[0].plot(rates, [p["goodput_tokens_per_joule"] for p in curve], marker="o", label=label)
+        axes[0].plot(rates, pooled_curve(r.performance), marker="o", label=label)
         axes[1].plot(rates, [p["ttft_p90_ms"] for p in curve], marker="o", label=label)
         axes[2].plot(rates, [p["tpot_p90_ms"] for p in curve], marker="o", label=label)
-    titles = ("goodput tokens/J" + (" (ESTIMATE)" if estimated else ""), "TTFT p90 (ms)", "TPOT p90 (ms)")
+    goodput = "goodput tokens/J (pooled)" + (" (ESTIMATE)" if estimated else "")
+    titles = (goodput, "TTFT p90 (ms)", "TPOT p90 (ms)")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xlabel("offered load (requests/s)")
         ax.set_title(title)
@@ -150,6 +160,18 @@ def plot_load(path: Path, served: Sequence[CandidateResult], estimated: bool = F
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def pooled_curve(performance: PerformanceResult) -> list[float]:
+    """The load curve's goodput tokens/J pooled, as the serving table's: a point records the mean
+    of its runs' per-window figures, so the selection rate's (workload.repeats runs) takes the
+    result's pooled figure; every other rate's one run is one window, its mean already pooled."""
+    serving = performance.serving
+    assert serving is not None
+    return [
+        performance.pooled_goodput if p["rate"] == serving.rate else p["goodput_tokens_per_joule"]
+        for p in serving.curve
+    ]
 
 
 def _from_last(place: int) -> str:
