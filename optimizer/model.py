@@ -2,7 +2,8 @@
 
 A model comes from the packaged alias `smollm2`, a local Hugging Face directory, a GGUF file or
 a hub id. GGUF files are converted once into a safetensors directory in the cache, keyed by the
-GGUF's sha256, because transformers takes ~20 s to de-quantize one on every load.
+GGUF's sha256 and the versions of what de-quantizes it, because transformers takes ~20 s to
+de-quantize one on every load. The model's identity (weight_sha256) is the GGUF's sha256 alone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from optimizer.backends.installed import distribution_version
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
 from optimizer.model_files import (
@@ -43,6 +45,9 @@ PACKAGED_MODELS = {
     ),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+# What de-quantizes a GGUF and writes its config and tokenizer: transformers' GGUF loader and
+# tokenizer converter, gguf's reader and quantization kernels (numpy), torch holding the tensors
+DEQUANTIZER_PACKAGES = ("transformers", "gguf", "tokenizers", "numpy", "torch")
 # config.json's dtype, which transformers 5 loads a checkpoint in unless told otherwise
 CHECKPOINT_PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -151,12 +156,20 @@ def _from_gguf(
             revision=cfg.revision,
             shape=gguf_shape(gguf, reader, *rest),
         )
-    converted = cache_dir / "models" / f"gguf-{digest[:16]}"
+    converted = _conversion_dir(cache_dir, digest)
     if not (converted / "config.json").is_file():
         reader = check_gguf(gguf)
         check_room_to_dequantize(gguf, gguf_shape(gguf, reader), cache_dir)
         _convert_gguf(gguf, converted)
     return _spec_for_dir(converted, source, name, "gguf", cfg, cache_dir, weight_sha256=digest)
+
+
+def _conversion_dir(cache_dir: Path, digest: str) -> Path:
+    """Where the GGUF of sha256 `digest` is de-quantized: an upgrade that changes the tensors,
+    config or tokenizer written converts it again instead of reusing the old copy."""
+    packages = {name: distribution_version(name) for name in DEQUANTIZER_PACKAGES}
+    key = hashlib.sha256(json.dumps({"gguf": digest, "packages": packages}, sort_keys=True).encode())
+    return cache_dir / "models" / f"gguf-{key.hexdigest()[:16]}"
 
 
 def check_room_to_dequantize(gguf: Path, shape: ModelShape, cache_dir: Path) -> None:

@@ -17,6 +17,7 @@ import pytest
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
 from optimizer.model import (
+    _conversion_dir,
     _convert_gguf,
     check_gguf,
     check_room_to_dequantize,
@@ -351,8 +352,9 @@ def test_a_gguf_served_as_it_is_is_not_converted(tmp_path: Path, cache_dir: Path
     assert spec.shape == replace(SMOLLM2_SHAPE, checkpoint_precision=None)
     assert spec.weight_sha256 == file_sha256(spec.path)
     # a conversion cached by an fp32 search is not used: the same file, the same identity
-    (cache_dir / "models" / f"gguf-{spec.weight_sha256[:16]}").mkdir(parents=True)
-    (cache_dir / "models" / f"gguf-{spec.weight_sha256[:16]}" / "config.json").write_text("{}")
+    planted = _conversion_dir(cache_dir, spec.weight_sha256)
+    planted.mkdir(parents=True)
+    (planted / "config.json").write_text("{}")
     assert resolve_model(ModelConfig(source="smollm2"), cache_dir, convert_gguf=False) == spec
     bare = _tiny_gguf(tmp_path / "bare.gguf")  # tensors without the architecture's shape keys
     with pytest.raises(UserError) as info:
