@@ -20,13 +20,13 @@ from optimizer.measure.workload import PerformanceResult
 from optimizer.model import resolve_model
 from optimizer.recipe import Recipe, check_weights, default_cache_dir, model_config_for, read_recipe
 from optimizer.recipe_checks import artifact_change, inputs_here, trace_errors_name_the_recipe
-from optimizer.recipe_load import model_errors_name
+from optimizer.recipe_load import model_errors_name, refuse_source_nowhere
 from optimizer.results import sig3
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
 from optimizer.search.plan import MIN_PROMPTS
 from optimizer.space import dequantized_model_needed, exclusion_reason
-from optimizer.target import detect_target
+from optimizer.target import TargetSpec, detect_target
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +100,12 @@ def verify_recipe(
     if not all(c.passed for c in conditions):  # decided before anything is prepared
         return VerifyReport(recipe.path, conditions, measured=False)
     workload, quality = inputs_here(recipe.path, recipe.workload, recipe.quality)
-    model_cfg = model_config_for(recipe, model_source)
     convert = dequantized_model_needed([cand.backend], recipe.quality.reference)
-    flag = model_errors_name(
-        bool(model_source),
-        "--model",
-        "model.source",
-        "pass --model <path or packaged name>: the weights the recipe was measured on",
-    )
+    flag = model_errors_name(bool(model_source), "--model", "model.source", _FIX_MODEL)
     with flag, trace_errors_name_the_recipe():
+        model_cfg = model_config_for(recipe, model_source)  # `--model " "`: an error naming --model
+        if not model_source:
+            _refuse_source_nowhere(recipe, model_cfg.source)
         if convert and recipe.data["model"].get("format") == "gguf":  # hashed before it is de-quantized
             check_weights(recipe, resolve_model(model_cfg, cache, convert_gguf=False).weight_sha256)
         setup = prepare_measurement(
@@ -154,7 +151,9 @@ def verify_recipe(
     )
     if cannot is not None:  # e.g. the backend's package is missing: say so now, not after measuring
         raise UserError(
-            "recipe.settings", f"this machine cannot run {cand.label()}: {cannot}", _FIX_CANNOT_RUN
+            "recipe.settings",
+            f"this machine cannot run {cand.label()}: {cannot}",
+            _cannot_run_fix(recipe, setup.target),
         )
     device = DeviceLock.for_target(setup.target)
     with device.exclusive():  # idle means idle: no search builds or measures on the device meanwhile
@@ -195,7 +194,34 @@ def verify_recipe(
     return VerifyReport(recipe.path, checks, notes)
 
 
-_FIX_CANNOT_RUN = "install the package it names, or verify on a machine like the recipe's target"
+_ELSEWHERE = "or run optimize here for a recipe of this machine"
+_FIX_MODEL = "pass --model <path or packaged name>: the weights the recipe was measured on"
+
+
+def _cannot_run_fix(recipe: Recipe, target: TargetSpec) -> str:
+    """The fix for what keeps this machine from running the recipe's settings: verify measures them
+    as recorded, so fewer threads or GPUs than the evidence's are no fix."""
+    cand, recorded = recipe.candidate, recipe.data["target"]
+    gpu = _device_name(recorded, "gpu")
+    cores = cand.threads * (1 if target.is_cuda else cand.processes)  # a CPU's processes pin their own
+    if cores > target.cores and target.is_cuda:  # the device check compares the GPU, not the host's cores
+        return f"verify on a host of {gpu} with at least {cores} cores, {_ELSEWHERE}"
+    if cores > target.cores:  # as many as the recipe records (the device check): its settings changed
+        return f"restore the recipe from git (no search runs more threads than cores), {_ELSEWHERE}"
+    if target.gpu is not None and cand.processes > target.device_count - target.gpu.index:
+        return f"verify on a host of {cand.processes} {gpu} GPUs, {_ELSEWHERE}"
+    device = _device_name(recorded, "gpu" if target.is_cuda else "cpu_model")
+    return f"install the package it names, or verify on a machine like the recipe's ({device}), {_ELSEWHERE}"
+
+
+def _refuse_source_nowhere(recipe: Recipe, source: str) -> None:
+    """load_recipe's refusal of local weights found nowhere (not tried as a hub id), in verify's terms."""
+    try:
+        refuse_source_nowhere(recipe, source)
+    except UserError as error:
+        at = recipe.path.absolute().parent / Path(source.strip()).expanduser()
+        where = f"put the weights the recipe was measured on at {at}, run verify from where optimize ran"
+        raise UserError(error.field, error.problem, f"{where}, or pass --model <path to them>") from None
 
 
 def _conditions_here(recipe: Recipe) -> list[Check]:

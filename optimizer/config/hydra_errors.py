@@ -21,6 +21,8 @@ EXTRA_EXAMPLE = "space.extra=[{backend: torch, batch_size: 8}]"
 # what a null entry of a list setting should have been: the setting's own words, else its type's
 ENTRY_MEANINGS = {"space.batch_sizes": "a batch size is a positive integer"}
 ENTRY_TYPES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+# what a setting that cannot be null needs: its own words, else its type's
+NULL_NEEDS = {"workload.seed": "a whole number >= 0", "space.batch_sizes": "a list of positive batch sizes"}
 
 
 @contextlib.contextmanager
@@ -140,6 +142,9 @@ def _hydra_error(exc: Exception, config_dir: Path | None = None) -> UserError:
         where = re.search(r"^In '([^']+)'", text)
         source = f" (in the preset {where.group(1)})" if where else ""
         return UserError(listed, f"has a null entry{source}: {meaning}", f"e.g. {_list_example(listed)}")
+    if re.search(r"is not Optional|Incompatible value 'None' for field", text):  # a preset's words
+        where = re.search(r"^In '([^']+)'", text)
+        return _null_error(field, where.group(1) if where else None)
     converted = re.search(r"(Value '.*' of type '\w+' could not be converted to \w+)", text)
     if converted:
         return UserError(
@@ -176,6 +181,37 @@ def _hydra_error(exc: Exception, config_dir: Path | None = None) -> UserError:
         field,
         " ".join(text.split())[:300],
         "overrides look like group=preset or a.b=value; `optimize --help` lists the groups",
+    )
+
+
+def _null_error(field: str, preset: str | None) -> UserError:
+    """A setting given null that has no null: what it needs and a value that would do."""
+    kind, default = schema_entry(field) or (None, None)
+    if dataclasses.is_dataclass(kind):
+        needs, example = "a group of settings", f"{field}.<field>=value"
+    elif typing.get_origin(kind) is list:
+        entries = _list_entries(field)
+        mapping = typing.get_origin(entries) is dict
+        each = (
+            "a mapping of settings"
+            if mapping
+            else ENTRY_TYPES.get(getattr(entries, "__name__", ""), "a value")
+        )
+        needs, example = f"a list, each entry {each}", _list_example(field)
+    else:
+        needs = ENTRY_TYPES.get(getattr(kind, "__name__", ""), "a value")
+        example = f"{field}={'<value>' if default is None else literal(default)}"
+    needs = NULL_NEEDS.get(field, needs)
+    if preset is None:
+        return UserError(
+            field,
+            f"cannot be null: it needs {needs}",
+            f"e.g. {example}, or drop the override to keep its default",
+        )
+    return UserError(
+        field,
+        f"is null in the preset {preset}: it needs {needs}",
+        f"give it a value there (as {example} would), or delete that line for its default",
     )
 
 
