@@ -91,4 +91,7 @@ def onnx_rule(s: OrtOnnxSettings, target: TargetSpec) -> str | None:
         return "the CUDA execution provider runs int8 through TensorRT only: use provider tensorrt"
     if s.precision == "fp16" and s.quantization == "int8-dynamic":
         return "dynamic int8 quantization is made from the fp32 model"
+    # both GPU providers run fp16 kernels (TensorRT's trt_fp16_enable, CUDA's fp16 conversion)
+    if s.precision == "fp16" and not target.fp16:
+        return "fp16 has no fast kernels on this target"
     return missing_onnx_runtime(s.provider)

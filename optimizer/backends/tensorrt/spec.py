@@ -40,10 +40,12 @@ class TensorRTSpec:
     def footprint(self, settings: TensorRTSettings, num_layers: int) -> Footprint:
         # the engine's inputs and outputs (KV cache included) stay fp32; fp16/int8 are inside it.
         # int8: the QDQ model's embedding (a Gather) has no Q/DQ nodes, so it is not int8 but runs
-        # under the FP16 flag the int8 engine also sets (the engine itself is unmeasured). A tied
-        # lm_head is a second matrix: the ONNX it is built from holds lm_head's folded Transpose of
-        # the embedding as an initializer of its own (as ort-onnx's footprint says), int8 in the QDQ
-        embedding = WEIGHT_BYTES["fp16"] if settings.precision == "int8" else None
+        # at the width of the engine's other layers: fp16 where the target has it (builder_flags),
+        # fp32 where not. No target reaches here, so the fp32 width counts (a footprint must not
+        # understate; the engine itself is unmeasured). A tied lm_head is a second matrix: the
+        # ONNX it is built from holds lm_head's folded Transpose of the embedding as an
+        # initializer of its own (as ort-onnx's footprint says), int8 in the QDQ
+        embedding = WEIGHT_BYTES["fp32"] if settings.precision == "int8" else None
         # TensorRTSteps.step allocates the present outputs while the past inputs are held: two KVs
         return Footprint(
             WEIGHT_BYTES[settings.precision],
