@@ -46,6 +46,12 @@ class QualityConfig:
     def __post_init__(self) -> None:
         require_finite(self, "quality")
         require_subset([self.reference], list(QUALITY_REFERENCES), "quality.reference")
+        require(
+            bool(self.text.strip()),
+            "quality.text",
+            "is empty",
+            "quality.text=wiki, or a path to a .txt, .json or .jsonl file",
+        )
         require(self.num_sequences >= 1, "quality.num_sequences", "must be >= 1", "e.g. 16")
         require(self.seq_tokens >= 8, "quality.seq_tokens", "must be >= 8", "e.g. 128")
         require(self.batch_size >= 1, "quality.batch_size", "must be >= 1", "e.g. 4")

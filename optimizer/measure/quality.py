@@ -39,16 +39,25 @@ class QualityResult:
         if not all(math.isfinite(v) for v in (self.perplexity, self.mean_kl)):
             broken.append("quality metrics are not finite (numerical overflow in this precision?)")
         if self.ppl_increase > bound.max_ppl_increase:
-            broken.append(
-                f"ppl +{self.ppl_increase:.2%} > quality.max_ppl_increase {bound.max_ppl_increase:.2%}"
-            )
+            ppl, limit = _apart(self.ppl_increase, bound.max_ppl_increase, 2, "%")
+            broken.append(f"ppl +{ppl} > quality.max_ppl_increase {limit}")
         if self.top1_agreement < bound.min_top1_agreement:
-            broken.append(
-                f"top-1 {self.top1_agreement:.2%} < quality.min_top1_agreement {bound.min_top1_agreement:.2%}"
-            )
+            top1, limit = _apart(self.top1_agreement, bound.min_top1_agreement, 2, "%")
+            broken.append(f"top-1 {top1} < quality.min_top1_agreement {limit}")
         if self.mean_kl > bound.max_kl:
-            broken.append(f"KL {self.mean_kl:.3g} > quality.max_kl {bound.max_kl}")
+            kl, limit = _apart(self.mean_kl, bound.max_kl, 3, "g")
+            broken.append(f"KL {kl} > quality.max_kl {limit}")
         return broken
+
+
+def _apart(value: float, limit: float, digits: int, kind: str) -> tuple[str, str]:
+    """`value` and `limit` to the fewest digits (at least `digits`) that tell them apart: a value
+    just past its limit read 'ppl +0.00% > quality.max_ppl_increase 0.00%'."""
+    for places in range(digits, 18):
+        shown = format(value, f".{places}{kind}"), format(limit, f".{places}{kind}")
+        if shown[0] != shown[1]:
+            break
+    return shown
 
 
 class QualityReference:

@@ -73,6 +73,12 @@ def _wiki_paragraphs(field: str) -> list[str]:
 
 
 def _file_paragraphs(path: Path) -> list[str]:
+    if path.is_dir():  # it exists: "does not exist" sent users looking for a typo
+        raise UserError(
+            "quality.text",
+            f"{path} is a folder, not a text file",
+            "pass quality.text=wiki or a path to a .txt, .json or .jsonl file",
+        )
     if not path.is_file():
         raise UserError(
             "quality.text", f"{path} does not exist", "pass quality.text=wiki or a path to a text file"
@@ -92,7 +98,11 @@ def _file_paragraphs(path: Path) -> list[str]:
             )
         items = data.values() if isinstance(data, dict) else data
         return [_text_of(item, str(path), JSON_SHAPE) for item in items]
-    return raw.split("\n\n")
+    # a blank line may hold spaces or tabs (wikitext's are " "): each one still ends a paragraph
+    return _BLANK_LINE.split(raw)
+
+
+_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
 
 
 JSONL_SHAPE = 'write one {"text": "..."} object (or a JSON string) per line'
