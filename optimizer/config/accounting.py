@@ -31,3 +31,10 @@ class AccountingConfig:
             f"give grams per kWh: {grid:g} kg/kWh is {grid * 1000:g} g/kWh (0 for a carbon-free supply)",
         )
         require(self.price_per_kwh >= 0, "accounting.price_per_kwh", "is negative", "e.g. 0.15")
+        # printed after every cost figure: blank left the cost without a unit, a pipe split its cell
+        require(
+            bool(self.currency.strip()) and not {"|", "\n"} & set(self.currency),
+            "accounting.currency",
+            f"is {self.currency!r}: the report prints it after every cost",
+            "a currency code or symbol without '|' or a line break, e.g. USD or EUR",
+        )

@@ -74,14 +74,14 @@ def serving_section(
             f"{s.mean_in_flight:.1f} | {_number(s.capacity_rate)} | {note} |"
         )
     lines.append("")
-    lines += _prefix_lines(served)
+    lines += _prefix_lines(served, estimate_mark)
     if any(len(r.performance.serving.curve) > 1 for r in served if r.performance and r.performance.serving):
         plot_load(output_dir / "load.png", served, estimated=bool(estimate_mark))
         lines += [
             "### Load curves",
             "",
-            "Goodput tokens/J pooled at each offered load (all its tokens over all its joules), "
-            "as in the table.",
+            f"{estimate_mark}Goodput tokens/J pooled at each offered load (all its tokens over all "
+            "its joules), as in the table.",
             "",
             "![Load curves](load.png)",
             "",
@@ -89,8 +89,9 @@ def serving_section(
     return lines
 
 
-def _prefix_lines(served: Sequence[CandidateResult]) -> list[str]:
-    """Pairs of candidates that differ only in prefix sharing: what reuse saved."""
+def _prefix_lines(served: Sequence[CandidateResult], estimate_mark: str = "") -> list[str]:
+    """Pairs of candidates that differ only in prefix sharing: what reuse saved. `estimate_mark`
+    leads the caption, as every table's of estimated joules: its J/request are too."""
     by_key: dict[str, dict[bool, CandidateResult]] = {}
     for r in served:
         settings = asdict(r.candidate.settings)
@@ -107,7 +108,7 @@ def _prefix_lines(served: Sequence[CandidateResult]) -> list[str]:
     lines = [
         "### Prefix KV reuse",
         "",
-        "The same candidate with prefix sharing on and off, side by side on the same stream.",
+        f"{estimate_mark}The same candidate with prefix sharing on and off, side by side on the same stream.",
         "",
         "| candidate | J/request on | off | saved | TTFT p90 ms on | off | prompt tokens reused | hits / lookups |",
         "|---|---|---|---|---|---|---|---|",
