@@ -142,6 +142,8 @@ def search_worker(
         while loop.busy and not over_budget():
             loop.sync()
             for candidate in list(loop.busy):
+                if over_budget():  # a takeover starts a measurement: budget and patience decide each
+                    break
                 loop.try_evaluate(candidate)
             if loop.busy:
                 time.sleep(BUSY_POLL_SECONDS)
@@ -256,7 +258,8 @@ class _WorkerLoop:
         return select_best([r for r in self.known.values() if self.selectable(r)])
 
     def pruned_by_roofline(self, candidate: Candidate) -> bool:
-        if self.roofline is None:
+        # the ratios need the baseline, winner or not (it reaches here when another worker holds it)
+        if self.roofline is None or candidate == self.baseline:
             return False
         reason = self.roofline.prune_reason(candidate, self.best())
         if reason is None:
