@@ -209,13 +209,15 @@ def _selected_section(
         )
     lines.append("")
     if baseline.objective > 0:
-        # two decimals, as the backends table: 0.96x and 1.04x both read 1.0x at one
-        gain = round(best.objective / baseline.objective, 2)
+        # two decimals, as the backends table: 0.96x and 1.04x both read 1.0x at one; a ratio
+        # just below 1 gets a third (0.996x read "1.00x ... over the baseline")
+        ratio = best.objective / baseline.objective
+        gain = f"{ratio:.3f}" if ratio < 1 <= round(ratio, 2) else f"{ratio:.2f}"
         label = baseline.candidate.label()
         lines.append(
-            f"**{gain:.2f}×** the baseline's goodput tokens per joule ({label}): **below the baseline**"
-            if gain < 1
-            else f"**{gain:.2f}×** goodput tokens per joule over the baseline ({label})"
+            f"**{gain}×** the baseline's goodput tokens per joule ({label}): **below the baseline**"
+            if ratio < 1
+            else f"**{gain}×** goodput tokens per joule over the baseline ({label})"
         )
         lines[-1] += ", same energy source, same workload."
         lines.append("")

@@ -68,7 +68,7 @@ def serving_section(
         unknown = s.window_requests - perf.latency.requests  # left out of the TTFT percentiles
         ttft = f"{perf.latency.ttft_ms['p90']:.0f}" + (f" ({unknown} unknown)" if unknown > 0 else "")
         lines.append(
-            f"| {r.candidate.label()} | {sig3(perf.pooled_goodput)} | {s.met_slo_fraction:.0%} | "
+            f"| {r.candidate.label()} | {sig3(perf.pooled_goodput)} | {share(s.met_slo_fraction)} | "
             f"{_number(s.joules_per_request)} | {ttft} | "
             f"{perf.latency.tpot_ms['p90']:.0f} | {s.e2e_p90_ms:.0f} | {s.idle_fraction:.0%} | "
             f"{s.mean_in_flight:.1f} | {_number(s.capacity_rate)} | {note} |"
@@ -173,6 +173,16 @@ def pooled_curve(performance: PerformanceResult) -> list[float]:
         performance.pooled_goodput if p["rate"] == serving.rate else p["goodput_tokens_per_joule"]
         for p in serving.curve
     ]
+
+
+def share(fraction: float) -> str:
+    """A percentage to whole points, but never 100% or 0% unless exactly so (99.6% of requests
+    meeting the SLO read 100%, hiding the ones that missed): more decimals until it is not."""
+    for places in range(0, 6):
+        shown = f"{fraction:.{places}%}"
+        if fraction in (0.0, 1.0) or float(shown[:-1]) not in (0.0, 100.0):
+            return shown
+    return shown
 
 
 def _from_last(place: int) -> str:

@@ -244,3 +244,24 @@ def test_the_rollup_caption_names_the_metered_device_and_the_pue(source: str, de
     caption = next(line for line in lines if "Facility roll-up" in line)
     assert f"device kWh are {device}" in caption and "energy only" in caption
     assert "× PUE 1.3" in caption
+
+
+def test_a_gain_just_below_one_reads_below_the_baseline() -> None:
+    """0.996x rounded to two decimals read "1.00x goodput tokens per joule over the baseline"."""
+    line = gain_line(9.96)
+    assert line.startswith("**0.996×**") and "below the baseline" in line and "over" not in line
+    assert gain_line(10.0).startswith("**1.00×** goodput tokens per joule over the baseline")
+
+
+def test_a_met_slo_share_is_never_rounded_to_all_or_none() -> None:
+    """99.6% of requests meeting the SLO read 100% in the serving table."""
+    from optimizer.report.serving import share
+
+    assert [share(f) for f in (1.0, 0.996, 0.95, 0.004, 0.0, 0.99996)] == [
+        "100%",
+        "99.6%",
+        "95%",
+        "0.4%",
+        "0%",
+        "99.996%",
+    ]
