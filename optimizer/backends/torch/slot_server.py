@@ -105,7 +105,6 @@ class SlotEngine:
         self._stopped = False
         self._cancel = False
         self._build_error: BaseException | None = None
-        self._failed_tokens = 0  # the size whose build failed: not retried until asked again
         self._counter = 0
         release_openmp_threads()  # the loop thread computes: the caller's idle team must not hold cores
         self._thread = threading.Thread(target=self._serve, name="wattsmith-slot-server", daemon=True)
@@ -123,7 +122,6 @@ class SlotEngine:
             self._counter += 1
             request = SlotRequest(f"s{self._counter}", tuple(prompt_ids), max_new_tokens)
             self._wanted_tokens = max(self._wanted_tokens, slot_size(request.sequence_tokens))
-            self._failed_tokens = 0  # a new request retries a build that failed
             self._waiting.append(request)
             self._cond.notify_all()
         return request.request_id
@@ -149,7 +147,6 @@ class SlotEngine:
         """Slots with room for requests of `sequence_tokens` (prompt + new) tokens, built now."""
         with self._cond:
             self._wanted_tokens = max(self._wanted_tokens, slot_size(sequence_tokens))
-            self._failed_tokens = 0
             self._build_error = None
             self._cond.notify_all()
             while not self._stopped and (
@@ -184,16 +181,20 @@ class SlotEngine:
         ids = [self.submit(row, max_new_tokens) for row in prompt_ids.tolist()]
         finished: dict[str, Completion] = {}
         last_progress = time.perf_counter()
-        while len(finished) < len(ids):
-            taken = self.collect(1.0)
-            for completion in taken:
-                if completion.error is not None:
-                    raise RuntimeError(f"request {completion.request_id} failed: {completion.error}")
-                finished[completion.request_id] = completion
-            if taken:
-                last_progress = time.perf_counter()
-            elif self._stopped or time.perf_counter() - last_progress > RESULT_TIMEOUT_SECONDS:
-                raise RuntimeError(f"the slot engine finished {len(finished)} of {len(ids)} requests")
+        try:
+            while len(finished) < len(ids):
+                taken = self.collect(1.0)
+                for completion in taken:
+                    if completion.error is not None:
+                        raise RuntimeError(f"request {completion.request_id} failed: {completion.error}")
+                    finished[completion.request_id] = completion
+                if taken:
+                    last_progress = time.perf_counter()
+                elif self._stopped or time.perf_counter() - last_progress > RESULT_TIMEOUT_SECONDS:
+                    raise RuntimeError(f"the slot engine finished {len(finished)} of {len(ids)} requests")
+        except BaseException:  # its other rows would hold slots and their results reach the next call
+            self.cancel_all()
+            raise
         total = time.perf_counter() - start
         rows = [finished[i] for i in ids]
         return requests_generation([c.token_ids for c in rows], [c.token_times for c in rows], start, total)
@@ -211,8 +212,7 @@ class SlotEngine:
             self._waiting.clear()
             self._cond.notify_all()
         self._thread.join(timeout=60)
-        self.decoder = None
-        self.model = None
+        self.decoder = self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -271,7 +271,7 @@ class SlotEngine:
 
     def _needs_build(self) -> bool:
         small = self.decoder is None or self.decoder.max_sequence_tokens < self._wanted_tokens
-        return small and self._wanted_tokens > 0 and self._failed_tokens != self._wanted_tokens
+        return small and self._wanted_tokens > 0
 
     def _admit(self) -> list[Admission]:
         """Waiting requests for the free slots, first come first served, within the prefill budget
@@ -310,7 +310,7 @@ class SlotEngine:
         except Exception as exc:  # noqa: BLE001 - reported to reserve() and to the waiting requests
             with self._cond:
                 self._build_error = exc
-                self._failed_tokens = wanted
+                self._wanted_tokens = 0  # those that asked for it failed: the next builds its own size
                 for request in self._waiting:
                     self._done.append(request.completion(f"building the slot decoder failed: {exc}"))
                 self._waiting.clear()
