@@ -4,11 +4,14 @@ and take every rank down together when one fails or the engine closes."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
+import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,21 +105,13 @@ class ParallelEngine(LayoutEngine):
         self.contexts: list[Any] = []
         self.pids: list[int] = []
         self.pci_bus_ids: list[str] = []
-        self._finalizer = weakref.finalize(self, _end, self.contexts, self.pids, self.queues)
+        self._ended = threading.Event()  # lets the thread that forked the ranks end
+        self._finalizer = weakref.finalize(self, _end, self.contexts, self.pids, self.queues, self._ended)
         try:
-            for plan in plans:
-                commands = [self._mp.Queue() for _ in range(plan.degree)]
-                self.queues.extend(commands)
-                self.commands.append(commands)
-                context = mp.start_processes(
-                    rank_main,
-                    args=(plan, commands, self.results),
-                    nprocs=plan.degree,
-                    join=False,
-                    start_method="spawn",
-                )
-                self.contexts.append(context)
-                self.pids.extend(p.pid for p in context.processes)
+            spawn = functools.partial(
+                _spawn, self._mp, plans, self.commands, self.contexts, self.pids, self.queues, self.results
+            )
+            _fork_on_held_thread(spawn, self._ended)
             track_processes(self.pids)
             ready = self._collect("ready", sum(p.degree for p in plans), START_TIMEOUT_SECONDS)
             self.pci_bus_ids = [info["pci_bus_id"] for info in ready if info["pci_bus_id"]]
@@ -198,14 +193,59 @@ class ParallelEngine(LayoutEngine):
         self.abort()
 
 
-def _end(contexts: list[Any], pids: list[int], queues: list[Any]) -> None:
-    """Kill and reap every rank still alive, close the queues (the engine's finalizer, at close
-    or exit)."""
+def _spawn(
+    context: Any,
+    plans: list[GroupPlan],
+    commands: list[list[Any]],
+    contexts: list[Any],
+    pids: list[int],
+    queues: list[Any],
+    results: Any,
+) -> None:
+    """Start every group's ranks, each with a command queue of its own."""
+    for plan in plans:
+        group = [context.Queue() for _ in range(plan.degree)]
+        queues.extend(group)
+        commands.append(group)
+        started = mp.start_processes(
+            rank_main, args=(plan, group, results), nprocs=plan.degree, join=False, start_method="spawn"
+        )
+        contexts.append(started)
+        pids.extend(p.pid for p in started.processes)
+
+
+def _fork_on_held_thread(spawn: Callable[[], None], ended: threading.Event) -> None:
+    """Run `spawn` on a thread that then lives until `ended`. A rank's parent-death signal
+    (ranks.py, and torch's own) comes when the *thread* that forked it ends, not its process:
+    ranks forked on the caller's thread were killed as soon as it ended (an engine built in a
+    loader thread, as load_recipe may be called, failed its first generate: `exited with code -9`).
+    `spawn` must not hold the engine: this thread would keep it from being collected."""
+    failure: list[BaseException] = []
+    forked = threading.Event()
+
+    def hold() -> None:
+        try:
+            spawn()
+        except BaseException as error:  # noqa: BLE001 - raised again on the caller's thread
+            failure.append(error)
+        forked.set()
+        ended.wait()
+
+    threading.Thread(target=hold, name="wattsmith-rank-parent", daemon=True).start()
+    forked.wait()
+    if failure:
+        raise failure.pop()
+
+
+def _end(contexts: list[Any], pids: list[int], queues: list[Any], ended: threading.Event) -> None:
+    """Kill and reap every rank still alive, close the queues, let the thread that forked the
+    ranks end (the engine's finalizer, at close or exit)."""
     for context in contexts:
         for process in context.processes:
             if process.is_alive():
                 process.kill()
             process.join(CLOSE_SECONDS)
+    ended.set()
     for q in queues:
         q.cancel_join_thread()  # a dead reader must not block this process's exit
         q.close()

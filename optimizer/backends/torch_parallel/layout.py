@@ -55,6 +55,7 @@ class LayoutEngine:
         parts: list[Generation] = self._run(calls)
         total = time.perf_counter() - start
         tokens = [g.token_ids for g in parts]
+        stamps = [g.token_times for g in parts if g.token_times is not None]
         return Generation(
             batch_size=sum(g.batch_size for g in parts),
             new_tokens=parts[0].new_tokens,
@@ -64,6 +65,12 @@ class LayoutEngine:
             if all(t is not None for t in tokens)
             else None,
             request_latencies=tuple(latency for g in parts for latency in g.latencies()),
+            # the ranks stamp their steps on this host's monotonic clock (Ray's too: _check_node):
+            # a step's tokens are ready once the slowest replica's are. Without them a served
+            # stream spread the tokens evenly from the ranks' TTFT instead (queued.step_times).
+            token_times=tuple(map(max, zip(*stamps, strict=True)))
+            if len(stamps) == len(parts) and len({len(s) for s in stamps}) == 1
+            else None,
         )
 
     def _run(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
