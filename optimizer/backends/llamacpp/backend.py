@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from optimizer.space import Candidate
     from optimizer.target import TargetSpec
 
-ALL_LAYERS = 999  # n_gpu_layers: every layer on the GPU
 # llama.cpp's quantized dot products round activations to 8 bits, and a batch of many sequences
 # takes other kernels than one sequence's forward: logit gaps within bf16's tolerance are ties
 # (measured on SmolLM2 Q4_K_M with a q4_0 KV cache: a 0.075 gap flipped one greedy token).
@@ -30,14 +29,14 @@ PARITY_PRECISION = "bf16"
 def build(model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> LlamaCppEngine:
     settings = candidate.settings
     assert isinstance(settings, LlamaCppSettings)
-    gpu_layers = 0
+    gpu = None
     if target.is_cuda:
         if not native.supports_gpu_offload():
             raise LlamaCppBuildError("this llama-cpp-python build cannot offload to a GPU (no CUDA build)")
-        gpu_layers = ALL_LAYERS
+        gpu = target.gpu.index if target.gpu is not None else 0  # the target's cuda:<index>
     threads = candidate.threads if not target.is_cuda else 0
     path = prepared_gguf(model, settings, workdir, threads or target.cores)
-    engine = LlamaCppEngine(path, settings, threads, candidate.batch_size, gpu_layers=gpu_layers)
+    engine = LlamaCppEngine(path, settings, threads, candidate.batch_size, gpu=gpu)
     load_check(engine, LlamaCppError)  # closes the engine when it fails
     try:
         prompts = random_prompts(engine.vocab, rows=max(2, min(candidate.batch_size, 4)))

@@ -11,6 +11,7 @@ slots): the batch API in-process is what decodes many requests at once.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import threading
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 # Tokens per sequence the context is first made for; a longer request re-makes it (when idle).
 DEFAULT_SEQUENCE_TOKENS = 256
 DEFAULT_RESULT_TIMEOUT_SECONDS = 600.0
+# The quality probe's micro-batch, whatever the candidate's n_ubatch: the split changes the logits
+# (SmolLM2: up to 1.5, a greedy token flipped), yet candidates that differ only there share one probe
+PROBE_UBATCH = 512
 _JOIN_SECONDS = 60.0
 
 
@@ -47,7 +51,7 @@ class LlamaCppEngine:
         settings: The candidate's llama.cpp settings.
         threads: llama.cpp's threads (0: its default).
         sequences: Most requests decoded at once (the candidate's batch size); more wait.
-        gpu_layers: Layers offloaded to a GPU (0 on a CPU target).
+        gpu: The CUDA device that holds every layer (None: the CPU alone, on a CPU target).
     """
 
     def __init__(
@@ -57,7 +61,7 @@ class LlamaCppEngine:
         threads: int,
         sequences: int,
         *,
-        gpu_layers: int = 0,
+        gpu: int | None = None,
         sequence_tokens: int = DEFAULT_SEQUENCE_TOKENS,
         result_timeout_seconds: float = DEFAULT_RESULT_TIMEOUT_SECONDS,
     ) -> None:
@@ -70,7 +74,7 @@ class LlamaCppEngine:
         self.result_timeout_seconds = result_timeout_seconds
         # before the model loads: more sequences than n_batch raise here, not abort llama.cpp
         self._slots = Slots(sequences, settings.n_batch, reuse_prefix=settings.prefix_sharing)
-        self.model: Any = native.load_model(path, gpu_layers)
+        self.model: Any = native.load_model(path, gpu)
         self.vocab = native.n_vocab(self.model)
         self.sequence_tokens = _granule(sequence_tokens)
         self._ctx: native.Context | None = None
@@ -308,9 +312,10 @@ class LlamaCppEngine:
         if ctx is None or ctx.params.n_batch < length:
             if ctx is not None:
                 ctx.close()
-            ctx = self._score_ctx = native.Context(
-                self.model, self.vocab, self._params(1, _granule(length), _granule(length))
+            params = dataclasses.replace(
+                self._params(1, _granule(length), _granule(length)), n_ubatch=PROBE_UBATCH
             )
+            ctx = self._score_ctx = native.Context(self.model, self.vocab, params)
         rows = []
         for row in token_ids.tolist():
             ctx.clear()

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 KV_GGML_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
 # ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the previous line)
 _LOG_WARN, _LOG_ERROR, _LOG_CONT = 3, 4, 5
+ALL_LAYERS = 999  # n_gpu_layers: every layer on the GPU
 
 
 class _LogCapture:
@@ -80,11 +81,18 @@ def supports_gpu_offload() -> bool:
     return bool(lib().llama_supports_gpu_offload())
 
 
-def load_model(path: Path, gpu_layers: int) -> Any:
-    """A llama_model pointer; a file llama.cpp cannot load raises LlamaCppBuildError with its reason."""
+def load_model(path: Path, gpu: int | None) -> Any:
+    """A llama_model pointer with every layer on CUDA device `gpu` (as this process numbers its
+    GPUs), or on the CPU alone (None); a file llama.cpp cannot load raises LlamaCppBuildError with
+    its reason."""
     c = lib()
     params = c.llama_model_default_params()
-    params.n_gpu_layers = gpu_layers
+    # llama.cpp's default (split_mode LAYER) spreads the layers over every visible GPU, and a CUDA
+    # build with no layer offloaded still sends a prompt's matmuls to a GPU (op offload): the
+    # target's GPU alone (its meter, its memory check), and none on a CPU target (main_gpu -1)
+    params.split_mode = c.LLAMA_SPLIT_MODE_NONE
+    params.main_gpu = -1 if gpu is None else gpu
+    params.n_gpu_layers = 0 if gpu is None else ALL_LAYERS
     _CAPTURE.lines.clear()
     model = c.llama_model_load_from_file(str(path).encode(), params)
     if not model:
