@@ -22,7 +22,7 @@ from optimizer.search.evaluate import DEATHS_BEFORE_FAILING, Evaluator, died_mea
 from optimizer.search.patience import Patience
 from optimizer.search.progress import measuring_line, progress_line, rough_duration
 from optimizer.search.roofline import Roofline
-from optimizer.search.samplers import GridSampler, make_sampler
+from optimizer.search.samplers import GridSampler, make_sampler, patience_note
 from optimizer.select import select_best
 from optimizer.space import Candidate
 from optimizer.store import TrialStore, leases_kept
@@ -103,6 +103,8 @@ def search_worker(
     )
 
     stop_said: list[bool] = []
+    if (note := patience_note(search, loop.sampler, len(candidates))) is not None:
+        progress(note)
 
     def over_budget() -> bool:
         # a candidate is not started when the time left is less than a typical measurement:
@@ -123,6 +125,10 @@ def search_worker(
             search.max_candidates is not None and store.run_count() >= search.max_candidates
         )
 
+    def waited(held: Candidate) -> bool:
+        # the baseline whatever the budget and patience: the ratios need it
+        return held == baseline or not over_budget()
+
     with leases_kept(store, search.lease_seconds):
         loop.sync()
         if baseline.key() not in loop.known:
@@ -139,13 +145,12 @@ def search_worker(
             if not loop.pruned_by_roofline(candidate):
                 loop.try_evaluate(candidate)
         # Candidates other workers hold: wait for their results, take over leases that lapse.
-        while loop.busy and not over_budget():
+        while any(waited(c) for c in loop.busy):
             loop.sync()
             for candidate in list(loop.busy):
-                if over_budget():  # a takeover starts a measurement: budget and patience decide each
-                    break
-                loop.try_evaluate(candidate)
-            if loop.busy:
+                if waited(candidate):  # a takeover starts a measurement: budget and patience decide each
+                    loop.try_evaluate(candidate)
+            if any(waited(c) for c in loop.busy):
                 time.sleep(BUSY_POLL_SECONDS)
     sampler = loop.sampler
     return WorkerReport(

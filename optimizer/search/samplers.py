@@ -83,3 +83,20 @@ def make_sampler(
 
         return OptunaSampler(candidates, cfg, bound or QualityConfig(), prior)
     return GridSampler(candidates)
+
+
+def patience_note(cfg: SearchConfig, sampler: Sampler, candidates: int) -> str | None:
+    """Why search.patience stops nothing here (a grid), said once: else the user who set it waits
+    for a stop that never comes. None when patience is unset or applies."""
+    if cfg.patience is None or type(sampler) is not GridSampler:
+        return None
+    grid = (
+        f"search.sampler=auto measures a space of {AUTO_GRID_MAX_CANDIDATES} candidates or fewer "
+        f"(here {candidates}) whole, as a grid"
+        if cfg.sampler == "auto"
+        else f"search.sampler={cfg.sampler} measures every candidate"
+    )
+    return (
+        f"search.patience={cfg.patience} stops nothing: {grid}, and patience needs an order that "
+        "puts likely winners first; for it to apply use search.sampler=bound (best bound first) or optuna"
+    )
