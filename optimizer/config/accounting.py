@@ -18,6 +18,10 @@ class AccountingConfig:
 
     def __post_init__(self) -> None:
         require_finite(self, "accounting")
+        # -0.0 passes `>= 0` and printed "-0 gCO2/kWh" (and "-0.000" costs): it means 0
+        for name in ("pue", "grid_gco2_per_kwh", "price_per_kwh"):
+            if getattr(self, name) == 0:
+                setattr(self, name, 0.0)
         require(self.pue >= 1.0, "accounting.pue", f"is {self.pue} < 1", "a PUE is >= 1, e.g. 1.2")
         require(self.grid_gco2_per_kwh >= 0, "accounting.grid_gco2_per_kwh", "is negative", "e.g. 400")
         # grids run from ~1.5 (hydro: Quebec) to ~1100 g/kWh (lignite); below 1 is kg/kWh given

@@ -43,10 +43,12 @@ def load_text(text: str, field: str = QUALITY_FIELD) -> TextSplits:
     paragraphs = _wiki_paragraphs(field) if text == "wiki" else _file_paragraphs(Path(text).expanduser())
     paragraphs = [p.strip() for p in paragraphs if p and p.strip()]
     if len(paragraphs) < 2 * HELD_OUT_EVERY:
+        json_file = text != "wiki" and Path(text).suffix.lower() in (".json", ".jsonl")
+        parts = "text entries" if json_file else "paragraphs separated by blank lines"
         raise UserError(
             field,
             f"{text} has {len(paragraphs)} paragraphs; at least {2 * HELD_OUT_EVERY} are needed",
-            "use a longer text (paragraphs separated by blank lines)",
+            f"use a longer text (more {parts})",
         )
     digest = hashlib.sha256("\n\n".join(paragraphs).encode()).hexdigest()
     quality = [p for i, p in enumerate(paragraphs) if i % HELD_OUT_EVERY == 0]
@@ -84,13 +86,14 @@ def _file_paragraphs(path: Path) -> list[str]:
             "quality.text", f"{path} does not exist", "pass quality.text=wiki or a path to a text file"
         )
     raw = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix == ".jsonl":
+    suffix = path.suffix.lower()  # DATA.JSON is JSON too, not paragraphs of text
+    if suffix == ".jsonl":
         return [
             _text_of(_parse(line, path, number, JSONL_SHAPE), f"{path} line {number}", JSONL_SHAPE)
             for number, line in enumerate(raw.splitlines(), start=1)
             if line.strip()
         ]
-    if path.suffix == ".json":
+    if suffix == ".json":
         data = _parse(raw, path, 0, JSON_SHAPE)
         if not isinstance(data, (dict, list)):
             raise UserError(
@@ -162,10 +165,13 @@ def token_windows(
     count: int,
     field: str,
     start: Sequence[int] = (),
+    source: str = "the text",
+    fix: str = "use a longer text or fewer tokens",
 ) -> list[list[int]]:
     """`count` windows of exactly `length` tokens: each begins with `start` (the way the model's
     tokenizer begins a sequence, e.g. a BOS; a model trained with one is in a state no deployment
-    uses without it), then consecutive tokens of the joined paragraphs."""
+    uses without it), then consecutive tokens of the joined paragraphs. `source` names the
+    paragraphs and `fix` the settings, in the UserError about too few tokens."""
     body = length - len(start)
     if body < 1:
         raise UserError(
@@ -180,10 +186,30 @@ def token_windows(
     if len(ids) < needed:
         raise UserError(
             field,
-            f"the text yields {len(ids)} tokens, {needed} are needed",
-            "use a longer text or fewer tokens",
+            f"{source} yields {len(ids)} tokens, {needed} are needed",
+            fix,
         )
     return [[*start, *ids[i * body : (i + 1) * body]] for i in range(count)]
+
+
+def quality_windows(
+    tokenizer: Any, text: TextSplits, seq_tokens: int, num_sequences: int, start: Sequence[int] = ()
+) -> list[list[int]]:
+    """The quality windows, from the held-out split alone: its error counts that split's tokens,
+    not the whole text's, and names both settings that set how many are needed."""
+    return token_windows(
+        tokenizer,
+        text.quality,
+        seq_tokens,
+        num_sequences,
+        "quality.num_sequences",
+        start,
+        source=f"the held-out quality split of {text.name} (every {HELD_OUT_EVERY}th paragraph)",
+        fix=(
+            f"use a longer quality.text, or lower quality.num_sequences ({num_sequences}) or "
+            f"quality.seq_tokens ({seq_tokens})"
+        ),
+    )
 
 
 CALIBRATION_TEXT = "wiki"

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from optimizer.measure.speed import SLOW_PROBE
-from optimizer.measure.workload import PerformanceResult
+from optimizer.measure.workload import PerformanceResult, WindowResult
 from optimizer.results import CandidateResult
 
 POLLED_MISMATCH = 0.10  # counter and polled power may differ this much (5% measured under load)
@@ -25,9 +25,12 @@ HOT_C = 85.0  # GPU temperature at which clocks are likely held back
 CLOCK_DROP = 0.90  # an SM clock below this fraction of the candidate's highest: throttled or boosted
 
 
-def window_flags(perf: PerformanceResult, usual_probe: float | None = None) -> list[str]:
+def window_flags(
+    perf: PerformanceResult, usual_probe: float | None = None, usual_source: str | None = None
+) -> list[str]:
     """What a candidate's windows flagged, each with the number of windows it applies to;
-    `usual_probe` is the run's median CPU probe, which the windows' probes are held to."""
+    `usual_probe` is the run's median CPU probe, which the windows' probes are held to, and
+    `usual_source` the energy source of most windows in the run (None: one source throughout)."""
     windows = perf.windows
     of = f"of {len(windows)} windows"
     # one flag per kind of warning: a window's text carries its own figures ("kept growing (14.7)")
@@ -43,6 +46,10 @@ def window_flags(perf: PerformanceResult, usual_probe: float | None = None) -> l
         for w in windows
         if w.polled_joules is not None and w.joules > 0 and w.source == "nvml"
     ]
+    if usual_source is not None:
+        # a meter that fell back mid-search (energy.py): its tokens/J are another source's
+        for source, count in Counter(w.source for w in windows if w.source != usual_source).items():
+            flags.append(f"energy by `{source}`, most windows in the run by `{usual_source}` ({count} {of})")
     # active energy is clamped at 0 (measure/energy.py): such a window is left out of active tok/J
     at_idle = sum(w.joules > 0 and w.active_joules <= 0 for w in windows)
     if at_idle:
@@ -101,6 +108,8 @@ def flags_section(
     lines = ["## Measurement flags", ""]
     rows = []
     usual = median_probe(measured)
+    sources = Counter(w.source for r in measured for w in _windows(r))
+    usual_source = sources.most_common(1)[0][0] if len(sources) > 1 else None
     rounds: Counter[str] = Counter()
     for r in measured:
         perf = r.performance
@@ -109,7 +118,7 @@ def flags_section(
         if r.role == "finalist":
             rounds[label] += 1
             label += f" (finalist round {rounds[label]})"
-        flags = window_flags(perf, usual)
+        flags = window_flags(perf, usual, usual_source)
         heat = _span([w.temperature_c for w in perf.windows], "°C")
         clock = _span([w.sm_clock_mhz for w in perf.windows], "MHz")
         if flags or heat or clock:
@@ -121,7 +130,8 @@ def flags_section(
         return [*lines, f"No energy window of the {candidates} measured candidates{also} was flagged.", ""]
     return [
         *lines,
-        f"{mark}What the energy windows flagged (short NVML windows, counter vs polled power, heat, clock "
+        f"{mark}What the energy windows flagged (short NVML windows, counter vs polled power, a source "
+        "other than most windows', heat, clock "
         "changes, a window at or below the idle baseline, a growing queue, CPU time a VM's "
         "hypervisor or other processes took, and a window measured again after such a one "
         "(workload.disturbed_retries), cores slower than usual in the run by a CPU probe timed "
@@ -140,3 +150,67 @@ def _span(values: Sequence[float | None], unit: str) -> str:
         return ""
     low, high = min(known), max(known)
     return f"{low:.0f} {unit}" if round(low) == round(high) else f"{low:.0f}–{high:.0f} {unit}"
+
+
+# what each source reads, for a run whose windows used more than one (energy.py's sources)
+SOURCE_READINGS = {
+    "nvml": "the NVML energy counter",
+    "nvml-power-poll": "NVML board power polled and integrated, coarser than the counter",
+    "rapl": "RAPL package counters",
+    "estimate": "the CPU-time ESTIMATE",
+}
+
+
+def _windows(result: CandidateResult) -> list[WindowResult]:
+    return result.performance.windows if result.performance is not None else []
+
+
+def window_sources(result: CandidateResult) -> list[str]:
+    """The energy sources of a result's windows, in order of first use."""
+    return list(dict.fromkeys(w.source for w in _windows(result)))
+
+
+def source_groups(results: Sequence[CandidateResult]) -> dict[str, list[str]]:
+    """Per energy source (in order of first use), the candidates whose windows it measured; a
+    candidate whose windows used several is named under each with its share of windows."""
+    groups: dict[str, list[str]] = {}
+    for r in results:
+        windows = _windows(r)
+        counts = Counter(w.source for w in windows)
+        label = r.candidate.label() + (" (finalist round)" if r.role == "finalist" else "")
+        for source, count in counts.items():
+            share = f" ({count} of {len(windows)} windows)" if len(counts) > 1 else ""
+            named = groups.setdefault(source, [])
+            if label + share not in named:
+                named.append(label + share)
+    return groups
+
+
+def mixed_sources_note(groups: dict[str, list[str]], best: CandidateResult | None) -> str:
+    """The report's energy-source note where windows were measured by more than one source (an NVML
+    counter that stopped advancing is dropped for polled power from then on, measure/energy.py)."""
+    parts = [
+        f"`{source}` ({SOURCE_READINGS.get(source, source)}) measured {', '.join(labels)}"
+        for source, labels in groups.items()
+    ]
+    selected = f"; the selected candidate's windows: {_named(window_sources(best))}" if best else ""
+    return (
+        "**measured by more than one source**: " + "; ".join(parts) + ". The search and the selection "
+        "compared tokens/J across these sources as they were read (polled power is coarser than the "
+        f"counter: a gain of a few % between sources is within their difference){selected}."
+    )
+
+
+def compared_sources(best: CandidateResult, baseline: CandidateResult) -> str:
+    """How the selected candidate's energy source stands to the baseline's, for its gain line."""
+    chosen, base = window_sources(best), window_sources(baseline)
+    if chosen == base:
+        return ", same energy source, same workload."
+    return (
+        f", same workload; **energy sources differ**: the selected by {_named(chosen)}, "
+        f"the baseline by {_named(base)} (see the energy source note)."
+    )
+
+
+def _named(sources: list[str]) -> str:
+    return " and ".join(f"`{s}`" for s in sources) or "no window"

@@ -13,9 +13,9 @@ from optimizer.errors import UserError
 from optimizer.files import write_atomically
 from optimizer.measure.quality import QualityResult
 from optimizer.measure.setup import MeasurementSetup
-from optimizer.measure.workload import Spread
+from optimizer.measure.workload import PerformanceResult, Spread
 from optimizer.report.backend_table import backends_section, remeasured_label
-from optimizer.report.flags import flags_section
+from optimizer.report.flags import compared_sources, flags_section, mixed_sources_note, source_groups
 from optimizer.report.plots import plot_pareto
 from optimizer.report.selection import selection_section
 from optimizer.report.serving import serving_section, workload_line
@@ -52,7 +52,7 @@ def energy_source_note(source: str, setup: MeasurementSetup) -> str:
 SOURCE_NOTES = {
     "nvml": "**measured**: NVML total-energy counter of the GPU (millijoule counter, CUDA synced at window edges).",
     "nvml-power-poll": "**measured**: NVML board power polled through each window and integrated "
-    "(`nvml-power-poll`: this GPU has no total-energy counter; coarser than the counter).",
+    "(`nvml-power-poll`: this GPU has no total-energy counter, or it stopped advancing; coarser than the counter).",
     "rapl": "**measured**: Linux RAPL package energy counters (/sys/class/powercap).",
 }
 ESTIMATE_MARK = "**ESTIMATE** (CPU-time energy estimate, not a measurement)"
@@ -107,6 +107,13 @@ def write_report(
         output_dir / "pareto.png", outcome.results, front, best, outcome.baseline, cfg.quality.max_kl, source
     )
     model, target = setup.model, setup.target
+    # the windows' own sources: a meter that fell back mid-search (energy.py) measured some of them
+    groups = source_groups([*outcome.results, *finalist_rounds, *([best] if best else [])])
+    note = (
+        mixed_sources_note(groups, best)
+        if len(groups) > 1
+        else energy_source_note(next(iter(groups), source), setup)
+    )
     device = target.gpu.name if target.gpu else f"{target.cpu_model} ({_cores(target.cores)})"
     lines = [
         f"# wattsmith report: {model.name} on {device}",
@@ -114,7 +121,7 @@ def write_report(
         f"- created {datetime.now(timezone.utc).isoformat(timespec='seconds')} by wattsmith {tool_version()}",
         f"- model `{model.source}` ({model.format}, {model.shape.num_parameters / 1e6:.1f} M parameters, "
         f"weights sha256 `{model.weight_sha256[:16]}…`)",
-        f"- energy source: {energy_source_note(source, setup)}",
+        f"- energy source: {note}",
         f"- idle power before the search: {idle_watts:.1f} W ({source}); *total* energy is reported, "
         "*active* = total − idle × seconds",
         workload_line(cfg.workload, setup.stream),
@@ -219,7 +226,7 @@ def _selected_section(
             if ratio < 1
             else f"**{gain}×** goodput tokens per joule over the baseline ({label})"
         )
-        lines[-1] += ", same energy source, same workload."
+        lines[-1] += compared_sources(best, baseline)
         lines.append("")
     device = METERED_DEVICE.get(source, f"the metered device's (`{source}`)")
     lines += [
@@ -243,9 +250,18 @@ def _selected_section(
                 f"| {name} | {sig3(ru['device_kwh'])} | {sig3(ru['facility_kwh'])} | {sig3(ru['gco2'])} "
                 f"| {sig3(ru['cost'])} {accounting.currency} |"
             )
-        else:  # no goodput: every joule went to requests that missed the SLO
-            lines.append(f"| {name} | no request met the SLO: unbounded per goodput token | | | |")
+        else:
+            lines.append(f"| {name} | {_no_rollup(r.performance)} | | | |")
     return lines + [""]
+
+
+def _no_rollup(performance: PerformanceResult) -> str:
+    """Why a row has no roll-up: 0 goodput tok/J is also what windows that read no joules give
+    (a broken meter), which is no verdict on the SLO."""
+    windows = performance.windows
+    if windows and sum(w.joules for w in windows) <= 0:
+        return f"the meter read {sum(w.joules for w in windows):g} J: nothing to roll up"
+    return "no request met the SLO: unbounded per goodput token"
 
 
 def _search_section(
