@@ -106,17 +106,17 @@ class LlamaCppEngine:
                 return
             if self._slots.busy or self._stepping:
                 raise RuntimeError("cannot resize the llama.cpp context while requests run")
-            self.sequence_tokens = max(self.sequence_tokens, _granule(sequence_tokens))
+            size = max(self.sequence_tokens, _granule(sequence_tokens))
             if self._ctx is not None:
-                log.info("re-making the llama.cpp context for %d tokens per sequence", self.sequence_tokens)
+                log.info("re-making the llama.cpp context for %d tokens per sequence", size)
                 self._ctx.close()
                 self._ctx = None
                 self._slots.cached.clear()  # the new context holds no cells: nothing to match
-            self._ctx = native.Context(
-                self.model,
-                self.vocab,
-                self._params(self.sequences, self.sequence_tokens, self.settings.n_batch),
-            )
+            params = self._params(self.sequences, size, self.settings.n_batch)
+            self._ctx = native.Context(self.model, self.vocab, params)
+            # only a size that was made is kept: a failed one (out of memory) was retried by
+            # every later request, however small, and the engine never served again
+            self.sequence_tokens = size
 
     # -- offline batches ------------------------------------------------------------------------
 
@@ -129,6 +129,8 @@ class LlamaCppEngine:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         rows = prompt_ids.tolist()
+        for row in rows:  # before any is submitted: a bad row's refusal left the others running
+            self._check(row, max_new_tokens)
         self.reserve(len(rows[0]) + max_new_tokens)
         start = time.perf_counter()
         ids = [self._submit(row, max_new_tokens, own=True) for row in rows]
@@ -185,13 +187,7 @@ class LlamaCppEngine:
         return self._submit(prompt_ids, max_new_tokens, own=False)
 
     def _submit(self, prompt_ids: Sequence[int], max_new_tokens: int, own: bool) -> str:
-        if not prompt_ids or max_new_tokens < 1:  # (it would never finish, its slot never freed)
-            raise ValueError(
-                f"a request needs >= 1 prompt token and >= 1 new token, got {len(prompt_ids)}, {max_new_tokens}"
-            )
-        if any(not 0 <= t < self.vocab for t in prompt_ids):  # llama_decode would fail its whole step
-            bad = next(t for t in prompt_ids if not 0 <= t < self.vocab)
-            raise ValueError(f"token id {bad} is outside the model's vocabulary of {self.vocab}")
+        self._check(prompt_ids, max_new_tokens)
         if len(prompt_ids) + max_new_tokens > self.sequence_tokens or self._ctx is None:
             self.reserve(len(prompt_ids) + max_new_tokens)  # raises while requests run
         with self._cond:
@@ -205,6 +201,15 @@ class LlamaCppEngine:
             self._start_thread()
             self._cond.notify_all()
         return request_id
+
+    def _check(self, prompt_ids: Sequence[int], max_new_tokens: int) -> None:
+        if not prompt_ids or max_new_tokens < 1:  # (it would never finish, its slot never freed)
+            raise ValueError(
+                f"a request needs >= 1 prompt token and >= 1 new token, got {len(prompt_ids)}, {max_new_tokens}"
+            )
+        if any(not 0 <= t < self.vocab for t in prompt_ids):  # llama_decode would fail its whole step
+            bad = next(t for t in prompt_ids if not 0 <= t < self.vocab)
+            raise ValueError(f"token id {bad} is outside the model's vocabulary of {self.vocab}")
 
     def collect(self, timeout_seconds: float) -> list[Completion]:
         with self._cond:

@@ -46,6 +46,18 @@ def slot_size(tokens: int) -> int:
     return max(DEFAULT_MAX_SEQUENCE_TOKENS, -(-tokens // SEQUENCE_TOKENS_STEP) * SEQUENCE_TOKENS_STEP)
 
 
+def check_request(prompt_ids: Sequence[int], max_new_tokens: int, vocab: int) -> None:
+    """Refuse a request the loop cannot serve, at submit: an id outside the embedding failed the
+    whole prefill (every request admitted with it, and on CUDA the process's context)."""
+    if max_new_tokens < 1 or not prompt_ids:
+        raise ValueError(
+            f"a request needs a prompt and max_new_tokens >= 1, got {len(prompt_ids)}, {max_new_tokens}"
+        )
+    bad = [t for t in prompt_ids if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the model's vocabulary of {vocab}")
+
+
 class SlotTable:
     """What each slot's request has produced, in arrays: a step's tokens are recorded for every
     busy slot at once. Appending to each request's lists in a Python loop cost a median 72 us a

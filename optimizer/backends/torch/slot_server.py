@@ -35,9 +35,16 @@ from optimizer.backends.base import Generation
 from optimizer.backends.completions import requests_generation, take_completions
 from optimizer.backends.openmp import release_openmp_threads
 from optimizer.backends.prefixes import PrefixCounts
-from optimizer.backends.torch.slot_decoder import PREFILL_WIDTH_MULTIPLE, SlotDecoder
+from optimizer.backends.torch.slot_admission import admit
+from optimizer.backends.torch.slot_decoder import SlotDecoder
 from optimizer.backends.torch.slot_prefixes import CachedPrefixes
-from optimizer.backends.torch.slot_requests import Admission, SlotRequest, SlotTable, slot_size
+from optimizer.backends.torch.slot_requests import (
+    Admission,
+    SlotRequest,
+    SlotTable,
+    check_request,
+    slot_size,
+)
 from optimizer.measure.serving import Completion
 
 log = logging.getLogger(__name__)
@@ -82,6 +89,7 @@ class SlotEngine:
         self.step_interval_seconds = step_interval_seconds
         self._next_step_at = 0.0
         self.model: Any = hf_model
+        self.vocab = int(hf_model.get_input_embeddings().weight.shape[0])  # the ids it can embed
         self.slots = slots
         self.device = torch.device(device)
         # how each decoder (one per region size) is built
@@ -112,10 +120,7 @@ class SlotEngine:
 
     # -- ServingEngine -------------------------------------------------------------------------
     def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
-        if max_new_tokens < 1 or not prompt_ids:
-            raise ValueError(
-                f"a request needs a prompt and max_new_tokens >= 1, got {len(prompt_ids)}, {max_new_tokens}"
-            )
+        check_request(prompt_ids, max_new_tokens, self.vocab)
         with self._cond:
             if self._stopped:
                 raise RuntimeError("the slot engine is closed")
@@ -176,9 +181,12 @@ class SlotEngine:
         """Each row one request, all submitted together (TTFT from submission, queueing included)."""
         if prompt_ids.dim() != 2 or prompt_ids.shape[0] < 1 or prompt_ids.shape[1] < 1:
             raise ValueError(f"prompt_ids must be [batch, tokens], got shape {tuple(prompt_ids.shape)}")
+        rows = prompt_ids.tolist()
+        for row in rows:  # before any is submitted: a bad row's refusal left the others running
+            check_request(row, max_new_tokens, self.vocab)
         self.reserve(prompt_ids.shape[1] + max_new_tokens)
         start = time.perf_counter()
-        ids = [self.submit(row, max_new_tokens) for row in prompt_ids.tolist()]
+        ids = [self.submit(row, max_new_tokens) for row in rows]
         finished: dict[str, Completion] = {}
         last_progress = time.perf_counter()
         try:
@@ -274,25 +282,9 @@ class SlotEngine:
         return small and self._wanted_tokens > 0
 
     def _admit(self) -> list[Admission]:
-        """Waiting requests for the free slots, first come first served, within the prefill budget
-        (padded prompt tokens to compute: a cached prefix is not). Called under the lock."""
+        """Waiting requests for the free slots (slot_admission.py). Called under the lock."""
         free = [s for s in range(self.slots) if s not in self._running]
-        prefixes = self.prefixes
-        admitted: list[Admission] = []
-        longest = 0
-        while self._waiting and len(admitted) < len(free):
-            prompt = self._waiting[0].prompt_ids
-            source, cached = prefixes.match(prompt) if prefixes is not None else (-1, 0)
-            longest = max(longest, len(prompt) - cached)
-            width = -(-longest // PREFILL_WIDTH_MULTIPLE) * PREFILL_WIDTH_MULTIPLE
-            if admitted and width * (len(admitted) + 1) > self.max_prefill_tokens:
-                break
-            if prefixes is not None:
-                self._prefix_counts.count(len(prompt), cached)
-                if cached:
-                    prefixes.used(source)
-            admitted.append(Admission(free[len(admitted)], self._waiting.popleft(), source, cached))
-        return admitted
+        return admit(self._waiting, free, self.prefixes, self._prefix_counts, self.max_prefill_tokens)
 
     def _build(self) -> None:
         wanted = self._wanted_tokens
