@@ -138,8 +138,8 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
     if best is not None:
         recipe = build_recipe(cfg, setup, best, outcome, plan.excluded, plan.context, idle_watts, selection)
     else:
-        evaluated = sum(not r.reused for r in outcome.results if r.status != PRUNED)
-        capped = cfg.search.max_candidates is not None and evaluated >= cfg.search.max_candidates
+        # what the workers' cap counted (free rejections and failures for deaths are no evaluation)
+        capped = cfg.search.max_candidates is not None and store.run_count() >= cfg.search.max_candidates
         infeasible = unreliable_finalists(selection, bool(cfg.workload.trace)) or diagnose_infeasible(
             outcome.selectable, len(outcome.not_reached), capped, cfg.workload.slo
         )

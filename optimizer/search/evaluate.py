@@ -46,6 +46,10 @@ DEATHS_BEFORE_FAILING = 2
 DEATH_CAUSES = "without a result (a native crash, the out-of-memory killer or a kill: see their logs)"
 
 
+class LeaseLost(RuntimeError):
+    """Another worker took over the candidate this worker evaluates."""
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -216,6 +220,7 @@ class Evaluator:
                     )
                 with self._device(exclusive=True):
                     try:
+                        self._still_leased(candidate)
                         self._check_generate_paths(engine, candidate)
                         performance = self._measure(engine, candidate, deadline, stop_below)
                     finally:
@@ -242,6 +247,15 @@ class Evaluator:
         finally:
             if self.store is not None:
                 self.store.release(QUALITY_CLAIM_PREFIX + numerics)  # a no-op unless still held
+
+    def _still_leased(self, candidate: Candidate) -> None:
+        """Raise when another worker took the candidate's lease over (this one stalled past it):
+        that one measures it, and two measurements at once would skew each other's energy."""
+        if self.store is not None and (label := self.store.lost(candidate.key())) is not None:
+            raise LeaseLost(
+                f"another worker took {label} over after this one renewed nothing for "
+                f"search.lease_seconds={self.search_cfg.lease_seconds:g} (a stall); it measures it"
+            )
 
     def _check_generate_paths(self, engine: Engine, candidate: Candidate) -> None:
         """Paths the probe never runs (compiled, captured, static cache, decode kernels) must decode

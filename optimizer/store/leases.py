@@ -22,6 +22,10 @@ from optimizer.processes import process_alive
 from optimizer.store.tables import claims_table, deaths_table, reading, writing
 
 log = logging.getLogger(__name__)
+LOST_LEASE = (
+    "lost the lease on %s: another worker took it over after this one renewed nothing for "
+    "search.lease_seconds=%g (a stall); this worker stores no result of it"
+)
 
 
 def worker_identity() -> str:
@@ -53,6 +57,11 @@ class Leases:
         self.context = context
         self.worker = worker
         self._engine = engine
+        # the keys this worker claimed and has not given up (key: label), to tell one another
+        # worker took over (this one stalled past its lease) from one never held; the lease
+        # keeper's thread reads them
+        self._held: dict[str, str] = {}
+        self._held_lock = threading.Lock()
 
     def describe(self) -> str:
         """The store for logs, without a password."""
@@ -73,11 +82,11 @@ class Leases:
                             context=self.context, key=key, owner=self.worker, expires_at=expires
                         )
                     )
-                return True
+                return self._hold(key, label)
             except exc.IntegrityError:
                 pass
             if self._take(key, claims_table.c.owner == self.worker, expires):
-                return True
+                return self._hold(key, label)
             owner = self.claim_owner(key)
             if owner is None:
                 continue
@@ -89,8 +98,46 @@ class Leases:
             if alive is not True:  # a live worker here that stalled past its lease did not die
                 self._record_death(key, owner)
                 log.warning("took over %s from %s, which died holding it", label or key, owner)
-            return True
+            return self._hold(key, label)
         return False
+
+    def _hold(self, key: str, label: str | None) -> bool:
+        with self._held_lock:
+            self._held[key] = label or key
+        return True
+
+    def _let_go(self, key: str | None = None) -> None:
+        """Forget a lease (every lease: None) before giving it up: gone from the store, it is no
+        lost one."""
+        with self._held_lock:
+            if key is None:
+                self._held.clear()
+            else:
+                self._held.pop(key, None)
+
+    def lost(self, key: str) -> str | None:
+        """The label of `key` when this worker claimed it and another worker has since taken it
+        over (this one stalled past its lease: renewal is the only sign of life), or the lease is
+        gone (the taker finished); None while it holds it, or never did."""
+        label = self._held.get(key)
+        if label is None or self.claim_owner(key) == self.worker:
+            return None
+        return label
+
+    def lost_leases(self) -> dict[str, str]:
+        """Every lease this worker claimed and lost (key: label), as `lost` tells each."""
+        with self._held_lock:
+            held = dict(self._held)  # before the read: a lease claimed after it is not lost
+        query = select(claims_table.c.key).where(
+            claims_table.c.context == self.context, claims_table.c.owner == self.worker
+        )
+        with reading(self._engine) as connection:
+            owned = set(connection.execute(query).scalars())
+        with self._held_lock:  # given up meanwhile: not lost
+            return {key: label for key, label in held.items() if key not in owned and key in self._held}
+
+    def leases_claimed(self) -> int:
+        return len(self._held)
 
     def _take(self, key: str, condition: Any, expires: float) -> bool:
         with writing(self._engine) as connection:
@@ -150,11 +197,13 @@ class Leases:
             )
 
     def release(self, key: str) -> None:
+        self._let_go(key)
         with writing(self._engine) as connection:
             connection.execute(self._mine(delete(claims_table), key))
 
     def release_all(self) -> None:
         """Give up every lease this worker holds: it stops without dying (an interrupt)."""
+        self._let_go()
         with self._engine.begin() as connection:  # not writing(): leases_kept logs its errors
             connection.execute(
                 delete(claims_table).where(
@@ -184,10 +233,17 @@ def leases_kept(store: Leases, lease_seconds: float) -> Iterator[None]:
     (an interrupt included) gives its leases up: the next run must not count it as a death."""
     stop = threading.Event()
 
+    said: set[str] = set()
+
     def renew() -> None:
         while not stop.wait(lease_seconds / 4):
             try:
-                store.renew(lease_seconds)
+                # fewer renewed than claimed: taken over after a stall, or given up meanwhile
+                if store.renew(lease_seconds) < store.leases_claimed():
+                    for key, label in store.lost_leases().items():
+                        if key not in said:
+                            said.add(key)
+                            log.warning(LOST_LEASE, label, lease_seconds)
             except exc.SQLAlchemyError as error:  # the database blinked: try again next period
                 log.warning("could not renew leases in %s: %s", store.describe(), error)
 

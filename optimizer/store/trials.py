@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import delete, exc, insert, select
 
-from optimizer.results import REJECTED, CandidateResult
+from optimizer.results import FAILED, REJECTED, CandidateResult
 from optimizer.space import Candidate
 from optimizer.store.leases import Leases, worker_identity
 from optimizer.store.tables import (
@@ -72,6 +72,19 @@ def _tagged(value: Any) -> Any:
 def _untagged(obj: dict[str, Any]) -> Any:
     tag = obj.get(NON_FINITE_TAG)
     return _NON_FINITE[tag] if len(obj) == 1 and isinstance(tag, str) and tag in _NON_FINITE else obj
+
+
+def uses_a_slot(result: dict[str, Any]) -> bool:
+    """Whether a stored result (CandidateResult.to_dict) was an evaluation that built or measured
+    something. Free: a rejection by quality already known (no build), and a failure recorded for
+    processes that died measuring the candidate or probing its numerics (search/evaluate.py
+    died_measuring, died_probing: nothing ran, so no seconds)."""
+    status = result.get("status")
+    if status == REJECTED:
+        return float(result.get("build_seconds") or 0.0) > 0
+    if status == FAILED:
+        return float(result.get("seconds") or 0.0) > 0 or float(result.get("build_seconds") or 0.0) > 0
+    return True
 
 
 class TrialStore(Leases):
@@ -177,17 +190,25 @@ class TrialStore(Leases):
         return sorted(self._records, key=lambda key: self._records[key].get("seq") or 0)
 
     def run_count(self) -> int:
-        """Evaluations of this run that built something: a rejection by known quality is free."""
+        """Evaluations of this run, as search.max_candidates counts them (`uses_a_slot`)."""
         return sum(
-            1
-            for r in self._records.values()
-            if r["run_id"] == self.run_id
-            and (r["result"].get("status") != REJECTED or r["result"].get("build_seconds", 0.0) > 0)
+            1 for r in self._records.values() if r["run_id"] == self.run_id and uses_a_slot(r["result"])
         )
 
     def append(self, result: CandidateResult) -> None:
-        """Record a finished candidate and give up its lease, in one transaction."""
+        """Record a finished candidate and give up its lease, in one transaction. Not when another
+        worker took the lease over (this one stalled past it): that worker's result stands, and
+        the latest row would win over it."""
         key = result.candidate.key()
+        if (label := self.lost(key)) is not None:
+            self._let_go(key)
+            log.warning(
+                "%s: another worker took it over after this one renewed nothing for "
+                "search.lease_seconds (a stall); this worker's result is not stored",
+                label,
+            )
+            return
+        self._let_go(key)
         row = {
             "schema": STORE_SCHEMA,
             "context": self.context,
