@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,7 @@ from torch import nn
 
 from optimizer.backends.base import Generation
 from optimizer.backends.torch import decode_attention
-from optimizer.backends.torch.compiling import cache_argument
+from optimizer.backends.torch.compiling import cache_argument, place_inductor_cache, room_to_recompile
 from optimizer.backends.torch.fp8_static import excluded_weights, quantize_fp8_static
 from optimizer.backends.torch.graph_loop import GraphDecoder
 from optimizer.backends.torch.settings import TorchSettings
@@ -52,7 +51,7 @@ class TorchBackend:
             torch.set_num_threads(candidate.threads)
         if settings.compile:
             # Compiled kernels land in the run's cache, not in /tmp of whoever runs it next.
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
+            place_inductor_cache(workdir / "inductor")
         hf_model = load_hf_model(model, settings.precision, settings.attention, target.device)
         quantize_weights(hf_model, settings, model)
         if settings.loop == "slots":
@@ -241,7 +240,9 @@ class TorchEngine:
     def _hf_generate(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> Generation:
         config = self._generation_config(max_new_tokens)
         clock = _TokenClock()
-        with _checkpoint_defaults_left_out(self.model):
+        # generate compiles every candidate's forward as graphs of one shared code object
+        room = room_to_recompile() if self.settings.compile else nullcontext()
+        with _checkpoint_defaults_left_out(self.model), room:
             if not self._checked_plain_greedy:
                 check_plain_greedy(self.model, config, ids)
                 self._checked_plain_greedy = True

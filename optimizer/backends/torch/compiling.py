@@ -21,15 +21,31 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 
 # Every decoder shape adds its graphs to the same code objects (here a step and a prefill per batch
-# shape; the slot loop's step and two or four prefills per slot shape). At dynamo's default limit
-# of 8 per code object, a search process's later shapes would silently run eager.
+# shape; the slot loop's step and two or four prefills per slot shape; in HF generate, every torch
+# candidate's dtype, quantization, attention and thread count a graph of transformers' one wrapped
+# forward). At dynamo's default limit of 8 per code object, a search process's later shapes and
+# candidates would silently run eager.
 RECOMPILE_LIMIT = 64
+
+
+def place_inductor_cache(folder: Path) -> None:
+    """Compiled kernels in `folder` (the run's cache), not in torch's default in /tmp, unless the
+    user chose TORCHINDUCTOR_CACHE_DIR. Importing torch._dynamo (transformers, torchao and hqq do)
+    writes that default into the variable, so a value equal to it is torch's, not the user's."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
 
 
 def compiled_with_room(function: Any) -> Any:
@@ -38,11 +54,18 @@ def compiled_with_room(function: Any) -> Any:
 
     @functools.wraps(function)
     def run(*args: Any) -> torch.Tensor:
-        limit = max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
-        with torch._dynamo.config.patch(recompile_limit=limit):
+        with room_to_recompile():
             return compiled(*args)
 
     return run
+
+
+@contextmanager
+def room_to_recompile() -> Iterator[None]:
+    """Dynamo allowed RECOMPILE_LIMIT graphs per code object inside."""
+    limit = max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
+    with torch._dynamo.config.patch(recompile_limit=limit):
+        yield
 
 
 def cache_argument(module: Any) -> str:

@@ -175,6 +175,9 @@ def torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:
             return "loop=slots masks each slot's keys with a 4D mask: sdpa, sdpa_gqa or eager attention"
         if s.quantization == "int8-dynamic" and cuda:
             return "torchao int8-dynamic syncs the host inside its matmul: not capturable in a CUDA graph"
+    if s.attention.startswith("flash") and s.precision == "fp32":
+        # transformers only warns at load; its forward then hands flash-attn fp32, which it refuses
+        return "flash attention kernels take fp16 or bf16, not fp32"
     if s.attention == "flash_attention_2" and (not cuda or importlib.util.find_spec("flash_attn") is None):
         return "flash_attention_2 needs a CUDA GPU with flash-attn installed"
     if s.attention == "flash_attention_3":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +9,7 @@ import torch
 
 from optimizer.backends.parity import CHECKED_TOKENS, check_greedy_parity, random_prompts
 from optimizer.backends.torch.backend import load_hf_model, quantize_weights
+from optimizer.backends.torch.compiling import place_inductor_cache
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch_cb.engine import ContinuousBatchingEngine
 from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
@@ -28,7 +28,7 @@ def build(
     if not target.is_cuda and candidate.threads:
         torch.set_num_threads(candidate.threads)
     if settings.compile:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
+        place_inductor_cache(workdir / "inductor")
     hf_model = load_hf_model(model, settings.precision, settings.attention, target.device)
     numerics = TorchSettings(precision=settings.precision, quantization=settings.quantization)
     quantize_weights(hf_model, numerics, model)
