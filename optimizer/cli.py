@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,18 @@ def _help(config_dir: Path | None) -> str:
     return HELP.format(env=CONFIG_DIR_ENV, source=source, groups=groups)
 
 
+def _print(text: str, end: str = "\n") -> None:
+    """`text` on stdout. A reader that stopped reading (`optimize --show-config | head -1`) is no
+    error: the exit code stays the command's (verify's 0 must not read as its 1, failed)."""
+    try:
+        print(text, end=end, flush=True)
+    except BrokenPipeError:
+        # what is still buffered goes nowhere: the interpreter's own flush at exit would fail too
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _setup_logging() -> None:
     from optimizer.logs import setup_logging
 
@@ -86,8 +99,15 @@ def _run(args: list[str]) -> int:
         return _verify(args[1:])
     args, config_dir = _take_config_dir(args)
     if any(a in ("-h", "--help") for a in args):
-        print(_help(config_dir))
+        _print(_help(config_dir))
         return 0
+    if "verify" in args:  # after --config-dir or a setting: the command, in the wrong place
+        after = args[args.index("verify") + 1 :]
+        raise UserError(
+            "verify",
+            "comes first: verify takes no --config-dir or key=value settings",
+            f"optimize verify {shlex.join(after) if after else 'RECIPE'}",
+        )
     return _optimize(args, config_dir)
 
 
@@ -120,18 +140,18 @@ def _optimize(args: list[str], config_dir: Path | None) -> int:
     if show:
         import yaml
 
-        print(yaml.safe_dump(cfg.settings(), sort_keys=False))
+        _print(yaml.safe_dump(cfg.settings(), sort_keys=False))
         return 0
     from optimizer.pipeline import claim_output_dir, optimize
     from optimizer.results import sig3
 
     result = optimize(claim_output_dir(cfg))  # optimize() claims too: a claimed dir is kept as is
     if result.dry_run is not None:
-        print(
+        _print(
             f"dry run: nothing was submitted; the sbatch file and the workers' jobs are in {result.dry_run}"
         )
         return 0
-    print(f"report:  {result.output_dir / 'report.md'}")
+    _print(f"report:  {result.output_dir / 'report.md'}")
     if result.infeasible is not None:
         print(f"error: {result.infeasible}", file=sys.stderr)
         return 2
@@ -141,8 +161,8 @@ def _optimize(args: list[str], config_dir: Path | None) -> int:
         ratio = round(result.best.objective / result.baseline.objective, 2)
         gain = f" ({ratio:.2f}x the baseline{': below it' if ratio < 1 else ''})"
     source = result.best.performance.source if result.best.performance else "?"
-    print(f"recipe:  {result.recipe_path}")
-    print(
+    _print(f"recipe:  {result.recipe_path}")
+    _print(
         f"best:    {result.best.candidate.label()}: {sig3(result.best.objective)} goodput tok/J [{source}]{gain}"
     )
     return 0
@@ -170,6 +190,7 @@ def _verify(args: list[str]) -> int:
     try:
         ns = parser.parse_args(args)
     except SystemExit as exc:
+        _print("", end="")  # -h's text, flushed here
         return 2 if exc.code else 0
     if not 0 <= ns.tolerance < 1:
         raise UserError("--tolerance", f"is {ns.tolerance}", "give a fraction in [0, 1), e.g. 0.25")
@@ -179,7 +200,7 @@ def _verify(args: list[str]) -> int:
 
     cache_dir = Path(ns.cache_dir).expanduser() if ns.cache_dir is not None else None
     report = verify_recipe(ns.recipe, tolerance=ns.tolerance, model_source=ns.model, cache_dir=cache_dir)
-    print(report.render())
+    _print(report.render())
     if not report.measured:
         return 2
     return 0 if report.passed else 1
