@@ -143,7 +143,7 @@ def _optimize(args: list[str], config_dir: Path | None) -> int:
         _print(yaml.safe_dump(cfg.settings(), sort_keys=False))
         return 0
     from optimizer.pipeline import claim_output_dir, optimize
-    from optimizer.results import sig3
+    from optimizer.results import ratio_text, sig3
 
     result = optimize(claim_output_dir(cfg))  # optimize() claims too: a claimed dir is kept as is
     if result.dry_run is not None:
@@ -158,8 +158,8 @@ def _optimize(args: list[str], config_dir: Path | None) -> int:
     assert result.best is not None and result.recipe_path is not None and result.baseline is not None
     gain = ""
     if result.baseline.objective > 0:
-        ratio = round(result.best.objective / result.baseline.objective, 2)
-        gain = f" ({ratio:.2f}x the baseline{': below it' if ratio < 1 else ''})"
+        ratio = result.best.objective / result.baseline.objective
+        gain = f" ({ratio_text(ratio)}x the baseline{': below it' if ratio < 1 else ''})"
     source = result.best.performance.source if result.best.performance else "?"
     _print(f"recipe:  {result.recipe_path}")
     _print(

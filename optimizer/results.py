@@ -38,6 +38,12 @@ def sig3(value: float, decimals: int | None = None) -> str:
     return f"{value:.{sig3_decimals(value) if decimals is None else decimals}f}"
 
 
+def ratio_text(ratio: float) -> str:
+    """A gain over the baseline to two decimals (0.96 and 1.04 both read 1.0 at one), three when
+    it is just below 1 (0.996 read 1.00, "over the baseline")."""
+    return f"{ratio:.3f}" if ratio < 1 <= round(ratio, 2) else f"{ratio:.2f}"
+
+
 @dataclass(frozen=True)
 class CandidateResult:
     candidate: Candidate

@@ -19,7 +19,16 @@ from optimizer.report.flags import compared_sources, flags_section, mixed_source
 from optimizer.report.plots import plot_pareto
 from optimizer.report.selection import selection_section
 from optimizer.report.serving import serving_section, workload_line
-from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult, sig3, sig3_decimals
+from optimizer.results import (
+    FAILED,
+    MEASURED,
+    PRUNED,
+    REJECTED,
+    CandidateResult,
+    ratio_text,
+    sig3,
+    sig3_decimals,
+)
 from optimizer.select import Selection, as_selected, lone_edge_reason, pareto_front, with_selected
 from optimizer.space import Candidate, layout_record
 from optimizer.version import tool_version
@@ -216,10 +225,8 @@ def _selected_section(
         )
     lines.append("")
     if baseline.objective > 0:
-        # two decimals, as the backends table: 0.96x and 1.04x both read 1.0x at one; a ratio
-        # just below 1 gets a third (0.996x read "1.00x ... over the baseline")
         ratio = best.objective / baseline.objective
-        gain = f"{ratio:.3f}" if ratio < 1 <= round(ratio, 2) else f"{ratio:.2f}"
+        gain = ratio_text(ratio)
         label = baseline.candidate.label()
         lines.append(
             f"**{gain}×** the baseline's goodput tokens per joule ({label}): **below the baseline**"

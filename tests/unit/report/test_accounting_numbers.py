@@ -265,3 +265,16 @@ def test_a_met_slo_share_is_never_rounded_to_all_or_none() -> None:
         "0%",
         "99.996%",
     ]
+
+
+def test_ratio_text_keeps_a_loss_visible() -> None:
+    """The CLI's summary line and the report share it: 0.996 read '1.00x the baseline'."""
+    from optimizer.results import ratio_text
+
+    assert [ratio_text(r) for r in (0.996, 0.96, 1.0, 1.004, 2.5)] == [
+        "0.996",
+        "0.96",
+        "1.00",
+        "1.00",
+        "2.50",
+    ]
