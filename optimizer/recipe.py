@@ -277,7 +277,13 @@ def read_recipe(path: Path | str) -> Recipe:
         problem = "is a directory, not a recipe file" if path.is_dir() else "does not exist"
         raise UserError("recipe", f"{path} {problem}", "pass the path of a recipe.yaml written by optimize")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:  # a binary file named as the recipe (read exit 1: 'failed')
+        raise UserError(
+            "recipe",
+            f"{path} is not a text file (not UTF-8)",
+            "pass the path of a recipe.yaml written by optimize",
+        ) from None
     except yaml.YAMLError as exc:
         raise UserError(
             "recipe", f"{path} is not valid YAML ({exc.__class__.__name__})", "restore it from git"
