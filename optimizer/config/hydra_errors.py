@@ -40,6 +40,13 @@ def translated(user_dir: Path | None) -> Iterator[None]:
         raise _hydra_error(exc, user_dir) from None
     except yaml.YAMLError as exc:  # a preset file that is not YAML
         raise _yaml_error(exc) from None
+    except UnicodeDecodeError:  # a preset file that is not text (a ValueError: not the overrides')
+        where = f" in {user_dir}" if user_dir is not None else ""
+        raise UserError(
+            "--config-dir",
+            f"a preset file{where} is not UTF-8 text",
+            "presets are YAML files (DIR/<group>/<name>.yaml): replace or remove the binary one",
+        ) from None
     except ValueError as exc:  # Hydra raises some override errors outside HydraException
         raise UserError(
             "overrides", first_line(exc), "overrides look like group=preset or a.b=value"
