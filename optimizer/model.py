@@ -87,7 +87,7 @@ def resolve_model(cfg: ModelConfig, cache_dir: Path, convert_gguf: bool = True) 
         gguf_path, name = _packaged_gguf(source)
         return _from_gguf(gguf_path, source, name, cfg, cache_dir, convert_gguf)
     path = Path(source).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
+    if path.is_file() and path.suffix.lower() == ".gguf":  # MODEL.GGUF is one too
         return _from_gguf(path, source, path.stem, cfg, cache_dir, convert_gguf)
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -16,7 +16,13 @@ from optimizer.config import ModelConfig, QualityConfig, TargetConfig, WorkloadC
 from optimizer.errors import UserError
 from optimizer.measure.energy import EnergyMeter, make_meter
 from optimizer.measure.stream import RequestStream, TextTokens, generate_stream, read_trace, window_bounds
-from optimizer.measure.text import load_text, quality_windows, sequence_start, token_windows
+from optimizer.measure.text import (
+    load_text,
+    quality_windows,
+    sequence_start,
+    token_windows,
+    workload_windows,
+)
 from optimizer.measure.workload import Workload
 from optimizer.model import ModelSpec, resolve_model
 from optimizer.target import TargetSpec, detect_target
@@ -83,9 +89,7 @@ def prepare_measurement(
     tokenizer = _tokenizer(model)
     text = load_text(quality_cfg.text)
     start = sequence_start(tokenizer)  # every prompt and quality window begins like a real sequence
-    prompts = token_windows(
-        tokenizer, text.workload, workload_cfg.prompt_tokens, prompt_pool, "workload.prompt_tokens", start
-    )
+    prompts = workload_windows(tokenizer, text, workload_cfg.prompt_tokens, prompt_pool, start)
     quality = quality_windows(tokenizer, text, quality_cfg.seq_tokens, quality_cfg.num_sequences, start)
     streams = _streams(workload_cfg, tokenizer, text.workload, context) if workload_cfg.serving else None
     return MeasurementSetup(

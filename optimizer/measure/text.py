@@ -212,6 +212,31 @@ def quality_windows(
     )
 
 
+def workload_windows(
+    tokenizer: Any, text: TextSplits, prompt_tokens: int, pool: int, start: Sequence[int] = ()
+) -> list[list[int]]:
+    """The offline prompts, from the workload split alone: its error counts that split's tokens,
+    not the whole text's, and names the settings that set how many are needed (the pool is the
+    search's largest batch size, at least 16 prompts: optimizer/search/plan.py MIN_PROMPTS)."""
+    return token_windows(
+        tokenizer,
+        text.workload,
+        prompt_tokens,
+        pool,
+        "workload.prompt_tokens",
+        start,
+        source=(
+            f"the workload split of {text.name} (the paragraphs not held out for quality: "
+            f"{HELD_OUT_EVERY - 1} of every {HELD_OUT_EVERY})"
+        ),
+        fix=(
+            f"use a longer quality.text, or lower workload.prompt_tokens ({prompt_tokens}), or "
+            f"space.batch_sizes when its largest is over 16 (the pool is {pool} prompts: the "
+            "largest batch size, at least 16)"
+        ),
+    )
+
+
 CALIBRATION_TEXT = "wiki"
 
 

@@ -69,7 +69,7 @@ def serving_section(
         ttft = f"{perf.latency.ttft_ms['p90']:.0f}" + (f" ({unknown} unknown)" if unknown > 0 else "")
         lines.append(
             f"| {r.candidate.label()} | {sig3(perf.pooled_goodput)} | {share(s.met_slo_fraction)} | "
-            f"{_joules(s.joules_per_request)} | {ttft} | "
+            f"{_number(s.joules_per_request)} | {ttft} | "
             f"{perf.latency.tpot_ms['p90']:.0f} | {s.e2e_p90_ms:.0f} | {s.idle_fraction:.0%} | "
             f"{s.mean_in_flight:.1f} | {_number(s.capacity_rate)} | {note} |"
         )
@@ -123,7 +123,7 @@ def _prefix_lines(served: Sequence[CandidateResult], estimate_mark: str = "") ->
         )
         prefix = son.prefix
         lines.append(
-            f"| {on.candidate.label()} | {_joules(son.joules_per_request)} | {_joules(soff.joules_per_request)} | "
+            f"| {on.candidate.label()} | {_number(son.joules_per_request)} | {_number(soff.joules_per_request)} | "
             f"{saved} | {on.performance.latency.ttft_ms['p90']:.0f} | {off.performance.latency.ttft_ms['p90']:.0f} | "
             f"{prefix.get('prefill_saved_fraction', 0):.0%} | "
             f"{prefix.get('hits', 0):.0f} / {prefix.get('lookups', 0):.0f} |"
@@ -194,12 +194,8 @@ def _from_last(place: int) -> str:
 
 
 def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
-
-
-def _joules(value: float | None) -> str:
-    """`.3g` (6, 12.5), in fixed notation where that is e-notation: from 1000 J up it printed
-    1.28e+03 (a CPU's or a large model's J/request)."""
+    """`.3g` (6, 12.5), in fixed notation where that is e-notation: from 1000 up it printed
+    1.28e+03 (a CPU's or a large model's J/request, a small model's capacity req/s)."""
     if value is None:
         return "-"
     text = f"{value:.3g}"

@@ -100,7 +100,7 @@ def store_url(location: str | Path) -> str:
     scheme, sep, rest = text.partition("://")
     if not sep:
         path = Path(text).expanduser()
-        if path.suffix == ".jsonl":
+        if path.suffix.lower() == ".jsonl":  # OLD.JSONL is the old store too
             raise UserError(
                 "store_path",
                 f"{path} is a JSONL store, which this version replaced by SQLite",

@@ -238,13 +238,18 @@ def _fork_on_held_thread(spawn: Callable[[], None], ended: threading.Event) -> N
 
 
 def _end(contexts: list[Any], pids: list[int], queues: list[Any], ended: threading.Event) -> None:
-    """Kill and reap every rank still alive, close the queues, let the thread that forked the
-    ranks end (the engine's finalizer, at close or exit)."""
+    """Kill and reap every rank still alive, remove its ranks' torch error files, close the
+    queues, let the thread that forked the ranks end (the engine's finalizer, at close or exit)."""
     for context in contexts:
         for process in context.processes:
             if process.is_alive():
                 process.kill()
             process.join(CLOSE_SECONDS)
+        # a rank that raised pickled its traceback there for torch's join(), which this engine
+        # never calls (the results queue brought it): left in TMPDIR at every failed candidate
+        for path in context.error_files:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     ended.set()
     for q in queues:
         q.cancel_join_thread()  # a dead reader must not block this process's exit
