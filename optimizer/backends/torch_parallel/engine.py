@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.multiprocessing as mp
 
+from optimizer.backends.torch.compiling import place_inductor_cache
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch_parallel import RANKS_ENV
 from optimizer.backends.torch_parallel.layout import (
@@ -46,8 +47,8 @@ def build_parallel_engine(
     this process is a Ray worker (`WATTSMITH_RANKS=ray`, see ray_ranks.py)."""
     settings = candidate.settings
     assert isinstance(settings, TorchSettings)
-    if settings.compile:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "inductor"))
+    if settings.compile:  # the ranks inherit the variable
+        place_inductor_cache(workdir / "inductor")
     plans = group_plans(model, candidate, target, timeout_seconds=START_TIMEOUT_SECONDS)
     if os.environ.get(RANKS_ENV) == "ray":
         from optimizer.backends.torch_parallel.ray_ranks import RayLayoutEngine
