@@ -86,7 +86,12 @@ class OrtGenaiSpec:
         # the builder keeps fp32 activations and KV for int4/int8 on CPU, fp16 on CUDA
         act = 4.0 if settings.precision == "fp32" or settings.provider == "cpu" else 2.0
         if settings.precision not in WEIGHT_QUANTIZED:
-            return Footprint(PRECISION_BYTES[settings.precision], act, act, prompt_logits=True)
+            # a tied model's build writes lm_head alone and feeds the embedding's Gather from its
+            # Transpose, which ONNX Runtime folds into a second matrix at load (measured on CPU,
+            # fp32: hidden 512, vocab 49152 added 208 MiB resident for a 96 MiB matrix)
+            return Footprint(
+                PRECISION_BYTES[settings.precision], act, act, prompt_logits=True, tied_holds="both"
+            )
         scale = 4 / settings.block_size  # one fp32 scale per block (fp16 on CUDA: counted at fp32)
         weight = (0.5 if settings.precision == "int4" else 1.0) + scale
         head = 1.0 + scale if settings.int8_lm_head else weight
