@@ -108,9 +108,11 @@ def main() -> None:
             continue
         medians[name] = [statistics.median(v for r in measured for v in r[k]) for k in metrics]
         medians[name].append(statistics.median(r["nll"] for r in measured))
-    base = next(iter(medians.values()), None)  # ratios to the first build that ran
+    if not medians:  # nothing to compare: a failed run, not a table (its status read 0)
+        raise SystemExit("no build measured in every round: each one's failure is above")
+    base = next(iter(medians.values()))  # ratios to the first build that ran
     for name, (pp, tg, b16, nll) in medians.items():
-        ratios = "  ".join(f"{v / b:.2f}" for v, b in zip((pp, tg, b16), base or (), strict=False))
+        ratios = "  ".join(f"{v / b:.2f}" for v, b in zip((pp, tg, b16), base, strict=False))
         print(f"{name:<12} {pp:>13.1f} {tg:>13.1f} {b16:>10.1f} {nll:>7.4f}  {ratios}")
 
 

@@ -148,14 +148,24 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"idle_watts": idle, "rows": rows, "failures": failures}, indent=1))
-    if ONE_PROCESS not in means or means[ONE_PROCESS] <= 0:
-        print(
-            "RATIO best layout vs 1 process x all threads: n/a (one process was not measured or met no SLO)"
+    for line in ratio_lines(means):
+        print(line)
+
+
+def ratio_lines(means: dict[str, float]) -> list[str]:
+    """The closing lines. A baseline not measured (excluded or failed) fails the run: exit status 1,
+    not a 0 that reads as a result."""
+    if ONE_PROCESS not in means:
+        raise SystemExit(
+            f"RATIO best layout vs {ONE_PROCESS}: none: that layout was not measured (excluded or failed, above)"
         )
-        return
+    if means[ONE_PROCESS] <= 0:  # measured: a result, not a failure
+        return [f"RATIO best layout vs {ONE_PROCESS}: n/a (one process met no SLO: goodput 0)"]
     best = max(means, key=lambda name: means[name])
-    print(f"best layout: {best}")
-    print(f"RATIO best layout vs 1 process x all threads: {means[best] / means[ONE_PROCESS]:.1f}x")
+    return [
+        f"best layout: {best}",
+        f"RATIO best layout vs {ONE_PROCESS}: {means[best] / means[ONE_PROCESS]:.1f}x",
+    ]
 
 
 if __name__ == "__main__":

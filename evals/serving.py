@@ -268,11 +268,19 @@ def row(
 
 
 def ratio(rows: dict[str, dict[str, Any]], name: str, key: str = "goodput_tokens_per_joule") -> str:
-    """The selected candidate's figure over `name`'s, round by round; 'inf' when `name`'s is 0."""
-    pairs = zip(rows["selected"]["rounds"], rows[name]["rounds"], strict=True)
-    values = [s[key] / o[key] if o[key] > 0 else float("inf") for s, o in pairs]
+    """The selected candidate's figure over `name`'s, round by round; 'inf' when only `name`'s is 0.
+    A round where both are 0 (neither met the SLO) has no ratio: it read 'inf', a gain never measured."""
+    pairs = list(zip(rows["selected"]["rounds"], rows[name]["rounds"], strict=True))
+    values = [s[key] / o[key] if o[key] > 0 else float("inf") for s, o in pairs if s[key] > 0 or o[key] > 0]
+    if not values:
+        return "n/a (both 0 in every round)"
     mean = statistics.fmean(values)
-    return "inf" if mean == float("inf") else f"{mean:.1f}x"
+    figure = "inf" if mean == float("inf") else f"{mean:.1f}x"
+    return (
+        figure
+        if len(values) == len(pairs)
+        else f"{figure} ({len(values)} of {len(pairs)} rounds: both 0 in the rest)"
+    )
 
 
 def print_table(
