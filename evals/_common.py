@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,9 @@ def measured_row(result: CandidateResult) -> dict[str, Any]:
         "watts": perf.watts.mean,
         "tpot_p90_ms": perf.latency.tpot_ms["p90"],
         "source": perf.source,
+        # perf.source is its first window's: a meter that lost its counter mid-run polls after it
+        "sources": list(dict.fromkeys(w.source for w in perf.windows)) or [perf.source],
+        "slo_met": perf.slo_met,
         "build_seconds": result.build_seconds,
     }
     if quality is not None:
@@ -38,10 +42,23 @@ def measured_row(result: CandidateResult) -> dict[str, Any]:
     return row
 
 
-def energy_source_line(source: str) -> str:
-    """The energy source as every benchmark prints it: an estimate is never called a measurement."""
-    return f"energy source: {source}" + (
-        " (an ESTIMATE from CPU time, not a measurement)" if source == "estimate" else ""
+def energy_sources(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every energy source the rows were measured with, first seen first (a row's `sources` where
+    it has them, else its `source`)."""
+    return list(dict.fromkeys(s for row in rows for s in row.get("sources") or [row["source"]]))
+
+
+def energy_source_line(sources: str | Sequence[str]) -> str:
+    """The energy source as every benchmark prints it: an estimate is never called a measurement,
+    and rows measured with different sources are never labelled with one of them."""
+    listed = [sources] if isinstance(sources, str) else list(dict.fromkeys(sources))
+    label = listed[0] if len(listed) == 1 else f"MIXED ({', '.join(listed)}): rows measured differently"
+    return f"energy source: {label}" + (
+        " (an ESTIMATE from CPU time, not a measurement)"
+        if listed == ["estimate"]
+        else " (partly an ESTIMATE from CPU time)"
+        if "estimate" in listed
+        else ""
     )
 
 

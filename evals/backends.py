@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import energy_source_line, measured_row  # noqa: E402
+from _common import energy_source_line, energy_sources, measured_row  # noqa: E402
 
 from optimizer.config import compose_run_config  # noqa: E402
 from optimizer.measure.energy import measure_idle_watts  # noqa: E402
@@ -161,6 +161,9 @@ def summarize(
                 for k, v in values[0].items()
                 if isinstance(v, float)
             },
+            # not the first round's: a meter may change source (or the SLO verdict) between rounds
+            "sources": energy_sources(values),
+            "slo_met": [v.get("slo_met") for v in values],
             "tokens_per_joule_ratio": statistics.fmean(ratios(name, "tokens_per_joule")),
             "tokens_per_joule_ratio_rounds": ratios(name, "tokens_per_joule"),
             "goodput_ratio": statistics.fmean(goodput) if goodput else None,
@@ -172,13 +175,12 @@ def summarize(
 def print_table(
     summary: dict[str, dict[str, Any]], setup: Any, idle: float, search_seconds: float, bound: Any
 ) -> None:
-    source = next(iter(summary.values()))["source"]
     target = setup.target
     print()
     print(
         f"model {setup.model.name} on {target.cpu_model} ({target.cores} cores); idle {idle:.1f} W; search {search_seconds:.0f} s"
     )
-    print(energy_source_line(source))
+    print(energy_source_line(energy_sources(summary.values())))
     print(
         f"quality bound: ppl <= +{bound.max_ppl_increase:.0%}, top-1 >= {bound.min_top1_agreement:.0%}, KL <= {bound.max_kl}"
     )

@@ -32,7 +32,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import energy_source_line, measured_row  # noqa: E402
+from _common import energy_source_line, energy_sources, measured_row  # noqa: E402
 
 from optimizer.config import compose_run_config  # noqa: E402
 from optimizer.measure.energy import measure_idle_watts  # noqa: E402
@@ -130,7 +130,7 @@ def main() -> None:
     )
     measured = {name: values for name, values in rows.items() if values}
     if measured:
-        print(energy_source_line(next(iter(measured.values()))[0]["source"]))
+        print(energy_source_line(energy_sources(v for values in measured.values() for v in values)))
     width = max([28, *(len(name) for name in measured)])
     print(
         f"{'layout':<{width}} {'settings':<40} {'goodput tok/J':>14} {'tok/J':>8} {'tok/s':>8} {'W':>7} {'TPOT p90 ms':>12}"

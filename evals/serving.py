@@ -32,7 +32,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import energy_source_line  # noqa: E402
+from _common import energy_source_line, energy_sources  # noqa: E402
 
 from optimizer.backends.queued import QueuedServer, serving_engine  # noqa: E402
 from optimizer.backends.registry import SPECS_BY_NAME, build_engine  # noqa: E402
@@ -257,6 +257,7 @@ def row(
         "settings": candidate.to_dict(),
         "phase": phase,
         "source": runs[0].measurement.source,
+        "sources": list(dict.fromkeys(run.measurement.source for run in runs)),
         "goodput_tokens_per_joule": statistics.fmean(r["goodput_tokens_per_joule"] for r in rounds),
         "tokens_per_joule": statistics.fmean(r["tokens_per_joule"] for r in rounds),
         "tokens_per_second": statistics.fmean(r["tokens_per_second"] for r in rounds),
@@ -296,7 +297,7 @@ def print_table(
         f"model {setup.model.name} on {target.cpu_model} ({target.cores} cores); idle {idle:.1f} W; "
         f"phase 1 search {search_seconds:.0f} s"
     )
-    print(energy_source_line(next(iter({**chat, **agent}.values()))["source"]))
+    print(energy_source_line(energy_sources([*chat.values(), *agent.values()])))
     print(
         f"chat stream: {cfg.requests} requests at {cfg.rate:g} req/s ({cfg.arrivals}); SLO p{cfg.slo.percentile} "
         f"TTFT {cfg.slo.ttft_ms} ms, TPOT {cfg.slo.tpot_ms} ms"

@@ -30,7 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _common import energy_source_line, slot_engine  # noqa: E402
+from _common import energy_source_line, energy_sources, slot_engine  # noqa: E402
 from serving import row, setup_for  # noqa: E402
 
 from optimizer.backends.torch.slot_decoder import SlotDecoder  # noqa: E402
@@ -109,9 +109,23 @@ def offline_rounds(
     return results
 
 
-def print_ratio(what: str, values: list[float]) -> None:
-    listed = ", ".join(f"{v:.3f}" for v in values)
-    print(f"RATIO spans / whole region, {what}: {statistics.fmean(values):.3f}x (rounds {listed})")
+def round_ratio(value: float, over: float) -> float | None:
+    """None where `over` is 0: the whole region's goodput when nothing met the SLO."""
+    return value / over if over > 0 else None
+
+
+def print_ratio(what: str, values: list[float | None]) -> None:
+    """The mean of the rounds' ratios; n/a when a round has none: a mean of the rest would drop
+    exactly the rounds the whole region lost."""
+    listed = ", ".join(f"{v:.3f}" if v is not None else "n/a" for v in values)
+    known = [v for v in values if v is not None]
+    mean = f"{statistics.fmean(known):.3f}x" if known and len(known) == len(values) else "n/a"
+    print(f"RATIO spans / whole region, {what}: {mean} (rounds {listed})")
+
+
+def write_out(folder: Path, payload: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "slot_spans.json").write_text(json.dumps(payload, indent=1, default=str))
 
 
 def main() -> None:
@@ -174,6 +188,33 @@ def main() -> None:
         for server in servers.values():
             server.close()
 
+    rows = {name: row(candidate, runs[name], setup, {}, "stream") for name in servers} if args.rounds else {}
+    ratios: dict[str, list[float | None]] = {
+        "offline tokens per CPU second": [
+            round_ratio(o["cpu_ms_per_token"], s["cpu_ms_per_token"])
+            for s, o in zip(offline["spans"], offline["whole region"], strict=True)
+        ]
+    }
+    for key in ("goodput_tokens_per_joule", "tokens_per_second") if rows else ():
+        pairs = zip(rows["spans"]["rounds"], rows["whole region"]["rounds"], strict=True)
+        ratios[f"stream {key}"] = [round_ratio(s[key], o[key]) for s, o in pairs]
+    if args.out:  # before any printing: what was measured is kept whatever the tables make of it
+        write_out(
+            args.out,
+            {
+                "overrides": args.overrides,
+                "candidate": candidate.to_dict(),
+                "spans": decoder.spans,
+                "parity_same": same,
+                "parity_requests": len(asked),
+                "idle_watts": idle,
+                "offline": offline,
+                "ratios": ratios,
+                "step_table": table,
+                "rows": rows,
+            },
+        )
+
     print()
     print(f"model {setup.model.name} on {target.name}; idle {idle:.1f} W; {candidate.label()}")
     print(
@@ -184,9 +225,8 @@ def main() -> None:
         per_token = statistics.fmean(r["cpu_ms_per_token"] for r in results)
         rate = statistics.fmean(r["tokens"] / r["seconds"] for r in results)
         print(f"{name:<13} {per_token:.2f} CPU ms/token, {rate:.1f} tok/s")
-    rows = {name: row(candidate, runs[name], setup, {}, "stream") for name in servers} if args.rounds else {}
     if rows:
-        print(energy_source_line(rows["spans"]["source"]))
+        print(energy_source_line(energy_sources(rows.values())))
         print(f"-- stream: {w.requests} requests at {w.rate:g} req/s, longest {longest} tokens")
         print(
             f"{'':<13} {'goodput/J':>9} {'tok/J':>7} {'tok/s':>7} {'SLO met':>7} {'TTFT p90':>9} {'TPOT p90':>9}"
@@ -201,32 +241,8 @@ def main() -> None:
     print(f"{'span':>6} {'ms/step':>8} {'CPU ms/step':>12}")
     for entry in table:
         print(f"{entry['span']:>6} {entry['ms_per_step']:>8.1f} {entry['cpu_ms_per_step']:>12.1f}")
-    ratios: dict[str, list[float]] = {
-        "offline tokens per CPU second": [
-            o["cpu_ms_per_token"] / s["cpu_ms_per_token"]
-            for s, o in zip(offline["spans"], offline["whole region"], strict=True)
-        ]
-    }
-    for key in ("goodput_tokens_per_joule", "tokens_per_second") if rows else ():
-        pairs = zip(rows["spans"]["rounds"], rows["whole region"]["rounds"], strict=True)
-        ratios[f"stream {key}"] = [s[key] / o[key] for s, o in pairs]
     for what, values in ratios.items():
         print_ratio(what, values)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "overrides": args.overrides,
-            "candidate": candidate.to_dict(),
-            "spans": decoder.spans,
-            "parity_same": same,
-            "parity_requests": len(asked),
-            "idle_watts": idle,
-            "offline": offline,
-            "ratios": ratios,
-            "step_table": table,
-            "rows": rows,
-        }
-        (args.out / "slot_spans.json").write_text(json.dumps(payload, indent=1, default=str))
 
 
 if __name__ == "__main__":
