@@ -37,25 +37,33 @@ def measured_configs(measurement: dict[str, Any]) -> tuple[WorkloadConfig, Quali
         check_types(measurement["quality"], QualityConfig, "quality")
         slo = workload.get("slo")
         if not isinstance(slo, dict):
-            raise UserError(
+            raise _not_a(
                 "workload.slo",
-                "is missing" if slo is None else f"is {slo!r}, not a mapping",
-                f"the SLO the recipe was measured with, a mapping of {', '.join(_keys(SloConfig))}; {_RESTORE}",
+                slo,
+                "a mapping",
+                f"the SLO the recipe was measured with, a mapping of {', '.join(_keys(SloConfig))}",
             )
         workload["slo"] = SloConfig(**slo)
         for lengths in ("prompt_lengths", "output_lengths"):
             value = workload.get(lengths)
             if value is not None and not isinstance(value, dict):
-                raise UserError(
+                raise _not_a(
                     f"workload.{lengths}",
-                    f"is {value!r}, not a mapping",
-                    f"a mapping of {', '.join(_keys(LengthConfig))}; {_RESTORE}",
+                    value,
+                    "a mapping",
+                    f"a mapping of {', '.join(_keys(LengthConfig))}",
                 )
             if value is not None:
                 workload[lengths] = LengthConfig(**value)
         return WorkloadConfig(**workload), QualityConfig(**measurement["quality"])
     except UserError as exc:
         raise UserError(f"measurement.{exc.field}", exc.problem, exc.fix) from None
+
+
+def _not_a(field: str, value: object, kind: str, fix: str) -> UserError:
+    """A recorded field missing (where it is required) or not `kind`: restoring the recipe is the fix."""
+    problem = "is missing" if value is None else f"is {value!r}, not {kind}"
+    return UserError(field, problem, f"{fix}; {_RESTORE}")
 
 
 def _check_keys(values: dict[str, Any], config: type, where: str) -> None:
@@ -77,11 +85,7 @@ def target_of(recorded_target: dict[str, Any], measurement: dict[str, Any], sour
     asked for by name: an estimated recipe re-checked on a host with RAPL is estimated again."""
     kind = recorded_target.get("kind")
     if not isinstance(kind, str):
-        raise UserError(
-            "target.kind",
-            "is missing" if kind is None else f"is {kind!r}, not a name",
-            f"the device kind the recipe was measured on: cpu or cuda; {_RESTORE}",
-        )
+        raise _not_a("target.kind", kind, "a name", "the device kind the recipe was measured on: cpu or cuda")
     target = TargetConfig(kind=kind, energy_source=source if source in ENERGY_SOURCES else "auto")
     recorded = measurement.get("energy_estimate")
     if recorded is None:

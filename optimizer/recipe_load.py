@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from optimizer.target import TargetSpec
 
 log = logging.getLogger("optimizer.recipe")  # the name load_recipe's warnings have always had
-_ELSEWHERE = "or run optimize here for a recipe of this machine"
+# the fix that ends every "not on this machine" error, load_recipe's and verify's
+ELSEWHERE = "or run optimize here for a recipe of this machine"
 
 
 def build_here(
@@ -63,7 +64,7 @@ def target_here(recipe: Recipe) -> TargetSpec:
         raise UserError(
             "recipe.target.kind",
             f"is {recipe.target.kind}{measured}, but no CUDA GPU is usable here (NVML or torch.cuda)",
-            f"load it on a machine with {name or 'a CUDA GPU'}, {_ELSEWHERE}",
+            f"load it on a machine with {name or 'a CUDA GPU'}, {ELSEWHERE}",
         ) from None
 
 
@@ -115,7 +116,7 @@ def _warn_oversubscribed(recipe: Recipe, target: TargetSpec) -> None:
             cores,
             _recorded_device(recipe),
             cores,
-            _ELSEWHERE,
+            ELSEWHERE,
         )
 
 
@@ -124,7 +125,7 @@ def _cannot_run(recipe: Recipe, cannot: str) -> UserError:
         "recipe.settings",
         f"this machine cannot run {recipe.candidate.label()}: {cannot}",
         f"install the package it names, load it on a machine like the recipe's ({_recorded_device(recipe)}), "
-        + _ELSEWHERE,
+        + ELSEWHERE,
     )
 
 

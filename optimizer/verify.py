@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from optimizer.config import SloConfig
-from optimizer.config.run import CACHE_ENV, DEFAULT_CACHE_DIR
+from optimizer.config.run import cache_dir_from
 from optimizer.errors import UserError
 from optimizer.files import tensor_sha256
 from optimizer.measure import PROTOCOL_VERSION
@@ -18,9 +19,9 @@ from optimizer.measure.setup import MeasurementSetup, prepare_measurement
 from optimizer.measure.speed import SLOW_PROBE
 from optimizer.measure.workload import PerformanceResult
 from optimizer.model import resolve_model
-from optimizer.recipe import Recipe, check_weights, default_cache_dir, model_config_for, read_recipe
+from optimizer.recipe import Recipe, check_weights, model_config_for, read_recipe
 from optimizer.recipe_checks import artifact_change, inputs_here, trace_errors_name_the_recipe
-from optimizer.recipe_load import model_errors_name, refuse_source_nowhere
+from optimizer.recipe_load import ELSEWHERE, model_errors_name, refuse_source_nowhere
 from optimizer.results import sig3
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
@@ -194,7 +195,6 @@ def verify_recipe(
     return VerifyReport(recipe.path, checks, notes)
 
 
-_ELSEWHERE = "or run optimize here for a recipe of this machine"
 _FIX_MODEL = "pass --model <path or packaged name>: the weights the recipe was measured on"
 
 
@@ -205,13 +205,13 @@ def _cannot_run_fix(recipe: Recipe, target: TargetSpec) -> str:
     gpu = _device_name(recorded, "gpu")
     cores = cand.threads * (1 if target.is_cuda else cand.processes)  # a CPU's processes pin their own
     if cores > target.cores and target.is_cuda:  # the device check compares the GPU, not the host's cores
-        return f"verify on a host of {gpu} with at least {cores} cores, {_ELSEWHERE}"
+        return f"verify on a host of {gpu} with at least {cores} cores, {ELSEWHERE}"
     if cores > target.cores:  # as many as the recipe records (the device check): its settings changed
-        return f"restore the recipe from git (no search runs more threads than cores), {_ELSEWHERE}"
+        return f"restore the recipe from git (no search runs more threads than cores), {ELSEWHERE}"
     if target.gpu is not None and cand.processes > target.device_count - target.gpu.index:
-        return f"verify on a host of {cand.processes} {gpu} GPUs, {_ELSEWHERE}"
+        return f"verify on a host of {cand.processes} {gpu} GPUs, {ELSEWHERE}"
     device = _device_name(recorded, "gpu" if target.is_cuda else "cpu_model")
-    return f"install the package it names, or verify on a machine like the recipe's ({device}), {_ELSEWHERE}"
+    return f"install the package it names, or verify on a machine like the recipe's ({device}), {ELSEWHERE}"
 
 
 def _refuse_source_nowhere(recipe: Recipe, source: str) -> None:
@@ -266,17 +266,9 @@ def source_check(recorded: str, here: str) -> Check:
 
 
 def _default_cache() -> Path:
-    """WATTSMITH_CACHE's cache, else the default; its error names the flag verify takes (the
-    config's text names optimize's `cache_dir=DIR`)."""
-    try:
-        return default_cache_dir()
-    except UserError as error:
-        raise UserError(
-            error.field,
-            error.problem,
-            f"unset it (unset {CACHE_ENV}: caches go to {DEFAULT_CACHE_DIR}), give it a path "
-            f"({CACHE_ENV}=DIR), or pass the cache to verify: optimize verify RECIPE --cache-dir DIR",
-        ) from None
+    """WATTSMITH_CACHE's cache, else the default; its error names only the flag verify takes."""
+    flags = "or pass the cache to verify instead: optimize verify RECIPE --cache-dir DIR"
+    return Path(cache_dir_from(os.environ, flags)).expanduser()
 
 
 def _protocol_check(recipe: Recipe) -> Check:

@@ -230,9 +230,9 @@ def _bare_word(word: str, overrides: Sequence[str]) -> UserError:
     if word.endswith((".yaml", ".yml")):
         return UserError(word, not_setting, f"to re-measure a recipe: optimize verify {word}")
     if difflib.get_close_matches(word.lower(), ["verify"], n=1, cutoff=0.7):
-        recipe = next((o for o in overrides if o.endswith((".yaml", ".yml"))), "RECIPE")
+        recipe = next((o for o in overrides if o.lower().endswith((".yaml", ".yml"))), "RECIPE")
         return UserError(word, "is not a command", f"did you mean: optimize verify {recipe}")
-    if word.endswith(".gguf") or Path(word).expanduser().is_dir():
+    if word.lower().endswith(".gguf") or Path(word).expanduser().is_dir():  # MODEL.GGUF is one too
         return UserError(word, not_setting, f"to optimize that model: model={word}")
     return UserError(word, "has no value", f"give one: {word}=VALUE (`optimize --help` lists the groups)")
 

@@ -61,9 +61,14 @@ class RunConfig:
         return data
 
 
-def cache_dir_from(environ: Mapping[str, str]) -> str:
+_CACHE_FLAGS = "a search also takes `optimize cache_dir=DIR`, verify `--cache-dir DIR`"
+
+
+def cache_dir_from(environ: Mapping[str, str], flags: str = _CACHE_FLAGS) -> str:
     """cache_dir's default: WATTSMITH_CACHE, else ~/.cache/wattsmith. Set but empty is refused, not
-    read as unset: a variable meant to hold a path and left empty would put the caches elsewhere."""
+    read as unset: a variable meant to hold a path and left empty would put the caches elsewhere.
+    `flags` ends the fix: how the caller's command takes a cache instead (verify's alone names
+    only its own, as `optimize verify` refuses `cache_dir=DIR`)."""
     value = environ.get(CACHE_ENV)
     if value is None:
         return DEFAULT_CACHE_DIR
@@ -73,6 +78,6 @@ def cache_dir_from(environ: Mapping[str, str]) -> str:
             "is set but empty",
             # the llama.cpp build script reads only the variable
             f"unset it (unset {CACHE_ENV}: caches go to {DEFAULT_CACHE_DIR}) or give it a path "
-            f"({CACHE_ENV}=DIR); a search also takes `optimize cache_dir=DIR`, verify `--cache-dir DIR`",
+            f"({CACHE_ENV}=DIR); {flags}",
         )
     return value

@@ -164,7 +164,7 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
     # a stream's own longest request (a trace's is not bounded by the workload's length fields)
     longest = max(s.longest_request_tokens for s in setup.streams.values()) if setup.streams else None
     rows = longest if longest is not None else cfg.workload.longest_request_tokens()
-    valid, beyond = _within_tensorrt_profile(valid, rows, cfg)
+    valid, beyond = _within_row_limits(valid, rows, cfg)
     excluded = [*excluded, *beyond]
     baseline = baseline_candidate(
         cfg.space, setup.target, cfg.quality.reference, setup.model.shape.checkpoint_precision
@@ -196,7 +196,7 @@ def plan_search(cfg: RunConfig, setup: MeasurementSetup) -> SearchPlan:
     return SearchPlan(fits, pruned, excluded, baseline, context, quality_context(cfg, setup))
 
 
-def _within_tensorrt_profile(
+def _within_row_limits(
     valid: list[Candidate], longest: int, cfg: RunConfig
 ) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
     """Candidates whose backend bounds a row's tokens (RowRules: TensorRT's profiles, native or

@@ -14,7 +14,7 @@ from optimizer.backends.torch.settings import TorchSettings
 from optimizer.config import WorkloadConfig, compose_run_config
 from optimizer.model import ModelShape
 from optimizer.search import prefilter
-from optimizer.search.plan import _within_tensorrt_profile
+from optimizer.search.plan import _within_row_limits
 from optimizer.space import Candidate
 from optimizer.target import GIB
 from unit.factories import target_spec, torch_candidate
@@ -51,9 +51,9 @@ def test_the_plan_asks_the_backends_for_their_row_limits(monkeypatch: pytest.Mon
     its own of which backends are bounded."""
     native = Candidate(TensorRTSettings("fp16"), 4, 0)
     cfg = compose_run_config(["workload=batch"])
-    assert _within_tensorrt_profile([native], 2048, cfg)[0] == []
+    assert _within_row_limits([native], 2048, cfg)[0] == []
     monkeypatch.setattr(TensorRTSpec, "row_reason", lambda self, settings, tokens: None)
-    assert _within_tensorrt_profile([native], 2048, cfg) == ([native], [])
+    assert _within_row_limits([native], 2048, cfg) == ([native], [])
 
 
 def test_replicas_casting_the_checkpoint_on_a_small_host_are_pruned(monkeypatch: pytest.MonkeyPatch) -> None:

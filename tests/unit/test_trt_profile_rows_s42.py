@@ -8,7 +8,7 @@ from optimizer.backends.onnx.trt_profile import TRT_MAX_TOKENS
 from optimizer.backends.ort_onnx.settings import OrtOnnxSettings
 from optimizer.backends.tensorrt.settings import TensorRTSettings
 from optimizer.config import compose_run_config
-from optimizer.search.plan import _within_tensorrt_profile
+from optimizer.search.plan import _within_row_limits
 from optimizer.space import Candidate
 from unit.factories import torch_candidate
 
@@ -20,7 +20,7 @@ TORCH = torch_candidate()
 
 def test_requests_longer_than_the_profile_exclude_the_tensorrt_candidates() -> None:
     cfg = compose_run_config(["workload=batch"])
-    kept, excluded = _within_tensorrt_profile([NATIVE, ORT_TRT, ORT_CUDA, TORCH], TRT_MAX_TOKENS + 1, cfg)
+    kept, excluded = _within_row_limits([NATIVE, ORT_TRT, ORT_CUDA, TORCH], TRT_MAX_TOKENS + 1, cfg)
     assert kept == [ORT_CUDA, TORCH]
     assert [c for c, _ in excluded] == [NATIVE, ORT_TRT]
     assert all(f"at most {TRT_MAX_TOKENS} tokens" in reason for _, reason in excluded)
@@ -28,11 +28,11 @@ def test_requests_longer_than_the_profile_exclude_the_tensorrt_candidates() -> N
 
 def test_quality_windows_longer_than_the_profile_are_named() -> None:
     cfg = compose_run_config(["workload=batch", f"quality.seq_tokens={TRT_MAX_TOKENS + 64}"])
-    _, excluded = _within_tensorrt_profile([NATIVE], 100, cfg)
+    _, excluded = _within_row_limits([NATIVE], 100, cfg)
     assert "quality.seq_tokens" in excluded[0][1]
 
 
 def test_rows_within_the_profile_keep_every_candidate() -> None:
     cfg = compose_run_config(["workload=batch"])
     everything = [NATIVE, ORT_TRT, ORT_CUDA, TORCH]
-    assert _within_tensorrt_profile(everything, TRT_MAX_TOKENS, cfg) == (everything, [])
+    assert _within_row_limits(everything, TRT_MAX_TOKENS, cfg) == (everything, [])

@@ -74,8 +74,9 @@ class TorchSpec:
         # a quantized cache holds its newest tokens unquantized until they fill a residual window
         quantized_kv = quantized_kv_bits(settings.kv_cache) is not None
         residual = QUANTIZED_RESIDUAL_TOKENS if quantized_kv else 0
-        # an offloaded cache keeps only the layers in flight on the device
-        on_device = 2 / num_layers if settings.kv_cache.startswith("offloaded") else 1.0
+        # an offloaded cache keeps only the layers in flight on the device (two: the one computing,
+        # the next prefetched), at most the whole cache for a one-layer model
+        on_device = min(2 / num_layers, 1.0) if settings.kv_cache.startswith("offloaded") else 1.0
         # quantization replaces Linear layers but the output projection (excluded_weights): the
         # embedding and an untied lm_head keep their precision
         kept = act if settings.quantization != "none" else None

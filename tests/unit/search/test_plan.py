@@ -218,7 +218,7 @@ def test_a_streams_own_longest_request_sizes_the_memory_check(
     candidate = SimpleNamespace(label=lambda: "c")
     monkeypatch.setattr(plan, "enumerate_candidates", lambda *a: ([candidate], []))
     monkeypatch.setattr(plan, "baseline_candidate", lambda *a, **k: candidate)
-    monkeypatch.setattr(plan, "_within_tensorrt_profile", lambda valid, rows, cfg: (valid, []))
+    monkeypatch.setattr(plan, "_within_row_limits", lambda valid, rows, cfg: (valid, []))
     seen: list[Any] = []
     monkeypatch.setattr(plan, "memory_fit_reason", lambda *args: seen.append(args[-1]) or "too big")
     setup = planned_setup(fake_setup(tmp_path), "hf-dir")
