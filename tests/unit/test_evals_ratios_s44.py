@@ -234,6 +234,29 @@ def test_backends_summary_sources_are_every_rounds(monkeypatch: pytest.MonkeyPat
     assert summary["torch"]["sources"] == ["nvml", "nvml-power-poll"]
 
 
+def test_backends_goodput_ratio_counts_rounds_the_default_missed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the default met the SLO in one round of two: the ratio of means is 2.5 / 0.5, not the one
+    # defined round's 2.0 (a mean of per-round ratios dropped the round that favours the contender)
+    summarize = load("backends", monkeypatch).summarize
+    goodput = {"default": (1.0, 0.0), "torch": (2.0, 3.0)}
+    rounds = [
+        {
+            name: {
+                "label": name,
+                "source": "rapl",
+                "tokens_per_joule": 1.0,
+                "goodput_tokens_per_joule": goodput[name][i],
+                "tokens_per_second": 1.0,
+            }
+            for name in goodput
+        }
+        for i in range(2)
+    ]
+    summary = summarize(rounds, {"default": None, "torch": None})
+    assert summary["torch"]["goodput_ratio"] == pytest.approx(5.0)
+    assert summary["torch"]["goodput_ratio_rounds"] == [2.0]
+
+
 class FakeEngine:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.model, self.compiled = None, False
