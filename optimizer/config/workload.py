@@ -147,7 +147,7 @@ class WorkloadConfig:
     arrival_cv: float = ARRIVAL_CV_DEFAULT  # gamma arrivals: > 1 is bursty
     prompt_lengths: LengthConfig = field(default_factory=LengthConfig)
     output_lengths: LengthConfig = field(default_factory=lambda: LengthConfig("lognormal", 64, 8, 256, 0.5))
-    shared_prefix_tokens: int = 0  # a system prompt every request starts with
+    shared_prefix_tokens: int = 0  # a system prompt every request starts with, before its prompt_lengths
     turns: int = 1  # > 1: conversations that resend their whole history every turn
     turn_gap_seconds: float = TURN_GAP_DEFAULT
     seed: int = 0
@@ -273,7 +273,7 @@ class WorkloadConfig:
         conversation's last turn resends every earlier prompt and answer."""
         if not self.serving:
             return self.prompt_tokens + self.max_new_tokens
-        first = max(self.prompt_lengths.max, self.shared_prefix_tokens + 1)
+        first = self.shared_prefix_tokens + self.prompt_lengths.max  # the system prompt, then a message
         return first + (self.turns - 1) * self.prompt_lengths.max + self.turns * self.output_lengths.max
 
     def load_rates(self) -> list[float]:

@@ -116,6 +116,13 @@ class TextTokens:
         return self.start_ids + self.take(max(count - len(self.start_ids), 0))
 
 
+def stream_generators(seed: int) -> tuple[random.Random, random.Random]:
+    """The generators of seed `seed`'s arrivals and lengths: 2*seed and 2*seed+1, so no two seeds
+    share a draw (seed and seed+1 made seed's lengths seed+1's arrivals) and seed 0 keeps the
+    draws its recorded streams were made with. Apart: a gamma draw may take several numbers."""
+    return random.Random(2 * seed), random.Random(2 * seed + 1)
+
+
 def inter_arrivals(kind: str, rate: float, cv: float, rng: random.Random) -> Iterator[float]:
     """Seconds between consecutive arrivals at `rate` requests/s (kind and cv checked by the config)."""
     while True:
@@ -136,8 +143,7 @@ def generate_stream(cfg: WorkloadConfig, text: TextTokens, rate: float | None = 
     rate = cfg.rate if rate is None else rate
     if not rate > 0:
         raise UserError("workload.rates", f"has {rate}", "offered loads are requests/s > 0")
-    rng = random.Random(cfg.seed)
-    lengths = random.Random(cfg.seed + 1)  # apart from arrivals: a gamma draw may take several numbers
+    rng, lengths = stream_generators(cfg.seed)
     system = text.prompt(cfg.shared_prefix_tokens) if cfg.shared_prefix_tokens else text.start_ids
     arrivals = inter_arrivals(cfg.arrivals, rate / cfg.turns, cfg.arrival_cv, rng)
     pending: list[StreamRequest] = []
@@ -147,9 +153,11 @@ def generate_stream(cfg: WorkloadConfig, text: TextTokens, rate: float | None = 
         clock += next(arrivals)
         history = system
         for turn in range(min(cfg.turns, cfg.requests - len(pending))):
-            # the first turn's prompt length, then each later turn's new message
+            # each turn's new message; the first turn's after the system prompt, its length counting
+            # the sequence start as a prompt without one does (a length within the system prompt
+            # left the agent preset's first turns 1 token past it)
             drawn = draw_length(cfg.prompt_lengths, lengths)
-            prompt = history + text.take(max(drawn - (len(history) if turn == 0 else 0), 1))
+            prompt = history + text.take(max(drawn - (len(text.start_ids) if turn == 0 else 0), 1))
             output = draw_length(cfg.output_lengths, lengths)
             pending.append(
                 StreamRequest(

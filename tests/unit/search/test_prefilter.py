@@ -120,7 +120,7 @@ def test_a_stream_sizes_the_cache_for_its_longest_request(make_candidate, make_t
     )
     assert stream.longest_request_tokens() == 2048 + 512
     chat = WorkloadConfig(kind="serving", shared_prefix_tokens=256, turns=4)  # 512 + 256 per turn
-    assert chat.longest_request_tokens() == 512 + 3 * 512 + 4 * 256
+    assert chat.longest_request_tokens() == 256 + 512 + 3 * 512 + 4 * 256  # the system prompt, then a message
     served = Candidate(ContinuousBatchingSettings(precision="bf16"), batch_size=256, threads=0)
     kv = 256 * 2560 * llama8b.kv_bytes_per_token(2)  # 80 GiB of pages
     assert estimate_memory_bytes(served, llama8b, stream) > kv + llama8b.num_parameters * 2
