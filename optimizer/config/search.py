@@ -46,6 +46,9 @@ class SearchConfig:
     # a rejection by quality already known (a batch variant of rejected numerics) costs nothing
     seed: int = 0
     retry_failed: bool = False
+    # Checked between batches: a candidate past it fails once its batch returns. One still running
+    # at twice it (at least 5 minutes past it: search/watchdog.py) hung in a call that never returns
+    # (native code): it is recorded failed and its process ends (exit code 4); rerun to resume.
     candidate_timeout_minutes: float = 15.0
     workers: int = 1
     # A worker holds a lease on the candidate it evaluates, renewed while it lives; a killed

@@ -33,6 +33,7 @@ from optimizer.measure.workload import PerformanceResult, Workload, measure_perf
 from optimizer.model import ModelSpec
 from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
 from optimizer.search.device_lock import DeviceLock
+from optimizer.search.watchdog import Watch, Watchdog
 from optimizer.space import Candidate, reference_candidate
 from optimizer.store import QUALITY_CLAIM_PREFIX, TrialStore
 from optimizer.store.trials import PROBE_CLAIM_PREFIX
@@ -93,6 +94,8 @@ class Evaluator:
     workdir: Path
     device: DeviceLock | None = None
     streams: dict[float, RequestStream] | None = None  # serving workloads: the stream per offered load
+    # ends the process on a candidate still running past its timeout plus a slack (a native hang)
+    watchdog: Watchdog = field(default_factory=Watchdog)
     _reference: QualityReference | None = field(default=None, init=False)
     _quality: dict[str, QualityResult] = field(default_factory=dict, init=False)
 
@@ -183,25 +186,37 @@ class Evaluator:
     ) -> CandidateResult:
         """Never raises for a candidate's own failure: failure is a result with its error. With
         `stop_below`, windows after one whose running goodput tokens/J is below it are skipped
-        (the candidate cannot win: multi-fidelity screening)."""
+        (the candidate cannot win: multi-fidelity screening). Watched: one still running well past
+        search.candidate_timeout_minutes (hung) is recorded failed and ends the process."""
+        timeout = self.search_cfg.candidate_timeout_minutes
+        with self.watchdog.watching(candidate, role, self.store, timeout) as watch:
+            return self._evaluate(candidate, role, stop_below, watch)
+
+    def _evaluate(
+        self, candidate: Candidate, role: str, stop_below: float | None, watch: Watch
+    ) -> CandidateResult:
         start = time.perf_counter()
         deadline = start + self.search_cfg.candidate_timeout_minutes * 60
         build_seconds = 0.0
         artifact: dict[str, Any] | None = None
         numerics = candidate.numerics_key()
         try:
+            watch.phase = "waiting for its numerics' quality"
             quality = self._shared_quality(candidate, deadline)
             if quality is None:
                 if (deaths := self._probe_deaths(candidate)) >= DEATHS_BEFORE_FAILING:
                     return died_probing(candidate, deaths, role)
+                watch.phase = "building the quality reference"
                 self.reference()  # before this candidate's engine: never two models in memory at once
             elif (broken := quality.violations(self.quality_cfg)) and role != "baseline":
                 return self._result(candidate, REJECTED, "; ".join(broken), quality, None, role, start, 0.0)
-            with self._device(exclusive=False), artifacts_used() as used:
+            with watch.waiting(self._device(exclusive=False)), artifacts_used() as used:
+                watch.phase = "building"
                 engine = build_engine(self.model, candidate, self.target, self.workdir)
                 build_seconds = time.perf_counter() - start
                 artifact = served_artifact(used)
                 if quality is None:
+                    watch.phase = "in the quality probe"
                     quality = self._measure_quality(engine, numerics, candidate.label())
             closed = False
             try:
@@ -218,8 +233,9 @@ class Evaluator:
                         build_seconds,
                         artifact,
                     )
-                with self._device(exclusive=True):
+                with watch.waiting(self._device(exclusive=True)):
                     try:
+                        watch.phase = "measuring"
                         self._still_leased(candidate)
                         self._check_generate_paths(engine, candidate)
                         performance = self._measure(engine, candidate, deadline, stop_below)

@@ -38,6 +38,7 @@ from optimizer.interrupts import sigterm_interrupts
 from optimizer.processes import die_with_parent
 from optimizer.search.roofline import RooflineRates
 from optimizer.search.runner import WorkerReport
+from optimizer.search.watchdog import HUNG_EXIT_CODE
 from optimizer.search.workers import WorkerSpec, check_workers, local_gpus, run_worker
 from optimizer.store import open_database, release_process_leases
 from optimizer.target import TargetSpec
@@ -180,11 +181,27 @@ def _report_of(process: BaseProcess, receiver: Connection) -> WorkerReport:
         return payload
     if kind == "user_error":  # one message and exit 2 from the CLI, as for the coordinator's own
         raise UserError(*payload)
+    if process.exitcode == HUNG_EXIT_CODE:  # its watchdog ended it (search/watchdog.py)
+        raise WorkerHung(process.name)
     raise WorkerDied(payload or f"the process ended with exit code {process.exitcode} and no report")
 
 
 class WorkerDied(RuntimeError):
     """A local worker process that ended without its report."""
+
+
+class WorkerHung(UserError):
+    """A local worker ended by its watchdog: a candidate hung past its timeout. A UserError: one
+    message and no traceback, also when every worker hung."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            "search.candidate_timeout_minutes",
+            f"{name} ended (exit code {HUNG_EXIT_CODE}): a candidate hung past it; the worker's log "
+            "above names it and shows every thread's stack, and it is recorded failed",
+            "run the same command again to resume (the hung candidate is not built again), or raise "
+            "search.candidate_timeout_minutes if it is only slow",
+        )
 
 
 def on_ray(cfg: RayConfig, specs: Sequence[WorkerSpec], gpu: bool) -> list[WorkerReport]:
