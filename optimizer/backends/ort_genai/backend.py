@@ -222,6 +222,8 @@ class OrtGenaiEngine:
         return cls(og, model, settings, build_dir, max_requests)
 
     def _generator(self, batch_size: int, max_length: int, min_length: int) -> Any:
+        if self.model is None:  # closed: genai would refuse the None model with a TypeError
+            raise RuntimeError("the engine is closed")
         params = self._og.GeneratorParams(self.model)
         params.set_search_options(
             batch_size=batch_size, max_length=max_length, min_length=min_length, do_sample=False

@@ -230,6 +230,9 @@ class GenaiEngineServer:
         except BaseException as exc:  # noqa: BLE001 - every caller's next call raises it
             with self._lock:
                 self._failure = exc
+                # none of them will ever finish: first_token_times() and idle must not tell them
+                self._handed.clear()
+                self._inbox.clear()
                 self._lock.notify_all()
         finally:
             for state in running.values():

@@ -111,6 +111,7 @@ class SlotEngine:
         self._cond = threading.Condition()
         self._device_lock = threading.Lock()  # the loop's device work, and score() between steps
         self._stopped = False
+        self._closed = False  # stopped by close(), not by a dead loop thread
         self._cancel = False
         self._build_error: BaseException | None = None
         self._counter = 0
@@ -199,7 +200,8 @@ class SlotEngine:
                 if taken:
                     last_progress = time.perf_counter()
                 elif self._stopped or time.perf_counter() - last_progress > RESULT_TIMEOUT_SECONDS:
-                    raise RuntimeError(f"the slot engine finished {len(finished)} of {len(ids)} requests")
+                    why = "was closed: finished" if self._closed else "finished"
+                    raise RuntimeError(f"the slot engine {why} {len(finished)} of {len(ids)} requests")
         except BaseException:  # its other rows would hold slots and their results reach the next call
             self.cancel_all()
             raise
@@ -216,11 +218,12 @@ class SlotEngine:
 
     def close(self) -> None:
         with self._cond:
-            self._stopped = True
+            self._stopped = self._closed = True
             self._waiting.clear()
             self._cond.notify_all()
         self._thread.join(timeout=60)
-        self.decoder = self.model = None
+        with self._cond:  # a build outlasting the join drops its decoder itself (_build)
+            self.decoder = self.prefixes = self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -287,15 +290,15 @@ class SlotEngine:
         return admit(self._waiting, free, self.prefixes, self._prefix_counts, self.max_prefill_tokens)
 
     def _build(self) -> None:
-        wanted = self._wanted_tokens
-        self.decoder = None  # the old regions go before the new ones are allocated
-        self.prefixes = None
+        with self._cond:
+            wanted, model = self._wanted_tokens, self.model
+            self.decoder = self.prefixes = None  # the old regions go before the new ones are allocated
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         try:
             stored = self.slots if self.prefix_sharing else 0
             options = self._decoder_options
-            decoder = SlotDecoder(self.model, self.slots, wanted, self.device, stored=stored, **options)
+            decoder = SlotDecoder(model, self.slots, wanted, self.device, stored=stored, **options)
             decoder.compile_prefills()
             if self.device.type == "cuda":
                 decoder.capture()
@@ -308,12 +311,17 @@ class SlotEngine:
                 self._waiting.clear()
                 self._cond.notify_all()
             return
-        log.info("slot decoder: %d slots of %d tokens", self.slots, wanted)
         with self._cond:
-            self.decoder = decoder
-            if self.prefix_sharing:  # the new regions hold nothing yet
-                self.prefixes = CachedPrefixes(self.slots, self.slots, decoder.max_len)
-            self._cond.notify_all()
+            closed = self._stopped  # close() may have returned: nothing may hold the regions after it
+            if not closed:
+                self.decoder = decoder
+                if self.prefix_sharing:  # the new regions hold nothing yet
+                    self.prefixes = CachedPrefixes(self.slots, self.slots, decoder.max_len)
+                self._cond.notify_all()
+                log.info("slot decoder: %d slots of %d tokens", self.slots, wanted)
+        del decoder  # closed: its only reference, so its regions (and graphs) go now
+        if closed and self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _prefill(self, admitted: list[Admission]) -> None:
         decoder = self.decoder
