@@ -94,8 +94,11 @@ def search_worker(
     roofline: Roofline | None = None,
     deadline: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    *,
+    first_worker: bool = True,
 ) -> WorkerReport:
-    """One worker's loop; `deadline` is on `clock` and shared by all workers of the search."""
+    """One worker's loop; `deadline` is on `clock` and shared by all workers of the search.
+    `first_worker`: worker 0 (or the only one), which says what is said once per search."""
     store = evaluator.store
     assert store is not None, "a search records every result in a TrialStore"
     loop = _WorkerLoop(
@@ -103,10 +106,10 @@ def search_worker(
     )
 
     stop_said: list[bool] = []
-    if (note := patience_note(search, loop.sampler, len(candidates))) is not None:
+    if first_worker and (note := patience_note(search, loop.sampler, len(candidates))) is not None:
         progress(note)
 
-    def over_budget() -> bool:
+    def over_budget(capped: bool = True) -> bool:
         # a candidate is not started when the time left is less than a typical measurement:
         # it would most likely run past the budget
         if deadline is not None and deadline - clock() < max(loop.typical_seconds(), 0.0):
@@ -121,13 +124,14 @@ def search_worker(
                 )
                 stop_said.append(True)
             return True
-        return loop.capped or (
+        return (capped and loop.capped) or (
             search.max_candidates is not None and store.run_count() >= search.max_candidates
         )
 
     def waited(held: Candidate) -> bool:
-        # the baseline whatever the budget and patience: the ratios need it
-        return held == baseline or not over_budget()
+        # the baseline whatever the budget and patience: the ratios need it. `capped` counted the
+        # held one's evaluation: given up without a result, its slot is free (try_evaluate decides)
+        return held == baseline or not over_budget(capped=False)
 
     with leases_kept(store, search.lease_seconds):
         loop.sync()
@@ -194,7 +198,8 @@ class _WorkerLoop:
         self.evaluated = 0
         self.roofline_pruned = 0
         self.patience = Patience(isinstance(self.sampler, GridSampler), self.selectable)
-        self.capped = False  # the candidate cap is reached, counting other workers' evaluations
+        # the candidate cap is reached, counting other workers' evaluations under way: draw no more
+        self.capped = False
         self._synced = False  # the first sync reads every candidate, later ones what changed
         self.deadline, self.clock = deadline, clock  # the search's: bound the time-left estimate
 
@@ -290,7 +295,8 @@ class _WorkerLoop:
         # bare refresh: refresh() advances the store's read position, so the other results it
         # returns would otherwise never reach `known`, the sampler or the roofline.
         self.sync()
-        if key in self.known:
+        # a takeover was not pruned before its claim, and the sync may have brought a better best
+        if key in self.known or self.pruned_by_roofline(candidate):
             self.store.release(key)
             return
         if cap is not None and self.store.run_count() + elsewhere >= cap:
