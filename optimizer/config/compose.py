@@ -110,6 +110,7 @@ def run_config_from(
     given = _given(overrides)
     if "output_dir" not in given:
         run.composed_output_dir = run.output_dir
+    run.search.patience_chosen = bool({"search", "search.patience"} & given)
     warn_overrides_a_trace_ignores(run.workload, given)
     if config_dir is not None:
         run.target.config_dir = str(check_config_dir(config_dir))

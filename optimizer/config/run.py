@@ -57,7 +57,7 @@ class RunConfig:
     def settings(self) -> dict[str, Any]:
         """The settings, as `--show-config` prints them and a run's config.yaml records them."""
         data = asdict(self)
-        del data["composed_output_dir"]
+        del data["composed_output_dir"], data["search"]["patience_chosen"]
         return data
 
 

@@ -72,6 +72,10 @@ class SearchConfig:
     # candidates that can still win come first, so a run of losers means the rest lose too; an
     # infeasible one (a large batch over the SLO) says nothing of those after it and is not counted.
     patience: int | None = None
+    # Not a setting (Hydra never sees it): whether the user chose `patience` (search.patience=..
+    # or a search preset of their choice), not the default preset: only a chosen patience that
+    # stops nothing here (a grid) is worth a note (search/samplers.py patience_note).
+    patience_chosen: bool = field(default=True, compare=False, metadata={"omegaconf_ignore": True})
     # Multi-fidelity: a candidate whose first windows' goodput tokens/J is below the best so far
     # divided by (1 + screen_margin) gets no further windows (null: every candidate gets all).
     screen_margin: float | None = 0.25

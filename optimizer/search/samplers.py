@@ -87,8 +87,9 @@ def make_sampler(
 
 def patience_note(cfg: SearchConfig, sampler: Sampler, candidates: int) -> str | None:
     """Why search.patience stops nothing here (a grid), said once: else the user who set it waits
-    for a stop that never comes. None when patience is unset or applies."""
-    if cfg.patience is None or type(sampler) is not GridSampler:
+    for a stop that never comes. None when patience is unset, applies, or is the default preset's
+    (the user chose nothing to wait for)."""
+    if cfg.patience is None or not cfg.patience_chosen or type(sampler) is not GridSampler:
         return None
     grid = (
         f"search.sampler=auto measures a space of {AUTO_GRID_MAX_CANDIDATES} candidates or fewer "

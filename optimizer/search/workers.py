@@ -187,4 +187,5 @@ def run_worker(spec: WorkerSpec) -> WorkerReport:
         roofline,
         deadline=spec.deadline_epoch,
         clock=time.time,
+        first_worker=spec.index == 0,  # says what is said once per search
     )
