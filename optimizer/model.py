@@ -28,6 +28,7 @@ from optimizer.model_files import (
     file_sha256,
     gguf_shape,
     gguf_splits,
+    loaded_weight_files,
     transformers_names,
 )
 from optimizer.processes import remove_stale_temps, temp_path
@@ -247,7 +248,8 @@ def _spec_for_dir(
     cache_dir: Path,
     weight_sha256: str | None = None,
 ) -> ModelSpec:
-    weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    # any other weight-like file only where transformers finds no checkpoint: its load says why
+    weights = loaded_weight_files(path) or sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
     if not weights:
         raise UserError(
             "model.source", f"{path} holds no weight files", "save the model with save_pretrained"
@@ -255,6 +257,8 @@ def _spec_for_dir(
     for weight in weights:
         check_not_lfs_pointer(weight)
     shape = read_shape(path)  # first: a broken directory fails before its weights are hashed
+    if not cfg.trust_remote_code:
+        _check_no_remote_code(path)
     return ModelSpec(
         name=name,
         source=source,
@@ -303,6 +307,24 @@ def read_shape(path: Path) -> ModelShape:
         checkpoint_precision=CHECKPOINT_PRECISIONS.get(dtype) if isinstance(dtype, str) else None,
         tied_embeddings=tied is not False,
         tensor_parallel_plan=planned,
+    )
+
+
+def _check_no_remote_code(path: Path) -> None:
+    """Refuse, naming the field, a config whose model_type only its own code (auto_map) defines:
+    transformers raises on every config, tokenizer and model load without trust_remote_code. A
+    type transformers knows loads with its own class, whatever auto_map says."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = json.loads((path / "config.json").read_text())  # read_shape read it already
+    model_type = config.get("model_type")
+    if "AutoConfig" not in (config.get("auto_map") or {}) or model_type in CONFIG_MAPPING:
+        return
+    raise UserError(
+        "model.trust_remote_code",
+        f"is false, but {path / 'config.json'} names its own code (auto_map) for model_type "
+        f"'{model_type}', which transformers does not know: it loads only by running that code",
+        f"read the .py files in {path}, then pass model.trust_remote_code=true to run them",
     )
 
 

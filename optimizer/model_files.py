@@ -294,6 +294,13 @@ def _weight_files(path: Path) -> list[Path]:
     return sorted(f for f in path.glob("*.safetensors") if not f.name.startswith("consolidated"))
 
 
+def loaded_weight_files(path: Path) -> list[Path]:
+    """The checkpoint files transformers loads from a model directory: its safetensors, else its
+    PyTorch shards. What lies beside them (a .bin copy left an unpulled LFS pointer, a consolidated
+    copy, a Trainer's training_args.bin and optimizer.pt) is not the model: neither hashed nor checked."""
+    return _weight_files(path) or sorted(path.glob("pytorch_model*.bin"))
+
+
 def _count_bin_parameters(path: Path) -> int:
     """Parameters of PyTorch .bin checkpoints, read onto the meta device (no weights in memory)."""
     import torch
