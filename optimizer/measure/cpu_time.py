@@ -62,13 +62,17 @@ def own_cpu_seconds() -> float:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (0 once it is gone), from /proc/<pid>/stat."""
+    """User + system CPU seconds of a live process and of its children it has waited for (0 once it
+    is gone), from /proc/<pid>/stat. The children's (a rank's workers) count as RUSAGE_CHILDREN
+    counts them once this process reaps it: left out, they were missing while it lived and all
+    landed in the window that reaped it."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14 and 15
+    # utime, stime, cutime, cstime: fields 14 to 17
+    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
 
 
 @dataclass(frozen=True)

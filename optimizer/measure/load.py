@@ -15,7 +15,7 @@ from optimizer.backends.base import Engine
 from optimizer.backends.queued import QueuedServer, serving_engine
 from optimizer.config import SloConfig, WorkloadConfig
 from optimizer.measure.energy import EnergyMeter, undisturbed
-from optimizer.measure.latency import LatencySummary, percentile, slo_violations, unfinished_violation
+from optimizer.measure.latency import LatencySummary, percentile, slo_violations, unfinished_tpot_violation
 from optimizer.measure.serving import (
     DRAIN_TIMEOUT_SECONDS,
     RequestRecord,
@@ -199,7 +199,7 @@ def measure_serving(
     timed = [r.tpot for r in judged if r.output_tokens > 1]
     tpots = timed or [r.tpot for run in runs for r in run.requests if r.output_tokens > 1] or [0.0]
     unfinished = sum(not r.token_times for r in judged)
-    violations = slo_violations(ttfts, tpots, slo) + unfinished_violation(len(timed), unfinished, slo)
+    violations = slo_violations(ttfts, tpots, slo) + unfinished_tpot_violation(timed, unfinished, slo)
     return PerformanceResult.of_windows(
         windows,
         idle_watts=meter.idle_watts,
