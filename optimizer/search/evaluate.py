@@ -44,6 +44,7 @@ QUALITY_POLL_SECONDS = 1.0
 # A candidate (or a numerics' quality probe) that killed this many processes, each found dead
 # holding its lease by the next worker or resumed run, is failed: one death may be a kill, two are it.
 DEATHS_BEFORE_FAILING = 2
+PROBING = "in the quality probe"  # the watch's phase while probing
 DEATH_CAUSES = "without a result (a native crash, the out-of-memory killer or a kill: see their logs)"
 
 
@@ -63,10 +64,17 @@ def died_measuring(candidate: Candidate, deaths: int, role: str = "candidate") -
     return CandidateResult(candidate, FAILED, reason=reason, role=role, finished_at=now_iso())
 
 
-def died_probing(candidate: Candidate, deaths: int, role: str = "candidate") -> CandidateResult:
-    """The failure recorded for a candidate whose numerics' quality probe killed `deaths` processes."""
+def died_probing(
+    candidate: Candidate, deaths: int, role: str = "candidate", hung: int = 0
+) -> CandidateResult:
+    """The failure recorded for a candidate whose numerics' quality probe killed `deaths` processes,
+    `hung` of them ended by their watchdog."""
+    causes = f"{hung} of them hung past search.candidate_timeout_minutes (ended by the watchdog)"
+    causes = (
+        DEATH_CAUSES if not hung else causes if hung == deaths else f"{causes}, the others {DEATH_CAUSES}"
+    )
     reason = (
-        f"{deaths} processes died in the quality probe of its numerics, {DEATH_CAUSES}; every batch "
+        f"{deaths} processes died in the quality probe of its numerics, {causes}; every batch "
         "size and thread count of them fails alike; search.retry_failed=true probes it again"
     )
     return CandidateResult(candidate, FAILED, reason=reason, role=role, finished_at=now_iso())
@@ -187,25 +195,43 @@ class Evaluator:
         """Never raises for a candidate's own failure: failure is a result with its error. With
         `stop_below`, windows after one whose running goodput tokens/J is below it are skipped
         (the candidate cannot win: multi-fidelity screening). Watched: one still running well past
-        search.candidate_timeout_minutes (hung) is recorded failed and ends the process."""
+        search.candidate_timeout_minutes (hung) is recorded failed (in the store holding its lease:
+        watchdog.leases_in) and ends the process."""
         timeout = self.search_cfg.candidate_timeout_minutes
         with self.watchdog.watching(candidate, role, self.store, timeout) as watch:
+            watch.on_hang = lambda: self._settle_hang(candidate, watch)
             return self._evaluate(candidate, role, stop_below, watch)
+
+    def _settle_hang(self, candidate: Candidate, watch: Watch) -> None:
+        """The numerics' leases of a candidate its watchdog ends: none is left to lapse. A hang in
+        the quality probe is a fact about the numerics, as a crash there is (every batch size
+        probes alike): it counts as one death of their probe, recorded as a hang, so that two fail
+        them (DEATHS_BEFORE_FAILING) with a reason that says so; a hang elsewhere is the
+        candidate's own."""
+        if self.store is None:
+            return
+        numerics = candidate.numerics_key()
+        if watch.phase == PROBING:
+            self.store.hung(PROBE_CLAIM_PREFIX + numerics)
+        self.store.release(QUALITY_CLAIM_PREFIX + numerics)
 
     def _evaluate(
         self, candidate: Candidate, role: str, stop_below: float | None, watch: Watch
     ) -> CandidateResult:
         start = time.perf_counter()
-        deadline = start + self.search_cfg.candidate_timeout_minutes * 60
+        timeout = self.search_cfg.candidate_timeout_minutes * 60
+        deadline = start + timeout  # for the wait for another worker's quality, which is aside
         build_seconds = 0.0
         artifact: dict[str, Any] | None = None
         numerics = candidate.numerics_key()
         try:
             watch.phase = "waiting for its numerics' quality"
-            quality = self._shared_quality(candidate, deadline)
+            with watch.aside():
+                quality = self._shared_quality(candidate, deadline)
             if quality is None:
                 if (deaths := self._probe_deaths(candidate)) >= DEATHS_BEFORE_FAILING:
-                    return died_probing(candidate, deaths, role)
+                    hung = self.store.deaths_probing(candidate, hung=True) if self.store else 0
+                    return died_probing(candidate, deaths, role, hung)
                 watch.phase = "building the quality reference"
                 self.reference()  # before this candidate's engine: never two models in memory at once
             elif (broken := quality.violations(self.quality_cfg)) and role != "baseline":
@@ -216,7 +242,7 @@ class Evaluator:
                 build_seconds = time.perf_counter() - start
                 artifact = served_artifact(used)
                 if quality is None:
-                    watch.phase = "in the quality probe"
+                    watch.phase = PROBING
                     quality = self._measure_quality(engine, numerics, candidate.label())
             closed = False
             try:
@@ -238,7 +264,9 @@ class Evaluator:
                         watch.phase = "measuring"
                         self._still_leased(candidate)
                         self._check_generate_paths(engine, candidate)
-                        performance = self._measure(engine, candidate, deadline, stop_below)
+                        # the time it waited its turn is not its own (the watch's limit too)
+                        own = start + timeout + watch.waited
+                        performance = self._measure(engine, candidate, own, stop_below)
                     finally:
                         # still holding the device: a multi-process engine's ranks exit (and free
                         # their memory) before another worker's windows start

@@ -27,6 +27,7 @@ from optimizer.measure.workload import PerformanceResult
 from optimizer.results import FAILED, CandidateResult
 from optimizer.search.evaluate import Evaluator
 from optimizer.search.runner import DEATHS_BEFORE_FAILING, died_measuring, rough_duration
+from optimizer.search.watchdog import leases_in
 from optimizer.select import Selection, feasible, near_misses, potential, select_finalist
 from optimizer.space import Candidate
 from optimizer.store import TrialStore, context_key, leases_kept
@@ -145,11 +146,12 @@ def _measured_round(
     # one held by a live run (the same search, started twice) is not waited for
     rounds.claim(candidate.key(), search.lease_seconds, candidate.label())
     deaths = rounds.deaths_measuring(candidate)
-    result = (
-        died_measuring(candidate, deaths, "finalist")
-        if deaths >= DEATHS_BEFORE_FAILING
-        else evaluator.evaluate(candidate, "finalist")
-    )
+    with leases_in(rounds):  # a hang is recorded in the round, as a failure is below
+        result = (
+            died_measuring(candidate, deaths, "finalist")
+            if deaths >= DEATHS_BEFORE_FAILING
+            else evaluator.evaluate(candidate, "finalist")
+        )
     rounds.append(result)  # also gives up the lease
     return result, False
 

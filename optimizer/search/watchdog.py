@@ -19,6 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -33,6 +34,22 @@ MIN_SLACK_SECONDS = 300.0
 # faulthandler's timer runs in a C thread that needs no GIL: it ends the process (exit code 1)
 # when native code holding the GIL keeps the watchdog's own thread from ever running
 BACKSTOP_SECONDS = 120.0
+
+
+# the store holding the leases of the candidates watched in this context, when not the evaluator's
+_LEASES: ContextVar[TrialStore | None] = ContextVar("wattsmith_leases", default=None)
+
+
+@contextmanager
+def leases_in(store: TrialStore | None) -> Iterator[None]:
+    """Candidates evaluated in the block hold their leases in `store` (a finalist's round, which
+    the evaluator does not see): a hang is recorded failed there, as whoever holds the lease
+    records a failure; left to lapse, it would count as a death."""
+    token = _LEASES.set(store)
+    try:
+        yield
+    finally:
+        _LEASES.reset(token)
 
 
 def slack_seconds(timeout_minutes: float) -> float:
@@ -88,8 +105,11 @@ class Watchdog:
     def watching(
         self, candidate: Candidate, role: str, store: TrialStore | None, timeout_minutes: float
     ) -> Iterator[Watch]:
-        """Watch the block; the watch is cancelled, its thread joined, as soon as the block ends."""
-        watch = Watch(self, candidate, role, store, timeout_minutes)
+        """Watch the block; the watch is cancelled, its thread joined, as soon as the block ends.
+        `store`: the one holding the candidate's lease, where a hang is recorded (unless
+        `leases_in` names another)."""
+        held = _LEASES.get()
+        watch = Watch(self, candidate, role, held if held is not None else store, timeout_minutes)
         watch.start()
         try:
             yield watch
@@ -114,6 +134,12 @@ class Watch:
         self._slack = dog.slack_seconds if dog.slack_seconds is not None else slack_seconds(timeout_minutes)
         self._limit = timeout_minutes * 60 + self._slack
         self._started = dog.clock()
+        # seconds spent waiting its turn (`aside`): not the candidate's own, so they extend both
+        # this limit and the candidate's own deadline (Evaluator._evaluate)
+        self.waited = 0.0
+        self._aside_since: float | None = None
+        # whoever holds more of the candidate's leases settles them before the process ends
+        self.on_hang: Callable[[], object] | None = None
         self._done = threading.Event()
         # held while firing and while finishing: the exit happens before the block ends, never after
         self._lock = threading.Lock()
@@ -133,7 +159,7 @@ class Watch:
     def _arm_backstop(self) -> None:
         if not self._backstop:
             return
-        left = self._limit - (self._dog.clock() - self._started)
+        left = self._limit - self._elapsed()
         try:
             stderr = sys.__stderr__.fileno() if sys.__stderr__ is not None else 2
             faulthandler.dump_traceback_later(left + BACKSTOP_SECONDS, exit=True, file=stderr)
@@ -145,24 +171,41 @@ class Watch:
             faulthandler.cancel_dump_traceback_later()
 
     @contextmanager
-    def waiting(self, lock: AbstractContextManager[None]) -> Iterator[None]:
-        """Hold `lock` (the device); the time spent waiting for it, while other workers measure,
-        is not this candidate's: it extends the limit (a worker hung holding it is ended by its own
-        watchdog, which frees it)."""
-        before = self._dog.clock()
+    def aside(self) -> Iterator[None]:
+        """Time in the block (waiting for the device, or for another worker's quality result) is
+        not this candidate's: it never counts towards the limit, even while it lasts, and it is
+        added to `waited`."""
         self._cancel_backstop()
-        with lock:
-            self._limit += self._dog.clock() - before
+        self._aside_since = self._dog.clock()
+        try:
+            yield
+        finally:
+            self.waited += self._dog.clock() - self._aside_since
+            self._aside_since = None
             self._arm_backstop()
+
+    @contextmanager
+    def waiting(self, lock: AbstractContextManager[None]) -> Iterator[None]:
+        """Hold `lock` (the device); the wait for it, while other workers measure, is `aside` (a
+        worker hung holding it is ended by its own watchdog, which frees it)."""
+        with contextlib.ExitStack() as held:
+            with self.aside():
+                held.enter_context(lock)
             yield
 
+    def _elapsed(self) -> float:
+        """The candidate's own running time: since it started, less the time it waited."""
+        now = self._dog.clock()
+        aside = self._aside_since
+        return now - self._started - self.waited - (now - aside if aside is not None else 0.0)
+
     def _run(self) -> None:
-        while (left := self._limit - (self._dog.clock() - self._started)) > 0:
+        while (left := self._limit - self._elapsed()) > 0:
             if self._done.wait(min(left, self._dog.poll_seconds)):
                 return
         with self._lock:
             if not self._done.is_set():
-                self._fire(self._dog.clock() - self._started)
+                self._fire(self._elapsed())
 
     def _fire(self, elapsed: float) -> None:
         try:
@@ -183,6 +226,11 @@ class Watch:
                 f"hung: still {doing} after {_minutes(elapsed)}, past {timeout} plus {_minutes(self._slack)}; "
                 "its process was ended (search.retry_failed=true tries it again)"
             )
+            try:  # before the candidate's row: a retry of it counts its hang no more
+                if self.on_hang is not None:
+                    self.on_hang()
+            except Exception:  # noqa: BLE001 - the candidate is recorded all the same
+                log.exception("could not give up the other leases of %s", label)
             recorded = self._record(reason, elapsed)
             log.error(
                 "%s; ending this process (exit code %d): nothing else stops a native call. Run the same "
@@ -200,8 +248,7 @@ class Watch:
 
     def _record(self, reason: str, elapsed: float) -> bool:
         """Record the candidate FAILED, giving its lease up, when this worker holds its lease in
-        the store (not so in a finalist's round, whose lease is in the round's store: left to
-        lapse, it counts as a death there, as a crash would)."""
+        the store: the one that holds it (a finalist's round: the round's store)."""
         store = self._store
         if store is None or store.claim_owner(self._candidate.key()) != store.worker:
             return False

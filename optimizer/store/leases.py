@@ -22,6 +22,7 @@ from optimizer.processes import process_alive
 from optimizer.store.tables import claims_table, deaths_table, reading, writing
 
 log = logging.getLogger(__name__)
+HUNG = " (hung)"  # after the owner of a death that its own watchdog recorded (`hung`)
 LOST_LEASE = (
     "lost the lease on %s: another worker took it over after this one renewed nothing for "
     "search.lease_seconds=%g (a stall); this worker stores no result of it"
@@ -153,13 +154,25 @@ class Leases:
         with writing(self._engine) as connection:
             connection.execute(insert(deaths_table).values(**row))
 
-    def deaths_since(self, key: str, since: float) -> int:
-        """How many workers died holding `key`'s lease after `since` (seconds since the epoch)."""
+    def hung(self, key: str) -> None:
+        """Record this worker's own death in `key` before its watchdog ends it (a hang), and give
+        the lease up in the same transaction: counted once, as a hang, never again by a claim."""
+        self._let_go(key)
+        row = {"context": self.context, "key": key, "owner": self.worker + HUNG, "found_at": time.time()}
+        with writing(self._engine) as connection:
+            connection.execute(insert(deaths_table).values(**row))
+            connection.execute(self._mine(delete(claims_table), key))
+
+    def deaths_since(self, key: str, since: float, hung: bool = False) -> int:
+        """How many workers died holding `key`'s lease after `since` (seconds since the epoch);
+        `hung`: only those that hung (`hung`)."""
         query = select(func.count()).where(
             deaths_table.c.context == self.context,
             deaths_table.c.key == key,
             deaths_table.c.found_at > since,
         )
+        if hung:
+            query = query.where(deaths_table.c.owner.endswith(HUNG))
         with reading(self._engine) as connection:
             return int(connection.execute(query).scalar() or 0)
 

@@ -231,11 +231,13 @@ class TrialStore(Leases):
         would charge every batch size of the numerics with one size's crash."""
         return self.deaths_since(candidate.key(), self._result_time(candidate))
 
-    def deaths_probing(self, candidate: Candidate) -> int:
+    def deaths_probing(self, candidate: Candidate, hung: bool = False) -> int:
         """Workers that died in the quality probe of the candidate's numerics since the candidate's
         latest stored result (so that search.retry_failed probes again). Every batch size and thread
-        count of the numerics runs the same probe: its deaths are charged to all of them."""
-        return self.deaths_since(PROBE_CLAIM_PREFIX + candidate.numerics_key(), self._result_time(candidate))
+        count of the numerics runs the same probe: its deaths are charged to all of them. `hung`:
+        only those ended by their watchdog."""
+        key = PROBE_CLAIM_PREFIX + candidate.numerics_key()
+        return self.deaths_since(key, self._result_time(candidate), hung)
 
     def _result_time(self, candidate: Candidate) -> float:
         record = self._records.get(candidate.key())
