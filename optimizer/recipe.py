@@ -67,8 +67,9 @@ def _evidence_of(result: CandidateResult) -> dict[str, Any]:
     assert perf is not None
     return {
         "energy": {
-            "source": perf.source,
-            "is_estimate": perf.source == "estimate",
+            "source": perf.source,  # every source's label (`a+b`: windows of a meter that fell back)
+            "sources": list(perf.sources),
+            "is_estimate": perf.is_estimate,  # an estimate mixed with a measurement is no measurement
             "idle_watts": _kept(perf.idle_watts, 3),
             "windows": len(perf.windows),  # a finalist's: every round it was selected on
             "window_seconds": [round(w.seconds, 3) for w in perf.windows],
@@ -325,7 +326,7 @@ def _parsed(data: Any, path: Path) -> Recipe:
             data=data,
             candidate=Candidate.from_dict(checked_settings(data["settings"])),
             model=model_config_of(data["model"]),
-            target=target_of(data["target"], measurement, data["evidence"]["energy"]["source"]),
+            target=target_of(data["target"], measurement, data["evidence"]["energy"]),
             workload=workload,
             quality=quality,
         )

@@ -17,6 +17,7 @@ from optimizer.config import (
 )
 from optimizer.errors import UserError
 from optimizer.measure.energy import estimate_coefficients
+from optimizer.measure.workload import label_sources, source_label
 from optimizer.recipe_checks import check_known_keys, check_types
 
 _RESTORE = "restore it from git"
@@ -79,14 +80,40 @@ def _keys(config: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(config))
 
 
-def target_of(recorded_target: dict[str, Any], measurement: dict[str, Any], source: str) -> TargetConfig:
+def recorded_sources(energy: dict[str, Any]) -> tuple[str, ...]:
+    """Every energy source a recipe's windows used: `evidence.energy.sources`, or for a recipe
+    written before it was recorded, those its `source` label names (one, in such a recipe)."""
+    label = str(energy["source"])
+    sources = energy.get("sources")
+    if sources is None:
+        return label_sources(label)
+    if (
+        not isinstance(sources, list)
+        or not all(isinstance(s, str) for s in sources)
+        or not sources
+        or source_label(sources) != label
+    ):
+        raise UserError(
+            "evidence.energy.sources",
+            f"is {sources!r}",
+            f"the list of the sources `evidence.energy.source` ({label}) names; {_RESTORE}",
+        )
+    return label_sources(label)
+
+
+def target_of(
+    recorded_target: dict[str, Any], measurement: dict[str, Any], energy: dict[str, Any]
+) -> TargetConfig:
     """The target kind, the energy source and the estimate's coefficients a recipe was measured
     with (the default coefficients for a recipe written before they were recorded). The source is
-    asked for by name: an estimated recipe re-checked on a host with RAPL is estimated again."""
+    asked for by name: an estimated recipe re-checked on a host with RAPL is estimated again; a
+    mix of sources (a meter that fell back mid-run) is re-measured by the meter found here."""
     kind = recorded_target.get("kind")
     if not isinstance(kind, str):
         raise _not_a("target.kind", kind, "a name", "the device kind the recipe was measured on: cpu or cuda")
-    target = TargetConfig(kind=kind, energy_source=source if source in ENERGY_SOURCES else "auto")
+    sources = recorded_sources(energy)
+    source = sources[0] if len(sources) == 1 and sources[0] in ENERGY_SOURCES else "auto"
+    target = TargetConfig(kind=kind, energy_source=source)
     recorded = measurement.get("energy_estimate")
     if recorded is None:
         return target

@@ -17,7 +17,7 @@ from optimizer.measure import PROTOCOL_VERSION
 from optimizer.measure.energy import make_meter, measure_idle_watts
 from optimizer.measure.setup import MeasurementSetup, prepare_measurement
 from optimizer.measure.speed import SLOW_PROBE
-from optimizer.measure.workload import PerformanceResult
+from optimizer.measure.workload import PerformanceResult, label_sources
 from optimizer.model import resolve_model
 from optimizer.recipe import Recipe, check_weights, model_config_for, read_recipe
 from optimizer.recipe_checks import artifact_change, inputs_here, trace_errors_name_the_recipe
@@ -258,10 +258,12 @@ _NVML_READINGS = {"nvml": "the energy counter", "nvml-power-poll": "polled power
 
 def source_check(recorded: str, here: str) -> Check:
     """The energy source here against the recipe's: the same, or the same NVML boards read the other
-    way (labelled); any other difference (rapl against estimate, a meter unavailable) fails."""
-    if here == recorded or not (recorded in _NVML_READINGS and here in _NVML_READINGS):
+    way or both ways (a recorded `nvml+nvml-power-poll`: the fallback mid-run), labelled; any other
+    difference (rapl against estimate, a mix with an estimate, a meter unavailable) fails."""
+    sources = label_sources(recorded)
+    if here == recorded or not (set(sources) <= _NVML_READINGS.keys() and here in _NVML_READINGS):
         return Check("energy source", recorded, here, here == recorded)
-    how = f"{_NVML_READINGS[here]} here, {_NVML_READINGS[recorded]} recorded"
+    how = f"{_NVML_READINGS[here]} here, {' then '.join(_NVML_READINGS[s] for s in sources)} recorded"
     return Check("energy source", recorded, f"{here} (same NVML meter: {how})", True)
 
 

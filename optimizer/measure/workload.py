@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -149,9 +149,25 @@ class ServingSummary:
         return asdict(self)
 
 
+# joins a mixed result's sources into its label: no energy source's name (energy.py) holds it
+SOURCE_JOIN = "+"
+
+
+def source_label(sources: Iterable[str]) -> str:
+    """The label of windows' energy sources: the one source, or every one in order of first use
+    joined by `+` (an NVML meter that fell back from its counter to polled power mid-run)."""
+    return SOURCE_JOIN.join(dict.fromkeys(sources))
+
+
+def label_sources(label: str) -> tuple[str, ...]:
+    """The energy sources a label (`source_label`, or a recorded single source) names."""
+    return tuple(label.split(SOURCE_JOIN))
+
+
 @dataclass(frozen=True)
 class PerformanceResult:
-    """Everything measured for one candidate's workload."""
+    """Everything measured for one candidate's workload. `source` labels every energy source its
+    windows used (`source_label`); `sources` lists them."""
 
     source: str
     idle_watts: float
@@ -186,7 +202,7 @@ class PerformanceResult:
         # overestimated; flagged by report/flags.py): left out rather than averaged in as 0 tok/J
         above_idle = [w.active_tokens_per_joule for w in windows if w.active_joules > 0]
         return cls(
-            source=windows[0].source,
+            source=source_label(w.source for w in windows),
             idle_watts=idle_watts,
             windows=windows,
             tokens_per_joule=Spread.of([w.tokens_per_joule for w in windows]),
@@ -204,6 +220,16 @@ class PerformanceResult:
     @property
     def slo_met(self) -> bool:
         return not self.slo_violations
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every energy source of its windows, first used first (its label's, built without any)."""
+        return tuple(dict.fromkeys(w.source for w in self.windows)) or label_sources(self.source)
+
+    @property
+    def is_estimate(self) -> bool:
+        """Any window's joules the estimate's: the whole result is then no measurement."""
+        return "estimate" in self.sources
 
     @property
     def pooled_goodput(self) -> float:
@@ -233,7 +259,8 @@ class PerformanceResult:
         }
         serving = data.get("serving")
         return cls(
-            source=data["source"],
+            # a row stored before results carried every source was labelled by its first window's
+            source=source_label(w.source for w in windows) if windows else data["source"],
             idle_watts=data["idle_watts"],
             windows=windows,
             latency=LatencySummary(**data["latency"]),

@@ -194,8 +194,14 @@ def mixed_sources_note(groups: dict[str, list[str]], best: CandidateResult | Non
         for source, labels in groups.items()
     ]
     selected = f"; the selected candidate's windows: {_named(window_sources(best))}" if best else ""
+    # an estimate among them is no measurement, whatever it was mixed with
+    lead = (
+        "**ESTIMATE mixed with measurement**"
+        if "estimate" in groups
+        else "**measured by more than one source**"
+    )
     return (
-        "**measured by more than one source**: " + "; ".join(parts) + ". The search and the selection "
+        lead + ": " + "; ".join(parts) + ". The search and the selection "
         "compared tokens/J across these sources as they were read (polled power is coarser than the "
         f"counter: a gain of a few % between sources is within their difference){selected}."
     )
@@ -204,8 +210,10 @@ def mixed_sources_note(groups: dict[str, list[str]], best: CandidateResult | Non
 def compared_sources(best: CandidateResult, baseline: CandidateResult) -> str:
     """How the selected candidate's energy source stands to the baseline's, for its gain line."""
     chosen, base = window_sources(best), window_sources(baseline)
-    if chosen == base:
+    if chosen == base and len(chosen) < 2:
         return ", same energy source, same workload."
+    if chosen == base:  # each in its own shares of windows: no one source
+        return f", same workload; both by {_named(chosen)} (see the energy source note)."
     return (
         f", same workload; **energy sources differ**: the selected by {_named(chosen)}, "
         f"the baseline by {_named(base)} (see the energy source note)."
@@ -213,4 +221,8 @@ def compared_sources(best: CandidateResult, baseline: CandidateResult) -> str:
 
 
 def _named(sources: list[str]) -> str:
-    return " and ".join(f"`{s}`" for s in sources) or "no window"
+    """A result's energy sources as the report labels it: a mix says so, and an estimate in it too."""
+    named = " and ".join(f"`{s}`" for s in sources) or "no window"
+    if len(sources) < 2:
+        return named
+    return f"mixed {named}" + (" (**ESTIMATE** mixed in: not a measurement)" if "estimate" in sources else "")

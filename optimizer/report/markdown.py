@@ -108,7 +108,10 @@ def write_report(
 ) -> Path:
     """report.md (and pareto.png) of a run; `finalist_rounds` are the finalists' re-measurements,
     one result per candidate and round, whose windows the measurement flags show too."""
-    source = setup.meter.source
+    # the windows' own sources: a meter that fell back mid-search (energy.py) measured some of them
+    groups = source_groups([*outcome.results, *finalist_rounds, *([best] if best else [])])
+    # the figures' source for their marks: an estimate mixed with measurement is no measurement
+    source = "estimate" if "estimate" in groups and len(groups) > 1 else setup.meter.source
     shown = with_selected(outcome.selectable, best)  # the search's rows, a near miss's that won re-measured
     # the selected one at the figures it was selected on, where the plot's star is
     front = pareto_front(as_selected(outcome.selectable, best))
@@ -116,8 +119,6 @@ def write_report(
         output_dir / "pareto.png", outcome.results, front, best, outcome.baseline, cfg.quality.max_kl, source
     )
     model, target = setup.model, setup.target
-    # the windows' own sources: a meter that fell back mid-search (energy.py) measured some of them
-    groups = source_groups([*outcome.results, *finalist_rounds, *([best] if best else [])])
     note = (
         mixed_sources_note(groups, best)
         if len(groups) > 1
@@ -131,7 +132,7 @@ def write_report(
         f"- model `{model.source}` ({model.format}, {model.shape.num_parameters / 1e6:.1f} M parameters, "
         f"weights sha256 `{model.weight_sha256[:16]}…`)",
         f"- energy source: {note}",
-        f"- idle power before the search: {idle_watts:.1f} W ({source}); *total* energy is reported, "
+        f"- idle power before the search: {idle_watts:.1f} W ({setup.meter.source}); *total* energy is reported, "
         "*active* = total − idle × seconds",
         workload_line(cfg.workload, setup.stream),
         f"- SLO: {_slo_text(cfg)}; **goodput** counts only output tokens of requests that met it, "
