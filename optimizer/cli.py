@@ -6,6 +6,7 @@ import argparse
 import os
 import shlex
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,9 +35,13 @@ Examples:
   optimize verify outputs/<run>/recipe.yaml
 
 Exit codes: 0 ok, 1 verify failed, 2 bad input, nothing feasible, or a recipe measured under
-other conditions (device, protocol, inputs) than verify finds here, 130 interrupted (Ctrl-C,
-SIGTERM).
+other conditions (device, protocol, inputs) than verify finds here, 3 crashed (a bug: the
+traceback is on stderr), 4 a candidate hung past search.candidate_timeout_minutes (recorded
+failed: run the same command to resume), 130 interrupted (Ctrl-C, SIGTERM).
 """
+
+# Not 1: a CI running `optimize verify` must tell a crashed tool from a recipe that failed.
+CRASHED = 3
 
 
 def _help(config_dir: Path | None) -> str:
@@ -92,6 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return 130
+    except Exception:  # SystemExit passes: it carries its own code
+        traceback.print_exc()
+        print(
+            f"error: optimize crashed (exit {CRASHED}): a bug; the traceback above says where",
+            file=sys.stderr,
+        )
+        return CRASHED
 
 
 def _run(args: list[str]) -> int:
@@ -196,6 +208,10 @@ def _verify(args: list[str]) -> int:
         raise UserError("--tolerance", f"is {ns.tolerance}", "give a fraction in [0, 1), e.g. 0.25")
     if ns.cache_dir is not None and not ns.cache_dir.strip():  # as an empty cache_dir is refused
         raise UserError("--cache-dir", "is empty", "give a directory, e.g. --cache-dir ~/.cache/wattsmith")
+    if ns.model is not None and not ns.model.strip():  # `--model "$UNSET"`: not the recipe's own weights
+        raise UserError(
+            "--model", "is empty", "give the weights' directory or .gguf file, or leave --model out"
+        )
     from optimizer.verify import verify_recipe
 
     cache_dir = Path(ns.cache_dir).expanduser() if ns.cache_dir is not None else None

@@ -42,9 +42,10 @@ def _cleaning_up() -> bool:
 def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM, and SIGINT where Python's own handler has it (a local worker ignores SIGINT: its
     coordinator stops it), raise KeyboardInterrupt inside the block; one swallowed before the block
-    ends is raised at its end. The previous handlers come back after, except SIGTERM's once an
-    interrupt came: the process is on its way out, and a late SIGTERM (a process-group kill after
-    the clean-up) must not kill it with -15 where the interrupted run reports 130."""
+    ends is raised at its end, also in place of an error the block ends with. The previous handlers
+    come back after, except SIGTERM's once an interrupt came: the process is on its way out, and a
+    late SIGTERM (a process-group kill after the clean-up) must not kill it with -15 where the
+    interrupted run reports 130."""
     global _interrupted
     if threading.current_thread() is not threading.main_thread():
         yield  # signals reach the main thread only
@@ -66,6 +67,12 @@ def sigterm_interrupts() -> Iterator[None]:
     try:
         yield
         raise_if_interrupted()  # swallowed after the last boundary: the block still ends interrupted
+    except Exception as error:
+        # a swallowed interrupt, then an error of what it tore down (an engine whose __del__ it hit):
+        # the run was stopped, not broken, and ends as interrupted (exit 130, not a crash's code)
+        if _interrupted:
+            raise KeyboardInterrupt from error
+        raise
     finally:
         came = _interrupted
         for signum, handler in previous.items():

@@ -278,9 +278,12 @@ def diagnose_infeasible(
             raise_slo,
         )
     if rejected:
+        # not "all" when others failed: their failures may be the thing to fix
+        broke = f"{'all ' if not failed else ''}{len(rejected)} candidates break the quality bound"
+        more = f"; {len(failed)} more failed (e.g. {failed[0].reason})" if failed else ""
         return UserError(
             "quality",
-            f"all {len(rejected)} candidates break the quality bound (e.g. {rejected[0].reason})",
+            f"{broke} (e.g. {rejected[0].reason}){more}",
             "use quality=relaxed or loosen quality.max_ppl_increase / min_top1_agreement / max_kl",
         )
     if failed:

@@ -127,10 +127,8 @@ def test_verify_takes_a_cache_dir_before_the_environments(
     recipe, caches = prepared_cache
     monkeypatch.setenv("WATTSMITH_CACHE", "")  # not read when the flag names the cache
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(_Stop):
-        cli.main(["verify", str(recipe), "--cache-dir", str(tmp_path / "cache")])
-    with pytest.raises(_Stop):
-        cli.main(["verify", str(recipe), "--cache-dir=~/other"])
+    assert cli.main(["verify", str(recipe), "--cache-dir", str(tmp_path / "cache")]) == cli.CRASHED  # _Stop
+    assert cli.main(["verify", str(recipe), "--cache-dir=~/other"]) == cli.CRASHED  # _Stop
     assert caches == [tmp_path / "cache", tmp_path / "other"]
 
 
@@ -139,8 +137,7 @@ def test_verify_without_the_flag_reads_the_environments_cache(
 ) -> None:
     recipe, caches = prepared_cache
     monkeypatch.setenv("WATTSMITH_CACHE", str(tmp_path / "env-cache"))
-    with pytest.raises(_Stop):
-        cli.main(["verify", str(recipe)])
+    assert cli.main(["verify", str(recipe)]) == cli.CRASHED  # _Stop
     assert caches == [tmp_path / "env-cache"]
 
 
