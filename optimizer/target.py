@@ -18,7 +18,7 @@ from typing import Any
 from optimizer.config import TargetConfig
 from optimizer.errors import UserError
 from optimizer.host_cpu import ROOT, cpu_identity, read_or_empty, usable_cores, usable_memory_bytes
-from optimizer.measure.nvml_device import cuda_visible_devices, nvml_handle
+from optimizer.measure.nvml_device import cuda_visible_devices, cuda_visible_devices_empty, nvml_handle
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +126,21 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
     """Resolve `target=` into a TargetSpec; user settings win over detected values."""
     cpu_model, cores, cpu_memory, cpu_bf16 = _detect_cpu()
     gpu = _detect_gpu(cfg.device_index) if cfg.kind in ("auto", "cuda") else None
+    # set but empty, the variable hides every GPU from CUDA while NVML still lists them
+    hidden = (
+        " (CUDA_VISIBLE_DEVICES is set but empty: it hides every GPU)" if cuda_visible_devices_empty() else ""
+    )
+    unhide = (
+        "unset CUDA_VISIBLE_DEVICES or list a GPU in it (e.g. CUDA_VISIBLE_DEVICES=0), " if hidden else ""
+    )
     if gpu is not None and not _torch_cuda_usable():
-        _warn_once(f"NVML sees {gpu.name} but torch has no CUDA; targeting the CPU")
+        _warn_once(f"NVML sees {gpu.name} but torch has no CUDA{hidden}; targeting the CPU")
         gpu = None
     if cfg.kind == "cuda" and gpu is None:
         raise UserError(
             "target",
-            f"asks for a CUDA GPU ({cfg.name}) but none is usable here (NVML or torch.cuda)",
-            "run on the GPU machine, or use target=cpu / target=auto",
+            f"asks for a CUDA GPU ({cfg.name}) but none is usable here (NVML or torch.cuda){hidden}",
+            f"{unhide}run on the GPU machine, or use target=cpu / target=auto",
         )
     if gpu is None:
         return TargetSpec(
@@ -142,7 +149,7 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
             device="cpu",
             cpu_model=cpu_model,
             cores=cores,
-            memory_bytes=_budget(cpu_memory, cfg.memory_gib),
+            memory_bytes=_budget(cpu_memory, cfg.memory_gib, "machine"),
             bf16=cpu_bf16 if cfg.bf16 is None else cfg.bf16,
             fp16=bool(cfg.fp16),  # no fast fp16 matmul on CPUs by default
             fp8=False,
@@ -160,7 +167,7 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
         device=f"cuda:{gpu.index}",
         cpu_model=cpu_model,
         cores=cores,
-        memory_bytes=_budget(gpu.memory_bytes, cfg.memory_gib),
+        memory_bytes=_budget(gpu.memory_bytes, cfg.memory_gib, "GPU"),
         bf16=(major >= 8) if cfg.bf16 is None else cfg.bf16,
         fp16=True if cfg.fp16 is None else cfg.fp16,
         fp8=(gpu.compute_capability >= (8, 9)) if cfg.fp8 is None else cfg.fp8,
@@ -186,17 +193,49 @@ def _warn_once(message: str) -> None:
         log.warning(message)
 
 
-def _budget(detected_bytes: int, memory_gib: float | None) -> int:
+# A preset's memory_gib is the board's nominal size, which NVML reports a little lower (an H100
+# 80GB as 79.6 GiB, an L4 24GB as 22.5): a budget this far above the device is not worth a warning.
+NOMINAL_MEMORY_SLACK = 0.1
+
+
+def _budget(detected_bytes: int, memory_gib: float | None, device: str) -> int:
     if memory_gib is None:
         return detected_bytes
+    if memory_gib * GIB > detected_bytes * (1 + NOMINAL_MEMORY_SLACK):
+        size = f"{detected_bytes / GIB:.1f} GiB"
+        _warn_once(
+            f"target.memory_gib={memory_gib:g} is more than the {size} this {device} has; using {size} "
+            "(set target.memory_gib to at most that, or null for the whole device)"
+        )
     return min(detected_bytes, int(memory_gib * GIB))
 
 
+# The packaged GPU presets by the tokens of NVML's board name they need and those they exclude:
+# the family's own preset is one variant (h100: SXM; a100: SXM 80GB), so a board naming another
+# variant takes that variant's preset, or none rather than the wrong board's bandwidth and power.
+BOARD_PRESETS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
+    ("h200", frozenset({"h200"}), frozenset({"nvl"})),
+    ("h100-pcie", frozenset({"h100", "pcie"}), frozenset()),
+    ("h100", frozenset({"h100"}), frozenset({"pcie", "nvl"})),
+    ("a100-pcie-40gb", frozenset({"a100", "pcie", "40gb"}), frozenset()),
+    ("a100-pcie", frozenset({"a100", "pcie"}), frozenset({"40gb"})),
+    ("a100-40gb", frozenset({"a100", "40gb"}), frozenset({"pcie"})),
+    ("a100", frozenset({"a100"}), frozenset({"pcie", "40gb"})),
+    ("l40s", frozenset({"l40s"}), frozenset()),
+    ("l4", frozenset({"l4"}), frozenset()),
+)
+
+
 def _preset_name(gpu_name: str) -> str:
+    """The most specific packaged preset for the board (most tokens matched); else its name."""
     tokens = re.split(r"[\s_-]+", gpu_name.lower())
-    for preset in ("h200", "h100", "a100", "l40s", "l4"):
-        if preset in tokens:
-            return preset
+    matches = [
+        (len(need), name)
+        for name, need, skip in BOARD_PRESETS
+        if need <= set(tokens) and not skip & set(tokens)
+    ]
+    if matches:
+        return max(matches)[1]
     return "-".join(t for t in tokens if t != "nvidia")
 
 
