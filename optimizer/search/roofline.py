@@ -40,6 +40,7 @@ GPU_SPEEDUP = {"int8": 2.0, "fp8": 2.0}
 CPU_SPEEDUP = {"reduced": 16.0, "int8": 32.0, "fp8": 32.0}  # reduced: bf16 / fp16 activations
 # Weights smaller than this may stay in a GPU's L2 between steps (H200: 60 MB, B200: 126 MB).
 GPU_CACHE_BYTES = 128 << 20
+UNMEASURED_FLOOR_WATTS = 1e-9  # the floor when idle power reads 0 W (workload.idle_seconds 0)
 
 
 @dataclass(frozen=True)
@@ -242,8 +243,11 @@ def roofline_bound(
 
 def _per_joule(tokens: float, seconds: float, floor_watts: float) -> float:
     """Tokens per joule at no less than `floor_watts` (every rank of a process draws the floor; a
-    replica's tokens and devices cancel out)."""
-    return tokens / (floor_watts * max(seconds, 1e-12)) if floor_watts > 0 else float("inf")
+    replica's tokens and devices cancel out). Without a floor (idle not measured: 0 W, or NaN) an
+    infinite bound left `bound` a random order: a stand-in far below any device's draw keeps the
+    order any real floor gives and still prunes nothing a measurement reaches."""
+    floor = floor_watts if floor_watts > 0 else UNMEASURED_FLOOR_WATTS
+    return tokens / (floor * max(seconds, 1e-12))
 
 
 def _stream_bound(
