@@ -36,7 +36,10 @@ class QualityResult:
     def violations(self, bound: QualityConfig) -> list[str]:
         """The bound's limits this result breaks, each naming the field and both numbers."""
         broken = []
-        if not all(math.isfinite(v) for v in (self.perplexity, self.mean_kl)):
+        # every compared figure: a NaN passes each `>`/`<` test below (a NaN reference perplexity
+        # makes ppl_increase NaN, an empty comparison top-1 NaN)
+        figures = (self.perplexity, self.mean_kl, self.ppl_increase, self.top1_agreement)
+        if not all(math.isfinite(v) for v in figures):
             broken.append("quality metrics are not finite (numerical overflow in this precision?)")
         if self.ppl_increase > bound.max_ppl_increase:
             ppl, limit = _apart(self.ppl_increase, bound.max_ppl_increase, 2, "%")
