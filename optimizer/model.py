@@ -29,6 +29,7 @@ from optimizer.model_files import (
     gguf_shape,
     gguf_splits,
     loaded_weight_files,
+    split_link_target,
     transformers_names,
 )
 from optimizer.processes import remove_stale_temps, temp_path
@@ -112,12 +113,13 @@ def resolve_model(cfg: ModelConfig, cache_dir: Path, convert_gguf: bool = True) 
 
 
 def gguf_file(model: ModelSpec) -> Path | None:
-    """The GGUF file a model was resolved from (packaged or given), or None for a model directory."""
+    """The GGUF file a model was resolved from (packaged or given), or None for a model directory;
+    a link's target where only that name lets llama.cpp find the other files of a split."""
     if model.format != "gguf":
         return None
     if model.source in PACKAGED_MODELS:
         return _packaged_gguf(model.source)[0]
-    return Path(model.source).expanduser()
+    return split_link_target(Path(model.source).expanduser())
 
 
 def _packaged_gguf(alias: str) -> tuple[Path, str]:
@@ -141,7 +143,7 @@ def _from_gguf(
         raise UserError(
             "model.source",
             f"{gguf} is the first of {len(splits)} files of a split GGUF, which transformers cannot load",
-            f"merge them (llama-gguf-split --merge {gguf} merged.gguf) and point model= at the merged file, "
+            f"merge them (llama-gguf-split --merge {splits[0]} merged.gguf) and point model= at the merged file, "
             "or search it with llama.cpp as shipped: space=cpu-llamacpp quality.reference=gguf",
         )
     digest = _files_sha256(splits, cache_dir)  # a whole file: its own sha256
@@ -150,7 +152,7 @@ def _from_gguf(
         return ModelSpec(
             name=name,
             source=source,
-            path=gguf,  # no Hugging Face directory: only an engine that reads the GGUF can load it
+            path=splits[0],  # no HF directory: an engine that reads the GGUF loads it (by its split name)
             format="gguf",
             weight_sha256=digest,
             trust_remote_code=cfg.trust_remote_code,

@@ -160,6 +160,7 @@ def check_gguf(path: Path, split: bool = False) -> GGUFReader:
     except Exception as exc:  # any failure to parse: a truncated or foreign file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError("model.source", f"{path} is truncated or not a GGUF file ({reason})", fix) from None
+    _check_not_unnamed_split(path, reader, split)
     if not tensors and not split:
         raise UserError("model.source", f"{path} holds no tensors", fix)
     needed = max((t.data_offset + t.n_bytes for t in tensors), default=0)
@@ -172,26 +173,57 @@ def check_gguf(path: Path, split: bool = False) -> GGUFReader:
     return reader
 
 
+def _check_not_unnamed_split(path: Path, reader: GGUFReader, split: bool) -> None:
+    """Refuse a file of a split GGUF read as a whole one (renamed, or a link to a blob): its name
+    lacks the suffix llama.cpp finds the other files by, so they would be neither hashed nor loaded."""
+    field = reader.fields.get("split.count")
+    count = int(field.contents()) if field is not None else 1
+    if split or count < 2:
+        return
+    no_field = reader.fields.get("split.no")
+    number = int(no_field.contents()) + 1 if no_field is not None else 1
+    raise UserError(
+        "model.source",
+        f"{path} is file {number} of a GGUF split in {count}, named without llama.cpp's split suffix",
+        f"give every file its name from the split (NAME-00001-of-{count:05d}.gguf...) in one folder "
+        "and point model= at the first",
+    )
+
+
+def split_link_target(path: Path) -> Path:
+    """`path`, or the target of a link to a file of a split GGUF when the link's own name lacks
+    llama.cpp's suffix: llama.cpp finds the other files from the name it loads. A link named by
+    the split (a hub cache's, to a blob) is kept: its siblings are links too."""
+    if SPLIT_GGUF.fullmatch(path.name) is None and path.is_symlink():
+        target = path.resolve()
+        if SPLIT_GGUF.fullmatch(target.name):
+            return target
+    return path
+
+
 def gguf_splits(path: Path) -> list[Path]:
     """The files of the GGUF model at `path`: itself, or every file of a split one named by
     llama.cpp's convention (llama.cpp loads the others from the first's name; each holds part of
-    the weights, so the model's hash and parameter count cover them all)."""
-    match = SPLIT_GGUF.fullmatch(path.name)
+    the weights, so the model's hash and parameter count cover them all), beside a link's target
+    when the link is named without the convention."""
+    target = split_link_target(path)
+    match = SPLIT_GGUF.fullmatch(target.name)
     if match is None or int(match[3]) < 2:
         return [path]
+    named = f"{path} (a link to {target})" if target != path else str(path)
     prefix, number, count = match[1], int(match[2]), int(match[3])
-    files = [path.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    files = [target.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
     if number != 1:
         raise UserError(
             "model.source",
-            f"{path} is file {number} of a GGUF split in {count}",
+            f"{named} is file {number} of a GGUF split in {count}",
             f"point model= at its first file, {files[0]}, which llama.cpp loads the others from",
         )
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise UserError(
             "model.source",
-            f"{path} is the first of {count} files of a split GGUF; {', '.join(missing)} missing beside it",
+            f"{named} is the first of {count} files of a split GGUF; {', '.join(missing)} missing beside it",
             "download every file of the split into the same folder",
         )
     return files
@@ -290,6 +322,13 @@ def _weight_files(path: Path) -> list[Path]:
             raise UserError(
                 "model.source", f"{index} cannot be read ({exc})", "re-save the model with save_pretrained"
             ) from None
+        missing = [shard for shard in shards if not (path / shard).is_file()]
+        if missing:  # an interrupted download: transformers would fail on the first one it opens
+            raise UserError(
+                "model.source",
+                f"{index} lists {', '.join(missing)}, missing from {path}",
+                f"download or copy the missing shard(s) {', '.join(missing)} into {path}",
+            )
         return [path / shard for shard in shards]
     return sorted(f for f in path.glob("*.safetensors") if not f.name.startswith("consolidated"))
 
