@@ -53,17 +53,19 @@ def measure_load(
         for rate in sorted(streams):
             if rate == selected:
                 continue
-            point = _measure(server, streams[rate], meter, cfg, rate, 1)
-            curve.append(curve_point(point))
+            point, runs = _measure(server, streams[rate], meter, cfg, rate, 1)
+            curve.append(curve_point(point, submitted_rate(runs)))
             check_deadline(deadline)
         before = counters() if counters else {}
-        result = _measure(server, streams[selected], meter, cfg, selected, cfg.repeats, stop_below, deadline)
+        result, runs = _measure(
+            server, streams[selected], meter, cfg, selected, cfg.repeats, stop_below, deadline
+        )
         prefix = _difference(counters(), before) if counters else {}
     finally:
         if isinstance(server, QueuedServer):
             server.close()
     assert result.serving is not None
-    curve = sorted([*curve, curve_point(result)], key=lambda p: p["rate"])
+    curve = sorted([*curve, curve_point(result, submitted_rate(runs))], key=lambda p: p["rate"])
     serving = dataclasses.replace(result.serving, prefix=prefix, curve=curve, capacity_rate=capacity(curve))
     return dataclasses.replace(result, serving=serving)
 
@@ -77,8 +79,9 @@ def _measure(
     repeats: int,
     stop_below: float | None = None,
     deadline: float | None = None,
-) -> PerformanceResult:
-    return measure_serving(
+) -> tuple[PerformanceResult, list[ServingRun]]:
+    runs: list[ServingRun] = []
+    result = measure_serving(
         server,
         stream,
         meter,
@@ -91,14 +94,21 @@ def _measure(
         disturbed_retries=cfg.disturbed_retries,
         deadline=deadline,
         min_window_seconds=cfg.min_window_seconds,
+        runs=runs,
     )
+    return result, runs
 
 
-def curve_point(result: PerformanceResult) -> dict[str, float]:
+def curve_point(result: PerformanceResult, submitted: float | None = None) -> dict[str, float]:
+    """One load's point: `rate` the nominal load (workload.rates), `offered_rate` the load its
+    stream's arrivals make (a short random stream's differ from it), `submitted_rate` (where known)
+    the slowest of its runs' actual submissions."""
     serving = result.serving
     assert serving is not None
     return {
         "rate": serving.rate,
+        "offered_rate": serving.offered_rate,
+        **({} if submitted is None else {"submitted_rate": submitted}),
         "goodput_tokens_per_joule": result.goodput_tokens_per_joule.mean,
         "tokens_per_joule": result.tokens_per_joule.mean,
         "ttft_p90_ms": result.latency.ttft_ms["p90"],
@@ -124,6 +134,17 @@ def capacity(curve: list[dict[str, float]]) -> float | None:
     return max(held) if held else None
 
 
+def submitted_rate(runs: list[ServingRun]) -> float:
+    """Requests/s between the first and last submission, of the run that submitted slowest: the
+    load actually offered, which a load generator kept from the CPU falls behind."""
+    rates = []
+    for run in runs:
+        times = [r.submitted for r in run.requests]
+        span = max(times) - min(times) if times else 0.0
+        rates.append((len(times) - 1) / span if span > 0 else float("inf"))
+    return min(rates)
+
+
 def _difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     """Counters over the selection-rate runs only; a fraction is recomputed from its counts."""
     delta = {k: v - before.get(k, 0.0) for k, v in after.items() if k != "prefill_saved_fraction"}
@@ -147,6 +168,7 @@ def measure_serving(
     disturbed_retries: int = 0,
     deadline: float | None = None,
     min_window_seconds: float = 0.0,
+    runs: list[ServingRun] | None = None,
 ) -> PerformanceResult:
     """`repeats` runs of the stream offered at `rate`, each one energy window over its steady
     state, fewer when the runs so far are screened out below `stop_below` (see
@@ -154,8 +176,8 @@ def measure_serving(
     `disturbed_retries` times (`energy.undisturbed`). Past `deadline` (time.perf_counter) no
     further run starts: CandidateTimeout. A window shorter than `min_window_seconds` is flagged,
     not lengthened: repeating requests would change the stream measured. The caller adds prefix
-    counters and the load curve to `serving`."""
-    runs: list[ServingRun] = []
+    counters and the load curve to `serving`; `runs`, given, receives the runs."""
+    runs = [] if runs is None else runs
     windows: list[WindowResult] = []
     for index in range(repeats):
         if index:  # a stalled engine's run lasts until the drain gives up (up to 2 minutes)

@@ -115,8 +115,11 @@ def write_report(
     shown = with_selected(outcome.selectable, best)  # the search's rows, a near miss's that won re-measured
     # the selected one at the figures it was selected on, where the plot's star is
     front = pareto_front(as_selected(outcome.selectable, best))
+    # the plot's axis names its points' own sources, not the meter's now (results reused from a run
+    # whose NVML counter fell back to polled power read nvml-power-poll)
+    axis = source if source == "estimate" else "+".join(groups) or source
     plot_pareto(
-        output_dir / "pareto.png", outcome.results, front, best, outcome.baseline, cfg.quality.max_kl, source
+        output_dir / "pareto.png", outcome.results, front, best, outcome.baseline, cfg.quality.max_kl, axis
     )
     model, target = setup.model, setup.target
     note = (

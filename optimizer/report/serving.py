@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from optimizer.measure.stream import RequestStream
     from optimizer.measure.workload import PerformanceResult
 
+# a load's submissions lagged: its runs submitted the stream this much slower than its arrivals
+# (a load generator kept from the CPU), so the load measured is below the load named
+SUBMISSION_LAG_FRACTION = 0.05
+
 
 def workload_line(workload: WorkloadConfig, stream: RequestStream | None) -> str:
     if not workload.serving:
@@ -26,9 +30,15 @@ def workload_line(workload: WorkloadConfig, stream: RequestStream | None) -> str
     curve = f"; load curve at {workload.load_rates()} req/s" if len(workload.load_rates()) > 1 else ""
     # a trace is replayed at its own times: selected at its own rate, not workload.rate
     rate = stream.offered_rate if workload.trace and stream else workload.rate
+    # a short random stream's arrivals make a rate of their own: the load actually measured
+    offered = (
+        f"; its arrivals offer {_number(stream.offered_rate)} req/s"
+        if stream and not workload.trace and _offered_beside(rate, stream.offered_rate)
+        else ""
+    )
     return (
         f"- workload (serving): request stream `{stream.source if stream else None}`, "
-        f"selected at {rate:g} req/s{curve}; "
+        f"selected at {rate:g} req/s{curve}{offered}; "
         f"each run offers the whole stream, its energy window spans the arrivals from request "
         f"{workload.warmup_requests + 1} to {_from_last(workload.drain_requests + 1)}; "
         f"{workload.repeats} run(s); TTFT counts from each request's arrival (queueing included)"
@@ -64,14 +74,18 @@ def serving_section(
         perf = r.performance
         assert perf is not None and perf.serving is not None
         s = perf.serving
-        note = "queue grew: over capacity" if s.growing_windows else ""
+        selected = next((p for p in s.curve if p["rate"] == s.rate), {})
+        notes = ["queue grew: over capacity"] if s.growing_windows else []
+        notes += [_lag_note(selected)] if lagged(selected) else []
+        note = "; ".join(notes)
+        held = next((p for p in s.curve if p["rate"] == s.capacity_rate), {})
         unknown = s.window_requests - perf.latency.requests  # left out of the TTFT percentiles
         ttft = f"{perf.latency.ttft_ms['p90']:.0f}" + (f" ({unknown} unknown)" if unknown > 0 else "")
         lines.append(
             f"| {r.candidate.label()} | {sig3(perf.pooled_goodput)} | {share(s.met_slo_fraction)} | "
             f"{_number(s.joules_per_request)} | {ttft} | "
             f"{perf.latency.tpot_ms['p90']:.0f} | {s.e2e_p90_ms:.0f} | {s.idle_fraction:.0%} | "
-            f"{s.mean_in_flight:.1f} | {_number(s.capacity_rate)} | {note} |"
+            f"{s.mean_in_flight:.1f} | {_number(s.capacity_rate)}{_offered_beside(s.capacity_rate, held.get('offered_rate'))} | {note} |"
         )
     lines.append("")
     lines += _prefix_lines(served, estimate_mark)
@@ -81,12 +95,61 @@ def serving_section(
             "### Load curves",
             "",
             f"{estimate_mark}Goodput tokens/J pooled at each offered load (all its tokens over all "
-            "its joules), as in the table.",
+            "its joules), as in the table, drawn at the rate the stream's arrivals offer.",
             "",
             "![Load curves](load.png)",
             "",
+            *_curve_table(served),
         ]
     return lines
+
+
+def _curve_table(served: Sequence[CandidateResult]) -> list[str]:
+    """Each load as named (workload.rates), as the stream's arrivals offer it and as its runs
+    submitted it: a point whose submissions lagged measured a lighter load than its rate says."""
+    lines = [
+        "Load as named (workload.rates), as the stream's arrivals offer it (first to last arrival) "
+        "and as submitted (the slowest run's first to last submission).",
+        "",
+        "| candidate | nominal req/s | offered req/s | submitted req/s | goodput tok/J (pooled) | met SLO | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in served:
+        assert r.performance is not None and r.performance.serving is not None
+        curve = r.performance.serving.curve
+        if len(curve) < 2:
+            continue
+        for p, goodput in zip(curve, pooled_curve(r.performance), strict=True):
+            notes = ["queue grew"] if p.get("growing") else []
+            notes += [_lag_note(p)] if lagged(p) else []
+            met = p.get("met_slo_fraction")
+            lines.append(
+                f"| {r.candidate.label()} | {_number(p['rate'])} | {_number(p.get('offered_rate'))} | "
+                f"{_number(p.get('submitted_rate'))} | {sig3(goodput)} | {'-' if met is None else share(met)} | "
+                f"{'; '.join(notes)} |"
+            )
+    return [*lines, ""]
+
+
+def lagged(point: dict[str, float]) -> bool:
+    submitted, offered = point.get("submitted_rate"), point.get("offered_rate")
+    return (
+        submitted is not None and offered is not None and submitted < offered * (1 - SUBMISSION_LAG_FRACTION)
+    )
+
+
+def _lag_note(point: dict[str, float]) -> str:
+    return (
+        f"submissions lagged: {_number(point['submitted_rate'])} of {_number(point['offered_rate'])} "
+        "req/s offered (a busy host)"
+    )
+
+
+def _offered_beside(nominal: float | None, offered: float | None) -> str:
+    """` (offered 1.78)` where the stream's arrivals make a load 1% or more off the nominal one."""
+    if nominal is None or offered is None or abs(offered - nominal) < 0.01 * nominal:
+        return ""
+    return f" (offered {_number(offered)})"
 
 
 def _prefix_lines(served: Sequence[CandidateResult], estimate_mark: str = "") -> list[str]:
@@ -144,7 +207,8 @@ def plot_load(path: Path, served: Sequence[CandidateResult], estimated: bool = F
         curve = r.performance.serving.curve
         if len(curve) < 2:
             continue
-        rates = [p["rate"] for p in curve]
+        # where the stream's arrivals put each load (a curve stored without them: its nominal rate)
+        rates = [p.get("offered_rate", p["rate"]) for p in curve]
         label = r.candidate.label()
         axes[0].plot(rates, pooled_curve(r.performance), marker="o", label=label)
         axes[1].plot(rates, [p["ttft_p90_ms"] for p in curve], marker="o", label=label)
@@ -152,7 +216,7 @@ def plot_load(path: Path, served: Sequence[CandidateResult], estimated: bool = F
     goodput = "goodput tokens/J (pooled)" + (" (ESTIMATE)" if estimated else "")
     titles = (goodput, "TTFT p90 (ms)", "TPOT p90 (ms)")
     for ax, title in zip(axes, titles, strict=True):
-        ax.set_xlabel("offered load (requests/s)")
+        ax.set_xlabel("offered load (requests/s, the stream's arrivals)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[1].set_yscale("log")
