@@ -32,11 +32,12 @@ import numpy as np
 import torch
 
 from optimizer.backends.base import Generation
-from optimizer.backends.completions import requests_generation, take_completions
+from optimizer.backends.completions import take_completions
 from optimizer.backends.openmp import release_openmp_threads
 from optimizer.backends.prefixes import PrefixCounts
 from optimizer.backends.torch.slot_admission import admit
 from optimizer.backends.torch.slot_decoder import SlotDecoder
+from optimizer.backends.torch.slot_generate import generate_batch
 from optimizer.backends.torch.slot_prefixes import CachedPrefixes
 from optimizer.backends.torch.slot_requests import (
     Admission,
@@ -50,7 +51,6 @@ from optimizer.measure.serving import Completion
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PREFILL_TOKENS = 4096  # padded prompt tokens admitted in one prefill
-RESULT_TIMEOUT_SECONDS = 600.0  # generate() fails when no request finishes for this long
 
 
 class SlotEngine:
@@ -111,7 +111,9 @@ class SlotEngine:
         self._cond = threading.Condition()
         self._device_lock = threading.Lock()  # the loop's device work, and score() between steps
         self._stopped = False
-        self._closed = False  # stopped by close(), not by a dead loop thread
+        self._closed = False  # stopped by close(): the loop thread, once it ends, drops the model
+        self._stop_reason: str | None = None  # why it stopped: closed, or the loop thread's error
+        self._generate_lock = threading.Lock()
         self._cancel = False
         self._build_error: BaseException | None = None
         self._counter = 0
@@ -179,50 +181,36 @@ class SlotEngine:
 
     # -- Engine --------------------------------------------------------------------------------
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
-        """Each row one request, all submitted together (TTFT from submission, queueing included)."""
-        if prompt_ids.dim() != 2 or prompt_ids.shape[0] < 1 or prompt_ids.shape[1] < 1:
-            raise ValueError(f"prompt_ids must be [batch, tokens], got shape {tuple(prompt_ids.shape)}")
-        rows = prompt_ids.tolist()
-        for row in rows:  # before any is submitted: a bad row's refusal left the others running
-            check_request(row, max_new_tokens, self.vocab)
-        self.reserve(prompt_ids.shape[1] + max_new_tokens)
-        start = time.perf_counter()
-        ids = [self.submit(row, max_new_tokens) for row in rows]
-        finished: dict[str, Completion] = {}
-        last_progress = time.perf_counter()
-        try:
-            while len(finished) < len(ids):
-                taken = self.collect(1.0)
-                for completion in taken:
-                    if completion.error is not None:
-                        raise RuntimeError(f"request {completion.request_id} failed: {completion.error}")
-                    finished[completion.request_id] = completion
-                if taken:
-                    last_progress = time.perf_counter()
-                elif self._stopped or time.perf_counter() - last_progress > RESULT_TIMEOUT_SECONDS:
-                    why = "was closed: finished" if self._closed else "finished"
-                    raise RuntimeError(f"the slot engine {why} {len(finished)} of {len(ids)} requests")
-        except BaseException:  # its other rows would hold slots and their results reach the next call
-            self.cancel_all()
-            raise
-        total = time.perf_counter() - start
-        rows = [finished[i] for i in ids]
-        return requests_generation([c.token_ids for c in rows], [c.token_times for c in rows], start, total)
+        """Each row one request, all submitted together (slot_generate.py). One at a time: each
+        takes every completion there is, another's rows included."""
+        with self._generate_lock:
+            return generate_batch(self, prompt_ids, max_new_tokens)
+
+    def stop_reason(self) -> str | None:
+        """Why the engine stopped (None while it serves): closed, or its loop thread's error."""
+        with self._cond:
+            return self._stop_reason
 
     @torch.inference_mode()
     def score(self, token_ids: torch.Tensor) -> torch.Tensor:
-        if self.model is None:
-            raise RuntimeError("the slot engine is closed")
-        with self._device_lock:
+        with self._device_lock:  # read under it: close() drops the model under it
+            if self.model is None:
+                raise RuntimeError("the slot engine is closed")
             return self.model(input_ids=token_ids.to(self.device)).logits.float().cpu()
 
     def close(self) -> None:
         with self._cond:
             self._stopped = self._closed = True
+            self._stop_reason = self._stop_reason or "the slot engine was closed"
             self._waiting.clear()
             self._cond.notify_all()
         self._thread.join(timeout=60)
-        with self._cond:  # a build outlasting the join drops its decoder itself (_build)
+        if not self._thread.is_alive():  # else a step or a build outlasted the join: the loop drops them
+            self._drop_state()
+
+    def _drop_state(self) -> None:
+        """The model and the regions go: once the loop thread has ended, never under its step."""
+        with self._device_lock, self._cond:  # score() reads the model under the device lock
             self.decoder = self.prefixes = self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -236,9 +224,15 @@ class SlotEngine:
             with self._cond:
                 self._stopped = True
                 error = f"the slot engine's loop thread stopped: {type(exc).__name__}: {exc}"
+                self._stop_reason = self._stop_reason or error
                 self._fail_running(error)  # the lock is reentrant; their tokens so far from the table
                 self._done.extend(r.completion(error) for r in self._waiting)
                 self._waiting.clear()
+        finally:
+            with self._cond:
+                closed = self._closed  # set before close() joins: one of the two drops the state
+            if closed:
+                self._drop_state()
 
     def _serve_requests(self) -> None:
         with torch.inference_mode():
