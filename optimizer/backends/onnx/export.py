@@ -105,8 +105,9 @@ def export_identity(model: ModelSpec) -> dict[str, Any]:
         "model_files": model_files_sha256(model.path, EXPORT_READS),
         **{names[0]: distribution_version(*names) for names in EXPORT_PACKAGES},
     }
-    if model.trust_remote_code:  # only then: the exports of other models keep their keys
-        identity["remote_code"] = remote_code_sha256(model.path)
+    # only code that runs: other models, and trusted ones without code, keep their keys
+    if model.trust_remote_code and (code := remote_code_sha256(model.path)):
+        identity["remote_code"] = code
     return identity
 
 

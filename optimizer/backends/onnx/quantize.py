@@ -6,7 +6,9 @@ lm_head) are quantized; the attention MatMuls multiply two activations and stay 
 - int8-dynamic: `quantize_dynamic`, int8 per-channel weights, activations quantized at run time.
 - int8-static: `quantize_static` to a QDQ model (int8 symmetric, per-channel weights), activation
   ranges calibrated on the packaged Wikipedia text's *workload* split, never the held-out quality
-  split that the candidate is judged on. The QDQ model is also what TensorRT takes for int8.
+  split that the candidate is judged on. The QDQ model is also what TensorRT takes for int8. The
+  MatMuls' inputs are quantized, not their outputs (TensorRT's recommended Q/DQ placement): a
+  quantized lm_head output would put the logits on an int8 grid (ties in the greedy argmax).
 - fp16: `onnxruntime.transformers.float16` conversion, for GPU execution providers.
 
 A variant's directory is keyed by the export's key, ONNX Runtime's version and, for int8-static,
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 CALIBRATION_SEQUENCES = 8
 CALIBRATION_TOKENS = 64  # prefill length; one decode step follows each prefill
 VARIANT_FORMAT = 1  # bump when a conversion's options change: old variants are then not reused
+# one variant's own format, so the others stay reused; int8-static 2: MatMul outputs stay float
+VARIANT_FORMATS = {"int8-static": 2}
 # the settings whose candidates need the int8-static (QDQ) model
 STATIC_INT8_FIELD = "space.ort_onnx.quantizations (int8-static) or space.tensorrt.precisions (int8)"
 
@@ -92,7 +96,10 @@ def variant_identity(name: str, windows: list[list[int]] | None = None) -> dict[
     depends on its calibration. `windows`: the static one's calibration token ids, which
     `static_int8_qdq` always passes: the export's key covers the weights and config.json, not the
     tokenizer that makes them."""
-    identity: dict[str, Any] = {"format": VARIANT_FORMAT, "onnxruntime": distribution_version(*ONNX_RUNTIME)}
+    identity: dict[str, Any] = {
+        "format": VARIANT_FORMATS.get(name, VARIANT_FORMAT),
+        "onnxruntime": distribution_version(*ONNX_RUNTIME),
+    }
     if name == "int8-static":
         identity["calibration"] = {
             "text": CALIBRATION_TEXT,
@@ -169,7 +176,12 @@ def static_int8_qdq(fp32_dir: Path, model: ModelSpec) -> Path:
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             use_external_data_format=True,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                # by default the QDQ quantizer also quantizes each MatMul's output: the logits too
+                "OpTypesToExcludeOutputQuantization": ["MatMul"],
+            },
         )
         return {"quantized_matmuls": len(nodes)}
 
