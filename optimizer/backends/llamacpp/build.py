@@ -161,9 +161,12 @@ GGML_TILE_CONFIG_PATCH = SourcePatch(
 )
 
 
-def cpu_flags(cpuinfo: str) -> set[str]:
-    """The first processor's feature flags in /proc/cpuinfo's text."""
-    match = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The first processor's feature flags (x86's flags, Arm's Features) in `cpuinfo` or /proc/cpuinfo."""
+    if cpuinfo is None:
+        with contextlib.suppress(OSError):
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+    match = re.search(r"^(?:flags|Features)\s*:(.*)$", cpuinfo or "", re.MULTILINE)
     return set(match.group(1).split()) if match else set()
 
 
@@ -231,11 +234,7 @@ def amx_probe(cxx: str, header: Path) -> str | None:
 def this_machine_cmake_args(cache: Path, amx: bool = True) -> tuple[str, str]:
     """This machine's CMAKE_ARGS, and a line on AMX ('' where the CPU has none). AMX unless `amx`
     is False, and only where the probe computes."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    machine, flags = platform.machine(), cpu_flags(cpuinfo)
+    machine, flags = platform.machine(), cpu_flags()
     plain = cmake_args(machine, flags)
     if not (plain and has_ggml_amx(flags)):
         return plain, ""
@@ -269,8 +268,10 @@ def source_patch(args: str) -> SourcePatch | None:
 def wheel_dir(requirement: str, args: str, cache: Path, patch: SourcePatch | None = None) -> Path:
     # and what the wheel's binaries depend on beside their flags: OS and architecture (its tag names
     # them: py3-none-linux_x86_64, ctypes bindings for any Python) and libc (glibc 2.39's fails on 2.31,
-    # and on musl). Keys from before are left: a shared cache cannot tell which machine built them.
+    # and on musl), and a native build's CPU (-march=native compiles in all it has). Keys from before
+    # are left: a shared cache cannot tell which machine built them.
     plat = f"{sysconfig.get_platform()} {'-'.join(platform.libc_ver())}"
+    plat += "" if "GGML_NATIVE=OFF" in args else " " + " ".join(sorted(cpu_flags()))
     key_text = f"{requirement}\n{args}" + (f"\n{patch}" if patch else "") + f"\n{plat}"
     return cache / "wheels" / f"llama-cpp-python-{hashlib.sha256(key_text.encode()).hexdigest()[:16]}"
 
