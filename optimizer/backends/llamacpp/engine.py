@@ -41,6 +41,7 @@ DEFAULT_RESULT_TIMEOUT_SECONDS = 600.0
 # (SmolLM2: up to 1.5, a greedy token flipped), yet candidates that differ only there share one probe
 PROBE_UBATCH = 512
 _JOIN_SECONDS = 60.0
+CLOSED = "the engine was closed"  # what a generate() or collect() waiting on it raises
 
 
 class LlamaCppEngine:
@@ -143,6 +144,8 @@ class LlamaCppEngine:
         with self._cond:
             try:
                 while not all(i in self._own for i in ids):
+                    if self._stopped:  # close() ends the loop: what is left never finishes
+                        raise RuntimeError(CLOSED)
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise TimeoutError(
@@ -213,7 +216,10 @@ class LlamaCppEngine:
 
     def collect(self, timeout_seconds: float) -> list[Completion]:
         with self._cond:
-            return take_completions(self._cond, self._done, lambda: self._stopped, timeout_seconds)
+            done = take_completions(self._cond, self._done, lambda: self._stopped, timeout_seconds)
+            if not done and self._stopped:  # an empty list at once would have its caller spin
+                raise RuntimeError(CLOSED)
+            return done
 
     def cancel_all(self) -> None:
         with self._cond:
@@ -328,24 +334,29 @@ class LlamaCppEngine:
         return torch.from_numpy(np.stack(rows).astype(np.float32, copy=False))
 
     def close(self) -> None:
-        """Stop the loop thread, free the contexts and the model. Safe to call twice."""
+        """Stop the loop thread, free the contexts and the model; a generate() or collect() waiting
+        raises at once. Safe to call twice."""
         with self._cond:
             self._stopped = True
             self._slots.waiting.clear()
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=_JOIN_SECONDS)
-            if self._thread.is_alive():
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=_JOIN_SECONDS)
+            if thread.is_alive():
                 log.warning("the llama.cpp loop thread did not stop within %s s", _JOIN_SECONDS)
                 return  # freeing what it decodes with would crash the process
+        # taken under the lock: the generate() woken above may close() too while this one joins,
+        # and a context or model freed twice crashes the process
+        with self._cond:
+            contexts, model = (self._ctx, self._score_ctx), self.model
+            self._ctx = self._score_ctx = self.model = None
             self._thread = None
-        for ctx in (self._ctx, self._score_ctx):
+        for ctx in contexts:
             if ctx is not None:
                 ctx.close()
-        self._ctx = self._score_ctx = None
-        if self.model is not None:
-            native.free_model(self.model)
-            self.model = None
+        if model is not None:
+            native.free_model(model)
 
 
 def _granule(tokens: int) -> int:
