@@ -159,6 +159,8 @@ class OrtGenaiAxes:
     block_sizes: list[int] = field(default_factory=lambda: [32])
     accuracy_levels: list[int] = field(default_factory=lambda: [4])
     int8_lm_head: list[bool] = field(default_factory=lambda: [False])
+    # the decoder session's intra-op threads busy-wait (ORT's default) or sleep: one build serves both
+    spinning: list[bool] = field(default_factory=lambda: [True])
 
     def __post_init__(self) -> None:
         require_subset(self.providers, GENAI_PROVIDERS, "space.ort_genai.providers")
@@ -167,6 +169,7 @@ class OrtGenaiAxes:
         require_subset(self.block_sizes, GENAI_BLOCK_SIZES, "space.ort_genai.block_sizes")
         require_subset(self.accuracy_levels, GENAI_ACCURACY_LEVELS, "space.ort_genai.accuracy_levels")
         require_subset(self.int8_lm_head, (True, False), "space.ort_genai.int8_lm_head")
+        require_subset(self.spinning, (True, False), "space.ort_genai.spinning")
 
 
 @dataclass
@@ -176,11 +179,14 @@ class OrtOnnxAxes:
     providers: list[str] = field(default_factory=lambda: ["cpu"])
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     quantizations: list[str] = field(default_factory=lambda: ["none", "int8-dynamic"])
+    # intra-op threads busy-wait between operators (ORT's default) or sleep: latency vs CPU time
+    spinning: list[bool] = field(default_factory=lambda: [True])
 
     def __post_init__(self) -> None:
         require_subset(self.providers, ONNX_PROVIDERS, "space.ort_onnx.providers")
         require_subset(self.precisions, ONNX_PRECISIONS, "space.ort_onnx.precisions")
         require_subset(self.quantizations, ONNX_QUANTIZATIONS, "space.ort_onnx.quantizations")
+        require_subset(self.spinning, (True, False), "space.ort_onnx.spinning")
 
 
 @dataclass

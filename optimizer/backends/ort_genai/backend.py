@@ -173,6 +173,17 @@ def ensure_build(model: ModelSpec, settings: OrtGenaiSettings, workdir: Path) ->
     return cached_artifact(out, run_builder, f"onnxruntime-genai {settings.label()} model")
 
 
+def session_options(settings: OrtGenaiSettings, threads: int) -> dict[str, Any]:
+    """The decoder's session_options overlaid on the build's genai_config.json."""
+    options: dict[str, Any] = {}
+    if threads:  # genai runs ONE intra-op thread unless told otherwise
+        options |= {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+    if not settings.spinning:
+        # genai (0.18) hands a string-valued session option it does not know to AddConfigEntry
+        options["session.intra_op.allow_spinning"] = "0"
+    return options
+
+
 def log_tail(text: str, lines: int = 3) -> str:
     """The builder's error, or else its last lines, with progress-bar redraws dropped."""
     kept = []
@@ -209,9 +220,8 @@ class OrtGenaiEngine:
         config.clear_providers()
         if settings.provider == "cuda":
             config.append_provider("cuda")
-        if threads:
-            # genai runs ONE intra-op thread unless told otherwise
-            options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+        options = session_options(settings, threads)
+        if options:
             config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
         try:
             model = og.Model(config)

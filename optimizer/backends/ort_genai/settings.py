@@ -33,6 +33,8 @@ class OrtGenaiSettings:
     run on one execution provider. Threads come from the candidate (intra-op threads)."""
 
     BACKEND: ClassVar[str] = "ort-genai"
+    # added after stores and recipes were written: left out of keys and dicts at its default
+    KEYED_WHEN_SET: ClassVar[tuple[str, ...]] = ("spinning",)
 
     provider: str = "cpu"
     precision: str = "fp32"
@@ -40,6 +42,9 @@ class OrtGenaiSettings:
     block_size: int = 32
     accuracy_level: int = 0  # MatMulNBits compute type; 0 = unset (fp32)
     int8_lm_head: bool = False  # int4 body with the last MatMul (lm_head) in int8
+    # the session's intra-op threads busy-wait between operators (ORT's default) or sleep; not
+    # a build option: one build serves both
+    spinning: bool = True
 
     def __post_init__(self) -> None:
         check_choices(
@@ -51,6 +56,7 @@ class OrtGenaiSettings:
                 "block_size": GENAI_BLOCK_SIZES,
                 "accuracy_level": GENAI_ACCURACY_LEVELS,
                 "int8_lm_head": (True, False),
+                "spinning": (True, False),
             },
         )
         if self.precision not in WEIGHT_QUANTIZED and self.weight_options() != NO_WEIGHT_OPTIONS:
@@ -79,8 +85,9 @@ class OrtGenaiSettings:
         return options
 
     def probe_settings(self) -> dict[str, Any]:
-        """Every setting of this backend changes the numbers its quality probe sees."""
-        return asdict(self)
+        """The settings the quality probe's numbers depend on: all but spinning, which changes how
+        threads wait, not what they compute."""
+        return {name: value for name, value in asdict(self).items() if name != "spinning"}
 
     def label(self) -> str:
         parts = [self.precision]
@@ -90,4 +97,6 @@ class OrtGenaiSettings:
                 parts.append("lm_head=int8")
         if self.provider != "cpu":
             parts.append(self.provider)
+        if not self.spinning:
+            parts.append("no-spin")
         return " ".join(parts)

@@ -43,7 +43,7 @@ class OrtGenaiSpec:
 
     def settings_for(self, space: SpaceConfig) -> Iterator[OrtGenaiSettings]:
         g = space.ort_genai
-        for provider, precision in itertools.product(g.providers, g.precisions):
+        for provider, precision, spinning in itertools.product(g.providers, g.precisions, g.spinning):
             if precision not in WEIGHT_QUANTIZED:
                 options: Iterator[tuple[str, int, int, bool]] = iter([NO_WEIGHT_OPTIONS])
             else:
@@ -53,7 +53,7 @@ class OrtGenaiSpec:
             for algorithm, block_size, accuracy_level, int8_lm_head in options:
                 # duplicates (repeated axis values) are dropped by the space, which dedups by key
                 yield OrtGenaiSettings(
-                    provider, precision, algorithm, block_size, accuracy_level, int8_lm_head
+                    provider, precision, algorithm, block_size, accuracy_level, int8_lm_head, spinning
                 )
 
     def exclusion_reason(self, settings: OrtGenaiSettings, target: TargetSpec) -> str | None:

@@ -60,7 +60,7 @@ class OrtOnnxBackend:
         device_id = target.gpu.index if target.gpu else 0
         max_batch = profile_batch(candidate.batch_size)
         providers = provider_list(settings, device_id, model_dir, max_batch, workdir, target.gpu)
-        session = make_session(model_dir / MODEL_FILE, providers, threads)
+        session = make_session(model_dir / MODEL_FILE, providers, threads, settings.spinning)
         device = "cpu" if settings.provider == "cpu" else "cuda"
         on_trt = settings.provider == "tensorrt"
         steps = OrtSteps(
@@ -156,7 +156,7 @@ def tensorrt_ep_cache(model_dir: Path, workdir: Path, gpu: GpuInfo | None) -> Pa
     return workdir / "tensorrt-ep" / model_dir.parent.name / model_dir.name / artifact_key(identity)
 
 
-def make_session(model_file: Path, providers: list[Any], threads: int) -> Any:
+def make_session(model_file: Path, providers: list[Any], threads: int, spinning: bool = True) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -165,6 +165,8 @@ def make_session(model_file: Path, providers: list[Any], threads: int) -> Any:
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spinning:  # spinning is ORT's default: the option is set only to turn it off
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
     if wanted != "CPUExecutionProvider" and hasattr(ort, "preload_dlls"):
         # onnxruntime-gpu's providers link CUDA and cuDNN by soname: installed as pip's nvidia-*

@@ -33,10 +33,10 @@ class OrtOnnxSpec:
 
     def settings_for(self, space: SpaceConfig) -> Iterator[OrtOnnxSettings]:
         o = space.ort_onnx
-        for provider, precision, quantization in itertools.product(
-            o.providers, o.precisions, o.quantizations
+        for provider, precision, quantization, spinning in itertools.product(
+            o.providers, o.precisions, o.quantizations, o.spinning
         ):
-            yield OrtOnnxSettings(provider, precision, quantization)
+            yield OrtOnnxSettings(provider, precision, quantization, spinning)
 
     def exclusion_reason(self, settings: OrtOnnxSettings, target: TargetSpec) -> str | None:
         return onnx_rule(settings, target)
