@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 from optimizer.config import SloConfig
 from optimizer.measure.latency import percentile_key
-from optimizer.results import FAILED, MEASURED, CandidateResult
+from optimizer.results import FAILED, MEASURED, CandidateResult, sig3
 
 
 def feasible(results: Sequence[CandidateResult]) -> list[CandidateResult]:
@@ -153,16 +153,21 @@ def interval(samples: Sequence[float]) -> tuple[float, float, float]:
 
 
 def latency_headroom(result: CandidateResult, slo: SloConfig) -> float | None:
-    """1 - (p-th percentile latency / target), the smaller over TTFT and TPOT; None without targets."""
+    """1 - (p-th percentile latency / target), the smaller over TTFT and TPOT; None without targets
+    or with a target's summary empty (no latency to claim headroom from)."""
     if result.performance is None:
         return None
     latency = result.performance.latency
     key = percentile_key(slo.percentile)
-    margins = [  # (a summary stored before it kept the SLO's percentile: the next one above)
-        1 - values.get(key, _next_above(values, slo.percentile)) / target
-        for target, values in ((slo.tpot_ms, latency.tpot_ms), (slo.ttft_ms, latency.ttft_ms))
-        if target
-    ]
+    margins = []
+    for target, values in ((slo.tpot_ms, latency.tpot_ms), (slo.ttft_ms, latency.ttft_ms)):
+        if not target:
+            continue
+        # (a summary stored before it kept the SLO's percentile: the next one above)
+        ms = values.get(key, _next_above(values, slo.percentile))
+        if ms is None:  # an empty summary: the other target's margin alone would claim both
+            return None
+        margins.append(1 - ms / target)
     return min(margins) if margins else None
 
 
@@ -204,10 +209,12 @@ def potential(result: CandidateResult) -> float:
     return result.performance.tokens_per_joule.mean if result.performance else 0.0
 
 
-def _next_above(values: dict[str, float], q: float) -> float:
-    """The summary's value at the smallest percentile above q (p99 for p95): never optimistic."""
+def _next_above(values: dict[str, float], q: float) -> float | None:
+    """The summary's value at the smallest percentile above q (p99 for p95): never optimistic.
+    None for an empty summary: its 0 ms read as 100% headroom and won ties on it; None claims no
+    headroom (last in a tie, no near miss, no edge flag)."""
     above = sorted((float(k[1:]), v) for k, v in values.items() if float(k[1:]) >= q)
-    return above[0][1] if above else max(values.values(), default=0.0)
+    return above[0][1] if above else max(values.values(), default=None)
 
 
 # Latency headroom breaks a tie on energy only where it is larger by more than this: percentile
@@ -256,7 +263,7 @@ def select_finalist(
         return Selection(finalists=ranked, winner=winner.key, distinguishable=False, reason=reason)
     reason = (
         ("no finalist met the SLO in every re-measurement; the best, " if not winner.feasible else "")
-        + f"{winner.label}: {winner.mean:.3g} goodput tok/J {_bounds(winner)} re-measured"
+        + f"{winner.label}: {sig3(winner.mean)} goodput tok/J {_bounds(winner)} re-measured"
         + _against_runner_up(winner, runner_up, distinguishable)
     )
     # a tie on energy (a mean inside the winner's interval): the most latency headroom wins, the
@@ -289,7 +296,7 @@ def _against_runner_up(winner: Finalist, runner_up: Finalist | None, distinguish
     if not runner_up.samples:  # (a crash has no interval to be distinguished from)
         return f"; {runner_up.label} failed when re-measured"
     if winner.feasible and not runner_up.feasible:
-        return f"; {runner_up.label} ({runner_up.mean:.3g}) missed the SLO when re-measured"
+        return f"; {runner_up.label} ({sig3(runner_up.mean)}) missed the SLO when re-measured"
     span = f"{runner_up.label}'s {_bounds(runner_up)}"
     return f", above {span}" if distinguishable else f", not distinguishable from {span}"
 
@@ -298,7 +305,7 @@ def _bounds(finalist: Finalist) -> str:
     """Its 95% interval, or why it has none (its figure is then taken as it is)."""
     if len(finalist.samples) < 2:
         return f"(no interval from {len(finalist.samples)} window{'s' if not finalist.samples else ''})"
-    return f"[{finalist.shown_low:.3g}, {finalist.high:.3g}]"
+    return f"[{sig3(finalist.shown_low)}, {sig3(finalist.high)}]"
 
 
 def edge_flag(headroom: float | None, margin: float) -> str | None:
@@ -316,7 +323,7 @@ def lone_edge_reason(best: CandidateResult, slo: SloConfig, margin: float) -> st
     flag = edge_flag(latency_headroom(best, slo), margin) if best.feasible else None
     if flag is None:
         return None
-    return f"{best.candidate.label()}: {best.objective:.3g} goodput tok/J in the search's run, not re-measured; {flag}"
+    return f"{best.candidate.label()}: {sig3(best.objective)} goodput tok/J in the search's run, not re-measured; {flag}"
 
 
 def percent_down(fraction: float) -> str:

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 from optimizer.config import QUALITY_REFERENCES, AccountingConfig, RunConfig
 from optimizer.errors import UserError
 from optimizer.files import write_atomically
-from optimizer.measure.quality import QualityResult
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import PerformanceResult, Spread
 from optimizer.report.backend_table import backends_section, remeasured_label
 from optimizer.report.flags import compared_sources, flags_section, mixed_sources_note, source_groups
+from optimizer.report.numbers import quality_cells as _q
 from optimizer.report.plots import plot_pareto
 from optimizer.report.selection import selection_section
 from optimizer.report.serving import serving_section, workload_line
@@ -383,12 +383,6 @@ def _spread(spread: Spread, windows: int) -> str:
 def _active(mean: float) -> str:
     """Active tokens/J; 0 only when every window was at or below idle (flagged), with nothing left."""
     return sig3(mean) if mean > 0 else "n/a (≤ idle)"
-
-
-def _q(quality: QualityResult | None) -> str:
-    if quality is None:
-        return " | | "
-    return f"{quality.ppl_increase:+.2%} | {quality.top1_agreement:.1%} | {sig3(quality.mean_kl)}"
 
 
 def _kl(result: CandidateResult) -> str:

@@ -124,7 +124,7 @@ def test_a_finalist_that_missed_the_slo_when_remeasured_cannot_win() -> None:
     assert selection.winner == b.candidate.key()
     assert not selection.finalists[1].feasible
     # ahead because the other missed the SLO, not because its interval lies above: said so
-    assert selection.reason.endswith(f"; {a.candidate.label()} (12) missed the SLO when re-measured")
+    assert selection.reason.endswith(f"; {a.candidate.label()} (12.0) missed the SLO when re-measured")
 
 
 def test_one_window_each_leaves_no_tie_for_headroom_to_break() -> None:
@@ -137,7 +137,7 @@ def test_one_window_each_leaves_no_tie_for_headroom_to_break() -> None:
     }
     selection = select_finalist([a, b], runs, SLO, 0.1)
     assert selection.winner == a.candidate.key() and not selection.distinguishable
-    assert "10 goodput tok/J (no interval from 1 window) re-measured" in selection.reason
+    assert "10.0 goodput tok/J (no interval from 1 window) re-measured" in selection.reason
     assert "headroom" not in selection.reason
 
 
@@ -403,7 +403,7 @@ def test_with_nothing_feasible_a_lone_near_miss_is_re_measured_and_can_be_select
     assert selection.winner == near.candidate.key() and selection.feasible
     assert [f.near_miss for f in selection.finalists] == [True] and not selection.distinguishable
     assert selection.reason == (
-        f"{near.candidate.label()}: 16.1 goodput tok/J [16, 16.1] re-measured, the only finalist"
+        f"{near.candidate.label()}: 16.1 goodput tok/J [16.0, 16.1] re-measured, the only finalist"
         "; it missed the SLO in the search's run and met it in every re-measurement"
     )
     # a lone feasible candidate has nothing to be compared with, and is not measured again
@@ -456,7 +456,7 @@ def test_an_interval_below_zero_is_shown_from_zero() -> None:
     selection = select_finalist([a, b], runs, SLO, 0.1)
     winner = selection.finalists[0]
     assert winner.key == a.candidate.key() and winner.low == pytest.approx(-0.605, abs=1e-3)
-    assert "[0, 2.7]" in selection.reason and "-0." not in selection.reason
+    assert "[0, 2.70]" in selection.reason and "-0." not in selection.reason
     assert _selection_evidence(selection)["finalists"][0]["goodput_tokens_per_joule"]["ci95"] == [0.0, 2.7049]
     row = next(line for line in selection_section(selection, "") if line.startswith(f"| {winner.label} "))
     assert "| 0 – 2.70 |" in row
