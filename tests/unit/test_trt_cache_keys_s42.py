@@ -81,7 +81,7 @@ def ep_cache(monkeypatch: pytest.MonkeyPatch, model_dir: Path, target: TargetSpe
     """The engine cache directory a TensorRT EP candidate's build hands to ONNX Runtime."""
     options: dict[str, Any] = {}
 
-    def session(model_file: Path, providers: list[Any], threads: int) -> Any:
+    def session(model_file: Path, providers: list[Any], threads: int, spinning: bool = True) -> Any:
         options.update(providers[0][1])
         raise Built
 
