@@ -12,7 +12,7 @@ from optimizer.config import QUALITY_REFERENCES, AccountingConfig, RunConfig
 from optimizer.errors import UserError
 from optimizer.files import write_atomically
 from optimizer.measure.setup import MeasurementSetup
-from optimizer.measure.workload import PerformanceResult, Spread
+from optimizer.measure.workload import PerformanceResult, Spread, source_label
 from optimizer.report.backend_table import backends_section, remeasured_label
 from optimizer.report.flags import compared_sources, flags_section, mixed_sources_note, source_groups
 from optimizer.report.numbers import quality_cells as _q
@@ -117,7 +117,7 @@ def write_report(
     front = pareto_front(as_selected(outcome.selectable, best))
     # the plot's axis names its points' own sources, not the meter's now (results reused from a run
     # whose NVML counter fell back to polled power read nvml-power-poll)
-    axis = source if source == "estimate" else "+".join(groups) or source
+    axis = source if source == "estimate" else source_label(groups) or source
     plot_pareto(
         output_dir / "pareto.png", outcome.results, front, best, outcome.baseline, cfg.quality.max_kl, axis
     )
