@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import re
 
-CATEGORIES = ("attention", "gemm", "logits+sampling", "norm/rope/activation", "copies", "other")
+# A plain softmax kernel (not fused into an attention kernel) is eager attention's (matmul, softmax,
+# matmul) or sampling's over the vocabulary: its name does not say which (its row length would,
+# and the profiler's kernel rows carry none), so its category says it may be either.
+SOFTMAX = "softmax (attention or sampling)"
+CATEGORIES = ("attention", SOFTMAX, "gemm", "logits+sampling", "norm/rope/activation", "copies", "other")
 
 # Inductor names kernels `triton_{poi,red,per,tem}_fused_<aten op names joined by _>_<n>`; these
 # match one op name as a whole `_`-separated token, so that `add` does not match `addmm`.
@@ -35,7 +39,8 @@ def _rule(category: str, *patterns: str) -> tuple[str, re.Pattern[str]]:
 # First match wins, so the order encodes the tricky cases:
 # - KV-cache writes (`reshape_and_cache_flash`, `index_put_with_sort`) before attention and
 #   sampling, whose patterns ("flash", "sort") they would otherwise match;
-# - log_softmax (logits) before softmax (attention);
+# - log_softmax (logits) before any other softmax;
+# - fused attention before a plain softmax: an attention kernel's name may also say softmax;
 # - attention before gemm: CUTLASS and FlashAttention-3 attention kernels carry `cutlass::` in
 #   their names, and some carry `cutlass::gemm::GemmShape` template arguments;
 # - gemm before norm/rope/activation: `triton_tem_fused_addmm_mul_silu_0` is a GEMM whose epilogue
@@ -70,8 +75,8 @@ KERNEL_CATEGORIES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "attention",
         # `flashinfer::` also names FlashInfer's norm and activation kernels
         r"flash(?!infer)|fmha|attention|sdpa|PagedKVCache|WithKVCache|mha_fwd",
-        r"softmax",
     ),
+    _rule(SOFTMAX, r"softmax"),
     _rule(
         "gemm",
         r"gemm|gemv|nvjet|cublas|splitKreduce|marlin|_scaled_mm|int4pack_mm|int8pack_mm|dot_kernel",

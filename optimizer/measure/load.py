@@ -219,7 +219,9 @@ def measure_serving(
     # a request that got fewer than two tokens (given up on, or asked for one) has no time per
     # output token: counted as 0 ms it would pull the TPOT percentiles of an overloaded run down
     timed = [r.tpot for r in judged if r.output_tokens > 1]
-    tpots = timed or [r.tpot for run in runs for r in run.requests if r.output_tokens > 1] or [0.0]
+    # none judged got two tokens: no TPOT measured (0 ms, as each one's own verdict took it), not
+    # the warm-up's or drain's: the window does not judge them (DESIGN: a steady state is measured)
+    tpots = timed or [0.0]
     unfinished = sum(not r.token_times for r in judged)
     violations = slo_violations(ttfts, tpots, slo) + unfinished_tpot_violation(timed, unfinished, slo)
     return PerformanceResult.of_windows(

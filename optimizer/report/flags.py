@@ -161,6 +161,31 @@ SOURCE_READINGS = {
 }
 
 
+# whose energy a source's joules are: the roll-up's kWh leave out the rest of the host
+METERED_DEVICE = {
+    "nvml": "the GPU boards' (NVML)",
+    "nvml-power-poll": "the GPU boards' (NVML power polled)",
+    "rapl": "the CPU package's (RAPL)",
+    "estimate": "the CPU's (the estimate)",
+}
+
+
+def metered_device(sources: Sequence[str]) -> str:
+    """Whose energy joules measured by `sources` are, as the roll-up names it: each source's
+    device, joined where the rows were measured by more than one."""
+    return " and ".join(
+        METERED_DEVICE.get(s, f"the metered device's (`{s}`)") for s in dict.fromkeys(sources)
+    )
+
+
+def results_sources(results: Sequence[CandidateResult]) -> tuple[str, ...]:
+    """The energy sources the results' own windows were measured by, in order of first use: not
+    the meter's now (a result reused from a run whose NVML counter fell back read polled power)."""
+    return tuple(
+        dict.fromkeys(s for r in results if r.performance is not None for s in r.performance.sources)
+    )
+
+
 def _windows(result: CandidateResult) -> list[WindowResult]:
     return result.performance.windows if result.performance is not None else []
 

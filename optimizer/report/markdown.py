@@ -14,7 +14,14 @@ from optimizer.files import write_atomically
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.measure.workload import PerformanceResult, Spread, source_label
 from optimizer.report.backend_table import backends_section, remeasured_label
-from optimizer.report.flags import compared_sources, flags_section, mixed_sources_note, source_groups
+from optimizer.report.flags import (
+    compared_sources,
+    flags_section,
+    metered_device,
+    mixed_sources_note,
+    results_sources,
+    source_groups,
+)
 from optimizer.report.numbers import quality_cells as _q
 from optimizer.report.plots import plot_pareto
 from optimizer.report.selection import selection_section
@@ -65,13 +72,6 @@ SOURCE_NOTES = {
     "rapl": "**measured**: Linux RAPL package energy counters (/sys/class/powercap).",
 }
 ESTIMATE_MARK = "**ESTIMATE** (CPU-time energy estimate, not a measurement)"
-# whose energy a source's joules are: the roll-up's kWh leave out the rest of the host
-METERED_DEVICE = {
-    "nvml": "the GPU boards' (NVML)",
-    "nvml-power-poll": "the GPU boards' (NVML power polled)",
-    "rapl": "the CPU package's (RAPL)",
-    "estimate": "the CPU's (the estimate)",
-}
 
 
 def estimate_mark(source: str) -> str:
@@ -239,7 +239,7 @@ def _selected_section(
         )
         lines[-1] += compared_sources(best, baseline)
         lines.append("")
-    device = METERED_DEVICE.get(source, f"the metered device's (`{source}`)")
+    device = metered_device(results_sources([best, baseline]) or (source,))
     lines += [
         f"{estimate_mark(source)}Facility roll-up per million goodput tokens (output tokens of requests "
         f"that met the SLO): device kWh are {device} energy only, not the rest of the host's; facility "

@@ -171,7 +171,8 @@ def _prefix_lines(served: Sequence[CandidateResult], estimate_mark: str = "") ->
     lines = [
         "### Prefix KV reuse",
         "",
-        f"{estimate_mark}The same candidate with prefix sharing on and off, side by side on the same stream.",
+        f"{estimate_mark}The same candidate with prefix sharing on and off, side by side on the same stream "
+        "(`-`: the engine reported no prefix counters).",
         "",
         "| candidate | J/request on | off | saved | TTFT p90 ms on | off | prompt tokens reused | hits / lookups |",
         "|---|---|---|---|---|---|---|---|",
@@ -188,11 +189,26 @@ def _prefix_lines(served: Sequence[CandidateResult], estimate_mark: str = "") ->
         lines.append(
             f"| {on.candidate.label()} | {_number(son.joules_per_request)} | {_number(soff.joules_per_request)} | "
             f"{saved} | {on.performance.latency.ttft_ms['p90']:.0f} | {off.performance.latency.ttft_ms['p90']:.0f} | "
-            f"{prefix.get('prefill_saved_fraction', 0):.0%} | "
-            f"{prefix.get('hits', 0):.0f} / {prefix.get('lookups', 0):.0f} |"
+            f"{_reused_share(prefix)} | {_hits(prefix)} |"
         )
     lines.append("")
     return lines
+
+
+def _reused_share(prefix: dict[str, float]) -> str:
+    """The share of prompt tokens found cached; `-` where the engine reported no counters (or
+    counted no prompt tokens: 0 of 0 is no measured 0%)."""
+    saved = prefix.get("prefill_saved_fraction")
+    if saved is None or prefix.get("prompt_tokens") == 0:
+        return "-"
+    return f"{saved:.0%}"
+
+
+def _hits(prefix: dict[str, float]) -> str:
+    """`hits / lookups`; `-` where the engine reported no counters (an engine without them, or a
+    result stored before they were recorded), not a measured `0 / 0`."""
+    hits, lookups = prefix.get("hits"), prefix.get("lookups")
+    return "-" if hits is None or lookups is None else f"{hits:.0f} / {lookups:.0f}"
 
 
 def plot_load(path: Path, served: Sequence[CandidateResult], estimated: bool = False) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from optimizer.measure.kernel_categories import CATEGORIES, categorize
+from optimizer.measure.kernel_categories import CATEGORIES, SOFTMAX, categorize
 
 # Kernel names as the PyTorch profiler reports them (demangled by CUPTI) on H100/H200, inductor
 # kernel names, and aten op names (what the CPU path reports).
@@ -25,20 +25,23 @@ NAMES = {
         "CollectiveMainloopFwdSm90<2, cute::tuple<cute::C<1>, cute::C<1>, cute::C<1> >, cute::tuple<"
         "cute::C<128>, cute::C<128>, cute::C<128> >, 128, cutlass::bfloat16_t, float, cutlass::arch::Sm90",
         "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128_4x1x1_kernel0_0",
-        "void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float, float, "
-        "at::native::(anonymous namespace)::SoftMaxForwardEpilogue>(float*, float const*, int)",
-        "void (anonymous namespace)::softmax_warp_forward<c10::BFloat16, c10::BFloat16, float, 5, false, "
-        "false>(c10::BFloat16*, c10::BFloat16 const*, int, int, int, bool const*, int, bool)",
         "void flashinfer::BatchDecodeWithPagedKVCacheKernel<(flashinfer::PosEncodingMode)0, 2u, 4u, 8u, "
         "16u, 1u, 8u, (flashinfer::PageStorage)0, __nv_bfloat16, __nv_bfloat16, __nv_bfloat16, int>",
         "void vllm::paged_attention_v1_kernel<unsigned short, unsigned short, 128, 16, 128, "
         "(vllm::Fp8KVCacheDataType)0, false>(unsigned short*, unsigned short const*)",
-        "triton_red_fused__softmax_add_0",
-        "triton_per_fused__softmax__to_copy_1",
         "aten::scaled_dot_product_attention",
         "aten::_scaled_dot_product_efficient_attention",
         "aten::_scaled_dot_product_flash_attention",
         "aten::_efficient_attention_forward",
+    ],
+    # a plain softmax: eager attention's or sampling's, its name does not say which
+    SOFTMAX: [
+        "void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float, float, "
+        "at::native::(anonymous namespace)::SoftMaxForwardEpilogue>(float*, float const*, int)",
+        "void (anonymous namespace)::softmax_warp_forward<c10::BFloat16, c10::BFloat16, float, 5, false, "
+        "false>(c10::BFloat16*, c10::BFloat16 const*, int, int, int, bool const*, int, bool)",
+        "triton_red_fused__softmax_add_0",
+        "triton_per_fused__softmax__to_copy_1",
         "aten::_softmax",
         "aten::softmax",
     ],
