@@ -22,6 +22,7 @@ import io
 import logging
 import shutil
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,9 +175,7 @@ def export_decoder(model_dir: Path, out_file: Path, trust_remote_code: bool = Fa
         "past": [{0: b, 2: p} for _ in range(2 * layers)],
     }
     layout = DecoderLayout(layers, kv_heads, head_dim)
-    # the exporter prints its progress to stdout; the CLI's output is ours
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # deprecation chatter from the exporter and transformers
+    with exporter_chatter_logged(), torch.no_grad():
         program = torch.onnx.export(
             wrapper,
             example,
@@ -189,6 +188,33 @@ def export_decoder(model_dir: Path, out_file: Path, trust_remote_code: bool = Fa
         )
     assert program is not None
     program.save(str(out_file), external_data=True)
+
+
+@contextlib.contextmanager
+def exporter_chatter_logged() -> Iterator[None]:
+    """The exporter's chatter into our debug log, not between a search's progress lines: its
+    progress (printed to stdout, the CLI's), Python warnings (deprecations from it and transformers,
+    TracerWarnings) and torch.onnx's log records below ERROR (a warning per torchvision op it skips
+    where torchvision is absent). Its errors still reach stderr, through our log."""
+    onnx_log = logging.getLogger("torch.onnx")  # torch gives it its own stderr handler
+    handlers, propagate = onnx_log.handlers[:], onnx_log.propagate
+    onnx_log.handlers[:], onnx_log.propagate = [ToOurLog()], False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        onnx_log.handlers[:], onnx_log.propagate = handlers, propagate
+    for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
+        log.debug("exporter warning: %s", message)
+
+
+class ToOurLog(logging.Handler):
+    """Another library's log records in ours: below ERROR at debug level, the rest as they are."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = record.levelno if record.levelno >= logging.ERROR else logging.DEBUG
+        log.log(level, "%s: %s", record.name, record.getMessage())
 
 
 class FlatCacheDecoder(torch.nn.Module):

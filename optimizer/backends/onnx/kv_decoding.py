@@ -48,6 +48,10 @@ class StepEngine:
         return self.steps
 
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
+        # the prefill step yields the first token: 0 would still return one (as the llama.cpp and
+        # torch-cb engines do, refuse it)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         steps = self._live()
         batch = prompt_ids.shape[0]
         ids = prompt_ids.numpy().astype(np.int64)

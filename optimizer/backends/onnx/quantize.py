@@ -195,15 +195,31 @@ def fp16(fp32_dir: Path) -> Path:
         with sys_path_kept():
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        # Given a path, the converter infers shapes file to file (onnx's infer_shapes_path); given
-        # a loaded proto it serializes the whole model in memory, which protobuf refuses past 2 GB
-        # (EncodeError on the H200 for the Qwen2-0.5B shape, 2026-12-04).
         # keep_io_types: logits and the KV cache stay float32 at the boundary, as the loop expects
-        converted = convert_float_to_float16(str(fp32_dir / MODEL_FILE), keep_io_types=True)
+        converted = convert_float_to_float16(
+            shaped_model(fp32_dir, tmp), keep_io_types=True, disable_shape_infer=True
+        )
         onnx.save(converted, str(tmp / MODEL_FILE), save_as_external_data=True, location=f"{MODEL_FILE}.data")
         return {}
 
     return cached_variant(fp32_dir, "fp16", convert, "ONNX fp16 conversion")
+
+
+def shaped_model(fp32_dir: Path, staging: Path) -> Any:
+    """The export with inferred shapes, loaded with its weights; the inference's file goes into
+    the variant's `staging` folder. Inferred file to file (onnx's infer_shapes_path): in memory,
+    protobuf refuses a model past 2 GB (EncodeError on the H200 for the Qwen2-0.5B shape,
+    2026-12-04). Not by ORT's converter given the path: it writes that file beside the export,
+    in another artifact's folder, where a killed conversion leaves it."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    inferred = staging / f"shapes-{MODEL_FILE}"
+    onnx.shape_inference.infer_shapes_path(str(fp32_dir / MODEL_FILE), str(inferred))
+    model = onnx.load(str(inferred), load_external_data=False)
+    inferred.unlink()  # not part of the variant
+    load_external_data_for_model(model, str(fp32_dir))  # its locations are relative to the export
+    return model
 
 
 class FeedReader:

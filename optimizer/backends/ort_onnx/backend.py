@@ -17,7 +17,13 @@ import numpy as np
 
 from optimizer.backends.artifacts import artifact_key
 from optimizer.backends.base import load_check
-from optimizer.backends.installed import ONNX_RUNTIME, distribution_version, tensorrt_version
+from optimizer.backends.installed import (
+    GPU_EXTRA,
+    ONNX_RUNTIME,
+    TENSORRT_EXTRA,
+    distribution_version,
+    tensorrt_version,
+)
 from optimizer.backends.onnx.export import (
     INPUT_IDS,
     LOGITS,
@@ -45,16 +51,39 @@ PROVIDER_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# what makes each GPU provider usable: the rules (missing_onnx_runtime) saw the packages installed
+PROVIDER_FIXES = {
+    "CUDAExecutionProvider": (
+        f"onnxruntime-gpu ({GPU_EXTRA}) with the CUDA and cuDNN libraries it was built for, "
+        "on a host with an NVIDIA GPU and its driver"
+    ),
+    "TensorrtExecutionProvider": (
+        f"onnxruntime-gpu ({GPU_EXTRA}) and TensorRT ({TENSORRT_EXTRA}), "
+        "on a host with an NVIDIA GPU and its driver"
+    ),
+}
 
 
 class ProviderUnavailable(RuntimeError):
-    """ONNX Runtime fell back from the requested execution provider."""
+    """ONNX Runtime cannot run the requested execution provider here: the candidate fails (a search
+    goes on; verify reports its build failed), with the provider and what it needs."""
+
+    def __init__(self, provider: str, why: str) -> None:
+        needs = PROVIDER_FIXES.get(provider, f"an onnxruntime built with {provider}")
+        super().__init__(f"ONNX Runtime could not use {provider} here: {why}; it needs {needs}")
+        self.provider = provider
+        self.why = why
+
+    def __reduce__(self) -> tuple[type[ProviderUnavailable], tuple[str, str]]:
+        # the default passes the message alone: unpickling (a worker's error sent back) would fail
+        return (ProviderUnavailable, (self.provider, self.why))
 
 
 class OrtOnnxBackend:
     def build(self, model: ModelSpec, candidate: Candidate, target: TargetSpec, workdir: Path) -> StepEngine:
         settings = candidate.settings
         assert isinstance(settings, OrtOnnxSettings)
+        check_provider_built(PROVIDER_NAMES[settings.provider])  # before minutes of export
         model_dir = onnx_model_for(settings, model, workdir)
         threads = candidate.threads or (0 if target.is_cuda else target.cores)
         device_id = target.gpu.index if target.gpu else 0
@@ -69,6 +98,20 @@ class OrtOnnxBackend:
         engine = StepEngine(steps)
         load_check(engine)  # a model that loads may still fail to run
         return engine
+
+
+def check_provider_built(provider: str) -> None:
+    """Raise ProviderUnavailable when this onnxruntime was built without `provider`: the CPU
+    package installed beside onnxruntime-gpu shadows it, and the session would fail only after the
+    export and its variants were built. Built in is not usable: make_session checks that."""
+    import onnxruntime as ort
+
+    built = ort.get_available_providers()
+    if provider not in built:
+        version = distribution_version(*ONNX_RUNTIME)
+        raise ProviderUnavailable(
+            provider, f"this onnxruntime ({version}) was built without it (it has {built})"
+        )
 
 
 def onnx_model_for(settings: OrtOnnxSettings, model: ModelSpec, workdir: Path) -> Path:
@@ -168,6 +211,7 @@ def make_session(model_file: Path, providers: list[Any], threads: int, spinning:
     if not spinning:  # spinning is ORT's default: the option is set only to turn it off
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    preloaded = ""
     if wanted != "CPUExecutionProvider" and hasattr(ort, "preload_dlls"):
         # onnxruntime-gpu's providers link CUDA and cuDNN by soname: installed as pip's nvidia-*
         # wheels (as on the lent H200) they are not on the loader's path until preloaded
@@ -175,11 +219,13 @@ def make_session(model_file: Path, providers: list[Any], threads: int, spinning:
             ort.preload_dlls()
         except OSError as exc:  # the session below then fails with ProviderUnavailable and the reason
             log.warning("onnxruntime.preload_dlls: %s", exc)
+            preloaded = f"; loading its CUDA libraries failed: {exc}"
     session = ort.InferenceSession(str(model_file), options, providers=providers)
     if session.get_providers()[0] != wanted:
         raise ProviderUnavailable(
-            f"ONNX Runtime could not use {wanted} (it fell back to {session.get_providers()}; "
-            f"this onnxruntime has {ort.get_available_providers()})"
+            wanted,
+            f"the session fell back to {session.get_providers()} "
+            f"(this onnxruntime has {ort.get_available_providers()}){preloaded}",
         )
     return session
 
