@@ -8,9 +8,10 @@ GPUs). NVML comes from `nvidia-ml-py` and is imported only here, when a target i
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,11 @@ from typing import Any
 from optimizer.config import TargetConfig
 from optimizer.errors import UserError
 from optimizer.host_cpu import ROOT, cpu_identity, read_or_empty, usable_cores, usable_memory_bytes
-from optimizer.measure.nvml_device import cuda_visible_devices, cuda_visible_devices_empty, nvml_handle
+from optimizer.measure.nvml_device import UUID_PREFIXES, cuda_visible_devices, nvml_handle
+from optimizer.target_presets import BOARD_PRESETS, fill_from_packaged, user_preset, with_user_preset
+from optimizer.target_presets import preset_name as _preset_name
+
+__all__ = ["BOARD_PRESETS", "GpuInfo", "TargetSpec", "detect_target", "user_preset"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ class GpuInfo:
     memory_bytes: int
     driver: str
     compute_capability: tuple[int, int]
-    power_limit_watts: float
+    power_limit_watts: float | None  # None where NVML cannot read it (then the preset's TDP)
 
 
 @dataclass(frozen=True)
@@ -126,14 +131,12 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
     """Resolve `target=` into a TargetSpec; user settings win over detected values."""
     cpu_model, cores, cpu_memory, cpu_bf16 = _detect_cpu()
     gpu = _detect_gpu(cfg.device_index) if cfg.kind in ("auto", "cuda") else None
-    # set but empty, the variable hides every GPU from CUDA while NVML still lists them
-    hidden = (
-        " (CUDA_VISIBLE_DEVICES is set but empty: it hides every GPU)" if cuda_visible_devices_empty() else ""
-    )
+    # CUDA_VISIBLE_DEVICES can hide every GPU from CUDA while NVML still lists them
+    hidden = cuda_hides_every_gpu()
     unhide = (
         "unset CUDA_VISIBLE_DEVICES or list a GPU in it (e.g. CUDA_VISIBLE_DEVICES=0), " if hidden else ""
     )
-    if gpu is not None and not _torch_cuda_usable():
+    if gpu is not None and (hidden or not _torch_cuda_usable()):
         _warn_once(f"NVML sees {gpu.name} but torch has no CUDA{hidden}; targeting the CPU")
         gpu = None
     if cfg.kind == "cuda" and gpu is None:
@@ -160,10 +163,20 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
             cpu_active_watts_per_core=cfg.cpu_active_watts_per_core,
             cpu_idle_watts_per_core=cfg.cpu_idle_watts_per_core,
         )
+    return _cuda_target(cfg, gpu, cpu_model, cores)
+
+
+def _cuda_target(cfg: TargetConfig, gpu: GpuInfo, cpu_model: str, cores: int) -> TargetSpec:
+    """The GPU target: the config's settings, then (target=auto) the user's preset of the board,
+    then the device's readings, then the packaged preset's figures (optimizer/target_presets.py)."""
+    auto = cfg.name == "auto"
+    name = _preset_name(gpu.name) if auto else cfg.name
+    if auto:
+        cfg = with_user_preset(cfg, user_preset(cfg.config_dir, name))
     major, _minor = gpu.compute_capability
     spec = TargetSpec(
         kind="cuda",
-        name=cfg.name if cfg.name != "auto" else _preset_name(gpu.name),
+        name=name,
         device=f"cuda:{gpu.index}",
         cpu_model=cpu_model,
         cores=cores,
@@ -180,7 +193,23 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
         gpu=gpu,
         device_count=_gpu_count(),
     )
-    return _fill_from_preset(spec, cfg.config_dir) if cfg.name == "auto" else spec
+    return fill_from_packaged(spec) if auto else spec
+
+
+def cuda_hides_every_gpu() -> str:
+    """A note for messages where CUDA_VISIBLE_DEVICES selects no device ('' where it does, or is
+    unset): set but empty, or a first entry CUDA reads as none (-1, NoDevFiles: CUDA stops at the
+    first entry that is neither a number nor a GPU-/MIG- UUID)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return ""
+    value = value.strip()
+    if not value:
+        return " (CUDA_VISIBLE_DEVICES is set but empty: it hides every GPU)"
+    first = value.split(",")[0].strip()
+    if first.startswith(UUID_PREFIXES) or re.match(r"\+?\d", first):
+        return ""
+    return f" (CUDA_VISIBLE_DEVICES={value} selects no device: it hides every GPU)"
 
 
 _WARNED: set[str] = set()
@@ -208,82 +237,6 @@ def _budget(detected_bytes: int, memory_gib: float | None, device: str) -> int:
             "(set target.memory_gib to at most that, or null for the whole device)"
         )
     return min(detected_bytes, int(memory_gib * GIB))
-
-
-# The packaged GPU presets by the tokens of NVML's board name they need and those they exclude:
-# the family's own preset is one variant (h100: SXM; a100: SXM 80GB), so a board naming another
-# variant takes that variant's preset, or none rather than the wrong board's bandwidth and power.
-BOARD_PRESETS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
-    ("h200", frozenset({"h200"}), frozenset({"nvl"})),
-    ("h100-pcie", frozenset({"h100", "pcie"}), frozenset()),
-    ("h100", frozenset({"h100"}), frozenset({"pcie", "nvl"})),
-    ("a100-pcie-40gb", frozenset({"a100", "pcie", "40gb"}), frozenset()),
-    ("a100-pcie", frozenset({"a100", "pcie"}), frozenset({"40gb"})),
-    ("a100-40gb", frozenset({"a100", "40gb"}), frozenset({"pcie"})),
-    ("a100", frozenset({"a100"}), frozenset({"pcie", "40gb"})),
-    ("l40s", frozenset({"l40s"}), frozenset()),
-    ("l4", frozenset({"l4"}), frozenset()),
-)
-
-
-def _preset_name(gpu_name: str) -> str:
-    """The most specific packaged preset for the board (most tokens matched); else its name."""
-    tokens = re.split(r"[\s_-]+", gpu_name.lower())
-    matches = [
-        (len(need), name)
-        for name, need, skip in BOARD_PRESETS
-        if need <= set(tokens) and not skip & set(tokens)
-    ]
-    if matches:
-        return max(matches)[1]
-    return "-".join(t for t in tokens if t != "nvidia")
-
-
-def _fill_from_preset(spec: TargetSpec, config_dir: str | None) -> TargetSpec:
-    """With target=auto on a known GPU, take the bandwidth and FLOP/s the config leaves out from
-    the user's preset of its name (`user_preset`), then from conf/target/<preset>.yaml."""
-    from optimizer.config import CONF_DIR
-
-    if spec.memory_bandwidth_gb_per_s is None or spec.peak_bf16_tflops is None:
-        user = user_preset(config_dir, spec.name)
-        if user is not None:
-            spec = replace(
-                spec,
-                memory_bandwidth_gb_per_s=spec.memory_bandwidth_gb_per_s or user.memory_bandwidth_gb_per_s,
-                peak_bf16_tflops=spec.peak_bf16_tflops or user.peak_bf16_tflops,
-            )
-    preset = CONF_DIR / "target" / f"{spec.name}.yaml"
-    if not preset.is_file():
-        return spec
-    import yaml
-
-    values = yaml.safe_load(preset.read_text()) or {}
-    return replace(
-        spec,
-        memory_bandwidth_gb_per_s=spec.memory_bandwidth_gb_per_s or values.get("memory_bandwidth_gb_per_s"),
-        peak_bf16_tflops=spec.peak_bf16_tflops or values.get("peak_bf16_tflops"),
-    )
-
-
-def user_preset(config_dir: str | None, name: str) -> TargetConfig | None:
-    """The target preset `name` of the user's config directory, validated as target=<name> reads
-    it; None where there is none (nor a directory: a worker on a node without it keeps the
-    figures the config carries, then the packaged preset's)."""
-    path = Path(config_dir) / "target" / f"{name}.yaml" if config_dir else None
-    if path is None or not path.is_file():
-        return None
-    from optimizer.config.compose import compose_preset, validated
-
-    # the preset alone: the run's other groups and overrides are not known where a worker detects
-    preset = validated(compose_preset("target", name, config_dir).target)
-    assert isinstance(preset, TargetConfig)
-    if path not in _READ:
-        _READ.add(path)
-        log.info("target=auto on a %s: bandwidth and FLOP/s from %s", name, path)
-    return preset
-
-
-_READ: set[Path] = set()  # the user presets said: a run detects its target more than once
 
 
 def _detect_cpu(root: Path = ROOT) -> tuple[str, int, int, bool]:
@@ -319,11 +272,14 @@ def _detect_gpu(index: int) -> GpuInfo | None:
         return None
     try:
         count = int(pynvml.nvmlDeviceGetCount())
-        _check_device_index(index, count)
+        hidden = bool(cuda_hides_every_gpu())
+        if not hidden:  # hiding every GPU, the variable makes any index CUDA's, none usable
+            _check_device_index(index, count)
         if index >= count:  # NVML sees no GPU: a CPU host
             return None
-        try:  # the board behind cuda:<index>, as CUDA_VISIBLE_DEVICES numbers devices
-            handle = nvml_handle(pynvml, index)
+        try:  # the board behind cuda:<index>, as CUDA_VISIBLE_DEVICES numbers devices; NVML's
+            # own where the variable hides them all (the board is named in the note that says so)
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index) if hidden else nvml_handle(pynvml, index)
         except (ValueError, pynvml.NVMLError):
             return None
         name = pynvml.nvmlDeviceGetName(handle)
@@ -333,10 +289,19 @@ def _detect_gpu(index: int) -> GpuInfo | None:
             memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
             driver=_text(pynvml.nvmlSystemGetDriverVersion()),
             compute_capability=_capability(pynvml.nvmlDeviceGetCudaComputeCapability(handle)),
-            power_limit_watts=pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0,
+            power_limit_watts=_power_limit_watts(pynvml, handle),
         )
     finally:
         pynvml.nvmlShutdown()
+
+
+def _power_limit_watts(pynvml: Any, handle: Any) -> float | None:
+    """The board's enforced power limit; None where NVML does not report it (Not Supported on
+    some boards and MIG instances): the preset's TDP stands in."""
+    try:
+        return float(pynvml.nvmlDeviceGetEnforcedPowerLimit(handle)) / 1000.0
+    except pynvml.NVMLError:
+        return None
 
 
 def _check_device_index(index: int, nvml_count: int) -> None:

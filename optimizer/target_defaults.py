@@ -75,29 +75,25 @@ def _target_of(settings: DictConfig) -> TargetConfig | None:
 
 
 def _user_gpu_figures(cfg: RunConfig) -> RunConfig:
-    """target=auto on a known GPU: the figures of the user's preset of its name, which detection
-    reads from `target.config_dir`, set in the config the coordinator and every worker detect
-    from (a worker on another node may not see that directory) and --show-config prints; values
-    given as overrides stay. What the preset leaves out, detection fills from the packaged one."""
+    """target=auto on a known GPU: the capabilities of the user's preset of its name (or of its
+    family: h100.yaml for an H100 PCIe; optimizer/target_presets.py), which detection reads from
+    `target.config_dir`, set in the config the coordinator and every worker detect from (a worker
+    on another node may not see that directory) and --show-config prints; values given as
+    overrides stay. What the preset leaves out, detection fills from the device, then the
+    packaged preset."""
     target = cfg.target
     if target.config_dir is None or target.name != "auto" or target.kind == "cpu":
         return cfg
     if not (Path(target.config_dir) / "target").is_dir():
         return cfg
-    from optimizer.target import detect_target, user_preset
+    from optimizer.target import detect_target
+    from optimizer.target_presets import user_preset, with_user_preset
 
     detected = detect_target(replace(target, config_dir=None))  # its name: the preset is read below
     preset = user_preset(target.config_dir, detected.name) if detected.is_cuda else None
     if preset is None:
         return cfg
-    return replace(
-        cfg,
-        target=replace(
-            target,
-            memory_bandwidth_gb_per_s=target.memory_bandwidth_gb_per_s or preset.memory_bandwidth_gb_per_s,
-            peak_bf16_tflops=target.peak_bf16_tflops or preset.peak_bf16_tflops,
-        ),
-    )
+    return replace(cfg, target=with_user_preset(target, preset))
 
 
 def _target_presets(settings: DictConfig, overrides: Sequence[str]) -> list[str]:

@@ -21,13 +21,6 @@ def cuda_visible_devices() -> list[str]:
     return [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
 
 
-def cuda_visible_devices_empty() -> bool:
-    """Whether CUDA_VISIBLE_DEVICES is set but lists nothing: CUDA then sees no GPU at all, while
-    cuda_visible_devices() reads it as unset."""
-    value = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return value is not None and not value.strip()
-
-
 def torch_cuda_uuid(cuda_index: int) -> str | None:
     """The UUID torch reports for `cuda:<index>` (no `GPU-` prefix); None without CUDA."""
     import torch  # only when a GPU is metered
