@@ -13,13 +13,14 @@ import importlib.util
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from optimizer.backends.installed import distribution_version
 from optimizer.config import ModelConfig
 from optimizer.errors import UserError
+from optimizer.gguf_widths import GgufWidths, cached_gguf_widths
 from optimizer.model_files import (
     ModelShape,
     check_gguf,
@@ -164,7 +165,16 @@ def _from_gguf(
         reader = check_gguf(gguf)
         check_room_to_dequantize(gguf, gguf_shape(gguf, reader), cache_dir)
         _convert_gguf(gguf, converted)
-    return _spec_for_dir(converted, source, name, "gguf", cfg, cache_dir, weight_sha256=digest)
+    spec = _spec_for_dir(converted, source, name, "gguf", cfg, cache_dir, weight_sha256=digest)
+    # what llama.cpp holds loading the file as shipped (the converted config has no such widths)
+    widths = cached_gguf_widths(converted, lambda: _read_widths(gguf))
+    return replace(spec, shape=replace(spec.shape, gguf=widths))
+
+
+def _read_widths(gguf: Path) -> GgufWidths:
+    widths = gguf_shape(gguf, check_gguf(gguf)).gguf
+    assert widths is not None  # gguf_shape always reads them
+    return widths
 
 
 def _conversion_dir(cache_dir: Path, digest: str) -> Path:

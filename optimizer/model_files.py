@@ -9,11 +9,13 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optimizer.errors import UserError
 from optimizer.files import write_atomically
+from optimizer.gguf_widths import GgufWidths, gguf_widths
 
 if TYPE_CHECKING:
     from gguf import GGUFReader
@@ -55,6 +57,8 @@ class ModelShape:
     # transformers has a tensor-parallel plan for the architecture (what tp_size > 1 needs); False
     # only when it is known to have none (OPT, Falcon, GPT-2...)
     tensor_parallel_plan: bool = True
+    # a GGUF's tensors as shipped (None: other models); not compared: a conversion has its shape
+    gguf: GgufWidths | None = dataclass_field(default=None, compare=False)
 
     def kv_bytes_per_token(self, bytes_per_element: float) -> float:
         """Bytes of K and V cache one token occupies across all layers."""
@@ -133,6 +137,7 @@ def gguf_shape(path: Path, reader: GGUFReader, *rest: GGUFReader) -> ModelShape:
             context_length=int(context) if context else None,
             # llama.cpp writes an output tensor only when the model has its own lm_head
             tied_embeddings=not any(t.name == "output.weight" for t in tensors),
+            gguf=gguf_widths(tensors),
         )
     except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise UserError(

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from optimizer.config import SpaceConfig
     from optimizer.model import ModelSpec
+    from optimizer.model_files import ModelShape
     from optimizer.space import Candidate
     from optimizer.target import TargetSpec
 
@@ -163,6 +164,35 @@ class ModelRules(Protocol):
     def model_reason(self, settings: Any, model_format: str) -> str | None:
         """Why these settings cannot run a model of `model_format` (gguf, hf-dir, hub), or None."""
         ...
+
+
+@runtime_checkable
+class ShapeWidths(Protocol):
+    """A spec whose widths depend on what the model's files hold, not on its settings alone
+    (llama.cpp loading a GGUF as shipped): the prefilter and the roofline ask it through
+    `shape_footprint` and `shape_moved_bytes`."""
+
+    def footprint_for_shape(self, settings: Any, shape: ModelShape) -> Footprint:
+        """`footprint`, at the widths the model's own files give where the settings keep them."""
+        ...
+
+    def moved_bytes_for_shape(self, settings: Any, shape: ModelShape) -> MovedBytes:
+        """`moved_bytes`, at the widths the model's own files give where the settings keep them."""
+        ...
+
+
+def shape_footprint(spec: BackendSpec[Any], settings: Any, shape: ModelShape) -> Footprint:
+    """What a build of these settings holds per element, for a model of this shape."""
+    if isinstance(spec, ShapeWidths):
+        return spec.footprint_for_shape(settings, shape)
+    return spec.footprint(settings, shape.num_layers)
+
+
+def shape_moved_bytes(spec: BackendSpec[Any], settings: Any, shape: ModelShape) -> MovedBytes:
+    """The least a decode step of these settings reads per element, for a model of this shape."""
+    if isinstance(spec, ShapeWidths):
+        return spec.moved_bytes_for_shape(settings, shape)
+    return spec.moved_bytes(settings, shape.num_layers)
 
 
 @runtime_checkable

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from optimizer.backends.base import PRECISION_BYTES, Footprint
+from optimizer.backends.base import PRECISION_BYTES, Footprint, shape_footprint
 from optimizer.backends.registry import spec_for
 from optimizer.config import WorkloadConfig
 from optimizer.model import ModelShape
@@ -38,7 +38,7 @@ def estimate_memory_bytes(
     everything; see the module's note for layouts.
     `longest`: the longest request of the stream measured (a trace's own; what a serving engine
     reserves), else the longest the workload's fields allow."""
-    fp = spec_for(candidate.settings).footprint(candidate.settings, shape.num_layers)
+    fp = shape_footprint(spec_for(candidate.settings), candidate.settings, shape)
     degree = candidate.tensor_parallel
     batch, prompt = math.ceil(candidate.batch_size / candidate.replicas), workload.prompt_tokens
     weights = weights_bytes(fp, shape, degree)
@@ -62,7 +62,7 @@ def estimate_memory_bytes(
 def load_peak_bytes(candidate: Candidate, shape: ModelShape) -> int:
     """Peak bytes of one of the candidate's processes while it builds: for a backend that quantizes
     after loading, every weight at `load_weight_bytes` (no KV cache yet); else the held weights."""
-    fp = spec_for(candidate.settings).footprint(candidate.settings, shape.num_layers)
+    fp = shape_footprint(spec_for(candidate.settings), candidate.settings, shape)
     if fp.load_weight_bytes is not None:
         width = fp.load_weight_bytes
         fp = replace(fp, weight_bytes=width, embedding_bytes=width, output_bytes=width)

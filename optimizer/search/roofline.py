@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from optimizer.backends.base import shape_moved_bytes
 from optimizer.backends.registry import spec_for
 from optimizer.config import SloConfig, WorkloadConfig
 from optimizer.model import ModelShape
@@ -202,7 +203,7 @@ def roofline_bound(
     own); on a request stream, see `_stream_bound`."""
     settings = candidate.settings
     spec = spec_for(settings)
-    fp = spec.moved_bytes(settings, shape.num_layers)
+    fp = shape_moved_bytes(spec, settings, shape)
     # on a GPU each process has a device of its own: a rank moves and multiplies 1/tensor_parallel
     # of the layers' weights, a replica serves its share of the batch (on a CPU, the processes
     # share the cores and the memory bus that the rates describe)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,12 +18,14 @@ from optimizer.backends.prefixes import OFFLINE_REASON
 if TYPE_CHECKING:
     from optimizer.config import SpaceConfig
     from optimizer.model import ModelSpec
+    from optimizer.model_files import ModelShape
     from optimizer.space import Candidate
     from optimizer.target import TargetSpec
 
 # The least bits per weight a decode step of each type reads (the roofline's lower bound): the
 # type's own block layout; k-quant mixes (_M, _S) and llama.cpp's fallbacks for rows that are not
-# a multiple of 256 only add. A GGUF as shipped may hold any type: the lowest (IQ1_S, 1.56).
+# a multiple of 256 only add. A GGUF as shipped may hold any type: the lowest (IQ1_S, 1.56) where
+# the shape lacks the file's own bytes (`moved_bytes_for_shape`).
 MOVED_BITS = {
     AS_SHIPPED: 1.56,
     "F16": 16.0,
@@ -43,8 +46,8 @@ MOVED_BITS = {
     "Q2_K": 2.625,  # 2 fp16 scales + 16 + 64 bytes per 256 weights
 }
 # The most bits per weight a build holds (the memory check's upper bound): a quantized type's
-# mixes and fallbacks stay at or below Q8_0 (8.5); a GGUF as shipped is taken as f16 (an F32 GGUF,
-# rare beyond tiny models, would be understated).
+# mixes and fallbacks stay at or below Q8_0 (8.5); a GGUF as shipped whose own bytes the shape lacks
+# is taken as f16 (an F32 GGUF, rare beyond tiny models, would be understated).
 FOOTPRINT_BITS = {t: 16.0 if t in (AS_SHIPPED, "F16", "BF16") else 8.5 for t in MOVED_BITS}
 KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # per element, block scales included
 # llama.cpp's most sequences per context (LLAMA_MAX_SEQ)
@@ -98,6 +101,23 @@ class LlamaCppSpec:
 
     def moved_bytes(self, settings: LlamaCppSettings, num_layers: int) -> MovedBytes:
         return MovedBytes(MOVED_BITS[settings.weight_type] / 8, KV_BYTES[settings.kv_type])
+
+    def footprint_for_shape(self, settings: LlamaCppSettings, shape: ModelShape) -> Footprint:
+        """A GGUF loaded as shipped holds its own tensors' bytes: its average width per parameter
+        (the shape counts the file's tensors); without them, the f16 of `footprint`."""
+        fp = self.footprint(settings, shape.num_layers)
+        if settings.requantized or shape.gguf is None:
+            return fp
+        return replace(fp, weight_bytes=shape.gguf.bits_per_weight / 8)
+
+    def moved_bytes_for_shape(self, settings: LlamaCppSettings, shape: ModelShape) -> MovedBytes:
+        """A GGUF loaded as shipped: the least bytes a decode step reads of its tensors, over the
+        roofline's weights (all but one vocabulary matrix); without them, the IQ1_S of `moved_bytes`."""
+        moved = self.moved_bytes(settings, shape.num_layers)
+        body = shape.num_parameters - shape.vocab_size * shape.hidden_size
+        if settings.requantized or shape.gguf is None or body <= 0:
+            return moved
+        return replace(moved, weight_bytes=shape.gguf.read_bytes / body)
 
     def matmul_kind(self, settings: LlamaCppSettings) -> str:
         """Quantized weights multiply with int8-quantized activations (llama.cpp's vec_dot kernels)."""
