@@ -81,6 +81,8 @@ class LlamaCppEngine:
         self._ctx: native.Context | None = None
         self._score_ctx: native.Context | None = None
         self._cond = threading.Condition()
+        # held by score() while it uses the model and its own context: close() frees neither under it
+        self._score_lock = threading.Lock()
         self._stepping = False
         self._cancelling = False  # cancel_all waits for the step in flight; no next step starts
         self._stopped = False
@@ -316,6 +318,10 @@ class LlamaCppEngine:
     def score(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Next-token logits [batch, tokens, vocab] (float32, CPU): each row one llama_decode with
         every position an output, through the candidate's weights, KV cache type and attention."""
+        with self._score_lock:  # not the loop's lock: a probe must not stall a stream's steps
+            return self._score(token_ids)
+
+    def _score(self, token_ids: torch.Tensor) -> torch.Tensor:
         if self.model is None:
             raise RuntimeError("the engine is closed")
         length = int(token_ids.shape[1])
@@ -347,8 +353,9 @@ class LlamaCppEngine:
                 log.warning("the llama.cpp loop thread did not stop within %s s", _JOIN_SECONDS)
                 return  # freeing what it decodes with would crash the process
         # taken under the lock: the generate() woken above may close() too while this one joins,
-        # and a context or model freed twice crashes the process
-        with self._cond:
+        # and a context or model freed twice crashes the process; and after a score() in flight
+        # (another thread's probe), which decodes on the model and its own context
+        with self._score_lock, self._cond:
             contexts, model = (self._ctx, self._score_ctx), self.model
             self._ctx = self._score_ctx = self.model = None
             self._thread = None
