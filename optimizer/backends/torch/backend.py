@@ -21,6 +21,7 @@ from optimizer.backends.torch.fp8_static import excluded_weights, quantize_fp8_s
 from optimizer.backends.torch.graph_loop import GraphDecoder
 from optimizer.backends.torch.settings import TorchSettings
 from optimizer.backends.torch.slot_server import SlotEngine
+from optimizer.backends.torch.spec import INT4_GROUP_SIZE
 from optimizer.measure.text import calibration_windows
 from optimizer.model import ModelSpec
 from optimizer.target import TargetSpec
@@ -108,16 +109,52 @@ def quantize_weights(hf_model: Any, settings: TorchSettings, model: ModelSpec) -
         "int8-dynamic": Int8DynamicActivationInt8WeightConfig(),
         "int8-weight": Int8WeightOnlyConfig(),
         # tinygemm packing runs on torch's own int4 kernel (the default "plain" format needs mslk)
-        "int4-weight": Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"),
+        "int4-weight": Int4WeightOnlyConfig(
+            group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d"
+        ),
         "fp8": Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
     }
+    if settings.quantization == "int4-weight":
+        refuse_ungrouped_int4(hf_model)
     # torchao's default filter takes every Linear, lm_head too: that would untie it from the
     # embedding (a quantized copy beside the 16-bit one) and quantize the output projection
+    chosen = {id(module) for module in quantized_linears(hf_model).values()}
+    quantize_(hf_model, configs[settings.quantization], filter_fn=lambda module, _name: id(module) in chosen)
+
+
+def quantized_linears(hf_model: Any) -> dict[str, nn.Linear]:
+    """The Linear layers a torchao quantization replaces, by name: all but the output projection."""
     kept = excluded_weights(hf_model)
-    quantize_(
-        hf_model,
-        configs[settings.quantization],
-        filter_fn=lambda module, _name: isinstance(module, nn.Linear) and id(module.weight) not in kept,
+    return {
+        name: module
+        for name, module in hf_model.named_modules()
+        if isinstance(module, nn.Linear) and id(module.weight) not in kept
+    }
+
+
+def int4_ungrouped_linears(hf_model: Any) -> list[str]:
+    """The Linear layers int4-weight would quantize whose inputs are no whole number of groups
+    (torchao's own test: the weight as this process holds it, a tensor-parallel shard too)."""
+    return [
+        name
+        for name, module in quantized_linears(hf_model).items()
+        if module.weight.shape[-1] % INT4_GROUP_SIZE
+    ]
+
+
+def refuse_ungrouped_int4(hf_model: Any) -> None:
+    """torchao returns such a layer's weight unquantized and says so only at INFO: the candidate
+    would run those layers in 16-bit under an int4 label that the memory fit and roofline count
+    at 4 bits."""
+    ungrouped = int4_ungrouped_linears(hf_model)
+    if not ungrouped:
+        return
+    inputs = hf_model.get_submodule(ungrouped[0]).weight.shape[-1]
+    raise ValueError(
+        f"int4-weight: {ungrouped[0]} has in_features={inputs}, no multiple of the "
+        f"{INT4_GROUP_SIZE}-input groups torchao quantizes; {len(ungrouped)} of "
+        f"{len(quantized_linears(hf_model))} Linear layers would stay 16-bit; "
+        "use int8-weight or fp8 for this model"
     )
 
 

@@ -247,9 +247,12 @@ def quantize_fp8_static(
 
     amax = calibrate_input_amax(model, _batches(calibration_ids, batch_size))
     eligible, skipped = _classify(model)
-    modules = dict(model.named_modules())
     quantized = 0
-    for name, linear in eligible.items():
+    # Popped, not iterated: a replaced Linear's 16-bit weight is freed before the next one is
+    # quantized, so the build peaks at the loaded model (the memory fit's load peak), not at the
+    # loaded model plus every fp8 copy.
+    for name in list(eligible):
+        linear = eligible.pop(name)
         value = amax.get(name)
         if value is None:
             skipped.append((name, "not reached by the calibration forwards"))
@@ -258,7 +261,8 @@ def quantize_fp8_static(
             skipped.append((name, f"calibrated input amax {value}: no usable scale"))
             continue
         parent_name, _, child = name.rpartition(".")
-        parent = modules[parent_name]
-        setattr(parent, child, Float8StaticLinear.from_linear(linear, value, margin, fast_accum))
+        replacement = Float8StaticLinear.from_linear(linear, value, margin, fast_accum)
+        del linear
+        setattr(model.get_submodule(parent_name), child, replacement)
         quantized += 1
     return Fp8StaticReport(quantized, tuple(skipped), int(calibration_ids.numel()))
