@@ -327,13 +327,15 @@ class TorchEngine:
     def score(self, token_ids: torch.Tensor) -> torch.Tensor:
         ids = token_ids.to(self.device)
         if not self.settings.kv_cache.startswith(("quanto", "hqq")):
-            return self.model(input_ids=ids).logits.float().cpu()
+            # one forward over the whole text: a KV cache would be built only to be dropped; the
+            # half-precision logits cross to the host before the (exact) upcast, at half the bytes
+            return self.model(input_ids=ids, use_cache=False).logits.cpu().float()
         cache = scoring_cache(self.settings.kv_cache, self.model.config)
         chunks = []
         for start in range(0, ids.shape[1], QUANTIZED_KV_SCORE_CHUNK):
             piece = ids[:, start : start + QUANTIZED_KV_SCORE_CHUNK]
             out = self.model(input_ids=piece, use_cache=True, **{cache_argument(self.model): cache})
-            chunks.append(out.logits.float().cpu())
+            chunks.append(out.logits.cpu().float())
         return torch.cat(chunks, dim=1)
 
     def _sync(self) -> None:
