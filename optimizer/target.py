@@ -168,7 +168,9 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
 
 def _cuda_target(cfg: TargetConfig, gpu: GpuInfo, cpu_model: str, cores: int) -> TargetSpec:
     """The GPU target: the config's settings, then (target=auto) the user's preset of the board,
-    then the device's readings, then the packaged preset's figures (optimizer/target_presets.py)."""
+    then the device's readings, then the packaged preset's figures (optimizer/target_presets.py):
+    of the board's name for auto, of the preset's for target=<name> (a user's h100.yaml in
+    --config-dir replaces the packaged one whole, so what it leaves out would be lost)."""
     auto = cfg.name == "auto"
     name = _preset_name(gpu.name) if auto else cfg.name
     if auto:
@@ -193,7 +195,7 @@ def _cuda_target(cfg: TargetConfig, gpu: GpuInfo, cpu_model: str, cores: int) ->
         gpu=gpu,
         device_count=_gpu_count(),
     )
-    return fill_from_packaged(spec) if auto else spec
+    return fill_from_packaged(spec)
 
 
 def cuda_hides_every_gpu() -> str:

@@ -1,4 +1,4 @@
-"""The presets target=auto takes for the GPU it detects.
+"""The presets target=auto takes for the GPU it detects (and target=<name>, the packaged figures).
 
 A board is named by its most specific packaged preset (BOARD_PRESETS). What the detected target
 does not get from the config, in this order:
@@ -8,6 +8,8 @@ does not get from the config, in this order:
 2. the device: its memory, power limit and compute capability (bf16, fp16, fp8);
 3. the packaged preset of the exact variant: what the device does not report (bandwidth, FLOP/s,
    and the TDP where NVML cannot read the power limit).
+target=<name> on a GPU takes step 3 too, from the packaged preset of that name: a user's preset
+of a packaged name replaces the packaged file whole, and what it leaves out would be lost.
 The packaged presets' precision flags are the capability's (tests/unit/test_target_resolution_s45b.py),
 and their memory_gib is the board's nominal size, which the device reports exactly.
 """
@@ -115,8 +117,9 @@ def with_user_preset(target: TargetConfig, preset: TargetConfig | None) -> Targe
 
 
 def fill_from_packaged(spec: TargetSpec) -> TargetSpec:
-    """The detected GPU's figures that neither the config nor the device gave, from the packaged
-    conf/target/<preset>.yaml of its exact variant (none for a board without one)."""
+    """The GPU target's figures that neither the config nor the device gave, from the packaged
+    conf/target/<spec.name>.yaml: the detected board's exact variant (target=auto) or the named
+    preset's namesake (target=<name>); none where no such file is packaged."""
     path = CONF_DIR / "target" / f"{spec.name}.yaml"
     if all(getattr(spec, f) is not None for f in PACKAGED_FIELDS) or not path.is_file():
         return spec
