@@ -1,6 +1,6 @@
 """For engines that run their own loop thread (the queue in front of lockstep engines, llama.cpp's
-batch, genai's Engine, the slot loop): one way to wait for finished requests, and one way to report
-an offline batch they served as requests."""
+batch, genai's Engine, the slot loop): one way to wait for finished requests, one way to report
+an offline batch they served as requests, and one check of a request before it reaches the loop."""
 
 from __future__ import annotations
 
@@ -53,3 +53,18 @@ def requests_generation(
         request_latencies=latencies,
         token_times=tuple(max(times[k] for times in token_times) for k in range(new_tokens)),
     )
+
+
+def check_request(prompt_ids: Sequence[int], max_new_tokens: int, vocab_size: int | None) -> None:
+    """Refuse, in the caller's thread, a request an engine's loop would mishandle: no new token
+    (it would finish with none, or never), an empty prompt, or a token id outside the vocabulary
+    (`None`: not checked), which fails the whole step (innocent requests too) or, negative, is
+    read as another token by an ONNX Gather."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if len(prompt_ids) == 0:
+        raise ValueError("a request needs at least one prompt token")
+    if vocab_size is not None:
+        bad = next((int(t) for t in prompt_ids if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is outside the model's vocabulary of {vocab_size}")

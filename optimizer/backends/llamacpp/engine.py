@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from optimizer.backends.base import Generation
-from optimizer.backends.completions import requests_generation, take_completions
+from optimizer.backends.completions import check_request, requests_generation, take_completions
 from optimizer.backends.llamacpp import native
 from optimizer.backends.llamacpp.errors import LlamaCppError
 from optimizer.backends.llamacpp.settings import CONTEXT_GRANULE, LlamaCppSettings
@@ -208,13 +208,9 @@ class LlamaCppEngine:
         return request_id
 
     def _check(self, prompt_ids: Sequence[int], max_new_tokens: int) -> None:
-        if not prompt_ids or max_new_tokens < 1:  # (it would never finish, its slot never freed)
-            raise ValueError(
-                f"a request needs >= 1 prompt token and >= 1 new token, got {len(prompt_ids)}, {max_new_tokens}"
-            )
-        if any(not 0 <= t < self.vocab for t in prompt_ids):  # llama_decode would fail its whole step
-            bad = next(t for t in prompt_ids if not 0 <= t < self.vocab)
-            raise ValueError(f"token id {bad} is outside the model's vocabulary of {self.vocab}")
+        # a request of no new token would never finish (its slot never freed); a token outside
+        # the vocabulary would fail llama_decode's whole step
+        check_request(prompt_ids, max_new_tokens, self.vocab)
 
     def collect(self, timeout_seconds: float) -> list[Completion]:
         with self._cond:

@@ -27,6 +27,7 @@ import torch
 
 from optimizer.backends.artifacts import artifact_key, cached_artifact
 from optimizer.backends.base import Generation, load_check
+from optimizer.backends.completions import check_request
 from optimizer.backends.installed import ONNX_RUNTIME, distribution_version
 from optimizer.backends.ort_genai.serving import GenaiEngineServer
 from optimizer.backends.ort_genai.settings import GENERATOR_MAX_BATCH, OrtGenaiSettings
@@ -201,13 +202,20 @@ class OrtGenaiEngine:
     (`serving.py`), with up to `max_requests` requests together."""
 
     def __init__(
-        self, og: Any, model: Any, settings: OrtGenaiSettings, build_dir: Path, max_requests: int = 1
+        self,
+        og: Any,
+        model: Any,
+        settings: OrtGenaiSettings,
+        build_dir: Path,
+        max_requests: int = 1,
+        vocab_size: int | None = None,
     ) -> None:
         self._og = og
         self.model: Any = model
         self.settings = settings
         self.build_dir = build_dir
         self.max_requests = max_requests
+        self.vocab_size = vocab_size  # prompt tokens outside it are refused; None: not checked
         self._server: GenaiEngineServer | None = None  # started by the first submit()
 
     @classmethod
@@ -229,7 +237,8 @@ class OrtGenaiEngine:
             raise GenaiBuildError(
                 f"onnxruntime-genai cannot load the {settings.label()} build: {_short(exc)} ({build_dir})"
             ) from exc
-        return cls(og, model, settings, build_dir, max_requests)
+        vocab_size = int(json.loads((build_dir / "genai_config.json").read_text())["model"]["vocab_size"])
+        return cls(og, model, settings, build_dir, max_requests, vocab_size)
 
     def _generator(self, batch_size: int, max_length: int, min_length: int) -> Any:
         if self.model is None:  # closed: genai would refuse the None model with a TypeError
@@ -242,6 +251,9 @@ class OrtGenaiEngine:
 
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int) -> Generation:
         batch, prompt = prompt_ids.shape
+        # (its loop would still return the first token, and real genai fails opaquely)
+        for row in prompt_ids.tolist():
+            check_request(row, max_new_tokens, self.vocab_size)
         ids = prompt_ids.numpy().astype(np.int32)
         total = prompt + max_new_tokens
         # the batch waits for its Generator (KV buffers, search state: 12-15 ms on a tiny Llama,
@@ -284,7 +296,7 @@ class OrtGenaiEngine:
         if self.model is None:
             raise RuntimeError("the engine is closed")
         if self._server is None:
-            server = GenaiEngineServer(self._og, self.model, self.max_requests)
+            server = GenaiEngineServer(self._og, self.model, self.max_requests, self.vocab_size)
             try:
                 self._check_engine_parity(server)
             except BaseException:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from optimizer.backends.completions import take_completions
+from optimizer.backends.completions import check_request, take_completions
 from optimizer.backends.openmp import release_openmp_threads
 from optimizer.measure.serving import Completion
 
@@ -64,13 +64,16 @@ class GenaiEngineServer:
         model: The loaded `og.Model`.
         max_requests: The most requests handed to genai at once (the others wait here); more
             than genai's own batch (`get_capabilities().configured_max_batch_size`) fails.
+        vocab_size: The model's vocabulary: a prompt token outside it is refused at submit
+            (None: not checked).
     """
 
-    def __init__(self, og: Any, model: Any, max_requests: int) -> None:
+    def __init__(self, og: Any, model: Any, max_requests: int, vocab_size: int | None = None) -> None:
         if max_requests < 1:
             raise ValueError(f"max_requests must be >= 1, got {max_requests}")
         self._og = og
         self.max_requests = max_requests
+        self.vocab_size = vocab_size
         self.capabilities: dict[str, int] = {}
         self.most_running = 0  # the most requests that produced a token in one step
         self._inbox: collections.deque[_Queued] = collections.deque()
@@ -99,10 +102,7 @@ class GenaiEngineServer:
     # -- ServingEngine -------------------------------------------------------------------------
 
     def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if not prompt_ids:
-            raise ValueError("a request needs at least one prompt token")
+        check_request(prompt_ids, max_new_tokens, self.vocab_size)
         with self._lock:
             self._raise_if_down()
             self._counter += 1

@@ -29,6 +29,7 @@ from optimizer.backends.base import Generation
 from optimizer.backends.openmp import release_openmp_threads
 from optimizer.backends.torch_cb.prefix import PrefixCounters
 from optimizer.backends.torch_cb.progress import first_token_times
+from optimizer.backends.torch_cb.requests import check_request
 from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
 from optimizer.errors import UserError
 from optimizer.measure.serving import Completion
@@ -168,10 +169,10 @@ class ContinuousBatchingEngine:
             raise RuntimeError("the engine is closed")
         if prompt_ids.dim() != 2 or prompt_ids.shape[0] < 1 or prompt_ids.shape[1] < 1:
             raise ValueError(f"prompt_ids must be [batch, tokens], got shape {tuple(prompt_ids.shape)}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        manager = self.reserve(prompt_ids.shape[1] + max_new_tokens)
         rows = prompt_ids.tolist()
+        for row in rows:
+            check_request(self.model, row, max_new_tokens)
+        manager = self.reserve(prompt_ids.shape[1] + max_new_tokens)
 
         start = time.perf_counter()
         request_ids = manager.add_requests(rows, max_new_tokens=max_new_tokens, record_timestamps=True)
@@ -262,6 +263,7 @@ class ContinuousBatchingEngine:
     # -- ServingEngine: requests of a stream, submitted at their arrival times -----------------
 
     def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
+        check_request(self.model, prompt_ids, max_new_tokens)
         manager = self.reserve(len(prompt_ids) + max_new_tokens)
         if self.settings.prefix_sharing:
             self._prefix.attach(manager)
