@@ -23,6 +23,7 @@ from optimizer.backends.base import ModelRules
 from optimizer.backends.llamacpp.settings import LlamaCppSettings
 from optimizer.backends.registry import SPECS_BY_NAME, BackendSettings, serves_gguf, spec_for
 from optimizer.backends.torch.settings import TorchSettings, build_key_tag
+from optimizer.backends.torch.spec import int4_shape_reason
 from optimizer.config import HALF_REFERENCES, SpaceConfig
 from optimizer.errors import UserError
 from optimizer.model import ModelShape
@@ -347,6 +348,8 @@ def exclusion_reason(
         reason = problem[1] if problem else _parallel_reason(candidate, target)
         if reason:
             return reason
+    if (reason := int4_shape_reason(candidate.settings, shape)) is not None:
+        return reason
     spec = spec_for(candidate.settings)
     if model_format is not None and isinstance(spec, ModelRules):
         reason = spec.model_reason(candidate.settings, model_format)

@@ -108,3 +108,31 @@ def test_int4_weight_checks_only_what_it_quantizes() -> None:
     assert "lm_head" not in int4_ungrouped_linears(model)
     assert len(int4_ungrouped_linears(model)) == 7
     assert int4_ungrouped_linears(_bf16_llama_of_width(768, 1536)) == []
+
+
+def test_int4_weight_is_excluded_before_the_build_where_the_hidden_size_is_ungrouped() -> None:
+    """SmolLM2's hidden size 576 is no multiple of 128: excluded by the rules, not after a load."""
+    from dataclasses import replace
+
+    from optimizer.backends.torch.settings import TorchSettings
+    from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+    from optimizer.space import Candidate, exclusion_reason
+    from unit.factories import SMOLLM2_SHAPE, target_spec
+
+    target = target_spec()
+    for settings in (
+        TorchSettings(quantization="int4-weight"),
+        ContinuousBatchingSettings(quantization="int4-weight"),
+    ):
+        candidate = Candidate(settings, batch_size=1, threads=1)
+        reason = exclusion_reason(candidate, target, shape=SMOLLM2_SHAPE)
+        assert reason is not None and "hidden size 576" in reason
+        assert "hidden size" not in str(
+            exclusion_reason(candidate, target, shape=replace(SMOLLM2_SHAPE, hidden_size=512))
+        )
+    assert (
+        exclusion_reason(
+            Candidate(TorchSettings(quantization="int8-weight"), 1, 1), target, shape=SMOLLM2_SHAPE
+        )
+        is None
+    )

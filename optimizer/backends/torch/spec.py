@@ -16,6 +16,7 @@ from optimizer.backends.torch.settings import TorchSettings
 if TYPE_CHECKING:
     from optimizer.config import SpaceConfig
     from optimizer.model import ModelSpec
+    from optimizer.model_files import ModelShape
     from optimizer.space import Candidate
     from optimizer.target import TargetSpec
 
@@ -189,3 +190,20 @@ def torch_rule(s: TorchSettings, target: TargetSpec) -> str | None:
         if importlib.util.find_spec("flash_attn_interface") is None:
             return "flash_attention_3 needs flash-attn 3 installed (its module flash_attn_interface)"
     return None
+
+
+def int4_shape_reason(settings: object, shape: ModelShape | None) -> str | None:
+    """Why a torch or torch-cb int4-weight candidate cannot quantize this model, or None: torchao
+    groups a Linear's inputs by INT4_GROUP_SIZE and leaves a layer of another width 16-bit (the
+    build refuses that, after loading the model); every attention and MLP input projection takes
+    the hidden size."""
+    from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
+
+    if shape is None or not isinstance(settings, (TorchSettings, ContinuousBatchingSettings)):
+        return None
+    if settings.quantization != "int4-weight" or shape.hidden_size % INT4_GROUP_SIZE == 0:
+        return None
+    return (
+        f"int4-weight quantizes inputs in groups of {INT4_GROUP_SIZE}, and the model's hidden size "
+        f"{shape.hidden_size} is no multiple of it: torchao would leave its Linear layers 16-bit"
+    )
