@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _interrupted = False  # a signal came inside sigterm_interrupts() (main thread only)
+_deferring = False  # inside deferred_interrupts(), outside interruptible(): a signal is only recorded
 
 
 def raise_if_interrupted() -> None:
@@ -39,6 +40,36 @@ def _cleaning_up() -> bool:
 
 
 @contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """An interrupt (inside `sigterm_interrupts()`) that lands in the block is recorded and raised
+    as the block ends, not where it landed: what the block finishes is not lost half-way (a
+    measured result on its way to the store). `interruptible()` opens what takes long in it (the
+    measurement itself) to interrupts again. An error ending the block goes on as it is."""
+    global _deferring
+    outer, _deferring = _deferring, True
+    try:
+        yield
+    finally:
+        _deferring = outer
+    if not outer:
+        raise_if_interrupted()
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Inside `deferred_interrupts()`: an interrupt raises in this block again, one deferred
+    before it at its start. Elsewhere it changes nothing."""
+    global _deferring
+    outer, _deferring = _deferring, False
+    try:
+        if outer:
+            raise_if_interrupted()
+        yield
+    finally:
+        _deferring = outer
+
+
+@contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM, and SIGINT where Python's own handler has it (a local worker ignores SIGINT: its
     coordinator stops it), raise KeyboardInterrupt inside the block; one swallowed before the block
@@ -56,7 +87,8 @@ def sigterm_interrupts() -> Iterator[None]:
         _interrupted = True
         # one interrupt: a second one (a process-group kill, then the coordinator's own) must not
         # land inside the clean-up the first one started. One after a swallowed raise interrupts.
-        if not _cleaning_up():
+        # Deferred: raised as the deferring block ends (deferred_interrupts).
+        if not _cleaning_up() and not _deferring:
             raise KeyboardInterrupt
 
     caught = [signal.SIGTERM]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from optimizer.backends.base import Engine
 from optimizer.backends.parity import check_greedy_parity
 from optimizer.backends.registry import build_engine
 from optimizer.config import QUALITY_REFERENCES, QualityConfig, SearchConfig, WorkloadConfig
+from optimizer.interrupts import interruptible
 from optimizer.measure.energy import EnergyMeter, meter_for_engine
 from optimizer.measure.load import measure_load
 from optimizer.measure.quality import (
@@ -33,7 +34,7 @@ from optimizer.measure.workload import PerformanceResult, Workload, measure_perf
 from optimizer.model import ModelSpec
 from optimizer.results import FAILED, MEASURED, REJECTED, CandidateResult
 from optimizer.search.device_lock import DeviceLock
-from optimizer.search.watchdog import Watch, Watchdog
+from optimizer.search.watchdog import Watch, Watchdog, now_iso
 from optimizer.space import Candidate, reference_candidate
 from optimizer.store import QUALITY_CLAIM_PREFIX, TrialStore
 from optimizer.store.trials import PROBE_CLAIM_PREFIX
@@ -50,10 +51,6 @@ DEATH_CAUSES = "without a result (a native crash, the out-of-memory killer or a 
 
 class LeaseLost(RuntimeError):
     """Another worker took over the candidate this worker evaluates."""
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def died_measuring(candidate: Candidate, deaths: int, role: str = "candidate") -> CandidateResult:
@@ -132,23 +129,25 @@ class Evaluator:
             streams=setup.streams,
         )
 
-    def reference(self) -> QualityReference:
-        """The reference's logits on the held-out text (`quality.reference`), computed on first use."""
+    def reference(self, on_hang: Callable[[], object] | None = None) -> QualityReference:
+        """The reference's logits on the held-out text (`quality.reference`), computed on first use
+        under a watch of its own (role "reference"): a hang there is the reference's, never a
+        candidate's. `on_hang`: what that hang settles first (the leases of the candidate waiting)."""
         if self._reference is None:
             ref_candidate = reference_candidate(self.quality_cfg.reference, self.target)
-            with self._device(exclusive=False):
-                engine = build_engine(self.model, ref_candidate, self.target, self.workdir)
-                try:
-                    reference = QualityReference(self.quality_tokens, engine, self.quality_cfg.batch_size)
-                finally:
-                    engine.close()
+            timeout = self.search_cfg.candidate_timeout_minutes
+            with self.watchdog.watching(ref_candidate, "reference", None, timeout) as watch:
+                watch.phase, watch.on_hang = "building the quality reference", on_hang
+                with watch.waiting(self._device(exclusive=False)):
+                    engine = build_engine(self.model, ref_candidate, self.target, self.workdir)
+                    try:
+                        reference = QualityReference(self.quality_tokens, engine, self.quality_cfg.batch_size)
+                    finally:
+                        engine.close()
             require_finite_reference(reference, self.quality_cfg.reference)
             self._reference = reference
-            log.info(
-                "quality reference: %s perplexity %.3f",
-                QUALITY_REFERENCES[self.quality_cfg.reference],
-                self._reference.perplexity,
-            )
+            name = QUALITY_REFERENCES[self.quality_cfg.reference]
+            log.info("quality reference: %s perplexity %.3f", name, reference.perplexity)
         return self._reference
 
     def _cached_quality(self, candidate: Candidate) -> QualityResult | None:
@@ -200,7 +199,13 @@ class Evaluator:
         timeout = self.search_cfg.candidate_timeout_minutes
         with self.watchdog.watching(candidate, role, self.store, timeout) as watch:
             watch.on_hang = lambda: self._settle_hang(candidate, watch)
-            return self._evaluate(candidate, role, stop_below, watch)
+            try:
+                # a caller that defers interrupts (to store the result) defers none in here
+                with interruptible():
+                    return self._evaluate(candidate, role, stop_below, watch)
+            finally:
+                if self.store is not None:  # a no-op unless still held
+                    self.store.release(QUALITY_CLAIM_PREFIX + candidate.numerics_key())
 
     def _settle_hang(self, candidate: Candidate, watch: Watch) -> None:
         """The numerics' leases of a candidate its watchdog ends: none is left to lapse. A hang in
@@ -214,6 +219,11 @@ class Evaluator:
         if watch.phase == PROBING:
             self.store.hung(PROBE_CLAIM_PREFIX + numerics)
         self.store.release(QUALITY_CLAIM_PREFIX + numerics)
+
+    def _settle_reference_hang(self, candidate: Candidate, watch: Watch) -> None:
+        """A hang of the reference: the waiting candidate's leases given up unrecorded, no death."""
+        self._settle_hang(candidate, watch)
+        watch.give_up_lease()
 
     def _evaluate(
         self, candidate: Candidate, role: str, stop_below: float | None, watch: Watch
@@ -232,8 +242,10 @@ class Evaluator:
                 if (deaths := self._probe_deaths(candidate)) >= DEATHS_BEFORE_FAILING:
                     hung = self.store.deaths_probing(candidate, hung=True) if self.store else 0
                     return died_probing(candidate, deaths, role, hung)
-                watch.phase = "building the quality reference"
-                self.reference()  # before this candidate's engine: never two models in memory at once
+                # before this candidate's engine (never two models in memory); its time is its own
+                watch.phase = "waiting for the quality reference"
+                with watch.aside():
+                    self.reference(on_hang=lambda: self._settle_reference_hang(candidate, watch))
             elif (broken := quality.violations(self.quality_cfg)) and role != "baseline":
                 return self._result(candidate, REJECTED, "; ".join(broken), quality, None, role, start, 0.0)
             with watch.waiting(self._device(exclusive=False)), artifacts_used() as used:
@@ -288,9 +300,6 @@ class Evaluator:
             _release_device_memory()
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
             return self._result(candidate, FAILED, reason, None, None, role, start, build_seconds)
-        finally:
-            if self.store is not None:
-                self.store.release(QUALITY_CLAIM_PREFIX + numerics)  # a no-op unless still held
 
     def _still_leased(self, candidate: Candidate) -> None:
         """Raise when another worker took the candidate's lease over (this one stalled past it):

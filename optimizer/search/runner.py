@@ -16,13 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from optimizer.config import QualityConfig, SearchConfig
-from optimizer.interrupts import raise_if_interrupted
+from optimizer.interrupts import deferred_interrupts, raise_if_interrupted
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
-from optimizer.search.evaluate import DEATHS_BEFORE_FAILING, Evaluator, died_measuring, now_iso
+from optimizer.search.evaluate import DEATHS_BEFORE_FAILING, Evaluator, died_measuring
 from optimizer.search.patience import Patience
 from optimizer.search.progress import measuring_line, progress_line, rough_duration
 from optimizer.search.roofline import Roofline
 from optimizer.search.samplers import GridSampler, make_sampler, patience_note
+from optimizer.search.watchdog import now_iso
 from optimizer.select import select_best
 from optimizer.space import Candidate
 from optimizer.store import TrialStore, leases_kept
@@ -320,8 +321,11 @@ class _WorkerLoop:
         )
         # a measurement takes minutes (an engine build longer): say which one is under way
         log.info(measuring_line(len(self.known) + 1, len(self.space), candidate, role))
-        result = self.evaluator.evaluate(candidate, role, stop_below=stop_below)
-        self.store.append(result)  # also gives up the lease
+        # an interrupt once the result exists (the evaluator's tail, the append) waits for its
+        # row, then ends the run; the measurement itself stays interruptible (Evaluator.evaluate)
+        with deferred_interrupts():
+            result = self.evaluator.evaluate(candidate, role, stop_below=stop_below)
+            self.store.append(result)  # also gives up the lease
         self.evaluated += 1
         self.mine.add(key)
         self.record(candidate, replace(result, role=role))

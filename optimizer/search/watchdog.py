@@ -63,7 +63,8 @@ def slack_seconds(timeout_minutes: float) -> float:
     return max(timeout_minutes * 60, MIN_SLACK_SECONDS)
 
 
-def _now_iso() -> str:
+def now_iso() -> str:
+    """Now in UTC to the second: a result's finished_at."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -246,6 +247,13 @@ class Watch:
             _flush_logs()
             self._dog.exit(HUNG_EXIT_CODE)
 
+    def give_up_lease(self) -> None:
+        """Give the candidate's lease up unrecorded, where this worker holds it: a hang that is not
+        its own (its quality reference's) must count as no death of it."""
+        store = self._store
+        if store is not None and store.claim_owner(self._candidate.key()) == store.worker:
+            store.release(self._candidate.key())
+
     def _record(self, reason: str, elapsed: float) -> bool:
         """Record the candidate FAILED, giving its lease up, when this worker holds its lease in
         the store: the one that holds it (a finalist's round: the round's store)."""
@@ -253,7 +261,7 @@ class Watch:
         if store is None or store.claim_owner(self._candidate.key()) != store.worker:
             return False
         failed = CandidateResult(
-            self._candidate, FAILED, reason=reason, role=self._role, seconds=elapsed, finished_at=_now_iso()
+            self._candidate, FAILED, reason=reason, role=self._role, seconds=elapsed, finished_at=now_iso()
         )
         store.append(failed)  # also gives up the lease
         return True
