@@ -63,7 +63,10 @@ def launch_search(
     """Start `cfg.search.workers` workers on `cfg.launcher` and wait for their reports."""
     check_workers(cfg, target)
     count = cfg.search.workers
-    devices = local_gpus(cfg, target) if cfg.launcher.kind == "local" and target.is_cuda else [None] * count
+    # several local GPU workers get a GPU each; the only one sees every GPU, as the coordinator
+    # does: check_workers lets it run layouts of several GPUs, which a single visible one refuses
+    own_gpus = cfg.launcher.kind == "local" and target.is_cuda and count > 1
+    devices = local_gpus(cfg, target) if own_gpus else [None] * count
     deadline = time.time() + cfg.search.budget_minutes * 60  # one budget for all workers
     specs = [
         WorkerSpec(

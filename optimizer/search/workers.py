@@ -51,7 +51,7 @@ class WorkerSpec:
     rates: RooflineRates | None
     coordinator_host: str
     idle_watts: float  # the coordinator's reading: reused by workers on its host's CPU
-    visible_device: str | None = None  # CUDA_VISIBLE_DEVICES for a local GPU worker
+    visible_device: str | None = None  # CUDA_VISIBLE_DEVICES for one of several local GPU workers
 
 
 def check_workers(cfg: RunConfig, target: TargetSpec) -> None:

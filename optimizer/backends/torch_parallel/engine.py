@@ -24,6 +24,7 @@ from optimizer.backends.torch_parallel.layout import (
     START_TIMEOUT_SECONDS,
     LayoutEngine,
     RankFailed,
+    RankTraceback,
     free_port,
 )
 from optimizer.backends.torch_parallel.ranks import GroupPlan, rank_main
@@ -154,7 +155,8 @@ class ParallelEngine(LayoutEngine):
                 dead = [line for line in self._dead_ranks() if not line.startswith(reporter)]
                 self.abort()
                 last = payload.strip().splitlines()[-1] if payload.strip() else "?"
-                raise RankFailed("; ".join([*dead, f"replica {replica} rank {rank} failed: {last}"]))
+                reason = "; ".join([*dead, f"replica {replica} rank {rank} failed: {last}"])
+                raise RankFailed(reason) from RankTraceback(payload)
             if status == kind:
                 got[(replica, rank)] = payload
         return [got[key] for key in sorted(got)]

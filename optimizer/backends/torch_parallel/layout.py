@@ -20,6 +20,19 @@ class RankFailed(RuntimeError):
     """A rank raised or died: the candidate fails with this reason, its other ranks are ended."""
 
 
+class RankTraceback(Exception):
+    """A rank's own traceback, as text, chained to the RankFailed it caused (`raise ... from`):
+    the reason keeps its last line, and the rank's process (with torch's copy) is gone, so the
+    traceback the evaluator logs is the only place that says where in the rank it failed."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n" + self.text.rstrip()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -56,15 +69,20 @@ class LayoutEngine:
         total = time.perf_counter() - start
         tokens = [g.token_ids for g in parts]
         stamps = [g.token_times for g in parts if g.token_times is not None]
+        trips = [_trip(g, start) for g in parts]
         return Generation(
             batch_size=sum(g.batch_size for g in parts),
             new_tokens=parts[0].new_tokens,
-            ttft_seconds=max(g.ttft_seconds for g in parts),
+            ttft_seconds=max(g.ttft_seconds + trip for g, trip in zip(parts, trips, strict=True)),
             total_seconds=total,
             token_ids=torch.cat([t for t in tokens if t is not None])
             if all(t is not None for t in tokens)
             else None,
-            request_latencies=tuple(latency for g in parts for latency in g.latencies()),
+            request_latencies=tuple(
+                (ttft + trip, tpot)
+                for g, trip in zip(parts, trips, strict=True)
+                for ttft, tpot in g.latencies()
+            ),
             # the ranks stamp their steps on this host's monotonic clock (Ray's too: _check_node):
             # a step's tokens are ready once the slowest replica's are. Without them a served
             # stream spread the tokens evenly from the ranks' TTFT instead (queued.step_times).
@@ -79,3 +97,13 @@ class LayoutEngine:
 
     def close(self) -> None:
         raise NotImplementedError
+
+
+def _trip(part: Generation, start: float) -> float:
+    """Seconds from this call (`start`) until the part's rank began generating: the commands'
+    trip, which a request waits for as a one-process engine's never does. Read from its step
+    stamps (this host's clock: the first step came `ttft_seconds` after it began); 0 where it
+    stamped none (loop=graph), as before."""
+    if not part.token_times:
+        return 0.0
+    return max(part.token_times[0] - part.ttft_seconds - start, 0.0)

@@ -18,7 +18,12 @@ import weakref
 from dataclasses import replace
 from typing import Any
 
-from optimizer.backends.torch_parallel.layout import START_TIMEOUT_SECONDS, LayoutEngine, RankFailed
+from optimizer.backends.torch_parallel.layout import (
+    START_TIMEOUT_SECONDS,
+    LayoutEngine,
+    RankFailed,
+    RankTraceback,
+)
 from optimizer.backends.torch_parallel.ranks import GroupPlan, ready_info, start_rank
 from optimizer.measure.cpu_time import track_processes, untrack_processes
 
@@ -182,12 +187,14 @@ class RayLayoutEngine(LayoutEngine):
                     ray.get(ref)
                 except RayActorError as error:
                     self.abort()
-                    raise RankFailed(f"replica {replica} rank {rank} died: {_last_line(error)}") from None
+                    reason = f"replica {replica} rank {rank} died: {_last_line(error)}"
+                    raise RankFailed(reason) from RankTraceback(str(error))
                 except RayTaskError as error:
                     self.abort()
                     cause = error.cause if error.cause is not None else error
                     reason = f"{type(cause).__name__}: {_last_line(cause)}"
-                    raise RankFailed(f"replica {replica} rank {rank} failed: {reason}") from None
+                    failure = f"replica {replica} rank {rank} failed: {reason}"
+                    raise RankFailed(failure) from RankTraceback(str(error))  # Ray's text has the rank's
             if deadline is not None and time.perf_counter() > deadline:
                 self.abort()
                 raise RankFailed(f"ranks not ready after {timeout:.0f} s") from None
