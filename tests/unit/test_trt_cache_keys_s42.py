@@ -87,6 +87,7 @@ def ep_cache(monkeypatch: pytest.MonkeyPatch, model_dir: Path, target: TargetSpe
 
     monkeypatch.setattr(ort_backend, "onnx_model_for", lambda settings, model, workdir: model_dir)
     monkeypatch.setattr(ort_backend, "make_session", session)
+    monkeypatch.setattr(ort_backend, "check_provider_built", lambda provider: None)
     candidate = Candidate(OrtOnnxSettings(provider="tensorrt", precision="fp16"), 4, 0)
     with pytest.raises(Built):
         ort_backend.OrtOnnxBackend().build(None, candidate, target, workdir)  # type: ignore[arg-type]
