@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import time
-from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
-from optimizer.config import RunConfig, SloConfig
+from optimizer.config import RunConfig
 from optimizer.errors import UserError
 from optimizer.files import write_atomically
+from optimizer.infeasible import diagnose_infeasible, nothing_to_search, unreliable_finalists
 from optimizer.measure.energy import measure_idle_watts
 from optimizer.measure.setup import MeasurementSetup
 from optimizer.recipe import build_recipe, write_recipe
 from optimizer.report.markdown import write_report
-from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
+from optimizer.results import CandidateResult
 from optimizer.search.device_lock import DeviceLock
 from optimizer.search.evaluate import Evaluator
 from optimizer.search.finalists import merged, remeasure
@@ -45,6 +48,11 @@ class RunResult:
     infeasible: UserError | None  # why nothing could be selected, when nothing could
     dry_run: Path | None = None  # launcher.slurm.dry_run: where the unsubmitted jobs are
 
+
+# Every file a run writes in output_dir (write_report writes the last two).
+OUTPUT_FILES = ("recipe.yaml", "results.jsonl", "config.yaml", "pareto.png", "report.md")
+# A write the user's disk refused (full, over quota, read-only, permissions): no bug of wattsmith.
+_REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 # Directories this process made for an output_dir (absolute): a run that fails before writing
 # removes them again, while empty; one it found, even empty, stays.
@@ -144,17 +152,18 @@ def _optimize(cfg: RunConfig, output_dir: Path) -> RunResult:
             outcome.selectable, len(outcome.not_reached), capped, cfg.workload.slo
         )
     rounds = [replace(r, role="finalist") for r in remeasured]
-    # output_dir may be reused: an interrupt (or a failing plot) among these writes must not leave
-    # an earlier run's report beside this run's recipe, nor its recipe beside this report. The
-    # earlier pair goes first; the recipe, the product, is written before anything that may fail.
-    for earlier in ("recipe.yaml", "report.md"):
-        (output_dir / earlier).unlink(missing_ok=True)
-    recipe_path = write_recipe(output_dir / "recipe.yaml", recipe) if recipe is not None else None
-    _write_results(output_dir, [*outcome.results, *rounds])
-    _write_config(output_dir, cfg)
-    write_report(
-        output_dir, cfg, setup, outcome, plan.excluded, best, idle_watts, infeasible, selection, rounds
-    )
+    with _writing_outputs(output_dir):
+        # output_dir may be reused: an interrupt (or a failing plot) among these writes must not
+        # leave an earlier run's file beside this run's (its report or plot beside this recipe).
+        # The earlier files go first; the recipe, the product, is written before what may fail.
+        for earlier in OUTPUT_FILES:
+            (output_dir / earlier).unlink(missing_ok=True)
+        recipe_path = write_recipe(output_dir / "recipe.yaml", recipe) if recipe is not None else None
+        _write_results(output_dir, [*outcome.results, *rounds])
+        _write_config(output_dir, cfg)
+        write_report(
+            output_dir, cfg, setup, outcome, plan.excluded, best, idle_watts, infeasible, selection, rounds
+        )
     log.info("wrote %s in %.0f s", output_dir, time.perf_counter() - started)
     return RunResult(output_dir, recipe_path, best, outcome.baseline, outcome.results, infeasible)
 
@@ -169,31 +178,6 @@ def _warn_if_busy(target: TargetSpec) -> None:
             load,
             target.cores,
         )
-
-
-def unreliable_finalists(selection: Selection | None, trace: bool = False) -> UserError | None:
-    """The error of a run whose finalists all missed the SLO when measured again, if it is one. A
-    run that found nothing feasible and whose near misses missed again gets `diagnose_infeasible`'s
-    error, which names the constraint (and, on a request stream, the capacity measured)."""
-    if selection is None or selection.feasible or selection.only_near_misses:
-        return None
-    # not the SLO's doing: no re-measurement of a finalist that met it in the search ran to the end
-    if not any(f.samples for f in selection.finalists if not f.near_miss):
-        return UserError(
-            "search.finalists",
-            selection.reason
-            if selection.all_failed
-            else f"{selection.reason}: every finalist that met the SLO in the search failed when re-measured",
-            "fix what failed (report.md and the log name it), or set search.finalists=0 to select "
-            "on the search's own measurements",
-        )
-    return UserError(
-        "workload.slo",
-        f"{selection.reason}: the search's runs met the SLO once, near its edge",
-        f"loosen workload.slo or {'replay a slower trace' if trace else 'lower workload.rate'} "
-        "(report.md has every run's latency), or raise search.finalist_rounds to see how often each "
-        "candidate meets it",
-    )
 
 
 def extras_note(cfg: RunConfig, plan: SearchPlan, setup: MeasurementSetup) -> str:
@@ -211,96 +195,6 @@ def extras_note(cfg: RunConfig, plan: SearchPlan, setup: MeasurementSetup) -> st
     dropped = sum(c.key() not in grid for c, _ in [*plan.excluded, *plan.pruned])
     left_out = f" and {dropped} of those excluded or pruned" if dropped else ""
     return f"; space.extra adds {added} of them{left_out} (space.extra=[] leaves them out)"
-
-
-def nothing_to_search(plan: SearchPlan, cfg: RunConfig) -> UserError:
-    """The error of a space left with no candidate by the target's rules or the memory budget."""
-    if plan.pruned:
-        field = "target.memory_gib" if cfg.target.memory_gib is not None else "space.batch_sizes"
-        return UserError(
-            field,
-            f"all {len(plan.pruned)} candidates that run here are too big for the memory budget "
-            f"(e.g. {plan.pruned[0][0].label()}: {plan.pruned[0][1]})",
-            "raise target.memory_gib, or use smaller space.batch_sizes or quantized numerics",
-        )
-    reasons = Counter(reason for _, reason in plan.excluded).most_common(3)
-    return UserError(
-        "space",
-        f"no candidate of the space runs on this target: {'; '.join(f'{n} × {r}' for r, n in reasons)}",
-        "choose backends and settings this target runs (optimize --show-config shows the space)",
-    )
-
-
-def diagnose_infeasible(
-    results: list[CandidateResult], not_reached: int = 0, capped: bool = False, slo: SloConfig | None = None
-) -> UserError:
-    """Name the constraint that left nothing feasible; `slo`: the run's, whose targets set are
-    the ones to raise (None: both named)."""
-    both = ("tpot_ms", "ttft_ms")  # a target left null is no limit to raise
-    targets = [n for n in both if slo is None or getattr(slo, n) is not None] or list(both)
-    raise_slo = f"raise workload.slo.{' / '.join(targets)}, or add smaller batch sizes to space.batch_sizes"
-    rejected = [r for r in results if r.status == REJECTED]
-    measured = [r for r in results if r.status == MEASURED and not r.feasible]
-    failed = [r for r in results if r.status == FAILED]
-    if measured:
-        served = [r.performance.serving for r in measured if r.performance and r.performance.serving]
-        # a trace (RequestStream.source "trace <file>") is replayed at its own rate (served[0].rate):
-        # workload.rate changes nothing and workload.rates is refused
-        if served and served[0].stream.startswith("trace "):
-            return UserError(
-                "workload.trace",
-                f"no candidate holds the trace's {served[0].rate:g} req/s inside the SLO (latencies in report.md)",
-                "loosen workload.slo, or replay a slower trace (its requests spread over a longer time)",
-            )
-        if served:  # a request stream: say what rate the best candidate could hold
-            capacities = [s.capacity_rate for s in served if s.capacity_rate is not None]
-            best = (
-                f"the best capacity measured is {max(capacities):g} req/s"
-                if capacities
-                else ("no candidate held the SLO at any rate measured")
-            )
-            return UserError(
-                "workload.rate",
-                f"no candidate holds {served[0].rate:g} req/s inside the SLO; {best} (capacities in report.md)",
-                "lower workload.rate, loosen workload.slo, or add workload.rates=[...] to find the capacity",
-            )
-        example = measured[0].performance.slo_violations if measured[0].performance else []
-        return UserError(
-            "workload.slo",
-            f"all {len(measured)} measured candidates miss the latency SLO (e.g. {'; '.join(example) or 'see report'})",
-            raise_slo,
-        )
-    slo_pruned = [r for r in results if r.status == PRUNED and "workload.slo" in (r.reason or "")]
-    if slo_pruned:  # the roofline proved no candidate can meet the SLO: nothing was worth measuring
-        return UserError(
-            "workload.slo",
-            f"no candidate can meet the latency SLO (e.g. {slo_pruned[0].reason})",
-            raise_slo,
-        )
-    if rejected:
-        # not "all" when others failed: their failures may be the thing to fix
-        broke = f"{'all ' if not failed else ''}{len(rejected)} candidates break the quality bound"
-        more = f"; {len(failed)} more failed (e.g. {failed[0].reason})" if failed else ""
-        return UserError(
-            "quality",
-            f"{broke} (e.g. {rejected[0].reason}){more}",
-            "use quality=relaxed or loosen quality.max_ppl_increase / min_top1_agreement / max_kl",
-        )
-    if failed:
-        return UserError(
-            "space", f"all {len(failed)} candidates failed (e.g. {failed[0].reason})", "see report.md"
-        )
-    if not_reached:  # the budget (`capped`: search.max_candidates) ran out before the space's turn
-        return UserError(
-            "search.max_candidates" if capped else "search.budget_minutes",
-            f"no candidate of the space was measured within the budget ({not_reached} not reached)",
-            "raise search.max_candidates (a baseline outside the space counts as one) or search.budget_minutes"
-            if capped
-            else "raise search.budget_minutes",
-        )
-    return UserError(
-        "space", "no candidate could be evaluated", "widen the space or raise search.budget_minutes"
-    )
 
 
 def _writable_dir(path: Path, field_name: str, remember: bool = False) -> Path:
@@ -371,6 +265,25 @@ def claim_new_dir(path: Path, field_name: str = "output_dir") -> Path:
     except OSError as exc:
         raise UserError(
             field_name, f"cannot write to {path} ({exc.strerror})", f"pass a writable {field_name}=<dir>"
+        ) from None
+
+
+@contextmanager
+def _writing_outputs(output_dir: Path) -> Iterator[None]:
+    """A disk that fills, or an output_dir made read-only, while the outputs are written is the
+    user's to fix, not a crash: every measurement is in the store already, and the same command
+    writes the outputs again without measuring anything."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _REFUSED_WRITES:
+            raise
+        what = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+        raise UserError(
+            "output_dir",
+            f"cannot write this run's outputs to {output_dir} ({what})",
+            "free space on its disk or make it writable (or pass another output_dir=<dir>), then run "
+            "the same command: every measurement is in the store, none is repeated",
         ) from None
 
 
