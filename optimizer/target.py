@@ -8,9 +8,8 @@ GPUs). NVML comes from `nvidia-ml-py` and is imported only here, when a target i
 from __future__ import annotations
 
 import logging
-import os
 import platform
-import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -19,15 +18,16 @@ from typing import Any
 from optimizer.config import TargetConfig
 from optimizer.errors import UserError
 from optimizer.host_cpu import ROOT, cpu_identity, read_or_empty, usable_cores, usable_memory_bytes
-from optimizer.measure.nvml_device import UUID_PREFIXES, cuda_visible_devices, nvml_handle
+from optimizer.measure.nvml_device import cuda_hides_every_gpu, cuda_visible_devices, nvml_handle
 from optimizer.target_presets import BOARD_PRESETS, fill_from_packaged, user_preset, with_user_preset
 from optimizer.target_presets import preset_name as _preset_name
 
-__all__ = ["BOARD_PRESETS", "GpuInfo", "TargetSpec", "detect_target", "user_preset"]
+__all__ = ["BOARD_PRESETS", "GpuInfo", "TargetSpec", "cuda_hides_every_gpu", "detect_target", "user_preset"]
 
 log = logging.getLogger(__name__)
 
 GIB = 1 << 30
+UNNAMED_GPU = "NVIDIA GPU"  # a board whose name NVML cannot read: no preset's figures
 TRACKED_PACKAGES = (
     "wattsmith",
     "torch",
@@ -134,7 +134,9 @@ def detect_target(cfg: TargetConfig) -> TargetSpec:
     # CUDA_VISIBLE_DEVICES can hide every GPU from CUDA while NVML still lists them
     hidden = cuda_hides_every_gpu()
     unhide = (
-        "unset CUDA_VISIBLE_DEVICES or list a GPU in it (e.g. CUDA_VISIBLE_DEVICES=0), " if hidden else ""
+        "unset CUDA_VISIBLE_DEVICES or list each GPU in it once (e.g. CUDA_VISIBLE_DEVICES=0), "
+        if hidden
+        else ""
     )
     if gpu is not None and (hidden or not _torch_cuda_usable()):
         _warn_once(f"NVML sees {gpu.name} but torch has no CUDA{hidden}; targeting the CPU")
@@ -171,7 +173,7 @@ def _cuda_target(cfg: TargetConfig, gpu: GpuInfo, cpu_model: str, cores: int) ->
     then the device's readings, then the packaged preset's figures (optimizer/target_presets.py):
     of the board's name for auto, of the preset's for target=<name> (a user's h100.yaml in
     --config-dir replaces the packaged one whole, so what it leaves out would be lost)."""
-    auto = cfg.name == "auto"
+    auto = cfg.name == "auto"  # agrees with detect_target's cfg.kind: a packaged name fixes its kind
     name = _preset_name(gpu.name) if auto else cfg.name
     if auto:
         cfg = with_user_preset(cfg, user_preset(cfg.config_dir, name))
@@ -196,22 +198,6 @@ def _cuda_target(cfg: TargetConfig, gpu: GpuInfo, cpu_model: str, cores: int) ->
         device_count=_gpu_count(),
     )
     return fill_from_packaged(spec)
-
-
-def cuda_hides_every_gpu() -> str:
-    """A note for messages where CUDA_VISIBLE_DEVICES selects no device ('' where it does, or is
-    unset): set but empty, or a first entry CUDA reads as none (-1, NoDevFiles: CUDA stops at the
-    first entry that is neither a number nor a GPU-/MIG- UUID)."""
-    value = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if value is None:
-        return ""
-    value = value.strip()
-    if not value:
-        return " (CUDA_VISIBLE_DEVICES is set but empty: it hides every GPU)"
-    first = value.split(",")[0].strip()
-    if first.startswith(UUID_PREFIXES) or re.match(r"\+?\d", first):
-        return ""
-    return f" (CUDA_VISIBLE_DEVICES={value} selects no device: it hides every GPU)"
 
 
 _WARNED: set[str] = set()
@@ -274,6 +260,11 @@ def _detect_gpu(index: int) -> GpuInfo | None:
         return None
     try:
         count = int(pynvml.nvmlDeviceGetCount())
+    except pynvml.NVMLError as exc:
+        _warn_once(f"NVML cannot count the GPUs ({exc}); targeting the CPU")
+        pynvml.nvmlShutdown()
+        return None
+    try:
         hidden = bool(cuda_hides_every_gpu())
         if not hidden:  # hiding every GPU, the variable makes any index CUDA's, none usable
             _check_device_index(index, count)
@@ -284,17 +275,66 @@ def _detect_gpu(index: int) -> GpuInfo | None:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index) if hidden else nvml_handle(pynvml, index)
         except (ValueError, pynvml.NVMLError):
             return None
-        name = pynvml.nvmlDeviceGetName(handle)
-        return GpuInfo(
-            name=name.decode() if isinstance(name, bytes) else name,
-            index=index,
-            memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
-            driver=_text(pynvml.nvmlSystemGetDriverVersion()),
-            compute_capability=_capability(pynvml.nvmlDeviceGetCudaComputeCapability(handle)),
-            power_limit_watts=_power_limit_watts(pynvml, handle),
-        )
+        return _board(pynvml, handle, index)
     finally:
         pynvml.nvmlShutdown()
+
+
+def _board(pynvml: Any, handle: Any, index: int) -> GpuInfo | None:
+    """The board's readings. One NVML cannot give (Not Supported on a MIG instance, a driver
+    error) is said once and stood in for: the memory and compute capability by CUDA's (torch),
+    the name and driver by placeholders; without its memory or capability (what fits, which
+    precisions) the board cannot be targeted, and the CPU is."""
+    failed: list[str] = []
+
+    def read(what: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except pynvml.NVMLError as exc:
+            failed.append(f"{what} ({exc})")
+            return None
+
+    name = read("name", lambda: pynvml.nvmlDeviceGetName(handle))
+    memory = read("memory", lambda: pynvml.nvmlDeviceGetMemoryInfo(handle))
+    capability = read("compute capability", lambda: pynvml.nvmlDeviceGetCudaComputeCapability(handle))
+    driver = read("driver version", pynvml.nvmlSystemGetDriverVersion)
+    board = _text(name) if name is not None else UNNAMED_GPU
+    memory_bytes = int(memory.total) if memory is not None else None
+    major_minor = _capability(capability) if capability is not None else None
+    cuda = _torch_readings(index) if memory_bytes is None or major_minor is None else None
+    if cuda is not None:
+        memory_bytes, major_minor = memory_bytes or cuda[0], major_minor or cuda[1]
+    if failed:
+        _warn_once(
+            f"NVML cannot read the {', '.join(failed)} of {board} (cuda:{index}); "
+            + _unreadable_outcome(memory_bytes is not None and major_minor is not None, cuda is not None)
+        )
+    if memory_bytes is None or major_minor is None:
+        return None
+    return GpuInfo(
+        name=board,
+        index=index,
+        memory_bytes=memory_bytes,
+        driver=_text(driver) if driver is not None else "unknown",
+        compute_capability=major_minor,
+        power_limit_watts=_power_limit_watts(pynvml, handle),
+    )
+
+
+def _unreadable_outcome(usable: bool, from_cuda: bool) -> str:
+    if not usable:
+        return "targeting the CPU (check the board with nvidia-smi, or set target=cpu to say so)"
+    return "targeting it with the memory and capability CUDA reports" if from_cuda else "targeting it"
+
+
+def _torch_readings(index: int) -> tuple[int, tuple[int, int]] | None:
+    """The memory and compute capability CUDA reports for cuda:<index>; None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        return None
+    properties = torch.cuda.get_device_properties(index)
+    return int(properties.total_memory), (int(properties.major), int(properties.minor))
 
 
 def _power_limit_watts(pynvml: Any, handle: Any) -> float | None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from optimizer.config import RunConfig, TargetConfig, WorkloadConfig
 from optimizer.config.compose import compose_settings, run_config_from, validated
 from optimizer.config.space import BACKENDS
+from optimizer.config.target import keep_packaged_identity
 from optimizer.errors import UserError
 
 if TYPE_CHECKING:
@@ -55,9 +56,11 @@ def compose_for_target(overrides: Sequence[str] = (), config_dir: str | Path | N
     when the target is a GPU. The presets are chosen from the settings as composed, before
     validation, and only the last composition is validated: each config warning is said once."""
     settings = compose_settings(overrides, config_dir)
+    keep_packaged_identity(settings.target, overrides)  # a user's h100.yaml is still the H100 preset
     presets = _target_presets(settings, overrides)
     if presets:
         settings = compose_settings([*presets, *overrides], config_dir)
+        keep_packaged_identity(settings.target, overrides)
     cfg = run_config_from(settings, overrides, config_dir)
     _check_axes_searched(cfg, overrides)
     return _user_gpu_figures(cfg)

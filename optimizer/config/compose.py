@@ -29,6 +29,7 @@ from optimizer.config.hydra_errors import (
 )
 from optimizer.config.presets import CONF_DIR, GROUPS, check_config_dir, expand_model_shorthand
 from optimizer.config.run import RunConfig, cache_dir_from
+from optimizer.config.target import keep_packaged_identity
 from optimizer.config.workload import warn_overrides_a_trace_ignores
 from optimizer.errors import UserError
 
@@ -105,6 +106,7 @@ def run_config_from(
     `overrides` and `config_dir`: those the settings were composed with (an output_dir among the
     overrides is kept as given; the directory goes with the target, whose detection reads the
     preset of a detected GPU's name from it)."""
+    keep_packaged_identity(settings.target, overrides)  # a user's h100.yaml is still the H100 preset
     run = validated(settings)
     assert isinstance(run, RunConfig)
     given = _given(overrides)

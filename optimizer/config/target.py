@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import InitVar, dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 from optimizer.config.checks import require, require_finite, require_subset
+from optimizer.config.presets import CONF_DIR
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 TARGET_KINDS = ("auto", "cpu", "cuda")
 ENERGY_SOURCES = ("auto", "nvml", "rapl", "estimate")
@@ -26,6 +33,12 @@ class TargetConfig:
     A preset for a GPU model fills the capabilities the optimizer cannot read from NVML
     (bandwidth, peak FLOP/s, fp8 support). `memory_gib` is a budget: it lets a big device stand
     in for a smaller one.
+
+    `name` says which preset this is: `auto` detects the board (and takes its preset's figures),
+    any other name is that preset (optimizer/target.py). `kind` says which device must run it:
+    `auto` whichever is here. A packaged preset's name fixes its kind, so where `kind` is left
+    `auto` it is that preset's (`name: h100` is the H100 preset: a CUDA GPU, never the CPU of a
+    host without one); a name of the user's own keeps `auto`, a label of whatever is detected.
     """
 
     kind: str = "auto"
@@ -54,6 +67,8 @@ class TargetConfig:
 
     def __post_init__(self, config_dir: str | None = None) -> None:
         self.config_dir = config_dir
+        if self.kind == "auto" and self.name != "auto":
+            self.kind = packaged_identity(self.name)[0]
         require_finite(self, "target")
         require_subset([self.kind], TARGET_KINDS, "target.kind")
         require_subset([self.energy_source], ENERGY_SOURCES, "target.energy_source")
@@ -88,3 +103,31 @@ class TargetConfig:
             f"is {self.cpu_idle_watts_per_core}: an idle core's estimated watts must be >= 0",
             "e.g. 1.5 (its static power per core), or 0 to charge busy time only",
         )
+
+
+@cache
+def packaged_identity(name: str) -> tuple[str, str]:
+    """The kind and name of the packaged target preset `name` (conf/target/<name>.yaml); auto
+    and auto where none is packaged."""
+    path = CONF_DIR / "target" / f"{name}.yaml"
+    if not re.fullmatch(r"\w[\w.-]*", name) or not path.is_file():
+        return "auto", "auto"
+    import yaml
+
+    values = yaml.safe_load(path.read_text()) or {}
+    return str(values.get("kind", "auto")), str(values.get("name", "auto"))
+
+
+def keep_packaged_identity(target: DictConfig, overrides: Sequence[str]) -> None:
+    """`target=<name>` where the user's preset of a packaged name (--config-dir d with
+    d/target/h100.yaml), which Hydra reads instead of the packaged file, leaves `kind` or `name`
+    out (auto): the packaged preset's stand in, unless an override sets them. The user's file
+    changes the preset's settings, not which preset it is: without this, `target=h100` with a
+    `fp8: false` file would detect the machine (kind auto) and fall back to the CPU quietly."""
+    chosen = [value for key, _, value in (o.partition("=") for o in overrides) if key.lstrip("+") == "target"]
+    preset = chosen[-1].strip().strip("'\"") if chosen else "auto"
+    identity = dict(zip(("kind", "name"), packaged_identity(preset), strict=True))
+    given = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    for field, value in identity.items():
+        if target[field] == "auto" and f"target.{field}" not in given:
+            target[field] = value

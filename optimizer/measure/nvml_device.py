@@ -10,6 +10,7 @@ power is read and integrated (the meter's cross-check, and its reading without a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,50 @@ UUID_PREFIXES = ("GPU-", "MIG-")
 def cuda_visible_devices() -> list[str]:
     """The GPU ids listed in CUDA_VISIBLE_DEVICES (empty when it is unset)."""
     return [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+
+
+def cuda_hides_every_gpu() -> str:
+    """A note for messages where CUDA_VISIBLE_DEVICES selects no device ('' where it does, or is
+    unset): set but empty, a first entry CUDA reads as none (-1, NoDevFiles: CUDA stops at the
+    first entry that is neither a number nor a GPU-/MIG- UUID), or a device listed twice."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return ""
+    value = value.strip()
+    if not value:
+        return " (CUDA_VISIBLE_DEVICES is set but empty: it hides every GPU)"
+    repeated = _repeated_device(value)
+    if repeated is not None:
+        return f" (CUDA_VISIBLE_DEVICES={value} lists device {repeated} twice: it hides every GPU)"
+    first = value.split(",")[0].strip()
+    if first.startswith(UUID_PREFIXES) or re.match(r"\+?\d", first):
+        return ""
+    return f" (CUDA_VISIBLE_DEVICES={value} selects no device: it hides every GPU)"
+
+
+def _repeated_device(value: str) -> str | None:
+    """The first device CUDA_VISIBLE_DEVICES lists twice before its list ends, which makes CUDA
+    see none (as torch.cuda._parse_visible_devices reads it): UUIDs compared as written, up to the
+    first entry without the first one's prefix; ordinals by their leading number (`1gpu` is 1),
+    up to the first entry that is none (-1, a word)."""
+    prefix = next((p for p in UUID_PREFIXES if value.startswith(p)), None)
+    seen: list[str] = []
+    for entry in value.split(","):
+        device = entry if prefix else _leading_ordinal(entry)
+        if device is None or (prefix and not entry.startswith(prefix)):
+            return None
+        if device in seen:
+            return device
+        seen.append(device)
+    return None
+
+
+def _leading_ordinal(entry: str) -> str | None:
+    """The device number an entry starts with, as CUDA's strtoul reads it; None for none or < 0."""
+    match = re.match(r"[+-]?\d+", entry.strip())
+    if match is None or int(match.group()) < 0:
+        return None
+    return str(int(match.group()))
 
 
 def torch_cuda_uuid(cuda_index: int) -> str | None:
