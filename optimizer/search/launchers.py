@@ -245,9 +245,13 @@ def ray_instance(cfg: RayConfig, workers: int) -> Iterator[None]:
         return
     options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
     if cfg.address is None:
-        # a worker waits while its candidate's ranks run: its reservation comes on top of the
-        # cores that a layout's placement group takes (one bundle per rank)
-        cpus = usable_cores() + math.ceil(workers * cfg.cpus_per_worker)
+        # each worker may hold a layout of every core at once, as local workers share the CPU
+        # (their windows take turns: device_lock.py): with the cores counted once, a worker's
+        # layout waited for another's ranks, which waited for its build to leave the device lock,
+        # until the placement timeout failed it. A worker's reservation comes on top: it waits
+        # while its candidate's ranks (one bundle per rank) run.
+        layouts = max(workers, 1) * usable_cores()
+        cpus = layouts + math.ceil(workers * cfg.cpus_per_worker)
         options |= {"_node_ip_address": "127.0.0.1", "num_cpus": cpus}
         # Ray starts its workers at nice 15: beside any other load, a candidate would be measured
         # starved of CPU (slower, and its energy spread over a longer window). The raylet started

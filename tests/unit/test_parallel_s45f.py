@@ -131,7 +131,7 @@ def test_a_requests_ttft_counts_the_trip_to_its_replica() -> None:
     ttfts = [ttft for ttft, _ in generation.latencies()]
     assert len(ttfts) == 3 and all(0.06 - 1e-6 <= ttft < generation.total_seconds for ttft in ttfts)
     assert generation.ttft_seconds == max(ttfts)
-    assert all(abs(tpot - 0.01) < 1e-9 for _, tpot in generation.latencies())  # the steps' own
+    assert all(0.01 - 1e-9 <= tpot < 0.02 for _, tpot in generation.latencies())  # + the trip back
     # a replica that stamps nothing (loop=graph) keeps its own TTFT: the trip is not known
     unstamped = _SlowDispatch(replicas=1, trip=0.05)
     unstamped._run = lambda calls: [Generation(1, 3, 0.01, 0.03, torch.zeros(1, 3, dtype=torch.long))]  # type: ignore[method-assign]

@@ -12,6 +12,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from optimizer.backends.torch_parallel.layout import (
     RankFailed,
     RankTraceback,
     free_port,
+    port_taken,
 )
 from optimizer.backends.torch_parallel.ranks import GroupPlan, rank_main
 from optimizer.measure.cpu_time import track_processes, untrack_processes
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 CLOSE_SECONDS = 10.0
+PORT_TRIES = 3  # starts of a layout whose rendezvous port another process took (free_port)
 
 
 def build_parallel_engine(
@@ -51,17 +54,32 @@ def build_parallel_engine(
     if settings.compile:  # the ranks inherit the variable
         place_inductor_cache(workdir / "inductor")
     plans = group_plans(model, candidate, target, timeout_seconds=START_TIMEOUT_SECONDS)
+    for _ in range(PORT_TRIES - 1):
+        try:
+            return _start_engine(plans, target.is_cuda)
+        except RankFailed as failure:  # its ranks are ended already
+            if not port_taken(failure):
+                raise
+            log.warning("starting the ranks again on new ports: %s", failure)
+        plans = [replace(plan, port=free_port()) for plan in plans]
+    return _start_engine(plans, target.is_cuda)
+
+
+def _start_engine(plans: list[GroupPlan], gpu: bool) -> LayoutEngine:
     if os.environ.get(RANKS_ENV) == "ray":
         from optimizer.backends.torch_parallel.ray_ranks import RayLayoutEngine
 
-        return RayLayoutEngine(plans, gpu=target.is_cuda)
+        return RayLayoutEngine(plans, gpu=gpu)
     return ParallelEngine(plans)
 
 
 def group_plans(
     model: ModelSpec, candidate: Candidate, target: TargetSpec, timeout_seconds: float
 ) -> list[GroupPlan]:
-    """One plan per replica: consecutive cores (CPU) or GPUs from the target's first, per rank."""
+    """One plan per replica: consecutive cores (CPU) or GPUs from the target's first, per rank.
+    Workers on one host (local processes or Ray tasks) plan the same cores: a candidate is measured
+    on the same cores whichever worker measures it, and their windows take turns (device_lock.py);
+    only their builds and quality probes may overlap there."""
     degree, threads, settings = candidate.tensor_parallel, candidate.threads, candidate.settings
     assert isinstance(settings, TorchSettings)
     allowed = sorted(os.sched_getaffinity(0))

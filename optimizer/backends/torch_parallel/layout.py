@@ -34,9 +34,18 @@ class RankTraceback(Exception):
 
 
 def free_port() -> int:
+    """A port free now, for a group's rendezvous. It is released before the group's rank 0 binds
+    it (seconds later), so another process may take it meanwhile: `port_taken` tells that failure,
+    and build_parallel_engine starts the ranks again on new ports."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_taken(failure: RankFailed) -> bool:
+    """Whether a rank failed because its group's rendezvous port was taken (torch's
+    DistNetworkError names the errno: `code: -98, name: EADDRINUSE`), local or Ray rank alike."""
+    return "EADDRINUSE" in str(failure)
 
 
 class LayoutEngine:
@@ -70,6 +79,7 @@ class LayoutEngine:
         tokens = [g.token_ids for g in parts]
         stamps = [g.token_times for g in parts if g.token_times is not None]
         trips = [_trip(g, start) for g in parts]
+        backs = [_trip_back(g, trip, total) for g, trip in zip(parts, trips, strict=True)]
         return Generation(
             batch_size=sum(g.batch_size for g in parts),
             new_tokens=parts[0].new_tokens,
@@ -78,9 +88,10 @@ class LayoutEngine:
             token_ids=torch.cat([t for t in tokens if t is not None])
             if all(t is not None for t in tokens)
             else None,
+            # a request's last token reaches the caller with the results: after their trip back
             request_latencies=tuple(
-                (ttft + trip, tpot)
-                for g, trip in zip(parts, trips, strict=True)
+                (ttft + trip, tpot + back / max(g.new_tokens - 1, 1))
+                for g, trip, back in zip(parts, trips, backs, strict=True)
                 for ttft, tpot in g.latencies()
             ),
             # the ranks stamp their steps on this host's monotonic clock (Ray's too: _check_node):
@@ -107,3 +118,13 @@ def _trip(part: Generation, start: float) -> float:
     if not part.token_times:
         return 0.0
     return max(part.token_times[0] - part.ttft_seconds - start, 0.0)
+
+
+def _trip_back(part: Generation, trip: float, total: float) -> float:
+    """Seconds from the part's rank returning (`trip` + its own total after this call began)
+    until this call returned (`total`): the results' trip back, which a request's last token
+    waits for, as a one-process engine's TPOT runs to its call's return. 0 where it stamped none,
+    as `_trip` (only the two trips' sum is known then)."""
+    if not part.token_times:
+        return 0.0
+    return max(total - trip - part.total_seconds, 0.0)
