@@ -123,7 +123,7 @@ def require_finite_reference(reference: QualityReference, name: str) -> None:
     }.get(name, "check the model: its own fp32 outputs are not finite")
     raise ReferenceNotFinite(
         "quality.reference",
-        f"the {QUALITY_REFERENCES[name]} reference itself is not finite on the held-out text "
+        f"the {QUALITY_REFERENCES[name].removeprefix('the ')} reference itself is not finite on the held-out text "
         f"(perplexity {reference.perplexity}; its activations overflow in this precision?)",
         fix,
     )

@@ -1,12 +1,18 @@
 """Optuna behind the Sampler protocol: TPE (goodput tokens/J up) or NSGA-II (tokens/J up, mean KL
 down), with the quality bound, the SLO and validity as Optuna constraints.
 
-Each axis of the space with more than one value is a categorical distribution. Optuna may propose
-a combination outside the valid set (a rule or the memory budget excludes it): that proposal is
-never measured, and told to TPE as infeasible; NSGA-II is told it failed, so that only candidates
-form its populations (see `_tell_invalid`). A proposal that repeats a known candidate is
-dropped; after `max_proposals` such proposals in a row the sampler maps the last one onto the
-nearest unevaluated valid candidate (fewest differing axes), so a small space is never stuck.
+Each axis of the space with more than one value is a categorical distribution. In a space of
+several backends a backend's own settings are parameters of that backend (`torch-cb.page_size`),
+asked for only once Optuna has chosen it (a conditional space): independent axes for every
+backend's settings made nearly every proposal a mix of two backends, never measured, and the
+search steered worse than a random order.
+
+Optuna may propose a combination outside the valid set (a rule or the memory budget excludes
+it): that proposal is never measured, and told to TPE as infeasible; NSGA-II is told it failed,
+so that only candidates form its populations (see `_tell_invalid`). A proposal that repeats a
+known candidate is dropped; after `max_proposals` such proposals in a row the sampler maps the
+last one onto the nearest unevaluated valid candidate (fewest differing parameters), so a small
+space is never stuck.
 
 With a prior (the roofline bound), the first trials are the most promising candidate of each
 numerics key instead of random ones: every quality probe happens early, and the analytically best
@@ -24,16 +30,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.distributions import CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import Trial, TrialState, create_trial
 
 from optimizer.config import QualityConfig, SearchConfig
 from optimizer.results import FAILED, MEASURED, PRUNED, CandidateResult
-from optimizer.space import Candidate
+from optimizer.space import LAYOUT_FIELDS, Candidate
 
 INFEASIBLE_KL = 10.0  # nats: a quality loss for candidates that have none, far past any bound
-Params = tuple[Any, ...]
+Params = tuple[tuple[str, Any], ...]
+# a candidate's axes that every backend has; the others are its backend's settings
+SHARED_AXES = ("backend", "batch_size", "threads", *LAYOUT_FIELDS)
+_ABSENT = object()  # a parameter another backend's candidate does not have
 
 
 class OptunaSampler:
@@ -49,10 +58,16 @@ class OptunaSampler:
         self._max_proposals = cfg.optuna.max_proposals
         self._candidates = list(candidates)
         self._axes = _axes(self._candidates)
-        self._distributions: dict[str, BaseDistribution] = {
-            name: CategoricalDistribution(choices) for name, choices in self._axes.items()
+        self._conditional = len({c.backend for c in self._candidates}) > 1
+        self._distributions: dict[str, CategoricalDistribution] = {
+            name: CategoricalDistribution(choices)
+            for name, choices in _axes([self._named(c) for c in self._candidates], fill=False).items()
         }
-        self._by_params = {self._params_of(c): c for c in self._candidates}
+        self._asked: dict[str, list[str]] = {}  # each backend's parameters, in the distributions' order
+        for candidate in self._candidates:
+            asked = self._asked.setdefault(candidate.backend, [])
+            asked.extend(name for name in self._params(candidate) if name not in asked)
+        self._by_params = {self._key(self._params(c)): c for c in self._candidates}
         self._multi_objective = cfg.optuna.algorithm == "nsga2"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -65,6 +80,7 @@ class OptunaSampler:
                 sampler = optuna.samplers.TPESampler(
                     n_startup_trials=cfg.optuna.startup_trials,
                     multivariate=True,
+                    group=self._conditional,  # each backend's parameters modelled together
                     constant_liar=True,  # other workers' candidates in flight count as poor
                     seed=cfg.seed,
                 )
@@ -115,7 +131,7 @@ class OptunaSampler:
 
     def _enqueued(self, candidate: Candidate) -> Candidate:
         """Ask Optuna for exactly this candidate, as a trial it learns from like any other."""
-        self._pending[candidate.key()] = self._ask_fixed(self._param_dict(candidate))
+        self._pending[candidate.key()] = self._ask_fixed(self._params(candidate))
         return candidate
 
     def observe(self, candidate: Candidate, result: CandidateResult) -> None:
@@ -128,16 +144,17 @@ class OptunaSampler:
         if trial is not None:
             self._tell(trial, state, values, constraints)
             return
-        if self._key(self._param_dict(candidate)) not in self._by_params:
+        params = self._params(candidate)
+        if self._key(params) not in self._by_params:
             return  # not a candidate of this space
         if self._multi_objective:  # an added trial has no generation: NSGA-II would never see it
-            self._tell(self._ask_fixed(self._param_dict(candidate)), state, values, constraints)
+            self._tell(self._ask_fixed(params), state, values, constraints)
             return
         self.study.add_trial(
             create_trial(
                 state=state,
-                params=self._param_dict(candidate),
-                distributions=self._distributions,
+                params=params,
+                distributions={name: self._distributions[name] for name in params},
                 values=values,
                 constraints=constraints,
             )
@@ -155,9 +172,16 @@ class OptunaSampler:
         return trial
 
     def _ask(self) -> Trial:
+        """A trial with its backend chosen first, then that backend's parameters (define by run)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return self.study.ask(self._distributions)
+            trial = self.study.ask()
+            backend = self._candidates[0].backend
+            if "backend" in self._distributions:
+                backend = str(trial.suggest_categorical("backend", self._distributions["backend"].choices))
+            for name in self._asked[backend]:
+                trial.suggest_categorical(name, self._distributions[name].choices)
+            return trial
 
     def _tell(
         self, trial: Trial, state: TrialState, values: list[float] | None, constraints: dict[str, float]
@@ -196,15 +220,22 @@ class OptunaSampler:
         values = [0.0, INFEASIBLE_KL] if self._multi_objective else [0.0]
         return TrialState.COMPLETE, values, {"valid": 1.0, "quality": 1.0, "slo": 1.0}
 
-    def _params_of(self, candidate: Candidate) -> Params:
-        return self._key(self._param_dict(candidate))
+    def _named(self, candidate: Candidate) -> dict[str, Any]:
+        """Every axis of the candidate under its parameter's name: a backend's own setting is
+        `backend.setting` in a space of several backends."""
+        shared = not self._conditional
+        return {
+            name if shared or name in SHARED_AXES else f"{candidate.backend}.{name}": value
+            for name, value in candidate.axes().items()
+        }
 
-    def _param_dict(self, candidate: Candidate) -> dict[str, Any]:
-        values = candidate.axes()
-        return {name: values.get(name) for name in self._axes}
+    def _params(self, candidate: Candidate) -> dict[str, Any]:
+        """The parameters Optuna knows the candidate by: its axes that vary, in one order."""
+        named = self._named(candidate)
+        return {name: named[name] for name in self._distributions if name in named}
 
     def _key(self, params: dict[str, Any]) -> Params:
-        return tuple(params.get(name) for name in self._axes)
+        return tuple((name, params[name]) for name in self._distributions if name in params)
 
     def _nearest_unevaluated(self, params: dict[str, Any]) -> Candidate | None:
         open_ = [c for c in self._candidates if c.key() not in self._seen and c.key() not in self._pending]
@@ -212,8 +243,8 @@ class OptunaSampler:
             return None
 
         def distance(candidate: Candidate) -> int:
-            values = self._param_dict(candidate)
-            return sum(values[name] != params.get(name) for name in self._axes)
+            values = self._params(candidate)
+            return sum(values.get(name, _ABSENT) != params.get(name, _ABSENT) for name in self._distributions)
 
         return min(open_, key=distance)  # ties: the space's order
 
@@ -228,16 +259,17 @@ def warm_start(
     return list(best.values())[:count]
 
 
-def _axes(candidates: Sequence[Candidate]) -> dict[str, list[Any]]:
-    """Each setting that varies among the candidates, with its values in a stable order. A setting
-    some backends lack (continuous batching's page size beside static batching) takes None for
-    their candidates: every candidate is then a point of the same categorical space."""
-    settings = [candidate.axes() for candidate in candidates]
+def _axes(candidates: Sequence[Candidate | dict[str, Any]], fill: bool = True) -> dict[str, list[Any]]:
+    """Each setting that varies among the candidates (or their parameters), with its values in a
+    stable order. A setting some backends lack (continuous batching's page size beside static
+    batching) takes None for their candidates with `fill` (the sampler's `axes`); without it, only
+    the candidates that have it count (an Optuna parameter of their backend)."""
+    settings = [c.axes() if isinstance(c, Candidate) else c for c in candidates]
     names = list(dict.fromkeys(name for axes in settings for name in axes))
     values: dict[str, list[Any]] = {name: [] for name in names}
     for axes in settings:
         for name, column in values.items():
-            if (value := axes.get(name)) not in column:
+            if (fill or name in axes) and (value := axes.get(name)) not in column:
                 column.append(value)
     return {
         name: sorted(column, key=lambda v: (str(type(v)), v))

@@ -252,10 +252,10 @@ def _check_reference_fits(reference: Candidate, cfg: RunConfig, setup: Measureme
     reason = reference_fit_reason(reference, shape, setup.target, cfg.workload)
     if reason is None:
         return
+    name = QUALITY_REFERENCES[cfg.quality.reference].removeprefix("the ")  # gguf's: "the GGUF as shipped"
     raise UserError(
         "quality.reference",
-        f"the {QUALITY_REFERENCES[cfg.quality.reference]} reference of this "
-        f"{shape.num_parameters / 1e9:.1f} B-parameter model {reason}",
+        f"the {name} reference of this {shape.num_parameters / 1e9:.1f} B-parameter model {reason}",
         _smaller_reference(cfg, setup),
     )
 
@@ -278,6 +278,8 @@ def _smaller_reference(cfg: RunConfig, setup: MeasurementSetup) -> str:
                 return (
                     f"compare with the checkpoint in {half}, half of fp32's memory: quality.reference={half}"
                 )
+    if cfg.quality.reference == "gguf":  # already the way out named below: the file itself is too big
+        return "measure on a machine with more memory, or give model= a smaller quantization of the GGUF (e.g. Q4_K_M)"
     return (
         "measure on a machine with more memory (a GGUF of the model can be searched in llama.cpp "
         "against itself: quality.reference=gguf)"

@@ -6,6 +6,7 @@ an earlier run or from another worker of this one. A sampler never sees a candid
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -13,6 +14,8 @@ from typing import Protocol
 from optimizer.config import QualityConfig, SearchConfig
 from optimizer.results import CandidateResult
 from optimizer.space import Candidate
+
+log = logging.getLogger(__name__)
 
 
 class Sampler(Protocol):
@@ -76,6 +79,13 @@ def make_sampler(
         return GridSampler(candidates)
     if cfg.sampler in ("bound", "auto"):
         if prior is None:  # no roofline for this target: no order to go by
+            # asked for by name, it would be read as best bound first (auto's docs say it is random)
+            if cfg.sampler == "bound":
+                log.warning(
+                    "search.sampler=bound has no roofline bound to order by (search.roofline=false, or a "
+                    "GPU target without target.memory_bandwidth_gb_per_s and peak_bf16_tflops): candidates "
+                    "are drawn in a seeded random order; set search.roofline=true (with those rates on a GPU)"
+                )
             return RandomSampler(candidates, cfg.seed)
         return BoundSampler(candidates, prior, cfg.seed)
     if cfg.sampler == "optuna":
