@@ -274,6 +274,12 @@ class OrtGenaiEngine:
         return Generation(batch, max_new_tokens, first - start, end - start, token_ids=token_ids)
 
     def score(self, token_ids: torch.Tensor) -> torch.Tensor:
+        if self.vocab_size is not None:
+            # as generate: genai's Gather would read a negative id as another token, silently
+            outside = token_ids[(token_ids < 0) | (token_ids >= self.vocab_size)]
+            if outside.numel():
+                bad = int(outside[0])
+                raise ValueError(f"token id {bad} is outside the model's vocabulary of {self.vocab_size}")
         ids = token_ids.numpy().astype(np.int32)
         chunks = [
             self._score(ids[i : i + GENERATOR_MAX_BATCH]) for i in range(0, len(ids), GENERATOR_MAX_BATCH)

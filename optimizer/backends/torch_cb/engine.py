@@ -29,7 +29,7 @@ from optimizer.backends.base import Generation
 from optimizer.backends.openmp import release_openmp_threads
 from optimizer.backends.torch_cb.prefix import PrefixCounters
 from optimizer.backends.torch_cb.progress import first_token_times
-from optimizer.backends.torch_cb.requests import check_request
+from optimizer.backends.torch_cb.requests import check_request, learned_position_limit
 from optimizer.backends.torch_cb.settings import ContinuousBatchingSettings
 from optimizer.errors import UserError
 from optimizer.measure.serving import Completion
@@ -86,6 +86,7 @@ class ContinuousBatchingEngine:
         self._manager: Any = None  # created by the first generate(): scoring alone needs no cache
         self._pending: set[str] = set()  # submitted and not yet collected
         self._prefix = PrefixCounters()
+        self._position_limit = learned_position_limit(hf_model)  # None: no learned positions
 
     def _round_to_pages(self, tokens: int) -> int:
         return max(1, math.ceil(tokens / self.page_size)) * self.page_size
@@ -171,7 +172,7 @@ class ContinuousBatchingEngine:
             raise ValueError(f"prompt_ids must be [batch, tokens], got shape {tuple(prompt_ids.shape)}")
         rows = prompt_ids.tolist()
         for row in rows:
-            check_request(self.model, row, max_new_tokens)
+            check_request(self.model, row, max_new_tokens, self._position_limit)
         manager = self.reserve(prompt_ids.shape[1] + max_new_tokens)
 
         start = time.perf_counter()
@@ -263,7 +264,7 @@ class ContinuousBatchingEngine:
     # -- ServingEngine: requests of a stream, submitted at their arrival times -----------------
 
     def submit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> str:
-        check_request(self.model, prompt_ids, max_new_tokens)
+        check_request(self.model, prompt_ids, max_new_tokens, self._position_limit)
         manager = self.reserve(len(prompt_ids) + max_new_tokens)
         if self.settings.prefix_sharing:
             self._prefix.attach(manager)
