@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -21,7 +20,13 @@ from optimizer.config import TargetConfig
 from optimizer.errors import UserError
 from optimizer.host_cpu import read_or_empty
 from optimizer.measure.cpu_time import cpu_times, own_cpu_seconds, shared_cpu_warnings, wait_for_quiet_cpu
-from optimizer.measure.nvml_device import boards_power_mw, integrate_power, nvml_handle, torch_cuda_uuid
+from optimizer.measure.nvml_device import (
+    PowerPoll,
+    board_state,
+    boards_power_mw,
+    nvml_handle,
+    torch_cuda_uuid,
+)
 from optimizer.measure.rapl_poll import CounterPoll
 from optimizer.target import TargetSpec
 
@@ -285,42 +290,30 @@ class NvmlMeter:
     @contextmanager
     def window(self, sync: bool = True) -> Iterator[Measurement]:
         measurement = Measurement(source=self.source, idle_watts=self.idle_watts)
-        samples: list[tuple[float, float]] = []
-        stop = threading.Event()
-
-        def poll() -> None:
-            while not stop.is_set():
-                samples.append((self.clock(), self._power_watts()))
-                stop.wait(self.poll_seconds)
-
+        power = PowerPoll(self._power_watts, self.clock, self.poll_seconds)
         if sync:
             self._sync()
         start_mj = self._energy_mj() if self.has_counter else 0
         t0 = self.clock()
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        try:  # a window that raises (a candidate's timeout, an OOM) must not leave its poller running
+        with power:  # a window that raises (a candidate's timeout, an OOM) stops its poller too
             yield measurement
             if sync:
                 self._sync()
             end_mj = self._energy_mj() if self.has_counter else 0
             t1 = self.clock()
-        finally:
-            stop.set()
-            poller.join()
-        samples.append((t1, self._power_watts()))
+        power.sample(at=t1)
         measurement.seconds = t1 - t0
-        measurement.polled_joules = integrate_power(samples, t0, t1)
+        measurement.polled_joules = power.joules(t0, t1, required=not self.has_counter)
         measurement.joules = (
             (end_mj - start_mj) / 1000.0 if self.has_counter else measurement.polled_joules or 0.0
         )
         stuck = measurement.seconds >= NVML_STUCK_SECONDS and end_mj <= start_mj
         if self.has_counter and stuck and measurement.polled_joules:
             self._drop_counter(measurement, end_mj - start_mj)
-        handle = self.handles[0]
-        nvml = self._nvml
-        measurement.temperature_c = float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
-        measurement.sm_clock_mhz = float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM))
+        measurement.temperature_c, measurement.sm_clock_mhz = board_state(self._nvml, self.handles[0])
+        if unread := power.warning(t0, t1):
+            measurement.warnings.append(unread)
+            log.warning("%s", unread)
         if measurement.seconds < NVML_MIN_PERIODS * NVML_UPDATE_SECONDS:
             measurement.warnings.append(
                 f"window {measurement.seconds:.2f} s < {NVML_MIN_PERIODS} NVML counter periods: error may be tens of %"

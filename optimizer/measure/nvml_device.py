@@ -4,15 +4,21 @@ CUDA numbers the devices a process sees after `CUDA_VISIBLE_DEVICES` (a worker g
 as `cuda:0`); NVML numbers every board on the host and ignores the variable. Opening the NVML
 handle by the CUDA index would meter the wrong board, so the handle is opened by the device's UUID
 (from torch, when CUDA is up), else by the variable's entry for that index. Also how a board's
-power is read and integrated (the meter's cross-check, and its reading without an energy counter).
+power is read, polled through a window and integrated (the meter's cross-check, and its reading
+without an energy counter).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 UUID_PREFIXES = ("GPU-", "MIG-")
 
@@ -154,3 +160,84 @@ def integrate_power(samples: list[tuple[float, float]], start: float, end: float
     # extend the first and last readings to the window's edges
     joules += (inside[0][0] - start) * inside[0][1] + (end - inside[-1][0]) * inside[-1][1]
     return joules
+
+
+class PowerPoll:
+    """Board power read through one window: by a thread every `poll_seconds` from its start, and
+    once more at its end (`sample(at=end)`).
+
+    A read can fail (NVML answers Unknown Error under load, transiently): it is skipped and the
+    next one covers the gap, as RAPL's poll does, so the thread never dies and leaves the window
+    integrated from its first readings; a window whose reads failed says how long it went unread."""
+
+    def __init__(self, read: Callable[[], float], clock: Callable[[], float], poll_seconds: float) -> None:
+        self._read, self._clock, self.poll_seconds = read, clock, poll_seconds
+        self.samples: list[tuple[float, float]] = []  # (time, watts)
+        self.reads = 0
+        self.failed = 0
+        self.error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> PowerPoll:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()  # also when the window's body raised: no thread outlives its window
+        self._thread.join()
+
+    def sample(self, at: float | None = None) -> None:
+        """One reading, timed `at` (default: now); a failure is counted, never raised."""
+        at = self._clock() if at is None else at
+        self.reads += 1
+        try:
+            self.samples.append((at, self._read()))
+        # any error: a poll thread that dies leaves the window integrated from its first readings
+        except Exception as exc:
+            self.failed += 1
+            if not self.error:
+                log.warning("reading NVML power failed, polling on: %s", exc)
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.poll_seconds)
+
+    def joules(self, start: float, end: float, required: bool) -> float | None:
+        """The readings integrated over [start, end]; None with too few of them, which raises when
+        they are `required` (a meter without an energy counter has no other figure)."""
+        joules = integrate_power(self.samples, start, end)
+        if joules is None and required and self.failed:
+            raise RuntimeError(f"{self._failures()}: too few readings for the window's energy")
+        return joules
+
+    def warning(self, start: float, end: float) -> str | None:
+        """How long a window whose reads failed went unread; None when none failed."""
+        if not self.failed:
+            return None
+        times = [start, *(t for t, _ in self.samples if start <= t <= end), end]
+        gap = max(later - earlier for earlier, later in zip(times, times[1:], strict=False))
+        return f"{self._failures()}: {gap:.2f} s went unread, integrated from the readings either side"
+
+    def _failures(self) -> str:
+        return f"NVML power could not be read at {self.failed} of {self.reads} reads ({self.error})"
+
+
+def board_state(nvml: Any, handle: Any) -> tuple[float | None, float | None]:
+    """The board's temperature (C) and SM clock (MHz) after a window; None where a read failed: a
+    transient NVML error must not fail a window whose energy was read."""
+    readings: list[float | None] = []
+    for read in (
+        lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU),
+        lambda: nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM),
+    ):
+        try:
+            readings.append(float(read()))
+        except nvml.NVMLError as exc:
+            log.warning("reading the GPU's temperature or clock failed: %s", exc)
+            readings.append(None)
+    return readings[0], readings[1]
