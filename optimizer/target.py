@@ -273,11 +273,21 @@ def _detect_gpu(index: int) -> GpuInfo | None:
         try:  # the board behind cuda:<index>, as CUDA_VISIBLE_DEVICES numbers devices; NVML's
             # own where the variable hides them all (the board is named in the note that says so)
             handle = pynvml.nvmlDeviceGetHandleByIndex(index) if hidden else nvml_handle(pynvml, index)
-        except (ValueError, pynvml.NVMLError):
+        except (ValueError, pynvml.NVMLError) as exc:
+            _warn_once(f"{_unopened_device(index, hidden)} ({exc}); targeting the CPU")
             return None
         return _board(pynvml, handle, index)
     finally:
         pynvml.nvmlShutdown()
+
+
+def _unopened_device(index: int, hidden: bool) -> str:
+    """What names the board NVML could not open: CUDA_VISIBLE_DEVICES's entry (`5` on a one-GPU
+    host, a UUID of no board here: CUDA sees no such device either), else NVML's index."""
+    visible = cuda_visible_devices()
+    if hidden or not visible:
+        return f"NVML cannot open GPU {index}"
+    return f"CUDA_VISIBLE_DEVICES={','.join(visible)} names no GPU of this host as cuda:{index}"
 
 
 def _board(pynvml: Any, handle: Any, index: int) -> GpuInfo | None:
