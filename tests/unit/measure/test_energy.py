@@ -16,10 +16,10 @@ from optimizer.measure.energy import (
     EstimateMeter,
     Measurement,
     RaplMeter,
-    integrate_power,
     make_meter,
     measure_idle_watts,
 )
+from optimizer.measure.nvml_device import integrate_power
 
 
 def _process_cpu_seconds() -> float:
