@@ -49,7 +49,7 @@ def warn_unused_turn_gap(gap: float) -> None:
 
 
 # What only a generated stream reads: a trace brings its own requests, arrivals and lengths
-# (`rates` is refused beside a trace when the stream is made: measure/setup.py)
+# (`rates` is refused beside a trace with the config: WorkloadConfig.__post_init__)
 TRACE_IGNORES = tuple(
     f for f in SERVING_FIELDS if f not in ("rates", "trace", "warmup_requests", "drain_requests")
 )
@@ -203,6 +203,13 @@ class WorkloadConfig:
             "(closed batches), which would ignore it",
             "add workload.kind=serving (`kind: serving` in your own preset), or start from a serving "
             "preset: workload=chat",
+        )
+        # here, not when the stream is made: that comes after the model is resolved and tokenized
+        require(
+            not (self.trace and self.rates),
+            "workload.rates",
+            "a trace is replayed at its own arrival times: it has one offered load, its own",
+            "drop workload.rates (for a load curve, use a generated stream: workload=chat)",
         )
         require(
             self.arrivals != "gamma" or self.arrival_cv > 0,

@@ -14,6 +14,7 @@ seen, which is what prefix KV reuse saves.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -25,6 +26,7 @@ from typing import Any
 
 from optimizer.config import LengthConfig, WorkloadConfig
 from optimizer.errors import UserError
+from optimizer.measure.text import json_lines, json_problem
 
 # A first arrival later than this is a clock time, not seconds from the trace's start
 FIRST_ARRIVAL_LIMIT_SECONDS = 3600.0
@@ -193,18 +195,16 @@ def _reindexed(request: StreamRequest, index: int) -> StreamRequest:
 def read_trace(path: Path, tokenizer: Any, text: TextTokens, max_context: int | None = None) -> RequestStream:
     """A stream from a JSONL trace; see `TRACE_FORMAT`. Every problem is a UserError naming the
     line and the field."""
-    if not path.is_file():
-        raise UserError("workload.trace", f"{path} does not exist", "give the path of a JSONL trace file")
     requests: list[StreamRequest] = []
     previous = 0.0
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_trace_lines(path), start=1):
         if not line.strip():
             continue
         where = f"workload.trace line {number}"
         try:
             item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(where, f"is not JSON ({exc.msg})", "one JSON object per line") from None
+        except ValueError as exc:  # a JSONDecodeError, or a number past Python's digit limit
+            raise UserError(where, f"is not JSON ({json_problem(exc)})", "one JSON object per line") from None
         if not isinstance(item, dict):
             raise UserError(
                 where, "is not a JSON object", 'e.g. {"arrival": 0.5, "prompt": "...", "output_tokens": 64}'
@@ -228,13 +228,8 @@ def read_trace(path: Path, tokenizer: Any, text: TextTokens, max_context: int | 
         output = _count(item, "output_tokens", where)
         if output < 1:
             raise UserError(f"{where}: output_tokens", f"is {output}", "ask for >= 1 token")
-        prompt = _prompt(item, where, tokenizer, text)
-        if max_context is not None and len(prompt) + output > max_context:
-            raise UserError(
-                f"{where}: prompt",
-                f"{len(prompt)} prompt + {output} output tokens exceed the model's context of {max_context}",
-                "shorten the prompt or the output",
-            )
+        prompt = _prompt(item, where, tokenizer, text, output, max_context)
+        _check_context(where, len(prompt), output, max_context)
         conversation = item.get("conversation")
         # kept as str(): a list, a dict or 1.0 (not the id 1) would become an id no one wrote
         if conversation is not None and (
@@ -263,15 +258,52 @@ def read_trace(path: Path, tokenizer: Any, text: TextTokens, max_context: int | 
     return RequestStream(tuple(requests), f"trace {path.name}")
 
 
+def _trace_lines(path: Path) -> list[str]:
+    """The trace file's lines: UTF-8, with or without a BOM (Notepad's and PowerShell's)."""
+    if path.is_dir():  # it exists: "does not exist" sends users looking for a typo
+        raise UserError("workload.trace", f"{path} is a folder", "give the path of a JSONL trace file")
+    if not path.is_file():
+        raise UserError("workload.trace", f"{path} does not exist", "give the path of a JSONL trace file")
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return json_lines(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = len(json_lines(data[: exc.start].decode("utf-8")))
+        raise UserError(
+            f"workload.trace line {line}",
+            f"is not UTF-8 text (byte 0x{data[exc.start]:02x}: the file was saved in another encoding)",
+            "save the trace as UTF-8 (JSON files are UTF-8)",
+        ) from None
+
+
 def _number(item: dict[str, Any], key: str, where: str) -> float:
     if key not in item:
         raise UserError(
             f"{where}", f"missing '{key}'", f"every line needs '{key}'; see the trace format in the README"
         )
     value = item[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(f"{where}: {key}", f"is {value!r}, not a number", f"give {key} as a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past a float's range
+        raise UserError(
+            f"{where}: {key}",
+            "is an integer past a float's range (1.8e308), too large",
+            f"give {key} as a smaller number",
+        ) from None
+    if not math.isfinite(number):
+        raise UserError(f"{where}: {key}", f"is {value!r}, not a number", f"give {key} as a number")
+    return number
+
+
+def _check_context(where: str, prompt_tokens: int, output: int, max_context: int | None) -> None:
+    if max_context is not None and prompt_tokens + output > max_context:
+        raise UserError(
+            f"{where}: prompt",
+            f"{prompt_tokens} prompt + {output} output tokens exceed the model's context of {max_context}",
+            "shorten the prompt or the output",
+        )
 
 
 def _count(item: dict[str, Any], key: str, where: str) -> int:
@@ -282,7 +314,11 @@ def _count(item: dict[str, Any], key: str, where: str) -> int:
     return int(value)
 
 
-def _prompt(item: dict[str, Any], where: str, tokenizer: Any, text: TextTokens) -> tuple[int, ...]:
+def _prompt(
+    item: dict[str, Any], where: str, tokenizer: Any, text: TextTokens, output: int, max_context: int | None
+) -> tuple[int, ...]:
+    """The line's prompt ids; a counted one checked against the context before it is built (a
+    typo's extra zeros built hundreds of MB of ids first)."""
     if isinstance(item.get("prompt"), str):
         body = tuple(tokenizer(item["prompt"], add_special_tokens=False)["input_ids"])
         # a prompt rendered by a chat template may start with the BOS text itself (Llama 2's
@@ -296,11 +332,12 @@ def _prompt(item: dict[str, Any], where: str, tokenizer: Any, text: TextTokens) 
         count = _count(item, "prompt_tokens", where)
         if count < 1:
             raise UserError(f"{where}: prompt_tokens", f"is {count}", "a prompt has >= 1 token")
+        _check_context(where, count, output, max_context)
         return text.prompt(count)
     raise UserError(where, "has neither 'prompt' (text) nor 'prompt_tokens' (a count)", "give one of them")
 
 
-TRACE_FORMAT = """One JSON object per line:
+TRACE_FORMAT = """One JSON object per line, UTF-8 (a byte order mark is fine):
   arrival        seconds from the trace's start (number, >= 0, non-decreasing; the first <= 3600)
   prompt         the prompt text, or
   prompt_tokens  a prompt length in tokens, an integer (real text of that length is used)

@@ -87,10 +87,12 @@ def _file_paragraphs(path: Path) -> list[str]:
         )
     raw = path.read_text(encoding="utf-8", errors="replace")
     suffix = path.suffix.lower()  # DATA.JSON is JSON too, not paragraphs of text
+    if suffix in (".json", ".jsonl"):  # JSON after a BOM was refused; a .txt keeps it (and its hash)
+        raw = raw.removeprefix(BYTE_ORDER_MARK)
     if suffix == ".jsonl":
         return [
             _text_of(_parse(line, path, number, JSONL_SHAPE), f"{path} line {number}", JSONL_SHAPE)
-            for number, line in enumerate(raw.splitlines(), start=1)
+            for number, line in enumerate(json_lines(raw), start=1)
             if line.strip()
         ]
     if suffix == ".json":
@@ -107,6 +109,24 @@ def _file_paragraphs(path: Path) -> list[str]:
 
 _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
 
+BYTE_ORDER_MARK = "\ufeff"  # Notepad and PowerShell start UTF-8 files with one
+# JSON Lines ends a line at a newline (a lone carriage return too, as splitlines() did): not at
+# U+2028, U+2029 or NEL, which JSON allows raw inside a string (ensure_ascii=False writes them)
+_JSON_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def json_lines(raw: str) -> list[str]:
+    """The lines of a JSON Lines text, numbered as an editor numbers them."""
+    return _JSON_LINE_END.split(raw)
+
+
+def json_problem(exc: ValueError) -> str:
+    """What json.loads found wrong: an integer past Python's digit limit (4300 by default) is a
+    plain ValueError, whose advice (sys.set_int_max_str_digits) is not the user's to follow."""
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.msg
+    return "an integer with too many digits to read"
+
 
 JSONL_SHAPE = 'write one {"text": "..."} object (or a JSON string) per line'
 JSON_SHAPE = 'write a list of {"text": "..."} objects or strings, or a mapping of them'
@@ -117,9 +137,10 @@ def _parse(text: str, path: Path, first_line: int, shape: str) -> Any:
     file; 0 when the text is the whole file, whose error knows the line)."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
-        line = first_line or exc.lineno
-        raise UserError("quality.text", f"{path} line {line} is not JSON ({exc.msg})", shape) from None
+    except ValueError as exc:  # a JSONDecodeError, or a number past Python's digit limit
+        line = first_line or getattr(exc, "lineno", None)
+        where = f"{path} line {line}" if line else str(path)
+        raise UserError("quality.text", f"{where} is not JSON ({json_problem(exc)})", shape) from None
 
 
 def _text_of(item: Any, where: str, shape: str) -> str:
