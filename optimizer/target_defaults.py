@@ -26,6 +26,7 @@ from optimizer.config.compose import compose_settings, run_config_from, validate
 from optimizer.config.space import BACKENDS
 from optimizer.config.target import keep_packaged_identity
 from optimizer.errors import UserError
+from optimizer.measure.text import json_lines
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -158,7 +159,8 @@ def trace_shares_prefixes(path: Path) -> bool:
     while the config is composed). A file or line that cannot be read counts as sharing nothing:
     reading the trace for the run reports it, naming the line."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # as the run reads it: a BOM dropped, lines split at line ends only (U+2028 may be in a prompt)
+        lines = json_lines(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError):
         return False
     prompts: list[str] = []
@@ -166,7 +168,7 @@ def trace_shares_prefixes(path: Path) -> bool:
     for line in lines:
         try:
             item = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or an integer of too many digits
             continue
         if not isinstance(item, dict):
             continue
