@@ -15,8 +15,10 @@ seen, which is what prefix KV reuse saves.
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import json
+import logging
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -28,8 +30,12 @@ from optimizer.config import LengthConfig, WorkloadConfig
 from optimizer.errors import UserError
 from optimizer.measure.text import json_lines, json_problem
 
+log = logging.getLogger(__name__)
+
 # A first arrival later than this is a clock time, not seconds from the trace's start
 FIRST_ARRIVAL_LIMIT_SECONDS = 3600.0
+# A replay longer than this is most likely arrivals in milliseconds read as seconds
+LONG_REPLAY_SECONDS = 3600.0
 
 
 def draw_length(lengths: LengthConfig, rng: random.Random) -> int:
@@ -63,9 +69,11 @@ class RequestStream:
     requests: tuple[StreamRequest, ...]
     source: str  # what produced it, for the report: "chat: poisson 2 req/s, seed 0" or "trace <file>"
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
-        """Identity of the stream's content: arrivals, prompts and output lengths."""
+        """Identity of the stream's content: arrivals, prompts and output lengths. Computed once
+        (seconds for a 100k-request trace, read once per measurement): the stream is frozen, its
+        requests frozen tuples."""
         digest = hashlib.sha256()
         for r in self.requests:
             row = [round(r.arrival_seconds, 6), list(r.prompt_ids), r.max_new_tokens, r.conversation, r.turn]
@@ -255,7 +263,23 @@ def read_trace(path: Path, tokenizer: Any, text: TextTokens, max_context: int | 
         )
     if not requests:
         raise UserError("workload.trace", f"{path} has no requests", "one JSON object per line")
+    if requests[-1].arrival_seconds > LONG_REPLAY_SECONDS:
+        warn_of_a_long_replay(str(path), requests[-1].arrival_seconds)
     return RequestStream(tuple(requests), f"trace {path.name}")
+
+
+@functools.cache
+def warn_of_a_long_replay(path: str, seconds: float) -> None:
+    """Once per trace: a run reads it more than once. A warning, not a refusal: a day-long trace
+    may be meant, but arrivals in milliseconds (0, 350, 700...) pass every other check."""
+    log.warning(
+        "workload.trace %s spans %.0f s (%.1f h): every run of every candidate replays it at its own "
+        "times (a candidate past search.candidate_timeout_minutes is ended as hung). Arrivals in "
+        "milliseconds? They are seconds from the trace's start: divide them by 1000",
+        path,
+        seconds,
+        seconds / 3600,
+    )
 
 
 def _trace_lines(path: Path) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Any
 from optimizer.backends.base import RowRules
 from optimizer.backends.registry import spec_for
 from optimizer.config import HALF_REFERENCES, QUALITY_REFERENCES, RunConfig
+from optimizer.config.workload import TRACE_IGNORES
 from optimizer.errors import UserError
 from optimizer.files import tensor_sha256
 from optimizer.measure import PROTOCOL_VERSION
@@ -79,9 +80,10 @@ def protocol(
             workload["stream_sha256"] = stream_sha256
             if workload.get("trace"):  # a trace by its content: the same file moved is the same stream
                 workload["trace"] = "(by content)"
-                # replayed at its own times (and recorded at its own rate): workload.rate plays no
-                # part (in the key, stores from before recorded that rate as the trace's)
-                del workload["rate"]
+                # replayed at its own times and lengths (and recorded at its own rate): the generated
+                # stream's fields (workload.rate, requests, lengths, turns...) play no part, so the
+                # same trace under workload=agent or workload.requests=100 reuses what was measured
+                workload = {k: v for k, v in workload.items() if k not in TRACE_IGNORES}
     parts = quality_protocol(cfg, text_sha256) | {"workload": workload, "energy_source": energy_source}
     if energy_source == "estimate":  # joules are arithmetic on these: other values, other joules
         parts["estimate_coefficients"] = estimate_coefficients(cfg.target)
