@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 
-def write_atomically(path: Path, text: str) -> Path:
-    """Write `text` beside `path`, then rename it over `path` (atomic on one filesystem)."""
+@contextmanager
+def replacing_atomically(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write in the block; renamed over `path` (atomic on one
+    filesystem) once the block ends without an error, removed in every case; a block that wrote
+    nothing leaves `path` as it was. For writers that take a path (a plot's savefig): name the
+    format, the temporary's suffix is not `path`'s."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        yield temporary
+        if temporary.exists():
+            os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, text: str) -> Path:
+    """Write `text` beside `path`, then rename it over `path` (atomic on one filesystem)."""
+    with replacing_atomically(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
     return path
 
 

@@ -156,7 +156,7 @@ def write_report(
     # no finalists re-measured: a best at the SLO's edge is flagged as a finalist winner is
     lone = lone_edge_reason(best, cfg.workload.slo, cfg.search.slo_margin) if best and not selection else None
     lines += selection_section(selection, estimate_mark(source), lone)
-    lines += _search_section(outcome, excluded, cfg)
+    lines += _search_section(outcome, excluded, cfg, finalist_rounds)
     lines += backends_section(shown, excluded, outcome.baseline, estimate_mark(source))
     mark = estimate_mark(source)
     lines += serving_section(outcome.results, output_dir, mark)
@@ -276,7 +276,10 @@ def _no_rollup(performance: PerformanceResult) -> str:
 
 
 def _search_section(
-    outcome: SearchOutcome, excluded: Sequence[tuple[Candidate, str]], cfg: RunConfig
+    outcome: SearchOutcome,
+    excluded: Sequence[tuple[Candidate, str]],
+    cfg: RunConfig,
+    finalist_rounds: Sequence[CandidateResult] = (),
 ) -> list[str]:
     counts = Counter(r.status for r in outcome.results)
     reused = sum(r.reused for r in outcome.results)
@@ -292,8 +295,7 @@ def _search_section(
         f"- measured {counts[MEASURED]} (feasible {feasible}{_outside(outcome)}), rejected by the quality bound {counts[REJECTED]}, "
         f"failed {counts[FAILED]}, pruned {counts[PRUNED]}, excluded by rules {len(excluded)}, "
         f"not reached (budget, search.max_candidates or search.patience) {len(outcome.not_reached)}",
-        f"- {reused} results reused from the store; {outcome.measuring_seconds:.0f} s spent evaluating"
-        " in this run (summed over workers)",
+        f"- {reused} results reused from the store; {_evaluating(outcome, finalist_rounds)}",
     ]
     pruned = Counter(_reason_kind(r.reason) for r in outcome.results if r.status == PRUNED)
     if pruned:
@@ -313,6 +315,14 @@ def _search_section(
     if len(reports) > 1:
         lines.append("- evaluated per worker: " + ", ".join(str(w.evaluated) for w in reports))
     return lines + [""]
+
+
+def _evaluating(outcome: SearchOutcome, finalist_rounds: Sequence[CandidateResult]) -> str:
+    """This run's evaluation time: the search's store counts its own context only, the finalists'
+    rounds are kept apart (a round an earlier run stored took none of it)."""
+    finalists = sum(r.seconds for r in finalist_rounds if not r.reused)
+    said = f"{outcome.measuring_seconds + finalists:.0f} s spent evaluating in this run (summed over workers)"
+    return said + (f", {finalists:.0f} s of them re-measuring finalists" if finalist_rounds else "")
 
 
 def _outside(outcome: SearchOutcome) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from optimizer.files import replacing_atomically
 from optimizer.report.backend_table import remeasured_label
 from optimizer.results import MEASURED, REJECTED, CandidateResult
 
@@ -29,9 +30,18 @@ def plot_pareto(
     import matplotlib.pyplot as plt
 
     fig = pareto_figure(results, front, best, baseline, max_kl, energy_source)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
     return path
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """`fig` as a PNG at `path`, whole or not at all: a crash mid-save (a full disk, an
+    interrupt) leaves the earlier image, not a torn one beside a finished report."""
+    with replacing_atomically(path) as temporary:
+        fig.savefig(temporary, format="png")
 
 
 def pareto_figure(

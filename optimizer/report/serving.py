@@ -217,6 +217,8 @@ def plot_load(path: Path, served: Sequence[CandidateResult], estimated: bool = F
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from optimizer.report.plots import save_figure
+
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.5), dpi=110)
     for r in served:
         assert r.performance is not None and r.performance.serving is not None
@@ -238,8 +240,10 @@ def plot_load(path: Path, served: Sequence[CandidateResult], estimated: bool = F
     axes[1].set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
     return path
 
 

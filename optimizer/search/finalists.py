@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from optimizer.config import SearchConfig, SloConfig
-from optimizer.interrupts import raise_if_interrupted
+from optimizer.interrupts import deferred_interrupts, raise_if_interrupted
 from optimizer.measure.workload import PerformanceResult
 from optimizer.results import FAILED, CandidateResult
 from optimizer.search.evaluate import Evaluator
@@ -39,15 +39,19 @@ def remeasure(
     evaluator: Evaluator, results: Sequence[CandidateResult], search: SearchConfig
 ) -> tuple[list[CandidateResult], Selection] | None:
     """Re-measure the best candidates side by side and select among them. Returns every
-    re-measurement and the selection, or None when nothing is in question: with
-    search.finalists < 2, without finalists, or with one feasible finalist and nothing beside it
-    (a lone near miss is re-measured: whether it meets the SLO is the question)."""
+    re-measurement (a failed finalist's once: it is not measured again) and the selection, or
+    None when nothing is in question: with search.finalists < 2, without finalists, or with one
+    feasible finalist and nothing beside it (a lone near miss is re-measured: whether it meets
+    the SLO is the question)."""
     pool = finalist_pool(results, search, evaluator.workload_cfg.slo)
     if search.finalists < 2 or not pool or (len(pool) == 1 and pool[0].feasible):
         return None
     rounds = [_round_store(evaluator.store, pool, index) for index in range(search.finalist_rounds)]
     _say_plan(pool, rounds, search)
     runs: dict[str, list[CandidateResult]] = {r.candidate.key(): [] for r in pool}
+    # what was measured (or stored) per candidate: a failure carried into later rounds for the
+    # selection is one measurement, one row in results.jsonl, not one per round
+    measurements: dict[str, list[CandidateResult]] = {key: [] for key in runs}
     for index, store in enumerate(rounds):
         if store is not None:
             store.refresh()  # rows another run of this search wrote since the plan was read
@@ -67,6 +71,7 @@ def remeasure(
                     continue
                 result, stored = _measured_round(evaluator, store, previous.candidate, search)
                 earlier.append(result)
+                measurements[previous.candidate.key()].append(result)
                 log.info(
                     "finalist round %d: %s %.3f goodput tok/J%s",
                     index + 1,
@@ -74,7 +79,7 @@ def remeasure(
                     result.objective,
                     " (stored)" if stored else "",
                 )
-    remeasured = [r for rs in runs.values() for r in rs]
+    remeasured = [r for rs in measurements.values() for r in rs]
     return remeasured, select_finalist(pool, runs, evaluator.workload_cfg.slo, search.slo_margin)
 
 
@@ -141,18 +146,21 @@ def _measured_round(
     if rounds is None:
         return evaluator.evaluate(candidate, "finalist"), False
     if (stored := _stored(rounds, candidate, search)) is not None:
-        return stored, True
+        # an earlier run's: its time is not this run's (the report's evaluation seconds)
+        return replace(stored, reused=not rounds.measured_in_run(candidate)), True
     # a lease taken from a process that died measuring this round is counted, as in the search;
     # one held by a live run (the same search, started twice) is not waited for
     rounds.claim(candidate.key(), search.lease_seconds, candidate.label())
     deaths = rounds.deaths_measuring(candidate)
-    with leases_in(rounds):  # a hang is recorded in the round, as a failure is below
+    # an interrupt once the result exists (the evaluator's tail, the append) waits for its row,
+    # then ends the run, as in the search; the measurement itself stays interruptible
+    with leases_in(rounds), deferred_interrupts():  # a hang is recorded in the round, as a failure is
         result = (
             died_measuring(candidate, deaths, "finalist")
             if deaths >= DEATHS_BEFORE_FAILING
             else evaluator.evaluate(candidate, "finalist")
         )
-    rounds.append(result)  # also gives up the lease
+        rounds.append(result)  # also gives up the lease
     return result, False
 
 

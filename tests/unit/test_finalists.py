@@ -229,9 +229,8 @@ def test_a_finalist_that_killed_its_process_twice_fails_its_round(tmp_path: Path
     assert evaluator.order == [8, 4, 4, 8]
     assert picked is not None
     remeasured, selection = picked
-    failed, carried = [r for r in remeasured if r.status == FAILED]
+    [failed] = [r for r in remeasured if r.status == FAILED]  # measured once: one row
     assert failed.candidate == crasher and "2 processes died" in (failed.reason or "")
-    assert carried is failed
     assert selection.winner == pool[1].candidate.key()
 
 
