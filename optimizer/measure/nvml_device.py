@@ -163,8 +163,10 @@ def integrate_power(samples: list[tuple[float, float]], start: float, end: float
 
 
 class PowerPoll:
-    """Board power read through one window: by a thread every `poll_seconds` from its start, and
-    once more at its end (`sample(at=end)`).
+    """Board power read through one window: once at its start, before the thread that reads it
+    every `poll_seconds` after (a thread first scheduled after a short window closed left it one
+    reading, no integral: 0 J on a meter without an energy counter), and once more at its end
+    (`sample(at=end)`).
 
     A read can fail (NVML answers Unknown Error under load, transiently): it is skipped and the
     next one covers the gap, as RAPL's poll does, so the thread never dies and leaves the window
@@ -180,6 +182,7 @@ class PowerPoll:
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def __enter__(self) -> PowerPoll:
+        self.sample()
         self._thread.start()
         return self
 
@@ -203,16 +206,17 @@ class PowerPoll:
             self.error = f"{type(exc).__name__}: {exc}"
 
     def _poll(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self.poll_seconds):  # the window's start was read in __enter__
             self.sample()
-            self._stop.wait(self.poll_seconds)
 
     def joules(self, start: float, end: float, required: bool) -> float | None:
         """The readings integrated over [start, end]; None with too few of them, which raises when
-        they are `required` (a meter without an energy counter has no other figure)."""
+        they are `required` (a meter without an energy counter has no other figure: never 0 J)."""
         joules = integrate_power(self.samples, start, end)
-        if joules is None and required and self.failed:
-            raise RuntimeError(f"{self._failures()}: too few readings for the window's energy")
+        if joules is None and required:
+            read = sum(start <= t <= end for t, _ in self.samples)
+            why = self._failures() if self.failed else f"{read} NVML power reading(s) in the window"
+            raise RuntimeError(f"{why}: too few readings for the window's energy")
         return joules
 
     def warning(self, start: float, end: float) -> str | None:

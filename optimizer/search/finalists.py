@@ -26,7 +26,8 @@ from optimizer.interrupts import deferred_interrupts, raise_if_interrupted
 from optimizer.measure.workload import PerformanceResult
 from optimizer.results import FAILED, CandidateResult
 from optimizer.search.evaluate import Evaluator
-from optimizer.search.runner import DEATHS_BEFORE_FAILING, died_measuring, rough_duration
+from optimizer.search.progress import rough_duration
+from optimizer.search.runner import DEATHS_BEFORE_FAILING, died_measuring
 from optimizer.search.watchdog import leases_in
 from optimizer.select import Selection, feasible, near_misses, potential, select_finalist
 from optimizer.space import Candidate

@@ -36,6 +36,7 @@ from optimizer.errors import UserError
 from optimizer.host_cpu import usable_cores
 from optimizer.interrupts import sigterm_interrupts
 from optimizer.processes import die_with_parent
+from optimizer.search.ray_cpu_sharing import warn_of_shared_ray_nodes
 from optimizer.search.roofline import RooflineRates
 from optimizer.search.runner import WorkerReport
 from optimizer.search.watchdog import HUNG_EXIT_CODE
@@ -84,6 +85,7 @@ def launch_search(
     ]
     log.info("launching %d workers (%s)", count, cfg.launcher.kind)
     if cfg.launcher.kind == "ray":
+        warn_of_shared_ray_nodes(cfg, target)
         return Launched(on_ray(cfg.launcher.ray, specs, gpu=target.is_cuda))
     if cfg.launcher.kind == "slurm":
         slurm = cfg.launcher.slurm

@@ -12,6 +12,17 @@ def rough_duration(seconds: float) -> str:
     return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min"
 
 
+def time_left_note(estimate: float | None, budget_left: float | None, typical: float) -> str:
+    """The progress line's tail: the search's time left, or that the budget's rest fits no further
+    candidate (none starts with less than a typical measurement's time left, runner.py): `~20 s
+    left` would promise time that goes unused. Empty before an estimate and when nothing is left."""
+    if not estimate:
+        return ""
+    if budget_left is not None and budget_left < typical:
+        return f"; search: no further candidate fits the {rough_duration(budget_left)} of budget left"
+    return f"; search: {rough_duration(estimate)} left (estimate)"
+
+
 def measuring_line(index: int, total: int, candidate: Candidate, role: str) -> str:
     """The line that says a measurement starts; its result's line follows when it ends."""
     return f"[{index}/{total}] measuring {candidate.label()}{' (baseline)' if role == 'baseline' else ''} ..."

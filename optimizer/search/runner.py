@@ -20,7 +20,7 @@ from optimizer.interrupts import deferred_interrupts, raise_if_interrupted
 from optimizer.results import FAILED, MEASURED, PRUNED, REJECTED, CandidateResult
 from optimizer.search.evaluate import DEATHS_BEFORE_FAILING, Evaluator, died_measuring
 from optimizer.search.patience import Patience
-from optimizer.search.progress import measuring_line, progress_line, rough_duration
+from optimizer.search.progress import measuring_line, progress_line, time_left_note
 from optimizer.search.roofline import Roofline
 from optimizer.search.samplers import GridSampler, make_sampler, patience_note
 from optimizer.search.watchdog import now_iso
@@ -238,8 +238,8 @@ class _WorkerLoop:
         if candidate != self.baseline or self.baseline_in_space:
             self.sampler.observe(candidate, result)
         line = progress_line(len(self.known), len(self.space), result, candidate.key() in self.mine)
-        left = self.seconds_left()
-        self.progress(f"{line}; search: {rough_duration(left)} left (estimate)" if left else line)
+        budget_left = None if self.deadline is None else max(self.deadline - self.clock(), 0.0)
+        self.progress(line + time_left_note(self.seconds_left(), budget_left, self.typical_seconds()))
 
     def seconds_left(self) -> float | None:
         """An estimate of the time the search still takes: the candidates not yet known at this

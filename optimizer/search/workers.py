@@ -68,7 +68,7 @@ def check_workers(cfg: RunConfig, target: TargetSpec) -> None:
                 f"{cfg.search.workers} workers but {available} GPU(s) here{since}: a trial needs a whole GPU",
                 f"use search.workers<={available}{lower}, or launcher=ray / launcher=slurm for more GPUs",
             )
-        processes = _most_processes(cfg.space)
+        processes = most_processes(cfg.space)
         if cfg.search.workers > 1 and processes > 1:
             # each local worker is shown its own GPU only (CUDA_VISIBLE_DEVICES): no layout fits
             raise UserError(
@@ -85,7 +85,7 @@ def check_workers(cfg: RunConfig, target: TargetSpec) -> None:
         )
 
 
-def _most_processes(space: SpaceConfig) -> int:
+def most_processes(space: SpaceConfig) -> int:
     """The most processes (GPUs) a candidate of the space asks for: its axes' or an extra's layout."""
     counts = [r * d for r, d in itertools.product(space.replicas, space.tensor_parallel)]
     for extra in space.extra:
