@@ -19,8 +19,11 @@ TESTS = Path(__file__).resolve().parents[1]
 
 # os.kill handles a signal sent to its own process before it returns: inside __del__, like the
 # SIGTERM that lands while transformers' ContinuousBatchProcessor.__del__ runs gc.collect()
+# A shell that starts pytest in the background (`cmd &` without job control) ignores SIGINT, and
+# the children would inherit that: they get Python's own handler, as a terminal's process has.
 PRELUDE = """\
 import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from optimizer.interrupts import sigterm_interrupts
 
 class Engine:

@@ -109,6 +109,11 @@ def test_the_exporters_chatter_goes_to_the_debug_log_and_its_errors_to_ours(
         return Program()
 
     monkeypatch.setattr(torch.onnx, "export", exporting)
+    # as a fresh process has it: an earlier test's in-process CLI run leaves its stderr handler
+    # here, on a capture stream since closed, whose "Logging error" trace would quote this test
+    ours = logging.getLogger("optimizer")
+    monkeypatch.setattr(ours, "handlers", [])
+    monkeypatch.setattr(ours, "propagate", True)
     caplog.set_level(logging.DEBUG, logger="optimizer")
     onnx_export.export_decoder(model_dir, tmp_path / MODEL_FILE)
 

@@ -19,9 +19,8 @@ from optimizer.backends.torch import decode_attention
 from optimizer.backends.torch.compiling import cache_argument, place_inductor_cache, room_to_recompile
 from optimizer.backends.torch.fp8_static import excluded_weights, quantize_fp8_static
 from optimizer.backends.torch.graph_loop import GraphDecoder
-from optimizer.backends.torch.settings import TorchSettings
+from optimizer.backends.torch.settings import INT4_GROUP_SIZE, TorchSettings
 from optimizer.backends.torch.slot_server import SlotEngine
-from optimizer.backends.torch.spec import INT4_GROUP_SIZE
 from optimizer.measure.text import calibration_windows
 from optimizer.model import ModelSpec
 from optimizer.target import TargetSpec

@@ -22,6 +22,7 @@ from optimizer.config import (
 TORCHAO_BUILD = 2
 TORCHAO_QUANTIZATIONS = frozenset({"int8-dynamic", "int8-weight", "int4-weight", "fp8"})
 TORCHAO_BACKENDS = frozenset({"torch", "torch-cb"})
+INT4_GROUP_SIZE = 128  # inputs per int4-weight group (torchao's Int4WeightOnlyConfig group_size)
 
 
 def build_key_tag(settings: object) -> dict[str, int]:

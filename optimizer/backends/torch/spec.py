@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from optimizer.backends.base import PRECISION_BYTES, Engine, Footprint, MovedBytes, precision_kind
 from optimizer.backends.prefixes import OFFLINE_REASON
-from optimizer.backends.torch.settings import TorchSettings
+from optimizer.backends.torch.settings import INT4_GROUP_SIZE, TorchSettings
 
 if TYPE_CHECKING:
     from optimizer.config import SpaceConfig
@@ -24,7 +24,6 @@ GPU_QUANTIZATIONS = ("int4-weight", "fp8", "fp8-static")
 TORCHAO_QUANTIZATIONS = ("int8-dynamic", "int8-weight", "int4-weight", "fp8")  # fp8-static is ours
 # int4: torchao's groups of 128 weights carry a bf16 scale and a bf16 zero point (4 bytes per
 # 128 weights, +6% that the memory fit left out); the per-row scales of the int8/fp8 ones are noise
-INT4_GROUP_SIZE = 128
 INT4_GROUP_BYTES = 4 / INT4_GROUP_SIZE
 WEIGHT_BYTES = {
     "int8-dynamic": 1.0,
