@@ -61,7 +61,6 @@ def compose_for_target(overrides: Sequence[str] = (), config_dir: str | Path | N
     presets = _target_presets(settings, overrides)
     if presets:
         settings = compose_settings([*presets, *overrides], config_dir)
-        keep_packaged_identity(settings.target, overrides)
     cfg = run_config_from(settings, overrides, config_dir)
     _check_axes_searched(cfg, overrides)
     return _user_gpu_figures(cfg)
